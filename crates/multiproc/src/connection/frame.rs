@@ -1,0 +1,274 @@
+//! Framing on a Unix stream socket: a fixed header, the payload, descriptors beside it.
+//!
+//! | bytes  | field | meaning |
+//! |--------|-------|---------|
+//! | 0..2   | magic | `b"MP"` |
+//! | 2      | version | `1` |
+//! | 3      | kind  | [`FrameKind`]: a serialized value or raw bytes |
+//! | 4..8   | nfds  | descriptors sent with this frame (`SCM_RIGHTS` on its first byte), ≤ 253 |
+//! | 8..16  | len   | payload length in bytes, little-endian, ≤ the reader's limit |
+//!
+//! A reader keeps the state of a partly read frame, so a timeout in the middle of a frame loses
+//! nothing: the next call carries on. A reader spins briefly on non-blocking reads before it
+//! blocks in `poll` (a wake-up through the kernel costs tens of microseconds on small VMs, a
+//! spin a few); the spin adapts to how often it pays off.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::platform;
+
+pub(crate) const HEADER_LEN: usize = 16;
+const MAGIC: [u8; 2] = *b"MP";
+const VERSION: u8 = 1;
+
+/// Default bound on one frame's payload (it can be raised per connection).
+pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
+
+const SPIN_MAX: Duration = Duration::from_micros(100);
+const SPIN_MIN: Duration = Duration::from_micros(4);
+
+/// What a frame's payload is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// A serialized value.
+    Value = 0,
+    /// Bytes from `send_bytes`.
+    Bytes = 1,
+}
+
+/// A complete frame.
+pub(crate) struct Frame {
+    pub(crate) kind: FrameKind,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The peer closed cleanly between frames.
+    Eof,
+    /// The deadline passed; the partial frame is kept.
+    Timeout,
+    /// The bytes are not a valid frame (or the peer closed mid-frame). The stream is unusable.
+    Protocol(String),
+    /// The OS failed.
+    Io(io::Error),
+}
+
+/// Writes one frame. Blocks while the socket buffer is full.
+pub(crate) fn write_frame(
+    sock: BorrowedFd<'_>,
+    kind: FrameKind,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..2].copy_from_slice(&MAGIC);
+    header[2] = VERSION;
+    header[3] = kind as u8;
+    header[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let total = HEADER_LEN + payload.len();
+    let mut sent = 0;
+    while sent < total {
+        let n = if sent < HEADER_LEN {
+            let bufs = [IoSlice::new(&header[sent..]), IoSlice::new(payload)];
+            platform::send_with_fds(sock, &bufs, if sent == 0 { fds } else { &[] })?
+        } else {
+            platform::send_with_fds(sock, &[IoSlice::new(&payload[sent - HEADER_LEN..])], &[])?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+    }
+    Ok(())
+}
+
+/// The reading side of a framed socket: partial-frame state and the adaptive spin.
+pub(crate) struct FrameReader {
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    payload: Vec<u8>,
+    want: usize,
+    fds: Vec<OwnedFd>,
+    spin: Duration,
+    max_len: u64,
+}
+
+impl FrameReader {
+    pub(crate) fn new(max_len: u64) -> Self {
+        FrameReader {
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            payload: Vec::new(),
+            want: 0,
+            fds: Vec::new(),
+            spin: SPIN_MAX,
+            max_len,
+        }
+    }
+
+    /// Sets the largest payload accepted from now on.
+    pub(crate) fn set_max_len(&mut self, bytes: u64) {
+        self.max_len = bytes;
+    }
+
+    /// Whether part of a frame has been read.
+    pub(crate) fn in_frame(&self) -> bool {
+        self.header_len > 0
+    }
+
+    /// Reads one frame, waiting until `deadline` (`None`: forever). `spin` allows a short busy
+    /// wait before blocking.
+    pub(crate) fn read(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+        spin: bool,
+    ) -> Result<Frame, ReadError> {
+        while self.header_len < HEADER_LEN {
+            let mut spare = [MaybeUninit::<u8>::uninit(); HEADER_LEN];
+            let room = HEADER_LEN - self.header_len;
+            let n = self.recv(sock, &mut spare[..room], deadline, spin)?;
+            for (dst, src) in self.header[self.header_len..].iter_mut().zip(&spare[..n]) {
+                // SAFETY: recv initialised the first `n` bytes of `spare`.
+                *dst = unsafe { src.assume_init() };
+            }
+            self.header_len += n;
+            if self.header_len == HEADER_LEN {
+                self.start_payload()?;
+            }
+        }
+        while self.payload.len() < self.want {
+            let want = self.want;
+            let have = self.payload.len();
+            if self.payload.capacity() == have {
+                // Grow with the data, not with the header's claim: a lying header costs nothing.
+                self.payload.reserve((want - have).min(have.max(1 << 20)));
+            }
+            let room = (self.payload.capacity() - have).min(want - have);
+            let mut payload = std::mem::take(&mut self.payload);
+            let result = self.recv(
+                sock,
+                &mut payload.spare_capacity_mut()[..room],
+                deadline,
+                spin,
+            );
+            if let Ok(n) = result {
+                // SAFETY: recv initialised `n` bytes right after the current length.
+                unsafe { payload.set_len(have + n) };
+            }
+            self.payload = payload;
+            result?;
+        }
+        let frame = Frame {
+            kind: if self.header[3] == FrameKind::Bytes as u8 {
+                FrameKind::Bytes
+            } else {
+                FrameKind::Value
+            },
+            payload: std::mem::take(&mut self.payload),
+            fds: std::mem::take(&mut self.fds),
+        };
+        let nfds = u32::from_le_bytes(self.header[4..8].try_into().expect("4 bytes")) as usize;
+        self.header_len = 0;
+        self.want = 0;
+        if frame.fds.len() != nfds {
+            return Err(ReadError::Protocol(format!(
+                "frame announced {nfds} descriptors but carried {}",
+                frame.fds.len()
+            )));
+        }
+        Ok(frame)
+    }
+
+    fn start_payload(&mut self) -> Result<(), ReadError> {
+        let h = &self.header;
+        if h[0..2] != MAGIC || h[2] != VERSION || h[3] > 1 {
+            return Err(ReadError::Protocol(format!(
+                "bad frame header {:02x?}",
+                &h[..4]
+            )));
+        }
+        let nfds = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+        if nfds > platform::MAX_FDS_PER_MESSAGE {
+            return Err(ReadError::Protocol(format!(
+                "frame announces {nfds} descriptors"
+            )));
+        }
+        let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+        if len > self.max_len || len > isize::MAX as u64 {
+            return Err(ReadError::Protocol(format!(
+                "frame of {len} bytes exceeds the limit of {} bytes",
+                self.max_len
+            )));
+        }
+        self.want = len as usize;
+        self.payload = Vec::with_capacity(self.want.min(16 << 20));
+        Ok(())
+    }
+
+    /// One read of at least one byte, spinning then blocking until `deadline`.
+    fn recv(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        buf: &mut [MaybeUninit<u8>],
+        deadline: Option<Instant>,
+        spin: bool,
+    ) -> Result<usize, ReadError> {
+        let mut spin_until: Option<Instant> = None;
+        let mut spinning = spin;
+        loop {
+            match platform::recv_with_fds(sock, buf, &mut self.fds, true) {
+                Ok(n) => {
+                    if spin_until.is_some() {
+                        self.spin = (self.spin * 2).min(SPIN_MAX);
+                    }
+                    return match n {
+                        0 if self.header_len == 0 => Err(ReadError::Eof),
+                        0 => Err(ReadError::Protocol(
+                            "connection closed in the middle of a frame".into(),
+                        )),
+                        n => Ok(n),
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+            if spinning {
+                let now = Instant::now();
+                let until = *spin_until.get_or_insert_with(|| {
+                    let end = now + self.spin;
+                    deadline.map_or(end, |d| end.min(d))
+                });
+                if now < until {
+                    for _ in 0..32 {
+                        std::hint::spin_loop();
+                    }
+                    continue;
+                }
+                spinning = false;
+                self.spin = (self.spin / 2).max(SPIN_MIN);
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(ReadError::Timeout);
+                    }
+                    Some(d - now)
+                }
+            };
+            let ready = platform::poll_readable(&[sock.as_fd()], timeout).map_err(ReadError::Io)?;
+            if !ready[0] {
+                return Err(ReadError::Timeout);
+            }
+        }
+    }
+}

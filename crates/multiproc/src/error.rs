@@ -1,0 +1,189 @@
+//! The one error type of the crate.
+
+use std::io;
+use std::time::Duration;
+
+/// What went wrong, for callers that branch on it; see [`Error::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A blocking call ran out of time; the operation may be retried.
+    Timeout,
+    /// The other end is gone (peer closed the connection, end of file).
+    Closed,
+    /// A child process ended without delivering a result: it panicked, was killed or exited.
+    ProcessFailed,
+    /// The call does not fit the object's state (start twice, join before start, …).
+    InvalidState,
+    /// Bytes from another process did not make a valid message.
+    Protocol,
+    /// A value could not be serialized or deserialized.
+    Serialization,
+    /// The child is not the same executable as the parent.
+    BinaryMismatch,
+    /// The `Fork` start method was refused because the parent runs several threads.
+    ForkUnsafe,
+    /// An operating-system call failed.
+    Io,
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure of the library.
+///
+/// Messages are lowercase and name the object they concern. Match on [`Error::kind`] to branch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A blocking call ran out of time.
+    #[error("{what}: timed out after {after:?}")]
+    Timeout {
+        /// The object waited on.
+        what: String,
+        /// How long the call waited.
+        after: Duration,
+    },
+    /// The peer closed its end.
+    #[error("{what}: closed by the other end")]
+    Closed {
+        /// The object concerned.
+        what: String,
+    },
+    /// The target panicked in the child.
+    #[error("process {name:?} (pid {pid}) panicked{}: {message}", location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Panicked {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+    },
+    /// The child was killed by a signal before it delivered a result.
+    #[error("process {name:?} (pid {pid}) was killed by signal {signal} ({})", crate::platform::signal_name(*signal))]
+    Killed {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+        /// The signal number.
+        signal: i32,
+    },
+    /// The child exited without delivering a result.
+    #[error("process {name:?} (pid {pid}) exited with code {code} before delivering a result{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Exited {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+        /// Its exit code.
+        code: i32,
+        /// What the child said about its failure, if anything.
+        detail: Option<String>,
+    },
+    /// The call does not fit the object's state.
+    #[error("{what}: {detail}")]
+    InvalidState {
+        /// The object concerned.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Malformed bytes from another process.
+    #[error("{what}: protocol error: {detail}")]
+    Protocol {
+        /// The object concerned.
+        what: String,
+        /// What is wrong with the bytes.
+        detail: String,
+    },
+    /// Serialization failed.
+    #[error("{what}: {detail}")]
+    Serialization {
+        /// The value or object concerned.
+        what: String,
+        /// The serializer's message.
+        detail: String,
+    },
+    /// The child runs another executable than the parent.
+    #[error("child process is not the same executable as its parent: {detail}")]
+    BinaryMismatch {
+        /// What differs.
+        detail: String,
+    },
+    /// Forking a multithreaded parent was refused.
+    #[error(
+        "start method Fork refused: this process runs {threads} threads and a forked child could deadlock; use Spawn or ForkServer"
+    )]
+    ForkUnsafe {
+        /// Threads counted in the parent.
+        threads: usize,
+    },
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation that failed.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The category of this error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Error, ErrorKind};
+    /// let e = Error::Closed { what: "connection".into() };
+    /// assert_eq!(e.kind(), ErrorKind::Closed);
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Closed { .. } => ErrorKind::Closed,
+            Error::Panicked { .. } | Error::Killed { .. } | Error::Exited { .. } => {
+                ErrorKind::ProcessFailed
+            }
+            Error::InvalidState { .. } => ErrorKind::InvalidState,
+            Error::Protocol { .. } => ErrorKind::Protocol,
+            Error::Serialization { .. } => ErrorKind::Serialization,
+            Error::BinaryMismatch { .. } => ErrorKind::BinaryMismatch,
+            Error::ForkUnsafe { .. } => ErrorKind::ForkUnsafe,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn protocol(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Protocol {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::InvalidState {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn serialization(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Serialization {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}

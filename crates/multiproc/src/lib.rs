@@ -1,0 +1,47 @@
+//! Python's `multiprocessing` for Rust: real OS processes running Rust functions, with the
+//! pipes, start methods and lifecycle Python programmers know.
+//!
+//! ```
+//! use multiproc::{Pipe, Process};
+//!
+//! fn shout((conn, word): (multiproc::Connection<String>, String)) {
+//!     conn.send(&word.to_uppercase()).unwrap();
+//! }
+//!
+//! let (parent, child) = Pipe::new(true)?;
+//! let mut p = Process::new(shout, (child, "hello".to_string())).name("shouter").start()?;
+//! assert_eq!(parent.recv()?, "HELLO");
+//! p.join(None)?;
+//! assert_eq!(p.exitcode(), Some(0));
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! # How a child starts
+//! A target is a `fn` item or a closure that captures nothing, taking one serde argument. By
+//! default ([`StartMethod::Spawn`]) the child is a fresh copy of the running executable: a
+//! constructor that this crate links into the program diverts it to the target *before
+//! `main`*, so programs, tests, examples and doctests need no set-up. Call [`init`] at the top
+//! of `main` to have children joined at exit as Python does.
+//!
+//! # Differences from CPython
+//! - A process is configured on a [`ProcessBuilder`] and started into a [`Process`]: setting
+//!   the name or daemon flag after start is a compile error instead of a runtime one.
+//! - The target's return value comes back ([`Process::into_result`]), and a panic comes back as
+//!   [`Error::Panicked`] with its message and location.
+//! - [`StartMethod::Fork`] refuses to fork a multithreaded process instead of warning.
+//! - A daemon child dies with its parent even when the parent is SIGKILLed.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod connection;
+mod error;
+mod platform;
+mod process;
+mod share;
+
+pub use connection::{Connection, Pipe};
+pub use error::{Error, ErrorKind, Result};
+pub use process::{
+    ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
+    current_process, init, parent_process,
+};

@@ -1,0 +1,148 @@
+//! Serialization of values between processes, with file descriptors riding alongside.
+//!
+//! Values travel as `postcard` bytes. A shareable handle (a [`Connection`](crate::Connection),
+//! later queues, locks and shared memory) cannot be copied into bytes: while a value is encoded
+//! the handle puts a duplicate of its descriptor into a side table and writes only the index.
+//! The table goes with the message as `SCM_RIGHTS`; on the other side the decoder is given the
+//! received descriptors and the handle takes its own back by index. A bad index is an error,
+//! never a panic.
+
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::platform::MAX_FDS_PER_MESSAGE;
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Encodes `value` after whatever `buf` already holds; returns the descriptors it carries.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    what: &str,
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>> {
+    let saved = OUTGOING.with(|t| t.borrow_mut().replace(Vec::new()));
+    let result = postcard::to_io(value, &mut *buf);
+    let fds = OUTGOING
+        .with(|t| std::mem::replace(&mut *t.borrow_mut(), saved))
+        .unwrap_or_default();
+    result.map_err(|e| Error::serialization(what, format!("cannot serialize: {e}")))?;
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(Error::serialization(
+            what,
+            format!(
+                "a message can carry at most {MAX_FDS_PER_MESSAGE} shared handles, not {}",
+                fds.len()
+            ),
+        ));
+    }
+    Ok(fds)
+}
+
+/// Decodes a `T` from `bytes`, giving shareable handles inside it the descriptors `fds`.
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T> {
+    let table = fds.into_iter().map(Some).collect();
+    let saved = INCOMING.with(|t| t.borrow_mut().replace(table));
+    let result = postcard::from_bytes(bytes);
+    INCOMING.with(|t| *t.borrow_mut() = saved);
+    result.map_err(|e| Error::serialization(what, format!("cannot deserialize: {e}")))
+}
+
+/// Serializes a descriptor as an index into the outgoing side table (for shareable handles).
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    let index = OUTGOING.with(|t| {
+        let mut table = t.borrow_mut();
+        let table = table.as_mut().ok_or_else(|| {
+            S::Error::custom(
+                "a shareable handle can only be sent to another process through multiproc",
+            )
+        })?;
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| S::Error::custom(format!("cannot duplicate descriptor: {e}")))?;
+        table.push(dup);
+        Ok(table.len() - 1)
+    })?;
+    (index as u32).serialize(serializer)
+}
+
+/// Deserializes a descriptor written by [`serialize_fd`], taking it out of the incoming table.
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OwnedFd, D::Error> {
+    use serde::de::Error as _;
+    let index = u32::deserialize(deserializer)? as usize;
+    INCOMING.with(|t| {
+        let mut table = t.borrow_mut();
+        let table = table.as_mut().ok_or_else(|| {
+            D::Error::custom("a shareable handle can only be received through multiproc")
+        })?;
+        let count = table.len();
+        table
+            .get_mut(index)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "descriptor index {index} out of range ({count} received)"
+                ))
+            })?
+            .take()
+            .ok_or_else(|| D::Error::custom(format!("descriptor index {index} used twice")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[derive(Debug)]
+    struct Handle(OwnedFd);
+    impl Serialize for Handle {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_fd(self.0.as_fd(), s)
+        }
+    }
+    impl<'de> Deserialize<'de> for Handle {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            deserialize_fd(d).map(Handle)
+        }
+    }
+
+    #[test]
+    fn handles_travel_in_the_side_table() {
+        let (a, b) = crate::platform::socketpair().unwrap();
+        let mut buf = Vec::new();
+        let fds = encode_into("test", &(1u8, Handle(a), "x", Handle(b)), &mut buf).unwrap();
+        assert_eq!(fds.len(), 2);
+        let (n, _ha, s, _hb): (u8, Handle, String, Handle) = decode("test", &buf, fds).unwrap();
+        assert_eq!((n, s.as_str()), (1, "x"));
+    }
+
+    #[test]
+    fn a_bad_index_is_an_error() {
+        let mut buf = Vec::new();
+        postcard::to_io(&7u32, &mut buf).unwrap();
+        let err = decode::<Handle>("test", &buf, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn a_handle_outside_multiproc_is_an_error() {
+        let (a, _b) = crate::platform::socketpair().unwrap();
+        assert!(postcard::to_allocvec(&Handle(a)).is_err());
+    }
+}
