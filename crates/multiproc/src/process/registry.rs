@@ -90,6 +90,8 @@ impl ChildState {
                 return false;
             }
             Err(ReadError::Eof) => {}
+            // The child died with our bootstrap unread: the same as end of file.
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(ReadError::Protocol(e)) => self.delivery = Some(Delivery::Broken(e)),
             Err(ReadError::Io(e)) => self.delivery = Some(Delivery::Broken(e.to_string())),
         }
