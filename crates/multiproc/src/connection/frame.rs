@@ -8,7 +8,8 @@
 //! | 4..8   | nfds  | descriptors sent with this frame (`SCM_RIGHTS` on its first byte), ≤ 253 |
 //! | 8..16  | len   | payload length in bytes, little-endian, ≤ the reader's limit |
 //!
-//! A reader keeps the state of a partly read frame, so a timeout in the middle of a frame loses
+//! A reader reads ahead (up to 64 KiB) so that a small frame costs one system call, and reads a
+//! large payload straight into its buffer. It keeps the state of a partly read frame, so a timeout in the middle of a frame loses
 //! nothing: the next call carries on. A reader spins briefly on non-blocking reads before it
 //! blocks in `poll` (a wake-up through the kernel costs tens of microseconds on small VMs, a
 //! spin a few); the spin adapts to how often it pays off.
@@ -26,6 +27,9 @@ const VERSION: u8 = 1;
 
 /// Default bound on one frame's payload (it can be raised per connection).
 pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
+
+/// Bytes read at once when the next frame's size is unknown or small.
+const READ_AHEAD: usize = 64 << 10;
 
 const SPIN_MAX: Duration = Duration::from_micros(100);
 const SPIN_MIN: Duration = Duration::from_micros(4);
@@ -93,6 +97,8 @@ pub(crate) fn write_frame(
 pub(crate) struct FrameReader {
     header: [u8; HEADER_LEN],
     header_len: usize,
+    ahead: Vec<u8>,
+    ahead_pos: usize,
     payload: Vec<u8>,
     want: usize,
     fds: Vec<OwnedFd>,
@@ -105,6 +111,8 @@ impl FrameReader {
         FrameReader {
             header: [0; HEADER_LEN],
             header_len: 0,
+            ahead: Vec::new(),
+            ahead_pos: 0,
             payload: Vec::new(),
             want: 0,
             fds: Vec::new(),
@@ -120,7 +128,7 @@ impl FrameReader {
 
     /// Whether part of a frame has been read.
     pub(crate) fn in_frame(&self) -> bool {
-        self.header_len > 0
+        self.header_len > 0 || self.ahead_pos < self.ahead.len()
     }
 
     /// Reads one frame, waiting until `deadline` (`None`: forever). `spin` allows a short busy
@@ -132,26 +140,38 @@ impl FrameReader {
         spin: bool,
     ) -> Result<Frame, ReadError> {
         while self.header_len < HEADER_LEN {
-            let mut spare = [MaybeUninit::<u8>::uninit(); HEADER_LEN];
-            let room = HEADER_LEN - self.header_len;
-            let n = self.recv(sock, &mut spare[..room], deadline, spin)?;
-            for (dst, src) in self.header[self.header_len..].iter_mut().zip(&spare[..n]) {
-                // SAFETY: recv initialised the first `n` bytes of `spare`.
-                *dst = unsafe { src.assume_init() };
+            if self.ahead_pos == self.ahead.len() {
+                self.refill(sock, deadline, spin)?;
             }
-            self.header_len += n;
+            let take = (HEADER_LEN - self.header_len).min(self.ahead.len() - self.ahead_pos);
+            self.header[self.header_len..self.header_len + take]
+                .copy_from_slice(&self.ahead[self.ahead_pos..self.ahead_pos + take]);
+            self.header_len += take;
+            self.ahead_pos += take;
             if self.header_len == HEADER_LEN {
                 self.start_payload()?;
             }
         }
         while self.payload.len() < self.want {
-            let want = self.want;
             let have = self.payload.len();
+            let remaining = self.want - have;
+            if self.ahead_pos < self.ahead.len() {
+                let take = remaining.min(self.ahead.len() - self.ahead_pos);
+                self.payload
+                    .extend_from_slice(&self.ahead[self.ahead_pos..self.ahead_pos + take]);
+                self.ahead_pos += take;
+                continue;
+            }
+            if remaining < READ_AHEAD {
+                self.refill(sock, deadline, spin)?;
+                continue;
+            }
+            // A large remainder goes straight into the payload, never past this frame's end.
             if self.payload.capacity() == have {
                 // Grow with the data, not with the header's claim: a lying header costs nothing.
-                self.payload.reserve((want - have).min(have.max(1 << 20)));
+                self.payload.reserve(remaining.min(have.max(1 << 20)));
             }
-            let room = (self.payload.capacity() - have).min(want - have);
+            let room = (self.payload.capacity() - have).min(remaining);
             let mut payload = std::mem::take(&mut self.payload);
             let result = self.recv(
                 sock,
@@ -166,25 +186,49 @@ impl FrameReader {
             self.payload = payload;
             result?;
         }
-        let frame = Frame {
-            kind: if self.header[3] == FrameKind::Bytes as u8 {
-                FrameKind::Bytes
-            } else {
-                FrameKind::Value
-            },
-            payload: std::mem::take(&mut self.payload),
-            fds: std::mem::take(&mut self.fds),
-        };
         let nfds = u32::from_le_bytes(self.header[4..8].try_into().expect("4 bytes")) as usize;
+        let kind = if self.header[3] == FrameKind::Bytes as u8 {
+            FrameKind::Bytes
+        } else {
+            FrameKind::Value
+        };
         self.header_len = 0;
         self.want = 0;
-        if frame.fds.len() != nfds {
+        let payload = std::mem::take(&mut self.payload);
+        // Descriptors arrive with (or before) the first byte of their frame, in frame order.
+        if self.fds.len() < nfds {
             return Err(ReadError::Protocol(format!(
                 "frame announced {nfds} descriptors but carried {}",
-                frame.fds.len()
+                self.fds.len()
             )));
         }
-        Ok(frame)
+        let fds = self.fds.drain(..nfds).collect();
+        Ok(Frame { kind, payload, fds })
+    }
+
+    /// Reads whatever is available (at least one byte) into the empty read-ahead buffer.
+    fn refill(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+        spin: bool,
+    ) -> Result<(), ReadError> {
+        let mut ahead = std::mem::take(&mut self.ahead);
+        ahead.clear();
+        self.ahead_pos = 0;
+        ahead.reserve(READ_AHEAD);
+        let result = self.recv(
+            sock,
+            &mut ahead.spare_capacity_mut()[..READ_AHEAD],
+            deadline,
+            spin,
+        );
+        if let Ok(n) = result {
+            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+            unsafe { ahead.set_len(n) };
+        }
+        self.ahead = ahead;
+        result.map(drop)
     }
 
     fn start_payload(&mut self) -> Result<(), ReadError> {
@@ -230,7 +274,7 @@ impl FrameReader {
                         self.spin = (self.spin * 2).min(SPIN_MAX);
                     }
                     return match n {
-                        0 if self.header_len == 0 => Err(ReadError::Eof),
+                        0 if !self.in_frame() => Err(ReadError::Eof),
                         0 => Err(ReadError::Protocol(
                             "connection closed in the middle of a frame".into(),
                         )),

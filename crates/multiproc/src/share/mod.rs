@@ -19,6 +19,19 @@ use crate::platform::MAX_FDS_PER_MESSAGE;
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// The message of the last handle error: postcard keeps only "custom error".
+    static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn handle_error(message: String) -> String {
+    HANDLE_ERROR.with(|e| *e.borrow_mut() = Some(message.clone()));
+    message
+}
+
+fn explain(e: postcard::Error) -> String {
+    HANDLE_ERROR
+        .with(|h| h.borrow_mut().take())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// Encodes `value` after whatever `buf` already holds; returns the descriptors it carries.
@@ -27,12 +40,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<Vec<OwnedFd>> {
+    HANDLE_ERROR.with(|e| e.borrow_mut().take());
     let saved = OUTGOING.with(|t| t.borrow_mut().replace(Vec::new()));
     let result = postcard::to_io(value, &mut *buf);
     let fds = OUTGOING
         .with(|t| std::mem::replace(&mut *t.borrow_mut(), saved))
         .unwrap_or_default();
-    result.map_err(|e| Error::serialization(what, format!("cannot serialize: {e}")))?;
+    result.map_err(|e| Error::serialization(what, format!("cannot serialize: {}", explain(e))))?;
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(Error::serialization(
             what,
@@ -51,11 +65,12 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T> {
+    HANDLE_ERROR.with(|e| e.borrow_mut().take());
     let table = fds.into_iter().map(Some).collect();
     let saved = INCOMING.with(|t| t.borrow_mut().replace(table));
     let result = postcard::from_bytes(bytes);
     INCOMING.with(|t| *t.borrow_mut() = saved);
-    result.map_err(|e| Error::serialization(what, format!("cannot deserialize: {e}")))
+    result.map_err(|e| Error::serialization(what, format!("cannot deserialize: {}", explain(e))))
 }
 
 /// Serializes a descriptor as an index into the outgoing side table (for shareable handles).
@@ -71,9 +86,9 @@ pub(crate) fn serialize_fd<S: Serializer>(
                 "a shareable handle can only be sent to another process through multiproc",
             )
         })?;
-        let dup = fd
-            .try_clone_to_owned()
-            .map_err(|e| S::Error::custom(format!("cannot duplicate descriptor: {e}")))?;
+        let dup = fd.try_clone_to_owned().map_err(|e| {
+            S::Error::custom(handle_error(format!("cannot duplicate descriptor: {e}")))
+        })?;
         table.push(dup);
         Ok(table.len() - 1)
     })?;
@@ -95,12 +110,14 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
         table
             .get_mut(index)
             .ok_or_else(|| {
-                D::Error::custom(format!(
+                D::Error::custom(handle_error(format!(
                     "descriptor index {index} out of range ({count} received)"
-                ))
+                )))
             })?
             .take()
-            .ok_or_else(|| D::Error::custom(format!("descriptor index {index} used twice")))
+            .ok_or_else(|| {
+                D::Error::custom(handle_error(format!("descriptor index {index} used twice")))
+            })
     })
 }
 
