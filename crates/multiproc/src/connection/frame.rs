@@ -291,7 +291,7 @@ impl FrameReader {
                     deadline.map_or(end, |d| end.min(d))
                 });
                 if now < until {
-                    for _ in 0..32 {
+                    for _ in 0..4 {
                         std::hint::spin_loop();
                     }
                     continue;

@@ -38,6 +38,7 @@ impl Pipe {
     ///
     /// # Errors
     /// [`Error::Io`] when the system is out of descriptors.
+    #[allow(clippy::new_ret_no_self)] // Python's `Pipe()` returns the two ends
     pub fn new<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
         let (a, b) = platform::socketpair().map_err(|e| Error::io("pipe: socketpair", e))?;
         if duplex {

@@ -173,6 +173,7 @@ impl Process<()> {
     /// assert_eq!(p.into_result()?, 5);
     /// # Ok::<(), multiproc::Error>(())
     /// ```
+    #[allow(clippy::new_ret_no_self)] // a process is built, then started
     pub fn new<F, A, R>(target: F, args: A) -> ProcessBuilder<R>
     where
         F: Fn(A) -> R + Copy + Send + 'static,

@@ -290,12 +290,10 @@ pub(crate) fn adopt_orphan(record: Arc<ChildRecord>) {
         return;
     };
     if start {
-        let spawned = std::thread::Builder::new()
+        // If no thread can be started, the orphans are reaped by active_children() or at exit.
+        let _ = std::thread::Builder::new()
             .name("multiproc-reaper".into())
             .spawn(reaper);
-        if spawned.is_err() {
-            return; // the children are reaped by active_children() or at exit instead
-        }
     } else {
         let _ = platform::send_with_fds(wake_tx.as_fd(), &[std::io::IoSlice::new(&[1])], &[]);
     }
