@@ -1,0 +1,202 @@
+//! `multiproc demo`: a short tour of the process API with real child processes.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use multiproc::{Connection, Pipe, Process, current_process};
+
+/// Why the demo stopped.
+#[derive(Debug)]
+pub(crate) enum DemoError {
+    /// The library failed.
+    Multiproc(multiproc::Error),
+    /// A child reported a failure of its own.
+    Child(String),
+    /// Something the demo shows did not hold.
+    Check(String),
+}
+
+impl fmt::Display for DemoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DemoError::Multiproc(e) => e.fmt(f),
+            DemoError::Child(message) => write!(f, "child failed: {message}"),
+            DemoError::Check(message) => write!(f, "unexpected result: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DemoError::Multiproc(e) => e.source(),
+            DemoError::Child(_) | DemoError::Check(_) => None,
+        }
+    }
+}
+
+impl From<multiproc::Error> for DemoError {
+    fn from(e: multiproc::Error) -> Self {
+        DemoError::Multiproc(e)
+    }
+}
+
+type Result<T, E = DemoError> = std::result::Result<T, E>;
+
+/// Runs every section in order.
+pub(crate) fn run() -> Result<()> {
+    section(1, "four children print their pids");
+    children()?;
+    section(2, "a child returns a value");
+    returned_value()?;
+    section(3, "a pipe round trip");
+    pipe_round_trip()?;
+    section(4, "a daemon dies with its parent");
+    daemon()?;
+    section(5, "data isolation");
+    data_isolation()?;
+    println!("\ndone: every child was joined");
+    Ok(())
+}
+
+fn section(n: u32, title: &str) {
+    if n > 1 {
+        println!();
+    }
+    println!("== {n}. {title} ==");
+}
+
+/// Target of section 1.
+fn report(i: u32) {
+    let me = current_process();
+    println!(
+        "  child {i}: {} pid {} (parent {})",
+        me.name(),
+        me.pid(),
+        std::os::unix::process::parent_id()
+    );
+}
+
+fn children() -> Result<()> {
+    println!("  main process pid {}", std::process::id());
+    let mut children = (1..=4)
+        .map(|i| Process::new(report, i).start())
+        .collect::<multiproc::Result<Vec<_>>>()?;
+    for p in &mut children {
+        p.join(None)?;
+    }
+    println!("  all 4 joined");
+    Ok(())
+}
+
+/// Target of section 2.
+fn square(x: u64) -> (u64, u32) {
+    (x * x, std::process::id())
+}
+
+fn returned_value() -> Result<()> {
+    let (value, pid) = Process::new(square, 7)
+        .name("squarer")
+        .start()?
+        .into_result()?;
+    println!("  square(7) in pid {pid} returned {value}");
+    check(value == 49, "square(7) should be 49")
+}
+
+/// Target of section 3: answers one message.
+fn shout(conn: Connection<String>) -> Result<(), String> {
+    let word = conn.recv().map_err(|e| e.to_string())?;
+    conn.send(&word.to_uppercase()).map_err(|e| e.to_string())
+}
+
+fn pipe_round_trip() -> Result<()> {
+    let (ours, theirs) = Pipe::new::<String>(true)?;
+    let p = Process::new(shout, theirs).start()?;
+    ours.send(&"hello".to_string())?;
+    let reply = ours.recv_timeout(Duration::from_secs(10))?;
+    p.into_result()?.map_err(DemoError::Child)?;
+    println!("  parent sent \"hello\", child replied {reply:?}");
+    check(reply == "HELLO", "the child should reply HELLO")
+}
+
+/// A daemon that would loop forever.
+fn forever(_: ()) {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts a daemon grandchild, reports its pid, and ends when told to.
+fn middle(conn: Connection<i32>) -> Result<(), String> {
+    let run = || -> multiproc::Result<()> {
+        let daemon = Process::new(forever, ()).daemon(true).start()?;
+        conn.send(&daemon.pid())?;
+        conn.recv()?;
+        Ok(())
+    };
+    run().map_err(|e| e.to_string())
+}
+
+/// Whether `/proc/<pid>` shows a process that has not ended (a zombie has ended).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+fn alive(pid: i32) -> &'static str {
+    if running(pid) { "alive" } else { "gone" }
+}
+
+fn daemon() -> Result<()> {
+    let (ours, theirs) = Pipe::new::<i32>(true)?;
+    let mut parent = Process::new(middle, theirs).name("middle").start()?;
+    let daemon = ours.recv_timeout(Duration::from_secs(10))?;
+    println!(
+        "  middle child {} started daemon grandchild {daemon}: {}",
+        parent.pid(),
+        alive(daemon)
+    );
+    ours.send(&0)?; // let the middle child return
+    parent.join(None)?;
+    println!(
+        "  middle child ended (exit code {}); daemon {daemon}: {}",
+        parent.exitcode().map_or("?".into(), |c| c.to_string()),
+        alive(daemon)
+    );
+    check(
+        parent.exitcode() == Some(0),
+        "the middle child should exit with 0",
+    )?;
+    check(!running(daemon), "the daemon should be gone")
+}
+
+/// A global that the child of section 5 changes.
+static COUNTER: AtomicI32 = AtomicI32::new(100);
+
+/// Target of section 5.
+fn increment(_: ()) -> i32 {
+    COUNTER.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+fn data_isolation() -> Result<()> {
+    println!("  parent: COUNTER = {}", COUNTER.load(Ordering::SeqCst));
+    let child = Process::new(increment, ()).start()?.into_result()?;
+    let ours = COUNTER.load(Ordering::SeqCst);
+    println!("  child:  COUNTER += 1 -> {child}");
+    println!("  parent: COUNTER is still {ours}");
+    check(
+        child == 101 && ours == 100,
+        "the child's change must stay in the child",
+    )
+}
+
+fn check(ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(DemoError::Check(what.to_string()))
+    }
+}

@@ -1,0 +1,45 @@
+//! Runs `multiproc demo` and checks what it shows.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_and_shows_each_section() {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .arg("demo")
+        .output()
+        .expect("run multiproc demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    for line in [
+        "== 1. four children print their pids ==",
+        "== 5. data isolation ==",
+        "returned 49",
+        "child replied \"HELLO\"",
+        "COUNTER is still 100",
+        "done: every child was joined",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    for i in 1..=4 {
+        assert!(stdout.contains(&format!("child {i}: Process-")), "{stdout}");
+    }
+    let daemon = stdout
+        .lines()
+        .find(|l| l.contains("middle child ended"))
+        .expect("daemon section");
+    assert!(daemon.ends_with("gone"), "{daemon}");
+}
+
+#[test]
+fn unknown_subcommand_fails() {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .arg("no-such-command")
+        .output()
+        .expect("run multiproc");
+    assert!(!out.status.success());
+}
