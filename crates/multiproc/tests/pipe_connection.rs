@@ -66,6 +66,19 @@ fn recv_timeout_and_poll() {
 }
 
 #[test]
+fn poll_sees_a_message_already_read_ahead() {
+    let (a, b) = Pipe::new::<u8>(true).unwrap();
+    a.send(&1).unwrap();
+    a.send(&2).unwrap();
+    assert!(b.poll(Some(Duration::from_secs(1))).unwrap());
+    assert_eq!(b.recv().unwrap(), 1);
+    // Both small frames were read by one system call: the second is buffered, not in the socket.
+    assert!(b.poll(Some(Duration::ZERO)).unwrap());
+    assert_eq!(b.recv().unwrap(), 2);
+    assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+}
+
+#[test]
 fn a_message_cut_by_a_timeout_is_completed_by_the_next_recv() {
     let (a, b) = Pipe::new::<Vec<u8>>(true).unwrap();
     let whole = {

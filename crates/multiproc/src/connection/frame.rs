@@ -126,6 +126,11 @@ impl FrameReader {
         self.max_len = bytes;
     }
 
+    /// Whether bytes already read from the socket wait in the read-ahead buffer.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.ahead_pos < self.ahead.len()
+    }
+
     /// Whether part of a frame has been read.
     pub(crate) fn in_frame(&self) -> bool {
         self.header_len > 0 || self.ahead_pos < self.ahead.len()

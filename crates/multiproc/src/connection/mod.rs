@@ -147,6 +147,10 @@ impl<T> Connection<T> {
     /// `None` waits until one can (Python's `poll(None)`).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         self.check_readable()?;
+        // A message may already sit in the read-ahead buffer, read with the previous one.
+        if lock(&self.reader).has_buffered() {
+            return Ok(true);
+        }
         let ready = platform::poll_readable(&[self.sock.as_fd()], timeout)
             .map_err(|e| Error::io("connection: poll", e))?;
         Ok(ready[0])
