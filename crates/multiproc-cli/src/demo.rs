@@ -1,10 +1,11 @@
-//! `multiproc demo`: a short tour of the process API with real child processes.
+//! `multiproc demo`: a short tour of the process API with real child processes, ending with a
+//! task queue served by workers and a counter shared under a lock.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use multiproc::{Connection, Pipe, Process, current_process};
+use multiproc::{Connection, Pipe, Process, Queue, Value, current_process};
 
 /// Why the demo stopped.
 #[derive(Debug)]
@@ -56,6 +57,10 @@ pub(crate) fn run() -> Result<()> {
     daemon()?;
     section(5, "data isolation");
     data_isolation()?;
+    section(6, "a task queue served by worker processes");
+    queue_scene()?;
+    section(7, "a shared counter under a lock");
+    lock_scene()?;
     println!("\ndone: every child was joined");
     Ok(())
 }
@@ -190,6 +195,86 @@ fn data_isolation() -> Result<()> {
     check(
         child == 101 && ours == 100,
         "the child's change must stay in the child",
+    )
+}
+
+/// Workers of section 6.
+const WORKERS: u32 = 3;
+/// Tasks of section 6: the numbers `1..=TASKS`.
+const TASKS: u64 = 10;
+
+/// Target of section 6: squares numbers until the `None` stop sign; returns how many it did.
+fn square_worker((tasks, results): (Queue<Option<u64>>, Queue<(u64, u64)>)) -> Result<u32, String> {
+    let mut done = 0;
+    while let Some(n) = tasks.get().map_err(|e| e.to_string())? {
+        results.put((n, n * n)).map_err(|e| e.to_string())?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+fn queue_scene() -> Result<()> {
+    let tasks = Queue::new()?;
+    let results = Queue::new()?;
+    let workers = (0..WORKERS)
+        .map(|_| Process::new(square_worker, (tasks.clone(), results.clone())).start())
+        .collect::<multiproc::Result<Vec<_>>>()?;
+    for n in 1..=TASKS {
+        tasks.put(Some(n))?;
+    }
+    for _ in 0..WORKERS {
+        tasks.put(None)?; // one stop sign per worker
+    }
+    println!("  master put {TASKS} tasks and {WORKERS} stop signs");
+    let mut squares = (0..TASKS)
+        .map(|_| results.get_timeout(Duration::from_secs(10)))
+        .collect::<multiproc::Result<Vec<_>>>()?;
+    squares.sort_unstable();
+    let mut done = 0;
+    for w in workers {
+        done += w.into_result()?.map_err(DemoError::Child)?;
+    }
+    let shown: Vec<String> = squares.iter().map(|(_, sq)| sq.to_string()).collect();
+    let sum: u64 = squares.iter().map(|(_, sq)| sq).sum();
+    println!(
+        "  {WORKERS} workers did {done} tasks; results: {}",
+        shown.join(" ")
+    );
+    println!("  sum of squares: {sum}");
+    check(
+        u64::from(done) == TASKS
+            && squares.iter().map(|&(n, _)| n).eq(1..=TASKS)
+            && squares.iter().all(|&(n, sq)| sq == n * n),
+        "the workers should square 1 to 10 once each",
+    )
+}
+
+/// Processes of section 7.
+const ADDERS: u32 = 4;
+/// Increments each process of section 7 makes.
+const INCREMENTS: u32 = 250;
+
+/// Target of section 7: adds one `times` times, each under the value's lock.
+fn add_under_lock((total, times): (Value<u64>, u32)) -> Result<(), String> {
+    for _ in 0..times {
+        *total.get_lock().map_err(|e| e.to_string())? += 1;
+    }
+    Ok(())
+}
+
+fn lock_scene() -> Result<()> {
+    let total = Value::new(0u64)?;
+    let adders = (0..ADDERS)
+        .map(|_| Process::new(add_under_lock, (total.clone(), INCREMENTS)).start())
+        .collect::<multiproc::Result<Vec<_>>>()?;
+    for p in adders {
+        p.into_result()?.map_err(DemoError::Child)?;
+    }
+    let total = total.get();
+    println!("  {ADDERS} processes x {INCREMENTS} increments under the lock: total {total}");
+    check(
+        total == u64::from(ADDERS * INCREMENTS),
+        "no increment should be lost",
     )
 }
 

@@ -23,7 +23,8 @@ struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show child processes at work: pids, a returned value, a pipe, a daemon, data isolation.
+    /// Show child processes at work: pids, a returned value, a pipe, a daemon, data isolation,
+    /// a queue of tasks and a lock around a shared counter.
     Demo,
 }
 

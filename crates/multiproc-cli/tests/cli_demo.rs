@@ -21,6 +21,12 @@ fn demo_runs_and_shows_each_section() {
         "returned 49",
         "child replied \"HELLO\"",
         "COUNTER is still 100",
+        "== 6. a task queue served by worker processes ==",
+        "master put 10 tasks and 3 stop signs",
+        "3 workers did 10 tasks; results: 1 4 9 16 25 36 49 64 81 100",
+        "sum of squares: 385",
+        "== 7. a shared counter under a lock ==",
+        "4 processes x 250 increments under the lock: total 1000",
         "done: every child was joined",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -23,6 +23,14 @@ pub enum ErrorKind {
     BinaryMismatch,
     /// The `Fork` start method was refused because the parent runs several threads.
     ForkUnsafe,
+    /// A lock (or semaphore slot) was taken over from a process that died holding it.
+    OwnerDied,
+    /// A non-blocking put found the queue full.
+    Full,
+    /// A non-blocking get found the queue empty.
+    Empty,
+    /// A barrier was broken (aborted, reset, or a wait timed out).
+    BrokenBarrier,
     /// An operating-system call failed.
     Io,
 }
@@ -122,6 +130,33 @@ pub enum Error {
         /// Threads counted in the parent.
         threads: usize,
     },
+    /// A lock was taken over from an owner that died holding it; what it protects may be
+    /// half-updated.
+    #[error("{what}: its owner (pid {pid}) died holding it")]
+    OwnerDied {
+        /// The object concerned.
+        what: String,
+        /// The process the dead owner belonged to.
+        pid: u32,
+    },
+    /// A non-blocking put found no room.
+    #[error("{what}: full")]
+    Full {
+        /// The queue concerned.
+        what: String,
+    },
+    /// A non-blocking get found nothing.
+    #[error("{what}: empty")]
+    Empty {
+        /// The queue concerned.
+        what: String,
+    },
+    /// The barrier is broken.
+    #[error("{what}: broken")]
+    BrokenBarrier {
+        /// The barrier concerned.
+        what: String,
+    },
     /// An operating-system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -155,7 +190,18 @@ impl Error {
             Error::Serialization { .. } => ErrorKind::Serialization,
             Error::BinaryMismatch { .. } => ErrorKind::BinaryMismatch,
             Error::ForkUnsafe { .. } => ErrorKind::ForkUnsafe,
+            Error::OwnerDied { .. } => ErrorKind::OwnerDied,
+            Error::Full { .. } => ErrorKind::Full,
+            Error::Empty { .. } => ErrorKind::Empty,
+            Error::BrokenBarrier { .. } => ErrorKind::BrokenBarrier,
             Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    pub(crate) fn timeout(what: impl Into<String>, after: Duration) -> Self {
+        Error::Timeout {
+            what: what.into(),
+            after,
         }
     }
 

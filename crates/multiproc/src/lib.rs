@@ -37,11 +37,20 @@ mod connection;
 mod error;
 mod platform;
 mod process;
+mod queue;
 mod share;
+mod shm;
+mod sync;
 
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ErrorKind, Result};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
     current_process, init, parent_process,
+};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use shm::{Array, RawArray, RawValue, SharedMemory, Value, ValueGuard};
+pub use sync::{
+    Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, LockResult, OwnerDied, RLock,
+    RLockGuard, Semaphore, SemaphoreGuard,
 };

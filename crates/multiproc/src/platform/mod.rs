@@ -7,6 +7,11 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+#[cfg_attr(loom, allow(dead_code))]
+mod linux_mem;
+#[cfg(target_os = "linux")]
+pub(crate) use linux_mem::*;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("multiproc supports Linux for now; the platform layer is where another OS plugs in");

@@ -28,6 +28,11 @@ fn handle_error(message: String) -> String {
     message
 }
 
+/// A deserialization error whose message survives postcard (for handles that fail to open).
+pub(crate) fn handle_error_de<E: serde::de::Error>(message: String) -> E {
+    E::custom(handle_error(message))
+}
+
 fn explain(e: postcard::Error) -> String {
     HANDLE_ERROR
         .with(|h| h.borrow_mut().take())
@@ -119,6 +124,24 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
                 D::Error::custom(handle_error(format!("descriptor index {index} used twice")))
             })
     })
+}
+
+/// Serializes a borrowed descriptor through the side table (a field of a handle).
+pub(crate) struct FdOut<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for FdOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, s)
+    }
+}
+
+/// Deserializes a descriptor from the side table (a field of a handle).
+pub(crate) struct FdIn(pub(crate) OwnedFd);
+
+impl<'de> Deserialize<'de> for FdIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(FdIn)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,341 @@
+//! Queues between processes: exactly-once delivery with many producers and consumers, limits
+//! and timeouts, huge messages, handles inside messages, and processes killed mid-stream.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::Guarded;
+use multiproc::{
+    Connection, ErrorKind, Event, JoinableQueue, Lock, Pipe, Process, Queue, SimpleQueue,
+};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// `(producer, sequence)`, or `None` to tell a consumer to stop.
+type Item = Option<(u32, u64)>;
+
+fn produce((q, me, n): (Queue<Item>, u32, u64)) {
+    for seq in 0..n {
+        q.put(Some((me, seq))).unwrap();
+    }
+}
+
+/// Gets until `None`; returns what it got, after checking each producer's items came in order.
+fn consume(q: Queue<Item>) -> Vec<(u32, u64)> {
+    let mut got = Vec::new();
+    let mut last: std::collections::HashMap<u32, u64> = Default::default();
+    while let Some((p, seq)) = q.get().unwrap() {
+        if let Some(prev) = last.insert(p, seq) {
+            assert!(seq > prev, "producer {p}: {seq} after {prev}");
+        }
+        got.push((p, seq));
+    }
+    got
+}
+
+#[test]
+fn four_producers_four_consumers_deliver_every_item_exactly_once() {
+    const PER_PRODUCER: u64 = 20_000;
+    // A small ring so that producers wait for room and consumers for items, many times over.
+    let q: Queue<Item> = Queue::builder().ring_bytes(4096).build().unwrap();
+    let consumers: Vec<_> = (0..4)
+        .map(|_| Guarded::new(Process::new(consume, q.clone()).start().unwrap()))
+        .collect();
+    let producers: Vec<_> = (0..4)
+        .map(|me| {
+            Guarded::new(
+                Process::new(produce, (q.clone(), me, PER_PRODUCER))
+                    .start()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for p in producers {
+        p.into_inner().join(None).unwrap();
+    }
+    for _ in 0..4 {
+        q.put(None).unwrap();
+    }
+    let mut all = Vec::new();
+    for c in consumers {
+        all.extend(c.into_inner().into_result().unwrap());
+    }
+    assert_eq!(all.len() as u64, 4 * PER_PRODUCER);
+    let distinct: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "an item arrived twice");
+    let checksum: u64 = all.iter().map(|(p, s)| u64::from(*p) * 1_000_000 + s).sum();
+    let expected: u64 = (0..4u64)
+        .map(|p| (0..PER_PRODUCER).map(|s| p * 1_000_000 + s).sum::<u64>())
+        .sum();
+    assert_eq!(checksum, expected);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn threads_share_a_queue_too() {
+    let q: Queue<Item> = Queue::new().unwrap();
+    let all = std::thread::scope(|s| {
+        let consumers: Vec<_> = (0..2).map(|_| s.spawn(|| consume(q.clone()))).collect();
+        let producers: Vec<_> = (0..2)
+            .map(|me| {
+                let q = q.clone();
+                s.spawn(move || produce((q, me, 5000)))
+            })
+            .collect();
+        producers.into_iter().for_each(|p| p.join().unwrap());
+        q.put(None).unwrap();
+        q.put(None).unwrap();
+        consumers
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect::<BTreeSet<_>>()
+    });
+    assert_eq!(all.len(), 10_000);
+}
+
+#[test]
+fn bounded_queue_limits_timeouts_and_nowait_forms() {
+    let q: Queue<u32> = Queue::bounded(2).unwrap();
+    assert_eq!(q.maxsize(), 2);
+    assert!(q.is_empty() && !q.is_full());
+    assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
+    let start = Instant::now();
+    let err = q.get_timeout(Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert!(
+        err.to_string().starts_with("queue: timed out after"),
+        "{err}"
+    );
+    q.put(1).unwrap();
+    q.try_put(2).unwrap();
+    assert!(q.is_full());
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.try_put(3).unwrap_err().kind(), ErrorKind::Full);
+    let start = Instant::now();
+    let err = q.put_timeout(3, Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // A consumer in another process makes room: a blocked put goes through.
+    let child = Process::new(|q: Queue<u32>| q.get().unwrap(), q.clone())
+        .start()
+        .unwrap();
+    q.put_timeout(3, LONG).unwrap();
+    assert_eq!(Guarded::new(child).into_inner().into_result().unwrap(), 1);
+    assert_eq!((q.get().unwrap(), q.get().unwrap()), (2, 3));
+}
+
+#[test]
+fn closed_handles_refuse_work() {
+    let q: SimpleQueue<String> = Queue::builder().name("jobs").build().unwrap();
+    q.put("a".to_string()).unwrap();
+    let other = q.clone();
+    q.close();
+    let err = other.put("b".to_string()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState);
+    assert_eq!(err.to_string(), "queue \"jobs\": closed");
+}
+
+fn echo_len((q, back): (Queue<Vec<u8>>, Queue<(usize, u64)>)) {
+    loop {
+        let m = q.get().unwrap();
+        if m.is_empty() {
+            return;
+        }
+        let sum = m.iter().map(|&b| u64::from(b)).sum();
+        back.put((m.len(), sum)).unwrap();
+    }
+}
+
+#[test]
+fn messages_of_every_size_go_through_including_64_mib() {
+    let q: Queue<Vec<u8>> = Queue::builder().ring_bytes(64 << 10).build().unwrap();
+    let back: Queue<(usize, u64)> = Queue::new().unwrap();
+    let child = Guarded::new(
+        Process::new(echo_len, (q.clone(), back.clone()))
+            .start()
+            .unwrap(),
+    );
+    // Around the side-channel threshold (a quarter of the ring), and far beyond the ring.
+    let sizes = [
+        1,
+        100,
+        16 << 10,
+        (16 << 10) + 1,
+        40 << 10,
+        1 << 20,
+        64 << 20,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        let m: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
+        let sum = m.iter().map(|&b| u64::from(b)).sum();
+        q.put(&m).unwrap();
+        assert_eq!(back.get_timeout(LONG).unwrap(), (size, sum), "size {size}");
+    }
+    q.put(Vec::new()).unwrap();
+    child.into_inner().join(None).unwrap();
+}
+
+#[test]
+fn handles_travel_inside_messages() {
+    let q: Queue<(Lock, Connection<String>)> = Queue::new().unwrap();
+    let (mine, theirs) = Pipe::new(true).unwrap();
+    let lock = Lock::new().unwrap();
+    let child = Process::new(
+        |q: Queue<(Lock, Connection<String>)>| {
+            let (lock, conn) = q.get().unwrap();
+            let held = lock.try_acquire().unwrap().is_some();
+            conn.send(&format!("lock free: {held}")).unwrap();
+        },
+        q.clone(),
+    )
+    .start()
+    .unwrap();
+    q.put((lock.clone(), theirs)).unwrap();
+    assert_eq!(mine.recv().unwrap(), "lock free: true");
+    Guarded::new(child).into_inner().join(None).unwrap();
+}
+
+#[test]
+fn joinable_queue_join_waits_for_every_task_done() {
+    let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    assert_eq!(q.task_done().unwrap_err().kind(), ErrorKind::InvalidState);
+    for n in 0..50 {
+        q.put(n).unwrap();
+    }
+    assert_eq!(q.unfinished(), 50);
+    assert_eq!(
+        q.join_timeout(Duration::from_millis(20))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Timeout
+    );
+    let worker = |q: JoinableQueue<u32>| {
+        for _ in 0..50 {
+            q.get().unwrap();
+            q.task_done().unwrap();
+        }
+    };
+    let child = Guarded::new(Process::new(worker, q.clone()).start().unwrap());
+    q.join_timeout(LONG).unwrap();
+    assert_eq!(q.unfinished(), 0);
+    child.into_inner().join(None).unwrap();
+}
+
+/// Gets items and reports each through `report` as soon as it has it.
+fn get_and_report((q, report, stop_after): (Queue<u64>, Connection<u64>, u64)) {
+    for _ in 0..stop_after {
+        let item = q.get().unwrap();
+        report.send(&item).unwrap();
+    }
+    // Then waits inside `get`, holding the queue's consumer side, until killed.
+    let _ = q.get();
+}
+
+#[test]
+fn a_consumer_killed_inside_get_leaves_the_queue_usable() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    let (reports, report) = Pipe::new(false).unwrap();
+    let mut victim = Guarded::new(
+        Process::new(get_and_report, (q.clone(), report, 100))
+            .start()
+            .unwrap(),
+    );
+    for i in 0..100 {
+        q.put(i).unwrap();
+    }
+    let handed: Vec<u64> = (0..100).map(|_| reports.recv().unwrap()).collect();
+    assert_eq!(handed, (0..100).collect::<Vec<_>>());
+    victim.kill().unwrap();
+    let _ = victim.join(None);
+    // The dead consumer held the consumer side while it waited: the next consumer takes over
+    // and gets everything put afterwards.
+    for i in 100..200 {
+        q.put(i).unwrap();
+    }
+    let rest: Vec<u64> = (0..100).map(|_| q.get_timeout(LONG).unwrap()).collect();
+    assert_eq!(rest, (100..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_consumer_killed_mid_stream_loses_at_most_the_item_in_its_hands() {
+    const TOTAL: u64 = 200_000;
+    let q: Queue<u64> = Queue::builder().ring_bytes(4096).build().unwrap();
+    let (reports, report) = Pipe::new(false).unwrap();
+    let mut victim = Guarded::new(
+        Process::new(get_and_report, (q.clone(), report, u64::MAX))
+            .start()
+            .unwrap(),
+    );
+    let producer = Guarded::new(
+        Process::new(
+            |(q, n): (Queue<u64>, u64)| (0..n).for_each(|i| q.put(i).unwrap()),
+            (q.clone(), TOTAL),
+        )
+        .start()
+        .unwrap(),
+    );
+    // Let the victim take some items, then kill it in the middle of the stream.
+    let mut by_victim = BTreeSet::new();
+    while by_victim.len() < 1000 {
+        by_victim.insert(reports.recv().unwrap());
+    }
+    victim.kill().unwrap();
+    let _ = victim.join(None);
+    while let Ok(Some(item)) = reports.recv_timeout(Duration::ZERO).map(Some) {
+        by_victim.insert(item);
+    }
+    let mut by_us = BTreeSet::new();
+    let expected_rest = TOTAL as usize - by_victim.len();
+    while by_us.len() < expected_rest {
+        match q.get_timeout(Duration::from_secs(3)) {
+            Ok(item) => assert!(by_us.insert(item), "item {item} twice"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Timeout);
+                break;
+            }
+        }
+    }
+    producer.into_inner().join(None).unwrap();
+    assert!(by_us.is_disjoint(&by_victim), "an item went to both");
+    let missing = TOTAL as usize - by_us.len() - by_victim.len();
+    assert!(missing <= 1, "{missing} items lost");
+}
+
+fn put_forever((q, started): (Queue<u64>, Event)) {
+    started.set();
+    let mut i = 0u64;
+    loop {
+        q.put(i).unwrap();
+        i += 1;
+    }
+}
+
+#[test]
+fn a_producer_killed_mid_put_corrupts_nothing() {
+    let q: Queue<u64> = Queue::builder().ring_bytes(4096).build().unwrap();
+    let started = Event::new().unwrap();
+    let mut victim = Guarded::new(
+        Process::new(put_forever, (q.clone(), started.clone()))
+            .start()
+            .unwrap(),
+    );
+    assert!(started.wait_timeout(LONG));
+    // Take a few items so that the producer is busy putting when it dies.
+    for expect in 0..1000 {
+        assert_eq!(q.get_timeout(LONG).unwrap(), expect);
+    }
+    victim.kill().unwrap();
+    let _ = victim.join(None);
+    // What it managed to put is intact and in order.
+    let mut next = 1000;
+    while let Ok(item) = q.try_get() {
+        assert_eq!(item, next);
+        next += 1;
+    }
+    // Another producer takes over (the dead one may have held the producer side).
+    q.put_timeout(u64::MAX, LONG).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), u64::MAX);
+}
