@@ -1,6 +1,7 @@
 //! Benchmarks of multiproc against CPython's multiprocessing doing the same job, in the same
 //! run. Prints `<name> <ours> <cpython> <unit> <ratio>`, where ratio > 1 means multiproc is
-//! better (faster, or more throughput).
+//! better (faster, or more throughput). Rows named `limit_*` have no CPython side: they measure
+//! what the machine allows (the matching lines of `limits.c`), printed with `-` for CPython.
 //!
 //! ```text
 //! cargo run --release -p multiproc-bench -- all
@@ -10,12 +11,14 @@
 #![forbid(unsafe_code)]
 
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use multiproc::{Connection, Pipe, Process, StartMethod};
+use multiproc::{Barrier, Connection, Event, Pipe, Process, Queue, RawValue, StartMethod, Value};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
 
 #[derive(Parser)]
 #[command(about = "multiproc against CPython's multiprocessing, side by side")]
@@ -44,6 +47,8 @@ struct Bench {
     name: &'static str,
     unit: &'static str,
     better: Better,
+    /// Whether `python/bench.py` runs the same job; `false` for the `limit_*` rows.
+    compared: bool,
     run: fn(quick: bool) -> anyhow::Result<f64>,
 }
 
@@ -52,25 +57,78 @@ const BENCHES: &[Bench] = &[
         name: "process_spawn_join",
         unit: "us",
         better: Better::Lower,
+        compared: true,
         run: spawn_join_default,
     },
     Bench {
         name: "process_spawn_join_forkserver",
         unit: "us",
         better: Better::Lower,
+        compared: true,
         run: spawn_join_forkserver,
     },
     Bench {
         name: "pipe_pingpong",
         unit: "rt/s",
         better: Better::Higher,
+        compared: true,
         run: pipe_pingpong,
     },
     Bench {
         name: "pipe_throughput",
         unit: "MB/s",
         better: Better::Higher,
+        compared: true,
         run: pipe_throughput,
+    },
+    Bench {
+        name: "queue_small",
+        unit: "msg/s",
+        better: Better::Higher,
+        compared: true,
+        run: queue_small,
+    },
+    Bench {
+        name: "queue_large",
+        unit: "MB/s",
+        better: Better::Higher,
+        compared: true,
+        run: queue_large,
+    },
+    Bench {
+        name: "queue_mpmc",
+        unit: "msg/s",
+        better: Better::Higher,
+        compared: true,
+        run: queue_mpmc,
+    },
+    Bench {
+        name: "lock_contention",
+        unit: "op/s",
+        better: Better::Higher,
+        compared: true,
+        run: lock_contention,
+    },
+    Bench {
+        name: "event_pingpong",
+        unit: "rt/s",
+        better: Better::Higher,
+        compared: true,
+        run: event_pingpong,
+    },
+    Bench {
+        name: "limit_spin_pingpong",
+        unit: "rt/s",
+        better: Better::Higher,
+        compared: false,
+        run: limit_spin_pingpong,
+    },
+    Bench {
+        name: "limit_memcpy_64m",
+        unit: "MB/s",
+        better: Better::Higher,
+        compared: false,
+        run: limit_memcpy_64m,
     },
 ];
 
@@ -78,9 +136,10 @@ const BENCHES: &[Bench] = &[
 struct Outcome {
     name: &'static str,
     ours: f64,
-    cpython: f64,
+    /// `None` for a row without a CPython side (`null` in the JSON).
+    cpython: Option<f64>,
     unit: &'static str,
-    ratio: f64,
+    ratio: Option<f64>,
 }
 
 fn main() {
@@ -116,14 +175,22 @@ fn run() -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     for b in chosen {
         let ours = (b.run)(args.quick).with_context(|| format!("{}: ours", b.name))?;
-        let cpython = cpython(&args.python, b.name, args.quick)?;
-        let ratio = match b.better {
-            Better::Higher => ours / cpython,
-            Better::Lower => cpython / ours,
+        let cpython = if b.compared {
+            Some(cpython(&args.python, b.name, args.quick)?)
+        } else {
+            None
         };
+        let ratio = cpython.map(|c| match b.better {
+            Better::Higher => ours / c,
+            Better::Lower => c / ours,
+        });
         println!(
-            "{:<32} {:>14.1} {:>14.1} {:<6} {:>8.2}",
-            b.name, ours, cpython, b.unit, ratio
+            "{:<32} {:>14.1} {:>14} {:<6} {:>8}",
+            b.name,
+            ours,
+            cpython.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+            b.unit,
+            ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}")),
         );
         outcomes.push(Outcome {
             name: b.name,
@@ -254,4 +321,314 @@ fn pipe_throughput(quick: bool) -> anyhow::Result<f64> {
     );
     child.into_result()?;
     Ok(total as f64 / secs / 1e6)
+}
+
+/// How long any party of a benchmark waits for the others (at a barrier, for an event, or
+/// spinning) before the run is declared broken, as bench.py's 60 s start timeout.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Meets the other parties at `barrier`, giving up after [`PATIENCE`].
+fn meet(barrier: &Barrier) -> Result<(), String> {
+    barrier
+        .wait_timeout(PATIENCE)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn waited(event: &Event, what: &str) -> Result<(), String> {
+    if event.wait_timeout(PATIENCE) {
+        Ok(())
+    } else {
+        Err(format!("{what}: not set after {PATIENCE:?}"))
+    }
+}
+
+/// Joins the children of a timed run and returns their results. If the run failed (a barrier
+/// broke, say), kills them first and reports what they said along with the run's error.
+fn settle<R: Serialize + DeserializeOwned>(
+    children: Vec<Process<Result<R, String>>>,
+    run: anyhow::Result<Duration>,
+) -> anyhow::Result<(Duration, Vec<R>)> {
+    match run {
+        Ok(elapsed) => {
+            let mut out = Vec::with_capacity(children.len());
+            for p in children {
+                out.push(p.into_result()?.map_err(anyhow::Error::msg)?);
+            }
+            Ok((elapsed, out))
+        }
+        Err(e) => {
+            let mut why = Vec::new();
+            for mut p in children {
+                let _ = p.kill();
+                if let Err(c) = p.join(None) {
+                    why.push(c.to_string());
+                }
+            }
+            Err(e.context(format!("children: [{}]", why.join("; "))))
+        }
+    }
+}
+
+/// An item of the queue benchmarks: bench.py's "small" kind (ints) or "large" kind (64 KiB
+/// bytes). Items travel as `Some(item)`; `None` is the end marker, as bench.py's `None`.
+trait Item: Serialize + DeserializeOwned + Send + 'static {
+    /// What a consumer adds up to check the run: the int itself, or the byte count.
+    fn weight(&self) -> u64;
+}
+
+impl Item for u64 {
+    fn weight(&self) -> u64 {
+        *self
+    }
+}
+
+impl Item for ByteBuf {
+    fn weight(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+/// The payload of a "large" item.
+const LARGE_ITEM: usize = 64 * 1024;
+
+/// The queue, the start barrier, and how many items to put.
+type ProducerArgs<T> = (Queue<Option<T>>, Barrier, u64);
+
+/// Puts `0..count` then the end marker; returns `(count, sum)`.
+fn small_producer((q, start, count): ProducerArgs<u64>) -> Result<(u64, u64), String> {
+    meet(&start)?;
+    for i in 0..count {
+        q.put(Some(i)).map_err(|e| e.to_string())?;
+    }
+    q.put(None).map_err(|e| e.to_string())?;
+    Ok((count, count * count.saturating_sub(1) / 2))
+}
+
+/// Puts `count` 64 KiB items then the end marker; returns `(count, bytes)`.
+fn large_producer((q, start, count): ProducerArgs<ByteBuf>) -> Result<(u64, u64), String> {
+    let item = Some(ByteBuf::from(vec![0xab; LARGE_ITEM]));
+    meet(&start)?;
+    for _ in 0..count {
+        q.put(&item).map_err(|e| e.to_string())?;
+    }
+    q.put(None).map_err(|e| e.to_string())?;
+    Ok((count, count * LARGE_ITEM as u64))
+}
+
+/// Gets items up to the first end marker, then meets the parent at `done`; returns
+/// `(items, sum of weights)`.
+fn consumer<T: Item>(
+    (q, start, done): (Queue<Option<T>>, Barrier, Barrier),
+) -> Result<(u64, u64), String> {
+    meet(&start)?;
+    let (mut items, mut weight) = (0u64, 0u64);
+    while let Some(x) = q.get().map_err(|e| e.to_string())? {
+        items += 1;
+        weight += x.weight();
+    }
+    meet(&done)?;
+    Ok((items, weight))
+}
+
+/// bench.py's `_queue_run`: `n` producers and `n` consumers on one default queue, each
+/// consumer stopping at its first end marker. Timed from the start barrier (every child
+/// started) to the last consumer's end. Returns the seconds, items and weight received.
+fn queue_run<T, P>(producer: P, n: u64, total: u64) -> anyhow::Result<(f64, u64, u64)>
+where
+    T: Item,
+    P: Fn(ProducerArgs<T>) -> Result<(u64, u64), String> + Copy + Send + 'static,
+{
+    let q = Queue::<Option<T>>::new()?;
+    let parties = u32::try_from(2 * n + 1)?;
+    let (start, done) = (Barrier::new(parties)?, Barrier::new(u32::try_from(n + 1)?)?);
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let args = (q.clone(), start.clone(), done.clone());
+        children.push(Process::new(consumer::<T>, args).start()?);
+    }
+    for i in 0..n {
+        let count = total / n + if i == 0 { total % n } else { 0 };
+        children.push(Process::new(producer, (q.clone(), start.clone(), count)).start()?);
+    }
+    let run = (|| {
+        meet(&start).map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        meet(&done).map_err(anyhow::Error::msg)?;
+        Ok(t.elapsed())
+    })();
+    let (elapsed, results) = settle(children, run)?;
+    let (got, sent) = results.split_at(n as usize);
+    let sum = |r: &[(u64, u64)]| r.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (got, sent) = (sum(got), sum(sent));
+    ensure!(
+        got == sent && sent.0 == total,
+        "consumers got {got:?} (items, weight), producers sent {sent:?}, expected {total} items"
+    );
+    Ok((elapsed.as_secs_f64(), got.0, got.1))
+}
+
+fn queue_small(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(1_000_000, quick) as u64;
+    queue_run(small_producer, 1, (n / 100).max(1000))?; // warm-up
+    let (secs, items, _) = queue_run(small_producer, 1, n)?;
+    Ok(items as f64 / secs)
+}
+
+fn queue_large(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(16_000, quick) as u64;
+    queue_run(large_producer, 1, 100)?; // warm-up
+    let (secs, _, bytes) = queue_run(large_producer, 1, n)?;
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
+fn queue_mpmc(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(500_000, quick) as u64;
+    queue_run(small_producer, 2, (n / 100).max(1000))?; // warm-up
+    let (secs, items, _) = queue_run(small_producer, 2, n)?;
+    Ok(items as f64 / secs)
+}
+
+fn lock_worker((v, start, done, count): (Value<u64>, Barrier, Barrier, u64)) -> Result<(), String> {
+    meet(&start)?;
+    for _ in 0..count {
+        *v.get_lock().map_err(|e| e.to_string())? += 1;
+    }
+    meet(&done)
+}
+
+/// bench.py's `_lock_run`: two processes add 1 to a shared value `per_proc` times each, under
+/// its lock. Returns the seconds from the start barrier to the end of the last one.
+fn lock_run(per_proc: u64) -> anyhow::Result<f64> {
+    let v = Value::new(0u64)?;
+    let (start, done) = (Barrier::new(3)?, Barrier::new(3)?);
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let args = (v.clone(), start.clone(), done.clone(), per_proc);
+        children.push(Process::new(lock_worker, args).start()?);
+    }
+    let run = (|| {
+        meet(&start).map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        meet(&done).map_err(anyhow::Error::msg)?;
+        Ok(t.elapsed())
+    })();
+    let (elapsed, _) = settle(children, run)?;
+    ensure!(
+        v.get() == 2 * per_proc,
+        "counter {} != {}",
+        v.get(),
+        2 * per_proc
+    );
+    Ok(elapsed.as_secs_f64())
+}
+
+fn lock_contention(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(100_000, quick) as u64;
+    lock_run(1000)?; // warm-up
+    Ok(2.0 * n as f64 / lock_run(n)?)
+}
+
+fn event_child((ping, pong, rounds): (Event, Event, u64)) -> Result<(), String> {
+    for _ in 0..rounds {
+        waited(&ping, "ping")?;
+        ping.clear();
+        pong.set();
+    }
+    Ok(())
+}
+
+/// bench.py's `bench_event_pingpong`: the parent sets `ping` and waits for `pong`, the child
+/// the reverse; the warm-up rounds also wait out the child's start.
+fn event_pingpong(quick: bool) -> anyhow::Result<f64> {
+    let (n, warm) = (scaled(10_000, quick) as u64, 200);
+    let (ping, pong) = (Event::new()?, Event::new()?);
+    let child = Process::new(event_child, (ping.clone(), pong.clone(), warm + n)).start()?;
+    let rounds = |k: u64| -> Result<(), String> {
+        for _ in 0..k {
+            ping.set();
+            waited(&pong, "pong")?;
+            pong.clear();
+        }
+        Ok(())
+    };
+    let run = (|| {
+        rounds(warm).map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        rounds(n).map_err(anyhow::Error::msg)?;
+        Ok(t.elapsed())
+    })();
+    let (elapsed, _) = settle(vec![child], run)?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Spins until `word` holds `want`, without any system call; gives up after [`PATIENCE`].
+fn spin_for(word: &RawValue<u8>, want: u8) -> Result<(), String> {
+    let mut spins = 0u32;
+    let mut since: Option<Instant> = None;
+    while word.get() != want {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1 << 20)
+            && since.get_or_insert_with(Instant::now).elapsed() > PATIENCE
+        {
+            return Err(format!("spin: {want} not seen after {PATIENCE:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Round `i` of the spin ping-pong: the parent writes `ping(i)`, the child answers `ping(i) +
+/// 1`. One byte, so that each write is a single store (a byte-wise copy of a wider counter
+/// could interleave with the other side's next write); wrapping is harmless, as each side
+/// waits for the value that follows the one it wrote.
+fn ping(i: u64) -> u8 {
+    (2 * i + 1) as u8
+}
+
+fn spin_child((word, rounds): (RawValue<u8>, u64)) -> Result<(), String> {
+    for i in 0..rounds {
+        spin_for(&word, ping(i))?;
+        word.set(ping(i).wrapping_add(1));
+    }
+    Ok(())
+}
+
+/// The floor of a cross-process round trip: one shared byte bounced by two spinning processes
+/// (`limits.c`: "shm word + pure spin").
+fn limit_spin_pingpong(quick: bool) -> anyhow::Result<f64> {
+    let (n, warm) = (scaled(1_000_000, quick) as u64, 1000);
+    let word = RawValue::new(0u8)?;
+    let child = Process::new(spin_child, (word.clone(), warm + n)).start()?;
+    let rounds = |from: u64, to: u64| -> Result<(), String> {
+        for i in from..to {
+            word.set(ping(i));
+            spin_for(&word, ping(i).wrapping_add(1))?;
+        }
+        Ok(())
+    };
+    let run = (|| {
+        rounds(0, warm).map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        rounds(warm, warm + n).map_err(anyhow::Error::msg)?;
+        Ok(t.elapsed())
+    })();
+    let (elapsed, _) = settle(vec![child], run)?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// The floor of a copy: a 64 MiB buffer copied in process (`limits.c`: "memcpy 67108864").
+fn limit_memcpy_64m(quick: bool) -> anyhow::Result<f64> {
+    let (size, n) = (64 << 20, scaled(20, quick));
+    let mut a = vec![1u8; size];
+    let mut b = vec![2u8; size];
+    b.copy_from_slice(&a); // warm-up
+    let t = Instant::now();
+    for i in 0..n {
+        b.copy_from_slice(std::hint::black_box(&a));
+        a[i % size] = b[(i * 7) % size];
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(&b);
+    Ok((size * n) as f64 / secs / 1e6)
 }

@@ -183,16 +183,57 @@ pub(crate) fn futex_wake(word: &AtomicU32, count: u32) {
     }
 }
 
-/// The calling thread's id (unique across the system while the thread lives).
-pub(crate) fn gettid() -> u32 {
+/// Bumped in the child of every `fork` (by an atfork handler), so that ids cached before the
+/// fork are not trusted after it.
+static FORK_GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn after_fork_in_child() {
+    // An atomic add: async-signal-safe, as a forked child of a threaded parent requires.
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `(pid, tid)` of the calling thread, cached: lock words record them on every acquire, and
+/// `getpid`/`gettid` are system calls.
+#[inline]
+pub(crate) fn current_ids() -> (u32, u32) {
+    use std::cell::Cell;
     thread_local! {
-        static TID: u32 = {
-            // SAFETY: gettid has no preconditions and cannot fail.
-            let tid = unsafe { libc::gettid() };
-            tid as u32
-        };
+        /// `(fork generation, pid, tid)`; generation `u32::MAX` means not yet known.
+        static IDS: Cell<(u32, u32, u32)> = const { Cell::new((u32::MAX, 0, 0)) };
     }
-    TID.with(|t| *t)
+    let generation = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+    IDS.with(|ids| {
+        let (g, pid, tid) = ids.get();
+        if g == generation {
+            return (pid, tid);
+        }
+        static REGISTER: std::sync::Once = std::sync::Once::new();
+        REGISTER.call_once(|| {
+            // SAFETY: registers a handler that only does an atomic add; it stays valid for
+            // the life of the program (a plain function).
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        });
+        // SAFETY: getpid and gettid have no preconditions and cannot fail.
+        let fresh = unsafe { (libc::getpid() as u32, libc::gettid() as u32) };
+        ids.set((
+            FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed),
+            fresh.0,
+            fresh.1,
+        ));
+        fresh
+    })
+}
+
+/// The calling thread's id (unique across the system while the thread lives).
+#[inline]
+pub(crate) fn gettid() -> u32 {
+    current_ids().1
+}
+
+/// The calling process's id, cached.
+#[inline]
+pub(crate) fn getpid_cached() -> u32 {
+    current_ids().0
 }
 
 /// Whether thread (or process) `tid` still runs: it exists and is neither a zombie nor dead.

@@ -7,7 +7,7 @@ use crate::sync::raw_lock::RawLock;
 use crate::sync::shim::{
     AtomicU32, AtomicU64, FutexWait, Ordering, fence, futex_wait_low, futex_wake_low,
 };
-use crate::sync::spin::spin_until;
+use crate::sync::spin::spin_until_batching;
 
 /// Bytes of a frame header: payload length (u32) and kind (u32).
 pub(crate) const HEADER: u32 = 8;
@@ -39,6 +39,9 @@ pub(crate) struct ProducerSide {
     tail: AtomicU64,
     /// Identifies frames whose message travels beside the ring.
     next_side_id: AtomicU64,
+    /// The head as a producer last read it: room it shows is surely there, and reading it
+    /// costs no cache miss (the consumers' line is only read when it shows too little).
+    head_hint: AtomicU64,
 }
 
 /// Written by consumers, under the consumer lock.
@@ -48,6 +51,8 @@ pub(crate) struct ConsumerSide {
     lock: RawLock,
     /// Low half: byte position of the next frame to read; high half: frames ever read.
     head: AtomicU64,
+    /// The tail as a consumer last read it: frames before it are surely published.
+    tail_hint: AtomicU64,
 }
 
 /// Who sleeps, and `JoinableQueue`'s counter.
@@ -182,6 +187,7 @@ impl<'a> Ring<'a> {
     }
 
     /// Copies `bytes` into the ring at `position`, wrapping at the end.
+    #[inline]
     fn copy_in(&self, position: u32, bytes: &[u8]) {
         let at = self.offset(position);
         let first = bytes.len().min(self.capacity as usize - at);
@@ -189,15 +195,18 @@ impl<'a> Ring<'a> {
         // producer lock and the published head make these bytes ours until we publish.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.add(at), first);
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr().add(first),
-                self.data,
-                bytes.len() - first,
-            );
+            if first < bytes.len() {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr().add(first),
+                    self.data,
+                    bytes.len() - first,
+                );
+            }
         }
     }
 
     /// Copies ring bytes at `position` into `out`, wrapping at the end.
+    #[inline]
     fn copy_out(&self, position: u32, out: &mut [u8]) {
         let at = self.offset(position);
         let first = out.len().min(self.capacity as usize - at);
@@ -205,12 +214,38 @@ impl<'a> Ring<'a> {
         // which the consumer lock makes ours to read.
         unsafe {
             std::ptr::copy_nonoverlapping(self.data.add(at), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(
-                self.data,
-                out.as_mut_ptr().add(first),
-                out.len() - first,
-            );
+            if first < out.len() {
+                std::ptr::copy_nonoverlapping(
+                    self.data,
+                    out.as_mut_ptr().add(first),
+                    out.len() - first,
+                );
+            }
         }
+    }
+
+    /// Writes a frame header at `position` (8-aligned, so it never wraps).
+    #[inline]
+    fn write_header(&self, position: u32, len: u32, kind: u32) {
+        let word = u64::from(len) | (u64::from(kind) << 32);
+        // SAFETY: positions of frames are multiples of 8 and the capacity is too, so the 8
+        // bytes lie inside the ring, 8-aligned (the ring starts on a cache line); they are
+        // ours as in `copy_in`.
+        unsafe {
+            self.data
+                .add(self.offset(position))
+                .cast::<u64>()
+                .write(word.to_le())
+        };
+    }
+
+    /// Reads the frame header at `position`: `(len, kind)`.
+    #[inline]
+    fn read_header(&self, position: u32) -> (u32, u32) {
+        // SAFETY: as in `write_header`, for a published frame the consumer lock makes ours.
+        let word =
+            u64::from_le(unsafe { self.data.add(self.offset(position)).cast::<u64>().read() });
+        (word as u32, (word >> 32) as u32)
     }
 }
 
@@ -231,9 +266,14 @@ impl Producer<'_, '_> {
         let ring = self.ring;
         let consumer = &ring.layout.consumer;
         let sleepers = &ring.layout.sleepers;
+        let hint = &ring.layout.producer.head_hint;
+        if ring.has_room(hint.load(Ordering::Relaxed), self.tail, frame) {
+            return Ok(());
+        }
         let mut spun = false;
         loop {
             let head = consumer.head.load(Ordering::Acquire);
+            hint.store(head, Ordering::Relaxed);
             if ring.has_room(head, self.tail, frame) {
                 return Ok(());
             }
@@ -242,7 +282,7 @@ impl Producer<'_, '_> {
             }
             if !spun {
                 spun = true;
-                if spin_until(|| consumer.head.load(Ordering::Relaxed) != head) {
+                if spin_until_batching(|| consumer.head.load(Ordering::Relaxed) != head) {
                     continue;
                 }
             }
@@ -279,10 +319,7 @@ impl Producer<'_, '_> {
         let ring = self.ring;
         let len = frame_len(payload.len()).expect("caller checked the frame size");
         let at = pos(self.tail);
-        let mut header = [0u8; HEADER as usize];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&kind.to_le_bytes());
-        ring.copy_in(at, &header);
+        ring.write_header(at, payload.len() as u32, kind);
         ring.copy_in(at.wrapping_add(HEADER), payload);
         self.tail = word(at.wrapping_add(len), count(self.tail).wrapping_add(1));
         ring.layout
@@ -322,9 +359,15 @@ impl Consumer<'_, '_> {
         let producer = &ring.layout.producer;
         let sleepers = &ring.layout.sleepers;
         let empty = |tail: u64| pos(tail) == pos(self.head);
+        let hint = &ring.layout.consumer.tail_hint;
+        if !empty(hint.load(Ordering::Relaxed)) {
+            return Ok(());
+        }
         let mut spun = false;
         loop {
-            if !empty(producer.tail.load(Ordering::Acquire)) {
+            let tail = producer.tail.load(Ordering::Acquire);
+            hint.store(tail, Ordering::Relaxed);
+            if !empty(tail) {
                 return Ok(());
             }
             if !block {
@@ -332,7 +375,7 @@ impl Consumer<'_, '_> {
             }
             if !spun {
                 spun = true;
-                if spin_until(|| !empty(producer.tail.load(Ordering::Relaxed))) {
+                if spin_until_batching(|| !empty(producer.tail.load(Ordering::Relaxed))) {
                     continue;
                 }
             }
@@ -350,11 +393,11 @@ impl Consumer<'_, '_> {
         }
     }
 
-    /// Takes the next frame (there must be one): its payload goes into `out` (replacing what
+    /// Takes the next frame (`wait_frame` must have found it): its payload goes into `out` (replacing what
     /// was there), the frame is released to producers, and its kind is returned.
     pub(crate) fn take(&mut self, out: &mut Vec<u8>) -> Result<u32, Corrupt> {
         let ring = self.ring;
-        let tail = ring.layout.producer.tail.load(Ordering::Acquire);
+        let tail = ring.layout.consumer.tail_hint.load(Ordering::Relaxed);
         let at = pos(self.head);
         let available = pos(tail).wrapping_sub(at);
         if available < HEADER || available > ring.capacity || !at.is_multiple_of(8) {
@@ -362,10 +405,7 @@ impl Consumer<'_, '_> {
                 "{available} bytes available at position {at}"
             )));
         }
-        let mut header = [0u8; HEADER as usize];
-        ring.copy_out(at, &mut header);
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let kind = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let (len, kind) = ring.read_header(at);
         let frame = frame_len(len as usize).filter(|f| *f <= available);
         let Some(frame) = frame else {
             return Err(Corrupt(format!(
@@ -400,7 +440,8 @@ impl Drop for Consumer<'_, '_> {
 #[cfg(test)]
 pub(crate) struct HeapRing {
     layout: Box<RingLayout>,
-    data: Box<[std::cell::UnsafeCell<u8>]>,
+    /// Words, so that the bytes are 8-aligned as in shared memory.
+    data: Box<[std::cell::UnsafeCell<u64>]>,
 }
 
 // SAFETY: the data bytes are only touched through `Ring`, whose locks and published indexes
@@ -421,7 +462,7 @@ impl HeapRing {
     }
 
     pub(crate) fn ring(&self) -> Ring<'_> {
-        // SAFETY: `data` holds `capacity` bytes living as long as `self`.
+        // SAFETY: `data` holds `capacity` bytes, 8-aligned, living as long as `self`.
         unsafe { Ring::new(&self.layout, self.data.as_ptr() as *mut u8) }
     }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::shim::{
     AtomicU32, FutexWait, Ordering, alive, futex_wait, futex_wake, process_id, thread_id,
 };
-use super::spin::spin_until;
+use super::spin::spin_until_patient;
 
 const OWNER: u32 = (1 << 30) - 1;
 const WAITERS: u32 = 1 << 31;
@@ -101,7 +101,8 @@ impl RawLock {
 
     #[cold]
     fn lock_slow(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
-        if spin_until(|| self.state.load(Ordering::Relaxed) & OWNER == 0) && self.try_lock() {
+        if spin_until_patient(|| self.state.load(Ordering::Relaxed) & OWNER == 0) && self.try_lock()
+        {
             return Some(Acquired::Clean);
         }
         loop {

@@ -60,7 +60,7 @@ mod real {
 
     /// This process's id.
     pub(crate) fn process_id() -> u32 {
-        crate::platform::getpid() as u32
+        crate::platform::getpid_cached()
     }
 
     /// Whether the thread (or process) with this id still runs.
