@@ -327,6 +327,17 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))
 }
 
+/// Variables every process started by [`spawn_self`] gets in its environment besides ours
+/// (we never change our own environment: that is unsound once threads run).
+static CHILD_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds (or replaces) a variable for the environment of every child started from now on.
+pub(crate) fn set_child_env(key: &str, value: &str) {
+    let mut vars = CHILD_ENV.lock().unwrap_or_else(|p| p.into_inner());
+    vars.retain(|(k, _)| k != key);
+    vars.push((key.to_string(), value.to_string()));
+}
+
 /// Starts a fresh copy of this executable (`/proc/self/exe`) with `env` added to the
 /// environment, `keep` inherited at the same descriptor number and stdin on `/dev/null`.
 pub(crate) fn spawn_self(env: (&str, &str), keep: BorrowedFd<'_>) -> io::Result<i32> {
@@ -338,8 +349,14 @@ pub(crate) fn spawn_self(env: (&str, &str), keep: BorrowedFd<'_>) -> io::Result<
         argv_owned.iter().map(|a| a.as_ptr() as *mut _).collect();
     argv.push(ptr::null_mut());
     let mut env_owned = Vec::new();
+    let extra = CHILD_ENV.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (k, v) in &extra {
+        env_owned.push(cstring(format!("{k}={v}").as_bytes())?);
+    }
     for (k, v) in std::env::vars_os() {
-        if k.as_bytes() == env.0.as_bytes() {
+        if k.as_bytes() == env.0.as_bytes()
+            || extra.iter().any(|(e, _)| e.as_bytes() == k.as_bytes())
+        {
             continue;
         }
         let mut kv = k.as_bytes().to_vec();

@@ -320,3 +320,74 @@ pub(crate) fn poll_writable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io
         }
     }
 }
+
+fn abstract_addr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = name.as_bytes();
+    // Abstract namespace: a leading NUL, then the name (no file, gone with the socket).
+    if bytes.len() + 1 > addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket name too long",
+        ));
+    }
+    for (dst, src) in addr.sun_path[1..].iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len();
+    Ok((addr, len as libc::socklen_t))
+}
+
+fn seqpacket_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes plain integers and returns a new descriptor or -1.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A seqpacket socket listening on the abstract Unix address `name`.
+pub(crate) fn seqpacket_listen(name: &str) -> io::Result<OwnedFd> {
+    let fd = seqpacket_socket()?;
+    let (addr, len) = abstract_addr(name)?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; the descriptor is open.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) })?;
+    // SAFETY: listen on an open, bound socket.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
+    Ok(fd)
+}
+
+/// Connects a seqpacket socket to the abstract Unix address `name`.
+pub(crate) fn seqpacket_connect(name: &str) -> io::Result<OwnedFd> {
+    let fd = seqpacket_socket()?;
+    let (addr, len) = abstract_addr(name)?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; the descriptor is open.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) })?;
+    Ok(fd)
+}
+
+/// Accepts one connection on a listening socket.
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 with null address pointers on an open listening socket.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes SIGINT and SIGTERM ignored (a helper process that must outlive a Ctrl-C).
+pub(crate) fn ignore_interrupts() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+}

@@ -66,6 +66,10 @@ pub(crate) fn on_load() {
     if let Some(fd) = unsafe { platform::take_env(forkserver::ENV) } {
         forkserver::serve(adopt(&fd));
     }
+    // SAFETY: as above.
+    if let Some(fd) = unsafe { platform::take_env(crate::shm::tracker::ENV) } {
+        crate::shm::tracker::serve(adopt(&fd));
+    }
 }
 
 fn adopt(fd: &str) -> OwnedFd {

@@ -9,6 +9,7 @@
 //! atomics whose first word is `L::MAGIC`), followed by `extra` bytes the layout describes.
 
 mod named;
+pub(crate) mod tracker;
 mod value;
 
 pub use named::SharedMemory;

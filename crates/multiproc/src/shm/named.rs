@@ -41,7 +41,9 @@ use crate::share::{FdIn, FdOut};
 /// ```
 ///
 /// # Caveats
-/// A name stays in `/dev/shm` until someone unlinks it, even if every process using it died.
+/// Unlink what you create. A name its creator did not unlink is unlinked (with a message on
+/// stderr) by a tracker process once every process of the tree that created it has exited,
+/// crashed or not, as CPython's resource tracker does.
 pub struct SharedMemory {
     name: String,
     ptr: NonNull<u8>,
@@ -79,9 +81,11 @@ impl SharedMemory {
         }
         let fd = platform::shm_open(&name, true, size)
             .map_err(|e| Error::io(format!("{}: cannot create", what()), e))?;
-        SharedMemory::map(name.clone(), fd).inspect_err(|_| {
+        let block = SharedMemory::map(name.clone(), fd).inspect_err(|_| {
             let _ = platform::shm_unlink(&name);
-        })
+        })?;
+        super::tracker::register(&name);
+        Ok(block)
     }
 
     /// Attaches to the existing block `name`.
@@ -122,7 +126,9 @@ impl SharedMemory {
     /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the name is already gone.
     pub fn unlink(&self) -> Result<()> {
         platform::shm_unlink(&self.name)
-            .map_err(|e| Error::io(format!("shared memory {:?}: cannot unlink", self.name), e))
+            .map_err(|e| Error::io(format!("shared memory {:?}: cannot unlink", self.name), e))?;
+        super::tracker::unregister(&self.name);
+        Ok(())
     }
 
     fn bytes(&self) -> &[AtomicU8] {
