@@ -334,3 +334,39 @@ fn fork_server_children_report_signals_and_panics() {
     );
     assert_eq!(p.exitcode(), Some(1));
 }
+
+/// Run by `a_child_of_another_build_is_refused` in a copy of this binary whose children see
+/// a different build fingerprint.
+#[test]
+#[ignore = "a helper, run by another test"]
+fn helper_starts_a_mismatched_child() {
+    if std::env::var_os("MULTIPROC_TEST_FINGERPRINT_SALT").is_none() {
+        return;
+    }
+    let mut p = Process::new(square, 3).start().unwrap();
+    let err = p.join(None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BinaryMismatch, "{err}");
+    assert!(err.to_string().contains("not the same executable"), "{err}");
+    println!("REFUSED {err}");
+}
+
+#[test]
+fn a_child_of_another_build_is_refused() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_starts_a_mismatched_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("MULTIPROC_TEST_FINGERPRINT_SALT", "-other-build")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("REFUSED"), "{stdout}");
+}

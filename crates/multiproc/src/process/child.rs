@@ -45,6 +45,9 @@ pub(crate) enum Report {
     Refused { message: String, mismatch: bool },
 }
 
+/// For tests only: children append this variable's value to their fingerprint.
+const TEST_FINGERPRINT_SALT: &str = "MULTIPROC_TEST_FINGERPRINT_SALT";
+
 /// The build fingerprint: same file, same code layout.
 pub(crate) fn fingerprint() -> String {
     let layout =
@@ -101,7 +104,12 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
         Ok(b) => b,
         Err(e) => refuse(&control, format!("bad bootstrap message: {e}"), false),
     };
-    let mine = fingerprint();
+    let mut mine = fingerprint();
+    // Lets a test make a child that differs from its parent (there is no other way to get a
+    // mismatched child: the child is always `/proc/self/exe`).
+    if let Some(salt) = std::env::var_os(TEST_FINGERPRINT_SALT) {
+        mine.push_str(&salt.to_string_lossy());
+    }
     if bootstrap.fingerprint != mine {
         let detail = format!(
             "parent runs build {}, child runs {}",
