@@ -117,6 +117,20 @@ const BENCHES: &[Bench] = &[
         run: event_pingpong,
     },
     Bench {
+        name: "pool_map_small",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: true,
+        run: pool_map_small,
+    },
+    Bench {
+        name: "pool_apply_roundtrip",
+        unit: "rt/s",
+        better: Better::Higher,
+        compared: true,
+        run: pool_apply_roundtrip,
+    },
+    Bench {
         name: "limit_spin_pingpong",
         unit: "rt/s",
         better: Better::Higher,
@@ -631,4 +645,43 @@ fn limit_memcpy_64m(quick: bool) -> anyhow::Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     std::hint::black_box(&b);
     Ok((size * n) as f64 / secs / 1e6)
+}
+
+fn identity(x: u64) -> u64 {
+    x
+}
+
+/// `map` of identity over 100k ints with 2 workers (CPython's default chunk size on both sides).
+fn pool_map_small(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(100_000, quick) as u64;
+    let pool = multiproc::Pool::new(2)?;
+    pool.map(identity, 0..1000)?; // warm-up
+    let t0 = Instant::now();
+    let out = pool.map(identity, 0..n)?;
+    let dt = t0.elapsed().as_secs_f64();
+    if out.len() as u64 != n || out.last() != Some(&(n - 1)) {
+        bail!("bad map result");
+    }
+    pool.close();
+    pool.join()?;
+    Ok(n as f64 / dt)
+}
+
+/// Sequential `apply_async(identity, i).get()` on a pool of 2.
+fn pool_apply_roundtrip(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(5000, quick) as u64;
+    let pool = multiproc::Pool::new(2)?;
+    for i in 0..100 {
+        pool.apply_async(identity, i)?.get()?;
+    }
+    let t0 = Instant::now();
+    for i in 0..n {
+        if pool.apply_async(identity, i)?.get()? != i {
+            bail!("bad apply result");
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    pool.close();
+    pool.join()?;
+    Ok(n as f64 / dt)
 }

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Empty,
     /// A barrier was broken (aborted, reset, or a wait timed out).
     BrokenBarrier,
+    /// A pool worker died while it ran the task.
+    WorkerLost,
     /// An operating-system call failed.
     Io,
 }
@@ -151,6 +153,16 @@ pub enum Error {
         /// The queue concerned.
         what: String,
     },
+    /// The pool worker running the task died (killed, aborted, out of memory).
+    #[error("pool worker {name:?} (pid {pid}) was lost while running the task: {detail}")]
+    WorkerLost {
+        /// The worker's name.
+        name: String,
+        /// The worker's pid.
+        pid: i32,
+        /// How it ended (`killed by signal 9 (SIGKILL)`, …).
+        detail: String,
+    },
     /// The barrier is broken.
     #[error("{what}: broken")]
     BrokenBarrier {
@@ -194,6 +206,7 @@ impl Error {
             Error::Full { .. } => ErrorKind::Full,
             Error::Empty { .. } => ErrorKind::Empty,
             Error::BrokenBarrier { .. } => ErrorKind::BrokenBarrier,
+            Error::WorkerLost { .. } => ErrorKind::WorkerLost,
             Error::Io { .. } => ErrorKind::Io,
         }
     }

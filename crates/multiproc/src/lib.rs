@@ -36,6 +36,7 @@
 mod connection;
 mod error;
 mod platform;
+mod pool;
 mod process;
 mod queue;
 mod share;
@@ -44,6 +45,7 @@ mod sync;
 
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ErrorKind, Result};
+pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
     current_process, init, parent_process,

@@ -221,6 +221,12 @@ fn install_panic_hook() {
     }));
 }
 
+/// The message and location of the last panic on the child's main thread (recorded by the
+/// panic hook), for pool workers that catch their tasks' panics.
+pub(crate) fn take_last_panic() -> Option<(String, Option<String>)> {
+    lock(&PANIC).take()
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()

@@ -56,6 +56,33 @@ where
     (t as usize as isize).wrapping_sub(anchor as fn() as usize as isize)
 }
 
+/// A target named by its trampoline, for pool workers: made in the parent with
+/// [`TargetId::of`], sent through the pool's own queues, run in a worker of the same build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TargetId(isize);
+
+impl TargetId {
+    /// The id of target `f` taking an `A` and returning an `R`.
+    pub(crate) fn of<F, A, R>(f: &F) -> TargetId
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        TargetId(offset_of(f))
+    }
+
+    /// Runs the target on serialized arguments.
+    pub(crate) fn run(self, args: &[u8], fds: Vec<OwnedFd>) -> TargetOutcome {
+        // SAFETY: a TargetId is made only by `of` (the field is private), in the pool's
+        // parent, and reaches a worker only through queues that the pool created and handed to
+        // workers it started itself: processes of the same executable, whose build fingerprint
+        // was checked when they started. So the offset names a trampoline of this image.
+        let trampoline = unsafe { resolve(self.0) };
+        trampoline(args, fds)
+    }
+}
+
 /// The trampoline at `offset` from this process's anchor.
 ///
 /// # Safety

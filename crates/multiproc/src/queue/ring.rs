@@ -164,6 +164,39 @@ impl<'a> Ring<'a> {
             && (maxsize == 0 || count(tail).wrapping_sub(count(head)) < maxsize)
     }
 
+    /// Waits, without holding the consumer lock, until the ring seems to hold a frame. Another
+    /// consumer may take it first: callers then look again. Waiting outside the lock lets
+    /// several consumers sleep at once and lets a non-blocking consumer in meanwhile.
+    pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), WaitFailed> {
+        let producer = &self.layout.producer;
+        let consumer = &self.layout.consumer;
+        let sleepers = &self.layout.sleepers;
+        let empty = || {
+            pos(producer.tail.load(Ordering::Acquire)) == pos(consumer.head.load(Ordering::Acquire))
+        };
+        if !empty() || spin_until_batching(|| !empty()) {
+            return Ok(());
+        }
+        loop {
+            let tail = producer.tail.load(Ordering::Acquire);
+            sleepers.consumers.fetch_add(1, Ordering::Relaxed);
+            // Pairs with the fence in `Producer::publish`.
+            fence(Ordering::SeqCst);
+            let waited = if empty() {
+                futex_wait_low(&producer.tail, pos(tail), deadline)
+            } else {
+                FutexWait::Woken
+            };
+            sleepers.consumers.fetch_sub(1, Ordering::Relaxed);
+            if !empty() {
+                return Ok(());
+            }
+            if waited == FutexWait::TimedOut {
+                return Err(WaitFailed::TimedOut);
+            }
+        }
+    }
+
     /// Takes the producer lock (until `deadline`); `None` on timeout.
     pub(crate) fn producer(&self, deadline: Option<Instant>) -> Option<Producer<'_, 'a>> {
         self.layout.producer.lock.lock_deadline(deadline)?;

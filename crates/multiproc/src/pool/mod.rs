@@ -1,0 +1,929 @@
+//! `Pool`: worker processes that run tasks, where a worker that dies fails only its task.
+//!
+//! Each worker has a task queue of its own, and all report on one result queue. The pool
+//! keeps, per worker, the tasks it sent in order: the first one is the one running. A
+//! result-handler thread in the parent takes results, runs callbacks, and supervises: when a
+//! worker dies it first drains the result queue (so nothing the worker finished is lost), then
+//! fails the task the worker was running (`WorkerLost`, or `Timeout` if the pool killed it for
+//! running too long, or retries it), hands the worker's other tasks to the rest, and starts a
+//! replacement.
+
+#![forbid(unsafe_code)]
+
+mod result;
+mod worker;
+
+use result::Pump;
+pub use result::{AsyncResult, IMapIter, MapResult};
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use self::result::Slot;
+use self::worker::{FromWorker, ItemOutcome, ToWorker, WorkerArgs, worker_main};
+use crate::error::{Error, Result};
+use crate::process::{Process, StartMethod, TargetId};
+use crate::queue::Queue;
+
+/// Tasks sent ahead to one worker (one running, the next ready).
+const AHEAD: usize = 2;
+/// How often the handler looks at the workers when no result comes.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
+
+/// What a task's items gave, or why the task failed as a whole.
+pub(crate) type TaskOutcome = std::result::Result<Vec<ItemOutcome>, Error>;
+type Deliver = Box<dyn FnOnce(TaskOutcome) + Send>;
+
+struct TaskEntry {
+    target: TargetId,
+    items: Vec<ByteBuf>,
+    retries_left: u32,
+    deliver: Deliver,
+}
+
+struct Worker {
+    process: Option<Process<()>>,
+    tasks: Queue<ToWorker>,
+    /// Task ids sent to this worker, oldest (running) first.
+    sent: VecDeque<u64>,
+    /// Since when the oldest sent task may have been running.
+    front_since: Instant,
+    name: String,
+    pid: i32,
+}
+
+struct State {
+    workers: Vec<Worker>,
+    backlog: VecDeque<u64>,
+    tasks: HashMap<u64, TaskEntry>,
+    next_id: u64,
+    closed: bool,
+    /// Terminated, or joined: the handler stops.
+    finished: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when the last task is done, and when the pool finishes.
+    idle: Condvar,
+    results: Queue<FromWorker>,
+    config: Config,
+}
+
+#[derive(Clone)]
+struct Config {
+    processes: usize,
+    initializer: Option<(TargetId, ByteBuf)>,
+    max_tasks_per_child: u64,
+    task_timeout: Option<Duration>,
+    retries: u32,
+    start_method: StartMethod,
+}
+
+/// Sets up a [`Pool`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn setup(greeting: String) { let _ = greeting; }
+///
+/// let pool = multiproc::Pool::builder()
+///     .processes(2)
+///     .initializer(setup, "hello".to_string())
+///     .max_tasks_per_child(100)
+///     .task_timeout(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(pool.apply(|x: u32| x + 1, 41)?, 42);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[must_use = "a builder does nothing until built"]
+pub struct PoolBuilder {
+    config: Config,
+    error: Option<Error>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.config.processes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.config.processes = n;
+        self
+    }
+
+    /// A function each worker runs once when it starts (Python's `initializer`/`initargs`).
+    pub fn initializer<F, A, R>(mut self, f: F, args: A) -> Self
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize,
+    {
+        match encode_args(&args) {
+            Ok(bytes) => self.config.initializer = Some((TargetId::of(&f), bytes)),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Replace each worker after it ran this many tasks (Python's `maxtasksperchild`; a chunk
+    /// of `map` counts as one task).
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.config.max_tasks_per_child = n;
+        self
+    }
+
+    /// Kill a worker whose task runs longer than this and fail the task with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (not in CPython).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.config.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Run a task again, up to `n` times, when its worker dies or times out under it.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.config.retries = n;
+        self
+    }
+
+    /// How workers are started (default [`StartMethod::Spawn`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.config.start_method = method;
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) for 0 processes; a worker
+    /// that cannot start; an initializer argument that cannot be serialized.
+    pub fn build(self) -> Result<Pool> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.config.processes == 0 {
+            return Err(Error::invalid("pool", "needs at least one process"));
+        }
+        let results = Queue::builder().name("pool results").build()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                workers: Vec::new(),
+                backlog: VecDeque::new(),
+                tasks: HashMap::new(),
+                next_id: 0,
+                closed: false,
+                finished: false,
+            }),
+            idle: Condvar::new(),
+            results,
+            config: self.config,
+        });
+        {
+            let mut state = shared.lock();
+            for slot in 0..shared.config.processes {
+                let worker = shared.start_worker(slot as u32)?;
+                state.workers.push(worker);
+            }
+        }
+        let handler_shared = shared.clone();
+        let handler = std::thread::Builder::new()
+            .name("multiproc-pool-handler".into())
+            .spawn(move || handler_shared.handle())
+            .map_err(|e| Error::io("pool: cannot start its result handler", e))?;
+        Ok(Pool {
+            shared,
+            handler: Mutex::new(Some(handler)),
+        })
+    }
+}
+
+fn encode_args<A: Serialize>(args: &A) -> Result<ByteBuf> {
+    let mut bytes = Vec::new();
+    let fds = crate::share::encode_into("pool task arguments", args, &mut bytes)?;
+    if !fds.is_empty() {
+        return Err(Error::serialization(
+            "pool task arguments",
+            "cannot carry shared handles (queues, locks, pipes); pass them to the workers with \
+             the initializer",
+        ));
+    }
+    Ok(ByteBuf::from(bytes))
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_worker(&self, slot: u32) -> Result<Worker> {
+        let tasks = Queue::builder().name("pool tasks").build()?;
+        let args = WorkerArgs {
+            tasks: tasks.clone(),
+            results: self.results.clone(),
+            slot,
+            initializer: self.config.initializer.clone(),
+            max_tasks: self.config.max_tasks_per_child,
+        };
+        static WORKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let process = Process::new(worker_main, args)
+            .name(format!("PoolWorker-{n}"))
+            .daemon(true)
+            .start_method(self.config.start_method)
+            .start()?;
+        Ok(Worker {
+            pid: process.pid(),
+            name: process.name().to_string(),
+            process: Some(process),
+            tasks,
+            sent: VecDeque::new(),
+            front_since: Instant::now(),
+        })
+    }
+
+    /// Adds a task and sends it if a worker has room.
+    fn submit(&self, target: TargetId, items: Vec<ByteBuf>, deliver: Deliver) -> Result<()> {
+        let mut state = self.lock();
+        if state.closed || state.finished {
+            return Err(Error::invalid("pool", "closed: no new tasks"));
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.tasks.insert(
+            id,
+            TaskEntry {
+                target,
+                items,
+                retries_left: self.config.retries,
+                deliver,
+            },
+        );
+        state.backlog.push_back(id);
+        dispatch(&mut state);
+        Ok(())
+    }
+
+    /// The result-handler thread.
+    fn handle(&self) {
+        let mut last_look = Instant::now();
+        loop {
+            match self.results.get_timeout(SUPERVISE_EVERY) {
+                Ok(report) => self.on_report(report),
+                Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
+                Err(_) => {}
+            }
+            if last_look.elapsed() >= SUPERVISE_EVERY {
+                last_look = Instant::now();
+                if !self.supervise() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_report(&self, report: FromWorker) {
+        let (entry, now_idle) = {
+            let mut state = self.lock();
+            if let Some(w) = state.workers.get_mut(report.slot as usize) {
+                if let Some(pos) = w.sent.iter().position(|id| *id == report.id) {
+                    w.sent.remove(pos);
+                }
+                w.front_since = Instant::now();
+            }
+            let entry = state.tasks.remove(&report.id);
+            dispatch(&mut state);
+            (entry, state.tasks.is_empty())
+        };
+        if let Some(entry) = entry {
+            run_delivery(entry.deliver, Ok(report.outcomes));
+        }
+        if now_idle {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Looks for dead and overdue workers; false once the pool is finished.
+    fn supervise(&self) -> bool {
+        let mut ended = Vec::new();
+        {
+            let mut state = self.lock();
+            if state.finished {
+                return false;
+            }
+            for (slot, w) in state.workers.iter_mut().enumerate() {
+                let Some(p) = &w.process else { continue };
+                let overdue = self
+                    .config
+                    .task_timeout
+                    .is_some_and(|t| !w.sent.is_empty() && w.front_since.elapsed() > t);
+                if overdue {
+                    let _ = p.kill();
+                    ended.push((slot, true));
+                } else if !p.is_alive() {
+                    ended.push((slot, false));
+                }
+            }
+        }
+        if ended.is_empty() {
+            return true;
+        }
+        // Whatever the dead finished is in the result queue: take it first.
+        while let Ok(report) = self.results.try_get() {
+            self.on_report(report);
+        }
+        let mut failed = Vec::new();
+        {
+            let mut state = self.lock();
+            for (slot, timed_out) in ended {
+                let Some(mut process) = state.workers[slot].process.take() else {
+                    continue;
+                };
+                let how = process.join(None);
+                let w = &mut state.workers[slot];
+                let mut sent = std::mem::take(&mut w.sent);
+                let running = match how {
+                    // A clean exit (max_tasks_per_child): what it was sent never started.
+                    Ok(()) => None,
+                    Err(e) => sent.pop_front().map(|id| {
+                        let error = if timed_out {
+                            Error::timeout(
+                                format!("pool task on worker {:?}", w.name),
+                                self.config.task_timeout.unwrap_or_default(),
+                            )
+                        } else {
+                            lost(w, e)
+                        };
+                        (id, error)
+                    }),
+                };
+                for id in sent.into_iter().rev() {
+                    state.backlog.push_front(id);
+                }
+                if let Some((id, error)) = running {
+                    let retry = state.tasks.get_mut(&id).is_some_and(|t| {
+                        let again = t.retries_left > 0;
+                        t.retries_left = t.retries_left.saturating_sub(1);
+                        again
+                    });
+                    if retry {
+                        state.backlog.push_front(id);
+                    } else if let Some(entry) = state.tasks.remove(&id) {
+                        failed.push((entry, error));
+                    }
+                }
+                if !state.finished {
+                    match self.start_worker(slot as u32) {
+                        Ok(worker) => state.workers[slot] = worker,
+                        Err(e) => {
+                            // Without workers the tasks would wait for ever: fail them.
+                            for (_, entry) in state.tasks.drain() {
+                                failed.push((entry, clone_error(&e)));
+                            }
+                            state.backlog.clear();
+                        }
+                    }
+                }
+            }
+            dispatch(&mut state);
+        }
+        let now_idle = !failed.is_empty() && self.lock().tasks.is_empty();
+        for (entry, error) in failed {
+            run_delivery(entry.deliver, Err(error));
+        }
+        if now_idle {
+            self.idle.notify_all();
+        }
+        true
+    }
+}
+
+impl Pump for Shared {
+    fn pump(&self) -> bool {
+        match self.results.try_get() {
+            Ok(report) => {
+                self.on_report(report);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn lost(w: &Worker, e: Error) -> Error {
+    match e {
+        Error::Killed { signal, .. } => Error::WorkerLost {
+            name: w.name.clone(),
+            pid: w.pid,
+            detail: format!(
+                "killed by signal {signal} ({})",
+                crate::platform::signal_name(signal)
+            ),
+        },
+        // panic = "abort": the panic itself is the news.
+        e @ Error::Panicked { .. } => e,
+        other => Error::WorkerLost {
+            name: w.name.clone(),
+            pid: w.pid,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    Error::invalid("pool", format!("cannot replace a worker: {e}"))
+}
+
+/// A copy of a task's error for each item of its chunk (`Error` holds an `io::Error`, which is
+/// not `Clone`).
+pub(crate) fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::WorkerLost { name, pid, detail } => Error::WorkerLost {
+            name: name.clone(),
+            pid: *pid,
+            detail: detail.clone(),
+        },
+        Error::Timeout { what, after } => Error::Timeout {
+            what: what.clone(),
+            after: *after,
+        },
+        Error::Panicked {
+            name,
+            pid,
+            message,
+            location,
+        } => Error::Panicked {
+            name: name.clone(),
+            pid: *pid,
+            message: message.clone(),
+            location: location.clone(),
+        },
+        other => Error::invalid("pool", other.to_string()),
+    }
+}
+
+/// Runs a delivery; a panicking callback is reported and does not take the handler down.
+fn run_delivery(deliver: Deliver, outcome: TaskOutcome) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(outcome))).is_err() {
+        eprintln!("multiproc: a pool callback panicked; the pool carries on");
+    }
+}
+
+/// Sends backlog tasks to workers with room (state locked).
+fn dispatch(state: &mut State) {
+    while let Some(&id) = state.backlog.front() {
+        // The least loaded worker; among equals the one that finished last, which is likely
+        // still spinning for work rather than asleep (a wake-up costs tens of microseconds).
+        let Some((slot, _)) = state
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.process.is_some() && w.sent.len() < AHEAD)
+            .min_by_key(|(_, w)| (w.sent.len(), std::cmp::Reverse(w.front_since)))
+        else {
+            return;
+        };
+        let Some(entry) = state.tasks.get(&id) else {
+            state.backlog.pop_front();
+            continue;
+        };
+        let message = ToWorker::Task {
+            id,
+            target: entry.target,
+            items: entry.items.clone(),
+        };
+        let w = &mut state.workers[slot];
+        if w.tasks.try_put(&message).is_err() {
+            return;
+        }
+        if w.sent.is_empty() {
+            w.front_since = Instant::now();
+        }
+        w.sent.push_back(id);
+        state.backlog.pop_front();
+    }
+}
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// Tasks are `fn` items or non-capturing closures with a serde argument, as for
+/// [`Process`]. Results come back as values; a task that panics fails with its message and the
+/// worker carries on. Beyond CPython, failure never hangs the pool: a worker that dies fails the
+/// task it was running with [`ErrorKind::WorkerLost`](crate::ErrorKind::WorkerLost) and is
+/// replaced; with [`PoolBuilder::task_timeout`] a stuck task fails with
+/// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout).
+///
+/// Dropping the pool terminates it (as CPython's context manager does); call
+/// [`close`](Self::close) and [`join`](Self::join) to let queued tasks finish.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::new(2)?;
+/// let squares = pool.map(square, 0..10)?;
+/// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+/// let pending = pool.apply_async(square, 7)?;
+/// assert_eq!(pending.get()?, 49);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    handler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("Pool")
+            .field("processes", &state.workers.len())
+            .field("pending", &state.tasks.len())
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers.
+    ///
+    /// # Errors
+    /// As for [`PoolBuilder::build`].
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            config: Config {
+                processes: crate::cpu_count(),
+                initializer: None,
+                max_tasks_per_child: 0,
+                task_timeout: None,
+                retries: 0,
+                start_method: StartMethod::default(),
+            },
+            error: None,
+        }
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result.
+    ///
+    /// # Errors
+    /// The task's failure (a panic, [`ErrorKind::WorkerLost`](crate::ErrorKind::WorkerLost),
+    /// a timeout), or [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool
+    /// is closed.
+    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// Starts `f(args)` in a worker; the result arrives in the returned [`AsyncResult`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool is closed;
+    /// arguments that cannot be serialized.
+    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_with(f, args, |_: &R| {}, |_: &Error| {})
+    }
+
+    /// [`apply_async`](Self::apply_async) with a `callback` for the value and an
+    /// `error_callback` for a failure, run on the pool's result-handler thread (keep them
+    /// short). A callback that panics is reported on stderr; the pool carries on.
+    ///
+    /// # Errors
+    /// As for [`apply_async`](Self::apply_async).
+    pub fn apply_async_with<F, A, R>(
+        &self,
+        f: F,
+        args: A,
+        callback: impl FnOnce(&R) + Send + 'static,
+        error_callback: impl FnOnce(&Error) + Send + 'static,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items = vec![encode_args(&args)?];
+        let slot = Arc::new(Slot::new());
+        let sink = slot.clone();
+        let deliver: Deliver = Box::new(move |outcome| {
+            let value = result::single(outcome);
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &value {
+                Ok(v) => callback(v),
+                Err(e) => error_callback(e),
+            }));
+            // The task's outcome stands whatever its callback did.
+            sink.fill(value.map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
+            if called.is_err() {
+                eprintln!("multiproc: a pool callback panicked; the pool carries on");
+            }
+        });
+        self.shared.submit(TargetId::of(&f), items, deliver)?;
+        Ok(AsyncResult::new(slot, self.shared.clone()))
+    }
+
+    /// Applies `f` to every item, in chunks of about `len / (4 × processes)` items (CPython's
+    /// default), and returns the results in order.
+    ///
+    /// # Errors
+    /// The first failing item's error (in item order).
+    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async(f, items, None)?.get()
+    }
+
+    /// [`map`](Self::map) with an explicit `chunksize`.
+    ///
+    /// # Errors
+    /// As for [`map`](Self::map).
+    pub fn map_chunked<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async(f, items, Some(chunksize))?.get()
+    }
+
+    /// Python's `starmap`: `map` where each item is the tuple of the target's arguments (in
+    /// Rust every target already takes one argument, so this is [`map`](Self::map)).
+    ///
+    /// # Errors
+    /// As for [`map`](Self::map).
+    pub fn starmap<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map(f, items)
+    }
+
+    /// Starts a `map`; the results arrive together in the returned [`MapResult`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool is closed;
+    /// items that cannot be serialized.
+    pub fn map_async<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<MapResult<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let encoded = items
+            .into_iter()
+            .map(|a| encode_args(&a))
+            .collect::<Result<Vec<_>>>()?;
+        let chunksize = chunksize
+            .unwrap_or_else(|| default_chunksize(encoded.len(), self.shared.config.processes))
+            .max(1);
+        let map = result::MapState::new(encoded.len());
+        let target = TargetId::of(&f);
+        let mut rest = encoded.into_iter();
+        let mut start = 0;
+        loop {
+            let chunk: Vec<ByteBuf> = rest.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            let sink = map.clone();
+            let deliver: Deliver = Box::new(move |outcome| sink.fill(start, n, outcome));
+            self.shared.submit(target, chunk, deliver)?;
+            start += n;
+        }
+        Ok(MapResult::new(map))
+    }
+
+    /// Like [`map`](Self::map), but yields results in order as they come, without waiting for
+    /// the last (Python's `imap`; chunks of `chunksize`, default 1).
+    ///
+    /// # Errors
+    /// As for [`map_async`](Self::map_async); each item's own failure comes from the iterator.
+    pub fn imap<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<IMapIter<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_inner(f, items, chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), but yields each result as soon as it arrives, in any order
+    /// (Python's `imap_unordered`).
+    ///
+    /// # Errors
+    /// As for [`imap`](Self::imap).
+    pub fn imap_unordered<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<IMapIter<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_inner(f, items, chunksize, false)
+    }
+
+    fn imap_inner<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        ordered: bool,
+    ) -> Result<IMapIter<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let encoded = items
+            .into_iter()
+            .map(|a| encode_args(&a))
+            .collect::<Result<Vec<_>>>()?;
+        let chunksize = chunksize.unwrap_or(1).max(1);
+        let (iter, sender) = IMapIter::<R>::new(encoded.len(), ordered);
+        let target = TargetId::of(&f);
+        let mut rest = encoded.into_iter();
+        let mut start = 0;
+        loop {
+            let chunk: Vec<ByteBuf> = rest.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            let sender = sender.clone();
+            let deliver: Deliver = Box::new(move |outcome| sender.send(start, n, outcome));
+            self.shared.submit(target, chunk, deliver)?;
+            start += n;
+        }
+        Ok(iter)
+    }
+
+    /// Accepts no more tasks; those queued still run (Python's `close`).
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+    }
+
+    /// Waits for every queued task, then stops the workers (Python's `join`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool was not closed
+    /// first, as in CPython.
+    pub fn join(&self) -> Result<()> {
+        let mut state = self.shared.lock();
+        if !state.closed && !state.finished {
+            return Err(Error::invalid(
+                "pool",
+                "join() needs close() or terminate() first",
+            ));
+        }
+        while !state.tasks.is_empty() && !state.finished {
+            state = self
+                .shared
+                .idle
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        state.finished = true;
+        let mut processes = Vec::new();
+        for w in &mut state.workers {
+            let _ = w.tasks.try_put(ToWorker::Stop);
+            processes.extend(w.process.take());
+        }
+        drop(state);
+        for mut p in processes {
+            if p.join(Some(Duration::from_secs(5))).is_err() {
+                let _ = p.kill();
+                let _ = p.join(None);
+            }
+        }
+        self.stop_handler();
+        Ok(())
+    }
+
+    /// Stops the workers at once; tasks not finished fail with
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) (Python's `terminate`).
+    pub fn terminate(&self) {
+        let (processes, tasks) = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.finished = true;
+            state.backlog.clear();
+            let processes: Vec<_> = state
+                .workers
+                .iter_mut()
+                .filter_map(|w| w.process.take())
+                .collect();
+            (processes, std::mem::take(&mut state.tasks))
+        };
+        for p in &processes {
+            let _ = p.kill();
+        }
+        for mut p in processes {
+            let _ = p.join(None);
+        }
+        for (_, entry) in tasks {
+            run_delivery(
+                entry.deliver,
+                Err(Error::invalid(
+                    "pool",
+                    "terminated before the task finished",
+                )),
+            );
+        }
+        self.shared.idle.notify_all();
+        self.stop_handler();
+    }
+
+    fn stop_handler(&self) {
+        let handler = self
+            .handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handler
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
+    }
+
+    /// The pids of the current workers.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.shared
+            .lock()
+            .workers
+            .iter()
+            .filter(|w| w.process.is_some())
+            .map(|w| w.pid)
+            .collect()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let finished = self.shared.lock().finished;
+        if !finished {
+            self.terminate();
+        } else {
+            self.stop_handler();
+        }
+    }
+}
+
+/// CPython's choice: `ceil(len / (4 × processes))`.
+fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(4 * processes.max(1)).max(1)
+}

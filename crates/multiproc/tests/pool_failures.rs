@@ -1,0 +1,282 @@
+//! `Pool`: results, callbacks, iterators, and failures that must never hang the pool.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{pidfd, wait_exit};
+use multiproc::{ErrorKind, Pool, SharedMemory};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid_of(_: u32) -> u32 {
+    std::process::id()
+}
+
+fn die_at((x, at): (u64, u64)) -> u64 {
+    if x == at {
+        // SAFETY: raise has no preconditions; SIGKILL ends this worker at once.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    x * 2
+}
+
+/// Waits (yielding) until byte 0 of the named block is non-zero: a task that runs until the
+/// test lets it finish.
+fn wait_for_flag((name, x): (String, u64)) -> u64 {
+    let block = SharedMemory::open(&name).unwrap();
+    let mut b = [0u8];
+    loop {
+        block.read(0, &mut b);
+        if b[0] != 0 {
+            return x;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn forever(_: u32) -> u32 {
+    loop {
+        std::thread::park_timeout(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn map_apply_and_starmap_give_every_result_in_order() {
+    let pool = Pool::new(2).unwrap();
+    let want: Vec<u64> = (0..1000).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..1000).unwrap(), want);
+    assert_eq!(pool.map_chunked(square, 0..1000, 7).unwrap(), want);
+    assert_eq!(
+        pool.map(square, std::iter::empty()).unwrap(),
+        Vec::<u64>::new()
+    );
+    let sums = pool
+        .starmap(|(a, b): (u32, u32)| a + b, [(1, 2), (3, 4)])
+        .unwrap();
+    assert_eq!(sums, [3, 7]);
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    let pending = pool.apply_async(square, 5).unwrap();
+    assert!(pending.wait(Some(LONG)));
+    assert!(pending.ready());
+    assert!(pending.successful().unwrap());
+    assert_eq!(pending.get().unwrap(), 25);
+    assert_eq!(pending.get().unwrap_err().kind(), ErrorKind::InvalidState);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn a_panicking_task_fails_alone_and_the_worker_carries_on() {
+    let pool = Pool::new(1).unwrap();
+    let pids = pool.worker_pids();
+    let err = pool
+        .apply(|x: u32| -> u32 { panic!("task {x} gave up") }, 7)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessFailed);
+    assert!(err.to_string().contains("task 7 gave up"), "{err}");
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert_eq!(pool.worker_pids(), pids, "the worker was replaced");
+}
+
+#[test]
+fn callbacks_run_and_a_panicking_callback_does_not_kill_the_pool() {
+    let pool = Pool::new(2).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    pool.apply_async_with(
+        square,
+        9,
+        move |v: &u64| tx.send(format!("value {v}")).unwrap(),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), "value 81");
+    pool.apply_async_with(
+        |x: u32| -> u32 { panic!("no {x}") },
+        1,
+        |_: &u32| {},
+        move |e| {
+            tx2.send(format!("error {}", e.kind() == ErrorKind::ProcessFailed))
+                .unwrap()
+        },
+    )
+    .unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), "error true");
+    let r = pool
+        .apply_async_with(square, 2, |_: &u64| panic!("callback bug"), |_| {})
+        .unwrap();
+    // The task's value stands; the callback's panic is reported on stderr.
+    assert_eq!(r.get_timeout(LONG).unwrap(), 4);
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+}
+
+#[test]
+fn imap_yields_the_first_result_before_the_last_task_finishes() {
+    let flag = SharedMemory::create(None, 64).unwrap();
+    let pool = Pool::new(2).unwrap();
+    let items = (0..4u64).map(|x| {
+        (
+            if x == 3 {
+                flag.name().to_string()
+            } else {
+                String::new()
+            },
+            x,
+        )
+    });
+    let mut results = pool
+        .imap(
+            |(name, x): (String, u64)| {
+                if name.is_empty() {
+                    x
+                } else {
+                    wait_for_flag((name, x))
+                }
+            },
+            items,
+            None,
+        )
+        .unwrap();
+    // The first three come while the fourth is still blocked.
+    for want in 0..3 {
+        assert_eq!(results.next_timeout(LONG).unwrap().unwrap(), want);
+    }
+    assert_eq!(
+        results
+            .next_timeout(Duration::from_millis(50))
+            .unwrap()
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Timeout
+    );
+    flag.write(0, &[1]);
+    assert_eq!(results.next_timeout(LONG).unwrap().unwrap(), 3);
+    assert!(results.next().is_none());
+    let unordered: BTreeSet<u64> = pool
+        .imap_unordered(square, 0..20, Some(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(unordered, (0..20).map(|x| x * x).collect());
+    flag.unlink().unwrap();
+}
+
+#[test]
+fn a_worker_killed_mid_map_fails_only_its_task() {
+    let pool = Pool::new(2).unwrap();
+    let before = pool.worker_pids();
+    let results: Vec<_> = pool
+        .imap(die_at, (0..1000).map(|x| (x, 500)), Some(1))
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 1000);
+    for (x, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, 2 * x as u64),
+            Err(e) => {
+                assert_eq!(x, 500, "item {x} failed: {e}");
+                assert_eq!(e.kind(), ErrorKind::WorkerLost);
+                assert!(e.to_string().contains("SIGKILL"), "{e}");
+            }
+        }
+    }
+    // Replaced, and still working.
+    let after = pool.worker_pids();
+    assert_eq!(after.len(), 2);
+    assert_ne!(before, after);
+    assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
+    // No process of the pool survives it.
+    let fds: Vec<_> = after.iter().map(|&p| pidfd(p).unwrap()).collect();
+    drop(pool);
+    assert!(fds.iter().all(|fd| wait_exit(fd, LONG)));
+}
+
+#[test]
+fn a_task_past_its_timeout_fails_and_the_pool_goes_on() {
+    let timeout = Duration::from_millis(300);
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(timeout)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = pool.apply(forever, 0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(started.elapsed() >= timeout);
+    assert!(started.elapsed() < timeout + Duration::from_secs(5));
+    assert_eq!(pool.apply(square, 6).unwrap(), 36);
+}
+
+#[test]
+fn retries_run_a_lost_task_again() {
+    let marker = SharedMemory::create(None, 64).unwrap();
+    let pool = Pool::builder().processes(1).retries(1).build().unwrap();
+    let survived = pool
+        .apply(
+            |name: String| {
+                let block = SharedMemory::open(&name).unwrap();
+                let mut b = [0u8];
+                block.read(0, &mut b);
+                if b[0] == 0 {
+                    block.write(0, &[1]);
+                    // SAFETY: raise has no preconditions; the first attempt dies.
+                    unsafe { libc::raise(libc::SIGKILL) };
+                }
+                "second attempt".to_string()
+            },
+            marker.name().to_string(),
+        )
+        .unwrap();
+    assert_eq!(survived, "second attempt");
+    marker.unlink().unwrap();
+}
+
+#[test]
+fn max_tasks_per_child_runs_each_task_in_a_fresh_process() {
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    let pids = pool.map_chunked(pid_of, 0..6, 1).unwrap();
+    let distinct: BTreeSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 6, "{pids:?}");
+}
+
+#[test]
+fn terminate_during_a_busy_map_returns_promptly_and_leaves_no_child() {
+    let pool = Pool::new(2).unwrap();
+    let fds: Vec<_> = pool
+        .worker_pids()
+        .iter()
+        .map(|&p| pidfd(p).unwrap())
+        .collect();
+    let busy = pool.map_async(forever, 0..100, Some(1)).unwrap();
+    let started = Instant::now();
+    pool.terminate();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(fds.iter().all(|fd| wait_exit(fd, Duration::from_secs(1))));
+    assert_eq!(busy.get().unwrap_err().kind(), ErrorKind::InvalidState);
+}
+
+#[test]
+fn a_closed_pool_refuses_work_and_join_needs_close() {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.join().unwrap_err().kind(), ErrorKind::InvalidState);
+    let pending = pool.apply_async(square, 2).unwrap();
+    pool.close();
+    assert_eq!(
+        pool.apply_async(square, 3).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    pool.join().unwrap();
+    // Tasks queued before close still ran.
+    assert_eq!(pending.get().unwrap(), 4);
+}
