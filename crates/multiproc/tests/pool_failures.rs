@@ -280,3 +280,28 @@ fn a_closed_pool_refuses_work_and_join_needs_close() {
     // Tasks queued before close still ran.
     assert_eq!(pending.get().unwrap(), 4);
 }
+
+static INITIALIZED_IN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn note_initializer(tag: u32) {
+    INITIALIZED_IN.store(
+        std::process::id() + tag,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// Whether this worker's initializer ran (with tag 0) before this task.
+fn initializer_ran(_: u32) -> bool {
+    INITIALIZED_IN.load(std::sync::atomic::Ordering::SeqCst) == std::process::id()
+}
+
+#[test]
+fn the_initializer_runs_in_every_worker_before_its_tasks() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(note_initializer, 0)
+        .build()
+        .unwrap();
+    let seen = pool.map_chunked(initializer_ran, 0..20, 1).unwrap();
+    assert!(seen.iter().all(|ran| *ran), "{seen:?}");
+}

@@ -27,9 +27,9 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use self::result::Slot;
-use self::worker::{FromWorker, ItemOutcome, ToWorker, WorkerArgs, worker_main};
+use self::worker::{FromWorker, ToWorker, WorkerArgs, worker_main};
 use crate::error::{Error, Result};
-use crate::process::{Process, StartMethod, TargetId};
+use crate::process::{Process, StartMethod, TaskTarget};
 use crate::queue::Queue;
 
 /// Tasks sent ahead to one worker (one running, the next ready).
@@ -37,13 +37,13 @@ const AHEAD: usize = 2;
 /// How often the handler looks at the workers when no result comes.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
 
-/// What a task's items gave, or why the task failed as a whole.
-pub(crate) type TaskOutcome = std::result::Result<Vec<ItemOutcome>, Error>;
+/// A task's serialized `Vec<Result<R, ItemFailure>>`, or why the task failed as a whole.
+pub(crate) type TaskOutcome = std::result::Result<ByteBuf, Error>;
 type Deliver = Box<dyn FnOnce(TaskOutcome) + Send>;
 
 struct TaskEntry {
-    target: TargetId,
-    items: Vec<ByteBuf>,
+    target: TaskTarget,
+    items: ByteBuf,
     retries_left: u32,
     deliver: Deliver,
 }
@@ -80,7 +80,7 @@ struct Shared {
 #[derive(Clone)]
 struct Config {
     processes: usize,
-    initializer: Option<(TargetId, ByteBuf)>,
+    initializer: Option<(TaskTarget, ByteBuf)>,
     max_tasks_per_child: u64,
     task_timeout: Option<Duration>,
     retries: u32,
@@ -133,8 +133,8 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
         R: Serialize,
     {
-        match encode_args(&args) {
-            Ok(bytes) => self.config.initializer = Some((TargetId::of(&f), bytes)),
+        match encode_args(&[args]) {
+            Ok(bytes) => self.config.initializer = Some((TaskTarget::of(&f), bytes)),
             Err(e) => self.error = Some(e),
         }
         self
@@ -211,7 +211,8 @@ impl PoolBuilder {
     }
 }
 
-fn encode_args<A: Serialize>(args: &A) -> Result<ByteBuf> {
+/// Serializes a chunk of arguments (as a `Vec<A>`).
+fn encode_args<A: Serialize>(args: &[A]) -> Result<ByteBuf> {
     let mut bytes = Vec::new();
     let fds = crate::share::encode_into("pool task arguments", args, &mut bytes)?;
     if !fds.is_empty() {
@@ -256,7 +257,7 @@ impl Shared {
     }
 
     /// Adds a task and sends it if a worker has room.
-    fn submit(&self, target: TargetId, items: Vec<ByteBuf>, deliver: Deliver) -> Result<()> {
+    fn submit(&self, target: TaskTarget, items: ByteBuf, deliver: Deliver) -> Result<()> {
         let mut state = self.lock();
         if state.closed || state.finished {
             return Err(Error::invalid("pool", "closed: no new tasks"));
@@ -281,10 +282,10 @@ impl Shared {
     fn handle(&self) {
         let mut last_look = Instant::now();
         loop {
-            match self.results.get_timeout(SUPERVISE_EVERY) {
-                Ok(report) => self.on_report(report),
-                Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
-                Err(_) => {}
+            // Wait without holding the queue's consumer side: a thread waiting for its own
+            // result may take it meanwhile (see `Pump`), saving a hand-off.
+            if let Ok(report) = self.results.get_timeout_shared(SUPERVISE_EVERY) {
+                self.on_report(report);
             }
             if last_look.elapsed() >= SUPERVISE_EVERY {
                 last_look = Instant::now();
@@ -309,7 +310,10 @@ impl Shared {
             (entry, state.tasks.is_empty())
         };
         if let Some(entry) = entry {
-            run_delivery(entry.deliver, Ok(report.outcomes));
+            let outcome = report
+                .outcome
+                .map_err(|why| Error::serialization("pool task", why));
+            run_delivery(entry.deliver, outcome);
         }
         if now_idle {
             self.idle.notify_all();
@@ -632,7 +636,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items = vec![encode_args(&args)?];
+        let items = encode_args(&[args])?;
         let slot = Arc::new(Slot::new());
         let sink = slot.clone();
         let deliver: Deliver = Box::new(move |outcome| {
@@ -647,7 +651,7 @@ impl Pool {
                 eprintln!("multiproc: a pool callback panicked; the pool carries on");
             }
         });
-        self.shared.submit(TargetId::of(&f), items, deliver)?;
+        self.shared.submit(TaskTarget::of(&f), items, deliver)?;
         Ok(AsyncResult::new(slot, self.shared.clone()))
     }
 
@@ -713,29 +717,20 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let encoded = items
-            .into_iter()
-            .map(|a| encode_args(&a))
-            .collect::<Result<Vec<_>>>()?;
+        let items: Vec<A> = items.into_iter().collect();
         let chunksize = chunksize
-            .unwrap_or_else(|| default_chunksize(encoded.len(), self.shared.config.processes))
+            .unwrap_or_else(|| default_chunksize(items.len(), self.shared.config.processes))
             .max(1);
-        let map = result::MapState::new(encoded.len());
-        let target = TargetId::of(&f);
-        let mut rest = encoded.into_iter();
-        let mut start = 0;
-        loop {
-            let chunk: Vec<ByteBuf> = rest.by_ref().take(chunksize).collect();
-            if chunk.is_empty() {
-                break;
-            }
+        let map = result::MapState::new(items.len());
+        let target = TaskTarget::of(&f);
+        for (i, chunk) in items.chunks(chunksize).enumerate() {
+            let start = i * chunksize;
             let n = chunk.len();
             let sink = map.clone();
             let deliver: Deliver = Box::new(move |outcome| sink.fill(start, n, outcome));
-            self.shared.submit(target, chunk, deliver)?;
-            start += n;
+            self.shared.submit(target, encode_args(chunk)?, deliver)?;
         }
-        Ok(MapResult::new(map))
+        Ok(MapResult::new(map, self.shared.clone()))
     }
 
     /// Like [`map`](Self::map), but yields results in order as they come, without waiting for
@@ -788,25 +783,16 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let encoded = items
-            .into_iter()
-            .map(|a| encode_args(&a))
-            .collect::<Result<Vec<_>>>()?;
+        let items: Vec<A> = items.into_iter().collect();
         let chunksize = chunksize.unwrap_or(1).max(1);
-        let (iter, sender) = IMapIter::<R>::new(encoded.len(), ordered);
-        let target = TargetId::of(&f);
-        let mut rest = encoded.into_iter();
-        let mut start = 0;
-        loop {
-            let chunk: Vec<ByteBuf> = rest.by_ref().take(chunksize).collect();
-            if chunk.is_empty() {
-                break;
-            }
+        let (iter, sender) = IMapIter::<R>::new(items.len(), ordered);
+        let target = TaskTarget::of(&f);
+        for (i, chunk) in items.chunks(chunksize).enumerate() {
+            let start = i * chunksize;
             let n = chunk.len();
             let sender = sender.clone();
             let deliver: Deliver = Box::new(move |outcome| sender.send(start, n, outcome));
-            self.shared.submit(target, chunk, deliver)?;
-            start += n;
+            self.shared.submit(target, encode_args(chunk)?, deliver)?;
         }
         Ok(iter)
     }

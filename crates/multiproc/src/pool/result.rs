@@ -11,39 +11,86 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::TaskOutcome;
-use super::worker::ItemOutcome;
 use crate::error::{Error, Result};
+use crate::process::ItemFailure;
 use crate::sync::spin::spin_until;
 
 type AnyValue = Box<dyn Any + Send>;
 
-/// Decodes one item's outcome.
-pub(crate) fn decode_item<R: DeserializeOwned>(outcome: ItemOutcome) -> Result<R> {
-    match outcome {
-        ItemOutcome::Value(bytes) => crate::share::decode("pool task result", &bytes, Vec::new()),
-        ItemOutcome::Panicked {
-            message,
-            location,
-            pid,
-        } => Err(Error::Panicked {
-            name: "pool task".into(),
-            pid,
-            message,
-            location,
-        }),
-        ItemOutcome::Broken(why) => Err(Error::serialization("pool task", why)),
+/// What a worker sends back for a chunk: the failures with their indexes, and the values of
+/// the items that succeeded, in order.
+type ChunkResults<R> = (Vec<(u32, ItemFailure)>, Vec<R>);
+
+/// Decodes a chunk's results, one per item.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(blob: &[u8]) -> Result<Vec<Result<R>>> {
+    let (failures, values): ChunkResults<R> =
+        crate::share::decode("pool task result", blob, Vec::new())?;
+    let n = values.len() + failures.len();
+    let mut failures = failures.into_iter().peekable();
+    let mut values = values.into_iter();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if failures.peek().is_some_and(|(at, _)| *at as usize == i) {
+            let (_, f) = failures.next().expect("peeked");
+            out.push(Err(f.into_error()));
+        } else {
+            let v = values
+                .next()
+                .ok_or_else(|| Error::protocol("pool", "a chunk's failures are out of order"))?;
+            out.push(Ok(v));
+        }
     }
+    Ok(out)
+}
+
+/// Appends a chunk's values to `out`, or gives its first failure.
+fn decode_chunk_into<R: DeserializeOwned>(blob: &[u8], n: usize, out: &mut Vec<R>) -> Result<()> {
+    let (failures, values): ChunkResults<R> =
+        crate::share::decode("pool task result", blob, Vec::new())?;
+    if let Some((_, first)) = failures.into_iter().next() {
+        return Err(first.into_error());
+    }
+    if values.len() != n {
+        return Err(Error::protocol(
+            "pool",
+            format!("a chunk of {n} came back with {} results", values.len()),
+        ));
+    }
+    out.extend(values);
+    Ok(())
 }
 
 /// The value of a one-item task.
 pub(crate) fn single<R: DeserializeOwned>(outcome: TaskOutcome) -> Result<R> {
-    let mut items = outcome?;
+    let mut items = decode_chunk::<R>(&outcome?)?;
     match items.pop() {
-        Some(item) if items.is_empty() => decode_item(item),
+        Some(item) if items.is_empty() => item,
         _ => Err(Error::protocol(
             "pool",
             "a single task came back with another count",
         )),
+    }
+}
+
+/// The results of the chunk `start..start + n`, one per item (a chunk-wide failure is copied
+/// to each of its items).
+fn expand<R: DeserializeOwned>(n: usize, outcome: TaskOutcome) -> Vec<Result<R>> {
+    let decoded = outcome.and_then(|blob| decode_chunk::<R>(&blob));
+    match decoded {
+        Ok(items) if items.len() == n => items,
+        Ok(items) => (0..n)
+            .map(|_| {
+                Err(Error::protocol(
+                    "pool",
+                    format!("a chunk of {n} came back with {} results", items.len()),
+                ))
+            })
+            .collect(),
+        Err(e) => {
+            let mut all: Vec<Result<R>> = (1..n).map(|_| Err(super::copy_error(&e))).collect();
+            all.insert(0, Err(e));
+            all
+        }
     }
 }
 
@@ -202,15 +249,11 @@ impl<R: 'static> AsyncResult<R> {
     }
 }
 
-enum Cell {
-    Pending,
-    Done(ItemOutcome),
-    Failed(Error),
-}
-
 struct MapInner {
-    cells: Vec<Cell>,
+    /// `(start, len, outcome)` of each chunk delivered so far.
+    chunks: Vec<(usize, usize, TaskOutcome)>,
     remaining: usize,
+    taken: bool,
 }
 
 /// The shared state of one `map_async`, filled chunk by chunk.
@@ -221,12 +264,12 @@ pub(crate) struct MapState {
 
 impl MapState {
     pub(crate) fn new(len: usize) -> MapState {
-        let cells = (0..len).map(|_| Cell::Pending).collect();
         MapState {
             inner: Arc::new((
                 Mutex::new(MapInner {
-                    cells,
+                    chunks: Vec::new(),
                     remaining: len,
+                    taken: false,
                 }),
                 Condvar::new(),
                 AtomicBool::new(len == 0),
@@ -237,11 +280,7 @@ impl MapState {
     pub(crate) fn fill(&self, start: usize, n: usize, outcome: TaskOutcome) {
         let (lock, cond, done) = &*self.inner;
         let mut inner = lock.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, cell) in split(outcome, n).into_iter().enumerate() {
-            if let Some(slot) = inner.cells.get_mut(start + i) {
-                *slot = cell;
-            }
-        }
+        inner.chunks.push((start, n, outcome));
         inner.remaining = inner.remaining.saturating_sub(n);
         if inner.remaining == 0 {
             done.store(true, Ordering::Release);
@@ -250,32 +289,11 @@ impl MapState {
     }
 }
 
-/// One cell per item of a chunk.
-fn split(outcome: TaskOutcome, n: usize) -> Vec<Cell> {
-    match outcome {
-        Ok(items) if items.len() == n => items.into_iter().map(Cell::Done).collect(),
-        Ok(items) => (0..n)
-            .map(|_| {
-                Cell::Failed(Error::protocol(
-                    "pool",
-                    format!("a chunk of {n} came back with {} results", items.len()),
-                ))
-            })
-            .collect(),
-        Err(e) => {
-            let mut cells: Vec<Cell> = (1..n)
-                .map(|_| Cell::Failed(super::copy_error(&e)))
-                .collect();
-            cells.insert(0, Cell::Failed(e));
-            cells
-        }
-    }
-}
-
 /// The results of [`Pool::map_async`](crate::Pool::map_async), arriving together (Python's
 /// `MapResult`).
 pub struct MapResult<R> {
     state: MapState,
+    pump: Arc<dyn Pump>,
     _value: PhantomData<fn() -> R>,
 }
 
@@ -288,9 +306,10 @@ impl<R> fmt::Debug for MapResult<R> {
 }
 
 impl<R> MapResult<R> {
-    pub(crate) fn new(state: MapState) -> Self {
+    pub(crate) fn new(state: MapState, pump: Arc<dyn Pump>) -> Self {
         MapResult {
             state,
+            pump,
             _value: PhantomData,
         }
     }
@@ -303,7 +322,7 @@ impl<R> MapResult<R> {
     /// Waits (up to `timeout`, or for ever) until every result is there; whether they are.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.and_then(deadline_after);
-        if self.ready() || spin_until(|| self.ready()) {
+        if self.ready() || spin_until(|| self.ready() || (self.pump.pump() && self.ready())) {
             return true;
         }
         let (lock, cond, _) = &*self.state.inner;
@@ -324,21 +343,6 @@ impl<R> MapResult<R> {
         }
         true
     }
-
-    /// Whether every item succeeded.
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if not finished.
-    pub fn successful(&self) -> Result<bool> {
-        if !self.ready() {
-            return Err(Error::invalid("pool map result", "not ready"));
-        }
-        let inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(inner
-            .cells
-            .iter()
-            .all(|c| matches!(c, Cell::Done(ItemOutcome::Value(_)))))
-    }
 }
 
 impl<R: DeserializeOwned> MapResult<R> {
@@ -358,6 +362,22 @@ impl<R: DeserializeOwned> MapResult<R> {
         self.get_until(deadline_after(timeout), timeout)
     }
 
+    /// Whether every item succeeded (decoding the results to find out).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if not finished.
+    pub fn successful(&self) -> Result<bool> {
+        if !self.ready() {
+            return Err(Error::invalid("pool map result", "not ready"));
+        }
+        let inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(inner.chunks.iter().all(|(_, n, outcome)| match outcome {
+            Ok(blob) => decode_chunk::<R>(blob)
+                .is_ok_and(|items| items.len() == *n && items.iter().all(Result::is_ok)),
+            Err(_) => false,
+        }))
+    }
+
     fn get_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<Vec<R>> {
         let waited = match deadline {
             None => self.wait(None),
@@ -366,33 +386,34 @@ impl<R: DeserializeOwned> MapResult<R> {
         if !waited {
             return Err(Error::timeout("pool map result", timeout));
         }
-        let cells = {
+        let mut chunks = {
             let mut inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut inner.cells)
+            if inner.taken {
+                return Err(Error::invalid("pool map result", "already taken"));
+            }
+            inner.taken = true;
+            std::mem::take(&mut inner.chunks)
         };
-        cells
-            .into_iter()
-            .map(|cell| match cell {
-                Cell::Done(item) => decode_item(item),
-                Cell::Failed(e) => Err(e),
-                Cell::Pending => Err(Error::invalid("pool map result", "already taken")),
-            })
-            .collect()
+        chunks.sort_by_key(|(start, _, _)| *start);
+        let total = chunks.iter().map(|(_, n, _)| n).sum();
+        let mut out = Vec::with_capacity(total);
+        for (_, n, outcome) in chunks {
+            decode_chunk_into(&outcome?, n, &mut out)?;
+        }
+        Ok(out)
     }
 }
 
 /// Feeds an [`IMapIter`] from the result handler.
 #[derive(Clone)]
 pub(crate) struct IMapSender {
-    tx: mpsc::Sender<(usize, Cell)>,
+    tx: mpsc::Sender<(usize, usize, TaskOutcome)>,
 }
 
 impl IMapSender {
     pub(crate) fn send(&self, start: usize, n: usize, outcome: TaskOutcome) {
-        for (i, cell) in split(outcome, n).into_iter().enumerate() {
-            // The iterator may be gone: then nobody wants the results.
-            let _ = self.tx.send((start + i, cell));
-        }
+        // The iterator may be gone: then nobody wants the results.
+        let _ = self.tx.send((start, n, outcome));
     }
 }
 
@@ -400,11 +421,11 @@ impl IMapSender {
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered): yields each item's result as it
 /// becomes available (in item order for `imap`).
 pub struct IMapIter<R> {
-    rx: mpsc::Receiver<(usize, Cell)>,
+    rx: mpsc::Receiver<(usize, usize, TaskOutcome)>,
     total: usize,
     yielded: usize,
     ordered: bool,
-    early: BTreeMap<usize, Cell>,
+    early: BTreeMap<usize, Result<R>>,
     _value: PhantomData<fn() -> R>,
 }
 
@@ -447,13 +468,13 @@ impl<R: DeserializeOwned> IMapIter<R> {
         }
         loop {
             if self.ordered {
-                if let Some(cell) = self.early.remove(&self.yielded) {
+                if let Some(item) = self.early.remove(&self.yielded) {
                     self.yielded += 1;
-                    return Some(resolve(cell));
+                    return Some(item);
                 }
-            } else if let Some((_, cell)) = self.early.pop_first() {
+            } else if let Some((_, item)) = self.early.pop_first() {
                 self.yielded += 1;
-                return Some(resolve(cell));
+                return Some(item);
             }
             let received = match deadline {
                 None => self.rx.recv().map_err(|_| None),
@@ -466,8 +487,10 @@ impl<R: DeserializeOwned> IMapIter<R> {
                     }),
             };
             match received {
-                Ok((index, cell)) => {
-                    self.early.insert(index, cell);
+                Ok((start, n, outcome)) => {
+                    for (i, item) in expand::<R>(n, outcome).into_iter().enumerate() {
+                        self.early.insert(start + i, item);
+                    }
                 }
                 Err(Some(())) => return Some(Err(Error::timeout("pool imap", timeout))),
                 Err(None) => {
@@ -479,14 +502,6 @@ impl<R: DeserializeOwned> IMapIter<R> {
                 }
             }
         }
-    }
-}
-
-fn resolve<R: DeserializeOwned>(cell: Cell) -> Result<R> {
-    match cell {
-        Cell::Done(item) => decode_item(item),
-        Cell::Failed(e) => Err(e),
-        Cell::Pending => Err(Error::invalid("pool", "a result went missing")),
     }
 }
 

@@ -24,8 +24,8 @@ use crate::share;
 use child::{Bootstrap, Report};
 use registry::{ChildRecord, Delivery, Waiter};
 
-pub(crate) use child::{on_load, take_last_panic};
-pub(crate) use target::{TargetId, TargetOutcome};
+pub(crate) use child::on_load;
+pub(crate) use target::{ItemFailure, TaskTarget};
 
 /// How a child process is created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

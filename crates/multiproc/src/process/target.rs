@@ -56,31 +56,122 @@ where
     (t as usize as isize).wrapping_sub(anchor as fn() as usize as isize)
 }
 
-/// A target named by its trampoline, for pool workers: made in the parent with
-/// [`TargetId::of`], sent through the pool's own queues, run in a worker of the same build.
+/// A target named by its chunk trampoline, for pool workers: made in the parent with
+/// [`TaskTarget::of`], sent through the pool's own queues, run in a worker of the same build
+/// over a chunk of arguments at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct TargetId(isize);
+pub(crate) struct TaskTarget(isize);
 
-impl TargetId {
+/// The shape of every chunk trampoline: serialized `Vec<A>` in, serialized
+/// `(Vec<(u32, ItemFailure)>, Vec<R>)` out (the failures with their indexes, then the values
+/// of the items that succeeded, in order; the failures come first so that they can be read
+/// without knowing `R`).
+type ChunkTrampoline = fn(&[u8]) -> Result<Vec<u8>, String>;
+
+/// Why one item of a pool task has no value.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum ItemFailure {
+    /// The target panicked on it.
+    Panicked {
+        message: String,
+        location: Option<String>,
+        pid: i32,
+    },
+}
+
+impl ItemFailure {
+    pub(crate) fn into_error(self) -> crate::Error {
+        match self {
+            ItemFailure::Panicked {
+                message,
+                location,
+                pid,
+            } => crate::Error::Panicked {
+                name: "pool task".into(),
+                pid,
+                message,
+                location,
+            },
+        }
+    }
+}
+
+impl TaskTarget {
     /// The id of target `f` taking an `A` and returning an `R`.
-    pub(crate) fn of<F, A, R>(f: &F) -> TargetId
+    pub(crate) fn of<F, A, R>(_f: &F) -> TaskTarget
     where
         F: Fn(A) -> R + Copy + 'static,
         A: DeserializeOwned,
         R: Serialize,
     {
-        TargetId(offset_of(f))
+        const {
+            assert!(
+                size_of::<F>() == 0,
+                "a pool task must be a fn item or a closure that captures nothing"
+            )
+        };
+        let t: ChunkTrampoline = chunk_trampoline::<F, A, R>;
+        TaskTarget((t as usize as isize).wrapping_sub(anchor as fn() as usize as isize))
     }
 
-    /// Runs the target on serialized arguments.
-    pub(crate) fn run(self, args: &[u8], fds: Vec<OwnedFd>) -> TargetOutcome {
-        // SAFETY: a TargetId is made only by `of` (the field is private), in the pool's
+    /// Runs the target over a serialized chunk of arguments.
+    pub(crate) fn run(self, items: &[u8]) -> Result<Vec<u8>, String> {
+        let addr = (anchor as fn() as usize as isize).wrapping_add(self.0) as usize;
+        // SAFETY: a TaskTarget is made only by `of` (the field is private), in the pool's
         // parent, and reaches a worker only through queues that the pool created and handed to
         // workers it started itself: processes of the same executable, whose build fingerprint
-        // was checked when they started. So the offset names a trampoline of this image.
-        let trampoline = unsafe { resolve(self.0) };
-        trampoline(args, fds)
+        // was checked when they started. So `addr` is a ChunkTrampoline of this image.
+        let trampoline = unsafe { std::mem::transmute::<usize, ChunkTrampoline>(addr) };
+        trampoline(items)
     }
+}
+
+fn chunk_trampoline<F, A, R>(items: &[u8]) -> Result<Vec<u8>, String>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args: Vec<A> =
+        share::decode("pool task arguments", items, Vec::new()).map_err(|e| e.to_string())?;
+    // SAFETY: as in `trampoline`: `TaskTarget::of` asserted that F is zero-sized.
+    let target: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    // Values in item order, skipping failed items, then the failures with their indexes: the
+    // common all-good chunk decodes straight into a `Vec<R>`.
+    let mut values: Vec<R> = Vec::with_capacity(args.len());
+    let mut failures: Vec<(u32, ItemFailure)> = Vec::new();
+    for (i, a) in args.into_iter().enumerate() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(a))) {
+            Ok(v) => values.push(v),
+            Err(payload) => {
+                let (message, location) = super::child::take_last_panic().unwrap_or_else(|| {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "Box<dyn Any>".into());
+                    (message, None)
+                });
+                let pid = crate::platform::getpid();
+                failures.push((
+                    i as u32,
+                    ItemFailure::Panicked {
+                        message,
+                        location,
+                        pid,
+                    },
+                ));
+            }
+        }
+    }
+    let results = (failures, values);
+    let mut out = Vec::new();
+    let fds =
+        share::encode_into("pool task results", &results, &mut out).map_err(|e| e.to_string())?;
+    if !fds.is_empty() {
+        return Err("a pool task's result cannot carry shared handles".into());
+    }
+    Ok(out)
 }
 
 /// The trampoline at `offset` from this process's anchor.

@@ -436,49 +436,55 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         };
         let ring = self.inner.ring();
         with_scratch(|buf| {
-            loop {
-                if block {
-                    ring.wait_readable(deadline).map_err(empty)?;
+            let mut consumer = ring
+                .consumer(deadline)
+                .ok_or_else(|| empty(WaitFailed::TimedOut))?;
+            consumer.wait_frame(deadline, block).map_err(empty)?;
+            let kind = consumer.take(buf).map_err(|Corrupt(e)| {
+                Error::protocol(self.inner.what.as_str(), format!("corrupt ring: {e}"))
+            })?;
+            match kind {
+                INLINE => {
+                    drop(consumer);
+                    share::decode(&self.inner.what, buf, Vec::new())
                 }
-                let mut consumer = ring
-                    .consumer(deadline)
-                    .ok_or_else(|| empty(WaitFailed::TimedOut))?;
-                match consumer.wait_frame(None, false) {
-                    Ok(()) => {}
-                    // Another consumer took it between our wait and our lock: wait again.
-                    Err(_) if block => continue,
-                    Err(why) => return Err(empty(why)),
+                SIDE => {
+                    let id = buf
+                        .as_slice()
+                        .try_into()
+                        .map(u64::from_le_bytes)
+                        .map_err(|_| self.corrupt("side frame without an id"))?;
+                    // Received while the consumer lock is held, so side messages are taken
+                    // in ring order.
+                    let (file, len, fds) = self.recv_side(id)?;
+                    drop(consumer);
+                    // SAFETY: the memory file came to us alone: its sender closed it after
+                    // sending, and we did not share it.
+                    let bytes = unsafe { file.as_slice() };
+                    let bytes = bytes
+                        .get(..len)
+                        .ok_or_else(|| self.corrupt("side message longer than its file"))?;
+                    share::decode(&self.inner.what, bytes, fds)
                 }
-                let kind = consumer.take(buf).map_err(|Corrupt(e)| {
-                    Error::protocol(self.inner.what.as_str(), format!("corrupt ring: {e}"))
-                })?;
-                match kind {
-                    INLINE => {
-                        drop(consumer);
-                        return share::decode(&self.inner.what, buf, Vec::new());
-                    }
-                    SIDE => {
-                        let id = buf
-                            .as_slice()
-                            .try_into()
-                            .map(u64::from_le_bytes)
-                            .map_err(|_| self.corrupt("side frame without an id"))?;
-                        // Received while the consumer lock is held, so side messages are taken
-                        // in ring order.
-                        let (file, len, fds) = self.recv_side(id)?;
-                        drop(consumer);
-                        // SAFETY: the memory file came to us alone: its sender closed it after
-                        // sending, and we did not share it.
-                        let bytes = unsafe { file.as_slice() };
-                        let bytes = bytes
-                            .get(..len)
-                            .ok_or_else(|| self.corrupt("side message longer than its file"))?;
-                        return share::decode(&self.inner.what, bytes, fds);
-                    }
-                    other => return Err(self.corrupt(&format!("unknown frame kind {other}"))),
-                }
+                other => Err(self.corrupt(&format!("unknown frame kind {other}"))),
             }
         })
+    }
+
+    /// Like [`get_timeout`](Self::get_timeout), but waits for an item without holding the
+    /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
+    /// (a pool's waiters take their own results while its handler thread waits here).
+    pub(crate) fn get_timeout_shared(&self, timeout: Duration) -> Result<T> {
+        let deadline = deadline_after(timeout);
+        loop {
+            if self.inner.ring().wait_readable(deadline).is_err() {
+                return Err(Error::timeout(self.inner.what.clone(), timeout));
+            }
+            match self.get_until(deadline, false, timeout) {
+                Err(e) if e.kind() == crate::ErrorKind::Empty => continue,
+                other => return other,
+            }
+        }
     }
 
     fn corrupt(&self, detail: &str) -> Error {

@@ -165,8 +165,7 @@ impl<'a> Ring<'a> {
     }
 
     /// Waits, without holding the consumer lock, until the ring seems to hold a frame. Another
-    /// consumer may take it first: callers then look again. Waiting outside the lock lets
-    /// several consumers sleep at once and lets a non-blocking consumer in meanwhile.
+    /// consumer may take it first: callers then look again.
     pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), WaitFailed> {
         let producer = &self.layout.producer;
         let consumer = &self.layout.consumer;
