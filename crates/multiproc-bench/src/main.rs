@@ -131,6 +131,20 @@ const BENCHES: &[Bench] = &[
         run: pool_apply_roundtrip,
     },
     Bench {
+        name: "executor_submit",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: true,
+        run: executor_submit,
+    },
+    Bench {
+        name: "thread_executor_submit",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: true,
+        run: thread_executor_submit,
+    },
+    Bench {
         name: "limit_spin_pingpong",
         unit: "rt/s",
         better: Better::Higher,
@@ -683,5 +697,41 @@ fn pool_apply_roundtrip(quick: bool) -> anyhow::Result<f64> {
     let dt = t0.elapsed().as_secs_f64();
     pool.close();
     pool.join()?;
+    Ok(n as f64 / dt)
+}
+
+/// Sequential `submit(identity, i).result()` on a ProcessPoolExecutor of 2.
+fn executor_submit(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(10_000, quick) as u64;
+    let ex = multiproc::ProcessPoolExecutor::new(2)?;
+    for i in 0..100 {
+        ex.submit(identity, i)?.result(None)?;
+    }
+    let t0 = Instant::now();
+    for i in 0..n {
+        if ex.submit(identity, i)?.result(None)? != i {
+            bail!("bad result");
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    ex.shutdown(true, false)?;
+    Ok(n as f64 / dt)
+}
+
+/// Sequential `submit(|| i).result()` on a ThreadPoolExecutor of 2.
+fn thread_executor_submit(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(10_000, quick) as u64;
+    let ex = multiproc::ThreadPoolExecutor::new(2)?;
+    for i in 0..100u64 {
+        ex.submit(move || identity(i))?.result(None)?;
+    }
+    let t0 = Instant::now();
+    for i in 0..n {
+        if ex.submit(move || identity(i))?.result(None)? != i {
+            bail!("bad result");
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    ex.shutdown(true, false);
     Ok(n as f64 / dt)
 }

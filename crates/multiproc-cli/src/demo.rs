@@ -1,11 +1,13 @@
 //! `multiproc demo`: a short tour of the process API with real child processes, ending with a
-//! task queue served by workers and a counter shared under a lock.
+//! task queue served by workers, a counter shared under a lock, and a pool whose results drive
+//! a progress bar.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use multiproc::{Connection, Pipe, Process, Queue, Value, current_process};
+use indicatif::{ProgressBar, ProgressStyle};
+use multiproc::{Connection, Pipe, Pool, Process, Queue, Value, current_process};
 
 /// Why the demo stopped.
 #[derive(Debug)]
@@ -61,6 +63,8 @@ pub(crate) fn run() -> Result<()> {
     queue_scene()?;
     section(7, "a shared counter under a lock");
     lock_scene()?;
+    section(8, "a pool of workers, with a progress bar");
+    pool_scene()?;
     println!("\ndone: every child was joined");
     Ok(())
 }
@@ -275,6 +279,57 @@ fn lock_scene() -> Result<()> {
     check(
         total == u64::from(ADDERS * INCREMENTS),
         "no increment should be lost",
+    )
+}
+
+/// Workers of section 8.
+const POOL_WORKERS: usize = 4;
+/// Tasks of section 8: the numbers `1..=POOL_TASKS`.
+const POOL_TASKS: u64 = 40;
+/// How long each task of section 8 works, so that the bar has time to move.
+const POOL_TASK_TIME: Duration = Duration::from_millis(25);
+
+/// Target of section 8: works a moment, then hands its number back.
+fn pool_task(n: u64) -> u64 {
+    let deadline = Instant::now() + POOL_TASK_TIME;
+    // Nothing unparks this thread: `park_timeout` runs out (in a loop, as it may return early).
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return n;
+        }
+        std::thread::park_timeout(left);
+    }
+}
+
+/// The bar of section 8. It draws on stderr, and only when stderr is a terminal: piped output,
+/// as in the tests, has no trace of it.
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("  {bar:40} {pos}/{len} tasks") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn pool_scene() -> Result<()> {
+    let pool = Pool::new(POOL_WORKERS)?;
+    println!("  {POOL_WORKERS} workers take {POOL_TASKS} tasks through imap_unordered");
+    let bar = progress_bar(POOL_TASKS);
+    let mut sum = 0;
+    let mut done = 0;
+    for result in pool.imap_unordered(pool_task, 1..=POOL_TASKS, None)? {
+        sum += result?;
+        done += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    pool.close();
+    pool.join()?;
+    println!("  pool: {done} tasks on {POOL_WORKERS} workers, sum {sum}");
+    check(
+        done == POOL_TASKS && sum == POOL_TASKS * (POOL_TASKS + 1) / 2,
+        "the pool should return each of 1 to 40 once",
     )
 }
 

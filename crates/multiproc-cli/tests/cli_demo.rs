@@ -27,10 +27,15 @@ fn demo_runs_and_shows_each_section() {
         "sum of squares: 385",
         "== 7. a shared counter under a lock ==",
         "4 processes x 250 increments under the lock: total 1000",
+        "== 8. a pool of workers, with a progress bar ==",
+        "4 workers take 40 tasks through imap_unordered",
+        "  pool: 40 tasks on 4 workers, sum 820\n",
         "done: every child was joined",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
+    // Not a terminal: the pool's progress bar stays hidden, the output the same on every run.
+    assert!(!stderr.contains("/40 tasks"), "a bar was drawn:\n{stderr}");
     for i in 1..=4 {
         assert!(stdout.contains(&format!("child {i}: Process-")), "{stdout}");
     }

@@ -35,6 +35,7 @@
 
 mod connection;
 mod error;
+mod executor;
 mod platform;
 mod pool;
 mod process;
@@ -42,9 +43,14 @@ mod queue;
 mod share;
 mod shm;
 mod sync;
+mod thread;
 
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ErrorKind, Result};
+pub use executor::{
+    AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadPoolExecutor,
+    Waitable, Waited, as_completed, wait,
+};
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
@@ -55,4 +61,8 @@ pub use shm::{Array, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use sync::{
     Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, LockResult, OwnerDied, RLock,
     RLockGuard, Semaphore, SemaphoreGuard,
+};
+pub use thread::{
+    Thread, ThreadBuilder, ThreadInfo, ThreadLocal, Timer, TimerBuilder, active_count,
+    current_thread, enumerate, join_non_daemon, join_non_daemon_timeout, main_thread,
 };

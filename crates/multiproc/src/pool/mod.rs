@@ -13,8 +13,8 @@
 mod result;
 mod worker;
 
-use result::Pump;
 pub use result::{AsyncResult, IMapIter, MapResult};
+pub(crate) use result::{Pump, spin_pumping};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -34,6 +34,8 @@ use crate::queue::Queue;
 
 /// Tasks sent ahead to one worker (one running, the next ready).
 const AHEAD: usize = 2;
+/// How often the handler looks whether waiters still take results themselves.
+const PUMPING_LOOK: Duration = Duration::from_millis(1);
 /// How often the handler looks at the workers when no result comes.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
 
@@ -71,6 +73,10 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Threads taking results themselves right now (see `Pump`); the handler steps aside.
+    pumpers: std::sync::atomic::AtomicUsize,
+    /// The handler thread, to wake when the last pumper goes to sleep.
+    handler_thread: std::sync::OnceLock<std::thread::Thread>,
     /// Signalled when the last task is done, and when the pool finishes.
     idle: Condvar,
     results: Queue<FromWorker>,
@@ -180,6 +186,8 @@ impl PoolBuilder {
         }
         let results = Queue::builder().name("pool results").build()?;
         let shared = Arc::new(Shared {
+            pumpers: std::sync::atomic::AtomicUsize::new(0),
+            handler_thread: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 workers: Vec::new(),
                 backlog: VecDeque::new(),
@@ -204,6 +212,7 @@ impl PoolBuilder {
             .name("multiproc-pool-handler".into())
             .spawn(move || handler_shared.handle())
             .map_err(|e| Error::io("pool: cannot start its result handler", e))?;
+        let _ = shared.handler_thread.set(handler.thread().clone());
         Ok(Pool {
             shared,
             handler: Mutex::new(Some(handler)),
@@ -257,7 +266,7 @@ impl Shared {
     }
 
     /// Adds a task and sends it if a worker has room.
-    fn submit(&self, target: TaskTarget, items: ByteBuf, deliver: Deliver) -> Result<()> {
+    fn submit(&self, target: TaskTarget, items: ByteBuf, deliver: Deliver) -> Result<u64> {
         let mut state = self.lock();
         if state.closed || state.finished {
             return Err(Error::invalid("pool", "closed: no new tasks"));
@@ -275,16 +284,19 @@ impl Shared {
         );
         state.backlog.push_back(id);
         dispatch(&mut state);
-        Ok(())
+        Ok(id)
     }
 
     /// The result-handler thread.
     fn handle(&self) {
         let mut last_look = Instant::now();
         loop {
-            // Wait without holding the queue's consumer side: a thread waiting for its own
-            // result may take it meanwhile (see `Pump`), saving a hand-off.
-            if let Ok(report) = self.results.get_timeout_shared(SUPERVISE_EVERY) {
+            // While threads take their own results (see `Pump`) stay out of their way: racing
+            // them for each result, or sleeping on the queue so that every result costs the
+            // worker a wake-up call, would slow both. Look again shortly.
+            if self.pumpers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                std::thread::park_timeout(PUMPING_LOOK);
+            } else if let Ok(report) = self.results.get_timeout_shared(SUPERVISE_EVERY) {
                 self.on_report(report);
             }
             if last_look.elapsed() >= SUPERVISE_EVERY {
@@ -416,6 +428,24 @@ impl Shared {
 }
 
 impl Pump for Shared {
+    fn enter(&self) {
+        self.pumpers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn leave(&self, sleeping: bool) {
+        let was = self
+            .pumpers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        // The last pumper goes to sleep: the handler must deliver now, not at its next look.
+        if sleeping
+            && was == 1
+            && let Some(handler) = self.handler_thread.get()
+        {
+            handler.unpark();
+        }
+    }
+
     fn pump(&self) -> bool {
         match self.results.try_get() {
             Ok(report) => {
@@ -886,6 +916,72 @@ impl Pool {
         }
     }
 
+    /// Submits `f(args)` with its own delivery; the task's id (for the executor).
+    pub(crate) fn submit_with<F, A, R>(
+        &self,
+        f: F,
+        args: A,
+        deliver: impl FnOnce(Result<R>) + Send + 'static,
+    ) -> Result<u64>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items = encode_args(&[args])?;
+        let deliver: Deliver = Box::new(move |outcome| deliver(result::single(outcome)));
+        self.shared.submit(TaskTarget::of(&f), items, deliver)
+    }
+
+    /// Something a waiter can turn to take results itself (see [`Pump`]).
+    pub(crate) fn pump(&self) -> Arc<dyn Pump> {
+        self.shared.clone()
+    }
+
+    /// Where task `id` is.
+    pub(crate) fn task_state(&self, id: u64) -> TaskState {
+        let state = self.shared.lock();
+        if !state.tasks.contains_key(&id) {
+            TaskState::Gone
+        } else if state.backlog.contains(&id) {
+            TaskState::Queued
+        } else {
+            TaskState::Sent
+        }
+    }
+
+    /// Removes task `id` if no worker has it yet; whether it did (its delivery never runs).
+    pub(crate) fn cancel_task(&self, id: u64) -> bool {
+        let mut state = self.shared.lock();
+        let Some(at) = state.backlog.iter().position(|t| *t == id) else {
+            return false;
+        };
+        state.backlog.remove(at);
+        state.tasks.remove(&id);
+        let idle = state.tasks.is_empty();
+        drop(state);
+        if idle {
+            self.shared.idle.notify_all();
+        }
+        true
+    }
+
+    /// Takes every task that no worker has yet out of the pool; their ids (their deliveries
+    /// never run).
+    pub(crate) fn cancel_queued(&self) -> Vec<u64> {
+        let mut state = self.shared.lock();
+        let queued: Vec<u64> = state.backlog.drain(..).collect();
+        for id in &queued {
+            state.tasks.remove(id);
+        }
+        let idle = state.tasks.is_empty();
+        drop(state);
+        if idle {
+            self.shared.idle.notify_all();
+        }
+        queued
+    }
+
     /// The pids of the current workers.
     pub fn worker_pids(&self) -> Vec<i32> {
         self.shared
@@ -907,6 +1003,17 @@ impl Drop for Pool {
             self.stop_handler();
         }
     }
+}
+
+/// Where a task is, for [`Pool::task_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Sent to a worker (running, or next in its queue).
+    Sent,
+    /// Finished, failed or cancelled.
+    Gone,
 }
 
 /// CPython's choice: `ceil(len / (4 × processes))`.

@@ -99,11 +99,25 @@ fn expand<R: DeserializeOwned>(n: usize, outcome: TaskOutcome) -> Vec<Result<R>>
 pub(crate) trait Pump: Send + Sync {
     /// Takes one report off the result queue if there is one and delivers it; whether it did.
     fn pump(&self) -> bool;
+    /// A waiter starts pumping: the handler thread steps aside.
+    fn enter(&self);
+    /// A waiter stops pumping; `sleeping` if it will now wait for the handler to deliver.
+    fn leave(&self, sleeping: bool);
+}
+
+/// Spins until `done()`, pumping results meanwhile; whether it is done.
+pub(crate) fn spin_pumping(pump: &dyn Pump, done: impl Fn() -> bool) -> bool {
+    pump.enter();
+    let got = spin_until(|| done() || (pump.pump() && done()));
+    pump.leave(!got);
+    got
 }
 
 /// A place one result is delivered to, with spin-then-block waiting.
 pub(crate) struct Slot {
     ready: AtomicBool,
+    /// Whether the task succeeded, kept after the value is taken.
+    succeeded_once: AtomicBool,
     value: Mutex<Option<Result<AnyValue>>>,
     filled: Condvar,
 }
@@ -112,12 +126,14 @@ impl Slot {
     pub(crate) fn new() -> Slot {
         Slot {
             ready: AtomicBool::new(false),
+            succeeded_once: AtomicBool::new(false),
             value: Mutex::new(None),
             filled: Condvar::new(),
         }
     }
 
     pub(crate) fn fill(&self, value: Result<AnyValue>) {
+        self.succeeded_once.store(value.is_ok(), Ordering::Release);
         *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
         self.ready.store(true, Ordering::Release);
         self.filled.notify_all();
@@ -130,7 +146,7 @@ impl Slot {
     /// Waits until filled or `deadline`; whether it is filled. While spinning it pumps
     /// results itself.
     fn wait(&self, deadline: Option<Instant>, pump: &dyn Pump) -> bool {
-        if self.is_ready() || spin_until(|| self.is_ready() || (pump.pump() && self.is_ready())) {
+        if self.is_ready() || spin_pumping(pump, || self.is_ready()) {
             return true;
         }
         let mut value = self.value.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,7 +177,7 @@ impl Slot {
             return None;
         }
         let value = self.value.lock().unwrap_or_else(|p| p.into_inner());
-        Some(matches!(&*value, Some(Ok(_)) | None))
+        Some(self.succeeded_once.load(Ordering::Acquire) && !matches!(&*value, Some(Err(_))))
     }
 }
 
@@ -322,7 +338,7 @@ impl<R> MapResult<R> {
     /// Waits (up to `timeout`, or for ever) until every result is there; whether they are.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.and_then(deadline_after);
-        if self.ready() || spin_until(|| self.ready() || (self.pump.pump() && self.ready())) {
+        if self.ready() || spin_pumping(&*self.pump, || self.ready()) {
             return true;
         }
         let (lock, cond, _) = &*self.state.inner;
