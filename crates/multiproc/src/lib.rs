@@ -57,6 +57,7 @@ pub use process::{
     current_process, init, parent_process,
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use share::Descriptor;
 pub use shm::{Array, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use sync::{
     Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, LockResult, OwnerDied, RLock,

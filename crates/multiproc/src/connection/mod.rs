@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::platform;
-use crate::share;
+use crate::share::{self, FdIn, FdOut};
 use frame::{Frame, FrameKind, FrameReader, ReadError};
 
 /// Creates a pair of connected [`Connection`]s, like Python's `multiprocessing.Pipe(duplex)`.
@@ -268,7 +268,7 @@ impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let mut t = serializer.serialize_tuple(2)?;
-        t.serialize_element(&SharedFd(self.sock.as_fd()))?;
+        t.serialize_element(&FdOut(self.sock.as_fd()))?;
         t.serialize_element(&(u8::from(self.readable) | u8::from(self.writable) << 1))?;
         t.end()
     }
@@ -276,26 +276,8 @@ impl<T> Serialize for Connection<T> {
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (fd, flags): (ReceivedFd, u8) = Deserialize::deserialize(deserializer)?;
+        let (fd, flags): (FdIn, u8) = Deserialize::deserialize(deserializer)?;
         Ok(Connection::from_fd(fd.0, flags & 1 != 0, flags & 2 != 0))
-    }
-}
-
-/// A descriptor inside a serialized value (see [`share`]).
-pub(crate) struct SharedFd<'a>(pub(crate) BorrowedFd<'a>);
-
-impl Serialize for SharedFd<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        share::serialize_fd(self.0, serializer)
-    }
-}
-
-/// A descriptor taken back out of a received value.
-pub(crate) struct ReceivedFd(pub(crate) OwnedFd);
-
-impl<'de> Deserialize<'de> for ReceivedFd {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        share::deserialize_fd(deserializer).map(ReceivedFd)
     }
 }
 

@@ -127,6 +127,66 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
     })
 }
 
+/// Any open file descriptor, passed to another process as itself (CPython's `DupFd`
+/// reduction): a socket, a file, a pipe. It travels like the crate's own handles, in process
+/// arguments or through queues and connections; the receiver gets a descriptor to the same
+/// open file.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use multiproc::{Descriptor, Process};
+///
+/// fn greet(d: Descriptor) {
+///     let mut s = UnixStream::from(d.into_inner());
+///     s.write_all(b"hi from the child").unwrap();
+/// }
+///
+/// let (mut mine, theirs) = UnixStream::pair().unwrap();
+/// let mut child = Process::new(greet, Descriptor::from(std::os::fd::OwnedFd::from(theirs))).start()?;
+/// child.join(None)?;
+/// let mut got = String::new();
+/// mine.read_to_string(&mut got).unwrap();
+/// assert_eq!(got, "hi from the child");
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Descriptor(OwnedFd);
+
+impl Descriptor {
+    /// The descriptor.
+    pub fn into_inner(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for Descriptor {
+    fn from(fd: OwnedFd) -> Self {
+        Descriptor(fd)
+    }
+}
+
+impl std::os::fd::AsFd for Descriptor {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Serialize for Descriptor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::os::fd::AsFd;
+        serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Descriptor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(Descriptor)
+    }
+}
+
 /// Serializes a borrowed descriptor through the side table (a field of a handle).
 pub(crate) struct FdOut<'a>(pub(crate) BorrowedFd<'a>);
 
