@@ -33,6 +33,8 @@ pub enum ErrorKind {
     BrokenBarrier,
     /// A pool worker died while it ran the task.
     WorkerLost,
+    /// The peer did not prove it knows the authkey, or refused ours.
+    AuthenticationFailed,
     /// An operating-system call failed.
     Io,
 }
@@ -163,6 +165,14 @@ pub enum Error {
         /// How it ended (`killed by signal 9 (SIGKILL)`, …).
         detail: String,
     },
+    /// The connection handshake failed: wrong authkey on one side, or not a peer at all.
+    #[error("{what}: authentication failed: {detail}")]
+    AuthenticationFailed {
+        /// The connection concerned (`connection to 127.0.0.1:5000`).
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The barrier is broken.
     #[error("{what}: broken")]
     BrokenBarrier {
@@ -207,6 +217,7 @@ impl Error {
             Error::Empty { .. } => ErrorKind::Empty,
             Error::BrokenBarrier { .. } => ErrorKind::BrokenBarrier,
             Error::WorkerLost { .. } => ErrorKind::WorkerLost,
+            Error::AuthenticationFailed { .. } => ErrorKind::AuthenticationFailed,
             Error::Io { .. } => ErrorKind::Io,
         }
     }

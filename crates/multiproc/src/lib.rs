@@ -36,6 +36,7 @@
 mod connection;
 mod error;
 mod executor;
+mod manager;
 mod platform;
 mod pool;
 mod process;
@@ -51,6 +52,7 @@ pub use executor::{
     AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadPoolExecutor,
     Waitable, Waited, as_completed, wait,
 };
+pub use manager::{Address, Client, Listener, WireConnection};
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,

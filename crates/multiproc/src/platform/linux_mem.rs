@@ -391,3 +391,22 @@ pub(crate) fn ignore_interrupts() {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
     }
 }
+
+/// Asks the kernel to acknowledge the next received data at once instead of delaying the ACK
+/// (not sticky: it applies until the kernel decides otherwise). A CPython peer sends two small
+/// writes in a row without `TCP_NODELAY`; without this its second write waits ~40 ms.
+pub(crate) fn set_quick_ack(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live int; the borrow keeps
+    // the socket open.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
