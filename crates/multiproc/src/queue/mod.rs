@@ -473,11 +473,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Like [`get_timeout`](Self::get_timeout), but waits for an item without holding the
     /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
-    /// (a pool's waiters take their own results while its handler thread waits here).
+    /// (a pool's waiters take their own results while its handler thread waits here), and
+    /// without spinning: the waiter sleeps at once, leaving the CPU to those who work.
     pub(crate) fn get_timeout_shared(&self, timeout: Duration) -> Result<T> {
         let deadline = deadline_after(timeout);
         loop {
-            if self.inner.ring().wait_readable(deadline).is_err() {
+            if self.inner.ring().wait_readable(deadline, false).is_err() {
                 return Err(Error::timeout(self.inner.what.clone(), timeout));
             }
             match self.get_until(deadline, false, timeout) {

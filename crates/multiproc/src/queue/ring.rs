@@ -165,15 +165,20 @@ impl<'a> Ring<'a> {
     }
 
     /// Waits, without holding the consumer lock, until the ring seems to hold a frame. Another
-    /// consumer may take it first: callers then look again.
-    pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), WaitFailed> {
+    /// consumer may take it first: callers then look again. Without `spin` it sleeps at once
+    /// (for a background thread that should leave the CPU to others).
+    pub(crate) fn wait_readable(
+        &self,
+        deadline: Option<Instant>,
+        spin: bool,
+    ) -> Result<(), WaitFailed> {
         let producer = &self.layout.producer;
         let consumer = &self.layout.consumer;
         let sleepers = &self.layout.sleepers;
         let empty = || {
             pos(producer.tail.load(Ordering::Acquire)) == pos(consumer.head.load(Ordering::Acquire))
         };
-        if !empty() || spin_until_batching(|| !empty()) {
+        if !empty() || (spin && spin_until_batching(|| !empty())) {
             return Ok(());
         }
         loop {
