@@ -1,5 +1,5 @@
-//! Python's `ProcessPoolExecutor`, done with a `Pool`: `submit` is `apply_async`, and leaving
-//! the `with` block is `close` + `join`.
+//! Python's `ProcessPoolExecutor`, with [`multiproc::ProcessPoolExecutor`]: `submit` gives a
+//! [`Future`](multiproc::Future), and leaving the `with` block is `shutdown(wait=True)`.
 //!
 //! Mirrors the third way to start processes in seed 002, `第三种进程池` (ten tasks of 1 s, at
 //! most 4 at a time: about 3 s):
@@ -10,16 +10,16 @@
 //!     for i in range(10): pool.submit(task, i)
 //! ```
 //!
-//! A difference to keep in mind: the `with` block waits for the tasks when it ends, while a
-//! dropped `Pool` terminates its workers (as `multiprocessing.Pool.__exit__` does). Close and
-//! join a pool whose tasks must finish; the last part shows what a drop does.
+//! Rust has no `with`; dropping the executor does what leaving the block does (shut down and
+//! wait for the tasks), and part 1 relies on it. Part 2 is `pool.map`, part 3
+//! `shutdown(cancel_futures=True)`, which drops the tasks no worker has taken yet.
 //!
 //! Run with `cargo run --example pool_executor -p multiproc`.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use multiproc::{ErrorKind, Pool};
+use multiproc::{ErrorKind, ProcessPoolExecutor};
 
 /// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
 /// runs out (in a loop, as it may return early).
@@ -47,19 +47,21 @@ fn main() -> multiproc::Result<()> {
     println!("== 1. with ProcessPoolExecutor(4) as pool: pool.submit(task, i) ==");
     let start = Instant::now();
     let futures = {
-        let pool = Pool::new(4)?;
-        let futures = (0..10)
-            .map(|i| pool.apply_async(task, i))
-            .collect::<multiproc::Result<Vec<_>>>()?;
-        // The end of the `with` block: no more tasks, then wait for those submitted.
-        pool.close();
-        pool.join()?;
-        futures
+        let pool = ProcessPoolExecutor::new(4)?;
+        (0..10)
+            .map(|i| pool.submit(task, i))
+            .collect::<multiproc::Result<Vec<_>>>()?
+        // The end of the `with` block: the executor drops here, which is
+        // `pool.shutdown(true, false)`: no more tasks, then wait for those submitted.
     };
     let took = start.elapsed();
+    assert!(
+        futures.iter().all(|f| f.done()),
+        "the block waited for every task"
+    );
     let pids = futures
         .iter()
-        .map(|f| f.get())
+        .map(|f| f.result(None))
         .collect::<multiproc::Result<HashSet<_>>>()?;
     println!(
         "  10 tasks ran in {} worker processes in {:.2} s",
@@ -73,31 +75,34 @@ fn main() -> multiproc::Result<()> {
         "10 tasks of 1 s, 4 at a time, take three rounds"
     );
 
-    println!("\n== 2. the same block, leaving without close() and join() ==");
+    println!("\n== 2. pool.map(task, range(4)): results in order ==");
+    let pool = ProcessPoolExecutor::new(4)?;
     let start = Instant::now();
-    let futures = {
-        let pool = Pool::new(4)?;
-        (0..10)
-            .map(|i| pool.apply_async(task, i))
-            .collect::<multiproc::Result<Vec<_>>>()?
-        // The pool drops here: its workers are killed, whatever they were doing.
-    };
-    let mut failed = 0;
-    for f in &futures {
-        assert!(f.ready(), "a dropped pool settles each of its tasks");
-        if !f.successful()? {
-            let e = f.get().expect_err("an unsuccessful task has an error");
-            assert_eq!(e.kind(), ErrorKind::InvalidState);
-            if failed == 0 {
-                println!("  the first failure: {e}");
-            }
-            failed += 1;
-        }
-    }
+    let pids = pool
+        .map(task, 0..4, Some(Duration::from_secs(60)))?
+        .collect::<multiproc::Result<Vec<_>>>()?;
     println!(
-        "  after {:.2} s, {failed} of 10 tasks failed",
+        "  4 results in {:.2} s from pids {pids:?}",
         start.elapsed().as_secs_f64()
     );
-    assert_eq!(failed, 10, "a dropped pool finishes none of its tasks");
+    assert_eq!(pids.len(), 4);
+    pool.shutdown(true, false)?;
+    assert_eq!(
+        pool.submit(task, 0).unwrap_err().kind(),
+        ErrorKind::InvalidState,
+        "no tasks after shutdown"
+    );
+
+    println!("\n== 3. pool.shutdown(wait=True, cancel_futures=True) ==");
+    let pool = ProcessPoolExecutor::new(4)?;
+    let futures = (0..10)
+        .map(|i| pool.submit(task, i))
+        .collect::<multiproc::Result<Vec<_>>>()?;
+    pool.shutdown(true, true)?;
+    let cancelled = futures.iter().filter(|f| f.cancelled()).count();
+    let finished = futures.iter().filter(|f| f.result(None).is_ok()).count();
+    println!("  {finished} tasks finished, {cancelled} were cancelled before a worker took them");
+    assert_eq!(finished + cancelled, 10);
+    assert!(finished >= 4, "the tasks workers already had still finish");
     Ok(())
 }

@@ -49,8 +49,8 @@ mod thread;
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{
-    AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadPoolExecutor,
-    Waitable, Waited, as_completed, wait,
+    AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadIMapIter, ThreadPool,
+    ThreadPoolExecutor, Waitable, Waited, as_completed, wait,
 };
 pub use manager::{Address, Client, Listener, WireConnection};
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};

@@ -85,29 +85,35 @@ impl<R> Cell<R> {
     /// Delivers the outcome: runs the done callbacks (here, on the delivering thread), then
     /// wakes waiters. A panicking callback is reported and the others still run.
     pub(crate) fn finish(&self, outcome: Result<R>) {
-        let (callbacks, watchers) = {
-            let mut inner = self.lock();
-            if self.status.load(Ordering::Acquire) == CANCELLED {
-                return;
+        let mut outcome = Some(outcome);
+        let watchers = loop {
+            let callbacks = {
+                let mut inner = self.lock();
+                if self.status.load(Ordering::Acquire) == CANCELLED {
+                    return;
+                }
+                let callbacks = std::mem::take(&mut inner.callbacks);
+                if callbacks.is_empty() {
+                    // Done: from here on `add_done_callback` and `watch` see it (they look
+                    // under the same lock), so nothing registered can be missed.
+                    let outcome = outcome.take().expect("kept until stored");
+                    self.failed.store(outcome.is_err(), Ordering::Release);
+                    inner.error_text = outcome.as_ref().err().map(|e| e.to_string());
+                    inner.outcome = Some(outcome);
+                    self.status.store(FINISHED, Ordering::Release);
+                    break std::mem::take(&mut inner.watchers)
+                        .into_iter()
+                        .zip(std::mem::take(&mut inner.watcher_tags))
+                        .collect::<Vec<_>>();
+                }
+                callbacks
+            };
+            // Outside the lock: a callback may look at its future.
+            let value = outcome.as_ref().expect("kept until stored");
+            for callback in callbacks {
+                run_callback(callback, value);
             }
-            (
-                std::mem::take(&mut inner.callbacks),
-                std::mem::take(&mut inner.watchers)
-                    .into_iter()
-                    .zip(std::mem::take(&mut inner.watcher_tags))
-                    .collect::<Vec<_>>(),
-            )
         };
-        for callback in callbacks {
-            run_callback(callback, &outcome);
-        }
-        self.failed.store(outcome.is_err(), Ordering::Release);
-        {
-            let mut inner = self.lock();
-            inner.error_text = outcome.as_ref().err().map(|e| e.to_string());
-            inner.outcome = Some(outcome);
-        }
-        self.status.store(FINISHED, Ordering::Release);
         self.done.notify_all();
         for (tx, tag) in watchers {
             let _ = tx.send(tag);

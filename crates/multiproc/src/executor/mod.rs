@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 mod future;
+mod thread_pool;
 
 pub use future::{AsCompleted, Future, ReturnWhen, Waitable, Waited, as_completed, wait};
+pub use thread_pool::{ThreadIMapIter, ThreadPool};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
