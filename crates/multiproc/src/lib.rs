@@ -37,6 +37,7 @@ mod connection;
 mod error;
 mod executor;
 mod manager;
+mod pickle;
 mod platform;
 mod pool;
 mod process;
@@ -69,3 +70,12 @@ pub use thread::{
     Thread, ThreadBuilder, ThreadInfo, ThreadLocal, Timer, TimerBuilder, active_count,
     current_thread, enumerate, join_non_daemon, join_non_daemon_timeout, main_thread,
 };
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Decodes untrusted pickle bytes (and re-encodes what decodes); must never panic.
+    pub fn pickle_decode(data: &[u8]) {
+        crate::pickle::fuzz_decode(data)
+    }
+}

@@ -1,0 +1,122 @@
+//! CPython's pickle format, as data: the codec behind the manager protocol.
+//!
+//! - [`Value`] is pickle's data model (None, bool, int, float, str, bytes, bytearray, tuple,
+//!   list, dict, set, frozenset) plus [`Value::Global`] and [`Object`] for the few objects the
+//!   manager protocol carries (exceptions such as `queue.Empty`, `Token`, `RebuildProxy`).
+//! - [`decode()`] reads protocols 0–5 from untrusted bytes. It never imports or calls anything,
+//!   bounds every length and the memory it uses ([`Limits`]), does not recurse, and does not
+//!   panic. See `decode.rs` for how.
+//! - [`encode()`] writes protocol 4 without frames or memo, which CPython 3.4+ reads.
+//! - [`to_value`] / [`from_value`] convert between `Value` and serde types (mapping in
+//!   `ser.rs`).
+//!
+//! Not supported (decoding fails with a clear error): `PERSID`/`BINPERSID`, `EXT1/2/4`,
+//! `INST`/`OBJ`, protocol-0/1 byte strings (`STRING`, `BINSTRING`, `SHORT_BINSTRING`: Python 2
+//! `str`), out-of-band buffers (`NEXT_BUFFER`, `READONLY_BUFFER`), strings holding lone
+//! surrogates (valid in Python, not in a Rust `String`), and structures that contain
+//! themselves.
+//!
+//! Reference: `shared/reference/cpython-manager-protocol.md` §5.
+
+#![forbid(unsafe_code)]
+// Crate-private and not yet used: the manager (server and proxies) will use it.
+#![allow(dead_code, unused_imports)]
+
+mod de;
+mod decode;
+mod encode;
+mod error;
+mod opcodes;
+mod ser;
+mod value;
+
+pub(crate) use de::from_value;
+pub(crate) use decode::{Limits, decode, decode_with};
+pub(crate) use encode::{PROTOCOL, encode, encode_into};
+pub(crate) use error::PickleError;
+pub(crate) use ser::to_value;
+pub(crate) use value::{BigInt, Object, ObjectKind, Value};
+
+/// Encodes any serde value as a pickle ([`to_value`] then [`encode()`]).
+///
+/// # Errors
+/// As [`to_value`] and [`encode()`].
+pub(crate) fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PickleError> {
+    encode(&to_value(value)?)
+}
+
+/// Decodes a pickle into any serde type ([`decode()`] then [`from_value`]).
+///
+/// # Errors
+/// As [`decode()`] and [`from_value`].
+pub(crate) fn from_slice<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, PickleError> {
+    from_value(decode(data)?)
+}
+
+/// The fuzz target's body (`fuzz/fuzz_targets/pickle_decode.rs`): decoding must not panic, and
+/// whatever decodes must survive an encode/decode round trip unchanged.
+///
+/// # Panics
+/// When that property fails: that is what the fuzzer looks for.
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    let limits = Limits {
+        max_memory: 64 << 20,
+        ..Limits::default()
+    };
+    let Ok(value) = decode_with(data, &limits) else {
+        return;
+    };
+    let bytes = encode(&value).expect("a decoded value encodes");
+    match decode_with(&bytes, &limits) {
+        Ok(again) => assert!(
+            same(&value, &again),
+            "round trip changed {value} into {again}"
+        ),
+        Err(PickleError::LimitExceeded { .. }) => {}
+        Err(e) => panic!("re-decoding {value} failed: {e}"),
+    }
+    let _ = from_value::<Value>(value);
+}
+
+/// Structural equality with floats compared bit for bit (so a `NaN` equals itself).
+pub(crate) fn same(a: &Value, b: &Value) -> bool {
+    fn all(a: &[Value], b: &[Value]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+    }
+    fn pairs(a: &[(Value, Value)], b: &[(Value, Value)]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|((k1, v1), (k2, v2))| same(k1, k2) && same(v1, v2))
+    }
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+        (Value::Tuple(x), Value::Tuple(y))
+        | (Value::List(x), Value::List(y))
+        | (Value::Set(x), Value::Set(y))
+        | (Value::FrozenSet(x), Value::FrozenSet(y)) => all(x, y),
+        (Value::Dict(x), Value::Dict(y)) => pairs(x, y),
+        (Value::Object(x), Value::Object(y)) => {
+            let kinds = match (&x.kind, &y.kind) {
+                (ObjectKind::NewObjEx { kwargs: k1 }, ObjectKind::NewObjEx { kwargs: k2 }) => {
+                    pairs(k1, k2)
+                }
+                (k1, k2) => std::mem::discriminant(k1) == std::mem::discriminant(k2),
+            };
+            kinds
+                && same(&x.callable, &y.callable)
+                && all(&x.args, &y.args)
+                && all(&x.list_items, &y.list_items)
+                && pairs(&x.dict_items, &y.dict_items)
+                && match (&x.state, &y.state) {
+                    (Some(s1), Some(s2)) => same(s1, s2),
+                    (None, None) => true,
+                    _ => false,
+                }
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests;
