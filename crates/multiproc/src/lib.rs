@@ -53,7 +53,9 @@ pub use executor::{
     AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadIMapIter, ThreadPool,
     ThreadPoolExecutor, Waitable, Waited, as_completed, wait,
 };
-pub use manager::{Address, Client, Listener, WireConnection};
+pub use manager::{
+    Address, Client, Listener, ManagerServer, RunningServer, ServedQueueHandle, WireConnection,
+};
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,

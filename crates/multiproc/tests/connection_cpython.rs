@@ -3,50 +3,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use multiproc::{Address, Client, ErrorKind, Listener};
+mod common;
 
-/// The CPython interpreters to test against: `python3` and pyenv's, when present.
-fn pythons() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    if Command::new("python3")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        found.push(PathBuf::from("python3"));
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    for v in ["3.8", "3.12", "3.13"] {
-        let Ok(dir) = std::fs::read_dir(home.join(".pyenv/versions")) else {
-            break;
-        };
-        let mut versions: Vec<_> = dir
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{v}.")))
-            })
-            .collect();
-        versions.sort();
-        if let Some(p) = versions.pop() {
-            found.push(p.join("bin/python3"));
-        }
-    }
-    if found.is_empty() {
-        eprintln!("note: no CPython found; interop tests skipped");
-    } else {
-        eprintln!("interop with {found:?}");
-    }
-    found
-}
+use common::pythons;
+use multiproc::{Address, Client, ErrorKind, Listener};
 
 fn echo_pair(listener: Listener) -> std::thread::JoinHandle<multiproc::Result<()>> {
     std::thread::spawn(move || {

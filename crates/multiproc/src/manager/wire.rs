@@ -286,6 +286,16 @@ impl WireConnection {
         }
     }
 
+    /// Runs the server side of the handshake on a connection from
+    /// [`Listener::accept_unauthenticated`].
+    pub(crate) fn authenticate_as_server(
+        &mut self,
+        authkey: &[u8],
+        timeout: Duration,
+    ) -> Result<()> {
+        self.handshake(authkey, true, timeout)
+    }
+
     fn handshake(&mut self, authkey: &[u8], server: bool, timeout: Duration) -> Result<()> {
         self.stream
             .set_read_timeout(Some(timeout))
@@ -445,6 +455,15 @@ impl Listener {
     /// does not know the authkey; [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) if it
     /// sends garbage or stalls. The listener stays usable: call `accept` again.
     pub fn accept(&self) -> Result<WireConnection> {
+        let mut conn = self.accept_unauthenticated()?;
+        conn.authenticate_as_server(&self.authkey, self.handshake_timeout)?;
+        Ok(conn)
+    }
+
+    /// Accepts a peer without the handshake: the caller runs
+    /// [`WireConnection::authenticate_as_server`] (on the connection's own thread, so that a
+    /// stalling peer does not hold up the others).
+    pub(crate) fn accept_unauthenticated(&self) -> Result<WireConnection> {
         let (stream, peer) = match &self.inner {
             ListenerKind::Tcp(l) => {
                 let (s, peer) = l
@@ -460,9 +479,15 @@ impl Listener {
                 (Stream::Unix(s), "a unix socket peer".to_string())
             }
         };
-        let mut conn = WireConnection::new(stream, format!("connection from {peer}"));
-        conn.handshake(&self.authkey, true, self.handshake_timeout)?;
-        Ok(conn)
+        Ok(WireConnection::new(
+            stream,
+            format!("connection from {peer}"),
+        ))
+    }
+
+    /// The authkey peers must prove they know, and the handshake timeout.
+    pub(crate) fn credentials(&self) -> (Vec<u8>, Duration) {
+        (self.authkey.clone(), self.handshake_timeout)
     }
 }
 

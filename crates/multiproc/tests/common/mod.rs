@@ -6,6 +6,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use multiproc::Process;
+use std::path::PathBuf;
+use std::process::Command;
 
 /// A started process that is killed and reaped when the test ends, also when it fails.
 pub struct Guarded<R: serde::de::DeserializeOwned>(pub Option<Process<R>>);
@@ -94,4 +96,43 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The CPython interpreters to test against: `python3` and pyenv's, when present.
+pub fn pythons() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        found.push(PathBuf::from("python3"));
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    for v in ["3.8", "3.12", "3.13"] {
+        let Ok(dir) = std::fs::read_dir(home.join(".pyenv/versions")) else {
+            break;
+        };
+        let mut versions: Vec<_> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{v}.")))
+            })
+            .collect();
+        versions.sort();
+        if let Some(p) = versions.pop() {
+            found.push(p.join("bin/python3"));
+        }
+    }
+    if found.is_empty() {
+        eprintln!("note: no CPython found; interop tests skipped");
+    } else {
+        eprintln!("interop with {found:?}");
+    }
+    found
 }

@@ -1,0 +1,584 @@
+//! A manager server that CPython's `BaseManager` clients can use: named queues served over
+//! TCP or a Unix socket, speaking `multiprocessing.managers`' own protocol (see
+//! `../shared/reference/cpython-manager-protocol.md` §3).
+//!
+//! Each connection gets its own thread, so a `get` blocked on one connection never holds up
+//! another. Requests are decoded with the crate's pickle codec, which never executes anything.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::wire::{Address, Listener, WireConnection};
+use crate::error::{Error, Result};
+use crate::pickle::{self, Value};
+
+/// What a CPython client sees as the methods of a queue (3.11's `queue.Queue`).
+const QUEUE_EXPOSED: &[&str] = &[
+    "empty",
+    "full",
+    "get",
+    "get_nowait",
+    "join",
+    "put",
+    "put_nowait",
+    "qsize",
+    "task_done",
+];
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct QueueState {
+    items: VecDeque<Value>,
+    unfinished: u64,
+}
+
+/// A queue the server owns, shared by its remote clients and the serving process.
+struct ServedQueue {
+    name: String,
+    state: Mutex<QueueState>,
+    changed: Condvar,
+}
+
+impl ServedQueue {
+    fn put(&self, item: Value) {
+        let mut s = lock(&self.state);
+        s.items.push_back(item);
+        s.unfinished += 1;
+        self.changed.notify_all();
+    }
+
+    /// Takes an item, waiting until `deadline` (`None`: for ever); `None` if none came.
+    fn get(&self, block: bool, deadline: Option<Instant>) -> Option<Value> {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(item) = s.items.pop_front() {
+                return Some(item);
+            }
+            if !block {
+                return None;
+            }
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+/// A queue served by a [`ManagerServer`], used from the serving process (the master's side of
+/// the seeds' distributed example). Items cross to CPython as pickles: any serde value that maps
+/// onto Python's data model (numbers, strings, bytes, lists, tuples, dicts…).
+#[derive(Clone)]
+pub struct ServedQueueHandle {
+    queue: Arc<ServedQueue>,
+}
+
+impl fmt::Debug for ServedQueueHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServedQueueHandle")
+            .field("name", &self.queue.name)
+            .field("len", &lock(&self.queue.state).items.len())
+            .finish()
+    }
+}
+
+impl ServedQueueHandle {
+    /// Puts an item.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if the item does not map
+    /// onto Python's data model.
+    pub fn put<T: Serialize>(&self, item: &T) -> Result<()> {
+        self.queue.put(pickle::to_value(item)?);
+        Ok(())
+    }
+
+    /// Takes an item, waiting up to `timeout`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if none came;
+    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if it is not a `T`.
+    pub fn get_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.queue.get(true, deadline) {
+            Some(v) => Ok(pickle::from_value(v)?),
+            None => Err(Error::timeout(
+                format!("served queue {:?}", self.queue.name),
+                timeout,
+            )),
+        }
+    }
+
+    /// The number of items in the queue.
+    pub fn len(&self) -> usize {
+        lock(&self.queue.state).items.len()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    /// typeid (`get_task_queue`) → the queue and its ident.
+    by_typeid: HashMap<String, (String, Arc<ServedQueue>)>,
+    /// ident → the queue and its reference count.
+    by_ident: HashMap<String, (Arc<ServedQueue>, i64)>,
+}
+
+struct ServerShared {
+    registry: Mutex<Registry>,
+    next_ident: AtomicU64,
+    stop: AtomicBool,
+    address: Address,
+}
+
+/// A manager server for CPython clients (the server side of `BaseManager`): register named
+/// queues, then serve. A CPython worker does
+/// `QueueManager.register('get_task_queue'); m = QueueManager(address=..., authkey=...);
+/// m.connect(); q = m.get_task_queue(); q.get(timeout=1)` against it, and `except queue.Empty`
+/// works.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Address, ManagerServer};
+///
+/// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
+/// let tasks = server.register_queue("get_task_queue");
+/// tasks.put(&7)?;
+/// let running = server.serve_in_background()?;
+/// // ... CPython workers connect to running.address() ...
+/// running.shutdown();
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct ManagerServer {
+    listener: Listener,
+    shared: Arc<ServerShared>,
+}
+
+impl fmt::Debug for ManagerServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerServer")
+            .field("address", self.listener.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagerServer {
+    /// Listens on `address`; clients must know `authkey`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if it cannot bind.
+    pub fn bind(address: &Address, authkey: &[u8]) -> Result<ManagerServer> {
+        let listener = Listener::bind(address, authkey)?;
+        let shared = Arc::new(ServerShared {
+            registry: Mutex::new(Registry::default()),
+            next_ident: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            address: listener.address().clone(),
+        });
+        Ok(ManagerServer { listener, shared })
+    }
+
+    /// The address clients connect to.
+    pub fn address(&self) -> &Address {
+        self.listener.address()
+    }
+
+    /// Registers a queue under `typeid` (the name a CPython client `register`s and calls, as
+    /// `get_task_queue`); returns the serving process's handle to it.
+    pub fn register_queue(&mut self, typeid: &str) -> ServedQueueHandle {
+        let mut reg = lock(&self.shared.registry);
+        if let Some((_, q)) = reg.by_typeid.get(typeid) {
+            return ServedQueueHandle { queue: q.clone() };
+        }
+        let ident = format!(
+            "{:x}",
+            self.shared.next_ident.fetch_add(1, Ordering::Relaxed)
+        );
+        let queue = Arc::new(ServedQueue {
+            name: typeid.to_string(),
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                unfinished: 0,
+            }),
+            changed: Condvar::new(),
+        });
+        reg.by_typeid
+            .insert(typeid.to_string(), (ident.clone(), queue.clone()));
+        // Registered queues live as long as the server, whatever the reference counts say.
+        reg.by_ident.insert(ident, (queue.clone(), 1));
+        ServedQueueHandle { queue }
+    }
+
+    /// Serves on a background thread until [`RunningServer::shutdown`] or a client's
+    /// `shutdown` request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the thread cannot start.
+    pub fn serve_in_background(self) -> Result<RunningServer> {
+        let shared = self.shared.clone();
+        let address = self.listener.address().clone();
+        let thread = std::thread::Builder::new()
+            .name("multiproc-manager".into())
+            .spawn(move || self.serve_forever())
+            .map_err(|e| Error::io("manager: cannot start its thread", e))?;
+        Ok(RunningServer {
+            shared,
+            address,
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves on this thread until a client's `shutdown` request (or
+    /// [`RunningServer::shutdown`] from elsewhere).
+    pub fn serve_forever(self) {
+        let (authkey, timeout) = self.listener.credentials();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let Ok(mut conn) = self.listener.accept_unauthenticated() else {
+                continue;
+            };
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let shared = self.shared.clone();
+            let authkey = authkey.clone();
+            let _ = std::thread::Builder::new()
+                .name("multiproc-manager-conn".into())
+                .spawn(move || {
+                    if conn.authenticate_as_server(&authkey, timeout).is_ok() {
+                        serve_connection(&shared, &mut conn);
+                    }
+                });
+        }
+    }
+}
+
+/// A server serving in the background.
+#[derive(Debug)]
+pub struct RunningServer {
+    shared: Arc<ServerShared>,
+    address: Address,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The address clients connect to.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Stops accepting connections and waits for the accepting thread; connections being
+    /// served finish their current request.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        wake_accept_loop(&self.address);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl fmt::Debug for ServerShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerShared")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wakes a blocked `accept` with a connection of our own, so that it sees the stop flag.
+fn wake_accept_loop(address: &Address) {
+    match address {
+        Address::Tcp(a) => drop(std::net::TcpStream::connect(a)),
+        Address::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
+    }
+}
+
+/// A reply: `('#RETURN', value)`, `('#ERROR', exception)` or `('#TRACEBACK', text)`.
+fn reply(conn: &mut WireConnection, kind: &str, value: Value) -> Result<()> {
+    let bytes = pickle::encode(&Value::Tuple(vec![Value::str(kind), value]))?;
+    conn.send_bytes(&bytes)
+}
+
+fn traceback(conn: &mut WireConnection, text: String) -> Result<()> {
+    reply(conn, "#TRACEBACK", Value::Str(text))
+}
+
+/// A request `(ident, funcname, args, kwds)`.
+struct Request {
+    ident: Option<String>,
+    func: String,
+    args: Vec<Value>,
+    kwds: Vec<(Value, Value)>,
+}
+
+fn parse_request(bytes: &[u8]) -> std::result::Result<Request, String> {
+    let value = pickle::decode(bytes).map_err(|e| format!("bad request: {e}"))?;
+    let Value::Tuple(mut parts) = value else {
+        return Err("a request is a 4-tuple".into());
+    };
+    if parts.len() != 4 {
+        return Err(format!("a request is a 4-tuple, not {} items", parts.len()));
+    }
+    let kwds = match parts.pop() {
+        Some(Value::Dict(items)) => items,
+        _ => return Err("kwds must be a dict".into()),
+    };
+    let args = match parts.pop() {
+        Some(Value::Tuple(items) | Value::List(items)) => items,
+        _ => return Err("args must be a tuple".into()),
+    };
+    let func = match parts.pop() {
+        Some(Value::Str(s)) => s,
+        _ => return Err("the function name must be a str".into()),
+    };
+    let ident = match parts.pop() {
+        Some(Value::Str(s)) => Some(s),
+        _ => None,
+    };
+    Ok(Request {
+        ident,
+        func,
+        args,
+        kwds,
+    })
+}
+
+impl Request {
+    /// Argument `i` or keyword `name` (Python's binding of `get(block=True, timeout=None)`).
+    fn arg(&self, i: usize, name: &str) -> Option<&Value> {
+        self.args.get(i).or_else(|| {
+            self.kwds
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(name))
+                .map(|(_, v)| v)
+        })
+    }
+
+    fn flag(&self, i: usize, name: &str, default: bool) -> bool {
+        match self.arg(i, name) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Int(n)) => *n != 0,
+            Some(Value::None) | None => default,
+            Some(_) => true,
+        }
+    }
+
+    fn timeout(&self, i: usize) -> std::result::Result<Option<Duration>, String> {
+        let secs = match self.arg(i, "timeout") {
+            None | Some(Value::None) => return Ok(None),
+            Some(Value::Int(n)) => *n as f64,
+            Some(Value::Float(f)) => *f,
+            Some(other) => {
+                return Err(format!(
+                    "timeout must be a number, not {}",
+                    other.type_name()
+                ));
+            }
+        };
+        if !secs.is_finite() || secs < 0.0 {
+            return Err("'timeout' must be a non-negative number".into());
+        }
+        Ok(Some(Duration::from_secs_f64(secs.min(1e9))))
+    }
+}
+
+fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
+    let Ok(first) = conn.recv_bytes() else { return };
+    let request = match parse_request(&first) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = traceback(conn, e);
+            return;
+        }
+    };
+    let outcome = match request.func.as_str() {
+        "dummy" => reply(conn, "#RETURN", Value::None),
+        "create" => create(shared, conn, &request),
+        "incref" | "decref" => refcount(shared, conn, &request),
+        "number_of_objects" => {
+            let n = lock(&shared.registry).by_ident.len() as i64;
+            reply(conn, "#RETURN", Value::Int(n))
+        }
+        "shutdown" => {
+            shared.stop.store(true, Ordering::Release);
+            // CPython's server answers twice; its clients read one reply.
+            let _ = reply(conn, "#RETURN", Value::None);
+            let sent = reply(conn, "#RETURN", Value::None);
+            wake_accept_loop(&shared.address);
+            sent
+        }
+        "accept_connection" => {
+            if reply(conn, "#RETURN", Value::None).is_ok() {
+                serve_proxy_calls(shared, conn);
+            }
+            return;
+        }
+        other => traceback(
+            conn,
+            format!("KeyError: {other:?} is not a public function"),
+        ),
+    };
+    let _ = outcome;
+}
+
+fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
+    let Some(typeid) = request.args.first().and_then(Value::as_str) else {
+        return traceback(conn, "create needs a typeid".into());
+    };
+    let mut reg = lock(&shared.registry);
+    let Some((ident, _)) = reg.by_typeid.get(typeid).cloned() else {
+        drop(reg);
+        return traceback(conn, format!("KeyError: {typeid:?} is not registered"));
+    };
+    if let Some(entry) = reg.by_ident.get_mut(&ident) {
+        entry.1 += 1;
+    }
+    drop(reg);
+    let exposed = QUEUE_EXPOSED.iter().map(|m| Value::str(*m)).collect();
+    reply(
+        conn,
+        "#RETURN",
+        Value::Tuple(vec![Value::Str(ident), Value::Tuple(exposed)]),
+    )
+}
+
+fn refcount(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
+    let ident = request.args.first().and_then(Value::as_str).unwrap_or("");
+    let delta = if request.func == "incref" { 1 } else { -1 };
+    if let Some(entry) = lock(&shared.registry).by_ident.get_mut(ident) {
+        // Registered queues stay whatever the count says; it only keeps CPython's books.
+        entry.1 = (entry.1 + delta).max(1);
+    }
+    reply(conn, "#RETURN", Value::None)
+}
+
+fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
+    while let Ok(bytes) = conn.recv_bytes() {
+        let sent = match parse_request(&bytes) {
+            Ok(request) => call(shared, conn, &request),
+            Err(e) => traceback(conn, e),
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+fn empty_error() -> Value {
+    Value::reduce("queue", "Empty", Vec::new())
+}
+
+fn call(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
+    let ident = request.ident.as_deref().unwrap_or("");
+    let queue = lock(&shared.registry)
+        .by_ident
+        .get(ident)
+        .map(|(q, _)| q.clone());
+    let Some(queue) = queue else {
+        return traceback(conn, format!("KeyError: no object {ident:?}"));
+    };
+    match request.func.as_str() {
+        "get" | "get_nowait" => {
+            let block = request.func == "get" && request.flag(0, "block", true);
+            let timeout = match request.timeout(1) {
+                Ok(t) => t,
+                Err(e) => {
+                    return reply(
+                        conn,
+                        "#ERROR",
+                        Value::reduce("builtins", "ValueError", vec![Value::Str(e)]),
+                    );
+                }
+            };
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+            match queue.get(block, deadline) {
+                Some(item) => reply(conn, "#RETURN", item),
+                None => reply(conn, "#ERROR", empty_error()),
+            }
+        }
+        "put" | "put_nowait" => match request.arg(0, "item") {
+            Some(item) => {
+                queue.put(item.clone());
+                reply(conn, "#RETURN", Value::None)
+            }
+            None => traceback(conn, "TypeError: put() missing 'item'".into()),
+        },
+        "qsize" => reply(
+            conn,
+            "#RETURN",
+            Value::Int(lock(&queue.state).items.len() as i64),
+        ),
+        "empty" => reply(
+            conn,
+            "#RETURN",
+            Value::Bool(lock(&queue.state).items.is_empty()),
+        ),
+        "full" => reply(conn, "#RETURN", Value::Bool(false)),
+        "task_done" => {
+            let mut s = lock(&queue.state);
+            if s.unfinished == 0 {
+                drop(s);
+                let e = Value::reduce(
+                    "builtins",
+                    "ValueError",
+                    vec![Value::str("task_done() called too many times")],
+                );
+                return reply(conn, "#ERROR", e);
+            }
+            s.unfinished -= 1;
+            queue.changed.notify_all();
+            drop(s);
+            reply(conn, "#RETURN", Value::None)
+        }
+        "join" => {
+            let mut s = lock(&queue.state);
+            while s.unfinished > 0 {
+                s = queue.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(s);
+            reply(conn, "#RETURN", Value::None)
+        }
+        "__repr__" | "__str__" => reply(
+            conn,
+            "#RETURN",
+            Value::Str(format!("<queue {:?} served by multiproc>", queue.name)),
+        ),
+        other => traceback(
+            conn,
+            format!("AttributeError: method {other:?} of a queue is not exposed"),
+        ),
+    }
+}
