@@ -35,6 +35,8 @@ pub enum ErrorKind {
     WorkerLost,
     /// The peer did not prove it knows the authkey, or refused ours.
     AuthenticationFailed,
+    /// A remote server (a manager) reported a failure.
+    Remote,
     /// An operating-system call failed.
     Io,
 }
@@ -173,6 +175,14 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// A manager server reported a failure of the call (an exception or a traceback).
+    #[error("{what}: remote error: {detail}")]
+    Remote {
+        /// The remote object concerned.
+        what: String,
+        /// The exception or traceback text.
+        detail: String,
+    },
     /// The barrier is broken.
     #[error("{what}: broken")]
     BrokenBarrier {
@@ -218,6 +228,7 @@ impl Error {
             Error::BrokenBarrier { .. } => ErrorKind::BrokenBarrier,
             Error::WorkerLost { .. } => ErrorKind::WorkerLost,
             Error::AuthenticationFailed { .. } => ErrorKind::AuthenticationFailed,
+            Error::Remote { .. } => ErrorKind::Remote,
             Error::Io { .. } => ErrorKind::Io,
         }
     }

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::pythons;
-use multiproc::{Address, ManagerServer};
+use std::io::{BufRead, BufReader};
+
+use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
 
 /// The seeds' `task_worker.py` (typos fixed), parameterised by port, authkey and task count.
 const TASK_WORKER: &str = r#"
@@ -102,4 +104,88 @@ fn a_cpython_worker_with_the_wrong_authkey_is_refused() {
     assert!(err.contains("AuthenticationError"), "{err}");
     assert_eq!(tasks.len(), 1, "nothing was taken");
     running.shutdown();
+}
+
+/// The seeds' `task_master.py` (typos fixed): serves two queues, puts tasks, collects results.
+const TASK_MASTER: &str = r#"
+import queue, sys
+from multiprocessing.managers import BaseManager
+
+task_queue = queue.Queue()
+result_queue = queue.Queue()
+
+class QueueManager(BaseManager):
+    pass
+
+QueueManager.register('get_task_queue', callable=lambda: task_queue)
+QueueManager.register('get_result_queue', callable=lambda: result_queue)
+
+if __name__ == '__main__':
+    manager = QueueManager(address=('127.0.0.1', 0), authkey=sys.argv[1].encode())
+    manager.start()
+    print(manager.address[1], flush=True)
+    task = manager.get_task_queue()
+    result = manager.get_result_queue()
+    for n in [3, 14, 15, 92, 65]:
+        task.put(n)
+    for i in range(5):
+        print('Result: %s' % result.get(timeout=30), flush=True)
+    # The worker says when it has seen the task queue empty.
+    print('Worker: %s' % result.get(timeout=30), flush=True)
+    manager.shutdown()
+"#;
+
+#[test]
+fn a_rust_worker_pulls_tasks_from_a_cpython_master() {
+    for python in pythons() {
+        let mut master = Command::new(&python)
+            .args(["-c", TASK_MASTER, "abc"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(master.stdout.take().unwrap());
+        let mut port = String::new();
+        out.read_line(&mut port).unwrap();
+        let address = Address::tcp(format!("127.0.0.1:{}", port.trim())).unwrap();
+        assert_eq!(
+            ManagerClient::connect(&address, b"wrong")
+                .unwrap_err()
+                .kind(),
+            ErrorKind::AuthenticationFailed
+        );
+        let manager = ManagerClient::connect(&address, b"abc").unwrap();
+        let tasks = manager.queue::<i64>("get_task_queue").unwrap();
+        let results = manager.queue::<String>("get_result_queue").unwrap();
+        let mut done = 0;
+        loop {
+            // The master puts its tasks after printing its port: wait longer for the first.
+            let wait = if done == 0 { 10_000 } else { 500 };
+            match tasks.get_timeout(Duration::from_millis(wait)) {
+                Ok(n) => {
+                    results.put(&format!("{n} * {n} = {}", n * n)).unwrap();
+                    done += 1;
+                }
+                // CPython's `queue.Empty`, raised in the master, arrives as our Empty.
+                Err(e) if e.kind() == ErrorKind::Empty => break,
+                Err(e) => panic!("{python:?}: {e}"),
+            }
+        }
+        assert_eq!(done, 5, "{python:?}");
+        results.put(&"saw queue.Empty".to_string()).unwrap();
+        let mut said = String::new();
+        for line in out.lines() {
+            said.push_str(&line.unwrap());
+            said.push('\n');
+        }
+        assert!(master.wait().unwrap().success(), "{python:?}: {said}");
+        assert!(
+            said.contains("Result: 92 * 92 = 8464"),
+            "{python:?}: {said}"
+        );
+        assert_eq!(said.matches("Result: ").count(), 5, "{python:?}: {said}");
+        assert!(
+            said.contains("Worker: saw queue.Empty"),
+            "{python:?}: {said}"
+        );
+    }
 }

@@ -1,11 +1,13 @@
 //! Talking to CPython: its `multiprocessing.connection` framing and handshake, and a manager
-//! server serving named queues to `BaseManager` clients. Proxies (a Rust client of a CPython
-//! manager) come next.
+//! server serving named queues to `BaseManager` clients, and a client using a manager's queues
+//! (CPython's or ours).
 
 #![forbid(unsafe_code)]
 
+mod client;
 mod server;
 mod wire;
 
+pub use client::{ManagerClient, RemoteQueue};
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use wire::{Address, Client, Listener, WireConnection};
