@@ -208,6 +208,14 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         Ok(pickle::from_value(v)?)
     }
 
+    /// Whether the queue is empty (`empty()`).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
     /// The number of items (`qsize()`).
     ///
     /// # Errors
