@@ -1,10 +1,12 @@
 //! `multiproc`: the command line of the multiproc library.
 //!
-//! `multiproc demo` runs a tour of the process API with real child processes.
+//! `multiproc demo` runs a tour of the process API with real child processes; `serve`,
+//! `worker`, `submit` and `collect` run named queues over TCP in CPython's manager protocol.
 
 #![forbid(unsafe_code)]
 
 mod demo;
+mod queues;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,14 @@ enum Command {
     /// Show child processes at work: pids, a returned value, a pipe, a daemon, data isolation,
     /// a queue of tasks and a lock around a shared counter.
     Demo,
+    /// Serve named queues over TCP to workers (ours or CPython's `BaseManager`).
+    Serve(queues::Serve),
+    /// Take tasks from a served queue, run a command per task, put the results back.
+    Worker(queues::Worker),
+    /// Put tasks into a served queue.
+    Submit(queues::Submit),
+    /// Take results from a served queue and print them.
+    Collect(queues::Collect),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +53,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => demo::run().context("demo failed"),
+        Command::Serve(args) => queues::serve(args),
+        Command::Worker(args) => queues::worker(args),
+        Command::Submit(args) => queues::submit(args),
+        Command::Collect(args) => queues::collect(args),
     }
 }

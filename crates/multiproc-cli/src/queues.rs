@@ -1,0 +1,233 @@
+//! `multiproc serve`, `worker`, `submit` and `collect`: named queues over TCP, spoken in
+//! CPython's manager protocol, so CPython's `BaseManager` workers and masters can join in.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
+use serde::{Deserialize, Serialize};
+
+/// Where the authkey comes from: never the command line (it would show in `ps`).
+#[derive(Debug, Args)]
+pub(crate) struct Auth {
+    /// A file holding the authkey (its bytes, a final newline removed). Without it the key is
+    /// read from the environment variable MULTIPROC_AUTHKEY.
+    #[arg(long)]
+    authkey_file: Option<PathBuf>,
+}
+
+impl Auth {
+    fn key(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(path) = &self.authkey_file {
+            let mut key = std::fs::read(path)
+                .with_context(|| format!("cannot read the authkey file {}", path.display()))?;
+            if key.last() == Some(&b'\n') {
+                key.pop();
+            }
+            return Ok(key);
+        }
+        match std::env::var_os("MULTIPROC_AUTHKEY") {
+            Some(k) => Ok(k.into_encoded_bytes()),
+            None => bail!("no authkey: set MULTIPROC_AUTHKEY or pass --authkey-file"),
+        }
+    }
+}
+
+/// A task or result: an integer or a text, as Python's `int` or `str`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Item {
+    Int(i64),
+    Text(String),
+}
+
+impl Item {
+    fn parse(s: &str) -> Item {
+        s.parse()
+            .map(Item::Int)
+            .unwrap_or_else(|_| Item::Text(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Item::Int(n) => write!(f, "{n}"),
+            Item::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The typeid CPython's seed registers for queue `name`: `task` → `get_task_queue`.
+fn typeid(name: &str) -> String {
+    format!("get_{name}_queue")
+}
+
+fn address(s: &str) -> anyhow::Result<Address> {
+    Address::tcp(s).with_context(|| format!("bad address {s:?}"))
+}
+
+/// `multiproc serve`.
+#[derive(Debug, Args)]
+pub(crate) struct Serve {
+    /// Where to listen (loopback by default; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    bind: String,
+    /// A queue to serve, registered as `get_<name>_queue` (repeat for several).
+    #[arg(long = "queue", required = true)]
+    queues: Vec<String>,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+pub(crate) fn serve(args: Serve) -> anyhow::Result<()> {
+    let mut server = ManagerServer::bind(&address(&args.bind)?, &args.auth.key()?)?;
+    for q in &args.queues {
+        server.register_queue(&typeid(q));
+    }
+    let names: Vec<String> = args.queues.iter().map(|q| typeid(q)).collect();
+    println!("serving {} on {}", names.join(", "), server.address());
+    server.serve_forever();
+    Ok(())
+}
+
+/// `multiproc worker`.
+#[derive(Debug, Args)]
+pub(crate) struct Worker {
+    /// The server to connect to.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    connect: String,
+    /// The queue to take tasks from.
+    #[arg(long, default_value = "task")]
+    tasks: String,
+    /// The queue to put results in.
+    #[arg(long, default_value = "result")]
+    results: String,
+    /// Stop after this many seconds without a task.
+    #[arg(long, default_value_t = 3.0)]
+    idle: f64,
+    /// Instead of a command, square integer tasks (the seeds' `n * n = ...`).
+    #[arg(long, conflicts_with = "command")]
+    square: bool,
+    /// The command to run per task, `{}` replaced by the task (e.g. `-- echo {}`); its
+    /// standard output, trimmed, is the result.
+    #[arg(last = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+fn run_task(args: &Worker, task: &Item) -> anyhow::Result<Item> {
+    if args.square {
+        let Item::Int(n) = task else {
+            bail!("--square needs integer tasks, got {task:?}");
+        };
+        return Ok(Item::Text(format!("{n} * {n} = {}", n * n)));
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        bail!("give a command after `--`, or --square");
+    };
+    let text = task.to_string();
+    let out = Command::new(program)
+        .args(rest.iter().map(|a| a.replace("{}", &text)))
+        .output()
+        .with_context(|| format!("cannot run {program:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program:?} failed on task {text:?} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Item::Text(
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
+    let manager = ManagerClient::connect(&address(&args.connect)?, &args.auth.key()?)?;
+    let tasks = manager.queue::<Item>(&typeid(&args.tasks))?;
+    let results = manager.queue::<Item>(&typeid(&args.results))?;
+    let idle = Duration::from_secs_f64(args.idle.max(0.0));
+    let mut done = 0u64;
+    loop {
+        let task = match tasks.get_timeout(idle) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::Empty => break,
+            Err(e) => return Err(e.into()),
+        };
+        let result = match run_task(&args, &task) {
+            Ok(r) => r,
+            Err(e) => Item::Text(format!("error: {e:#}")),
+        };
+        println!("task {task} -> {result}");
+        results.put(&result)?;
+        done += 1;
+    }
+    println!("worker: {done} tasks done, none left");
+    Ok(())
+}
+
+/// `multiproc submit`.
+#[derive(Debug, Args)]
+pub(crate) struct Submit {
+    /// The server to connect to.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    connect: String,
+    /// The queue to put into.
+    #[arg(long, default_value = "task")]
+    queue: String,
+    /// The tasks (integers travel as Python ints, anything else as str).
+    #[arg(required = true)]
+    items: Vec<String>,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+pub(crate) fn submit(args: Submit) -> anyhow::Result<()> {
+    let manager = ManagerClient::connect(&address(&args.connect)?, &args.auth.key()?)?;
+    let queue = manager.queue::<Item>(&typeid(&args.queue))?;
+    for item in &args.items {
+        queue.put(&Item::parse(item))?;
+    }
+    println!("submitted {} tasks", args.items.len());
+    Ok(())
+}
+
+/// `multiproc collect`.
+#[derive(Debug, Args)]
+pub(crate) struct Collect {
+    /// The server to connect to.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    connect: String,
+    /// The queue to take from.
+    #[arg(long, default_value = "result")]
+    queue: String,
+    /// How many results to wait for.
+    #[arg(long)]
+    count: usize,
+    /// Give up after this many seconds without a result.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+pub(crate) fn collect(args: Collect) -> anyhow::Result<()> {
+    let manager = ManagerClient::connect(&address(&args.connect)?, &args.auth.key()?)?;
+    let queue = manager.queue::<Item>(&typeid(&args.queue))?;
+    let wait = Duration::from_secs_f64(args.timeout.max(0.0));
+    for i in 0..args.count {
+        match queue.get_timeout(wait) {
+            Ok(item) => println!("{item}"),
+            Err(e) if e.kind() == ErrorKind::Empty => {
+                bail!("only {i} of {} results came within {:?}", args.count, wait)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `multiproc serve`, `worker`, `submit` and `collect`, between themselves and with CPython.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
+
+/// `multiproc serve` on a free port, killed when the test ends.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--queue",
+                "task",
+                "--queue",
+                "result",
+            ])
+            .env("MULTIPROC_AUTHKEY", "abc")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start multiproc serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let address = first
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("serving ... on ADDRESS")
+            .to_string();
+        Server { child, address }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec![args[0], "--connect", &self.address];
+        all.extend(&args[1..]);
+        Command::new(BIN)
+            .args(&all)
+            .env("MULTIPROC_AUTHKEY", "abc")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn submit_worker_collect_through_a_served_queue() {
+    let server = Server::start();
+    assert_eq!(
+        stdout(&server.run(&["submit", "3", "4", "5"])),
+        "submitted 3 tasks\n"
+    );
+    let worked = stdout(&server.run(&["worker", "--square", "--idle", "0.5"]));
+    assert!(worked.contains("task 4 -> 4 * 4 = 16"), "{worked}");
+    assert!(
+        worked.contains("worker: 3 tasks done, none left"),
+        "{worked}"
+    );
+    stdout(&server.run(&["submit", "hello"]));
+    let worked = stdout(&server.run(&["worker", "--idle", "0.5", "--", "echo", "got", "{}"]));
+    assert!(worked.contains("task hello -> got hello"), "{worked}");
+    let collected = stdout(&server.run(&["collect", "--count", "4", "--timeout", "5"]));
+    assert_eq!(collected, "3 * 3 = 9\n4 * 4 = 16\n5 * 5 = 25\ngot hello\n");
+    // Nothing more: collect says so instead of waiting for ever.
+    let more = server.run(&["collect", "--count", "1", "--timeout", "0.2"]);
+    assert!(!more.status.success());
+    assert!(String::from_utf8_lossy(&more.stderr).contains("only 0 of 1 results"));
+}
+
+#[test]
+fn a_missing_or_wrong_authkey_is_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["submit", "1"])
+        .env_remove("MULTIPROC_AUTHKEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("set MULTIPROC_AUTHKEY or pass --authkey-file"),
+        "{err}"
+    );
+    let server = Server::start();
+    let out = Command::new(BIN)
+        .args(["submit", "--connect", &server.address, "1"])
+        .env("MULTIPROC_AUTHKEY", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authentication failed"), "{err}");
+}
+
+/// The seeds' `task_worker.py`, run by CPython against `multiproc serve`.
+const TASK_WORKER: &str = r#"
+import queue, sys
+from multiprocessing.managers import BaseManager
+class QueueManager(BaseManager):
+    pass
+QueueManager.register('get_task_queue')
+QueueManager.register('get_result_queue')
+host, port = sys.argv[1].rsplit(':', 1)
+m = QueueManager(address=(host, int(port)), authkey=b'abc')
+m.connect()
+task = m.get_task_queue()
+result = m.get_result_queue()
+while True:
+    try:
+        n = task.get(timeout=1)
+        result.put('%d * %d = %d' % (n, n, n * n))
+    except queue.Empty:
+        print('task queue is empty.', flush=True)
+        break
+"#;
+
+#[test]
+fn a_cpython_worker_serves_tasks_from_multiproc_serve() {
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("note: python3 not found; skipped");
+        return;
+    }
+    let server = Server::start();
+    stdout(&server.run(&["submit", "6", "7"]));
+    let out = Command::new("python3")
+        .args(["-c", TASK_WORKER, &server.address])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "task queue is empty.\n");
+    let collected = stdout(&server.run(&["collect", "--count", "2", "--timeout", "5"]));
+    assert_eq!(collected, "6 * 6 = 36\n7 * 7 = 49\n");
+}
