@@ -1,0 +1,92 @@
+//! The manager server against hostile or odd clients: it answers or drops them, and keeps
+//! serving everyone else.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use multiproc::{Address, Client, ErrorKind, ManagerClient, ManagerServer, RunningServer};
+
+fn start() -> (RunningServer, multiproc::ServedQueueHandle) {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
+    let q = server.register_queue("get_task_queue");
+    (server.serve_in_background().unwrap(), q)
+}
+
+/// Whether the server still serves a normal client.
+fn still_serving(running: &RunningServer) {
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let q = m.queue::<i64>("get_task_queue").unwrap();
+    q.put(&41).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 41);
+}
+
+#[test]
+fn garbage_and_bombs_after_the_handshake_get_an_error_reply() {
+    let (running, _q) = start();
+    let hostile: [&[u8]; 4] = [
+        b"not a pickle at all",
+        b"\x80\x04(((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((",
+        // A request that is a pickle but not a 4-tuple.
+        b"\x80\x04K\x07.",
+        // Deep nesting: a list nested 100 000 times.
+        &[b']'; 100_000],
+    ];
+    for bytes in hostile {
+        let mut c = Client::connect(running.address(), b"k").unwrap();
+        c.send_bytes(bytes).unwrap();
+        // The server answers `('#TRACEBACK', text)` (or drops us); it never crashes.
+        let _ = c.recv_bytes();
+    }
+    still_serving(&running);
+}
+
+#[test]
+fn a_stalled_or_oversized_client_does_not_block_the_others() {
+    let (running, _q) = start();
+    let Address::Tcp(addr) = running.address().clone() else {
+        unreachable!()
+    };
+    // Connects and never answers the challenge.
+    let _stalled = TcpStream::connect(addr).unwrap();
+    // Claims a 2 GiB frame during the handshake.
+    let mut huge = TcpStream::connect(addr).unwrap();
+    let _ = huge.write_all(b"\x7f\xff\xff\xff");
+    still_serving(&running);
+}
+
+#[test]
+fn unknown_typeids_and_methods_are_remote_errors() {
+    let (running, _q) = start();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let err = m.queue::<i64>("get_nothing").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Remote, "{err}");
+    assert!(err.to_string().contains("not registered"), "{err}");
+    let q = m.queue::<i64>("get_task_queue").unwrap();
+    assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
+    assert!(q.is_empty().unwrap());
+}
+
+#[test]
+fn many_clients_at_once_lose_nothing() {
+    let (running, served) = start();
+    std::thread::scope(|s| {
+        for t in 0..16i64 {
+            let address = running.address().clone();
+            s.spawn(move || {
+                let m = ManagerClient::connect(&address, b"k").unwrap();
+                let q = m.queue::<i64>("get_task_queue").unwrap();
+                for i in 0..50 {
+                    q.put(&(t * 1000 + i)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(served.len(), 16 * 50);
+    let mut all: Vec<i64> = (0..16 * 50)
+        .map(|_| served.get_timeout(Duration::from_secs(1)).unwrap())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 16 * 50);
+}
