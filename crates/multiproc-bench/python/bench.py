@@ -439,6 +439,86 @@ def bench_thread_executor_submit(quick):
     return n / dt, "task/s"
 
 
+# Manager benchmarks: a BaseManager server started in a child process (fork),
+# serving one queue.Queue as `get_task_queue` on 127.0.0.1 over TCP.
+
+_AUTHKEY = b"abc"
+
+
+def _queue_manager_class():
+    # Imported lazily: multiprocessing.managers pulls in pool, threading, ...
+    import queue
+    from multiprocessing.managers import BaseManager
+
+    class QueueManager(BaseManager):
+        pass
+
+    q = queue.Queue()
+    # The server forks from this process, so the lambda need not be pickled.
+    QueueManager.register("get_task_queue", callable=lambda: q)
+    return QueueManager
+
+
+def _start_queue_manager():
+    QueueManager = _queue_manager_class()
+    server = QueueManager(address=("127.0.0.1", 0), authkey=_AUTHKEY,
+                          ctx=_fork_ctx())
+    server.start()  # the server runs in a child process
+    return QueueManager, server
+
+
+def bench_manager_tcp_queue(quick):
+    n = _n(10_000, quick)
+    QueueManager, server = _start_queue_manager()
+    try:
+        m = QueueManager(address=server.address, authkey=_AUTHKEY)
+        m.connect()
+        t = m.get_task_queue()
+        put, get = t.put, t.get
+
+        def rounds(lo, hi):
+            for i in range(lo, hi):
+                put(i)
+                if get(timeout=5) != i:
+                    raise RuntimeError("bad queue item")
+
+        rounds(0, 100)  # warm-up
+        t0 = perf()
+        rounds(0, n)
+        dt = perf() - t0
+        del put, get, t, m
+    finally:
+        server.shutdown()
+    return n / dt, "msg/s"
+
+
+def bench_manager_connect(quick):
+    n = _n(200, quick)
+    QueueManager, server = _start_queue_manager()
+    address = server.address
+
+    def once():
+        m = QueueManager(address=address, authkey=_AUTHKEY)
+        m.connect()
+        t = m.get_task_queue()
+        if t.qsize() != 0:
+            raise RuntimeError("queue not empty")
+        # Dropping the proxy (its decref and the close of its connection) is
+        # timed too, as the Rust side's drop at the end of each iteration.
+        del t, m
+
+    try:
+        for _ in range(5):  # warm-up
+            once()
+        t0 = perf()
+        for _ in range(n):
+            once()
+        dt = perf() - t0
+    finally:
+        server.shutdown()
+    return dt / n * 1e6, "us"
+
+
 BENCHMARKS = {
     "process_spawn_join": bench_process_spawn_join,
     "process_spawn_join_forkserver": bench_process_spawn_join_forkserver,
@@ -453,6 +533,8 @@ BENCHMARKS = {
     "pool_apply_roundtrip": bench_pool_apply_roundtrip,
     "executor_submit": bench_executor_submit,
     "thread_executor_submit": bench_thread_executor_submit,
+    "manager_tcp_queue": bench_manager_tcp_queue,
+    "manager_connect": bench_manager_connect,
 }
 
 

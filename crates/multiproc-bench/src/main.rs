@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use multiproc::{Barrier, Connection, Event, Pipe, Process, Queue, RawValue, StartMethod, Value};
+use multiproc::{
+    Address, Barrier, Connection, Event, ManagerClient, ManagerServer, Pipe, Process, Queue,
+    RawValue, StartMethod, Value,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -143,6 +146,20 @@ const BENCHES: &[Bench] = &[
         better: Better::Higher,
         compared: true,
         run: thread_executor_submit,
+    },
+    Bench {
+        name: "manager_tcp_queue",
+        unit: "msg/s",
+        better: Better::Higher,
+        compared: true,
+        run: manager_tcp_queue,
+    },
+    Bench {
+        name: "manager_connect",
+        unit: "us",
+        better: Better::Lower,
+        compared: true,
+        run: manager_connect,
     },
     Bench {
         name: "limit_spin_pingpong",
@@ -734,4 +751,114 @@ fn thread_executor_submit(quick: bool) -> anyhow::Result<f64> {
     let dt = t0.elapsed().as_secs_f64();
     ex.shutdown(true, false);
     Ok(n as f64 / dt)
+}
+
+/// The authkey of the manager benchmarks (bench.py's `_AUTHKEY`).
+const MANAGER_AUTHKEY: &[u8] = b"abc";
+
+/// The typeid the manager benchmarks' server registers its queue under.
+const TASK_QUEUE: &str = "get_task_queue";
+
+/// The manager server of the `manager_*` benchmarks, run in a child process as CPython's
+/// `BaseManager.start()` does: binds 127.0.0.1 on a free port, registers one queue as
+/// `get_task_queue`, sends its address back through `conn`, then serves until killed.
+fn manager_server_child(conn: Connection<String>) -> Result<(), String> {
+    let bind = || -> multiproc::Result<ManagerServer> {
+        let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, MANAGER_AUTHKEY)?;
+        server.register_queue(TASK_QUEUE);
+        Ok(server)
+    };
+    let server = bind().map_err(|e| e.to_string())?;
+    conn.send(&server.address().to_string())
+        .map_err(|e| e.to_string())?;
+    drop(conn);
+    server.serve_forever();
+    Ok(())
+}
+
+/// A running [`manager_server_child`]; killed when dropped.
+struct ManagerChild {
+    process: Process<Result<(), String>>,
+    address: Address,
+}
+
+impl ManagerChild {
+    /// Starts the server process and waits (up to [`PATIENCE`]) for its address.
+    fn start() -> anyhow::Result<ManagerChild> {
+        let (ours, theirs) = Pipe::new::<String>(true)?;
+        let process = Process::new(manager_server_child, theirs)
+            .daemon(true)
+            .start()?;
+        let address = match ours.recv_timeout(PATIENCE) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = process.kill();
+                let why = process
+                    .into_result()
+                    .map_or_else(|c| c.to_string(), |r| format!("{r:?}"));
+                bail!("manager server did not report its address: {e} (child: {why})");
+            }
+        };
+        Ok(ManagerChild {
+            process,
+            address: Address::tcp(address.as_str())?,
+        })
+    }
+}
+
+impl Drop for ManagerChild {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.join(None); // `Killed`, as asked
+    }
+}
+
+/// Sequential `put(i)` + `get(timeout=5)` round trips on a manager's queue through its proxy,
+/// over TCP, the server in a child process (bench.py's `bench_manager_tcp_queue`). The
+/// server's start-up is not timed.
+fn manager_tcp_queue(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(10_000, quick) as i64;
+    let server = ManagerChild::start()?;
+    let manager = ManagerClient::connect(&server.address, MANAGER_AUTHKEY)?;
+    let q = manager.queue::<i64>(TASK_QUEUE)?;
+    let rounds = |from: i64, to: i64| -> anyhow::Result<()> {
+        for i in from..to {
+            q.put(&i)?;
+            let back = q.get_timeout(Duration::from_secs(5))?;
+            ensure!(back == i, "queue gave {back}, expected {i}");
+        }
+        Ok(())
+    };
+    rounds(0, 100)?; // warm-up
+    let t = Instant::now();
+    rounds(0, n)?;
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    drop(q);
+    drop(server);
+    Ok(rate)
+}
+
+/// Latency of a fresh client's connect + first queue call (`qsize`) on an already running
+/// manager (bench.py's `bench_manager_connect`), in microseconds per iteration; dropping the
+/// proxy is timed too.
+fn manager_connect(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(200, quick);
+    let server = ManagerChild::start()?;
+    let once = || -> anyhow::Result<()> {
+        let len = ManagerClient::connect(&server.address, MANAGER_AUTHKEY)?
+            .queue::<i64>(TASK_QUEUE)?
+            .len()?;
+        ensure!(len == 0, "queue holds {len} items, expected none");
+        Ok(())
+    };
+    for _ in 0..5 {
+        once()?; // warm-up
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        once()?;
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    drop(server);
+    Ok(per)
 }

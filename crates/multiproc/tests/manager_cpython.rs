@@ -189,3 +189,95 @@ fn a_rust_worker_pulls_tasks_from_a_cpython_master() {
         );
     }
 }
+
+const SYNC_CLIENT: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+d = m.dict()
+d['a'] = 1
+d['b'] = [1, 2]
+print(d['a'], len(d), sorted(d.keys()), d.get('zz', 'dflt'))
+try:
+    d['missing']
+except KeyError as e:
+    print('KeyError', e)
+l = m.list([1, 2])
+l.append(3)
+print(len(l), l[2], l[-1], 3 in l)
+q = m.Queue()
+q.put('x')
+print(q.get(timeout=1))
+lk = m.Lock()
+print(lk.acquire(), lk.release())
+"#;
+
+#[test]
+fn cpython_sync_manager_clients_use_a_rust_servers_dict_list_queue_and_lock() {
+    for python in pythons() {
+        let server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
+        let running = server.serve_in_background().unwrap();
+        let Address::Tcp(addr) = running.address().clone() else {
+            unreachable!()
+        };
+        let out = Command::new(&python)
+            .args(["-c", SYNC_CLIENT, &addr.port().to_string()])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{python:?}: {said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            said, "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n",
+            "{python:?}"
+        );
+        running.shutdown();
+    }
+}
+
+const SYNC_SERVER: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', 0), authkey=b'abc')
+m.start()
+print(m.address[1], flush=True)
+sys.stdin.read()
+m.shutdown()
+"#;
+
+#[test]
+fn a_rust_client_uses_a_cpython_sync_managers_dict_and_list() {
+    for python in pythons() {
+        let mut server = Command::new(&python)
+            .args(["-c", SYNC_SERVER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        let address = Address::tcp(format!("127.0.0.1:{}", port.trim())).unwrap();
+        let m = ManagerClient::connect(&address, b"abc").unwrap();
+        let d = m.dict::<String, i64>().unwrap();
+        d.set(&"x".into(), &7).unwrap();
+        d.set(&"y".into(), &8).unwrap();
+        assert_eq!(d.get(&"x".into()).unwrap(), Some(7), "{python:?}");
+        assert_eq!(d.len().unwrap(), 2);
+        let mut items = d.items().unwrap();
+        items.sort();
+        assert_eq!(items, [("x".to_string(), 7), ("y".to_string(), 8)]);
+        let l = m.list::<i64>().unwrap();
+        l.append(&1).unwrap();
+        l.append(&2).unwrap();
+        assert_eq!(l.to_vec().unwrap(), [1, 2], "{python:?}");
+        assert_eq!(l.get(-1).unwrap(), 2);
+        drop(server.stdin.take());
+        assert!(server.wait().unwrap().success());
+    }
+}

@@ -90,3 +90,68 @@ fn many_clients_at_once_lose_nothing() {
     all.dedup();
     assert_eq!(all.len(), 16 * 50);
 }
+
+#[test]
+fn a_hundred_clients_update_one_dict_under_a_manager_lock() {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
+    server.register_dict("get_counts");
+    server.register_lock("get_lock");
+    let running = server.serve_in_background().unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..100 {
+            let address = running.address().clone();
+            s.spawn(move || {
+                let m = ManagerClient::connect(&address, b"k").unwrap();
+                let counts = m.registered_dict::<String, i64>("get_counts").unwrap();
+                let lock = m.registered_lock("get_lock").unwrap();
+                for _ in 0..5 {
+                    assert!(lock.acquire(Some(Duration::from_secs(30))).unwrap());
+                    let n = counts.get(&"n".to_string()).unwrap().unwrap_or(0);
+                    counts.set(&"n".to_string(), &(n + 1)).unwrap();
+                    lock.release().unwrap();
+                }
+            });
+        }
+    });
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let counts = m.registered_dict::<String, i64>("get_counts").unwrap();
+    assert_eq!(
+        counts.get(&"n".to_string()).unwrap(),
+        Some(500),
+        "an update was lost"
+    );
+}
+
+#[test]
+fn a_lock_held_by_a_client_that_went_away_is_released() {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
+    server.register_lock("get_lock");
+    let running = server.serve_in_background().unwrap();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let first = m.registered_lock("get_lock").unwrap();
+    assert!(first.acquire(None).unwrap());
+    let second = m.registered_lock("get_lock").unwrap();
+    assert!(!second.acquire(Some(Duration::from_millis(50))).unwrap());
+    assert_eq!(second.release().unwrap_err().kind(), ErrorKind::Remote);
+    drop(first); // its connection closes: the server releases what it held
+    assert!(second.acquire(Some(Duration::from_secs(10))).unwrap());
+}
+
+#[test]
+fn dict_and_list_proxies_between_rust_peers() {
+    let (running, _q) = start();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let d = m.dict::<String, Vec<i64>>().unwrap();
+    d.set(&"a".into(), &vec![1, 2]).unwrap();
+    assert_eq!(d.get(&"a".into()).unwrap(), Some(vec![1, 2]));
+    assert_eq!(d.get(&"b".into()).unwrap(), None);
+    assert_eq!(d.len().unwrap(), 1);
+    assert!(d.remove(&"a".into()).unwrap());
+    assert!(!d.remove(&"a".into()).unwrap());
+    let l = m.list::<String>().unwrap();
+    l.append(&"x".into()).unwrap();
+    l.append(&"y".into()).unwrap();
+    assert_eq!(l.get(-1).unwrap(), "y");
+    assert_eq!(l.to_vec().unwrap(), ["x", "y"]);
+    assert_eq!(l.get(5).unwrap_err().kind(), ErrorKind::Remote);
+}

@@ -112,12 +112,12 @@ impl ManagerClient {
         unpack(&format!("manager at {}", self.address), &conn.recv_bytes()?)
     }
 
-    /// A proxy for the queue the server registered as `typeid` (`get_task_queue`).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no such typeid.
-    pub fn queue<T>(&self, typeid: &str) -> Result<RemoteQueue<T>> {
-        let created = self.one_shot("create", vec![Value::str(typeid)])?;
+    /// Creates (or, for a registered name, looks up) an object on the server and opens the
+    /// proxy connection to it.
+    fn proxy(&self, typeid: &str, args: Vec<Value>, what: String) -> Result<Proxy> {
+        let mut create_args = vec![Value::str(typeid)];
+        create_args.extend(args);
+        let created = self.one_shot("create", create_args)?;
         let ident = match created {
             Value::Tuple(parts) => parts.into_iter().next().and_then(|v| match v {
                 Value::Str(s) => Some(s),
@@ -135,11 +135,74 @@ impl ManagerClient {
         );
         conn.send_bytes(&pickle::encode(&hello)?)?;
         unpack("manager", &conn.recv_bytes()?)?;
-        Ok(RemoteQueue {
-            what: format!("remote queue {typeid:?}"),
+        Ok(Proxy {
+            what,
             ident,
             conn: Mutex::new(conn),
+        })
+    }
+
+    /// A proxy for the queue the server registered as `typeid` (`get_task_queue`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no such typeid.
+    pub fn queue<T>(&self, typeid: &str) -> Result<RemoteQueue<T>> {
+        Ok(RemoteQueue {
+            proxy: self.proxy(typeid, Vec::new(), format!("remote queue {typeid:?}"))?,
             _item: PhantomData,
+        })
+    }
+
+    /// A new dict on the server (`SyncManager.dict()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `dict` typeid.
+    pub fn dict<K, V>(&self) -> Result<DictProxy<K, V>> {
+        Ok(DictProxy {
+            proxy: self.proxy("dict", Vec::new(), "remote dict".into())?,
+            _types: PhantomData,
+        })
+    }
+
+    /// The dict the server registered as `typeid` (shared by every client that asks).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid.
+    pub fn registered_dict<K, V>(&self, typeid: &str) -> Result<DictProxy<K, V>> {
+        Ok(DictProxy {
+            proxy: self.proxy(typeid, Vec::new(), format!("remote dict {typeid:?}"))?,
+            _types: PhantomData,
+        })
+    }
+
+    /// The lock the server registered as `typeid` (shared by every client that asks).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid.
+    pub fn registered_lock(&self, typeid: &str) -> Result<LockProxy> {
+        Ok(LockProxy {
+            proxy: self.proxy(typeid, Vec::new(), format!("remote lock {typeid:?}"))?,
+        })
+    }
+
+    /// A new list on the server (`SyncManager.list()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `list` typeid.
+    pub fn list<T>(&self) -> Result<ListProxy<T>> {
+        Ok(ListProxy {
+            proxy: self.proxy("list", Vec::new(), "remote list".into())?,
+            _item: PhantomData,
+        })
+    }
+
+    /// A new lock on the server (`SyncManager.Lock()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Lock` typeid.
+    pub fn lock(&self) -> Result<LockProxy> {
+        Ok(LockProxy {
+            proxy: self.proxy("Lock", Vec::new(), "remote lock".into())?,
         })
     }
 
@@ -153,25 +216,14 @@ impl ManagerClient {
     }
 }
 
-/// A queue living in a manager server, used through its proxy connection (CPython's
-/// AutoProxy for a registered `queue.Queue`). Items travel as pickles.
-pub struct RemoteQueue<T> {
+/// A proxy connection to one object on a manager server.
+struct Proxy {
     what: String,
     ident: String,
     conn: Mutex<WireConnection>,
-    _item: PhantomData<fn(T) -> T>,
 }
 
-impl<T> fmt::Debug for RemoteQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteQueue")
-            .field("what", &self.what)
-            .field("ident", &self.ident)
-            .finish()
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
+impl Proxy {
     fn call(&self, method: &str, args: Vec<Value>, kwds: Vec<(Value, Value)>) -> Result<Value> {
         let bytes = pickle::encode(&request(Some(&self.ident), method, args, kwds))?;
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,13 +231,36 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         unpack(&self.what, &conn.recv_bytes()?)
     }
 
+    fn call_as<T: DeserializeOwned>(&self, method: &str, args: Vec<Value>) -> Result<T> {
+        Ok(pickle::from_value(self.call(method, args, Vec::new())?)?)
+    }
+}
+
+/// A queue living in a manager server, used through its proxy connection (CPython's
+/// AutoProxy for a registered `queue.Queue`). Items travel as pickles.
+pub struct RemoteQueue<T> {
+    proxy: Proxy,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for RemoteQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteQueue")
+            .field("what", &self.proxy.what)
+            .field("ident", &self.proxy.ident)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Puts an item.
     ///
     /// # Errors
     /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if the item does not map
     /// onto Python's data model; the server's failure otherwise.
     pub fn put(&self, item: &T) -> Result<()> {
-        self.call("put", vec![pickle::to_value(item)?], Vec::new())
+        self.proxy
+            .call("put", vec![pickle::to_value(item)?], Vec::new())
             .map(drop)
     }
 
@@ -195,7 +270,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// [`ErrorKind::Empty`](crate::ErrorKind::Empty) if none came (the server's `queue.Empty`).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         let kwds = vec![(Value::str("timeout"), Value::Float(timeout.as_secs_f64()))];
-        let v = self.call("get", Vec::new(), kwds)?;
+        let v = self.proxy.call("get", Vec::new(), kwds)?;
         Ok(pickle::from_value(v)?)
     }
 
@@ -204,8 +279,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// # Errors
     /// [`ErrorKind::Empty`](crate::ErrorKind::Empty) if there is none.
     pub fn try_get(&self) -> Result<T> {
-        let v = self.call("get_nowait", Vec::new(), Vec::new())?;
-        Ok(pickle::from_value(v)?)
+        self.proxy.call_as("get_nowait", Vec::new())
     }
 
     /// Whether the queue is empty (`empty()`).
@@ -221,12 +295,171 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// # Errors
     /// The server's failure.
     pub fn len(&self) -> Result<usize> {
-        match self.call("qsize", Vec::new(), Vec::new())? {
-            Value::Int(n) if n >= 0 => Ok(n as usize),
-            other => Err(Error::protocol(
-                self.what.as_str(),
-                format!("qsize returned {}", other.type_name()),
-            )),
+        self.proxy.call_as("qsize", Vec::new())
+    }
+}
+
+/// A dict living in a manager server (CPython's `DictProxy`). Keys and values travel as
+/// pickles.
+pub struct DictProxy<K, V> {
+    proxy: Proxy,
+    _types: PhantomData<fn(K) -> V>,
+}
+
+impl<K, V> fmt::Debug for DictProxy<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DictProxy")
+            .field("ident", &self.proxy.ident)
+            .finish()
+    }
+}
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
+    /// `d[key] = value`.
+    ///
+    /// # Errors
+    /// The server's failure; a key or value that does not map onto Python's data model.
+    pub fn set(&self, key: &K, value: &V) -> Result<()> {
+        let args = vec![pickle::to_value(key)?, pickle::to_value(value)?];
+        self.proxy.call("__setitem__", args, Vec::new()).map(drop)
+    }
+
+    /// `d.get(key)`: the value, or `None` if the key is absent.
+    ///
+    /// # Errors
+    /// The server's failure; a value that is not a `V`.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        self.proxy.call_as("get", vec![pickle::to_value(key)?])
+    }
+
+    /// `del d[key]`; whether the key was there.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn remove(&self, key: &K) -> Result<bool> {
+        match self
+            .proxy
+            .call("__delitem__", vec![pickle::to_value(key)?], Vec::new())
+        {
+            Ok(_) => Ok(true),
+            Err(Error::Remote { detail, .. }) if detail.starts_with("builtins.KeyError") => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// `len(d)`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn len(&self) -> Result<usize> {
+        self.proxy.call_as("__len__", Vec::new())
+    }
+
+    /// `len(d) == 0`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// `d.items()`, as pairs.
+    ///
+    /// # Errors
+    /// The server's failure; keys or values of other types.
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        self.proxy.call_as("items", Vec::new())
+    }
+}
+
+/// A list living in a manager server (CPython's `ListProxy`).
+pub struct ListProxy<T> {
+    proxy: Proxy,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for ListProxy<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListProxy")
+            .field("ident", &self.proxy.ident)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+    /// `l.append(item)`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn append(&self, item: &T) -> Result<()> {
+        self.proxy
+            .call("append", vec![pickle::to_value(item)?], Vec::new())
+            .map(drop)
+    }
+
+    /// `l[index]` (negative counts from the end).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`IndexError`) out of range.
+    pub fn get(&self, index: i64) -> Result<T> {
+        self.proxy.call_as("__getitem__", vec![Value::Int(index)])
+    }
+
+    /// `len(l)`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn len(&self) -> Result<usize> {
+        self.proxy.call_as("__len__", Vec::new())
+    }
+
+    /// `len(l) == 0`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// A copy of the whole list (`l._getvalue()`).
+    ///
+    /// # Errors
+    /// The server's failure; items of another type.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        self.proxy.call_as("#GETVALUE", Vec::new())
+    }
+}
+
+/// A lock living in a manager server (CPython's `AcquirerProxy` over `threading.Lock`).
+pub struct LockProxy {
+    proxy: Proxy,
+}
+
+impl fmt::Debug for LockProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockProxy")
+            .field("ident", &self.proxy.ident)
+            .finish()
+    }
+}
+
+impl LockProxy {
+    /// `acquire(True, timeout)`; whether it was acquired (`None`: wait for ever).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
+        let t = timeout.map_or(Value::Int(-1), |t| Value::Float(t.as_secs_f64()));
+        self.proxy.call_as("acquire", vec![Value::Bool(true), t])
+    }
+
+    /// `release()`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if this client does not hold it.
+    pub fn release(&self) -> Result<()> {
+        self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
     }
 }

@@ -5,9 +5,10 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod objects;
 mod server;
 mod wire;
 
-pub use client::{ManagerClient, RemoteQueue};
+pub use client::{DictProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue};
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use wire::{Address, Client, Listener, WireConnection};

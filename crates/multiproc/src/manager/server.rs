@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::objects::{
+    DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedList, ServedLock,
+};
 use super::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
@@ -138,12 +141,39 @@ impl ServedQueueHandle {
     }
 }
 
+/// An object the server holds.
+#[derive(Clone)]
+enum Served {
+    Queue(Arc<ServedQueue>),
+    Dict(Arc<ServedDict>),
+    List(Arc<ServedList>),
+    Lock(Arc<ServedLock>),
+}
+
+impl Served {
+    fn exposed(&self) -> &'static [&'static str] {
+        match self {
+            Served::Queue(_) => QUEUE_EXPOSED,
+            Served::Dict(_) => DICT_EXPOSED,
+            Served::List(_) => LIST_EXPOSED,
+            Served::Lock(_) => LOCK_EXPOSED,
+        }
+    }
+}
+
+struct Entry {
+    object: Served,
+    refs: i64,
+    /// Registered by name: lives as long as the server, whatever the counts say.
+    pinned: bool,
+}
+
 #[derive(Default)]
 struct Registry {
-    /// typeid (`get_task_queue`) → the queue and its ident.
-    by_typeid: HashMap<String, (String, Arc<ServedQueue>)>,
-    /// ident → the queue and its reference count.
-    by_ident: HashMap<String, (Arc<ServedQueue>, i64)>,
+    /// typeid (`get_task_queue`) → the ident of its (single) queue.
+    by_typeid: HashMap<String, String>,
+    /// ident → the object and its reference count.
+    by_ident: HashMap<String, Entry>,
 }
 
 struct ServerShared {
@@ -210,26 +240,63 @@ impl ManagerServer {
     /// `get_task_queue`); returns the serving process's handle to it.
     pub fn register_queue(&mut self, typeid: &str) -> ServedQueueHandle {
         let mut reg = lock(&self.shared.registry);
-        if let Some((_, q)) = reg.by_typeid.get(typeid) {
+        let existing = reg
+            .by_typeid
+            .get(typeid)
+            .and_then(|ident| reg.by_ident.get(ident));
+        if let Some(Entry {
+            object: Served::Queue(q),
+            ..
+        }) = existing
+        {
             return ServedQueueHandle { queue: q.clone() };
         }
         let ident = format!(
             "{:x}",
             self.shared.next_ident.fetch_add(1, Ordering::Relaxed)
         );
-        let queue = Arc::new(ServedQueue {
-            name: typeid.to_string(),
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                unfinished: 0,
-            }),
-            changed: Condvar::new(),
-        });
-        reg.by_typeid
-            .insert(typeid.to_string(), (ident.clone(), queue.clone()));
-        // Registered queues live as long as the server, whatever the reference counts say.
-        reg.by_ident.insert(ident, (queue.clone(), 1));
+        let queue = new_queue(typeid);
+        reg.by_typeid.insert(typeid.to_string(), ident.clone());
+        reg.by_ident.insert(
+            ident,
+            Entry {
+                object: Served::Queue(queue.clone()),
+                refs: 1,
+                pinned: true,
+            },
+        );
         ServedQueueHandle { queue }
+    }
+
+    /// Registers a dict under `typeid` (one dict for every client that asks for it).
+    pub fn register_dict(&mut self, typeid: &str) {
+        self.register(typeid, || Served::Dict(Arc::new(ServedDict::default())));
+    }
+
+    /// Registers a lock under `typeid` (one lock for every client that asks for it). A lock
+    /// whose holder's connection ends is released.
+    pub fn register_lock(&mut self, typeid: &str) {
+        self.register(typeid, || Served::Lock(Arc::new(ServedLock::default())));
+    }
+
+    fn register(&mut self, typeid: &str, make: impl FnOnce() -> Served) {
+        let mut reg = lock(&self.shared.registry);
+        if reg.by_typeid.contains_key(typeid) {
+            return;
+        }
+        let ident = format!(
+            "{:x}",
+            self.shared.next_ident.fetch_add(1, Ordering::Relaxed)
+        );
+        reg.by_typeid.insert(typeid.to_string(), ident.clone());
+        reg.by_ident.insert(
+            ident,
+            Entry {
+                object: make(),
+                refs: 1,
+                pinned: true,
+            },
+        );
     }
 
     /// Serves on a background thread until [`RunningServer::shutdown`] or a client's
@@ -454,20 +521,61 @@ fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
     let _ = outcome;
 }
 
+fn new_queue(name: &str) -> Arc<ServedQueue> {
+    Arc::new(ServedQueue {
+        name: name.to_string(),
+        state: Mutex::new(QueueState {
+            items: VecDeque::new(),
+            unfinished: 0,
+        }),
+        changed: Condvar::new(),
+    })
+}
+
 fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
     let Some(typeid) = request.args.first().and_then(Value::as_str) else {
         return traceback(conn, "create needs a typeid".into());
     };
+    let rest = &request.args[1..];
     let mut reg = lock(&shared.registry);
-    let Some((ident, _)) = reg.by_typeid.get(typeid).cloned() else {
-        drop(reg);
-        return traceback(conn, format!("KeyError: {typeid:?} is not registered"));
+    let ident = match reg.by_typeid.get(typeid).cloned() {
+        Some(ident) => {
+            if let Some(entry) = reg.by_ident.get_mut(&ident) {
+                entry.refs += 1;
+            }
+            ident
+        }
+        None => {
+            // SyncManager's own typeids: a new object per call.
+            let object = match typeid {
+                "dict" => Served::Dict(Arc::new(ServedDict::from_args(rest, &request.kwds))),
+                "list" => Served::List(Arc::new(ServedList::from_args(rest))),
+                "Queue" | "JoinableQueue" => Served::Queue(new_queue(typeid)),
+                "Lock" => Served::Lock(Arc::new(ServedLock::default())),
+                _ => {
+                    drop(reg);
+                    return traceback(conn, format!("KeyError: {typeid:?} is not registered"));
+                }
+            };
+            let ident = format!("{:x}", shared.next_ident.fetch_add(1, Ordering::Relaxed));
+            reg.by_ident.insert(
+                ident.clone(),
+                Entry {
+                    object,
+                    refs: 1,
+                    pinned: false,
+                },
+            );
+            ident
+        }
     };
-    if let Some(entry) = reg.by_ident.get_mut(&ident) {
-        entry.1 += 1;
-    }
+    let exposed = reg.by_ident[&ident]
+        .object
+        .exposed()
+        .iter()
+        .map(|m| Value::str(*m))
+        .collect();
     drop(reg);
-    let exposed = QUEUE_EXPOSED.iter().map(|m| Value::str(*m)).collect();
     reply(
         conn,
         "#RETURN",
@@ -478,22 +586,34 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
 fn refcount(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
     let ident = request.args.first().and_then(Value::as_str).unwrap_or("");
     let delta = if request.func == "incref" { 1 } else { -1 };
-    if let Some(entry) = lock(&shared.registry).by_ident.get_mut(ident) {
-        // Registered queues stay whatever the count says; it only keeps CPython's books.
-        entry.1 = (entry.1 + delta).max(1);
+    let mut reg = lock(&shared.registry);
+    if let Some(entry) = reg.by_ident.get_mut(ident) {
+        entry.refs += delta;
+        // Registered objects stay whatever the count says; others go at zero, as in CPython.
+        if entry.refs <= 0 && !entry.pinned {
+            reg.by_ident.remove(ident);
+        }
     }
+    drop(reg);
     reply(conn, "#RETURN", Value::None)
 }
 
 fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+    let me = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let mut held: Vec<Arc<ServedLock>> = Vec::new();
     while let Ok(bytes) = conn.recv_bytes() {
         let sent = match parse_request(&bytes) {
-            Ok(request) => call(shared, conn, &request),
+            Ok(request) => call(shared, conn, &request, me, &mut held),
             Err(e) => traceback(conn, e),
         };
         if sent.is_err() {
-            return;
+            break;
         }
+    }
+    // The client is gone: locks it held would otherwise be held for ever.
+    for l in held {
+        l.release(me);
     }
 }
 
@@ -501,14 +621,66 @@ fn empty_error() -> Value {
     Value::reduce("queue", "Empty", Vec::new())
 }
 
-fn call(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
+fn call(
+    shared: &ServerShared,
+    conn: &mut WireConnection,
+    request: &Request,
+    me: u64,
+    held: &mut Vec<Arc<ServedLock>>,
+) -> Result<()> {
     let ident = request.ident.as_deref().unwrap_or("");
-    let queue = lock(&shared.registry)
+    let object = lock(&shared.registry)
         .by_ident
         .get(ident)
-        .map(|(q, _)| q.clone());
-    let Some(queue) = queue else {
+        .map(|e| e.object.clone());
+    let Some(object) = object else {
         return traceback(conn, format!("KeyError: no object {ident:?}"));
+    };
+    let answer = |conn: &mut WireConnection, r: Reply| match r {
+        Reply::Return(v) => reply(conn, "#RETURN", v),
+        Reply::Error(e) => reply(conn, "#ERROR", e),
+        Reply::Traceback(t) => traceback(conn, t),
+    };
+    let queue = match object {
+        Served::Queue(q) => q,
+        Served::Dict(d) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", d.value()),
+        Served::List(l) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", l.value()),
+        Served::Dict(d) => return answer(conn, d.call(&request.func, &request.args)),
+        Served::List(l) => return answer(conn, l.call(&request.func, &request.args)),
+        Served::Lock(l) => {
+            return match request.func.as_str() {
+                "acquire" => {
+                    let blocking = request.flag(0, "blocking", true);
+                    // CPython's `timeout=-1` means no timeout.
+                    let timeout = match request.arg(1, "timeout") {
+                        Some(Value::Int(n)) if *n < 0 => None,
+                        Some(Value::Float(f)) if *f < 0.0 => None,
+                        _ => request.timeout(1).unwrap_or(None),
+                    };
+                    let got = l.acquire(me, blocking, timeout);
+                    if got {
+                        held.push(l.clone());
+                    }
+                    reply(conn, "#RETURN", Value::Bool(got))
+                }
+                "release" => {
+                    if l.release(me) {
+                        if let Some(i) = held.iter().position(|h| Arc::ptr_eq(h, &l)) {
+                            held.swap_remove(i);
+                        }
+                        reply(conn, "#RETURN", Value::None)
+                    } else {
+                        let e = Value::reduce(
+                            "builtins",
+                            "RuntimeError",
+                            vec![Value::str("release unlocked lock")],
+                        );
+                        reply(conn, "#ERROR", e)
+                    }
+                }
+                m => traceback(conn, format!("AttributeError: a lock has no method {m:?}")),
+            };
+        }
     };
     match request.func.as_str() {
         "get" | "get_nowait" => {
