@@ -87,8 +87,32 @@ impl Stream {
     }
 }
 
+/// How long a read polls without blocking before it sleeps in the kernel: a peer on another
+/// core usually answers within microseconds; a wake-up costs tens (far more across CPUs on
+/// the VMs we measure).
+const READ_SPIN: Duration = Duration::from_micros(50);
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let started = std::time::Instant::now();
+        loop {
+            let fd = match &*self {
+                Stream::Tcp(s) => s.as_fd(),
+                Stream::Unix(s) => s.as_fd(),
+            };
+            match platform::recv_nonblocking(fd, buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if started.elapsed() >= READ_SPIN {
+                break;
+            }
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        }
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),

@@ -410,3 +410,22 @@ pub(crate) fn set_quick_ack(sock: BorrowedFd<'_>) -> io::Result<()> {
     })
     .map(drop)
 }
+
+/// One `recv` that does not wait (`MSG_DONTWAIT`): `WouldBlock` when nothing is there.
+pub(crate) fn recv_nonblocking(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes; the borrow keeps the
+    // socket open.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
