@@ -155,3 +155,17 @@ fn dict_and_list_proxies_between_rust_peers() {
     assert_eq!(l.to_vec().unwrap(), ["x", "y"]);
     assert_eq!(l.get(5).unwrap_err().kind(), ErrorKind::Remote);
 }
+
+#[test]
+fn a_dropped_proxy_gives_its_object_back() {
+    let (running, _q) = start();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let before = m.number_of_objects().unwrap();
+    let d = m.dict::<String, i64>().unwrap();
+    assert_eq!(m.number_of_objects().unwrap(), before + 1);
+    drop(d);
+    assert_eq!(m.number_of_objects().unwrap(), before);
+    // A registered queue stays, whatever its proxies do.
+    drop(m.queue::<i64>("get_task_queue").unwrap());
+    assert_eq!(m.number_of_objects().unwrap(), before);
+}

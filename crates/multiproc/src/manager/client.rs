@@ -139,6 +139,7 @@ impl ManagerClient {
             what,
             ident,
             conn: Mutex::new(conn),
+            manager: self.clone(),
         })
     }
 
@@ -206,6 +207,16 @@ impl ManagerClient {
         })
     }
 
+    /// How many objects the server holds (its `number_of_objects`).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn number_of_objects(&self) -> Result<usize> {
+        Ok(pickle::from_value(
+            self.one_shot("number_of_objects", Vec::new())?,
+        )?)
+    }
+
     /// Asks the server to shut down (only a server that allows it: CPython's `start()`ed ones
     /// and ours do).
     ///
@@ -221,6 +232,18 @@ struct Proxy {
     what: String,
     ident: String,
     conn: Mutex<WireConnection>,
+    /// To give back the reference `create` took for us when the proxy goes, as CPython's
+    /// proxies do (otherwise an object made per call would live as long as the server).
+    manager: ManagerClient,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Best effort, as CPython's finalizer: a server already gone is no error.
+        let _ = self
+            .manager
+            .one_shot("decref", vec![Value::str(self.ident.as_str())]);
+    }
 }
 
 impl Proxy {
