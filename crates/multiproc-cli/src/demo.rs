@@ -1,13 +1,16 @@
 //! `multiproc demo`: a short tour of the process API with real child processes, ending with a
-//! task queue served by workers, a counter shared under a lock, and a pool whose results drive
-//! a progress bar.
+//! task queue served by workers, a counter shared under a lock, a pool whose results drive a
+//! progress bar, and the seeds' distributed master and workers over TCP.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use multiproc::{Connection, Pipe, Pool, Process, Queue, Value, current_process};
+use multiproc::{
+    Address, Connection, ErrorKind, ManagerClient, ManagerServer, Pipe, Pool, Process, Queue,
+    Value, current_process,
+};
 
 /// Why the demo stopped.
 #[derive(Debug)]
@@ -65,6 +68,8 @@ pub(crate) fn run() -> Result<()> {
     lock_scene()?;
     section(8, "a pool of workers, with a progress bar");
     pool_scene()?;
+    section(9, "a distributed master and workers over TCP");
+    distributed_scene()?;
     println!("\ndone: every child was joined");
     Ok(())
 }
@@ -330,6 +335,83 @@ fn pool_scene() -> Result<()> {
     check(
         done == POOL_TASKS && sum == POOL_TASKS * (POOL_TASKS + 1) / 2,
         "the pool should return each of 1 to 40 once",
+    )
+}
+
+/// The seeds' distributed example: the key workers and master share.
+const AUTHKEY: &[u8] = b"multiproc demo";
+const DISTRIBUTED_WORKERS: usize = 3;
+const DISTRIBUTED_TASKS: usize = 10;
+
+/// Target of section 9: the seeds' `task_worker.py` — connects to the master over TCP, takes
+/// tasks until the task queue stays empty, puts `n * n = ...` results back.
+fn tcp_worker(address: String) -> Result<u32, String> {
+    let address = Address::tcp(address.as_str()).map_err(|e| e.to_string())?;
+    let manager = ManagerClient::connect(&address, AUTHKEY).map_err(|e| e.to_string())?;
+    let tasks = manager
+        .queue::<i64>("get_task_queue")
+        .map_err(|e| e.to_string())?;
+    let results = manager
+        .queue::<String>("get_result_queue")
+        .map_err(|e| e.to_string())?;
+    let mut done = 0;
+    loop {
+        match tasks.get_timeout(Duration::from_millis(300)) {
+            Ok(n) => {
+                results
+                    .put(&format!("{n} * {n} = {}", n * n))
+                    .map_err(|e| e.to_string())?;
+                done += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::Empty => return Ok(done),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn distributed_scene() -> Result<()> {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, AUTHKEY)?;
+    let tasks = server.register_queue("get_task_queue");
+    let results = server.register_queue("get_result_queue");
+    let running = server.serve_in_background()?;
+    println!(
+        "  master serves get_task_queue and get_result_queue on {} (authkey required)",
+        running.address()
+    );
+    // Ten "random" tasks, the same on every run.
+    let numbers: Vec<i64> = (0..DISTRIBUTED_TASKS as i64)
+        .map(|i| (i * 7919 + 13) % 100)
+        .collect();
+    for n in &numbers {
+        tasks.put(n)?;
+    }
+    let workers: Vec<_> = (0..DISTRIBUTED_WORKERS)
+        .map(|_| Process::new(tcp_worker, running.address().to_string()).start())
+        .collect::<Result<_, _>>()?;
+    println!("  {DISTRIBUTED_WORKERS} worker processes connect over TCP and square the tasks");
+    let bar = progress_bar(DISTRIBUTED_TASKS as u64);
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..DISTRIBUTED_TASKS {
+        got.push(results.get_timeout(Duration::from_secs(30))?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut done = 0;
+    for w in workers {
+        done += w.into_result()?.map_err(DemoError::Child)?;
+    }
+    running.shutdown();
+    let mut want: Vec<String> = numbers
+        .iter()
+        .map(|n| format!("{n} * {n} = {}", n * n))
+        .collect();
+    got.sort();
+    want.sort();
+    println!("  results: {}", got.join(", "));
+    println!("  workers did {done} tasks in all");
+    check(
+        got == want && done as usize == DISTRIBUTED_TASKS,
+        "every task should come back squared exactly once",
     )
 }
 

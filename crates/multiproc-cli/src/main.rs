@@ -26,7 +26,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show child processes at work: pids, a returned value, a pipe, a daemon, data isolation,
-    /// a queue of tasks and a lock around a shared counter.
+    /// a queue of tasks, a lock around a shared counter, a pool, and the distributed
+    /// master/workers example over TCP.
     Demo,
     /// Serve named queues over TCP to workers (ours or CPython's `BaseManager`).
     Serve(queues::Serve),

@@ -30,6 +30,9 @@ fn demo_runs_and_shows_each_section() {
         "== 8. a pool of workers, with a progress bar ==",
         "4 workers take 40 tasks through imap_unordered",
         "  pool: 40 tasks on 4 workers, sum 820\n",
+        "== 9. a distributed master and workers over TCP ==",
+        "3 worker processes connect over TCP and square the tasks",
+        "workers did 10 tasks in all",
         "done: every child was joined",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -166,8 +166,10 @@ fn shutdown_with_cancel_futures_cancels_what_has_not_started() {
         .unwrap();
     started.recv_timeout(LONG).unwrap();
     let queued: Vec<_> = (0..3).map(|i| ex.submit(move || i).unwrap()).collect();
+    // Cancel while the only thread is still busy, then let it finish and wait.
+    ex.shutdown(false, true);
     release.send(()).unwrap();
-    ex.shutdown(true, true);
+    ex.shutdown(true, false);
     assert!(running.result(None).unwrap());
     assert!(queued.iter().all(|f| f.cancelled()));
     assert_eq!(ex.submit(|| 0).unwrap_err().kind(), ErrorKind::InvalidState);
@@ -175,22 +177,31 @@ fn shutdown_with_cancel_futures_cancels_what_has_not_started() {
 
 #[test]
 fn process_executor_shutdown_cancels_queued_tasks() {
+    let flag = multiproc::SharedMemory::create(None, 64).unwrap();
     let ex = ProcessPoolExecutor::new(1).unwrap();
+    // Runs until the test sets the flag.
     let busy = ex
         .submit(
-            |ms: u64| {
-                let end = std::time::Instant::now() + Duration::from_millis(ms);
-                while std::time::Instant::now() < end {
-                    std::thread::park_timeout(Duration::from_millis(5));
+            |name: String| {
+                let block = multiproc::SharedMemory::open(&name).unwrap();
+                let mut b = [0u8];
+                loop {
+                    block.read(0, &mut b);
+                    if b[0] != 0 {
+                        return 300u64;
+                    }
+                    std::thread::park_timeout(Duration::from_millis(1));
                 }
-                ms
             },
-            300,
+            flag.name().to_string(),
         )
         .unwrap();
     // One task runs, one waits in the worker's queue, the rest wait in the pool.
     let queued: Vec<_> = (0..5).map(|i| ex.submit(cube, i).unwrap()).collect();
-    ex.shutdown(true, true).unwrap();
+    ex.shutdown(false, true).unwrap();
+    flag.write(0, &[1]);
+    ex.shutdown(true, false).unwrap();
+    flag.unlink().unwrap();
     assert_eq!(busy.result(None).unwrap(), 300);
     let cancelled = queued.iter().filter(|f| f.cancelled()).count();
     assert!(cancelled >= 3, "{cancelled} cancelled");
