@@ -405,8 +405,14 @@ fn distributed_scene() -> Result<()> {
         .iter()
         .map(|n| format!("{n} * {n} = {}", n * n))
         .collect();
-    got.sort();
-    want.sort();
+    let by_number = |s: &String| {
+        s.split(' ')
+            .next()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(i64::MAX)
+    };
+    got.sort_by_key(by_number);
+    want.sort_by_key(by_number);
     println!("  results: {}", got.join(", "));
     println!("  workers did {done} tasks in all");
     check(
