@@ -211,6 +211,25 @@ q.put('x')
 print(q.get(timeout=1))
 lk = m.Lock()
 print(lk.acquire(), lk.release())
+e = m.Event()
+print(e.is_set(), e.wait(0.05))
+e.set()
+print(e.is_set(), e.wait(5))
+v = m.Value('i', 5)
+v.value = v.value + 2
+print(v.value)
+ns = m.Namespace()
+ns.x = 1
+ns.y = 'two'
+print(ns.x, ns.y, hasattr(ns, 'z'))
+r = m.RLock()
+print(r.acquire(), r.acquire(), r.release(), r.release())
+s = m.BoundedSemaphore(2)
+print(s.acquire(), s.acquire(), s.acquire(False), s.release(), s.release())
+try:
+    s.release()
+except ValueError:
+    print('ValueError')
 "#;
 
 #[test]
@@ -232,7 +251,10 @@ fn cpython_sync_manager_clients_use_a_rust_servers_dict_list_queue_and_lock() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(
-            said, "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n",
+            said,
+            "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n\
+             False False\nTrue True\n7\n1 two False\nTrue True None None\n\
+             True True False None None\nValueError\n",
             "{python:?}"
         );
         running.shutdown();

@@ -306,19 +306,37 @@ impl ServedList {
 /// ends (its client died) so that nobody waits for ever.
 #[derive(Default)]
 pub(crate) struct ServedLock {
-    owner: Mutex<Option<u64>>,
+    /// The holding connection and how many times it holds the lock.
+    owner: Mutex<Option<(u64, u32)>>,
     freed: Condvar,
+    /// An `RLock`: its holder may acquire it again.
+    reentrant: bool,
 }
 
 impl ServedLock {
+    /// An `RLock`.
+    pub(crate) fn reentrant() -> ServedLock {
+        ServedLock {
+            reentrant: true,
+            ..ServedLock::default()
+        }
+    }
+
     /// `acquire(blocking=True, timeout=-1)` for connection `me`.
     pub(crate) fn acquire(&self, me: u64, blocking: bool, timeout: Option<Duration>) -> bool {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut owner = lock(&self.owner);
         loop {
-            if owner.is_none() {
-                *owner = Some(me);
-                return true;
+            match *owner {
+                None => {
+                    *owner = Some((me, 1));
+                    return true;
+                }
+                Some((holder, depth)) if self.reentrant && holder == me => {
+                    *owner = Some((me, depth + 1));
+                    return true;
+                }
+                Some(_) => {}
             }
             if !blocking {
                 return false;
@@ -342,11 +360,305 @@ impl ServedLock {
     /// `release()`; false if connection `me` does not hold it.
     pub(crate) fn release(&self, me: u64) -> bool {
         let mut owner = lock(&self.owner);
-        if *owner != Some(me) {
-            return false;
+        match *owner {
+            Some((holder, depth)) if holder == me && depth > 1 => {
+                *owner = Some((me, depth - 1));
+                true
+            }
+            Some((holder, _)) if holder == me => {
+                *owner = None;
+                self.freed.notify_one();
+                true
+            }
+            _ => false,
         }
-        *owner = None;
-        self.freed.notify_one();
-        true
+    }
+
+    /// Releases every hold of connection `me` (its client went away).
+    pub(crate) fn release_all(&self, me: u64) {
+        let mut owner = lock(&self.owner);
+        if owner.is_some_and(|(holder, _)| holder == me) {
+            *owner = None;
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// Argument `i` or keyword `name`, bound as Python would.
+fn arg<'a>(
+    args: &'a [Value],
+    kwds: &'a [(Value, Value)],
+    i: usize,
+    name: &str,
+) -> Option<&'a Value> {
+    args.get(i).or_else(|| {
+        kwds.iter()
+            .find(|(k, _)| k.as_str() == Some(name))
+            .map(|(_, v)| v)
+    })
+}
+
+/// A timeout argument: `None` (or a negative number, as `Lock.acquire(timeout=-1)`) is no limit.
+fn seconds(v: Option<&Value>) -> Option<Duration> {
+    let secs = match v? {
+        Value::Int(n) => *n as f64,
+        Value::Float(f) => *f,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
+}
+
+fn truthy(v: Option<&Value>, default: bool) -> bool {
+    match v {
+        None | Some(Value::None) => default,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Int(n)) => *n != 0,
+        Some(_) => true,
+    }
+}
+
+/// Waits on `cond` until `ready` or `deadline`; whether it became ready.
+fn wait_until<'a, T>(
+    cond: &Condvar,
+    mut guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut(&mut T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    loop {
+        if ready(&mut guard) {
+            return (guard, true);
+        }
+        guard = match deadline {
+            None => cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (guard, false);
+                }
+                cond.wait_timeout(guard, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    }
+}
+
+/// An object with methods, served to `SyncManager` proxies.
+pub(crate) trait ServedObject: Send + Sync {
+    /// The method names a client may call.
+    fn exposed(&self) -> &'static [&'static str];
+    /// Calls `method`.
+    fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply;
+    /// A copy of the object's value for `#GETVALUE`, if it has one.
+    fn value(&self) -> Option<Value> {
+        None
+    }
+}
+
+/// `SyncManager.Event()`.
+#[derive(Default)]
+pub(crate) struct ServedEvent {
+    flag: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl ServedObject for ServedEvent {
+    fn exposed(&self) -> &'static [&'static str] {
+        &["is_set", "set", "clear", "wait"]
+    }
+
+    fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
+        match method {
+            "is_set" => Reply::Return(Value::Bool(*lock(&self.flag))),
+            "set" => {
+                *lock(&self.flag) = true;
+                self.changed.notify_all();
+                Reply::Return(Value::None)
+            }
+            "clear" => {
+                *lock(&self.flag) = false;
+                Reply::Return(Value::None)
+            }
+            "wait" => {
+                let deadline = seconds(arg(args, kwds, 0, "timeout"))
+                    .and_then(|t| Instant::now().checked_add(t));
+                let (flag, set) = wait_until(&self.changed, lock(&self.flag), deadline, |f| *f);
+                drop(flag);
+                Reply::Return(Value::Bool(set))
+            }
+            m => Reply::Traceback(format!("AttributeError: an event has no method {m:?}")),
+        }
+    }
+}
+
+/// `SyncManager.Value(typecode, value)`.
+pub(crate) struct ServedValue {
+    value: Mutex<Value>,
+}
+
+impl ServedValue {
+    pub(crate) fn from_args(args: &[Value]) -> ServedValue {
+        ServedValue {
+            value: Mutex::new(args.get(1).cloned().unwrap_or(Value::None)),
+        }
+    }
+}
+
+impl ServedObject for ServedValue {
+    fn exposed(&self) -> &'static [&'static str] {
+        &["get", "set"]
+    }
+
+    fn call(&self, method: &str, args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
+        match method {
+            "get" => Reply::Return(lock(&self.value).clone()),
+            "set" => {
+                *lock(&self.value) = args.first().cloned().unwrap_or(Value::None);
+                Reply::Return(Value::None)
+            }
+            m => Reply::Traceback(format!("AttributeError: a value has no method {m:?}")),
+        }
+    }
+
+    fn value(&self) -> Option<Value> {
+        Some(lock(&self.value).clone())
+    }
+}
+
+/// `SyncManager.Namespace()`: attributes by name.
+#[derive(Default)]
+pub(crate) struct ServedNamespace {
+    attrs: Mutex<Vec<(String, Value)>>,
+}
+
+impl ServedNamespace {
+    pub(crate) fn from_kwds(kwds: &[(Value, Value)]) -> ServedNamespace {
+        let attrs = kwds
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
+            .collect();
+        ServedNamespace {
+            attrs: Mutex::new(attrs),
+        }
+    }
+}
+
+impl ServedObject for ServedNamespace {
+    fn exposed(&self) -> &'static [&'static str] {
+        &["__getattribute__", "__setattr__", "__delattr__"]
+    }
+
+    fn call(&self, method: &str, args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
+        let Some(name) = args.first().and_then(Value::as_str) else {
+            return Reply::Traceback("TypeError: attribute name must be a str".into());
+        };
+        let mut attrs = lock(&self.attrs);
+        let at = attrs.iter().position(|(n, _)| n == name);
+        let missing = || {
+            exception(
+                "AttributeError",
+                vec![Value::str(format!(
+                    "'Namespace' object has no attribute '{name}'"
+                ))],
+            )
+        };
+        match (method, at) {
+            ("__getattribute__", Some(i)) => Reply::Return(attrs[i].1.clone()),
+            ("__getattribute__", None) => missing(),
+            ("__setattr__", at) => {
+                let v = args.get(1).cloned().unwrap_or(Value::None);
+                match at {
+                    Some(i) => attrs[i].1 = v,
+                    None => attrs.push((name.to_string(), v)),
+                }
+                Reply::Return(Value::None)
+            }
+            ("__delattr__", Some(i)) => {
+                attrs.remove(i);
+                Reply::Return(Value::None)
+            }
+            ("__delattr__", None) => missing(),
+            (m, _) => Reply::Traceback(format!("AttributeError: a namespace has no method {m:?}")),
+        }
+    }
+
+    fn value(&self) -> Option<Value> {
+        // What CPython's `Namespace` pickles as: `NEWOBJ(Namespace) + BUILD(__dict__)`.
+        let dict = lock(&self.attrs)
+            .iter()
+            .map(|(k, v)| (Value::str(k.as_str()), v.clone()))
+            .collect();
+        let mut object = crate::pickle::Object::new(
+            Value::global("multiprocessing.managers", "Namespace"),
+            crate::pickle::ObjectKind::NewObj,
+            Vec::new(),
+        );
+        object.state = Some(Value::Dict(dict));
+        Some(Value::Object(Box::new(object)))
+    }
+}
+
+/// `SyncManager.Semaphore(n)` and `BoundedSemaphore(n)`.
+pub(crate) struct ServedSemaphore {
+    count: Mutex<i64>,
+    bound: Option<i64>,
+    changed: Condvar,
+}
+
+impl ServedSemaphore {
+    pub(crate) fn from_args(args: &[Value], bounded: bool) -> ServedSemaphore {
+        let n = match args.first() {
+            Some(Value::Int(n)) => *n,
+            _ => 1,
+        };
+        ServedSemaphore {
+            count: Mutex::new(n),
+            bound: bounded.then_some(n),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl ServedObject for ServedSemaphore {
+    fn exposed(&self) -> &'static [&'static str] {
+        LOCK_EXPOSED
+    }
+
+    fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
+        match method {
+            "acquire" => {
+                let blocking = truthy(arg(args, kwds, 0, "blocking"), true);
+                let count = lock(&self.count);
+                let got = if blocking {
+                    let deadline = seconds(arg(args, kwds, 1, "timeout"))
+                        .and_then(|t| Instant::now().checked_add(t));
+                    let (mut count, got) = wait_until(&self.changed, count, deadline, |c| *c > 0);
+                    if got {
+                        *count -= 1;
+                    }
+                    got
+                } else if *count > 0 {
+                    let mut count = count;
+                    *count -= 1;
+                    true
+                } else {
+                    false
+                };
+                Reply::Return(Value::Bool(got))
+            }
+            "release" => {
+                let mut count = lock(&self.count);
+                if self.bound.is_some_and(|b| *count >= b) {
+                    return exception(
+                        "ValueError",
+                        vec![Value::str("Semaphore released too many times")],
+                    );
+                }
+                *count += 1;
+                self.changed.notify_one();
+                Reply::Return(Value::None)
+            }
+            m => Reply::Traceback(format!("AttributeError: a semaphore has no method {m:?}")),
+        }
     }
 }

@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::objects::{
-    DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedList, ServedLock,
+    DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedEvent, ServedList,
+    ServedLock, ServedNamespace, ServedObject, ServedSemaphore, ServedValue,
 };
 use super::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
@@ -148,6 +149,7 @@ enum Served {
     Dict(Arc<ServedDict>),
     List(Arc<ServedList>),
     Lock(Arc<ServedLock>),
+    Object(Arc<dyn ServedObject>),
 }
 
 impl Served {
@@ -157,6 +159,7 @@ impl Served {
             Served::Dict(_) => DICT_EXPOSED,
             Served::List(_) => LIST_EXPOSED,
             Served::Lock(_) => LOCK_EXPOSED,
+            Served::Object(o) => o.exposed(),
         }
     }
 }
@@ -552,6 +555,14 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
                 "list" => Served::List(Arc::new(ServedList::from_args(rest))),
                 "Queue" | "JoinableQueue" => Served::Queue(new_queue(typeid)),
                 "Lock" => Served::Lock(Arc::new(ServedLock::default())),
+                "RLock" => Served::Lock(Arc::new(ServedLock::reentrant())),
+                "Event" => Served::Object(Arc::new(ServedEvent::default())),
+                "Value" => Served::Object(Arc::new(ServedValue::from_args(rest))),
+                "Namespace" => Served::Object(Arc::new(ServedNamespace::from_kwds(&request.kwds))),
+                "Semaphore" => Served::Object(Arc::new(ServedSemaphore::from_args(rest, false))),
+                "BoundedSemaphore" => {
+                    Served::Object(Arc::new(ServedSemaphore::from_args(rest, true)))
+                }
                 _ => {
                     drop(reg);
                     return traceback(conn, format!("KeyError: {typeid:?} is not registered"));
@@ -613,7 +624,7 @@ fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
     }
     // The client is gone: locks it held would otherwise be held for ever.
     for l in held {
-        l.release(me);
+        l.release_all(me);
     }
 }
 
@@ -646,6 +657,15 @@ fn call(
         Served::Dict(d) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", d.value()),
         Served::List(l) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", l.value()),
         Served::Dict(d) => return answer(conn, d.call(&request.func, &request.args)),
+        Served::Object(o) if request.func == "#GETVALUE" => {
+            return match o.value() {
+                Some(v) => reply(conn, "#RETURN", v),
+                None => traceback(conn, "AttributeError: no value to copy".into()),
+            };
+        }
+        Served::Object(o) => {
+            return answer(conn, o.call(&request.func, &request.args, &request.kwds));
+        }
         Served::List(l) => return answer(conn, l.call(&request.func, &request.args)),
         Served::Lock(l) => {
             return match request.func.as_str() {
