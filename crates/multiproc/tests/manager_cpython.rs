@@ -230,6 +230,7 @@ try:
     s.release()
 except ValueError:
     print('ValueError')
+print(list(d), [k for k in d])
 "#;
 
 #[test]
@@ -254,7 +255,7 @@ fn cpython_sync_manager_clients_use_a_rust_servers_dict_list_queue_and_lock() {
             said,
             "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n\
              False False\nTrue True\n7\n1 two False\nTrue True None None\n\
-             True True False None None\nValueError\n",
+             True True False None None\nValueError\n['a', 'b'] ['a', 'b']\n",
             "{python:?}"
         );
         running.shutdown();

@@ -181,6 +181,11 @@ impl ServedDict {
     pub(crate) fn value(&self) -> Value {
         Value::Dict(lock(&self.items).clone())
     }
+
+    /// The keys, in order (for an iterator).
+    pub(crate) fn keys(&self) -> Vec<Value> {
+        lock(&self.items).iter().map(|(k, _)| k.clone()).collect()
+    }
 }
 
 /// A served `list`.
@@ -659,6 +664,40 @@ impl ServedObject for ServedSemaphore {
                 Reply::Return(Value::None)
             }
             m => Reply::Traceback(format!("AttributeError: a semaphore has no method {m:?}")),
+        }
+    }
+}
+
+/// The iterator `iter(dict_proxy)` gets (SyncManager's `Iterator` typeid): over a snapshot
+/// of the keys taken when iteration started.
+pub(crate) struct ServedIterator {
+    items: Mutex<std::collections::VecDeque<Value>>,
+}
+
+impl ServedIterator {
+    pub(crate) fn new(items: Vec<Value>) -> ServedIterator {
+        ServedIterator {
+            items: Mutex::new(items.into()),
+        }
+    }
+}
+
+impl ServedObject for ServedIterator {
+    fn exposed(&self) -> &'static [&'static str] {
+        &["__next__", "send", "throw", "close"]
+    }
+
+    fn call(&self, method: &str, _args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
+        match method {
+            "__next__" | "send" => match lock(&self.items).pop_front() {
+                Some(v) => Reply::Return(v),
+                None => exception("StopIteration", Vec::new()),
+            },
+            "close" => {
+                lock(&self.items).clear();
+                Reply::Return(Value::None)
+            }
+            m => Reply::Traceback(format!("AttributeError: an iterator has no method {m:?}")),
         }
     }
 }

@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::objects::{
-    DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedEvent, ServedList,
-    ServedLock, ServedNamespace, ServedObject, ServedSemaphore, ServedValue,
+    DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedEvent, ServedIterator,
+    ServedList, ServedLock, ServedNamespace, ServedObject, ServedSemaphore, ServedValue,
 };
 use super::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
@@ -628,6 +628,43 @@ fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
     }
 }
 
+/// Makes `object` a new server object and answers `('#PROXY', (exposed, Token))`: the
+/// client builds a proxy of `typeid` for it (then increfs it and drops `create`'s reference).
+fn proxy_reply(
+    shared: &ServerShared,
+    conn: &mut WireConnection,
+    typeid: &str,
+    object: Arc<dyn ServedObject>,
+) -> Result<()> {
+    let ident = format!("{:x}", shared.next_ident.fetch_add(1, Ordering::Relaxed));
+    let exposed = object.exposed().iter().map(|m| Value::str(*m)).collect();
+    lock(&shared.registry).by_ident.insert(
+        ident.clone(),
+        Entry {
+            object: Served::Object(object),
+            refs: 1,
+            pinned: false,
+        },
+    );
+    let address = match &shared.address {
+        Address::Tcp(a) => Value::Tuple(vec![
+            Value::str(a.ip().to_string()),
+            Value::Int(i64::from(a.port())),
+        ]),
+        Address::Unix(p) => Value::str(p.display().to_string()),
+    };
+    let token = Value::reduce(
+        "multiprocessing.managers",
+        "Token",
+        vec![Value::str(typeid), address, Value::Str(ident)],
+    );
+    reply(
+        conn,
+        "#PROXY",
+        Value::Tuple(vec![Value::Tuple(exposed), token]),
+    )
+}
+
 fn empty_error() -> Value {
     Value::reduce("queue", "Empty", Vec::new())
 }
@@ -656,6 +693,14 @@ fn call(
         Served::Queue(q) => q,
         Served::Dict(d) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", d.value()),
         Served::List(l) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", l.value()),
+        Served::Dict(d) if request.func == "__iter__" => {
+            return proxy_reply(
+                shared,
+                conn,
+                "Iterator",
+                Arc::new(ServedIterator::new(d.keys())),
+            );
+        }
         Served::Dict(d) => return answer(conn, d.call(&request.func, &request.args)),
         Served::Object(o) if request.func == "#GETVALUE" => {
             return match o.value() {
