@@ -304,3 +304,75 @@ fn a_rust_client_uses_a_cpython_sync_managers_dict_and_list() {
         assert!(server.wait().unwrap().success());
     }
 }
+
+/// A user type served to CPython clients through `register`.
+#[derive(Default)]
+struct Counter(std::sync::Mutex<i64>);
+
+impl multiproc::Managed for Counter {
+    fn methods(&self) -> &'static [&'static str] {
+        &["increment", "value", "fail"]
+    }
+
+    fn call(&self, method: &str, call: &mut multiproc::MethodCall<'_>) -> multiproc::Result<()> {
+        let mut n = self.0.lock().unwrap();
+        match method {
+            "increment" => {
+                *n += call.arg::<i64>(0, "by").unwrap_or(1);
+                call.ret(&*n)
+            }
+            "value" => call.ret(&*n),
+            _ => {
+                call.raise("ValueError", "asked to fail");
+                Ok(())
+            }
+        }
+    }
+}
+
+const COUNTER_CLIENT: &str = r#"
+import sys
+from multiprocessing.managers import BaseManager
+class M(BaseManager):
+    pass
+M.register('Counter')
+m = M(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+c = m.Counter()
+print(c.increment(5), c.increment(), c.increment(by=10), c.value())
+try:
+    c.fail()
+except ValueError as e:
+    print('ValueError', e)
+other = m.Counter()
+print(other.value())
+"#;
+
+#[test]
+fn cpython_clients_call_methods_of_a_registered_rust_type() {
+    for python in pythons() {
+        let mut server =
+            ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
+        server.register("Counter", || std::sync::Arc::new(Counter::default()));
+        let running = server.serve_in_background().unwrap();
+        let Address::Tcp(addr) = running.address().clone() else {
+            unreachable!()
+        };
+        let out = Command::new(&python)
+            .args(["-c", COUNTER_CLIENT, &addr.port().to_string()])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{python:?}: {said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Each `m.Counter()` is a new object from the factory.
+        assert_eq!(
+            said, "5 6 16 16\nValueError asked to fail\n0\n",
+            "{python:?}"
+        );
+        running.shutdown();
+    }
+}

@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod managed;
 mod objects;
 mod server;
 mod wire;
 
 pub use client::{DictProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue};
+pub use managed::{Managed, MethodCall};
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use wire::{Address, Client, Listener, WireConnection};

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::managed::{Managed, ManagedObject};
 use super::objects::{
     DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedEvent, ServedIterator,
     ServedList, ServedLock, ServedNamespace, ServedObject, ServedSemaphore, ServedValue,
@@ -171,10 +172,15 @@ struct Entry {
     pinned: bool,
 }
 
+/// Makes a new user object for `create(typeid)`.
+type Factory = Arc<dyn Fn() -> Arc<dyn Managed> + Send + Sync>;
+
 #[derive(Default)]
 struct Registry {
     /// typeid (`get_task_queue`) → the ident of its (single) queue.
     by_typeid: HashMap<String, String>,
+    /// typeid → a factory: each `create` makes a new object.
+    factories: HashMap<String, Factory>,
     /// ident → the object and its reference count.
     by_ident: HashMap<String, Entry>,
 }
@@ -271,18 +277,32 @@ impl ManagerServer {
         ServedQueueHandle { queue }
     }
 
+    /// Registers a user type under `typeid`: each client `create` (a CPython client calling
+    /// `manager.Typeid()` after `Manager.register('Typeid')`) gets a new object from `factory`;
+    /// return the same `Arc` each time for a shared one.
+    pub fn register<M: Managed>(
+        &mut self,
+        typeid: &str,
+        factory: impl Fn() -> Arc<M> + Send + Sync + 'static,
+    ) {
+        let factory: Factory = Arc::new(move || -> Arc<dyn Managed> { factory() });
+        lock(&self.shared.registry)
+            .factories
+            .insert(typeid.to_string(), factory);
+    }
+
     /// Registers a dict under `typeid` (one dict for every client that asks for it).
     pub fn register_dict(&mut self, typeid: &str) {
-        self.register(typeid, || Served::Dict(Arc::new(ServedDict::default())));
+        self.register_pinned(typeid, || Served::Dict(Arc::new(ServedDict::default())));
     }
 
     /// Registers a lock under `typeid` (one lock for every client that asks for it). A lock
     /// whose holder's connection ends is released.
     pub fn register_lock(&mut self, typeid: &str) {
-        self.register(typeid, || Served::Lock(Arc::new(ServedLock::default())));
+        self.register_pinned(typeid, || Served::Lock(Arc::new(ServedLock::default())));
     }
 
-    fn register(&mut self, typeid: &str, make: impl FnOnce() -> Served) {
+    fn register_pinned(&mut self, typeid: &str, make: impl FnOnce() -> Served) {
         let mut reg = lock(&self.shared.registry);
         if reg.by_typeid.contains_key(typeid) {
             return;
@@ -562,6 +582,17 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
                 "Semaphore" => Served::Object(Arc::new(ServedSemaphore::from_args(rest, false))),
                 "BoundedSemaphore" => {
                     Served::Object(Arc::new(ServedSemaphore::from_args(rest, true)))
+                }
+                _ if reg.factories.contains_key(typeid) => {
+                    let make = reg.factories[typeid].clone();
+                    // The factory is user code: call it without the registry locked.
+                    drop(reg);
+                    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make()));
+                    let Ok(object) = made else {
+                        return traceback(conn, format!("the factory of {typeid:?} panicked"));
+                    };
+                    reg = lock(&shared.registry);
+                    Served::Object(Arc::new(ManagedObject(object)))
                 }
                 _ => {
                     drop(reg);
