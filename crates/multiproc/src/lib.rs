@@ -81,4 +81,14 @@ pub mod __fuzz {
     pub fn pickle_decode(data: &[u8]) {
         crate::pickle::fuzz_decode(data)
     }
+
+    /// Reads CPython-framed messages from untrusted bytes; must never panic.
+    pub fn wire_frames(data: &[u8]) {
+        crate::manager::fuzz::frames(data)
+    }
+
+    /// Runs the server side of the authentication handshake against untrusted bytes.
+    pub fn wire_handshake(data: &[u8]) {
+        crate::manager::fuzz::handshake(data)
+    }
 }

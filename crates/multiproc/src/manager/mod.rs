@@ -14,3 +14,5 @@ pub use client::{DictProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue};
 pub use managed::{Managed, MethodCall};
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use wire::{Address, Client, Listener, WireConnection};
+
+pub(crate) use wire::fuzz;

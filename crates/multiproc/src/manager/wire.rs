@@ -597,3 +597,74 @@ mod tests {
         assert!(!verify_response(b"k", b"m", b"{sha256}short"));
     }
 }
+
+/// For the fuzz targets: frames read from `data` as a peer would send them (must end with an
+/// error or end of stream, never a panic), and a server handshake against `data`.
+pub(crate) mod fuzz {
+    use super::*;
+
+    /// A connection whose peer sent `data` and then closed its sending side (it still
+    /// receives, so our replies do not fail), returned with that peer.
+    fn connection_fed(data: &[u8]) -> Option<(WireConnection, UnixStream)> {
+        let (mine, mut theirs) = UnixStream::pair().ok()?;
+        // Small inputs fit the socket buffer; the rest is cut (the reader sees end of stream).
+        let _ = theirs.set_nonblocking(true);
+        let _ = theirs.write(data);
+        let _ = theirs.shutdown(std::net::Shutdown::Write);
+        let mut conn = WireConnection::new(Stream::Unix(mine), "fuzz".into());
+        conn.set_max_message_size(1 << 20);
+        Some((conn, theirs))
+    }
+
+    /// Reads frames until the input runs out or is refused.
+    pub(crate) fn frames(data: &[u8]) {
+        if let Some((mut conn, _peer)) = connection_fed(data) {
+            while conn.recv_bytes().is_ok() {}
+        }
+    }
+
+    /// Runs the server side of the handshake against `data` as the client's messages.
+    pub(crate) fn handshake(data: &[u8]) {
+        if let Some((mut conn, _peer)) = connection_fed(data) {
+            let _ = conn.authenticate_as_server(b"key", Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes from a peer end in an error or end of stream, never a panic or a hang.
+        #[test]
+        fn arbitrary_frames_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            super::fuzz::frames(&data);
+        }
+
+        #[test]
+        fn arbitrary_handshakes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            super::fuzz::handshake(&data);
+        }
+
+        /// A correct digest for a wrong key, then garbage: refused, never a panic.
+        #[test]
+        fn handshake_replies_are_checked(tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut data = 16u32.to_be_bytes().to_vec();
+            data.extend([7u8; 16]);
+            data.extend(&tail);
+            super::fuzz::handshake(&data);
+        }
+
+        /// Well-framed garbage too (a valid length prefix, random payload).
+        #[test]
+        fn framed_garbage_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut data = (payload.len() as u32).to_be_bytes().to_vec();
+            data.extend(&payload);
+            super::fuzz::frames(&data);
+            super::fuzz::handshake(&data);
+        }
+    }
+}
