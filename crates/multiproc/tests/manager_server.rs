@@ -154,6 +154,16 @@ fn dict_and_list_proxies_between_rust_peers() {
     assert_eq!(l.get(-1).unwrap(), "y");
     assert_eq!(l.to_vec().unwrap(), ["x", "y"]);
     assert_eq!(l.get(5).unwrap_err().kind(), ErrorKind::Remote);
+    let e = m.event().unwrap();
+    assert!(!e.is_set().unwrap());
+    assert!(!e.wait(Some(Duration::from_millis(20))).unwrap());
+    e.set().unwrap();
+    assert!(e.wait(None).unwrap());
+    e.clear().unwrap();
+    assert!(!e.is_set().unwrap());
+    let v = m.value("d", &1.5f64).unwrap();
+    v.set(&2.5).unwrap();
+    assert_eq!(v.get().unwrap(), 2.5);
 }
 
 #[test]

@@ -165,6 +165,30 @@ impl ManagerClient {
         })
     }
 
+    /// A new event on the server (`SyncManager.Event()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Event` typeid.
+    pub fn event(&self) -> Result<EventProxy> {
+        Ok(EventProxy {
+            proxy: self.proxy("Event", Vec::new(), "remote event".into())?,
+        })
+    }
+
+    /// A new shared value on the server (`SyncManager.Value(typecode, value)`; the typecode
+    /// only matters to CPython servers, which keep it: `"i"`, `"d"`, `"u"`…).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Value` typeid;
+    /// a value that does not map onto Python's data model.
+    pub fn value<T: Serialize>(&self, typecode: &str, value: &T) -> Result<ValueProxy<T>> {
+        let args = vec![Value::str(typecode), pickle::to_value(value)?];
+        Ok(ValueProxy {
+            proxy: self.proxy("Value", args, "remote value".into())?,
+            _item: PhantomData,
+        })
+    }
+
     /// The dict the server registered as `typeid` (shared by every client that asks).
     ///
     /// # Errors
@@ -484,5 +508,87 @@ impl LockProxy {
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if this client does not hold it.
     pub fn release(&self) -> Result<()> {
         self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    }
+}
+
+/// An event living in a manager server (CPython's `EventProxy`).
+pub struct EventProxy {
+    proxy: Proxy,
+}
+
+impl fmt::Debug for EventProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventProxy")
+            .field("ident", &self.proxy.ident)
+            .finish()
+    }
+}
+
+impl EventProxy {
+    /// `set()`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn set(&self) -> Result<()> {
+        self.proxy.call("set", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// `clear()`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn clear(&self) -> Result<()> {
+        self.proxy.call("clear", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// `is_set()`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn is_set(&self) -> Result<bool> {
+        self.proxy.call_as("is_set", Vec::new())
+    }
+
+    /// `wait(timeout)`: whether the event is set (`None`: wait for ever).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        let t = timeout.map_or(Value::None, |t| Value::Float(t.as_secs_f64()));
+        self.proxy.call_as("wait", vec![t])
+    }
+}
+
+/// A value living in a manager server (CPython's `ValueProxy`).
+pub struct ValueProxy<T> {
+    proxy: Proxy,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for ValueProxy<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValueProxy")
+            .field("ident", &self.proxy.ident)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
+    /// `v.value`.
+    ///
+    /// # Errors
+    /// The server's failure; a value of another type.
+    pub fn get(&self) -> Result<T> {
+        self.proxy.call_as("get", Vec::new())
+    }
+
+    /// `v.value = value`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn set(&self, value: &T) -> Result<()> {
+        self.proxy
+            .call("set", vec![pickle::to_value(value)?], Vec::new())
+            .map(drop)
     }
 }

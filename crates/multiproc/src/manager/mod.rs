@@ -10,7 +10,9 @@ mod objects;
 mod server;
 mod wire;
 
-pub use client::{DictProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue};
+pub use client::{
+    DictProxy, EventProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue, ValueProxy,
+};
 pub use managed::{Managed, MethodCall};
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use wire::{Address, Client, Listener, WireConnection};
