@@ -305,3 +305,19 @@ fn the_initializer_runs_in_every_worker_before_its_tasks() {
     let seen = pool.map_chunked(initializer_ran, 0..20, 1).unwrap();
     assert!(seen.iter().all(|ran| *ran), "{seen:?}");
 }
+
+#[test]
+fn a_failing_initializer_fails_the_tasks_instead_of_hanging() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(|_: u32| -> u32 { panic!("no database") }, 0)
+        .build()
+        .unwrap();
+    let pending = pool.apply_async(square, 2).unwrap();
+    let err = pending.get_timeout(LONG).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert!(err.to_string().contains("no database"), "{err}");
+    // The pool knows it is broken: no worker is restarted, new tasks are refused.
+    let err = pool.apply_async(square, 3).unwrap_err();
+    assert!(err.to_string().contains("initializer failed"), "{err}");
+}

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use self::result::Slot;
-use self::worker::{FromWorker, ToWorker, WorkerArgs, worker_main};
+use self::worker::{FromWorker, INITIALIZER_FAILED, ToWorker, WorkerArgs, worker_main};
 use crate::error::{Error, Result};
 use crate::process::{Process, StartMethod, TaskTarget};
 use crate::queue::Queue;
@@ -69,6 +69,8 @@ struct State {
     closed: bool,
     /// Terminated, or joined: the handler stops.
     finished: bool,
+    /// Why the pool cannot run tasks (its initializer fails): no more workers are started.
+    broken: Option<String>,
 }
 
 struct Shared {
@@ -195,6 +197,7 @@ impl PoolBuilder {
                 next_id: 0,
                 closed: false,
                 finished: false,
+                broken: None,
             }),
             idle: Condvar::new(),
             results,
@@ -268,6 +271,9 @@ impl Shared {
     /// Adds a task and sends it if a worker has room.
     fn submit(&self, target: TaskTarget, items: ByteBuf, deliver: Deliver) -> Result<u64> {
         let mut state = self.lock();
+        if let Some(why) = &state.broken {
+            return Err(Error::invalid("pool", format!("broken: {why}")));
+        }
         if state.closed || state.finished {
             return Err(Error::invalid("pool", "closed: no new tasks"));
         }
@@ -309,6 +315,9 @@ impl Shared {
     }
 
     fn on_report(&self, report: FromWorker) {
+        if report.id == INITIALIZER_FAILED {
+            return self.break_pool(report.outcome.err().unwrap_or_default());
+        }
         let (entry, now_idle) = {
             let mut state = self.lock();
             if let Some(w) = state.workers.get_mut(report.slot as usize) {
@@ -330,6 +339,27 @@ impl Shared {
         if now_idle {
             self.idle.notify_all();
         }
+    }
+
+    /// The initializer fails: every task fails with why, and no worker is started again (a
+    /// pool that would only restart failing workers would hang its callers).
+    fn break_pool(&self, why: String) {
+        let failed: Vec<TaskEntry> = {
+            let mut state = self.lock();
+            if state.broken.is_none() {
+                state.broken = Some(format!("the initializer failed in a worker: {why}"));
+            }
+            state.backlog.clear();
+            for w in &mut state.workers {
+                w.sent.clear();
+            }
+            state.tasks.drain().map(|(_, t)| t).collect()
+        };
+        let message = self.lock().broken.clone().unwrap_or_default();
+        for entry in failed {
+            run_delivery(entry.deliver, Err(Error::invalid("pool", message.clone())));
+        }
+        self.idle.notify_all();
     }
 
     /// Looks for dead and overdue workers; false once the pool is finished.
@@ -401,7 +431,7 @@ impl Shared {
                         failed.push((entry, error));
                     }
                 }
-                if !state.finished {
+                if !state.finished && state.broken.is_none() {
                     match self.start_worker(slot as u32) {
                         Ok(worker) => state.workers[slot] = worker,
                         Err(e) => {

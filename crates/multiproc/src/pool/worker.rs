@@ -51,16 +51,35 @@ fn run_chunk(target: TaskTarget, items: &[u8]) -> Result<ByteBuf, String> {
 }
 
 /// The worker process's target: runs tasks until told to stop, or until `max_tasks`.
+/// The report id that says the worker's initializer failed (the outcome holds why).
+pub(crate) const INITIALIZER_FAILED: u64 = u64::MAX;
+
+/// Runs the initializer; why it failed, if it did.
+fn initialize(target: TaskTarget, args: &[u8]) -> Option<String> {
+    let blob = match run_chunk(target, args) {
+        Ok(blob) => blob,
+        Err(why) => return Some(why),
+    };
+    // The failures come first in a chunk's results: readable without the value type.
+    let failures: Vec<(u32, ItemFailure)> =
+        crate::share::decode("pool initializer", &blob, Vec::new()).unwrap_or_default();
+    failures
+        .into_iter()
+        .next()
+        .map(|(_, failure)| failure.into_error().to_string())
+}
+
 pub(crate) fn worker_main(args: WorkerArgs) {
-    if let Some((target, init_args)) = &args.initializer {
-        let blob = run_chunk(*target, init_args)
-            .unwrap_or_else(|why| panic!("pool initializer failed: {why}"));
-        // The failures come first in a chunk's results: readable without the value type.
-        let failures: Vec<(u32, ItemFailure)> =
-            crate::share::decode("pool initializer", &blob, Vec::new()).unwrap_or_default();
-        if let Some((_, failure)) = failures.into_iter().next() {
-            panic!("pool initializer failed: {}", failure.into_error());
-        }
+    if let Some((target, init_args)) = &args.initializer
+        && let Some(why) = initialize(*target, init_args)
+    {
+        // Tell the pool, which then fails its tasks instead of starting workers for ever.
+        let _ = args.results.put(&FromWorker {
+            slot: args.slot,
+            id: INITIALIZER_FAILED,
+            outcome: Err(why),
+        });
+        return;
     }
     let mut done = 0u64;
     while let Ok(ToWorker::Task { id, target, items }) = args.tasks.get() {
