@@ -179,3 +179,24 @@ fn a_dropped_proxy_gives_its_object_back() {
     drop(m.queue::<i64>("get_task_queue").unwrap());
     assert_eq!(m.number_of_objects().unwrap(), before);
 }
+
+#[test]
+fn connections_beyond_the_cap_are_closed_and_room_comes_back() {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
+    server.set_max_connections(2);
+    let running = server.serve_in_background().unwrap();
+    let Address::Tcp(addr) = running.address().clone() else {
+        unreachable!()
+    };
+    // Two peers that connect and say nothing hold both places.
+    let idle: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let refused = (0..50).any(|_| ManagerClient::connect(running.address(), b"k").is_err());
+    assert!(refused, "a third connection should be closed");
+    drop(idle);
+    // Their threads see the end of stream and leave: a client gets in again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ManagerClient::connect(running.address(), b"k").is_err() {
+        assert!(std::time::Instant::now() < deadline, "no room came back");
+        std::thread::yield_now();
+    }
+}

@@ -185,7 +185,13 @@ struct Registry {
     by_ident: HashMap<String, Entry>,
 }
 
+/// Connections served at once unless set otherwise; more are closed at once (each costs a
+/// thread).
+const MAX_CONNECTIONS: usize = 1024;
+
 struct ServerShared {
+    connections: std::sync::atomic::AtomicUsize,
+    max_connections: std::sync::atomic::AtomicUsize,
     registry: Mutex<Registry>,
     next_ident: AtomicU64,
     stop: AtomicBool,
@@ -232,6 +238,8 @@ impl ManagerServer {
     pub fn bind(address: &Address, authkey: &[u8]) -> Result<ManagerServer> {
         let listener = Listener::bind(address, authkey)?;
         let shared = Arc::new(ServerShared {
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            max_connections: std::sync::atomic::AtomicUsize::new(MAX_CONNECTIONS),
             registry: Mutex::new(Registry::default()),
             next_ident: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -275,6 +283,14 @@ impl ManagerServer {
             },
         );
         ServedQueueHandle { queue }
+    }
+
+    /// Serves at most `n` connections at once (default 1024); a connection beyond is closed
+    /// at once. Each connection has a thread of its own.
+    pub fn set_max_connections(&mut self, n: usize) {
+        self.shared
+            .max_connections
+            .store(n.max(1), Ordering::Relaxed);
     }
 
     /// Registers a user type under `typeid`: each client `create` (a CPython client calling
@@ -346,21 +362,38 @@ impl ManagerServer {
     pub fn serve_forever(self) {
         let (authkey, timeout) = self.listener.credentials();
         while !self.shared.stop.load(Ordering::Acquire) {
-            let Ok(mut conn) = self.listener.accept_unauthenticated() else {
-                continue;
+            let mut conn = match self.listener.accept_unauthenticated() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors, say: do not spin on it.
+                    tracing::warn!("manager: accept failed: {e}");
+                    std::thread::park_timeout(Duration::from_millis(10));
+                    continue;
+                }
             };
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
             let shared = self.shared.clone();
+            let max = shared.max_connections.load(Ordering::Relaxed);
+            if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
+                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("manager: {max} connections already; dropping one");
+                continue;
+            }
             let authkey = authkey.clone();
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("multiproc-manager-conn".into())
                 .spawn(move || {
-                    if conn.authenticate_as_server(&authkey, timeout).is_ok() {
-                        serve_connection(&shared, &mut conn);
+                    match conn.authenticate_as_server(&authkey, timeout) {
+                        Ok(()) => serve_connection(&shared, &mut conn),
+                        Err(e) => tracing::warn!("manager: dropped a connection: {e}"),
                     }
+                    shared.connections.fetch_sub(1, Ordering::AcqRel);
                 });
+            if spawned.is_err() {
+                self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -510,6 +543,7 @@ fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
     let request = match parse_request(&first) {
         Ok(r) => r,
         Err(e) => {
+            tracing::warn!("manager: malformed request: {e}");
             let _ = traceback(conn, e);
             return;
         }
