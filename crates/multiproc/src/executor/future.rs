@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::sync::spin::spin_until;
+use crate::sync::wait_until;
 
 const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
@@ -233,28 +234,10 @@ impl<R> Future<R> {
             return true;
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut inner = self.cell.lock();
-        while !self.cell.is_done() {
-            inner = match deadline {
-                None => self
-                    .cell
-                    .done
-                    .wait(inner)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.cell
-                        .done
-                        .wait_timeout(inner, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        wait_until(&self.cell.done, self.cell.lock(), deadline, |_| {
+            self.cell.is_done()
+        })
+        .1
     }
 
     /// Whether the task finished (or was cancelled).

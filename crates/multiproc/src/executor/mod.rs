@@ -348,11 +348,7 @@ impl ThreadPoolExecutor {
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             run.finish(outcome.map_err(|payload| {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "Box<dyn Any>".into());
+                let message = crate::error::panic_message(&*payload);
                 Error::Panicked {
                     name: std::thread::current()
                         .name()

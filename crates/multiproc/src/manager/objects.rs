@@ -8,6 +8,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::pickle::{self, Value};
+use crate::sync::wait_until;
 
 /// What a method call gives: a value, a Python exception, or a traceback text.
 pub(crate) enum Reply {
@@ -329,37 +330,23 @@ impl ServedLock {
 
     /// `acquire(blocking=True, timeout=-1)` for connection `me`.
     pub(crate) fn acquire(&self, me: u64, blocking: bool, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut owner = lock(&self.owner);
-        loop {
-            match *owner {
-                None => {
-                    *owner = Some((me, 1));
-                    return true;
-                }
-                Some((holder, depth)) if self.reentrant && holder == me => {
-                    *owner = Some((me, depth + 1));
-                    return true;
-                }
-                Some(_) => {}
+        let deadline = if blocking {
+            timeout.and_then(|t| Instant::now().checked_add(t))
+        } else {
+            Some(Instant::now())
+        };
+        let take = |owner: &mut Option<(u64, u32)>| match *owner {
+            None => {
+                *owner = Some((me, 1));
+                true
             }
-            if !blocking {
-                return false;
+            Some((holder, depth)) if self.reentrant && holder == me => {
+                *owner = Some((me, depth + 1));
+                true
             }
-            owner = match deadline {
-                None => self.freed.wait(owner).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.freed
-                        .wait_timeout(owner, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
+            Some(_) => false,
+        };
+        wait_until(&self.freed, lock(&self.owner), deadline, take).1
     }
 
     /// `release()`; false if connection `me` does not hold it.
@@ -419,32 +406,6 @@ fn truthy(v: Option<&Value>, default: bool) -> bool {
         Some(Value::Bool(b)) => *b,
         Some(Value::Int(n)) => *n != 0,
         Some(_) => true,
-    }
-}
-
-/// Waits on `cond` until `ready` or `deadline`; whether it became ready.
-fn wait_until<'a, T>(
-    cond: &Condvar,
-    mut guard: MutexGuard<'a, T>,
-    deadline: Option<Instant>,
-    mut ready: impl FnMut(&mut T) -> bool,
-) -> (MutexGuard<'a, T>, bool) {
-    loop {
-        if ready(&mut guard) {
-            return (guard, true);
-        }
-        guard = match deadline {
-            None => cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return (guard, false);
-                }
-                cond.wait_timeout(guard, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-            }
-        };
     }
 }
 
@@ -632,23 +593,20 @@ impl ServedObject for ServedSemaphore {
     fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
         match method {
             "acquire" => {
-                let blocking = truthy(arg(args, kwds, 0, "blocking"), true);
-                let count = lock(&self.count);
-                let got = if blocking {
-                    let deadline = seconds(arg(args, kwds, 1, "timeout"))
-                        .and_then(|t| Instant::now().checked_add(t));
-                    let (mut count, got) = wait_until(&self.changed, count, deadline, |c| *c > 0);
-                    if got {
-                        *count -= 1;
-                    }
-                    got
-                } else if *count > 0 {
-                    let mut count = count;
-                    *count -= 1;
-                    true
+                let deadline = if truthy(arg(args, kwds, 0, "blocking"), true) {
+                    seconds(arg(args, kwds, 1, "timeout"))
+                        .and_then(|t| Instant::now().checked_add(t))
                 } else {
-                    false
+                    Some(Instant::now())
                 };
+                let take = |c: &mut i64| {
+                    let free = *c > 0;
+                    if free {
+                        *c -= 1;
+                    }
+                    free
+                };
+                let got = wait_until(&self.changed, lock(&self.count), deadline, take).1;
                 Reply::Return(Value::Bool(got))
             }
             "release" => {

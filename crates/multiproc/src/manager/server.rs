@@ -23,6 +23,7 @@ use super::objects::{
 use super::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
+use crate::sync::wait_until;
 
 /// What a CPython client sees as the methods of a queue (3.11's `queue.Queue`).
 const QUEUE_EXPOSED: &[&str] = &[
@@ -63,28 +64,17 @@ impl ServedQueue {
 
     /// Takes an item, waiting until `deadline` (`None`: for ever); `None` if none came.
     fn get(&self, block: bool, deadline: Option<Instant>) -> Option<Value> {
-        let mut s = lock(&self.state);
-        loop {
-            if let Some(item) = s.items.pop_front() {
-                return Some(item);
-            }
-            if !block {
-                return None;
-            }
-            s = match deadline {
-                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.changed
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
+        let deadline = if block {
+            deadline
+        } else {
+            Some(Instant::now())
+        };
+        let mut item = None;
+        let _held = wait_until(&self.changed, lock(&self.state), deadline, |s| {
+            item = s.items.pop_front();
+            item.is_some()
+        });
+        item
     }
 }
 

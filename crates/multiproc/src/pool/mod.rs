@@ -782,14 +782,10 @@ impl Pool {
             .unwrap_or_else(|| default_chunksize(items.len(), self.shared.config.processes))
             .max(1);
         let map = result::MapState::new(items.len());
-        let target = TaskTarget::of(&f);
-        for (i, chunk) in items.chunks(chunksize).enumerate() {
-            let start = i * chunksize;
-            let n = chunk.len();
+        self.submit_chunks(TaskTarget::of(&f), &items, chunksize, |start, n| {
             let sink = map.clone();
-            let deliver: Deliver = Box::new(move |outcome| sink.fill(start, n, outcome));
-            self.shared.submit(target, encode_args(chunk)?, deliver)?;
-        }
+            Box::new(move |outcome| sink.fill(start, n, outcome))
+        })?;
         Ok(MapResult::new(map, self.shared.clone()))
     }
 
@@ -846,15 +842,28 @@ impl Pool {
         let items: Vec<A> = items.into_iter().collect();
         let chunksize = chunksize.unwrap_or(1).max(1);
         let (iter, sender) = IMapIter::<R>::new(items.len(), ordered);
-        let target = TaskTarget::of(&f);
+        self.submit_chunks(TaskTarget::of(&f), &items, chunksize, |start, n| {
+            let sender = sender.clone();
+            Box::new(move |outcome| sender.send(start, n, outcome))
+        })?;
+        Ok(iter)
+    }
+
+    /// Submits `items` in chunks of `chunksize`; `deliver(start, len)` makes the delivery of
+    /// the chunk of items `start..start + len`.
+    fn submit_chunks<A: Serialize>(
+        &self,
+        target: TaskTarget,
+        items: &[A],
+        chunksize: usize,
+        mut deliver: impl FnMut(usize, usize) -> Deliver,
+    ) -> Result<()> {
         for (i, chunk) in items.chunks(chunksize).enumerate() {
             let start = i * chunksize;
-            let n = chunk.len();
-            let sender = sender.clone();
-            let deliver: Deliver = Box::new(move |outcome| sender.send(start, n, outcome));
-            self.shared.submit(target, encode_args(chunk)?, deliver)?;
+            self.shared
+                .submit(target, encode_args(chunk)?, deliver(start, chunk.len()))?;
         }
-        Ok(iter)
+        Ok(())
     }
 
     /// Accepts no more tasks; those queued still run (Python's `close`).

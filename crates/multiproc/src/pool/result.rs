@@ -14,6 +14,7 @@ use super::TaskOutcome;
 use crate::error::{Error, Result};
 use crate::process::ItemFailure;
 use crate::sync::spin::spin_until;
+use crate::sync::wait_until;
 
 type AnyValue = Box<dyn Any + Send>;
 
@@ -149,23 +150,8 @@ impl Slot {
         if self.is_ready() || spin_pumping(pump, || self.is_ready()) {
             return true;
         }
-        let mut value = self.value.lock().unwrap_or_else(|p| p.into_inner());
-        while !self.is_ready() {
-            value = match deadline {
-                None => self.filled.wait(value).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.filled
-                        .wait_timeout(value, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        let value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        wait_until(&self.filled, value, deadline, |_| self.is_ready()).1
     }
 
     fn take(&self) -> Option<Result<AnyValue>> {
@@ -342,22 +328,8 @@ impl<R> MapResult<R> {
             return true;
         }
         let (lock, cond, _) = &*self.state.inner;
-        let mut inner = lock.lock().unwrap_or_else(|p| p.into_inner());
-        while inner.remaining > 0 {
-            inner = match deadline {
-                None => cond.wait(inner).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    cond.wait_timeout(inner, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        let inner = lock.lock().unwrap_or_else(|p| p.into_inner());
+        wait_until(cond, inner, deadline, |inner| inner.remaining == 0).1
     }
 }
 

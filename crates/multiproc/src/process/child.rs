@@ -142,7 +142,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
         Err(payload) => {
             let (message, location) = lock(&PANIC)
                 .take()
-                .unwrap_or_else(|| (panic_message(&*payload), None));
+                .unwrap_or_else(|| (crate::error::panic_message(&*payload), None));
             (Report::Panicked { message, location }, Vec::new(), 1)
         }
     };
@@ -225,12 +225,4 @@ fn install_panic_hook() {
 /// panic hook), for pool workers that catch their tasks' panics.
 pub(crate) fn take_last_panic() -> Option<(String, Option<String>)> {
     lock(&PANIC).take()
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "Box<dyn Any>".into())
 }

@@ -39,6 +39,38 @@ pub(crate) fn probe() -> u8 {
     std::hint::black_box(7)
 }
 
+/// The distance of a function at `addr` from this process's [`anchor`].
+fn anchor_offset(addr: usize) -> isize {
+    (addr as isize).wrapping_sub(anchor as fn() as usize as isize)
+}
+
+/// The address at `offset` from this process's [`anchor`].
+fn at_anchor_offset(offset: isize) -> usize {
+    (anchor as fn() as usize as isize).wrapping_add(offset) as usize
+}
+
+/// Fails to compile unless `F` is zero-sized: a fn item or a closure that captures nothing.
+const fn assert_zero_sized<F>() {
+    const {
+        assert!(
+            size_of::<F>() == 0,
+            "a process or pool target must be a fn item or a closure that captures nothing"
+        )
+    };
+}
+
+/// The target of zero-sized type `F`, made from nothing.
+///
+/// # Safety
+/// `F` was checked with [`assert_zero_sized`] where its trampoline was named.
+unsafe fn conjure<F>() -> F {
+    // SAFETY: `F` is zero-sized, so the read touches no memory (a dangling pointer is non-null
+    // and aligned, all a zero-sized read needs); and the only types implementing `Fn` that
+    // safe code can name and that are zero-sized are fn items and closures whose captures are
+    // all zero-sized: creating one creates no bytes and upholds no invariant.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
+}
+
 /// The offset of the trampoline for target type `F` with argument `A` and result `R`.
 pub(crate) fn offset_of<F, A, R>(_target: &F) -> isize
 where
@@ -46,14 +78,9 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    const {
-        assert!(
-            size_of::<F>() == 0,
-            "a process target must be a fn item or a closure that captures nothing"
-        )
-    };
+    assert_zero_sized::<F>();
     let t: Trampoline = trampoline::<F, A, R>;
-    (t as usize as isize).wrapping_sub(anchor as fn() as usize as isize)
+    anchor_offset(t as usize)
 }
 
 /// A target named by its chunk trampoline, for pool workers: made in the parent with
@@ -104,19 +131,14 @@ impl TaskTarget {
         A: DeserializeOwned,
         R: Serialize,
     {
-        const {
-            assert!(
-                size_of::<F>() == 0,
-                "a pool task must be a fn item or a closure that captures nothing"
-            )
-        };
+        assert_zero_sized::<F>();
         let t: ChunkTrampoline = chunk_trampoline::<F, A, R>;
-        TaskTarget((t as usize as isize).wrapping_sub(anchor as fn() as usize as isize))
+        TaskTarget(anchor_offset(t as usize))
     }
 
     /// Runs the target over a serialized chunk of arguments.
     pub(crate) fn run(self, items: &[u8]) -> Result<Vec<u8>, String> {
-        let addr = (anchor as fn() as usize as isize).wrapping_add(self.0) as usize;
+        let addr = at_anchor_offset(self.0);
         // SAFETY: a TaskTarget is made only by `of` (the field is private), in the pool's
         // parent, and reaches a worker only through queues that the pool created and handed to
         // workers it started itself: processes of the same executable, whose build fingerprint
@@ -134,8 +156,8 @@ where
 {
     let args: Vec<A> =
         share::decode("pool task arguments", items, Vec::new()).map_err(|e| e.to_string())?;
-    // SAFETY: as in `trampoline`: `TaskTarget::of` asserted that F is zero-sized.
-    let target: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    // SAFETY: `TaskTarget::of`, the only place naming this trampoline, checked `F`.
+    let target: F = unsafe { conjure() };
     // Values in item order, skipping failed items, then the failures with their indexes: the
     // common all-good chunk decodes straight into a `Vec<R>`.
     let mut values: Vec<R> = Vec::with_capacity(args.len());
@@ -144,14 +166,8 @@ where
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(a))) {
             Ok(v) => values.push(v),
             Err(payload) => {
-                let (message, location) = super::child::take_last_panic().unwrap_or_else(|| {
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "Box<dyn Any>".into());
-                    (message, None)
-                });
+                let (message, location) = super::child::take_last_panic()
+                    .unwrap_or_else(|| (crate::error::panic_message(&*payload), None));
                 let pid = crate::platform::getpid();
                 failures.push((
                     i as u32,
@@ -180,7 +196,7 @@ where
 /// `offset` must come from [`offset_of`] in a process running the same executable (checked by
 /// the build fingerprint before this is called).
 pub(crate) unsafe fn resolve(offset: isize) -> Trampoline {
-    let addr = (anchor as fn() as usize as isize).wrapping_add(offset) as usize;
+    let addr = at_anchor_offset(offset);
     // SAFETY: by the caller's guarantee `addr` is the address of a function of type Trampoline
     // in this very executable image, which is mapped at the same relative position.
     unsafe { std::mem::transmute::<usize, Trampoline>(addr) }
@@ -196,13 +212,8 @@ where
         Ok(a) => a,
         Err(e) => return TargetOutcome::Broken(e.to_string()),
     };
-    // SAFETY: `offset_of` asserted at compile time that F is zero-sized, so the read touches no
-    // memory (a dangling pointer is non-null and aligned, all a zero-sized read needs); and the
-    // only types
-    // implementing `Fn` that safe code can name and that are zero-sized are fn items and
-    // closures whose captures are all zero-sized: creating one creates no bytes and upholds no
-    // invariant.
-    let target: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    // SAFETY: `offset_of`, the only place naming this trampoline, checked `F`.
+    let target: F = unsafe { conjure() };
     let result = target(args);
     let failed = is_err_result(&result);
     let mut value = Vec::new();

@@ -126,6 +126,26 @@ pub struct Queue<T> {
     _item: PhantomData<fn(T) -> T>,
 }
 
+impl<T> Queue<T> {
+    fn from_parts(
+        shared: Shared<RingLayout>,
+        side_tx: OwnedFd,
+        side_rx: OwnedFd,
+        what: String,
+    ) -> Queue<T> {
+        Queue {
+            inner: Arc::new(Inner {
+                shared,
+                side_tx,
+                side_rx,
+                what,
+                closed: AtomicBool::new(false),
+            }),
+            _item: PhantomData,
+        }
+    }
+}
+
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Queue {
@@ -198,16 +218,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
             platform::set_nonblocking(fd.as_fd())
                 .map_err(|e| Error::io(format!("{what}: cannot set up side channel"), e))?;
         }
-        Ok(Queue {
-            inner: Arc::new(Inner {
-                shared,
-                side_tx,
-                side_rx,
-                what,
-                closed: AtomicBool::new(false),
-            }),
-            _item: PhantomData,
-        })
+        Ok(Queue::from_parts(shared, side_tx, side_rx, what))
     }
 
     /// Creates a [`JoinableQueue`].
@@ -596,16 +607,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 std::any::type_name::<T>()
             )));
         }
-        Ok(Queue {
-            inner: Arc::new(Inner {
-                shared,
-                side_tx,
-                side_rx,
-                what,
-                closed: AtomicBool::new(false),
-            }),
-            _item: PhantomData,
-        })
+        Ok(Queue::from_parts(shared, side_tx, side_rx, what))
     }
 }
 

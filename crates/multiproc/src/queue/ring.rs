@@ -585,15 +585,8 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::shim::bounded_model;
     use loom::sync::Arc;
-
-    /// Every interleaving with up to three preemptions: the usual bound that keeps the
-    /// search tractable while still finding ordering bugs, which need few preemptions.
-    fn bounded_model(f: impl Fn() + Sync + Send + 'static) {
-        let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(3);
-        model.check(f);
-    }
 
     fn put(ring: &Ring<'_>, payload: &[u8]) {
         let mut p = ring.producer(None).unwrap();

@@ -20,3 +20,34 @@ pub use lock::{Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 
 pub(crate) use lock::deadline_after;
+
+use std::sync::{Condvar, MutexGuard};
+use std::time::Instant;
+
+/// Waits on a process-local `cond` (with its mutex held through `guard`) until `ready` holds
+/// or `deadline` passes (`None`: for ever); gives the guard back and whether `ready` held.
+/// `ready` may change the state (take an item, a lock) when it says yes.
+pub(crate) fn wait_until<'a, T>(
+    cond: &Condvar,
+    mut guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut(&mut T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    loop {
+        if ready(&mut guard) {
+            return (guard, true);
+        }
+        guard = match deadline {
+            None => cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (guard, false);
+                }
+                cond.wait_timeout(guard, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    }
+}

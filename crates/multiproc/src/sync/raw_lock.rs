@@ -219,16 +219,9 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::shim::bounded_model;
     use loom::cell::UnsafeCell;
     use loom::sync::Arc;
-
-    /// Every interleaving with up to three preemptions: the usual bound that keeps the
-    /// search tractable while still finding ordering bugs, which need few preemptions.
-    fn bounded_model(f: impl Fn() + Sync + Send + 'static) {
-        let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(3);
-        model.check(f);
-    }
 
     /// Three threads increment a plain cell under the lock: loom checks every interleaving for
     /// a data race on the cell (mutual exclusion) and for a lost wake-up (a deadlock).

@@ -164,6 +164,15 @@ mod model {
     pub(crate) fn spin_hint() {
         loom::thread::yield_now()
     }
+
+    /// Every interleaving with up to three preemptions: the usual bound that keeps the
+    /// search tractable while still finding ordering bugs, which need few preemptions.
+    #[cfg(test)]
+    pub(crate) fn bounded_model(f: impl Fn() + Sync + Send + 'static) {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(f);
+    }
 }
 
 #[cfg(loom)]

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::registry::{self, ExitGuard, RunState, ThreadInfo};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::sync::deadline_after;
 
 /// A thread not yet started: set its name and daemon flag, then [`spawn`](Self::spawn) it.
@@ -254,12 +254,4 @@ impl<R> fmt::Debug for Thread<R> {
             .field("alive", &self.is_alive())
             .finish()
     }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "Box<dyn Any>".into())
 }
