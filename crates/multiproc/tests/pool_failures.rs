@@ -72,6 +72,83 @@ fn map_apply_and_starmap_give_every_result_in_order() {
     pool.join().unwrap();
 }
 
+/// Yields `actual` numbers while claiming to know it will yield exactly `claimed`.
+struct Misstated {
+    next: u64,
+    actual: u64,
+    claimed: usize,
+}
+
+impl Iterator for Misstated {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        (self.next < self.actual).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claimed, Some(self.claimed))
+    }
+}
+
+#[test]
+fn map_trusts_the_items_not_the_length_an_iterator_claims() {
+    let pool = Pool::new(2).unwrap();
+    for (actual, claimed) in [(10, 100), (100, 10), (0, 5), (5, 0)] {
+        let items = Misstated {
+            next: 0,
+            actual,
+            claimed,
+        };
+        let got = pool.map(square, items).unwrap();
+        assert_eq!(got, (0..actual).map(square).collect::<Vec<_>>());
+    }
+    // An iterator with no exact length is counted first.
+    let odd = pool.map(square, (0..50u64).filter(|x| x % 2 == 1)).unwrap();
+    assert_eq!(
+        odd,
+        (0..50u64)
+            .filter(|x| x % 2 == 1)
+            .map(square)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn halve(x: f64) -> f64 {
+    x / 2.0
+}
+
+fn describe(x: i8) -> String {
+    format!("<{x}>")
+}
+
+fn fail_on_seven(x: u16) -> u16 {
+    assert!(x != 7, "seven is not welcome");
+    x + 1
+}
+
+#[test]
+fn map_carries_numbers_strings_and_failures_inside_a_chunk() {
+    let pool = Pool::new(2).unwrap();
+    let floats = [1.0, -0.5, f64::INFINITY, 3.25];
+    assert_eq!(pool.map(halve, floats).unwrap(), floats.map(halve));
+    assert_eq!(
+        pool.map_chunked(describe, [-128i8, 0, 127], 2).unwrap(),
+        ["<-128>", "<0>", "<127>"]
+    );
+    let err = pool.map_chunked(fail_on_seven, 0..20, 10).unwrap_err();
+    assert!(err.to_string().contains("seven is not welcome"), "{err}");
+    let mut each = pool.imap(fail_on_seven, 5..9, Some(4)).unwrap();
+    assert_eq!(each.next().unwrap().unwrap(), 6);
+    assert_eq!(each.next().unwrap().unwrap(), 7);
+    assert!(each.next().unwrap().is_err());
+    assert_eq!(each.next().unwrap().unwrap(), 9);
+    assert!(each.next().is_none());
+}
+
 #[test]
 fn a_panicking_task_fails_alone_and_the_worker_carries_on() {
     let pool = Pool::new(1).unwrap();

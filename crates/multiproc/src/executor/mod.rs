@@ -89,7 +89,7 @@ impl ProcessPoolExecutor {
     pub fn submit<F, A, R>(&self, f: F, args: A) -> Result<Future<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let id = Arc::new(AtomicU64::new(u64::MAX));
@@ -145,7 +145,7 @@ impl ProcessPoolExecutor {
     ) -> Result<ExecutorMap<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let inner = self.pool.imap(f, items, None)?;
@@ -199,7 +199,7 @@ impl<R> fmt::Debug for ExecutorMap<R> {
     }
 }
 
-impl<R: DeserializeOwned> Iterator for ExecutorMap<R> {
+impl<R: DeserializeOwned + 'static> Iterator for ExecutorMap<R> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {

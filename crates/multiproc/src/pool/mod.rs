@@ -27,13 +27,15 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use self::result::Slot;
-use self::worker::{FromWorker, INITIALIZER_FAILED, ToWorker, WorkerArgs, worker_main};
+use self::worker::{FromWorker, INITIALIZER_FAILED, TaskBytes, ToWorker, WorkerArgs, worker_main};
 use crate::error::{Error, Result};
 use crate::process::{Process, StartMethod, TaskTarget};
 use crate::queue::Queue;
 
 /// Tasks sent ahead to one worker (one running, the next ready).
 const AHEAD: usize = 2;
+/// The most items of a chunk that are reserved room for up front (more grow as they come).
+const CHUNK_BUFFER_ITEMS: usize = 1 << 16;
 /// How often the handler looks whether waiters still take results themselves.
 const PUMPING_LOOK: Duration = Duration::from_millis(1);
 /// How often the handler looks at the workers when no result comes.
@@ -45,7 +47,7 @@ type Deliver = Box<dyn FnOnce(TaskOutcome) + Send>;
 
 struct TaskEntry {
     target: TaskTarget,
-    items: ByteBuf,
+    items: TaskBytes,
     retries_left: u32,
     deliver: Deliver,
 }
@@ -88,7 +90,7 @@ struct Shared {
 #[derive(Clone)]
 struct Config {
     processes: usize,
-    initializer: Option<(TaskTarget, ByteBuf)>,
+    initializer: Option<(TaskTarget, TaskBytes)>,
     max_tasks_per_child: u64,
     task_timeout: Option<Duration>,
     retries: u32,
@@ -138,8 +140,8 @@ impl PoolBuilder {
     pub fn initializer<F, A, R>(mut self, f: F, args: A) -> Self
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
-        R: Serialize,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + 'static,
     {
         match encode_args(&[args]) {
             Ok(bytes) => self.config.initializer = Some((TaskTarget::of(&f), bytes)),
@@ -186,7 +188,10 @@ impl PoolBuilder {
         if self.config.processes == 0 {
             return Err(Error::invalid("pool", "needs at least one process"));
         }
-        let results = Queue::builder().name("pool results").build()?;
+        let results = Queue::builder()
+            .name("pool results")
+            .preallocate(true)
+            .build()?;
         let shared = Arc::new(Shared {
             pumpers: std::sync::atomic::AtomicUsize::new(0),
             handler_thread: std::sync::OnceLock::new(),
@@ -223,18 +228,11 @@ impl PoolBuilder {
     }
 }
 
-/// Serializes a chunk of arguments (as a `Vec<A>`).
-fn encode_args<A: Serialize>(args: &[A]) -> Result<ByteBuf> {
+/// Serializes a chunk of arguments.
+fn encode_args<A: Serialize + 'static>(args: &[A]) -> Result<TaskBytes> {
     let mut bytes = Vec::new();
-    let fds = crate::share::encode_into("pool task arguments", args, &mut bytes)?;
-    if !fds.is_empty() {
-        return Err(Error::serialization(
-            "pool task arguments",
-            "cannot carry shared handles (queues, locks, pipes); pass them to the workers with \
-             the initializer",
-        ));
-    }
-    Ok(ByteBuf::from(bytes))
+    crate::process::chunk::encode_items("pool task arguments", args, &mut bytes)?;
+    Ok(TaskBytes(Arc::new(bytes)))
 }
 
 impl Shared {
@@ -243,7 +241,10 @@ impl Shared {
     }
 
     fn start_worker(&self, slot: u32) -> Result<Worker> {
-        let tasks = Queue::builder().name("pool tasks").build()?;
+        let tasks = Queue::builder()
+            .name("pool tasks")
+            .preallocate(true)
+            .build()?;
         let args = WorkerArgs {
             tasks: tasks.clone(),
             results: self.results.clone(),
@@ -269,7 +270,7 @@ impl Shared {
     }
 
     /// Adds a task and sends it if a worker has room.
-    fn submit(&self, target: TaskTarget, items: ByteBuf, deliver: Deliver) -> Result<u64> {
+    fn submit(&self, target: TaskTarget, items: TaskBytes, deliver: Deliver) -> Result<u64> {
         let mut state = self.lock();
         if let Some(why) = &state.broken {
             return Err(Error::invalid("pool", format!("broken: {why}")));
@@ -658,7 +659,7 @@ impl Pool {
     pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.apply_async(f, args)?.get()
@@ -672,7 +673,7 @@ impl Pool {
     pub fn apply_async<F, A, R>(&self, f: F, args: A) -> Result<AsyncResult<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.apply_async_with(f, args, |_: &R| {}, |_: &Error| {})
@@ -693,7 +694,7 @@ impl Pool {
     ) -> Result<AsyncResult<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let items = encode_args(&[args])?;
@@ -723,7 +724,7 @@ impl Pool {
     pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map_async(f, items, None)?.get()
@@ -741,7 +742,7 @@ impl Pool {
     ) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map_async(f, items, Some(chunksize))?.get()
@@ -755,7 +756,7 @@ impl Pool {
     pub fn starmap<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map(f, items)
@@ -774,18 +775,45 @@ impl Pool {
     ) -> Result<MapResult<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<A> = items.into_iter().collect();
+        // An iterator of known length is encoded chunk by chunk as it goes; others are
+        // counted first (CPython makes a list), for the default chunksize.
+        let items = items.into_iter();
+        match items.size_hint() {
+            (low, Some(high)) if low == high => self.map_items(f, items, low, chunksize),
+            _ => {
+                let items: Vec<A> = items.collect();
+                let len = items.len();
+                self.map_items(f, items.into_iter(), len, chunksize)
+            }
+        }
+    }
+
+    /// `map_async` of `items`, which says it has `len` of them.
+    fn map_items<F, A, R>(
+        &self,
+        f: F,
+        items: impl Iterator<Item = A>,
+        len: usize,
+        chunksize: Option<usize>,
+    ) -> Result<MapResult<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         let chunksize = chunksize
-            .unwrap_or_else(|| default_chunksize(items.len(), self.shared.config.processes))
+            .unwrap_or_else(|| default_chunksize(len, self.shared.config.processes))
             .max(1);
-        let map = result::MapState::new(items.len());
-        self.submit_chunks(TaskTarget::of(&f), &items, chunksize, |start, n| {
+        let map = result::MapState::new();
+        let count = self.submit_chunks(TaskTarget::of(&f), items, chunksize, |start, n| {
             let sink = map.clone();
             Box::new(move |outcome| sink.fill(start, n, outcome))
         })?;
+        // The iterator's word is not to be trusted with the end of the map.
+        map.submitted(count);
         Ok(MapResult::new(map, self.shared.clone()))
     }
 
@@ -802,7 +830,7 @@ impl Pool {
     ) -> Result<IMapIter<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_inner(f, items, chunksize, true)
@@ -821,7 +849,7 @@ impl Pool {
     ) -> Result<IMapIter<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_inner(f, items, chunksize, false)
@@ -836,34 +864,45 @@ impl Pool {
     ) -> Result<IMapIter<R>>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let items: Vec<A> = items.into_iter().collect();
         let chunksize = chunksize.unwrap_or(1).max(1);
         let (iter, sender) = IMapIter::<R>::new(items.len(), ordered);
-        self.submit_chunks(TaskTarget::of(&f), &items, chunksize, |start, n| {
-            let sender = sender.clone();
-            Box::new(move |outcome| sender.send(start, n, outcome))
-        })?;
+        self.submit_chunks(
+            TaskTarget::of(&f),
+            items.into_iter(),
+            chunksize,
+            |start, n| {
+                let sender = sender.clone();
+                Box::new(move |outcome| sender.send(start, n, outcome))
+            },
+        )?;
         Ok(iter)
     }
 
     /// Submits `items` in chunks of `chunksize`; `deliver(start, len)` makes the delivery of
-    /// the chunk of items `start..start + len`.
-    fn submit_chunks<A: Serialize>(
+    /// the chunk of items `start..start + len`. How many items there were.
+    fn submit_chunks<A: Serialize + 'static>(
         &self,
         target: TaskTarget,
-        items: &[A],
+        mut items: impl Iterator<Item = A>,
         chunksize: usize,
         mut deliver: impl FnMut(usize, usize) -> Deliver,
-    ) -> Result<()> {
-        for (i, chunk) in items.chunks(chunksize).enumerate() {
-            let start = i * chunksize;
+    ) -> Result<usize> {
+        let mut chunk = Vec::with_capacity(chunksize.min(CHUNK_BUFFER_ITEMS));
+        let mut start = 0;
+        loop {
+            chunk.clear();
+            chunk.extend(items.by_ref().take(chunksize));
+            if chunk.is_empty() {
+                return Ok(start);
+            }
             self.shared
-                .submit(target, encode_args(chunk)?, deliver(start, chunk.len()))?;
+                .submit(target, encode_args(&chunk)?, deliver(start, chunk.len()))?;
+            start += chunk.len();
         }
-        Ok(())
     }
 
     /// Accepts no more tasks; those queued still run (Python's `close`).
@@ -964,7 +1003,7 @@ impl Pool {
     ) -> Result<u64>
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let items = encode_args(&[args])?;

@@ -12,20 +12,16 @@ use serde::de::DeserializeOwned;
 
 use super::TaskOutcome;
 use crate::error::{Error, Result};
-use crate::process::ItemFailure;
+use crate::process::chunk;
 use crate::sync::spin::spin_until;
 use crate::sync::wait_until;
 
 type AnyValue = Box<dyn Any + Send>;
 
-/// What a worker sends back for a chunk: the failures with their indexes, and the values of
-/// the items that succeeded, in order.
-type ChunkResults<R> = (Vec<(u32, ItemFailure)>, Vec<R>);
-
 /// Decodes a chunk's results, one per item.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(blob: &[u8]) -> Result<Vec<Result<R>>> {
-    let (failures, values): ChunkResults<R> =
-        crate::share::decode("pool task result", blob, Vec::new())?;
+pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(blob: &[u8]) -> Result<Vec<Result<R>>> {
+    let mut values = Vec::new();
+    let failures = chunk::decode_results_appending(blob, &mut values)?;
     let n = values.len() + failures.len();
     let mut failures = failures.into_iter().peekable();
     let mut values = values.into_iter();
@@ -44,25 +40,32 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(blob: &[u8]) -> Result<Vec<Resul
     Ok(out)
 }
 
-/// Appends a chunk's values to `out`, or gives its first failure.
-fn decode_chunk_into<R: DeserializeOwned>(blob: &[u8], n: usize, out: &mut Vec<R>) -> Result<()> {
-    let (failures, values): ChunkResults<R> =
-        crate::share::decode("pool task result", blob, Vec::new())?;
-    if let Some((_, first)) = failures.into_iter().next() {
-        return Err(first.into_error());
+/// Decodes a chunk of `n` results, appending its values to `out`; its first failure (index
+/// within the chunk) if an item failed (then `out` holds only some of its values).
+fn decode_chunk_appending<R: DeserializeOwned + 'static>(
+    blob: &[u8],
+    n: usize,
+    out: &mut Vec<R>,
+) -> Result<Option<(usize, Error)>> {
+    let before = out.len();
+    out.reserve(n);
+    let failures = chunk::decode_results_appending(blob, out)?;
+    if let Some((at, first)) = failures.into_iter().next() {
+        return Ok(Some((at as usize, first.into_error())));
     }
-    if values.len() != n {
+    let got = out.len() - before;
+    if got != n {
+        out.truncate(before);
         return Err(Error::protocol(
             "pool",
-            format!("a chunk of {n} came back with {} results", values.len()),
+            format!("a chunk of {n} came back with {got} results"),
         ));
     }
-    out.extend(values);
-    Ok(())
+    Ok(None)
 }
 
 /// The value of a one-item task.
-pub(crate) fn single<R: DeserializeOwned>(outcome: TaskOutcome) -> Result<R> {
+pub(crate) fn single<R: DeserializeOwned + 'static>(outcome: TaskOutcome) -> Result<R> {
     let mut items = decode_chunk::<R>(&outcome?)?;
     match items.pop() {
         Some(item) if items.is_empty() => item,
@@ -75,7 +78,7 @@ pub(crate) fn single<R: DeserializeOwned>(outcome: TaskOutcome) -> Result<R> {
 
 /// The results of the chunk `start..start + n`, one per item (a chunk-wide failure is copied
 /// to each of its items).
-fn expand<R: DeserializeOwned>(n: usize, outcome: TaskOutcome) -> Vec<Result<R>> {
+fn expand<R: DeserializeOwned + 'static>(n: usize, outcome: TaskOutcome) -> Vec<Result<R>> {
     let decoded = outcome.and_then(|blob| decode_chunk::<R>(&blob));
     match decoded {
         Ok(items) if items.len() == n => items,
@@ -251,40 +254,109 @@ impl<R: 'static> AsyncResult<R> {
     }
 }
 
-struct MapInner {
-    /// `(start, len, outcome)` of each chunk delivered so far.
-    chunks: Vec<(usize, usize, TaskOutcome)>,
-    remaining: usize,
+struct MapInner<R> {
+    /// The values of items `0..out.len()`, in order: a chunk that arrives in turn is decoded
+    /// straight onto the end (no copy later, and decoding overlaps the workers' work).
+    out: Vec<R>,
+    /// Chunks that arrived before their turn, decoded, by start.
+    early: BTreeMap<usize, Vec<R>>,
+    /// The first failing item seen so far (lowest index) and its error.
+    failure: Option<(usize, Error)>,
+    /// How many items were submitted, once all of them were.
+    expected: Option<usize>,
+    /// How many items' results came.
+    received: usize,
     taken: bool,
 }
 
-/// The shared state of one `map_async`, filled chunk by chunk.
-#[derive(Clone)]
-pub(crate) struct MapState {
-    inner: Arc<(Mutex<MapInner>, Condvar, AtomicBool)>,
+impl<R> MapInner<R> {
+    fn done(&self) -> bool {
+        self.expected == Some(self.received)
+    }
 }
 
-impl MapState {
-    pub(crate) fn new(len: usize) -> MapState {
+impl<R: DeserializeOwned + 'static> MapInner<R> {
+    fn fill(&mut self, start: usize, n: usize, outcome: TaskOutcome) {
+        self.received += n;
+        if self.failure.as_ref().is_some_and(|(at, _)| *at < start) {
+            return; // the map has already failed at an earlier item
+        }
+        let in_turn = start == self.out.len();
+        let mut early = Vec::new();
+        let decoded = outcome.and_then(|blob| {
+            let into = if in_turn { &mut self.out } else { &mut early };
+            decode_chunk_appending(&blob, n, into)
+        });
+        match decoded {
+            Ok(None) if !in_turn => {
+                self.early.insert(start, early);
+            }
+            Ok(None) => {}
+            Ok(Some((i, e))) => self.fail(start + i, e),
+            Err(e) => self.fail(start, e),
+        }
+        if self.failure.is_some() {
+            self.early.clear();
+            return;
+        }
+        while let Some(values) = self.early.remove(&self.out.len()) {
+            self.out.extend(values);
+        }
+    }
+
+    fn fail(&mut self, at: usize, e: Error) {
+        if self.failure.as_ref().is_none_or(|(first, _)| at < *first) {
+            self.failure = Some((at, e));
+        }
+    }
+}
+
+/// The shared state of one `map_async`, filled chunk by chunk.
+pub(crate) struct MapState<R> {
+    inner: Arc<(Mutex<MapInner<R>>, Condvar, AtomicBool)>,
+}
+
+impl<R> Clone for MapState<R> {
+    fn clone(&self) -> Self {
+        MapState {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: DeserializeOwned + 'static> MapState<R> {
+    pub(crate) fn new() -> MapState<R> {
         MapState {
             inner: Arc::new((
                 Mutex::new(MapInner {
-                    chunks: Vec::new(),
-                    remaining: len,
+                    out: Vec::new(),
+                    early: BTreeMap::new(),
+                    failure: None,
+                    expected: None,
+                    received: 0,
                     taken: false,
                 }),
                 Condvar::new(),
-                AtomicBool::new(len == 0),
+                AtomicBool::new(false),
             )),
         }
     }
 
+    /// Decodes the results of the chunk `start..start + n` into place.
     pub(crate) fn fill(&self, start: usize, n: usize, outcome: TaskOutcome) {
+        self.update(|inner| inner.fill(start, n, outcome));
+    }
+
+    /// Every chunk was submitted: `count` items in all.
+    pub(crate) fn submitted(&self, count: usize) {
+        self.update(|inner| inner.expected = Some(count));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut MapInner<R>)) {
         let (lock, cond, done) = &*self.inner;
         let mut inner = lock.lock().unwrap_or_else(|p| p.into_inner());
-        inner.chunks.push((start, n, outcome));
-        inner.remaining = inner.remaining.saturating_sub(n);
-        if inner.remaining == 0 {
+        change(&mut inner);
+        if inner.done() {
             done.store(true, Ordering::Release);
             cond.notify_all();
         }
@@ -294,9 +366,8 @@ impl MapState {
 /// The results of [`Pool::map_async`](crate::Pool::map_async), arriving together (Python's
 /// `MapResult`).
 pub struct MapResult<R> {
-    state: MapState,
+    state: MapState<R>,
     pump: Arc<dyn Pump>,
-    _value: PhantomData<fn() -> R>,
 }
 
 impl<R> fmt::Debug for MapResult<R> {
@@ -308,12 +379,8 @@ impl<R> fmt::Debug for MapResult<R> {
 }
 
 impl<R> MapResult<R> {
-    pub(crate) fn new(state: MapState, pump: Arc<dyn Pump>) -> Self {
-        MapResult {
-            state,
-            pump,
-            _value: PhantomData,
-        }
+    pub(crate) fn new(state: MapState<R>, pump: Arc<dyn Pump>) -> Self {
+        MapResult { state, pump }
     }
 
     /// Whether every result is there.
@@ -329,11 +396,21 @@ impl<R> MapResult<R> {
         }
         let (lock, cond, _) = &*self.state.inner;
         let inner = lock.lock().unwrap_or_else(|p| p.into_inner());
-        wait_until(cond, inner, deadline, |inner| inner.remaining == 0).1
+        wait_until(cond, inner, deadline, |inner| inner.done()).1
     }
-}
 
-impl<R: DeserializeOwned> MapResult<R> {
+    /// Whether every item succeeded.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if not finished.
+    pub fn successful(&self) -> Result<bool> {
+        if !self.ready() {
+            return Err(Error::invalid("pool map result", "not ready"));
+        }
+        let inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(inner.failure.is_none())
+    }
+
     /// Waits for every result and takes them, in item order.
     ///
     /// # Errors
@@ -350,22 +427,6 @@ impl<R: DeserializeOwned> MapResult<R> {
         self.get_until(deadline_after(timeout), timeout)
     }
 
-    /// Whether every item succeeded (decoding the results to find out).
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if not finished.
-    pub fn successful(&self) -> Result<bool> {
-        if !self.ready() {
-            return Err(Error::invalid("pool map result", "not ready"));
-        }
-        let inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(inner.chunks.iter().all(|(_, n, outcome)| match outcome {
-            Ok(blob) => decode_chunk::<R>(blob)
-                .is_ok_and(|items| items.len() == *n && items.iter().all(Result::is_ok)),
-            Err(_) => false,
-        }))
-    }
-
     fn get_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<Vec<R>> {
         let waited = match deadline {
             None => self.wait(None),
@@ -374,21 +435,15 @@ impl<R: DeserializeOwned> MapResult<R> {
         if !waited {
             return Err(Error::timeout("pool map result", timeout));
         }
-        let mut chunks = {
-            let mut inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-            if inner.taken {
-                return Err(Error::invalid("pool map result", "already taken"));
-            }
-            inner.taken = true;
-            std::mem::take(&mut inner.chunks)
-        };
-        chunks.sort_by_key(|(start, _, _)| *start);
-        let total = chunks.iter().map(|(_, n, _)| n).sum();
-        let mut out = Vec::with_capacity(total);
-        for (_, n, outcome) in chunks {
-            decode_chunk_into(&outcome?, n, &mut out)?;
+        let mut inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.taken {
+            return Err(Error::invalid("pool map result", "already taken"));
         }
-        Ok(out)
+        inner.taken = true;
+        if let Some((_, e)) = inner.failure.take() {
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut inner.out))
     }
 }
 
@@ -426,7 +481,7 @@ impl<R> fmt::Debug for IMapIter<R> {
     }
 }
 
-impl<R: DeserializeOwned> IMapIter<R> {
+impl<R: DeserializeOwned + 'static> IMapIter<R> {
     pub(crate) fn new(total: usize, ordered: bool) -> (Self, IMapSender) {
         let (tx, rx) = mpsc::channel();
         let iter = IMapIter {
@@ -493,7 +548,7 @@ impl<R: DeserializeOwned> IMapIter<R> {
     }
 }
 
-impl<R: DeserializeOwned> Iterator for IMapIter<R> {
+impl<R: DeserializeOwned + 'static> Iterator for IMapIter<R> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {

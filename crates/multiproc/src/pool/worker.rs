@@ -2,7 +2,9 @@
 
 use std::panic::{self, AssertUnwindSafe};
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use crate::process::{ItemFailure, TaskTarget};
@@ -11,14 +13,32 @@ use crate::queue::Queue;
 /// A message to one worker.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run `target` on each argument of `items` (a serialized `Vec<A>`) and report.
+    /// Run `target` on each argument of `items` (a chunk of arguments) and report.
     Task {
         id: u64,
         target: TaskTarget,
-        items: ByteBuf,
+        items: TaskBytes,
     },
     /// Finish: exit once the queue has been read up to here.
     Stop,
+}
+
+/// A task's encoded arguments, shared between the pool's record of the task (kept for a
+/// retry) and the message that takes them to a worker: sending is then one copy, into the
+/// queue.
+#[derive(Clone)]
+pub(crate) struct TaskBytes(pub(crate) Arc<Vec<u8>>);
+
+impl Serialize for TaskBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ByteBuf::deserialize(d).map(|b| TaskBytes(Arc::new(b.into_vec())))
+    }
 }
 
 /// A worker's report of one task: a serialized `Vec<Result<R, ItemFailure>>`, or why the
@@ -37,7 +57,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) results: Queue<FromWorker>,
     pub(crate) slot: u32,
     /// The initializer and its argument, as a chunk of one.
-    pub(crate) initializer: Option<(TaskTarget, ByteBuf)>,
+    pub(crate) initializer: Option<(TaskTarget, TaskBytes)>,
     /// Tasks to run before exiting (0: no limit), CPython's `maxtasksperchild`.
     pub(crate) max_tasks: u64,
 }
@@ -71,7 +91,7 @@ fn initialize(target: TaskTarget, args: &[u8]) -> Option<String> {
 
 pub(crate) fn worker_main(args: WorkerArgs) {
     if let Some((target, init_args)) = &args.initializer
-        && let Some(why) = initialize(*target, init_args)
+        && let Some(why) = initialize(*target, &init_args.0)
     {
         // Tell the pool, which then fails its tasks instead of starting workers for ever.
         let _ = args.results.put(&FromWorker {
@@ -86,7 +106,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let report = FromWorker {
             slot: args.slot,
             id,
-            outcome: run_chunk(target, &items),
+            outcome: run_chunk(target, &items.0),
         };
         if args.results.put(&report).is_err() {
             return;

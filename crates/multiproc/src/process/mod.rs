@@ -4,6 +4,7 @@ mod child;
 mod current;
 mod forkserver;
 mod registry;
+pub(crate) mod chunk;
 mod target;
 
 use std::fmt;

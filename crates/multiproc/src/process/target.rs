@@ -128,8 +128,8 @@ impl TaskTarget {
     pub(crate) fn of<F, A, R>(_f: &F) -> TaskTarget
     where
         F: Fn(A) -> R + Copy + 'static,
-        A: DeserializeOwned,
-        R: Serialize,
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
     {
         assert_zero_sized::<F>();
         let t: ChunkTrampoline = chunk_trampoline::<F, A, R>;
@@ -151,17 +151,18 @@ impl TaskTarget {
 fn chunk_trampoline<F, A, R>(items: &[u8]) -> Result<Vec<u8>, String>
 where
     F: Fn(A) -> R + Copy + 'static,
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
-    let args: Vec<A> =
-        share::decode("pool task arguments", items, Vec::new()).map_err(|e| e.to_string())?;
+    let mut args: Vec<A> = Vec::new();
+    super::chunk::decode_items_appending("pool task arguments", items, &mut args)
+        .map_err(|e| e.to_string())?;
     // SAFETY: `TaskTarget::of`, the only place naming this trampoline, checked `F`.
     let target: F = unsafe { conjure() };
     // Values in item order, skipping failed items, then the failures with their indexes: the
     // common all-good chunk decodes straight into a `Vec<R>`.
     let mut values: Vec<R> = Vec::with_capacity(args.len());
-    let mut failures: Vec<(u32, ItemFailure)> = Vec::new();
+    let mut failures = Vec::new();
     for (i, a) in args.into_iter().enumerate() {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(a))) {
             Ok(v) => values.push(v),
@@ -180,14 +181,7 @@ where
             }
         }
     }
-    let results = (failures, values);
-    let mut out = Vec::new();
-    let fds =
-        share::encode_into("pool task results", &results, &mut out).map_err(|e| e.to_string())?;
-    if !fds.is_empty() {
-        return Err("a pool task's result cannot carry shared handles".into());
-    }
-    Ok(out)
+    super::chunk::encode_results(&failures, &values).map_err(|e| e.to_string())
 }
 
 /// The trampoline at `offset` from this process's anchor.

@@ -170,6 +170,7 @@ impl<T> Clone for Queue<T> {
 pub struct QueueBuilder<T> {
     maxsize: u32,
     ring_bytes: usize,
+    preallocate: bool,
     name: Option<String>,
     _item: PhantomData<fn(T) -> T>,
 }
@@ -185,6 +186,14 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// Pages are only allocated when first used.
     pub fn ring_bytes(mut self, bytes: usize) -> Self {
         self.ring_bytes = bytes;
+        self
+    }
+
+    /// Allocate every page of the ring now (default: when first used). A queue that will
+    /// carry a lot soon then takes no page fault per page on its first laps, at the cost of
+    /// its whole ring in memory from the start.
+    pub fn preallocate(mut self, preallocate: bool) -> Self {
+        self.preallocate = preallocate;
         self
     }
 
@@ -207,9 +216,12 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
             .ring_bytes
             .clamp(MIN_RING_BYTES, MAX_RING_BYTES)
             .next_power_of_two();
-        let shared = Shared::create(capacity, |l: &RingLayout, _| {
+        let shared = Shared::create_populated(capacity, self.preallocate, |l: &RingLayout, _| {
             l.capacity.store(capacity as u32, Ordering::Relaxed);
             l.maxsize.store(self.maxsize, Ordering::Relaxed);
+            if self.preallocate {
+                l.flags.store(ring::PREALLOCATED, Ordering::Relaxed);
+            }
             l.type_hash.store(type_hash::<T>(), Ordering::Relaxed);
         })?;
         let (side_tx, side_rx) = platform::seqpacket_pair()
@@ -252,6 +264,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         QueueBuilder {
             maxsize: 0,
             ring_bytes: DEFAULT_RING_BYTES,
+            preallocate: false,
             name: None,
             _item: PhantomData,
         }
@@ -389,7 +402,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn side_file(&self, bytes: &[u8]) -> Result<Arc<Segment>> {
-        let segment = Segment::create(&self.inner.what, bytes.len().max(1))?;
+        let segment = Segment::create(&self.inner.what, bytes.len().max(1), true)?;
         // SAFETY: the segment was just created and nobody else has it yet.
         unsafe { segment.as_mut_slice()[..bytes.len()].copy_from_slice(bytes) };
         Ok(segment)
@@ -606,6 +619,9 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 "{what}: received as a queue of {}, which it is not",
                 std::any::type_name::<T>()
             )));
+        }
+        if l.flags.load(Ordering::Relaxed) & ring::PREALLOCATED != 0 {
+            shared.populate();
         }
         Ok(Queue::from_parts(shared, side_tx, side_rx, what))
     }

@@ -76,6 +76,7 @@ pub(crate) struct Sleepers {
 /// | `magic`      | `b"QUE1"`                                                            |
 /// | `capacity`   | ring bytes, a power of two; written before sharing                   |
 /// | `maxsize`    | most frames the ring may hold, 0 for no limit; written before sharing|
+/// | `flags`      | [`PREALLOCATED`]: receivers map every page at once                   |
 /// | `type_hash`  | a hash of the item type's name, checked when a handle is received    |
 /// | `producer`   | producer lock, tail (position + count), side-channel ids (own line)  |
 /// | `consumer`   | consumer lock, head (position + count) (own line)                    |
@@ -87,7 +88,7 @@ pub(crate) struct RingLayout {
     magic: AtomicU32,
     pub(crate) capacity: AtomicU32,
     pub(crate) maxsize: AtomicU32,
-    _reserved: AtomicU32,
+    pub(crate) flags: AtomicU32,
     pub(crate) type_hash: AtomicU64,
     producer: ProducerSide,
     consumer: ConsumerSide,
@@ -99,6 +100,10 @@ unsafe impl crate::shm::Layout for RingLayout {
     const MAGIC: u32 = u32::from_le_bytes(*b"QUE1");
     const WHAT: &'static str = "queue";
 }
+
+/// A `flags` bit: the ring's pages were all allocated at creation, and whoever maps it
+/// should map them all at once too.
+pub(crate) const PREALLOCATED: u32 = 1;
 
 /// Why a wait ended without success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

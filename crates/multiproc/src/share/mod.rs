@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
@@ -77,6 +77,19 @@ pub(crate) fn decode<T: DeserializeOwned>(
     let result = postcard::from_bytes(bytes);
     INCOMING.with(|t| *t.borrow_mut() = saved);
     result.map_err(|e| Error::serialization(what, format!("cannot deserialize: {}", explain(e))))
+}
+
+/// Decodes `bytes` (which carry no descriptors) with a `seed`, e.g. one that decodes into
+/// place.
+pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
+    what: &str,
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value> {
+    HANDLE_ERROR.with(|e| e.borrow_mut().take());
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    seed.deserialize(&mut de)
+        .map_err(|e| Error::serialization(what, format!("cannot deserialize: {}", explain(e))))
 }
 
 /// Serializes a descriptor as an index into the outgoing side table (for shareable handles).

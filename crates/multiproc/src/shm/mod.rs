@@ -27,6 +27,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::platform;
 
+/// Segments up to this size are always mapped at once (a lock, an event, a small value).
+const POPULATE_ALWAYS: usize = 64 << 10;
+
 /// A shared mapping of a memory file. Dropping the last handle in a process unmaps it.
 pub(crate) struct Segment {
     ptr: NonNull<u8>,
@@ -41,22 +44,24 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 impl Segment {
-    /// A new zero-filled segment of `len` bytes.
-    pub(crate) fn create(what: &str, len: usize) -> Result<Arc<Segment>> {
+    /// A new zero-filled segment of `len` bytes. Its pages are mapped when first touched,
+    /// except for a small segment, or with `populate`: then all of them now, which costs less
+    /// than a fault per page when they will all be used soon (a pool's queues, a big message).
+    pub(crate) fn create(what: &str, len: usize, populate: bool) -> Result<Arc<Segment>> {
         let fd = platform::memfd_create(&format!("multiproc:{what}"), len)
             .map_err(|e| Error::io(format!("{what}: cannot create shared memory"), e))?;
-        Segment::map(what, fd, len)
+        Segment::map(what, fd, len, populate || len <= POPULATE_ALWAYS)
     }
 
     /// Maps the whole of the memory file `fd` (as received from another process).
     pub(crate) fn from_fd(what: &str, fd: OwnedFd) -> Result<Arc<Segment>> {
         let len = platform::file_len(fd.as_fd())
             .map_err(|e| Error::io(format!("{what}: cannot inspect shared memory"), e))?;
-        Segment::map(what, fd, len)
+        Segment::map(what, fd, len, false)
     }
 
-    fn map(what: &str, fd: OwnedFd, len: usize) -> Result<Arc<Segment>> {
-        let ptr = platform::map_shared(fd.as_fd(), len)
+    fn map(what: &str, fd: OwnedFd, len: usize, populate: bool) -> Result<Arc<Segment>> {
+        let ptr = platform::map_shared(fd.as_fd(), len, populate)
             .map_err(|e| Error::io(format!("{what}: cannot map shared memory"), e))?;
         Ok(Arc::new(Segment { ptr, len, fd }))
     }
@@ -139,10 +144,19 @@ impl<L: Layout> Shared<L> {
     /// Creates the segment and lets `init` fill the zeroed layout (and the extra bytes) before
     /// the magic word is written and anyone else can see it.
     pub(crate) fn create(extra: usize, init: impl FnOnce(&L, *mut u8)) -> Result<Self> {
+        Shared::create_populated(extra, false, init)
+    }
+
+    /// [`create`](Self::create), mapping every page now if `populate` (see [`Segment::create`]).
+    pub(crate) fn create_populated(
+        extra: usize,
+        populate: bool,
+        init: impl FnOnce(&L, *mut u8),
+    ) -> Result<Self> {
         let len = std::mem::size_of::<L>()
             .checked_add(extra)
             .ok_or_else(|| Error::invalid(L::WHAT, "size too large"))?;
-        let segment = Segment::create(L::WHAT, len)?;
+        let segment = Segment::create(L::WHAT, len, populate)?;
         let shared = Shared {
             segment,
             _layout: PhantomData,
@@ -201,6 +215,11 @@ impl<L: Layout> Shared<L> {
     /// How many bytes follow the layout.
     pub(crate) fn extra_len(&self) -> usize {
         self.segment.len() - std::mem::size_of::<L>()
+    }
+
+    /// Maps every page of the segment in this process now (see [`Segment::create`]).
+    pub(crate) fn populate(&self) {
+        platform::populate(self.segment.ptr, self.segment.len);
     }
 }
 

@@ -105,7 +105,7 @@ impl SharedMemory {
         if len == 0 {
             return Err(Error::invalid(what(), "is empty"));
         }
-        let ptr = platform::map_shared(fd.as_fd(), len)
+        let ptr = platform::map_shared(fd.as_fd(), len, false)
             .map_err(|e| Error::io(format!("{}: cannot map", what()), e))?;
         Ok(SharedMemory { name, ptr, len, fd })
     }
