@@ -123,8 +123,8 @@ fn main() -> multiproc::Result<()> {
         q.put(value.to_string())?;
     }
     q.join()?;
-    println!("  join() returned: {} items unfinished", q.unfinished());
-    assert_eq!(q.unfinished(), 0);
+    println!("  join() returned: {} items unfinished", q.unfinished()?);
+    assert_eq!(q.unfinished()?, 0);
     consumer.terminate()?;
     let _ = consumer.join(None); // Err(Killed): it was terminated
     Ok(())

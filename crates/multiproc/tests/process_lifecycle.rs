@@ -41,7 +41,7 @@ fn fifty_children_at_once() {
     for p in procs {
         sum += p.into_inner().into_result().unwrap();
     }
-    assert_eq!(sum, (0..50u64).map(|i| i * i).sum());
+    assert_eq!(sum, (0..50u64).map(|i| i * i).sum::<u64>());
     // Every child has been reaped: none is left as a zombie of ours.
     assert!(pids.iter().all(|&pid| !is_our_process(pid)), "zombies left");
 }

@@ -205,7 +205,7 @@ fn joinable_queue_join_waits_for_every_task_done() {
     for n in 0..50 {
         q.put(n).unwrap();
     }
-    assert_eq!(q.unfinished(), 50);
+    assert_eq!(q.unfinished().unwrap(), 50);
     assert_eq!(
         q.join_timeout(Duration::from_millis(20))
             .unwrap_err()
@@ -220,7 +220,7 @@ fn joinable_queue_join_waits_for_every_task_done() {
     };
     let child = Guarded::new(Process::new(worker, q.clone()).start().unwrap());
     q.join_timeout(LONG).unwrap();
-    assert_eq!(q.unfinished(), 0);
+    assert_eq!(q.unfinished().unwrap(), 0);
     child.into_inner().join(None).unwrap();
 }
 

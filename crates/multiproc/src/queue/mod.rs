@@ -1,88 +1,24 @@
-//! `Queue<T>`, `JoinableQueue<T>` and `SimpleQueue<T>`: typed queues between processes over a
-//! shared ring, with a side channel for messages too big for it or carrying handles.
+//! `Queue<T>`, `JoinableQueue<T>` and `SimpleQueue<T>`: one public type over private flavors
+//! (crossbeam-channel's pattern): a shared-memory ring between the processes of one machine
+//! (`shm.rs`), or a Redis stream between machines (`redis.rs`).
 
+mod redis;
 mod ring;
+mod shm;
 
-use std::cell::RefCell;
 use std::fmt;
-use std::io::IoSlice;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
 use std::ops::Deref;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use self::ring::{Corrupt, Ring, RingLayout, WaitFailed, frame_len};
+use self::redis::{BrokerSettings, RedisQueue};
+use self::shm::{DEFAULT_RING_BYTES, NONBLOCKING_LOCK_WAIT, ShmQueue};
 use crate::error::{Error, Result};
-use crate::platform;
-use crate::share::{self, FdIn, FdOut};
-use crate::shm::{Segment, Shared};
 use crate::sync::deadline_after;
-use crate::sync::shim::{FutexWait, Ordering, fence, futex_wait, futex_wake};
-
-/// A frame whose payload is the message.
-const INLINE: u32 = 0;
-/// A frame whose payload is an id: the message went through the side channel.
-const SIDE: u32 = 1;
-
-/// Ring size when none is asked for.
-const DEFAULT_RING_BYTES: usize = 1 << 20;
-const MIN_RING_BYTES: usize = 4096;
-const MAX_RING_BYTES: usize = 1 << 30;
-
-/// How long a non-blocking call may wait for another thread's short hold of the ring.
-const NONBLOCKING_LOCK_WAIT: Duration = Duration::from_millis(1);
-
-thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a reusable buffer (a fresh one if the thread's is in use).
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let r = f(&mut buf);
-            if buf.capacity() > 1 << 20 {
-                *buf = Vec::new();
-            }
-            r
-        }
-        Err(_) => f(&mut Vec::new()),
-    })
-}
-
-fn type_hash<T>() -> u64 {
-    // FNV-1a of the type's name: the same binary on both sides gives the same name.
-    std::any::type_name::<T>()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-}
-
-struct Inner {
-    shared: Shared<RingLayout>,
-    /// Both ends of a seqpacket pair every handle holds: producers send on one, consumers
-    /// receive on the other, the kernel keeps what is in flight.
-    side_tx: OwnedFd,
-    side_rx: OwnedFd,
-    what: String,
-    closed: AtomicBool,
-}
-
-impl Inner {
-    fn ring(&self) -> Ring<'_> {
-        // SAFETY: the extra bytes of the segment are the ring data, `capacity` long; the
-        // capacity was checked to be a power of two ≥ 64 that fits, at creation or on receipt.
-        unsafe { Ring::new(self.shared.layout(), self.shared.extra_ptr()) }
-    }
-}
 
 /// A queue shared between processes and threads (Python's `multiprocessing.Queue`).
 ///
@@ -94,6 +30,10 @@ impl Inner {
 /// Items live in a ring of shared memory (1 MiB unless [`QueueBuilder::ring_bytes`] says
 /// otherwise). A [`bounded`](Self::bounded) queue also holds at most `maxsize` items. An item
 /// larger than a quarter of the ring travels beside it, in a memory file of its own.
+///
+/// The same type can sit on a broker instead ([`QueueBuilder::broker`], or
+/// [`Queue::connect`]): a Redis stream that processes on other machines use too, with
+/// at-least-once delivery (see [`JoinableQueue`]).
 ///
 /// Blocking calls come in four forms: `get` (wait for ever), `try_get` (do not wait; Python's
 /// `get_nowait`), `get_timeout` and `get_deadline`; likewise for `put`.
@@ -122,25 +62,21 @@ impl Inner {
 /// `put` waits for consumers (CPython buffers in the producer instead, and loses that buffer if
 /// the producer dies).
 pub struct Queue<T> {
-    inner: Arc<Inner>,
+    flavor: Flavor,
     _item: PhantomData<fn(T) -> T>,
 }
 
+/// Where a queue's items live.
+#[derive(Clone)]
+enum Flavor {
+    Shm(Arc<ShmQueue>),
+    Redis(Arc<RedisQueue>),
+}
+
 impl<T> Queue<T> {
-    fn from_parts(
-        shared: Shared<RingLayout>,
-        side_tx: OwnedFd,
-        side_rx: OwnedFd,
-        what: String,
-    ) -> Queue<T> {
+    fn of(flavor: Flavor) -> Queue<T> {
         Queue {
-            inner: Arc::new(Inner {
-                shared,
-                side_tx,
-                side_rx,
-                what,
-                closed: AtomicBool::new(false),
-            }),
+            flavor,
             _item: PhantomData,
         }
     }
@@ -148,10 +84,7 @@ impl<T> Queue<T> {
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue {
-            inner: self.inner.clone(),
-            _item: PhantomData,
-        }
+        Queue::of(self.flavor.clone())
     }
 }
 
@@ -172,6 +105,8 @@ pub struct QueueBuilder<T> {
     ring_bytes: usize,
     preallocate: bool,
     name: Option<String>,
+    broker: Option<String>,
+    settings: BrokerSettings,
     _item: PhantomData<fn(T) -> T>,
 }
 
@@ -197,40 +132,43 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
-    /// A name for error messages (`queue "tasks": timed out after 1s`).
+    /// A name for error messages (`queue "tasks": timed out after 1s`); on a broker, the name
+    /// of the queue there (required).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
     }
 
-    /// Creates the queue.
+    /// Put the queue on a broker instead of in shared memory: `redis://host:port/db`,
+    /// `rediss://…` (TLS) or `redis+unix:///path/to/socket`. Items travel as JSON, so other
+    /// languages can take part (the entry format is in the crate's `docs/broker.md`).
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.broker = Some(url.into());
+        self
+    }
+
+    /// On a broker: how long a taken item stays leased to its consumer before another may
+    /// take it (default 30 s). A live consumer's leases are renewed while it works; a dead
+    /// one's run out and its items are delivered again.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// On a broker: after this many deliveries (default 5), an item that never got done goes
+    /// to the dead-letter stream (`<name>:dead`) with its last error.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.settings.max_deliveries = n.max(1);
+        self
+    }
+
+    /// Creates the queue (or, on a broker, connects to it, creating it if it does not exist).
     ///
     /// # Errors
-    /// If the shared memory or the side channel cannot be created.
+    /// If the shared memory or the side channel cannot be created; on a broker, a bad URL, a
+    /// missing name, or a broker that cannot be reached (the error names the URL).
     pub fn build(self) -> Result<Queue<T>> {
-        let what = match &self.name {
-            Some(n) => format!("queue {n:?}"),
-            None => "queue".to_string(),
-        };
-        let capacity = self
-            .ring_bytes
-            .clamp(MIN_RING_BYTES, MAX_RING_BYTES)
-            .next_power_of_two();
-        let shared = Shared::create_populated(capacity, self.preallocate, |l: &RingLayout, _| {
-            l.capacity.store(capacity as u32, Ordering::Relaxed);
-            l.maxsize.store(self.maxsize, Ordering::Relaxed);
-            if self.preallocate {
-                l.flags.store(ring::PREALLOCATED, Ordering::Relaxed);
-            }
-            l.type_hash.store(type_hash::<T>(), Ordering::Relaxed);
-        })?;
-        let (side_tx, side_rx) = platform::seqpacket_pair()
-            .map_err(|e| Error::io(format!("{what}: cannot create side channel"), e))?;
-        for fd in [&side_tx, &side_rx] {
-            platform::set_nonblocking(fd.as_fd())
-                .map_err(|e| Error::io(format!("{what}: cannot set up side channel"), e))?;
-        }
-        Ok(Queue::from_parts(shared, side_tx, side_rx, what))
+        self.build_flavor(false)
     }
 
     /// Creates a [`JoinableQueue`].
@@ -238,7 +176,31 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// # Errors
     /// As for [`build`](Self::build).
     pub fn build_joinable(self) -> Result<JoinableQueue<T>> {
-        self.build().map(|queue| JoinableQueue { queue })
+        self.build_flavor(true).map(|queue| JoinableQueue { queue })
+    }
+
+    /// On a broker a plain queue's `get` removes the item at once; a joinable queue's leases
+    /// it until `task_done`.
+    fn build_flavor(self, joinable: bool) -> Result<Queue<T>> {
+        if let Some(url) = &self.broker {
+            let name = self.name.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    "queue",
+                    "a queue on a broker needs a name (QueueBuilder::name)",
+                )
+            })?;
+            let mut settings = self.settings.clone();
+            settings.maxsize = self.maxsize;
+            settings.joinable = joinable;
+            let queue = RedisQueue::connect(url, name, settings)?;
+            return Ok(Queue::of(Flavor::Redis(Arc::new(queue))));
+        }
+        let what = match &self.name {
+            Some(n) => format!("queue {n:?}"),
+            None => "queue".to_string(),
+        };
+        let queue = ShmQueue::create::<T>(what, self.ring_bytes, self.maxsize, self.preallocate)?;
+        Ok(Queue::of(Flavor::Shm(Arc::new(queue))))
     }
 }
 
@@ -259,6 +221,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::builder().maxsize(maxsize).build()
     }
 
+    /// The queue `name` on the broker at `url` (see [`QueueBuilder::broker`]), created there
+    /// if it does not exist.
+    ///
+    /// # Errors
+    /// A bad URL, or a broker that cannot be reached: the error names the URL.
+    pub fn connect(url: &str, name: &str) -> Result<Queue<T>> {
+        Queue::builder().broker(url).name(name).build()
+    }
+
     /// A builder for the other settings.
     pub fn builder() -> QueueBuilder<T> {
         QueueBuilder {
@@ -266,6 +237,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             ring_bytes: DEFAULT_RING_BYTES,
             preallocate: false,
             name: None,
+            broker: None,
+            settings: BrokerSettings::default(),
             _item: PhantomData,
         }
     }
@@ -347,22 +320,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_until(Some(deadline), true, timeout)
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::invalid(self.inner.what.as_str(), "closed"));
-        }
-        Ok(())
-    }
-
-    fn failed(&self, why: WaitFailed, block: bool, waited: Duration) -> Error {
-        let what = self.inner.what.clone();
-        match (why, block) {
-            (WaitFailed::WouldBlock, _) => Error::Full { what },
-            (WaitFailed::TimedOut, false) => Error::Full { what },
-            (WaitFailed::TimedOut, true) => Error::timeout(what, waited),
-        }
-    }
-
     fn put_until(
         &self,
         item: &T,
@@ -370,129 +327,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         block: bool,
         waited: Duration,
     ) -> Result<()> {
-        self.check_open()?;
-        with_scratch(|buf| {
-            let fds = share::encode_into(&self.inner.what, item, buf)?;
-            let ring = self.inner.ring();
-            let side = !fds.is_empty() || buf.len() > ring.capacity() as usize / 4;
-            // A big message is copied into its memory file before the ring is locked.
-            let side_file = if side {
-                Some(self.side_file(buf)?)
-            } else {
-                None
-            };
-            let payload_len = if side { 8 } else { buf.len() };
-            let frame = frame_len(payload_len).expect("inline frames are small");
-            let mut producer = ring
-                .producer(deadline)
-                .ok_or_else(|| self.failed(WaitFailed::TimedOut, block, waited))?;
-            producer
-                .wait_room(frame, deadline, block)
-                .map_err(|why| self.failed(why, block, waited))?;
-            match side_file {
-                None => producer.publish(INLINE, buf),
-                Some(file) => {
-                    let id = producer.next_side_id();
-                    self.send_side(id, buf.len(), file, &fds, deadline, block, waited)?;
-                    producer.publish(SIDE, &id.to_le_bytes());
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn side_file(&self, bytes: &[u8]) -> Result<Arc<Segment>> {
-        let segment = Segment::create(&self.inner.what, bytes.len().max(1), true)?;
-        // SAFETY: the segment was just created and nobody else has it yet.
-        unsafe { segment.as_mut_slice()[..bytes.len()].copy_from_slice(bytes) };
-        Ok(segment)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_side(
-        &self,
-        id: u64,
-        len: usize,
-        file: Arc<Segment>,
-        fds: &[OwnedFd],
-        deadline: Option<Instant>,
-        block: bool,
-        waited: Duration,
-    ) -> Result<()> {
-        let mut header = [0u8; 16];
-        header[..8].copy_from_slice(&id.to_le_bytes());
-        header[8..].copy_from_slice(&(len as u64).to_le_bytes());
-        let mut all: Vec<BorrowedFd<'_>> = vec![file.fd()];
-        all.extend(fds.iter().map(|f| f.as_fd()));
-        loop {
-            match platform::send_with_fds(
-                self.inner.side_tx.as_fd(),
-                &[IoSlice::new(&header)],
-                &all,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let ready = block
-                        && platform::poll_writable(self.inner.side_tx.as_fd(), deadline).map_err(
-                            |e| Error::io(format!("{}: side channel", self.inner.what), e),
-                        )?;
-                    if !ready {
-                        return Err(self.failed(WaitFailed::TimedOut, block, waited));
-                    }
-                }
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("{}: cannot send through side channel", self.inner.what),
-                        e,
-                    ));
-                }
-            }
+        match &self.flavor {
+            Flavor::Shm(q) => q.put_until(item, deadline, block, waited),
+            Flavor::Redis(q) => q.put_until(item, deadline, block, waited),
         }
     }
 
     fn get_until(&self, deadline: Option<Instant>, block: bool, waited: Duration) -> Result<T> {
-        self.check_open()?;
-        let empty = |why| match (why, block) {
-            (WaitFailed::TimedOut, true) => Error::timeout(self.inner.what.clone(), waited),
-            _ => Error::Empty {
-                what: self.inner.what.clone(),
-            },
-        };
-        let ring = self.inner.ring();
-        with_scratch(|buf| {
-            let mut consumer = ring
-                .consumer(deadline)
-                .ok_or_else(|| empty(WaitFailed::TimedOut))?;
-            consumer.wait_frame(deadline, block).map_err(empty)?;
-            let kind = consumer.take(buf).map_err(|Corrupt(e)| {
-                Error::protocol(self.inner.what.as_str(), format!("corrupt ring: {e}"))
-            })?;
-            match kind {
-                INLINE => {
-                    drop(consumer);
-                    share::decode(&self.inner.what, buf, Vec::new())
-                }
-                SIDE => {
-                    let id = buf
-                        .as_slice()
-                        .try_into()
-                        .map(u64::from_le_bytes)
-                        .map_err(|_| self.corrupt("side frame without an id"))?;
-                    // Received while the consumer lock is held, so side messages are taken
-                    // in ring order.
-                    let (file, len, fds) = self.recv_side(id)?;
-                    drop(consumer);
-                    // SAFETY: the memory file came to us alone: its sender closed it after
-                    // sending, and we did not share it.
-                    let bytes = unsafe { file.as_slice() };
-                    let bytes = bytes
-                        .get(..len)
-                        .ok_or_else(|| self.corrupt("side message longer than its file"))?;
-                    share::decode(&self.inner.what, bytes, fds)
-                }
-                other => Err(self.corrupt(&format!("unknown frame kind {other}"))),
-            }
-        })
+        match &self.flavor {
+            Flavor::Shm(q) => q.get_until(deadline, block, waited),
+            Flavor::Redis(q) => q.get_until(deadline, block, waited),
+        }
     }
 
     /// Like [`get_timeout`](Self::get_timeout), but waits for an item without holding the
@@ -500,57 +345,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// (a pool's waiters take their own results while its handler thread waits here), and
     /// without spinning: the waiter sleeps at once, leaving the CPU to those who work.
     pub(crate) fn get_timeout_shared(&self, timeout: Duration) -> Result<T> {
-        let deadline = deadline_after(timeout);
-        loop {
-            if self.inner.ring().wait_readable(deadline, false).is_err() {
-                return Err(Error::timeout(self.inner.what.clone(), timeout));
-            }
-            match self.get_until(deadline, false, timeout) {
-                Err(e) if e.kind() == crate::ErrorKind::Empty => continue,
-                other => return other,
-            }
+        match &self.flavor {
+            Flavor::Shm(q) => q.get_timeout_shared(timeout),
+            Flavor::Redis(q) => q.get_until(deadline_after(timeout), true, timeout),
         }
     }
 
-    fn corrupt(&self, detail: &str) -> Error {
-        Error::protocol(self.inner.what.as_str(), detail)
-    }
-
-    fn recv_side(&self, want: u64) -> Result<(Arc<Segment>, usize, Vec<OwnedFd>)> {
-        loop {
-            let mut buf = [MaybeUninit::<u8>::uninit(); 16];
-            let mut fds = Vec::new();
-            let n = platform::recv_with_fds(self.inner.side_rx.as_fd(), &mut buf, &mut fds, true)
-                .map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock => self.corrupt("side message missing"),
-                _ => Error::io(format!("{}: side channel", self.inner.what), e),
-            })?;
-            if n != 16 || fds.is_empty() {
-                return Err(self.corrupt("malformed side message"));
-            }
-            // SAFETY: recvmsg initialised the first `n` (= 16) bytes.
-            let bytes: [u8; 16] = std::array::from_fn(|i| unsafe { buf[i].assume_init() });
-            let id = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-            let len = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-            if id < want {
-                // Left by a producer that died before publishing its frame, or by a
-                // consumer that died after taking the frame: nobody will ask for it.
-                continue;
-            }
-            if id > want {
-                return Err(self.corrupt(&format!("side message {id} where {want} was due")));
-            }
-            let file = fds.remove(0);
-            let file = Segment::from_fd(&self.inner.what, file)?;
-            let len = usize::try_from(len).map_err(|_| self.corrupt("side message too long"))?;
-            return Ok((file, len, fds));
-        }
-    }
-
-    /// The number of items in the queue now (Python's `qsize()`).
+    /// The number of items in the queue now (Python's `qsize()`); on a broker, the items not
+    /// yet taken by any consumer (0 if the broker cannot be asked: see
+    /// [`JoinableQueue::unfinished`] for a count that can fail).
     #[doc(alias = "qsize")]
     pub fn len(&self) -> usize {
-        self.inner.ring().len() as usize
+        match &self.flavor {
+            Flavor::Shm(q) => q.len(),
+            Flavor::Redis(q) => q.waiting().unwrap_or(0),
+        }
     }
 
     /// Whether the queue holds no item now (Python's `empty()`).
@@ -562,68 +371,126 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Whether a small item would not fit now (Python's `full()`).
     #[doc(alias = "full")]
     pub fn is_full(&self) -> bool {
-        self.inner.ring().is_full(ring::HEADER + 8)
+        match &self.flavor {
+            Flavor::Shm(q) => q.is_full(),
+            Flavor::Redis(q) => q.is_full(),
+        }
     }
 
     /// The item limit, 0 for none.
     pub fn maxsize(&self) -> u32 {
-        self.inner.shared.layout().maxsize.load(Ordering::Relaxed)
+        match &self.flavor {
+            Flavor::Shm(q) => q.maxsize(),
+            Flavor::Redis(q) => q.maxsize(),
+        }
     }
 
     /// Closes this process's handles to the queue: later `put`s and `get`s through them fail
     /// with [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState). Other processes are
     /// not affected, and items already put stay in the queue for them.
     pub fn close(&self) {
-        self.inner
-            .closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        match &self.flavor {
+            Flavor::Shm(q) => q.close(),
+            Flavor::Redis(q) => q.close(),
+        }
     }
 }
 
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue")
-            .field("name", &self.inner.what)
-            .field("len", &self.inner.ring().len())
-            .finish()
+        match &self.flavor {
+            Flavor::Shm(q) => f
+                .debug_struct("Queue")
+                .field("name", &q.what())
+                .field("len", &q.len())
+                .finish(),
+            Flavor::Redis(q) => f
+                .debug_struct("Queue")
+                .field("name", &q.name())
+                .field("broker", &q.url())
+                .finish(),
+        }
     }
+}
+
+/// Which flavor a serialized queue is.
+#[derive(Serialize, Deserialize)]
+enum FlavorTag {
+    Shm,
+    Redis,
 }
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let i = &self.inner;
-        (
-            &i.shared,
-            FdOut(i.side_tx.as_fd()),
-            FdOut(i.side_rx.as_fd()),
-            &i.what,
-        )
-            .serialize(s)
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        match &self.flavor {
+            Flavor::Shm(q) => {
+                t.serialize_element(&FlavorTag::Shm)?;
+                t.serialize_element(&ShmParts(q))?;
+            }
+            Flavor::Redis(q) => {
+                t.serialize_element(&FlavorTag::Redis)?;
+                t.serialize_element(&q.handle())?;
+            }
+        }
+        t.end()
+    }
+}
+
+/// The shared-memory flavor's serialized parts.
+struct ShmParts<'a>(&'a ShmQueue);
+
+impl Serialize for ShmParts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (shared, FdIn(side_tx), FdIn(side_rx), what) =
-            <(Shared<RingLayout>, FdIn, FdIn, String)>::deserialize(d)?;
-        let l = shared.layout();
-        let capacity = l.capacity.load(Ordering::Relaxed) as usize;
-        if !capacity.is_power_of_two() || capacity < 64 || capacity > shared.extra_len() {
-            return Err(share::handle_error_de(format!(
-                "{what}: ring of {capacity} bytes in a segment of {}",
-                shared.extra_len()
-            )));
+        struct FlavorVisitor<T>(PhantomData<fn(T) -> T>);
+        impl<'de, T> serde::de::Visitor<'de> for FlavorVisitor<T> {
+            type Value = Queue<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a queue")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Queue<T>, A::Error> {
+                use serde::de::Error as _;
+                let tag: FlavorTag = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let flavor = match tag {
+                    FlavorTag::Shm => Flavor::Shm(Arc::new(
+                        seq.next_element_seed(ShmSeed::<T>(PhantomData))?
+                            .ok_or_else(|| A::Error::invalid_length(1, &self))?,
+                    )),
+                    FlavorTag::Redis => {
+                        let handle = seq
+                            .next_element()?
+                            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                        let queue = RedisQueue::reopen(handle)
+                            .map_err(|e| crate::share::handle_error_de(e.to_string()))?;
+                        Flavor::Redis(Arc::new(queue))
+                    }
+                };
+                Ok(Queue::of(flavor))
+            }
         }
-        if l.type_hash.load(Ordering::Relaxed) != type_hash::<T>() {
-            return Err(share::handle_error_de(format!(
-                "{what}: received as a queue of {}, which it is not",
-                std::any::type_name::<T>()
-            )));
-        }
-        if l.flags.load(Ordering::Relaxed) & ring::PREALLOCATED != 0 {
-            shared.populate();
-        }
-        Ok(Queue::from_parts(shared, side_tx, side_rx, what))
+        d.deserialize_tuple(2, FlavorVisitor::<T>(PhantomData))
+    }
+}
+
+/// Deserializes the shared-memory flavor, checking the item type.
+struct ShmSeed<T>(PhantomData<fn(T) -> T>);
+
+impl<'de, T> serde::de::DeserializeSeed<'de> for ShmSeed<T> {
+    type Value = ShmQueue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<ShmQueue, D::Error> {
+        ShmQueue::deserialize::<T, D>(d)
     }
 }
 
@@ -633,6 +500,12 @@ pub type SimpleQueue<T> = Queue<T>;
 /// A [`Queue`] that also counts items done (Python's `multiprocessing.JoinableQueue`):
 /// consumers call [`task_done`](Self::task_done) once per item they finished, and
 /// [`join`](Self::join) waits until every item ever put is done.
+///
+/// On a broker ([`QueueBuilder::broker`]) delivery is at least once: `get` takes a lease on
+/// the item, `task_done` (for the oldest item this handle took and has not finished)
+/// acknowledges it, [`task_failed`](Self::task_failed) gives it back with an error. An item
+/// whose consumer dies is delivered again once its lease runs out; after
+/// [`max_deliveries`](QueueBuilder::max_deliveries) it goes to the dead-letter stream.
 ///
 /// It dereferences to its [`Queue`] for `put`, `get` and the rest.
 ///
@@ -694,46 +567,45 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Queue::builder().maxsize(maxsize).build_joinable()
     }
 
-    /// Marks one item as done.
+    /// The joinable queue `name` on the broker at `url` (see [`Queue::connect`]).
+    ///
+    /// # Errors
+    /// As for [`Queue::connect`].
+    pub fn connect(url: &str, name: &str) -> Result<JoinableQueue<T>> {
+        Queue::builder().broker(url).name(name).build_joinable()
+    }
+
+    /// Marks one item as done (on a broker: acknowledges the oldest item this handle took).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if more items were marked
-    /// done than were ever put.
+    /// done than were ever put (taken, on a broker); on a broker, a broker that cannot be
+    /// reached.
     pub fn task_done(&self) -> Result<()> {
-        let inner = &self.queue.inner;
-        let ring = inner.ring();
-        let sleepers = &inner.shared.layout().sleepers;
-        let mut done = sleepers.done.load(Ordering::Acquire);
-        loop {
-            let put = ring.put_count();
-            if done == put {
-                return Err(Error::invalid(
-                    inner.what.as_str(),
-                    "task_done() called more times than items were put",
-                ));
-            }
-            match sleepers.done.compare_exchange_weak(
-                done,
-                done.wrapping_add(1),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => done = now,
-            }
+        match &self.queue.flavor {
+            Flavor::Shm(q) => q.task_done(),
+            Flavor::Redis(q) => q.task_done(),
         }
-        // Pairs with the fence in `join_until`: either we see the joiner, or it sees `done`.
-        fence(Ordering::SeqCst);
-        if sleepers.joiners.load(Ordering::Relaxed) > 0 {
-            futex_wake(&sleepers.done, u32::MAX);
+    }
+
+    /// Marks the oldest item this handle took as failed with `reason`. On a broker it is
+    /// given back at once to be delivered again (to any consumer), or sent to the dead-letter
+    /// stream with `reason` if it had its [`max_deliveries`](QueueBuilder::max_deliveries).
+    /// In shared memory there is no redelivery: this is [`task_done`](Self::task_done).
+    ///
+    /// # Errors
+    /// As for [`task_done`](Self::task_done).
+    pub fn task_failed(&self, reason: &str) -> Result<()> {
+        match &self.queue.flavor {
+            Flavor::Shm(q) => q.task_done(),
+            Flavor::Redis(q) => q.task_failed(reason),
         }
-        Ok(())
     }
 
     /// Waits until every item put so far is marked done.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for a queue that breaks.
+    /// On a broker, a broker that cannot be reached; in shared memory, none.
     pub fn join(&self) -> Result<()> {
         self.join_until(None, Duration::ZERO)
     }
@@ -746,34 +618,22 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         self.join_until(deadline_after(timeout), timeout)
     }
 
-    /// The number of items put and not yet marked done.
-    pub fn unfinished(&self) -> u32 {
-        let inner = &self.queue.inner;
-        let done = inner.shared.layout().sleepers.done.load(Ordering::Acquire);
-        inner.ring().put_count().wrapping_sub(done)
+    /// The number of items put and not yet marked done (on a broker: in the stream, taken
+    /// or not; dead-lettered items are done).
+    ///
+    /// # Errors
+    /// On a broker, a broker that cannot be reached.
+    pub fn unfinished(&self) -> Result<u64> {
+        match &self.queue.flavor {
+            Flavor::Shm(q) => Ok(u64::from(q.unfinished())),
+            Flavor::Redis(q) => q.unfinished(),
+        }
     }
 
     fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
-        let inner = &self.queue.inner;
-        let sleepers = &inner.shared.layout().sleepers;
-        loop {
-            let done = sleepers.done.load(Ordering::Acquire);
-            if done == inner.ring().put_count() {
-                return Ok(());
-            }
-            sleepers.joiners.fetch_add(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            let waited_out = if sleepers.done.load(Ordering::Acquire) == done {
-                futex_wait(&sleepers.done, done, deadline)
-            } else {
-                FutexWait::Woken
-            };
-            sleepers.joiners.fetch_sub(1, Ordering::Relaxed);
-            if waited_out == FutexWait::TimedOut
-                && sleepers.done.load(Ordering::Acquire) != inner.ring().put_count()
-            {
-                return Err(Error::timeout(inner.what.clone(), waited));
-            }
+        match &self.queue.flavor {
+            Flavor::Shm(q) => q.join_until(deadline, waited),
+            Flavor::Redis(q) => q.join_until(deadline, waited),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for the cross-process tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};

@@ -1,0 +1,898 @@
+//! The broker flavor of a queue: a Redis stream with a consumer group.
+//!
+//! # Keys and entries
+//! A queue named `N` is the stream `N`, read through the consumer group `multiproc`. Each
+//! entry has two fields: `codec` (`json`) and `body` (the item in that codec), so any language
+//! with a Redis client can put and take items. Items that could not be done go to the stream
+//! `N:dead` with the fields `codec`, `body`, `reason`, `deliveries` and `original_id`. The
+//! last error reported for an entry waits in the hash `N:errors` until the entry is done.
+//!
+//! # Delivery
+//! At least once. `get` claims an entry whose lease ran out (XAUTOCLAIM; its consumer died or
+//! gave it back) before reading a new one (XREADGROUP); the entry is then leased to this handle
+//! until `task_done` (XACK + XDEL) or `task_failed` (its idle time is set past the lease, so the
+//! next `get` anywhere claims it again). A thread renews this handle's leases while they are
+//! held. An entry delivered more than `max_deliveries` times, or one that does not decode, goes
+//! to the dead-letter stream instead of to the caller.
+//!
+//! # Failures
+//! A connection that breaks is opened again with back-off until the call's deadline (for ever
+//! for a call without one), so a broker that restarts (with `appendonly yes`, nothing is lost)
+//! only delays its clients. The first connection is not retried: an unreachable broker is an
+//! error naming its URL.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisError, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The consumer group every multiproc queue is read through.
+const GROUP: &str = "multiproc";
+/// The one codec written today.
+const CODEC_JSON: &str = "json";
+/// How long the first connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command (other than a blocking read) may take before the broker counts as gone.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest single blocking read: between two, leases that ran out are looked for.
+const READ_SLICE: Duration = Duration::from_secs(1);
+/// Back-off between reconnection attempts.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// How often `join` and a full bounded `put` look again.
+const POLL: Duration = Duration::from_millis(20);
+/// The largest item accepted from the broker (a bound on untrusted input).
+const MAX_BODY: usize = 512 << 20;
+
+/// Broker settings of a queue.
+#[derive(Clone, Debug)]
+pub(super) struct BrokerSettings {
+    pub(super) lease: Duration,
+    pub(super) max_deliveries: u32,
+    pub(super) maxsize: u32,
+    /// Items are leased until `task_done` (a `JoinableQueue`), rather than removed by `get`.
+    pub(super) joinable: bool,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            lease: Duration::from_secs(30),
+            max_deliveries: 5,
+            maxsize: 0,
+            joinable: false,
+        }
+    }
+}
+
+/// What a handle sent to another process carries: enough to connect again.
+#[derive(Serialize, Deserialize)]
+pub(super) struct BrokerHandle {
+    url: String,
+    name: String,
+    lease_ms: u64,
+    max_deliveries: u32,
+    maxsize: u32,
+    joinable: bool,
+}
+
+/// The key names of one queue.
+struct Keys {
+    stream: String,
+    dead: String,
+    errors: String,
+}
+
+/// A queue on a Redis stream.
+pub(super) struct RedisQueue {
+    client: Client,
+    url: String,
+    name: String,
+    keys: Keys,
+    consumer: String,
+    settings: BrokerSettings,
+    conn: Mutex<Option<Connection>>,
+    /// Entries this handle took and has not finished, oldest first.
+    leases: Arc<Mutex<VecDeque<String>>>,
+    closed: AtomicBool,
+    /// Dropping the sender stops the lease-renewing thread.
+    renewer: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// An entry read from the stream.
+struct Entry {
+    id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+impl RedisQueue {
+    /// Connects to the queue `name` at `url`, creating its stream and group if needed.
+    pub(super) fn connect(url: &str, name: &str, settings: BrokerSettings) -> Result<RedisQueue> {
+        let what = format!("queue {name:?} at {}", redact(url));
+        if name.is_empty() || name.len() > 1024 {
+            return Err(Error::invalid(what, "a queue name must be 1 to 1024 bytes"));
+        }
+        let client = Client::open(url)
+            .map_err(|e| Error::invalid(what.clone(), format!("bad broker URL: {e}")))?;
+        let conn = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(|e| broker_error(&what, "cannot connect", e))?;
+        let queue = RedisQueue {
+            client,
+            url: url.to_string(),
+            name: name.to_string(),
+            keys: Keys {
+                stream: name.to_string(),
+                dead: format!("{name}:dead"),
+                errors: format!("{name}:errors"),
+            },
+            consumer: consumer_name(),
+            settings,
+            conn: Mutex::new(Some(conn)),
+            leases: Arc::new(Mutex::new(VecDeque::new())),
+            closed: AtomicBool::new(false),
+            renewer: Mutex::new(None),
+        };
+        queue.with_conn(Some(Instant::now() + COMMAND_TIMEOUT), |c| {
+            create_group(c, &queue.keys.stream)
+        })?;
+        Ok(queue)
+    }
+
+    /// Connects again from a handle sent by another process.
+    pub(super) fn reopen(handle: BrokerHandle) -> Result<RedisQueue> {
+        let settings = BrokerSettings {
+            lease: Duration::from_millis(handle.lease_ms),
+            max_deliveries: handle.max_deliveries.max(1),
+            maxsize: handle.maxsize,
+            joinable: handle.joinable,
+        };
+        RedisQueue::connect(&handle.url, &handle.name, settings)
+    }
+
+    pub(super) fn handle(&self) -> BrokerHandle {
+        BrokerHandle {
+            url: self.url.clone(),
+            name: self.name.clone(),
+            lease_ms: self.settings.lease.as_millis() as u64,
+            max_deliveries: self.settings.max_deliveries,
+            maxsize: self.settings.maxsize,
+            joinable: self.settings.joinable,
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL without its password.
+    pub(super) fn url(&self) -> String {
+        redact(&self.url)
+    }
+
+    fn what(&self) -> String {
+        format!("queue {:?} at {}", self.name, self.url())
+    }
+
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::invalid(self.what(), "closed"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn maxsize(&self) -> u32 {
+        self.settings.maxsize
+    }
+
+    pub(super) fn put_until<T: Serialize>(
+        &self,
+        item: &T,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<()> {
+        self.check_open()?;
+        let body = serde_json::to_vec(item)
+            .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
+        loop {
+            if self.settings.maxsize == 0 || !self.is_full_until(deadline)? {
+                return self.with_conn(deadline, |c| {
+                    redis::cmd("XADD")
+                        .arg(&self.keys.stream)
+                        .arg("*")
+                        .arg("codec")
+                        .arg(CODEC_JSON)
+                        .arg("body")
+                        .arg(&body)
+                        .query::<Value>(c)
+                        .map(drop)
+                });
+            }
+            if !block {
+                return Err(Error::Full { what: self.what() });
+            }
+            if !pause_until(deadline, POLL) {
+                return Err(Error::timeout(self.what(), waited));
+            }
+        }
+    }
+
+    pub(super) fn get_until<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<T> {
+        loop {
+            self.check_open()?;
+            let lease_ms = self.settings.lease.as_millis() as u64;
+            // First an entry whose lease ran out, then a new one.
+            let claimed = self.with_conn(deadline, |c| {
+                let reply: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&self.keys.stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(lease_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query(c)?;
+                Ok(parse_autoclaim(reply))
+            })?;
+            let (entry, deliveries) = match claimed {
+                Some(entry) => {
+                    let deliveries = self.deliveries(&entry.id, deadline)?;
+                    (Some(entry), deliveries)
+                }
+                None => {
+                    let slice = match deadline {
+                        _ if !block => None,
+                        None => Some(READ_SLICE),
+                        Some(d) => {
+                            Some(d.saturating_duration_since(Instant::now()).min(READ_SLICE))
+                        }
+                    };
+                    let entry = self.with_conn(deadline, |c| {
+                        let mut cmd = redis::cmd("XREADGROUP");
+                        cmd.arg("GROUP")
+                            .arg(GROUP)
+                            .arg(&self.consumer)
+                            .arg("COUNT")
+                            .arg(1);
+                        if let Some(slice) = slice.filter(|s| !s.is_zero()) {
+                            cmd.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
+                            c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
+                        }
+                        cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
+                        let reply = cmd.query::<Value>(c);
+                        c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                        match reply {
+                            Err(e) if e.code() == Some("NOGROUP") => {
+                                // The broker lost the group (restarted without persistence).
+                                create_group(c, &self.keys.stream)?;
+                                Ok(None)
+                            }
+                            other => Ok(parse_read(other?)),
+                        }
+                    })?;
+                    (entry, 1)
+                }
+            };
+            if let Some(entry) = entry {
+                if deliveries > self.settings.max_deliveries {
+                    let reason = self
+                        .last_error(&entry.id, deadline)?
+                        .unwrap_or_else(|| "its lease ran out each time (consumers died?)".into());
+                    self.dead_letter(&entry, &reason, deliveries, deadline)?;
+                    continue;
+                }
+                match decode(&entry) {
+                    Ok(item) if self.settings.joinable => {
+                        self.take_lease(entry.id);
+                        return Ok(item);
+                    }
+                    Ok(item) => {
+                        self.finish(&entry.id, deadline)?;
+                        return Ok(item);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(queue = %self.name, id = %entry.id, %reason, "dead-lettered a malformed entry");
+                        self.dead_letter(&entry, &reason, deliveries, deadline)?;
+                        continue;
+                    }
+                }
+            }
+            if !block || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(if block {
+                    Error::timeout(self.what(), waited)
+                } else {
+                    Error::Empty { what: self.what() }
+                });
+            }
+        }
+    }
+
+    /// How many times entry `id` was delivered.
+    fn deliveries(&self, id: &str, deadline: Option<Instant>) -> Result<u32> {
+        self.with_conn(deadline, |c| {
+            let reply: Value = redis::cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(id)
+                .arg(id)
+                .arg(1)
+                .query(c)?;
+            Ok(parse_pending_count(reply).unwrap_or(1))
+        })
+    }
+
+    fn last_error(&self, id: &str, deadline: Option<Instant>) -> Result<Option<String>> {
+        self.with_conn(deadline, |c| {
+            let reason: Option<Vec<u8>> =
+                redis::cmd("HGET").arg(&self.keys.errors).arg(id).query(c)?;
+            Ok(reason.map(|r| String::from_utf8_lossy(&r).into_owned()))
+        })
+    }
+
+    /// Moves `entry` to the dead-letter stream, in one transaction.
+    fn dead_letter(
+        &self,
+        entry: &Entry,
+        reason: &str,
+        deliveries: u32,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        self.with_conn(deadline, |c| {
+            let mut add = redis::cmd("XADD");
+            add.arg(&self.keys.dead).arg("*");
+            for (k, v) in &entry.fields {
+                if !matches!(k.as_slice(), b"reason" | b"deliveries" | b"original_id") {
+                    add.arg(k).arg(v);
+                }
+            }
+            add.arg("reason")
+                .arg(reason)
+                .arg("deliveries")
+                .arg(deliveries)
+                .arg("original_id")
+                .arg(&entry.id);
+            redis::pipe()
+                .atomic()
+                .add_command(add)
+                .cmd("XACK")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .cmd("XDEL")
+                .arg(&self.keys.stream)
+                .arg(&entry.id)
+                .cmd("HDEL")
+                .arg(&self.keys.errors)
+                .arg(&entry.id)
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
+    fn take_lease(&self, id: String) {
+        self.lock_leases().push_back(id);
+        self.start_renewer();
+    }
+
+    fn lock_leases(&self) -> MutexGuard<'_, VecDeque<String>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest lease, or an error if there is none.
+    fn oldest_lease(&self, what: &str) -> Result<String> {
+        self.lock_leases().pop_front().ok_or_else(|| {
+            Error::invalid(
+                self.what(),
+                format!("{what}() called more times than items were taken"),
+            )
+        })
+    }
+
+    pub(super) fn task_done(&self) -> Result<()> {
+        let id = self.oldest_lease("task_done")?;
+        self.finish(&id, None)
+    }
+
+    /// Acknowledges entry `id` and removes it (and its recorded error).
+    fn finish(&self, id: &str, deadline: Option<Instant>) -> Result<()> {
+        self.with_conn(deadline, |c| {
+            redis::pipe()
+                .atomic()
+                .cmd("XACK")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(id)
+                .cmd("XDEL")
+                .arg(&self.keys.stream)
+                .arg(id)
+                .cmd("HDEL")
+                .arg(&self.keys.errors)
+                .arg(id)
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
+    pub(super) fn task_failed(&self, reason: &str) -> Result<()> {
+        let id = self.oldest_lease("task_failed")?;
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        self.with_conn(None, |c| {
+            // Recorded for the dead-letter stream, then given back: an idle time past the
+            // lease makes the next XAUTOCLAIM anywhere take it.
+            redis::pipe()
+                .atomic()
+                .cmd("HSET")
+                .arg(&self.keys.errors)
+                .arg(&id)
+                .arg(reason)
+                .cmd("XCLAIM")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&id)
+                .arg("IDLE")
+                .arg(lease_ms)
+                .arg("JUSTID")
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
+    /// Items not yet taken by any consumer.
+    pub(super) fn waiting(&self) -> Result<usize> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.with_conn(deadline, |c| {
+            let (len, pending): (usize, Value) = redis::pipe()
+                .cmd("XLEN")
+                .arg(&self.keys.stream)
+                .cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .query(c)?;
+            let pending = match pending {
+                Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0) as usize,
+                _ => 0,
+            };
+            Ok(len.saturating_sub(pending))
+        })
+    }
+
+    /// Entries in the stream: not taken, or taken and not finished.
+    pub(super) fn unfinished(&self) -> Result<u64> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.with_conn(deadline, |c| {
+            redis::cmd("XLEN").arg(&self.keys.stream).query(c)
+        })
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.is_full_until(Some(Instant::now() + COMMAND_TIMEOUT))
+            .unwrap_or(false)
+    }
+
+    fn is_full_until(&self, deadline: Option<Instant>) -> Result<bool> {
+        if self.settings.maxsize == 0 {
+            return Ok(false);
+        }
+        let len: u64 = self.with_conn(deadline, |c| {
+            redis::cmd("XLEN").arg(&self.keys.stream).query(c)
+        })?;
+        Ok(len >= u64::from(self.settings.maxsize))
+    }
+
+    pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
+        loop {
+            let left: u64 = self.with_conn(deadline, |c| {
+                redis::cmd("XLEN").arg(&self.keys.stream).query(c)
+            })?;
+            if left == 0 {
+                return Ok(());
+            }
+            if !pause_until(deadline, POLL) {
+                return Err(Error::timeout(self.what(), waited));
+            }
+        }
+    }
+
+    /// Runs `op` on the connection, connecting again with back-off while the broker cannot
+    /// be reached, until `deadline`.
+    fn with_conn<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut backoff = RECONNECT_FIRST;
+        loop {
+            let attempt = match conn.as_mut() {
+                Some(c) => op(c),
+                None => match self.client.get_connection_with_timeout(CONNECT_TIMEOUT) {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
+                        tracing::info!(queue = %self.name, "connected to the broker again");
+                        *conn = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(e) if retriable(&e) => {
+                    *conn = None;
+                    tracing::warn!(queue = %self.name, error = %e, "broker unreachable; retrying");
+                    if !pause_until(deadline, backoff) {
+                        return Err(broker_error(&self.what(), "broker unreachable", e));
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+                Err(e) => return Err(broker_error(&self.what(), "broker refused", e)),
+            }
+        }
+    }
+
+    /// Starts the thread that renews this handle's leases, if it is not running.
+    fn start_renewer(&self) {
+        let mut renewer = self.renewer.lock().unwrap_or_else(|p| p.into_inner());
+        if renewer.is_some() {
+            return;
+        }
+        let (stop, stopped) = mpsc::channel::<()>();
+        let leases = self.leases.clone();
+        let client = self.client.clone();
+        let stream = self.keys.stream.clone();
+        let consumer = self.consumer.clone();
+        let every = self.settings.lease / 3;
+        let spawned = std::thread::Builder::new()
+            .name("multiproc-lease".into())
+            .spawn(move || renew_leases(client, stream, consumer, leases, every, stopped));
+        if spawned.is_ok() {
+            *renewer = Some(stop);
+        }
+    }
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        // Ends the renewer; leases still held run out and their items go to other consumers.
+        self.renewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+/// The renewing thread: every `every`, resets the idle time of the leased entries this
+/// consumer still owns, until told to stop.
+fn renew_leases(
+    client: Client,
+    stream: String,
+    consumer: String,
+    leases: Arc<Mutex<VecDeque<String>>>,
+    every: Duration,
+    stopped: mpsc::Receiver<()>,
+) {
+    let mut conn: Option<Connection> = None;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+        let ids: Vec<String> = leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        if conn.is_none() {
+            conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
+        // Only entries still ours: one whose lease ran out may have gone to another consumer.
+        let owned: redis::RedisResult<Value> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(ids.len().max(1) * 4)
+            .arg(&consumer)
+            .query(c);
+        let owned = match owned {
+            Ok(v) => pending_ids(v),
+            Err(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        let renew: Vec<&String> = ids.iter().filter(|id| owned.contains(id)).collect();
+        if renew.is_empty() {
+            continue;
+        }
+        let mut claim = redis::cmd("XCLAIM");
+        claim.arg(&stream).arg(GROUP).arg(&consumer).arg(0);
+        for id in renew {
+            claim.arg(id);
+        }
+        claim.arg("JUSTID");
+        if claim.query::<Value>(c).is_err() {
+            conn = None;
+        }
+    }
+}
+
+/// Creates the stream and its group unless they exist. The group starts at the stream's
+/// beginning, so items put before any consumer came are delivered.
+fn create_group(c: &mut Connection, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(c);
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Whether an error means the broker is (for now) out of reach, rather than a refusal.
+fn retriable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+}
+
+fn broker_error(what: &str, doing: &str, e: RedisError) -> Error {
+    Error::Io {
+        what: what.to_string(),
+        source: std::io::Error::other(format!("{doing}: {e}")),
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A consumer name unique to this handle: host, pid and a random part.
+fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(random)
+    )
+}
+
+/// Waits `pause` (less if `deadline` comes first); false if the deadline has passed.
+fn pause_until(deadline: Option<Instant>, pause: Duration) -> bool {
+    let now = Instant::now();
+    let until = match deadline {
+        Some(d) if d <= now => return false,
+        Some(d) => d.min(now + pause),
+        None => now + pause,
+    };
+    // A parked thread is woken only by its deadline here: nothing else unparks it.
+    while Instant::now() < until {
+        std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+    }
+    true
+}
+
+/// Decodes an entry's item, or says why it cannot be.
+fn decode<T: DeserializeOwned>(entry: &Entry) -> std::result::Result<T, String> {
+    let codec = entry.field("codec").unwrap_or(CODEC_JSON.as_bytes());
+    if codec != CODEC_JSON.as_bytes() {
+        return Err(format!(
+            "unknown codec {:?}",
+            String::from_utf8_lossy(&codec[..codec.len().min(64)])
+        ));
+    }
+    let body = entry
+        .field("body")
+        .ok_or_else(|| "no body field".to_string())?;
+    if body.len() > MAX_BODY {
+        return Err(format!("body of {} bytes is over the limit", body.len()));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("body does not decode: {e}"))
+}
+
+fn as_bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    as_bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => as_string(other)?.parse().ok(),
+    }
+}
+
+/// `[id, [field, value, ...]]`.
+fn parse_entry(v: &Value) -> Option<Entry> {
+    let Value::Array(parts) = v else { return None };
+    let id = as_string(parts.first()?)?;
+    let fields = match parts.get(1)? {
+        Value::Array(kv) => kv
+            .chunks_exact(2)
+            .filter_map(|p| Some((as_bytes(&p[0])?, as_bytes(&p[1])?)))
+            .collect(),
+        Value::Map(kv) => kv
+            .iter()
+            .filter_map(|(k, v)| Some((as_bytes(k)?, as_bytes(v)?)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(Entry { id, fields })
+}
+
+/// XREADGROUP's reply: `[[stream, [entry]]]`, or nil.
+fn parse_read(v: Value) -> Option<Entry> {
+    let streams = match v {
+        Value::Array(s) => s,
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return None,
+    };
+    let Value::Array(stream) = streams.first()? else {
+        return None;
+    };
+    let Value::Array(entries) = stream.get(1)? else {
+        return None;
+    };
+    entries.first().and_then(parse_entry)
+}
+
+/// XAUTOCLAIM's reply: `[cursor, [entry], [deleted ids]]`.
+fn parse_autoclaim(v: Value) -> Option<Entry> {
+    let Value::Array(parts) = v else { return None };
+    let Value::Array(entries) = parts.get(1)? else {
+        return None;
+    };
+    entries.first().and_then(parse_entry)
+}
+
+/// The delivery count in XPENDING's extended reply: `[[id, consumer, idle, count]]`.
+fn parse_pending_count(v: Value) -> Option<u32> {
+    let Value::Array(rows) = v else { return None };
+    let Value::Array(row) = rows.first()? else {
+        return None;
+    };
+    as_u64(row.get(3)?).and_then(|n| u32::try_from(n).ok())
+}
+
+/// The ids in XPENDING's extended reply.
+fn pending_ids(v: Value) -> Vec<String> {
+    let Value::Array(rows) = v else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter_map(|row| match row {
+            Value::Array(r) => r.first().and_then(as_string),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://me:s3cret@h/"), "redis://me:***@h/");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
+    }
+
+    fn entry(fields: &[(&str, &[u8])]) -> Entry {
+        Entry {
+            id: "1-0".into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn malformed_entries_say_why() {
+        assert_eq!(
+            decode::<u32>(&entry(&[("codec", b"json"), ("body", b"7")])),
+            Ok(7)
+        );
+        let why = |e: Entry| decode::<u32>(&e).unwrap_err();
+        assert!(why(entry(&[("codec", b"pickle"), ("body", b"7")])).contains("unknown codec"));
+        assert!(why(entry(&[("codec", b"json")])).contains("no body"));
+        assert!(why(entry(&[("body", b"\"seven\"")])).contains("does not decode"));
+    }
+
+    #[test]
+    fn replies_parse_and_garbage_does_not_panic() {
+        let e = Value::Array(vec![
+            Value::BulkString(b"5-1".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"body".to_vec()),
+                Value::BulkString(b"1".to_vec()),
+            ]),
+        ]);
+        let read = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"q".to_vec()),
+            Value::Array(vec![e.clone()]),
+        ])]);
+        assert_eq!(parse_read(read).unwrap().id, "5-1");
+        let claim = Value::Array(vec![
+            Value::BulkString(b"0-0".to_vec()),
+            Value::Array(vec![e]),
+            Value::Array(vec![]),
+        ]);
+        assert_eq!(parse_autoclaim(claim).unwrap().id, "5-1");
+        for garbage in [Value::Nil, Value::Int(3), Value::Array(vec![Value::Nil])] {
+            assert!(parse_read(garbage.clone()).is_none());
+            assert!(parse_autoclaim(garbage.clone()).is_none());
+            assert!(parse_pending_count(garbage).is_none());
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The shared-memory flavor of a queue: a ring of frames in a memory file (see `ring.rs` and
+//! `README.md`), with a seqpacket side channel for messages too big for the ring or carrying
+//! handles.
+
+use std::cell::RefCell;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::ring::{self, Corrupt, Ring, RingLayout, WaitFailed, frame_len};
+use crate::error::{Error, Result};
+use crate::platform;
+use crate::share::{self, FdIn, FdOut};
+use crate::shm::{Segment, Shared};
+use crate::sync::deadline_after;
+use crate::sync::shim::{FutexWait, Ordering, fence, futex_wait, futex_wake};
+
+/// A frame whose payload is the message.
+const INLINE: u32 = 0;
+/// A frame whose payload is an id: the message went through the side channel.
+const SIDE: u32 = 1;
+
+/// Ring size when none is asked for.
+pub(super) const DEFAULT_RING_BYTES: usize = 1 << 20;
+const MIN_RING_BYTES: usize = 4096;
+const MAX_RING_BYTES: usize = 1 << 30;
+
+/// How long a non-blocking call may wait for another thread's short hold of the ring.
+pub(super) const NONBLOCKING_LOCK_WAIT: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a reusable buffer (a fresh one if the thread's is in use).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            r
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+fn type_hash<T>() -> u64 {
+    // FNV-1a of the type's name: the same binary on both sides gives the same name.
+    std::any::type_name::<T>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// The shared-memory flavor of [`Queue`](super::Queue): a ring in a memory file, and a
+/// seqpacket side channel.
+pub(super) struct ShmQueue {
+    shared: Shared<RingLayout>,
+    /// Both ends of a seqpacket pair every handle holds: producers send on one, consumers
+    /// receive on the other, the kernel keeps what is in flight.
+    side_tx: OwnedFd,
+    side_rx: OwnedFd,
+    what: String,
+    closed: AtomicBool,
+}
+
+impl ShmQueue {
+    fn ring(&self) -> Ring<'_> {
+        // SAFETY: the extra bytes of the segment are the ring data, `capacity` long; the
+        // capacity was checked to be a power of two ≥ 64 that fits, at creation or on receipt.
+        unsafe { Ring::new(self.shared.layout(), self.shared.extra_ptr()) }
+    }
+
+    /// A new ring of `ring_bytes` (rounded up to a power of two in bounds) for items of type
+    /// `T`.
+    pub(super) fn create<T>(
+        what: String,
+        ring_bytes: usize,
+        maxsize: u32,
+        preallocate: bool,
+    ) -> Result<ShmQueue> {
+        let capacity = ring_bytes
+            .clamp(MIN_RING_BYTES, MAX_RING_BYTES)
+            .next_power_of_two();
+        let shared = Shared::create_populated(capacity, preallocate, |l: &RingLayout, _| {
+            l.capacity.store(capacity as u32, Ordering::Relaxed);
+            l.maxsize.store(maxsize, Ordering::Relaxed);
+            if preallocate {
+                l.flags.store(ring::PREALLOCATED, Ordering::Relaxed);
+            }
+            l.type_hash.store(type_hash::<T>(), Ordering::Relaxed);
+        })?;
+        let (side_tx, side_rx) = platform::seqpacket_pair()
+            .map_err(|e| Error::io(format!("{what}: cannot create side channel"), e))?;
+        for fd in [&side_tx, &side_rx] {
+            platform::set_nonblocking(fd.as_fd())
+                .map_err(|e| Error::io(format!("{what}: cannot set up side channel"), e))?;
+        }
+        Ok(ShmQueue::from_parts(shared, side_tx, side_rx, what))
+    }
+
+    fn from_parts(
+        shared: Shared<RingLayout>,
+        side_tx: OwnedFd,
+        side_rx: OwnedFd,
+        what: String,
+    ) -> ShmQueue {
+        ShmQueue {
+            shared,
+            side_tx,
+            side_rx,
+            what,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// What goes to another process: the segment, both side-channel ends, the name.
+    pub(super) fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        (
+            &self.shared,
+            FdOut(self.side_tx.as_fd()),
+            FdOut(self.side_rx.as_fd()),
+            &self.what,
+        )
+            .serialize(s)
+    }
+
+    /// A queue of `T` received from another process, checked.
+    pub(super) fn deserialize<'de, T, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<ShmQueue, D::Error> {
+        let (shared, FdIn(side_tx), FdIn(side_rx), what) =
+            <(Shared<RingLayout>, FdIn, FdIn, String)>::deserialize(d)?;
+        let l = shared.layout();
+        let capacity = l.capacity.load(Ordering::Relaxed) as usize;
+        if !capacity.is_power_of_two() || capacity < 64 || capacity > shared.extra_len() {
+            return Err(share::handle_error_de(format!(
+                "{what}: ring of {capacity} bytes in a segment of {}",
+                shared.extra_len()
+            )));
+        }
+        if l.type_hash.load(Ordering::Relaxed) != type_hash::<T>() {
+            return Err(share::handle_error_de(format!(
+                "{what}: received as a queue of {}, which it is not",
+                std::any::type_name::<T>()
+            )));
+        }
+        if l.flags.load(Ordering::Relaxed) & ring::PREALLOCATED != 0 {
+            shared.populate();
+        }
+        Ok(ShmQueue::from_parts(shared, side_tx, side_rx, what))
+    }
+
+    pub(super) fn check_open(&self) -> Result<()> {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::invalid(self.what.as_str(), "closed"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn failed(&self, why: WaitFailed, block: bool, waited: Duration) -> Error {
+        let what = self.what.clone();
+        match (why, block) {
+            (WaitFailed::WouldBlock, _) => Error::Full { what },
+            (WaitFailed::TimedOut, false) => Error::Full { what },
+            (WaitFailed::TimedOut, true) => Error::timeout(what, waited),
+        }
+    }
+
+    pub(super) fn put_until<T: Serialize>(
+        &self,
+        item: &T,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<()> {
+        self.check_open()?;
+        with_scratch(|buf| {
+            let fds = share::encode_into(&self.what, item, buf)?;
+            let ring = self.ring();
+            let side = !fds.is_empty() || buf.len() > ring.capacity() as usize / 4;
+            // A big message is copied into its memory file before the ring is locked.
+            let side_file = if side {
+                Some(self.side_file(buf)?)
+            } else {
+                None
+            };
+            let payload_len = if side { 8 } else { buf.len() };
+            let frame = frame_len(payload_len).expect("inline frames are small");
+            let mut producer = ring
+                .producer(deadline)
+                .ok_or_else(|| self.failed(WaitFailed::TimedOut, block, waited))?;
+            producer
+                .wait_room(frame, deadline, block)
+                .map_err(|why| self.failed(why, block, waited))?;
+            match side_file {
+                None => producer.publish(INLINE, buf),
+                Some(file) => {
+                    let id = producer.next_side_id();
+                    self.send_side(id, buf.len(), file, &fds, deadline, block, waited)?;
+                    producer.publish(SIDE, &id.to_le_bytes());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn side_file(&self, bytes: &[u8]) -> Result<Arc<Segment>> {
+        let segment = Segment::create(&self.what, bytes.len().max(1), true)?;
+        // SAFETY: the segment was just created and nobody else has it yet.
+        unsafe { segment.as_mut_slice()[..bytes.len()].copy_from_slice(bytes) };
+        Ok(segment)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_side(
+        &self,
+        id: u64,
+        len: usize,
+        file: Arc<Segment>,
+        fds: &[OwnedFd],
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<()> {
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&id.to_le_bytes());
+        header[8..].copy_from_slice(&(len as u64).to_le_bytes());
+        let mut all: Vec<BorrowedFd<'_>> = vec![file.fd()];
+        all.extend(fds.iter().map(|f| f.as_fd()));
+        loop {
+            match platform::send_with_fds(self.side_tx.as_fd(), &[IoSlice::new(&header)], &all) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let ready = block
+                        && platform::poll_writable(self.side_tx.as_fd(), deadline)
+                            .map_err(|e| Error::io(format!("{}: side channel", self.what), e))?;
+                    if !ready {
+                        return Err(self.failed(WaitFailed::TimedOut, block, waited));
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("{}: cannot send through side channel", self.what),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    pub(super) fn get_until<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<T> {
+        self.check_open()?;
+        let empty = |why| match (why, block) {
+            (WaitFailed::TimedOut, true) => Error::timeout(self.what.clone(), waited),
+            _ => Error::Empty {
+                what: self.what.clone(),
+            },
+        };
+        let ring = self.ring();
+        with_scratch(|buf| {
+            let mut consumer = ring
+                .consumer(deadline)
+                .ok_or_else(|| empty(WaitFailed::TimedOut))?;
+            consumer.wait_frame(deadline, block).map_err(empty)?;
+            let kind = consumer.take(buf).map_err(|Corrupt(e)| {
+                Error::protocol(self.what.as_str(), format!("corrupt ring: {e}"))
+            })?;
+            match kind {
+                INLINE => {
+                    drop(consumer);
+                    share::decode(&self.what, buf, Vec::new())
+                }
+                SIDE => {
+                    let id = buf
+                        .as_slice()
+                        .try_into()
+                        .map(u64::from_le_bytes)
+                        .map_err(|_| self.corrupt("side frame without an id"))?;
+                    // Received while the consumer lock is held, so side messages are taken
+                    // in ring order.
+                    let (file, len, fds) = self.recv_side(id)?;
+                    drop(consumer);
+                    // SAFETY: the memory file came to us alone: its sender closed it after
+                    // sending, and we did not share it.
+                    let bytes = unsafe { file.as_slice() };
+                    let bytes = bytes
+                        .get(..len)
+                        .ok_or_else(|| self.corrupt("side message longer than its file"))?;
+                    share::decode(&self.what, bytes, fds)
+                }
+                other => Err(self.corrupt(&format!("unknown frame kind {other}"))),
+            }
+        })
+    }
+
+    /// Like [`get_timeout`](Self::get_timeout), but waits for an item without holding the
+    /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
+    /// (a pool's waiters take their own results while its handler thread waits here), and
+    /// without spinning: the waiter sleeps at once, leaving the CPU to those who work.
+    pub(super) fn get_timeout_shared<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
+        let deadline = deadline_after(timeout);
+        loop {
+            if self.ring().wait_readable(deadline, false).is_err() {
+                return Err(Error::timeout(self.what.clone(), timeout));
+            }
+            match self.get_until(deadline, false, timeout) {
+                Err(e) if e.kind() == crate::ErrorKind::Empty => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn corrupt(&self, detail: &str) -> Error {
+        Error::protocol(self.what.as_str(), detail)
+    }
+
+    fn recv_side(&self, want: u64) -> Result<(Arc<Segment>, usize, Vec<OwnedFd>)> {
+        loop {
+            let mut buf = [MaybeUninit::<u8>::uninit(); 16];
+            let mut fds = Vec::new();
+            let n = platform::recv_with_fds(self.side_rx.as_fd(), &mut buf, &mut fds, true)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::WouldBlock => self.corrupt("side message missing"),
+                    _ => Error::io(format!("{}: side channel", self.what), e),
+                })?;
+            if n != 16 || fds.is_empty() {
+                return Err(self.corrupt("malformed side message"));
+            }
+            // SAFETY: recvmsg initialised the first `n` (= 16) bytes.
+            let bytes: [u8; 16] = std::array::from_fn(|i| unsafe { buf[i].assume_init() });
+            let id = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+            if id < want {
+                // Left by a producer that died before publishing its frame, or by a
+                // consumer that died after taking the frame: nobody will ask for it.
+                continue;
+            }
+            if id > want {
+                return Err(self.corrupt(&format!("side message {id} where {want} was due")));
+            }
+            let file = fds.remove(0);
+            let file = Segment::from_fd(&self.what, file)?;
+            let len = usize::try_from(len).map_err(|_| self.corrupt("side message too long"))?;
+            return Ok((file, len, fds));
+        }
+    }
+
+    /// The number of frames in the ring now.
+    pub(super) fn len(&self) -> usize {
+        self.ring().len() as usize
+    }
+
+    /// Whether a small item would not fit now.
+    pub(super) fn is_full(&self) -> bool {
+        self.ring().is_full(ring::HEADER + 8)
+    }
+
+    pub(super) fn maxsize(&self) -> u32 {
+        self.shared.layout().maxsize.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn what(&self) -> &str {
+        &self.what
+    }
+
+    pub(super) fn task_done(&self) -> Result<()> {
+        let inner = self;
+        let ring = inner.ring();
+        let sleepers = &inner.shared.layout().sleepers;
+        let mut done = sleepers.done.load(Ordering::Acquire);
+        loop {
+            let put = ring.put_count();
+            if done == put {
+                return Err(Error::invalid(
+                    inner.what.as_str(),
+                    "task_done() called more times than items were put",
+                ));
+            }
+            match sleepers.done.compare_exchange_weak(
+                done,
+                done.wrapping_add(1),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => done = now,
+            }
+        }
+        // Pairs with the fence in `join_until`: either we see the joiner, or it sees `done`.
+        fence(Ordering::SeqCst);
+        if sleepers.joiners.load(Ordering::Relaxed) > 0 {
+            futex_wake(&sleepers.done, u32::MAX);
+        }
+        Ok(())
+    }
+
+    pub(super) fn unfinished(&self) -> u32 {
+        let inner = self;
+        let done = inner.shared.layout().sleepers.done.load(Ordering::Acquire);
+        inner.ring().put_count().wrapping_sub(done)
+    }
+
+    pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
+        let inner = self;
+        let sleepers = &inner.shared.layout().sleepers;
+        loop {
+            let done = sleepers.done.load(Ordering::Acquire);
+            if done == inner.ring().put_count() {
+                return Ok(());
+            }
+            sleepers.joiners.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let waited_out = if sleepers.done.load(Ordering::Acquire) == done {
+                futex_wait(&sleepers.done, done, deadline)
+            } else {
+                FutexWait::Woken
+            };
+            sleepers.joiners.fetch_sub(1, Ordering::Relaxed);
+            if waited_out == FutexWait::TimedOut
+                && sleepers.done.load(Ordering::Acquire) != inner.ring().put_count()
+            {
+                return Err(Error::timeout(inner.what.clone(), waited));
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! A private Redis server for a test: its own directory, unix socket and TCP port, stopped
+//! (and its files removed) when the test ends, also when it fails.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one with `appendonly yes` (so a restart loses nothing), or `None` with a printed
+    /// reason when `redis-server` is not installed. Under CI a missing server fails the test.
+    pub fn start() -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed (.ci/run installs it)"
+            );
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "multiproc-redis-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            dir,
+            port,
+        };
+        server.launch();
+        Some(server)
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ping() {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    /// Answers PING with PONG (and has finished loading its data).
+    fn ping(&self) -> bool {
+        let Ok(mut s) = UnixStream::connect(self.socket()) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis+unix:///…/redis.sock`.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// Runs `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run redis-cli")
+    }
+
+    /// `redis-cli`'s output, trimmed.
+    pub fn cli_text(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.cli(args).stdout)
+            .trim()
+            .to_string()
+    }
+
+    /// Stops the server (as a crash would: SIGKILL), then starts it again on the same port
+    /// and data once `down` returns.
+    pub fn restart(&mut self, down: impl FnOnce()) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        down();
+        self.launch();
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,279 @@
+//! Queues on a broker (Redis Streams): the same `Queue`/`JoinableQueue` API, at-least-once
+//! delivery, redelivery after a consumer dies, dead letters, malformed entries, a broker that
+//! restarts, and one that cannot be reached. Each test runs its own `redis-server`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Guarded;
+use common::redis::{RedisServer, free_port};
+use multiproc::{ErrorKind, JoinableQueue, Process, Queue};
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn items_travel_as_json_entries_that_any_client_can_read() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    for url in [redis.url(), redis.unix_url()] {
+        let q: Queue<(u32, String)> = Queue::connect(&url, "words").unwrap();
+        q.put((1, "one".to_string())).unwrap();
+        let raw = redis.cli_text(&["XRANGE", "words", "-", "+"]);
+        assert!(raw.contains("codec\njson\nbody\n[1,\"one\"]"), "{raw}");
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.get_timeout(LONG).unwrap(), (1, "one".to_string()));
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
+    }
+    // An item another client put is read the same way.
+    redis.cli(&["XADD", "words", "*", "codec", "json", "body", "[2,\"two\"]"]);
+    let q: Queue<(u32, String)> = Queue::connect(&redis.url(), "words").unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), (2, "two".to_string()));
+}
+
+fn double_all((tasks, results): (JoinableQueue<u64>, Queue<u64>)) {
+    while let Ok(n) = tasks.get_timeout(Duration::from_secs(2)) {
+        results.put(n * 2).unwrap();
+        tasks.task_done().unwrap();
+    }
+}
+
+#[test]
+fn a_broker_queue_passes_to_child_processes_and_join_waits_for_them() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let tasks: JoinableQueue<u64> = JoinableQueue::connect(&redis.url(), "tasks").unwrap();
+    let results: Queue<u64> = Queue::connect(&redis.url(), "results").unwrap();
+    for n in 0..50 {
+        tasks.put(n).unwrap();
+    }
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Guarded::new(
+                Process::new(double_all, (tasks.clone(), results.clone()))
+                    .start()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    tasks.join_timeout(LONG).unwrap();
+    assert_eq!(tasks.unfinished().unwrap(), 0);
+    let mut got: Vec<u64> = (0..50)
+        .map(|_| results.get_timeout(LONG).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..50).map(|n| n * 2).collect::<Vec<_>>());
+    for mut w in workers {
+        w.join(Some(LONG)).unwrap();
+        assert_eq!(w.exitcode(), Some(0));
+    }
+}
+
+/// Takes one task, says which, and never finishes it.
+fn take_and_hang((tasks, told): (JoinableQueue<u64>, Queue<u64>)) {
+    let n = tasks.get().unwrap();
+    told.put(n).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_killed_consumers_task_is_delivered_again_and_done_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_millis(500);
+    let tasks: JoinableQueue<u64> = Queue::builder()
+        .broker(redis.url())
+        .name("leased")
+        .lease(lease)
+        .build_joinable()
+        .unwrap();
+    let told: Queue<u64> = Queue::connect(&redis.url(), "told").unwrap();
+    for n in 0..5 {
+        tasks.put(n).unwrap();
+    }
+    let mut hung = Guarded::new(
+        Process::new(take_and_hang, (tasks.clone(), told.clone()))
+            .start()
+            .unwrap(),
+    );
+    let stuck = told.get_timeout(LONG).unwrap();
+    hung.kill().unwrap();
+    let _ = hung.join(Some(LONG));
+    assert_eq!(hung.exitcode(), Some(-9));
+    // This consumer gets the other four at once, and the stuck one when its lease runs out.
+    let mut done: BTreeMap<u64, u32> = BTreeMap::new();
+    let start = Instant::now();
+    while done.len() < 5 {
+        let n = tasks.get_timeout(LONG).unwrap();
+        *done.entry(n).or_default() += 1;
+        tasks.task_done().unwrap();
+    }
+    assert!(
+        start.elapsed() >= lease / 2,
+        "the stuck task came back before its lease ran out"
+    );
+    assert_eq!(
+        done.values().copied().collect::<Vec<_>>(),
+        [1; 5],
+        "{done:?}"
+    );
+    assert!(done.contains_key(&stuck));
+    assert_eq!(tasks.unfinished().unwrap(), 0);
+    assert_eq!(tasks.try_get().unwrap_err().kind(), ErrorKind::Empty);
+}
+
+#[test]
+fn a_live_consumer_keeps_its_lease_while_it_works() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_millis(300);
+    let open = |name: &str| -> JoinableQueue<u32> {
+        Queue::builder()
+            .broker(redis.url())
+            .name(name)
+            .lease(lease)
+            .build_joinable()
+            .unwrap()
+    };
+    let slow = open("renewed");
+    let other = open("renewed");
+    slow.put(7).unwrap();
+    assert_eq!(slow.get_timeout(LONG).unwrap(), 7);
+    // Four leases' time later the item is still the slow consumer's: nobody else gets it.
+    assert_eq!(
+        other.get_timeout(lease * 4).unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    slow.task_done().unwrap();
+    assert_eq!(slow.unfinished().unwrap(), 0);
+}
+
+#[test]
+fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let q: JoinableQueue<String> = Queue::builder()
+        .broker(redis.url())
+        .name("poison")
+        .max_deliveries(2)
+        .build_joinable()
+        .unwrap();
+    q.put("bad".to_string()).unwrap();
+    q.put("good".to_string()).unwrap();
+    let mut attempts = 0;
+    let mut good = 0;
+    while let Ok(item) = q.get_timeout(Duration::from_secs(2)) {
+        if item == "bad" {
+            attempts += 1;
+            q.task_failed(&format!("boom {attempts}")).unwrap();
+        } else {
+            good += 1;
+            q.task_done().unwrap();
+        }
+    }
+    assert_eq!((attempts, good), (2, 1));
+    assert_eq!(q.unfinished().unwrap(), 0);
+    let dead = redis.cli_text(&["XRANGE", "poison:dead", "-", "+"]);
+    assert!(dead.contains("\"bad\""), "{dead}");
+    assert!(dead.contains("reason\nboom 2"), "{dead}");
+    assert!(dead.contains("deliveries\n3"), "{dead}");
+}
+
+#[test]
+fn malformed_entries_are_dead_lettered_and_never_reach_the_consumer() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let q: Queue<u32> = Queue::connect(&redis.url(), "mixed").unwrap();
+    redis.cli(&["XADD", "mixed", "*", "codec", "pickle", "body", "x"]);
+    redis.cli(&["XADD", "mixed", "*", "codec", "json", "body", "\"seven\""]);
+    redis.cli(&["XADD", "mixed", "*", "nothing", "here"]);
+    q.put(7).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 7);
+    let dead = redis.cli_text(&["XRANGE", "mixed:dead", "-", "+"]);
+    assert!(dead.contains("unknown codec"), "{dead}");
+    assert!(dead.contains("does not decode"), "{dead}");
+    assert!(dead.contains("no body"), "{dead}");
+    assert_eq!(redis.cli_text(&["XLEN", "mixed:dead"]), "3");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_prompt_error_naming_its_url() {
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let start = Instant::now();
+    let err = Queue::<u32>::connect(&url, "nowhere").unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.to_string().contains(&url), "{err}");
+    let err = Queue::<u32>::connect("http://example.com", "x").unwrap_err();
+    assert!(err.to_string().contains("bad broker URL"), "{err}");
+    let err = Queue::<u32>::builder().broker(url).build().unwrap_err();
+    assert!(err.to_string().contains("needs a name"), "{err}");
+}
+
+#[test]
+fn a_broker_restart_loses_no_item() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let q: JoinableQueue<u32> = JoinableQueue::connect(&redis.url(), "durable").unwrap();
+    for n in 0..100 {
+        q.put(n).unwrap();
+    }
+    let mut got: Vec<u32> = (0..30)
+        .map(|_| {
+            let n = q.get_timeout(LONG).unwrap();
+            q.task_done().unwrap();
+            n
+        })
+        .collect();
+    redis.restart(|| {
+        // While the broker is down a blocking get waits for it instead of failing.
+        assert_eq!(
+            q.get_timeout(Duration::from_millis(300))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Io
+        );
+    });
+    while got.len() < 100 {
+        got.push(q.get_timeout(LONG).unwrap());
+        q.task_done().unwrap();
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    assert_eq!(q.unfinished().unwrap(), 0);
+}
+
+#[test]
+fn a_bounded_broker_queue_refuses_past_maxsize() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let q: Queue<u8> = Queue::builder()
+        .broker(redis.url())
+        .name("small")
+        .maxsize(2)
+        .build()
+        .unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(q.is_full());
+    assert_eq!(q.try_put(3).unwrap_err().kind(), ErrorKind::Full);
+    assert_eq!(
+        q.put_timeout(3, Duration::from_millis(100))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Timeout
+    );
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+}
