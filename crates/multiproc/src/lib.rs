@@ -63,7 +63,10 @@ pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
     current_process, init, parent_process,
 };
-pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use queue::{
+    ConsumerStatus, DeadLetter, JoinableQueue, Queue, QueueAdmin, QueueBuilder, QueueStatus,
+    SimpleQueue,
+};
 pub use share::Descriptor;
 pub use shm::{Array, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use sync::{

@@ -1,10 +1,10 @@
 //! `Process`: a Rust function run in a child process.
 
 mod child;
+pub(crate) mod chunk;
 mod current;
 mod forkserver;
 mod registry;
-pub(crate) mod chunk;
 mod target;
 
 use std::fmt;

@@ -2,6 +2,7 @@
 //! (crossbeam-channel's pattern): a shared-memory ring between the processes of one machine
 //! (`shm.rs`), or a Redis stream between machines (`redis.rs`).
 
+mod admin;
 mod redis;
 mod ring;
 mod shm;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use self::admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
 use self::redis::{BrokerSettings, RedisQueue};
 use self::shm::{DEFAULT_RING_BYTES, NONBLOCKING_LOCK_WAIT, ShmQueue};
 use crate::error::{Error, Result};

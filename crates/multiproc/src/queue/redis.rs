@@ -520,6 +520,144 @@ impl RedisQueue {
         }
     }
 
+    /// See [`QueueAdmin::status_with_lease`](super::QueueAdmin::status_with_lease).
+    pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let (len, pending, dead, consumers): (u64, Value, u64, Value) =
+            self.with_conn(deadline, |c| {
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&self.keys.stream)
+                    .cmd("XPENDING")
+                    .arg(&self.keys.stream)
+                    .arg(GROUP)
+                    .cmd("XLEN")
+                    .arg(&self.keys.dead)
+                    .cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&self.keys.stream)
+                    .arg(GROUP)
+                    .query(c)
+            })?;
+        let pending = match pending {
+            Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0),
+            _ => 0,
+        };
+        let consumers = match consumers {
+            Value::Array(rows) => rows
+                .iter()
+                .filter_map(|row| {
+                    let get = |key: &str| field_of(row, key);
+                    let name = get("name").as_ref().and_then(as_string)?;
+                    let held = get("pending").as_ref().and_then(as_u64).unwrap_or(0);
+                    let idle =
+                        Duration::from_millis(get("idle").as_ref().and_then(as_u64).unwrap_or(0));
+                    Some(super::ConsumerStatus {
+                        name,
+                        pending: held,
+                        idle,
+                        dead: held > 0 && idle > lease,
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(super::QueueStatus {
+            waiting: len.saturating_sub(pending),
+            pending,
+            dead,
+            consumers,
+        })
+    }
+
+    /// See [`QueueAdmin::dead_letters`](super::QueueAdmin::dead_letters).
+    pub(super) fn dead_letters(&self, limit: usize) -> Result<Vec<super::DeadLetter>> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let entries: Value = self.with_conn(deadline, |c| {
+            redis::cmd("XRANGE")
+                .arg(&self.keys.dead)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query(c)
+        })?;
+        let Value::Array(entries) = entries else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .iter()
+            .filter_map(parse_entry)
+            .map(|e| {
+                let text = |k: &str| {
+                    e.field(k)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                super::DeadLetter {
+                    original_id: text("original_id"),
+                    reason: text("reason"),
+                    deliveries: text("deliveries").parse().unwrap_or(0),
+                    codec: text("codec"),
+                    body: text("body"),
+                    id: e.id,
+                }
+            })
+            .collect())
+    }
+
+    /// See [`QueueAdmin::requeue_dead`](super::QueueAdmin::requeue_dead).
+    pub(super) fn requeue_dead(&self, ids: Option<&[String]>) -> Result<usize> {
+        let mut moved = 0;
+        loop {
+            let letters = self.dead_letters(100)?;
+            let chosen: Vec<_> = letters
+                .into_iter()
+                .filter(|l| ids.is_none_or(|ids| ids.contains(&l.id)))
+                .collect();
+            if chosen.is_empty() {
+                return Ok(moved);
+            }
+            for letter in &chosen {
+                self.with_conn(None, |c| {
+                    redis::pipe()
+                        .atomic()
+                        .cmd("XADD")
+                        .arg(&self.keys.stream)
+                        .arg("*")
+                        .arg("codec")
+                        .arg(&letter.codec)
+                        .arg("body")
+                        .arg(&letter.body)
+                        .cmd("XDEL")
+                        .arg(&self.keys.dead)
+                        .arg(&letter.id)
+                        .query::<Value>(c)
+                        .map(drop)
+                })?;
+            }
+            moved += chosen.len();
+            if ids.is_some() {
+                return Ok(moved);
+            }
+        }
+    }
+
+    /// See [`QueueAdmin::purge_dead`](super::QueueAdmin::purge_dead).
+    pub(super) fn purge_dead(&self) -> Result<u64> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.with_conn(deadline, |c| {
+            let (len, _): (u64, Value) = redis::pipe()
+                .atomic()
+                .cmd("XLEN")
+                .arg(&self.keys.dead)
+                .cmd("DEL")
+                .arg(&self.keys.dead)
+                .query(c)?;
+            Ok(len)
+        })
+    }
+
     /// Runs `op` on the connection, connecting again with back-off while the broker cannot
     /// be reached, until `deadline`.
     fn with_conn<R>(
@@ -761,6 +899,21 @@ fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
         other => as_string(other)?.parse().ok(),
+    }
+}
+
+/// The value of `key` in a reply row that is a map or a flat `[key, value, ...]` array.
+fn field_of(row: &Value, key: &str) -> Option<Value> {
+    match row {
+        Value::Array(kv) => kv
+            .chunks_exact(2)
+            .find(|p| as_string(&p[0]).as_deref() == Some(key))
+            .map(|p| p[1].clone()),
+        Value::Map(kv) => kv
+            .iter()
+            .find(|(k, _)| as_string(k).as_deref() == Some(key))
+            .map(|(_, v)| v.clone()),
+        _ => None,
     }
 }
 
