@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod broker;
 mod demo;
 mod queues;
 
@@ -37,6 +38,10 @@ enum Command {
     Submit(queues::Submit),
     /// Take results from a served queue and print them.
     Collect(queues::Collect),
+    /// Show broker queues: items waiting, taken, dead; consumers and those that look lost.
+    Status(broker::Status),
+    /// List, requeue or purge a broker queue's dead letters.
+    Dead(broker::Dead),
 }
 
 fn main() -> ExitCode {
@@ -58,5 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => queues::worker(args),
         Command::Submit(args) => queues::submit(args),
         Command::Collect(args) => queues::collect(args),
+        Command::Status(args) => broker::status(args),
+        Command::Dead(args) => broker::dead(args),
     }
 }

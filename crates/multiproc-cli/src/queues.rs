@@ -1,5 +1,6 @@
 //! `multiproc serve`, `worker`, `submit` and `collect`: named queues over TCP, spoken in
-//! CPython's manager protocol, so CPython's `BaseManager` workers and masters can join in.
+//! CPython's manager protocol, so CPython's `BaseManager` workers and masters can join in; or
+//! the same commands on a Redis broker (`-b redis://…`, see `broker.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,16 +37,49 @@ impl Auth {
     }
 }
 
+/// Where the queues are.
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArg {
+    /// A manager server (HOST:PORT; authkey from MULTIPROC_AUTHKEY or --authkey-file) or a
+    /// Redis broker (redis://HOST:PORT/DB, rediss://…, redis+unix:///PATH).
+    #[arg(
+        short = 'b',
+        long = "broker",
+        visible_alias = "connect",
+        env = "MULTIPROC_BROKER",
+        default_value = "127.0.0.1:5000"
+    )]
+    pub(crate) broker: String,
+}
+
+impl BrokerArg {
+    /// The Redis URL, if the broker is one.
+    pub(crate) fn redis(&self) -> Option<&str> {
+        let b = self.broker.as_str();
+        ["redis://", "rediss://", "redis+unix://"]
+            .iter()
+            .any(|scheme| b.starts_with(scheme))
+            .then_some(b)
+    }
+
+    fn manager(&self, auth: &Auth) -> anyhow::Result<ManagerClient> {
+        Ok(ManagerClient::connect(
+            &address(&self.broker)?,
+            &auth.key()?,
+        )?)
+    }
+}
+
 /// A task or result: an integer or a text, as Python's `int` or `str`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-enum Item {
+pub(crate) enum Item {
     Int(i64),
     Text(String),
 }
 
 impl Item {
-    fn parse(s: &str) -> Item {
+    pub(crate) fn parse(s: &str) -> Item {
         s.parse()
             .map(Item::Int)
             .unwrap_or_else(|_| Item::Text(s.to_string()))
@@ -97,30 +131,37 @@ pub(crate) fn serve(args: Serve) -> anyhow::Result<()> {
 /// `multiproc worker`.
 #[derive(Debug, Args)]
 pub(crate) struct Worker {
-    /// The server to connect to.
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    connect: String,
+    #[command(flatten)]
+    pub(crate) broker: BrokerArg,
     /// The queue to take tasks from.
     #[arg(long, default_value = "task")]
-    tasks: String,
+    pub(crate) tasks: String,
     /// The queue to put results in.
     #[arg(long, default_value = "result")]
-    results: String,
+    pub(crate) results: String,
     /// Stop after this many seconds without a task.
     #[arg(long, default_value_t = 3.0)]
-    idle: f64,
+    pub(crate) idle: f64,
+    /// On Redis: seconds a taken task stays leased before another worker may take it (the
+    /// lease is renewed while the task runs).
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) lease: f64,
+    /// On Redis: deliveries before a task that keeps failing goes to the dead letters.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) max_deliveries: u32,
     /// Instead of a command, square integer tasks (the seeds' `n * n = ...`).
     #[arg(long, conflicts_with = "command")]
-    square: bool,
+    pub(crate) square: bool,
     /// The command to run per task, `{}` replaced by the task (e.g. `-- echo {}`); its
-    /// standard output, trimmed, is the result.
+    /// standard output, trimmed, is the result. On Redis a command that fails gives its task
+    /// back to be tried again (then to the dead letters); on a manager its error is the result.
     #[arg(last = true)]
-    command: Vec<String>,
+    pub(crate) command: Vec<String>,
     #[command(flatten)]
-    auth: Auth,
+    pub(crate) auth: Auth,
 }
 
-fn run_task(args: &Worker, task: &Item) -> anyhow::Result<Item> {
+pub(crate) fn run_task(args: &Worker, task: &Item) -> anyhow::Result<Item> {
     if args.square {
         let Item::Int(n) = task else {
             bail!("--square needs integer tasks, got {task:?}");
@@ -148,7 +189,10 @@ fn run_task(args: &Worker, task: &Item) -> anyhow::Result<Item> {
 }
 
 pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
-    let manager = ManagerClient::connect(&address(&args.connect)?, &args.auth.key()?)?;
+    if let Some(url) = args.broker.redis() {
+        return crate::broker::worker(url, &args);
+    }
+    let manager = args.broker.manager(&args.auth)?;
     let tasks = manager.queue::<Item>(&typeid(&args.tasks))?;
     let results = manager.queue::<Item>(&typeid(&args.results))?;
     let idle = Duration::from_secs_f64(args.idle.max(0.0));
@@ -174,21 +218,23 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
 /// `multiproc submit`.
 #[derive(Debug, Args)]
 pub(crate) struct Submit {
-    /// The server to connect to.
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    connect: String,
+    #[command(flatten)]
+    pub(crate) broker: BrokerArg,
     /// The queue to put into.
     #[arg(long, default_value = "task")]
-    queue: String,
+    pub(crate) queue: String,
     /// The tasks (integers travel as Python ints, anything else as str).
     #[arg(required = true)]
-    items: Vec<String>,
+    pub(crate) items: Vec<String>,
     #[command(flatten)]
-    auth: Auth,
+    pub(crate) auth: Auth,
 }
 
 pub(crate) fn submit(args: Submit) -> anyhow::Result<()> {
-    let manager = ManagerClient::connect(&address(&args.connect)?, &args.auth.key()?)?;
+    if let Some(url) = args.broker.redis() {
+        return crate::broker::submit(url, &args);
+    }
+    let manager = args.broker.manager(&args.auth)?;
     let queue = manager.queue::<Item>(&typeid(&args.queue))?;
     for item in &args.items {
         queue.put(&Item::parse(item))?;
@@ -200,24 +246,27 @@ pub(crate) fn submit(args: Submit) -> anyhow::Result<()> {
 /// `multiproc collect`.
 #[derive(Debug, Args)]
 pub(crate) struct Collect {
-    /// The server to connect to.
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    connect: String,
+    #[command(flatten)]
+    pub(crate) broker: BrokerArg,
     /// The queue to take from.
     #[arg(long, default_value = "result")]
-    queue: String,
-    /// How many results to wait for.
+    pub(crate) queue: String,
+    /// How many results to wait for (on Redis: distinct tasks; a result that comes twice,
+    /// from a task run again after its worker died, is printed once).
     #[arg(long)]
-    count: usize,
+    pub(crate) count: usize,
     /// Give up after this many seconds without a result.
     #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
+    pub(crate) timeout: f64,
     #[command(flatten)]
-    auth: Auth,
+    pub(crate) auth: Auth,
 }
 
 pub(crate) fn collect(args: Collect) -> anyhow::Result<()> {
-    let manager = ManagerClient::connect(&address(&args.connect)?, &args.auth.key()?)?;
+    if let Some(url) = args.broker.redis() {
+        return crate::broker::collect(url, &args);
+    }
+    let manager = args.broker.manager(&args.auth)?;
     let queue = manager.queue::<Item>(&typeid(&args.queue))?;
     let wait = Duration::from_secs_f64(args.timeout.max(0.0));
     for i in 0..args.count {

@@ -151,7 +151,8 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 
     /// On a broker: how long a taken item stays leased to its consumer before another may
     /// take it (default 30 s). A live consumer's leases are renewed while it works; a dead
-    /// one's run out and its items are delivered again.
+    /// one's run out and its items are delivered again. A consumer takes over items idle for
+    /// longer than its own lease, so every consumer of a queue should use the same one.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings.lease = lease;
         self

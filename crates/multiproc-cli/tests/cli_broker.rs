@@ -1,0 +1,231 @@
+//! `multiproc worker | submit | collect | status | dead` on a Redis broker: the same commands as
+//! on a manager with `-b redis://…`, a Python worker (redis-py) taking our tasks, a worker
+//! killed mid-task, tasks that keep failing, and a broker that is not there.
+
+#[path = "../../multiproc/tests/common/redis.rs"]
+mod redis_server;
+
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use redis_server::{RedisServer, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
+
+fn multiproc(redis: &RedisServer, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("MULTIPROC_BROKER", redis.url())
+        .output()
+        .expect("run multiproc")
+}
+
+fn lines(out: &Output) -> BTreeSet<String> {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn squares(ns: impl IntoIterator<Item = i64>) -> BTreeSet<String> {
+    ns.into_iter()
+        .map(|n| format!("{n} * {n} = {}", n * n))
+        .collect()
+}
+
+/// A child in its own process group, killed with the whole group when the test ends.
+struct Group(Child);
+
+impl Group {
+    fn spawn(cmd: &mut Command) -> Group {
+        Group(cmd.process_group(0).spawn().expect("spawn"))
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: killpg takes a process-group id and a signal; the group is our child's.
+        unsafe { libc::killpg(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn workers_submit_and_collect_run_the_seed_on_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let tasks: Vec<String> = (1..=12).map(|n| n.to_string()).collect();
+    let mut submit = vec!["submit"];
+    submit.extend(tasks.iter().map(String::as_str));
+    lines(&multiproc(&redis, &submit));
+    let workers: Vec<Group> = (0..2)
+        .map(|_| {
+            Group::spawn(
+                Command::new(BIN)
+                    .args(["worker", "--square", "--idle", "1", "-b", &redis.url()])
+                    .stdout(Stdio::null()),
+            )
+        })
+        .collect();
+    let got = lines(&multiproc(&redis, &["collect", "--count", "12"]));
+    assert_eq!(got, squares(1..=12));
+    drop(workers);
+    let status = lines(&multiproc(&redis, &["status", "task", "result"]));
+    let task_row = status.iter().find(|l| l.starts_with("task ")).unwrap();
+    let numbers: Vec<&str> = task_row.split_whitespace().collect();
+    assert_eq!(&numbers[1..4], ["0", "0", "0"], "{task_row}");
+}
+
+#[test]
+fn a_python_worker_takes_tasks_that_multiproc_submitted() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let has_redis_py = Command::new("python3")
+        .args(["-c", "import redis"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_redis_py {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-py is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipped: python3 with redis-py is not installed");
+        return;
+    }
+    lines(&multiproc(&redis, &["submit", "3", "4", "five"]));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/redis_worker.py");
+    let py = Command::new("python3")
+        .args([script, &redis.url(), "--idle", "0.5"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        py.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert!(said.contains("python worker: 3 tasks done"), "{said}");
+    let got = lines(&multiproc(&redis, &["collect", "--count", "3"]));
+    let want: BTreeSet<String> = ["3 * 3 = 9", "4 * 4 = 16", "FIVE"].map(String::from).into();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_worker_killed_mid_task_leaves_it_to_another_and_each_result_comes_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let flag = redis.dir().join("go");
+    lines(&multiproc(&redis, &["submit", "1", "2", "3"]));
+    // Hangs on every task until the flag exists, then echoes it.
+    let body = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo done-$0",
+        flag.display()
+    );
+    // The lease is the queue's: a consumer claims entries idle for longer than its own.
+    let worker = || {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "worker",
+            "--lease",
+            "0.5",
+            "--idle",
+            "2",
+            "-b",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &body, "{}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        cmd
+    };
+    let mut stuck = Group::spawn(&mut worker());
+    // Wait until it holds a task, then kill it (and the command it runs).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !redis
+        .cli_text(&["XPENDING", "task", "multiproc"])
+        .starts_with('1')
+    {
+        assert!(Instant::now() < deadline, "the worker took no task");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    stuck.kill();
+    std::fs::write(&flag, b"").unwrap();
+    let _other = Group::spawn(&mut worker());
+    let got = lines(&multiproc(&redis, &["collect", "--count", "3"]));
+    let want: BTreeSet<String> = ["done-1", "done-2", "done-3"].map(String::from).into();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn failing_tasks_end_in_the_dead_letters_and_can_be_requeued() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    lines(&multiproc(&redis, &["submit", "x", "y"]));
+    let worker = |cmd: &[&str]| {
+        let mut args = vec!["worker", "--idle", "0.5", "--max-deliveries", "2", "--"];
+        args.extend(cmd);
+        lines(&multiproc(&redis, &args))
+    };
+    worker(&["sh", "-c", "echo no way >&2; exit 3"]);
+    let dead = lines(&multiproc(&redis, &["dead", "ls", "task"]));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|l| l.contains("no way") && l.contains("\t3\t")),
+        "{dead:?}"
+    );
+    let status = lines(&multiproc(&redis, &["status", "task"]));
+    assert!(
+        status
+            .iter()
+            .any(|l| l.split_whitespace().nth(3) == Some("2")),
+        "{status:?}"
+    );
+    assert_eq!(
+        lines(&multiproc(&redis, &["dead", "requeue", "task"])),
+        BTreeSet::from(["requeued 2".to_string()])
+    );
+    worker(&["echo", "fixed-{}"]);
+    let got = lines(&multiproc(&redis, &["collect", "--count", "2"]));
+    assert_eq!(got, BTreeSet::from(["fixed-x".into(), "fixed-y".into()]));
+    assert_eq!(
+        lines(&multiproc(&redis, &["dead", "purge", "task"])),
+        BTreeSet::from(["purged 0".to_string()])
+    );
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error() {
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let out = Command::new(BIN)
+        .args(["submit", "-b", &url, "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&url) && err.contains("cannot connect"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["dead", "-b", "127.0.0.1:5000", "ls"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a Redis broker"));
+}
