@@ -103,6 +103,9 @@ pub(super) struct RedisQueue {
     closed: AtomicBool,
     /// Dropping the sender stops the lease-renewing thread.
     renewer: Mutex<Option<mpsc::Sender<()>>>,
+    /// When `get` last looked for entries whose lease ran out (it does so every quarter
+    /// lease, and whenever no new entry came, not before every read).
+    last_claim: Mutex<Option<Instant>>,
 }
 
 /// An entry read from the stream.
@@ -147,6 +150,7 @@ impl RedisQueue {
             leases: Arc::new(Mutex::new(VecDeque::new())),
             closed: AtomicBool::new(false),
             renewer: Mutex::new(None),
+            last_claim: Mutex::new(None),
         };
         queue.with_conn(Some(Instant::now() + COMMAND_TIMEOUT), |c| {
             create_group(c, &queue.keys.stream)
@@ -246,19 +250,24 @@ impl RedisQueue {
         loop {
             self.check_open()?;
             let lease_ms = self.settings.lease.as_millis() as u64;
-            // First an entry whose lease ran out, then a new one.
-            let claimed = self.with_conn(deadline, |c| {
-                let reply: Value = redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.stream)
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg(lease_ms)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query(c)?;
-                Ok(parse_autoclaim(reply))
-            })?;
+            // First an entry whose lease ran out (now and then), then a new one.
+            let claim = self.claim_due();
+            let claimed = if claim {
+                self.with_conn(deadline, |c| {
+                    let reply: Value = redis::cmd("XAUTOCLAIM")
+                        .arg(&self.keys.stream)
+                        .arg(GROUP)
+                        .arg(&self.consumer)
+                        .arg(lease_ms)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query(c)?;
+                    Ok(parse_autoclaim(reply))
+                })?
+            } else {
+                None
+            };
             let (entry, deliveries) = match claimed {
                 Some(entry) => {
                     let deliveries = self.deliveries(&entry.id, deadline)?;
@@ -295,6 +304,10 @@ impl RedisQueue {
                             other => Ok(parse_read(other?)),
                         }
                     })?;
+                    if entry.is_none() {
+                        // Nothing new: look for expired leases on the next round.
+                        *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
                     (entry, 1)
                 }
             };
@@ -322,6 +335,10 @@ impl RedisQueue {
                     }
                 }
             }
+            // Before giving up, one look for entries given back or left by the dead.
+            if !claim {
+                continue;
+            }
             if !block || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(if block {
                     Error::timeout(self.what(), waited)
@@ -330,6 +347,16 @@ impl RedisQueue {
                 });
             }
         }
+    }
+
+    /// Whether it is time to look for entries whose lease ran out (and notes that it is).
+    fn claim_due(&self) -> bool {
+        let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= self.settings.lease / 4);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// How many times entry `id` was delivered.
