@@ -519,6 +519,61 @@ def bench_manager_connect(quick):
     return dt / n * 1e6, "us"
 
 
+def _broker_worker(url, stream, ready, done_q):
+    import redis
+    r = redis.Redis.from_url(url)
+    consumer = f"py-{os.getpid()}"
+    ready.set()
+    done = 0
+    while True:
+        reply = r.xreadgroup("multiproc", consumer, {stream: ">"}, count=1, block=30000)
+        if not reply:
+            break
+        entry_id, fields = reply[0][1][0]
+        n = json.loads(fields[b"body"])
+        pipe = r.pipeline(transaction=True)
+        pipe.xack(stream, "multiproc", entry_id)
+        pipe.xdel(stream, entry_id)
+        pipe.execute()
+        if n == -1:
+            break
+        done += 1
+    done_q.put(done)
+
+
+def bench_broker_queue(quick):
+    """The same job as ours with redis-py: XADD per task; workers XREADGROUP one entry, decode
+    it, then XACK + XDEL in one transaction. Needs MULTIPROC_BENCH_REDIS (set by the Rust side
+    to the server it started)."""
+    import redis
+    url = os.environ["MULTIPROC_BENCH_REDIS"]
+    n = 2_000 if quick else 20_000
+    stream = f"pybench-{os.getpid()}"
+    r = redis.Redis.from_url(url)
+    r.xgroup_create(stream, "multiproc", id="0", mkstream=True)
+    ctx = _fork_ctx()
+    done_q = ctx.Queue()
+    readies = [ctx.Event() for _ in range(2)]
+    workers = [ctx.Process(target=_broker_worker, args=(url, stream, e, done_q)) for e in readies]
+    for w in workers:
+        w.start()
+    for e in readies:
+        e.wait()
+    t0 = perf()
+    for i in range(n):
+        r.xadd(stream, {"codec": "json", "body": json.dumps(i)})
+    for _ in workers:
+        r.xadd(stream, {"codec": "json", "body": "-1"})
+    done = sum(done_q.get() for _ in workers)
+    dt = perf() - t0
+    for w in workers:
+        w.join()
+    r.delete(stream)
+    if done != n:
+        raise RuntimeError(f"{done} of {n} tasks done")
+    return n / dt, "task/s"
+
+
 BENCHMARKS = {
     "process_spawn_join": bench_process_spawn_join,
     "process_spawn_join_forkserver": bench_process_spawn_join_forkserver,
@@ -535,6 +590,7 @@ BENCHMARKS = {
     "thread_executor_submit": bench_thread_executor_submit,
     "manager_tcp_queue": bench_manager_tcp_queue,
     "manager_connect": bench_manager_connect,
+    "broker_queue": bench_broker_queue,
 }
 
 

@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+mod broker;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -162,6 +164,20 @@ const BENCHES: &[Bench] = &[
         run: manager_connect,
     },
     Bench {
+        name: "broker_queue",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: true,
+        run: broker::broker_queue,
+    },
+    Bench {
+        name: "limit_redis_xadd",
+        unit: "op/s",
+        better: Better::Higher,
+        compared: false,
+        run: broker::limit_redis_xadd,
+    },
+    Bench {
         name: "limit_spin_pingpong",
         unit: "rt/s",
         better: Better::Higher,
@@ -245,6 +261,7 @@ fn run() -> anyhow::Result<()> {
             ratio,
         });
     }
+    broker::stop();
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&outcomes)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -257,6 +274,9 @@ fn cpython(python: &str, name: &str, quick: bool) -> anyhow::Result<f64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/bench.py");
     let mut cmd = Command::new(python);
     cmd.arg(script).arg(name);
+    if let Some(url) = broker::url_if_started() {
+        cmd.env("MULTIPROC_BENCH_REDIS", url);
+    }
     if quick {
         cmd.arg("--quick");
     }
