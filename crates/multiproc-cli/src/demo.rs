@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use multiproc::{
-    Address, Connection, ErrorKind, ManagerClient, ManagerServer, Pipe, Pool, Process, Queue,
-    Value, current_process,
+    Address, Connection, ErrorKind, JoinableQueue, ManagerClient, ManagerServer, Pipe, Pool,
+    Process, Queue, QueueAdmin, Value, current_process,
 };
 
 /// Why the demo stopped.
@@ -49,6 +49,22 @@ impl From<multiproc::Error> for DemoError {
 }
 
 type Result<T, E = DemoError> = std::result::Result<T, E>;
+
+/// `multiproc demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Run only the seeds' master and workers, on this Redis broker (redis://HOST:PORT/DB).
+    #[arg(long)]
+    broker: Option<String>,
+}
+
+/// Runs the demo: the whole tour, or the master and workers on a broker.
+pub(crate) fn main(args: DemoArgs) -> Result<()> {
+    match args.broker {
+        Some(url) => broker_scene(&url),
+        None => run(),
+    }
+}
 
 /// Runs every section in order.
 pub(crate) fn run() -> Result<()> {
@@ -415,6 +431,75 @@ fn distributed_scene() -> Result<()> {
     want.sort_by_key(by_number);
     println!("  results: {}", got.join(", "));
     println!("  workers did {done} tasks in all");
+    check(
+        got == want && done as usize == DISTRIBUTED_TASKS,
+        "every task should come back squared exactly once",
+    )
+}
+
+/// A worker of the broker scene: the queues came as arguments (each connects again in the
+/// child); takes tasks until none comes for a while, acknowledging each once its result is put.
+fn broker_worker((tasks, results): (JoinableQueue<i64>, Queue<String>)) -> Result<u32, String> {
+    let mut done = 0;
+    loop {
+        match tasks.get_timeout(Duration::from_millis(500)) {
+            Ok(n) => {
+                results
+                    .put(format!("{n} * {n} = {}", n * n))
+                    .map_err(|e| e.to_string())?;
+                tasks.task_done().map_err(|e| e.to_string())?;
+                done += 1;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Empty) => {
+                return Ok(done);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The seeds' master and workers with the queues on a Redis broker: the same code as over
+/// the manager, the queues made with `Queue::connect`.
+fn broker_scene(url: &str) -> Result<()> {
+    section(1, "the seeds' master and workers on a Redis broker");
+    let name = format!("multiproc-demo-{}", std::process::id());
+    let (task_name, result_name) = (format!("{name}:task"), format!("{name}:result"));
+    let tasks: JoinableQueue<i64> = JoinableQueue::connect(url, &task_name)?;
+    let results: Queue<String> = Queue::connect(url, &result_name)?;
+    println!("  master uses the streams {task_name} and {result_name} on the broker");
+    let numbers: Vec<i64> = (0..DISTRIBUTED_TASKS as i64)
+        .map(|i| (i * 7919 + 13) % 100)
+        .collect();
+    for n in &numbers {
+        tasks.put(n)?;
+    }
+    let workers: Vec<_> = (0..DISTRIBUTED_WORKERS)
+        .map(|_| Process::new(broker_worker, (tasks.clone(), results.clone())).start())
+        .collect::<Result<_, _>>()?;
+    println!("  {DISTRIBUTED_WORKERS} worker processes take the tasks from the broker");
+    let bar = progress_bar(DISTRIBUTED_TASKS as u64);
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..DISTRIBUTED_TASKS {
+        got.push(results.get_timeout(Duration::from_secs(30))?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tasks.join_timeout(Duration::from_secs(30))?;
+    let mut done = 0;
+    for w in workers {
+        done += w.into_result()?.map_err(DemoError::Child)?;
+    }
+    for queue in [&task_name, &result_name] {
+        QueueAdmin::connect(url, queue)?.destroy()?;
+    }
+    let mut want: Vec<String> = numbers
+        .iter()
+        .map(|n| format!("{n} * {n} = {}", n * n))
+        .collect();
+    got.sort();
+    want.sort();
+    println!("  results: {}", got.join(", "));
+    println!("  workers did {done} tasks in all; every task acknowledged");
     check(
         got == want && done as usize == DISTRIBUTED_TASKS,
         "every task should come back squared exactly once",

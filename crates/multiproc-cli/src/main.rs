@@ -29,7 +29,7 @@ enum Command {
     /// Show child processes at work: pids, a returned value, a pipe, a daemon, data isolation,
     /// a queue of tasks, a lock around a shared counter, a pool, and the distributed
     /// master/workers example over TCP.
-    Demo,
+    Demo(demo::DemoArgs),
     /// Serve named queues over TCP to workers (ours or CPython's `BaseManager`).
     Serve(queues::Serve),
     /// Take tasks from a served queue, run a command per task, put the results back.
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo => demo::run().context("demo failed"),
+        Command::Demo(args) => demo::main(args).context("demo failed"),
         Command::Serve(args) => queues::serve(args),
         Command::Worker(args) => queues::worker(args),
         Command::Submit(args) => queues::submit(args),

@@ -229,3 +229,33 @@ fn an_unreachable_broker_is_a_clear_error() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a Redis broker"));
 }
+
+#[test]
+fn the_demo_runs_the_seed_on_a_broker_and_cleans_up() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let out = Command::new(BIN)
+        .args(["demo", "--broker", &redis.url()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("3 worker processes take the tasks from the broker"),
+        "{said}"
+    );
+    assert!(
+        said.contains("workers did 10 tasks in all; every task acknowledged"),
+        "{said}"
+    );
+    assert_eq!(
+        redis.cli_text(&["DBSIZE"]),
+        "0",
+        "the demo left keys behind"
+    );
+}

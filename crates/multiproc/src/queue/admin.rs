@@ -114,6 +114,15 @@ impl QueueAdmin {
         self.queue.requeue_dead(ids)
     }
 
+    /// Deletes the queue from the broker: its stream (with the items in it), its dead
+    /// letters and its recorded errors.
+    ///
+    /// # Errors
+    /// A broker that cannot be reached.
+    pub fn destroy(self) -> Result<()> {
+        self.queue.destroy()
+    }
+
     /// Deletes every dead letter; how many there were.
     ///
     /// # Errors

@@ -670,6 +670,19 @@ impl RedisQueue {
         }
     }
 
+    /// See [`QueueAdmin::destroy`](super::QueueAdmin::destroy).
+    pub(super) fn destroy(&self) -> Result<()> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.with_conn(deadline, |c| {
+            redis::cmd("DEL")
+                .arg(&self.keys.stream)
+                .arg(&self.keys.dead)
+                .arg(&self.keys.errors)
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
     /// See [`QueueAdmin::purge_dead`](super::QueueAdmin::purge_dead).
     pub(super) fn purge_dead(&self) -> Result<u64> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
