@@ -2,6 +2,8 @@
 //! run. Prints `<name> <ours> <cpython> <unit> <ratio>`, where ratio > 1 means multiproc is
 //! better (faster, or more throughput). Rows named `limit_*` have no CPython side: they measure
 //! what the machine allows (the matching lines of `limits.c`), printed with `-` for CPython.
+//! Rows named `run_overhead*` compare `multiproc run` with GNU parallel or xargs instead: the
+//! other tool's figure stands in the `cpython` column (see `run_overhead.rs`).
 //!
 //! ```text
 //! cargo run --release -p multiproc-bench -- all
@@ -9,6 +11,8 @@
 //! ```
 
 #![forbid(unsafe_code)]
+
+mod run_overhead;
 
 mod broker;
 
@@ -178,6 +182,27 @@ const BENCHES: &[Bench] = &[
         run: broker::limit_redis_xadd,
     },
     Bench {
+        name: "run_overhead",
+        unit: "job/s",
+        better: Better::Higher,
+        compared: false,
+        run: run_overhead::run_overhead,
+    },
+    Bench {
+        name: "run_overhead_xargs",
+        unit: "job/s",
+        better: Better::Higher,
+        compared: false,
+        run: run_overhead::run_overhead_xargs,
+    },
+    Bench {
+        name: "run_overhead_shell",
+        unit: "job/s",
+        better: Better::Higher,
+        compared: false,
+        run: run_overhead::run_overhead_shell,
+    },
+    Bench {
         name: "limit_spin_pingpong",
         unit: "rt/s",
         better: Better::Higher,
@@ -235,11 +260,15 @@ fn run() -> anyhow::Result<()> {
     );
     let mut outcomes = Vec::new();
     for b in chosen {
+        if let Some(why) = run_overhead::skip_reason(b.name) {
+            println!("# {}: skipped: {why}", b.name);
+            continue;
+        }
         let ours = (b.run)(args.quick).with_context(|| format!("{}: ours", b.name))?;
         let cpython = if b.compared {
             Some(cpython(&args.python, b.name, args.quick)?)
         } else {
-            None
+            run_overhead::other_side(b.name)
         };
         let ratio = cpython.map(|c| match b.better {
             Better::Higher => ours / c,

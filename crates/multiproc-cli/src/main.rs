@@ -8,6 +8,7 @@
 mod broker;
 mod demo;
 mod queues;
+mod run;
 
 use std::process::ExitCode;
 
@@ -42,11 +43,24 @@ enum Command {
     Status(broker::Status),
     /// List, requeue or purge a broker queue's dead letters.
     Dead(broker::Dead),
+    /// Run a command for each input, several at once, as GNU parallel does.
+    Run(run::Run),
 }
 
 fn main() -> ExitCode {
     multiproc::init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `run` exits with 255 on a bad option, as GNU parallel does.
+        Err(e) if e.use_stderr() && std::env::args_os().nth(1).is_some_and(|a| a == "run") => {
+            let _ = e.print();
+            return ExitCode::from(255);
+        }
+        Err(e) => e.exit(),
+    };
+    if let Command::Run(args) = cli.command {
+        return run::main(args);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -65,5 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(args) => queues::collect(args),
         Command::Status(args) => broker::status(args),
         Command::Dead(args) => broker::dead(args),
+        // Handled in `main`, which owns the exit status.
+        Command::Run(_) => Ok(()),
     }
 }

@@ -1,0 +1,1003 @@
+//! Running the jobs of `multiproc run`.
+//!
+//! One thread does it all: it spawns the jobs (`std::process::Command`, which uses
+//! `posix_spawn`), each in its own process group, and then waits in `poll(2)` on every
+//! running job's stdout and stderr pipes, on self-pipes written by the SIGCHLD, SIGINT and
+//! SIGTERM handlers, and on the input thread's wake-up socket, with a timeout at the next
+//! deadline (a job's `--timeout`, the SIGKILL that follows a SIGTERM, `--delay`,
+//! `--retry-delay`). Children are reaped with `waitpid(-1, WNOHANG)` when SIGCHLD says so.
+//! Killing a job means SIGTERM to its process group, then SIGKILL to the group after a grace
+//! period, so that its own children die with it.
+//!
+//! A command that a shell would run as it is (a program and plain words, see
+//! [`Template::plain_program`]) skips the shell: the program is looked up in `PATH` once and
+//! spawned directly, which halves the cost of a short job. Should that spawn fail, the job goes
+//! through the shell after all, which reports the error as it always would.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+
+use super::input::{self, Feed, Job};
+use super::joblog::{Entry, Joblog};
+use super::output::{Output, Stream};
+use super::template::{Ctx, Template, quote};
+use super::{Config, Halt, When, Why};
+
+/// How long a job has between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// Why a job was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Killed {
+    /// It ran past `--timeout`.
+    Timeout,
+    /// The run is stopping (`--halt now`, a second Ctrl-C, SIGTERM).
+    Stop,
+}
+
+/// A running job.
+struct Running {
+    /// What it runs.
+    job: Job,
+    /// Which try this is, from 1.
+    attempt: u64,
+    /// Its job slot.
+    slot: usize,
+    /// Its pid, which is also its process group.
+    pid: Pid,
+    /// Its stdout, until end of file.
+    out: Option<File>,
+    /// Its stderr, until end of file.
+    err: Option<File>,
+    /// When it started (for the joblog).
+    start_wall: SystemTime,
+    /// When it started.
+    started: Instant,
+    /// When `--timeout` kills it.
+    deadline: Option<Instant>,
+    /// Why it was killed, if it was.
+    killed: Option<Killed>,
+    /// When its group gets SIGKILL, after the SIGTERM.
+    kill_at: Option<Instant>,
+}
+
+/// A failed job waiting for its next try.
+struct Retry {
+    /// When it may start.
+    at: Instant,
+    /// The job.
+    job: Job,
+    /// The try it will be.
+    attempt: u64,
+}
+
+/// The read ends of the signal self-pipes.
+struct Signals {
+    /// Written to on SIGCHLD.
+    chld: UnixStream,
+    /// Written to on SIGINT.
+    int: UnixStream,
+    /// Written to on SIGTERM and SIGHUP.
+    term: UnixStream,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    fn install() -> anyhow::Result<Signals> {
+        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+        let pair = |sigs: &[i32]| -> anyhow::Result<UnixStream> {
+            let (r, w) = UnixStream::pair().context("cannot create a socket pair")?;
+            r.set_nonblocking(true)?;
+            for &s in sigs {
+                signal_hook::low_level::pipe::register(s, w.try_clone()?)
+                    .with_context(|| format!("cannot handle signal {s}"))?;
+            }
+            Ok(r)
+        };
+        Ok(Signals {
+            chld: pair(&[SIGCHLD])?,
+            int: pair(&[SIGINT])?,
+            term: pair(&[SIGTERM, SIGHUP])?,
+        })
+    }
+}
+
+/// Reads everything waiting in a non-blocking socket; returns how many bytes, and whether the
+/// other end is closed.
+fn drain(s: &mut UnixStream) -> (usize, bool) {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (n, true),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (n, false),
+        }
+    }
+}
+
+/// Runs everything; returns the exit status.
+pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
+    let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a socket pair")?;
+    wake_rx.set_nonblocking(true)?;
+    wake_tx.set_nonblocking(true)?;
+    if cfg.dry_run {
+        let rx = input::start(cfg.input, wake_tx)?;
+        return dry_run(&cfg.template, cfg.shell.is_none(), cfg.jobs, &rx);
+    }
+    // The input first: a missing file is an error before anything else happens.
+    let rx = input::start(cfg.input, wake_tx)?;
+    let (joblog, skip) = match &cfg.joblog {
+        Some(p) => {
+            let (log, skip) = Joblog::open(p, cfg.resume)?;
+            (Some(log), skip)
+        }
+        None => (None, HashSet::new()),
+    };
+    let signals = Signals::install()?;
+    let direct = match &cfg.shell {
+        Some(_) => cfg.template.plain_program().and_then(resolve),
+        None => None,
+    };
+    let bar = (cfg.bar && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} {percent}% ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    let output = Output::new(cfg.output.clone(), bar.clone())?;
+    let slots = match cfg.jobs {
+        Some(n) => n,
+        None => {
+            let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(1024);
+            usize::try_from(nofile.saturating_sub(32) / 2)
+                .unwrap_or(usize::MAX)
+                .max(1)
+        }
+    };
+    let mut r = Runner {
+        template: cfg.template,
+        shell: cfg.shell,
+        direct,
+        slots,
+        timeout: cfg.timeout,
+        retries: cfg.retries,
+        retry_delay: cfg.retry_delay,
+        delay: cfg.delay,
+        halt: cfg.halt,
+        output,
+        joblog,
+        skip,
+        bar,
+        rx: Some(rx),
+        wake: Some(wake_rx),
+        signals,
+        pending: VecDeque::new(),
+        retry_queue: Vec::new(),
+        running: HashMap::new(),
+        pending_kills: Vec::new(),
+        free_slots: BinaryHeap::new(),
+        used_slots: 0,
+        next_start: None,
+        stopping: false,
+        forced: None,
+        interrupted: false,
+        input_error: false,
+        total_jobs: 0,
+        started: 0,
+        completed: 0,
+        failed: 0,
+        halt_exit: None,
+        buf: vec![0; 1 << 16],
+    };
+    if r.halt.pct || r.bar.is_some() {
+        // Percentages and the bar need the number of jobs: read all the input first.
+        r.read_all_input();
+        if let Some(bar) = &r.bar {
+            bar.set_length(r.pending.len() as u64);
+        }
+    }
+    r.total_jobs = r.pending.len() as u64;
+    let res = r.main_loop();
+    if res.is_err() {
+        // An error of ours (the joblog cannot be written, say): leave no job behind.
+        for job in r.running.values() {
+            let _ = rustix::process::kill_process_group(job.pid, Signal::KILL);
+        }
+    }
+    r.output.close();
+    if let Some(bar) = &r.bar {
+        bar.finish();
+    }
+    res?;
+    Ok(r.exit_status())
+}
+
+/// `--dry-run`: prints each job's command.
+fn dry_run(
+    template: &Template,
+    no_shell: bool,
+    jobs: Option<usize>,
+    rx: &Receiver<Feed>,
+) -> anyhow::Result<u8> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let slots = jobs.unwrap_or(usize::MAX) as u64;
+    let mut line = Vec::new();
+    while let Ok(feed) = rx.recv() {
+        match feed {
+            Feed::Jobs(jobs) => {
+                for job in jobs {
+                    let ctx = Ctx {
+                        args: &job.args,
+                        seq: job.seq,
+                        slot: ((job.seq - 1) % slots + 1) as usize,
+                    };
+                    line.clear();
+                    command_line(template, no_shell, &ctx, &mut line);
+                    line.push(b'\n');
+                    out.write_all(&line)?;
+                }
+            }
+            Feed::Error(e) => {
+                out.flush()?;
+                anyhow::bail!(e);
+            }
+        }
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+/// A job's command as shown (`--dry-run`, joblog, messages): the shell line, or the quoted
+/// argv with `--no-shell`.
+fn command_line(template: &Template, no_shell: bool, ctx: &Ctx<'_>, out: &mut Vec<u8>) {
+    if no_shell {
+        for (i, w) in template.argv(ctx).iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(&quote(w));
+        }
+    } else {
+        template.shell_line(ctx, out);
+    }
+}
+
+/// Finds `name` in `PATH` as a shell would, unless something could make the shell run
+/// another thing: `BASH_ENV`, or an exported bash function of that name.
+fn resolve(name: &[u8]) -> Option<PathBuf> {
+    if std::env::var_os("BASH_ENV").is_some() {
+        return None;
+    }
+    let mut func = b"BASH_FUNC_".to_vec();
+    func.extend_from_slice(name);
+    func.extend_from_slice(b"%%");
+    if std::env::var_os(OsStr::from_bytes(&func)).is_some() {
+        return None;
+    }
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let name = OsStr::from_bytes(name);
+    if name.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join(name))
+        .find(|p| executable(p))
+}
+
+/// The runner's state.
+struct Runner {
+    /// The command.
+    template: Template,
+    /// The shell, `None` with `--no-shell`.
+    shell: Option<OsString>,
+    /// The program to spawn directly, when the shell can be skipped.
+    direct: Option<PathBuf>,
+    /// Jobs at once.
+    slots: usize,
+    /// `--timeout`.
+    timeout: Option<Duration>,
+    /// Tries per job (0: no limit).
+    retries: u64,
+    /// `--retry-delay`.
+    retry_delay: Duration,
+    /// `--delay`.
+    delay: Duration,
+    /// `--halt`.
+    halt: Halt,
+    /// The printer.
+    output: Output,
+    /// `--joblog`.
+    joblog: Option<Joblog>,
+    /// The sequence numbers `--resume` skips.
+    skip: HashSet<u64>,
+    /// The progress bar, if drawn.
+    bar: Option<ProgressBar>,
+    /// The input feed, until it ends.
+    rx: Option<Receiver<Feed>>,
+    /// The input thread's wake-up socket, until the thread closes it.
+    wake: Option<UnixStream>,
+    /// The signal self-pipes.
+    signals: Signals,
+    /// Jobs read and not started.
+    pending: VecDeque<Job>,
+    /// Failed jobs waiting for another try.
+    retry_queue: Vec<Retry>,
+    /// The running jobs, by pid.
+    running: HashMap<i32, Running>,
+    /// Process groups of reaped jobs that still get their SIGKILL.
+    pending_kills: Vec<(Pid, Instant)>,
+    /// Free job slots below `used_slots`.
+    free_slots: BinaryHeap<Reverse<usize>>,
+    /// How many slot numbers have been handed out.
+    used_slots: usize,
+    /// `--delay`: no job starts before this.
+    next_start: Option<Instant>,
+    /// No new job starts.
+    stopping: bool,
+    /// Stopped by this signal (the exit status is 128 + it).
+    forced: Option<i32>,
+    /// A first Ctrl-C stopped the run gracefully (the exit status is 130).
+    interrupted: bool,
+    /// Reading the input failed.
+    input_error: bool,
+    /// How many jobs there are in all, when read ahead (for `--halt` percentages).
+    total_jobs: u64,
+    /// Jobs started (first tries).
+    started: u64,
+    /// Jobs finished for good.
+    completed: u64,
+    /// Jobs finished for good that failed.
+    failed: u64,
+    /// The exit status `--halt` decided on.
+    halt_exit: Option<u8>,
+    /// The read buffer.
+    buf: Vec<u8>,
+}
+
+impl Runner {
+    /// Receives all of the input into `pending`.
+    fn read_all_input(&mut self) {
+        while let Some(rx) = &self.rx {
+            match rx.recv() {
+                Ok(Feed::Jobs(jobs)) => self.pending.extend(jobs),
+                Ok(Feed::Error(e)) => self.input_failed(&e),
+                Err(_) => self.rx = None,
+            }
+        }
+    }
+
+    /// Reports an input error; the run goes on with what was read, and exits with 255.
+    fn input_failed(&mut self, e: &str) {
+        self.output.message(&format!("multiproc: {e}"));
+        self.input_error = true;
+        self.rx = None;
+    }
+
+    /// The next job to start, if one is ready; `None` also when waiting for input.
+    fn next_job(&mut self, now: Instant) -> Option<(Job, u64)> {
+        if let Some(i) = (0..self.retry_queue.len())
+            .filter(|&i| self.retry_queue[i].at <= now)
+            .min_by_key(|&i| self.retry_queue[i].at)
+        {
+            let r = self.retry_queue.swap_remove(i);
+            return Some((r.job, r.attempt));
+        }
+        loop {
+            if let Some(job) = self.pending.pop_front() {
+                if self.skip.contains(&job.seq) {
+                    self.output.skip(job.seq);
+                    continue;
+                }
+                return Some((job, 1));
+            }
+            let rx = self.rx.as_ref()?;
+            match rx.try_recv() {
+                Ok(Feed::Jobs(jobs)) => self.pending.extend(jobs),
+                Ok(Feed::Error(e)) => self.input_failed(&e),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => self.rx = None,
+            }
+        }
+    }
+
+    /// Starts jobs while slots are free and jobs ready.
+    fn start_jobs(&mut self) -> anyhow::Result<()> {
+        while !self.stopping && self.running.len() < self.slots {
+            let now = Instant::now();
+            if self.next_start.is_some_and(|t| t > now) {
+                return Ok(());
+            }
+            let Some((job, attempt)) = self.next_job(now) else {
+                return Ok(());
+            };
+            if attempt == 1 {
+                self.started += 1;
+            }
+            let slot = match self.free_slots.pop() {
+                Some(Reverse(s)) => s,
+                None => {
+                    self.used_slots += 1;
+                    self.used_slots
+                }
+            };
+            self.output.start(job.seq, &job.args);
+            match self.spawn(&job, slot) {
+                Ok(child) => {
+                    let pid = Pid::from_child(&child);
+                    let mut child = child;
+                    let started = Instant::now();
+                    self.running.insert(
+                        pid.as_raw_pid(),
+                        Running {
+                            out: child.stdout.take().map(|s| File::from(OwnedFd::from(s))),
+                            err: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+                            job,
+                            attempt,
+                            slot,
+                            pid,
+                            start_wall: SystemTime::now(),
+                            started,
+                            deadline: self.timeout.map(|t| started + t),
+                            killed: None,
+                            kill_at: None,
+                        },
+                    );
+                    // `child` is dropped without a wait: the loop reaps it with waitpid(-1).
+                }
+                Err(e) => {
+                    // Not even the shell could be spawned (out of processes or descriptors):
+                    // the job fails as a shell's "cannot execute" would.
+                    let msg = format!("multiproc: cannot start job {}: {e}\n", job.seq);
+                    self.output.data(job.seq, Stream::Err, msg.as_bytes());
+                    self.free_slots.push(Reverse(slot));
+                    let now_wall = SystemTime::now();
+                    self.done(job, attempt, slot, now_wall, Duration::ZERO, 126, 0)?;
+                }
+            }
+            if !self.delay.is_zero() {
+                self.next_start = Some(Instant::now() + self.delay);
+            }
+        }
+        Ok(())
+    }
+
+    /// Spawns a job.
+    fn spawn(&self, job: &Job, slot: usize) -> std::io::Result<std::process::Child> {
+        let ctx = Ctx {
+            args: &job.args,
+            seq: job.seq,
+            slot,
+        };
+        let os = |b: Vec<u8>| OsString::from_vec(b);
+        if let Some(prog) = &self.direct {
+            let mut argv = self.template.argv(&ctx).into_iter();
+            let arg0 = argv.next().unwrap_or_default();
+            let mut cmd = Command::new(prog);
+            cmd.arg0(os(arg0)).args(argv.map(os));
+            if let Ok(child) = setup(&mut cmd, job.seq, slot).spawn() {
+                return Ok(child);
+            }
+        }
+        let mut cmd = match &self.shell {
+            Some(sh) => {
+                let mut line = Vec::new();
+                self.template.shell_line(&ctx, &mut line);
+                let mut cmd = Command::new(sh);
+                cmd.arg("-c").arg(os(line));
+                cmd
+            }
+            None => {
+                let mut argv = self.template.argv(&ctx).into_iter();
+                let prog = argv.next().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command")
+                })?;
+                let mut cmd = Command::new(os(prog));
+                cmd.args(argv.map(os));
+                cmd
+            }
+        };
+        setup(&mut cmd, job.seq, slot).spawn()
+    }
+
+    /// The loop: start jobs, wait for events, handle them, until all is done.
+    fn main_loop(&mut self) -> anyhow::Result<()> {
+        loop {
+            self.start_jobs()?;
+            if self.output.broken() && self.forced.is_none() {
+                self.force(rustix::process::Signal::PIPE.as_raw());
+            }
+            let input_left = !self.pending.is_empty() || self.rx.is_some();
+            let work_left = !self.stopping && (input_left || !self.retry_queue.is_empty());
+            if self.running.is_empty() && self.pending_kills.is_empty() && !work_left {
+                return Ok(());
+            }
+            self.output.flush();
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            self.wait(timeout)?;
+            self.timers();
+        }
+    }
+
+    /// The earliest deadline the loop must wake up for.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for r in self.running.values() {
+            match (r.kill_at, r.deadline, r.killed) {
+                (Some(k), _, _) => at(k),
+                (None, Some(d), None) => at(d),
+                _ => {}
+            }
+        }
+        for &(_, t) in &self.pending_kills {
+            at(t);
+        }
+        if !self.stopping && self.running.len() < self.slots {
+            for r in &self.retry_queue {
+                at(r.at);
+            }
+            if let Some(t) = self.next_start
+                && (!self.pending.is_empty() || self.rx.is_some() || !self.retry_queue.is_empty())
+            {
+                at(t);
+            }
+        }
+        next
+    }
+
+    /// Waits in poll(2) for pipes, signals and input, then handles what happened.
+    fn wait(&mut self, timeout: Option<Duration>) -> anyhow::Result<()> {
+        let mut owners: Vec<(i32, Stream)> = Vec::with_capacity(2 * self.running.len());
+        let ready: Vec<(i32, Stream)>;
+        let (chld, int, term, wake);
+        {
+            let ev = PollFlags::IN;
+            let mut fds = Vec::with_capacity(4 + 2 * self.running.len());
+            fds.push(PollFd::new(&self.signals.chld, ev));
+            fds.push(PollFd::new(&self.signals.int, ev));
+            fds.push(PollFd::new(&self.signals.term, ev));
+            if let Some(w) = &self.wake {
+                fds.push(PollFd::new(w, ev));
+            }
+            for (&pid, r) in &self.running {
+                if let Some(f) = &r.out {
+                    fds.push(PollFd::new(f, ev));
+                    owners.push((pid, Stream::Out));
+                }
+                if let Some(f) = &r.err {
+                    fds.push(PollFd::new(f, ev));
+                    owners.push((pid, Stream::Err));
+                }
+            }
+            let ts = timeout.map(|d| Timespec {
+                tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: d.subsec_nanos().into(),
+            });
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(_) => {}
+                Err(Errno::INTR) => return Ok(()),
+                Err(e) => return Err(std::io::Error::from(e)).context("poll failed"),
+            }
+            let hit = |fd: &PollFd<'_>| !fd.revents().is_empty();
+            chld = hit(&fds[0]);
+            int = hit(&fds[1]);
+            term = hit(&fds[2]);
+            let first = if self.wake.is_some() { 4 } else { 3 };
+            wake = first == 4 && hit(&fds[3]);
+            ready = fds[first..]
+                .iter()
+                .zip(&owners)
+                .filter(|(fd, _)| hit(fd))
+                .map(|(_, o)| *o)
+                .collect();
+        }
+        for (pid, stream) in ready {
+            self.read_pipe(pid, stream, false);
+        }
+        if wake
+            && let Some(w) = &mut self.wake
+            && drain(w).1
+        {
+            self.wake = None;
+        }
+        if int {
+            let (n, _) = drain(&mut self.signals.int);
+            self.on_sigint(n);
+        }
+        if term && drain(&mut self.signals.term).0 > 0 {
+            self.force(signal_hook::consts::SIGTERM);
+        }
+        if chld {
+            drain(&mut self.signals.chld);
+            self.reap()?;
+        }
+        Ok(())
+    }
+
+    /// Reads what a job's pipe holds: once (after poll said so), or until it would block
+    /// (`all`, once the job has exited). Closes it at end of file.
+    fn read_pipe(&mut self, pid: i32, stream: Stream, all: bool) {
+        let Some(r) = self.running.get_mut(&pid) else {
+            return;
+        };
+        let seq = r.job.seq;
+        let file = match stream {
+            Stream::Out => &mut r.out,
+            Stream::Err => &mut r.err,
+        };
+        let Some(f) = file else {
+            return;
+        };
+        if all && rustix::io::ioctl_fionbio(&*f, true).is_err() {
+            *file = None;
+            return;
+        }
+        loop {
+            match f.read(&mut self.buf) {
+                Ok(0) => {
+                    *file = None;
+                    return;
+                }
+                Ok(n) => {
+                    self.output.data(seq, stream, &self.buf[..n]);
+                    if !all {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Only a child of the job still holds the pipe: what the job wrote is in.
+                    *file = None;
+                    return;
+                }
+                Err(_) => {
+                    *file = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reaps every child that has exited and finishes its job.
+    fn reap(&mut self) -> anyhow::Result<()> {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    let raw = pid.as_raw_pid();
+                    if self.running.contains_key(&raw) {
+                        self.read_pipe(raw, Stream::Out, true);
+                        self.read_pipe(raw, Stream::Err, true);
+                        if let Some(r) = self.running.remove(&raw) {
+                            self.exited(r, status)?;
+                        }
+                    }
+                }
+                Ok(None) | Err(Errno::CHILD) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(std::io::Error::from(e)).context("waitpid failed"),
+            }
+        }
+    }
+
+    /// A job's process has exited: log it, print it, or try it again.
+    fn exited(&mut self, r: Running, status: WaitStatus) -> anyhow::Result<()> {
+        if let Some(at) = r.kill_at {
+            self.pending_kills.push((r.pid, at));
+        }
+        self.free_slots.push(Reverse(r.slot));
+        let runtime = r.started.elapsed();
+        let (exitval, signal) = match r.killed {
+            Some(_) => (
+                -1,
+                status
+                    .terminating_signal()
+                    .unwrap_or(signal_hook::consts::SIGTERM),
+            ),
+            None => (
+                status.exit_status().unwrap_or(0),
+                status.terminating_signal().unwrap_or(0),
+            ),
+        };
+        if r.killed == Some(Killed::Stop) {
+            // Killed because the run stops: neither printed nor logged (`--resume` runs it
+            // again).
+            self.output.discard(r.job.seq);
+            return Ok(());
+        }
+        if r.killed == Some(Killed::Timeout) {
+            let cmd = self.shown(&r.job, r.slot);
+            self.output.message(&format!(
+                "multiproc: Warning: This job was killed because it timed out:\n\
+                 multiproc: Warning: {}",
+                String::from_utf8_lossy(&cmd)
+            ));
+        }
+        self.done(
+            r.job,
+            r.attempt,
+            r.slot,
+            r.start_wall,
+            runtime,
+            exitval,
+            signal,
+        )
+    }
+
+    /// A job's try is over with `exitval`/`signal`: try again, or log and print it.
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        &mut self,
+        job: Job,
+        attempt: u64,
+        slot: usize,
+        start_wall: SystemTime,
+        runtime: Duration,
+        exitval: i32,
+        signal: i32,
+    ) -> anyhow::Result<()> {
+        let failed = exitval != 0 || signal != 0;
+        if failed && !self.stopping && (self.retries == 0 || attempt < self.retries) {
+            let factor = 2u32.saturating_pow(u32::try_from(attempt - 1).unwrap_or(u32::MAX));
+            let wait = self
+                .retry_delay
+                .checked_mul(factor)
+                .unwrap_or(Duration::from_secs(86_400));
+            self.retry_queue.push(Retry {
+                at: Instant::now() + wait,
+                job,
+                attempt: attempt + 1,
+            });
+            return Ok(());
+        }
+        let cmd = if self.joblog.is_some() || self.halt.when != When::Never {
+            self.shown(&job, slot)
+        } else {
+            Vec::new()
+        };
+        if let Some(log) = &mut self.joblog {
+            let start = start_wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            log.write(&Entry {
+                seq: job.seq,
+                start,
+                runtime: runtime.as_secs_f64(),
+                received: self.output.received(job.seq),
+                exitval,
+                signal,
+                command: &cmd,
+            })
+            .context("writing the joblog")?;
+        }
+        self.output.finish(job.seq)?;
+        self.completed += 1;
+        if failed {
+            self.failed += 1;
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        self.check_halt(failed, exitval, signal, &cmd);
+        Ok(())
+    }
+
+    /// The command line of a job, as shown.
+    fn shown(&self, job: &Job, slot: usize) -> Vec<u8> {
+        let mut cmd = Vec::new();
+        let ctx = Ctx {
+            args: &job.args,
+            seq: job.seq,
+            slot,
+        };
+        command_line(&self.template, self.shell.is_none(), &ctx, &mut cmd);
+        cmd
+    }
+
+    /// GNU parallel's `should_we_halt`, after a job finished.
+    fn check_halt(&mut self, failed: bool, exitval: i32, signal: i32, cmd: &[u8]) {
+        let h = self.halt;
+        if h.when == When::Never {
+            return;
+        }
+        let cmd = String::from_utf8_lossy(cmd);
+        let mut count = None;
+        if failed {
+            if h.why == Why::Fail {
+                self.output
+                    .message(&format!("multiproc: This job failed:\n{cmd}"));
+                count = Some(self.failed);
+            }
+        } else if h.why == Why::Success {
+            self.output
+                .message(&format!("multiproc: This job succeeded:\n{cmd}"));
+            count = Some(self.completed - self.failed);
+        }
+        if h.why == Why::Done {
+            self.output
+                .message(&format!("multiproc: This job finished:\n{cmd}"));
+            count = Some(self.completed);
+        }
+        let Some(count) = count else {
+            return;
+        };
+        let threshold = if h.pct {
+            self.total_jobs as f64 * h.limit
+        } else {
+            h.limit
+        };
+        if (count as f64) < threshold {
+            return;
+        }
+        if h.why == Why::Success {
+            self.halt_exit = Some(0);
+        } else if self.halt_exit.is_none() {
+            self.halt_exit = Some(if h.pct {
+                pct_of(self.failed, self.total_jobs)
+            } else if h.limit == 1.0 {
+                // The failing job's status, as bash reports it.
+                if exitval != 0 {
+                    exitval as u8
+                } else {
+                    (signal + 128) as u8
+                }
+            } else {
+                self.failed.min(101) as u8
+            });
+        }
+        self.stopping = true;
+        match h.when {
+            When::Now => self.kill_all(),
+            _ => {
+                if !self.running.is_empty() {
+                    self.output.message(&format!(
+                        "multiproc: Starting no more jobs. Waiting for {} jobs to finish.",
+                        self.running.len()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Ctrl-C, `n` times more.
+    fn on_sigint(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.stopping || n > 1 {
+            self.force(signal_hook::consts::SIGINT);
+            return;
+        }
+        self.stopping = true;
+        self.interrupted = true;
+        self.output.message(&format!(
+            "multiproc: interrupted: starting no more jobs; waiting for {} running jobs to \
+             finish (Ctrl-C again to kill them)",
+            self.running.len()
+        ));
+    }
+
+    /// Stops now, because of signal `sig`: kills every running job.
+    fn force(&mut self, sig: i32) {
+        if self.forced.is_none() {
+            self.forced = Some(sig);
+            if sig != rustix::process::Signal::PIPE.as_raw() && !self.running.is_empty() {
+                self.output.message(&format!(
+                    "multiproc: killing {} running jobs",
+                    self.running.len()
+                ));
+            }
+        }
+        self.stopping = true;
+        self.kill_all();
+    }
+
+    /// SIGTERM to every running job's group (SIGKILL follows after [`GRACE`]).
+    fn kill_all(&mut self) {
+        let now = Instant::now();
+        for r in self.running.values_mut() {
+            if r.kill_at.is_none() {
+                let _ = rustix::process::kill_process_group(r.pid, Signal::TERM);
+                r.kill_at = Some(now + GRACE);
+            }
+            r.killed = Some(Killed::Stop);
+        }
+    }
+
+    /// Handles the deadlines that have passed: timeouts and SIGKILLs.
+    fn timers(&mut self) {
+        let now = Instant::now();
+        for r in self.running.values_mut() {
+            if let Some(k) = r.kill_at {
+                if k <= now {
+                    let _ = rustix::process::kill_process_group(r.pid, Signal::KILL);
+                    r.kill_at = None;
+                }
+            } else if r.killed.is_none() && r.deadline.is_some_and(|d| d <= now) {
+                let _ = rustix::process::kill_process_group(r.pid, Signal::TERM);
+                r.kill_at = Some(now + GRACE);
+                r.killed = Some(Killed::Timeout);
+            }
+        }
+        self.pending_kills.retain(|&(pgid, at)| {
+            if at <= now {
+                let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The exit status, once all is done.
+    fn exit_status(&self) -> u8 {
+        if let Some(sig) = self.forced {
+            return (128 + sig).clamp(0, 255) as u8;
+        }
+        if self.interrupted {
+            return 128 + signal_hook::consts::SIGINT as u8;
+        }
+        if self.input_error {
+            return 255;
+        }
+        if self.halt.when != When::Never {
+            return self.halt_exit.unwrap_or_else(|| {
+                if self.halt.pct {
+                    pct_of(self.failed, self.started.max(1))
+                } else {
+                    self.failed.min(101) as u8
+                }
+            });
+        }
+        self.failed.min(101) as u8
+    }
+}
+
+/// `ceil(part / whole * 100)`.
+fn pct_of(part: u64, whole: u64) -> u8 {
+    (part as f64 / whole.max(1) as f64 * 100.0)
+        .ceil()
+        .min(100.0) as u8
+}
+
+/// The common setup of a job's command: no stdin, piped output, its own process group, and
+/// GNU parallel's `PARALLEL_SEQ` and `PARALLEL_JOBSLOT`.
+fn setup(cmd: &mut Command, seq: u64, slot: usize) -> &mut Command {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .env("PARALLEL_SEQ", seq.to_string())
+        .env("PARALLEL_JOBSLOT", slot.to_string())
+}

@@ -1,0 +1,491 @@
+//! `multiproc run`: a local parallel job runner that takes GNU parallel's options.
+//!
+//! ```text
+//! seq 100 | multiproc run -j 4 gzip -9 file{}.txt
+//! multiproc run --tag -k 'convert {} {.}.png' ::: *.jpg
+//! multiproc run echo {1}-{2} ::: a b ::: 1 2        # the cartesian product
+//! ```
+//!
+//! The modules: [`input`] reads the arguments, [`template`] makes each job's command,
+//! [`exec`] runs the jobs (one poll loop over all the jobs' pipes and the signals), [`output`]
+//! prints their output, and [`joblog`] logs them.
+
+mod exec;
+mod input;
+mod joblog;
+mod output;
+mod template;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+/// `multiproc run`'s options; the rest of the line is the command, then `:::` and `::::`
+/// groups.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Replacement strings: {} {.} {/} {//} {/.} {#} {%} and {N} {N.} {N/} {N//} {N/.} {-N}.
+Without any, ' {}' is appended. Values are shell-quoted as GNU parallel quotes them.
+
+Exit status: 0 if every job succeeded, else the number of failed jobs (101 for more than
+100), or as --halt says; 255 for an error of multiproc itself (bad option, unreadable file);
+128+N when stopped by signal N (a second Ctrl-C, SIGTERM).")]
+pub(crate) struct Run {
+    /// How many jobs run at once: N, N% of the CPUs, +N or -N CPUs; 0 means as many as
+    /// possible. Default: one per CPU.
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    jobs: Option<String>,
+    /// Read arguments from FILE (`-` is stdin); several make a cartesian product.
+    #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
+    arg_file: Vec<PathBuf>,
+    /// Input records end with NUL instead of newline.
+    #[arg(short = '0', long = "null")]
+    null: bool,
+    /// Input records end with DELIM (C escapes like \n, \t, \0, \x41 understood).
+    #[arg(short = 'd', long = "delimiter", value_name = "DELIM")]
+    delimiter: Option<String>,
+    /// Take N records per job.
+    #[arg(short = 'n', long = "max-args", value_name = "N")]
+    max_args: Option<usize>,
+    /// Split each record into columns {1} {2}... at REGEX (a literal string if it is not a
+    /// valid regular expression).
+    #[arg(long, value_name = "REGEX")]
+    colsep: Option<String>,
+    /// Run the command directly, not through `$SHELL -c`; values are not quoted then.
+    #[arg(long)]
+    no_shell: bool,
+    /// Kill a job (its whole process group: SIGTERM, then SIGKILL) after DURATION: seconds, or
+    /// with a suffix s, m, h, d (e.g. 1m30s).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Try a failing job up to N times in all (0 means forever).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    retries: u64,
+    /// Wait DURATION before the first retry of a job, twice as long before the next, and so on.
+    #[arg(long, value_name = "DURATION")]
+    retry_delay: Option<String>,
+    /// When to stop early: never (default), now|soon,fail=N, now|soon,fail=P%,
+    /// now|soon,success=N (or %), now|soon,done=N (or %). `now` kills the running jobs, `soon`
+    /// lets them finish.
+    #[arg(long, value_name = "WHEN,WHY")]
+    halt: Option<String>,
+    /// Wait DURATION between job starts.
+    #[arg(long, value_name = "DURATION")]
+    delay: Option<String>,
+    /// Print whole lines of output as they come, instead of each job's output when it ends.
+    #[arg(long = "line-buffer", visible_alias = "lb")]
+    line_buffer: bool,
+    /// Print the output in input order.
+    #[arg(short = 'k', long = "keep-order")]
+    keep_order: bool,
+    /// Prefix each output line with the job's arguments and a TAB.
+    #[arg(long)]
+    tag: bool,
+    /// Also store each job's output in DIR/1/<arg>/stdout and stderr (GNU parallel's layout).
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+    /// Log each finished job to FILE in GNU parallel's joblog format.
+    #[arg(long, value_name = "FILE")]
+    joblog: Option<PathBuf>,
+    /// Skip the jobs the joblog has (run the rest).
+    #[arg(long)]
+    resume: bool,
+    /// Skip the jobs the joblog has as succeeded (run the failed ones again, and the rest).
+    #[arg(long, conflicts_with = "resume")]
+    resume_failed: bool,
+    /// Print the commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Show a progress bar with an ETA on stderr (when it is a terminal).
+    #[arg(long)]
+    bar: bool,
+    /// Accepted for GNU parallel compatibility; does nothing.
+    #[arg(long, hide = true)]
+    will_cite: bool,
+    /// The command, then its arguments: `::: ARGS...` and `:::: FILES...` (several groups make
+    /// a cartesian product). Without them, arguments come from -a files or stdin, one per line.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+/// When `--halt` stops the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// Never (the default).
+    Never,
+    /// Kill the running jobs and stop.
+    Now,
+    /// Start no more jobs; let the running ones finish.
+    Soon,
+}
+
+/// What `--halt` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Failed jobs.
+    Fail,
+    /// Succeeded jobs.
+    Success,
+    /// Finished jobs.
+    Done,
+}
+
+/// A `--halt` condition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Halt {
+    /// When to stop.
+    pub(crate) when: When,
+    /// What to count.
+    pub(crate) why: Why,
+    /// The threshold: a count, or a fraction of all jobs when `pct`.
+    pub(crate) limit: f64,
+    /// Whether `limit` is a fraction.
+    pub(crate) pct: bool,
+}
+
+impl Halt {
+    /// No halting.
+    pub(crate) const NEVER: Halt = Halt {
+        when: When::Never,
+        why: Why::Fail,
+        limit: 0.0,
+        pct: false,
+    };
+}
+
+/// Parses `--halt`.
+pub(crate) fn parse_halt(s: &str) -> anyhow::Result<Halt> {
+    let bad = || format!("bad --halt {s:?}: use never, now|soon,fail|success|done=N or =N%");
+    let simple = |when, why, limit, pct| Halt {
+        when,
+        why,
+        limit,
+        pct,
+    };
+    match s {
+        "never" | "0" => return Ok(Halt::NEVER),
+        "1" => return Ok(simple(When::Soon, Why::Fail, 1.0, false)),
+        "2" => return Ok(simple(When::Now, Why::Fail, 1.0, false)),
+        "-1" => return Ok(simple(When::Soon, Why::Success, 1.0, false)),
+        "-2" => return Ok(simple(When::Now, Why::Success, 1.0, false)),
+        _ => {}
+    }
+    if let Some(p) = s.strip_suffix('%')
+        && !s.contains(',')
+    {
+        let p: f64 = p.parse().with_context(bad)?;
+        if !(p > 0.0 && p < 100.0) {
+            bail!(bad());
+        }
+        return Ok(simple(When::Soon, Why::Fail, p / 100.0, true));
+    }
+    let (when, why) = s.split_once(',').with_context(bad)?;
+    let when = match when {
+        "now" => When::Now,
+        "soon" => When::Soon,
+        "never" => return Ok(Halt::NEVER),
+        _ => bail!(bad()),
+    };
+    let (why, n) = why.split_once('=').with_context(bad)?;
+    let why = match why {
+        "fail" => Why::Fail,
+        "success" => Why::Success,
+        "done" => Why::Done,
+        _ => bail!(bad()),
+    };
+    let (n, pct) = match n.strip_suffix('%') {
+        Some(p) => (p, true),
+        None => (n, false),
+    };
+    let limit: f64 = n.parse().with_context(bad)?;
+    if pct {
+        if !(limit > 0.0 && limit <= 100.0) {
+            bail!(bad());
+        }
+        return Ok(simple(when, why, limit / 100.0, true));
+    }
+    if !(limit >= 1.0 && limit.fract() == 0.0) {
+        bail!(bad());
+    }
+    Ok(simple(when, why, limit, false))
+}
+
+/// Parses a duration: seconds (fractions allowed), or numbers with suffixes s, m, h, d, ms,
+/// which add up (`1m30s`, `1.5h`).
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let bad = || format!("bad duration {s:?}: use seconds, or a number with s, m, h or d");
+    let mut total = 0.0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        bail!(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if n == 0 {
+            bail!(bad());
+        }
+        let value: f64 = rest[..n].parse().with_context(bad)?;
+        rest = &rest[n..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "" | "s" => 1.0,
+            "ms" => 0.001,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => bail!(bad()),
+        };
+        rest = &rest[unit..];
+        total += value * scale;
+    }
+    Duration::try_from_secs_f64(total).with_context(bad)
+}
+
+/// Parses `-j`: `N`, `N%`, `+N`, `-N` relative to `cpus`; `0` is `None` (no limit).
+pub(crate) fn parse_jobs(s: &str, cpus: usize) -> anyhow::Result<Option<usize>> {
+    let bad = || format!("bad --jobs {s:?}: use N, N%, +N or -N");
+    let s = s.trim();
+    let n = if let Some(p) = s.strip_suffix('%') {
+        let p: f64 = p.parse().with_context(bad)?;
+        if !(p >= 0.0 && p.is_finite()) {
+            bail!(bad());
+        }
+        ((cpus as f64 * p / 100.0).floor() as usize).max(1)
+    } else if let Some(d) = s.strip_prefix('+') {
+        cpus.saturating_add(d.parse::<usize>().with_context(bad)?)
+    } else if let Some(d) = s.strip_prefix('-') {
+        cpus.saturating_sub(d.parse::<usize>().with_context(bad)?)
+            .max(1)
+    } else {
+        match s.parse::<usize>().with_context(bad)? {
+            0 => return Ok(None),
+            n => n,
+        }
+    };
+    Ok(Some(n))
+}
+
+/// The shell jobs run in: `$PARALLEL_SHELL`, else `$SHELL` when it is a Bourne-like shell
+/// (our quoting is for those), else `/bin/sh`.
+fn shell() -> OsString {
+    if let Some(s) = std::env::var_os("PARALLEL_SHELL").filter(|s| !s.is_empty()) {
+        return s;
+    }
+    const BOURNE: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash"];
+    if let Some(s) = std::env::var_os("SHELL") {
+        let path = std::path::Path::new(&s);
+        if path.is_absolute()
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| BOURNE.contains(&n))
+        {
+            return s;
+        }
+    }
+    OsString::from("/bin/sh")
+}
+
+/// Runs `multiproc run`; returns its exit status (255 after printing any error).
+pub(crate) fn main(args: Run) -> ExitCode {
+    match configure(args).and_then(exec::run) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("multiproc: {err:#}");
+            ExitCode::from(255)
+        }
+    }
+}
+
+/// Everything a run needs, checked.
+pub(crate) struct Config {
+    /// The input.
+    pub(crate) input: input::Spec,
+    /// The command.
+    pub(crate) template: template::Template,
+    /// The shell, or `None` with `--no-shell`.
+    pub(crate) shell: Option<OsString>,
+    /// Jobs at once; `None` for as many as possible.
+    pub(crate) jobs: Option<usize>,
+    /// `--timeout`.
+    pub(crate) timeout: Option<Duration>,
+    /// Tries in all per job; 0 for no limit.
+    pub(crate) retries: u64,
+    /// `--retry-delay`.
+    pub(crate) retry_delay: Duration,
+    /// `--delay`.
+    pub(crate) delay: Duration,
+    /// `--halt`.
+    pub(crate) halt: Halt,
+    /// How output is printed.
+    pub(crate) output: output::Options,
+    /// `--joblog`.
+    pub(crate) joblog: Option<PathBuf>,
+    /// `--resume` / `--resume-failed`.
+    pub(crate) resume: joblog::Resume,
+    /// `--dry-run`.
+    pub(crate) dry_run: bool,
+    /// `--bar`.
+    pub(crate) bar: bool,
+}
+
+/// Checks the options and splits the command from its `:::` / `::::` groups.
+fn configure(a: Run) -> anyhow::Result<Config> {
+    let mut words: Vec<Vec<u8>> = Vec::new();
+    let mut groups: Vec<input::Source> = a.arg_file.into_iter().map(input::Source::File).collect();
+    let mut mode: Option<bool> = None; // Some(true) in `:::`, Some(false) in `::::`
+    for w in a.command {
+        let w = w.into_vec();
+        match w.as_slice() {
+            b":::" => {
+                mode = Some(true);
+                groups.push(input::Source::Args(Vec::new()));
+            }
+            b"::::" => mode = Some(false),
+            b":::+" | b"::::+" => bail!(
+                "linked input sources ({}) are not supported",
+                String::from_utf8_lossy(&w)
+            ),
+            _ => match mode {
+                None => words.push(w),
+                Some(true) => {
+                    if let Some(input::Source::Args(v)) = groups.last_mut() {
+                        v.push(w);
+                    }
+                }
+                Some(false) => {
+                    groups.push(input::Source::File(PathBuf::from(OsString::from_vec(w))))
+                }
+            },
+        }
+    }
+    let delimiter = match (&a.delimiter, a.null) {
+        (Some(_), true) => bail!("-0 and -d cannot be used together"),
+        (Some(d), false) => input::parse_delimiter(d)?,
+        (None, true) => vec![0],
+        (None, false) => vec![b'\n'],
+    };
+    let colsep = a.colsep.as_deref().map(input::colsep).transpose()?;
+    let per_job = match a.max_args {
+        Some(0) => bail!("-n must be at least 1"),
+        Some(n) => n,
+        None => 1,
+    };
+    let template = template::Template::parse(&words)?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let jobs = match &a.jobs {
+        Some(j) => parse_jobs(j, cpus)?,
+        None => Some(cpus),
+    };
+    let dur = |s: &Option<String>| s.as_deref().map(parse_duration).transpose();
+    let timeout = dur(&a.timeout)?;
+    if timeout == Some(Duration::ZERO) {
+        bail!("--timeout must be more than 0");
+    }
+    let resume = match (a.resume, a.resume_failed) {
+        (true, _) => joblog::Resume::Done,
+        (_, true) => joblog::Resume::Failed,
+        _ => joblog::Resume::No,
+    };
+    if resume != joblog::Resume::No && a.joblog.is_none() {
+        bail!("--resume and --resume-failed need --joblog");
+    }
+    Ok(Config {
+        input: input::Spec {
+            sources: groups,
+            delimiter,
+            colsep,
+            per_job,
+        },
+        template,
+        shell: if a.no_shell { None } else { Some(shell()) },
+        jobs,
+        timeout,
+        retries: a.retries,
+        retry_delay: dur(&a.retry_delay)?.unwrap_or(Duration::ZERO),
+        delay: dur(&a.delay)?.unwrap_or(Duration::ZERO),
+        halt: a.halt.as_deref().map_or(Ok(Halt::NEVER), parse_halt)?,
+        output: output::Options {
+            keep_order: a.keep_order,
+            line_buffer: a.line_buffer,
+            tag: a.tag,
+            results: a.results,
+        },
+        joblog: a.joblog,
+        resume,
+        dry_run: a.dry_run,
+        bar: a.bar,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let d = |s| parse_duration(s).expect(s);
+        assert_eq!(d("1.5"), Duration::from_millis(1500));
+        assert_eq!(d("10s"), Duration::from_secs(10));
+        assert_eq!(d("2m"), Duration::from_secs(120));
+        assert_eq!(d("1h"), Duration::from_secs(3600));
+        assert_eq!(d("1m30s"), Duration::from_secs(90));
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        for bad in ["", "x", "1x", "-1", "s", "1..2"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn jobs() {
+        let j = |s| parse_jobs(s, 4).expect(s);
+        assert_eq!(j("3"), Some(3));
+        assert_eq!(j("0"), None);
+        assert_eq!(j("50%"), Some(2));
+        assert_eq!(j("1%"), Some(1));
+        assert_eq!(j("+2"), Some(6));
+        assert_eq!(j("-1"), Some(3));
+        assert_eq!(j("-10"), Some(1));
+        for bad in ["", "x", "+", "-x", "%", "1.5"] {
+            assert!(parse_jobs(bad, 4).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn halts() {
+        let h = |s| parse_halt(s).expect(s);
+        assert_eq!(h("never"), Halt::NEVER);
+        assert_eq!(h("now,fail=1").when, When::Now);
+        assert_eq!(h("soon,fail=3").limit, 3.0);
+        let p = h("now,fail=50%");
+        assert!(p.pct && p.limit == 0.5);
+        assert_eq!(h("soon,success=2").why, Why::Success);
+        assert_eq!(h("now,done=1").why, Why::Done);
+        assert_eq!(h("2"), h("now,fail=1"));
+        for bad in [
+            "",
+            "now",
+            "now,fail",
+            "now,fail=0",
+            "later,fail=1",
+            "now,oops=1",
+            "now,fail=x",
+        ] {
+            assert!(parse_halt(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! What `multiproc run` prints of its jobs' output: each job's stdout and stderr kept and
+//! printed whole when the job ends (grouped, never interleaved), or whole lines as they come
+//! (`--line-buffer`), in input order with `-k`, each line prefixed with the job's arguments
+//! and a TAB with `--tag`; and `--results DIR`, which also stores them in files.
+//!
+//! Printing goes through buffers flushed before the runner waits, so a run of many small jobs
+//! costs few writes; with a progress bar, each flush suspends the bar so that nothing written
+//! clobbers it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+
+/// Which stream of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    /// Its stdout.
+    Out,
+    /// Its stderr.
+    Err,
+}
+
+/// How to print.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// `-k`: in input order.
+    pub(crate) keep_order: bool,
+    /// `--line-buffer`: whole lines as they come.
+    pub(crate) line_buffer: bool,
+    /// `--tag`: each line prefixed with the arguments and a TAB.
+    pub(crate) tag: bool,
+    /// `--results DIR`.
+    pub(crate) results: Option<PathBuf>,
+}
+
+/// One stream of one job.
+#[derive(Debug, Default)]
+struct Captured {
+    /// What it wrote (with `--line-buffer`, only what is not printed yet, unless kept for
+    /// `--results`).
+    data: Vec<u8>,
+    /// How much of `data` is printed.
+    printed: usize,
+    /// How many bytes it wrote in all.
+    total: u64,
+}
+
+/// One job's output.
+#[derive(Debug, Default)]
+struct JobOut {
+    /// Its `--tag` prefix (the arguments, a TAB), empty without `--tag`.
+    tag: Vec<u8>,
+    /// Its arguments, for `--results`.
+    args: Vec<Vec<u8>>,
+    /// Its stdout.
+    out: Captured,
+    /// Its stderr.
+    err: Captured,
+    /// Whether it has ended.
+    done: bool,
+}
+
+/// The printer.
+pub(crate) struct Output {
+    /// How to print.
+    opts: Options,
+    /// Our stdout (a duplicate of fd 1, unbuffered by std), buffered here.
+    out: BufWriter<File>,
+    /// Our stderr, buffered here.
+    err: BufWriter<File>,
+    /// The jobs that have output to keep, by sequence number.
+    jobs: HashMap<u64, JobOut>,
+    /// With `-k`: the jobs that ended or were skipped while an earlier one was unfinished.
+    waiting: BTreeSet<u64>,
+    /// With `-k`: the next sequence number to print.
+    next: u64,
+    /// The progress bar, if one is drawn.
+    bar: Option<ProgressBar>,
+    /// Set when stdout is closed (EPIPE): nothing more is printed.
+    broken: bool,
+}
+
+impl Output {
+    /// A printer to fds 1 and 2.
+    pub(crate) fn new(opts: Options, bar: Option<ProgressBar>) -> anyhow::Result<Output> {
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| -> anyhow::Result<File> {
+            Ok(File::from(
+                fd.try_clone_to_owned()
+                    .context("cannot duplicate stdout/stderr")?,
+            ))
+        };
+        Ok(Output {
+            out: BufWriter::with_capacity(1 << 16, dup(std::io::stdout().as_fd())?),
+            err: BufWriter::with_capacity(1 << 14, dup(std::io::stderr().as_fd())?),
+            opts,
+            jobs: HashMap::new(),
+            waiting: BTreeSet::new(),
+            next: 1,
+            bar,
+            broken: false,
+        })
+    }
+
+    /// Whether stdout was found closed.
+    pub(crate) fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Registers a started job (a retry keeps its entry, emptied).
+    pub(crate) fn start(&mut self, seq: u64, args: &[Vec<u8>]) {
+        let job = self.jobs.entry(seq).or_default();
+        job.out = Captured::default();
+        job.err = Captured::default();
+        if self.opts.tag && job.tag.is_empty() {
+            crate::run::template::join(args, &mut job.tag);
+            job.tag.push(b'\t');
+        }
+        if self.opts.results.is_some() && job.args.is_empty() {
+            job.args = args.to_vec();
+        }
+    }
+
+    /// Takes what a job wrote.
+    pub(crate) fn data(&mut self, seq: u64, stream: Stream, bytes: &[u8]) {
+        let Some(job) = self.jobs.get_mut(&seq) else {
+            return;
+        };
+        let c = match stream {
+            Stream::Out => &mut job.out,
+            Stream::Err => &mut job.err,
+        };
+        c.data.extend_from_slice(bytes);
+        c.total += bytes.len() as u64;
+        if self.opts.line_buffer && (!self.opts.keep_order || seq == self.next) {
+            self.print_lines(seq, stream);
+        }
+    }
+
+    /// How many bytes a job wrote to stdout.
+    pub(crate) fn received(&self, seq: u64) -> u64 {
+        self.jobs.get(&seq).map_or(0, |j| j.out.total)
+    }
+
+    /// Prints the whole lines of a live job's stream not printed yet.
+    fn print_lines(&mut self, seq: u64, stream: Stream) {
+        let Some(job) = self.jobs.get_mut(&seq) else {
+            return;
+        };
+        let c = match stream {
+            Stream::Out => &mut job.out,
+            Stream::Err => &mut job.err,
+        };
+        let Some(last_nl) = c.data[c.printed..].iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let end = c.printed + last_nl + 1;
+        let w = match stream {
+            Stream::Out => &mut self.out,
+            Stream::Err => &mut self.err,
+        };
+        if !self.broken
+            && let Err(e) = write_tagged(w, &job.tag, &c.data[c.printed..end])
+        {
+            self.broken |= stream == Stream::Out && e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        if self.opts.results.is_some() {
+            c.printed = end;
+        } else {
+            c.data.drain(..end);
+            c.printed = 0;
+        }
+        if stream == Stream::Err {
+            // Keep stderr prompt, as a terminal user expects.
+            let _ = self.err.flush();
+        }
+    }
+
+    /// A job has ended for good: stores its `--results` and prints what is left of it (or,
+    /// with `-k`, as soon as the jobs before it are printed). `seq` is its job number as
+    /// `--results`' `seq` file holds it.
+    pub(crate) fn finish(&mut self, seq: u64) -> anyhow::Result<()> {
+        if let Some(dir) = &self.opts.results
+            && let Some(job) = self.jobs.get(&seq)
+        {
+            store(dir, seq, job)?;
+        }
+        match self.jobs.get_mut(&seq) {
+            Some(job) => job.done = true,
+            None => return Ok(()),
+        }
+        if !self.opts.keep_order {
+            self.print_rest(seq);
+            return Ok(());
+        }
+        self.waiting.insert(seq);
+        self.advance();
+        Ok(())
+    }
+
+    /// A job that will not run (resumed, or never started): lets `-k` go past it.
+    pub(crate) fn skip(&mut self, seq: u64) {
+        self.jobs.remove(&seq);
+        if self.opts.keep_order {
+            self.waiting.insert(seq);
+            self.advance();
+        }
+    }
+
+    /// A job that was killed: its output is dropped.
+    pub(crate) fn discard(&mut self, seq: u64) {
+        self.skip(seq);
+    }
+
+    /// With `-k`: prints the ended jobs that are next in order, then the lines of the one
+    /// after them, which is now live.
+    fn advance(&mut self) {
+        while self.waiting.remove(&self.next) {
+            let seq = self.next;
+            self.print_rest(seq);
+            self.next += 1;
+        }
+        if self.opts.line_buffer && self.jobs.contains_key(&self.next) {
+            self.print_lines(self.next, Stream::Out);
+            self.print_lines(self.next, Stream::Err);
+        }
+    }
+
+    /// Prints all a job has not printed, and forgets it.
+    fn print_rest(&mut self, seq: u64) {
+        let Some(job) = self.jobs.remove(&seq) else {
+            return;
+        };
+        if self.broken {
+            return;
+        }
+        let mut res = write_tagged(&mut self.out, &job.tag, &job.out.data[job.out.printed..]);
+        if res.is_ok() && job.err.data.len() > job.err.printed {
+            res = self.out.flush().and_then(|()| {
+                write_tagged(&mut self.err, &job.tag, &job.err.data[job.err.printed..])
+            });
+            let _ = self.err.flush();
+        }
+        if let Err(e) = res {
+            self.broken |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+    }
+
+    /// At the end: prints, in order, what `-k` still holds back (jobs after a gap left by
+    /// jobs that never ran), then flushes.
+    pub(crate) fn close(&mut self) {
+        let held: Vec<u64> = self.waiting.iter().copied().collect();
+        self.waiting.clear();
+        for seq in held {
+            self.print_rest(seq);
+        }
+        self.flush();
+    }
+
+    /// Writes the buffered output out (the bar suspended meanwhile).
+    pub(crate) fn flush(&mut self) {
+        if self.out.buffer().is_empty() && self.err.buffer().is_empty() {
+            return;
+        }
+        let (out, err) = (&mut self.out, &mut self.err);
+        let res = match &self.bar {
+            Some(bar) => bar.suspend(|| out.flush().and_then(|()| err.flush())),
+            None => out.flush().and_then(|()| err.flush()),
+        };
+        if let Err(e) = res {
+            self.broken |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+    }
+
+    /// Prints a message of ours on stderr, after the output so far, without clobbering the
+    /// bar.
+    pub(crate) fn message(&mut self, msg: &str) {
+        self.flush();
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    }
+}
+
+/// Writes `data`, each line prefixed with `tag` (nothing when it is empty). `data` starts at a
+/// line start.
+fn write_tagged(w: &mut impl Write, tag: &[u8], data: &[u8]) -> std::io::Result<()> {
+    if tag.is_empty() {
+        return w.write_all(data);
+    }
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        w.write_all(tag)?;
+        w.write_all(line)?;
+    }
+    Ok(())
+}
+
+/// The name GNU parallel gives an argument in a `--results` path: `\` as `\\`, `/` as `\_`.
+fn escape_path(arg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(arg.len());
+    for &b in arg {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'/' => out.extend_from_slice(b"\\_"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+/// Writes a job's `--results`: `DIR/1/<arg 1>/2/<arg 2>/.../{seq,stdout,stderr}`, as GNU
+/// parallel does.
+fn store(dir: &std::path::Path, seq: u64, job: &JobOut) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut path = dir.as_os_str().as_bytes().to_vec();
+    for (i, a) in job.args.iter().enumerate() {
+        path.extend_from_slice(format!("/{}/", i + 1).as_bytes());
+        path.extend_from_slice(&escape_path(a));
+    }
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(&path));
+    std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let write = |name: &str, data: &[u8]| {
+        let p = path.join(name);
+        std::fs::write(&p, data).with_context(|| format!("cannot write {}", p.display()))
+    };
+    write("seq", seq.to_string().as_bytes())?;
+    write("stdout", &job.out.data)?;
+    write("stderr", &job.err.data)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_every_line() {
+        let mut v = Vec::new();
+        write_tagged(&mut v, b"a b\t", b"1\n2\npartial").expect("write");
+        assert_eq!(v, b"a b\t1\na b\t2\na b\tpartial");
+    }
+
+    #[test]
+    fn results_paths_are_escaped_as_gnu_does() {
+        assert_eq!(escape_path(b"a/b"), b"a\\_b");
+        assert_eq!(escape_path(b"c\\d"), b"c\\\\d");
+    }
+}

@@ -1,0 +1,587 @@
+//! The command template of `multiproc run`: GNU parallel's replacement strings, and the shell
+//! quoting of the values put in their place.
+//!
+//! The command words are joined with spaces into one shell command line, as GNU parallel does
+//! (so `multiproc run 'echo {} | wc -c'` and `multiproc run echo {} '|' wc -c` mean the same).
+//! A replacement string is `{}` (the whole argument), `{.}` (without its extension), `{/}`
+//! (basename), `{//}` (dirname), `{/.}` (basename without extension), `{#}` (the job's
+//! sequence number), `{%}` (its job slot), and the positional forms `{3}`, `{3.}`, `{3/}`,
+//! `{3//}`, `{3/.}`, `{-1}` (the last argument), and so on. A command without any of them gets
+//! ` {}` appended.
+
+use anyhow::bail;
+
+/// What a replacement string does to an argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `{}`: the argument as it is.
+    Whole,
+    /// `{.}`: without its last extension.
+    NoExt,
+    /// `{/}`: its basename.
+    Base,
+    /// `{//}`: its dirname.
+    Dir,
+    /// `{/.}`: its basename without extension.
+    BaseNoExt,
+}
+
+impl Kind {
+    /// Applies the transformation to `arg`, exactly as GNU parallel's Perl does.
+    pub(crate) fn apply<'a>(self, arg: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        use std::borrow::Cow;
+        match self {
+            Kind::Whole => Cow::Borrowed(arg),
+            Kind::NoExt => Cow::Borrowed(no_ext(arg)),
+            Kind::Base => Cow::Borrowed(basename(arg)),
+            Kind::BaseNoExt => Cow::Borrowed(no_ext(basename(arg))),
+            Kind::Dir => Cow::Owned(dirname(arg).to_vec()),
+        }
+    }
+}
+
+/// `s:\.[^/.]*$::`: drops the last `.ext` of the last path component.
+fn no_ext(s: &[u8]) -> &[u8] {
+    match s.iter().rposition(|&b| b == b'.' || b == b'/') {
+        Some(i) if s[i] == b'.' => &s[..i],
+        _ => s,
+    }
+}
+
+/// `s:.*/::`: what follows the last slash.
+fn basename(s: &[u8]) -> &[u8] {
+    match s.iter().rposition(|&b| b == b'/') {
+        Some(i) => &s[i + 1..],
+        None => s,
+    }
+}
+
+/// Perl's `File::Basename::dirname` on Unix, which is POSIX `dirname`: `a/b.c` → `a`, `/x` →
+/// `/`, `noext` → `.`, `a/` → `.`, `` → `.`.
+fn dirname(s: &[u8]) -> &[u8] {
+    if !s.is_empty() && s.iter().all(|&b| b == b'/') {
+        return b"/";
+    }
+    let s = trim_slashes(s);
+    match s.iter().rposition(|&b| b == b'/') {
+        None => b".",
+        Some(i) => {
+            let d = trim_slashes(&s[..=i]);
+            if d.is_empty() { b"/" } else { d }
+        }
+    }
+}
+
+/// `s` without its trailing slashes.
+fn trim_slashes(s: &[u8]) -> &[u8] {
+    let end = s.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+    &s[..end]
+}
+
+/// Which argument(s) a replacement string takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pos {
+    /// All of them, each quoted, separated by spaces.
+    All,
+    /// The n-th (1-based); empty when there are fewer.
+    Nth(usize),
+    /// The n-th from the end (`{-1}` is the last).
+    FromEnd(usize),
+}
+
+/// A piece of a command word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// Text taken as it is.
+    Lit(Vec<u8>),
+    /// An argument replacement string.
+    Arg(Pos, Kind),
+    /// `{#}`.
+    Seq,
+    /// `{%}`.
+    Slot,
+}
+
+/// What a job's command is made from: its arguments and its numbers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    /// The job's arguments (all input sources and, with `-n`, all records, in order).
+    pub(crate) args: &'a [Vec<u8>],
+    /// The job's sequence number, from 1.
+    pub(crate) seq: u64,
+    /// The job slot, from 1.
+    pub(crate) slot: usize,
+}
+
+impl Ctx<'_> {
+    /// The arguments a position refers to.
+    fn select(&self, pos: Pos) -> &[Vec<u8>] {
+        let n = self.args.len();
+        match pos {
+            Pos::All => self.args,
+            Pos::Nth(k) if (1..=n).contains(&k) => &self.args[k - 1..k],
+            Pos::FromEnd(k) if (1..=n).contains(&k) => &self.args[n - k..n - k + 1],
+            _ => &[],
+        }
+    }
+}
+
+/// Shell words that are builtins or keywords of the usual Bourne shells: a command whose first
+/// word is one of them always goes through the shell (`true` and `false` behave the same either
+/// way, so they are not listed).
+const SHELL_WORDS: &[&str] = &[
+    ".",
+    ":",
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "case",
+    "cd",
+    "command",
+    "compgen",
+    "complete",
+    "compopt",
+    "continue",
+    "coproc",
+    "declare",
+    "dirs",
+    "disown",
+    "do",
+    "done",
+    "echo",
+    "elif",
+    "else",
+    "enable",
+    "esac",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "fc",
+    "fg",
+    "fi",
+    "for",
+    "function",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "if",
+    "in",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "select",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "then",
+    "time",
+    "times",
+    "trap",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "until",
+    "wait",
+    "while",
+];
+
+/// A parsed command template.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    /// The words, each a list of pieces. Empty when no command was given: then each job's
+    /// arguments are the command.
+    words: Vec<Vec<Piece>>,
+    /// Whether a shell would see nothing but plain words here (no shell syntax, no builtin),
+    /// so that running the program directly behaves the same.
+    plain: bool,
+}
+
+impl Template {
+    /// Parses the command words, appending ` {}` if they have no replacement string.
+    pub(crate) fn parse(words: &[Vec<u8>]) -> anyhow::Result<Template> {
+        let mut parsed = Vec::with_capacity(words.len() + 1);
+        let mut any = false;
+        for w in words {
+            let pieces = parse_word(w)?;
+            any |= pieces.iter().any(|p| !matches!(p, Piece::Lit(_)));
+            parsed.push(pieces);
+        }
+        if !parsed.is_empty() && !any {
+            parsed.push(vec![Piece::Arg(Pos::All, Kind::Whole)]);
+        }
+        let plain = is_plain(&parsed);
+        Ok(Template {
+            words: parsed,
+            plain,
+        })
+    }
+
+    /// The program of a template that may skip the shell: its first word, which is then a
+    /// plain literal. `None` when the shell is needed.
+    pub(crate) fn plain_program(&self) -> Option<&[u8]> {
+        if !self.plain {
+            return None;
+        }
+        match self.words.first()?.as_slice() {
+            [Piece::Lit(w)] => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The shell command line of a job: the words joined by spaces, each replaced value
+    /// shell-quoted as GNU parallel quotes it. Without a command, the arguments themselves,
+    /// unquoted.
+    pub(crate) fn shell_line(&self, ctx: &Ctx<'_>, out: &mut Vec<u8>) {
+        if self.words.is_empty() {
+            join(ctx.args, out);
+            return;
+        }
+        for (i, word) in self.words.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            for piece in word {
+                match piece {
+                    Piece::Lit(s) => out.extend_from_slice(s),
+                    Piece::Seq => out.extend_from_slice(ctx.seq.to_string().as_bytes()),
+                    Piece::Slot => out.extend_from_slice(ctx.slot.to_string().as_bytes()),
+                    Piece::Arg(pos, kind) => {
+                        for (j, a) in ctx.select(*pos).iter().enumerate() {
+                            if j > 0 {
+                                out.push(b' ');
+                            }
+                            quote_into(&kind.apply(a), out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The argument vector of a job run without a shell: what a shell would make of
+    /// [`Template::shell_line`] when the template is plain, and the definition of `--no-shell`
+    /// otherwise. Several values in one replacement string make several words; a replacement
+    /// string with no value (a missing `{3}`) adds nothing. Without a command, the arguments.
+    pub(crate) fn argv(&self, ctx: &Ctx<'_>) -> Vec<Vec<u8>> {
+        if self.words.is_empty() {
+            return ctx.args.to_vec();
+        }
+        let mut argv = Vec::with_capacity(self.words.len() + ctx.args.len());
+        for word in &self.words {
+            // The word being built, and whether it holds anything (even an empty value).
+            let mut cur = Vec::new();
+            let mut some = false;
+            for piece in word {
+                match piece {
+                    Piece::Lit(s) => {
+                        cur.extend_from_slice(s);
+                        some |= !s.is_empty();
+                    }
+                    Piece::Seq => {
+                        cur.extend_from_slice(ctx.seq.to_string().as_bytes());
+                        some = true;
+                    }
+                    Piece::Slot => {
+                        cur.extend_from_slice(ctx.slot.to_string().as_bytes());
+                        some = true;
+                    }
+                    Piece::Arg(pos, kind) => {
+                        for (j, a) in ctx.select(*pos).iter().enumerate() {
+                            if j > 0 {
+                                argv.push(std::mem::take(&mut cur));
+                            }
+                            cur.extend_from_slice(&kind.apply(a));
+                            some = true;
+                        }
+                    }
+                }
+            }
+            if some {
+                argv.push(cur);
+            }
+        }
+        argv
+    }
+}
+
+/// Appends `args` joined by spaces.
+pub(crate) fn join(args: &[Vec<u8>], out: &mut Vec<u8>) {
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(a);
+    }
+}
+
+/// Whether the shell would take these words as they are: every literal made of characters
+/// with no meaning to a shell, and the first word a program name that is no builtin, keyword
+/// or assignment.
+fn is_plain(words: &[Vec<Piece>]) -> bool {
+    let Some(first) = words.first() else {
+        return false;
+    };
+    let [Piece::Lit(name)] = first.as_slice() else {
+        return false;
+    };
+    let name_ok = !name.is_empty()
+        && !name.contains(&b'=')
+        && std::str::from_utf8(name).is_ok_and(|n| !SHELL_WORDS.contains(&n));
+    name_ok
+        && words.iter().flatten().all(|p| match p {
+            Piece::Lit(s) => s.iter().all(|&b| is_plain_byte(b)),
+            _ => true,
+        })
+}
+
+/// A byte no Bourne shell gives a meaning to, in any position of a word (`~` and `#` only
+/// matter at the start of one, but they are rare enough to always leave to the shell).
+fn is_plain_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_./+,:@%=".contains(&b)
+}
+
+/// Splits a command word into literal text and replacement strings.
+fn parse_word(w: &[u8]) -> anyhow::Result<Vec<Piece>> {
+    let mut pieces = Vec::new();
+    let mut lit = Vec::new();
+    let mut i = 0;
+    while i < w.len() {
+        if w[i] == b'{' {
+            if w.get(i + 1) == Some(&b'=') {
+                bail!(
+                    "Perl expressions ({{= ... =}}) are not supported in {:?}",
+                    String::from_utf8_lossy(w)
+                );
+            }
+            if let Some(end) = w[i..].iter().position(|&b| b == b'}')
+                && let Some(piece) = parse_replacement(&w[i + 1..i + end])
+            {
+                if !lit.is_empty() {
+                    pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+                }
+                pieces.push(piece);
+                i += end + 1;
+                continue;
+            }
+        }
+        lit.push(w[i]);
+        i += 1;
+    }
+    if !lit.is_empty() || pieces.is_empty() {
+        pieces.push(Piece::Lit(lit));
+    }
+    Ok(pieces)
+}
+
+/// The replacement string whose inside (between the braces) is `s`, if it is one.
+fn parse_replacement(s: &[u8]) -> Option<Piece> {
+    match s {
+        b"#" => return Some(Piece::Seq),
+        b"%" => return Some(Piece::Slot),
+        _ => {}
+    }
+    let (neg, rest) = match s.strip_prefix(b"-") {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (num, suffix) = rest.split_at(digits);
+    let kind = match suffix {
+        b"" => Kind::Whole,
+        b"." => Kind::NoExt,
+        b"/" => Kind::Base,
+        b"//" => Kind::Dir,
+        b"/." => Kind::BaseNoExt,
+        _ => return None,
+    };
+    let pos = if num.is_empty() {
+        if neg {
+            return None;
+        }
+        Pos::All
+    } else {
+        let n: usize = std::str::from_utf8(num).ok()?.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        if neg { Pos::FromEnd(n) } else { Pos::Nth(n) }
+    };
+    Some(Piece::Arg(pos, kind))
+}
+
+/// Appends `s` quoted for a Bourne shell exactly as GNU parallel quotes a value: as it is when
+/// made only of `[-_.+a-zA-Z0-9/]`, `''` when empty, otherwise in single quotes, each `'`
+/// written `'"'"'`, and a leading or trailing `''` left out.
+pub(crate) fn quote_into(s: &[u8], out: &mut Vec<u8>) {
+    if s.is_empty() {
+        out.extend_from_slice(b"''");
+        return;
+    }
+    if s.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-_.+/".contains(&b))
+    {
+        out.extend_from_slice(s);
+        return;
+    }
+    let mut q = Vec::with_capacity(s.len() + 2);
+    q.push(b'\'');
+    for &b in s {
+        if b == b'\'' {
+            q.extend_from_slice(b"'\"'\"'");
+        } else {
+            q.push(b);
+        }
+    }
+    q.push(b'\'');
+    let start = if q.starts_with(b"''") { 2 } else { 0 };
+    let end = if q[start..].ends_with(b"''") {
+        q.len() - 2
+    } else {
+        q.len()
+    };
+    out.extend_from_slice(&q[start..end]);
+}
+
+/// `s` quoted, as a new vector.
+pub(crate) fn quote(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    quote_into(s, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(ws: &[&str]) -> Vec<Vec<u8>> {
+        ws.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    fn line(ws: &[&str], args: &[&str]) -> String {
+        let t = Template::parse(&words(ws)).expect("parse");
+        let args = words(args);
+        let mut out = Vec::new();
+        t.shell_line(
+            &Ctx {
+                args: &args,
+                seq: 7,
+                slot: 2,
+            },
+            &mut out,
+        );
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn quoting_matches_gnu_parallel() {
+        let q = |s: &str| String::from_utf8(quote(s.as_bytes())).expect("utf-8");
+        assert_eq!(q("plain-1.2_a+b/c"), "plain-1.2_a+b/c");
+        assert_eq!(q(""), "''");
+        assert_eq!(q("a b"), "'a b'");
+        assert_eq!(q("it's"), r#"'it'"'"'s'"#);
+        assert_eq!(q("'"), r#""'""#);
+        assert_eq!(q("'a'"), r#""'"'a'"'""#);
+        assert_eq!(q("$HOME"), "'$HOME'");
+        assert_eq!(q("é"), "'é'");
+    }
+
+    #[test]
+    fn path_replacements() {
+        let all = ["{}", "{.}", "{/}", "{//}", "{/.}"];
+        assert_eq!(line(&all, &["a/b.c.txt"]), "a/b.c.txt a/b.c b.c.txt a b.c");
+        assert_eq!(line(&all, &["/x"]), "/x /x x / x");
+        assert_eq!(line(&all, &["noext"]), "noext noext noext . noext");
+        assert_eq!(line(&all, &["./a.b/c"]), "./a.b/c ./a.b/c c ./a.b c");
+        assert_eq!(line(&all, &[".hidden"]), ".hidden '' .hidden . ''");
+        assert_eq!(line(&all, &["a/"]), "a/ a/ '' . ''");
+        assert_eq!(line(&["{//}"], &[""]), ".");
+        assert_eq!(line(&["{//}"], &["//"]), "/");
+        assert_eq!(line(&["{//}"], &["a//b//"]), "a");
+    }
+
+    #[test]
+    fn positions_numbers_and_appending() {
+        assert_eq!(line(&["echo"], &["a b"]), "echo 'a b'");
+        assert_eq!(line(&["echo", "{#}"], &["a"]), "echo 7");
+        assert_eq!(line(&["echo", "{%}-{}"], &["a"]), "echo 2-a");
+        assert_eq!(line(&["echo", "{2}{1}", "{-1}"], &["a", "b"]), "echo ba b");
+        assert_eq!(line(&["echo", "{1}+{3}x"], &["a", "b"]), "echo a+x");
+        assert_eq!(line(&["echo", "{2.}", "{1/}"], &["p/a", "b.c"]), "echo b a");
+        assert_eq!(line(&["echo", "x{}y"], &["a", "b"]), "echo xa by");
+        assert_eq!(line(&["echo", "{x}", "{}"], &["a"]), "echo {x} a");
+        assert_eq!(line(&["echo", "{"], &["a"]), "echo { a");
+        assert_eq!(line(&[], &["echo", "hi"]), "echo hi");
+        assert!(Template::parse(&words(&["echo", "{= $_ =}"])).is_err());
+    }
+
+    #[test]
+    fn argv_splits_like_the_shell() {
+        let t = Template::parse(&words(&["cmd", "x{}y", "{3}", "{2}"])).expect("parse");
+        let args = words(&["a", ""]);
+        let argv = t.argv(&Ctx {
+            args: &args,
+            seq: 1,
+            slot: 1,
+        });
+        assert_eq!(argv, words(&["cmd", "xa", "y", ""]));
+    }
+
+    #[test]
+    fn plain_templates() {
+        let plain = |ws: &[&str]| {
+            Template::parse(&words(ws))
+                .expect("parse")
+                .plain_program()
+                .is_some()
+        };
+        assert!(plain(&["true"]));
+        assert!(plain(&["gzip", "-9", "--rsyncable", "{}"]));
+        assert!(plain(&["cp", "{}", "{.}.bak"]));
+        assert!(!plain(&["echo", "{}"]));
+        assert!(!plain(&["gzip", "{}", ">", "x"]));
+        assert!(!plain(&["gzip {}"]));
+        assert!(!plain(&["A=1", "gzip"]));
+        assert!(!plain(&["ls", "~"]));
+        assert!(!plain(&["ls", "*.c"]));
+        assert!(!plain(&["{}"]));
+        assert!(!plain(&[]));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// What `sh` makes of a quoted value is the value.
+        #[test]
+        fn quoting_round_trips_through_sh(s in "[^\u{0}]{0,24}") {
+            let mut script = b"printf %s ".to_vec();
+            quote_into(s.as_bytes(), &mut script);
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(std::ffi::OsStr::new(std::str::from_utf8(&script).expect("utf-8")))
+                .output()
+                .expect("run sh");
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+    }
+}

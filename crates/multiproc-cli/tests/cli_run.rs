@@ -1,0 +1,1117 @@
+//! `multiproc run`: its output and exit status compared with GNU parallel's on the same input
+//! (when /usr/bin/parallel is there: with `CI` set its absence is a failure, otherwise those
+//! comparisons are skipped with a note), and its process handling: timeouts, Ctrl-C, SIGTERM,
+//! retries, `--halt`, the joblog, `--resume`, `--results`, `--line-buffer`.
+//!
+//! No test sleeps to synchronise: they wait for files or output to appear, with a deadline.
+//! Every runner is started in its own process group and killed (with its jobs) if a test
+//! fails half-way.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// How long anything may take before a test calls it a hang.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// GNU parallel, where the comparisons look for it.
+const GNU: &str = "/usr/bin/parallel";
+
+/// The binary under test.
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_multiproc")
+}
+
+/// Whether GNU parallel can be compared with. Without it: a failure under CI, a skip note
+/// otherwise.
+fn have_gnu(test: &str) -> bool {
+    if Path::new(GNU).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: GNU parallel is not installed at {GNU}, and CI is set"
+    );
+    eprintln!("{test}: skipped: GNU parallel is not installed at {GNU}");
+    false
+}
+
+/// A fresh directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Makes one, its name from `tag`, the pid and a counter.
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "multiproc-cli-run-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// Where it is.
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path in it.
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits a little, without `thread::sleep` (a polling loop's pause).
+fn pause() {
+    std::thread::park_timeout(Duration::from_millis(10));
+}
+
+/// Polls `cond` until it holds; panics with `what` after [`PATIENCE`].
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        pause();
+    }
+}
+
+/// Whether a process is gone: no such pid, or a zombie waiting for its reaper.
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Reads the pids written to the files of `dir` whose names start with `prefix`.
+fn pids_in(dir: &Path, prefix: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix)
+            && let Ok(s) = std::fs::read_to_string(e.path())
+            && let Ok(p) = s.trim().parse()
+        {
+            pids.push(p);
+        }
+    }
+    pids
+}
+
+/// A running `multiproc run` (or GNU parallel), its output gathered by threads. Dropping it
+/// kills it: SIGTERM to it (it kills its jobs' groups), then SIGKILL to its process group.
+struct Runner {
+    /// The process.
+    child: Child,
+    /// Its stdout so far.
+    out: Arc<Mutex<Vec<u8>>>,
+    /// Its stderr so far.
+    err: Arc<Mutex<Vec<u8>>>,
+    /// The threads reading them.
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Pids of jobs' processes to kill too if the test fails (files `dir/prefix*`).
+    pid_files: Option<(PathBuf, &'static str)>,
+    /// Its exit status, once waited for.
+    status: Option<ExitStatus>,
+}
+
+/// What a finished run gave.
+#[derive(Debug)]
+struct Outcome {
+    /// The exit code (`None` if killed by a signal).
+    code: Option<i32>,
+    /// Its stdout.
+    out: String,
+    /// Its stderr.
+    err: String,
+    /// How long it took from `finish` on.
+    elapsed: Duration,
+}
+
+/// Copies what `r` gives into `into`, in a thread, until end of file.
+fn gather(
+    mut r: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into.lock().expect("lock").extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+impl Runner {
+    /// Starts `program args...` in `dir` with `stdin` as its input.
+    fn start(program: &str, args: &[&str], dir: Option<&Path>, stdin: &[u8]) -> Runner {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd.spawn().expect("spawn");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            gather(child.stdout.take().expect("stdout"), out.clone()),
+            gather(child.stderr.take().expect("stderr"), err.clone()),
+        ];
+        Runner {
+            child,
+            out,
+            err,
+            readers,
+            pid_files: None,
+            status: None,
+        }
+    }
+
+    /// Its pid (and process group).
+    fn pid(&self) -> Pid {
+        Pid::from_child(&self.child)
+    }
+
+    /// Sends it `sig`.
+    fn signal(&self, sig: Signal) {
+        rustix::process::kill_process(self.pid(), sig).expect("kill");
+    }
+
+    /// Its stdout so far.
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().expect("lock")).into_owned()
+    }
+
+    /// Its stderr so far.
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().expect("lock")).into_owned()
+    }
+
+    /// Waits (at most [`PATIENCE`]) for the end and the output.
+    fn finish(mut self) -> Outcome {
+        let t = Instant::now();
+        let deadline = t + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hung; stdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            pause();
+        };
+        self.status = Some(status);
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Outcome {
+            code: status.code(),
+            out: self.stdout(),
+            err: self.stderr(),
+            elapsed: t.elapsed(),
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = rustix::process::kill_process(self.pid(), Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                pause();
+            }
+            let _ = rustix::process::kill_process_group(self.pid(), Signal::KILL);
+            let _ = self.child.wait();
+        }
+        if let Some((dir, prefix)) = &self.pid_files {
+            for p in pids_in(dir, prefix) {
+                if let Some(pid) = Pid::from_raw(p) {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `multiproc run ARGS` to its end.
+fn ours(args: &[&str], stdin: &[u8]) -> Outcome {
+    ours_in(None, args, stdin)
+}
+
+/// Runs `multiproc run ARGS` in `dir` to its end.
+fn ours_in(dir: Option<&Path>, args: &[&str], stdin: &[u8]) -> Outcome {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    Runner::start(bin(), &all, dir, stdin).finish()
+}
+
+/// Runs `parallel --will-cite ARGS` to its end.
+fn gnu_in(dir: Option<&Path>, args: &[&str], stdin: &[u8]) -> Outcome {
+    let mut all = vec!["--will-cite"];
+    all.extend_from_slice(args);
+    Runner::start(GNU, &all, dir, stdin).finish()
+}
+
+/// Checks that we print what GNU parallel prints, and exit as it does.
+fn same_as_gnu(args: &[&str], stdin: &[u8]) {
+    let theirs = gnu_in(None, args, stdin);
+    let mine = ours(args, stdin);
+    assert_eq!(
+        mine.out, theirs.out,
+        "stdout differs for {args:?}\nours stderr: {}\ntheirs stderr: {}",
+        mine.err, theirs.err
+    );
+    assert_eq!(mine.code, theirs.code, "exit status differs for {args:?}");
+}
+
+// ---- compared with GNU parallel ----
+
+#[test]
+fn placeholders_match_gnu() {
+    if !have_gnu("placeholders_match_gnu") {
+        return;
+    }
+    let paths = [
+        "a/b.c.txt",
+        "/x",
+        "noext",
+        "./a.b/c",
+        ".hidden",
+        "a/",
+        "",
+        "sp ace.x/y z.w",
+        "a.",
+        "/",
+        "//a//b//",
+    ];
+    let mut args = vec![
+        "-k", "-j1", "echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{%}", ":::",
+    ];
+    args.extend(paths);
+    same_as_gnu(&args, b"");
+    same_as_gnu(
+        &["-k", "--dry-run", "echo", "x{}y", "{.}.bak", ":::"]
+            .iter()
+            .chain(&paths)
+            .copied()
+            .collect::<Vec<_>>(),
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k", "echo", "{1}", "{2}", "{1.}", "{2/}", "{1//}", "{2/.}", "{-1}", "{3}", ":::",
+            "a/b.c", "x", ":::", "/y/z.q", "w",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn dry_run_quoting_matches_gnu() {
+    if !have_gnu("dry_run_quoting_matches_gnu") {
+        return;
+    }
+    same_as_gnu(
+        &[
+            "-k",
+            "--dry-run",
+            "echo",
+            ":::",
+            "a b",
+            "it's",
+            "$HOME",
+            "*",
+            "a\"b",
+            "",
+            "plain",
+            "x=1",
+            "~",
+            "a\\b",
+            "é",
+            "'",
+            "''a''",
+            "`id`",
+            "a;b",
+            "tab\there",
+        ],
+        b"",
+    );
+    // And what the shell makes of them is the arguments, unchanged.
+    same_as_gnu(
+        &[
+            "-k", "echo", ":::", "a b", "it's", "$HOME", "*", "a\"b", "x=1", "~", "a\\b", "`id`",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn keep_order_and_tag_match_gnu() {
+    if !have_gnu("keep_order_and_tag_match_gnu") {
+        return;
+    }
+    same_as_gnu(
+        &["-k", "-j4", "sleep 0.0$(( {} % 3 )); echo {}"],
+        b"1\n2\n3\n4\n5\n6\n7\n8\n",
+    );
+    same_as_gnu(
+        &["-k", "--tag", "echo {}; echo two", ":::", "a", "b c"],
+        b"",
+    );
+    same_as_gnu(
+        &["-k", "--tag", "echo", ":::", "a", "b", ":::", "x", "y z"],
+        b"",
+    );
+    same_as_gnu(
+        &["-k", "--tag", "-n", "2", "echo", ":::", "a", "b", "c"],
+        b"",
+    );
+}
+
+#[test]
+fn max_args_colsep_and_products_match_gnu() {
+    if !have_gnu("max_args_colsep_and_products_match_gnu") {
+        return;
+    }
+    same_as_gnu(&["-k", "-n", "2", "echo", ":::", "a", "b", "c"], b"");
+    same_as_gnu(
+        &["-k", "-n", "2", "echo", "{1}+{2}", ":::", "a", "b", "c"],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k",
+            "-n",
+            "2",
+            "--dry-run",
+            "echo",
+            "{}",
+            "{.}",
+            ":::",
+            "a.x",
+            "b.y",
+            "c",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &["-k", "--colsep", "\\t", "echo", "{2}-{1}"],
+        b"a b\tc\n1\t2\n",
+    );
+    same_as_gnu(
+        &["-k", "--colsep", "[0-9]+", "echo", "{1}:{2}:{3}"],
+        b"a1b22c\n",
+    );
+    same_as_gnu(&["-k", "--colsep", " ", "echo"], b"a b\nc d e\n");
+    same_as_gnu(
+        &[
+            "-k", "echo", ":::", "a", "b", ":::", "1", "2", ":::", "x", "y",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k",
+            "echo",
+            "{3}{2}{1}",
+            ":::",
+            "a",
+            "b",
+            ":::",
+            "1",
+            ":::",
+            "x",
+            "y",
+        ],
+        b"",
+    );
+    let dir = TempDir::new("products");
+    std::fs::write(dir.join("in.txt"), "1\n2\n3\n").expect("write");
+    let f = dir.join("in.txt");
+    let f = f.to_str().expect("utf-8 path");
+    same_as_gnu(&["-k", "echo", "::::", f, ":::", "x", "y"], b"");
+    same_as_gnu(&["-k", "-a", f, "echo"], b"");
+    same_as_gnu(&["-k", "-a", f, "-a", f, "echo"], b"");
+    same_as_gnu(&["-k", "-a", "-", "echo"], b"from\nstdin\n");
+}
+
+#[test]
+fn input_delimiters_match_gnu() {
+    if !have_gnu("input_delimiters_match_gnu") {
+        return;
+    }
+    same_as_gnu(&["-0", "-k", "echo", "[{}]"], b"a\0b c\0\0last");
+    same_as_gnu(&["--null", "-k", "echo", "[{}]"], b"x\ny\0z");
+    same_as_gnu(&["-d", ",", "-k", "echo", "[{}]"], b"a,b,,c");
+    same_as_gnu(&["-k", "echo", "[{}]"], b"a\n\nb\n");
+    same_as_gnu(&["-k", "echo", "[{}]"], b"no final newline");
+    same_as_gnu(&["-k", "echo"], b"");
+}
+
+#[test]
+fn exit_status_matches_gnu() {
+    if !have_gnu("exit_status_matches_gnu") {
+        return;
+    }
+    same_as_gnu(&["exit {}", ":::", "0", "0"], b"");
+    same_as_gnu(&["exit {}", ":::", "0", "1", "2", "3"], b"");
+    let many: String = (1..=103).map(|i| format!("{i}\n")).collect();
+    same_as_gnu(&["-j4", "false"], many.as_bytes());
+    // --halt, one job at a time so that the order is fixed.
+    same_as_gnu(
+        &[
+            "--halt",
+            "now,fail=1",
+            "-j1",
+            "-k",
+            "echo {}; exit {}",
+            ":::",
+            "0",
+            "3",
+            "0",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "--halt",
+            "soon,fail=1",
+            "-j1",
+            "exit {}",
+            ":::",
+            "0",
+            "2",
+            "5",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "--halt",
+            "soon,fail=2",
+            "-j1",
+            "exit {}",
+            ":::",
+            "1",
+            "0",
+            "2",
+            "3",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "--halt",
+            "now,success=1",
+            "-j1",
+            "exit {}",
+            ":::",
+            "1",
+            "0",
+            "1",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "--halt",
+            "now,fail=50%",
+            "-j1",
+            "exit {}",
+            ":::",
+            "0",
+            "1",
+            "1",
+            "0",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &["--halt", "2", "-j1", "exit {}", ":::", "0", "4", "0"],
+        b"",
+    );
+}
+
+/// The fields of a joblog's lines.
+fn joblog_rows(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).expect("read joblog");
+    text.lines()
+        .map(|l| l.splitn(9, '\t').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn joblog_matches_gnu() {
+    if !have_gnu("joblog_matches_gnu") {
+        return;
+    }
+    let dir = TempDir::new("joblog");
+    let (a, b) = (dir.join("ours.log"), dir.join("gnu.log"));
+    let args = |log: &Path| -> Vec<String> {
+        [
+            "--joblog",
+            log.to_str().expect("utf-8"),
+            "-k",
+            "-j1",
+            "echo {}; exit {}",
+            ":::",
+            "0",
+            "1",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mine = ours(
+        &args(&a).iter().map(String::as_str).collect::<Vec<_>>(),
+        b"",
+    );
+    let theirs = gnu_in(
+        None,
+        &args(&b).iter().map(String::as_str).collect::<Vec<_>>(),
+        b"",
+    );
+    assert_eq!(mine.code, theirs.code);
+    let (mut ours_rows, mut gnu_rows) = (joblog_rows(&a), joblog_rows(&b));
+    assert_eq!(ours_rows[0], gnu_rows[0], "header");
+    assert_eq!(ours_rows.len(), gnu_rows.len());
+    let start = regex::Regex::new(r"^\d{10}\.\d{3}$").expect("regex");
+    let runtime = regex::Regex::new(r"^ *\d+\.\d{3}$").expect("regex");
+    for rows in [&mut ours_rows, &mut gnu_rows] {
+        rows[1..].sort_by_key(|r| r[0].parse::<u64>().expect("seq"));
+        for r in &rows[1..] {
+            assert_eq!(r.len(), 9, "{r:?}");
+            assert!(start.is_match(&r[2]), "Starttime {:?}", r[2]);
+            assert!(
+                runtime.is_match(&r[3]) && r[3].len() >= 10,
+                "JobRuntime {:?}",
+                r[3]
+            );
+        }
+    }
+    for (o, g) in ours_rows[1..].iter().zip(&gnu_rows[1..]) {
+        // Seq, Host, Send, Receive, Exitval, Signal, Command.
+        for i in [0, 1, 4, 5, 6, 7, 8] {
+            assert_eq!(o[i], g[i], "column {i} of {o:?} vs {g:?}");
+        }
+    }
+}
+
+// ---- process handling ----
+
+#[test]
+fn timeout_kills_the_job_and_its_children() {
+    let dir = TempDir::new("timeout");
+    let log = dir.join("log");
+    let job = "sh -c 'sleep 100 & echo $! > gpid.{}; wait'";
+    let mut r = Runner::start(
+        bin(),
+        &[
+            "run",
+            "--timeout",
+            "1",
+            "--joblog",
+            log.to_str().expect("utf-8"),
+            job,
+            ":::",
+            "a",
+        ],
+        Some(dir.path()),
+        b"",
+    );
+    r.pid_files = Some((dir.path().to_path_buf(), "gpid."));
+    wait_for("the grandchild's pid", || {
+        !pids_in(dir.path(), "gpid.").is_empty()
+    });
+    let grandchild = pids_in(dir.path(), "gpid.")[0];
+    let out = r.finish();
+    assert!(out.elapsed < PATIENCE, "took {:?}", out.elapsed);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.err.contains("timed out"), "{out:?}");
+    wait_for("the grandchild to die", || gone(grandchild));
+    let rows = joblog_rows(&log);
+    assert_eq!(rows[1][6], "-1", "Exitval of {:?}", rows[1]);
+    assert_eq!(rows[1][7], "15", "Signal of {:?}", rows[1]);
+}
+
+/// Starts two jobs that record their pids and their children's, and wait for a `go` file.
+fn start_two_waiting_jobs(dir: &TempDir) -> Runner {
+    let job = "echo $$ > pid.{}; sleep 100 & echo $! > gpid.{}; \
+               while [ ! -e go ]; do sleep 0.02; done; echo finished {}";
+    let mut r = Runner::start(
+        bin(),
+        &["run", "-j2", "-k", job, ":::", "1", "2", "3", "4"],
+        Some(dir.path()),
+        b"",
+    );
+    r.pid_files = Some((dir.path().to_path_buf(), "gpid."));
+    wait_for("two jobs to start", || {
+        pids_in(dir.path(), "gpid.").len() == 2
+    });
+    r
+}
+
+#[test]
+fn first_ctrl_c_lets_running_jobs_finish_and_starts_no_more() {
+    let dir = TempDir::new("sigint1");
+    let r = start_two_waiting_jobs(&dir);
+    r.signal(Signal::INT);
+    wait_for("the interruption notice", || {
+        r.stderr().contains("interrupted")
+    });
+    std::fs::write(dir.join("go"), "").expect("write go");
+    let out = r.finish();
+    assert_eq!(out.code, Some(130), "{out:?}");
+    assert!(
+        out.out.contains("finished 1") && out.out.contains("finished 2"),
+        "{out:?}"
+    );
+    assert!(
+        !dir.join("pid.3").exists() && !dir.join("pid.4").exists(),
+        "new jobs started"
+    );
+    for p in pids_in(dir.path(), "gpid.") {
+        let _ = rustix::process::kill_process(Pid::from_raw(p).expect("pid"), Signal::KILL);
+    }
+}
+
+#[test]
+fn second_ctrl_c_kills_every_job_and_leaves_no_process() {
+    let dir = TempDir::new("sigint2");
+    let r = start_two_waiting_jobs(&dir);
+    let pids: Vec<i32> = [pids_in(dir.path(), "pid."), pids_in(dir.path(), "gpid.")].concat();
+    assert_eq!(pids.len(), 4);
+    r.signal(Signal::INT);
+    wait_for("the interruption notice", || {
+        r.stderr().contains("interrupted")
+    });
+    r.signal(Signal::INT);
+    let out = r.finish();
+    assert_eq!(out.code, Some(130), "{out:?}");
+    assert!(!out.out.contains("finished"), "{out:?}");
+    for p in pids {
+        wait_for(&format!("process {p} to die"), || gone(p));
+    }
+    assert!(!dir.join("pid.3").exists(), "a new job started");
+}
+
+#[test]
+fn sigterm_kills_every_job() {
+    let dir = TempDir::new("sigterm");
+    let r = start_two_waiting_jobs(&dir);
+    let pids: Vec<i32> = [pids_in(dir.path(), "pid."), pids_in(dir.path(), "gpid.")].concat();
+    r.signal(Signal::TERM);
+    let out = r.finish();
+    assert_eq!(out.code, Some(143), "{out:?}");
+    for p in pids {
+        wait_for(&format!("process {p} to die"), || gone(p));
+    }
+}
+
+#[test]
+fn halt_now_kills_the_running_jobs() {
+    let dir = TempDir::new("halt");
+    let job = "if [ {} = slow ]; then sleep 100 & echo $! > gpid.slow; wait; \
+               else while [ ! -e gpid.slow ]; do sleep 0.02; done; exit 3; fi";
+    let mut r = Runner::start(
+        bin(),
+        &[
+            "run",
+            "-j2",
+            "--halt",
+            "now,fail=1",
+            job,
+            ":::",
+            "slow",
+            "fail",
+            "never",
+        ],
+        Some(dir.path()),
+        b"",
+    );
+    r.pid_files = Some((dir.path().to_path_buf(), "gpid."));
+    wait_for("the slow job", || !pids_in(dir.path(), "gpid.").is_empty());
+    let grandchild = pids_in(dir.path(), "gpid.")[0];
+    let out = r.finish();
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.err.contains("This job failed"), "{out:?}");
+    wait_for("the slow job's child to die", || gone(grandchild));
+}
+
+#[test]
+fn retries_rerun_a_failing_job() {
+    let dir = TempDir::new("retries");
+    let d = Some(dir.path());
+    let out = ours_in(
+        d,
+        &[
+            "--retries",
+            "3",
+            "echo try; echo x >> count; exit 1",
+            ":::",
+            "a",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, Some(1));
+    assert_eq!(out.out, "try\n", "only the last try's output is printed");
+    let tries = std::fs::read_to_string(dir.join("count")).expect("count");
+    assert_eq!(tries.lines().count(), 3);
+    // Succeeds on its second try, after a backoff.
+    let job = "echo x >> count2; [ $(wc -l < count2) -ge 2 ] && echo ok";
+    let out = ours_in(
+        d,
+        &["--retries", "5", "--retry-delay", "0.05", job, ":::", "a"],
+        b"",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.out, "ok a\n");
+    let tries = std::fs::read_to_string(dir.join("count2")).expect("count");
+    assert_eq!(tries.lines().count(), 2);
+}
+
+#[test]
+fn resume_skips_done_jobs_and_resume_failed_reruns_failed_ones() {
+    let dir = TempDir::new("resume");
+    let log = dir.join("log");
+    let log = log.to_str().expect("utf-8");
+    let out = ours(
+        &["--joblog", log, "-j1", "exit {}", ":::", "0", "1", "0"],
+        b"",
+    );
+    assert_eq!(out.code, Some(1));
+    let out = ours(
+        &[
+            "--joblog",
+            log,
+            "--resume",
+            "-j1",
+            "echo ran {#}",
+            ":::",
+            "0",
+            "1",
+            "0",
+            "x",
+        ],
+        b"",
+    );
+    assert_eq!(out.out, "ran 4\n", "{out:?}");
+    let out = ours(
+        &[
+            "--joblog",
+            log,
+            "--resume-failed",
+            "-j1",
+            "echo again {#}",
+            ":::",
+            "0",
+            "1",
+            "0",
+            "x",
+            "y",
+        ],
+        b"",
+    );
+    assert_eq!(out.out, "again 2\nagain 5\n", "{out:?}");
+    let seqs: Vec<String> = joblog_rows(Path::new(log))[1..]
+        .iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(seqs, ["1", "2", "3", "4", "2", "5"]);
+    let out = ours(&["--resume", "true"], b"");
+    assert_eq!(out.code, Some(255), "--resume needs --joblog");
+}
+
+#[test]
+fn results_are_stored_as_gnu_parallel_does() {
+    let dir = TempDir::new("results");
+    let res = dir.join("res");
+    let out = ours(
+        &[
+            "--results",
+            res.to_str().expect("utf-8"),
+            "echo {}; echo err {} >&2",
+            ":::",
+            "a",
+            "b/c",
+            ":::",
+            "x",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let read = |p: &str| std::fs::read_to_string(res.join(p)).expect(p);
+    assert_eq!(read("1/a/2/x/stdout"), "a x\n");
+    assert_eq!(read("1/a/2/x/stderr"), "err a x\n");
+    assert_eq!(read("1/a/2/x/seq"), "1");
+    assert_eq!(read("1/b\\_c/2/x/stdout"), "b/c x\n");
+    assert_eq!(read("1/b\\_c/2/x/seq"), "2");
+    assert!(
+        out.out.contains("a x\n") && out.err.contains("err b/c x\n"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn output_is_grouped_per_job() {
+    // Each job writes 50 lines in two writes each; grouped, a job's lines stay together.
+    let job = "for i in $(seq 50); do printf %s {}-; printf '%s\\n' $i; done";
+    let out = ours(&["-j4", job, ":::", "a", "b", "c", "d", "e", "f"], b"");
+    assert_eq!(out.code, Some(0));
+    let lines: Vec<&str> = out.out.lines().collect();
+    assert_eq!(lines.len(), 300);
+    for block in lines.chunks(50) {
+        let job = block[0].split('-').next().expect("job");
+        for (i, l) in block.iter().enumerate() {
+            assert_eq!(*l, format!("{job}-{}", i + 1), "interleaved:\n{}", out.out);
+        }
+    }
+}
+
+#[test]
+fn line_buffer_prints_whole_lines_as_they_come() {
+    let job = "for i in $(seq 200); do printf %s {}-; printf '%s\\n' $i; done";
+    let out = ours(
+        &["--line-buffer", "-j4", job, ":::", "a", "b", "c", "d"],
+        b"",
+    );
+    assert_eq!(out.code, Some(0));
+    let line = regex::Regex::new(r"^[a-d]-\d+$").expect("regex");
+    let mut count = std::collections::HashMap::new();
+    for l in out.out.lines() {
+        assert!(line.is_match(l), "a split line: {l:?}");
+        *count.entry(&l[..1]).or_insert(0) += 1;
+    }
+    assert!(count.values().all(|&n| n == 200), "{count:?}");
+    // A line shows before its job ends (the job waits for the test to see it).
+    let dir = TempDir::new("linebuffer");
+    let r = Runner::start(
+        bin(),
+        &[
+            "run",
+            "--line-buffer",
+            "--tag",
+            "echo first; while [ ! -e release ]; do sleep 0.02; done; printf last",
+            ":::",
+            "j",
+        ],
+        Some(dir.path()),
+        b"",
+    );
+    wait_for("the first line", || r.stdout() == "j\tfirst\n");
+    std::fs::write(dir.join("release"), "").expect("write");
+    let out = r.finish();
+    assert_eq!(out.out, "j\tfirst\nj\tlast");
+}
+
+#[test]
+fn line_buffer_with_keep_order() {
+    let out = ours(
+        &[
+            "--line-buffer",
+            "-k",
+            "-j3",
+            "sleep 0.0{}; echo {}; echo {} again",
+            ":::",
+            "3",
+            "1",
+            "2",
+        ],
+        b"",
+    );
+    assert_eq!(out.out, "3\n3 again\n1\n1 again\n2\n2 again\n");
+}
+
+#[test]
+fn delay_spaces_job_starts() {
+    let dir = TempDir::new("delay");
+    let log = dir.join("log");
+    let out = ours(
+        &[
+            "--delay",
+            "0.2",
+            "-j3",
+            "--joblog",
+            log.to_str().expect("utf-8"),
+            "true",
+            ":::",
+            "a",
+            "b",
+            "c",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, Some(0));
+    let mut starts: Vec<f64> = joblog_rows(&log)[1..]
+        .iter()
+        .map(|r| r[2].parse().expect("start"))
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    for w in starts.windows(2) {
+        assert!(w[1] - w[0] >= 0.19, "starts {starts:?}");
+    }
+}
+
+#[test]
+fn jobs_option_forms() {
+    for j in ["1", "2", "+1", "-1", "50%", "0"] {
+        let out = ours(&["-j", j, "-k", "echo {%} {}", ":::", "a", "b", "c"], b"");
+        assert_eq!(out.code, Some(0), "-j {j}: {out:?}");
+        assert_eq!(out.out.lines().count(), 3, "-j {j}: {out:?}");
+        if j == "1" {
+            assert_eq!(out.out, "1 a\n1 b\n1 c\n");
+        }
+    }
+    // Two at a time: the slots are 1 and 2.
+    let out = ours(&["-j2", "echo {%}", ":::", "a", "b", "c", "d", "e"], b"");
+    assert!(out.out.lines().all(|l| l == "1" || l == "2"), "{out:?}");
+}
+
+#[test]
+fn bad_options_exit_255_with_a_message() {
+    for args in [
+        &["-j", "x", "true"][..],
+        &["--timeout", "1x", "true"],
+        &["--timeout", "0", "true"],
+        &["--delay", "-1", "true"],
+        &["--halt", "sometimes", "true"],
+        &["-n", "0", "true"],
+        &["-0", "-d", ",", "true"],
+        &["--colsep", "", "true"],
+        &["--no-such-option", "true"],
+        &["-a", "/nonexistent/file", "true"],
+        &["true", "::::", "/nonexistent/file"],
+        &["echo", "{= $_ =}", ":::", "a"],
+        &["echo", ":::+", "a"],
+    ] {
+        let out = ours(args, b"");
+        assert_eq!(out.code, Some(255), "{args:?}: {out:?}");
+        assert!(!out.err.is_empty(), "{args:?}: no message");
+        assert!(out.out.is_empty(), "{args:?}: {out:?}");
+    }
+    let out = ours(&["-j", "x", "true"], b"");
+    assert!(out.err.starts_with("multiproc: bad --jobs"), "{}", out.err);
+}
+
+#[test]
+fn no_shell_passes_arguments_as_they_are() {
+    let out = ours(
+        &[
+            "--no-shell",
+            "-k",
+            "printf",
+            "%s|\\n",
+            ":::",
+            "a b",
+            "$HOME",
+            "*",
+        ],
+        b"",
+    );
+    assert_eq!(out.out, "a b|\n$HOME|\n*|\n");
+    let out = ours(
+        &["--no-shell", "--dry-run", "printf", "%s", ":::", "a b"],
+        b"",
+    );
+    assert_eq!(out.out, "printf '%s' 'a b'\n");
+}
+
+#[test]
+fn commands_without_the_shell_behave_as_with_it() {
+    // `printenv` needs no shell, so it runs directly; the result is the same.
+    let out = ours(
+        &[
+            "-k",
+            "-j1",
+            "printenv",
+            ":::",
+            "PARALLEL_SEQ",
+            "PARALLEL_JOBSLOT",
+        ],
+        b"",
+    );
+    assert_eq!(out.out, "1\n1\n");
+    // A missing program: the shell's message and 127, as always.
+    let out = ours(&["no-such-program-here", ":::", "a"], b"");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.err.contains("no-such-program-here"), "{out:?}");
+    // Several values of one replacement string in a plain command are separate words.
+    let out = ours(
+        &["-n", "2", "/usr/bin/printf", "%s,", ":::", "a b", "c"],
+        b"",
+    );
+    assert_eq!(out.out, "a b,c,");
+}
+
+#[test]
+fn jobs_read_nothing_from_stdin_and_no_command_runs_the_arguments() {
+    let out = ours(&["cat; echo {}", ":::", "a"], b"not for the job\n");
+    assert_eq!(out.out, "a\n");
+    let out = ours(&["-k", ":::", "echo one", "echo 'two  words'"], b"");
+    assert_eq!(out.out, "one\ntwo  words\n");
+    let out = ours(&["-k", "echo"], b"x y\n");
+    assert_eq!(out.out, "x y\n");
+}
+
+#[test]
+fn bar_is_hidden_when_stderr_is_no_terminal() {
+    let out = ours(&["--bar", "-k", "echo", ":::", "a", "b"], b"");
+    assert_eq!(out.out, "a\nb\n");
+    assert!(out.err.is_empty(), "{out:?}");
+}
+
+#[test]
+fn bar_is_drawn_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("bar_is_drawn_on_a_terminal: skipped: no /usr/bin/script to make a terminal");
+        return;
+    }
+    let cmd = format!("{} run --bar -j2 true ::: 1 2 3", bin());
+    let out = Runner::start("/usr/bin/script", &["-qec", &cmd, "/dev/null"], None, b"").finish();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.out.contains("3/3"), "{out:?}");
+}
+
+#[test]
+fn dry_run_runs_nothing() {
+    let dir = TempDir::new("dryrun");
+    let out = ours_in(
+        Some(dir.path()),
+        &["--dry-run", "touch", "{}", ":::", "f1", "f2"],
+        b"",
+    );
+    assert_eq!(out.out, "touch f1\ntouch f2\n");
+    assert!(!dir.join("f1").exists());
+}
