@@ -90,6 +90,7 @@ fn initialize(target: TaskTarget, args: &[u8]) -> Option<String> {
 }
 
 pub(crate) fn worker_main(args: WorkerArgs) {
+    crate::platform::keep_freed_memory();
     if let Some((target, init_args)) = &args.initializer
         && let Some(why) = initialize(*target, &init_args.0)
     {
