@@ -54,8 +54,9 @@ pub use executor::{
     ThreadPoolExecutor, Waitable, Waited, as_completed, wait,
 };
 pub use manager::{
-    Address, Client, DictProxy, EventProxy, ListProxy, Listener, LockProxy, Managed, ManagerClient,
-    ManagerServer, MethodCall, RemoteQueue, RunningServer, ServedQueueHandle, ValueProxy,
+    Address, ArrayProxy, BarrierProxy, Client, ConditionProxy, DictProxy, EventProxy, ListProxy,
+    Listener, LockProxy, Managed, ManagerClient, ManagerServer, MethodCall, NamespaceProxy,
+    ObjectProxy, RemoteQueue, RunningServer, SemaphoreProxy, ServedQueueHandle, ValueProxy,
     WireConnection,
 };
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};

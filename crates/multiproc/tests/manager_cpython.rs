@@ -386,3 +386,288 @@ fn cpython_clients_call_methods_of_a_registered_rust_type() {
         running.shutdown();
     }
 }
+
+/// A CPython child killed and reaped when the test ends, also when it fails.
+struct PythonChild(std::process::Child);
+
+impl Drop for PythonChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `python -c script args…` to its end (killed after two minutes: a hang fails the
+/// test instead of stalling it); its stdout, after checking it succeeded.
+fn run_python(python: &std::path::Path, script: &str, args: &[&str]) -> String {
+    use std::io::Read;
+    let mut child = PythonChild(
+        Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pidfd = common::pidfd(child.0.id() as i32).unwrap();
+    let mut stdout = child.0.stdout.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let exited = common::wait_exit(&pidfd, Duration::from_secs(120));
+    if !exited {
+        let _ = child.0.kill();
+    }
+    let status = child.0.wait().unwrap();
+    let said = out_reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(exited, "{python:?} hung; it said: {said}\n{err}");
+    assert!(status.success(), "{python:?} failed: {said}\n{err}");
+    said
+}
+
+/// Serves SyncManager's typeids on a free port; the server and its port.
+fn sync_server() -> (multiproc::RunningServer, String) {
+    let server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
+    let running = server.serve_in_background().unwrap();
+    let Address::Tcp(addr) = running.address().clone() else {
+        unreachable!()
+    };
+    (running, addr.port().to_string())
+}
+
+const ARRAY_CLIENT: &str = r#"
+import array, sys
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+a = m.Array('i', [1, 2, 3])
+print(len(a), a[0], a[-1], list(a))
+a[1] = 20
+print(a[1], a[0:2], a[::-1])
+a[0:1] = array.array('i', [7, 8])
+print(list(a), a._getvalue())
+for bad in (lambda: a[10], lambda: a.__setitem__(0, 2 ** 40),
+            lambda: a.__setitem__(0, 'x'), lambda: a.__setitem__(slice(0, 1), [1]),
+            lambda: a.__setitem__(slice(None, None, 2), array.array('i', [1]))):
+    try:
+        bad()
+        print('no error')
+    except (IndexError, OverflowError, TypeError, ValueError) as e:
+        print(type(e).__name__)
+d = m.Array('d', [0.5, 2])
+u = m.Array('u', 'h\u00e9')
+b = m.Array('B', b'\x01\xff')
+q = m.Array('Q', [2 ** 64 - 1])
+print(d[0], d[1], u[1], len(u), list(b), q[0], list(a))
+"#;
+
+#[test]
+fn cpython_clients_use_a_rust_servers_array() {
+    for python in pythons() {
+        let (running, port) = sync_server();
+        let said = run_python(&python, ARRAY_CLIENT, &[&port]);
+        assert_eq!(
+            said,
+            "3 1 3 [1, 2, 3]\n20 array('i', [1, 20]) array('i', [3, 20, 1])\n\
+             [7, 8, 20, 3] array('i', [7, 8, 20, 3])\n\
+             IndexError\nOverflowError\nTypeError\nTypeError\nValueError\n\
+             0.5 2.0 \u{e9} 2 [1, 255] 18446744073709551615 [7, 8, 20, 3]\n",
+            "{python:?}"
+        );
+        running.shutdown();
+    }
+}
+
+const CONDITION_CLIENT: &str = r#"
+import sys, threading, time
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+c = m.Condition()
+flag, results = [], []
+def waiter():
+    with c:
+        results.append(c.wait_for(lambda: flag, 60))
+t = threading.Thread(target=waiter)
+t.start()
+with c:
+    flag.append(1)
+    c.notify_all()
+t.join(90)
+print('wait_for', results, t.is_alive())
+with c:
+    print('timeout', c.wait(0.05), c.wait_for(lambda: False, 0.05))
+for f in (c.notify, c.wait):
+    try:
+        f()
+    except RuntimeError:
+        print('RuntimeError')
+# notify(2) wakes two of three waiters, in the order they came.
+waiting, woke = [0], []
+def sleeper(i):
+    with c:
+        waiting[0] += 1
+        woke.append((i, c.wait(60)))
+ts = [threading.Thread(target=sleeper, args=(i,)) for i in range(3)]
+for t in ts:
+    t.start()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    with c:
+        if waiting[0] == 3:
+            c.notify(2)
+            break
+    time.sleep(0.01)
+while len(woke) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print('after notify(2)', len(woke))
+with c:
+    c.notify()
+for t in ts:
+    t.join(90)
+print('all', sorted(ok for _, ok in woke))
+# A condition over a manager lock shares that lock.
+lk = m.Lock()
+c2 = m.Condition(lk)
+with c2:
+    print('shared lock', lk.acquire(False))
+print('free again', lk.acquire(False))
+lk.release()
+r = m.Condition()
+with r:
+    with r:
+        print('reentrant', r.wait(0.01))
+"#;
+
+#[test]
+fn cpython_clients_use_a_rust_servers_condition() {
+    for python in pythons() {
+        let (running, port) = sync_server();
+        let said = run_python(&python, CONDITION_CLIENT, &[&port]);
+        assert_eq!(
+            said,
+            "wait_for [[1]] False\ntimeout False False\nRuntimeError\nRuntimeError\n\
+             after notify(2) 2\nall [True, True, True]\nshared lock False\nfree again True\n\
+             reentrant False\n",
+            "{python:?}"
+        );
+        running.shutdown();
+    }
+}
+
+const BARRIER_CLIENT: &str = r#"
+import sys, threading, time
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+b = m.Barrier(3)
+print(b.parties, b.n_waiting, b.broken)
+idx = []
+ts = [threading.Thread(target=lambda: idx.append(b.wait(60))) for _ in range(3)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join(90)
+print(sorted(idx))
+b.abort()
+print(b.broken, b.n_waiting)
+try:
+    b.wait(5)
+except threading.BrokenBarrierError:
+    print('BrokenBarrierError')
+b.reset()
+print(b.broken)
+b2 = m.Barrier(2)
+try:
+    b2.wait(0.05)
+except threading.BrokenBarrierError:
+    print('timed out, broken:', b2.broken)
+b3 = m.Barrier(2)
+out = []
+def w():
+    try:
+        b3.wait(60)
+        out.append('passed')
+    except threading.BrokenBarrierError:
+        out.append('broken')
+t = threading.Thread(target=w)
+t.start()
+deadline = time.monotonic() + 60
+while b3.n_waiting != 1 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print('waiting', b3.n_waiting)
+b3.reset()
+t.join(90)
+print(out, b3.broken)
+"#;
+
+#[test]
+fn cpython_clients_use_a_rust_servers_barrier() {
+    for python in pythons() {
+        let (running, port) = sync_server();
+        let said = run_python(&python, BARRIER_CLIENT, &[&port]);
+        assert_eq!(
+            said,
+            "3 0 False\n[0, 1, 2]\nTrue 0\nBrokenBarrierError\nFalse\n\
+             timed out, broken: True\nwaiting 1\n['broken'] False\n",
+            "{python:?}"
+        );
+        running.shutdown();
+    }
+}
+
+const JOINABLE_QUEUE_CLIENT: &str = r#"
+import sys, threading
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+q = m.JoinableQueue()
+for i in range(3):
+    q.put(i)
+done = []
+def joiner():
+    q.join()
+    done.append('joined')
+t = threading.Thread(target=joiner)
+t.start()
+# The joiner's connection blocks in join; this thread's connection goes on.
+print(q.get(), q.get(), q.get(), q.qsize())
+q.task_done()
+q.task_done()
+print('joined before the last task_done:', not t.is_alive())
+q.task_done()
+t.join(60)
+print(done, t.is_alive())
+try:
+    q.task_done()
+except ValueError as e:
+    print('ValueError', e)
+q.join()
+print('join with nothing pending returns')
+"#;
+
+#[test]
+fn cpython_clients_join_a_rust_servers_joinable_queue() {
+    for python in pythons() {
+        let (running, port) = sync_server();
+        let said = run_python(&python, JOINABLE_QUEUE_CLIENT, &[&port]);
+        assert_eq!(
+            said,
+            "0 1 2 0\njoined before the last task_done: False\n['joined'] False\n\
+             ValueError task_done() called too many times\njoin with nothing pending returns\n",
+            "{python:?}"
+        );
+        running.shutdown();
+    }
+}

@@ -200,3 +200,63 @@ fn connections_beyond_the_cap_are_closed_and_room_comes_back() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn a_condition_or_rlock_held_by_a_client_that_went_away_is_released() {
+    let (running, _q) = start();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let cond = m.condition().unwrap();
+    let rlock = m.rlock().unwrap();
+    let (other_cond, other_rlock) = (cond.try_clone().unwrap(), rlock.try_clone().unwrap());
+    assert!(cond.acquire(None).unwrap() && cond.acquire(None).unwrap());
+    assert!(rlock.acquire(None).unwrap() && rlock.acquire(None).unwrap());
+    assert!(!other_cond.acquire(Some(Duration::from_millis(10))).unwrap());
+    assert!(
+        !other_rlock
+            .acquire(Some(Duration::from_millis(10)))
+            .unwrap()
+    );
+    // Their connections close with both held twice: the server lets go of both.
+    drop((cond, rlock));
+    assert!(other_cond.acquire(Some(Duration::from_secs(10))).unwrap());
+    assert!(other_rlock.acquire(Some(Duration::from_secs(10))).unwrap());
+}
+
+#[test]
+fn odd_arguments_to_array_barrier_and_condition_are_remote_errors() {
+    let (running, _q) = start();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let refused = [
+        m.create("Array", &("zz", vec![1])),
+        m.create("Array", &("i", "not a list")),
+        m.create("Array", &("i", vec![u64::MAX])),
+        m.create("Array", &()),
+        m.create("Barrier", &("three",)),
+        m.create("Barrier", &(-1,)),
+        m.create("Barrier", &(2, "an action")),
+        m.create("Condition", &(5,)),
+        m.create("Condition", &("not a proxy",)),
+    ];
+    for r in refused {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::Remote);
+    }
+    // Odd calls on good objects are answered too.
+    let a = m.create("Array", &("b", vec![1, 2])).unwrap();
+    let odd = [
+        a.call::<()>("__getitem__", &("x",)),
+        a.call::<()>("__setitem__", &("x", 1)),
+        a.call::<()>("__setitem__", &(0, 1000)),
+        a.call::<()>("__getitem__", &()),
+        a.call::<()>("pop", &()),
+    ];
+    for r in odd {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::Remote);
+    }
+    let b = m.create("Barrier", &(2,)).unwrap();
+    assert!(b.call::<()>("__getattribute__", &("_secret",)).is_err());
+    assert!(b.call::<()>("wait", &("soon",)).is_err());
+    let c = m.create("Condition", &()).unwrap();
+    assert!(c.call::<()>("notify", &("all",)).is_err());
+    assert!(c.call::<bool>("wait", &(f64::NAN,)).is_err());
+    still_serving(&running);
+}

@@ -79,6 +79,7 @@ fn remote_exception(what: &str, exc: Value) -> Error {
     match name.as_ref().map(|(m, n)| (m.as_str(), n.as_str())) {
         Some(("queue" | "_queue", "Empty")) => Error::Empty { what: what.into() },
         Some(("queue", "Full")) => Error::Full { what: what.into() },
+        Some(("threading", "BrokenBarrierError")) => Error::BrokenBarrier { what: what.into() },
         Some((module, name)) => Error::Remote {
             what: what.to_string(),
             detail: format!("{module}.{name}: {exc}"),
@@ -106,26 +107,76 @@ impl ManagerClient {
     }
 
     /// One request on a connection of its own, as CPython's `dispatch`.
-    fn one_shot(&self, func: &str, args: Vec<Value>) -> Result<Value> {
+    pub(super) fn one_shot(&self, func: &str, args: Vec<Value>) -> Result<Value> {
+        self.one_shot_with(func, args, Vec::new())
+    }
+
+    fn one_shot_with(
+        &self,
+        func: &str,
+        args: Vec<Value>,
+        kwds: Vec<(Value, Value)>,
+    ) -> Result<Value> {
         let mut conn = Client::connect(&self.address, &self.authkey)?;
-        conn.send_bytes(&pickle::encode(&request(None, func, args, Vec::new()))?)?;
+        conn.send_bytes(&pickle::encode(&request(None, func, args, kwds))?)?;
         unpack(&format!("manager at {}", self.address), &conn.recv_bytes()?)
     }
 
     /// Creates (or, for a registered name, looks up) an object on the server and opens the
     /// proxy connection to it.
-    fn proxy(&self, typeid: &str, args: Vec<Value>, what: String) -> Result<Proxy> {
+    pub(super) fn proxy(&self, typeid: &str, args: Vec<Value>, what: String) -> Result<Proxy> {
+        self.proxy_with(typeid, args, Vec::new(), what)
+    }
+
+    /// [`proxy`](Self::proxy) with keyword arguments for `create`.
+    pub(super) fn proxy_with(
+        &self,
+        typeid: &str,
+        args: Vec<Value>,
+        kwds: Vec<(Value, Value)>,
+        what: String,
+    ) -> Result<Proxy> {
         let mut create_args = vec![Value::str(typeid)];
         create_args.extend(args);
-        let created = self.one_shot("create", create_args)?;
-        let ident = match created {
-            Value::Tuple(parts) => parts.into_iter().next().and_then(|v| match v {
-                Value::Str(s) => Some(s),
-                _ => None,
-            }),
-            _ => None,
-        }
-        .ok_or_else(|| Error::protocol("manager", "create did not return an ident"))?;
+        let created = self.one_shot_with("create", create_args, kwds)?;
+        let bad = || Error::protocol(what.as_str(), "create did not return (ident, exposed)");
+        let Value::Tuple(parts) = created else {
+            return Err(bad());
+        };
+        let mut parts = parts.into_iter();
+        let Some(Value::Str(ident)) = parts.next() else {
+            return Err(bad());
+        };
+        // A CPython server may list the methods as a tuple or a list; an odd entry is skipped.
+        let exposed = match parts.next() {
+            Some(Value::Tuple(names) | Value::List(names)) => names
+                .into_iter()
+                .filter_map(|n| match n {
+                    Value::Str(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let conn = match self.proxy_connection() {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Give back the reference `create` took for us.
+                let _ = self.one_shot("decref", vec![Value::Str(ident)]);
+                return Err(e);
+            }
+        };
+        Ok(Proxy {
+            what,
+            ident,
+            exposed,
+            conn: Mutex::new(conn),
+            manager: self.clone(),
+        })
+    }
+
+    /// A new connection turned into a proxy connection (`accept_connection`).
+    fn proxy_connection(&self) -> Result<WireConnection> {
         let mut conn = Client::connect(&self.address, &self.authkey)?;
         let hello = request(
             None,
@@ -135,12 +186,7 @@ impl ManagerClient {
         );
         conn.send_bytes(&pickle::encode(&hello)?)?;
         unpack("manager", &conn.recv_bytes()?)?;
-        Ok(Proxy {
-            what,
-            ident,
-            conn: Mutex::new(conn),
-            manager: self.clone(),
-        })
+        Ok(conn)
     }
 
     /// A proxy for the queue the server registered as `typeid` (`get_task_queue`).
@@ -251,10 +297,14 @@ impl ManagerClient {
     }
 }
 
-/// A proxy connection to one object on a manager server.
-struct Proxy {
-    what: String,
-    ident: String,
+/// A proxy connection to one object on a manager server. Calls through one proxy take turns
+/// (one request, one reply); [`try_clone`](Self::try_clone) gives another connection to the
+/// same object, for another thread (as CPython gives each thread its own).
+pub(super) struct Proxy {
+    pub(super) what: String,
+    pub(super) ident: String,
+    /// The methods the server said it exposes (from `create`).
+    pub(super) exposed: Vec<String>,
     conn: Mutex<WireConnection>,
     /// To give back the reference `create` took for us when the proxy goes, as CPython's
     /// proxies do (otherwise an object made per call would live as long as the server).
@@ -271,14 +321,34 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
-    fn call(&self, method: &str, args: Vec<Value>, kwds: Vec<(Value, Value)>) -> Result<Value> {
+    /// Another proxy to the same object, on a connection of its own; it holds a reference of
+    /// its own (`incref`), given back when it is dropped.
+    pub(super) fn try_clone(&self) -> Result<Proxy> {
+        let conn = self.manager.proxy_connection()?;
+        self.manager
+            .one_shot("incref", vec![Value::str(self.ident.as_str())])?;
+        Ok(Proxy {
+            what: self.what.clone(),
+            ident: self.ident.clone(),
+            exposed: self.exposed.clone(),
+            conn: Mutex::new(conn),
+            manager: self.manager.clone(),
+        })
+    }
+
+    pub(super) fn call(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+        kwds: Vec<(Value, Value)>,
+    ) -> Result<Value> {
         let bytes = pickle::encode(&request(Some(&self.ident), method, args, kwds))?;
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.send_bytes(&bytes)?;
         unpack(&self.what, &conn.recv_bytes()?)
     }
 
-    fn call_as<T: DeserializeOwned>(&self, method: &str, args: Vec<Value>) -> Result<T> {
+    pub(super) fn call_as<T: DeserializeOwned>(&self, method: &str, args: Vec<Value>) -> Result<T> {
         Ok(pickle::from_value(self.call(method, args, Vec::new())?)?)
     }
 }
@@ -343,6 +413,61 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// The server's failure.
     pub fn len(&self) -> Result<usize> {
         self.proxy.call_as("qsize", Vec::new())
+    }
+
+    /// Says that an item taken has been dealt with (`task_done()`, as for CPython's
+    /// `JoinableQueue`; every manager queue counts them).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`ValueError`) if called more times
+    /// than items were put.
+    pub fn task_done(&self) -> Result<()> {
+        self.proxy
+            .call("task_done", Vec::new(), Vec::new())
+            .map(drop)
+    }
+
+    /// Waits until every item put has been marked done (`join()`). It blocks this proxy's
+    /// connection (the server serves the others): use a [`try_clone`](Self::try_clone) to
+    /// go on with the queue meanwhile.
+    ///
+    /// # Errors
+    /// The server's failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
+    /// let running = server.serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let jobs = manager.joinable_queue::<u32>()?;
+    /// jobs.put(&1)?;
+    /// let worker = jobs.try_clone()?;
+    /// let t = std::thread::spawn(move || -> multiproc::Result<u32> {
+    ///     let job = worker.get_timeout(Duration::from_secs(10))?;
+    ///     worker.task_done()?;
+    ///     Ok(job)
+    /// });
+    /// jobs.join()?; // returns once the worker called task_done
+    /// assert_eq!(t.join().unwrap()?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn join(&self) -> Result<()> {
+        self.proxy.call("join", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// Another proxy to the same queue on a connection of its own (for another thread).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<RemoteQueue<T>> {
+        Ok(RemoteQueue {
+            proxy: self.proxy.try_clone()?,
+            _item: PhantomData,
+        })
     }
 }
 
@@ -419,6 +544,17 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn items(&self) -> Result<Vec<(K, V)>> {
         self.proxy.call_as("items", Vec::new())
     }
+
+    /// Another proxy to the same dict on a connection of its own (for another thread).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<DictProxy<K, V>> {
+        Ok(DictProxy {
+            proxy: self.proxy.try_clone()?,
+            _types: PhantomData,
+        })
+    }
 }
 
 /// A list living in a manager server (CPython's `ListProxy`).
@@ -477,11 +613,24 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     pub fn to_vec(&self) -> Result<Vec<T>> {
         self.proxy.call_as("#GETVALUE", Vec::new())
     }
+
+    /// Another proxy to the same list on a connection of its own (for another thread).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<ListProxy<T>> {
+        Ok(ListProxy {
+            proxy: self.proxy.try_clone()?,
+            _item: PhantomData,
+        })
+    }
 }
 
-/// A lock living in a manager server (CPython's `AcquirerProxy` over `threading.Lock`).
+/// A lock living in a manager server (CPython's `AcquirerProxy` over `threading.Lock`, or
+/// `threading.RLock` from [`ManagerClient::rlock`]). The server counts each proxy connection
+/// as a holder.
 pub struct LockProxy {
-    proxy: Proxy,
+    pub(super) proxy: Proxy,
 }
 
 impl fmt::Debug for LockProxy {
@@ -508,6 +657,18 @@ impl LockProxy {
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if this client does not hold it.
     pub fn release(&self) -> Result<()> {
         self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// Another proxy to the same lock on a connection of its own. The server counts each
+    /// connection as a different holder (as CPython counts each serving thread): the clone
+    /// waits for a lock this proxy holds, even an `RLock`.
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<LockProxy> {
+        Ok(LockProxy {
+            proxy: self.proxy.try_clone()?,
+        })
     }
 }
 
@@ -557,6 +718,17 @@ impl EventProxy {
         let t = timeout.map_or(Value::None, |t| Value::Float(t.as_secs_f64()));
         self.proxy.call_as("wait", vec![t])
     }
+
+    /// Another proxy to the same event on a connection of its own (a `wait` blocks its
+    /// proxy's connection).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<EventProxy> {
+        Ok(EventProxy {
+            proxy: self.proxy.try_clone()?,
+        })
+    }
 }
 
 /// A value living in a manager server (CPython's `ValueProxy`).
@@ -590,5 +762,16 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
         self.proxy
             .call("set", vec![pickle::to_value(value)?], Vec::new())
             .map(drop)
+    }
+
+    /// Another proxy to the same value on a connection of its own (for another thread).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<ValueProxy<T>> {
+        Ok(ValueProxy {
+            proxy: self.proxy.try_clone()?,
+            _item: PhantomData,
+        })
     }
 }

@@ -63,7 +63,17 @@ impl fmt::Debug for MethodCall<'_> {
     }
 }
 
-impl MethodCall<'_> {
+impl<'a> MethodCall<'a> {
+    /// A call with these arguments (also what a factory of
+    /// [`register_with_args`](super::ManagerServer::register_with_args) reads).
+    pub(crate) fn new(args: &'a [Value], kwds: &'a [(Value, Value)]) -> MethodCall<'a> {
+        MethodCall {
+            args,
+            kwds,
+            reply: None,
+        }
+    }
+
     /// Positional argument `index`, or the keyword argument `name`, as a `T`.
     ///
     /// # Errors
@@ -122,11 +132,7 @@ impl<M: Managed + ?Sized> ServedObject for ManagedObject<M> {
         if !self.0.methods().contains(&method) {
             return Reply::Traceback(format!("AttributeError: method {method:?} is not exposed"));
         }
-        let mut call = MethodCall {
-            args,
-            kwds,
-            reply: None,
-        };
+        let mut call = MethodCall::new(args, kwds);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.0.call(method, &mut call)
         }));

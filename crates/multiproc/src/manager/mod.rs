@@ -1,19 +1,27 @@
-//! Talking to CPython: its `multiprocessing.connection` framing and handshake, and a manager
-//! server serving named queues to `BaseManager` clients, and a client using a manager's queues
-//! (CPython's or ours).
+//! Talking to CPython: its `multiprocessing.connection` framing and handshake; a manager
+//! server serving named queues, `SyncManager`'s typeids (`dict`, `list`, `Queue`,
+//! `JoinableQueue`, `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`,
+//! `Barrier`, `Value`, `Array`, `Namespace`) and user types to `BaseManager`/`SyncManager`
+//! clients; and a client with proxies for all of these (against CPython's server or ours).
 
 #![forbid(unsafe_code)]
 
+mod array;
 mod client;
 mod managed;
 mod objects;
+mod proxies;
 mod server;
+mod sync_objects;
 mod wire;
 
 pub use client::{
     DictProxy, EventProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue, ValueProxy,
 };
 pub use managed::{Managed, MethodCall};
+pub use proxies::{
+    ArrayProxy, BarrierProxy, ConditionProxy, NamespaceProxy, ObjectProxy, SemaphoreProxy,
+};
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use wire::{Address, Client, Listener, WireConnection};
 

@@ -1,5 +1,7 @@
-//! The objects a `SyncManager`-compatible server holds besides queues: `dict`, `list` and
-//! `Lock`, with the methods CPython's `DictProxy`, `ListProxy` and `AcquirerProxy` call.
+//! The objects a `SyncManager`-compatible server holds besides queues: `dict`, `list`,
+//! `Lock`/`RLock`, `Event`, `Value`, `Namespace`, semaphores and dict iterators, with the
+//! methods CPython's proxies for them call (`Array` is in `array.rs`, `Condition` and
+//! `Barrier` in `sync_objects.rs`).
 //!
 //! Keys and items are pickle values compared structurally (`1` and `1.0` are different keys
 //! here, unlike in Python).
@@ -17,11 +19,14 @@ pub(crate) enum Reply {
     Traceback(String),
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also after a panic elsewhere poisoned it (the state stays consistent: every
+/// update is a single step).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn exception(name: &str, args: Vec<Value>) -> Reply {
+/// `#ERROR` with the built-in exception `name(*args)`.
+pub(crate) fn exception(name: &str, args: Vec<Value>) -> Reply {
     Reply::Error(Value::reduce("builtins", name, args))
 }
 
@@ -366,18 +371,88 @@ impl ServedLock {
         }
     }
 
-    /// Releases every hold of connection `me` (its client went away).
-    pub(crate) fn release_all(&self, me: u64) {
+    /// Releases every hold of connection `me` (its client went away); how many it had.
+    pub(crate) fn release_all(&self, me: u64) -> u32 {
         let mut owner = lock(&self.owner);
-        if owner.is_some_and(|(holder, _)| holder == me) {
-            *owner = None;
-            self.freed.notify_one();
+        match *owner {
+            Some((holder, depth)) if holder == me => {
+                *owner = None;
+                self.freed.notify_one();
+                depth
+            }
+            _ => 0,
         }
+    }
+
+    /// Whether connection `me` holds it.
+    pub(crate) fn is_owned_by(&self, me: u64) -> bool {
+        lock(&self.owner).is_some_and(|(holder, _)| holder == me)
+    }
+
+    /// Takes it for connection `me` with a hold count of `depth`, waiting as long as it takes
+    /// (what a condition's `wait` does after it has waited: CPython's `_acquire_restore`).
+    pub(crate) fn acquire_restore(&self, me: u64, depth: u32) {
+        let take = |owner: &mut Option<(u64, u32)>| {
+            let free = owner.is_none();
+            if free {
+                *owner = Some((me, depth.max(1)));
+            }
+            free
+        };
+        drop(wait_until(&self.freed, lock(&self.owner), None, take));
+    }
+}
+
+impl ServedObject for ServedLock {
+    fn exposed(&self) -> &'static [&'static str] {
+        LOCK_EXPOSED
+    }
+
+    fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
+        // No connection is number 0: it holds nothing.
+        self.call_from(0, method, args, kwds)
+    }
+
+    fn call_from(&self, me: u64, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
+        match method {
+            "acquire" => {
+                let blocking = truthy(arg(args, kwds, 0, "blocking"), true);
+                // CPython's `timeout=-1` (any negative number here) means no timeout.
+                let timeout = match arg(args, kwds, 1, "timeout") {
+                    Some(Value::Int(n)) if *n < 0 => None,
+                    Some(Value::Float(f)) if *f < 0.0 => None,
+                    t => match timeout_arg(t) {
+                        Ok(t) => t,
+                        Err(e) => return e,
+                    },
+                };
+                Reply::Return(Value::Bool(self.acquire(me, blocking, timeout)))
+            }
+            "release" => {
+                if self.release(me) {
+                    Reply::Return(Value::None)
+                } else {
+                    exception(
+                        "RuntimeError",
+                        vec![Value::str("cannot release un-acquired lock")],
+                    )
+                }
+            }
+            m => Reply::Traceback(format!("AttributeError: a lock has no method {m:?}")),
+        }
+    }
+
+    fn held_by(&self, conn: u64) -> bool {
+        self.is_owned_by(conn)
+    }
+
+    fn connection_closed(&self, conn: u64) {
+        self.release_all(conn);
     }
 }
 
 /// Argument `i` or keyword `name`, bound as Python would.
-fn arg<'a>(
+pub(crate) fn arg<'a>(
     args: &'a [Value],
     kwds: &'a [(Value, Value)],
     i: usize,
@@ -400,7 +475,39 @@ fn seconds(v: Option<&Value>) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
 }
 
-fn truthy(v: Option<&Value>, default: bool) -> bool {
+/// A timeout argument as a condition or barrier takes it: `None` (or absent) is no limit, a
+/// negative number is no wait at all; anything but a number is a `TypeError`.
+pub(crate) fn timeout_arg(v: Option<&Value>) -> std::result::Result<Option<Duration>, Reply> {
+    let secs = match v {
+        None | Some(Value::None) => return Ok(None),
+        Some(Value::Int(n)) => *n as f64,
+        Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+        Some(Value::Float(f)) => *f,
+        Some(other) => {
+            return Err(exception(
+                "TypeError",
+                vec![Value::str(format!(
+                    "timeout must be a number, not {}",
+                    other.type_name()
+                ))],
+            ));
+        }
+    };
+    if secs.is_nan() {
+        return Err(exception(
+            "ValueError",
+            vec![Value::str("timeout must not be NaN")],
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(secs.clamp(0.0, 1e9))))
+}
+
+/// `Instant::now() + timeout`, `None` when there is no limit (or it is beyond reach).
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+pub(crate) fn truthy(v: Option<&Value>, default: bool) -> bool {
     match v {
         None | Some(Value::None) => default,
         Some(Value::Bool(b)) => *b,
@@ -419,6 +526,25 @@ pub(crate) trait ServedObject: Send + Sync {
     fn value(&self) -> Option<Value> {
         None
     }
+    /// Calls `method` for connection `conn` (connections are numbered from 1): what objects
+    /// owned by a connection use (a lock is held by the connection that acquired it, as by
+    /// the serving thread in CPython).
+    fn call_from(
+        &self,
+        _conn: u64,
+        method: &str,
+        args: &[Value],
+        kwds: &[(Value, Value)],
+    ) -> Reply {
+        self.call(method, args, kwds)
+    }
+    /// Whether connection `conn` holds part of it (a lock): then the server calls
+    /// [`connection_closed`](Self::connection_closed) if that connection ends.
+    fn held_by(&self, _conn: u64) -> bool {
+        false
+    }
+    /// Connection `conn` ended: give back what it held.
+    fn connection_closed(&self, _conn: u64) {}
 }
 
 /// `SyncManager.Event()`.

@@ -1,9 +1,10 @@
-//! A manager server that CPython's `BaseManager` clients can use: named queues served over
-//! TCP or a Unix socket, speaking `multiprocessing.managers`' own protocol (see
+//! A manager server that CPython's `BaseManager` clients can use: named queues, dicts and
+//! locks, `SyncManager`'s typeids and user types served over TCP or a Unix socket, speaking
+//! `multiprocessing.managers`' own protocol (see
 //! `../shared/reference/cpython-manager-protocol.md` §3).
 //!
-//! Each connection gets its own thread, so a `get` blocked on one connection never holds up
-//! another. Requests are decoded with the crate's pickle codec, which never executes anything.
+//! Each connection gets its own thread, so a `get`, `join`, barrier or condition `wait` blocked
+//! on one connection never holds up another. Requests are decoded with the crate's pickle codec, which never executes anything.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -15,11 +16,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::managed::{Managed, ManagedObject};
+use super::array::ServedArray;
+use super::managed::{Managed, ManagedObject, MethodCall};
 use super::objects::{
     DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedEvent, ServedIterator,
     ServedList, ServedLock, ServedNamespace, ServedObject, ServedSemaphore, ServedValue,
 };
+use super::sync_objects::{ServedBarrier, ServedCondition};
 use super::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
@@ -60,6 +63,27 @@ impl ServedQueue {
         s.items.push_back(item);
         s.unfinished += 1;
         self.changed.notify_all();
+    }
+
+    /// One more item dealt with; false if there was none left to finish.
+    fn task_done(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.unfinished == 0 {
+            return false;
+        }
+        s.unfinished -= 1;
+        if s.unfinished == 0 {
+            self.changed.notify_all();
+        }
+        true
+    }
+
+    /// Waits until every item put is done (or `deadline`); whether they are.
+    fn join(&self, deadline: Option<Instant>) -> bool {
+        wait_until(&self.changed, lock(&self.state), deadline, |s| {
+            s.unfinished == 0
+        })
+        .1
     }
 
     /// Takes an item, waiting until `deadline` (`None`: for ever); `None` if none came.
@@ -127,6 +151,51 @@ impl ServedQueueHandle {
         lock(&self.queue.state).items.len()
     }
 
+    /// Says that an item taken from the queue has been dealt with (`task_done()`): when
+    /// every item put has been, [`join`](Self::join) returns, here and in every client.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if called more times than
+    /// items were put.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Address, ManagerServer};
+    ///
+    /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
+    /// let jobs = server.register_queue("get_jobs");
+    /// jobs.put(&"job")?;
+    /// let job: String = jobs.get_timeout(Duration::from_secs(1))?;
+    /// jobs.task_done()?;
+    /// assert!(jobs.join_timeout(Duration::from_secs(1)));
+    /// assert!(jobs.task_done().is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn task_done(&self) -> Result<()> {
+        if self.queue.task_done() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                format!("served queue {:?}", self.queue.name),
+                "task_done() called too many times",
+            ))
+        }
+    }
+
+    /// Waits until every item put has been marked done with `task_done` (here or by a
+    /// client), at most `timeout`; whether they all were.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.queue.join(Instant::now().checked_add(timeout))
+    }
+
+    /// Waits until every item put has been marked done with `task_done` (here or by a
+    /// client): CPython's `JoinableQueue.join()`.
+    pub fn join(&self) {
+        self.queue.join(None);
+    }
+
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -162,8 +231,8 @@ struct Entry {
     pinned: bool,
 }
 
-/// Makes a new user object for `create(typeid)`.
-type Factory = Arc<dyn Fn() -> Arc<dyn Managed> + Send + Sync>;
+/// Makes a new user object for `create(typeid, *args, **kwds)`.
+type Factory = Arc<dyn Fn(&MethodCall<'_>) -> Result<Arc<dyn Managed>> + Send + Sync>;
 
 #[derive(Default)]
 struct Registry {
@@ -291,7 +360,52 @@ impl ManagerServer {
         typeid: &str,
         factory: impl Fn() -> Arc<M> + Send + Sync + 'static,
     ) {
-        let factory: Factory = Arc::new(move || -> Arc<dyn Managed> { factory() });
+        self.register_with_args(typeid, move |_: &MethodCall<'_>| Ok(factory()));
+    }
+
+    /// Like [`register`](Self::register), for a type made from the arguments of `create`
+    /// (a CPython client's `manager.Typeid(5, name='x')`, our
+    /// [`ManagerClient::create`](crate::ManagerClient::create)): the factory reads them as a
+    /// method reads its own. An error it returns reaches the client as a remote error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use multiproc::{Address, Managed, ManagerClient, ManagerServer, MethodCall};
+    ///
+    /// struct Counter(Mutex<i64>);
+    ///
+    /// impl Managed for Counter {
+    ///     fn methods(&self) -> &'static [&'static str] {
+    ///         &["add"]
+    ///     }
+    ///     fn call(&self, _method: &str, call: &mut MethodCall<'_>) -> multiproc::Result<()> {
+    ///         let mut n = self.0.lock().unwrap();
+    ///         *n += call.arg::<i64>(0, "by")?;
+    ///         call.ret(&*n)
+    ///     }
+    /// }
+    ///
+    /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
+    /// server.register_with_args("Counter", |args: &MethodCall<'_>| {
+    ///     Ok(Arc::new(Counter(Mutex::new(args.arg(0, "start")?))))
+    /// });
+    /// let running = server.serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let counter = manager.create("Counter", &(40,))?;
+    /// assert_eq!(counter.call::<i64>("add", &(2,))?, 42);
+    /// assert!(manager.create("Counter", &()).is_err(), "no start given");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn register_with_args<M: Managed>(
+        &mut self,
+        typeid: &str,
+        factory: impl Fn(&MethodCall<'_>) -> Result<Arc<M>> + Send + Sync + 'static,
+    ) {
+        let factory: Factory = Arc::new(move |args: &MethodCall<'_>| -> Result<Arc<dyn Managed>> {
+            Ok(factory(args)?)
+        });
         lock(&self.shared.registry)
             .factories
             .insert(typeid.to_string(), factory);
@@ -584,69 +698,124 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
         return traceback(conn, "create needs a typeid".into());
     };
     let rest = &request.args[1..];
+    let kwds = &request.kwds;
     let mut reg = lock(&shared.registry);
-    let ident = match reg.by_typeid.get(typeid).cloned() {
-        Some(ident) => {
-            if let Some(entry) = reg.by_ident.get_mut(&ident) {
+    if let Some(ident) = reg.by_typeid.get(typeid).cloned() {
+        // A registered object: the same one for everybody.
+        let exposed = match reg.by_ident.get_mut(&ident) {
+            Some(entry) => {
                 entry.refs += 1;
+                entry.object.exposed()
             }
-            ident
-        }
-        None => {
-            // SyncManager's own typeids: a new object per call.
-            let object = match typeid {
-                "dict" => Served::Dict(Arc::new(ServedDict::from_args(rest, &request.kwds))),
-                "list" => Served::List(Arc::new(ServedList::from_args(rest))),
-                "Queue" | "JoinableQueue" => Served::Queue(new_queue(typeid)),
-                "Lock" => Served::Lock(Arc::new(ServedLock::default())),
-                "RLock" => Served::Lock(Arc::new(ServedLock::reentrant())),
-                "Event" => Served::Object(Arc::new(ServedEvent::default())),
-                "Value" => Served::Object(Arc::new(ServedValue::from_args(rest))),
-                "Namespace" => Served::Object(Arc::new(ServedNamespace::from_kwds(&request.kwds))),
-                "Semaphore" => Served::Object(Arc::new(ServedSemaphore::from_args(rest, false))),
-                "BoundedSemaphore" => {
-                    Served::Object(Arc::new(ServedSemaphore::from_args(rest, true)))
-                }
-                _ if reg.factories.contains_key(typeid) => {
-                    let make = reg.factories[typeid].clone();
-                    // The factory is user code: call it without the registry locked.
-                    drop(reg);
-                    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make()));
-                    let Ok(object) = made else {
-                        return traceback(conn, format!("the factory of {typeid:?} panicked"));
-                    };
-                    reg = lock(&shared.registry);
-                    Served::Object(Arc::new(ManagedObject(object)))
-                }
-                _ => {
-                    drop(reg);
-                    return traceback(conn, format!("KeyError: {typeid:?} is not registered"));
-                }
-            };
-            let ident = format!("{:x}", shared.next_ident.fetch_add(1, Ordering::Relaxed));
-            reg.by_ident.insert(
-                ident.clone(),
-                Entry {
-                    object,
-                    refs: 1,
-                    pinned: false,
-                },
-            );
-            ident
-        }
-    };
-    let exposed = reg.by_ident[&ident]
-        .object
-        .exposed()
-        .iter()
-        .map(|m| Value::str(*m))
-        .collect();
+            None => &[],
+        };
+        drop(reg);
+        return created(conn, ident, exposed);
+    }
+    let factory = reg.factories.get(typeid).cloned();
+    let condition_lock = (typeid == "Condition").then(|| condition_lock(&reg, rest, kwds));
+    // Objects are made without the registry locked: a big array, or user code, takes time.
     drop(reg);
+    let object = |o: Arc<dyn ServedObject>| Served::Object(o);
+    // SyncManager's own typeids first (a new object per call), then the user's.
+    let made: std::result::Result<Served, String> = match typeid {
+        "dict" => Ok(Served::Dict(Arc::new(ServedDict::from_args(rest, kwds)))),
+        "list" => Ok(Served::List(Arc::new(ServedList::from_args(rest)))),
+        "Queue" | "JoinableQueue" => Ok(Served::Queue(new_queue(typeid))),
+        "Lock" => Ok(Served::Lock(Arc::new(ServedLock::default()))),
+        "RLock" => Ok(Served::Lock(Arc::new(ServedLock::reentrant()))),
+        "Event" => Ok(object(Arc::new(ServedEvent::default()))),
+        "Value" => Ok(object(Arc::new(ServedValue::from_args(rest)))),
+        "Namespace" => Ok(object(Arc::new(ServedNamespace::from_kwds(kwds)))),
+        "Semaphore" => Ok(object(Arc::new(ServedSemaphore::from_args(rest, false)))),
+        "BoundedSemaphore" => Ok(object(Arc::new(ServedSemaphore::from_args(rest, true)))),
+        "Array" => ServedArray::from_args(rest).map(|a| object(Arc::new(a))),
+        "Barrier" => ServedBarrier::from_args(rest, kwds).map(|b| object(Arc::new(b))),
+        "Condition" => match condition_lock {
+            Some(Ok(l)) => Ok(object(Arc::new(ServedCondition::new(l)))),
+            Some(Err(e)) => Err(e),
+            None => Err("the condition's lock went missing".into()),
+        },
+        _ => match factory {
+            Some(make) => {
+                let args = MethodCall::new(rest, kwds);
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make(&args))) {
+                    Ok(Ok(made)) => Ok(object(Arc::new(ManagedObject(made)))),
+                    Ok(Err(e)) => Err(format!("the factory of {typeid:?} failed: {e}")),
+                    Err(_) => Err(format!("the factory of {typeid:?} panicked")),
+                }
+            }
+            None => Err(format!("KeyError: {typeid:?} is not registered")),
+        },
+    };
+    let made = match made {
+        Ok(made) => made,
+        Err(e) => return traceback(conn, e),
+    };
+    let exposed = made.exposed();
+    let ident = format!("{:x}", shared.next_ident.fetch_add(1, Ordering::Relaxed));
+    lock(&shared.registry).by_ident.insert(
+        ident.clone(),
+        Entry {
+            object: made,
+            refs: 1,
+            pinned: false,
+        },
+    );
+    created(conn, ident, exposed)
+}
+
+/// `create`'s reply: `(ident, exposed)`.
+fn created(conn: &mut WireConnection, ident: String, exposed: &[&str]) -> Result<()> {
+    let exposed = exposed.iter().map(|m| Value::str(*m)).collect();
     reply(
         conn,
         "#RETURN",
         Value::Tuple(vec![Value::Str(ident), Value::Tuple(exposed)]),
     )
+}
+
+/// The lock a `Condition(lock)` is built on: `None` for none given (the condition makes an
+/// `RLock`), or one of this server's locks passed as a proxy (CPython's `RebuildProxy` with
+/// its `Token`; found by ident whatever address the token names).
+fn condition_lock(
+    reg: &Registry,
+    args: &[Value],
+    kwds: &[(Value, Value)],
+) -> std::result::Result<Option<Arc<ServedLock>>, String> {
+    let given = args.first().or_else(|| {
+        kwds.iter()
+            .find(|(k, _)| k.as_str() == Some("lock"))
+            .map(|(_, v)| v)
+    });
+    let proxy = match given {
+        None | Some(Value::None) => return Ok(None),
+        Some(v) => v,
+    };
+    let ident = proxy_ident(proxy)
+        .ok_or("TypeError: Condition() takes a lock proxy of this manager or nothing")?;
+    match reg.by_ident.get(ident).map(|e| &e.object) {
+        Some(Served::Lock(l)) => Ok(Some(l.clone())),
+        _ => Err(format!("KeyError: no lock {ident:?} on this server")),
+    }
+}
+
+/// The object ident in a pickled proxy: `RebuildProxy(proxytype, Token, serializer, kwds)`,
+/// the `Token` built by `NEWOBJ` + `BUILD((typeid, address, id))` or `REDUCE`.
+fn proxy_ident(value: &Value) -> Option<&str> {
+    let rebuild = value.as_object()?;
+    if rebuild.global() != Some(("multiprocessing.managers", "RebuildProxy")) {
+        return None;
+    }
+    let token = rebuild.args.get(1)?.as_object()?;
+    if token.global() != Some(("multiprocessing.managers", "Token")) {
+        return None;
+    }
+    let fields = match &token.state {
+        Some(Value::Tuple(fields)) => fields,
+        _ => &token.args,
+    };
+    fields.get(2)?.as_str()
 }
 
 fn refcount(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
@@ -667,10 +836,11 @@ fn refcount(shared: &ServerShared, conn: &mut WireConnection, request: &Request)
 fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
     static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
     let me = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    let mut held: Vec<Arc<ServedLock>> = Vec::new();
+    // The objects this connection holds part of (locks, conditions' locks), each once.
+    let mut holds: Vec<Arc<dyn ServedObject>> = Vec::new();
     while let Ok(bytes) = conn.recv_bytes() {
         let sent = match parse_request(&bytes) {
-            Ok(request) => call(shared, conn, &request, me, &mut held),
+            Ok(request) => call(shared, conn, &request, me, &mut holds),
             Err(e) => traceback(conn, e),
         };
         if sent.is_err() {
@@ -678,8 +848,21 @@ fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
         }
     }
     // The client is gone: locks it held would otherwise be held for ever.
-    for l in held {
-        l.release_all(me);
+    for object in holds {
+        object.connection_closed(me);
+    }
+}
+
+/// Keeps `holds` up to date after connection `me` called `object`: in it while the
+/// connection holds part of the object, out of it (and not kept alive) otherwise.
+fn note_hold(holds: &mut Vec<Arc<dyn ServedObject>>, object: &Arc<dyn ServedObject>, me: u64) {
+    let at = holds
+        .iter()
+        .position(|h| std::ptr::addr_eq(Arc::as_ptr(h), Arc::as_ptr(object)));
+    match (object.held_by(me), at) {
+        (true, None) => holds.push(object.clone()),
+        (false, Some(i)) => drop(holds.swap_remove(i)),
+        _ => {}
     }
 }
 
@@ -729,7 +912,7 @@ fn call(
     conn: &mut WireConnection,
     request: &Request,
     me: u64,
-    held: &mut Vec<Arc<ServedLock>>,
+    holds: &mut Vec<Arc<dyn ServedObject>>,
 ) -> Result<()> {
     let ident = request.ident.as_deref().unwrap_or("");
     let object = lock(&shared.registry)
@@ -764,42 +947,16 @@ fn call(
             };
         }
         Served::Object(o) => {
-            return answer(conn, o.call(&request.func, &request.args, &request.kwds));
+            let r = o.call_from(me, &request.func, &request.args, &request.kwds);
+            note_hold(holds, &o, me);
+            return answer(conn, r);
         }
         Served::List(l) => return answer(conn, l.call(&request.func, &request.args)),
         Served::Lock(l) => {
-            return match request.func.as_str() {
-                "acquire" => {
-                    let blocking = request.flag(0, "blocking", true);
-                    // CPython's `timeout=-1` means no timeout.
-                    let timeout = match request.arg(1, "timeout") {
-                        Some(Value::Int(n)) if *n < 0 => None,
-                        Some(Value::Float(f)) if *f < 0.0 => None,
-                        _ => request.timeout(1).unwrap_or(None),
-                    };
-                    let got = l.acquire(me, blocking, timeout);
-                    if got {
-                        held.push(l.clone());
-                    }
-                    reply(conn, "#RETURN", Value::Bool(got))
-                }
-                "release" => {
-                    if l.release(me) {
-                        if let Some(i) = held.iter().position(|h| Arc::ptr_eq(h, &l)) {
-                            held.swap_remove(i);
-                        }
-                        reply(conn, "#RETURN", Value::None)
-                    } else {
-                        let e = Value::reduce(
-                            "builtins",
-                            "RuntimeError",
-                            vec![Value::str("release unlocked lock")],
-                        );
-                        reply(conn, "#ERROR", e)
-                    }
-                }
-                m => traceback(conn, format!("AttributeError: a lock has no method {m:?}")),
-            };
+            let object: Arc<dyn ServedObject> = l;
+            let r = object.call_from(me, &request.func, &request.args, &request.kwds);
+            note_hold(holds, &object, me);
+            return answer(conn, r);
         }
     };
     match request.func.as_str() {
@@ -840,27 +997,20 @@ fn call(
         ),
         "full" => reply(conn, "#RETURN", Value::Bool(false)),
         "task_done" => {
-            let mut s = lock(&queue.state);
-            if s.unfinished == 0 {
-                drop(s);
+            if queue.task_done() {
+                reply(conn, "#RETURN", Value::None)
+            } else {
                 let e = Value::reduce(
                     "builtins",
                     "ValueError",
                     vec![Value::str("task_done() called too many times")],
                 );
-                return reply(conn, "#ERROR", e);
+                reply(conn, "#ERROR", e)
             }
-            s.unfinished -= 1;
-            queue.changed.notify_all();
-            drop(s);
-            reply(conn, "#RETURN", Value::None)
         }
+        // Blocks this connection's thread only: every connection has its own.
         "join" => {
-            let mut s = lock(&queue.state);
-            while s.unfinished > 0 {
-                s = queue.changed.wait(s).unwrap_or_else(|p| p.into_inner());
-            }
-            drop(s);
+            queue.join(None);
             reply(conn, "#RETURN", Value::None)
         }
         "__repr__" | "__str__" => reply(

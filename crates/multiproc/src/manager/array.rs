@@ -1,0 +1,704 @@
+//! `SyncManager.Array(typecode, sequence)`: an `array.array` served to CPython's `ArrayProxy`
+//! (`__len__`, `__getitem__`, `__setitem__`, with ints and slices), and the `array.array`
+//! values that cross the wire as `REDUCE(array.array, (typecode, bytes))`: multiprocessing's
+//! own reducer, items in the machine's byte order (as CPython sends them).
+
+use std::sync::Mutex;
+
+use super::objects::{Reply, ServedObject, exception, lock};
+use crate::pickle::Value;
+
+/// The largest array served, in bytes: every copy of it fits a message.
+pub(crate) const MAX_ARRAY_BYTES: usize = super::wire::DEFAULT_MAX_MESSAGE;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Signed,
+    Unsigned,
+    Float,
+    Char,
+}
+
+/// An `array` typecode: `b B h H i I l L q Q f d u w`, with this machine's item sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Typecode {
+    code: &'static str,
+    size: usize,
+    kind: Kind,
+}
+
+/// A Python exception: its built-in type name and message.
+pub(crate) struct Raise(&'static str, String);
+
+impl Raise {
+    fn new(name: &'static str, message: impl Into<String>) -> Raise {
+        Raise(name, message.into())
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.0
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.1
+    }
+}
+
+impl From<Raise> for Reply {
+    fn from(r: Raise) -> Reply {
+        exception(r.0, vec![Value::Str(r.1)])
+    }
+}
+
+impl Typecode {
+    /// The typecode `code` names, if any.
+    pub(crate) fn parse(code: &str) -> Option<Typecode> {
+        const LONG: usize = std::mem::size_of::<std::ffi::c_long>();
+        let (code, size, kind) = match code {
+            "b" => ("b", 1, Kind::Signed),
+            "B" => ("B", 1, Kind::Unsigned),
+            "h" => ("h", 2, Kind::Signed),
+            "H" => ("H", 2, Kind::Unsigned),
+            "i" => ("i", 4, Kind::Signed),
+            "I" => ("I", 4, Kind::Unsigned),
+            "l" => ("l", LONG, Kind::Signed),
+            "L" => ("L", LONG, Kind::Unsigned),
+            "q" => ("q", 8, Kind::Signed),
+            "Q" => ("Q", 8, Kind::Unsigned),
+            "f" => ("f", 4, Kind::Float),
+            "d" => ("d", 8, Kind::Float),
+            // `wchar_t` is 4 bytes on the Unixes this crate runs on; `w` is `Py_UCS4`.
+            "u" => ("u", 4, Kind::Char),
+            "w" => ("w", 4, Kind::Char),
+            _ => return None,
+        };
+        Some(Typecode { code, size, kind })
+    }
+
+    /// The code (`"i"`).
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The bits of the item stored in the first `size` bytes of `bytes`.
+    fn raw(&self, bytes: &[u8]) -> u64 {
+        let mut buf = [0u8; 8];
+        buf[..self.size].copy_from_slice(&bytes[..self.size]);
+        let wide = u64::from_ne_bytes(buf);
+        // Native order: on a big-endian machine the item sits in the high bytes.
+        if cfg!(target_endian = "big") {
+            wide >> (8 * (8 - self.size))
+        } else {
+            wide
+        }
+    }
+
+    /// The item stored in the first `size` bytes of `bytes`.
+    pub(crate) fn read(&self, bytes: &[u8]) -> Value {
+        let raw = self.raw(bytes);
+        let bits = 8 * self.size as u32;
+        match self.kind {
+            Kind::Signed => {
+                let shift = 64 - bits;
+                Value::Int(((raw << shift) as i64) >> shift)
+            }
+            Kind::Unsigned => match i64::try_from(raw) {
+                Ok(v) => Value::Int(v),
+                Err(_) => Value::from_u128(u128::from(raw)),
+            },
+            Kind::Float if self.size == 4 => Value::Float(f64::from(f32::from_bits(raw as u32))),
+            Kind::Float => Value::Float(f64::from_bits(raw)),
+            Kind::Char => Value::Str(
+                char::from_u32(raw as u32)
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+                    .to_string(),
+            ),
+        }
+    }
+
+    fn store(&self, raw: u64, out: &mut Vec<u8>) {
+        let wide = if cfg!(target_endian = "big") {
+            raw << (8 * (8 - self.size))
+        } else {
+            raw
+        };
+        out.extend_from_slice(&wide.to_ne_bytes()[..self.size]);
+    }
+
+    /// Appends `value` as an item, or says which exception Python would raise.
+    pub(crate) fn write(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), Raise> {
+        match self.kind {
+            Kind::Signed | Kind::Unsigned => {
+                let n: i128 = match value {
+                    Value::Int(n) => i128::from(*n),
+                    Value::Bool(b) => i128::from(*b),
+                    Value::BigInt(b) => b.to_i128().unwrap_or(if b.is_negative() {
+                        i128::MIN
+                    } else {
+                        i128::MAX
+                    }),
+                    other => {
+                        return Err(Raise::new(
+                            "TypeError",
+                            format!(
+                                "'{}' object cannot be interpreted as an integer",
+                                other.type_name()
+                            ),
+                        ));
+                    }
+                };
+                let bits = 8 * self.size as u32;
+                let (min, max) = if self.kind == Kind::Signed {
+                    (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+                } else {
+                    (0, (1i128 << bits) - 1)
+                };
+                if n < min {
+                    return Err(Raise::new(
+                        "OverflowError",
+                        format!("{n} is less than the minimum of typecode '{}'", self.code),
+                    ));
+                }
+                if n > max {
+                    return Err(Raise::new(
+                        "OverflowError",
+                        format!(
+                            "{n} is greater than the maximum of typecode '{}'",
+                            self.code
+                        ),
+                    ));
+                }
+                self.store(n as u64, out);
+            }
+            Kind::Float => {
+                let x = match value {
+                    Value::Float(x) => *x,
+                    Value::Int(n) => *n as f64,
+                    Value::Bool(b) => f64::from(u8::from(*b)),
+                    other => {
+                        return Err(Raise::new(
+                            "TypeError",
+                            format!("must be real number, not {}", other.type_name()),
+                        ));
+                    }
+                };
+                if self.size == 4 {
+                    self.store(u64::from((x as f32).to_bits()), out);
+                } else {
+                    self.store(x.to_bits(), out);
+                }
+            }
+            Kind::Char => {
+                let mut chars = value.as_str().map(str::chars);
+                match chars.as_mut().map(|c| (c.next(), c.next())) {
+                    Some((Some(c), None)) => self.store(u64::from(u32::from(c)), out),
+                    _ => {
+                        return Err(Raise::new(
+                            "TypeError",
+                            "array item must be unicode character",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks raw item bytes from a peer: not too many, whole items, and characters that are
+    /// characters.
+    fn check_bytes(&self, bytes: &[u8]) -> Result<(), Raise> {
+        if bytes.len() > MAX_ARRAY_BYTES {
+            return Err(too_big());
+        }
+        if !bytes.len().is_multiple_of(self.size) {
+            return Err(Raise::new(
+                "ValueError",
+                "bytes length not a multiple of item size",
+            ));
+        }
+        if self.kind == Kind::Char
+            && bytes
+                .chunks_exact(self.size)
+                .any(|c| char::from_u32(self.raw(c) as u32).is_none())
+        {
+            return Err(Raise::new("ValueError", "not a unicode character"));
+        }
+        Ok(())
+    }
+
+    /// Every item of `bytes`.
+    pub(crate) fn items(&self, bytes: &[u8]) -> Vec<Value> {
+        bytes
+            .chunks_exact(self.size)
+            .map(|c| self.read(c))
+            .collect()
+    }
+
+    /// The items as an `array.array` value (what `#GETVALUE` and slices return).
+    pub(crate) fn to_value(self, bytes: Vec<u8>) -> Value {
+        Value::reduce(
+            "array",
+            "array",
+            vec![Value::str(self.code), Value::Bytes(bytes)],
+        )
+    }
+
+    /// Encodes `items` as raw item bytes.
+    pub(crate) fn encode(&self, items: &[Value]) -> Result<Vec<u8>, Raise> {
+        let mut out = Vec::with_capacity(items.len().saturating_mul(self.size));
+        for v in items {
+            self.write(v, &mut out)?;
+            if out.len() > MAX_ARRAY_BYTES {
+                return Err(too_big());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn too_big() -> Raise {
+    Raise::new(
+        "MemoryError",
+        format!("an array may hold at most {MAX_ARRAY_BYTES} bytes here"),
+    )
+}
+
+/// `(typecode, item bytes)` of an `array.array` value: `REDUCE(array.array, (code, bytes))`
+/// as multiprocessing pickles it, or `(code, [items])` as older picklers do.
+pub(crate) fn parse_array(value: &Value) -> Option<Result<(Typecode, Vec<u8>), Raise>> {
+    let object = value.as_object()?;
+    if object.global() != Some(("array", "array")) {
+        return None;
+    }
+    let Some(tc) = object
+        .args
+        .first()
+        .and_then(Value::as_str)
+        .and_then(Typecode::parse)
+    else {
+        return Some(Err(Raise::new("ValueError", "bad typecode")));
+    };
+    Some(match object.args.get(1) {
+        Some(Value::Bytes(b) | Value::ByteArray(b)) => tc.check_bytes(b).map(|()| (tc, b.clone())),
+        Some(Value::List(items)) => tc.encode(items).map(|b| (tc, b)),
+        None => Ok((tc, Vec::new())),
+        Some(_) => Err(Raise::new("TypeError", "bad array initializer")),
+    })
+}
+
+/// A Python slice's `(start, stop, step)`, each `None` when absent.
+type SliceArgs = (Option<i64>, Option<i64>, Option<i64>);
+
+/// The bounds of a `builtins.slice(start, stop, step)` value, if it is one.
+fn parse_slice(value: &Value) -> Option<Result<SliceArgs, Raise>> {
+    let object = value.as_object()?;
+    if object.global() != Some(("builtins", "slice")) || object.args.len() != 3 {
+        return None;
+    }
+    fn bound(v: &Value) -> Result<Option<i64>, Raise> {
+        match v {
+            Value::None => Ok(None),
+            Value::Int(n) => Ok(Some(*n)),
+            Value::Bool(b) => Ok(Some(i64::from(*b))),
+            // Beyond i64 every bound clamps to the same place.
+            Value::BigInt(b) => Ok(Some(if b.is_negative() { i64::MIN } else { i64::MAX })),
+            _ => Err(Raise::new(
+                "TypeError",
+                "slice indices must be integers or None",
+            )),
+        }
+    }
+    let bounds = [&object.args[0], &object.args[1], &object.args[2]].map(bound);
+    Some(match bounds {
+        [Ok(start), Ok(stop), Ok(step)] => Ok((start, stop, step)),
+        [Err(e), ..] | [_, Err(e), _] | [.., Err(e)] => Err(e),
+    })
+}
+
+/// Python's `slice.indices(len)` and the slice's length: `(start, step, count)`.
+fn slice_indices(len: usize, (start, stop, step): SliceArgs) -> Result<(i64, i64, usize), Raise> {
+    let len = len as i64;
+    let step = step.unwrap_or(1);
+    if step == 0 {
+        return Err(Raise::new("ValueError", "slice step cannot be zero"));
+    }
+    let clamp = |v: Option<i64>, default: i64| -> i64 {
+        match v {
+            None => default,
+            Some(v) if v < 0 => {
+                let v = v.saturating_add(len);
+                if v < 0 {
+                    if step < 0 { -1 } else { 0 }
+                } else {
+                    v
+                }
+            }
+            Some(v) if v >= len => {
+                if step < 0 {
+                    len - 1
+                } else {
+                    len
+                }
+            }
+            Some(v) => v,
+        }
+    };
+    let (start, stop) = if step > 0 {
+        (clamp(start, 0), clamp(stop, len))
+    } else {
+        (clamp(start, len - 1), clamp(stop, -1))
+    };
+    let count = if step > 0 && start < stop {
+        (stop - start - 1) / step + 1
+    } else if step < 0 && stop < start {
+        (start - stop - 1) / step.saturating_neg().max(1) + 1
+    } else {
+        0
+    };
+    Ok((start, step, count as usize))
+}
+
+/// A served `array.array`.
+pub(crate) struct ServedArray {
+    typecode: Typecode,
+    data: Mutex<Vec<u8>>,
+}
+
+impl ServedArray {
+    /// From `create('Array', typecode, sequence)`'s arguments (a list or tuple of items, a
+    /// `str` for `u`/`w`, `bytes`, or another array).
+    pub(crate) fn from_args(args: &[Value]) -> Result<ServedArray, String> {
+        let traceback = |r: Raise| format!("{}: {}", r.name(), r.message());
+        let typecode = match args.first() {
+            Some(Value::Str(code)) => Typecode::parse(code).ok_or_else(|| {
+                "ValueError: bad typecode (must be b, B, u, w, h, H, i, I, l, L, q, Q, f or d)"
+                    .to_string()
+            })?,
+            _ => return Err("TypeError: Array() needs a typecode str".into()),
+        };
+        let data = match args.get(1) {
+            None | Some(Value::None) => Vec::new(),
+            Some(Value::List(items) | Value::Tuple(items)) => {
+                typecode.encode(items).map_err(traceback)?
+            }
+            Some(Value::Str(s)) if typecode.kind == Kind::Char => {
+                let chars: Vec<Value> = s.chars().map(|c| Value::Str(c.to_string())).collect();
+                typecode.encode(&chars).map_err(traceback)?
+            }
+            Some(Value::Bytes(b) | Value::ByteArray(b)) if typecode.kind != Kind::Char => {
+                typecode.check_bytes(b).map_err(traceback)?;
+                b.clone()
+            }
+            Some(other) => match parse_array(other) {
+                Some(Ok((tc, bytes))) if tc == typecode => bytes,
+                Some(Ok((tc, bytes)))
+                    if (tc.kind == Kind::Char) == (typecode.kind == Kind::Char) =>
+                {
+                    typecode.encode(&tc.items(&bytes)).map_err(traceback)?
+                }
+                Some(Err(r)) => return Err(traceback(r)),
+                _ => {
+                    return Err(format!(
+                        "TypeError: cannot make an array of typecode '{}' from a {}",
+                        typecode.code,
+                        other.type_name()
+                    ));
+                }
+            },
+        };
+        Ok(ServedArray {
+            typecode,
+            data: Mutex::new(data),
+        })
+    }
+
+    fn index(&self, len: usize, index: &Value, what: &str) -> Result<usize, Raise> {
+        let i = match index {
+            Value::Int(i) => *i,
+            Value::Bool(b) => i64::from(*b),
+            Value::BigInt(_) => i64::MAX,
+            other => {
+                return Err(Raise::new(
+                    "TypeError",
+                    format!("array indices must be integers, not {}", other.type_name()),
+                ));
+            }
+        };
+        let i = if i < 0 {
+            i.saturating_add(len as i64)
+        } else {
+            i
+        };
+        if (0..len as i64).contains(&i) {
+            Ok(i as usize)
+        } else {
+            Err(Raise::new(
+                "IndexError",
+                format!("array {what} out of range"),
+            ))
+        }
+    }
+
+    fn get(&self, key: &Value) -> Result<Value, Raise> {
+        let data = lock(&self.data);
+        let size = self.typecode.size;
+        let len = data.len() / size;
+        match parse_slice(key) {
+            Some(bounds) => {
+                let (start, step, count) = slice_indices(len, bounds?)?;
+                let mut out = Vec::with_capacity(count * size);
+                for k in 0..count as i64 {
+                    let at = (start + k * step) as usize * size;
+                    out.extend_from_slice(&data[at..at + size]);
+                }
+                Ok(self.typecode.to_value(out))
+            }
+            None => {
+                let i = self.index(len, key, "index")?;
+                Ok(self.typecode.read(&data[i * size..(i + 1) * size]))
+            }
+        }
+    }
+
+    fn set(&self, key: &Value, value: &Value) -> Result<(), Raise> {
+        let mut data = lock(&self.data);
+        let size = self.typecode.size;
+        let len = data.len() / size;
+        let Some(bounds) = parse_slice(key) else {
+            let i = self.index(len, key, "assignment index")?;
+            let mut item = Vec::with_capacity(size);
+            self.typecode.write(value, &mut item)?;
+            data[i * size..(i + 1) * size].copy_from_slice(&item);
+            return Ok(());
+        };
+        let (start, step, count) = slice_indices(len, bounds?)?;
+        let new = match parse_array(value) {
+            Some(Ok((tc, bytes))) if tc == self.typecode => bytes,
+            Some(Ok(_)) => {
+                return Err(Raise::new(
+                    "TypeError",
+                    "bad argument type for built-in operation",
+                ));
+            }
+            Some(Err(r)) => return Err(r),
+            None => {
+                return Err(Raise::new(
+                    "TypeError",
+                    format!(
+                        "can only assign array (not \"{}\") to array slice",
+                        value.type_name()
+                    ),
+                ));
+            }
+        };
+        if step == 1 {
+            let from = start as usize * size;
+            let to = from + count * size;
+            if data.len() - (to - from) + new.len() > MAX_ARRAY_BYTES {
+                return Err(too_big());
+            }
+            data.splice(from..to, new);
+            return Ok(());
+        }
+        if new.len() / size != count {
+            return Err(Raise::new(
+                "ValueError",
+                format!(
+                    "attempt to assign array of size {} to extended slice of size {count}",
+                    new.len() / size
+                ),
+            ));
+        }
+        for (k, item) in new.chunks_exact(size).enumerate() {
+            let at = (start + k as i64 * step) as usize * size;
+            data[at..at + size].copy_from_slice(item);
+        }
+        Ok(())
+    }
+}
+
+impl ServedObject for ServedArray {
+    fn exposed(&self) -> &'static [&'static str] {
+        &["__len__", "__getitem__", "__setitem__"]
+    }
+
+    fn call(&self, method: &str, args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
+        let missing = || exception("TypeError", vec![Value::str("missing argument")]);
+        match (method, args) {
+            ("__len__", _) => Reply::Return(Value::Int(
+                (lock(&self.data).len() / self.typecode.size) as i64,
+            )),
+            ("__getitem__", [key, ..]) => match self.get(key) {
+                Ok(v) => Reply::Return(v),
+                Err(r) => r.into(),
+            },
+            ("__setitem__", [key, value, ..]) => match self.set(key, value) {
+                Ok(()) => Reply::Return(Value::None),
+                Err(r) => r.into(),
+            },
+            ("__getitem__" | "__setitem__", _) => missing(),
+            (m, _) => Reply::Traceback(format!("AttributeError: an array has no method {m:?}")),
+        }
+    }
+
+    fn value(&self) -> Option<Value> {
+        Some(self.typecode.to_value(lock(&self.data).clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(a: Option<i64>, b: Option<i64>, c: Option<i64>) -> Value {
+        let v = |x: Option<i64>| x.map_or(Value::None, Value::Int);
+        Value::reduce("builtins", "slice", vec![v(a), v(b), v(c)])
+    }
+
+    fn ints(array: &ServedArray, key: &Value) -> Vec<Value> {
+        let v = array.get(key).ok().unwrap();
+        let (tc, bytes) = parse_array(&v).unwrap().ok().unwrap();
+        tc.items(&bytes)
+    }
+
+    fn int_list(items: &[i64]) -> Vec<Value> {
+        items.iter().map(|i| Value::Int(*i)).collect()
+    }
+
+    #[test]
+    fn slices_follow_python() {
+        let a = ServedArray::from_args(&[Value::str("i"), Value::List(int_list(&[0, 1, 2, 3, 4]))])
+            .unwrap();
+        assert_eq!(ints(&a, &slice(Some(1), Some(3), None)), int_list(&[1, 2]));
+        assert_eq!(
+            ints(&a, &slice(None, None, Some(-1))),
+            int_list(&[4, 3, 2, 1, 0])
+        );
+        assert_eq!(ints(&a, &slice(Some(-2), None, None)), int_list(&[3, 4]));
+        assert_eq!(ints(&a, &slice(None, None, Some(2))), int_list(&[0, 2, 4]));
+        assert_eq!(ints(&a, &slice(Some(10), Some(20), None)), int_list(&[]));
+        assert_eq!(
+            ints(&a, &slice(Some(3), Some(1), Some(-1))),
+            int_list(&[3, 2])
+        );
+        assert!(a.get(&slice(None, None, Some(0))).is_err());
+        let three = Typecode::parse("i").unwrap().to_value(
+            Typecode::parse("i")
+                .unwrap()
+                .encode(&int_list(&[7, 8, 9]))
+                .ok()
+                .unwrap(),
+        );
+        a.set(&slice(Some(1), Some(2), None), &three).ok().unwrap();
+        assert_eq!(
+            ints(&a, &slice(None, None, None)),
+            int_list(&[0, 7, 8, 9, 2, 3, 4])
+        );
+        assert!(a.set(&slice(None, None, Some(2)), &three).is_err());
+        assert!(a.set(&Value::Int(7), &Value::Int(1)).is_err());
+        assert_eq!(a.get(&Value::Int(-1)).ok(), Some(Value::Int(4)));
+    }
+
+    #[test]
+    fn bytes_from_a_peer_are_checked() {
+        let u = Typecode::parse("u").unwrap();
+        let bad = Typecode::parse("i")
+            .unwrap()
+            .to_value(0xd800u32.to_ne_bytes().to_vec());
+        let bad = Value::reduce(
+            "array",
+            "array",
+            vec![Value::str("u"), bad.as_object().unwrap().args[1].clone()],
+        );
+        assert!(parse_array(&bad).unwrap().is_err(), "a lone surrogate");
+        let fffd = u.to_value(0xfffdu32.to_ne_bytes().to_vec());
+        assert!(parse_array(&fffd).unwrap().is_ok(), "U+FFFD is a character");
+        let odd = Value::reduce(
+            "array",
+            "array",
+            vec![Value::str("i"), Value::Bytes(vec![0; 6])],
+        );
+        assert!(parse_array(&odd).unwrap().is_err(), "not whole items");
+        assert!(ServedArray::from_args(&[Value::str("i"), Value::Bytes(vec![0; 6])]).is_err());
+        assert!(ServedArray::from_args(&[Value::str("i"), Value::Int(3)]).is_err());
+        assert!(ServedArray::from_args(&[Value::Int(3)]).is_err());
+    }
+
+    fn small_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let bound = prop_oneof![Just(Value::None), any::<i64>().prop_map(Value::Int)];
+        prop_oneof![
+            any::<i64>().prop_map(Value::Int),
+            (-10i64..10).prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Float),
+            ".{0,2}".prop_map(Value::Str),
+            (bound.clone(), bound.clone(), bound).prop_map(|(a, b, c)| Value::reduce(
+                "builtins",
+                "slice",
+                vec![a, b, c]
+            )),
+            (
+                prop_oneof![Just("i"), Just("u"), Just("d"), Just("x")],
+                any::<Vec<u8>>()
+            )
+                .prop_map(|(tc, b)| Value::reduce(
+                    "array",
+                    "array",
+                    vec![Value::str(tc), Value::Bytes(b)]
+                )),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, an array answers (a value or an exception), never panics,
+        /// and stays whole items.
+        #[test]
+        fn arbitrary_calls_never_panic(
+            code in proptest::prop_oneof![
+                proptest::strategy::Just("b"),
+                proptest::strategy::Just("Q"),
+                proptest::strategy::Just("f"),
+                proptest::strategy::Just("u"),
+            ],
+            calls in proptest::collection::vec((0..3usize, small_value(), small_value()), 0..20),
+        ) {
+            let init = Value::List(vec![Value::Int(1), Value::Int(2), Value::Int(3)]);
+            let init = if code == "u" { Value::str("abc") } else { init };
+            let a = ServedArray::from_args(&[Value::str(code), init]).unwrap();
+            for (m, key, value) in calls {
+                let method = ["__len__", "__getitem__", "__setitem__"][m];
+                let _ = a.call(method, &[key, value], &[]);
+                let len = lock(&a.data).len();
+                proptest::prop_assert_eq!(len % a.typecode.size, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn items_are_range_checked_and_round_trip() {
+        for (code, good, bad) in [
+            ("b", Value::Int(-128), Value::Int(128)),
+            ("B", Value::Int(255), Value::Int(-1)),
+            ("H", Value::Int(65535), Value::Int(65536)),
+            ("q", Value::Int(i64::MIN), Value::str("x")),
+            (
+                "Q",
+                Value::from_u128(u64::MAX.into()),
+                Value::from_u128(1 << 64),
+            ),
+            ("d", Value::Float(1.5), Value::str("x")),
+            ("u", Value::str("é"), Value::str("ab")),
+        ] {
+            let tc = Typecode::parse(code).unwrap();
+            let mut out = Vec::new();
+            tc.write(&good, &mut out).ok().unwrap();
+            assert_eq!(tc.read(&out), good, "{code}");
+            assert!(tc.write(&bad, &mut Vec::new()).is_err(), "{code}");
+        }
+        assert!(Typecode::parse("x").is_none());
+        let f = Typecode::parse("f").unwrap();
+        let mut out = Vec::new();
+        f.write(&Value::Int(3), &mut out).ok().unwrap();
+        assert_eq!(f.read(&out), Value::Float(3.0));
+    }
+}

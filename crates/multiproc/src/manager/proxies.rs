@@ -1,0 +1,888 @@
+//! More proxies of a [`ManagerClient`]: `Namespace`, `RLock`, `Semaphore`/`BoundedSemaphore`,
+//! `Condition`, `Barrier`, `Array` and `JoinableQueue` as CPython's `SyncManager` serves them
+//! (ours serves the same), and [`ObjectProxy`] for any registered type.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::array::{Typecode, parse_array};
+use super::client::{LockProxy, ManagerClient, Proxy, RemoteQueue};
+use crate::error::{Error, Result};
+use crate::pickle::{self, Value};
+
+fn seconds(t: Duration) -> Value {
+    Value::Float(t.as_secs_f64())
+}
+
+/// Whether `e` is the remote built-in exception `name` (`"AttributeError"`).
+fn is_exception(e: &Error, name: &str) -> bool {
+    matches!(e, Error::Remote { detail, .. }
+        if detail.strip_prefix("builtins.").is_some_and(|d| d.starts_with(name)
+            && d[name.len()..].starts_with(':')))
+}
+
+/// `(blocking,)` or `(blocking, timeout)`, as CPython's `AcquirerProxy.acquire` sends them.
+fn acquire_args(blocking: bool, timeout: Option<Duration>) -> Vec<Value> {
+    let mut args = vec![Value::Bool(blocking)];
+    args.extend(timeout.map(seconds));
+    args
+}
+
+/// The positional arguments a serde value stands for: a tuple's items (`()` is none).
+fn positional(what: &str, args: Value) -> Result<Vec<Value>> {
+    match args {
+        Value::Tuple(items) => Ok(items),
+        Value::None => Ok(Vec::new()),
+        other => Err(Error::invalid(
+            what,
+            format!(
+                "positional arguments must be a tuple ((), (x,), (x, y)…), not a {}",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
+/// The keyword arguments a serde value stands for: a struct's fields or a map with string
+/// keys (`()` is none).
+fn keywords(what: &str, kwargs: Value) -> Result<Vec<(Value, Value)>> {
+    match kwargs {
+        Value::Dict(pairs) if pairs.iter().all(|(k, _)| k.as_str().is_some()) => Ok(pairs),
+        Value::None => Ok(Vec::new()),
+        _ => Err(Error::invalid(
+            what,
+            "keyword arguments must be a struct or a map with string keys",
+        )),
+    }
+}
+
+impl ManagerClient {
+    /// A new namespace on the server (`SyncManager.Namespace()`): attributes by name.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Namespace`
+    /// typeid; [`ErrorKind::Io`](crate::ErrorKind::Io) if it cannot be reached.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let ns = manager.namespace()?;
+    /// ns.set("epoch", &3)?;
+    /// ns.set("name", "run-7")?;
+    /// assert_eq!(ns.get::<i64>("epoch")?, Some(3));
+    /// assert_eq!(ns.get::<String>("name")?.as_deref(), Some("run-7"));
+    /// assert_eq!(ns.get::<i64>("missing")?, None);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn namespace(&self) -> Result<NamespaceProxy> {
+        Ok(NamespaceProxy {
+            proxy: self.proxy("Namespace", Vec::new(), "remote namespace".into())?,
+        })
+    }
+
+    /// A new reentrant lock on the server (`SyncManager.RLock()`): the proxy that holds it may
+    /// acquire it again, and must release it as many times.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `RLock` typeid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let lock = manager.rlock()?;
+    /// assert!(lock.acquire(None)?);
+    /// assert!(lock.acquire(None)?, "the holder may take it again");
+    /// let other = lock.try_clone()?; // another connection: another holder
+    /// assert!(!other.acquire(Some(Duration::from_millis(10)))?);
+    /// lock.release()?;
+    /// lock.release()?;
+    /// assert!(other.acquire(None)?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn rlock(&self) -> Result<LockProxy> {
+        Ok(LockProxy {
+            proxy: self.proxy("RLock", Vec::new(), "remote rlock".into())?,
+        })
+    }
+
+    /// A new semaphore with `value` slots on the server (`SyncManager.Semaphore(value)`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Semaphore`
+    /// typeid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let slots = manager.semaphore(2)?;
+    /// assert!(slots.try_acquire()? && slots.try_acquire()?);
+    /// assert!(!slots.try_acquire()?, "both slots are taken");
+    /// slots.release()?;
+    /// assert!(slots.acquire(None)?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
+        Ok(SemaphoreProxy {
+            proxy: self.proxy(
+                "Semaphore",
+                vec![Value::Int(value.into())],
+                "remote semaphore".into(),
+            )?,
+        })
+    }
+
+    /// A new bounded semaphore with `value` slots on the server
+    /// (`SyncManager.BoundedSemaphore(value)`): releasing more than were acquired is an error.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no
+    /// `BoundedSemaphore` typeid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let slots = manager.bounded_semaphore(1)?;
+    /// assert!(slots.acquire(None)?);
+    /// slots.release()?;
+    /// assert_eq!(slots.release().unwrap_err().kind(), ErrorKind::Remote); // ValueError
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn bounded_semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
+        Ok(SemaphoreProxy {
+            proxy: self.proxy(
+                "BoundedSemaphore",
+                vec![Value::Int(value.into())],
+                "remote bounded semaphore".into(),
+            )?,
+        })
+    }
+
+    /// A new condition variable on the server (`SyncManager.Condition()`, over an `RLock`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Condition`
+    /// typeid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let cond = manager.condition()?;
+    /// let ready = manager.value("i", &0)?;
+    /// let (cond2, ready2) = (cond.try_clone()?, ready.try_clone()?);
+    /// let waiter = std::thread::spawn(move || -> multiproc::Result<bool> {
+    ///     cond2.acquire(None)?;
+    ///     let seen = cond2.wait_for(|| Ok(ready2.get()? == 1), Some(Duration::from_secs(30)))?;
+    ///     cond2.release()?;
+    ///     Ok(seen)
+    /// });
+    /// cond.acquire(None)?;
+    /// ready.set(&1)?;
+    /// cond.notify_all()?;
+    /// cond.release()?;
+    /// assert!(waiter.join().unwrap()?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn condition(&self) -> Result<ConditionProxy> {
+        Ok(ConditionProxy {
+            proxy: self.proxy("Condition", Vec::new(), "remote condition".into())?,
+        })
+    }
+
+    /// A new barrier for `parties` waiters on the server (`SyncManager.Barrier(parties)`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if `parties` is 0 (CPython
+    /// would make a barrier nobody passes); [`ErrorKind::Remote`](crate::ErrorKind::Remote)
+    /// if the server has no `Barrier` typeid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let barrier = manager.barrier(2)?;
+    /// let other = barrier.try_clone()?;
+    /// let t = std::thread::spawn(move || other.wait(None));
+    /// let mine = barrier.wait(None)?;
+    /// let theirs = t.join().unwrap()?;
+    /// assert_eq!(mine + theirs, 1, "arrival indices 0 and 1");
+    /// assert_eq!(barrier.parties()?, 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn barrier(&self, parties: u32) -> Result<BarrierProxy> {
+        if parties == 0 {
+            return Err(Error::invalid("remote barrier", "parties must be > 0"));
+        }
+        Ok(BarrierProxy {
+            proxy: self.proxy(
+                "Barrier",
+                vec![Value::Int(parties.into())],
+                "remote barrier".into(),
+            )?,
+        })
+    }
+
+    /// A new `array.array` of `typecode` (`"i"`, `"d"`, `"B"`, `"q"`, `"u"`…) holding `items`
+    /// on the server (`SyncManager.Array(typecode, items)`). The server checks that every
+    /// item fits the typecode (an `i` holds 32-bit ints).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) for an unknown typecode;
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Array` typeid
+    /// or an item does not fit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?
+    ///     .serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let a = manager.array("i", &[1, 2, 3])?;
+    /// a.set(-1, &30)?;
+    /// assert_eq!(a.get(0)?, 1);
+    /// assert_eq!(a.len()?, 3);
+    /// assert_eq!(a.get_slice(1, 3)?, [2, 30]);
+    /// assert_eq!(a.to_vec()?, [1, 2, 30]);
+    /// assert!(a.set(0, &(1i64 << 40)).is_err(), "does not fit an 'i'");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn array<T: Serialize + DeserializeOwned>(
+        &self,
+        typecode: &str,
+        items: &[T],
+    ) -> Result<ArrayProxy<T>> {
+        let tc = Typecode::parse(typecode).ok_or_else(|| {
+            Error::invalid(
+                "remote array",
+                format!("unknown typecode {typecode:?} (b B h H i I l L q Q f d u w)"),
+            )
+        })?;
+        let items = items
+            .iter()
+            .map(pickle::to_value)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let args = vec![Value::str(tc.code()), Value::List(items)];
+        Ok(ArrayProxy {
+            proxy: self.proxy("Array", args, format!("remote array('{}')", tc.code()))?,
+            typecode: tc,
+            _item: PhantomData,
+        })
+    }
+
+    /// A new joinable queue on the server (`SyncManager.JoinableQueue()`): `put`, `get`,
+    /// `task_done`, `join`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no
+    /// `JoinableQueue` typeid.
+    pub fn joinable_queue<T>(&self) -> Result<RemoteQueue<T>> {
+        self.queue("JoinableQueue")
+    }
+
+    /// A new object of a type the server registered as `typeid` (CPython's
+    /// `manager.Typeid(*args)` after `BaseManager.register('Typeid', callable)`; ours after
+    /// [`ManagerServer::register`](crate::ManagerServer::register)), called method by method
+    /// through an [`ObjectProxy`]. `args` is a tuple of positional arguments: `()`, `(x,)`,
+    /// `(x, y)`…
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if `args` is not a tuple;
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid or making
+    /// the object failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use multiproc::{Address, Managed, ManagerClient, ManagerServer, MethodCall};
+    ///
+    /// #[derive(Default)]
+    /// struct Tally(Mutex<Vec<String>>);
+    ///
+    /// impl Managed for Tally {
+    ///     fn methods(&self) -> &'static [&'static str] {
+    ///         &["add", "count"]
+    ///     }
+    ///     fn call(&self, method: &str, call: &mut MethodCall<'_>) -> multiproc::Result<()> {
+    ///         let mut seen = self.0.lock().unwrap();
+    ///         if method == "add" {
+    ///             seen.push(call.arg(0, "name")?);
+    ///         }
+    ///         call.ret(&seen.len())
+    ///     }
+    /// }
+    ///
+    /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
+    /// server.register("Tally", || Arc::new(Tally::default()));
+    /// let running = server.serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
+    /// let tally = manager.create("Tally", &())?;
+    /// assert_eq!(tally.call::<usize>("add", &("ada",))?, 1);
+    /// assert_eq!(tally.call::<usize>("count", &())?, 1);
+    /// assert_eq!(tally.methods(), ["add", "count"]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn create<A: Serialize + ?Sized>(&self, typeid: &str, args: &A) -> Result<ObjectProxy> {
+        self.create_with_kwargs(typeid, args, &())
+    }
+
+    /// [`create`](Self::create) with keyword arguments too: a struct, or a map with string
+    /// keys (`()` for none).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); also if `kwargs` is neither.
+    pub fn create_with_kwargs<A: Serialize + ?Sized, K: Serialize + ?Sized>(
+        &self,
+        typeid: &str,
+        args: &A,
+        kwargs: &K,
+    ) -> Result<ObjectProxy> {
+        let what = format!("remote {typeid}");
+        let args = positional(&what, pickle::to_value(args)?)?;
+        let kwds = keywords(&what, pickle::to_value(kwargs)?)?;
+        Ok(ObjectProxy {
+            proxy: self.proxy_with(typeid, args, kwds, what)?,
+            typeid: typeid.to_string(),
+        })
+    }
+}
+
+macro_rules! debug_by_ident {
+    ($name:ident $(<$t:ident>)?) => {
+        impl$(<$t>)? fmt::Debug for $name$(<$t>)? {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("what", &self.proxy.what)
+                    .field("ident", &self.proxy.ident)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+/// A namespace living in a manager server (CPython's `NamespaceProxy`): attributes got and
+/// set by name, any serde value that maps onto Python's data model.
+pub struct NamespaceProxy {
+    proxy: Proxy,
+}
+
+debug_by_ident!(NamespaceProxy);
+
+impl NamespaceProxy {
+    /// `ns.name`, or `None` if it has no such attribute.
+    ///
+    /// # Errors
+    /// The server's failure; [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if
+    /// the value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self
+            .proxy
+            .call("__getattribute__", vec![Value::str(name)], Vec::new())
+        {
+            Ok(v) => Ok(Some(pickle::from_value(v)?)),
+            Err(e) if is_exception(&e, "AttributeError") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `ns.name = value`.
+    ///
+    /// # Errors
+    /// The server's failure; a value that does not map onto Python's data model.
+    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<()> {
+        let args = vec![Value::str(name), pickle::to_value(value)?];
+        self.proxy.call("__setattr__", args, Vec::new()).map(drop)
+    }
+
+    /// `del ns.name`; whether it was there.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn remove(&self, name: &str) -> Result<bool> {
+        match self
+            .proxy
+            .call("__delattr__", vec![Value::str(name)], Vec::new())
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_exception(&e, "AttributeError") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Another proxy to the same namespace on a connection of its own.
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<NamespaceProxy> {
+        Ok(NamespaceProxy {
+            proxy: self.proxy.try_clone()?,
+        })
+    }
+}
+
+/// A semaphore living in a manager server (CPython's `AcquirerProxy` over
+/// `threading.Semaphore` or `BoundedSemaphore`). Slots are not tied to a connection: any
+/// proxy may release one.
+pub struct SemaphoreProxy {
+    proxy: Proxy,
+}
+
+debug_by_ident!(SemaphoreProxy);
+
+impl SemaphoreProxy {
+    /// Takes a slot, waiting up to `timeout` (`None`: for ever); whether it got one.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.proxy.call_as("acquire", acquire_args(true, timeout))
+    }
+
+    /// Takes a slot if one is free now (`acquire(False)`).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn try_acquire(&self) -> Result<bool> {
+        self.proxy.call_as("acquire", acquire_args(false, None))
+    }
+
+    /// Gives a slot back (`release()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`ValueError`) for a bounded
+    /// semaphore released more times than it was acquired.
+    pub fn release(&self) -> Result<()> {
+        self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// Another proxy to the same semaphore on a connection of its own (a waiting `acquire`
+    /// blocks its proxy's connection).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<SemaphoreProxy> {
+        Ok(SemaphoreProxy {
+            proxy: self.proxy.try_clone()?,
+        })
+    }
+}
+
+/// A condition variable living in a manager server (CPython's `ConditionProxy`). Its lock is
+/// held by a proxy (the server counts each proxy connection as a thread); `wait` and
+/// `notify` need it held.
+pub struct ConditionProxy {
+    proxy: Proxy,
+}
+
+debug_by_ident!(ConditionProxy);
+
+impl ConditionProxy {
+    /// Takes the condition's lock, waiting up to `timeout` (`None`: for ever); whether it got
+    /// it. The lock is reentrant.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.proxy.call_as("acquire", acquire_args(true, timeout))
+    }
+
+    /// Releases the condition's lock.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+    /// not hold it.
+    pub fn release(&self) -> Result<()> {
+        self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// Releases the lock, waits for a `notify` up to `timeout` (`None`: for ever), then takes
+    /// the lock again; whether it was notified.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+    /// not hold the lock.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.proxy
+            .call_as("wait", vec![timeout.map_or(Value::None, seconds)])
+    }
+
+    /// Waits until `predicate` holds, at most `timeout` (`None`: for ever); its last result.
+    /// The lock must be held. As in CPython, this is `wait` in a loop on the client.
+    ///
+    /// # Errors
+    /// The predicate's error; the server's failure.
+    pub fn wait_for(
+        &self,
+        mut predicate: impl FnMut() -> Result<bool>,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            if predicate()? {
+                return Ok(true);
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            self.wait(left)?;
+        }
+    }
+
+    /// Wakes up to `n` waiters (in the order they came).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+    /// not hold the lock.
+    pub fn notify(&self, n: usize) -> Result<()> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.proxy
+            .call("notify", vec![Value::Int(n)], Vec::new())
+            .map(drop)
+    }
+
+    /// Wakes every waiter.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+    /// not hold the lock.
+    pub fn notify_all(&self) -> Result<()> {
+        self.proxy
+            .call("notify_all", Vec::new(), Vec::new())
+            .map(drop)
+    }
+
+    /// Another proxy to the same condition on a connection of its own: another holder of its
+    /// lock, for another thread.
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<ConditionProxy> {
+        Ok(ConditionProxy {
+            proxy: self.proxy.try_clone()?,
+        })
+    }
+}
+
+/// A barrier living in a manager server (CPython's `BarrierProxy`). Each party waits through
+/// a proxy of its own ([`try_clone`](Self::try_clone)).
+pub struct BarrierProxy {
+    proxy: Proxy,
+}
+
+debug_by_ident!(BarrierProxy);
+
+impl BarrierProxy {
+    /// Waits until `parties` waiters are there, at most `timeout` (`None`: the barrier's own
+    /// default); this waiter's arrival index, from 0.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BrokenBarrier`](crate::ErrorKind::BrokenBarrier) if the barrier is or
+    /// becomes broken (aborted, reset while waiting, or a wait timed out, this one included).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<u32> {
+        self.proxy
+            .call_as("wait", vec![timeout.map_or(Value::None, seconds)])
+    }
+
+    /// Breaks the barrier: waiters, and later waits until a `reset`, fail.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn abort(&self) -> Result<()> {
+        self.proxy.call("abort", Vec::new(), Vec::new()).map(drop)
+    }
+
+    /// Back to the empty, unbroken state; current waiters fail.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn reset(&self) -> Result<()> {
+        self.proxy.call("reset", Vec::new(), Vec::new()).map(drop)
+    }
+
+    fn attribute<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        self.proxy
+            .call_as("__getattribute__", vec![Value::str(name)])
+    }
+
+    /// How many waiters pass it at once.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn parties(&self) -> Result<u32> {
+        self.attribute("parties")
+    }
+
+    /// How many wait now.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn n_waiting(&self) -> Result<u32> {
+        self.attribute("n_waiting")
+    }
+
+    /// Whether it is broken.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn broken(&self) -> Result<bool> {
+        self.attribute("broken")
+    }
+
+    /// Another proxy to the same barrier on a connection of its own (one per party).
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<BarrierProxy> {
+        Ok(BarrierProxy {
+            proxy: self.proxy.try_clone()?,
+        })
+    }
+}
+
+/// An `array.array` living in a manager server (CPython's `ArrayProxy`): fixed-type items,
+/// indexed from the end with negative indices as in Python.
+pub struct ArrayProxy<T> {
+    proxy: Proxy,
+    typecode: Typecode,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for ArrayProxy<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArrayProxy")
+            .field("typecode", &self.typecode.code())
+            .field("ident", &self.proxy.ident)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
+    /// Its typecode (`"i"`).
+    pub fn typecode(&self) -> &'static str {
+        self.typecode.code()
+    }
+
+    /// `len(a)`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn len(&self) -> Result<usize> {
+        self.proxy.call_as("__len__", Vec::new())
+    }
+
+    /// `len(a) == 0`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// `a[index]` (negative counts from the end).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`IndexError`) out of range.
+    pub fn get(&self, index: i64) -> Result<T> {
+        self.proxy.call_as("__getitem__", vec![Value::Int(index)])
+    }
+
+    /// `a[index] = value`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote): `IndexError` out of range,
+    /// `OverflowError` or `TypeError` if the value does not fit the typecode.
+    pub fn set(&self, index: i64, value: &T) -> Result<()> {
+        let args = vec![Value::Int(index), pickle::to_value(value)?];
+        self.proxy.call("__setitem__", args, Vec::new()).map(drop)
+    }
+
+    /// `a[start:stop]`, with Python's clamping (negative counts from the end).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn get_slice(&self, start: i64, stop: i64) -> Result<Vec<T>> {
+        let v = self
+            .proxy
+            .call("__getitem__", vec![slice(start, stop)], Vec::new())?;
+        self.items(v)
+    }
+
+    /// `a[start:stop] = items`: replaces that part, which may change the length.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if an item does not fit
+    /// the typecode; the server's failure.
+    pub fn set_slice(&self, start: i64, stop: i64, items: &[T]) -> Result<()> {
+        let values = items
+            .iter()
+            .map(pickle::to_value)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let bytes = self.typecode.encode(&values).map_err(|r| {
+            Error::serialization(
+                self.proxy.what.as_str(),
+                format!("{}: {}", r.name(), r.message()),
+            )
+        })?;
+        let args = vec![slice(start, stop), self.typecode.to_value(bytes)];
+        self.proxy.call("__setitem__", args, Vec::new()).map(drop)
+    }
+
+    /// A copy of the whole array (`a._getvalue()`).
+    ///
+    /// # Errors
+    /// The server's failure; items of another type.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let v = self.proxy.call("#GETVALUE", Vec::new(), Vec::new())?;
+        self.items(v)
+    }
+
+    /// Another proxy to the same array on a connection of its own.
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<ArrayProxy<T>> {
+        Ok(ArrayProxy {
+            proxy: self.proxy.try_clone()?,
+            typecode: self.typecode,
+            _item: PhantomData,
+        })
+    }
+
+    /// The items of an `array.array` the server sent (or of a list).
+    fn items(&self, v: Value) -> Result<Vec<T>> {
+        let items = match parse_array(&v) {
+            Some(Ok((tc, bytes))) => tc.items(&bytes),
+            Some(Err(r)) => {
+                return Err(Error::protocol(
+                    self.proxy.what.as_str(),
+                    format!("a malformed array: {}", r.message()),
+                ));
+            }
+            None => return Ok(pickle::from_value(v)?),
+        };
+        Ok(pickle::from_value(Value::List(items))?)
+    }
+}
+
+/// `slice(start, stop)`, as `a[start:stop]` sends it.
+fn slice(start: i64, stop: i64) -> Value {
+    Value::reduce(
+        "builtins",
+        "slice",
+        vec![Value::Int(start), Value::Int(stop), Value::None],
+    )
+}
+
+/// An object of a registered type living in a manager server (CPython's `AutoProxy`): its
+/// methods called by name, arguments and results any serde values that map onto Python's
+/// data model.
+pub struct ObjectProxy {
+    proxy: Proxy,
+    typeid: String,
+}
+
+impl fmt::Debug for ObjectProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectProxy")
+            .field("typeid", &self.typeid)
+            .field("ident", &self.proxy.ident)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectProxy {
+    /// The typeid it was created as.
+    pub fn typeid(&self) -> &str {
+        &self.typeid
+    }
+
+    /// The methods the server exposes for it.
+    pub fn methods(&self) -> &[String] {
+        &self.proxy.exposed
+    }
+
+    /// Calls `method` with positional `args` (a tuple: `()`, `(x,)`, `(x, y)`…); its result
+    /// as an `R` (`()` for `None`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if `args` is not a tuple;
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) for the exception the method raised or
+    /// a method it does not expose; [`ErrorKind::Serialization`](crate::ErrorKind::Serialization)
+    /// if the result is not an `R`.
+    pub fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+    ) -> Result<R> {
+        self.call_with_kwargs(method, args, &())
+    }
+
+    /// [`call`](Self::call) with keyword arguments too: a struct, or a map with string keys.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call); also if `kwargs` is neither.
+    pub fn call_with_kwargs<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+        kwargs: &(impl Serialize + ?Sized),
+    ) -> Result<R> {
+        let args = positional(&self.proxy.what, pickle::to_value(args)?)?;
+        let kwds = keywords(&self.proxy.what, pickle::to_value(kwargs)?)?;
+        Ok(pickle::from_value(self.proxy.call(method, args, kwds)?)?)
+    }
+
+    /// Another proxy to the same object on a connection of its own.
+    ///
+    /// # Errors
+    /// If the server cannot be reached.
+    pub fn try_clone(&self) -> Result<ObjectProxy> {
+        Ok(ObjectProxy {
+            proxy: self.proxy.try_clone()?,
+            typeid: self.typeid.clone(),
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! The Rust proxies of `ManagerClient` (namespace, rlock, semaphores, condition, barrier,
+//! array, joinable queue, objects of registered types), each against our server and against
+//! the `SyncManager` of every CPython found on the machine.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pythons;
+use multiproc::{
+    Address, ErrorKind, Managed, ManagerClient, ManagerServer, MethodCall, RunningServer,
+};
+
+/// Long enough for anything that is meant to happen; only reached when something is wrong.
+const LONG: Duration = Duration::from_secs(30);
+
+/// A CPython child killed and reaped when the test ends, also when it fails.
+struct PythonChild(std::process::Child);
+
+impl Drop for PythonChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPython's `SyncManager` with a registered `Counter` class, served in the foreground (no
+/// fork); prints its port.
+const CPYTHON_SERVER: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager
+
+class Counter:
+    def __init__(self, start=0, step=1):
+        self.n = start
+        self.step = step
+    def add(self, by=None):
+        self.n += self.step if by is None else by
+        return self.n
+    def value(self):
+        return self.n
+    def fail(self):
+        raise ValueError('asked to fail')
+
+class M(SyncManager):
+    pass
+
+M.register('Counter', Counter)
+server = M(address=('127.0.0.1', 0), authkey=b'abc').get_server()
+print(server.address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// The same `Counter` in Rust, for our server.
+struct Counter {
+    n: Mutex<i64>,
+    step: i64,
+}
+
+impl Managed for Counter {
+    fn methods(&self) -> &'static [&'static str] {
+        &["add", "fail", "value"]
+    }
+
+    fn call(&self, method: &str, call: &mut MethodCall<'_>) -> multiproc::Result<()> {
+        let mut n = self.n.lock().unwrap();
+        match method {
+            "add" => {
+                *n += call
+                    .arg::<Option<i64>>(0, "by")
+                    .unwrap_or(None)
+                    .unwrap_or(self.step);
+                call.ret(&*n)
+            }
+            "value" => call.ret(&*n),
+            _ => {
+                call.raise("ValueError", "asked to fail");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A server to test against: ours, or a CPython child.
+enum Server {
+    Ours(#[allow(dead_code)] RunningServer),
+    CPython(#[allow(dead_code)] PythonChild),
+}
+
+fn ours() -> (Server, Address) {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
+    server.register_with_args("Counter", |args: &MethodCall<'_>| {
+        Ok(Arc::new(Counter {
+            n: Mutex::new(
+                args.arg::<Option<i64>>(0, "start")
+                    .unwrap_or(None)
+                    .unwrap_or(0),
+            ),
+            step: args
+                .arg::<Option<i64>>(1, "step")
+                .unwrap_or(None)
+                .unwrap_or(1),
+        }))
+    });
+    let running = server.serve_in_background().unwrap();
+    let address = running.address().clone();
+    (Server::Ours(running), address)
+}
+
+fn cpython(python: &Path) -> (Server, Address) {
+    let mut child = PythonChild(
+        Command::new(python)
+            .args(["-c", CPYTHON_SERVER])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut port = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let address = Address::tcp(format!("127.0.0.1:{}", port.trim()))
+        .unwrap_or_else(|e| panic!("{python:?} did not start a manager ({port:?}): {e}"));
+    (Server::CPython(child), address)
+}
+
+/// Runs `check` against our server, then against every CPython's `SyncManager`.
+fn against_each_server(check: impl Fn(&ManagerClient, &str)) {
+    let mut servers = vec![("ours".to_string(), ours())];
+    for python in pythons() {
+        servers.push((format!("{python:?}"), cpython(&python)));
+    }
+    for (name, (server, address)) in servers {
+        let manager = ManagerClient::connect(&address, b"abc").unwrap();
+        check(&manager, &name);
+        drop(server);
+    }
+}
+
+/// Calls `cond` until it holds (each call is a round trip to the server); false after `LONG`.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    true
+}
+
+#[test]
+fn namespace_attributes_by_name() {
+    against_each_server(|m, server| {
+        let ns = m.namespace().unwrap();
+        assert_eq!(ns.get::<i64>("x").unwrap(), None, "{server}");
+        ns.set("x", &1).unwrap();
+        ns.set("label", "first").unwrap();
+        ns.set("list", &vec![1.5, 2.5]).unwrap();
+        let other = ns.try_clone().unwrap();
+        assert_eq!(other.get::<i64>("x").unwrap(), Some(1), "{server}");
+        assert_eq!(
+            other.get::<String>("label").unwrap().as_deref(),
+            Some("first")
+        );
+        assert_eq!(other.get::<Vec<f64>>("list").unwrap(), Some(vec![1.5, 2.5]));
+        other.set("x", &2).unwrap();
+        assert_eq!(ns.get::<i64>("x").unwrap(), Some(2), "{server}");
+        assert_eq!(
+            ns.get::<i64>("label").unwrap_err().kind(),
+            ErrorKind::Serialization,
+            "{server}"
+        );
+        assert!(ns.remove("x").unwrap(), "{server}");
+        assert!(!ns.remove("x").unwrap(), "{server}");
+        assert_eq!(ns.get::<i64>("x").unwrap(), None, "{server}");
+        // Both proxies give their references back: the namespace goes.
+        let before = m.number_of_objects().unwrap();
+        drop((ns, other));
+        assert_eq!(m.number_of_objects().unwrap(), before - 1, "{server}");
+    });
+}
+
+#[test]
+fn rlock_is_reentrant_for_its_holder_only() {
+    against_each_server(|m, server| {
+        let lock = m.rlock().unwrap();
+        let other = lock.try_clone().unwrap();
+        assert!(lock.acquire(None).unwrap(), "{server}");
+        assert!(lock.acquire(Some(LONG)).unwrap(), "{server}: reentrant");
+        assert!(
+            !other.acquire(Some(Duration::from_millis(10))).unwrap(),
+            "{server}: held by the first proxy"
+        );
+        assert_eq!(other.release().unwrap_err().kind(), ErrorKind::Remote);
+        lock.release().unwrap();
+        assert!(!other.acquire(Some(Duration::from_millis(10))).unwrap());
+        // The other proxy waits on the server while the holder releases its last hold.
+        let waiter = std::thread::spawn(move || (other.acquire(Some(LONG)).unwrap(), other));
+        lock.release().unwrap();
+        let (got, other) = waiter.join().unwrap();
+        assert!(got, "{server}");
+        assert_eq!(lock.release().unwrap_err().kind(), ErrorKind::Remote);
+        other.release().unwrap();
+        // A plain lock is not reentrant.
+        let plain = m.lock().unwrap();
+        assert!(plain.acquire(None).unwrap());
+        assert!(
+            !plain.acquire(Some(Duration::from_millis(10))).unwrap(),
+            "{server}"
+        );
+    });
+}
+
+#[test]
+fn semaphores_count_slots() {
+    against_each_server(|m, server| {
+        let s = m.semaphore(2).unwrap();
+        assert!(
+            s.try_acquire().unwrap() && s.try_acquire().unwrap(),
+            "{server}"
+        );
+        assert!(!s.try_acquire().unwrap(), "{server}");
+        assert!(
+            !s.acquire(Some(Duration::from_millis(10))).unwrap(),
+            "{server}"
+        );
+        let other = s.try_clone().unwrap();
+        let waiter = std::thread::spawn(move || other.acquire(None).unwrap());
+        s.release().unwrap();
+        assert!(waiter.join().unwrap(), "{server}");
+        // An unbounded semaphore takes more releases than acquires.
+        for _ in 0..3 {
+            s.release().unwrap();
+        }
+        assert!(s.try_acquire().unwrap());
+        let b = m.bounded_semaphore(1).unwrap();
+        assert!(b.acquire(Some(LONG)).unwrap());
+        assert!(!b.try_acquire().unwrap());
+        b.release().unwrap();
+        let err = b.release().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Remote, "{server}");
+        assert!(err.to_string().contains("ValueError"), "{server}: {err}");
+    });
+}
+
+#[test]
+fn condition_waits_and_notifies() {
+    against_each_server(|m, server| {
+        let cond = m.condition().unwrap();
+        // wait and notify need the lock.
+        assert_eq!(cond.wait(None).unwrap_err().kind(), ErrorKind::Remote);
+        assert_eq!(cond.notify(1).unwrap_err().kind(), ErrorKind::Remote);
+        assert!(cond.acquire(None).unwrap());
+        assert!(
+            !cond.wait(Some(Duration::from_millis(10))).unwrap(),
+            "{server}"
+        );
+        assert!(
+            !cond
+                .wait_for(|| Ok(false), Some(Duration::from_millis(10)))
+                .unwrap()
+        );
+        cond.release().unwrap();
+
+        let flag = m.value("i", &0).unwrap();
+        let (cond2, flag2) = (cond.try_clone().unwrap(), flag.try_clone().unwrap());
+        let waiter = std::thread::spawn(move || {
+            assert!(cond2.acquire(Some(LONG)).unwrap());
+            let seen = cond2.wait_for(|| Ok(flag2.get()? == 1), Some(LONG));
+            cond2.release().unwrap();
+            seen.unwrap()
+        });
+        assert!(cond.acquire(Some(LONG)).unwrap());
+        flag.set(&1).unwrap();
+        cond.notify_all().unwrap();
+        cond.release().unwrap();
+        assert!(waiter.join().unwrap(), "{server}");
+
+        // notify(1) wakes one waiter at a time.
+        let waiting = m.value("i", &0).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..2 {
+            let (c, w, tx) = (
+                cond.try_clone().unwrap(),
+                waiting.try_clone().unwrap(),
+                tx.clone(),
+            );
+            std::thread::spawn(move || {
+                assert!(c.acquire(Some(LONG)).unwrap());
+                w.set(&(w.get().unwrap() + 1)).unwrap();
+                let woken = c.wait(Some(LONG)).unwrap();
+                c.release().unwrap();
+                tx.send(woken).unwrap();
+            });
+        }
+        // Both are waiting once the count is 2 under the lock (they leave it only in wait).
+        assert!(eventually(|| {
+            assert!(cond.acquire(Some(LONG)).unwrap());
+            let both = waiting.get().unwrap() == 2;
+            if both {
+                cond.notify(1).unwrap();
+            }
+            cond.release().unwrap();
+            both
+        }));
+        assert!(rx.recv_timeout(LONG).unwrap(), "{server}");
+        assert!(rx.try_recv().is_err(), "{server}: notify(1) woke both");
+        assert!(cond.acquire(Some(LONG)).unwrap());
+        cond.notify(1).unwrap();
+        cond.release().unwrap();
+        assert!(rx.recv_timeout(LONG).unwrap(), "{server}");
+    });
+}
+
+#[test]
+fn barrier_passes_breaks_and_resets() {
+    against_each_server(|m, server| {
+        let b = m.barrier(3).unwrap();
+        assert_eq!(b.parties().unwrap(), 3, "{server}");
+        assert_eq!(b.n_waiting().unwrap(), 0);
+        assert!(!b.broken().unwrap());
+        let parties: Vec<_> = (0..3)
+            .map(|_| {
+                let p = b.try_clone().unwrap();
+                std::thread::spawn(move || p.wait(Some(LONG)).unwrap())
+            })
+            .collect();
+        let mut indices: Vec<u32> = parties.into_iter().map(|t| t.join().unwrap()).collect();
+        indices.sort();
+        assert_eq!(indices, [0, 1, 2], "{server}");
+
+        b.abort().unwrap();
+        assert!(b.broken().unwrap(), "{server}");
+        assert_eq!(
+            b.wait(Some(LONG)).unwrap_err().kind(),
+            ErrorKind::BrokenBarrier
+        );
+        b.reset().unwrap();
+        assert!(!b.broken().unwrap(), "{server}");
+
+        // A wait that times out breaks the barrier.
+        let two = m.barrier(2).unwrap();
+        let err = two.wait(Some(Duration::from_millis(10))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BrokenBarrier, "{server}: {err}");
+        assert!(two.broken().unwrap(), "{server}");
+
+        // A reset fails the waiters and leaves the barrier usable.
+        two.reset().unwrap();
+        let p = two.try_clone().unwrap();
+        let waiter = std::thread::spawn(move || p.wait(Some(LONG)).map_err(|e| e.kind()));
+        assert!(eventually(|| two.n_waiting().unwrap() == 1), "{server}");
+        two.reset().unwrap();
+        assert_eq!(waiter.join().unwrap(), Err(ErrorKind::BrokenBarrier));
+        assert!(!two.broken().unwrap(), "{server}");
+        assert_eq!(m.barrier(0).unwrap_err().kind(), ErrorKind::InvalidState);
+    });
+}
+
+#[test]
+fn arrays_of_several_typecodes() {
+    against_each_server(|m, server| {
+        let a = m.array::<i64>("i", &[1, 2, 3]).unwrap();
+        assert_eq!(a.typecode(), "i");
+        assert_eq!(a.len().unwrap(), 3, "{server}");
+        assert_eq!((a.get(0).unwrap(), a.get(-1).unwrap()), (1, 3), "{server}");
+        a.set(1, &20).unwrap();
+        assert_eq!(a.get_slice(0, 2).unwrap(), [1, 20], "{server}");
+        assert_eq!(a.get_slice(-2, 100).unwrap(), [20, 3], "{server}");
+        a.set_slice(0, 1, &[7, 8]).unwrap();
+        assert_eq!(a.to_vec().unwrap(), [7, 8, 20, 3], "{server}");
+        a.set_slice(1, 3, &[]).unwrap();
+        assert_eq!(a.try_clone().unwrap().to_vec().unwrap(), [7, 3], "{server}");
+        assert_eq!(a.get(10).unwrap_err().kind(), ErrorKind::Remote, "{server}");
+        let err = a.set(0, &(1 << 40)).unwrap_err();
+        assert!(err.to_string().contains("OverflowError"), "{server}: {err}");
+        assert_eq!(
+            a.set_slice(0, 1, &[1 << 40]).unwrap_err().kind(),
+            ErrorKind::Serialization
+        );
+        assert_eq!(a.to_vec().unwrap(), [7, 3], "{server}: unchanged");
+
+        let d = m.array("d", &[0.5, -2.25]).unwrap();
+        d.set(0, &1e300).unwrap();
+        assert_eq!(d.to_vec().unwrap(), [1e300, -2.25], "{server}");
+        let bytes = m.array::<u8>("B", &[0, 255]).unwrap();
+        assert_eq!(bytes.to_vec().unwrap(), [0, 255], "{server}");
+        let wide = m.array::<u64>("Q", &[u64::MAX, 1]).unwrap();
+        assert_eq!(wide.get(0).unwrap(), u64::MAX, "{server}");
+        assert_eq!(wide.to_vec().unwrap(), [u64::MAX, 1], "{server}");
+        let text = m.array::<char>("u", &['h', '\u{e9}']).unwrap();
+        assert_eq!(text.get(1).unwrap(), '\u{e9}', "{server}");
+        assert_eq!(text.to_vec().unwrap(), ['h', '\u{e9}'], "{server}");
+        assert_eq!(
+            m.array("x", &[1]).unwrap_err().kind(),
+            ErrorKind::InvalidState
+        );
+        assert_eq!(
+            m.array("b", &[300]).unwrap_err().kind(),
+            ErrorKind::Remote,
+            "{server}: 300 does not fit a signed char"
+        );
+    });
+}
+
+#[test]
+fn joinable_queue_join_waits_for_every_task_done() {
+    against_each_server(|m, server| {
+        let q = m.joinable_queue::<i64>().unwrap();
+        q.put(&1).unwrap();
+        q.put(&2).unwrap();
+        let joiner = q.try_clone().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(joiner.join().map_err(|e| e.kind())));
+        // The joiner's connection blocks in join; this one goes on.
+        assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+        assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+        q.task_done().unwrap();
+        assert!(rx.try_recv().is_err(), "{server}: join returned early");
+        q.task_done().unwrap();
+        assert_eq!(rx.recv_timeout(LONG).unwrap(), Ok(()), "{server}");
+        let err = q.task_done().unwrap_err();
+        assert!(err.to_string().contains("ValueError"), "{server}: {err}");
+        q.join().unwrap();
+    });
+}
+
+#[test]
+fn objects_of_a_registered_type() {
+    against_each_server(|m, server| {
+        let c = m.create("Counter", &(5,)).unwrap();
+        assert_eq!(c.typeid(), "Counter");
+        assert_eq!(c.methods(), ["add", "fail", "value"], "{server}");
+        assert_eq!(c.call::<i64>("add", &()).unwrap(), 6, "{server}");
+        let by = BTreeMap::from([("by", 10)]);
+        assert_eq!(
+            c.call_with_kwargs::<i64>("add", &(), &by).unwrap(),
+            16,
+            "{server}"
+        );
+        assert_eq!(
+            c.try_clone().unwrap().call::<i64>("value", &()).unwrap(),
+            16
+        );
+        let err = c.call::<()>("fail", &()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Remote);
+        assert!(err.to_string().contains("asked to fail"), "{server}: {err}");
+        assert_eq!(
+            c.call::<()>("nope", &()).unwrap_err().kind(),
+            ErrorKind::Remote,
+            "{server}"
+        );
+        assert_eq!(
+            c.call::<i64>("add", &5).unwrap_err().kind(),
+            ErrorKind::InvalidState,
+            "arguments must be a tuple"
+        );
+        let stepped = m
+            .create_with_kwargs("Counter", &(), &BTreeMap::from([("start", 1), ("step", 2)]))
+            .unwrap();
+        assert_eq!(stepped.call::<i64>("add", &()).unwrap(), 3, "{server}");
+        assert_eq!(stepped.call::<i64>("add", &(4,)).unwrap(), 7, "{server}");
+        assert_eq!(
+            m.create("NoSuchType", &()).unwrap_err().kind(),
+            ErrorKind::Remote
+        );
+    });
+}
