@@ -469,8 +469,10 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
 /// (a pool worker, chunk after chunk) to keep freed memory instead of giving it back to the
 /// kernel at once: otherwise glibc trims the heap top past 128 KiB after each free, and every
 /// chunk pays a page fault per 4 KiB to get the memory back. Memory stays with the process up
-/// to 64 MiB above its peak. Only glibc has these knobs; elsewhere this does nothing.
-pub(crate) fn keep_freed_memory() {
+/// to 64 MiB above its peak. `warm` bytes are touched and freed at once, so that the first
+/// chunks find their memory mapped already. Only glibc has these knobs; elsewhere this does
+/// nothing.
+pub(crate) fn keep_freed_memory(warm: usize) {
     #[cfg(target_env = "gnu")]
     {
         const KEEP: libc::c_int = 64 << 20;
@@ -480,7 +482,12 @@ pub(crate) fn keep_freed_memory() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
             libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP);
         }
+        // Not zeroes: calloc'd fresh memory would not be touched.
+        let touched = vec![1u8; warm];
+        std::hint::black_box(&touched);
     }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = warm;
 }
 
 pub(crate) fn ignore_sigpipe() {

@@ -89,8 +89,11 @@ fn initialize(target: TaskTarget, args: &[u8]) -> Option<String> {
         .map(|(_, failure)| failure.into_error().to_string())
 }
 
+/// Heap a worker maps at start: room for the buffers of a few large chunks.
+const WARM_HEAP: usize = 4 << 20;
+
 pub(crate) fn worker_main(args: WorkerArgs) {
-    crate::platform::keep_freed_memory();
+    crate::platform::keep_freed_memory(WARM_HEAP);
     if let Some((target, init_args)) = &args.initializer
         && let Some(why) = initialize(*target, &init_args.0)
     {
