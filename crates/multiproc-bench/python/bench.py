@@ -492,6 +492,32 @@ def bench_manager_tcp_queue(quick):
     return n / dt, "msg/s"
 
 
+def _dict_caller(d, n, out):
+    for i in range(100):  # warm-up
+        d[i] = i
+    t0 = perf()
+    for i in range(n):
+        d[i] = i
+    out.put(n / (perf() - t0))
+
+
+def bench_manager_dict_call(quick):
+    """A child process's `d[i] = i` calls through a SyncManager dict proxy (the manager in
+    its own process, as `Manager()` starts it)."""
+    n = _n(10_000, quick)
+    ctx = _fork_ctx()
+    with ctx.Manager() as m:
+        d = m.dict()
+        out = ctx.Queue()
+        p = ctx.Process(target=_dict_caller, args=(d, n, out))
+        p.start()
+        rate = out.get()
+        p.join()
+        if len(d) != max(n, 100):
+            raise RuntimeError("lost dict items")
+    return rate, "call/s"
+
+
 def bench_manager_connect(quick):
     n = _n(200, quick)
     QueueManager, server = _start_queue_manager()
@@ -589,6 +615,7 @@ BENCHMARKS = {
     "executor_submit": bench_executor_submit,
     "thread_executor_submit": bench_thread_executor_submit,
     "manager_tcp_queue": bench_manager_tcp_queue,
+    "manager_dict_call": bench_manager_dict_call,
     "manager_connect": bench_manager_connect,
     "broker_queue": bench_broker_queue,
 }

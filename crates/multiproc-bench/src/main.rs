@@ -161,6 +161,13 @@ const BENCHES: &[Bench] = &[
         run: manager_tcp_queue,
     },
     Bench {
+        name: "manager_dict_call",
+        unit: "call/s",
+        better: Better::Higher,
+        compared: true,
+        run: manager_dict_call,
+    },
+    Bench {
         name: "manager_connect",
         unit: "us",
         better: Better::Lower,
@@ -885,6 +892,39 @@ fn manager_tcp_queue(quick: bool) -> anyhow::Result<f64> {
     drop(q);
     drop(server);
     Ok(rate)
+}
+
+/// A child process's `d[i] = i` calls through a dict proxy of a manager (the server in another
+/// child process), calls per second as the child measured them (bench.py's
+/// `bench_manager_dict_call`).
+fn manager_dict_call(quick: bool) -> anyhow::Result<f64> {
+    let n = scaled(10_000, quick) as i64;
+    let server = ManagerChild::start()?;
+    let rate = Process::new(dict_caller, (server.address.to_string(), n))
+        .start()?
+        .into_result()?
+        .map_err(anyhow::Error::msg)?;
+    drop(server);
+    Ok(rate)
+}
+
+/// The client side of [`manager_dict_call`]: connects, makes a dict, times `n` item sets.
+fn dict_caller((address, n): (String, i64)) -> Result<f64, String> {
+    let run = || -> anyhow::Result<f64> {
+        let manager = ManagerClient::connect(&Address::tcp(address.as_str())?, MANAGER_AUTHKEY)?;
+        let d = manager.dict::<i64, i64>()?;
+        for i in 0..100 {
+            d.set(&i, &i)?; // warm-up
+        }
+        let t = Instant::now();
+        for i in 0..n {
+            d.set(&i, &i)?;
+        }
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        ensure!(d.len()? == n.max(100) as usize, "lost dict items");
+        Ok(rate)
+    };
+    run().map_err(|e| format!("{e:#}"))
 }
 
 /// Latency of a fresh client's connect + first queue call (`qsize`) on an already running

@@ -6,6 +6,7 @@
 //! Keys and items are pickle values compared structurally (`1` and `1.0` are different keys
 //! here, unlike in Python).
 
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,24 +73,96 @@ pub(crate) const LOCK_EXPOSED: &[&str] = &["acquire", "release"];
 /// A served `dict`: insertion-ordered pairs.
 #[derive(Default)]
 pub(crate) struct ServedDict {
-    items: Mutex<Vec<(Value, Value)>>,
+    items: Mutex<DictItems>,
+}
+
+/// A dict's items in insertion order, with an index by structural hash (keys are any value,
+/// compared as [`pickle::same`] does), so a lookup does not scan every key.
+#[derive(Default)]
+struct DictItems {
+    items: Vec<(Value, Value)>,
+    /// Hash of a key → the positions of the keys with that hash.
+    index: HashMap<u64, Vec<usize>>,
+    /// Keyed per dict: a client cannot choose keys that all collide.
+    hasher: std::hash::RandomState,
+}
+
+impl DictItems {
+    fn hash(&self, k: &Value) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        pickle::hash_value(k, &mut h);
+        h.finish()
+    }
+
+    fn find(&self, k: &Value) -> Option<usize> {
+        self.index
+            .get(&self.hash(k))?
+            .iter()
+            .copied()
+            .find(|&i| pickle::same(&self.items[i].0, k))
+    }
+
+    fn get(&self, k: &Value) -> Option<&Value> {
+        self.find(k).map(|i| &self.items[i].1)
+    }
+
+    fn set(&mut self, k: Value, v: Value) {
+        match self.find(&k) {
+            Some(i) => self.items[i].1 = v,
+            None => {
+                let h = self.hash(&k);
+                self.index.entry(h).or_default().push(self.items.len());
+                self.items.push((k, v));
+            }
+        }
+    }
+
+    /// Removes the item at `i`, keeping the order of the rest.
+    fn remove_at(&mut self, i: usize) -> (Value, Value) {
+        let item = self.items.remove(i);
+        if i == self.items.len() {
+            let h = self.hash(&item.0);
+            self.forget(h, i);
+        } else {
+            self.reindex();
+        }
+        item
+    }
+
+    fn forget(&mut self, h: u64, at: usize) {
+        if let Some(slots) = self.index.get_mut(&h) {
+            slots.retain(|&j| j != at);
+            if slots.is_empty() {
+                self.index.remove(&h);
+            }
+        }
+    }
+
+    fn reindex(&mut self) {
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::with_capacity(self.items.len());
+        for (i, (k, _)) in self.items.iter().enumerate() {
+            index.entry(self.hash(k)).or_default().push(i);
+        }
+        self.index = index;
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.index.clear();
+    }
 }
 
 impl ServedDict {
     pub(crate) fn from_args(args: &[Value], kwds: &[(Value, Value)]) -> ServedDict {
-        let mut items: Vec<(Value, Value)> = Vec::new();
-        let mut set = |k: Value, v: Value| match items.iter().position(|(x, _)| pickle::same(x, &k))
-        {
-            Some(i) => items[i].1 = v,
-            None => items.push((k, v)),
-        };
+        let mut items = DictItems::default();
         if let Some(Value::Dict(pairs)) = args.first() {
             for (k, v) in pairs {
-                set(k.clone(), v.clone());
+                items.set(k.clone(), v.clone());
             }
         }
         for (k, v) in kwds {
-            set(k.clone(), v.clone());
+            items.set(k.clone(), v.clone());
         }
         ServedDict {
             items: Mutex::new(items),
@@ -97,84 +170,77 @@ impl ServedDict {
     }
 
     pub(crate) fn call(&self, method: &str, args: &[Value]) -> Reply {
-        let mut items = lock(&self.items);
-        let find = |items: &[(Value, Value)], k: &Value| {
-            items.iter().position(|(x, _)| pickle::same(x, k))
-        };
+        let mut d = lock(&self.items);
         let key = args.first();
         let missing = |k: &Value| exception("KeyError", vec![k.clone()]);
         match (method, key) {
-            ("__len__", _) => Reply::Return(Value::Int(items.len() as i64)),
-            ("__contains__", Some(k)) => Reply::Return(Value::Bool(find(&items, k).is_some())),
-            ("__getitem__", Some(k)) => match find(&items, k) {
-                Some(i) => Reply::Return(items[i].1.clone()),
+            ("__len__", _) => Reply::Return(Value::Int(d.items.len() as i64)),
+            ("__contains__", Some(k)) => Reply::Return(Value::Bool(d.find(k).is_some())),
+            ("__getitem__", Some(k)) => match d.get(k) {
+                Some(v) => Reply::Return(v.clone()),
                 None => missing(k),
             },
             ("get", Some(k)) => Reply::Return(
-                find(&items, k)
-                    .map(|i| items[i].1.clone())
+                d.get(k)
+                    .cloned()
                     .unwrap_or_else(|| args.get(1).cloned().unwrap_or(Value::None)),
             ),
             ("__setitem__", Some(k)) => {
-                let v = args.get(1).cloned().unwrap_or(Value::None);
-                match find(&items, k) {
-                    Some(i) => items[i].1 = v,
-                    None => items.push((k.clone(), v)),
-                }
+                d.set(k.clone(), args.get(1).cloned().unwrap_or(Value::None));
                 Reply::Return(Value::None)
             }
-            ("setdefault", Some(k)) => match find(&items, k) {
-                Some(i) => Reply::Return(items[i].1.clone()),
+            ("setdefault", Some(k)) => match d.get(k) {
+                Some(v) => Reply::Return(v.clone()),
                 None => {
                     let v = args.get(1).cloned().unwrap_or(Value::None);
-                    items.push((k.clone(), v.clone()));
+                    d.set(k.clone(), v.clone());
                     Reply::Return(v)
                 }
             },
-            ("__delitem__", Some(k)) => match find(&items, k) {
+            ("__delitem__", Some(k)) => match d.find(k) {
                 Some(i) => {
-                    items.remove(i);
+                    d.remove_at(i);
                     Reply::Return(Value::None)
                 }
                 None => missing(k),
             },
-            ("pop", Some(k)) => match find(&items, k) {
-                Some(i) => Reply::Return(items.remove(i).1),
+            ("pop", Some(k)) => match d.find(k) {
+                Some(i) => Reply::Return(d.remove_at(i).1),
                 None => match args.get(1) {
                     Some(default) => Reply::Return(default.clone()),
                     None => missing(k),
                 },
             },
-            ("popitem", _) => match items.pop() {
-                Some((k, v)) => Reply::Return(Value::Tuple(vec![k, v])),
+            ("popitem", _) => match d.items.len().checked_sub(1) {
+                Some(last) => {
+                    let (k, v) = d.remove_at(last);
+                    Reply::Return(Value::Tuple(vec![k, v]))
+                }
                 None => exception(
                     "KeyError",
                     vec![Value::str("popitem(): dictionary is empty")],
                 ),
             },
             ("clear", _) => {
-                items.clear();
+                d.clear();
                 Reply::Return(Value::None)
             }
-            ("copy", _) => Reply::Return(Value::Dict(items.clone())),
-            ("keys", _) => {
-                Reply::Return(Value::List(items.iter().map(|(k, _)| k.clone()).collect()))
-            }
-            ("values", _) => {
-                Reply::Return(Value::List(items.iter().map(|(_, v)| v.clone()).collect()))
-            }
+            ("copy", _) => Reply::Return(Value::Dict(d.items.clone())),
+            ("keys", _) => Reply::Return(Value::List(
+                d.items.iter().map(|(k, _)| k.clone()).collect(),
+            )),
+            ("values", _) => Reply::Return(Value::List(
+                d.items.iter().map(|(_, v)| v.clone()).collect(),
+            )),
             ("items", _) => Reply::Return(Value::List(
-                items
+                d.items
                     .iter()
                     .map(|(k, v)| Value::Tuple(vec![k.clone(), v.clone()]))
                     .collect(),
             )),
             ("update", Some(Value::Dict(pairs))) => {
                 for (k, v) in pairs {
-                    match find(&items, k) {
-                        Some(i) => items[i].1 = v.clone(),
-                        None => items.push((k.clone(), v.clone())),
-                    }
+                    d.set(k.clone(), v.clone());
                 }
                 Reply::Return(Value::None)
             }
@@ -185,12 +251,16 @@ impl ServedDict {
     }
 
     pub(crate) fn value(&self) -> Value {
-        Value::Dict(lock(&self.items).clone())
+        Value::Dict(lock(&self.items).items.clone())
     }
 
     /// The keys, in order (for an iterator).
     pub(crate) fn keys(&self) -> Vec<Value> {
-        lock(&self.items).iter().map(|(k, _)| k.clone()).collect()
+        lock(&self.items)
+            .items
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
 
@@ -782,6 +852,57 @@ impl ServedObject for ServedIterator {
                 Reply::Return(Value::None)
             }
             m => Reply::Traceback(format!("AttributeError: an iterator has no method {m:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(d: &ServedDict, method: &str, args: Vec<Value>) -> Option<Value> {
+        match d.call(method, &args) {
+            Reply::Return(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_dict_finds_structural_keys_and_keeps_insertion_order_through_deletes() {
+        let d = ServedDict::default();
+        let keys = [
+            Value::Int(1),
+            Value::str("a"),
+            Value::Tuple(vec![Value::Int(1), Value::str("b")]),
+            Value::Float(f64::NAN),
+            Value::Float(1.0),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            call(&d, "__setitem__", vec![k.clone(), Value::Int(i as i64)]).unwrap();
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let got = call(&d, "__getitem__", vec![k.clone()]).unwrap();
+            assert!(pickle::same(&got, &Value::Int(i as i64)), "{k}");
+        }
+        // 1 and 1.0 are different keys here (structural comparison).
+        assert!(matches!(call(&d, "__len__", vec![]), Some(Value::Int(5))));
+        call(&d, "__delitem__", vec![keys[1].clone()]).unwrap();
+        assert!(
+            call(&d, "__getitem__", vec![keys[1].clone()]).is_none(),
+            "KeyError"
+        );
+        call(&d, "__setitem__", vec![keys[1].clone(), Value::Int(9)]).unwrap();
+        let Some(Value::List(order)) = call(&d, "keys", vec![]) else {
+            panic!("keys")
+        };
+        let want = [&keys[0], &keys[2], &keys[3], &keys[4], &keys[1]];
+        assert!(order.iter().zip(want).all(|(a, b)| pickle::same(a, b)));
+        let Some(Value::Tuple(last)) = call(&d, "popitem", vec![]) else {
+            panic!("popitem")
+        };
+        assert!(pickle::same(&last[0], &keys[1]));
+        for k in &keys[2..] {
+            assert!(call(&d, "__getitem__", vec![k.clone()]).is_some(), "{k}");
         }
     }
 }

@@ -78,6 +78,34 @@ pub(crate) fn fuzz_decode(data: &[u8]) {
     let _ = from_value::<Value>(value);
 }
 
+/// A hash that agrees with [`same`]: values that are `same` hash alike (for dict keys).
+pub(crate) fn hash_value<H: std::hash::Hasher>(v: &Value, h: &mut H) {
+    use std::hash::Hash;
+    std::mem::discriminant(v).hash(h);
+    match v {
+        Value::Bool(b) => b.hash(h),
+        Value::Int(i) => i.hash(h),
+        Value::BigInt(b) => b.hash(h),
+        Value::Float(f) => f.to_bits().hash(h),
+        Value::Str(s) => s.hash(h),
+        Value::Bytes(b) | Value::ByteArray(b) => b.hash(h),
+        Value::Tuple(x) | Value::List(x) | Value::Set(x) | Value::FrozenSet(x) => {
+            x.len().hash(h);
+            x.iter().for_each(|e| hash_value(e, h));
+        }
+        Value::Dict(pairs) => {
+            pairs.len().hash(h);
+            for (k, v) in pairs {
+                hash_value(k, h);
+                hash_value(v, h);
+            }
+        }
+        Value::Global { module, name } => (module, name).hash(h),
+        // The discriminant is enough to agree with `same` for the rest.
+        Value::None | Value::Object(_) => {}
+    }
+}
+
 /// Structural equality with floats compared bit for bit (so a `NaN` equals itself).
 pub(crate) fn same(a: &Value, b: &Value) -> bool {
     fn all(a: &[Value], b: &[Value]) -> bool {
