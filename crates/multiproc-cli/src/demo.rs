@@ -1,6 +1,8 @@
-//! `multiproc demo`: a short tour of the process API with real child processes, ending with a
-//! task queue served by workers, a counter shared under a lock, a pool whose results drive a
-//! progress bar, and the seeds' distributed master and workers over TCP.
+//! `multiproc demo`: the seeds' distributed example end to end (a master serving a task and a
+//! result queue over TCP with an authkey, worker processes that connect, take the tasks and
+//! square them, results collected under a progress bar), on a manager or (`--broker`) on
+//! Redis. `--tour` runs a tour of the whole process API first: pids, return values, pipes,
+//! daemons, data isolation, a task queue, a lock, a pool.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -53,16 +55,26 @@ type Result<T, E = DemoError> = std::result::Result<T, E>;
 /// `multiproc demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Run only the seeds' master and workers, on this Redis broker (redis://HOST:PORT/DB).
-    #[arg(long)]
+    /// Run the master's queues on this Redis broker (redis://HOST:PORT/DB) instead of a
+    /// manager over TCP.
+    #[arg(long, conflicts_with = "tour")]
     broker: Option<String>,
+    /// First tour the process API (eight short scenes), then run the master and workers.
+    #[arg(long)]
+    tour: bool,
 }
 
-/// Runs the demo: the whole tour, or the master and workers on a broker.
+/// Runs the demo: the master and workers over TCP (after the tour if asked), or on a broker.
 pub(crate) fn main(args: DemoArgs) -> Result<()> {
     match args.broker {
         Some(url) => broker_scene(&url),
-        None => run(),
+        None if args.tour => run(),
+        None => {
+            section(1, "the seeds' distributed master and workers over TCP");
+            distributed_scene()?;
+            println!("\ndone: every worker was joined");
+            Ok(())
+        }
     }
 }
 

@@ -3,9 +3,41 @@
 use std::process::Command;
 
 #[test]
-fn demo_runs_and_shows_each_section() {
+fn demo_runs_the_seeds_master_and_workers() {
     let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
         .arg("demo")
+        .output()
+        .expect("run multiproc demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "== 1. the seeds' distributed master and workers over TCP ==",
+        "master serves get_task_queue and get_result_queue on 127.0.0.1:",
+        "3 worker processes connect over TCP and square the tasks",
+        "workers did 10 tasks in all",
+        "done: every worker was joined",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let results = stdout
+        .lines()
+        .find(|l| l.contains("results: "))
+        .expect("a results line");
+    assert_eq!(results.matches(" = ").count(), 10, "{results}");
+    assert!(
+        !stdout.contains("four children"),
+        "the tour ran without --tour"
+    );
+}
+
+#[test]
+fn demo_tour_runs_and_shows_each_section() {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(["demo", "--tour"])
         .output()
         .expect("run multiproc demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
