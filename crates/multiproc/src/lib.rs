@@ -55,9 +55,9 @@ pub use executor::{
 };
 pub use manager::{
     Address, ArrayProxy, BarrierProxy, Client, ConditionProxy, DictProxy, EventProxy, ListProxy,
-    Listener, LockProxy, Managed, ManagerClient, ManagerServer, MethodCall, NamespaceProxy,
-    ObjectProxy, RemoteQueue, RunningServer, SemaphoreProxy, ServedQueueHandle, ValueProxy,
-    WireConnection,
+    Listener, LockProxy, Managed, ManagerClient, ManagerProcess, ManagerServer, MethodCall,
+    NamespaceProxy, ObjectProxy, RemoteQueue, RunningServer, SemaphoreProxy, ServedQueueHandle,
+    ValueProxy, WireConnection,
 };
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{

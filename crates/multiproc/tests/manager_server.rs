@@ -260,3 +260,47 @@ fn odd_arguments_to_array_barrier_and_condition_are_remote_errors() {
     assert!(c.call::<bool>("wait", &(f64::NAN,)).is_err());
     still_serving(&running);
 }
+
+fn register_task_queue(server: &mut ManagerServer) {
+    server.register_queue("get_task_queue");
+    server.register_dict("get_dict");
+}
+
+#[test]
+fn a_started_server_runs_in_its_own_process_until_shut_down_or_dropped() {
+    let started = ManagerServer::start(
+        &Address::tcp("127.0.0.1:0").unwrap(),
+        b"k",
+        register_task_queue,
+    )
+    .unwrap();
+    let pid = started.pid();
+    assert_ne!(pid, std::process::id() as i32);
+    let m = ManagerClient::connect(started.address(), b"k").unwrap();
+    let q = m.queue::<i64>("get_task_queue").unwrap();
+    q.put(&5).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 5);
+    let d = m.registered_dict::<String, i64>("get_dict").unwrap();
+    d.set(&"x".to_string(), &1).unwrap();
+    drop((q, d, m));
+    started.shutdown().unwrap();
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z ")),
+        "the server process is still running"
+    );
+
+    // Dropped instead: killed.
+    let started =
+        ManagerServer::start(&Address::tcp("127.0.0.1:0").unwrap(), b"k", |_| {}).unwrap();
+    let pid = started.pid();
+    drop(started);
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err());
+}
+
+#[test]
+fn a_server_that_cannot_bind_says_why() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = Address::tcp(taken.local_addr().unwrap()).unwrap();
+    let err = ManagerServer::start(&at, b"k", |_| {}).unwrap_err();
+    assert!(err.to_string().contains("cannot serve"), "{err}");
+}

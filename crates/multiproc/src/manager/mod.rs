@@ -12,6 +12,7 @@ mod managed;
 mod objects;
 mod proxies;
 mod server;
+mod started;
 mod sync_objects;
 mod wire;
 
@@ -23,6 +24,7 @@ pub use proxies::{
     ArrayProxy, BarrierProxy, ConditionProxy, NamespaceProxy, ObjectProxy, SemaphoreProxy,
 };
 pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
+pub use started::ManagerProcess;
 pub use wire::{Address, Client, Listener, WireConnection};
 
 pub(crate) use wire::fuzz;
