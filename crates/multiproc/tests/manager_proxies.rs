@@ -472,3 +472,36 @@ fn objects_of_a_registered_type() {
         );
     });
 }
+
+#[test]
+fn a_bounded_queue_refuses_past_maxsize_and_a_waiting_put_gets_room() {
+    against_each_server(|m, server| {
+        let q = m.bounded_queue::<u32>(2).unwrap();
+        q.put(&1).unwrap();
+        q.put(&2).unwrap();
+        assert!(q.is_full().unwrap(), "{server}");
+        assert_eq!(
+            q.try_put(&3).unwrap_err().kind(),
+            ErrorKind::Full,
+            "{server}"
+        );
+        assert_eq!(
+            q.put_timeout(&3, Duration::from_millis(50))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Full,
+            "{server}"
+        );
+        // A put that waits gets in once a consumer takes an item.
+        let putter = q.try_clone().unwrap();
+        let t = std::thread::spawn(move || putter.put_timeout(&3, LONG));
+        assert!(eventually(|| q.is_full().unwrap()));
+        assert_eq!(q.get_timeout(LONG).unwrap(), 1, "{server}");
+        t.join().unwrap().unwrap();
+        assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+        assert_eq!(q.get_timeout(LONG).unwrap(), 3);
+        assert!(!q.is_full().unwrap());
+        let unbounded = m.queue::<u32>("Queue").unwrap();
+        assert!(!unbounded.is_full().unwrap());
+    });
+}

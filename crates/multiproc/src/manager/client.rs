@@ -200,6 +200,34 @@ impl ManagerClient {
         })
     }
 
+    /// A new queue on the server holding at most `maxsize` items (`SyncManager.Queue(maxsize)`):
+    /// [`RemoteQueue::put`] waits for room, [`RemoteQueue::try_put`] fails with
+    /// [`ErrorKind::Full`](crate::ErrorKind::Full).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
+    ///
+    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"k")?.serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"k")?;
+    /// let q = manager.bounded_queue::<u8>(1)?;
+    /// q.put(&1)?;
+    /// assert!(q.is_full()?);
+    /// assert_eq!(q.try_put(&2).unwrap_err().kind(), ErrorKind::Full);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Queue` typeid.
+    pub fn bounded_queue<T>(&self, maxsize: usize) -> Result<RemoteQueue<T>> {
+        let args = vec![Value::Int(i64::try_from(maxsize).unwrap_or(i64::MAX))];
+        Ok(RemoteQueue {
+            proxy: self.proxy("Queue", args, "remote queue \"Queue\"".into())?,
+            _item: PhantomData,
+        })
+    }
+
     /// A new dict on the server (`SyncManager.dict()`).
     ///
     /// # Errors
@@ -379,6 +407,37 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         self.proxy
             .call("put", vec![pickle::to_value(item)?], Vec::new())
             .map(drop)
+    }
+
+    /// Puts an item if there is room now (`put_nowait`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Full`](crate::ErrorKind::Full) if the queue is full (the server's
+    /// `queue.Full`); otherwise as for [`put`](Self::put).
+    pub fn try_put(&self, item: &T) -> Result<()> {
+        self.proxy
+            .call("put_nowait", vec![pickle::to_value(item)?], Vec::new())
+            .map(drop)
+    }
+
+    /// Puts an item, waiting up to `timeout` on the server for room.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Full`](crate::ErrorKind::Full) if no room came; otherwise as for
+    /// [`put`](Self::put).
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
+        let kwds = vec![(Value::str("timeout"), Value::Float(timeout.as_secs_f64()))];
+        self.proxy
+            .call("put", vec![pickle::to_value(item)?], kwds)
+            .map(drop)
+    }
+
+    /// Whether the queue is full now (`full()`; never for a queue without `maxsize`).
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn is_full(&self) -> Result<bool> {
+        self.proxy.call_as("full", Vec::new())
     }
 
     /// Takes an item, waiting up to `timeout` on the server.

@@ -48,6 +48,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct QueueState {
     items: VecDeque<Value>,
     unfinished: u64,
+    /// At most this many items (0: no limit), as `queue.Queue(maxsize)`.
+    maxsize: usize,
+}
+
+impl QueueState {
+    fn full(&self) -> bool {
+        self.maxsize > 0 && self.items.len() >= self.maxsize
+    }
 }
 
 /// A queue the server owns, shared by its remote clients and the serving process.
@@ -63,6 +71,24 @@ impl ServedQueue {
         s.items.push_back(item);
         s.unfinished += 1;
         self.changed.notify_all();
+    }
+
+    /// Puts an item once there is room, waiting until `deadline` (`None`: for ever) if
+    /// `block`; whether it went in.
+    fn put_waiting(&self, item: Value, block: bool, deadline: Option<Instant>) -> bool {
+        let deadline = if block {
+            deadline
+        } else {
+            Some(Instant::now())
+        };
+        let (mut s, room) = wait_until(&self.changed, lock(&self.state), deadline, |s| !s.full());
+        if !room {
+            return false;
+        }
+        s.items.push_back(item);
+        s.unfinished += 1;
+        self.changed.notify_all();
+        true
     }
 
     /// One more item dealt with; false if there was none left to finish.
@@ -98,6 +124,10 @@ impl ServedQueue {
             item = s.items.pop_front();
             item.is_some()
         });
+        if item.is_some() {
+            // A putter may be waiting for room.
+            self.changed.notify_all();
+        }
         item
     }
 }
@@ -331,7 +361,7 @@ impl ManagerServer {
             "{:x}",
             self.shared.next_ident.fetch_add(1, Ordering::Relaxed)
         );
-        let queue = new_queue(typeid);
+        let queue = new_queue(typeid, 0);
         reg.by_typeid.insert(typeid.to_string(), ident.clone());
         reg.by_ident.insert(
             ident,
@@ -682,12 +712,13 @@ fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
     let _ = outcome;
 }
 
-fn new_queue(name: &str) -> Arc<ServedQueue> {
+fn new_queue(name: &str, maxsize: usize) -> Arc<ServedQueue> {
     Arc::new(ServedQueue {
         name: name.to_string(),
         state: Mutex::new(QueueState {
             items: VecDeque::new(),
             unfinished: 0,
+            maxsize,
         }),
         changed: Condvar::new(),
     })
@@ -721,7 +752,9 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
     let made: std::result::Result<Served, String> = match typeid {
         "dict" => Ok(Served::Dict(Arc::new(ServedDict::from_args(rest, kwds)))),
         "list" => Ok(Served::List(Arc::new(ServedList::from_args(rest)))),
-        "Queue" | "JoinableQueue" => Ok(Served::Queue(new_queue(typeid))),
+        "Queue" | "JoinableQueue" => {
+            queue_maxsize(rest, kwds).map(|n| Served::Queue(new_queue(typeid, n)))
+        }
         "Lock" => Ok(Served::Lock(Arc::new(ServedLock::default()))),
         "RLock" => Ok(Served::Lock(Arc::new(ServedLock::reentrant()))),
         "Event" => Ok(object(Arc::new(ServedEvent::default()))),
@@ -903,6 +936,23 @@ fn proxy_reply(
     )
 }
 
+/// `queue.Queue(maxsize=0)`'s argument: 0 or less means no limit, as in CPython.
+fn queue_maxsize(args: &[Value], kwds: &[(Value, Value)]) -> std::result::Result<usize, String> {
+    let given = args.first().or_else(|| {
+        kwds.iter()
+            .find(|(k, _)| k.as_str() == Some("maxsize"))
+            .map(|(_, v)| v)
+    });
+    match given {
+        None | Some(Value::None) => Ok(0),
+        Some(Value::Int(n)) => Ok(usize::try_from(*n).unwrap_or(0)),
+        Some(other) => Err(format!(
+            "TypeError: maxsize must be an int, not {}",
+            other.type_name()
+        )),
+    }
+}
+
 fn empty_error() -> Value {
     Value::reduce("queue", "Empty", Vec::new())
 }
@@ -978,13 +1028,28 @@ fn call(
                 None => reply(conn, "#ERROR", empty_error()),
             }
         }
-        "put" | "put_nowait" => match request.arg(0, "item") {
-            Some(item) => {
-                queue.put(item.clone());
+        "put" | "put_nowait" => {
+            let Some(item) = request.arg(0, "item") else {
+                return traceback(conn, "TypeError: put() missing 'item'".into());
+            };
+            let block = request.func == "put" && request.flag(1, "block", true);
+            let timeout = match request.timeout(2) {
+                Ok(t) => t,
+                Err(e) => {
+                    return reply(
+                        conn,
+                        "#ERROR",
+                        Value::reduce("builtins", "ValueError", vec![Value::Str(e)]),
+                    );
+                }
+            };
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+            if queue.put_waiting(item.clone(), block, deadline) {
                 reply(conn, "#RETURN", Value::None)
+            } else {
+                reply(conn, "#ERROR", Value::reduce("queue", "Full", Vec::new()))
             }
-            None => traceback(conn, "TypeError: put() missing 'item'".into()),
-        },
+        }
         "qsize" => reply(
             conn,
             "#RETURN",
@@ -995,7 +1060,7 @@ fn call(
             "#RETURN",
             Value::Bool(lock(&queue.state).items.is_empty()),
         ),
-        "full" => reply(conn, "#RETURN", Value::Bool(false)),
+        "full" => reply(conn, "#RETURN", Value::Bool(lock(&queue.state).full())),
         "task_done" => {
             if queue.task_done() {
                 reply(conn, "#RETURN", Value::None)
