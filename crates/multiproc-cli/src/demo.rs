@@ -406,10 +406,7 @@ fn distributed_scene() -> Result<()> {
         "  master serves get_task_queue and get_result_queue on {} (authkey required)",
         running.address()
     );
-    // Ten "random" tasks, the same on every run.
-    let numbers: Vec<i64> = (0..DISTRIBUTED_TASKS as i64)
-        .map(|i| (i * 7919 + 13) % 100)
-        .collect();
+    let numbers = seed_tasks();
     for n in &numbers {
         tasks.put(n)?;
     }
@@ -417,32 +414,56 @@ fn distributed_scene() -> Result<()> {
         .map(|_| Process::new(tcp_worker, running.address().to_string()).start())
         .collect::<Result<_, _>>()?;
     println!("  {DISTRIBUTED_WORKERS} worker processes connect over TCP and square the tasks");
+    let got = collect_results(|| Ok(results.get_timeout(Duration::from_secs(30))?))?;
+    let done = join_workers(workers)?;
+    running.shutdown();
+    report_squares(&numbers, got, done, "")
+}
+
+/// Ten "random" tasks, the same on every run.
+fn seed_tasks() -> Vec<i64> {
+    (0..DISTRIBUTED_TASKS as i64)
+        .map(|i| (i * 7919 + 13) % 100)
+        .collect()
+}
+
+/// Takes the ten results with `next`, under a progress bar.
+fn collect_results(mut next: impl FnMut() -> Result<String>) -> Result<Vec<String>> {
     let bar = progress_bar(DISTRIBUTED_TASKS as u64);
-    let mut got: Vec<String> = Vec::new();
+    let mut got = Vec::new();
     for _ in 0..DISTRIBUTED_TASKS {
-        got.push(results.get_timeout(Duration::from_secs(30))?);
+        got.push(next()?);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    Ok(got)
+}
+
+/// Joins the workers; how many tasks they did in all.
+fn join_workers(workers: Vec<Process<Result<u32, String>>>) -> Result<u32> {
     let mut done = 0;
     for w in workers {
         done += w.into_result()?.map_err(DemoError::Child)?;
     }
-    running.shutdown();
-    let mut want: Vec<String> = numbers
-        .iter()
-        .map(|n| format!("{n} * {n} = {}", n * n))
-        .collect();
+    Ok(done)
+}
+
+/// Prints the results in task order and checks that each task came back squared once.
+fn report_squares(numbers: &[i64], mut got: Vec<String>, done: u32, note: &str) -> Result<()> {
     let by_number = |s: &String| {
         s.split(' ')
             .next()
             .and_then(|n| n.parse::<i64>().ok())
             .unwrap_or(i64::MAX)
     };
+    let mut want: Vec<String> = numbers
+        .iter()
+        .map(|n| format!("{n} * {n} = {}", n * n))
+        .collect();
     got.sort_by_key(by_number);
     want.sort_by_key(by_number);
     println!("  results: {}", got.join(", "));
-    println!("  workers did {done} tasks in all");
+    println!("  workers did {done} tasks in all{note}");
     check(
         got == want && done as usize == DISTRIBUTED_TASKS,
         "every task should come back squared exactly once",
@@ -479,9 +500,7 @@ fn broker_scene(url: &str) -> Result<()> {
     let tasks: JoinableQueue<i64> = JoinableQueue::connect(url, &task_name)?;
     let results: Queue<String> = Queue::connect(url, &result_name)?;
     println!("  master uses the streams {task_name} and {result_name} on the broker");
-    let numbers: Vec<i64> = (0..DISTRIBUTED_TASKS as i64)
-        .map(|i| (i * 7919 + 13) % 100)
-        .collect();
+    let numbers = seed_tasks();
     for n in &numbers {
         tasks.put(n)?;
     }
@@ -489,33 +508,13 @@ fn broker_scene(url: &str) -> Result<()> {
         .map(|_| Process::new(broker_worker, (tasks.clone(), results.clone())).start())
         .collect::<Result<_, _>>()?;
     println!("  {DISTRIBUTED_WORKERS} worker processes take the tasks from the broker");
-    let bar = progress_bar(DISTRIBUTED_TASKS as u64);
-    let mut got: Vec<String> = Vec::new();
-    for _ in 0..DISTRIBUTED_TASKS {
-        got.push(results.get_timeout(Duration::from_secs(30))?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let got = collect_results(|| Ok(results.get_timeout(Duration::from_secs(30))?))?;
     tasks.join_timeout(Duration::from_secs(30))?;
-    let mut done = 0;
-    for w in workers {
-        done += w.into_result()?.map_err(DemoError::Child)?;
-    }
+    let done = join_workers(workers)?;
     for queue in [&task_name, &result_name] {
         QueueAdmin::connect(url, queue)?.destroy()?;
     }
-    let mut want: Vec<String> = numbers
-        .iter()
-        .map(|n| format!("{n} * {n} = {}", n * n))
-        .collect();
-    got.sort();
-    want.sort();
-    println!("  results: {}", got.join(", "));
-    println!("  workers did {done} tasks in all; every task acknowledged");
-    check(
-        got == want && done as usize == DISTRIBUTED_TASKS,
-        "every task should come back squared exactly once",
-    )
+    report_squares(&numbers, got, done, "; every task acknowledged")
 }
 
 fn check(ok: bool, what: &str) -> Result<()> {

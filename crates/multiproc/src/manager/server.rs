@@ -653,6 +653,15 @@ impl Request {
         }
     }
 
+    /// The deadline of the `timeout` argument at `i` (`None`: wait for ever), or the
+    /// `ValueError` to raise for a bad one.
+    fn deadline(&self, i: usize) -> std::result::Result<Option<Instant>, Value> {
+        match self.timeout(i) {
+            Ok(t) => Ok(t.and_then(|t| Instant::now().checked_add(t))),
+            Err(e) => Err(Value::reduce("builtins", "ValueError", vec![Value::Str(e)])),
+        }
+    }
+
     fn timeout(&self, i: usize) -> std::result::Result<Option<Duration>, String> {
         let secs = match self.arg(i, "timeout") {
             None | Some(Value::None) => return Ok(None),
@@ -1012,17 +1021,10 @@ fn call(
     match request.func.as_str() {
         "get" | "get_nowait" => {
             let block = request.func == "get" && request.flag(0, "block", true);
-            let timeout = match request.timeout(1) {
-                Ok(t) => t,
-                Err(e) => {
-                    return reply(
-                        conn,
-                        "#ERROR",
-                        Value::reduce("builtins", "ValueError", vec![Value::Str(e)]),
-                    );
-                }
+            let deadline = match request.deadline(1) {
+                Ok(d) => d,
+                Err(e) => return reply(conn, "#ERROR", e),
             };
-            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             match queue.get(block, deadline) {
                 Some(item) => reply(conn, "#RETURN", item),
                 None => reply(conn, "#ERROR", empty_error()),
@@ -1033,17 +1035,10 @@ fn call(
                 return traceback(conn, "TypeError: put() missing 'item'".into());
             };
             let block = request.func == "put" && request.flag(1, "block", true);
-            let timeout = match request.timeout(2) {
-                Ok(t) => t,
-                Err(e) => {
-                    return reply(
-                        conn,
-                        "#ERROR",
-                        Value::reduce("builtins", "ValueError", vec![Value::Str(e)]),
-                    );
-                }
+            let deadline = match request.deadline(2) {
+                Ok(d) => d,
+                Err(e) => return reply(conn, "#ERROR", e),
             };
-            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             if queue.put_waiting(item.clone(), block, deadline) {
                 reply(conn, "#RETURN", Value::None)
             } else {
