@@ -8,6 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../multiproc/tests/common/redis.rs"]
+mod redis_server;
+
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
 
 /// Three namespaces, master `m` and workers `w1`, `w2`, linked master–worker by veth pairs
@@ -193,15 +196,7 @@ fn the_seed_runs_across_namespaces_over_the_manager() {
 
 #[test]
 fn the_seed_runs_across_namespaces_over_redis() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is not installed"
-        );
+    if !redis_server::installed() {
         return;
     }
     let Some(hosts) = Hosts::make("b") else {

@@ -20,16 +20,7 @@ impl RedisServer {
     /// Starts one with `appendonly yes` (so a restart loses nothing), or `None` with a printed
     /// reason when `redis-server` is not installed. Under CI a missing server fails the test.
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed (.ci/run installs it)"
-            );
-            eprintln!("skipped: redis-server is not installed");
+        if !installed() {
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
@@ -144,6 +135,24 @@ impl Drop for RedisServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `redis-server` is installed; if not, says so (under CI a missing server fails the
+/// test instead).
+pub fn installed() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is not installed (.ci/run installs it)"
+    );
+    eprintln!("skipped: redis-server is not installed");
+    false
 }
 
 /// A TCP port that was free a moment ago.
