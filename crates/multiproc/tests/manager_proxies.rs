@@ -505,3 +505,40 @@ fn a_bounded_queue_refuses_past_maxsize_and_a_waiting_put_gets_room() {
         assert!(!unbounded.is_full().unwrap());
     });
 }
+
+/// Takes three items from a queue it was given as an argument, returns their sum.
+fn sum_three(q: multiproc::Queue<i64>) -> i64 {
+    (0..3).map(|_| q.get_timeout(LONG).unwrap()).sum()
+}
+
+#[test]
+fn a_queue_on_a_manager_is_the_same_queue_type_and_passes_to_a_child() {
+    let mut servers = vec![("ours".to_string(), ours())];
+    for python in pythons() {
+        servers.push((format!("{python:?}"), cpython(&python)));
+    }
+    for (name, (server, address)) in servers {
+        // SyncManager's "Queue" typeid: a new queue on the server for this handle.
+        let q: multiproc::Queue<i64> =
+            multiproc::Queue::connect_manager(&address, b"abc", "Queue").unwrap();
+        assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty, "{name}");
+        assert_eq!(
+            q.get_timeout(Duration::from_millis(50)).unwrap_err().kind(),
+            ErrorKind::Timeout,
+            "{name}"
+        );
+        for n in [1, 2, 3] {
+            q.put(n).unwrap();
+        }
+        assert_eq!(q.len(), 3, "{name}");
+        assert!(!q.is_full(), "{name}");
+        // The handle goes to a child, which connects to the same queue.
+        let child = multiproc::Process::new(sum_three, q.clone())
+            .start()
+            .unwrap();
+        assert_eq!(child.into_result().unwrap(), 6, "{name}");
+        assert!(q.is_empty(), "{name}");
+        drop(q);
+        drop(server);
+    }
+}

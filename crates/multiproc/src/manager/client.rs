@@ -189,6 +189,28 @@ impl ManagerClient {
         Ok(conn)
     }
 
+    /// A proxy for the existing queue `ident` (from [`RemoteQueue::token`] in another
+    /// process), holding a reference of its own (`incref`), as CPython's rebuilt proxies do.
+    pub(crate) fn attach_queue<T>(
+        &self,
+        ident: &str,
+        exposed: Vec<String>,
+        what: String,
+    ) -> Result<RemoteQueue<T>> {
+        let conn = self.proxy_connection()?;
+        self.one_shot("incref", vec![Value::str(ident)])?;
+        Ok(RemoteQueue {
+            proxy: Proxy {
+                what,
+                ident: ident.to_string(),
+                exposed,
+                conn: Mutex::new(conn),
+                manager: self.clone(),
+            },
+            _item: PhantomData,
+        })
+    }
+
     /// A proxy for the queue the server registered as `typeid` (`get_task_queue`).
     ///
     /// # Errors
@@ -394,6 +416,25 @@ impl<T> fmt::Debug for RemoteQueue<T> {
             .field("what", &self.proxy.what)
             .field("ident", &self.proxy.ident)
             .finish()
+    }
+}
+
+impl<T> RemoteQueue<T> {
+    /// The server's id of the queue and the methods it exposes (to attach to it again from
+    /// another process).
+    pub(crate) fn token(&self) -> (String, Vec<String>) {
+        (self.proxy.ident.clone(), self.proxy.exposed.clone())
+    }
+
+    /// Calls `method` with values as they are (for the manager flavor of `Queue`, which
+    /// converts items itself).
+    pub(crate) fn call_raw(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+        kwds: Vec<(Value, Value)>,
+    ) -> Result<Value> {
+        self.proxy.call(method, args, kwds)
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`shm.rs`), or a Redis stream between machines (`redis.rs`).
 
 mod admin;
+mod manager;
 mod redis;
 mod ring;
 mod shm;
@@ -17,9 +18,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+use self::manager::ManagerQueue;
 use self::redis::{BrokerSettings, RedisQueue};
 use self::shm::{DEFAULT_RING_BYTES, NONBLOCKING_LOCK_WAIT, ShmQueue};
 use crate::error::{Error, Result};
+use crate::manager::Address;
 use crate::sync::deadline_after;
 
 /// A queue shared between processes and threads (Python's `multiprocessing.Queue`).
@@ -73,6 +76,7 @@ pub struct Queue<T> {
 enum Flavor {
     Shm(Arc<ShmQueue>),
     Redis(Arc<RedisQueue>),
+    Manager(Arc<ManagerQueue>),
 }
 
 impl<T> Queue<T> {
@@ -233,6 +237,31 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::builder().broker(url).name(name).build()
     }
 
+    /// The queue a manager server at `address` registered as `typeid` (`get_task_queue`; ours
+    /// or CPython's `BaseManager`), through its proxy. Items travel as pickles: they must map
+    /// onto Python's data model. `maxsize` is the server's business (0 here).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ManagerServer, Queue};
+    ///
+    /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"key")?;
+    /// server.register_queue("get_task_queue");
+    /// let running = server.serve_in_background()?;
+    /// let tasks: Queue<i64> = Queue::connect_manager(running.address(), b"key", "get_task_queue")?;
+    /// tasks.put(7)?;
+    /// assert_eq!(tasks.get()?, 7);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A server that cannot be reached, a wrong authkey, or no such typeid.
+    pub fn connect_manager(address: &Address, authkey: &[u8], typeid: &str) -> Result<Queue<T>> {
+        let queue = ManagerQueue::connect(address, authkey, typeid)?;
+        Ok(Queue::of(Flavor::Manager(Arc::new(queue))))
+    }
+
     /// A builder for the other settings.
     pub fn builder() -> QueueBuilder<T> {
         QueueBuilder {
@@ -333,6 +362,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.put_until(item, deadline, block, waited),
             Flavor::Redis(q) => q.put_until(item, deadline, block, waited),
+            Flavor::Manager(q) => q.put_until(item, deadline, block, waited),
         }
     }
 
@@ -340,6 +370,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.get_until(deadline, block, waited),
             Flavor::Redis(q) => q.get_until(deadline, block, waited),
+            Flavor::Manager(q) => q.get_until(deadline, block, waited),
         }
     }
 
@@ -351,6 +382,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.get_timeout_shared(timeout),
             Flavor::Redis(q) => q.get_until(deadline_after(timeout), true, timeout),
+            Flavor::Manager(q) => q.get_until(deadline_after(timeout), true, timeout),
         }
     }
 
@@ -362,6 +394,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.len(),
             Flavor::Redis(q) => q.waiting().unwrap_or(0),
+            Flavor::Manager(q) => q.len().unwrap_or(0),
         }
     }
 
@@ -377,6 +410,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.is_full(),
             Flavor::Redis(q) => q.is_full(),
+            Flavor::Manager(q) => q.is_full().unwrap_or(false),
         }
     }
 
@@ -385,6 +419,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.maxsize(),
             Flavor::Redis(q) => q.maxsize(),
+            Flavor::Manager(_) => 0,
         }
     }
 
@@ -395,6 +430,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.close(),
             Flavor::Redis(q) => q.close(),
+            Flavor::Manager(q) => q.close(),
         }
     }
 }
@@ -412,6 +448,10 @@ impl<T> fmt::Debug for Queue<T> {
                 .field("name", &q.name())
                 .field("broker", &q.url())
                 .finish(),
+            Flavor::Manager(q) => f
+                .debug_struct("Queue")
+                .field("typeid", &q.typeid())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -421,6 +461,7 @@ impl<T> fmt::Debug for Queue<T> {
 enum FlavorTag {
     Shm,
     Redis,
+    Manager,
 }
 
 impl<T> Serialize for Queue<T> {
@@ -434,6 +475,10 @@ impl<T> Serialize for Queue<T> {
             }
             Flavor::Redis(q) => {
                 t.serialize_element(&FlavorTag::Redis)?;
+                t.serialize_element(&q.handle())?;
+            }
+            Flavor::Manager(q) => {
+                t.serialize_element(&FlavorTag::Manager)?;
                 t.serialize_element(&q.handle())?;
             }
         }
@@ -478,6 +523,14 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                         let queue = RedisQueue::reopen(handle)
                             .map_err(|e| crate::share::handle_error_de(e.to_string()))?;
                         Flavor::Redis(Arc::new(queue))
+                    }
+                    FlavorTag::Manager => {
+                        let handle = seq
+                            .next_element()?
+                            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                        let queue = ManagerQueue::reopen(handle)
+                            .map_err(|e| crate::share::handle_error_de(e.to_string()))?;
+                        Flavor::Manager(Arc::new(queue))
                     }
                 };
                 Ok(Queue::of(flavor))
@@ -578,6 +631,19 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Queue::builder().broker(url).name(name).build_joinable()
     }
 
+    /// The joinable queue a manager server registered as `typeid` (see
+    /// [`Queue::connect_manager`]); `task_done` and `join` are the server's.
+    ///
+    /// # Errors
+    /// As for [`Queue::connect_manager`].
+    pub fn connect_manager(
+        address: &Address,
+        authkey: &[u8],
+        typeid: &str,
+    ) -> Result<JoinableQueue<T>> {
+        Queue::connect_manager(address, authkey, typeid).map(|queue| JoinableQueue { queue })
+    }
+
     /// Marks one item as done (on a broker: acknowledges the oldest item this handle took).
     ///
     /// # Errors
@@ -588,6 +654,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.task_done(),
             Flavor::Redis(q) => q.task_done(),
+            Flavor::Manager(q) => q.task_done(),
         }
     }
 
@@ -602,6 +669,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.task_done(),
             Flavor::Redis(q) => q.task_failed(reason),
+            Flavor::Manager(q) => q.task_done(),
         }
     }
 
@@ -630,6 +698,10 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         match &self.queue.flavor {
             Flavor::Shm(q) => Ok(u64::from(q.unfinished())),
             Flavor::Redis(q) => q.unfinished(),
+            Flavor::Manager(_) => Err(Error::invalid(
+                "queue on a manager",
+                "the count of unfinished items is not exposed by a manager",
+            )),
         }
     }
 
@@ -637,6 +709,11 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.join_until(deadline, waited),
             Flavor::Redis(q) => q.join_until(deadline, waited),
+            Flavor::Manager(q) if deadline.is_none() => q.join(),
+            Flavor::Manager(_) => Err(Error::invalid(
+                "queue on a manager",
+                "a manager's join() has no timeout",
+            )),
         }
     }
 }
