@@ -98,6 +98,9 @@ pub(super) struct RedisQueue {
     consumer: String,
     settings: BrokerSettings,
     conn: Mutex<Option<Connection>>,
+    /// A second connection for blocking reads, so that a thread waiting in `get` does not
+    /// hold up another thread's `put` or `task_done` on the same handle.
+    reader: Mutex<Option<Connection>>,
     /// Entries this handle took and has not finished, oldest first.
     leases: Arc<Mutex<VecDeque<String>>>,
     closed: AtomicBool,
@@ -147,6 +150,7 @@ impl RedisQueue {
             consumer: consumer_name(),
             settings,
             conn: Mutex::new(Some(conn)),
+            reader: Mutex::new(None),
             leases: Arc::new(Mutex::new(VecDeque::new())),
             closed: AtomicBool::new(false),
             renewer: Mutex::new(None),
@@ -281,7 +285,7 @@ impl RedisQueue {
                             Some(d.saturating_duration_since(Instant::now()).min(READ_SLICE))
                         }
                     };
-                    let entry = self.with_conn(deadline, |c| {
+                    let entry = self.with_conn_on(&self.reader, deadline, |c| {
                         let mut cmd = redis::cmd("XREADGROUP");
                         cmd.arg("GROUP")
                             .arg(GROUP)
@@ -703,9 +707,19 @@ impl RedisQueue {
     fn with_conn<R>(
         &self,
         deadline: Option<Instant>,
+        op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        self.with_conn_on(&self.conn, deadline, op)
+    }
+
+    /// [`with_conn`](Self::with_conn) on the connection in `slot`.
+    fn with_conn_on<R>(
+        &self,
+        slot: &Mutex<Option<Connection>>,
+        deadline: Option<Instant>,
         mut op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = slot.lock().unwrap_or_else(|p| p.into_inner());
         let mut backoff = RECONNECT_FIRST;
         loop {
             let attempt = match conn.as_mut() {
@@ -713,7 +727,7 @@ impl RedisQueue {
                 None => match self.client.get_connection_with_timeout(CONNECT_TIMEOUT) {
                     Ok(c) => {
                         let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
-                        tracing::info!(queue = %self.name, "connected to the broker again");
+                        tracing::debug!(queue = %self.name, "connected to the broker");
                         *conn = Some(c);
                         continue;
                     }
