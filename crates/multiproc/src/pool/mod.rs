@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
 
 use self::result::Slot;
-use self::worker::{FromWorker, INITIALIZER_FAILED, TaskBytes, ToWorker, WorkerArgs, worker_main};
+use self::worker::{
+    FromWorker, FromWorkerRef, INITIALIZER_FAILED, TaskBytes, ToWorker, WorkerArgs, worker_main,
+};
 use crate::error::{Error, Result};
 use crate::process::{Process, StartMethod, TaskTarget};
 use crate::queue::Queue;
@@ -42,8 +43,8 @@ const PUMPING_LOOK: Duration = Duration::from_millis(1);
 const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
 
 /// A task's serialized `Vec<Result<R, ItemFailure>>`, or why the task failed as a whole.
-pub(crate) type TaskOutcome = std::result::Result<ByteBuf, Error>;
-type Deliver = Box<dyn FnOnce(TaskOutcome) + Send>;
+pub(crate) type TaskOutcome<'a> = std::result::Result<&'a [u8], Error>;
+type Deliver = Box<dyn for<'a> FnOnce(TaskOutcome<'a>) + Send>;
 
 struct TaskEntry {
     target: TaskTarget,
@@ -303,8 +304,13 @@ impl Shared {
             // worker a wake-up call, would slow both. Look again shortly.
             if self.pumpers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 std::thread::park_timeout(PUMPING_LOOK);
-            } else if let Ok(report) = self.results.get_timeout_shared(SUPERVISE_EVERY) {
-                self.on_report(report);
+            } else {
+                let _ = self
+                    .results
+                    .get_timeout_shared_with(SUPERVISE_EVERY, |what, bytes, _| {
+                        self.on_report(FromWorkerRef::decode(what, bytes)?);
+                        Ok(())
+                    });
             }
             if last_look.elapsed() >= SUPERVISE_EVERY {
                 last_look = Instant::now();
@@ -315,7 +321,7 @@ impl Shared {
         }
     }
 
-    fn on_report(&self, report: FromWorker) {
+    fn on_report(&self, report: FromWorkerRef<'_>) {
         if report.id == INITIALIZER_FAILED {
             return self.break_pool(report.outcome.err().unwrap_or_default());
         }
@@ -389,9 +395,7 @@ impl Shared {
             return true;
         }
         // Whatever the dead finished is in the result queue: take it first.
-        while let Ok(report) = self.results.try_get() {
-            self.on_report(report);
-        }
+        while self.pump() {}
         let mut failed = Vec::new();
         {
             let mut state = self.lock();
@@ -478,13 +482,12 @@ impl Pump for Shared {
     }
 
     fn pump(&self) -> bool {
-        match self.results.try_get() {
-            Ok(report) => {
-                self.on_report(report);
-                true
-            }
-            Err(_) => false,
-        }
+        self.results
+            .try_get_with(|what, bytes, _| {
+                self.on_report(FromWorkerRef::decode(what, bytes)?);
+                Ok(())
+            })
+            .is_ok()
     }
 }
 
@@ -541,7 +544,7 @@ pub(crate) fn copy_error(e: &Error) -> Error {
 }
 
 /// Runs a delivery; a panicking callback is reported and does not take the handler down.
-fn run_delivery(deliver: Deliver, outcome: TaskOutcome) {
+fn run_delivery(deliver: Deliver, outcome: TaskOutcome<'_>) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(outcome))).is_err() {
         eprintln!("multiproc: a pool callback panicked; the pool carries on");
     }

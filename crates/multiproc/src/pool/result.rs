@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::TaskOutcome;
+
+/// A chunk's outcome kept for later (an `imap` iterator reads it when it is asked).
+type OwnedOutcome = std::result::Result<Vec<u8>, Error>;
 use crate::error::{Error, Result};
 use crate::process::chunk;
 use crate::sync::spin::spin_until;
@@ -65,8 +68,8 @@ fn decode_chunk_appending<R: DeserializeOwned + 'static>(
 }
 
 /// The value of a one-item task.
-pub(crate) fn single<R: DeserializeOwned + 'static>(outcome: TaskOutcome) -> Result<R> {
-    let mut items = decode_chunk::<R>(&outcome?)?;
+pub(crate) fn single<R: DeserializeOwned + 'static>(outcome: TaskOutcome<'_>) -> Result<R> {
+    let mut items = decode_chunk::<R>(outcome?)?;
     match items.pop() {
         Some(item) if items.is_empty() => item,
         _ => Err(Error::protocol(
@@ -78,8 +81,8 @@ pub(crate) fn single<R: DeserializeOwned + 'static>(outcome: TaskOutcome) -> Res
 
 /// The results of the chunk `start..start + n`, one per item (a chunk-wide failure is copied
 /// to each of its items).
-fn expand<R: DeserializeOwned + 'static>(n: usize, outcome: TaskOutcome) -> Vec<Result<R>> {
-    let decoded = outcome.and_then(|blob| decode_chunk::<R>(&blob));
+fn expand<R: DeserializeOwned + 'static>(n: usize, outcome: TaskOutcome<'_>) -> Vec<Result<R>> {
+    let decoded = outcome.and_then(|blob| decode_chunk::<R>(blob));
     match decoded {
         Ok(items) if items.len() == n => items,
         Ok(items) => (0..n)
@@ -276,7 +279,7 @@ impl<R> MapInner<R> {
 }
 
 impl<R: DeserializeOwned + 'static> MapInner<R> {
-    fn fill(&mut self, start: usize, n: usize, outcome: TaskOutcome) {
+    fn fill(&mut self, start: usize, n: usize, outcome: TaskOutcome<'_>) {
         self.received += n;
         if self.failure.as_ref().is_some_and(|(at, _)| *at < start) {
             return; // the map has already failed at an earlier item
@@ -285,7 +288,7 @@ impl<R: DeserializeOwned + 'static> MapInner<R> {
         let mut early = Vec::new();
         let decoded = outcome.and_then(|blob| {
             let into = if in_turn { &mut self.out } else { &mut early };
-            decode_chunk_appending(&blob, n, into)
+            decode_chunk_appending(blob, n, into)
         });
         match decoded {
             Ok(None) if !in_turn => {
@@ -343,7 +346,7 @@ impl<R: DeserializeOwned + 'static> MapState<R> {
     }
 
     /// Decodes the results of the chunk `start..start + n` into place.
-    pub(crate) fn fill(&self, start: usize, n: usize, outcome: TaskOutcome) {
+    pub(crate) fn fill(&self, start: usize, n: usize, outcome: TaskOutcome<'_>) {
         self.update(|inner| inner.fill(start, n, outcome));
     }
 
@@ -450,13 +453,13 @@ impl<R> MapResult<R> {
 /// Feeds an [`IMapIter`] from the result handler.
 #[derive(Clone)]
 pub(crate) struct IMapSender {
-    tx: mpsc::Sender<(usize, usize, TaskOutcome)>,
+    tx: mpsc::Sender<(usize, usize, OwnedOutcome)>,
 }
 
 impl IMapSender {
-    pub(crate) fn send(&self, start: usize, n: usize, outcome: TaskOutcome) {
+    pub(crate) fn send(&self, start: usize, n: usize, outcome: TaskOutcome<'_>) {
         // The iterator may be gone: then nobody wants the results.
-        let _ = self.tx.send((start, n, outcome));
+        let _ = self.tx.send((start, n, outcome.map(<[u8]>::to_vec)));
     }
 }
 
@@ -464,7 +467,7 @@ impl IMapSender {
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered): yields each item's result as it
 /// becomes available (in item order for `imap`).
 pub struct IMapIter<R> {
-    rx: mpsc::Receiver<(usize, usize, TaskOutcome)>,
+    rx: mpsc::Receiver<(usize, usize, OwnedOutcome)>,
     total: usize,
     yielded: usize,
     ordered: bool,
@@ -531,6 +534,14 @@ impl<R: DeserializeOwned + 'static> IMapIter<R> {
             };
             match received {
                 Ok((start, n, outcome)) => {
+                    let bytes;
+                    let outcome = match outcome {
+                        Ok(b) => {
+                            bytes = b;
+                            Ok(bytes.as_slice())
+                        }
+                        Err(e) => Err(e),
+                    };
                     for (i, item) in expand::<R>(n, outcome).into_iter().enumerate() {
                         self.early.insert(start + i, item);
                     }

@@ -50,6 +50,25 @@ pub(crate) struct FromWorker {
     pub(crate) outcome: Result<ByteBuf, String>,
 }
 
+/// A [`FromWorker`] read in place: its outcome borrows the receive buffer (the same bytes on
+/// the wire).
+#[derive(Deserialize)]
+pub(crate) struct FromWorkerRef<'a> {
+    pub(crate) slot: u32,
+    pub(crate) id: u64,
+    #[serde(borrow)]
+    pub(crate) outcome: Result<&'a [u8], String>,
+}
+
+impl<'a> FromWorkerRef<'a> {
+    /// Decodes a report from the bytes of a result-queue message.
+    pub(crate) fn decode(what: &str, bytes: &'a [u8]) -> crate::error::Result<Self> {
+        postcard::from_bytes(bytes).map_err(|e| {
+            crate::error::Error::serialization(what, format!("cannot deserialize: {e}"))
+        })
+    }
+}
+
 /// Everything a worker process is started with.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct WorkerArgs {

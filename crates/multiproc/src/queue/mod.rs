@@ -377,12 +377,39 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Like [`get_timeout`](Self::get_timeout), but waits for an item without holding the
     /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
     /// (a pool's waiters take their own results while its handler thread waits here), and
-    /// without spinning: the waiter sleeps at once, leaving the CPU to those who work.
-    pub(crate) fn get_timeout_shared(&self, timeout: Duration) -> Result<T> {
+    /// without spinning: the waiter sleeps at once, leaving the CPU to those who work. The
+    /// item's bytes go to `decode` as they are in the receive buffer (shared memory only).
+    pub(crate) fn get_timeout_shared_with<R>(
+        &self,
+        timeout: Duration,
+        decode: impl FnMut(&str, &[u8], Vec<std::os::fd::OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
         match &self.flavor {
-            Flavor::Shm(q) => q.get_timeout_shared(timeout),
-            Flavor::Redis(q) => q.get_until(deadline_after(timeout), true, timeout),
-            Flavor::Manager(q) => q.get_until(deadline_after(timeout), true, timeout),
+            Flavor::Shm(q) => q.get_timeout_shared_with(timeout, decode),
+            _ => Err(Error::invalid(
+                "queue",
+                "only a shared-memory queue lends its bytes",
+            )),
+        }
+    }
+
+    /// Takes an item if there is one now, handing its bytes to `decode` as they are in the
+    /// receive buffer (shared memory only): no copy for a reader that decodes in place.
+    pub(crate) fn try_get_with<R>(
+        &self,
+        decode: impl FnOnce(&str, &[u8], Vec<std::os::fd::OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
+        match &self.flavor {
+            Flavor::Shm(q) => q.get_until_with(
+                deadline_after(NONBLOCKING_LOCK_WAIT),
+                false,
+                Duration::ZERO,
+                decode,
+            ),
+            _ => Err(Error::invalid(
+                "queue",
+                "only a shared-memory queue lends its bytes",
+            )),
         }
     }
 

@@ -265,6 +265,20 @@ impl ShmQueue {
         block: bool,
         waited: Duration,
     ) -> Result<T> {
+        self.get_until_with(deadline, block, waited, |what, bytes, fds| {
+            share::decode(what, bytes, fds)
+        })
+    }
+
+    /// Takes the next message and hands its bytes (and descriptors) to `decode`, without
+    /// copying them out of the receive buffer first.
+    pub(super) fn get_until_with<R>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+        decode: impl FnOnce(&str, &[u8], Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
         self.check_open()?;
         let empty = |why| match (why, block) {
             (WaitFailed::TimedOut, true) => Error::timeout(self.what.clone(), waited),
@@ -284,7 +298,7 @@ impl ShmQueue {
             match kind {
                 INLINE => {
                     drop(consumer);
-                    share::decode(&self.what, buf, Vec::new())
+                    decode(&self.what, buf, Vec::new())
                 }
                 SIDE => {
                     let id = buf
@@ -302,7 +316,7 @@ impl ShmQueue {
                     let bytes = bytes
                         .get(..len)
                         .ok_or_else(|| self.corrupt("side message longer than its file"))?;
-                    share::decode(&self.what, bytes, fds)
+                    decode(&self.what, bytes, fds)
                 }
                 other => Err(self.corrupt(&format!("unknown frame kind {other}"))),
             }
@@ -313,13 +327,17 @@ impl ShmQueue {
     /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
     /// (a pool's waiters take their own results while its handler thread waits here), and
     /// without spinning: the waiter sleeps at once, leaving the CPU to those who work.
-    pub(super) fn get_timeout_shared<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
+    pub(super) fn get_timeout_shared_with<R>(
+        &self,
+        timeout: Duration,
+        mut decode: impl FnMut(&str, &[u8], Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
         let deadline = deadline_after(timeout);
         loop {
             if self.ring().wait_readable(deadline, false).is_err() {
                 return Err(Error::timeout(self.what.clone(), timeout));
             }
-            match self.get_until(deadline, false, timeout) {
+            match self.get_until_with(deadline, false, timeout, &mut decode) {
                 Err(e) if e.kind() == crate::ErrorKind::Empty => continue,
                 other => return other,
             }
