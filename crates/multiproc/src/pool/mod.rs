@@ -86,7 +86,15 @@ struct Shared {
     idle: Condvar,
     results: Queue<FromWorker>,
     config: Config,
+    /// Buffers of finished tasks, for the next tasks' arguments: memory already mapped, so a
+    /// map after the first takes no page faults for them.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// The most spare argument buffers a pool keeps.
+const SPARE_BUFFERS: usize = 8;
+/// The largest buffer kept for reuse.
+const SPARE_BUFFER_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
 struct Config {
@@ -208,6 +216,7 @@ impl PoolBuilder {
             idle: Condvar::new(),
             results,
             config: self.config,
+            spare_buffers: Mutex::new(Vec::new()),
         });
         {
             let mut state = shared.lock();
@@ -231,12 +240,39 @@ impl PoolBuilder {
 
 /// Serializes a chunk of arguments.
 fn encode_args<A: Serialize + 'static>(args: &[A]) -> Result<TaskBytes> {
-    let mut bytes = Vec::new();
+    encode_args_into(args, Vec::new())
+}
+
+/// Serializes a chunk of arguments into `bytes` (emptied first).
+fn encode_args_into<A: Serialize + 'static>(args: &[A], mut bytes: Vec<u8>) -> Result<TaskBytes> {
+    bytes.clear();
     crate::process::chunk::encode_items("pool task arguments", args, &mut bytes)?;
     Ok(TaskBytes(Arc::new(bytes)))
 }
 
 impl Shared {
+    /// Encodes a chunk of arguments into a spare buffer if there is one.
+    fn encode_args<A: Serialize + 'static>(&self, args: &[A]) -> Result<TaskBytes> {
+        let spare = self
+            .spare_buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        encode_args_into(args, spare.unwrap_or_default())
+    }
+
+    /// Keeps a finished task's buffer for the next tasks, if nothing else holds it.
+    fn recycle(&self, items: TaskBytes) {
+        if let Ok(bytes) = Arc::try_unwrap(items.0)
+            && bytes.capacity() <= SPARE_BUFFER_BYTES
+        {
+            let mut spare = self.spare_buffers.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(bytes);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -341,6 +377,7 @@ impl Shared {
             let outcome = report
                 .outcome
                 .map_err(|why| Error::serialization("pool task", why));
+            self.recycle(entry.items);
             run_delivery(entry.deliver, outcome);
         }
         if now_idle {
@@ -902,8 +939,11 @@ impl Pool {
             if chunk.is_empty() {
                 return Ok(start);
             }
-            self.shared
-                .submit(target, encode_args(&chunk)?, deliver(start, chunk.len()))?;
+            self.shared.submit(
+                target,
+                self.shared.encode_args(&chunk)?,
+                deliver(start, chunk.len()),
+            )?;
             start += chunk.len();
         }
     }
