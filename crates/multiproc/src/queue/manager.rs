@@ -2,7 +2,6 @@
 //! used through its proxy. Items travel as pickles, so they must map onto Python's data model.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -16,7 +15,7 @@ use crate::pickle::{self, Value};
 pub(super) struct ManagerQueue {
     remote: RemoteQueue<()>,
     handle: ManagerHandle,
-    closed: AtomicBool,
+    closed: super::Closed,
 }
 
 /// What a handle sent to another process carries: enough to connect again (the authkey
@@ -52,7 +51,7 @@ impl ManagerQueue {
                 ident,
                 exposed,
             },
-            closed: AtomicBool::new(false),
+            closed: super::Closed::default(),
         })
     }
 
@@ -72,7 +71,7 @@ impl ManagerQueue {
         Ok(ManagerQueue {
             remote,
             handle,
-            closed: AtomicBool::new(false),
+            closed: super::Closed::default(),
         })
     }
 
@@ -89,14 +88,11 @@ impl ManagerQueue {
     }
 
     pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        self.closed.close();
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(Error::invalid(self.what(), "closed"));
-        }
-        Ok(())
+        self.closed.check(|| self.what())
     }
 
     pub(super) fn put_until<T: Serialize>(

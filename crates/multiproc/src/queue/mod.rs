@@ -483,6 +483,24 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
+/// Whether this process's handles to a queue were closed ([`Queue::close`]), for every flavor.
+#[derive(Default)]
+struct Closed(std::sync::atomic::AtomicBool);
+
+impl Closed {
+    fn close(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// An error naming the queue once closed.
+    fn check(&self, what: impl FnOnce() -> String) -> Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::invalid(what(), "closed"));
+        }
+        Ok(())
+    }
+}
+
 /// Which flavor a serialized queue is.
 #[derive(Serialize, Deserialize)]
 enum FlavorTag {

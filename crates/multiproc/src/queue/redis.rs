@@ -22,7 +22,6 @@
 //! error naming its URL.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -103,7 +102,7 @@ pub(super) struct RedisQueue {
     reader: Mutex<Option<Connection>>,
     /// Entries this handle took and has not finished, oldest first.
     leases: Arc<Mutex<VecDeque<String>>>,
-    closed: AtomicBool,
+    closed: super::Closed,
     /// Dropping the sender stops the lease-renewing thread.
     renewer: Mutex<Option<mpsc::Sender<()>>>,
     /// When `get` last looked for entries whose lease ran out (it does so every quarter
@@ -152,7 +151,7 @@ impl RedisQueue {
             conn: Mutex::new(Some(conn)),
             reader: Mutex::new(None),
             leases: Arc::new(Mutex::new(VecDeque::new())),
-            closed: AtomicBool::new(false),
+            closed: super::Closed::default(),
             renewer: Mutex::new(None),
             last_claim: Mutex::new(None),
         };
@@ -198,14 +197,11 @@ impl RedisQueue {
     }
 
     pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        self.closed.close();
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(Error::invalid(self.what(), "closed"));
-        }
-        Ok(())
+        self.closed.check(|| self.what())
     }
 
     pub(super) fn maxsize(&self) -> u32 {

@@ -7,7 +7,6 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -71,7 +70,7 @@ pub(super) struct ShmQueue {
     side_tx: OwnedFd,
     side_rx: OwnedFd,
     what: String,
-    closed: AtomicBool,
+    closed: super::Closed,
 }
 
 impl ShmQueue {
@@ -120,7 +119,7 @@ impl ShmQueue {
             side_tx,
             side_rx,
             what,
-            closed: AtomicBool::new(false),
+            closed: super::Closed::default(),
         }
     }
 
@@ -162,10 +161,7 @@ impl ShmQueue {
     }
 
     pub(super) fn check_open(&self) -> Result<()> {
-        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::invalid(self.what.as_str(), "closed"));
-        }
-        Ok(())
+        self.closed.check(|| self.what.clone())
     }
 
     pub(super) fn failed(&self, why: WaitFailed, block: bool, waited: Duration) -> Error {
@@ -394,8 +390,7 @@ impl ShmQueue {
     }
 
     pub(super) fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.closed.close();
     }
 
     pub(super) fn what(&self) -> &str {
