@@ -1,7 +1,9 @@
 //! `multiproc`: the command line of the multiproc library.
 //!
-//! `multiproc demo` runs a tour of the process API with real child processes; `serve`,
-//! `worker`, `submit` and `collect` run named queues over TCP in CPython's manager protocol.
+//! `multiproc demo` runs the seeds' master/workers example with real child processes; `serve`,
+//! `worker`, `submit` and `collect` run named queues over TCP in CPython's manager protocol or
+//! on Redis; `status` and `dead` look after broker queues; `run` is a GNU-parallel-compatible
+//! job runner.
 
 #![forbid(unsafe_code)]
 
@@ -27,9 +29,9 @@ struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show child processes at work: pids, a returned value, a pipe, a daemon, data isolation,
-    /// a queue of tasks, a lock around a shared counter, a pool, and the distributed
-    /// master/workers example over TCP.
+    /// The seeds' distributed example end to end: a master serving task and result queues
+    /// over TCP (or on Redis with --broker), worker processes squaring ten tasks; --tour first
+    /// shows pids, return values, pipes, daemons, a queue, a lock and a pool.
     Demo(demo::DemoArgs),
     /// Serve named queues over TCP to workers (ours or CPython's `BaseManager`).
     Serve(queues::Serve),
