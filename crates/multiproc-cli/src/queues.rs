@@ -41,7 +41,7 @@ impl Auth {
 #[derive(Debug, Args)]
 pub(crate) struct BrokerArg {
     /// A manager server (HOST:PORT; authkey from MULTIPROC_AUTHKEY or --authkey-file) or a
-    /// Redis broker (redis://HOST:PORT/DB, redis+unix:///PATH).
+    /// Redis broker (redis://HOST:PORT/DB, rediss://… for TLS, redis+unix:///PATH).
     #[arg(
         short = 'b',
         long = "broker",

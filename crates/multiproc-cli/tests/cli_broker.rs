@@ -259,3 +259,36 @@ fn the_demo_runs_the_seed_on_a_broker_and_cleans_up() {
         "the demo left keys behind"
     );
 }
+
+#[test]
+fn a_tls_broker_is_used_with_its_certificate_checked() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let url = redis.tls_url().unwrap();
+    let with_ca = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("MULTIPROC_BROKER", &url)
+            .env("SSL_CERT_FILE", redis.ca_file())
+            .output()
+            .unwrap()
+    };
+    lines(&with_ca(&["submit", "6", "7"]));
+    let worker = with_ca(&["worker", "--square", "--idle", "0.5"]);
+    lines(&worker);
+    assert_eq!(
+        lines(&with_ca(&["collect", "--count", "2"])),
+        squares([6, 7])
+    );
+    // Without the CA the server's certificate is not trusted: a clear error, not a hang.
+    let out = Command::new(BIN)
+        .args(["submit", "-b", &url, "1"])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&url) && err.contains("certificate"), "{err}");
+}

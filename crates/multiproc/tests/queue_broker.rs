@@ -243,11 +243,9 @@ fn an_unreachable_broker_is_a_prompt_error_naming_its_url() {
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.to_string().contains(&url), "{err}");
-    for bad in ["http://example.com", "rediss://127.0.0.1:1/0"] {
-        let err = Queue::<u32>::connect(bad, "x").unwrap_err();
-        assert!(err.to_string().contains("bad broker URL"), "{bad}: {err}");
-        assert!(err.to_string().contains(bad), "{bad}: {err}");
-    }
+    let err = Queue::<u32>::connect("http://example.com", "x").unwrap_err();
+    assert!(err.to_string().contains("bad broker URL"), "{err}");
+    assert!(err.to_string().contains("http://example.com"), "{err}");
     let err = Queue::<u32>::builder().broker(url).build().unwrap_err();
     assert!(err.to_string().contains("needs a name"), "{err}");
 }

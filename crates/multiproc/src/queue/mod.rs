@@ -145,9 +145,10 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
-    /// Put the queue on a broker instead of in shared memory: `redis://host:port/db` or
-    /// `redis+unix:///path/to/socket` (TLS, `rediss://`, is not built in yet). Items travel as
-    /// JSON, so other languages can take part (the entry format is in `docs/broker.md`).
+    /// Put the queue on a broker instead of in shared memory: `redis://host:port/db`,
+    /// `rediss://…` (TLS; the certificate is checked against the system's roots or
+    /// `SSL_CERT_FILE`) or `redis+unix:///path/to/socket`. Items travel as JSON, so other
+    /// languages can take part (the entry format is in `docs/broker.md`).
     pub fn broker(mut self, url: impl Into<String>) -> Self {
         self.broker = Some(url.into());
         self

@@ -15,6 +15,10 @@
 //! held. An entry delivered more than `max_deliveries` times, or one that does not decode, goes
 //! to the dead-letter stream instead of to the caller.
 //!
+//! # TLS
+//! `rediss://` connects with rustls, checking the server's certificate against the system's
+//! roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` point elsewhere, as for OpenSSL).
+//!
 //! # Failures
 //! A connection that breaks is opened again with back-off until the call's deadline (for ever
 //! for a call without one), so a broker that restarts (with `appendonly yes`, nothing is lost)
@@ -131,6 +135,11 @@ impl RedisQueue {
         let what = format!("queue {name:?} at {}", redact(url));
         if name.is_empty() || name.len() > 1024 {
             return Err(Error::invalid(what, "a queue name must be 1 to 1024 bytes"));
+        }
+        if url.starts_with("rediss://") {
+            // rustls needs a crypto provider chosen once per process; ring is ours. Another
+            // one installed first (by the application) is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let client = Client::open(url)
             .map_err(|e| Error::invalid(what.clone(), format!("bad broker URL: {e}")))?;

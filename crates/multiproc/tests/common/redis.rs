@@ -14,6 +14,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     pub port: u16,
+    /// With [`start_tls`](Self::start_tls): the TLS port (certificate for `localhost`).
+    pub tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -34,9 +36,55 @@ impl RedisServer {
             child: None,
             dir,
             port,
+            tls_port: None,
         };
         server.launch();
         Some(server)
+    }
+
+    /// Like [`start`](Self::start), also serving TLS on another port with a certificate for
+    /// `localhost` signed by a CA of its own ([`ca_file`](Self::ca_file)); `None` with a
+    /// printed reason without `openssl`.
+    pub fn start_tls() -> Option<RedisServer> {
+        let mut server = RedisServer::start()?;
+        let dir = server.dir.clone();
+        let sh = format!(
+            "cd {} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem \
+             -days 2 -subj /CN=multiproc-test-ca && \
+             openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+             -subj /CN=localhost && \
+             printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' \
+             > ext.cnf && \
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -out server.pem -days 2 -extfile ext.cnf",
+            dir.display()
+        );
+        let made = Command::new("sh").args(["-c", &sh]).output();
+        if !made.is_ok_and(|o| o.status.success()) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openssl could not make certificates"
+            );
+            eprintln!("skipped: openssl could not make certificates");
+            return None;
+        }
+        if let Some(mut c) = server.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        server.tls_port = Some(free_port());
+        server.launch();
+        Some(server)
+    }
+
+    /// The CA that signed the TLS certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `rediss://localhost:TLS_PORT/0`.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://localhost:{p}/0"))
     }
 
     fn launch(&mut self) {
@@ -53,6 +101,7 @@ impl RedisServer {
                 "",
             ])
             .args(["--maxmemory-policy", "noeviction"])
+            .args(self.tls_args())
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -65,6 +114,25 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not come up");
             std::thread::park_timeout(Duration::from_millis(20));
         }
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let Some(port) = self.tls_port else {
+            return Vec::new();
+        };
+        let file = |name: &str| self.dir.join(name).display().to_string();
+        vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.pem"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 
     /// Answers PING with PONG (and has finished loading its data).
