@@ -66,10 +66,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("multiproc: {err:#}");
+            eprintln!("multiproc: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: the library's errors already show their source in
+/// their own message, which a plain `{:#}` would print twice.
+pub(crate) fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -83,5 +100,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dead(args) => broker::dead(args),
         // Handled in `main`, which owns the exit status.
         Command::Run(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn each_cause_is_told_once() {
+        let io = std::io::Error::other("refused");
+        let err = anyhow::Error::new(io).context("connection to h: refused");
+        assert_eq!(describe(&err), "connection to h: refused");
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&err), "outer: inner");
     }
 }

@@ -305,7 +305,7 @@ pub(crate) fn main(args: Run) -> ExitCode {
     match configure(args).and_then(exec::run) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("multiproc: {err:#}");
+            eprintln!("multiproc: {}", crate::describe(&err));
             ExitCode::from(255)
         }
     }
