@@ -70,9 +70,18 @@ impl Hosts {
                 && ip(&["-n", &hosts.master, "link", "set", &m_end, "up"])
                 && ip(&["-n", w, "link", "set", &w_end, "up"])
                 && ip(&["-n", w, "link", "set", "lo", "up"]);
-            assert!(ok, "could not link namespace {w}");
+            if !ok {
+                // Namespaces but no veth links (a container without the module): skip, and
+                // take away a pair that stayed in this namespace.
+                ip(&["link", "del", &m_end]);
+                eprintln!("skipped: cannot link namespace {w} to the master's (veth)");
+                return None;
+            }
         }
-        assert!(ip(&["-n", &hosts.master, "link", "set", "lo", "up"]));
+        if !ip(&["-n", &hosts.master, "link", "set", "lo", "up"]) {
+            eprintln!("skipped: cannot bring up the master namespace's loopback");
+            return None;
+        }
         Some(hosts)
     }
 
