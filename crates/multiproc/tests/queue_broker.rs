@@ -307,3 +307,29 @@ fn a_bounded_broker_queue_refuses_past_maxsize() {
     );
     assert_eq!(q.get_timeout(LONG).unwrap(), 1);
 }
+
+#[test]
+fn acknowledgements_reach_the_broker_with_the_next_read_or_when_the_handle_goes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let producer: JoinableQueue<u8> = JoinableQueue::connect(&redis.url(), "acks").unwrap();
+    for n in 0..3 {
+        producer.put(n).unwrap();
+    }
+    let consumer: JoinableQueue<u8> = JoinableQueue::connect(&redis.url(), "acks").unwrap();
+    assert_eq!(consumer.get_timeout(LONG).unwrap(), 0);
+    consumer.task_done().unwrap();
+    // The next read carries the first acknowledgement.
+    assert_eq!(consumer.get_timeout(LONG).unwrap(), 1);
+    assert_eq!(redis.cli_text(&["XLEN", "acks"]), "2");
+    consumer.task_done().unwrap();
+    // Asking the broker anything through the handle sends it too.
+    assert_eq!(consumer.unfinished().unwrap(), 1);
+    assert_eq!(consumer.get_timeout(LONG).unwrap(), 2);
+    consumer.task_done().unwrap();
+    // The last one goes when the handle is dropped.
+    drop(consumer);
+    producer.join_timeout(LONG).unwrap();
+    assert_eq!(producer.unfinished().unwrap(), 0);
+}

@@ -690,7 +690,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Queue::connect_manager(address, authkey, typeid).map(|queue| JoinableQueue { queue })
     }
 
-    /// Marks one item as done (on a broker: acknowledges the oldest item this handle took).
+    /// Marks one item as done (on a broker: acknowledges the oldest item this handle took; the
+    /// acknowledgement goes to the broker with this handle's next call, usually the next
+    /// `get`, or when the handle is dropped).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if more items were marked

@@ -92,6 +92,11 @@ struct Keys {
     errors: String,
 }
 
+/// Entry ids a handle took and has not finished, oldest first.
+type Leases = Arc<Mutex<VecDeque<String>>>;
+/// Entry ids a handle finished and has not acknowledged to the broker yet.
+type Acks = Arc<Mutex<Vec<String>>>;
+
 /// A queue on a Redis stream.
 pub(super) struct RedisQueue {
     client: Client,
@@ -105,7 +110,11 @@ pub(super) struct RedisQueue {
     /// hold up another thread's `put` or `task_done` on the same handle.
     reader: Mutex<Option<Connection>>,
     /// Entries this handle took and has not finished, oldest first.
-    leases: Arc<Mutex<VecDeque<String>>>,
+    leases: Leases,
+    /// Entries finished here whose acknowledgement goes with the next read (or any other
+    /// call to the broker on this handle): one round trip per item instead of two. Their
+    /// leases are renewed meanwhile.
+    acks: Acks,
     closed: super::Closed,
     /// Dropping the sender stops the lease-renewing thread.
     renewer: Mutex<Option<mpsc::Sender<()>>>,
@@ -160,6 +169,7 @@ impl RedisQueue {
             conn: Mutex::new(Some(conn)),
             reader: Mutex::new(None),
             leases: Arc::new(Mutex::new(VecDeque::new())),
+            acks: Arc::new(Mutex::new(Vec::new())),
             closed: super::Closed::default(),
             renewer: Mutex::new(None),
             last_claim: Mutex::new(None),
@@ -290,7 +300,10 @@ impl RedisQueue {
                             Some(d.saturating_duration_since(Instant::now()).min(READ_SLICE))
                         }
                     };
-                    let entry = self.with_conn_on(&self.reader, deadline, |c| {
+                    // Acknowledgements waiting here go in the same round trip as the read.
+                    let acks =
+                        std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+                    let read = self.with_conn_on(&self.reader, deadline, |c| {
                         let mut cmd = redis::cmd("XREADGROUP");
                         cmd.arg("GROUP")
                             .arg(GROUP)
@@ -302,7 +315,14 @@ impl RedisQueue {
                             c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
                         }
                         cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
-                        let reply = cmd.query::<Value>(c);
+                        let reply = if acks.is_empty() {
+                            cmd.query::<Value>(c)
+                        } else {
+                            let mut pipe = redis::pipe();
+                            self.add_acks(&mut pipe, &acks);
+                            pipe.add_command(cmd);
+                            pipe.query::<(Value,)>(c).map(|(v,)| v)
+                        };
                         c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
                         match reply {
                             Err(e) if e.code() == Some("NOGROUP") => {
@@ -312,7 +332,17 @@ impl RedisQueue {
                             }
                             other => Ok(parse_read(other?)),
                         }
-                    })?;
+                    });
+                    let entry = match read {
+                        Ok(entry) => entry,
+                        Err(e) => {
+                            self.acks
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .extend(acks);
+                            return Err(e);
+                        }
+                    };
                     if entry.is_none() {
                         // Nothing new: look for expired leases on the next round.
                         *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -451,7 +481,42 @@ impl RedisQueue {
 
     pub(super) fn task_done(&self) -> Result<()> {
         let id = self.oldest_lease("task_done")?;
-        self.finish(&id, None)
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        Ok(())
+    }
+
+    /// Sends the acknowledgements waiting in `acks`.
+    fn flush_acks(&self, deadline: Option<Instant>) -> Result<()> {
+        let ids = std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sent = self.with_conn(deadline, |c| {
+            let mut pipe = redis::pipe();
+            self.add_acks(&mut pipe, &ids);
+            pipe.query::<()>(c)
+        });
+        if sent.is_err() {
+            // Not lost: sent with the next call, or the entries come back to someone.
+            self.acks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ids);
+        }
+        sent
+    }
+
+    /// Adds to `pipe` what finishes entries `ids`: deleted first, then acknowledged, so that
+    /// an interruption between the two leaves a pending entry the broker knows is gone (the
+    /// next XAUTOCLAIM drops it) rather than an acknowledged one left in the stream for ever.
+    fn add_acks(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
+        pipe.cmd("XDEL").arg(&self.keys.stream).arg(ids).ignore();
+        pipe.cmd("XACK")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg(ids)
+            .ignore();
+        pipe.cmd("HDEL").arg(&self.keys.errors).arg(ids).ignore();
     }
 
     /// Acknowledges entry `id` and removes it (and its recorded error).
@@ -503,6 +568,7 @@ impl RedisQueue {
     /// Items not yet taken by any consumer.
     pub(super) fn waiting(&self) -> Result<usize> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.flush_acks(deadline)?;
         self.with_conn(deadline, |c| {
             let (len, pending): (usize, Value) = redis::pipe()
                 .cmd("XLEN")
@@ -522,6 +588,7 @@ impl RedisQueue {
     /// Entries in the stream: not taken, or taken and not finished.
     pub(super) fn unfinished(&self) -> Result<u64> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.flush_acks(deadline)?;
         self.with_conn(deadline, |c| {
             redis::cmd("XLEN").arg(&self.keys.stream).query(c)
         })
@@ -543,6 +610,7 @@ impl RedisQueue {
     }
 
     pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
+        self.flush_acks(deadline)?;
         loop {
             let left: u64 = self.with_conn(deadline, |c| {
                 redis::cmd("XLEN").arg(&self.keys.stream).query(c)
@@ -559,6 +627,7 @@ impl RedisQueue {
     /// See [`QueueAdmin::status_with_lease`](super::QueueAdmin::status_with_lease).
     pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.flush_acks(deadline)?;
         let (len, pending, dead, consumers): (u64, Value, u64, Value) =
             self.with_conn(deadline, |c| {
                 redis::pipe()
@@ -762,13 +831,14 @@ impl RedisQueue {
         }
         let (stop, stopped) = mpsc::channel::<()>();
         let leases = self.leases.clone();
+        let acks = self.acks.clone();
         let client = self.client.clone();
         let stream = self.keys.stream.clone();
         let consumer = self.consumer.clone();
         let every = self.settings.lease / 3;
         let spawned = std::thread::Builder::new()
             .name("multiproc-lease".into())
-            .spawn(move || renew_leases(client, stream, consumer, leases, every, stopped));
+            .spawn(move || renew_leases(client, stream, consumer, (leases, acks), every, stopped));
         if spawned.is_ok() {
             *renewer = Some(stop);
         }
@@ -777,6 +847,8 @@ impl RedisQueue {
 
 impl Drop for RedisQueue {
     fn drop(&mut self) {
+        // Best effort: unsent acknowledgements otherwise come back as redeliveries.
+        let _ = self.flush_acks(Some(Instant::now() + COMMAND_TIMEOUT));
         // Ends the renewer; leases still held run out and their items go to other consumers.
         self.renewer
             .lock()
@@ -791,18 +863,24 @@ fn renew_leases(
     client: Client,
     stream: String,
     consumer: String,
-    leases: Arc<Mutex<VecDeque<String>>>,
+    (leases, acks): (Leases, Acks),
     every: Duration,
     stopped: mpsc::Receiver<()>,
 ) {
     let mut conn: Option<Connection> = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-        let ids: Vec<String> = leases
+        let mut ids: Vec<String> = leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .cloned()
             .collect();
+        ids.extend(
+            acks.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         if ids.is_empty() {
             continue;
         }
