@@ -1115,3 +1115,33 @@ fn dry_run_runs_nothing() {
     assert_eq!(out.out, "touch f1\ntouch f2\n");
     assert!(!dir.join("f1").exists());
 }
+
+/// Without `$SHELL` or `$PARALLEL_SHELL`, jobs run in the shell that started the runner, found
+/// up the process tree, as GNU parallel does (dash's `echo` would turn `a\b` into a backspace).
+#[test]
+fn jobs_run_in_the_shell_that_started_the_runner() {
+    for shell in ["/bin/bash", "/bin/dash"] {
+        if !Path::new(shell).exists() {
+            eprintln!("{shell} is not installed: that case is skipped");
+            continue;
+        }
+        let real = std::fs::canonicalize(shell).expect("canonicalize shell");
+        // `; exit` keeps the shell from exec'ing the runner in its own place; the job's `$$`
+        // is its shell, still waiting for the command substitution.
+        let out = Command::new(shell)
+            .arg("-c")
+            .arg(r#""$0" run -k 'x={}; echo $(readlink /proc/$$/exe)' ::: 1; exit $?"#)
+            .arg(bin())
+            .env_remove("SHELL")
+            .env_remove("PARALLEL_SHELL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the shell");
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            real.to_string_lossy(),
+            "{shell}"
+        );
+    }
+}

@@ -279,13 +279,22 @@ pub(crate) fn parse_jobs(s: &str, cpus: usize) -> anyhow::Result<Option<usize>> 
     Ok(Some(n))
 }
 
-/// The shell jobs run in: `$PARALLEL_SHELL`, else `$SHELL` when it is a Bourne-like shell
-/// (our quoting is for those), else `/bin/sh`.
+/// Bourne-like shells: the quoting of values is written for these.
+const BOURNE: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "lksh", "pdksh", "ash", "yash", "posh",
+    "rbash",
+];
+
+/// The shell jobs run in, chosen as GNU parallel chooses it: `$PARALLEL_SHELL`, else the
+/// nearest shell among our ancestors, else `$SHELL`, else `/bin/sh`. A shell that is not
+/// Bourne-like (csh, fish…) is passed over: our quoting is for Bourne shells.
 fn shell() -> OsString {
     if let Some(s) = std::env::var_os("PARALLEL_SHELL").filter(|s| !s.is_empty()) {
         return s;
     }
-    const BOURNE: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash"];
+    if let Some(s) = parent_shell() {
+        return s;
+    }
     if let Some(s) = std::env::var_os("SHELL") {
         let path = std::path::Path::new(&s);
         if path.is_absolute()
@@ -298,6 +307,76 @@ fn shell() -> OsString {
         }
     }
     OsString::from("/bin/sh")
+}
+
+/// The name of the shell `argv0` says it is, as a login shell (`-bash`) or by path
+/// (`/usr/bin/bash`); `None` when it is no shell at all (`bashful`, `/bin/sshd`).
+fn shell_name(argv0: &str) -> Option<&str> {
+    let name = argv0.strip_prefix('-').unwrap_or(argv0);
+    let name = name.rsplit('/').next().unwrap_or(name);
+    const OTHERS: &[&str] = &[
+        "csh",
+        "tcsh",
+        "bsd-csh",
+        "fish",
+        "rc",
+        "rush",
+        "sash",
+        "fdsh",
+        "fizsh",
+        "rzsh",
+        "static-sh",
+    ];
+    (BOURNE.contains(&name) || OTHERS.contains(&name)).then_some(name)
+}
+
+/// The nearest ancestor process that is a shell, when it is a Bourne-like one: its
+/// executable (`/proc/PID/exe`), or the name found on `$PATH`.
+#[cfg(target_os = "linux")]
+fn parent_shell() -> Option<OsString> {
+    let mut pid = std::os::unix::process::parent_id();
+    // A cycle is impossible in a process tree, but the walk is bounded all the same.
+    for _ in 0..64 {
+        if pid <= 1 {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        if let Some(name) = std::str::from_utf8(argv0).ok().and_then(shell_name) {
+            if !BOURNE.contains(&name) {
+                return None;
+            }
+            return std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(OsString::from)
+                .or_else(|| on_path(name));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so read after the last ')'.
+        pid = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn parent_shell() -> Option<OsString> {
+    None
+}
+
+/// `name` looked up on `$PATH`.
+#[cfg(target_os = "linux")]
+fn on_path(name: &str) -> Option<OsString> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .map(OsString::from)
 }
 
 /// Runs `multiproc run`; returns its exit status (255 after printing any error).
@@ -435,6 +514,22 @@ fn configure(a: Run) -> anyhow::Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_names_from_argv0() {
+        for (argv0, name) in [
+            ("bash", "bash"),
+            ("-bash", "bash"),
+            ("/usr/bin/dash", "dash"),
+            ("-/bin/zsh", "zsh"),
+            ("tcsh", "tcsh"),
+        ] {
+            assert_eq!(shell_name(argv0), Some(name), "{argv0}");
+        }
+        for not_shell in ["bashful", "/usr/sbin/sshd", "flush", "cargo", "", "/"] {
+            assert_eq!(shell_name(not_shell), None, "{not_shell}");
+        }
+    }
 
     #[test]
     fn durations() {
