@@ -21,6 +21,8 @@ fn items_travel_as_json_entries_that_any_client_can_read() {
     for url in [redis.url(), redis.unix_url()] {
         let q: Queue<(u32, String)> = Queue::connect(&url, "words").unwrap();
         q.put((1, "one".to_string())).unwrap();
+        // A put does not wait for the broker's reply; `flush` does.
+        q.flush().unwrap();
         let raw = redis.cli_text(&["XRANGE", "words", "-", "+"]);
         assert!(raw.contains("codec\njson\nbody\n[1,\"one\"]"), "{raw}");
         assert_eq!(q.len(), 1);
@@ -267,13 +269,21 @@ fn a_broker_restart_loses_no_item() {
         })
         .collect();
     redis.restart(|| {
-        // While the broker is down a blocking get waits for it instead of failing.
-        assert_eq!(
-            q.get_timeout(Duration::from_millis(300))
-                .unwrap_err()
-                .kind(),
-            ErrorKind::Io
-        );
+        // While the broker is down the entries read ahead are still handed out (their
+        // acknowledgements wait), then a blocking get waits for it instead of failing.
+        for _ in 0..=16 {
+            match q.get_timeout(Duration::from_millis(300)) {
+                Ok(n) => {
+                    got.push(n);
+                    q.task_done().unwrap();
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+                    return;
+                }
+            }
+        }
+        panic!("more entries handed out than a read takes");
     });
     while got.len() < 100 {
         got.push(q.get_timeout(LONG).unwrap());
@@ -332,4 +342,106 @@ fn acknowledgements_reach_the_broker_with_the_next_read_or_when_the_handle_goes(
     drop(consumer);
     producer.join_timeout(LONG).unwrap();
     assert_eq!(producer.unfinished().unwrap(), 0);
+}
+
+#[test]
+fn puts_go_without_waiting_and_an_item_the_broker_refused_is_reported() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let producer: Queue<u32> = Queue::connect(&redis.url(), "fast").unwrap();
+    let consumer: Queue<u32> = Queue::connect(&redis.url(), "fast").unwrap();
+    // More puts than may wait for their replies: the older ones are confirmed on the way.
+    for n in 0..1000 {
+        producer.put(n).unwrap();
+    }
+    let got: Vec<u32> = (0..1000)
+        .map(|_| consumer.get_timeout(LONG).unwrap())
+        .collect();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    producer.flush().unwrap();
+
+    // Out of memory: the broker refuses the write, and the producer hears of it.
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    producer.put(1000).unwrap();
+    let refused = producer.flush().unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Remote, "{refused}");
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    producer.put(1001).unwrap();
+    producer.flush().unwrap();
+    assert_eq!(consumer.get_timeout(LONG).unwrap(), 1001);
+    assert_eq!(consumer.try_get().unwrap_err().kind(), ErrorKind::Empty);
+}
+
+#[test]
+fn puts_whose_connection_broke_before_their_reply_are_written_again() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let q: Queue<u32> = Queue::connect(&redis.url(), "again").unwrap();
+    for n in 0..10 {
+        q.put(n).unwrap();
+    }
+    // Every client connection is cut, ours with ten replies unread.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    for n in 10..20 {
+        q.put(n).unwrap();
+    }
+    q.flush().unwrap();
+    // At least once: each item is there, some perhaps twice.
+    let mut got = BTreeMap::<u32, u32>::new();
+    while let Ok(n) = q.try_get() {
+        *got.entry(n).or_default() += 1;
+    }
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert!(got.values().all(|&times| times <= 2), "{got:?}");
+}
+
+#[test]
+fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let producer: Queue<u32> = Queue::connect(&redis.url(), "ahead").unwrap();
+    for n in 0..40 {
+        producer.put(n).unwrap();
+    }
+    producer.flush().unwrap();
+    // A long lease: what is given back must not wait for it to run out.
+    let consumer = |max_deliveries| {
+        Queue::<u32>::builder()
+            .broker(redis.url())
+            .name("ahead")
+            .lease(Duration::from_secs(60))
+            .max_deliveries(max_deliveries)
+            .build_joinable()
+            .unwrap()
+    };
+    let quick = consumer(5);
+    for n in 0..4 {
+        assert_eq!(quick.get_timeout(LONG).unwrap(), n);
+        quick.task_done().unwrap();
+    }
+    // It took more from the broker than it handed out.
+    let pending = redis.cli_text(&["XPENDING", "ahead", "multiproc"]);
+    let held: u32 = pending.lines().next().unwrap().parse().unwrap();
+    assert!(held > 1, "nothing was read ahead: {pending}");
+    drop(quick);
+    // The rest go to the next consumer at once, their delivery not counted: with at most
+    // one delivery allowed, none is dead-lettered.
+    let next = consumer(1);
+    let mut rest: Vec<u32> = (4..40)
+        .map(|_| {
+            let n = next.get_timeout(Duration::from_secs(10)).unwrap();
+            next.task_done().unwrap();
+            n
+        })
+        .collect();
+    rest.sort_unstable();
+    assert_eq!(rest, (4..40).collect::<Vec<_>>());
+    assert_eq!(redis.cli_text(&["XLEN", "ahead:dead"]), "0");
 }

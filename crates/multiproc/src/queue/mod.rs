@@ -451,6 +451,35 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
+    /// Waits until every item put through this handle is stored in the queue, and tells of
+    /// any that could not be.
+    ///
+    /// On a broker, [`put`](Self::put) writes the entry and goes on without waiting for the
+    /// broker's reply (consumers see the item as soon as the broker reads it); replies are
+    /// read in batches, and by this call. Dropping the handle flushes too, but can only log
+    /// what went wrong. In shared memory and on a manager a `put` is stored when it returns,
+    /// and this does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u32>::new()?;
+    /// q.put(1)?;
+    /// q.flush()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the broker refused an item (out of
+    /// memory, say: that item is not queued); [`ErrorKind::Io`](crate::ErrorKind::Io) if it
+    /// cannot be reached before the usual command timeout.
+    pub fn flush(&self) -> Result<()> {
+        match &self.flavor {
+            Flavor::Shm(_) | Flavor::Manager(_) => Ok(()),
+            Flavor::Redis(q) => q.flush(Some(Instant::now() + self::redis::COMMAND_TIMEOUT)),
+        }
+    }
+
     /// Closes this process's handles to the queue: later `put`s and `get`s through them fail
     /// with [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState). Other processes are
     /// not affected, and items already put stay in the queue for them.

@@ -15,6 +15,12 @@
 //! held. An entry delivered more than `max_deliveries` times, or one that does not decode, goes
 //! to the dead-letter stream instead of to the caller.
 //!
+//! # Round trips
+//! A `put` writes its XADD and does not wait for the reply (replies are read in batches, see
+//! [`Link`]); a quick consumer's `get` takes several entries per read (see [`Pace`]); a
+//! `task_done` goes with the next command. A steady stream costs well under one round trip
+//! per item on either side.
+//!
 //! # TLS
 //! `rediss://` connects with rustls, checking the server's certificate against the system's
 //! roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` point elsewhere, as for OpenSSL).
@@ -42,7 +48,7 @@ const CODEC_JSON: &str = "json";
 /// How long the first connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a command (other than a blocking read) may take before the broker counts as gone.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest single blocking read: between two, leases that ran out are looked for.
 const READ_SLICE: Duration = Duration::from_secs(1);
 /// Back-off between reconnection attempts.
@@ -96,6 +102,51 @@ struct Keys {
 type Leases = Arc<Mutex<VecDeque<String>>>;
 /// Entry ids a handle finished and has not acknowledged to the broker yet.
 type Acks = Arc<Mutex<Vec<String>>>;
+/// Entries a handle read ahead and has not handed out yet, oldest first.
+type Prefetched = Arc<Mutex<VecDeque<Entry>>>;
+
+/// The most entries one read takes.
+const PREFETCH_MAX: usize = 16;
+/// How long, at the caller's pace, the entries read ahead may wait here: a caller that takes
+/// 100 µs per item gets 10 at a time, one that takes 1 ms or more gets one.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// How quickly the caller comes back for the next item, which decides how many entries a
+/// read takes: many when items are done quickly (one round trip for several), one at a time
+/// when they take long (no entry waits here behind a long task while another consumer is
+/// idle).
+#[derive(Default)]
+struct Pace {
+    /// When the last item was handed out.
+    handed: Option<Instant>,
+    /// A moving average of the time from handing an item out to the next `get`.
+    busy: Option<Duration>,
+}
+
+impl Pace {
+    /// Notes a `get`: the time since the last item was handed out is how long it took.
+    fn asked(&mut self) {
+        if let Some(handed) = self.handed.take() {
+            let took = handed.elapsed();
+            self.busy = Some(self.busy.map_or(took, |b| (b * 3 + took) / 4));
+        }
+    }
+
+    /// Notes that an item was handed out.
+    fn handed(&mut self) {
+        self.handed = Some(Instant::now());
+    }
+
+    /// How many entries the next read may take.
+    fn batch(&self) -> usize {
+        self.busy.map_or(1, |busy| {
+            let n = PREFETCH_WINDOW.as_nanos() / busy.as_nanos().max(1);
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .clamp(1, PREFETCH_MAX)
+        })
+    }
+}
 
 /// A queue on a Redis stream.
 pub(super) struct RedisQueue {
@@ -105,22 +156,96 @@ pub(super) struct RedisQueue {
     keys: Keys,
     consumer: String,
     settings: BrokerSettings,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Link>,
     /// A second connection for blocking reads, so that a thread waiting in `get` does not
     /// hold up another thread's `put` or `task_done` on the same handle.
-    reader: Mutex<Option<Connection>>,
+    reader: Mutex<Link>,
     /// Entries this handle took and has not finished, oldest first.
     leases: Leases,
     /// Entries finished here whose acknowledgement goes with the next read (or any other
     /// call to the broker on this handle): one round trip per item instead of two. Their
     /// leases are renewed meanwhile.
     acks: Acks,
+    /// Entries a read took beyond the one it handed out (see [`Pace`]): leased to this handle
+    /// (and renewed) until a later `get` hands them out, or given back when it is dropped.
+    prefetched: Prefetched,
+    pace: Mutex<Pace>,
     closed: super::Closed,
     /// Dropping the sender stops the lease-renewing thread.
     renewer: Mutex<Option<mpsc::Sender<()>>>,
     /// When `get` last looked for entries whose lease ran out (it does so every quarter
     /// lease, and whenever no new entry came, not before every read).
     last_claim: Mutex<Option<Instant>>,
+}
+
+/// A connection to the broker (made when first needed) and the puts written on it whose
+/// replies have not been read.
+///
+/// A `put` writes its XADD and goes on: the entry is on its way to the broker (and visible to
+/// consumers as soon as the broker reads it) without the producer waiting a round trip for
+/// the reply. Replies are read in batches: once [`UNCONFIRMED_MAX`] are outstanding (the
+/// older half, which have long arrived), before any other command on the connection, by
+/// `flush` and on drop.
+#[derive(Default)]
+struct Link {
+    conn: Option<Connection>,
+    /// The packed XADDs written and not yet confirmed, oldest first. On a new connection
+    /// they are written again: an entry whose reply was lost with the old connection may
+    /// then be stored twice (at least once, as everywhere on a broker).
+    unconfirmed: VecDeque<Vec<u8>>,
+    /// Puts the broker refused, told by the next `put` or `flush` (the call that learnt of
+    /// them may be another): how many, and the first reason.
+    refused: Option<(usize, String)>,
+}
+
+/// How many puts may wait for their replies; past it, the older half are read.
+const UNCONFIRMED_MAX: usize = 256;
+
+impl Link {
+    /// The connection, made if there is none (writing the unconfirmed puts on it again).
+    fn connection(&mut self, client: &Client) -> redis::RedisResult<&mut Connection> {
+        let c = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let mut c = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                if !self.unconfirmed.is_empty() {
+                    let again: Vec<u8> = self.unconfirmed.iter().flatten().copied().collect();
+                    c.send_packed_command(&again)?;
+                }
+                c
+            }
+        };
+        Ok(self.conn.insert(c))
+    }
+
+    /// Reads the replies of the puts written until at most `keep` are outstanding.
+    fn confirm(&mut self, keep: usize) -> redis::RedisResult<()> {
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        while self.unconfirmed.len() > keep {
+            if let Value::ServerError(e) = c.recv_response()? {
+                let refused = self.refused.get_or_insert_with(|| (0, e.to_string()));
+                refused.0 += 1;
+            }
+            self.unconfirmed.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Takes the news of refused puts, as an error.
+    fn take_refused(&mut self, what: &str) -> Result<()> {
+        match self.refused.take() {
+            None => Ok(()),
+            Some((n, reason)) => Err(Error::Remote {
+                what: what.to_string(),
+                detail: format!(
+                    "the broker refused {n} earlier put(s), whose items are not queued: {reason}"
+                ),
+            }),
+        }
+    }
 }
 
 /// An entry read from the stream.
@@ -154,6 +279,7 @@ impl RedisQueue {
             .map_err(|e| Error::invalid(what.clone(), format!("bad broker URL: {e}")))?;
         let conn = client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
             .map_err(|e| broker_error(&what, "cannot connect", e))?;
         let queue = RedisQueue {
             client,
@@ -166,10 +292,15 @@ impl RedisQueue {
             },
             consumer: consumer_name(),
             settings,
-            conn: Mutex::new(Some(conn)),
-            reader: Mutex::new(None),
+            conn: Mutex::new(Link {
+                conn: Some(conn),
+                ..Link::default()
+            }),
+            reader: Mutex::new(Link::default()),
             leases: Arc::new(Mutex::new(VecDeque::new())),
             acks: Arc::new(Mutex::new(Vec::new())),
+            prefetched: Arc::new(Mutex::new(VecDeque::new())),
+            pace: Mutex::new(Pace::default()),
             closed: super::Closed::default(),
             renewer: Mutex::new(None),
             last_claim: Mutex::new(None),
@@ -237,19 +368,20 @@ impl RedisQueue {
         self.check_open()?;
         let body = serde_json::to_vec(item)
             .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.stream)
+            .arg("*")
+            .arg("codec")
+            .arg(CODEC_JSON)
+            .arg("body")
+            .arg(&body);
+        if self.settings.maxsize == 0 {
+            return self.send_put(xadd.get_packed_command(), deadline);
+        }
         loop {
-            if self.settings.maxsize == 0 || !self.is_full_until(deadline)? {
-                return self.with_conn(deadline, |c| {
-                    redis::cmd("XADD")
-                        .arg(&self.keys.stream)
-                        .arg("*")
-                        .arg("codec")
-                        .arg(CODEC_JSON)
-                        .arg("body")
-                        .arg(&body)
-                        .query::<Value>(c)
-                        .map(drop)
-                });
+            // A bounded queue's put waits for its reply: the next one looks at the length.
+            if !self.is_full_until(deadline)? {
+                return self.with_conn(deadline, |c| xadd.query::<Value>(c).map(drop));
             }
             if !block {
                 return Err(Error::Full { what: self.what() });
@@ -260,16 +392,54 @@ impl RedisQueue {
         }
     }
 
+    /// Writes the put `packed` without waiting for its reply (see [`Link`]); tells of puts
+    /// refused earlier.
+    fn send_put(&self, mut packed: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        let mut link = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.retrying(&mut link, deadline, |link| {
+            link.connection(&self.client)?
+                .send_packed_command(&packed)?;
+            // Written: from here on it is the link's to confirm (or to write again).
+            link.unconfirmed.push_back(std::mem::take(&mut packed));
+            Ok(())
+        })?;
+        if link.unconfirmed.len() >= UNCONFIRMED_MAX {
+            self.retrying(&mut link, deadline, |link| {
+                link.connection(&self.client)?;
+                link.confirm(UNCONFIRMED_MAX / 2)
+            })?;
+        }
+        link.take_refused(&self.what())
+    }
+
+    /// Waits until the broker has stored every item put through this handle; an item it
+    /// refused is an error.
+    pub(super) fn flush(&self, deadline: Option<Instant>) -> Result<()> {
+        self.with_conn(deadline, |_| Ok(()))?;
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_refused(&self.what())
+    }
+
     pub(super) fn get_until<T: DeserializeOwned>(
         &self,
         deadline: Option<Instant>,
         block: bool,
         waited: Duration,
     ) -> Result<T> {
+        self.lock_pace().asked();
         loop {
             self.check_open()?;
+            let ahead = self.lock_prefetched().pop_front();
+            if let Some(entry) = ahead {
+                match self.hand_out(entry, 1, deadline)? {
+                    Some(item) => return Ok(item),
+                    None => continue,
+                }
+            }
             let lease_ms = self.settings.lease.as_millis() as u64;
-            // First an entry whose lease ran out (now and then), then a new one.
+            // First an entry whose lease ran out (now and then), then new ones.
             let claim = self.claim_due();
             let claimed = if claim {
                 self.with_conn(deadline, |c| {
@@ -289,6 +459,8 @@ impl RedisQueue {
             };
             let (entry, deliveries) = match claimed {
                 Some(entry) => {
+                    // There may be more: the next `get` looks again before reading new ones.
+                    *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     let deliveries = self.deliveries(&entry.id, deadline)?;
                     (Some(entry), deliveries)
                 }
@@ -303,13 +475,14 @@ impl RedisQueue {
                     // Acknowledgements waiting here go in the same round trip as the read.
                     let acks =
                         std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+                    let batch = self.lock_pace().batch();
                     let read = self.with_conn_on(&self.reader, deadline, |c| {
                         let mut cmd = redis::cmd("XREADGROUP");
                         cmd.arg("GROUP")
                             .arg(GROUP)
                             .arg(&self.consumer)
                             .arg("COUNT")
-                            .arg(1);
+                            .arg(batch);
                         if let Some(slice) = slice.filter(|s| !s.is_zero()) {
                             cmd.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
                             c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
@@ -328,13 +501,23 @@ impl RedisQueue {
                             Err(e) if e.code() == Some("NOGROUP") => {
                                 // The broker lost the group (restarted without persistence).
                                 create_group(c, &self.keys.stream)?;
-                                Ok(None)
+                                Ok(Vec::new())
                             }
                             other => Ok(parse_read(other?)),
                         }
                     });
                     let entry = match read {
-                        Ok(entry) => entry,
+                        Ok(entries) => {
+                            let mut entries = entries.into_iter();
+                            let first = entries.next();
+                            let mut ahead = self.lock_prefetched();
+                            ahead.extend(entries);
+                            if !ahead.is_empty() {
+                                drop(ahead);
+                                self.start_renewer();
+                            }
+                            first
+                        }
                         Err(e) => {
                             self.acks
                                 .lock()
@@ -350,29 +533,10 @@ impl RedisQueue {
                     (entry, 1)
                 }
             };
-            if let Some(entry) = entry {
-                if deliveries > self.settings.max_deliveries {
-                    let reason = self
-                        .last_error(&entry.id, deadline)?
-                        .unwrap_or_else(|| "its lease ran out each time (consumers died?)".into());
-                    self.dead_letter(&entry, &reason, deliveries, deadline)?;
-                    continue;
-                }
-                match decode(&entry) {
-                    Ok(item) if self.settings.joinable => {
-                        self.take_lease(entry.id);
-                        return Ok(item);
-                    }
-                    Ok(item) => {
-                        self.finish(&entry.id, deadline)?;
-                        return Ok(item);
-                    }
-                    Err(reason) => {
-                        tracing::warn!(queue = %self.name, id = %entry.id, %reason, "dead-lettered a malformed entry");
-                        self.dead_letter(&entry, &reason, deliveries, deadline)?;
-                        continue;
-                    }
-                }
+            if let Some(entry) = entry
+                && let Some(item) = self.hand_out(entry, deliveries, deadline)?
+            {
+                return Ok(item);
             }
             // Before giving up, one look for entries given back or left by the dead.
             if !claim {
@@ -386,6 +550,83 @@ impl RedisQueue {
                 });
             }
         }
+    }
+
+    /// The item of `entry`, delivered `deliveries` times, taken (leased or finished); `None`
+    /// if it went to the dead-letter stream instead.
+    fn hand_out<T: DeserializeOwned>(
+        &self,
+        entry: Entry,
+        deliveries: u32,
+        deadline: Option<Instant>,
+    ) -> Result<Option<T>> {
+        if deliveries > self.settings.max_deliveries {
+            let reason = self
+                .last_error(&entry.id, deadline)?
+                .unwrap_or_else(|| "its lease ran out each time (consumers died?)".into());
+            self.dead_letter(&entry, &reason, deliveries, deadline)?;
+            return Ok(None);
+        }
+        match decode(&entry) {
+            Ok(item) => {
+                if self.settings.joinable {
+                    self.take_lease(entry.id);
+                } else {
+                    self.finish(&entry.id, deadline)?;
+                }
+                self.lock_pace().handed();
+                Ok(Some(item))
+            }
+            Err(reason) => {
+                tracing::warn!(queue = %self.name, id = %entry.id, %reason, "dead-lettered a malformed entry");
+                self.dead_letter(&entry, &reason, deliveries, deadline)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn lock_pace(&self) -> MutexGuard<'_, Pace> {
+        self.pace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_prefetched(&self) -> MutexGuard<'_, VecDeque<Entry>> {
+        self.prefetched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives back the entries read ahead and not handed out: in one transaction each goes
+    /// back to the end of the stream as a new entry (consumers waiting for one wake at once,
+    /// which an entry left for XAUTOCLAIM would not do) and the original is acknowledged.
+    /// None of them was ever handed out, so nothing of their history is lost.
+    fn give_back_prefetched(&self, deadline: Option<Instant>) -> Result<()> {
+        // An entry with no fields (none Redis would store) stays pending here: its lease runs
+        // out and the next consumer dead-letters it.
+        let entries: Vec<Entry> = self
+            .lock_prefetched()
+            .drain(..)
+            .filter(|e| !e.fields.is_empty())
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        self.with_conn(deadline, |c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for entry in &entries {
+                let add = pipe.cmd("XADD").arg(&self.keys.stream).arg("*");
+                for (k, v) in &entry.fields {
+                    add.arg(k).arg(v);
+                }
+                add.ignore();
+            }
+            pipe.cmd("XACK")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore();
+            pipe.cmd("XDEL").arg(&self.keys.stream).arg(&ids).ignore();
+            pipe.query::<()>(c)
+        })
     }
 
     /// Whether it is time to look for entries whose lease ran out (and notes that it is).
@@ -786,39 +1027,50 @@ impl RedisQueue {
         self.with_conn_on(&self.conn, deadline, op)
     }
 
-    /// [`with_conn`](Self::with_conn) on the connection in `slot`.
+    /// [`with_conn`](Self::with_conn) on the connection in `slot`, once the replies of the
+    /// puts written on it are read.
     fn with_conn_on<R>(
         &self,
-        slot: &Mutex<Option<Connection>>,
+        slot: &Mutex<Link>,
         deadline: Option<Instant>,
         mut op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        let mut conn = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut link = slot.lock().unwrap_or_else(|p| p.into_inner());
+        self.retrying(&mut link, deadline, |link| {
+            link.connection(&self.client)?;
+            link.confirm(0)?;
+            op(link.conn.as_mut().expect("connected just above"))
+        })
+    }
+
+    /// Runs `op` on `link`, dropping its connection and trying again with back-off while the
+    /// broker cannot be reached, until `deadline`.
+    fn retrying<R>(
+        &self,
+        link: &mut Link,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Link) -> redis::RedisResult<R>,
+    ) -> Result<R> {
         let mut backoff = RECONNECT_FIRST;
         loop {
-            let attempt = match conn.as_mut() {
-                Some(c) => op(c),
-                None => match self.client.get_connection_with_timeout(CONNECT_TIMEOUT) {
-                    Ok(c) => {
-                        let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
-                        tracing::debug!(queue = %self.name, "connected to the broker");
-                        *conn = Some(c);
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            match attempt {
+            match op(link) {
                 Ok(v) => return Ok(v),
                 Err(e) if retriable(&e) => {
-                    *conn = None;
+                    link.conn = None;
                     tracing::warn!(queue = %self.name, error = %e, "broker unreachable; retrying");
                     if !pause_until(deadline, backoff) {
                         return Err(broker_error(&self.what(), "broker unreachable", e));
                     }
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
-                Err(e) => return Err(broker_error(&self.what(), "broker refused", e)),
+                Err(e) => {
+                    // An error the broker did not send (a reply that does not parse…) leaves
+                    // the connection in an unknown state: the next call makes a new one.
+                    if e.code().is_none() {
+                        link.conn = None;
+                    }
+                    return Err(broker_error(&self.what(), "broker refused", e));
+                }
             }
         }
     }
@@ -832,13 +1084,23 @@ impl RedisQueue {
         let (stop, stopped) = mpsc::channel::<()>();
         let leases = self.leases.clone();
         let acks = self.acks.clone();
+        let prefetched = self.prefetched.clone();
         let client = self.client.clone();
         let stream = self.keys.stream.clone();
         let consumer = self.consumer.clone();
         let every = self.settings.lease / 3;
         let spawned = std::thread::Builder::new()
             .name("multiproc-lease".into())
-            .spawn(move || renew_leases(client, stream, consumer, (leases, acks), every, stopped));
+            .spawn(move || {
+                renew_leases(
+                    client,
+                    stream,
+                    consumer,
+                    (leases, acks, prefetched),
+                    every,
+                    stopped,
+                )
+            });
         if spawned.is_ok() {
             *renewer = Some(stop);
         }
@@ -847,8 +1109,16 @@ impl RedisQueue {
 
 impl Drop for RedisQueue {
     fn drop(&mut self) {
-        // Best effort: unsent acknowledgements otherwise come back as redeliveries.
-        let _ = self.flush_acks(Some(Instant::now() + COMMAND_TIMEOUT));
+        // Best effort: unsent acknowledgements otherwise come back as redeliveries, and
+        // unconfirmed puts may still have to be written again.
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let flushed = self
+            .give_back_prefetched(deadline)
+            .and_then(|()| self.flush_acks(deadline))
+            .and_then(|()| self.flush(deadline));
+        if let Err(e) = flushed {
+            tracing::error!(queue = %self.name, error = %e, "dropping a broker queue handle");
+        }
         // Ends the renewer; leases still held run out and their items go to other consumers.
         self.renewer
             .lock()
@@ -863,7 +1133,7 @@ fn renew_leases(
     client: Client,
     stream: String,
     consumer: String,
-    (leases, acks): (Leases, Acks),
+    (leases, acks, prefetched): (Leases, Acks, Prefetched),
     every: Duration,
     stopped: mpsc::Receiver<()>,
 ) {
@@ -880,6 +1150,13 @@ fn renew_leases(
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .cloned(),
+        );
+        ids.extend(
+            prefetched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|e| e.id.clone()),
         );
         if ids.is_empty() {
             continue;
@@ -1072,23 +1349,26 @@ fn parse_entry(v: &Value) -> Option<Entry> {
     Some(Entry { id, fields })
 }
 
-/// XREADGROUP's reply: `[[stream, [entry]]]`, or nil.
-fn parse_read(v: Value) -> Option<Entry> {
+/// XREADGROUP's reply: `[[stream, [entry…]]]`, or nil.
+fn parse_read(v: Value) -> Vec<Entry> {
     let streams = match v {
         Value::Array(s) => s,
         Value::Map(m) => m
             .into_iter()
             .map(|(k, v)| Value::Array(vec![k, v]))
             .collect(),
-        _ => return None,
+        _ => return Vec::new(),
     };
-    let Value::Array(stream) = streams.first()? else {
-        return None;
-    };
-    let Value::Array(entries) = stream.get(1)? else {
-        return None;
-    };
-    entries.first().and_then(parse_entry)
+    let entries = streams.first().and_then(|stream| match stream {
+        Value::Array(stream) => match stream.get(1)? {
+            Value::Array(entries) => Some(entries),
+            _ => None,
+        },
+        _ => None,
+    });
+    entries
+        .map(|entries| entries.iter().filter_map(parse_entry).collect())
+        .unwrap_or_default()
 }
 
 /// XAUTOCLAIM's reply: `[cursor, [entry], [deleted ids]]`.
@@ -1170,9 +1450,10 @@ mod tests {
         ]);
         let read = Value::Array(vec![Value::Array(vec![
             Value::BulkString(b"q".to_vec()),
-            Value::Array(vec![e.clone()]),
+            Value::Array(vec![e.clone(), Value::Nil, e.clone()]),
         ])]);
-        assert_eq!(parse_read(read).unwrap().id, "5-1");
+        let ids: Vec<String> = parse_read(read).into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["5-1", "5-1"]);
         let claim = Value::Array(vec![
             Value::BulkString(b"0-0".to_vec()),
             Value::Array(vec![e]),
@@ -1180,7 +1461,7 @@ mod tests {
         ]);
         assert_eq!(parse_autoclaim(claim).unwrap().id, "5-1");
         for garbage in [Value::Nil, Value::Int(3), Value::Array(vec![Value::Nil])] {
-            assert!(parse_read(garbage.clone()).is_none());
+            assert!(parse_read(garbage.clone()).is_empty());
             assert!(parse_autoclaim(garbage.clone()).is_none());
             assert!(parse_pending_count(garbage).is_none());
         }
