@@ -182,6 +182,13 @@ const BENCHES: &[Bench] = &[
         run: broker::broker_queue,
     },
     Bench {
+        name: "broker_queue_batched",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: true,
+        run: broker::broker_queue,
+    },
+    Bench {
         name: "limit_redis_xadd",
         unit: "op/s",
         better: Better::Higher,
