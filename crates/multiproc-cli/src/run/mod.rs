@@ -61,7 +61,7 @@ pub(crate) struct Run {
     /// valid regular expression).
     #[arg(long, value_name = "REGEX")]
     colsep: Option<String>,
-    /// Run the command directly, not through `$SHELL -c`; values are not quoted then.
+    /// Run the command directly, not through a shell (`sh -c`); values are not quoted then.
     #[arg(long)]
     no_shell: bool,
     /// Kill a job (its whole process group: SIGTERM, then SIGKILL) after DURATION: seconds, or
