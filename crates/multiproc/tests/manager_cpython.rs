@@ -231,6 +231,11 @@ try:
 except ValueError:
     print('ValueError')
 print(list(d), [k for k in d])
+n = m.dict()
+n[1] = 'x'
+n[1.0] = 'y'
+n[(1, 2.0)] = 'z'
+print(len(n), n[True], n[(True, 2)], list(n.keys()), m.list([1, 2.0, 1]).count(1.0))
 "#;
 
 #[test]
@@ -255,7 +260,8 @@ fn cpython_sync_manager_clients_use_a_rust_servers_dict_list_queue_and_lock() {
             said,
             "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n\
              False False\nTrue True\n7\n1 two False\nTrue True None None\n\
-             True True False None None\nValueError\n['a', 'b'] ['a', 'b']\n",
+             True True False None None\nValueError\n['a', 'b'] ['a', 'b']\n\
+             2 y z [1, (1, 2.0)] 2\n",
             "{python:?}"
         );
         running.shutdown();

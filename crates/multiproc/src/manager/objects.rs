@@ -91,7 +91,7 @@ impl DictItems {
     fn hash(&self, k: &Value) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
-        pickle::hash_value(k, &mut h);
+        pickle::py_hash(k, &mut h);
         h.finish()
     }
 
@@ -100,7 +100,7 @@ impl DictItems {
             .get(&self.hash(k))?
             .iter()
             .copied()
-            .find(|&i| pickle::same(&self.items[i].0, k))
+            .find(|&i| pickle::py_eq(&self.items[i].0, k))
     }
 
     fn get(&self, k: &Value) -> Option<&Value> {
@@ -294,7 +294,7 @@ impl ServedList {
             "__len__" => Reply::Return(Value::Int(len)),
             "__contains__" => Reply::Return(Value::Bool(
                 args.first()
-                    .is_some_and(|x| items.iter().any(|v| pickle::same(v, x))),
+                    .is_some_and(|x| items.iter().any(|v| pickle::py_eq(v, x))),
             )),
             "__getitem__" => match index(args.first()) {
                 Some(i) => Reply::Return(items[i].clone()),
@@ -347,19 +347,19 @@ impl ServedList {
             }
             "count" => Reply::Return(Value::Int(
                 args.first()
-                    .map_or(0, |x| items.iter().filter(|v| pickle::same(v, x)).count())
+                    .map_or(0, |x| items.iter().filter(|v| pickle::py_eq(v, x)).count())
                     as i64,
             )),
             "index" => match args
                 .first()
-                .and_then(|x| items.iter().position(|v| pickle::same(v, x)))
+                .and_then(|x| items.iter().position(|v| pickle::py_eq(v, x)))
             {
                 Some(i) => Reply::Return(Value::Int(i as i64)),
                 None => exception("ValueError", vec![Value::str("value is not in list")]),
             },
             "remove" => match args
                 .first()
-                .and_then(|x| items.iter().position(|v| pickle::same(v, x)))
+                .and_then(|x| items.iter().position(|v| pickle::py_eq(v, x)))
             {
                 Some(i) => {
                     items.remove(i);
@@ -875,7 +875,7 @@ mod tests {
             Value::str("a"),
             Value::Tuple(vec![Value::Int(1), Value::str("b")]),
             Value::Float(f64::NAN),
-            Value::Float(1.0),
+            Value::Float(2.5),
         ];
         for (i, k) in keys.iter().enumerate() {
             call(&d, "__setitem__", vec![k.clone(), Value::Int(i as i64)]).unwrap();
@@ -884,7 +884,6 @@ mod tests {
             let got = call(&d, "__getitem__", vec![k.clone()]).unwrap();
             assert!(pickle::same(&got, &Value::Int(i as i64)), "{k}");
         }
-        // 1 and 1.0 are different keys here (structural comparison).
         assert!(matches!(call(&d, "__len__", vec![]), Some(Value::Int(5))));
         call(&d, "__delitem__", vec![keys[1].clone()]).unwrap();
         assert!(
@@ -904,5 +903,61 @@ mod tests {
         for k in &keys[2..] {
             assert!(call(&d, "__getitem__", vec![k.clone()]).is_some(), "{k}");
         }
+    }
+
+    #[test]
+    fn numbers_python_calls_equal_are_one_key() {
+        let d = ServedDict::default();
+        let set = |k: Value, v: i64| call(&d, "__setitem__", vec![k, Value::Int(v)]).unwrap();
+        let get = |k: Value| call(&d, "__getitem__", vec![k]);
+        let two_to_70 = Value::from_i128(1 << 70);
+        set(Value::Int(1), 1);
+        set(Value::Float(1.0), 2);
+        set(Value::Bool(true), 3);
+        set(Value::Tuple(vec![Value::Int(1), Value::Float(2.0)]), 4);
+        set(two_to_70.clone(), 5);
+        set(Value::Float(-0.0), 6);
+        // The key stays the first one set, as in Python: {1: 3, (1, 2.0): 4, …}.
+        let Some(Value::List(keys)) = call(&d, "keys", vec![]) else {
+            panic!("keys")
+        };
+        assert!(pickle::same(&keys[0], &Value::Int(1)), "{keys:?}");
+        assert_eq!(keys.len(), 4, "{keys:?}");
+        assert!(matches!(get(Value::Float(1.0)), Some(Value::Int(3))));
+        let tuple = Value::Tuple(vec![Value::Bool(true), Value::Int(2)]);
+        assert!(matches!(get(tuple), Some(Value::Int(4))));
+        assert!(matches!(
+            get(Value::Float(2f64.powi(70))),
+            Some(Value::Int(5))
+        ));
+        assert!(matches!(get(Value::Int(0)), Some(Value::Int(6))));
+        assert!(matches!(get(Value::Bool(false)), Some(Value::Int(6))));
+        for missing in [
+            Value::Float(0.5),
+            Value::str("1"),
+            Value::Float(f64::NAN),
+            Value::Int(2),
+        ] {
+            assert!(get(missing.clone()).is_none(), "{missing}");
+        }
+        // Lists search the same way.
+        let l = ServedList::from_args(&[Value::List(vec![
+            Value::Int(1),
+            Value::Float(2.0),
+            Value::Int(1),
+        ])]);
+        let ask = |method: &str, x: Value| match l.call(method, &[x]) {
+            Reply::Return(v) => Some(v),
+            _ => None,
+        };
+        assert!(matches!(
+            ask("count", Value::Float(1.0)),
+            Some(Value::Int(2))
+        ));
+        assert!(matches!(ask("index", Value::Int(2)), Some(Value::Int(1))));
+        assert!(matches!(
+            ask("__contains__", Value::Bool(true)),
+            Some(Value::Bool(true))
+        ));
     }
 }

@@ -106,6 +106,69 @@ pub(crate) fn hash_value<H: std::hash::Hasher>(v: &Value, h: &mut H) {
     }
 }
 
+/// A number as Python compares it: `True == 1 == 1.0`, `0.0 == -0.0`.
+#[derive(PartialEq, Eq, Hash)]
+enum Number<'a> {
+    /// An integral value (bools, ints, integral floats within `i128`).
+    Integral(i128),
+    /// A float that is not integral (or beyond `i128`), by its bits (`-0.0` is `Integral`).
+    Float(u64),
+    /// An int beyond `i128`, by its bytes.
+    Big(&'a [u8]),
+}
+
+/// `v` as a [`Number`], if it is one.
+fn number(v: &Value) -> Option<Number<'_>> {
+    Some(match v {
+        Value::Bool(b) => Number::Integral(i128::from(*b)),
+        Value::Int(i) => Number::Integral(i128::from(*i)),
+        Value::BigInt(b) => b
+            .to_i128()
+            .map_or(Number::Big(b.to_le_bytes()), Number::Integral),
+        Value::Float(f) => {
+            // 2^127: every integral float below it in magnitude converts exactly.
+            const LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+            if f.fract() == 0.0 && f.abs() < LIMIT {
+                Number::Integral(*f as i128)
+            } else {
+                Number::Float(f.to_bits())
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Hashes `v` so that values equal under [`py_eq`] hash alike.
+pub(crate) fn py_hash<H: std::hash::Hasher>(v: &Value, h: &mut H) {
+    use std::hash::Hash;
+    match (number(v), v) {
+        (Some(n), _) => n.hash(h),
+        (None, Value::Tuple(x)) => {
+            std::mem::discriminant(v).hash(h);
+            x.len().hash(h);
+            x.iter().for_each(|e| py_hash(e, h));
+        }
+        (None, _) => hash_value(v, h),
+    }
+}
+
+/// Equality as Python's `==` has it for dict keys and list searches: numbers by value
+/// (`True == 1 == 1.0`, `0.0 == -0.0`), tuples and lists element by element under the same
+/// rule; everything else structurally, as [`same`] (a `NaN` equals itself, as the very same
+/// object does in CPython's dicts).
+pub(crate) fn py_eq(a: &Value, b: &Value) -> bool {
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x == y,
+        (Some(_), None) | (None, Some(_)) => false,
+        (None, None) => match (a, b) {
+            (Value::Tuple(x), Value::Tuple(y)) | (Value::List(x), Value::List(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q))
+            }
+            _ => same(a, b),
+        },
+    }
+}
+
 /// Structural equality with floats compared bit for bit (so a `NaN` equals itself).
 pub(crate) fn same(a: &Value, b: &Value) -> bool {
     fn all(a: &[Value], b: &[Value]) -> bool {
