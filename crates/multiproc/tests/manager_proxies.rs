@@ -542,3 +542,36 @@ fn a_queue_on_a_manager_is_the_same_queue_type_and_passes_to_a_child() {
         drop(server);
     }
 }
+
+#[test]
+fn a_joinable_queue_on_a_manager_joins_with_a_timeout() {
+    let mut servers = vec![("ours".to_string(), ours())];
+    for python in pythons() {
+        servers.push((format!("{python:?}"), cpython(&python)));
+    }
+    let short = Duration::from_millis(50);
+    for (name, (server, address)) in servers {
+        let q: multiproc::JoinableQueue<i64> =
+            multiproc::JoinableQueue::connect_manager(&address, b"abc", "JoinableQueue").unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let waited = q.join_timeout(short).unwrap_err();
+        assert_eq!(waited.kind(), ErrorKind::Timeout, "{name}: {waited}");
+        // The join left waiting is asked again: one item is still unfinished.
+        assert_eq!(q.get_timeout(LONG).unwrap(), 1, "{name}");
+        q.task_done().unwrap();
+        assert_eq!(
+            q.join_timeout(short).unwrap_err().kind(),
+            ErrorKind::Timeout,
+            "{name}"
+        );
+        assert_eq!(q.get_timeout(LONG).unwrap(), 2, "{name}");
+        q.task_done().unwrap();
+        q.join_timeout(LONG).unwrap();
+        // Nothing unfinished: a new join returns at once, with or without a timeout.
+        q.join_timeout(LONG).unwrap();
+        q.join().unwrap();
+        drop(q);
+        drop(server);
+    }
+}

@@ -2,6 +2,7 @@
 //! used through its proxy. Items travel as pickles, so they must map onto Python's data model.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -16,6 +17,10 @@ pub(super) struct ManagerQueue {
     remote: RemoteQueue<()>,
     handle: ManagerHandle,
     closed: super::Closed,
+    /// A `join` waiting on a connection of its own: a manager's `join` has no timeout, so
+    /// `join_timeout` leaves one waiting in a thread and asks it, and the next `join` or
+    /// `join_timeout` picks it up (at most one per handle).
+    joiner: Mutex<Option<mpsc::Receiver<Result<()>>>>,
 }
 
 /// What a handle sent to another process carries: enough to connect again (the authkey
@@ -52,6 +57,7 @@ impl ManagerQueue {
                 exposed,
             },
             closed: super::Closed::default(),
+            joiner: Mutex::new(None),
         })
     }
 
@@ -72,6 +78,7 @@ impl ManagerQueue {
             remote,
             handle,
             closed: super::Closed::default(),
+            joiner: Mutex::new(None),
         })
     }
 
@@ -160,7 +167,48 @@ impl ManagerQueue {
             .map(drop)
     }
 
-    pub(super) fn join(&self) -> Result<()> {
+    /// Waits until every item put is marked done, until `deadline` if there is one.
+    pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
+        let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(deadline) = deadline else {
+            return match joiner.take() {
+                Some(waiting) => waiting.recv().unwrap_or_else(|_| Err(self.joiner_lost())),
+                None => self.join(),
+            };
+        };
+        let waiting = match joiner.take() {
+            Some(waiting) => waiting,
+            None => {
+                let (tx, rx) = mpsc::channel();
+                let handle = self.handle.clone();
+                std::thread::Builder::new()
+                    .name("multiproc-join".into())
+                    .spawn(move || {
+                        let joined = ManagerQueue::reopen(handle).and_then(|q| q.join());
+                        let _ = tx.send(joined);
+                    })
+                    .map_err(|e| Error::io("starting a thread to join a manager's queue", e))?;
+                rx
+            }
+        };
+        match waiting.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(joined) => joined,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                *joiner = Some(waiting);
+                Err(Error::timeout(self.what(), waited))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.joiner_lost()),
+        }
+    }
+
+    fn joiner_lost(&self) -> Error {
+        Error::protocol(
+            self.what(),
+            "the thread waiting in join() ended without an answer",
+        )
+    }
+
+    fn join(&self) -> Result<()> {
         self.remote
             .call_raw("join", Vec::new(), Vec::new())
             .map(drop)

@@ -760,6 +760,10 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// Like [`join`](Self::join), for at most `timeout`.
     ///
+    /// On a manager, whose `join` cannot time out, a thread of this handle waits in `join`
+    /// on a connection of its own; a call that times out leaves it waiting for the next
+    /// `join` or `join_timeout` to pick up (one such thread per handle at most).
+    ///
     /// # Errors
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if items were still unfinished.
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
@@ -786,11 +790,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.join_until(deadline, waited),
             Flavor::Redis(q) => q.join_until(deadline, waited),
-            Flavor::Manager(q) if deadline.is_none() => q.join(),
-            Flavor::Manager(_) => Err(Error::invalid(
-                "queue on a manager",
-                "a manager's join() has no timeout",
-            )),
+            Flavor::Manager(q) => q.join_until(deadline, waited),
         }
     }
 }
