@@ -33,12 +33,14 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 pub(crate) fn worker(url: &str, args: &Worker) -> anyhow::Result<()> {
-    let tasks: JoinableQueue<Task> = Queue::builder()
-        .broker(url)
-        .name(&args.tasks)
-        .lease(seconds(args.lease, "--lease")?)
-        .max_deliveries(args.max_deliveries)
-        .build_joinable()?;
+    let mut tasks = Queue::builder().broker(url).name(&args.tasks);
+    if let Some(lease) = args.lease {
+        tasks = tasks.lease(seconds(lease, "--lease")?);
+    }
+    if let Some(n) = args.max_deliveries {
+        tasks = tasks.max_deliveries(n);
+    }
+    let tasks: JoinableQueue<Task> = tasks.build_joinable()?;
     let results: Queue<Outcome> = Queue::connect(url, &args.results)?;
     let idle = seconds(args.idle.max(0.0), "--idle")?;
     let (mut done, mut failed) = (0u64, 0u64);
@@ -119,9 +121,10 @@ fn random_u32() -> u32 {
 pub(crate) struct Status {
     #[command(flatten)]
     broker: BrokerArg,
-    /// Seconds of silence after which a consumer holding tasks counts as dead.
-    #[arg(long, default_value_t = 30.0)]
-    lease: f64,
+    /// Seconds of silence after which a consumer holding tasks counts as dead (default: the
+    /// queue's lease).
+    #[arg(long)]
+    lease: Option<f64>,
     /// The queues to show.
     #[arg(default_values_t = ["task".to_string(), "result".to_string()])]
     queues: Vec<String>,
@@ -129,13 +132,17 @@ pub(crate) struct Status {
 
 pub(crate) fn status(args: Status) -> anyhow::Result<()> {
     let url = redis_only(&args.broker, "status")?;
-    let lease = seconds(args.lease, "--lease")?;
+    let lease = args.lease.map(|s| seconds(s, "--lease")).transpose()?;
     println!(
         "{:<16} {:>8} {:>8} {:>6} {:>10} {:>9} {:>6}",
         "queue", "waiting", "pending", "dead", "consumers", "idle max", "lost"
     );
     for name in &args.queues {
-        let s = QueueAdmin::connect(url, name)?.status_with_lease(lease)?;
+        let admin = QueueAdmin::connect(url, name)?;
+        let s = match lease {
+            Some(lease) => admin.status_with_lease(lease)?,
+            None => admin.status()?,
+        };
         let idle = s.consumers.iter().map(|c| c.idle).max().unwrap_or_default();
         let lost = s.consumers.iter().filter(|c| c.dead).count();
         println!(

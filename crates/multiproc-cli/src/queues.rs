@@ -143,12 +143,14 @@ pub(crate) struct Worker {
     #[arg(long, default_value_t = 3.0)]
     pub(crate) idle: f64,
     /// On Redis: seconds a taken task stays leased before another worker may take it (the
-    /// lease is renewed while the task runs).
-    #[arg(long, default_value_t = 30.0)]
-    pub(crate) lease: f64,
-    /// On Redis: deliveries before a task that keeps failing goes to the dead letters.
-    #[arg(long, default_value_t = 5)]
-    pub(crate) max_deliveries: u32,
+    /// lease is renewed while the task runs). The queue's setting: the first to connect sets
+    /// it (default 30), the others take it; a worker asking for another one is refused.
+    #[arg(long)]
+    pub(crate) lease: Option<f64>,
+    /// On Redis: deliveries before a task that keeps failing goes to the dead letters (the
+    /// queue's setting, as --lease; default 5).
+    #[arg(long)]
+    pub(crate) max_deliveries: Option<u32>,
     /// Instead of a command, square integer tasks (the seeds' `n * n = ...`).
     #[arg(long, conflicts_with = "command")]
     pub(crate) square: bool,

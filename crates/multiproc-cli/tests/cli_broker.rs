@@ -136,7 +136,7 @@ fn a_worker_killed_mid_task_leaves_it_to_another_and_each_result_comes_once() {
         "while [ ! -e {} ]; do sleep 0.05; done; echo done-$0",
         flag.display()
     );
-    // The lease is the queue's: a consumer claims entries idle for longer than its own.
+    // The first worker sets the queue's lease (0.5 s), the second asks for the same.
     let worker = || {
         let mut cmd = Command::new(BIN);
         cmd.args([

@@ -411,17 +411,18 @@ fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
         producer.put(n).unwrap();
     }
     producer.flush().unwrap();
-    // A long lease: what is given back must not wait for it to run out.
-    let consumer = |max_deliveries| {
+    // A long lease: what is given back must not wait for it to run out. At most one
+    // delivery: a given-back entry whose delivery counted would be dead-lettered.
+    let consumer = || {
         Queue::<u32>::builder()
             .broker(redis.url())
             .name("ahead")
             .lease(Duration::from_secs(60))
-            .max_deliveries(max_deliveries)
+            .max_deliveries(1)
             .build_joinable()
             .unwrap()
     };
-    let quick = consumer(5);
+    let quick = consumer();
     for n in 0..4 {
         assert_eq!(quick.get_timeout(LONG).unwrap(), n);
         quick.task_done().unwrap();
@@ -431,9 +432,9 @@ fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
     let held: u32 = pending.lines().next().unwrap().parse().unwrap();
     assert!(held > 1, "nothing was read ahead: {pending}");
     drop(quick);
-    // The rest go to the next consumer at once, their delivery not counted: with at most
-    // one delivery allowed, none is dead-lettered.
-    let next = consumer(1);
+    // The rest go to the next consumer at once, their delivery not counted: none is
+    // dead-lettered.
+    let next = consumer();
     let mut rest: Vec<u32> = (4..40)
         .map(|_| {
             let n = next.get_timeout(Duration::from_secs(10)).unwrap();
@@ -444,4 +445,59 @@ fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
     rest.sort_unstable();
     assert_eq!(rest, (4..40).collect::<Vec<_>>());
     assert_eq!(redis.cli_text(&["XLEN", "ahead:dead"]), "0");
+}
+
+#[test]
+fn a_queues_lease_and_max_deliveries_are_shared_by_its_handles() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let builder = || Queue::<u32>::builder().broker(&url).name("shared");
+    // A handle that asks for nothing stores nothing.
+    let producer = builder().build().unwrap();
+    assert_eq!(redis.cli_text(&["EXISTS", "shared:config"]), "0");
+    let _first = builder()
+        .lease(Duration::from_secs(2))
+        .max_deliveries(2)
+        .build_joinable()
+        .unwrap();
+    // One asking for nothing takes the queue's settings.
+    let other = builder().build_joinable().unwrap();
+    producer.put(7).unwrap();
+    producer.flush().unwrap();
+    assert_eq!(other.get_timeout(LONG).unwrap(), 7);
+    // Given back with an idle time of one lease: the queue's 2 s, not the default 30 s.
+    other.task_failed("no").unwrap();
+    let pending = redis.cli_text(&["XPENDING", "shared", "multiproc", "-", "+", "10"]);
+    let idle: u64 = pending.lines().nth(2).unwrap().parse().unwrap();
+    assert!((2_000..29_000).contains(&idle), "{pending}");
+    assert_eq!(other.get_timeout(LONG).unwrap(), 7);
+    other.task_failed("no").unwrap();
+    // Its third delivery is past the queue's max_deliveries (2, not the default 5).
+    assert!(other.get_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(redis.cli_text(&["XLEN", "shared:dead"]), "1");
+    // Asking for other values is refused, with the queue's; the same ones are fine.
+    let refused = builder()
+        .lease(Duration::from_secs(5))
+        .build_joinable()
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidState, "{refused}");
+    assert!(refused.to_string().contains("2s"), "{refused}");
+    let refused = builder().max_deliveries(3).build().unwrap_err();
+    assert!(
+        refused.to_string().contains("max_deliveries is 2"),
+        "{refused}"
+    );
+    builder()
+        .lease(Duration::from_millis(2000))
+        .max_deliveries(2)
+        .build()
+        .unwrap();
+    // The queue's status reads its lease too; destroying the queue forgets the settings.
+    QueueAdmin::connect(&url, "shared")
+        .unwrap()
+        .destroy()
+        .unwrap();
+    assert_eq!(redis.cli_text(&["EXISTS", "shared:config"]), "0");
 }

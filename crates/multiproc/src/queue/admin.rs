@@ -89,12 +89,12 @@ impl QueueAdmin {
         self.queue.status(lease)
     }
 
-    /// [`status_with_lease`](Self::status_with_lease) with the default lease (30 s).
+    /// [`status_with_lease`](Self::status_with_lease) with the queue's own lease.
     ///
     /// # Errors
     /// As for [`status_with_lease`](Self::status_with_lease).
     pub fn status(&self) -> Result<QueueStatus> {
-        self.status_with_lease(BrokerSettings::default().lease)
+        self.status_with_lease(self.queue.lease())
     }
 
     /// Up to `limit` dead letters, oldest first.

@@ -156,17 +156,26 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 
     /// On a broker: how long a taken item stays leased to its consumer before another may
     /// take it (default 30 s). A live consumer's leases are renewed while it works; a dead
-    /// one's run out and its items are delivered again. A consumer takes over items idle for
-    /// longer than its own lease, so every consumer of a queue should use the same one.
+    /// one's run out and its items are delivered again.
+    ///
+    /// It is the queue's setting, shared by every handle (consumers with different leases
+    /// would take each other's items): the first handle to connect stores it with the queue
+    /// (`<name>:config`), later handles take it from there, and one that asks for another
+    /// value is refused. Leave it unset to take the queue's.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.settings.lease = lease;
+        // Stored in whole milliseconds: a handle asking for the same again must match.
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.settings.lease = Duration::from_millis(ms);
+        self.settings.asked.lease = true;
         self
     }
 
     /// On a broker: after this many deliveries (default 5), an item that never got done goes
-    /// to the dead-letter stream (`<name>:dead`) with its last error.
+    /// to the dead-letter stream (`<name>:dead`) with its last error. The queue's setting,
+    /// shared as [`lease`](Self::lease) is.
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.settings.max_deliveries = n.max(1);
+        self.settings.asked.max_deliveries = true;
         self
     }
 

@@ -64,9 +64,19 @@ const MAX_BODY: usize = 512 << 20;
 pub(super) struct BrokerSettings {
     pub(super) lease: Duration,
     pub(super) max_deliveries: u32,
+    /// Whether `lease` and `max_deliveries` were asked for (rather than left to the queue):
+    /// an asked value must be the queue's.
+    pub(super) asked: Asked,
     pub(super) maxsize: u32,
     /// Items are leased until `task_done` (a `JoinableQueue`), rather than removed by `get`.
     pub(super) joinable: bool,
+}
+
+/// Which of a queue's settings a handle asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Asked {
+    pub(super) lease: bool,
+    pub(super) max_deliveries: bool,
 }
 
 impl Default for BrokerSettings {
@@ -74,6 +84,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             lease: Duration::from_secs(30),
             max_deliveries: 5,
+            asked: Asked::default(),
             maxsize: 0,
             joinable: false,
         }
@@ -96,6 +107,8 @@ struct Keys {
     stream: String,
     dead: String,
     errors: String,
+    /// The queue's settings, which every handle shares: `lease_ms`, `max_deliveries`.
+    config: String,
 }
 
 /// Entry ids a handle took and has not finished, oldest first.
@@ -281,7 +294,7 @@ impl RedisQueue {
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
             .map_err(|e| broker_error(&what, "cannot connect", e))?;
-        let queue = RedisQueue {
+        let mut queue = RedisQueue {
             client,
             url: url.to_string(),
             name: name.to_string(),
@@ -289,6 +302,7 @@ impl RedisQueue {
                 stream: name.to_string(),
                 dead: format!("{name}:dead"),
                 errors: format!("{name}:errors"),
+                config: format!("{name}:config"),
             },
             consumer: consumer_name(),
             settings,
@@ -305,17 +319,110 @@ impl RedisQueue {
             renewer: Mutex::new(None),
             last_claim: Mutex::new(None),
         };
-        queue.with_conn(Some(Instant::now() + COMMAND_TIMEOUT), |c| {
-            create_group(c, &queue.keys.stream)
-        })?;
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        queue.with_conn(deadline, |c| create_group(c, &queue.keys.stream))?;
+        queue.settings = queue.agree_settings(deadline)?;
         Ok(queue)
+    }
+
+    /// The queue's lease and `max_deliveries`, which every handle shares (a consumer takes
+    /// over entries idle longer than its lease, so consumers with different leases would
+    /// take each other's): the first handle that asks for a value stores it in `N:config`,
+    /// the handles that ask for none take it from there (or the default while none is
+    /// stored), and a handle that asks for another value is refused.
+    fn agree_settings(&self, deadline: Option<Instant>) -> Result<BrokerSettings> {
+        let mine = &self.settings;
+        let lease_ms = u64::try_from(mine.lease.as_millis()).unwrap_or(u64::MAX);
+        let (stored_lease, stored_max): (Option<String>, Option<String>) =
+            self.with_conn(deadline, |c| {
+                let mut pipe = redis::pipe();
+                if mine.asked.lease {
+                    pipe.cmd("HSETNX")
+                        .arg(&self.keys.config)
+                        .arg("lease_ms")
+                        .arg(lease_ms)
+                        .ignore();
+                }
+                if mine.asked.max_deliveries {
+                    pipe.cmd("HSETNX")
+                        .arg(&self.keys.config)
+                        .arg("max_deliveries")
+                        .arg(mine.max_deliveries)
+                        .ignore();
+                }
+                let ((lease, max),) = pipe
+                    .cmd("HMGET")
+                    .arg(&self.keys.config)
+                    .arg("lease_ms")
+                    .arg("max_deliveries")
+                    .query(c)?;
+                Ok((lease, max))
+            })?;
+        let malformed = |field: &str, v: &str| {
+            Error::protocol(
+                self.what(),
+                format!(
+                    "{}: field {field} is {v:?}, not a positive integer",
+                    self.keys.config
+                ),
+            )
+        };
+        let lease = match stored_lease.as_deref() {
+            None => mine.lease,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| malformed("lease_ms", v))?,
+        };
+        let max_deliveries = match stored_max.as_deref() {
+            None => mine.max_deliveries,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| malformed("max_deliveries", v))?,
+        };
+        if mine.asked.lease && lease != mine.lease {
+            return Err(Error::invalid(
+                self.what(),
+                format!(
+                    "the queue's lease is {lease:?}, not {:?}: every consumer of a queue uses \
+                     the same (ask for none to take the queue's)",
+                    mine.lease
+                ),
+            ));
+        }
+        if mine.asked.max_deliveries && max_deliveries != mine.max_deliveries {
+            return Err(Error::invalid(
+                self.what(),
+                format!(
+                    "the queue's max_deliveries is {max_deliveries}, not {} (ask for none to \
+                     take the queue's)",
+                    mine.max_deliveries
+                ),
+            ));
+        }
+        Ok(BrokerSettings {
+            lease,
+            max_deliveries,
+            ..mine.clone()
+        })
+    }
+
+    /// The lease every consumer of this queue uses.
+    pub(super) fn lease(&self) -> Duration {
+        self.settings.lease
     }
 
     /// Connects again from a handle sent by another process.
     pub(super) fn reopen(handle: BrokerHandle) -> Result<RedisQueue> {
+        // What the queue had then; the queue's own settings (read again) are what counts.
         let settings = BrokerSettings {
             lease: Duration::from_millis(handle.lease_ms),
             max_deliveries: handle.max_deliveries.max(1),
+            asked: Asked::default(),
             maxsize: handle.maxsize,
             joinable: handle.joinable,
         };
@@ -997,6 +1104,7 @@ impl RedisQueue {
                 .arg(&self.keys.stream)
                 .arg(&self.keys.dead)
                 .arg(&self.keys.errors)
+                .arg(&self.keys.config)
                 .query::<Value>(c)
                 .map(drop)
         })
