@@ -339,3 +339,108 @@ fn a_producer_killed_mid_put_corrupts_nothing() {
     q.put_timeout(u64::MAX, LONG).unwrap();
     assert_eq!(q.get_timeout(LONG).unwrap(), u64::MAX);
 }
+
+/// A small ring: 4 KiB hold a few hundred small items.
+fn small_ring<T: serde::Serialize + serde::de::DeserializeOwned>() -> multiproc::QueueBuilder<T> {
+    Queue::builder().ring_bytes(4096)
+}
+
+/// Puts `0..n` from another thread and checks that it did not wait for a consumer (a
+/// failure, not a hang, if it does).
+fn put_without_waiting(q: &Queue<u64>, n: u64) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let q = q.clone();
+    std::thread::spawn(move || {
+        for i in 0..n {
+            q.put(i).unwrap();
+        }
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(LONG)
+        .expect("an unbounded queue's put waited for room");
+}
+
+/// Takes `n` items and returns them.
+fn take_all((q, n): (Queue<u64>, u64)) -> Vec<u64> {
+    (0..n).map(|_| q.get_timeout(LONG).unwrap()).collect()
+}
+
+#[test]
+fn an_unbounded_queue_takes_far_more_than_its_ring_before_anyone_reads() {
+    // As in CPython, where `put` never waits: the producer goes on, the rest waits in its
+    // memory and comes in order as consumers make room.
+    let q: Queue<u64> = small_ring().build().unwrap();
+    put_without_waiting(&q, 20_000);
+    // A non-blocking put still says the ring is full (a pool uses that to hold work back).
+    assert_eq!(q.try_put(0).unwrap_err().kind(), ErrorKind::Full);
+    let child = Guarded::new(Process::new(take_all, (q.clone(), 20_000)).start().unwrap());
+    let got = child.into_inner().into_result().unwrap();
+    assert_eq!(got, (0..20_000).collect::<Vec<_>>());
+}
+
+/// Puts `n` numbers through a small ring and returns at once: the handle, dropped as the
+/// process ends, waits for the backlog to go in.
+fn put_and_leave((q, n): (Queue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn a_producer_that_ends_first_delivers_its_backlog() {
+    let q: Queue<u64> = small_ring().build().unwrap();
+    let child = Guarded::new(
+        Process::new(put_and_leave, (q.clone(), 10_000))
+            .start()
+            .unwrap(),
+    );
+    let got: Vec<u64> = (0..10_000).map(|_| q.get_timeout(LONG).unwrap()).collect();
+    assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+    child.into_inner().join(Some(LONG)).unwrap();
+}
+
+#[test]
+fn a_joinable_queue_counts_its_backlog_as_unfinished() {
+    let q: JoinableQueue<u64> = small_ring().build_joinable().unwrap();
+    put_without_waiting(&q, 5_000);
+    assert_eq!(q.unfinished().unwrap(), 5_000);
+    assert_eq!(
+        q.join_timeout(Duration::from_millis(20))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Timeout
+    );
+    let worker = |q: JoinableQueue<u64>| {
+        for _ in 0..5_000 {
+            q.get().unwrap();
+            q.task_done().unwrap();
+        }
+    };
+    let child = Guarded::new(Process::new(worker, q.clone()).start().unwrap());
+    q.join_timeout(LONG).unwrap();
+    assert_eq!(q.unfinished().unwrap(), 0);
+    child.into_inner().join(Some(LONG)).unwrap();
+}
+
+#[test]
+fn big_items_and_handles_wait_in_the_backlog_too() {
+    // Items past a quarter of the ring, and handles, travel beside it: they queue up as well.
+    let q: Queue<(Vec<u8>, Option<Lock>)> = small_ring().build().unwrap();
+    let lock = Lock::new().unwrap();
+    for n in 0..200u8 {
+        let handle = (n % 50 == 0).then(|| lock.clone());
+        q.put((vec![n; 3000], handle)).unwrap();
+    }
+    let reader = |q: Queue<(Vec<u8>, Option<Lock>)>| -> (u32, u32) {
+        let (mut ok, mut locks) = (0, 0);
+        for n in 0..200u8 {
+            let (bytes, handle) = q.get_timeout(LONG).unwrap();
+            ok += u32::from(bytes.len() == 3000 && bytes.iter().all(|&b| b == n));
+            locks += u32::from(handle.is_some());
+        }
+        (ok, locks)
+    };
+    let child = Guarded::new(Process::new(reader, q.clone()).start().unwrap());
+    assert_eq!(child.into_inner().into_result().unwrap(), (200, 4));
+}

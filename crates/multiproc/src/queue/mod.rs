@@ -33,8 +33,10 @@ use crate::sync::deadline_after;
 /// the items of one producer arrive in the order it put them.
 ///
 /// Items live in a ring of shared memory (1 MiB unless [`QueueBuilder::ring_bytes`] says
-/// otherwise). A [`bounded`](Self::bounded) queue also holds at most `maxsize` items. An item
-/// larger than a quarter of the ring travels beside it, in a memory file of its own.
+/// otherwise). A [`bounded`](Self::bounded) queue also holds at most `maxsize` items; an
+/// unbounded one never makes `put` wait: what does not fit waits in the producer's memory (see
+/// [`put`](Self::put)). An item larger than a quarter of the ring travels beside it, in a
+/// memory file of its own.
 ///
 /// The same type can sit on a broker instead ([`QueueBuilder::broker`], or
 /// [`Queue::connect`]): a Redis stream that processes on other machines use too, with
@@ -285,7 +287,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Puts an item, waiting for room as long as it takes.
+    /// Puts an item, waiting for room as long as it takes on a bounded queue.
+    ///
+    /// An unbounded queue's `put` does not wait, as CPython's does not: when its ring stays
+    /// full for a few milliseconds, the item waits in this process's memory and a feeder
+    /// thread moves it in as consumers make room (this handle's items keep their order, and
+    /// count as unfinished for [`JoinableQueue::join`]). Dropping the last handle in the
+    /// process waits for that backlog to go in, while consumers take items. `try_put` does
+    /// not use the backlog: it says [`Full`](crate::ErrorKind::Full) when the ring is.
     ///
     /// # Errors
     /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if the item cannot be

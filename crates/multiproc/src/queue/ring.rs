@@ -67,6 +67,9 @@ pub(crate) struct Sleepers {
     pub(crate) done: AtomicU32,
     /// Threads in `join`.
     pub(crate) joiners: AtomicU32,
+    /// Items put and waiting in their producers' memory for room in the ring (an unbounded
+    /// queue's `put` does not wait): they count as unfinished.
+    pub(crate) backlogged: AtomicU32,
 }
 
 /// # Layout
@@ -80,7 +83,7 @@ pub(crate) struct Sleepers {
 /// | `type_hash`  | a hash of the item type's name, checked when a handle is received    |
 /// | `producer`   | producer lock, tail (position + count), side-channel ids (own line)  |
 /// | `consumer`   | consumer lock, head (position + count) (own line)                    |
-/// | `sleepers`   | sleeper counts and `JoinableQueue`'s `done` (own line)               |
+/// | `sleepers`   | sleeper counts, `JoinableQueue`'s `done`, items backlogged (own line)|
 /// | then         | `capacity` bytes of frames                                           |
 #[repr(C)]
 #[derive(Default)]
@@ -298,13 +301,17 @@ pub(crate) struct Producer<'r, 'a> {
 }
 
 impl Producer<'_, '_> {
-    /// Waits until a frame of `frame` bytes fits (and the item limit allows one more).
-    pub(crate) fn wait_room(
+    /// Waits until a frame of `frame` bytes fits (and the item limit allows one more), until
+    /// the deadline `deadline` gives, asked only once it has to sleep (so that a deadline
+    /// relative to then costs no clock read when there is room).
+    pub(crate) fn wait_room_until(
         &mut self,
         frame: u32,
-        deadline: Option<Instant>,
+        deadline: impl FnOnce() -> Option<Instant>,
         block: bool,
     ) -> Result<(), WaitFailed> {
+        let mut deadline = Some(deadline);
+        let mut asked = None;
         let ring = self.ring;
         let consumer = &ring.layout.consumer;
         let sleepers = &ring.layout.sleepers;
@@ -328,6 +335,10 @@ impl Producer<'_, '_> {
                     continue;
                 }
             }
+            let deadline = match deadline.take() {
+                Some(ask) => *asked.insert(ask()),
+                None => asked.flatten(),
+            };
             sleepers.producers.fetch_add(1, Ordering::Relaxed);
             // Pairs with the fence in `Consumer::take`: either it sees us asleep, or we see
             // its new head.
@@ -516,7 +527,7 @@ mod tests {
 
     fn put(ring: &Ring<'_>, payload: &[u8]) -> Result<(), WaitFailed> {
         let mut p = ring.producer(None).unwrap();
-        p.wait_room(frame_len(payload.len()).unwrap(), None, false)?;
+        p.wait_room_until(frame_len(payload.len()).unwrap(), || None, false)?;
         p.publish(7, payload);
         Ok(())
     }
@@ -595,7 +606,7 @@ mod loom_tests {
 
     fn put(ring: &Ring<'_>, payload: &[u8]) {
         let mut p = ring.producer(None).unwrap();
-        p.wait_room(frame_len(payload.len()).unwrap(), None, true)
+        p.wait_room_until(frame_len(payload.len()).unwrap(), || None, true)
             .unwrap();
         p.publish(0, payload);
     }

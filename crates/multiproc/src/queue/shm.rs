@@ -3,10 +3,12 @@
 //! handles.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -18,7 +20,7 @@ use crate::platform;
 use crate::share::{self, FdIn, FdOut};
 use crate::shm::{Segment, Shared};
 use crate::sync::deadline_after;
-use crate::sync::shim::{FutexWait, Ordering, fence, futex_wait, futex_wake};
+use crate::sync::shim::{Ordering, fence, futex_wait, futex_wake};
 
 /// A frame whose payload is the message.
 const INLINE: u32 = 0;
@@ -67,17 +69,211 @@ pub(super) struct ShmQueue {
     shared: Shared<RingLayout>,
     /// Both ends of a seqpacket pair every handle holds: producers send on one, consumers
     /// receive on the other, the kernel keeps what is in flight.
-    side_tx: OwnedFd,
+    side_tx: Arc<OwnedFd>,
     side_rx: OwnedFd,
     what: String,
     closed: super::Closed,
+    /// Items an unbounded queue's `put` could not place in the full ring, in order; a feeder
+    /// thread moves them in as room comes (CPython's `put` never waits either: its feeder
+    /// thread buffers).
+    backlog: Arc<Backlog>,
+}
+
+/// The items of one handle waiting for room in the ring, and whether a feeder thread runs.
+#[derive(Default)]
+struct Backlog {
+    /// How many items wait (as `state.items.len()`, readable without the lock).
+    queued: AtomicUsize,
+    state: Mutex<BacklogState>,
+    /// Signalled whenever the feeder moved an item in or stopped.
+    moved: Condvar,
+}
+
+#[derive(Default)]
+struct BacklogState {
+    items: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    feeding: bool,
+}
+
+impl Backlog {
+    fn lock(&self) -> MutexGuard<'_, BacklogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long dropping a handle waits for its backlog without the ring draining at all before
+/// it gives up on the rest (with an error in the log): nobody is taking items.
+const BACKLOG_PATIENCE: Duration = Duration::from_secs(30);
+/// How often `join` looks again while items wait in a backlog.
+const BACKLOG_POLL: Duration = Duration::from_millis(5);
+/// How long an unbounded queue's `put` waits for room before it leaves the item to the
+/// feeder thread: consumers at work make room sooner, and the common case stays one copy.
+const BACKLOG_AFTER: Duration = Duration::from_millis(10);
+
+/// The ring of `shared`.
+fn ring_of(shared: &Shared<RingLayout>) -> Ring<'_> {
+    // SAFETY: the extra bytes of the segment are the ring data, `capacity` long; the
+    // capacity was checked to be a power of two ≥ 64 that fits, at creation or on receipt.
+    unsafe { Ring::new(shared.layout(), shared.extra_ptr()) }
+}
+
+/// How long `publish` may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Until a deadline (or for ever).
+    Until(Option<Instant>),
+    /// For this long from the first time it has to sleep (no clock read when there is room).
+    For(Duration),
+}
+
+impl Wait {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Until(deadline) => deadline,
+            Wait::For(patience) => deadline_after(patience),
+        }
+    }
+}
+
+/// Puts the encoded item `buf` (with the descriptors it carries) in the ring of `shared`,
+/// or beside it through `side_tx` if it is big or carries descriptors. `Ok(Err(_))` is a
+/// wait that failed (no room, or a full side channel, by the deadline or at once).
+fn publish(
+    shared: &Shared<RingLayout>,
+    side_tx: BorrowedFd<'_>,
+    what: &str,
+    buf: &[u8],
+    fds: &[OwnedFd],
+    wait: Wait,
+    block: bool,
+) -> Result<std::result::Result<(), WaitFailed>> {
+    let ring = ring_of(shared);
+    let side = !fds.is_empty() || buf.len() > ring.capacity() as usize / 4;
+    // A big message is copied into its memory file before the ring is locked.
+    let side_file = if side {
+        Some(side_file(what, buf)?)
+    } else {
+        None
+    };
+    let payload_len = if side { 8 } else { buf.len() };
+    let frame = frame_len(payload_len).expect("inline frames are small");
+    // Other producers hold the lock only to copy a frame in.
+    let lock_deadline = match wait {
+        Wait::Until(deadline) => deadline,
+        Wait::For(_) => None,
+    };
+    let Some(mut producer) = ring.producer(lock_deadline) else {
+        return Ok(Err(WaitFailed::TimedOut));
+    };
+    if let Err(why) = producer.wait_room_until(frame, || wait.deadline(), block) {
+        return Ok(Err(why));
+    }
+    match side_file {
+        None => producer.publish(INLINE, buf),
+        Some(file) => {
+            let id = producer.next_side_id();
+            let deadline = wait.deadline();
+            if let Err(why) = send_side(side_tx, what, id, buf.len(), &file, fds, deadline, block)?
+            {
+                // The id is skipped: consumers only ask for the ids of published frames.
+                return Ok(Err(why));
+            }
+            producer.publish(SIDE, &id.to_le_bytes());
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// A memory file holding `bytes`.
+fn side_file(what: &str, bytes: &[u8]) -> Result<Arc<Segment>> {
+    let segment = Segment::create(what, bytes.len().max(1), true)?;
+    // SAFETY: the segment was just created and nobody else has it yet.
+    unsafe { segment.as_mut_slice()[..bytes.len()].copy_from_slice(bytes) };
+    Ok(segment)
+}
+
+/// Sends side message `id` (`len` bytes in `file`, with `fds`) through `side_tx`.
+#[allow(clippy::too_many_arguments)]
+fn send_side(
+    side_tx: BorrowedFd<'_>,
+    what: &str,
+    id: u64,
+    len: usize,
+    file: &Segment,
+    fds: &[OwnedFd],
+    deadline: Option<Instant>,
+    block: bool,
+) -> Result<std::result::Result<(), WaitFailed>> {
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&id.to_le_bytes());
+    header[8..].copy_from_slice(&(len as u64).to_le_bytes());
+    let mut all: Vec<BorrowedFd<'_>> = vec![file.fd()];
+    all.extend(fds.iter().map(|f| f.as_fd()));
+    loop {
+        match platform::send_with_fds(side_tx, &[IoSlice::new(&header)], &all) {
+            Ok(_) => return Ok(Ok(())),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !block {
+                    return Ok(Err(WaitFailed::WouldBlock));
+                }
+                let ready = platform::poll_writable(side_tx, deadline)
+                    .map_err(|e| Error::io(format!("{what}: side channel"), e))?;
+                if !ready {
+                    return Ok(Err(WaitFailed::TimedOut));
+                }
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("{what}: cannot send through side channel"),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+/// The feeder thread of a handle: moves its backlog into the ring, oldest first, waiting
+/// for room as long as it takes, then stops.
+fn feed(shared: Shared<RingLayout>, side_tx: Arc<OwnedFd>, what: String, backlog: Arc<Backlog>) {
+    let backlogged = &shared.layout().sleepers.backlogged;
+    loop {
+        let mut state = backlog.lock();
+        let Some((buf, fds)) = state
+            .items
+            .front_mut()
+            .map(|(b, f)| (std::mem::take(b), std::mem::take(f)))
+        else {
+            state.feeding = false;
+            drop(state);
+            backlog.moved.notify_all();
+            return;
+        };
+        drop(state);
+        let placed = publish(
+            &shared,
+            side_tx.as_fd(),
+            &what,
+            &buf,
+            &fds,
+            Wait::Until(None),
+            true,
+        );
+        // Only now is it out of the backlog: a `put` meanwhile still queues behind it.
+        let mut state = backlog.lock();
+        state.items.pop_front();
+        backlog.queued.fetch_sub(1, Ordering::Release);
+        drop(state);
+        backlogged.fetch_sub(1, Ordering::AcqRel);
+        if !matches!(placed, Ok(Ok(()))) {
+            tracing::error!(queue = %what, "an item put earlier could not be placed in the queue");
+        }
+        backlog.moved.notify_all();
+    }
 }
 
 impl ShmQueue {
     fn ring(&self) -> Ring<'_> {
-        // SAFETY: the extra bytes of the segment are the ring data, `capacity` long; the
-        // capacity was checked to be a power of two ≥ 64 that fits, at creation or on receipt.
-        unsafe { Ring::new(self.shared.layout(), self.shared.extra_ptr()) }
+        ring_of(&self.shared)
     }
 
     /// A new ring of `ring_bytes` (rounded up to a power of two in bounds) for items of type
@@ -116,10 +312,11 @@ impl ShmQueue {
     ) -> ShmQueue {
         ShmQueue {
             shared,
-            side_tx,
+            side_tx: Arc::new(side_tx),
             side_rx,
             what,
             closed: super::Closed::default(),
+            backlog: Arc::default(),
         }
     }
 
@@ -183,75 +380,86 @@ impl ShmQueue {
         self.check_open()?;
         with_scratch(|buf| {
             let fds = share::encode_into(&self.what, item, buf)?;
-            let ring = self.ring();
-            let side = !fds.is_empty() || buf.len() > ring.capacity() as usize / 4;
-            // A big message is copied into its memory file before the ring is locked.
-            let side_file = if side {
-                Some(self.side_file(buf)?)
-            } else {
-                None
-            };
-            let payload_len = if side { 8 } else { buf.len() };
-            let frame = frame_len(payload_len).expect("inline frames are small");
-            let mut producer = ring
-                .producer(deadline)
-                .ok_or_else(|| self.failed(WaitFailed::TimedOut, block, waited))?;
-            producer
-                .wait_room(frame, deadline, block)
-                .map_err(|why| self.failed(why, block, waited))?;
-            match side_file {
-                None => producer.publish(INLINE, buf),
-                Some(file) => {
-                    let id = producer.next_side_id();
-                    self.send_side(id, buf.len(), file, &fds, deadline, block, waited)?;
-                    producer.publish(SIDE, &id.to_le_bytes());
+            if self.maxsize() == 0 && block {
+                // Unbounded: into the ring if room comes within `BACKLOG_AFTER` (and no earlier
+                // item of this handle waits in the backlog), else into the backlog.
+                if self.backlog.queued.load(Ordering::Acquire) == 0 {
+                    let soon = Wait::For(BACKLOG_AFTER);
+                    let placed = publish(
+                        &self.shared,
+                        self.side_tx.as_fd(),
+                        &self.what,
+                        buf,
+                        &fds,
+                        soon,
+                        true,
+                    )?;
+                    if placed.is_ok() {
+                        return Ok(());
+                    }
                 }
+                return self.put_in_backlog(buf, fds);
             }
-            Ok(())
+            let wait = Wait::Until(deadline);
+            publish(
+                &self.shared,
+                self.side_tx.as_fd(),
+                &self.what,
+                buf,
+                &fds,
+                wait,
+                block,
+            )?
+            .map_err(|why| self.failed(why, block, waited))
         })
     }
 
-    fn side_file(&self, bytes: &[u8]) -> Result<Arc<Segment>> {
-        let segment = Segment::create(&self.what, bytes.len().max(1), true)?;
-        // SAFETY: the segment was just created and nobody else has it yet.
-        unsafe { segment.as_mut_slice()[..bytes.len()].copy_from_slice(bytes) };
-        Ok(segment)
+    /// Leaves an item of an unbounded queue's `put` to the feeder thread (started if none
+    /// runs).
+    #[cold]
+    #[inline(never)]
+    fn put_in_backlog(&self, buf: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
+        let mut state = self.backlog.lock();
+        let layout = self.shared.layout();
+        layout.sleepers.backlogged.fetch_add(1, Ordering::AcqRel);
+        state.items.push_back((buf.to_vec(), fds));
+        self.backlog.queued.fetch_add(1, Ordering::Release);
+        if !state.feeding {
+            let (shared, side_tx) = (self.shared.clone(), self.side_tx.clone());
+            let (what, backlog) = (self.what.clone(), self.backlog.clone());
+            std::thread::Builder::new()
+                .name("multiproc-feeder".into())
+                .spawn(move || feed(shared, side_tx, what, backlog))
+                .map_err(|e| {
+                    Error::io(format!("{}: cannot start a feeder thread", self.what), e)
+                })?;
+            state.feeding = true;
+        }
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send_side(
-        &self,
-        id: u64,
-        len: usize,
-        file: Arc<Segment>,
-        fds: &[OwnedFd],
-        deadline: Option<Instant>,
-        block: bool,
-        waited: Duration,
-    ) -> Result<()> {
-        let mut header = [0u8; 16];
-        header[..8].copy_from_slice(&id.to_le_bytes());
-        header[8..].copy_from_slice(&(len as u64).to_le_bytes());
-        let mut all: Vec<BorrowedFd<'_>> = vec![file.fd()];
-        all.extend(fds.iter().map(|f| f.as_fd()));
-        loop {
-            match platform::send_with_fds(self.side_tx.as_fd(), &[IoSlice::new(&header)], &all) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let ready = block
-                        && platform::poll_writable(self.side_tx.as_fd(), deadline)
-                            .map_err(|e| Error::io(format!("{}: side channel", self.what), e))?;
-                    if !ready {
-                        return Err(self.failed(WaitFailed::TimedOut, block, waited));
-                    }
-                }
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("{}: cannot send through side channel", self.what),
-                        e,
-                    ));
-                }
+    /// Waits until this handle's backlog is in the ring; gives up (logging what is lost)
+    /// after [`BACKLOG_PATIENCE`] without any of it moving.
+    fn drain_backlog(&self) {
+        let mut state = self.backlog.lock();
+        let mut left = state.items.len();
+        while state.feeding {
+            let (next, timeout) = self
+                .backlog
+                .moved
+                .wait_timeout(state, BACKLOG_PATIENCE)
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if timeout.timed_out() && state.items.len() == left {
+                tracing::error!(
+                    queue = %self.what,
+                    items = left,
+                    "nobody took items from the queue for {BACKLOG_PATIENCE:?}: the items put \
+                     and not yet in it are given up"
+                );
+                return;
             }
+            left = state.items.len();
         }
     }
 
@@ -430,8 +638,9 @@ impl ShmQueue {
 
     pub(super) fn unfinished(&self) -> u32 {
         let inner = self;
-        let done = inner.shared.layout().sleepers.done.load(Ordering::Acquire);
-        inner.ring().put_count().wrapping_sub(done)
+        let sleepers = &inner.shared.layout().sleepers;
+        let done = sleepers.done.load(Ordering::Acquire);
+        inner.ring().put_count().wrapping_sub(done) + sleepers.backlogged.load(Ordering::Acquire)
     }
 
     pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
@@ -439,22 +648,34 @@ impl ShmQueue {
         let sleepers = &inner.shared.layout().sleepers;
         loop {
             let done = sleepers.done.load(Ordering::Acquire);
-            if done == inner.ring().put_count() {
+            let backlogged = sleepers.backlogged.load(Ordering::Acquire);
+            if done == inner.ring().put_count() && backlogged == 0 {
                 return Ok(());
             }
+            // A backlog moving into the ring changes no word a joiner could sleep on: while
+            // there is one, look again every few milliseconds.
+            let nap = match (backlogged, deadline) {
+                (0, d) => d,
+                (_, None) => Some(Instant::now() + BACKLOG_POLL),
+                (_, Some(d)) => Some(d.min(Instant::now() + BACKLOG_POLL)),
+            };
             sleepers.joiners.fetch_add(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            let waited_out = if sleepers.done.load(Ordering::Acquire) == done {
-                futex_wait(&sleepers.done, done, deadline)
-            } else {
-                FutexWait::Woken
-            };
+            if sleepers.done.load(Ordering::Acquire) == done {
+                futex_wait(&sleepers.done, done, nap);
+            }
             sleepers.joiners.fetch_sub(1, Ordering::Relaxed);
-            if waited_out == FutexWait::TimedOut
-                && sleepers.done.load(Ordering::Acquire) != inner.ring().put_count()
-            {
+            if deadline.is_some_and(|d| Instant::now() >= d) && inner.unfinished() != 0 {
                 return Err(Error::timeout(inner.what.clone(), waited));
             }
         }
+    }
+}
+
+impl Drop for ShmQueue {
+    fn drop(&mut self) {
+        // Items put through this handle are delivered before it goes, as CPython's queue
+        // joins its feeder thread when the process ends.
+        self.drain_backlog();
     }
 }
