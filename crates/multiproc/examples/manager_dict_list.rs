@@ -15,16 +15,12 @@
 //! print(Dict); print(List)
 //! ```
 //!
-//! `Manager()` starts a server process: [`ManagerServer::start`] does the same. Python then
-//! pickles the proxies into each child; a [`DictProxy`](multiproc::DictProxy) or
-//! [`ListProxy`](multiproc::ListProxy) cannot travel to a child here, so the server registers
-//! one dict and one list under names, and each child connects with the address and authkey
-//! and asks for them by name (as the `BaseManager.register('get_task_queue')` workers of
-//! seed 000 do). The server can register a dict but not a list: the list is a small
-//! [`Managed`] type, called through an [`ObjectProxy`](multiproc::ObjectProxy).
+//! `Manager()` starts a server process: [`ManagerServer::start`] does the same (its `setup`
+//! runs there; the defaults serve `dict`, `list` and the rest). The proxies then travel to
+//! each child in its arguments, as Python pickles them: the child attaches to the same dict
+//! and list (one proxy per child: [`try_clone`](multiproc::DictProxy::try_clone)).
 //!
-//! Section 2 uses `manager.dict()` and `manager.list()` themselves, shared by threads (a
-//! proxy's `try_clone` gives each thread a connection of its own).
+//! Section 2 shares them between threads instead.
 //!
 //! Run with `cargo run --example manager_dict_list -p multiproc`.
 
@@ -32,55 +28,22 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use multiproc::{
-    Address, Managed, ManagerClient, ManagerServer, MethodCall, Process, Thread, current_thread,
+    Address, DictProxy, ListProxy, ManagerClient, ManagerServer, Process, Thread, current_thread,
 };
 
 const AUTHKEY: &[u8] = b"seed-003";
 
-/// A list of pids served by the manager: `append` and `copy`, as Python's list has them.
-#[derive(Default)]
-struct SharedList(Mutex<Vec<u32>>);
-
-impl Managed for SharedList {
-    fn methods(&self) -> &'static [&'static str] {
-        &["append", "copy"]
-    }
-
-    fn call(&self, method: &str, call: &mut MethodCall<'_>) -> multiproc::Result<()> {
-        let mut items = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match method {
-            "append" => {
-                items.push(call.arg(0, "object")?);
-                Ok(())
-            }
-            _ => call.ret(&*items),
-        }
-    }
-}
-
-/// Runs in the manager's process before it serves: `Dict = manager.dict(); List =
-/// manager.list()`, under names every client can ask for.
-fn setup(server: &mut ManagerServer) {
-    server.register_dict("get_dict");
-    let list = Arc::new(SharedList::default());
-    server.register("get_list", move || list.clone()); // the same list for every client
-}
-
-/// `def ChildProcess(Dict, List)`, given the manager's address and authkey; returns its pid.
-/// (A target's error type must be serde: the error travels as its message.)
-fn child_process((address, authkey): (String, Vec<u8>)) -> Result<u32, String> {
+/// `def ChildProcess(Dict, List)`; returns its pid. (A target's error type must be serde:
+/// the error travels as its message.)
+fn child_process((dict, list): (DictProxy<String, String>, ListProxy<u32>)) -> Result<u32, String> {
     let run = || -> multiproc::Result<u32> {
-        let manager = ManagerClient::connect(&Address::tcp(address.as_str())?, &authkey)?;
-        let dict = manager.registered_dict::<String, String>("get_dict")?;
-        let list = manager.create("get_list", &())?;
         dict.set(&"k1".into(), &"v1".into())?;
         dict.set(&"k2".into(), &"v2".into())?;
         let pid = std::process::id();
-        list.call::<()>("append", &(pid,))?;
-        println!("  {:?}", list.call::<Vec<u32>>("copy", &())?);
+        list.append(&pid)?;
+        println!("  {:?}", list.to_vec()?);
         Ok(pid)
     };
     run().map_err(|e| e.to_string())
@@ -90,19 +53,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     multiproc::init();
 
     println!("== 1. ten processes share the manager's dict and list ==");
-    let server = ManagerServer::start(&Address::tcp("127.0.0.1:0")?, AUTHKEY, setup)?;
+    let server = ManagerServer::start(&Address::tcp("127.0.0.1:0")?, AUTHKEY, |_| {})?;
     println!(
         "  manager: process {} serving at {}",
         server.pid(),
         server.address()
     );
     let manager = ManagerClient::connect(server.address(), AUTHKEY)?;
-    let dict = manager.registered_dict::<String, String>("get_dict")?;
-    let list = manager.create("get_list", &())?;
+    let dict = manager.dict::<String, String>()?;
+    let list = manager.list::<u32>()?;
 
     let process_list = (0..10)
         .map(|_| {
-            let args = (server.address().to_string(), AUTHKEY.to_vec());
+            let args = (dict.try_clone()?, list.try_clone()?);
             Process::new(child_process, args).start()
         })
         .collect::<multiproc::Result<Vec<_>>>()?;
@@ -115,7 +78,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let d: BTreeMap<String, String> = dict.items()?.into_iter().collect();
-    let mut l: Vec<u32> = list.call("copy", &())?;
+    let mut l = list.to_vec()?;
     println!("\n  {d:?}");
     println!("  {l:?}");
     let expected = [("k1", "v1"), ("k2", "v2")].map(|(k, v)| (k.to_string(), v.to_string()));

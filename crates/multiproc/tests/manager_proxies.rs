@@ -575,3 +575,75 @@ fn a_joinable_queue_on_a_manager_joins_with_a_timeout() {
         drop(server);
     }
 }
+
+/// What seed 003's child does with `Manager().dict()` and `.list()`: writes its key, appends
+/// its pid; and takes a lock and bumps a namespace counter under it.
+fn use_proxies(
+    (n, d, l, lock, ns): (
+        u32,
+        multiproc::DictProxy<String, u32>,
+        multiproc::ListProxy<u32>,
+        multiproc::LockProxy,
+        multiproc::NamespaceProxy,
+    ),
+) -> u32 {
+    d.set(&format!("k{n}"), &n).unwrap();
+    l.append(&std::process::id()).unwrap();
+    assert!(lock.acquire(None).unwrap());
+    let count: i64 = ns.get("count").unwrap().unwrap();
+    ns.set("count", &(count + 1)).unwrap();
+    lock.release().unwrap();
+    std::process::id()
+}
+
+#[test]
+fn proxies_travel_to_child_processes_as_in_cpython() {
+    let mut servers = vec![("ours".to_string(), ours())];
+    for python in pythons() {
+        servers.push((format!("{python:?}"), cpython(&python)));
+    }
+    for (name, (server, address)) in servers {
+        let m = ManagerClient::connect(&address, b"abc").unwrap();
+        let d = m.dict::<String, u32>().unwrap();
+        let l = m.list::<u32>().unwrap();
+        let lock = m.lock().unwrap();
+        let ns = m.namespace().unwrap();
+        ns.set("count", &0i64).unwrap();
+        let children: Vec<_> = (0..4)
+            .map(|n| {
+                let args = (
+                    n,
+                    d.try_clone().unwrap(),
+                    l.try_clone().unwrap(),
+                    lock.try_clone().unwrap(),
+                    ns.try_clone().unwrap(),
+                );
+                multiproc::Process::new(use_proxies, args).start().unwrap()
+            })
+            .collect();
+        let mut pids: Vec<u32> = children
+            .into_iter()
+            .map(|c| c.into_result().unwrap())
+            .collect();
+        let mut items = d.items().unwrap();
+        items.sort();
+        let want: Vec<(String, u32)> = (0..4).map(|n| (format!("k{n}"), n)).collect();
+        assert_eq!(items, want, "{name}");
+        let mut appended = l.to_vec().unwrap();
+        appended.sort_unstable();
+        pids.sort_unstable();
+        assert_eq!(appended, pids, "{name}");
+        assert_eq!(ns.get::<i64>("count").unwrap(), Some(4), "{name}");
+        drop((d, l, lock, ns));
+        drop(server);
+    }
+}
+
+#[test]
+fn a_proxy_does_not_leave_through_other_serializers() {
+    let (_server, address) = ours();
+    let m = ManagerClient::connect(&address, b"abc").unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    let refused = serde_json::to_string(&d).unwrap_err().to_string();
+    assert!(refused.contains("authkey"), "{refused}");
+}

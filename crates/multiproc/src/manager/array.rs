@@ -50,6 +50,21 @@ impl From<Raise> for Reply {
     }
 }
 
+/// A typecode travels as its code.
+impl serde::Serialize for Typecode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Typecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        Typecode::parse(&code)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown array typecode {code:?}")))
+    }
+}
+
 impl Typecode {
     /// The typecode `code` names, if any.
     pub(crate) fn parse(code: &str) -> Option<Typecode> {

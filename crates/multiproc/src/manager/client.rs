@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::wire::{Address, Client, WireConnection};
 use crate::error::{Error, Result};
@@ -197,17 +197,22 @@ impl ManagerClient {
         exposed: Vec<String>,
         what: String,
     ) -> Result<RemoteQueue<T>> {
+        Ok(RemoteQueue {
+            proxy: self.attach(ident, exposed, what)?,
+            _item: PhantomData,
+        })
+    }
+
+    /// A proxy for the existing object `ident`, holding a reference of its own.
+    fn attach(&self, ident: &str, exposed: Vec<String>, what: String) -> Result<Proxy> {
         let conn = self.proxy_connection()?;
         self.one_shot("incref", vec![Value::str(ident)])?;
-        Ok(RemoteQueue {
-            proxy: Proxy {
-                what,
-                ident: ident.to_string(),
-                exposed,
-                conn: Mutex::new(conn),
-                manager: self.clone(),
-            },
-            _item: PhantomData,
+        Ok(Proxy {
+            what,
+            ident: ident.to_string(),
+            exposed,
+            conn: Mutex::new(conn),
+            manager: self.clone(),
         })
     }
 
@@ -361,6 +366,53 @@ pub(super) struct Proxy {
     manager: ManagerClient,
 }
 
+/// What a proxy sent to another process carries: enough to attach to the same object there,
+/// the authkey included (as CPython sends it to the processes it starts).
+#[derive(Serialize, Deserialize)]
+struct ProxyToken {
+    address: Address,
+    authkey: Vec<u8>,
+    ident: String,
+    exposed: Vec<String>,
+    what: String,
+}
+
+/// A proxy travels to processes of ours only (in process arguments, queues, connections):
+/// the receiver attaches to the same object with a reference of its own. It does not go
+/// through other serializers, which would write the manager's authkey out.
+impl Serialize for Proxy {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if !crate::share::encoding_for_our_processes() {
+            return Err(serde::ser::Error::custom(format!(
+                "{}: a manager proxy carries its manager's authkey, so it only travels to \
+                 processes of ours (process arguments, queues, connections)",
+                self.what
+            )));
+        }
+        ProxyToken {
+            address: self.manager.address.clone(),
+            authkey: self.manager.authkey.clone(),
+            ident: self.ident.clone(),
+            exposed: self.exposed.clone(),
+            what: self.what.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Proxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let t = ProxyToken::deserialize(d)?;
+        let manager = ManagerClient {
+            address: t.address,
+            authkey: t.authkey,
+        };
+        manager
+            .attach(&t.ident, t.exposed, t.what)
+            .map_err(|e| crate::share::handle_error_de(e.to_string()))
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         // Best effort, as CPython's finalizer: a server already gone is no error.
@@ -405,6 +457,8 @@ impl Proxy {
 
 /// A queue living in a manager server, used through its proxy connection (CPython's
 /// AutoProxy for a registered `queue.Queue`). Items travel as pickles.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
 pub struct RemoteQueue<T> {
     proxy: Proxy,
     _item: PhantomData<fn(T) -> T>,
@@ -573,6 +627,8 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
 
 /// A dict living in a manager server (CPython's `DictProxy`). Keys and values travel as
 /// pickles.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
 pub struct DictProxy<K, V> {
     proxy: Proxy,
     _types: PhantomData<fn(K) -> V>,
@@ -658,6 +714,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 }
 
 /// A list living in a manager server (CPython's `ListProxy`).
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
 pub struct ListProxy<T> {
     proxy: Proxy,
     _item: PhantomData<fn(T) -> T>,
@@ -729,6 +787,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 /// A lock living in a manager server (CPython's `AcquirerProxy` over `threading.Lock`, or
 /// `threading.RLock` from [`ManagerClient::rlock`]). The server counts each proxy connection
 /// as a holder.
+#[derive(Serialize, Deserialize)]
 pub struct LockProxy {
     pub(super) proxy: Proxy,
 }
@@ -773,6 +832,7 @@ impl LockProxy {
 }
 
 /// An event living in a manager server (CPython's `EventProxy`).
+#[derive(Serialize, Deserialize)]
 pub struct EventProxy {
     proxy: Proxy,
 }
@@ -832,6 +892,8 @@ impl EventProxy {
 }
 
 /// A value living in a manager server (CPython's `ValueProxy`).
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
 pub struct ValueProxy<T> {
     proxy: Proxy,
     _item: PhantomData<fn(T) -> T>,

@@ -3,6 +3,12 @@
 //! `JoinableQueue`, `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`,
 //! `Barrier`, `Value`, `Array`, `Namespace`) and user types to `BaseManager`/`SyncManager`
 //! clients; and a client with proxies for all of these (against CPython's server or ours).
+//!
+//! A proxy passes to a child process in its arguments (or through a queue or connection), as
+//! CPython pickles proxies into its children: the child attaches to the same object, with a
+//! reference of its own. A proxy carries its manager's authkey, so no other serializer takes
+//! it. Keep the parent's proxy (or another) alive until the child has attached: an object
+//! whose last reference goes is deleted by the server.
 
 #![forbid(unsafe_code)]
 

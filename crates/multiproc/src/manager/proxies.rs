@@ -6,8 +6,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::array::{Typecode, parse_array};
 use super::client::{LockProxy, ManagerClient, Proxy, RemoteQueue};
@@ -398,6 +398,7 @@ macro_rules! debug_by_ident {
 
 /// A namespace living in a manager server (CPython's `NamespaceProxy`): attributes got and
 /// set by name, any serde value that maps onto Python's data model.
+#[derive(Serialize, Deserialize)]
 pub struct NamespaceProxy {
     proxy: Proxy,
 }
@@ -459,6 +460,7 @@ impl NamespaceProxy {
 /// A semaphore living in a manager server (CPython's `AcquirerProxy` over
 /// `threading.Semaphore` or `BoundedSemaphore`). Slots are not tied to a connection: any
 /// proxy may release one.
+#[derive(Serialize, Deserialize)]
 pub struct SemaphoreProxy {
     proxy: Proxy,
 }
@@ -506,6 +508,7 @@ impl SemaphoreProxy {
 /// A condition variable living in a manager server (CPython's `ConditionProxy`). Its lock is
 /// held by a proxy (the server counts each proxy connection as a thread); `wait` and
 /// `notify` need it held.
+#[derive(Serialize, Deserialize)]
 pub struct ConditionProxy {
     proxy: Proxy,
 }
@@ -608,6 +611,7 @@ impl ConditionProxy {
 
 /// A barrier living in a manager server (CPython's `BarrierProxy`). Each party waits through
 /// a proxy of its own ([`try_clone`](Self::try_clone)).
+#[derive(Serialize, Deserialize)]
 pub struct BarrierProxy {
     proxy: Proxy,
 }
@@ -684,6 +688,8 @@ impl BarrierProxy {
 
 /// An `array.array` living in a manager server (CPython's `ArrayProxy`): fixed-type items,
 /// indexed from the end with negative indices as in Python.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
 pub struct ArrayProxy<T> {
     proxy: Proxy,
     typecode: Typecode,
@@ -819,6 +825,7 @@ fn slice(start: i64, stop: i64) -> Value {
 /// An object of a registered type living in a manager server (CPython's `AutoProxy`): its
 /// methods called by name, arguments and results any serde values that map onto Python's
 /// data model.
+#[derive(Serialize, Deserialize)]
 pub struct ObjectProxy {
     proxy: Proxy,
     typeid: String,

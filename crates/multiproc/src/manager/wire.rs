@@ -30,7 +30,7 @@ pub(crate) const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
 const ONE_WRITE: usize = 64 << 10;
 
 /// Where a listener listens or a client connects: TCP or a Unix socket path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Address {
     /// A TCP address (`127.0.0.1:5000`).
     Tcp(SocketAddr),

@@ -39,6 +39,12 @@ fn explain(e: postcard::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
+/// Whether the serializer running on this thread is the crate's own, for another process of
+/// ours (process arguments, queues, connections), rather than any other.
+pub(crate) fn encoding_for_our_processes() -> bool {
+    OUTGOING.with(|t| t.borrow().is_some())
+}
+
 /// Encodes `value` after whatever `buf` already holds; returns the descriptors it carries.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     what: &str,
