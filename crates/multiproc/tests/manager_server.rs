@@ -264,6 +264,7 @@ fn odd_arguments_to_array_barrier_and_condition_are_remote_errors() {
 fn register_task_queue(server: &mut ManagerServer) {
     server.register_queue("get_task_queue");
     server.register_dict("get_dict");
+    server.register_list("get_list");
 }
 
 #[test]
@@ -282,7 +283,14 @@ fn a_started_server_runs_in_its_own_process_until_shut_down_or_dropped() {
     assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 5);
     let d = m.registered_dict::<String, i64>("get_dict").unwrap();
     d.set(&"x".to_string(), &1).unwrap();
-    drop((q, d, m));
+    // A registered list is one list for every client.
+    m.registered_list::<i64>("get_list")
+        .unwrap()
+        .append(&3)
+        .unwrap();
+    let l = m.registered_list::<i64>("get_list").unwrap();
+    assert_eq!(l.to_vec().unwrap(), [3]);
+    drop((q, d, l, m));
     started.shutdown().unwrap();
     assert!(
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z ")),

@@ -301,6 +301,17 @@ impl ManagerClient {
         })
     }
 
+    /// The list the server registered as `typeid` (shared by every client that asks).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid.
+    pub fn registered_list<T>(&self, typeid: &str) -> Result<ListProxy<T>> {
+        Ok(ListProxy {
+            proxy: self.proxy(typeid, Vec::new(), format!("remote list {typeid:?}"))?,
+            _item: PhantomData,
+        })
+    }
+
     /// The lock the server registered as `typeid` (shared by every client that asks).
     ///
     /// # Errors

@@ -446,6 +446,13 @@ impl ManagerServer {
         self.register_pinned(typeid, || Served::Dict(Arc::new(ServedDict::default())));
     }
 
+    /// Registers a list under `typeid` (one list for every client that asks for it).
+    pub fn register_list(&mut self, typeid: &str) {
+        self.register_pinned(typeid, || {
+            Served::List(Arc::new(ServedList::from_args(&[])))
+        });
+    }
+
     /// Registers a lock under `typeid` (one lock for every client that asks for it). A lock
     /// whose holder's connection ends is released.
     pub fn register_lock(&mut self, typeid: &str) {
