@@ -130,13 +130,21 @@ fn cpython(python: &Path) -> (Server, Address) {
     (Server::CPython(child), address)
 }
 
+/// Our server, then every CPython's `SyncManager`: (name, server, address).
+fn each_server() -> impl Iterator<Item = (String, Server, Address)> {
+    let ours = std::iter::once_with(|| {
+        let (server, address) = ours();
+        ("ours".to_string(), server, address)
+    });
+    ours.chain(pythons().into_iter().map(|python| {
+        let (server, address) = cpython(&python);
+        (format!("{python:?}"), server, address)
+    }))
+}
+
 /// Runs `check` against our server, then against every CPython's `SyncManager`.
 fn against_each_server(check: impl Fn(&ManagerClient, &str)) {
-    let mut servers = vec![("ours".to_string(), ours())];
-    for python in pythons() {
-        servers.push((format!("{python:?}"), cpython(&python)));
-    }
-    for (name, (server, address)) in servers {
+    for (name, server, address) in each_server() {
         let manager = ManagerClient::connect(&address, b"abc").unwrap();
         check(&manager, &name);
         drop(server);
@@ -513,11 +521,7 @@ fn sum_three(q: multiproc::Queue<i64>) -> i64 {
 
 #[test]
 fn a_queue_on_a_manager_is_the_same_queue_type_and_passes_to_a_child() {
-    let mut servers = vec![("ours".to_string(), ours())];
-    for python in pythons() {
-        servers.push((format!("{python:?}"), cpython(&python)));
-    }
-    for (name, (server, address)) in servers {
+    for (name, server, address) in each_server() {
         // SyncManager's "Queue" typeid: a new queue on the server for this handle.
         let q: multiproc::Queue<i64> =
             multiproc::Queue::connect_manager(&address, b"abc", "Queue").unwrap();
@@ -545,12 +549,8 @@ fn a_queue_on_a_manager_is_the_same_queue_type_and_passes_to_a_child() {
 
 #[test]
 fn a_joinable_queue_on_a_manager_joins_with_a_timeout() {
-    let mut servers = vec![("ours".to_string(), ours())];
-    for python in pythons() {
-        servers.push((format!("{python:?}"), cpython(&python)));
-    }
     let short = Duration::from_millis(50);
-    for (name, (server, address)) in servers {
+    for (name, server, address) in each_server() {
         let q: multiproc::JoinableQueue<i64> =
             multiproc::JoinableQueue::connect_manager(&address, b"abc", "JoinableQueue").unwrap();
         q.put(1).unwrap();
@@ -598,11 +598,7 @@ fn use_proxies(
 
 #[test]
 fn proxies_travel_to_child_processes_as_in_cpython() {
-    let mut servers = vec![("ours".to_string(), ours())];
-    for python in pythons() {
-        servers.push((format!("{python:?}"), cpython(&python)));
-    }
-    for (name, (server, address)) in servers {
+    for (name, server, address) in each_server() {
         let m = ManagerClient::connect(&address, b"abc").unwrap();
         let d = m.dict::<String, u32>().unwrap();
         let l = m.list::<u32>().unwrap();

@@ -212,16 +212,21 @@ fn joinable_queue_join_waits_for_every_task_done() {
             .kind(),
         ErrorKind::Timeout
     );
-    let worker = |q: JoinableQueue<u32>| {
-        for _ in 0..50 {
+    done_by_a_child(&q, 50);
+}
+
+/// A child takes `n` items and marks each done; `join` returns once it has.
+fn done_by_a_child(q: &JoinableQueue<u32>, n: u32) {
+    let worker = |(q, n): (JoinableQueue<u32>, u32)| {
+        for _ in 0..n {
             q.get().unwrap();
             q.task_done().unwrap();
         }
     };
-    let child = Guarded::new(Process::new(worker, q.clone()).start().unwrap());
+    let child = Guarded::new(Process::new(worker, (q.clone(), n)).start().unwrap());
     q.join_timeout(LONG).unwrap();
     assert_eq!(q.unfinished().unwrap(), 0);
-    child.into_inner().join(None).unwrap();
+    child.into_inner().join(Some(LONG)).unwrap();
 }
 
 /// Gets items and reports each through `report` as soon as it has it.
@@ -347,7 +352,7 @@ fn small_ring<T: serde::Serialize + serde::de::DeserializeOwned>() -> multiproc:
 
 /// Puts `0..n` from another thread and checks that it did not wait for a consumer (a
 /// failure, not a hang, if it does).
-fn put_without_waiting(q: &Queue<u64>, n: u64) {
+fn put_without_waiting(q: &Queue<u32>, n: u32) {
     let (done, finished) = std::sync::mpsc::channel();
     let q = q.clone();
     std::thread::spawn(move || {
@@ -362,7 +367,7 @@ fn put_without_waiting(q: &Queue<u64>, n: u64) {
 }
 
 /// Takes `n` items and returns them.
-fn take_all((q, n): (Queue<u64>, u64)) -> Vec<u64> {
+fn take_all((q, n): (Queue<u32>, u32)) -> Vec<u32> {
     (0..n).map(|_| q.get_timeout(LONG).unwrap()).collect()
 }
 
@@ -370,7 +375,7 @@ fn take_all((q, n): (Queue<u64>, u64)) -> Vec<u64> {
 fn an_unbounded_queue_takes_far_more_than_its_ring_before_anyone_reads() {
     // As in CPython, where `put` never waits: the producer goes on, the rest waits in its
     // memory and comes in order as consumers make room.
-    let q: Queue<u64> = small_ring().build().unwrap();
+    let q: Queue<u32> = small_ring().build().unwrap();
     put_without_waiting(&q, 20_000);
     // A non-blocking put still says the ring is full (a pool uses that to hold work back).
     assert_eq!(q.try_put(0).unwrap_err().kind(), ErrorKind::Full);
@@ -402,7 +407,7 @@ fn a_producer_that_ends_first_delivers_its_backlog() {
 
 #[test]
 fn a_joinable_queue_counts_its_backlog_as_unfinished() {
-    let q: JoinableQueue<u64> = small_ring().build_joinable().unwrap();
+    let q: JoinableQueue<u32> = small_ring().build_joinable().unwrap();
     put_without_waiting(&q, 5_000);
     assert_eq!(q.unfinished().unwrap(), 5_000);
     assert_eq!(
@@ -411,16 +416,7 @@ fn a_joinable_queue_counts_its_backlog_as_unfinished() {
             .kind(),
         ErrorKind::Timeout
     );
-    let worker = |q: JoinableQueue<u64>| {
-        for _ in 0..5_000 {
-            q.get().unwrap();
-            q.task_done().unwrap();
-        }
-    };
-    let child = Guarded::new(Process::new(worker, q.clone()).start().unwrap());
-    q.join_timeout(LONG).unwrap();
-    assert_eq!(q.unfinished().unwrap(), 0);
-    child.into_inner().join(Some(LONG)).unwrap();
+    done_by_a_child(&q, 5_000);
 }
 
 #[test]
