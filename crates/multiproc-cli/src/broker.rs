@@ -58,6 +58,9 @@ pub(crate) fn worker(url: &str, args: &Worker) -> anyhow::Result<()> {
                     task: task.task,
                     result,
                 })?;
+                // The result is stored before the task is acknowledged: a worker that dies in
+                // between leaves the task to run again, never a task done without its result.
+                results.flush()?;
                 tasks.task_done()?;
                 done += 1;
             }
@@ -82,6 +85,8 @@ pub(crate) fn submit(url: &str, args: &Submit) -> anyhow::Result<()> {
             task: Item::parse(item),
         })?;
     }
+    // Puts go without waiting for the broker's replies: these say every task is stored.
+    queue.flush()?;
     println!("submitted {} tasks", args.items.len());
     Ok(())
 }

@@ -479,6 +479,7 @@ fn broker_worker((tasks, results): (JoinableQueue<i64>, Queue<String>)) -> Resul
             Ok(n) => {
                 results
                     .put(format!("{n} * {n} = {}", n * n))
+                    .and_then(|()| results.flush())
                     .map_err(|e| e.to_string())?;
                 tasks.task_done().map_err(|e| e.to_string())?;
                 done += 1;
@@ -504,6 +505,7 @@ fn broker_scene(url: &str) -> Result<()> {
     for n in &numbers {
         tasks.put(n)?;
     }
+    tasks.flush()?; // every task is on the broker
     let workers: Vec<_> = (0..DISTRIBUTED_WORKERS)
         .map(|_| Process::new(broker_worker, (tasks.clone(), results.clone())).start())
         .collect::<Result<_, _>>()?;

@@ -231,6 +231,21 @@ fn an_unreachable_broker_is_a_clear_error() {
 }
 
 #[test]
+fn tasks_the_broker_refuses_make_submit_fail() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    lines(&multiproc(&redis, &["submit", "0"]));
+    // Out of memory under noeviction: every write is refused, the puts' too.
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let out = multiproc(&redis, &["submit", "1", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("OOM") && err.contains("refused"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("submitted"));
+}
+
+#[test]
 fn the_demo_runs_the_seed_on_a_broker_and_cleans_up() {
     let Some(redis) = RedisServer::start() else {
         return;

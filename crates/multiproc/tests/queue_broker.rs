@@ -367,6 +367,9 @@ fn puts_go_without_waiting_and_an_item_the_broker_refused_is_reported() {
     let refused = producer.flush().unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Remote, "{refused}");
     assert!(refused.to_string().contains("OOM"), "{refused}");
+    // A consumer may still connect to the queue (to drain it) while the broker is full.
+    let late: Queue<u32> = Queue::connect(&redis.url(), "fast").unwrap();
+    assert_eq!(late.try_get().unwrap_err().kind(), ErrorKind::Empty);
     redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
     producer.put(1001).unwrap();
     producer.flush().unwrap();

@@ -1318,6 +1318,19 @@ fn create_group(c: &mut Connection, stream: &str) -> redis::RedisResult<()> {
         .query(c);
     match created {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        // A broker out of memory refuses the creation even of a group that exists: then a
+        // consumer may still connect (and drain the queue), as long as the group is there.
+        Err(e) if e.code() == Some("OOM") => {
+            let groups: redis::RedisResult<Value> =
+                redis::cmd("XINFO").arg("GROUPS").arg(stream).query(c);
+            let ours = |row: &Value| {
+                field_of(row, "name").and_then(|v| as_string(&v)).as_deref() == Some(GROUP)
+            };
+            match groups {
+                Ok(Value::Array(rows)) if rows.iter().any(ours) => Ok(()),
+                _ => Err(e),
+            }
+        }
         other => other.map(drop),
     }
 }
