@@ -64,10 +64,11 @@ pub enum Error {
         /// The object concerned.
         what: String,
     },
-    /// The target panicked in the child.
-    #[error("process {name:?} (pid {pid}) panicked{}: {message}", location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    /// The target panicked: in a child process, or in a thread or thread-pool worker of
+    /// this process (`name` says which).
+    #[error("{name:?} (pid {pid}) panicked{}: {message}", location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default())]
     Panicked {
-        /// The child's name.
+        /// The child's (or thread's) name.
         name: String,
         /// The child's pid.
         pid: i32,

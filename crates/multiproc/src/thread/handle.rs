@@ -197,7 +197,7 @@ impl<R> Thread<R> {
     ///
     /// # Errors
     /// [`Error::Panicked`] with the panic message if the closure panicked (the message reads
-    /// `process "<thread name>" (pid …) panicked: …`, and carries no location);
+    /// `"<thread name>" (pid …) panicked: …`, and carries no location);
     /// [`Error::InvalidState`] if the thread was already joined by
     /// [`join_timeout`](Self::join_timeout), or if a thread tries to join itself.
     pub fn join(mut self) -> Result<R> {
