@@ -290,6 +290,21 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Resul
     Ok(())
 }
 
+/// Kills our child `pid` (if it still runs) and reaps it, so that it leaves no zombie.
+pub(crate) fn kill_and_reap(pid: i32) {
+    // SAFETY: kill takes a pid and a signal; `pid` is a child of ours not yet reaped (only
+    // this call reaps it), so it cannot have been recycled.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if r != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return; // reaped, or someone else did (ECHILD)
+        }
+    }
+}
+
 /// Reaps the child behind `pidfd` if it has ended; `None` while it runs.
 pub(crate) fn try_wait_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
     const P_PIDFD: libc::idtype_t = 3;

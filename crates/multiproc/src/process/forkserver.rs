@@ -42,6 +42,9 @@ enum Reply {
 struct Client {
     sock: OwnedFd,
     reader: FrameReader,
+    /// The server's pid: reaped here if it dies while we live (otherwise the kernel's init
+    /// reaps it once we exit).
+    pid: i32,
 }
 
 static SERVER: Mutex<Option<Client>> = Mutex::new(None);
@@ -62,8 +65,12 @@ pub(crate) fn start_child(control: &OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> 
         let client = server.as_mut().expect("just set");
         match request(client, control) {
             Ok(started) => return Ok(started),
-            // The server died (killed by someone): start a new one once.
-            Err(e) if attempt == 0 && e.kind() == crate::ErrorKind::Closed => *server = None,
+            // The server died (killed by someone): reap it, and start a new one once.
+            Err(e) if attempt == 0 && e.kind() == crate::ErrorKind::Closed => {
+                if let Some(dead) = server.take() {
+                    platform::kill_and_reap(dead.pid);
+                }
+            }
             Err(e) => return Err(e),
         }
     }
@@ -74,13 +81,14 @@ fn launch() -> Result<Client> {
     let (ours, theirs) =
         platform::socketpair().map_err(|e| Error::io("fork server: socketpair", e))?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string();
-    platform::spawn_self((ENV, &fd), theirs.as_fd())
+    let pid = platform::spawn_self((ENV, &fd), theirs.as_fd())
         .map_err(|e| Error::io("fork server: spawn", e))?;
-    // The server is reaped by nobody but the kernel's init once we exit; while we live it
-    // lives, so reap it lazily: keep no handle (it exits when `ours` closes).
+    // While we live the server lives (it exits when `ours` closes); a server that dies
+    // before is reaped when it is found dead.
     Ok(Client {
         sock: ours,
         reader: FrameReader::new(1 << 20),
+        pid,
     })
 }
 
@@ -107,7 +115,16 @@ fn request(client: &mut Client, control: &OwnedFd) -> Result<(i32, OwnedFd, Owne
         .reader
         .read(client.sock.as_fd(), None, true)
         .map_err(|e| match e {
+            // A server killed with our request unread resets the connection.
             frame::ReadError::Eof => Error::Closed { what: WHAT.into() },
+            frame::ReadError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Error::Closed { what: WHAT.into() }
+            }
             other => Error::protocol(WHAT, format!("{other:?}")),
         })?;
     match postcard::from_bytes::<Reply>(&reply.payload)
