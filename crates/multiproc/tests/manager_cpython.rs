@@ -241,21 +241,8 @@ print(len(n), n[True], n[(True, 2)], list(n.keys()), m.list([1, 2.0, 1]).count(1
 #[test]
 fn cpython_sync_manager_clients_use_a_rust_servers_dict_list_queue_and_lock() {
     for python in pythons() {
-        let server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
-        let running = server.serve_in_background().unwrap();
-        let Address::Tcp(addr) = running.address().clone() else {
-            unreachable!()
-        };
-        let out = Command::new(&python)
-            .args(["-c", SYNC_CLIENT, &addr.port().to_string()])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{python:?}: {said}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (running, port) = sync_server();
+        let said = run_python(&python, SYNC_CLIENT, &[&port]);
         assert_eq!(
             said,
             "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n\
@@ -374,16 +361,7 @@ fn cpython_clients_call_methods_of_a_registered_rust_type() {
         let Address::Tcp(addr) = running.address().clone() else {
             unreachable!()
         };
-        let out = Command::new(&python)
-            .args(["-c", COUNTER_CLIENT, &addr.port().to_string()])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{python:?}: {said}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = run_python(&python, COUNTER_CLIENT, &[&addr.port().to_string()]);
         // Each `m.Counter()` is a new object from the factory.
         assert_eq!(
             said, "5 6 16 16\nValueError asked to fail\n0\n",
