@@ -1145,3 +1145,28 @@ fn jobs_run_in_the_shell_that_started_the_runner() {
         );
     }
 }
+
+/// Jobs start with no signal blocked and SIGPIPE at its default (the runner ignores it), so a
+/// pipeline whose reader stops early ends quietly, as in a terminal.
+#[test]
+fn jobs_start_with_default_signals() {
+    // `cat` needs no shell: it is spawned directly and shows its own signal masks.
+    let out = ours(&["cat", ":::", "/proc/self/status"], b"");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mask = |name: &str| -> u64 {
+        let line = out
+            .out
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {out:?}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hex mask")
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{out:?}");
+    let sigpipe_bit = 1 << (13 - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe_bit, 0, "{out:?}");
+    // Through the shell: `yes` dies of SIGPIPE instead of complaining of EPIPE.
+    let out = ours(&["yes {} | head -n 1", ":::", "x"], b"");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.out, "x\n");
+    assert_eq!(out.err, "", "{out:?}");
+}

@@ -1,7 +1,7 @@
 //! Running the jobs of `multiproc run`.
 //!
-//! One thread does it all: it spawns the jobs (`std::process::Command`, which uses
-//! `posix_spawn`), each in its own process group, and then waits in `poll(2)` on every
+//! One thread does it all: it spawns the jobs (`posix_spawn`, see [`super::spawn`]), each in
+//! its own process group, and then waits in `poll(2)` on every
 //! running job's stdout and stderr pipes, on self-pipes written by the SIGCHLD, SIGINT and
 //! SIGTERM handlers, and on the input thread's wake-up socket, with a timeout at the next
 //! deadline (a job's `--timeout`, the SIGKILL that follows a SIGTERM, `--delay`,
@@ -16,16 +16,13 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +35,7 @@ use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use super::input::{self, Feed, Job};
 use super::joblog::{Entry, Joblog};
 use super::output::{Output, Stream};
+use super::spawn::{Spawned, Spawner, c_string};
 use super::template::{Ctx, Template, quote};
 use super::{Config, Halt, When, Why};
 
@@ -155,9 +153,18 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     };
     let signals = Signals::install()?;
     let direct = match &cfg.shell {
-        Some(_) => cfg.template.plain_program().and_then(resolve),
+        Some(_) => cfg
+            .template
+            .plain_program()
+            .and_then(resolve)
+            .and_then(|p| CString::new(p.into_os_string().into_vec()).ok()),
         None => None,
     };
+    let shell = match cfg.shell {
+        Some(sh) => Some(c_string(sh.into_vec(), "shell's path")?),
+        None => None,
+    };
+    let spawner = Spawner::new().context("cannot prepare to start jobs")?;
     let bar = (cfg.bar && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
@@ -181,8 +188,9 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     };
     let mut r = Runner {
         template: cfg.template,
-        shell: cfg.shell,
+        shell,
         direct,
+        spawner,
         slots,
         timeout: cfg.timeout,
         retries: cfg.retries,
@@ -319,9 +327,11 @@ struct Runner {
     /// The command.
     template: Template,
     /// The shell, `None` with `--no-shell`.
-    shell: Option<OsString>,
+    shell: Option<CString>,
     /// The program to spawn directly, when the shell can be skipped.
-    direct: Option<PathBuf>,
+    direct: Option<CString>,
+    /// What every job is spawned with.
+    spawner: Spawner,
     /// Jobs at once.
     slots: usize,
     /// `--timeout`.
@@ -452,19 +462,17 @@ impl Runner {
             };
             self.output.start(job.seq, &job.args);
             match self.spawn(&job, slot) {
-                Ok(child) => {
-                    let pid = Pid::from_child(&child);
-                    let mut child = child;
+                Ok(spawned) => {
                     let started = Instant::now();
                     self.running.insert(
-                        pid.as_raw_pid(),
+                        spawned.pid.as_raw_pid(),
                         Running {
-                            out: child.stdout.take().map(|s| File::from(OwnedFd::from(s))),
-                            err: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+                            out: Some(spawned.out),
+                            err: Some(spawned.err),
                             job,
                             attempt,
                             slot,
-                            pid,
+                            pid: spawned.pid,
                             start_wall: SystemTime::now(),
                             started,
                             deadline: self.timeout.map(|t| started + t),
@@ -472,7 +480,6 @@ impl Runner {
                             kill_at: None,
                         },
                     );
-                    // `child` is dropped without a wait: the loop reaps it with waitpid(-1).
                 }
                 Err(e) => {
                     // Not even the shell could be spawned (out of processes or descriptors):
@@ -492,41 +499,39 @@ impl Runner {
     }
 
     /// Spawns a job.
-    fn spawn(&self, job: &Job, slot: usize) -> std::io::Result<std::process::Child> {
+    fn spawn(&self, job: &Job, slot: usize) -> std::io::Result<Spawned> {
         let ctx = Ctx {
             args: &job.args,
             seq: job.seq,
             slot,
         };
-        let os = |b: Vec<u8>| OsString::from_vec(b);
-        if let Some(prog) = &self.direct {
-            let mut argv = self.template.argv(&ctx).into_iter();
-            let arg0 = argv.next().unwrap_or_default();
-            let mut cmd = Command::new(prog);
-            cmd.arg0(os(arg0)).args(argv.map(os));
-            if let Ok(child) = setup(&mut cmd, job.seq, slot).spawn() {
-                return Ok(child);
-            }
+        let argv = |ctx: &Ctx<'_>| -> std::io::Result<Vec<CString>> {
+            self.template
+                .argv(ctx)
+                .into_iter()
+                .map(|w| c_string(w, "command"))
+                .collect()
+        };
+        if let Some(prog) = &self.direct
+            && let Ok(spawned) = self.spawner.spawn(prog, false, &argv(&ctx)?, job.seq, slot)
+        {
+            return Ok(spawned);
         }
-        let mut cmd = match &self.shell {
+        match &self.shell {
             Some(sh) => {
                 let mut line = Vec::new();
                 self.template.shell_line(&ctx, &mut line);
-                let mut cmd = Command::new(sh);
-                cmd.arg("-c").arg(os(line));
-                cmd
+                let argv = [sh.clone(), c"-c".to_owned(), c_string(line, "command")?];
+                self.spawner.spawn(sh, false, &argv, job.seq, slot)
             }
             None => {
-                let mut argv = self.template.argv(&ctx).into_iter();
-                let prog = argv.next().ok_or_else(|| {
+                let argv = argv(&ctx)?;
+                let prog = argv.first().ok_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command")
                 })?;
-                let mut cmd = Command::new(os(prog));
-                cmd.args(argv.map(os));
-                cmd
+                self.spawner.spawn(prog, true, &argv, job.seq, slot)
             }
-        };
-        setup(&mut cmd, job.seq, slot).spawn()
+        }
     }
 
     /// The loop: start jobs, wait for events, handle them, until all is done.
@@ -989,15 +994,4 @@ fn pct_of(part: u64, whole: u64) -> u8 {
     (part as f64 / whole.max(1) as f64 * 100.0)
         .ceil()
         .min(100.0) as u8
-}
-
-/// The common setup of a job's command: no stdin, piped output, its own process group, and
-/// GNU parallel's `PARALLEL_SEQ` and `PARALLEL_JOBSLOT`.
-fn setup(cmd: &mut Command, seq: u64, slot: usize) -> &mut Command {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .env("PARALLEL_SEQ", seq.to_string())
-        .env("PARALLEL_JOBSLOT", slot.to_string())
 }

@@ -14,6 +14,7 @@ mod exec;
 mod input;
 mod joblog;
 mod output;
+mod spawn;
 mod template;
 
 use std::ffi::OsString;
