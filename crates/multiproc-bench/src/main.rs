@@ -217,6 +217,13 @@ const BENCHES: &[Bench] = &[
         run: run_overhead::run_overhead_shell,
     },
     Bench {
+        name: "limit_run_spawn",
+        unit: "job/s",
+        better: Better::Higher,
+        compared: false,
+        run: run_overhead::limit_run_spawn,
+    },
+    Bench {
         name: "limit_spin_pingpong",
         unit: "rt/s",
         better: Better::Higher,

@@ -11,8 +11,11 @@ pub enum ErrorKind {
     Timeout,
     /// The other end is gone (peer closed the connection, end of file).
     Closed,
-    /// A child process ended without delivering a result: it panicked, was killed or exited.
+    /// A child process ended without delivering a result: it was killed, or it exited.
     ProcessFailed,
+    /// The target panicked: in a child process, a thread, or a pool or executor worker (the
+    /// error's message carries the panic's).
+    Panicked,
     /// The call does not fit the object's state (start twice, join before start, …).
     InvalidState,
     /// Bytes from another process did not make a valid message.
@@ -215,9 +218,8 @@ impl Error {
         match self {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Closed { .. } => ErrorKind::Closed,
-            Error::Panicked { .. } | Error::Killed { .. } | Error::Exited { .. } => {
-                ErrorKind::ProcessFailed
-            }
+            Error::Panicked { .. } => ErrorKind::Panicked,
+            Error::Killed { .. } | Error::Exited { .. } => ErrorKind::ProcessFailed,
             Error::InvalidState { .. } => ErrorKind::InvalidState,
             Error::Protocol { .. } => ErrorKind::Protocol,
             Error::Serialization { .. } => ErrorKind::Serialization,

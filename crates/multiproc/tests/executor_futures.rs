@@ -60,7 +60,7 @@ fn thread_executor_runs_capturing_closures_and_survives_panics() {
     let p = ex.submit(|| -> u32 { panic!("oops") }).unwrap();
     assert_eq!(
         p.result(Some(LONG)).unwrap_err().kind(),
-        ErrorKind::ProcessFailed
+        ErrorKind::Panicked
     );
     let doubled: Vec<u32> = ex
         .map(|x: u32| x * 2, 0..5, None)

@@ -156,7 +156,7 @@ fn a_panicking_task_fails_alone_and_the_worker_carries_on() {
     let err = pool
         .apply(|x: u32| -> u32 { panic!("task {x} gave up") }, 7)
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ProcessFailed);
+    assert_eq!(err.kind(), ErrorKind::Panicked);
     assert!(err.to_string().contains("task 7 gave up"), "{err}");
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
     assert_eq!(pool.worker_pids(), pids, "the worker was replaced");
@@ -180,7 +180,7 @@ fn callbacks_run_and_a_panicking_callback_does_not_kill_the_pool() {
         1,
         |_: &u32| {},
         move |e| {
-            tx2.send(format!("error {}", e.kind() == ErrorKind::ProcessFailed))
+            tx2.send(format!("error {}", e.kind() == ErrorKind::Panicked))
                 .unwrap()
         },
     )

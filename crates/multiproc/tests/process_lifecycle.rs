@@ -53,7 +53,7 @@ fn a_panic_comes_back_with_its_message() {
         .start()
         .unwrap();
     let err = p.join(None).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ProcessFailed);
+    assert_eq!(err.kind(), ErrorKind::Panicked);
     let msg = err.to_string();
     assert!(msg.contains("the child gave up at 7"), "{msg}");
     assert!(

@@ -90,7 +90,7 @@ fn thread_panic_becomes_error_with_message() {
         .spawn(|| -> u32 { panic!("boom {}", 42) })
         .unwrap();
     let err = t.join().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ProcessFailed);
+    assert_eq!(err.kind(), ErrorKind::Panicked);
     match &err {
         Error::Panicked { name, message, .. } => {
             assert_eq!(name, "doomed");

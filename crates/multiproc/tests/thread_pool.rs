@@ -61,7 +61,7 @@ fn a_panicking_task_fails_alone() {
             0..8,
         )
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ProcessFailed);
+    assert_eq!(err.kind(), ErrorKind::Panicked);
     assert!(
         err.to_string().contains("bad item 3"),
         "first in item order: {err}"

@@ -1,8 +1,8 @@
 //! Running the jobs of `multiproc run`.
 //!
 //! One thread does it all: it spawns the jobs (`posix_spawn`, see [`super::spawn`]), each in
-//! its own process group, and then waits in `poll(2)` on every
-//! running job's stdout and stderr pipes, on self-pipes written by the SIGCHLD, SIGINT and
+//! its own process group, and then waits in `poll(2)` on every running job's stdout and stderr
+//! pipes, on SIGCHLD (a signalfd, see [`ChildExits`]), on self-pipes written by the SIGINT and
 //! SIGTERM handlers, and on the input thread's wake-up socket, with a timeout at the next
 //! deadline (a job's `--timeout`, the SIGKILL that follows a SIGTERM, `--delay`,
 //! `--retry-delay`). Children are reaped with `waitpid(-1, WNOHANG)` when SIGCHLD says so.
@@ -87,10 +87,64 @@ struct Retry {
     attempt: u64,
 }
 
-/// The read ends of the signal self-pipes.
+/// SIGCHLD, as something poll(2) waits on.
+///
+/// On Linux, a signalfd: SIGCHLD stays blocked in every thread of the runner (it is blocked
+/// before any other thread starts; jobs start with nothing blocked) and is read from the
+/// descriptor. A handler and its self-pipe would cost a signal frame, a write and a read per
+/// job: 3–6 % of the jobs per second of a run of `true`. Elsewhere, that self-pipe.
+struct ChildExits {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fd: nix::sys::signalfd::SignalFd,
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pipe: UnixStream,
+}
+
+impl ChildExits {
+    /// Starts listening for SIGCHLD. Call it before the runner starts any thread.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn listen() -> anyhow::Result<ChildExits> {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .context("cannot block SIGCHLD")?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .context("cannot create a signalfd for SIGCHLD")?;
+        Ok(ChildExits { fd })
+    }
+
+    /// Starts listening for SIGCHLD.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn listen() -> anyhow::Result<ChildExits> {
+        Ok(ChildExits {
+            pipe: self_pipe(&[signal_hook::consts::SIGCHLD])?,
+        })
+    }
+
+    /// What poll(2) waits on.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return self.fd.as_fd();
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return self.pipe.as_fd();
+    }
+
+    /// Consumes the signals that arrived.
+    fn drain(&mut self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        while let Ok(Some(_)) = self.fd.read_signal() {}
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        drain(&mut self.pipe);
+    }
+}
+
+/// The signals the runner waits for.
 struct Signals {
-    /// Written to on SIGCHLD.
-    chld: UnixStream,
+    /// SIGCHLD.
+    chld: ChildExits,
     /// Written to on SIGINT.
     int: UnixStream,
     /// Written to on SIGTERM and SIGHUP.
@@ -98,24 +152,26 @@ struct Signals {
 }
 
 impl Signals {
-    /// Installs the handlers.
-    fn install() -> anyhow::Result<Signals> {
-        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-        let pair = |sigs: &[i32]| -> anyhow::Result<UnixStream> {
-            let (r, w) = UnixStream::pair().context("cannot create a socket pair")?;
-            r.set_nonblocking(true)?;
-            for &s in sigs {
-                signal_hook::low_level::pipe::register(s, w.try_clone()?)
-                    .with_context(|| format!("cannot handle signal {s}"))?;
-            }
-            Ok(r)
-        };
+    /// Installs the handlers of SIGINT, SIGTERM and SIGHUP.
+    fn install(chld: ChildExits) -> anyhow::Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         Ok(Signals {
-            chld: pair(&[SIGCHLD])?,
-            int: pair(&[SIGINT])?,
-            term: pair(&[SIGTERM, SIGHUP])?,
+            chld,
+            int: self_pipe(&[SIGINT])?,
+            term: self_pipe(&[SIGTERM, SIGHUP])?,
         })
     }
+}
+
+/// The read end of a socket pair written to by handlers of `sigs`.
+fn self_pipe(sigs: &[i32]) -> anyhow::Result<UnixStream> {
+    let (r, w) = UnixStream::pair().context("cannot create a socket pair")?;
+    r.set_nonblocking(true)?;
+    for &s in sigs {
+        signal_hook::low_level::pipe::register(s, w.try_clone()?)
+            .with_context(|| format!("cannot handle signal {s}"))?;
+    }
+    Ok(r)
 }
 
 /// Reads everything waiting in a non-blocking socket; returns how many bytes, and whether the
@@ -142,6 +198,8 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         let rx = input::start(cfg.input, wake_tx)?;
         return dry_run(&cfg.template, cfg.shell.is_none(), cfg.jobs, &rx);
     }
+    // Before the input thread starts: SIGCHLD must be blocked in every thread.
+    let chld = ChildExits::listen()?;
     // The input first: a missing file is an error before anything else happens.
     let rx = input::start(cfg.input, wake_tx)?;
     let (joblog, skip) = match &cfg.joblog {
@@ -151,7 +209,7 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         }
         None => (None, HashSet::new()),
     };
-    let signals = Signals::install()?;
+    let signals = Signals::install(chld)?;
     let direct = match &cfg.shell {
         Some(_) => cfg
             .template
@@ -590,7 +648,7 @@ impl Runner {
         {
             let ev = PollFlags::IN;
             let mut fds = Vec::with_capacity(4 + 2 * self.running.len());
-            fds.push(PollFd::new(&self.signals.chld, ev));
+            fds.push(PollFd::from_borrowed_fd(self.signals.chld.as_fd(), ev));
             fds.push(PollFd::new(&self.signals.int, ev));
             fds.push(PollFd::new(&self.signals.term, ev));
             if let Some(w) = &self.wake {
@@ -645,7 +703,7 @@ impl Runner {
             self.force(signal_hook::consts::SIGTERM);
         }
         if chld {
-            drain(&mut self.signals.chld);
+            self.signals.chld.drain();
             self.reap()?;
         }
         Ok(())

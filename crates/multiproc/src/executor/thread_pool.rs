@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 ///
 /// Unlike a process pool's, tasks are closures that may capture (anything `Send + 'static`);
 /// nothing is serialized. A task that panics fails alone, with its message
-/// ([`ErrorKind::ProcessFailed`](crate::ErrorKind::ProcessFailed)), and its thread carries on.
+/// ([`ErrorKind::Panicked`](crate::ErrorKind::Panicked)), and its thread carries on.
 /// [`apply_async`](Self::apply_async) gives the crate's [`Future`], which plays the role of
 /// Python's `AsyncResult` (`get()` is [`Future::result`]`(None)`, `ready()` is
 /// [`Future::done`]). Threads start as tasks arrive, up to the pool's size.
@@ -93,7 +93,7 @@ impl ThreadPool {
     /// ```
     ///
     /// # Errors
-    /// The task's panic ([`ErrorKind::ProcessFailed`](crate::ErrorKind::ProcessFailed));
+    /// The task's panic ([`ErrorKind::Panicked`](crate::ErrorKind::Panicked));
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool is closed or the
     /// task was cancelled by [`terminate`](Self::terminate).
     pub fn apply<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
