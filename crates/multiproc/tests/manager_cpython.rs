@@ -236,6 +236,12 @@ n[1] = 'x'
 n[1.0] = 'y'
 n[(1, 2.0)] = 'z'
 print(len(n), n[True], n[(True, 2)], list(n.keys()), m.list([1, 2.0, 1]).count(1.0))
+# 1 and 9 share a slot of a small set: the first in takes it, so these two iterate (and
+# pickle) in opposite orders; dicts pickle in insertion order.
+f = m.dict()
+f[frozenset([1, 9])] = 'fs'
+print(f[frozenset([9, 1])], m.list([{1: 'a', 9: 'b'}]).count({9: 'b', 1: 'a'}),
+      m.list([{1, 9}]).index(frozenset([9, 1])))
 "#;
 
 #[test]
@@ -248,7 +254,7 @@ fn cpython_sync_manager_clients_use_a_rust_servers_dict_list_queue_and_lock() {
             "1 2 ['a', 'b'] dflt\nKeyError 'missing'\n3 3 3 True\nx\nTrue None\n\
              False False\nTrue True\n7\n1 two False\nTrue True None None\n\
              True True False None None\nValueError\n['a', 'b'] ['a', 'b']\n\
-             2 y z [1, (1, 2.0)] 2\n",
+             2 y z [1, (1, 2.0)] 2\nfs 1 0\n",
             "{python:?}"
         );
         running.shutdown();

@@ -143,19 +143,59 @@ pub(crate) fn py_hash<H: std::hash::Hasher>(v: &Value, h: &mut H) {
     use std::hash::Hash;
     match (number(v), v) {
         (Some(n), _) => n.hash(h),
-        (None, Value::Tuple(x)) => {
+        (None, Value::Tuple(x) | Value::List(x)) => {
             std::mem::discriminant(v).hash(h);
             x.len().hash(h);
             x.iter().for_each(|e| py_hash(e, h));
+        }
+        (None, Value::Set(x) | Value::FrozenSet(x)) => {
+            // One tag for both (`{1} == frozenset({1})`), and an order-free sum of the items'.
+            "set".hash(h);
+            x.len().hash(h);
+            h.write_u64(x.iter().fold(0, |sum, e| sum.wrapping_add(alone(e))));
+        }
+        (None, Value::Dict(pairs)) => {
+            std::mem::discriminant(v).hash(h);
+            pairs.len().hash(h);
+            let sum = pairs.iter().fold(0u64, |sum, (k, e)| {
+                sum.wrapping_add(alone(k).rotate_left(1) ^ alone(e))
+            });
+            h.write_u64(sum);
         }
         (None, _) => hash_value(v, h),
     }
 }
 
+/// Whether every item of `items` is [`py_eq`] to one of `set`'s.
+fn contains_all(set: &[Value], items: &[Value]) -> bool {
+    if set.len() <= 8 {
+        return items.iter().all(|p| set.iter().any(|q| py_eq(p, q)));
+    }
+    let mut by_hash: std::collections::HashMap<u64, Vec<&Value>> = Default::default();
+    for q in set {
+        by_hash.entry(alone(q)).or_default().push(q);
+    }
+    items.iter().all(|p| {
+        by_hash
+            .get(&alone(p))
+            .is_some_and(|qs| qs.iter().any(|q| py_eq(p, q)))
+    })
+}
+
+/// [`py_hash`] of `v` on its own, to combine without regard to order.
+fn alone(v: &Value) -> u64 {
+    use std::hash::Hasher;
+    // SipHash with fixed keys: the same value gives the same figure every time.
+    let mut h = std::hash::DefaultHasher::new();
+    py_hash(v, &mut h);
+    h.finish()
+}
+
 /// Equality as Python's `==` has it for dict keys and list searches: numbers by value
 /// (`True == 1 == 1.0`, `0.0 == -0.0`), tuples and lists element by element under the same
-/// rule; everything else structurally, as [`same`] (a `NaN` equals itself, as the very same
-/// object does in CPython's dicts).
+/// rule, sets and frozensets (one equal to the other) and dicts whatever their order;
+/// everything else structurally, as [`same`] (a `NaN` equals itself, as the very same object
+/// does in CPython's dicts).
 pub(crate) fn py_eq(a: &Value, b: &Value) -> bool {
     match (number(a), number(b)) {
         (Some(x), Some(y)) => x == y,
@@ -163,6 +203,18 @@ pub(crate) fn py_eq(a: &Value, b: &Value) -> bool {
         (None, None) => match (a, b) {
             (Value::Tuple(x), Value::Tuple(y)) | (Value::List(x), Value::List(y)) => {
                 x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q))
+            }
+            (Value::Set(x) | Value::FrozenSet(x), Value::Set(y) | Value::FrozenSet(y)) => {
+                // A set holds no two equal items: same size and each found is equality.
+                x.len() == y.len() && contains_all(y, x)
+            }
+            (Value::Dict(x), Value::Dict(y)) => {
+                x.len() == y.len()
+                    && x.iter().all(|(k, v)| {
+                        y.iter()
+                            .find(|(k2, _)| py_eq(k, k2))
+                            .is_some_and(|(_, v2)| py_eq(v, v2))
+                    })
             }
             _ => same(a, b),
         },

@@ -1200,3 +1200,61 @@ fn cpython_loads_what_we_encode() {
         assert!(out.status.success(), "{}: {stdout}", python.display());
     }
 }
+
+// ----- Python's `==` for dict keys and list searches -----
+
+fn hash_of(v: &Value) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    py_hash(v, &mut h);
+    h.finish()
+}
+
+/// `a == b` as Python says, with equal hashes when equal.
+fn assert_py_eq(a: &Value, b: &Value) {
+    assert!(py_eq(a, b), "{a} == {b}");
+    assert!(py_eq(b, a), "{b} == {a}");
+    assert_eq!(hash_of(a), hash_of(b), "hash({a}) == hash({b})");
+}
+
+#[test]
+fn sets_and_dicts_compare_whatever_their_order() {
+    let numbers: Vec<Value> = (0..20).map(int).collect();
+    let mut reversed = numbers.clone();
+    reversed.reverse();
+    // Small sets (compared pairwise) and large ones (through hashes).
+    for n in [3, 20] {
+        let fwd = Value::FrozenSet(numbers[..n].to_vec());
+        let back = Value::FrozenSet(reversed[20 - n..].to_vec());
+        assert_py_eq(&fwd, &back);
+        // A set equals the frozenset of the same items.
+        assert_py_eq(&Value::Set(numbers[..n].to_vec()), &back);
+        // Numbers inside compare by value: frozenset({0, 1, 2.0}) == frozenset({2, 1, 0}).
+        let mut floats = numbers[..n].to_vec();
+        floats[2] = Value::Float(2.0);
+        floats[1] = Value::Bool(true);
+        assert_py_eq(&Value::FrozenSet(floats), &back);
+        // One item different, or one missing: not equal.
+        let mut other = numbers[..n].to_vec();
+        other[0] = int(99);
+        assert!(!py_eq(&fwd, &Value::FrozenSet(other)));
+        assert!(!py_eq(&fwd, &Value::FrozenSet(numbers[..n - 1].to_vec())));
+    }
+    let d1 = Value::Dict(vec![(s("a"), int(1)), (int(2), s("b"))]);
+    let d2 = Value::Dict(vec![
+        (Value::Float(2.0), s("b")),
+        (s("a"), Value::Bool(true)),
+    ]);
+    assert_py_eq(&d1, &d2);
+    assert!(!py_eq(
+        &d1,
+        &Value::Dict(vec![(s("a"), int(1)), (int(2), s("c"))])
+    ));
+    assert!(!py_eq(&d1, &Value::Dict(vec![(s("a"), int(1))])));
+    // Nested: a tuple key holding a frozenset.
+    let k1 = tup(vec![s("k"), Value::FrozenSet(vec![int(1), int(2)])]);
+    let k2 = tup(vec![s("k"), Value::FrozenSet(vec![int(2), int(1)])]);
+    assert_py_eq(&k1, &k2);
+    // Sets are not lists, nor tuples.
+    assert!(!py_eq(&Value::Set(vec![int(1)]), &list(vec![int(1)])));
+}
