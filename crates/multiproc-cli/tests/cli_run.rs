@@ -1170,3 +1170,21 @@ fn jobs_start_with_default_signals() {
     assert_eq!(out.out, "x\n");
     assert_eq!(out.err, "", "{out:?}");
 }
+
+/// A job that closes its output and goes on is still waited for: its exit status counts, and
+/// what it printed before is kept.
+#[test]
+fn a_job_that_closes_its_output_early_is_waited_for() {
+    let out = ours(
+        &[
+            "-k",
+            "echo before {}; exec >&- 2>&-; sleep 0.3; exit {}",
+            ":::",
+            "0",
+            "3",
+        ],
+        b"",
+    );
+    assert_eq!(out.out, "before 0\nbefore 3\n");
+    assert_eq!(out.code, Some(1), "one job failed: {out:?}");
+}

@@ -39,6 +39,10 @@ use super::spawn::{Spawned, Spawner, c_string};
 use super::template::{Ctx, Template, quote};
 use super::{Config, Halt, When, Why};
 
+/// How often a job that closed its output is looked at, should its SIGCHLD never come (it
+/// always does; this costs nothing while jobs exit as they should).
+const RECHECK: Duration = Duration::from_millis(200);
+
 /// How long a job has between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_millis(500);
 
@@ -623,6 +627,10 @@ impl Runner {
                 (None, Some(d), None) => at(d),
                 _ => {}
             }
+            if r.out.is_none() && r.err.is_none() {
+                // Its exit is due any moment: should its SIGCHLD be missed, look anyway.
+                at(Instant::now() + RECHECK);
+            }
         }
         for &(_, t) in &self.pending_kills {
             at(t);
@@ -669,6 +677,11 @@ impl Runner {
                 tv_nsec: d.subsec_nanos().into(),
             });
             match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(0) => {
+                    // Timed out: a deadline, or a job to look at again (see RECHECK).
+                    drop(fds);
+                    return self.reap();
+                }
                 Ok(_) => {}
                 Err(Errno::INTR) => return Ok(()),
                 Err(e) => return Err(std::io::Error::from(e)).context("poll failed"),
