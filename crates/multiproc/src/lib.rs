@@ -96,4 +96,11 @@ pub mod __fuzz {
     pub fn wire_handshake(data: &[u8]) {
         crate::manager::fuzz::handshake(data)
     }
+
+    /// Serves an authenticated peer's proxy calls, framed from untrusted bytes (chunks of a
+    /// little-endian `u16` length and that many bytes), against a dict, a list, a namespace,
+    /// a value and an array with idents `"1"` to `"5"`; must end and never panic.
+    pub fn manager_calls(data: &[u8]) {
+        let _ = crate::manager::server_fuzz::proxy_calls(data);
+    }
 }

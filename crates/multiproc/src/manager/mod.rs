@@ -33,4 +33,5 @@ pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
 pub use started::ManagerProcess;
 pub use wire::{Address, Client, Listener, WireConnection};
 
+pub(crate) use server::fuzz as server_fuzz;
 pub(crate) use wire::fuzz;

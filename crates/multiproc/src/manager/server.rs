@@ -1091,3 +1091,245 @@ fn call(
         ),
     }
 }
+
+/// For the fuzz targets: an authenticated peer's proxy calls, against objects of each kind
+/// that never blocks.
+pub(crate) mod fuzz {
+    use std::io::Read;
+
+    use super::*;
+
+    /// The objects served, by ident: a dict, a list, a namespace, a value and an array (a
+    /// lock, queue or event could block the connection for ever, as it may a real client).
+    pub(crate) const IDENTS: [&str; 5] = ["1", "2", "3", "4", "5"];
+
+    /// `data` as CPython-framed messages: each chunk is a little-endian `u16` length and that
+    /// many bytes (the last one cut short by the end of `data`), framed with its true length.
+    fn frames(mut data: &[u8]) -> Vec<u8> {
+        let mut stream = Vec::with_capacity(data.len() * 2);
+        while let [lo, hi, rest @ ..] = data {
+            let n = usize::from(u16::from_le_bytes([*lo, *hi])).min(rest.len());
+            let len = u32::try_from(n).unwrap_or(u32::MAX);
+            stream.extend(len.to_be_bytes());
+            stream.extend(&rest[..n]);
+            data = &rest[n..];
+        }
+        stream
+    }
+
+    /// Serves the proxy calls of `data` (see [`frames`]) on one connection, as after
+    /// `accept_connection`; returns the bytes of the replies. Must end (the peer's sending
+    /// side is closed after them), never panic, and keep memory bounded.
+    pub(crate) fn proxy_calls(data: &[u8]) -> Vec<u8> {
+        let Some((mut conn, mut peer)) = super::super::wire::fuzz::connection_fed(&frames(data))
+        else {
+            return Vec::new();
+        };
+        let shared = ServerShared {
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            max_connections: std::sync::atomic::AtomicUsize::new(MAX_CONNECTIONS),
+            registry: Mutex::new(Registry::default()),
+            next_ident: AtomicU64::new(100),
+            stop: AtomicBool::new(false),
+            address: Address::Unix("/fuzz".into()),
+        };
+        let array =
+            match ServedArray::from_args(&[Value::str("i"), Value::List(vec![Value::Int(0); 4])]) {
+                Ok(a) => a,
+                Err(_) => return Vec::new(),
+            };
+        let objects = [
+            Served::Dict(Arc::new(ServedDict::from_args(&[], &[]))),
+            Served::List(Arc::new(ServedList::from_args(&[]))),
+            Served::Object(Arc::new(ServedNamespace::from_kwds(&[]))),
+            Served::Object(Arc::new(ServedValue::from_args(&[
+                Value::str("i"),
+                Value::Int(0),
+            ]))),
+            Served::Object(Arc::new(array)),
+        ];
+        {
+            let mut reg = lock(&shared.registry);
+            for (ident, object) in IDENTS.iter().zip(objects) {
+                let entry = Entry {
+                    object,
+                    refs: 1,
+                    pinned: true,
+                };
+                reg.by_ident.insert((*ident).to_string(), entry);
+            }
+        }
+        // Our replies must not fill the socket: the peer reads them all.
+        let _ = peer.set_nonblocking(false);
+        let reader = std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            let _ = peer.read_to_end(&mut replies);
+            replies
+        });
+        serve_proxy_calls(&shared, &mut conn);
+        drop(conn);
+        reader.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    use super::fuzz::{IDENTS, proxy_calls};
+    use crate::pickle::{self, Value};
+
+    /// Small pickleable values, nested a little.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::None),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            (-3i64..20).prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Float),
+            "[a-z_]{0,8}".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Tuple),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+                proptest::collection::vec((inner.clone(), inner), 0..3).prop_map(Value::Dict),
+            ]
+        })
+    }
+
+    /// The methods of the served objects, some that exist nowhere, and `#GETVALUE`.
+    const METHODS: &[&str] = &[
+        "__contains__",
+        "__delitem__",
+        "__getitem__",
+        "__len__",
+        "__setitem__",
+        "append",
+        "clear",
+        "copy",
+        "count",
+        "extend",
+        "get",
+        "index",
+        "insert",
+        "items",
+        "keys",
+        "pop",
+        "popitem",
+        "remove",
+        "reverse",
+        "set",
+        "setdefault",
+        "sort",
+        "update",
+        "values",
+        "__getattribute__",
+        "__setattr__",
+        "__delattr__",
+        "__getslice__",
+        "__setslice__",
+        "#GETVALUE",
+        "__repr__",
+        "__str__",
+        "no_such_method",
+    ];
+
+    /// A proxy call `(ident, method, args, kwds)`, as a client pickles it.
+    fn call() -> impl Strategy<Value = Vec<u8>> {
+        let ident = prop_oneof![
+            proptest::sample::select(&IDENTS[..]).prop_map(Value::str),
+            "[0-9a-f]{1,3}".prop_map(Value::Str),
+            value(),
+        ];
+        let kwds = proptest::collection::vec(("[a-z]{1,6}".prop_map(Value::Str), value()), 0..2);
+        (
+            ident,
+            proptest::sample::select(METHODS),
+            proptest::collection::vec(value(), 0..4),
+            kwds,
+        )
+            .prop_map(|(ident, method, args, kwds)| {
+                let request = Value::Tuple(vec![
+                    ident,
+                    Value::str(method),
+                    Value::Tuple(args),
+                    Value::Dict(kwds),
+                ]);
+                pickle::encode(&request).unwrap_or_default()
+            })
+    }
+
+    /// Chunks as the fuzz target reads them: a little-endian `u16` length, then the bytes.
+    fn chunked(messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for m in messages {
+            data.extend((m.len() as u16).to_le_bytes());
+            data.extend(m);
+        }
+        data
+    }
+
+    /// The harness does reach the objects: a stored item comes back.
+    #[test]
+    fn the_harness_serves_real_calls() {
+        let call = |ident: &str, method: &str, args: Vec<Value>| {
+            let request = Value::Tuple(vec![
+                Value::str(ident),
+                Value::str(method),
+                Value::Tuple(args),
+                Value::Dict(vec![]),
+            ]);
+            pickle::encode(&request).unwrap()
+        };
+        let replies = proxy_calls(&chunked(&[
+            call("1", "__setitem__", vec![Value::str("k"), Value::Int(41)]),
+            call("1", "__getitem__", vec![Value::str("k")]),
+            call("2", "append", vec![Value::str("x")]),
+            call("2", "__len__", vec![]),
+        ]));
+        // Four framed replies; the second and fourth carry 41 and 1.
+        let mut rest = &replies[..];
+        let mut got = Vec::new();
+        while let [a, b, c, d, tail @ ..] = rest {
+            let n = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            got.push(pickle::decode(&tail[..n]).unwrap());
+            rest = &tail[n..];
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        let returned = |v: &Value| match v {
+            Value::Tuple(t) if t.len() == 2 && t[0].as_str() == Some("#RETURN") => t[1].clone(),
+            other => panic!("not a return: {other}"),
+        };
+        assert!(pickle::same(&returned(&got[1]), &Value::Int(41)));
+        assert!(pickle::same(&returned(&got[3]), &Value::Int(1)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Well-formed calls with any arguments, on any object: each answered (a value or an
+        /// error), never a panic or a hang.
+        #[test]
+        fn arbitrary_proxy_calls_never_panic(calls in proptest::collection::vec(call(), 1..24)) {
+            let _ = proxy_calls(&chunked(&calls));
+        }
+
+        /// Well-formed calls with a byte or two changed, and bytes with no form at all.
+        #[test]
+        fn damaged_proxy_calls_never_panic(
+            calls in proptest::collection::vec(call(), 1..8),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut data = chunked(&calls);
+            for (at, byte) in flips {
+                let i = at.index(data.len());
+                data[i] ^= byte;
+            }
+            data.extend(noise);
+            let _ = proxy_calls(&data);
+        }
+    }
+}

@@ -605,7 +605,7 @@ pub(crate) mod fuzz {
 
     /// A connection whose peer sent `data` and then closed its sending side (it still
     /// receives, so our replies do not fail), returned with that peer.
-    fn connection_fed(data: &[u8]) -> Option<(WireConnection, UnixStream)> {
+    pub(crate) fn connection_fed(data: &[u8]) -> Option<(WireConnection, UnixStream)> {
         let (mine, mut theirs) = UnixStream::pair().ok()?;
         // Small inputs fit the socket buffer; the rest is cut (the reader sees end of stream).
         let _ = theirs.set_nonblocking(true);
