@@ -171,10 +171,11 @@ pub(crate) fn run_overhead_shell(quick: bool) -> anyhow::Result<f64> {
 
 /// The fastest runner this machine allows, for `run_overhead` to be held against: the same
 /// 10 000 jobs (`true N`, two at a time), each spawned with `posix_spawn` (environment
-/// prepared once) with its stdout and stderr in pipes read to their end, then reaped, and
-/// nothing else (no placeholders, no process group, no output kept). The `true` process
-/// itself is most of the cost: what is left between this figure and GNU parallel's is all
-/// any runner could gain.
+/// prepared once) with its stdout and stderr in pipes, reaped with a blocking `waitpid(-1)`,
+/// then its pipes read to their end; nothing else (no placeholders, no process group, no
+/// output kept). The write ends stay open until the reap, so an exit wakes the loop once (an
+/// end of file would wake it first). The `true` process itself is most of the cost: what is
+/// left between this figure and GNU parallel's is all any runner could gain.
 pub(crate) fn limit_run_spawn(quick: bool) -> anyhow::Result<f64> {
     use std::ffi::CString;
     use std::io::Read;
@@ -198,41 +199,57 @@ pub(crate) fn limit_run_spawn(quick: bool) -> anyhow::Result<f64> {
         })
         .collect();
     let attr = PosixSpawnAttr::init()?;
-    let spawn = |i: usize| -> anyhow::Result<(nix::unistd::Pid, [std::fs::File; 2])> {
+    type Job = (
+        nix::unistd::Pid,
+        [std::fs::File; 2],
+        [std::os::fd::OwnedFd; 2],
+    );
+    let spawn = |i: usize| -> anyhow::Result<Job> {
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Our read ends only: drained without blocking once the job is reaped.
+        for r in [&out_r, &err_r] {
+            nix::fcntl::fcntl(r, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        }
         let mut actions = PosixSpawnFileActions::init()?;
         actions.add_dup2(out_w.as_raw_fd(), 1)?;
         actions.add_dup2(err_w.as_raw_fd(), 2)?;
         let argv = [c"true".to_owned(), CString::new(i.to_string())?];
         let pid = nix::spawn::posix_spawn(program.as_c_str(), &actions, &attr, &argv, &env)?;
-        Ok((pid, [out_r.into(), err_r.into()]))
+        Ok((pid, [out_r.into(), err_r.into()], [out_w, err_w]))
     };
-    let finish = |(pid, pipes): (nix::unistd::Pid, [std::fs::File; 2])| -> anyhow::Result<()> {
-        let mut buf = [0u8; 512];
-        for mut p in pipes {
-            while p.read(&mut buf)? > 0 {}
-        }
-        let status = nix::sys::wait::waitpid(pid, None)?;
+    // Reaps whichever job ends first and drains its pipes.
+    let reap_one = |running: &mut Vec<Job>| -> anyhow::Result<()> {
+        let status = nix::sys::wait::waitpid(None, None)?;
         ensure!(
             matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
             "true failed: {status:?}"
         );
+        let pid = status.pid().context("no pid")?;
+        let at = running
+            .iter()
+            .position(|(p, _, _)| *p == pid)
+            .context("an unknown child")?;
+        let (_, pipes, _) = running.swap_remove(at);
+        let mut buf = [0u8; 512];
+        for mut p in pipes {
+            while matches!(p.read(&mut buf), Ok(n) if n > 0) {}
+        }
         Ok(())
     };
     let n = jobs(quick);
     let mut best = f64::INFINITY;
     for _ in 0..if quick { 1 } else { 3 } {
         let t = Instant::now();
-        let mut running = std::collections::VecDeque::new();
+        let mut running = Vec::with_capacity(2);
         for i in 1..=n {
             if running.len() == 2 {
-                finish(running.pop_front().context("two are running")?)?;
+                reap_one(&mut running)?;
             }
-            running.push_back(spawn(i)?);
+            running.push(spawn(i)?);
         }
-        for job in running {
-            finish(job)?;
+        while !running.is_empty() {
+            reap_one(&mut running)?;
         }
         best = best.min(t.elapsed().as_secs_f64());
     }

@@ -1188,3 +1188,18 @@ fn a_job_that_closes_its_output_early_is_waited_for() {
     assert_eq!(out.out, "before 0\nbefore 3\n");
     assert_eq!(out.code, Some(1), "one job failed: {out:?}");
 }
+
+/// Output far beyond a pipe's buffer, on both streams at once, comes through whole: the runner
+/// reads while the jobs write (they would block for ever otherwise).
+#[test]
+fn large_output_on_both_streams_comes_through_whole() {
+    // 2 MB on stdout and 1 MB on stderr per job, interleaved by the job itself.
+    let job = "head -c 2000000 /dev/zero | tr '\\0' {}; head -c 1000000 /dev/zero | tr '\\0' e >&2; \
+               head -c 1 /dev/zero | tr '\\0' {}";
+    let out = ours(&["-k", "-j2", job, ":::", "a", "b"], b"");
+    assert_eq!(out.code, Some(0), "{}", out.err.len());
+    assert_eq!(out.out.len(), 2 * 2_000_001);
+    assert!(out.out[..2_000_001].bytes().all(|b| b == b'a'));
+    assert!(out.out[2_000_001..].bytes().all(|b| b == b'b'));
+    assert_eq!(out.err.len(), 2_000_000);
+}

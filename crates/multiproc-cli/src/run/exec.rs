@@ -39,10 +39,6 @@ use super::spawn::{Spawned, Spawner, c_string};
 use super::template::{Ctx, Template, quote};
 use super::{Config, Halt, When, Why};
 
-/// How often a job that closed its output is looked at, should its SIGCHLD never come (it
-/// always does; this costs nothing while jobs exit as they should).
-const RECHECK: Duration = Duration::from_millis(200);
-
 /// How long a job has between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_millis(500);
 
@@ -69,6 +65,8 @@ struct Running {
     out: Option<File>,
     /// Its stderr, until end of file.
     err: Option<File>,
+    /// Our copies of its pipes' write ends, closed once it is reaped.
+    _writers: [std::os::fd::OwnedFd; 2],
     /// When it started (for the joblog).
     start_wall: SystemTime,
     /// When it started.
@@ -243,7 +241,8 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
             let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
                 .current
                 .unwrap_or(1024);
-            usize::try_from(nofile.saturating_sub(32) / 2)
+            // Four descriptors per job: its pipes' two ends.
+            usize::try_from(nofile.saturating_sub(32) / 4)
                 .unwrap_or(usize::MAX)
                 .max(1)
         }
@@ -531,6 +530,7 @@ impl Runner {
                         Running {
                             out: Some(spawned.out),
                             err: Some(spawned.err),
+                            _writers: spawned.writers,
                             job,
                             attempt,
                             slot,
@@ -627,10 +627,6 @@ impl Runner {
                 (None, Some(d), None) => at(d),
                 _ => {}
             }
-            if r.out.is_none() && r.err.is_none() {
-                // Its exit is due any moment: should its SIGCHLD be missed, look anyway.
-                at(Instant::now() + RECHECK);
-            }
         }
         for &(_, t) in &self.pending_kills {
             at(t);
@@ -677,11 +673,6 @@ impl Runner {
                 tv_nsec: d.subsec_nanos().into(),
             });
             match rustix::event::poll(&mut fds, ts.as_ref()) {
-                Ok(0) => {
-                    // Timed out: a deadline, or a job to look at again (see RECHECK).
-                    drop(fds);
-                    return self.reap();
-                }
                 Ok(_) => {}
                 Err(Errno::INTR) => return Ok(()),
                 Err(e) => return Err(std::io::Error::from(e)).context("poll failed"),
@@ -754,7 +745,8 @@ impl Runner {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Only a child of the job still holds the pipe: what the job wrote is in.
+                    // The job has exited: what it wrote is in (we hold a write end ourselves,
+                    // and a child of the job may hold one too).
                     *file = None;
                     return;
                 }

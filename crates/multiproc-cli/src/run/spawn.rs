@@ -28,6 +28,8 @@ pub(crate) struct Spawned {
     pub(crate) out: File,
     /// The read end of its stderr.
     pub(crate) err: File,
+    /// Our copies of the write ends, kept until the job is reaped (see [`Spawner::spawn`]).
+    pub(crate) writers: [OwnedFd; 2],
 }
 
 /// What every job is spawned with.
@@ -71,6 +73,11 @@ impl Spawner {
 
     /// Starts `program` with `argv` (`argv[0]` included) as job `seq` in slot `slot`: stdin
     /// from `/dev/null`, stdout and stderr into pipes, in a process group of its own.
+    ///
+    /// The caller keeps the pipes' write ends ([`Spawned::writers`]) until it has reaped the
+    /// job: the read ends then never see end of file, so a job that prints nothing wakes the
+    /// runner once (its SIGCHLD), not two or three times (each pipe's end of file comes a
+    /// moment before the exit can be reaped).
     /// `search` looks `program` up in `PATH` (as `execvp` does) when it has no `/`.
     pub(crate) fn spawn(
         &self,
@@ -103,12 +110,11 @@ impl Spawner {
         let pid = Pid::from_raw(pid.as_raw()).ok_or_else(|| {
             std::io::Error::other(format!("posix_spawn returned pid {}", pid.as_raw()))
         })?;
-        // Our copies of the write ends close here: end of file comes when the job's do.
-        drop((out_w, err_w));
         Ok(Spawned {
             pid,
             out: File::from(out_r),
             err: File::from(err_r),
+            writers: [out_w, err_w],
         })
     }
 }
