@@ -128,16 +128,18 @@ fn jobs(quick: bool) -> usize {
     if quick { 1000 } else { 10_000 }
 }
 
-/// `multiproc run -j 2 true` against `parallel -j 2 true`.
+/// `multiproc run -j 2 true` against `parallel -j 2 true`, best of three rounds each (GNU
+/// parallel's take ~25 s each).
 pub(crate) fn run_overhead(quick: bool) -> anyhow::Result<f64> {
     let p = ["-j", "2", "true"];
+    let rounds = if quick { 1 } else { 3 };
     compare(
         "run_overhead",
         &p,
         "parallel",
         &["--will-cite", "-j", "2", "true"],
         jobs(quick),
-        1,
+        rounds,
     )
 }
 
