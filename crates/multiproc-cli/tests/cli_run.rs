@@ -743,8 +743,10 @@ fn sigterm_kills_every_job() {
 #[test]
 fn halt_now_kills_the_running_jobs() {
     let dir = TempDir::new("halt");
-    let job = "if [ {} = slow ]; then sleep 100 & echo $! > gpid.slow; wait; \
-               else while [ ! -e gpid.slow ]; do sleep 0.02; done; exit 3; fi";
+    // The pid file appears whole (written aside, then renamed): the failing job, which waits
+    // for it, must not end the run while the file is still empty.
+    let job = "if [ {} = slow ]; then sleep 100 & echo $! > tmp.slow; mv tmp.slow gpid.slow; \
+               wait; else while [ ! -e gpid.slow ]; do sleep 0.02; done; exit 3; fi";
     let mut r = Runner::start(
         bin(),
         &[
