@@ -16,28 +16,18 @@
 //!
 //! Run with `cargo run --example event -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::{Barrier, Event, Process};
-
-/// `time.sleep(d)`: nothing unparks this thread, so `park_timeout` just runs out (in a loop,
-/// as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// `def task1(e, msg)`: waits for ever; returns `e.is_set()`.
 fn task1((e, msg): (Event, u32)) -> bool {
     println!("task1 is waiting...");
     e.wait();
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     println!("hello, {msg}, e.is_set(): {}", e.is_set());
     e.is_set()
 }

@@ -21,25 +21,15 @@
 //!
 //! Run with `cargo run --example lock_basics -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::{Lock, Process};
-
-/// `time.sleep(d)` standing in for slow work: nothing unparks this thread, so `park_timeout`
-/// just runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// `def ChildProcess(l, i)`
 fn child_process((l, i): (Lock, u32)) -> Result<(), String> {
@@ -59,7 +49,7 @@ fn task1((lock, f): (Lock, PathBuf)) -> Result<(), String> {
         .open(&f)
         .map_err(|e| e.to_string())?;
     file.write_all(b"hello ").map_err(|e| e.to_string())?;
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     Ok(())
 }
 
@@ -72,7 +62,7 @@ fn task2((lock, f): (Lock, PathBuf)) -> Result<(), String> {
         .create(true) // 'a+'
         .open(&f)
         .map_err(|e| e.to_string())?;
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     file.write_all(b"world!").map_err(|e| e.to_string())
 }
 

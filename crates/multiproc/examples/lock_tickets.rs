@@ -20,26 +20,16 @@
 //!
 //! Run with `cargo run --example lock_tickets -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::error::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::thread::sleep;
+use std::time::Duration;
 
 use multiproc::{Process, RLock};
 use serde_json::json;
-
-/// `time.sleep(d)` standing in for a slow payment: nothing unparks this thread, so
-/// `park_timeout` just runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 fn load(path: &Path) -> Result<serde_json::Value, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -67,7 +57,7 @@ fn check_num(name: &str, path: &Path) -> Result<(), String> {
 /// `def pay_num(name)`: reads, waits, and takes the ticket if one was left when it read.
 fn pay_num(name: &str, path: &Path) -> Result<bool, String> {
     let mut data = load(path)?;
-    pause(Duration::from_millis(100));
+    sleep(Duration::from_millis(100));
     let left = tickets_left(&data);
     if left == 0 {
         println!("  {name}: sold out");

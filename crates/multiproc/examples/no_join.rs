@@ -27,8 +27,10 @@
 //!
 //! Run with `cargo run --example no_join -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
 #![forbid(unsafe_code)]
 
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::Process;
@@ -37,19 +39,6 @@ use multiproc::Process;
 /// on an idle machine, with no promise on a busy one. (Longer than [`STARTUP`].)
 const PAUSE: Duration = Duration::from_millis(300);
 
-/// `time.sleep(d)`: nothing unparks this thread, so `park_timeout` just runs out (in a loop,
-/// as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
-
 /// How long a child takes before it prints. A Python child spends tens of milliseconds
 /// starting its interpreter, which is what lets the seed's main process print first; a Rust
 /// child is running within a millisecond or two, so it waits this long to play that part.
@@ -57,7 +46,7 @@ const STARTUP: Duration = Duration::from_millis(50);
 
 /// `def run_task(i): print(f"{i} 进程{os.getpid()}正在 运行")`
 fn run_task(i: u32) {
-    pause(STARTUP);
+    sleep(STARTUP);
     println!("  {i}: process {} is running", std::process::id());
 }
 
@@ -95,7 +84,7 @@ fn main() -> multiproc::Result<()> {
     let mut p_list = (1..=4)
         .map(|i| Process::new(run_task, i).start())
         .collect::<multiproc::Result<Vec<_>>>()?;
-    pause(PAUSE);
+    sleep(PAUSE);
     let ended = p_list.iter().filter(|p| !p.is_alive()).count();
     println!(
         "  -----main process ends----- after {:.0} ms; {ended} of 4 children had ended",

@@ -16,24 +16,14 @@
 //!
 //! Run with `cargo run --example pool_apply_async -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::Pool;
-
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// `random.random() * 2` seconds, without a random-number crate: each `RandomState` is keyed
 /// from the OS's randomness, so hashing the task's name and pid gives a fresh number each run.
@@ -47,7 +37,7 @@ fn long_time_task(name: u32) -> (u32, u32, Duration) {
     let pid = std::process::id();
     println!("Run task {name} ({pid})...");
     let start = Instant::now();
-    pause(random_duration(name));
+    sleep(random_duration(name));
     let took = start.elapsed();
     println!("Task {name} runs {:.2} seconds.", took.as_secs_f64());
     (name, pid, took)

@@ -18,28 +18,18 @@
 //!
 //! Run with `cargo run --example pool_callback -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::Pool;
 
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
-
 /// `def myFun(i)`.
 fn my_fun(i: u32) -> u32 {
-    pause(Duration::from_secs(2));
+    sleep(Duration::from_secs(2));
     i + 100
 }
 

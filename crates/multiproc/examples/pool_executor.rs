@@ -16,28 +16,18 @@
 //!
 //! Run with `cargo run --example pool_executor -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::collections::HashSet;
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::{ErrorKind, ProcessPoolExecutor};
 
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
-
 /// `def task(num)`; returns its pid for the checks.
 fn task(num: u32) -> u32 {
     println!("  I am child process {num} (pid {})", std::process::id());
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     std::process::id()
 }
 

@@ -16,27 +16,17 @@
 //!
 //! Run with `cargo run --example pool_map -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::Pool;
 
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
-
 /// `def task(msg)`.
 fn task(msg: u32) -> String {
     println!("hello, {msg} (pid {})", std::process::id());
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     format!("msg: {msg}")
 }
 

@@ -21,33 +21,23 @@
 //!
 //! Run with `cargo run --example pool_results -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::{ErrorKind, Pool};
 
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
-
 /// The first snippet's `def task(msg)`: it returns nothing.
 fn task(msg: u32) {
     println!("  hello, {msg}");
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
 }
 
 /// The second snippet's `def task(msg)`, returning `'msg: %s' % msg`.
 fn task_with_result(msg: u32) -> String {
     println!("  hello, {msg}");
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     format!("msg: {msg}")
 }
 

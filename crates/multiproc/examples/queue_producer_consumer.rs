@@ -19,9 +19,12 @@
 //!
 //! Run with `cargo run --example queue_producer_consumer -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::time::{Duration, Instant};
+use std::thread::sleep;
+use std::time::Duration;
 
 use multiproc::{ErrorKind, JoinableQueue, Process, Queue};
 
@@ -31,26 +34,13 @@ fn random() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
-
 /// `def write(q)`: puts A, B and C, with a random pause after each.
 fn write(q: Queue<String>) -> Result<(), String> {
     println!("Process to write: {}", std::process::id());
     for value in ["A", "B", "C"] {
         println!("put {value} to queue...");
         q.put(value.to_string()).map_err(|e| e.to_string())?;
-        pause(Duration::from_secs_f64(random()));
+        sleep(Duration::from_secs_f64(random()));
     }
     Ok(())
 }

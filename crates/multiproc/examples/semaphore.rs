@@ -14,22 +14,12 @@
 //!
 //! Run with `cargo run --example semaphore -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
+use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime};
 
 use multiproc::{Array, ErrorKind, Process, Semaphore};
-
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// Counts holders in `[inside, most]`: how many hold a slot now, and the most ever.
 fn enter(holders: &Array<u32>) -> Result<(), String> {
@@ -50,7 +40,7 @@ fn task((s, msg, start, holders): (Semaphore, u32, SystemTime, Array<u32>)) -> R
     enter(&holders)?;
     let at = start.elapsed().unwrap_or_default().as_secs_f64();
     println!("  [{at:4.2}s] hello, {msg}");
-    pause(Duration::from_secs(1));
+    sleep(Duration::from_secs(1));
     leave(&holders)
 }
 
@@ -96,7 +86,7 @@ fn main() -> multiproc::Result<()> {
                     let _slot = semaphore.acquire().map_err(|e| e.to_string())?;
                     enter(holders)?;
                     println!("  run the thread: {n}");
-                    pause(Duration::from_millis(250));
+                    sleep(Duration::from_millis(250));
                     leave(holders)
                 })
             })

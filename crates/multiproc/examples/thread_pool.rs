@@ -29,25 +29,15 @@
 //!
 //! Run with `cargo run --example thread_pool -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::thread::sleep;
+use std::time::Duration;
 
 use multiproc::{ErrorKind, ThreadPool};
-
-/// `time.sleep(d)` standing in for work: nothing unparks this thread, so `park_timeout` just
-/// runs out (in a loop, as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// How many tasks run now, and the most at once.
 #[derive(Default)]
@@ -73,7 +63,7 @@ fn main() -> multiproc::Result<()> {
             let me = std::thread::current();
             threads.lock().unwrap().insert(me.id());
             println!("  {i} on {}", me.name().unwrap_or("?"));
-            pause(Duration::from_millis(20));
+            sleep(Duration::from_millis(20));
             load.now.fetch_sub(1, Ordering::SeqCst);
             if i == 13 {
                 panic!("task {i} is unlucky");

@@ -28,10 +28,12 @@
 //!
 //! Run with `cargo run --example threads_basics -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
 #![forbid(unsafe_code)]
 
 use std::error::Error;
 use std::sync::mpsc;
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use multiproc::{
@@ -41,19 +43,6 @@ use multiproc::{
 const THREADS: u32 = 50;
 /// The seed's `time.sleep(1)` (or 2) in each of the 50 tasks.
 const TASK_PAUSE: Duration = Duration::from_millis(3);
-
-/// `time.sleep(d)`: nothing unparks this thread, so `park_timeout` just runs out (in a loop,
-/// as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// `def run_task(i): print(f"{i}子线程{os.getpid()}正在运行!")`; returns the pid it saw.
 fn run_task(i: u32) -> u32 {
@@ -71,7 +60,7 @@ fn loop_thread() {
     println!("  thread {name} is running...");
     for n in 1..=5 {
         println!("  thread {name} >>> {n}");
-        pause(Duration::from_millis(10));
+        sleep(Duration::from_millis(10));
     }
     println!("  thread {name} ended.");
 }
@@ -110,7 +99,7 @@ impl MyThreading {
 /// `def Princ(String): print('task', String); time.sleep(1)`, without the print: 50 lines
 /// three times over would drown the rest, so each way of joining prints its time instead.
 fn princ() {
-    pause(TASK_PAUSE);
+    sleep(TASK_PAUSE);
 }
 
 /// `def Thread(String): print(String)`: runs in a thread of the child process.

@@ -26,11 +26,13 @@
 //!
 //! Run with `cargo run --example threads_shared_state -p multiproc`.
 
+#![allow(clippy::disallowed_methods)] // its sleeps stand for the seed's `time.sleep`
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::thread::sleep;
+use std::time::Duration;
 
 use multiproc::{Event, RLock, Thread, current_thread, join_non_daemon};
 
@@ -38,19 +40,6 @@ use multiproc::{Event, RLock, Thread, current_thread, join_non_daemon};
 /// which this crate's examples forbid): an atomic is the nearest thing to Python's
 /// `global num`, and every thread sees the same one.
 static NUM: AtomicU64 = AtomicU64::new(100);
-
-/// `time.sleep(d)`: nothing unparks this thread, so `park_timeout` just runs out (in a loop,
-/// as it may return early).
-fn pause(d: Duration) {
-    let deadline = Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
-    }
-}
 
 /// `def run_task(i): global num; num += 1; print(...)`: returns the value it printed.
 fn run_task(i: u32) -> u64 {
@@ -198,7 +187,7 @@ fn main() -> multiproc::Result<()> {
         .spawn(move || {
             println!("  {}: starts a 3 s task", current_thread().name());
             flag.set();
-            pause(Duration::from_secs(3)); // the seed's time.sleep(3)
+            sleep(Duration::from_secs(3)); // the seed's time.sleep(3)
             println!("  the daemon thread ended"); // never printed
         })?;
     running.wait();
@@ -215,7 +204,7 @@ fn main() -> multiproc::Result<()> {
 /// with the answer written in instead of read from the terminal.
 fn event_obj_clear_then_set(event: &Event, ended: &AtomicUsize) {
     event.clear();
-    pause(Duration::from_millis(20)); // the user takes a moment to answer...
+    sleep(Duration::from_millis(20)); // the user takes a moment to answer...
     assert_eq!(ended.load(Ordering::SeqCst), 0, "no waiter got past wait()");
     println!("  True/False?>> True");
     event.set();
