@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use multiproc::{ErrorKind, JoinableQueue, Queue, QueueAdmin};
 use serde::{Deserialize, Serialize};
 
-use crate::queues::{BrokerArg, Collect, Item, Submit, Worker, run_task};
+use crate::queues::{BrokerArg, Collect, Item, Submit, TaskRunner, Worker};
 
 /// A task on a broker: its id (unique per submission) and the task.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,6 +33,7 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 pub(crate) fn worker(url: &str, args: &Worker) -> anyhow::Result<()> {
+    let runner = TaskRunner::new(args)?;
     let mut tasks = Queue::builder().broker(url).name(&args.tasks);
     if let Some(lease) = args.lease {
         tasks = tasks.lease(seconds(lease, "--lease")?);
@@ -50,9 +51,9 @@ pub(crate) fn worker(url: &str, args: &Worker) -> anyhow::Result<()> {
             Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Empty) => break,
             Err(e) => return Err(e.into()),
         };
-        match run_task(args, &task.task) {
+        match runner.run(&task.task) {
             Ok(result) => {
-                println!("task {} -> {result}", task.task);
+                println!("task {} -> {}", task.task.brief(), result.brief());
                 results.put(Outcome {
                     id: task.id,
                     task: task.task,
@@ -65,7 +66,7 @@ pub(crate) fn worker(url: &str, args: &Worker) -> anyhow::Result<()> {
                 done += 1;
             }
             Err(e) => {
-                eprintln!("task {} failed: {e:#}", task.task);
+                eprintln!("task {} failed: {e:#}", task.task.brief());
                 tasks.task_failed(&format!("{e:#}"))?;
                 failed += 1;
             }
@@ -176,7 +177,8 @@ pub(crate) struct Dead {
 /// What to do with dead letters.
 #[derive(Debug, Subcommand)]
 enum DeadAction {
-    /// List them: id, deliveries, reason, task.
+    /// List them, one a line: id, times handed to a worker (as --max-deliveries counts),
+    /// reason, task. Control characters are escaped; a long reason or task is cut (see --full).
     Ls {
         /// The queue.
         #[arg(default_value = "task")]
@@ -184,6 +186,9 @@ enum DeadAction {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Show reasons and tasks whole (still escaped).
+        #[arg(long)]
+        full: bool,
     },
     /// Put them back into the queue (those named, or all).
     Requeue {
@@ -202,9 +207,16 @@ enum DeadAction {
 pub(crate) fn dead(args: Dead) -> anyhow::Result<()> {
     let url = redis_only(&args.broker, "dead")?;
     match args.action {
-        DeadAction::Ls { queue, limit } => {
+        DeadAction::Ls { queue, limit, full } => {
+            let max = if full { usize::MAX } else { DEAD_CHARS };
             for l in QueueAdmin::connect(url, &queue)?.dead_letters(limit)? {
-                println!("{}\t{}\t{}\t{}", l.id, l.deliveries, l.reason, l.body);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    printable(&l.id, max),
+                    l.deliveries,
+                    printable(&l.reason, max),
+                    printable(&l.body, max)
+                );
             }
         }
         DeadAction::Requeue { queue, ids } => {
@@ -218,6 +230,27 @@ pub(crate) fn dead(args: Dead) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How much of a dead letter's reason and task `dead ls` shows without `--full`.
+const DEAD_CHARS: usize = 200;
+
+/// `text` safe for a terminal and one line: control characters (tabs and newlines too)
+/// escaped, cut after `max` characters with the full length said.
+fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn redis_only<'a>(broker: &'a BrokerArg, command: &str) -> anyhow::Result<&'a str> {

@@ -11,6 +11,7 @@ mod broker;
 mod demo;
 mod queues;
 mod run;
+mod task_command;
 
 use std::process::ExitCode;
 

@@ -3,13 +3,14 @@
 //! the same commands on a Redis broker (`-b redis://…`, see `broker.rs`).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
 use serde::{Deserialize, Serialize};
+
+use crate::task_command::{TaskCommand, brief};
 
 /// Where the authkey comes from: never the command line (it would show in `ps`).
 #[derive(Debug, Args)]
@@ -70,12 +71,13 @@ impl BrokerArg {
     }
 }
 
-/// A task or result: an integer or a text, as Python's `int` or `str`.
+/// A task or result: an integer, a text or bytes, as Python's `int`, `str` or `bytes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum Item {
     Int(i64),
     Text(String),
+    Bytes(serde_bytes::ByteBuf),
 }
 
 impl Item {
@@ -84,6 +86,31 @@ impl Item {
             .map(Item::Int)
             .unwrap_or_else(|_| Item::Text(s.to_string()))
     }
+
+    /// A command's output: a text if it is UTF-8, bytes otherwise.
+    fn from_output(out: Vec<u8>) -> Item {
+        match String::from_utf8(out) {
+            Ok(s) => Item::Text(s),
+            Err(e) => Item::Bytes(serde_bytes::ByteBuf::from(e.into_bytes())),
+        }
+    }
+
+    /// What a command is given: the integer's digits, the text's or the bytes themselves.
+    fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Item::Int(n) => n.to_string().into_bytes().into(),
+            Item::Text(s) => s.as_bytes().into(),
+            Item::Bytes(b) => b.as_slice().into(),
+        }
+    }
+
+    /// For a log line: cut and escaped (a task's text is anybody's).
+    pub(crate) fn brief(&self) -> String {
+        match self {
+            Item::Int(n) => n.to_string(),
+            _ => brief(&self.bytes()),
+        }
+    }
 }
 
 impl std::fmt::Display for Item {
@@ -91,6 +118,7 @@ impl std::fmt::Display for Item {
         match self {
             Item::Int(n) => write!(f, "{n}"),
             Item::Text(s) => f.write_str(s),
+            Item::Bytes(b) => write!(f, "{}", b.escape_ascii()),
         }
     }
 }
@@ -100,30 +128,45 @@ fn typeid(name: &str) -> String {
     format!("get_{name}_queue")
 }
 
+/// `HOST:PORT`, or a Unix socket's path (anything with a `/`, as CPython's `AF_UNIX`
+/// addresses).
 fn address(s: &str) -> anyhow::Result<Address> {
+    if s.contains('/') {
+        return Ok(Address::unix(s));
+    }
     Address::tcp(s).with_context(|| format!("bad address {s:?}"))
 }
 
 /// `multiproc serve`.
 #[derive(Debug, Args)]
 pub(crate) struct Serve {
-    /// Where to listen (loopback by default; port 0 picks a free one).
+    /// Where to listen: HOST:PORT (loopback by default; port 0 picks a free one) or the path
+    /// of a Unix socket.
     #[arg(long, default_value = "127.0.0.1:5000")]
     bind: String,
     /// A queue to serve, registered as `get_<name>_queue` (repeat for several).
-    #[arg(long = "queue", required = true)]
+    #[arg(long = "queue")]
     queues: Vec<String>,
+    /// A queue to serve under exactly this typeid (a `BaseManager.register('get_jobs',
+    /// callable=…)` that returns a `queue.Queue`; repeat for several).
+    #[arg(long = "queue-typeid")]
+    queue_typeids: Vec<String>,
     #[command(flatten)]
     auth: Auth,
 }
 
 pub(crate) fn serve(args: Serve) -> anyhow::Result<()> {
     let mut server = ManagerServer::bind(&address(&args.bind)?, &args.auth.key()?)?;
-    for q in &args.queues {
-        server.register_queue(&typeid(q));
+    let mut names: Vec<String> = args.queues.iter().map(|q| typeid(q)).collect();
+    names.extend(args.queue_typeids.iter().cloned());
+    for typeid in &names {
+        server.register_queue(typeid);
     }
-    let names: Vec<String> = args.queues.iter().map(|q| typeid(q)).collect();
+    // SyncManager's typeids (dict, list, Queue, Lock, …) are always served.
+    names.push("SyncManager's types".to_string());
+    // One line, flushed at once: a program that started us reads the address from it.
     println!("serving {} on {}", names.join(", "), server.address());
+    std::io::Write::flush(&mut std::io::stdout())?;
     server.serve_forever();
     Ok(())
 }
@@ -154,40 +197,46 @@ pub(crate) struct Worker {
     /// Instead of a command, square integer tasks (the seeds' `n * n = ...`).
     #[arg(long, conflicts_with = "command")]
     pub(crate) square: bool,
-    /// The command to run per task, `{}` replaced by the task (e.g. `-- echo {}`); its
-    /// standard output, trimmed, is the result. On Redis a command that fails gives its task
-    /// back to be tried again (then to the dead letters); on a manager its error is the result.
+    /// The command to run per task, without a shell; its standard output, trimmed, is the
+    /// result. An argument `{}` is the task; a `{}` inside a shell's script is the task quoted
+    /// for that shell (`-- sh -c 'echo {}'`); the task is also the command's standard input.
+    /// On Redis a command that fails gives its task back to be tried again (then to the dead
+    /// letters); on a manager its error is the result.
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
     #[command(flatten)]
     pub(crate) auth: Auth,
 }
 
-pub(crate) fn run_task(args: &Worker, task: &Item) -> anyhow::Result<Item> {
-    if args.square {
-        let Item::Int(n) = task else {
-            bail!("--square needs integer tasks, got {task:?}");
-        };
-        return Ok(Item::Text(format!("{n} * {n} = {}", n * n)));
+/// What a worker does with each task: square it, or run a command.
+pub(crate) enum TaskRunner {
+    Square,
+    Command(TaskCommand),
+}
+
+impl TaskRunner {
+    /// Checks the worker's arguments before any task is taken.
+    pub(crate) fn new(args: &Worker) -> anyhow::Result<TaskRunner> {
+        if args.square {
+            return Ok(TaskRunner::Square);
+        }
+        Ok(TaskRunner::Command(TaskCommand::parse(&args.command)?))
     }
-    let Some((program, rest)) = args.command.split_first() else {
-        bail!("give a command after `--`, or --square");
-    };
-    let text = task.to_string();
-    let out = Command::new(program)
-        .args(rest.iter().map(|a| a.replace("{}", &text)))
-        .output()
-        .with_context(|| format!("cannot run {program:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program:?} failed on task {text:?} ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+
+    pub(crate) fn run(&self, task: &Item) -> anyhow::Result<Item> {
+        match self {
+            TaskRunner::Square => {
+                let Item::Int(n) = task else {
+                    bail!("--square needs integer tasks, got {}", task.brief());
+                };
+                let square = n
+                    .checked_mul(*n)
+                    .with_context(|| format!("{n} * {n} is too large"))?;
+                Ok(Item::Text(format!("{n} * {n} = {square}")))
+            }
+            TaskRunner::Command(command) => Ok(Item::from_output(command.run(&task.bytes())?)),
+        }
     }
-    Ok(Item::Text(
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    ))
 }
 
 pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
@@ -197,6 +246,7 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
     let manager = args.broker.manager(&args.auth)?;
     let tasks = manager.queue::<Item>(&typeid(&args.tasks))?;
     let results = manager.queue::<Item>(&typeid(&args.results))?;
+    let runner = TaskRunner::new(&args)?;
     let idle = Duration::from_secs_f64(args.idle.max(0.0));
     let mut done = 0u64;
     loop {
@@ -205,11 +255,11 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
             Err(e) if e.kind() == ErrorKind::Empty => break,
             Err(e) => return Err(e.into()),
         };
-        let result = match run_task(&args, &task) {
+        let result = match runner.run(&task) {
             Ok(r) => r,
             Err(e) => Item::Text(format!("error: {e:#}")),
         };
-        println!("task {task} -> {result}");
+        println!("task {} -> {}", task.brief(), result.brief());
         results.put(&result)?;
         done += 1;
     }

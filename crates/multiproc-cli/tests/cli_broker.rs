@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use redis_server::{RedisServer, free_port};
 
+mod common;
+use common::hostile::{HOSTILE, WorkDir};
+
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
 
 fn multiproc(redis: &RedisServer, args: &[&str]) -> Output {
@@ -187,7 +190,7 @@ fn failing_tasks_end_in_the_dead_letters_and_can_be_requeued() {
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert!(
         dead.iter()
-            .all(|l| l.contains("no way") && l.contains("\t3\t")),
+            .all(|l| l.contains("no way") && l.contains("\t2\t")),
         "{dead:?}"
     );
     let status = lines(&multiproc(&redis, &["status", "task"]));
@@ -306,4 +309,109 @@ fn a_tls_broker_is_used_with_its_certificate_checked() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&url) && err.contains("certificate"), "{err}");
+}
+
+/// A worker in `dir`, running `command` on the broker's tasks.
+fn worker_in(redis: &RedisServer, dir: &WorkDir, command: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["worker", "--idle", "0.5", "--"])
+        .args(command)
+        .env("MULTIPROC_BROKER", redis.url())
+        .current_dir(&dir.0)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn hostile_task_texts_reach_the_command_as_data_never_as_code() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = WorkDir::new("hostile-broker");
+    let mut submit = vec!["submit"];
+    submit.extend(HOSTILE);
+    lines(&multiproc(&redis, &submit));
+    lines(&worker_in(&redis, &dir, &["sh", "-c", "printf '<%s>' {}"]));
+    let count = HOSTILE.len().to_string();
+    let collected = multiproc(&redis, &["collect", "--count", &count]);
+    lines(&collected);
+    let expected: String = HOSTILE.iter().map(|t| format!("<{t}>\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&collected.stdout), expected);
+    assert!(dir.entries().is_empty(), "{:?}", dir.entries());
+}
+
+#[test]
+fn an_entry_that_is_not_utf8_goes_to_the_dead_letters_unrun_and_is_listed_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = WorkDir::new("bytes-broker");
+    // Entries another producer wrote: a body that is not UTF-8, and one whose task holds an
+    // escape sequence for the terminal.
+    for body in [
+        &b"{\"id\": 1, \"task\": \"\xff$(touch pwned6)\"}"[..],
+        b"{\"id\": 2, \"task\": 9, \"junk\": \"\x1b[2J\"}x",
+    ] {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(redis.socket())
+            .args(["XADD", "task", "*", "codec", "json", "body"])
+            .arg(std::ffi::OsStr::from_bytes(body))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let log = lines(&worker_in(&redis, &dir, &["sh", "-c", "printf '<%s>' {}"]));
+    assert!(
+        log.contains("worker: 0 tasks done, 0 failed, none left"),
+        "{log:?}"
+    );
+    assert!(dir.entries().is_empty(), "{:?}", dir.entries());
+    let dead = multiproc(&redis, &["dead", "ls", "task"]);
+    let listed = String::from_utf8(dead.stdout.clone()).expect("dead ls prints UTF-8");
+    assert_eq!(lines(&dead).len(), 2, "{listed}");
+    assert!(!listed.contains('\x1b'), "{listed:?}");
+    assert!(listed.contains("\\u{1b}[2J"), "{listed}");
+    // Never handed to a worker.
+    assert!(
+        listed.lines().all(|l| l.split('\t').nth(1) == Some("0")),
+        "{listed}"
+    );
+}
+
+#[test]
+fn dead_ls_cuts_a_long_task_unless_asked_for_all_of_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let long = "z".repeat(100_000);
+    lines(&multiproc(&redis, &["submit", &long]));
+    let out = multiproc(
+        &redis,
+        &[
+            "worker",
+            "--idle",
+            "0.5",
+            "--max-deliveries",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "cat >&2; exit 1",
+        ],
+    );
+    // The worker's log names the failed task in a line and keeps the end of its error (4 KiB
+    // at most), not 100 kB twice over.
+    assert!(out.status.success());
+    assert!(
+        out.stderr.len() < 5_000,
+        "{} bytes of log",
+        out.stderr.len()
+    );
+    let short = multiproc(&redis, &["dead", "ls", "task"]);
+    let text = String::from_utf8_lossy(&short.stdout);
+    assert!(text.len() < 1_000 && text.contains("bytes)"), "{text}");
+    let full = multiproc(&redis, &["dead", "ls", "--full", "task"]);
+    assert!(String::from_utf8_lossy(&full.stdout).contains(&long));
 }

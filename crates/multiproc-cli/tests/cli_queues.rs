@@ -3,6 +3,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
+mod common;
+use common::hostile::{HOSTILE, WorkDir};
+
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
 
 /// `multiproc serve` on a free port, killed when the test ends.
@@ -153,4 +156,121 @@ fn a_cpython_worker_serves_tasks_from_multiproc_serve() {
     assert_eq!(stdout(&out), "task queue is empty.\n");
     let collected = stdout(&server.run(&["collect", "--count", "2", "--timeout", "5"]));
     assert_eq!(collected, "6 * 6 = 36\n7 * 7 = 49\n");
+}
+
+#[test]
+fn hostile_task_texts_reach_the_command_as_data_never_as_code() {
+    let server = Server::start();
+    let dir = WorkDir::new("hostile-manager");
+    // The task inside a shell's script (quoted for it), as a whole argument, on stdin.
+    let commands: [&[&str]; 3] = [
+        &["sh", "-c", "printf '<%s>' {}"],
+        &["printf", "<%s>", "{}"],
+        &["sh", "-c", "printf '<%s>' \"$(cat)\""],
+    ];
+    for command in commands {
+        let mut submit = vec!["submit"];
+        submit.extend(HOSTILE);
+        stdout(&server.run(&submit));
+        let mut worker = vec![
+            "worker",
+            "--connect",
+            &server.address,
+            "--idle",
+            "0.5",
+            "--",
+        ];
+        worker.extend(command);
+        let out = Command::new(BIN)
+            .args(&worker)
+            .current_dir(&dir.0)
+            .env("MULTIPROC_AUTHKEY", "abc")
+            .output()
+            .unwrap();
+        stdout(&out);
+        let count = HOSTILE.len().to_string();
+        let collected = stdout(&server.run(&["collect", "--count", &count, "--timeout", "5"]));
+        let expected: String = HOSTILE.iter().map(|t| format!("<{t}>\n")).collect();
+        assert_eq!(collected, expected, "{command:?}");
+        assert!(dir.entries().is_empty(), "{command:?}: {:?}", dir.entries());
+    }
+}
+
+#[test]
+fn a_placeholder_in_another_interpreters_code_is_refused_before_any_task() {
+    let server = Server::start();
+    stdout(&server.run(&["submit", "1"]));
+    let out = server.run(&[
+        "worker",
+        "--idle",
+        "0.5",
+        "--",
+        "python3",
+        "-c",
+        "print({})",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("argument of its own"), "{err}");
+    // The task is still there.
+    assert_eq!(
+        stdout(&server.run(&["collect", "--queue", "task", "--count", "1"])),
+        "1\n"
+    );
+}
+
+/// A CPython client puts bytes that are not UTF-8 and reads the result back.
+const BYTES_CLIENT: &str = r#"
+import sys
+from multiprocessing.managers import BaseManager
+class QueueManager(BaseManager):
+    pass
+QueueManager.register('get_task_queue')
+QueueManager.register('get_result_queue')
+host, port = sys.argv[2].rsplit(':', 1)
+m = QueueManager(address=(host, int(port)), authkey=b'abc')
+m.connect()
+task = b'\xff\xfe$(touch pwned6)\n'
+if sys.argv[1] == 'put':
+    m.get_task_queue().put(task)
+else:
+    got = m.get_result_queue().get(timeout=5)
+    assert got == b'<' + task + b'>', got
+    print('ok')
+"#;
+
+#[test]
+fn task_bytes_that_are_not_utf8_pass_through_whole() {
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("note: python3 not found; skipped");
+        return;
+    }
+    let server = Server::start();
+    let dir = WorkDir::new("bytes-manager");
+    let python = |what: &str| {
+        Command::new("python3")
+            .args(["-c", BYTES_CLIENT, what, &server.address])
+            .output()
+            .unwrap()
+    };
+    stdout(&python("put"));
+    let out = Command::new(BIN)
+        .args([
+            "worker",
+            "--connect",
+            &server.address,
+            "--idle",
+            "0.5",
+            "--",
+        ])
+        .args(["sh", "-c", "printf '<%s>' {}"])
+        .current_dir(&dir.0)
+        .env("MULTIPROC_AUTHKEY", "abc")
+        .output()
+        .unwrap();
+    let log = stdout(&out);
+    // The log line shows the task escaped, not raw.
+    assert!(log.contains(r#"b"\xff\xfe$(touch pwned6)\n""#), "{log}");
+    assert_eq!(stdout(&python("get")), "ok\n");
+    assert!(dir.entries().is_empty(), "{:?}", dir.entries());
 }

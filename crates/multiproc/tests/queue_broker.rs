@@ -188,7 +188,8 @@ fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
     let dead = redis.cli_text(&["XRANGE", "poison:dead", "-", "+"]);
     assert!(dead.contains("\"bad\""), "{dead}");
     assert!(dead.contains("reason\nboom 2"), "{dead}");
-    assert!(dead.contains("deliveries\n3"), "{dead}");
+    // Handed out twice, as max_deliveries says (the third delivery was not).
+    assert!(dead.contains("deliveries\n2"), "{dead}");
 
     // What `multiproc status` and `multiproc dead` show and do.
     let admin = QueueAdmin::connect(&redis.url(), "poison").unwrap();
@@ -202,7 +203,7 @@ fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
             letters[0].body.as_str(),
             letters[0].deliveries
         ),
-        ("boom 2", "\"bad\"", 3)
+        ("boom 2", "\"bad\"", 2)
     );
     assert_eq!(admin.requeue_dead(None).unwrap(), 1);
     assert_eq!(admin.status().unwrap().dead, 0);

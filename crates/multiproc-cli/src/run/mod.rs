@@ -15,7 +15,7 @@ mod input;
 mod joblog;
 mod output;
 mod spawn;
-mod template;
+pub(crate) mod template;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;

@@ -62,7 +62,8 @@ pub struct DeadLetter {
     pub original_id: String,
     /// Why it is here: its last error, or what was wrong with it.
     pub reason: String,
-    /// How many times it was delivered.
+    /// How many times it was handed to a consumer: `max_deliveries` for one that failed (or
+    /// whose consumer died) each time, 0 for one that could not be decoded.
     pub deliveries: u32,
     /// Its codec and body, as they were.
     pub codec: String,

@@ -667,11 +667,14 @@ impl RedisQueue {
         deliveries: u32,
         deadline: Option<Instant>,
     ) -> Result<Option<T>> {
+        // This delivery is not handed out: the dead letter counts those that were, as
+        // `max_deliveries` does.
+        let handed_out = deliveries.saturating_sub(1);
         if deliveries > self.settings.max_deliveries {
             let reason = self
                 .last_error(&entry.id, deadline)?
                 .unwrap_or_else(|| "its lease ran out each time (consumers died?)".into());
-            self.dead_letter(&entry, &reason, deliveries, deadline)?;
+            self.dead_letter(&entry, &reason, handed_out, deadline)?;
             return Ok(None);
         }
         match decode(&entry) {
@@ -686,7 +689,7 @@ impl RedisQueue {
             }
             Err(reason) => {
                 tracing::warn!(queue = %self.name, id = %entry.id, %reason, "dead-lettered a malformed entry");
-                self.dead_letter(&entry, &reason, deliveries, deadline)?;
+                self.dead_letter(&entry, &reason, handed_out, deadline)?;
                 Ok(None)
             }
         }
