@@ -559,6 +559,11 @@ impl ServedObject for ServedArray {
     fn value(&self) -> Option<Value> {
         Some(self.typecode.to_value(lock(&self.data).clone()))
     }
+
+    fn repr(&self) -> String {
+        let items = Value::List(self.typecode.items(&lock(&self.data)));
+        format!("array('{}', {items})", self.typecode.code)
+    }
 }
 
 #[cfg(test)]

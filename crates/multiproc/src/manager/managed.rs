@@ -146,4 +146,8 @@ impl<M: Managed + ?Sized> ServedObject for ManagedObject<M> {
             Err(_) => Reply::Traceback(format!("the method {method:?} panicked")),
         }
     }
+
+    fn repr(&self) -> String {
+        format!("<managed object with methods {:?}>", self.0.methods())
+    }
 }

@@ -14,13 +14,16 @@
 
 mod array;
 mod client;
+mod containers;
 mod managed;
 mod objects;
 mod proxies;
+mod python;
 mod server;
 mod started;
 mod sync_objects;
 mod wire;
+mod xmlrpc;
 
 pub use client::{
     DictProxy, EventProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue, ValueProxy,

@@ -1,16 +1,13 @@
-//! The objects a `SyncManager`-compatible server holds besides queues: `dict`, `list`,
-//! `Lock`/`RLock`, `Event`, `Value`, `Namespace`, semaphores and dict iterators, with the
-//! methods CPython's proxies for them call (`Array` is in `array.rs`, `Condition` and
-//! `Barrier` in `sync_objects.rs`).
-//!
-//! Keys and items are pickle values compared structurally (`1` and `1.0` are different keys
-//! here, unlike in Python).
+//! The objects a `SyncManager`-compatible server holds besides queues and containers:
+//! `Lock`/`RLock`, `Event`, `Value`, `Namespace` and semaphores, with the methods CPython's
+//! proxies for them call (`dict` and `list` are in `containers.rs`, `Array` in `array.rs`,
+//! `Condition` and `Barrier` in `sync_objects.rs`).
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::pickle::{self, Value};
+use super::containers::{ProxyRefs, carries_proxies, proxies_in, with_refs};
+use crate::pickle::Value;
 use crate::sync::wait_until;
 
 /// What a method call gives: a value, a Python exception, or a traceback text.
@@ -31,367 +28,28 @@ pub(crate) fn exception(name: &str, args: Vec<Value>) -> Reply {
     Reply::Error(Value::reduce("builtins", name, args))
 }
 
-/// The methods `DictProxy` uses (3.11's `SyncManager`).
-pub(crate) const DICT_EXPOSED: &[&str] = &[
-    "__contains__",
-    "__delitem__",
-    "__getitem__",
-    "__len__",
-    "__setitem__",
-    "clear",
-    "copy",
-    "get",
-    "items",
-    "keys",
-    "pop",
-    "popitem",
-    "setdefault",
-    "update",
-    "values",
-];
-
-/// The methods `ListProxy` uses.
-pub(crate) const LIST_EXPOSED: &[&str] = &[
-    "__contains__",
-    "__delitem__",
-    "__getitem__",
-    "__len__",
-    "__setitem__",
-    "append",
-    "count",
-    "extend",
-    "index",
-    "insert",
-    "pop",
-    "remove",
-    "reverse",
-];
-
 /// The methods `AcquirerProxy` uses.
 pub(crate) const LOCK_EXPOSED: &[&str] = &["acquire", "release"];
 
-/// A served `dict`: insertion-ordered pairs.
-#[derive(Default)]
-pub(crate) struct ServedDict {
-    items: Mutex<DictItems>,
-}
-
-/// A dict's items in insertion order, with an index by structural hash (keys are any value,
-/// compared as [`pickle::same`] does), so a lookup does not scan every key.
-#[derive(Default)]
-struct DictItems {
-    items: Vec<(Value, Value)>,
-    /// Hash of a key → the positions of the keys with that hash.
-    index: HashMap<u64, Vec<usize>>,
-    /// Keyed per dict: a client cannot choose keys that all collide.
-    hasher: std::hash::RandomState,
-}
-
-impl DictItems {
-    fn hash(&self, k: &Value) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.hasher.build_hasher();
-        pickle::py_hash(k, &mut h);
-        h.finish()
-    }
-
-    fn find(&self, k: &Value) -> Option<usize> {
-        self.index
-            .get(&self.hash(k))?
-            .iter()
-            .copied()
-            .find(|&i| pickle::py_eq(&self.items[i].0, k))
-    }
-
-    fn get(&self, k: &Value) -> Option<&Value> {
-        self.find(k).map(|i| &self.items[i].1)
-    }
-
-    fn set(&mut self, k: Value, v: Value) {
-        match self.find(&k) {
-            Some(i) => self.items[i].1 = v,
-            None => {
-                let h = self.hash(&k);
-                self.index.entry(h).or_default().push(self.items.len());
-                self.items.push((k, v));
-            }
-        }
-    }
-
-    /// Removes the item at `i`, keeping the order of the rest.
-    fn remove_at(&mut self, i: usize) -> (Value, Value) {
-        let item = self.items.remove(i);
-        if i == self.items.len() {
-            let h = self.hash(&item.0);
-            self.forget(h, i);
-        } else {
-            self.reindex();
-        }
-        item
-    }
-
-    fn forget(&mut self, h: u64, at: usize) {
-        if let Some(slots) = self.index.get_mut(&h) {
-            slots.retain(|&j| j != at);
-            if slots.is_empty() {
-                self.index.remove(&h);
-            }
-        }
-    }
-
-    fn reindex(&mut self) {
-        let mut index: HashMap<u64, Vec<usize>> = HashMap::with_capacity(self.items.len());
-        for (i, (k, _)) in self.items.iter().enumerate() {
-            index.entry(self.hash(k)).or_default().push(i);
-        }
-        self.index = index;
-    }
-
-    fn clear(&mut self) {
-        self.items.clear();
-        self.index.clear();
-    }
-}
-
-impl ServedDict {
-    pub(crate) fn from_args(args: &[Value], kwds: &[(Value, Value)]) -> ServedDict {
-        let mut items = DictItems::default();
-        if let Some(Value::Dict(pairs)) = args.first() {
-            for (k, v) in pairs {
-                items.set(k.clone(), v.clone());
-            }
-        }
-        for (k, v) in kwds {
-            items.set(k.clone(), v.clone());
-        }
-        ServedDict {
-            items: Mutex::new(items),
-        }
-    }
-
-    pub(crate) fn call(&self, method: &str, args: &[Value]) -> Reply {
-        let mut d = lock(&self.items);
-        let key = args.first();
-        let missing = |k: &Value| exception("KeyError", vec![k.clone()]);
-        match (method, key) {
-            ("__len__", _) => Reply::Return(Value::Int(d.items.len() as i64)),
-            ("__contains__", Some(k)) => Reply::Return(Value::Bool(d.find(k).is_some())),
-            ("__getitem__", Some(k)) => match d.get(k) {
-                Some(v) => Reply::Return(v.clone()),
-                None => missing(k),
-            },
-            ("get", Some(k)) => Reply::Return(
-                d.get(k)
-                    .cloned()
-                    .unwrap_or_else(|| args.get(1).cloned().unwrap_or(Value::None)),
-            ),
-            ("__setitem__", Some(k)) => {
-                d.set(k.clone(), args.get(1).cloned().unwrap_or(Value::None));
-                Reply::Return(Value::None)
-            }
-            ("setdefault", Some(k)) => match d.get(k) {
-                Some(v) => Reply::Return(v.clone()),
-                None => {
-                    let v = args.get(1).cloned().unwrap_or(Value::None);
-                    d.set(k.clone(), v.clone());
-                    Reply::Return(v)
-                }
-            },
-            ("__delitem__", Some(k)) => match d.find(k) {
-                Some(i) => {
-                    d.remove_at(i);
-                    Reply::Return(Value::None)
-                }
-                None => missing(k),
-            },
-            ("pop", Some(k)) => match d.find(k) {
-                Some(i) => Reply::Return(d.remove_at(i).1),
-                None => match args.get(1) {
-                    Some(default) => Reply::Return(default.clone()),
-                    None => missing(k),
-                },
-            },
-            ("popitem", _) => match d.items.len().checked_sub(1) {
-                Some(last) => {
-                    let (k, v) = d.remove_at(last);
-                    Reply::Return(Value::Tuple(vec![k, v]))
-                }
-                None => exception(
-                    "KeyError",
-                    vec![Value::str("popitem(): dictionary is empty")],
-                ),
-            },
-            ("clear", _) => {
-                d.clear();
-                Reply::Return(Value::None)
-            }
-            ("copy", _) => Reply::Return(Value::Dict(d.items.clone())),
-            ("keys", _) => Reply::Return(Value::List(
-                d.items.iter().map(|(k, _)| k.clone()).collect(),
-            )),
-            ("values", _) => Reply::Return(Value::List(
-                d.items.iter().map(|(_, v)| v.clone()).collect(),
-            )),
-            ("items", _) => Reply::Return(Value::List(
-                d.items
-                    .iter()
-                    .map(|(k, v)| Value::Tuple(vec![k.clone(), v.clone()]))
-                    .collect(),
-            )),
-            ("update", Some(Value::Dict(pairs))) => {
-                for (k, v) in pairs {
-                    d.set(k.clone(), v.clone());
-                }
-                Reply::Return(Value::None)
-            }
-            (m, _) => Reply::Traceback(format!(
-                "TypeError: dict.{m}() with these arguments is not supported"
-            )),
-        }
-    }
-
-    pub(crate) fn value(&self) -> Value {
-        Value::Dict(lock(&self.items).items.clone())
-    }
-
-    /// The keys, in order (for an iterator).
-    pub(crate) fn keys(&self) -> Vec<Value> {
-        lock(&self.items)
-            .items
-            .iter()
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-}
-
-/// A served `list`.
-#[derive(Default)]
-pub(crate) struct ServedList {
-    items: Mutex<Vec<Value>>,
-}
-
-impl ServedList {
-    pub(crate) fn from_args(args: &[Value]) -> ServedList {
-        let items = match args.first() {
-            Some(Value::List(v) | Value::Tuple(v)) => v.clone(),
-            _ => Vec::new(),
-        };
-        ServedList {
-            items: Mutex::new(items),
-        }
-    }
-
-    pub(crate) fn call(&self, method: &str, args: &[Value]) -> Reply {
-        let mut items = lock(&self.items);
-        let len = items.len() as i64;
-        let index = |v: Option<&Value>| -> Option<usize> {
-            let Some(Value::Int(i)) = v else { return None };
-            let i = if *i < 0 { i + len } else { *i };
-            (0..len).contains(&i).then_some(i as usize)
-        };
-        let out_of_range = || exception("IndexError", vec![Value::str("list index out of range")]);
-        match method {
-            "__len__" => Reply::Return(Value::Int(len)),
-            "__contains__" => Reply::Return(Value::Bool(
-                args.first()
-                    .is_some_and(|x| items.iter().any(|v| pickle::py_eq(v, x))),
-            )),
-            "__getitem__" => match index(args.first()) {
-                Some(i) => Reply::Return(items[i].clone()),
-                None => out_of_range(),
-            },
-            "__setitem__" => match index(args.first()) {
-                Some(i) => {
-                    items[i] = args.get(1).cloned().unwrap_or(Value::None);
-                    Reply::Return(Value::None)
-                }
-                None => out_of_range(),
-            },
-            "__delitem__" => match index(args.first()) {
-                Some(i) => {
-                    items.remove(i);
-                    Reply::Return(Value::None)
-                }
-                None => out_of_range(),
-            },
-            "append" => {
-                items.push(args.first().cloned().unwrap_or(Value::None));
-                Reply::Return(Value::None)
-            }
-            "extend" => match args.first() {
-                Some(Value::List(v) | Value::Tuple(v)) => {
-                    items.extend(v.iter().cloned());
-                    Reply::Return(Value::None)
-                }
-                _ => Reply::Traceback("TypeError: extend() needs a list or tuple".into()),
-            },
-            "insert" => {
-                let at = match args.first() {
-                    Some(Value::Int(i)) => {
-                        (if *i < 0 { i + len } else { *i }).clamp(0, len) as usize
-                    }
-                    _ => return Reply::Traceback("TypeError: insert() needs an index".into()),
-                };
-                items.insert(at, args.get(1).cloned().unwrap_or(Value::None));
-                Reply::Return(Value::None)
-            }
-            "pop" => {
-                let at = match args.first() {
-                    None => (len > 0).then(|| (len - 1) as usize),
-                    some => index(some),
-                };
-                match at {
-                    Some(i) => Reply::Return(items.remove(i)),
-                    None => exception("IndexError", vec![Value::str("pop index out of range")]),
-                }
-            }
-            "count" => Reply::Return(Value::Int(
-                args.first()
-                    .map_or(0, |x| items.iter().filter(|v| pickle::py_eq(v, x)).count())
-                    as i64,
-            )),
-            "index" => match args
-                .first()
-                .and_then(|x| items.iter().position(|v| pickle::py_eq(v, x)))
-            {
-                Some(i) => Reply::Return(Value::Int(i as i64)),
-                None => exception("ValueError", vec![Value::str("value is not in list")]),
-            },
-            "remove" => match args
-                .first()
-                .and_then(|x| items.iter().position(|v| pickle::py_eq(v, x)))
-            {
-                Some(i) => {
-                    items.remove(i);
-                    Reply::Return(Value::None)
-                }
-                None => exception(
-                    "ValueError",
-                    vec![Value::str("list.remove(x): x not in list")],
-                ),
-            },
-            "reverse" => {
-                items.reverse();
-                Reply::Return(Value::None)
-            }
-            m => Reply::Traceback(format!("TypeError: list.{m}() is not supported")),
-        }
-    }
-
-    pub(crate) fn value(&self) -> Value {
-        Value::List(lock(&self.items).clone())
-    }
-}
-
-/// A served `Lock`, owned by the connection that acquired it; released if that connection
-/// ends (its client died) so that nobody waits for ever.
+/// A served `Lock` or `RLock`. An `RLock` belongs to the connection that acquired it, as
+/// to a thread; a `Lock`, as `threading.Lock`, may be released by anyone. Either is freed
+/// when the connection holding it ends (its client died), so that nobody waits for ever; a
+/// `Lock` freed so then still takes the `release()` its program may make later (a parent
+/// releasing what a child acquired before it exited), without touching a new holder.
 #[derive(Default)]
 pub(crate) struct ServedLock {
-    /// The holding connection and how many times it holds the lock.
-    owner: Mutex<Option<(u64, u32)>>,
+    state: Mutex<LockState>,
     freed: Condvar,
-    /// An `RLock`: its holder may acquire it again.
+    /// An `RLock`: its holder may acquire it again; only its holder may release it.
     reentrant: bool,
+}
+
+#[derive(Default)]
+struct LockState {
+    /// The holding connection and how many times it holds the lock.
+    holder: Option<(u64, u32)>,
+    /// Releases still owed by holders whose connections ended (a `Lock`'s).
+    owed: u32,
 }
 
 impl ServedLock {
@@ -410,43 +68,50 @@ impl ServedLock {
         } else {
             Some(Instant::now())
         };
-        let take = |owner: &mut Option<(u64, u32)>| match *owner {
+        let take = |s: &mut LockState| match s.holder {
             None => {
-                *owner = Some((me, 1));
+                s.holder = Some((me, 1));
                 true
             }
             Some((holder, depth)) if self.reentrant && holder == me => {
-                *owner = Some((me, depth + 1));
+                s.holder = Some((me, depth + 1));
                 true
             }
             Some(_) => false,
         };
-        wait_until(&self.freed, lock(&self.owner), deadline, take).1
+        wait_until(&self.freed, lock(&self.state), deadline, take).1
     }
 
-    /// `release()`; false if connection `me` does not hold it.
-    pub(crate) fn release(&self, me: u64) -> bool {
-        let mut owner = lock(&self.owner);
-        match *owner {
+    /// `release()` by connection `me`; the `RuntimeError` message if it may not.
+    pub(crate) fn release(&self, me: u64) -> std::result::Result<(), &'static str> {
+        let mut s = lock(&self.state);
+        match s.holder {
             Some((holder, depth)) if holder == me && depth > 1 => {
-                *owner = Some((me, depth - 1));
-                true
+                s.holder = Some((me, depth - 1));
+                return Ok(());
             }
-            Some((holder, _)) if holder == me => {
-                *owner = None;
-                self.freed.notify_one();
-                true
+            Some((holder, _)) if holder == me => {}
+            _ if self.reentrant => return Err("cannot release un-acquired lock"),
+            // A release a dead holder's program still makes: owed, not the new holder's.
+            _ if s.owed > 0 => {
+                s.owed -= 1;
+                return Ok(());
             }
-            _ => false,
+            // `threading.Lock`: anyone may release it.
+            Some(_) => {}
+            None => return Err("release unlocked lock"),
         }
+        s.holder = None;
+        self.freed.notify_one();
+        Ok(())
     }
 
     /// Releases every hold of connection `me` (its client went away); how many it had.
     pub(crate) fn release_all(&self, me: u64) -> u32 {
-        let mut owner = lock(&self.owner);
-        match *owner {
+        let mut s = lock(&self.state);
+        match s.holder {
             Some((holder, depth)) if holder == me => {
-                *owner = None;
+                s.holder = None;
                 self.freed.notify_one();
                 depth
             }
@@ -456,20 +121,45 @@ impl ServedLock {
 
     /// Whether connection `me` holds it.
     pub(crate) fn is_owned_by(&self, me: u64) -> bool {
-        lock(&self.owner).is_some_and(|(holder, _)| holder == me)
+        lock(&self.state)
+            .holder
+            .is_some_and(|(holder, _)| holder == me)
+    }
+
+    /// Whether connection `me` may wait on a condition over it: holds it (an `RLock`), or
+    /// anybody does (a `Lock`, as `threading.Condition` checks one).
+    pub(crate) fn owned_for_condition(&self, me: u64) -> bool {
+        let s = lock(&self.state);
+        match s.holder {
+            Some((holder, _)) => !self.reentrant || holder == me,
+            None => false,
+        }
+    }
+
+    /// Lets it go for a condition's wait by connection `me`: every hold of an `RLock`, a
+    /// `Lock` whoever holds it; the depth to restore afterwards.
+    pub(crate) fn release_for_wait(&self, me: u64) -> u32 {
+        if self.reentrant {
+            return self.release_all(me);
+        }
+        let mut s = lock(&self.state);
+        if s.holder.take().is_some() {
+            self.freed.notify_one();
+        }
+        1
     }
 
     /// Takes it for connection `me` with a hold count of `depth`, waiting as long as it takes
     /// (what a condition's `wait` does after it has waited: CPython's `_acquire_restore`).
     pub(crate) fn acquire_restore(&self, me: u64, depth: u32) {
-        let take = |owner: &mut Option<(u64, u32)>| {
-            let free = owner.is_none();
+        let take = |s: &mut LockState| {
+            let free = s.holder.is_none();
             if free {
-                *owner = Some((me, depth.max(1)));
+                s.holder = Some((me, depth.max(1)));
             }
             free
         };
-        drop(wait_until(&self.freed, lock(&self.owner), None, take));
+        drop(wait_until(&self.freed, lock(&self.state), None, take));
     }
 }
 
@@ -498,16 +188,10 @@ impl ServedObject for ServedLock {
                 };
                 Reply::Return(Value::Bool(self.acquire(me, blocking, timeout)))
             }
-            "release" => {
-                if self.release(me) {
-                    Reply::Return(Value::None)
-                } else {
-                    exception(
-                        "RuntimeError",
-                        vec![Value::str("cannot release un-acquired lock")],
-                    )
-                }
-            }
+            "release" => match self.release(me) {
+                Ok(()) => Reply::Return(Value::None),
+                Err(message) => exception("RuntimeError", vec![Value::str(message)]),
+            },
             m => Reply::Traceback(format!("AttributeError: a lock has no method {m:?}")),
         }
     }
@@ -517,7 +201,21 @@ impl ServedObject for ServedLock {
     }
 
     fn connection_closed(&self, conn: u64) {
-        self.release_all(conn);
+        if self.release_all(conn) > 0 && !self.reentrant {
+            lock(&self.state).owed += 1;
+        }
+    }
+
+    fn repr(&self) -> String {
+        let s = lock(&self.state);
+        match (self.reentrant, s.holder) {
+            (false, None) => "<unlocked _thread.lock object>".into(),
+            (false, Some(_)) => "<locked _thread.lock object>".into(),
+            (true, None) => "<unlocked _thread.RLock object owner=0 count=0>".into(),
+            (true, Some((owner, count))) => {
+                format!("<locked _thread.RLock object owner={owner} count={count}>")
+            }
+        }
     }
 }
 
@@ -615,6 +313,32 @@ pub(crate) trait ServedObject: Send + Sync {
     }
     /// Connection `conn` ended: give back what it held.
     fn connection_closed(&self, _conn: u64) {}
+    /// Calls `method` for connection `conn`, with `refs` counting the server's references to
+    /// proxies stored in the object: what objects that hold values (containers, a
+    /// namespace, a value) implement.
+    fn call_storing(
+        &self,
+        conn: u64,
+        _refs: &mut dyn ProxyRefs,
+        method: &str,
+        args: &[Value],
+        kwds: &[(Value, Value)],
+    ) -> Reply {
+        self.call_from(conn, method, args, kwds)
+    }
+    /// The idents of this server's objects that proxies stored in it refer to, each once per
+    /// proxy (the references it holds: taken when it is made, given back when it goes);
+    /// it counts them anew for [`call_storing`](Self::call_storing).
+    fn stored_proxies(&self, _refs: &dyn ProxyRefs) -> Vec<String> {
+        Vec::new()
+    }
+    /// A new object iterating over this one (`iter(dict_proxy)`), if it can be iterated.
+    fn iterator(self: Arc<Self>) -> Option<Arc<dyn ServedObject>> {
+        None
+    }
+    /// `repr(obj)` as the object would give it in CPython's server (`str()` and `repr()` of
+    /// a proxy ask for it).
+    fn repr(&self) -> String;
 }
 
 /// `SyncManager.Event()`.
@@ -651,17 +375,45 @@ impl ServedObject for ServedEvent {
             m => Reply::Traceback(format!("AttributeError: an event has no method {m:?}")),
         }
     }
+
+    fn repr(&self) -> String {
+        let state = if *lock(&self.flag) { "set" } else { "unset" };
+        format!("<threading.Event: {state}>")
+    }
 }
 
 /// `SyncManager.Value(typecode, value)`.
 pub(crate) struct ServedValue {
-    value: Mutex<Value>,
+    typecode: Value,
+    value: Mutex<Stored<Value>>,
+}
+
+/// A value an object stores, and how many references the proxies in it hold.
+#[derive(Default)]
+pub(crate) struct Stored<T> {
+    pub(crate) value: T,
+    pub(crate) proxies: usize,
 }
 
 impl ServedValue {
     pub(crate) fn from_args(args: &[Value]) -> ServedValue {
         ServedValue {
-            value: Mutex::new(args.get(1).cloned().unwrap_or(Value::None)),
+            typecode: args.first().cloned().unwrap_or(Value::None),
+            value: Mutex::new(Stored {
+                value: args.get(1).cloned().unwrap_or(Value::None),
+                proxies: 0,
+            }),
+        }
+    }
+
+    fn apply(value: &mut Value, method: &str, args: &[Value]) -> Reply {
+        match method {
+            "get" => Reply::Return(value.clone()),
+            "set" => {
+                *value = args.first().cloned().unwrap_or(Value::None);
+                Reply::Return(Value::None)
+            }
+            m => Reply::Traceback(format!("AttributeError: a value has no method {m:?}")),
         }
     }
 }
@@ -672,25 +424,51 @@ impl ServedObject for ServedValue {
     }
 
     fn call(&self, method: &str, args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
-        match method {
-            "get" => Reply::Return(lock(&self.value).clone()),
-            "set" => {
-                *lock(&self.value) = args.first().cloned().unwrap_or(Value::None);
-                Reply::Return(Value::None)
-            }
-            m => Reply::Traceback(format!("AttributeError: a value has no method {m:?}")),
-        }
+        Self::apply(&mut lock(&self.value).value, method, args)
+    }
+
+    fn call_storing(
+        &self,
+        _conn: u64,
+        refs: &mut dyn ProxyRefs,
+        method: &str,
+        args: &[Value],
+        kwds: &[(Value, Value)],
+    ) -> Reply {
+        let mut stored = lock(&self.value);
+        let stored = &mut *stored;
+        let incoming = carries_proxies(refs, args, kwds);
+        with_refs(
+            refs,
+            &mut stored.proxies,
+            &mut stored.value,
+            incoming,
+            |v, f| f(v),
+            |v| Self::apply(v, method, args),
+        )
     }
 
     fn value(&self) -> Option<Value> {
-        Some(lock(&self.value).clone())
+        Some(lock(&self.value).value.clone())
+    }
+
+    fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
+        let mut stored = lock(&self.value);
+        let mut found = Vec::new();
+        proxies_in(refs, &stored.value, &mut found);
+        stored.proxies = found.len();
+        found
+    }
+
+    fn repr(&self) -> String {
+        format!("Value({}, {})", self.typecode, lock(&self.value).value)
     }
 }
 
 /// `SyncManager.Namespace()`: attributes by name.
 #[derive(Default)]
 pub(crate) struct ServedNamespace {
-    attrs: Mutex<Vec<(String, Value)>>,
+    attrs: Mutex<Stored<Vec<(String, Value)>>>,
 }
 
 impl ServedNamespace {
@@ -700,21 +478,20 @@ impl ServedNamespace {
             .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
             .collect();
         ServedNamespace {
-            attrs: Mutex::new(attrs),
+            attrs: Mutex::new(Stored {
+                value: attrs,
+                proxies: 0,
+            }),
         }
     }
-}
 
-impl ServedObject for ServedNamespace {
-    fn exposed(&self) -> &'static [&'static str] {
-        &["__getattribute__", "__setattr__", "__delattr__"]
-    }
-
-    fn call(&self, method: &str, args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
+    fn apply(attrs: &mut Vec<(String, Value)>, method: &str, args: &[Value]) -> Reply {
         let Some(name) = args.first().and_then(Value::as_str) else {
-            return Reply::Traceback("TypeError: attribute name must be a str".into());
+            return exception(
+                "TypeError",
+                vec![Value::str("attribute name must be string")],
+            );
         };
-        let mut attrs = lock(&self.attrs);
         let at = attrs.iter().position(|(n, _)| n == name);
         let missing = || {
             exception(
@@ -743,10 +520,45 @@ impl ServedObject for ServedNamespace {
             (m, _) => Reply::Traceback(format!("AttributeError: a namespace has no method {m:?}")),
         }
     }
+}
+
+impl ServedObject for ServedNamespace {
+    fn exposed(&self) -> &'static [&'static str] {
+        &["__getattribute__", "__setattr__", "__delattr__"]
+    }
+
+    fn call(&self, method: &str, args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
+        Self::apply(&mut lock(&self.attrs).value, method, args)
+    }
+
+    fn call_storing(
+        &self,
+        _conn: u64,
+        refs: &mut dyn ProxyRefs,
+        method: &str,
+        args: &[Value],
+        kwds: &[(Value, Value)],
+    ) -> Reply {
+        let mut stored = lock(&self.attrs);
+        let stored = &mut *stored;
+        let incoming = carries_proxies(refs, args, kwds);
+        let values = |attrs: &Vec<(String, Value)>, f: &mut dyn FnMut(&Value)| {
+            attrs.iter().for_each(|(_, v)| f(v))
+        };
+        with_refs(
+            refs,
+            &mut stored.proxies,
+            &mut stored.value,
+            incoming,
+            values,
+            |attrs| Self::apply(attrs, method, args),
+        )
+    }
 
     fn value(&self) -> Option<Value> {
         // What CPython's `Namespace` pickles as: `NEWOBJ(Namespace) + BUILD(__dict__)`.
         let dict = lock(&self.attrs)
+            .value
             .iter()
             .map(|(k, v)| (Value::str(k.as_str()), v.clone()))
             .collect();
@@ -757,6 +569,28 @@ impl ServedObject for ServedNamespace {
         );
         object.state = Some(Value::Dict(dict));
         Some(Value::Object(Box::new(object)))
+    }
+
+    fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
+        let mut stored = lock(&self.attrs);
+        let mut found = Vec::new();
+        for (_, v) in &stored.value {
+            proxies_in(refs, v, &mut found);
+        }
+        stored.proxies = found.len();
+        found
+    }
+
+    fn repr(&self) -> String {
+        // As CPython's `Namespace.__repr__`: public attributes, sorted.
+        let mut shown: Vec<String> = lock(&self.attrs)
+            .value
+            .iter()
+            .filter(|(name, _)| !name.starts_with('_'))
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        shown.sort();
+        format!("Namespace({})", shown.join(", "))
     }
 }
 
@@ -820,144 +654,12 @@ impl ServedObject for ServedSemaphore {
             m => Reply::Traceback(format!("AttributeError: a semaphore has no method {m:?}")),
         }
     }
-}
 
-/// The iterator `iter(dict_proxy)` gets (SyncManager's `Iterator` typeid): over a snapshot
-/// of the keys taken when iteration started.
-pub(crate) struct ServedIterator {
-    items: Mutex<std::collections::VecDeque<Value>>,
-}
-
-impl ServedIterator {
-    pub(crate) fn new(items: Vec<Value>) -> ServedIterator {
-        ServedIterator {
-            items: Mutex::new(items.into()),
+    fn repr(&self) -> String {
+        let value = *lock(&self.count);
+        match self.bound {
+            Some(bound) => format!("<threading.BoundedSemaphore: value={value}/{bound}>"),
+            None => format!("<threading.Semaphore: value={value}>"),
         }
-    }
-}
-
-impl ServedObject for ServedIterator {
-    fn exposed(&self) -> &'static [&'static str] {
-        &["__next__", "send", "throw", "close"]
-    }
-
-    fn call(&self, method: &str, _args: &[Value], _kwds: &[(Value, Value)]) -> Reply {
-        match method {
-            "__next__" | "send" => match lock(&self.items).pop_front() {
-                Some(v) => Reply::Return(v),
-                None => exception("StopIteration", Vec::new()),
-            },
-            "close" => {
-                lock(&self.items).clear();
-                Reply::Return(Value::None)
-            }
-            m => Reply::Traceback(format!("AttributeError: an iterator has no method {m:?}")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn call(d: &ServedDict, method: &str, args: Vec<Value>) -> Option<Value> {
-        match d.call(method, &args) {
-            Reply::Return(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn a_dict_finds_structural_keys_and_keeps_insertion_order_through_deletes() {
-        let d = ServedDict::default();
-        let keys = [
-            Value::Int(1),
-            Value::str("a"),
-            Value::Tuple(vec![Value::Int(1), Value::str("b")]),
-            Value::Float(f64::NAN),
-            Value::Float(2.5),
-        ];
-        for (i, k) in keys.iter().enumerate() {
-            call(&d, "__setitem__", vec![k.clone(), Value::Int(i as i64)]).unwrap();
-        }
-        for (i, k) in keys.iter().enumerate() {
-            let got = call(&d, "__getitem__", vec![k.clone()]).unwrap();
-            assert!(pickle::same(&got, &Value::Int(i as i64)), "{k}");
-        }
-        assert!(matches!(call(&d, "__len__", vec![]), Some(Value::Int(5))));
-        call(&d, "__delitem__", vec![keys[1].clone()]).unwrap();
-        assert!(
-            call(&d, "__getitem__", vec![keys[1].clone()]).is_none(),
-            "KeyError"
-        );
-        call(&d, "__setitem__", vec![keys[1].clone(), Value::Int(9)]).unwrap();
-        let Some(Value::List(order)) = call(&d, "keys", vec![]) else {
-            panic!("keys")
-        };
-        let want = [&keys[0], &keys[2], &keys[3], &keys[4], &keys[1]];
-        assert!(order.iter().zip(want).all(|(a, b)| pickle::same(a, b)));
-        let Some(Value::Tuple(last)) = call(&d, "popitem", vec![]) else {
-            panic!("popitem")
-        };
-        assert!(pickle::same(&last[0], &keys[1]));
-        for k in &keys[2..] {
-            assert!(call(&d, "__getitem__", vec![k.clone()]).is_some(), "{k}");
-        }
-    }
-
-    #[test]
-    fn numbers_python_calls_equal_are_one_key() {
-        let d = ServedDict::default();
-        let set = |k: Value, v: i64| call(&d, "__setitem__", vec![k, Value::Int(v)]).unwrap();
-        let get = |k: Value| call(&d, "__getitem__", vec![k]);
-        let two_to_70 = Value::from_i128(1 << 70);
-        set(Value::Int(1), 1);
-        set(Value::Float(1.0), 2);
-        set(Value::Bool(true), 3);
-        set(Value::Tuple(vec![Value::Int(1), Value::Float(2.0)]), 4);
-        set(two_to_70.clone(), 5);
-        set(Value::Float(-0.0), 6);
-        // The key stays the first one set, as in Python: {1: 3, (1, 2.0): 4, …}.
-        let Some(Value::List(keys)) = call(&d, "keys", vec![]) else {
-            panic!("keys")
-        };
-        assert!(pickle::same(&keys[0], &Value::Int(1)), "{keys:?}");
-        assert_eq!(keys.len(), 4, "{keys:?}");
-        assert!(matches!(get(Value::Float(1.0)), Some(Value::Int(3))));
-        let tuple = Value::Tuple(vec![Value::Bool(true), Value::Int(2)]);
-        assert!(matches!(get(tuple), Some(Value::Int(4))));
-        assert!(matches!(
-            get(Value::Float(2f64.powi(70))),
-            Some(Value::Int(5))
-        ));
-        assert!(matches!(get(Value::Int(0)), Some(Value::Int(6))));
-        assert!(matches!(get(Value::Bool(false)), Some(Value::Int(6))));
-        for missing in [
-            Value::Float(0.5),
-            Value::str("1"),
-            Value::Float(f64::NAN),
-            Value::Int(2),
-        ] {
-            assert!(get(missing.clone()).is_none(), "{missing}");
-        }
-        // Lists search the same way.
-        let l = ServedList::from_args(&[Value::List(vec![
-            Value::Int(1),
-            Value::Float(2.0),
-            Value::Int(1),
-        ])]);
-        let ask = |method: &str, x: Value| match l.call(method, &[x]) {
-            Reply::Return(v) => Some(v),
-            _ => None,
-        };
-        assert!(matches!(
-            ask("count", Value::Float(1.0)),
-            Some(Value::Int(2))
-        ));
-        assert!(matches!(ask("index", Value::Int(2)), Some(Value::Int(1))));
-        assert!(matches!(
-            ask("__contains__", Value::Bool(true)),
-            Some(Value::Bool(true))
-        ));
     }
 }

@@ -17,13 +17,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::array::ServedArray;
+use super::containers::{ProxyRefs, ServedDict, ServedList, proxies_in, py_error};
 use super::managed::{Managed, ManagedObject, MethodCall};
 use super::objects::{
-    DICT_EXPOSED, LIST_EXPOSED, LOCK_EXPOSED, Reply, ServedDict, ServedEvent, ServedIterator,
-    ServedList, ServedLock, ServedNamespace, ServedObject, ServedSemaphore, ServedValue,
+    LOCK_EXPOSED, Reply, ServedEvent, ServedLock, ServedNamespace, ServedObject, ServedSemaphore,
+    ServedValue, exception,
 };
 use super::sync_objects::{ServedBarrier, ServedCondition};
 use super::wire::{Address, Listener, WireConnection};
+use super::xmlrpc;
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
 use crate::sync::wait_until;
@@ -236,8 +238,7 @@ impl ServedQueueHandle {
 #[derive(Clone)]
 enum Served {
     Queue(Arc<ServedQueue>),
-    Dict(Arc<ServedDict>),
-    List(Arc<ServedList>),
+    /// A lock, which a `Condition` may be built on.
     Lock(Arc<ServedLock>),
     Object(Arc<dyn ServedObject>),
 }
@@ -246,10 +247,33 @@ impl Served {
     fn exposed(&self) -> &'static [&'static str] {
         match self {
             Served::Queue(_) => QUEUE_EXPOSED,
-            Served::Dict(_) => DICT_EXPOSED,
-            Served::List(_) => LIST_EXPOSED,
             Served::Lock(_) => LOCK_EXPOSED,
             Served::Object(o) => o.exposed(),
+        }
+    }
+
+    /// `repr(obj)`, as `str(proxy)` shows it.
+    fn repr(&self) -> String {
+        match self {
+            Served::Queue(q) => format!("<queue.Queue object {:?}>", q.name),
+            Served::Lock(l) => l.repr(),
+            Served::Object(o) => o.repr(),
+        }
+    }
+
+    /// The idents of this server's objects that proxies stored in it refer to.
+    fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
+        match self {
+            Served::Queue(q) => {
+                let mut found = Vec::new();
+                lock(&q.state)
+                    .items
+                    .iter()
+                    .for_each(|v| proxies_in(refs, v, &mut found));
+                found
+            }
+            Served::Lock(_) => Vec::new(),
+            Served::Object(o) => o.stored_proxies(refs),
         }
     }
 }
@@ -285,7 +309,12 @@ struct ServerShared {
     next_ident: AtomicU64,
     stop: AtomicBool,
     address: Address,
+    /// Shared-memory segments `SharedMemoryManager` clients asked us to unlink at shutdown.
+    segments: Mutex<Vec<String>>,
 }
+
+/// The most segments a server tracks for `SharedMemoryManager` clients.
+const MAX_SEGMENTS: usize = 1 << 16;
 
 /// A manager server for CPython clients (the server side of `BaseManager`): register named
 /// queues, then serve. A CPython worker does
@@ -333,6 +362,7 @@ impl ManagerServer {
             next_ident: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             address: listener.address().clone(),
+            segments: Mutex::new(Vec::new()),
         });
         Ok(ManagerServer { listener, shared })
     }
@@ -443,14 +473,12 @@ impl ManagerServer {
 
     /// Registers a dict under `typeid` (one dict for every client that asks for it).
     pub fn register_dict(&mut self, typeid: &str) {
-        self.register_pinned(typeid, || Served::Dict(Arc::new(ServedDict::default())));
+        self.register_pinned(typeid, || Served::Object(Arc::new(ServedDict::default())));
     }
 
     /// Registers a list under `typeid` (one list for every client that asks for it).
     pub fn register_list(&mut self, typeid: &str) {
-        self.register_pinned(typeid, || {
-            Served::List(Arc::new(ServedList::from_args(&[])))
-        });
+        self.register_pinned(typeid, || Served::Object(Arc::new(ServedList::default())));
     }
 
     /// Registers a lock under `typeid` (one lock for every client that asks for it). A lock
@@ -527,7 +555,7 @@ impl ManagerServer {
                 .name("multiproc-manager-conn".into())
                 .spawn(move || {
                     match conn.authenticate_as_server(&authkey, timeout) {
-                        Ok(()) => serve_connection(&shared, &mut conn),
+                        Ok(()) => serve_connection(&shared, &mut Peer::new(conn)),
                         Err(e) => tracing::warn!("manager: dropped a connection: {e}"),
                     }
                     shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -590,13 +618,67 @@ fn wake_accept_loop(address: &Address) {
     }
 }
 
-/// A reply: `('#RETURN', value)`, `('#ERROR', exception)` or `('#TRACEBACK', text)`.
-fn reply(conn: &mut WireConnection, kind: &str, value: Value) -> Result<()> {
-    let bytes = pickle::encode(&Value::Tuple(vec![Value::str(kind), value]))?;
-    conn.send_bytes(&bytes)
+/// A client's connection, and the serializer it speaks: pickle, or XML-RPC
+/// (`BaseManager(serializer='xmlrpclib')`), known from its first message.
+struct Peer {
+    wire: WireConnection,
+    xmlrpc: bool,
 }
 
-fn traceback(conn: &mut WireConnection, text: String) -> Result<()> {
+impl Peer {
+    fn new(wire: WireConnection) -> Peer {
+        Peer {
+            wire,
+            xmlrpc: false,
+        }
+    }
+
+    /// The next request, decoded; `None` when the connection is gone.
+    fn request(&mut self) -> Option<std::result::Result<Request, String>> {
+        let bytes = self.wire.recv_bytes().ok()?;
+        let value = if xmlrpc::is_xmlrpc(&bytes) {
+            self.xmlrpc = true;
+            xmlrpc::decode(&bytes).map_err(|e| format!("bad request: {e}"))
+        } else {
+            pickle::decode(&bytes).map_err(|e| format!("bad request: {e}"))
+        };
+        Some(value.and_then(parse_request))
+    }
+
+    fn send(&mut self, kind: &str, value: Value) -> Result<()> {
+        let message = Value::Tuple(vec![Value::str(kind), value]);
+        if !self.xmlrpc {
+            return self.wire.send_bytes(&pickle::encode(&message)?);
+        }
+        // XML-RPC has no exceptions or tokens: those go as a traceback's text.
+        let message = match message {
+            Value::Tuple(mut parts) if kind == "#ERROR" || kind == "#PROXY" => {
+                let value = parts.pop().unwrap_or(Value::None);
+                Value::List(vec![
+                    Value::str("#TRACEBACK"),
+                    Value::Str(format!("{kind} {value}")),
+                ])
+            }
+            other => other,
+        };
+        let bytes = match xmlrpc::encode(&message) {
+            Ok(bytes) => bytes,
+            Err(e) => xmlrpc::encode(&Value::List(vec![
+                Value::str("#TRACEBACK"),
+                Value::Str(format!("TypeError: {e}")),
+            ]))
+            .map_err(|e| Error::protocol("manager: an XML-RPC reply", e))?,
+        };
+        self.wire.send_bytes(&bytes)
+    }
+}
+
+/// A reply: `('#RETURN', value)`, `('#ERROR', exception)` or `('#TRACEBACK', text)`.
+fn reply(conn: &mut Peer, kind: &str, value: Value) -> Result<()> {
+    conn.send(kind, value)
+}
+
+fn traceback(conn: &mut Peer, text: String) -> Result<()> {
     reply(conn, "#TRACEBACK", Value::Str(text))
 }
 
@@ -608,9 +690,8 @@ struct Request {
     kwds: Vec<(Value, Value)>,
 }
 
-fn parse_request(bytes: &[u8]) -> std::result::Result<Request, String> {
-    let value = pickle::decode(bytes).map_err(|e| format!("bad request: {e}"))?;
-    let Value::Tuple(mut parts) = value else {
+fn parse_request(value: Value) -> std::result::Result<Request, String> {
+    let (Value::Tuple(mut parts) | Value::List(mut parts)) = value else {
         return Err("a request is a 4-tuple".into());
     };
     if parts.len() != 4 {
@@ -688,9 +769,9 @@ impl Request {
     }
 }
 
-fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
-    let Ok(first) = conn.recv_bytes() else { return };
-    let request = match parse_request(&first) {
+fn serve_connection(shared: &ServerShared, conn: &mut Peer) {
+    let Some(first) = conn.request() else { return };
+    let request = match first {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("manager: malformed request: {e}");
@@ -706,7 +787,17 @@ fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
             let n = lock(&shared.registry).by_ident.len() as i64;
             reply(conn, "#RETURN", Value::Int(n))
         }
+        "debug_info" => reply(conn, "#RETURN", Value::Str(debug_info(shared))),
+        // `SharedMemoryManager`'s: segments the clients made, unlinked at shutdown.
+        "track_segment" | "release_segment" => segment(shared, conn, &request),
+        "list_segments" => {
+            let names = lock(&shared.segments).iter().map(Value::str).collect();
+            reply(conn, "#RETURN", Value::List(names))
+        }
         "shutdown" => {
+            for name in std::mem::take(&mut *lock(&shared.segments)) {
+                let _ = crate::platform::shm_unlink(&name);
+            }
             shared.stop.store(true, Ordering::Release);
             // CPython's server answers twice; its clients read one reply.
             let _ = reply(conn, "#RETURN", Value::None);
@@ -728,6 +819,45 @@ fn serve_connection(shared: &ServerShared, conn: &mut WireConnection) {
     let _ = outcome;
 }
 
+/// `track_segment(name)` or `release_segment(name)` of a `SharedMemoryManager` client.
+fn segment(shared: &ServerShared, conn: &mut Peer, request: &Request) -> Result<()> {
+    let Some(name) = request.args.first().and_then(Value::as_str) else {
+        return traceback(conn, "TypeError: a segment name must be a str".into());
+    };
+    let mut segments = lock(&shared.segments);
+    if request.func == "track_segment" {
+        if segments.len() >= MAX_SEGMENTS {
+            drop(segments);
+            return traceback(
+                conn,
+                format!("MemoryError: {MAX_SEGMENTS} segments tracked already"),
+            );
+        }
+        segments.push(name.to_string());
+    } else {
+        segments.retain(|n| n != name);
+        drop(segments);
+        let _ = crate::platform::shm_unlink(name);
+    }
+    reply(conn, "#RETURN", Value::None)
+}
+
+/// What `_debug_info()` shows: each object's ident, reference count and the start of its
+/// `repr`, as CPython's `Server.debug_info`.
+fn debug_info(shared: &ServerShared) -> String {
+    let reg = lock(&shared.registry);
+    let mut entries: Vec<(&String, &Entry)> = reg.by_ident.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let lines: Vec<String> = entries
+        .into_iter()
+        .map(|(ident, entry)| {
+            let repr: String = entry.object.repr().chars().take(75).collect();
+            format!("  {ident}:       refcount={}\n    {repr}", entry.refs)
+        })
+        .collect();
+    lines.join("\n")
+}
+
 fn new_queue(name: &str, maxsize: usize) -> Arc<ServedQueue> {
     Arc::new(ServedQueue {
         name: name.to_string(),
@@ -740,7 +870,7 @@ fn new_queue(name: &str, maxsize: usize) -> Arc<ServedQueue> {
     })
 }
 
-fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
+fn create(shared: &ServerShared, conn: &mut Peer, request: &Request) -> Result<()> {
     let Some(typeid) = request.args.first().and_then(Value::as_str) else {
         return traceback(conn, "create needs a typeid".into());
     };
@@ -764,13 +894,18 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
     // Objects are made without the registry locked: a big array, or user code, takes time.
     drop(reg);
     let object = |o: Arc<dyn ServedObject>| Served::Object(o);
+    let traceback_of = |text: String| Reply::Traceback(text);
     // SyncManager's own typeids first (a new object per call), then the user's.
-    let made: std::result::Result<Served, String> = match typeid {
-        "dict" => Ok(Served::Dict(Arc::new(ServedDict::from_args(rest, kwds)))),
-        "list" => Ok(Served::List(Arc::new(ServedList::from_args(rest)))),
-        "Queue" | "JoinableQueue" => {
-            queue_maxsize(rest, kwds).map(|n| Served::Queue(new_queue(typeid, n)))
-        }
+    let made: std::result::Result<Served, Reply> = match typeid {
+        "dict" => ServedDict::new(rest, kwds)
+            .map(|d| object(Arc::new(d)))
+            .map_err(py_error),
+        "list" => ServedList::new(rest)
+            .map(|l| object(Arc::new(l)))
+            .map_err(py_error),
+        "Queue" | "JoinableQueue" => queue_maxsize(rest, kwds)
+            .map(|n| Served::Queue(new_queue(typeid, n)))
+            .map_err(traceback_of),
         "Lock" => Ok(Served::Lock(Arc::new(ServedLock::default()))),
         "RLock" => Ok(Served::Lock(Arc::new(ServedLock::reentrant()))),
         "Event" => Ok(object(Arc::new(ServedEvent::default()))),
@@ -778,29 +913,44 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
         "Namespace" => Ok(object(Arc::new(ServedNamespace::from_kwds(kwds)))),
         "Semaphore" => Ok(object(Arc::new(ServedSemaphore::from_args(rest, false)))),
         "BoundedSemaphore" => Ok(object(Arc::new(ServedSemaphore::from_args(rest, true)))),
-        "Array" => ServedArray::from_args(rest).map(|a| object(Arc::new(a))),
-        "Barrier" => ServedBarrier::from_args(rest, kwds).map(|b| object(Arc::new(b))),
+        "Array" => ServedArray::from_args(rest)
+            .map(|a| object(Arc::new(a)))
+            .map_err(traceback_of),
+        "Barrier" => ServedBarrier::from_args(rest, kwds)
+            .map(|b| object(Arc::new(b)))
+            .map_err(traceback_of),
         "Condition" => match condition_lock {
             Some(Ok(l)) => Ok(object(Arc::new(ServedCondition::new(l)))),
-            Some(Err(e)) => Err(e),
-            None => Err("the condition's lock went missing".into()),
+            Some(Err(e)) => Err(traceback_of(e)),
+            None => Err(traceback_of("the condition's lock went missing".into())),
         },
         _ => match factory {
             Some(make) => {
                 let args = MethodCall::new(rest, kwds);
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make(&args))) {
                     Ok(Ok(made)) => Ok(object(Arc::new(ManagedObject(made)))),
-                    Ok(Err(e)) => Err(format!("the factory of {typeid:?} failed: {e}")),
-                    Err(_) => Err(format!("the factory of {typeid:?} panicked")),
+                    Ok(Err(e)) => Err(traceback_of(format!(
+                        "the factory of {typeid:?} failed: {e}"
+                    ))),
+                    Err(_) => Err(traceback_of(format!("the factory of {typeid:?} panicked"))),
                 }
             }
-            None => Err(format!("KeyError: {typeid:?} is not registered")),
+            None => Err(traceback_of(format!(
+                "KeyError: {typeid:?} is not registered"
+            ))),
         },
     };
     let made = match made {
         Ok(made) => made,
-        Err(e) => return traceback(conn, e),
+        Err(Reply::Error(e)) => return reply(conn, "#ERROR", e),
+        Err(Reply::Traceback(t)) => return traceback(conn, t),
+        Err(Reply::Return(_)) => return traceback(conn, "create failed".into()),
     };
+    // Proxies among its first contents (`manager.list([other_proxy])`) are held by it.
+    let held = made.stored_proxies(&Refs::of(shared));
+    if !held.is_empty() {
+        Refs::of(shared).changed(Vec::new(), held);
+    }
     let exposed = made.exposed();
     let ident = format!("{:x}", shared.next_ident.fetch_add(1, Ordering::Relaxed));
     lock(&shared.registry).by_ident.insert(
@@ -815,7 +965,7 @@ fn create(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -
 }
 
 /// `create`'s reply: `(ident, exposed)`.
-fn created(conn: &mut WireConnection, ident: String, exposed: &[&str]) -> Result<()> {
+fn created(conn: &mut Peer, ident: String, exposed: &[&str]) -> Result<()> {
     let exposed = exposed.iter().map(|m| Value::str(*m)).collect();
     reply(
         conn,
@@ -849,9 +999,15 @@ fn condition_lock(
     }
 }
 
-/// The object ident in a pickled proxy: `RebuildProxy(proxytype, Token, serializer, kwds)`,
-/// the `Token` built by `NEWOBJ` + `BUILD((typeid, address, id))` or `REDUCE`.
+/// The object ident in a pickled proxy:
+/// `RebuildProxy(proxytype, Token, serializer, kwds)`, the `Token` built by `NEWOBJ` +
+/// `BUILD((typeid, address, id))` or `REDUCE`.
 fn proxy_ident(value: &Value) -> Option<&str> {
+    proxy_token(value).map(|(_, ident)| ident)
+}
+
+/// The address and ident of a pickled proxy's `Token`.
+fn proxy_token(value: &Value) -> Option<(&Value, &str)> {
     let rebuild = value.as_object()?;
     if rebuild.global() != Some(("multiprocessing.managers", "RebuildProxy")) {
         return None;
@@ -864,38 +1020,149 @@ fn proxy_ident(value: &Value) -> Option<&str> {
         Some(Value::Tuple(fields)) => fields,
         _ => &token.args,
     };
-    fields.get(2)?.as_str()
+    Some((fields.get(1)?, fields.get(2)?.as_str()?))
 }
 
-fn refcount(shared: &ServerShared, conn: &mut WireConnection, request: &Request) -> Result<()> {
-    let ident = request.args.first().and_then(Value::as_str).unwrap_or("");
-    let delta = if request.func == "incref" { 1 } else { -1 };
-    let mut reg = lock(&shared.registry);
-    if let Some(entry) = reg.by_ident.get_mut(ident) {
-        entry.refs += delta;
-        // Registered objects stay whatever the count says; others go at zero, as in CPython.
-        if entry.refs <= 0 && !entry.pinned {
-            reg.by_ident.remove(ident);
+/// Whether a token's `address` can be this server's: the same socket path, or the same port
+/// on a host that is not plainly another (a name, one of our addresses, any loopback one for a
+/// loopback server).
+fn is_our_address(ours: &Address, address: &Value) -> bool {
+    match (ours, address) {
+        (Address::Unix(path), Value::Str(p)) => path.as_os_str() == p.as_str(),
+        (Address::Tcp(ours), Value::Tuple(hp) | Value::List(hp)) => {
+            let (Some(Value::Str(host)), Some(Value::Int(port))) = (hp.first(), hp.get(1)) else {
+                return false;
+            };
+            if i64::from(ours.port()) != *port {
+                return false;
+            }
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    ip == ours.ip()
+                        || ours.ip().is_unspecified()
+                        || (ip.is_loopback() && ours.ip().is_loopback())
+                }
+                Err(_) => true,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The server's side of [`ProxyRefs`]: a proxy stored in an object holds a reference at once;
+/// one that leaves gives it back when the client that took it out makes its next request
+/// (`deferred`), or at once when there is no such client.
+struct Refs<'a> {
+    shared: &'a ServerShared,
+    deferred: Option<&'a mut Vec<String>>,
+}
+
+impl<'a> Refs<'a> {
+    fn of(shared: &'a ServerShared) -> Refs<'a> {
+        Refs {
+            shared,
+            deferred: None,
         }
     }
-    drop(reg);
+}
+
+impl ProxyRefs for Refs<'_> {
+    fn ident_of(&self, v: &Value) -> Option<String> {
+        let (address, ident) = proxy_token(v)?;
+        is_our_address(&self.shared.address, address).then(|| ident.to_string())
+    }
+
+    fn changed(&mut self, before: Vec<String>, after: Vec<String>) {
+        let mut net: HashMap<String, i64> = HashMap::new();
+        for ident in before {
+            *net.entry(ident).or_default() -= 1;
+        }
+        for ident in after {
+            *net.entry(ident).or_default() += 1;
+        }
+        let mut gone = Vec::new();
+        {
+            let mut reg = lock(&self.shared.registry);
+            for (ident, n) in net {
+                if n > 0 {
+                    if let Some(entry) = reg.by_ident.get_mut(&ident) {
+                        entry.refs += n;
+                    }
+                } else {
+                    gone.extend(std::iter::repeat_n(ident, n.unsigned_abs() as usize));
+                }
+            }
+        }
+        match &mut self.deferred {
+            Some(later) => later.append(&mut gone),
+            None => release(self.shared, gone),
+        }
+    }
+}
+
+/// Gives back one reference to each of `idents`; an object left with none goes, and gives
+/// back the references its stored proxies held, and so on. The registry is never locked
+/// while an object is (objects lock it when they count references).
+fn release(shared: &ServerShared, mut idents: Vec<String>) {
+    while !idents.is_empty() {
+        let mut gone = Vec::new();
+        {
+            let mut reg = lock(&shared.registry);
+            for ident in idents.drain(..) {
+                if let Some(entry) = reg.by_ident.get_mut(&ident) {
+                    entry.refs -= 1;
+                    // Registered objects stay whatever the count says; others go at zero.
+                    if entry.refs <= 0 && !entry.pinned {
+                        gone.extend(reg.by_ident.remove(&ident).map(|e| e.object));
+                    }
+                }
+            }
+        }
+        let refs = Refs::of(shared);
+        for object in gone {
+            idents.extend(object.stored_proxies(&refs));
+        }
+    }
+}
+
+fn refcount(shared: &ServerShared, conn: &mut Peer, request: &Request) -> Result<()> {
+    let Some(ident) = request.args.first().and_then(Value::as_str) else {
+        return traceback(conn, "TypeError: incref/decref take an ident".into());
+    };
+    if request.func == "incref" {
+        let mut reg = lock(&shared.registry);
+        match reg.by_ident.get_mut(ident) {
+            Some(entry) => entry.refs += 1,
+            // As CPython 3.9+: an object already gone cannot come back.
+            None => {
+                drop(reg);
+                return traceback(conn, format!("KeyError: no object {ident:?} to incref"));
+            }
+        }
+    } else {
+        release(shared, vec![ident.to_string()]);
+    }
     reply(conn, "#RETURN", Value::None)
 }
 
-fn serve_proxy_calls(shared: &ServerShared, conn: &mut WireConnection) {
+fn serve_proxy_calls(shared: &ServerShared, conn: &mut Peer) {
     static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
     let me = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     // The objects this connection holds part of (locks, conditions' locks), each once.
     let mut holds: Vec<Arc<dyn ServedObject>> = Vec::new();
-    while let Ok(bytes) = conn.recv_bytes() {
-        let sent = match parse_request(&bytes) {
-            Ok(request) => call(shared, conn, &request, me, &mut holds),
+    // References to give back once this client has rebuilt the proxies it was sent.
+    let mut deferred: Vec<String> = Vec::new();
+    while let Some(request) = conn.request() {
+        release(shared, std::mem::take(&mut deferred));
+        let sent = match request {
+            Ok(request) => call(shared, conn, &request, me, &mut holds, &mut deferred),
             Err(e) => traceback(conn, e),
         };
         if sent.is_err() {
             break;
         }
     }
+    release(shared, deferred);
     // The client is gone: locks it held would otherwise be held for ever.
     for object in holds {
         object.connection_closed(me);
@@ -919,7 +1186,7 @@ fn note_hold(holds: &mut Vec<Arc<dyn ServedObject>>, object: &Arc<dyn ServedObje
 /// client builds a proxy of `typeid` for it (then increfs it and drops `create`'s reference).
 fn proxy_reply(
     shared: &ServerShared,
-    conn: &mut WireConnection,
+    conn: &mut Peer,
     typeid: &str,
     object: Arc<dyn ServedObject>,
 ) -> Result<()> {
@@ -975,10 +1242,11 @@ fn empty_error() -> Value {
 
 fn call(
     shared: &ServerShared,
-    conn: &mut WireConnection,
+    conn: &mut Peer,
     request: &Request,
     me: u64,
     holds: &mut Vec<Arc<dyn ServedObject>>,
+    deferred: &mut Vec<String>,
 ) -> Result<()> {
     let ident = request.ident.as_deref().unwrap_or("");
     let object = lock(&shared.registry)
@@ -988,36 +1256,53 @@ fn call(
     let Some(object) = object else {
         return traceback(conn, format!("KeyError: no object {ident:?}"));
     };
-    let answer = |conn: &mut WireConnection, r: Reply| match r {
+    let answer = |conn: &mut Peer, r: Reply| match r {
         Reply::Return(v) => reply(conn, "#RETURN", v),
         Reply::Error(e) => reply(conn, "#ERROR", e),
         Reply::Traceback(t) => traceback(conn, t),
     };
-    let queue = match object {
-        Served::Queue(q) => q,
-        Served::Dict(d) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", d.value()),
-        Served::List(l) if request.func == "#GETVALUE" => return reply(conn, "#RETURN", l.value()),
-        Served::Dict(d) if request.func == "__iter__" => {
-            return proxy_reply(
-                shared,
-                conn,
-                "Iterator",
-                Arc::new(ServedIterator::new(d.keys())),
-            );
-        }
-        Served::Dict(d) => return answer(conn, d.call(&request.func, &request.args)),
-        Served::Object(o) if request.func == "#GETVALUE" => {
-            return match o.value() {
+    // What CPython's server answers for any object (its `fallback_mapping`).
+    match request.func.as_str() {
+        "__repr__" | "__str__" => return reply(conn, "#RETURN", Value::Str(object.repr())),
+        "#GETVALUE" => {
+            let value = match &object {
+                Served::Object(o) => o.value(),
+                _ => None,
+            };
+            return match value {
                 Some(v) => reply(conn, "#RETURN", v),
                 None => traceback(conn, "AttributeError: no value to copy".into()),
             };
         }
+        _ => {}
+    }
+    if !object.exposed().contains(&request.func.as_str()) {
+        let exposed: Vec<Value> = object.exposed().iter().map(|m| Value::str(*m)).collect();
+        let message = format!(
+            "method '{}' of {} object is not in exposed={}",
+            request.func,
+            object.repr(),
+            Value::Tuple(exposed)
+        );
+        return answer(conn, exception("AttributeError", vec![Value::Str(message)]));
+    }
+    let queue = match object {
+        Served::Queue(q) => q,
+        Served::Object(o) if request.func == "__iter__" => {
+            return match o.iterator() {
+                Some(it) => proxy_reply(shared, conn, "Iterator", it),
+                None => traceback(conn, "TypeError: the object is not iterable".into()),
+            };
+        }
         Served::Object(o) => {
-            let r = o.call_from(me, &request.func, &request.args, &request.kwds);
+            let mut refs = Refs {
+                shared,
+                deferred: Some(deferred),
+            };
+            let r = o.call_storing(me, &mut refs, &request.func, &request.args, &request.kwds);
             note_hold(holds, &o, me);
             return answer(conn, r);
         }
-        Served::List(l) => return answer(conn, l.call(&request.func, &request.args)),
         Served::Lock(l) => {
             let object: Arc<dyn ServedObject> = l;
             let r = object.call_from(me, &request.func, &request.args, &request.kwds);
@@ -1033,7 +1318,11 @@ fn call(
                 Err(e) => return reply(conn, "#ERROR", e),
             };
             match queue.get(block, deadline) {
-                Some(item) => reply(conn, "#RETURN", item),
+                Some(item) => {
+                    // Proxies in the item go with it: the client rebuilds them.
+                    proxies_in(&Refs::of(shared), &item, deferred);
+                    reply(conn, "#RETURN", item)
+                }
                 None => reply(conn, "#ERROR", empty_error()),
             }
         }
@@ -1046,9 +1335,14 @@ fn call(
                 Ok(d) => d,
                 Err(e) => return reply(conn, "#ERROR", e),
             };
+            let mut carried = Vec::new();
+            proxies_in(&Refs::of(shared), item, &mut carried);
+            // Held while queued: taken before the item can be got.
+            Refs::of(shared).changed(Vec::new(), carried.clone());
             if queue.put_waiting(item.clone(), block, deadline) {
                 reply(conn, "#RETURN", Value::None)
             } else {
+                release(shared, carried);
                 reply(conn, "#ERROR", Value::reduce("queue", "Full", Vec::new()))
             }
         }
@@ -1080,11 +1374,6 @@ fn call(
             queue.join(None);
             reply(conn, "#RETURN", Value::None)
         }
-        "__repr__" | "__str__" => reply(
-            conn,
-            "#RETURN",
-            Value::Str(format!("<queue {:?} served by multiproc>", queue.name)),
-        ),
         other => traceback(
             conn,
             format!("AttributeError: method {other:?} of a queue is not exposed"),
@@ -1121,8 +1410,7 @@ pub(crate) mod fuzz {
     /// `accept_connection`; returns the bytes of the replies. Must end (the peer's sending
     /// side is closed after them), never panic, and keep memory bounded.
     pub(crate) fn proxy_calls(data: &[u8]) -> Vec<u8> {
-        let Some((mut conn, mut peer)) = super::super::wire::fuzz::connection_fed(&frames(data))
-        else {
+        let Some((conn, mut peer)) = super::super::wire::fuzz::connection_fed(&frames(data)) else {
             return Vec::new();
         };
         let shared = ServerShared {
@@ -1132,6 +1420,7 @@ pub(crate) mod fuzz {
             next_ident: AtomicU64::new(100),
             stop: AtomicBool::new(false),
             address: Address::Unix("/fuzz".into()),
+            segments: Mutex::new(Vec::new()),
         };
         let array =
             match ServedArray::from_args(&[Value::str("i"), Value::List(vec![Value::Int(0); 4])]) {
@@ -1139,8 +1428,8 @@ pub(crate) mod fuzz {
                 Err(_) => return Vec::new(),
             };
         let objects = [
-            Served::Dict(Arc::new(ServedDict::from_args(&[], &[]))),
-            Served::List(Arc::new(ServedList::from_args(&[]))),
+            Served::Object(Arc::new(ServedDict::default())),
+            Served::Object(Arc::new(ServedList::default())),
             Served::Object(Arc::new(ServedNamespace::from_kwds(&[]))),
             Served::Object(Arc::new(ServedValue::from_args(&[
                 Value::str("i"),
@@ -1166,8 +1455,9 @@ pub(crate) mod fuzz {
             let _ = peer.read_to_end(&mut replies);
             replies
         });
-        serve_proxy_calls(&shared, &mut conn);
-        drop(conn);
+        let mut peer_conn = Peer::new(conn);
+        serve_proxy_calls(&shared, &mut peer_conn);
+        drop(peer_conn);
         reader.join().unwrap_or_default()
     }
 }
@@ -1213,7 +1503,9 @@ mod fuzz_tests {
             "__str__",
             "no_such_method",
         ];
-        let served = super::DICT_EXPOSED.iter().chain(super::LIST_EXPOSED);
+        let served = super::super::containers::DICT_EXPOSED
+            .iter()
+            .chain(super::super::containers::LIST_EXPOSED);
         served.copied().chain(others).collect()
     }
 

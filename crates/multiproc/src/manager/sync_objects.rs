@@ -48,7 +48,7 @@ impl ServedCondition {
     }
 
     fn wait(&self, me: u64, timeout: Option<Duration>) -> Reply {
-        if !self.lock.is_owned_by(me) {
+        if !self.lock.owned_for_condition(me) {
             return exception(
                 "RuntimeError",
                 vec![Value::str("cannot wait on un-acquired lock")],
@@ -63,7 +63,7 @@ impl ServedCondition {
             w.waiting.push_back(ticket);
             ticket
         };
-        let depth = self.lock.release_all(me);
+        let depth = self.lock.release_for_wait(me);
         let woken = |w: &mut Waiters| match w.notified.iter().position(|t| *t == ticket) {
             Some(i) => {
                 w.notified.swap_remove(i);
@@ -82,7 +82,7 @@ impl ServedCondition {
     }
 
     fn notify(&self, me: u64, n: usize) -> Reply {
-        if !self.lock.is_owned_by(me) {
+        if !self.lock.owned_for_condition(me) {
             return exception(
                 "RuntimeError",
                 vec![Value::str("cannot notify on un-acquired lock")],
@@ -134,7 +134,11 @@ impl ServedObject for ServedCondition {
     }
 
     fn connection_closed(&self, conn: u64) {
-        self.lock.release_all(conn);
+        ServedObject::connection_closed(&*self.lock, conn);
+    }
+
+    fn repr(&self) -> String {
+        format!("<Condition({}, 0)>", self.lock.repr())
     }
 }
 
@@ -272,5 +276,13 @@ impl ServedObject for ServedBarrier {
             }
             m => Reply::Traceback(format!("AttributeError: a barrier has no method {m:?}")),
         }
+    }
+
+    fn repr(&self) -> String {
+        let s = lock(&self.state);
+        if s.broken {
+            return "<threading.Barrier: broken>".to_string();
+        }
+        format!("<threading.Barrier: waiters={}/{}>", s.count, self.parties)
     }
 }

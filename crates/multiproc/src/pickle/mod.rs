@@ -35,7 +35,9 @@ pub(crate) use decode::{Limits, decode, decode_with};
 pub(crate) use encode::{PROTOCOL, encode, encode_into};
 pub(crate) use error::PickleError;
 pub(crate) use ser::to_value;
-pub(crate) use value::{BigInt, Object, ObjectKind, Value};
+pub(crate) use value::{
+    BigInt, Object, ObjectKind, Value, float_repr, is_printable, parse_decimal,
+};
 
 /// Encodes any serde value as a pickle ([`to_value`] then [`encode()`]).
 ///

@@ -305,7 +305,7 @@ pub(super) fn negate(bytes: &mut [u8]) {
 
 /// The int a decimal literal (`-123`) denotes: ASCII digits with an optional sign. `None` if
 /// it is not one.
-pub(super) fn parse_decimal(text: &[u8]) -> Option<Value> {
+pub(crate) fn parse_decimal(text: &[u8]) -> Option<Value> {
     let (negative, digits) = match text {
         [b'-', rest @ ..] => (true, rest),
         [b'+', rest @ ..] => (false, rest),
@@ -448,13 +448,81 @@ fn write_dict(f: &mut fmt::Formatter<'_>, items: &[(Value, Value)]) -> fmt::Resu
 }
 
 fn write_float(f: &mut fmt::Formatter<'_>, x: f64) -> fmt::Result {
+    f.write_str(&float_repr(x))
+}
+
+/// `repr(x)` of a Python float: the shortest digits that read back as `x`, in positional
+/// form for decimal exponents from -4 to 15 (always with a fraction: `1.0`), otherwise as
+/// `1e+16` / `1.5e-05`.
+pub(crate) fn float_repr(x: f64) -> String {
     if x.is_nan() {
-        f.write_str("nan")
-    } else if x.is_infinite() {
-        f.write_str(if x < 0.0 { "-inf" } else { "inf" })
-    } else {
-        write!(f, "{x:?}")
+        return "nan".into();
     }
+    if x.is_infinite() {
+        return if x < 0.0 { "-inf" } else { "inf" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: `-1.2345e-7`.
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if (-4..16).contains(&exp) {
+        let point = exp + 1;
+        if point <= 0 {
+            let zeros = "0".repeat(point.unsigned_abs() as usize);
+            format!("{sign}0.{zeros}{digits}")
+        } else {
+            let point = point as usize;
+            let (int, frac) = if digits.len() > point {
+                (digits[..point].to_string(), digits[point..].to_string())
+            } else {
+                (format!("{digits:0<point$}"), "0".to_string())
+            };
+            format!("{sign}{int}.{frac}")
+        }
+    } else {
+        let exp_sign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{mantissa}e{exp_sign}{:02}", exp.unsigned_abs())
+    }
+}
+
+/// Whether Python's `str.isprintable()` holds for `c` (what `repr` leaves unescaped):
+/// not a control, format, surrogate, private-use or separator character (a space is
+/// printable). Unassigned code points are not known here and count as printable.
+pub(crate) fn is_printable(c: char) -> bool {
+    if c == ' ' {
+        return true;
+    }
+    let n = u32::from(c);
+    let format = matches!(
+        n,
+        0xad | 0x600..=0x605
+            | 0x61c
+            | 0x6dd
+            | 0x70f
+            | 0x890..=0x891
+            | 0x8e2
+            | 0x180e
+            | 0x200b..=0x200f
+            | 0x202a..=0x202e
+            | 0x2060..=0x2064
+            | 0x2066..=0x206f
+            | 0xfeff
+            | 0xfff9..=0xfffb
+            | 0x110bd
+            | 0x110cd
+            | 0x13430..=0x1343f
+            | 0x1bca0..=0x1bca3
+            | 0x1d173..=0x1d17a
+            | 0xe0001
+            | 0xe0020..=0xe007f
+    );
+    let private = matches!(n, 0xe000..=0xf8ff | 0xf0000..=0xffffd | 0x100000..=0x10fffd);
+    !(c.is_control() || c.is_whitespace() || format || private)
 }
 
 fn quote_for(has_single: bool, has_double: bool) -> char {
@@ -471,8 +539,7 @@ fn write_str_repr(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
             '\r' => f.write_str("\\r")?,
             '\t' => f.write_str("\\t")?,
             c if c == quote => write!(f, "\\{c}")?,
-            ' ' => f.write_char(' ')?,
-            c if c.is_control() || c.is_whitespace() => match u32::from(c) {
+            c if !is_printable(c) => match u32::from(c) {
                 n @ 0..=0xff => write!(f, "\\x{n:02x}")?,
                 n @ 0x100..=0xffff => write!(f, "\\u{n:04x}")?,
                 n => write!(f, "\\U{n:08x}")?,
