@@ -321,3 +321,88 @@ fn a_server_that_cannot_bind_says_why() {
     let err = ManagerServer::start(&at, b"k", |_| {}).unwrap_err();
     assert!(err.to_string().contains("cannot serve"), "{err}");
 }
+
+/// What happened to one of many clients connecting at once.
+enum Outcome {
+    Served,
+    /// Refused at the server's limit of connections, and told so.
+    Refused,
+}
+
+#[test]
+fn a_thousand_clients_connecting_at_once_are_all_served_or_refused_clearly() {
+    const CLIENTS: i64 = 1000;
+    const CALLS: i64 = 100;
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
+    server.register_dict("get_d");
+    let running = server.serve_in_background().unwrap();
+    let start = std::sync::Barrier::new(CLIENTS as usize);
+    let outcomes: Vec<(i64, Outcome)> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (address, start) = (running.address().clone(), &start);
+                std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, move || {
+                        start.wait();
+                        let served = (|| {
+                            let m = ManagerClient::connect(&address, b"k")?;
+                            let d = m.registered_dict::<i64, i64>("get_d")?;
+                            for j in 0..CALLS {
+                                d.set(&i, &j)?;
+                            }
+                            Ok::<_, multiproc::Error>(())
+                        })();
+                        match served {
+                            Ok(()) => (i, Outcome::Served),
+                            Err(e)
+                                if e.kind() == ErrorKind::Closed
+                                    && e.to_string().contains("limit of connections") =>
+                            {
+                                (i, Outcome::Refused)
+                            }
+                            Err(e) => panic!("client {i}: {e}"),
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let d = m.registered_dict::<i64, i64>("get_d").unwrap();
+    let mut served = 0;
+    for (i, outcome) in outcomes {
+        if let Outcome::Served = outcome {
+            served += 1;
+            assert_eq!(d.get(&i).unwrap(), Some(CALLS - 1), "client {i}");
+        }
+    }
+    // The default limit (1024 connections) leaves room for every one of them.
+    assert_eq!(served, CLIENTS);
+}
+
+#[test]
+fn clients_beyond_the_connection_limit_are_refused_clearly() {
+    let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
+    server.set_max_connections(4);
+    let running = server.serve_in_background().unwrap();
+    // Four connections held open: the fifth is closed at once, and the client says why.
+    let held: Vec<_> = (0..4)
+        .map(|_| Client::connect(running.address(), b"k").unwrap())
+        .collect();
+    let e = Client::connect(running.address(), b"k").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert!(e.to_string().contains("limit of connections"), "{e}");
+    drop(held);
+}
+
+#[test]
+fn a_server_that_never_answers_is_a_timeout_not_a_protocol_error() {
+    // A listener that accepts (the kernel does) but never speaks.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = Address::Tcp(silent.local_addr().unwrap());
+    let e = Client::connect(&address, b"k").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.to_string().contains("timed out"), "{e}");
+}

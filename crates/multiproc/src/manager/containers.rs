@@ -864,8 +864,7 @@ impl ServedObject for ServedList {
         let mut state = lock(&self.items);
         let state = &mut *state;
         let incoming = carries_proxies(refs, args, kwds);
-        let values =
-            |items: &Vec<Value>, f: &mut dyn FnMut(&Value)| items.iter().for_each(&mut *f);
+        let values = |items: &Vec<Value>, f: &mut dyn FnMut(&Value)| items.iter().for_each(&mut *f);
         let result = with_refs(
             refs,
             &mut state.proxies,

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 
@@ -138,6 +138,8 @@ pub struct WireConnection {
     stream: Stream,
     what: String,
     max_message: usize,
+    /// A read timed out (the error it gave says "stalled").
+    stalled: bool,
 }
 
 impl fmt::Debug for WireConnection {
@@ -154,6 +156,7 @@ impl WireConnection {
             stream,
             what,
             max_message: DEFAULT_MAX_MESSAGE,
+            stalled: false,
         }
     }
 
@@ -252,7 +255,7 @@ impl WireConnection {
         Error::protocol(self.what.as_str(), detail)
     }
 
-    fn io_error(&self, op: &str, e: io::Error) -> Error {
+    fn io_error(&mut self, op: &str, e: io::Error) -> Error {
         match e.kind() {
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
@@ -260,6 +263,7 @@ impl WireConnection {
                 what: self.what.clone(),
             },
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                self.stalled = true;
                 self.protocol(&format!("{op} stalled"))
             }
             _ => Error::io(format!("{}: {op}", self.what), e),
@@ -295,6 +299,11 @@ impl WireConnection {
     /// Answers the peer's challenge (CPython's `answer_challenge`).
     fn answer_challenge(&mut self, authkey: &[u8]) -> Result<()> {
         let frame = self.recv_bounded(HANDSHAKE_MAX)?;
+        self.answer_challenge_frame(authkey, &frame)
+    }
+
+    /// Answers the challenge `frame` the peer sent.
+    fn answer_challenge_frame(&mut self, authkey: &[u8], frame: &[u8]) -> Result<()> {
         let Some(body) = frame.strip_prefix(CHALLENGE) else {
             return Err(self.auth_failed("the peer did not send a challenge"));
         };
@@ -454,6 +463,13 @@ impl Listener {
                 (ListenerKind::Unix(l), Address::Unix(p.clone()))
             }
         };
+        // Hundreds of clients connecting at once would overflow std's 128 and have the kernel
+        // drop handshakes, retried only after 1, 2, 4… s.
+        let fd = match &inner {
+            ListenerKind::Tcp(l) => l.as_fd(),
+            ListenerKind::Unix(l) => l.as_fd(),
+        };
+        platform::listen_deepest(fd).map_err(|e| Error::io(&what, e))?;
         Ok(Listener {
             inner,
             address,
@@ -521,30 +537,88 @@ impl Listener {
 pub struct Client(());
 
 impl Client {
-    /// Connects to `address` and runs the handshake.
+    /// Connects to `address` and runs the handshake, trying again within 10 s if the server
+    /// never speaks (a server whose queue of new connections overflowed drops the handshake).
     ///
     /// # Errors
     /// [`ErrorKind::Io`](crate::ErrorKind::Io) if it cannot connect;
-    /// [`ErrorKind::AuthenticationFailed`](crate::ErrorKind::AuthenticationFailed) if the
-    /// authkeys differ.
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if the server did not answer in
+    /// time; [`ErrorKind::AuthenticationFailed`](crate::ErrorKind::AuthenticationFailed) if
+    /// the authkeys differ.
     #[allow(clippy::new_ret_no_self)]
     pub fn connect(address: &Address, authkey: &[u8]) -> Result<WireConnection> {
+        Client::connect_within(address, authkey, HANDSHAKE_TIMEOUT)
+    }
+
+    pub(crate) fn connect_within(
+        address: &Address,
+        authkey: &[u8],
+        timeout: Duration,
+    ) -> Result<WireConnection> {
         let what = format!("connection to {address}");
-        let stream = match address {
-            Address::Tcp(a) => {
-                let s = TcpStream::connect(a).map_err(|e| Error::io(&what, e))?;
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
-            }
-            Address::Unix(p) => {
-                Stream::Unix(UnixStream::connect(p).map_err(|e| Error::io(&what, e))?)
-            }
-        };
-        let mut conn = WireConnection::new(stream, what);
-        conn.handshake(authkey, false, HANDSHAKE_TIMEOUT)?;
-        Ok(conn)
+        let started = Instant::now();
+        let timed_out = || Error::timeout(what.clone(), timeout);
+        // How long to wait for the server's first word before connecting again: doubled each
+        // time, so that a server that is merely slow is not swamped.
+        let mut patience = FIRST_WORD_PATIENCE;
+        loop {
+            let left = timeout
+                .checked_sub(started.elapsed())
+                .ok_or_else(timed_out)?;
+            let stream = match address {
+                Address::Tcp(a) => {
+                    let s = match TcpStream::connect_timeout(a, left) {
+                        Ok(s) => s,
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(timed_out()),
+                        Err(e) => return Err(Error::io(&what, e)),
+                    };
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                }
+                Address::Unix(p) => {
+                    Stream::Unix(UnixStream::connect(p).map_err(|e| Error::io(&what, e))?)
+                }
+            };
+            let mut conn = WireConnection::new(stream, what.clone());
+            let wait = patience.min(left);
+            conn.stream
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+                .map_err(|e| conn.io_error("set timeout", e))?;
+            // The server speaks first: its challenge.
+            let challenge = match conn.recv_bounded(HANDSHAKE_MAX) {
+                Ok(frame) => frame,
+                Err(e) if e.kind() == crate::ErrorKind::Protocol && conn.stalled => {
+                    patience = patience.saturating_mul(2);
+                    continue;
+                }
+                Err(e) if e.kind() == crate::ErrorKind::Closed => {
+                    return Err(Error::Closed {
+                        what: format!(
+                            "{what} (before any handshake: the server at its limit of \
+                             connections?)"
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            let left = timeout
+                .checked_sub(started.elapsed())
+                .ok_or_else(timed_out)?;
+            conn.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| conn.io_error("set timeout", e))?;
+            conn.answer_challenge_frame(authkey, &challenge)?;
+            conn.deliver_challenge(authkey)?;
+            conn.stream
+                .set_read_timeout(None)
+                .map_err(|e| conn.io_error("set timeout", e))?;
+            return Ok(conn);
+        }
     }
 }
+
+/// How long a client first waits for the server's challenge before it connects again.
+const FIRST_WORD_PATIENCE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

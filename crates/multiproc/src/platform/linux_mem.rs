@@ -427,6 +427,15 @@ pub(crate) fn set_quick_ack(sock: BorrowedFd<'_>) -> io::Result<()> {
     .map(drop)
 }
 
+/// Makes a listening socket's queue of connections not yet accepted as long as the system
+/// allows (`net.core.somaxconn`, 4096 on current kernels; std listens with 128). Calling
+/// `listen` again on a listening socket only changes its backlog.
+pub(crate) fn listen_deepest(sock: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: listen on a socket the borrow keeps open; the kernel caps the backlog at
+    // somaxconn.
+    cvt(unsafe { libc::listen(sock.as_raw_fd(), libc::c_int::MAX) }).map(drop)
+}
+
 /// One `recv` that does not wait (`MSG_DONTWAIT`): `WouldBlock` when nothing is there.
 pub(crate) fn recv_nonblocking(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes; the borrow keeps the
