@@ -200,6 +200,59 @@ fn semaphore_counts_slots_across_processes() {
     drop(all);
 }
 
+/// Takes a slot of `sem`, counts itself in `held` (set once all have), waits for ever.
+fn hold_one_of_many((sem, holding, all, never): (Semaphore, Semaphore, Event, Event)) {
+    let _slot = sem.acquire().unwrap();
+    holding.release().unwrap();
+    if holding.get_value() == 200 {
+        all.set();
+    }
+    never.wait();
+}
+
+#[test]
+fn slots_of_two_hundred_holder_processes_killed_at_once_all_come_back() {
+    const HOLDERS: u32 = 200;
+    let sem = Semaphore::new(HOLDERS).unwrap();
+    let holding = Semaphore::new(0).unwrap();
+    let (all, never) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut holders: Vec<Guarded<()>> = (0..HOLDERS)
+        .map(|_| {
+            let args = (sem.clone(), holding.clone(), all.clone(), never.clone());
+            Guarded::new(
+                Process::new(hold_one_of_many, args)
+                    .start_method(multiproc::StartMethod::ForkServer)
+                    .start()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert!(all.wait_timeout(LONG), "{} holding", holding.get_value());
+    assert_eq!(sem.get_value(), 0);
+    for h in &mut holders {
+        h.kill().unwrap();
+    }
+    for h in &mut holders {
+        let _ = h.join(None);
+    }
+    // Every slot comes back: the first waiter that finds none free takes back the dead's.
+    let mut got = 0;
+    let mut told = false;
+    while got < HOLDERS {
+        match sem.acquire_timeout(Duration::from_secs(5)) {
+            Ok(Some(slot)) => slot.forget(),
+            Err(died) => {
+                told = true;
+                died.into_inner().unwrap().forget();
+            }
+            Ok(None) => panic!("only {got} of {HOLDERS} slots came back"),
+        }
+        got += 1;
+    }
+    assert!(told, "no OwnerDied");
+    assert!(sem.try_acquire().unwrap().is_none());
+}
+
 #[test]
 fn bounded_semaphore_refuses_extra_releases() {
     let sem = Semaphore::bounded(1).unwrap();

@@ -16,8 +16,18 @@ use super::spin::spin_until;
 use crate::error::{Error, Result};
 use crate::shm::{Layout, Shared};
 
-/// Processes whose held slots are tracked; beyond that, slots are counted but not tracked.
-const HOLDERS: usize = 64;
+/// The fewest holder entries a semaphore has (8 KiB; the pages are only touched where pids
+/// land).
+const MIN_HOLDERS: u32 = 1024;
+/// The most: 8 MiB of entries, for semaphores made with a value beyond a million.
+const MAX_HOLDERS: u32 = 1 << 20;
+
+/// How many processes can hold slots of a semaphore made with `value` slots at once: at least
+/// `value` (so a bounded semaphore, whose holders can never outnumber its slots, never runs
+/// out), and [`MIN_HOLDERS`].
+fn holder_capacity(value: u32) -> u32 {
+    value.clamp(MIN_HOLDERS, MAX_HOLDERS)
+}
 
 /// # Layout
 ///
@@ -26,19 +36,26 @@ const HOLDERS: usize = 64;
 /// | `count`    | free slots; the futex word waiters sleep on while it is 0            |
 /// | `sleepers` | threads asleep (or about to be) on `count`; release wakes one if > 0 |
 /// | `max`      | the bound (`u32::MAX` when unbounded), written before sharing        |
-/// | `holders`  | per process: `pid << 32 | slots held through guards`, 0 when free    |
+/// | `holders`  | the number of holder entries after the layout, written before sharing |
+///
+/// After it, `holders` entries (`AtomicU64`), one per process holding slots through guards:
+/// `pid << 32 | slots held`, 0 when free. A process's entry is looked for from the position
+/// its pid hashes to; a process may have two entries after collisions, which is harmless (its
+/// slots are the sum).
 #[repr(C)]
 pub(crate) struct SemaphoreLayout {
     magic: AtomicU32,
     count: AtomicU32,
     sleepers: AtomicU32,
     max: AtomicU32,
-    holders: [AtomicU64; HOLDERS],
+    holders: AtomicU32,
+    /// Makes the layout 24 bytes, so that the entries after it are 8-byte aligned.
+    _reserved: AtomicU32,
 }
 
 // SAFETY: repr(C) of atomics, magic first, valid all-zero, accessed only through `&`.
 unsafe impl Layout for SemaphoreLayout {
-    const MAGIC: u32 = u32::from_le_bytes(*b"SEM1");
+    const MAGIC: u32 = u32::from_le_bytes(*b"SEM2");
     const WHAT: &'static str = "semaphore";
 }
 
@@ -46,15 +63,19 @@ fn holder(pid: u32, slots: u32) -> u64 {
     (u64::from(pid) << 32) | u64::from(slots)
 }
 
-impl SemaphoreLayout {
+/// A semaphore's shared state: the layout and its table of holders.
+struct SemaphoreState<'a> {
+    layout: &'a SemaphoreLayout,
+    holders: &'a [AtomicU64],
+}
+
+impl SemaphoreState<'_> {
     #[inline]
     fn try_take(&self) -> bool {
-        let mut c = self.count.load(Ordering::Relaxed);
+        let count = &self.layout.count;
+        let mut c = count.load(Ordering::Relaxed);
         while c > 0 {
-            match self
-                .count
-                .compare_exchange_weak(c, c - 1, Ordering::Acquire, Ordering::Relaxed)
-            {
+            match count.compare_exchange_weak(c, c - 1, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(now) => c = now,
             }
@@ -62,28 +83,46 @@ impl SemaphoreLayout {
         false
     }
 
+    /// Takes a slot and records this process as its holder (the two together: a slot taken
+    /// that cannot be recorded is given back).
+    fn try_take_recorded(&self) -> bool {
+        if !self.try_take() {
+            return false;
+        }
+        if self.record() {
+            return true;
+        }
+        self.give(1);
+        false
+    }
+
     /// Takes a slot; `None` on timeout, `Some(Some(pid))` if slots of dead `pid` came back.
     fn take_deadline(&self, deadline: Option<Instant>) -> Option<Option<u32>> {
-        if self.try_take() {
+        let layout = self.layout;
+        if self.try_take_recorded() {
             return Some(None);
         }
-        if spin_until(|| self.count.load(Ordering::Relaxed) > 0) && self.try_take() {
+        if spin_until(|| layout.count.load(Ordering::Relaxed) > 0) && self.try_take_recorded() {
             return Some(None);
         }
         let mut died = None;
         loop {
-            self.sleepers.fetch_add(1, Ordering::Relaxed);
+            layout.sleepers.fetch_add(1, Ordering::Relaxed);
             // Pairs with the fence in `give`: either it sees us, or we see its slot.
             fence(Ordering::SeqCst);
             let slice_end = Instant::now() + LIVENESS_SLICE;
             let wake_at = deadline.map_or(slice_end, |d| d.min(slice_end));
-            let waited = if self.count.load(Ordering::Relaxed) == 0 {
-                futex_wait(&self.count, 0, Some(wake_at))
+            let free = layout.count.load(Ordering::Relaxed);
+            let waited = if free == 0 {
+                futex_wait(&layout.count, 0, Some(wake_at))
             } else {
-                FutexWait::Woken
+                // A slot is free but every holder entry is a live process's: wait a slice
+                // (or until the count changes), then look for the dead again.
+                futex_wait(&layout.count, free, Some(wake_at));
+                FutexWait::TimedOut
             };
-            self.sleepers.fetch_sub(1, Ordering::Relaxed);
-            if self.try_take() {
+            layout.sleepers.fetch_sub(1, Ordering::Relaxed);
+            if self.try_take_recorded() {
                 return Some(died);
             }
             if waited == FutexWait::TimedOut {
@@ -101,7 +140,7 @@ impl SemaphoreLayout {
     #[cold]
     fn reclaim_dead(&self) -> Option<u32> {
         let mut died = None;
-        for slot in &self.holders {
+        for slot in self.holders {
             let h = slot.load(Ordering::Acquire);
             let pid = (h >> 32) as u32;
             if pid == 0 || alive(pid) {
@@ -121,35 +160,45 @@ impl SemaphoreLayout {
         died
     }
 
-    /// Notes that this process holds one more slot.
-    fn record(&self) {
+    /// The entries in the order a process looks through them: from where its pid hashes.
+    fn probe(&self, pid: u32) -> impl Iterator<Item = &AtomicU64> {
+        let n = self.holders.len();
+        // Fibonacci hashing spreads consecutive pids.
+        let start = (u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n.max(1);
+        self.holders[start..].iter().chain(&self.holders[..start])
+    }
+
+    /// Notes that this process holds one more slot; false if every entry belongs to another
+    /// live process (more processes hold slots at once than the table has entries).
+    fn record(&self) -> bool {
         let pid = process_id();
-        for pass in 0..2 {
-            for slot in &self.holders {
-                let h = slot.load(Ordering::Relaxed);
-                let mine = (h >> 32) as u32 == pid;
-                let free = pass == 1 && h == 0;
-                if (mine || free)
-                    && slot
-                        .compare_exchange(
-                            h,
-                            holder(pid, h as u32 + 1),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    return;
+        for attempt in 0..2 {
+            for slot in self.probe(pid) {
+                let mut h = slot.load(Ordering::Relaxed);
+                while h == 0 || (h >> 32) as u32 == pid {
+                    match slot.compare_exchange(
+                        h,
+                        holder(pid, h as u32 + 1),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => return true,
+                        Err(now) => h = now,
+                    }
                 }
             }
+            // Full: entries of the dead make room.
+            if attempt == 0 && self.reclaim_dead().is_none() {
+                break;
+            }
         }
-        // Table full: the slot is counted but would not come back if we died.
+        false
     }
 
     /// Notes that this process holds one slot less.
     fn unrecord(&self) {
         let pid = process_id();
-        for slot in &self.holders {
+        for slot in self.probe(pid) {
             let mut h = slot.load(Ordering::Relaxed);
             while (h >> 32) as u32 == pid && h as u32 > 0 {
                 let next = if h as u32 == 1 { 0 } else { h - 1 };
@@ -163,21 +212,23 @@ impl SemaphoreLayout {
 
     /// Adds `n` slots and wakes sleepers.
     fn give(&self, n: u32) {
-        self.count.fetch_add(n, Ordering::Release);
+        let layout = self.layout;
+        layout.count.fetch_add(n, Ordering::Release);
         fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
-            futex_wake(&self.count, n);
+        if layout.sleepers.load(Ordering::Relaxed) > 0 {
+            futex_wake(&layout.count, n);
         }
     }
 
     fn give_bounded(&self) -> std::result::Result<(), u32> {
-        let max = self.max.load(Ordering::Relaxed);
-        let mut c = self.count.load(Ordering::Relaxed);
+        let layout = self.layout;
+        let max = layout.max.load(Ordering::Relaxed);
+        let mut c = layout.count.load(Ordering::Relaxed);
         loop {
             if c >= max {
                 return Err(max);
             }
-            match self
+            match layout
                 .count
                 .compare_exchange_weak(c, c + 1, Ordering::Release, Ordering::Relaxed)
             {
@@ -186,8 +237,8 @@ impl SemaphoreLayout {
             }
         }
         fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
-            futex_wake(&self.count, 1);
+        if layout.sleepers.load(Ordering::Relaxed) > 0 {
+            futex_wake(&layout.count, 1);
         }
         Ok(())
     }
@@ -199,6 +250,13 @@ impl SemaphoreLayout {
 /// Acquiring gives a guard that gives the slot back on drop. A process that dies holding
 /// slots through guards does not keep them: a waiter that finds no free slot for a while takes
 /// them back and is told with [`OwnerDied`].
+///
+/// # Caveats
+/// Holders are recorded in a table of `max(value, 1024)` entries (up to 2^20), one per
+/// process holding slots. A bounded semaphore never fills it (its holders cannot outnumber its
+/// slots); an unbounded one released far beyond its first value can: then one more process
+/// waits for a slot as if none were free, until a holder lets go or dies. A slot is never held
+/// without being recorded.
 ///
 /// # Examples
 ///
@@ -238,20 +296,32 @@ impl Semaphore {
     }
 
     fn create(value: u32, max: u32) -> Result<Semaphore> {
-        let shared = Shared::create(0, |l: &SemaphoreLayout, _| {
+        let holders = holder_capacity(value);
+        let extra = holders as usize * std::mem::size_of::<AtomicU64>();
+        let shared = Shared::create(extra, |l: &SemaphoreLayout, _| {
             l.count.store(value, Ordering::Relaxed);
             l.max.store(max, Ordering::Relaxed);
+            l.holders.store(holders, Ordering::Relaxed);
         })?;
         Ok(Semaphore { shared })
     }
 
-    fn layout(&self) -> &SemaphoreLayout {
-        self.shared.layout()
+    fn state(&self) -> SemaphoreState<'_> {
+        let layout = self.shared.layout();
+        // As many entries as the layout says and the segment holds (a segment from another
+        // process is trusted no further than its length).
+        let room = self.shared.extra_len() / std::mem::size_of::<AtomicU64>();
+        let n = (layout.holders.load(Ordering::Relaxed) as usize).min(room);
+        // SAFETY: the segment holds `room >= n` entries after the layout, which is 24 bytes
+        // from a page-aligned start, so they are 8-byte aligned; all-zero is a valid
+        // AtomicU64 and the entries are only accessed through shared references.
+        let holders =
+            unsafe { std::slice::from_raw_parts(self.shared.extra_ptr().cast::<AtomicU64>(), n) };
+        SemaphoreState { layout, holders }
     }
 
     fn finish(&self, got: Option<Option<u32>>) -> LockResult<Option<SemaphoreGuard<'_>>> {
         let Some(died) = got else { return Ok(None) };
-        self.layout().record();
         let guard = SemaphoreGuard {
             sem: self,
             _not_send: PhantomData,
@@ -267,7 +337,7 @@ impl Semaphore {
     /// # Errors
     /// [`OwnerDied`] (holding the guard) if slots of a dead process were taken back first.
     pub fn acquire(&self) -> LockResult<SemaphoreGuard<'_>> {
-        let got = self.layout().take_deadline(None);
+        let got = self.state().take_deadline(None);
         self.finish(got)
             .map(|g| g.expect("a wait without deadline ends with a slot"))
             .map_err(|e| e.map(|g| g.expect("a takeover yields a slot")))
@@ -278,7 +348,7 @@ impl Semaphore {
     /// # Errors
     /// Never [`OwnerDied`]: only waiting acquires take slots back from the dead.
     pub fn try_acquire(&self) -> LockResult<Option<SemaphoreGuard<'_>>> {
-        let got = self.layout().try_take().then_some(None);
+        let got = self.state().try_take_recorded().then_some(None);
         self.finish(got)
     }
 
@@ -287,7 +357,7 @@ impl Semaphore {
     /// # Errors
     /// [`OwnerDied`] (holding the guard) if slots of a dead process were taken back first.
     pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<Option<SemaphoreGuard<'_>>> {
-        let got = self.layout().take_deadline(deadline_after(timeout));
+        let got = self.state().take_deadline(deadline_after(timeout));
         self.finish(got)
     }
 
@@ -299,7 +369,7 @@ impl Semaphore {
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the semaphore is bounded
     /// and already holds its bound.
     pub fn release(&self) -> Result<()> {
-        self.layout().give_bounded().map_err(|max| {
+        self.state().give_bounded().map_err(|max| {
             Error::invalid(
                 SemaphoreLayout::WHAT,
                 format!("released too many times (bound {max})"),
@@ -309,7 +379,7 @@ impl Semaphore {
 
     /// The number of free slots right now.
     pub fn get_value(&self) -> u32 {
-        self.layout().count.load(Ordering::Relaxed)
+        self.shared.layout().count.load(Ordering::Relaxed)
     }
 }
 
@@ -333,21 +403,52 @@ impl SemaphoreGuard<'_> {
     /// any process). A slot kept this way is no longer tracked: it stays taken if this process
     /// dies.
     pub fn forget(self) {
-        self.sem.layout().unrecord();
+        self.sem.state().unrecord();
         std::mem::forget(self);
     }
 }
 
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
-        let layout = self.sem.layout();
-        layout.unrecord();
-        layout.give(1);
+        let state = self.sem.state();
+        state.unrecord();
+        state.give(1);
     }
 }
 
 impl fmt::Debug for SemaphoreGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SemaphoreGuard")
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_never_taken_without_a_holder_entry() {
+        let sem = Semaphore::new(5).unwrap();
+        let state = sem.state();
+        assert_eq!(state.holders.len(), MIN_HOLDERS as usize);
+        // A table whose every entry is another live process's (pid 1 never dies).
+        let full = [AtomicU64::new(holder(1, 1)), AtomicU64::new(holder(1, 2))];
+        let cramped = SemaphoreState {
+            layout: state.layout,
+            holders: &full,
+        };
+        assert!(!cramped.try_take_recorded());
+        assert_eq!(sem.get_value(), 5, "the slot was given back");
+        // Room again: taken and recorded.
+        full[0].store(0, Ordering::Relaxed);
+        assert!(cramped.try_take_recorded());
+        assert_eq!(full[0].load(Ordering::Relaxed), holder(process_id(), 1));
+        cramped.unrecord();
+        assert_eq!(full[0].load(Ordering::Relaxed), 0);
+        // Bounded semaphores have an entry per slot at least.
+        assert_eq!(
+            Semaphore::bounded(5000).unwrap().state().holders.len(),
+            5000
+        );
     }
 }
