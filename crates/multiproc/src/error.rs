@@ -90,6 +90,15 @@ pub enum Error {
         /// The signal number.
         signal: i32,
     },
+    /// The child's target ran off the end of its stack (unbounded recursion, say): it was
+    /// aborted, as a Rust program is.
+    #[error("process {name:?} (pid {pid}) overflowed its stack and was aborted")]
+    StackOverflow {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+    },
     /// The child exited without delivering a result.
     #[error("process {name:?} (pid {pid}) exited with code {code} before delivering a result{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
     Exited {
@@ -219,7 +228,9 @@ impl Error {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Closed { .. } => ErrorKind::Closed,
             Error::Panicked { .. } => ErrorKind::Panicked,
-            Error::Killed { .. } | Error::Exited { .. } => ErrorKind::ProcessFailed,
+            Error::Killed { .. } | Error::Exited { .. } | Error::StackOverflow { .. } => {
+                ErrorKind::ProcessFailed
+            }
             Error::InvalidState { .. } => ErrorKind::InvalidState,
             Error::Protocol { .. } => ErrorKind::Protocol,
             Error::Serialization { .. } => ErrorKind::Serialization,

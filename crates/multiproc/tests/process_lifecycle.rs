@@ -46,6 +46,38 @@ fn fifty_children_at_once() {
     assert!(pids.iter().all(|&pid| !is_our_process(pid)), "zombies left");
 }
 
+/// Recurses until the stack runs out.
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = [depth; 32];
+    std::hint::black_box(&frame);
+    recurse(depth + 1) + frame[1]
+}
+
+#[test]
+fn a_stack_overflow_is_reported_as_such() {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let mut p = Process::new(recurse, 0)
+            .name("deep")
+            .start_method(method)
+            .start()
+            .unwrap();
+        let err = p.join(None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ProcessFailed, "{method:?}: {err}");
+        assert!(
+            matches!(err, multiproc::Error::StackOverflow { .. }),
+            "{method:?}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"deep\"") && msg.contains("overflowed its stack"),
+            "{msg}"
+        );
+        // Aborted, as a Rust program is (not SIGSEGV).
+        assert_eq!(p.exitcode(), Some(-6), "{method:?}");
+    }
+}
+
 #[test]
 fn a_panic_comes_back_with_its_message() {
     let mut p = Process::new(|n: u32| -> u32 { panic!("the child gave up at {n}") }, 7)

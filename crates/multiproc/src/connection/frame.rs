@@ -70,12 +70,7 @@ pub(crate) fn write_frame(
     payload: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let mut header = [0u8; HEADER_LEN];
-    header[0..2].copy_from_slice(&MAGIC);
-    header[2] = VERSION;
-    header[3] = kind as u8;
-    header[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
-    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let header = header(kind, payload.len(), fds.len());
     let total = HEADER_LEN + payload.len();
     let mut sent = 0;
     while sent < total {
@@ -91,6 +86,24 @@ pub(crate) fn write_frame(
         sent += n;
     }
     Ok(())
+}
+
+fn header(kind: FrameKind, payload: usize, fds: usize) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..2].copy_from_slice(&MAGIC);
+    header[2] = VERSION;
+    header[3] = kind as u8;
+    header[4..8].copy_from_slice(&(fds as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&(payload as u64).to_le_bytes());
+    header
+}
+
+/// A whole frame with no descriptors, as bytes to write later with a plain `write` (from a
+/// signal handler, say).
+pub(crate) fn frame_bytes(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = header(kind, payload.len(), 0).to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
 }
 
 /// The reading side of a framed socket: partial-frame state and the adaptive spin.

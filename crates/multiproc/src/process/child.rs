@@ -43,6 +43,8 @@ pub(crate) enum Report {
     },
     /// The child could not run the target.
     Refused { message: String, mismatch: bool },
+    /// The target ran off the end of the main thread's stack (written by a fault handler).
+    StackOverflow,
 }
 
 /// For tests only: children append this variable's value to their fingerprint.
@@ -123,6 +125,7 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
     }
     CONTROL.store(control.as_raw_fd(), Ordering::SeqCst);
     install_panic_hook();
+    report_stack_overflow(&control);
 
     // SAFETY: the fingerprint matched, so this is the executable the offset was taken in.
     let trampoline = unsafe { target::resolve(bootstrap.target) };
@@ -195,6 +198,25 @@ fn bind_to_parent(control: &OwnedFd, boot: &Bootstrap) {
                 }
             }
         });
+}
+
+/// Has a stack overflow of the target say so, to standard error and to the parent, as a
+/// Rust program's would (this process never reaches `main`, where Rust's handler is set up).
+fn report_stack_overflow(control: &OwnedFd) {
+    let payload = postcard::to_allocvec(&Report::StackOverflow).unwrap_or_default();
+    let report = frame::frame_bytes(FrameKind::Value, &payload).leak();
+    let me = current::current_process();
+    let message = format!(
+        "\nthread 'main' of process {:?} (pid {}) has overflowed its stack\nfatal runtime error: \
+         stack overflow, aborting\n",
+        me.name(),
+        me.pid()
+    )
+    .into_bytes()
+    .leak();
+    if let Err(e) = platform::report_stack_overflow(control.as_fd(), report, message) {
+        tracing::debug!("child: no stack overflow report: {e}");
+    }
 }
 
 fn install_panic_hook() {

@@ -146,6 +146,7 @@ enum Failure {
     },
     Mismatch(String),
     Broken(String),
+    StackOverflow,
 }
 
 impl<R> fmt::Debug for Process<R> {
@@ -392,6 +393,7 @@ impl<R: DeserializeOwned> Process<R> {
                 Ok(Report::Panicked { message, location }) => {
                     Outcome::Failed(Failure::Panicked { message, location })
                 }
+                Ok(Report::StackOverflow) => Outcome::Failed(Failure::StackOverflow),
                 Ok(Report::Refused {
                     message,
                     mismatch: true,
@@ -423,6 +425,7 @@ impl<R: DeserializeOwned> Process<R> {
                 location,
             },
             Failure::Killed(signal) => Error::Killed { name, pid, signal },
+            Failure::StackOverflow => Error::StackOverflow { name, pid },
             Failure::Exited { code, detail } => Error::Exited {
                 name,
                 pid,
