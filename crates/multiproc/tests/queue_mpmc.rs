@@ -440,3 +440,41 @@ fn big_items_and_handles_wait_in_the_backlog_too() {
     let child = Guarded::new(Process::new(reader, q.clone()).start().unwrap());
     assert_eq!(child.into_inner().into_result().unwrap(), (200, 4));
 }
+
+/// Puts `n` numbers into a joinable queue's small ring (most wait in this process's memory),
+/// says so, and waits to be killed.
+fn put_then_hang((q, n, put, never): (JoinableQueue<u32>, u32, Event, Event)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+    put.set();
+    never.wait();
+}
+
+#[test]
+fn a_producer_killed_with_a_backlog_leaves_join_waiting_only_for_what_came_in() {
+    let q: JoinableQueue<u32> = small_ring().build_joinable().unwrap();
+    let (put, never) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut producer = Guarded::new(
+        Process::new(
+            put_then_hang,
+            (q.clone(), 5_000, put.clone(), never.clone()),
+        )
+        .start()
+        .unwrap(),
+    );
+    assert!(put.wait_timeout(LONG));
+    assert_eq!(q.unfinished().unwrap(), 5_000);
+    producer.kill().unwrap();
+    let _ = producer.join(None);
+    // What reached the ring is still there to take and finish; the rest died with the
+    // producer and no longer counts, so `join` returns instead of waiting for ever.
+    let in_ring = q.len();
+    assert!(in_ring > 0 && in_ring < 5_000, "{in_ring} in the ring");
+    assert_eq!(q.unfinished().unwrap(), in_ring as u64);
+    for i in 0..in_ring as u32 {
+        assert_eq!(q.get_timeout(LONG).unwrap(), i);
+        q.task_done().unwrap();
+    }
+    q.join_timeout(LONG).unwrap();
+}

@@ -57,7 +57,6 @@ pub(crate) struct ConsumerSide {
 
 /// Who sleeps, and `JoinableQueue`'s counter.
 #[repr(C, align(64))]
-#[derive(Default)]
 pub(crate) struct Sleepers {
     /// Consumers asleep (or about to be) on the tail's low half.
     consumers: AtomicU32,
@@ -68,22 +67,41 @@ pub(crate) struct Sleepers {
     /// Threads in `join`.
     pub(crate) joiners: AtomicU32,
     /// Items put and waiting in their producers' memory for room in the ring (an unbounded
-    /// queue's `put` does not wait): they count as unfinished.
-    pub(crate) backlogged: AtomicU32,
+    /// queue's `put` does not wait), by producer process (a [`ProcessCounts`] table): they
+    /// count as unfinished while their producer lives.
+    ///
+    /// [`ProcessCounts`]: crate::sync::process_counts::ProcessCounts
+    pub(crate) backlogged: [AtomicU64; BACKLOG_PROCESSES],
+}
+
+/// How many processes can have items waiting for room in one ring at once; another one's
+/// `put` waits for room instead.
+pub(crate) const BACKLOG_PROCESSES: usize = 128;
+
+impl Default for Sleepers {
+    fn default() -> Sleepers {
+        Sleepers {
+            consumers: AtomicU32::new(0),
+            producers: AtomicU32::new(0),
+            done: AtomicU32::new(0),
+            joiners: AtomicU32::new(0),
+            backlogged: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// # Layout
 ///
 /// | field        | meaning                                                              |
 /// |--------------|----------------------------------------------------------------------|
-/// | `magic`      | `b"QUE1"`                                                            |
+/// | `magic`      | `b"QUE2"`                                                            |
 /// | `capacity`   | ring bytes, a power of two; written before sharing                   |
 /// | `maxsize`    | most frames the ring may hold, 0 for no limit; written before sharing|
 /// | `flags`      | [`PREALLOCATED`]: receivers map every page at once                   |
 /// | `type_hash`  | a hash of the item type's name, checked when a handle is received    |
 /// | `producer`   | producer lock, tail (position + count), side-channel ids (own line)  |
 /// | `consumer`   | consumer lock, head (position + count) (own line)                    |
-/// | `sleepers`   | sleeper counts, `JoinableQueue`'s `done`, items backlogged (own line)|
+/// | `sleepers`   | sleeper counts, `JoinableQueue`'s `done`, items backlogged by process  |
 /// | then         | `capacity` bytes of frames                                           |
 #[repr(C)]
 #[derive(Default)]
@@ -100,7 +118,7 @@ pub(crate) struct RingLayout {
 
 // SAFETY: repr(C) of atomics, magic first, valid all-zero, accessed only through `&`.
 unsafe impl crate::shm::Layout for RingLayout {
-    const MAGIC: u32 = u32::from_le_bytes(*b"QUE1");
+    const MAGIC: u32 = u32::from_le_bytes(*b"QUE2");
     const WHAT: &'static str = "queue";
 }
 

@@ -20,7 +20,8 @@ use crate::platform;
 use crate::share::{self, FdIn, FdOut};
 use crate::shm::{Segment, Shared};
 use crate::sync::deadline_after;
-use crate::sync::shim::{Ordering, fence, futex_wait, futex_wake};
+use crate::sync::process_counts::ProcessCounts;
+use crate::sync::shim::{Ordering, fence, futex_wait, futex_wake, process_id};
 
 /// A frame whose payload is the message.
 const INLINE: u32 = 0;
@@ -235,7 +236,7 @@ fn send_side(
 /// The feeder thread of a handle: moves its backlog into the ring, oldest first, waiting
 /// for room as long as it takes, then stops.
 fn feed(shared: Shared<RingLayout>, side_tx: Arc<OwnedFd>, what: String, backlog: Arc<Backlog>) {
-    let backlogged = &shared.layout().sleepers.backlogged;
+    let backlogged = ProcessCounts(&shared.layout().sleepers.backlogged);
     loop {
         let mut state = backlog.lock();
         let Some((buf, fds)) = state
@@ -263,7 +264,7 @@ fn feed(shared: Shared<RingLayout>, side_tx: Arc<OwnedFd>, what: String, backlog
         state.items.pop_front();
         backlog.queued.fetch_sub(1, Ordering::Release);
         drop(state);
-        backlogged.fetch_sub(1, Ordering::AcqRel);
+        backlogged.sub(process_id());
         if !matches!(placed, Ok(Ok(()))) {
             tracing::error!(queue = %what, "an item put earlier could not be placed in the queue");
         }
@@ -420,8 +421,28 @@ impl ShmQueue {
     #[inline(never)]
     fn put_in_backlog(&self, buf: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
         let mut state = self.backlog.lock();
-        let layout = self.shared.layout();
-        layout.sleepers.backlogged.fetch_add(1, Ordering::AcqRel);
+        if !self.count_backlogged() {
+            // More producer processes have backlogs than the ring can count: wait for room,
+            // behind this handle's earlier items.
+            while state.feeding {
+                state = self
+                    .backlog
+                    .moved
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            drop(state);
+            return publish(
+                &self.shared,
+                self.side_tx.as_fd(),
+                &self.what,
+                buf,
+                &fds,
+                Wait::Until(None),
+                true,
+            )?
+            .map_err(|why| self.failed(why, true, Duration::MAX));
+        }
         state.items.push_back((buf.to_vec(), fds));
         self.backlog.queued.fetch_add(1, Ordering::Release);
         if !state.feeding {
@@ -436,6 +457,37 @@ impl ShmQueue {
             state.feeding = true;
         }
         Ok(())
+    }
+
+    /// Counts one more item of this process as waiting in its memory; false if the ring
+    /// counts as many processes as it can.
+    fn count_backlogged(&self) -> bool {
+        let counts = ProcessCounts(&self.shared.layout().sleepers.backlogged);
+        counts.add(process_id()) || {
+            counts.take_dead(|_, _| {});
+            counts.add(process_id())
+        }
+    }
+
+    /// Items waiting in producers' memory, of producers that still live (a dead producer's
+    /// are gone and no longer count: `join` would wait for them for ever).
+    fn backlogged(&self) -> u64 {
+        let counts = ProcessCounts(&self.shared.layout().sleepers.backlogged);
+        let total = counts.total();
+        if total == 0 {
+            return 0;
+        }
+        let mut lost = 0;
+        counts.take_dead(|pid, n| {
+            lost += u64::from(n);
+            tracing::warn!(
+                queue = %self.what,
+                pid,
+                items = n,
+                "a producer died with items not yet in the queue: they are lost"
+            );
+        });
+        if lost == 0 { total } else { counts.total() }
     }
 
     /// Waits until this handle's backlog is in the ring; gives up (logging what is lost)
@@ -457,6 +509,15 @@ impl ShmQueue {
                     "nobody took items from the queue for {BACKLOG_PATIENCE:?}: the items put \
                      and not yet in it are given up"
                 );
+                // They no longer count as unfinished: all but the one the feeder holds, which
+                // counts until it goes in or this process ends.
+                let counts = ProcessCounts(&self.shared.layout().sleepers.backlogged);
+                let pid = process_id();
+                while state.items.len() > 1 {
+                    state.items.pop_back();
+                    self.backlog.queued.fetch_sub(1, Ordering::Release);
+                    counts.sub(pid);
+                }
                 return;
             }
             left = state.items.len();
@@ -640,7 +701,12 @@ impl ShmQueue {
         let inner = self;
         let sleepers = &inner.shared.layout().sleepers;
         let done = sleepers.done.load(Ordering::Acquire);
-        inner.ring().put_count().wrapping_sub(done) + sleepers.backlogged.load(Ordering::Acquire)
+        let waiting = u32::try_from(inner.backlogged()).unwrap_or(u32::MAX);
+        inner
+            .ring()
+            .put_count()
+            .wrapping_sub(done)
+            .saturating_add(waiting)
     }
 
     pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
@@ -648,7 +714,7 @@ impl ShmQueue {
         let sleepers = &inner.shared.layout().sleepers;
         loop {
             let done = sleepers.done.load(Ordering::Acquire);
-            let backlogged = sleepers.backlogged.load(Ordering::Acquire);
+            let backlogged = inner.backlogged();
             if done == inner.ring().put_count() && backlogged == 0 {
                 return Ok(());
             }

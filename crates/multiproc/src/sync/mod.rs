@@ -8,6 +8,7 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
+pub(crate) mod process_counts;
 pub(crate) mod raw_lock;
 mod semaphore;
 pub(crate) mod shim;

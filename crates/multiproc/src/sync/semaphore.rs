@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{LockResult, OwnerDied, deadline_after};
+use super::process_counts::ProcessCounts;
 use super::raw_lock::LIVENESS_SLICE;
 use super::shim::{
-    AtomicU32, AtomicU64, FutexWait, Ordering, alive, fence, futex_wait, futex_wake, process_id,
+    AtomicU32, AtomicU64, FutexWait, Ordering, fence, futex_wait, futex_wake, process_id,
 };
 use super::spin::spin_until;
 use crate::error::{Error, Result};
@@ -38,10 +39,8 @@ fn holder_capacity(value: u32) -> u32 {
 /// | `max`      | the bound (`u32::MAX` when unbounded), written before sharing        |
 /// | `holders`  | the number of holder entries after the layout, written before sharing |
 ///
-/// After it, `holders` entries (`AtomicU64`), one per process holding slots through guards:
-/// `pid << 32 | slots held`, 0 when free. A process's entry is looked for from the position
-/// its pid hashes to; a process may have two entries after collisions, which is harmless (its
-/// slots are the sum).
+/// After it, `holders` entries (`AtomicU64`): the slots each process holds through guards,
+/// a [`ProcessCounts`] table.
 #[repr(C)]
 pub(crate) struct SemaphoreLayout {
     magic: AtomicU32,
@@ -57,10 +56,6 @@ pub(crate) struct SemaphoreLayout {
 unsafe impl Layout for SemaphoreLayout {
     const MAGIC: u32 = u32::from_le_bytes(*b"SEM2");
     const WHAT: &'static str = "semaphore";
-}
-
-fn holder(pid: u32, slots: u32) -> u64 {
-    (u64::from(pid) << 32) | u64::from(slots)
 }
 
 /// A semaphore's shared state: the layout and its table of holders.
@@ -137,77 +132,29 @@ impl SemaphoreState<'_> {
         }
     }
 
+    /// Takes back the slots of holders that died; one of them, if any.
     #[cold]
     fn reclaim_dead(&self) -> Option<u32> {
         let mut died = None;
-        for slot in self.holders {
-            let h = slot.load(Ordering::Acquire);
-            let pid = (h >> 32) as u32;
-            if pid == 0 || alive(pid) {
-                continue;
-            }
-            if slot
-                .compare_exchange(h, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                let slots = h as u32;
-                if slots > 0 {
-                    self.give(slots);
-                    died = Some(pid);
-                }
-            }
-        }
+        ProcessCounts(self.holders).take_dead(|pid, slots| {
+            self.give(slots);
+            died = Some(pid);
+        });
         died
-    }
-
-    /// The entries in the order a process looks through them: from where its pid hashes.
-    fn probe(&self, pid: u32) -> impl Iterator<Item = &AtomicU64> {
-        let n = self.holders.len();
-        // Fibonacci hashing spreads consecutive pids.
-        let start = (u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n.max(1);
-        self.holders[start..].iter().chain(&self.holders[..start])
     }
 
     /// Notes that this process holds one more slot; false if every entry belongs to another
     /// live process (more processes hold slots at once than the table has entries).
     fn record(&self) -> bool {
+        let counts = ProcessCounts(self.holders);
         let pid = process_id();
-        for attempt in 0..2 {
-            for slot in self.probe(pid) {
-                let mut h = slot.load(Ordering::Relaxed);
-                while h == 0 || (h >> 32) as u32 == pid {
-                    match slot.compare_exchange(
-                        h,
-                        holder(pid, h as u32 + 1),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => return true,
-                        Err(now) => h = now,
-                    }
-                }
-            }
-            // Full: entries of the dead make room.
-            if attempt == 0 && self.reclaim_dead().is_none() {
-                break;
-            }
-        }
-        false
+        // Full: entries of the dead make room.
+        counts.add(pid) || (self.reclaim_dead().is_some() && counts.add(pid))
     }
 
     /// Notes that this process holds one slot less.
     fn unrecord(&self) {
-        let pid = process_id();
-        for slot in self.probe(pid) {
-            let mut h = slot.load(Ordering::Relaxed);
-            while (h >> 32) as u32 == pid && h as u32 > 0 {
-                let next = if h as u32 == 1 { 0 } else { h - 1 };
-                match slot.compare_exchange(h, next, Ordering::AcqRel, Ordering::Relaxed) {
-                    Ok(_) => return,
-                    Err(now) => h = now,
-                }
-            }
-        }
+        ProcessCounts(self.holders).sub(process_id());
     }
 
     /// Adds `n` slots and wakes sleepers.
@@ -432,7 +379,7 @@ mod tests {
         let state = sem.state();
         assert_eq!(state.holders.len(), MIN_HOLDERS as usize);
         // A table whose every entry is another live process's (pid 1 never dies).
-        let full = [AtomicU64::new(holder(1, 1)), AtomicU64::new(holder(1, 2))];
+        let full = [AtomicU64::new(1 << 32 | 1), AtomicU64::new(1 << 32 | 2)];
         let cramped = SemaphoreState {
             layout: state.layout,
             holders: &full,
@@ -442,7 +389,10 @@ mod tests {
         // Room again: taken and recorded.
         full[0].store(0, Ordering::Relaxed);
         assert!(cramped.try_take_recorded());
-        assert_eq!(full[0].load(Ordering::Relaxed), holder(process_id(), 1));
+        assert_eq!(
+            full[0].load(Ordering::Relaxed),
+            u64::from(process_id()) << 32 | 1
+        );
         cramped.unrecord();
         assert_eq!(full[0].load(Ordering::Relaxed), 0);
         // Bounded semaphores have an entry per slot at least.
