@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::objects::{Reply, ServedObject, exception, lock};
-use super::python::{self, MAX_ITEMS, PyErr, PyResult, Slice, type_name};
+use super::python::{self, PyErr, PyResult, Slice, type_name};
 use crate::pickle::{self, Value, py_eq};
 
 /// What `DictProxy` calls (CPython 3.8–3.13).
@@ -582,7 +582,7 @@ struct ListState {
     proxies: usize,
 }
 
-/// `n` copies of `items`, refused beyond [`MAX_ITEMS`].
+/// `n` copies of `items`, refused beyond [`python::max_items`].
 fn repeated(items: &[Value], n: &Value) -> PyResult<Vec<Value>> {
     let n = python::as_int(n).ok_or_else(|| {
         PyErr::type_error(format!(
@@ -592,7 +592,7 @@ fn repeated(items: &[Value], n: &Value) -> PyResult<Vec<Value>> {
     })?;
     let n = n.max(0) as u64;
     let total = (items.len() as u64).saturating_mul(n);
-    if total > MAX_ITEMS {
+    if total > python::max_items() {
         return Err(python::too_many(total));
     }
     let mut out = Vec::with_capacity(total as usize);

@@ -40,9 +40,19 @@ impl PyErr {
 
 pub(crate) type PyResult<T> = std::result::Result<T, PyErr>;
 
-/// The most items one call may make out of a `range` (or repeat a list to): beyond it the
-/// server says `MemoryError` rather than try.
-pub(crate) const MAX_ITEMS: u64 = 16 << 20;
+/// The most items one call may make out of a `range` (or repeat a list to), 4 Mi unless
+/// lowered: beyond it the server says `MemoryError` rather than try.
+static MAX_ITEMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(4 << 20);
+
+/// See [`MAX_ITEMS`].
+pub(crate) fn max_items() -> u64 {
+    MAX_ITEMS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Lowers [`MAX_ITEMS`] for the fuzz harness, whose calls multiply lists again and again.
+pub(crate) fn lower_max_items(n: u64) {
+    MAX_ITEMS.fetch_min(n, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The name Python gives the type of `v` in messages (`'int'`, `'range'`, …).
 pub(crate) fn type_name(v: &Value) -> String {
@@ -70,7 +80,7 @@ pub(crate) fn as_int(v: &Value) -> Option<i64> {
 ///
 /// # Errors
 /// `TypeError` for what is not iterable, or needs Python code to iterate;
-/// `MemoryError` for a range beyond [`MAX_ITEMS`].
+/// `MemoryError` for a range beyond [`max_items`].
 pub(crate) fn iterate(v: &Value) -> PyResult<Vec<Value>> {
     match v {
         Value::List(x) | Value::Tuple(x) | Value::Set(x) | Value::FrozenSet(x) => Ok(x.clone()),
@@ -148,7 +158,7 @@ fn range_items(start: i64, stop: i64, step: i64) -> PyResult<Vec<Value>> {
     } else {
         0
     };
-    if len > i128::from(MAX_ITEMS) {
+    if len > i128::from(max_items()) {
         return Err(too_many(len));
     }
     Ok((0..len)

@@ -1410,6 +1410,9 @@ pub(crate) mod fuzz {
     /// `accept_connection`; returns the bytes of the replies. Must end (the peer's sending
     /// side is closed after them), never panic, and keep memory bounded.
     pub(crate) fn proxy_calls(data: &[u8]) -> Vec<u8> {
+        // Lists multiplied call after call would grow to millions of items: bounded lower,
+        // so that a run explores calls rather than copies.
+        super::super::python::lower_max_items(1 << 12);
         let Some((conn, mut peer)) = super::super::wire::fuzz::connection_fed(&frames(data)) else {
             return Vec::new();
         };
