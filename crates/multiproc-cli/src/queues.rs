@@ -151,11 +151,21 @@ pub(crate) struct Serve {
     /// callable=…)` that returns a `queue.Queue`; repeat for several).
     #[arg(long = "queue-typeid")]
     queue_typeids: Vec<String>,
+    /// Ignore SIGINT, as CPython's manager process does: a Ctrl-C meant for the program that
+    /// started the server (it shuts the server down itself).
+    #[arg(long)]
+    ignore_sigint: bool,
     #[command(flatten)]
     auth: Auth,
 }
 
 pub(crate) fn serve(args: Serve) -> anyhow::Result<()> {
+    if args.ignore_sigint {
+        // A handler that only sets a flag nobody reads: the signal no longer ends us.
+        let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, ignored)
+            .context("cannot ignore SIGINT")?;
+    }
     let mut server = ManagerServer::bind(&address(&args.bind)?, &args.auth.key()?)?;
     let mut names: Vec<String> = args.queues.iter().map(|q| typeid(q)).collect();
     names.extend(args.queue_typeids.iter().cloned());
