@@ -86,16 +86,22 @@ fn lock_timeouts_are_honoured_and_release_is_seen() {
     child.join(None).unwrap();
 }
 
-#[test]
-fn a_lock_whose_holder_was_killed_goes_to_the_next_process_with_owner_died() {
-    let lock = Lock::new().unwrap();
+/// A child that holds `lock` (it has taken it when this returns) until killed.
+fn held_by_a_child(lock: &Lock) -> Guarded<()> {
     let (held, never) = (Event::new().unwrap(), Event::new().unwrap());
-    let mut holder = Guarded::new(
+    let holder = Guarded::new(
         Process::new(hold_lock_forever, (lock.clone(), held.clone(), never))
             .start()
             .unwrap(),
     );
     assert!(held.wait_timeout(LONG));
+    holder
+}
+
+#[test]
+fn a_lock_whose_holder_was_killed_goes_to_the_next_process_with_owner_died() {
+    let lock = Lock::new().unwrap();
+    let mut holder = held_by_a_child(&lock);
     let holder_pid = holder.pid() as u32;
     holder.kill().unwrap();
     // Another process (not the parent, which could reap the holder) waits at most a second:
@@ -119,15 +125,30 @@ fn a_lock_whose_holder_was_killed_goes_to_the_next_process_with_owner_died() {
 }
 
 #[test]
+fn a_killed_holder_is_known_at_once_even_to_try_acquire() {
+    // The kernel marks the lock as the holder dies (it is in the holder's robust futex
+    // list): no waiter has to notice, and a reused thread id cannot hide the death.
+    let lock = Lock::new().unwrap();
+    let mut holder = held_by_a_child(&lock);
+    let holder_pid = holder.pid() as u32;
+    assert!(lock.try_acquire().unwrap().is_none());
+    holder.kill().unwrap();
+    let _ = holder.join(None);
+    assert!(!lock.is_locked(), "the kernel marked it");
+    match lock.try_acquire() {
+        Err(died) => {
+            assert_eq!(died.pid(), holder_pid);
+            assert!(died.into_inner().is_some());
+        }
+        Ok(got) => panic!("expected OwnerDied at once, got {:?}", got.is_some()),
+    }
+    assert!(lock.try_acquire().unwrap().is_some(), "clean once released");
+}
+
+#[test]
 fn owner_died_converts_into_an_error_naming_the_lock() {
     let lock = Lock::new().unwrap();
-    let (held, never) = (Event::new().unwrap(), Event::new().unwrap());
-    let mut holder = Guarded::new(
-        Process::new(hold_lock_forever, (lock.clone(), held.clone(), never))
-            .start()
-            .unwrap(),
-    );
-    assert!(held.wait_timeout(LONG));
+    let mut holder = held_by_a_child(&lock);
     holder.kill().unwrap();
     let _ = holder.join(None);
     let take = || -> multiproc::Result<()> {
@@ -490,4 +511,23 @@ fn every_primitive_works_between_threads_of_one_process() {
     });
     assert_eq!(sem.get_value(), 1);
     assert!(rlock.try_acquire().unwrap().is_some());
+}
+
+#[test]
+fn a_forgotten_guard_keeps_its_lock_mapped_for_the_threads_robust_list() {
+    // A held lock is in its thread's robust futex list. A guard that is forgotten, and then
+    // the last handle dropped, must not leave the list pointing into unmapped memory: the
+    // next lock this thread takes is linked in front of it (a write into its entry), and
+    // the kernel walks the list when the thread ends.
+    std::thread::spawn(|| {
+        let (lock, other) = (Lock::new().unwrap(), Lock::new().unwrap());
+        std::mem::forget(lock.acquire().unwrap());
+        drop(lock);
+        drop(other.acquire().unwrap());
+        let value = Value::new(7u64).unwrap();
+        *value.get_lock().unwrap() += 1;
+        assert_eq!(value.get(), 8);
+    })
+    .join()
+    .unwrap();
 }

@@ -12,6 +12,10 @@ pub(crate) use linux::*;
 mod linux_mem;
 #[cfg(target_os = "linux")]
 pub(crate) use linux_mem::*;
+#[cfg(target_os = "linux")]
+mod robust;
+#[cfg(target_os = "linux")]
+pub(crate) use robust::*;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("multiproc supports Linux for now; the platform layer is where another OS plugs in");

@@ -123,6 +123,13 @@ pub(crate) unsafe trait Layout: Sync + Sized {
     const MAGIC: u32;
     /// What the object is called in error messages (`"lock"`).
     const WHAT: &'static str;
+
+    /// Whether a thread of this process holds a lock in it. Its mapping then stays when the
+    /// last handle goes (a guard that was forgotten): the lock is in the thread's robust
+    /// futex list, which points into the mapping.
+    fn held_here(&self) -> bool {
+        false
+    }
 }
 
 /// A segment that holds an `L` at offset 0 followed by `extra` bytes.
@@ -220,6 +227,16 @@ impl<L: Layout> Shared<L> {
     /// Maps every page of the segment in this process now (see [`Segment::create`]).
     pub(crate) fn populate(&self) {
         platform::populate(self.segment.ptr, self.segment.len);
+    }
+}
+
+impl<L: Layout> Drop for Shared<L> {
+    fn drop(&mut self) {
+        // The last handle of this process, over a lock a thread of ours still holds: the
+        // mapping is kept (leaked) rather than unmapped under the thread's robust list.
+        if Arc::strong_count(&self.segment) == 1 && self.layout().held_here() {
+            std::mem::forget(self.segment.clone());
+        }
     }
 }
 

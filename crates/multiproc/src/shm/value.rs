@@ -37,11 +37,17 @@ pub(crate) struct CellsLayout {
 unsafe impl Layout for CellsLayout {
     const MAGIC: u32 = u32::from_le_bytes(*b"VAL1");
     const WHAT: &'static str = "value";
+
+    fn held_here(&self) -> bool {
+        self.lock.held_in_this_process()
+    }
 }
 
-/// Where the elements start within the extra bytes: a cache line from the segment start, so
-/// any `T` up to 64-byte alignment is aligned (mappings are page-aligned).
-const DATA_OFFSET: usize = 64 - std::mem::size_of::<CellsLayout>();
+/// Where the elements start within the extra bytes: at the first cache line boundary after
+/// the layout (64 bytes from the segment start), so any `T` up to 64-byte alignment is
+/// aligned (mappings are page-aligned).
+const DATA_OFFSET: usize =
+    std::mem::size_of::<CellsLayout>().next_multiple_of(64) - std::mem::size_of::<CellsLayout>();
 
 /// `len` elements of `T` in a shared segment.
 struct Cells<T> {

@@ -32,6 +32,10 @@ pub(crate) struct ConditionLayout {
 unsafe impl Layout for ConditionLayout {
     const MAGIC: u32 = u32::from_le_bytes(*b"CND1");
     const WHAT: &'static str = "condition";
+
+    fn held_here(&self) -> bool {
+        self.lock.held_in_this_process()
+    }
 }
 
 /// A condition variable shared between processes and threads, with its own lock (Python's

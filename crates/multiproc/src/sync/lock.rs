@@ -125,6 +125,10 @@ pub(crate) struct LockLayout {
 unsafe impl Layout for LockLayout {
     const MAGIC: u32 = u32::from_le_bytes(*b"LCK1");
     const WHAT: &'static str = "lock";
+
+    fn held_here(&self) -> bool {
+        self.raw.held_in_this_process()
+    }
 }
 
 /// A lock shared between processes and threads (Python's `multiprocessing.Lock`).
@@ -134,8 +138,9 @@ unsafe impl Layout for LockLayout {
 /// Acquiring gives a guard that releases on drop.
 ///
 /// If the thread holding the lock dies (its process is killed, say), the next thread that
-/// waits for the lock takes it over and is told with [`OwnerDied`], instead of waiting for
-/// ever as CPython's lock would.
+/// takes the lock takes it over and is told with [`OwnerDied`], instead of waiting for ever
+/// as CPython's lock would. The kernel reports the death at once (the lock is in its owner's
+/// robust futex list while held); where it cannot, waiters notice within 200 ms.
 ///
 /// # Examples
 ///
@@ -189,10 +194,14 @@ impl Lock {
     /// Takes the lock if it is free; `Ok(None)` if not.
     ///
     /// # Errors
-    /// Never [`OwnerDied`]: only waiting acquires take over from a dead owner. The `Result` is
-    /// there so that every acquire reads alike.
+    /// [`OwnerDied`] (holding the guard) if it was taken over from an owner the kernel found
+    /// dead (an owner it does not watch is only noticed by a waiting acquire).
     pub fn try_acquire(&self) -> LockResult<Option<LockGuard<'_>>> {
-        Ok(self.raw().try_lock().then(|| LockGuard::new(self)))
+        wrap_timed(
+            self.raw().try_lock(),
+            || LockGuard::new(self),
+            LockLayout::WHAT,
+        )
     }
 
     /// Waits up to `timeout` for the lock; `Ok(None)` if it stayed taken.
@@ -272,6 +281,10 @@ pub(crate) struct RLockLayout {
 unsafe impl Layout for RLockLayout {
     const MAGIC: u32 = u32::from_le_bytes(*b"RLK1");
     const WHAT: &'static str = "rlock";
+
+    fn held_here(&self) -> bool {
+        self.raw.held_in_this_process()
+    }
 }
 
 /// A reentrant lock shared between processes and threads (Python's `multiprocessing.RLock`):
@@ -340,13 +353,13 @@ impl RLock {
     /// Takes the lock if it is free or already ours; `Ok(None)` if not.
     ///
     /// # Errors
-    /// Never [`OwnerDied`] (see [`Lock::try_acquire`]).
+    /// [`OwnerDied`] as for [`Lock::try_acquire`].
     pub fn try_acquire(&self) -> LockResult<Option<RLockGuard<'_>>> {
         if let Some(guard) = self.reenter() {
             return Ok(Some(guard));
         }
         let taken = self.layout().raw.try_lock();
-        self.enter(taken.then_some(Acquired::Clean))
+        self.enter(taken)
     }
 
     /// Waits up to `timeout`; `Ok(None)` if another thread kept it.

@@ -5,35 +5,42 @@
 //! | bits    | meaning                                                            |
 //! |---------|--------------------------------------------------------------------|
 //! | 0..=29  | the owner's thread id (`gettid`), 0 when free                      |
-//! | 30      | unused (zero)                                                      |
+//! | 30      | `OWNER_DIED`: the kernel found the owner gone (robust list)        |
 //! | 31      | `WAITERS`: somebody may sleep on the word; unlock must wake one    |
 //!
-//! Taking the lock is one compare-and-swap from 0 to our thread id, so the owner is recorded
-//! in the same instant the lock is taken: there is no moment where the lock is held by nobody
-//! we could name. Releasing swaps in 0 and, if `WAITERS` was set, wakes one sleeper. A waiter
-//! that sleeps sets `WAITERS` first and takes the lock with `WAITERS` set after sleeping (it
-//! cannot know whether others still sleep), as in Drepper's "Futexes are tricky", mutex 3.
+//! This is the kernel's robust-futex word. Taking the lock is one compare-and-swap from 0 to
+//! our thread id, so the owner is recorded in the same instant the lock is taken: there is no
+//! moment where the lock is held by nobody we could name. Releasing swaps in 0 and, if
+//! `WAITERS` was set, wakes one sleeper. A waiter that sleeps sets `WAITERS` first and takes
+//! the lock with `WAITERS` set after sleeping (it cannot know whether others still sleep), as
+//! in Drepper's "Futexes are tricky", mutex 3.
 //!
 //! # Owners that die
 //!
-//! Thread ids fit in 30 bits on Linux (`pid_max` ≤ 2^22). A waiter sleeps in slices of at most
-//! [`LIVENESS_SLICE`]; when a slice ends (or its own deadline passes) it asks whether the owner
-//! still lives. If not, it takes the lock over with one compare-and-swap from the dead owner's
-//! word to its own, and reports [`Acquired::OwnerDied`]. The compare-and-swap makes the
-//! takeover happen once even when several waiters notice together.
+//! The owner links the lock into its thread's robust futex list while it holds it (see
+//! `platform/robust.rs`; `robust` below is the list entry, 32 bytes after the word as the
+//! kernel and glibc expect). When the thread ends, however it ends, the kernel sets
+//! `OWNER_DIED` (and clears the thread id) in every word it still held and wakes a waiter:
+//! the next taker, waiting or not, takes the lock over with one compare-and-swap and reports
+//! [`Acquired::OwnerDied`], at once and with no doubt about who died.
 //!
-//! A thread id can be reused after its thread ends; a takeover is missed (never wrongly made)
-//! if a new thread got the dead owner's id within the slice. Non-blocking attempts never take
-//! over: only a waiter checks liveness.
+//! What the kernel cannot cover (a thread whose list glibc did not register, a lock taken
+//! when that was so) the waiters still cover, as before robust lists: a waiter sleeps in
+//! slices of at most [`LIVENESS_SLICE`]; when a slice ends (or its own deadline passes) it
+//! asks whether the owner still lives and, if not, takes the lock over from the dead owner's
+//! word. There a takeover is missed (never wrongly made) if a new thread got the dead owner's
+//! id within the slice.
 
 use std::time::{Duration, Instant};
 
 use super::shim::{
-    AtomicU32, FutexWait, Ordering, alive, futex_wait, futex_wake, process_id, thread_id,
+    AtomicU32, FutexWait, Ordering, RobustEntry, alive, futex_wait, futex_wake, process_id,
+    robust_done, robust_link, robust_pending, robust_unlink, thread_id,
 };
 use super::spin::spin_until_patient;
 
 const OWNER: u32 = (1 << 30) - 1;
+const OWNER_DIED: u32 = 1 << 30;
 const WAITERS: u32 = 1 << 31;
 
 /// How long a waiter sleeps before it checks that the owner still lives.
@@ -48,39 +55,83 @@ pub(crate) enum Acquired {
     OwnerDied { pid: u32 },
 }
 
-/// A lock word and its owner's process id, `#[repr(C)]` for shared memory (8 bytes).
+/// A lock word, its owner's process id, and its robust-list entry, `#[repr(C)]` for shared
+/// memory (40 bytes).
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawLock {
     state: AtomicU32,
     owner_pid: AtomicU32,
+    _reserved: [AtomicU32; 4],
+    /// In the owner's robust futex list while held: its `next` lies 32 bytes after `state`.
+    robust: RobustEntry,
 }
+
+#[cfg(not(loom))]
+const _: () = assert!(
+    std::mem::offset_of!(RawLock, robust) + std::mem::size_of::<usize>()
+        == crate::platform::NEXT_AFTER_WORD
+);
 
 impl Default for RawLock {
     fn default() -> Self {
         RawLock {
             state: AtomicU32::new(0),
             owner_pid: AtomicU32::new(0),
+            _reserved: std::array::from_fn(|_| AtomicU32::new(0)),
+            robust: RobustEntry::default(),
         }
     }
 }
 
 impl RawLock {
-    /// Takes the lock if it is free, without waiting (and without taking over from the dead).
+    /// Takes the lock if it is free, or taken over from an owner the kernel found dead,
+    /// without waiting; `None` if another thread holds it.
     #[inline]
-    pub(crate) fn try_lock(&self) -> bool {
+    pub(crate) fn try_lock(&self) -> Option<Acquired> {
         let me = thread_id();
-        let s = self.state.load(Ordering::Relaxed);
-        if s & OWNER == 0
-            && self
-                .state
-                .compare_exchange(s, me | (s & WAITERS), Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.owner_pid.store(process_id(), Ordering::Relaxed);
-            return true;
+        robust_pending(&self.robust);
+        let got = self.try_take(me, self.state.load(Ordering::Relaxed));
+        robust_done();
+        got
+    }
+
+    /// One attempt from the word `s`: taken (linked into the robust list), or `None`.
+    #[inline]
+    fn try_take(&self, me: u32, s: u32) -> Option<Acquired> {
+        if !takeable(s) {
+            return None;
         }
-        false
+        // Free, or left by a dead owner: keep `WAITERS` for whoever sleeps.
+        let waiters = if s & OWNER_DIED != 0 {
+            WAITERS
+        } else {
+            s & WAITERS
+        };
+        self.state
+            .compare_exchange(s, me | waiters, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        Some(self.taken(s & OWNER_DIED != 0))
+    }
+
+    /// Records this process as the owner and links the lock into this thread's robust
+    /// list; how it was taken.
+    #[inline]
+    fn taken(&self, owner_died: bool) -> Acquired {
+        let how = if owner_died {
+            Acquired::OwnerDied {
+                pid: self.owner_pid.load(Ordering::Relaxed),
+            }
+        } else {
+            Acquired::Clean
+        };
+        self.owner_pid.store(process_id(), Ordering::Relaxed);
+        // SAFETY: this thread has just taken the lock; the entry is in no list (its last
+        // owner unlinked it, or died and took its list with it); the memory stays mapped
+        // while the lock is held (`Layout::held_here` keeps a mapping whose last handle goes
+        // while a thread of ours holds a lock in it).
+        unsafe { robust_link(&self.robust) };
+        how
     }
 
     /// Takes the lock, waiting until `deadline` (`None`: for ever). `None` if the deadline
@@ -88,33 +139,38 @@ impl RawLock {
     #[inline]
     pub(crate) fn lock_deadline(&self, deadline: Option<Instant>) -> Option<Acquired> {
         let me = thread_id();
-        if self
+        robust_pending(&self.robust);
+        let got = if self
             .state
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            self.owner_pid.store(process_id(), Ordering::Relaxed);
-            return Some(Acquired::Clean);
-        }
-        self.lock_slow(me, deadline)
+            Some(self.taken(false))
+        } else {
+            self.lock_slow(me, deadline)
+        };
+        robust_done();
+        got
     }
 
     #[cold]
     fn lock_slow(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
-        if spin_until_patient(|| self.state.load(Ordering::Relaxed) & OWNER == 0) && self.try_lock()
+        if spin_until_patient(|| takeable(self.state.load(Ordering::Relaxed)))
+            && let Some(how) = self.try_take(me, self.state.load(Ordering::Relaxed))
         {
-            return Some(Acquired::Clean);
+            return Some(how);
         }
         loop {
             let s = self.state.load(Ordering::Relaxed);
-            if s & OWNER == 0 {
+            if takeable(s) {
+                // After sleeping we cannot know whether others still sleep: keep `WAITERS`.
+                let died = s & OWNER_DIED != 0;
                 if self
                     .state
                     .compare_exchange(s, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    self.owner_pid.store(process_id(), Ordering::Relaxed);
-                    return Some(Acquired::Clean);
+                    return Some(self.taken(died));
                 }
                 continue;
             }
@@ -142,18 +198,18 @@ impl RawLock {
         }
     }
 
+    /// The fallback for owners the kernel does not watch: takes over from an owner that no
+    /// longer runs.
     #[cold]
     fn take_over_if_dead(&self, me: u32, seen: u32) -> Option<Acquired> {
         let owner = seen & OWNER;
         if owner == 0 || owner == me || alive(owner) {
             return None;
         }
-        let pid = self.owner_pid.load(Ordering::Relaxed);
         self.state
             .compare_exchange(seen, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
             .ok()?;
-        self.owner_pid.store(process_id(), Ordering::Relaxed);
-        Some(Acquired::OwnerDied { pid })
+        Some(self.taken(true))
     }
 
     /// Releases the lock.
@@ -162,25 +218,148 @@ impl RawLock {
     /// The calling thread holds the lock.
     #[inline]
     pub(crate) unsafe fn unlock(&self) {
+        robust_pending(&self.robust);
+        // SAFETY: the caller holds the lock, which `taken` linked on this thread.
+        unsafe { robust_unlink(&self.robust) };
         if self.state.swap(0, Ordering::Release) & WAITERS != 0 {
             futex_wake(&self.state, 1);
         }
+        robust_done();
     }
 
-    /// Whether some thread holds the lock.
+    /// Whether some (live) thread holds the lock.
     pub(crate) fn is_locked(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & OWNER != 0
+        !takeable(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Whether a thread of this process holds the lock.
+    pub(crate) fn held_in_this_process(&self) -> bool {
+        self.is_locked() && self.owner_pid.load(Ordering::Relaxed) == process_id()
     }
 
     /// Whether the calling thread holds the lock.
     pub(crate) fn held_by_me(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & OWNER == thread_id()
+        let s = self.state.load(Ordering::Relaxed);
+        s & OWNER_DIED == 0 && s & OWNER == thread_id()
     }
+}
+
+/// Whether a lock in state `s` can be taken: it is free, or its owner died. The kernel clears
+/// a dead owner's id when it marks the word; glibc, when a thread it made returns with locks
+/// in its list, marks them and leaves the id.
+#[inline]
+fn takeable(s: u32) -> bool {
+    s & OWNER == 0 || s & OWNER_DIED != 0
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_that_ends_holding_the_lock_is_reported_at_once() {
+        assert!(
+            crate::platform::robust_list_available(),
+            "glibc's robust list"
+        );
+        let lock = std::sync::Arc::new(RawLock::default());
+        let held = lock.clone();
+        std::thread::spawn(move || assert_eq!(held.try_lock(), Some(Acquired::Clean)))
+            .join()
+            .unwrap();
+        // No waiting, no liveness check: the list said it.
+        assert_eq!(
+            lock.try_lock(),
+            Some(Acquired::OwnerDied { pid: process_id() })
+        );
+        assert!(lock.held_by_me() && lock.is_locked());
+        // SAFETY: this thread holds the lock.
+        unsafe { lock.unlock() };
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
+        // SAFETY: as above.
+        unsafe { lock.unlock() };
+    }
+
+    /// A `pthread_mutex_t` made robust, on the heap.
+    struct RobustMutex(Box<std::cell::UnsafeCell<libc::pthread_mutex_t>>);
+
+    // SAFETY: a pthread mutex is made to be shared between threads.
+    unsafe impl Send for RobustMutex {}
+    // SAFETY: as above.
+    unsafe impl Sync for RobustMutex {}
+
+    impl RobustMutex {
+        fn new() -> RobustMutex {
+            // SAFETY: the attribute and the mutex are initialised before use and live on.
+            unsafe {
+                let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+                assert_eq!(libc::pthread_mutexattr_init(&mut attr), 0);
+                assert_eq!(
+                    libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST),
+                    0
+                );
+                let m = Box::new(std::cell::UnsafeCell::new(std::mem::zeroed()));
+                assert_eq!(libc::pthread_mutex_init(m.get(), &attr), 0);
+                libc::pthread_mutexattr_destroy(&mut attr);
+                RobustMutex(m)
+            }
+        }
+
+        fn lock(&self) -> i32 {
+            // SAFETY: an initialised mutex.
+            unsafe { libc::pthread_mutex_lock(self.0.get()) }
+        }
+
+        fn unlock(&self) {
+            // SAFETY: an initialised mutex this thread holds.
+            unsafe { assert_eq!(libc::pthread_mutex_unlock(self.0.get()), 0) };
+        }
+
+        fn make_consistent(&self) {
+            // SAFETY: an initialised mutex this thread holds after EOWNERDEAD.
+            unsafe { assert_eq!(libc::pthread_mutex_consistent(self.0.get()), 0) };
+        }
+    }
+
+    #[test]
+    fn our_locks_and_glibcs_robust_mutexes_share_the_list() {
+        let ours: Vec<std::sync::Arc<RawLock>> = (0..3)
+            .map(|_| std::sync::Arc::new(RawLock::default()))
+            .collect();
+        let theirs = std::sync::Arc::new([RobustMutex::new(), RobustMutex::new()]);
+        let (o, t) = (ours.clone(), theirs.clone());
+        std::thread::spawn(move || {
+            // Interleaved, released out of order; one of each left held at the end.
+            assert_eq!(o[0].try_lock(), Some(Acquired::Clean));
+            assert_eq!(t[0].lock(), 0);
+            assert_eq!(o[1].try_lock(), Some(Acquired::Clean));
+            assert_eq!(t[1].lock(), 0);
+            assert_eq!(o[2].try_lock(), Some(Acquired::Clean));
+            // SAFETY: this thread holds them.
+            unsafe { o[1].unlock() };
+            t[1].unlock();
+            // SAFETY: as above.
+            unsafe { o[2].unlock() };
+        })
+        .join()
+        .unwrap();
+        // Held at the thread's end: ours[0] and theirs[0]; the rest were released cleanly.
+        assert_eq!(
+            ours[0].try_lock(),
+            Some(Acquired::OwnerDied { pid: process_id() })
+        );
+        assert_eq!(theirs[0].lock(), libc::EOWNERDEAD);
+        theirs[0].make_consistent();
+        theirs[0].unlock();
+        assert_eq!(ours[1].try_lock(), Some(Acquired::Clean));
+        assert_eq!(ours[2].try_lock(), Some(Acquired::Clean));
+        assert_eq!(theirs[1].lock(), 0);
+        theirs[1].unlock();
+        for lock in &ours {
+            // SAFETY: this thread holds each.
+            unsafe { lock.unlock() };
+        }
+    }
 
     #[test]
     fn a_dead_owner_is_taken_over_once() {
@@ -203,7 +382,7 @@ mod tests {
     #[test]
     fn a_live_owner_is_waited_for() {
         let lock = RawLock::default();
-        assert!(lock.try_lock());
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
         let deadline = Instant::now() + Duration::from_millis(20);
         // Our own thread is alive, so the attempt times out instead of taking over.
         std::thread::scope(|s| {
@@ -247,7 +426,7 @@ mod loom_tests {
             // SAFETY: taken just above.
             unsafe { lock.unlock() };
             threads.into_iter().for_each(|t| t.join().unwrap());
-            assert!(lock.try_lock());
+            assert_eq!(lock.try_lock(), Some(Acquired::Clean));
             assert_eq!(cell.with(|v| unsafe { *v }), 3);
         });
     }

@@ -68,6 +68,10 @@ mod real {
         crate::platform::thread_alive(id)
     }
 
+    pub(crate) use crate::platform::{
+        RobustEntry, robust_done, robust_link, robust_pending, robust_unlink,
+    };
+
     /// A pause inside a spin loop.
     #[inline]
     pub(crate) fn spin_hint() {
@@ -164,6 +168,23 @@ mod model {
     pub(crate) fn spin_hint() {
         loom::thread::yield_now()
     }
+
+    /// No robust list in the model: the kernel is not there to walk it.
+    #[derive(Debug, Default)]
+    pub(crate) struct RobustEntry {
+        _prev: usize,
+        _next: usize,
+    }
+
+    pub(crate) fn robust_pending(_entry: &RobustEntry) -> bool {
+        false
+    }
+
+    pub(crate) fn robust_done() {}
+
+    pub(crate) unsafe fn robust_link(_entry: &RobustEntry) {}
+
+    pub(crate) unsafe fn robust_unlink(_entry: &RobustEntry) {}
 
     /// Every interleaving with up to three preemptions: the usual bound that keeps the
     /// search tractable while still finding ordering bugs, which need few preemptions.
