@@ -103,4 +103,10 @@ pub mod __fuzz {
     pub fn manager_calls(data: &[u8]) {
         let _ = crate::manager::server_fuzz::proxy_calls(data);
     }
+
+    /// Decodes an untrusted XML-RPC message (`BaseManager(serializer='xmlrpclib')`), and
+    /// re-encodes what decodes; must never panic.
+    pub fn xmlrpc_decode(data: &[u8]) {
+        crate::manager::xmlrpc_fuzz(data)
+    }
 }

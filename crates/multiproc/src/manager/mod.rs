@@ -38,3 +38,4 @@ pub use wire::{Address, Client, Listener, WireConnection};
 
 pub(crate) use server::fuzz as server_fuzz;
 pub(crate) use wire::fuzz;
+pub(crate) use xmlrpc::fuzz_decode as xmlrpc_fuzz;

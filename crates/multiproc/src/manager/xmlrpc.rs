@@ -304,6 +304,17 @@ fn write_value(value: &Value, out: &mut String, depth: usize) -> Result<(), Stri
     Ok(())
 }
 
+/// For the fuzz target: decodes `data`, and what decodes must encode and decode back the
+/// same (or be refused by the encoder, for what XML-RPC cannot write).
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    if let Ok(value) = decode(data)
+        && let Ok(bytes) = encode(&value)
+    {
+        let back = decode(&bytes).expect("what we wrote reads back");
+        assert!(crate::pickle::same(&back, &value), "{back} != {value}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +358,29 @@ mod tests {
         assert!(same(&back, &v), "{back}");
         assert!(encode(&Value::Set(vec![])).is_err());
         assert!(encode(&Value::Dict(vec![(Value::Int(1), Value::None)])).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any bytes: an error or a value that round-trips, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            fuzz_decode(&data);
+        }
+
+        /// Well-formed messages with a few bytes changed.
+        #[test]
+        fn damaged_messages_never_panic(
+            flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let mut data = REQUEST.as_bytes().to_vec();
+            for (at, byte) in flips {
+                let i = at.index(data.len());
+                data[i] = byte;
+            }
+            fuzz_decode(&data);
+        }
     }
 
     #[test]
