@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release -p multiproc-bench -- all
 //! cargo run --release -p multiproc-bench -- pipe_pingpong --quick --json out.json
+//! cargo run --release -p multiproc-bench -- --busy 1 all   # with a busy process beside
 //! ```
 
 #![forbid(unsafe_code)]
@@ -43,6 +44,45 @@ struct Args {
     /// The CPython interpreter to compare with.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Run this many busy processes (plain CPU loops) beside the benchmarks for the whole
+    /// run, both sides alike: a machine whose cores have other work to do.
+    #[arg(long, default_value_t = 0)]
+    busy: usize,
+}
+
+/// A process that only burns CPU, until it is killed.
+fn burn(_: ()) {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// `n` busy processes, killed when dropped.
+struct Busy(Vec<Process<()>>);
+
+impl Busy {
+    fn start(n: usize) -> anyhow::Result<Busy> {
+        let mut procs = Vec::with_capacity(n);
+        for i in 0..n {
+            procs.push(
+                Process::new(burn, ())
+                    .name(format!("busy-{i}"))
+                    .daemon(true)
+                    .start()?,
+            );
+        }
+        Ok(Busy(procs))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            let _ = p.kill();
+            let _ = p.join(None);
+        }
+    }
 }
 
 /// Whether a larger or a smaller figure is better.
@@ -271,9 +311,11 @@ fn run() -> anyhow::Result<()> {
         let b = BENCHES.iter().find(|b| b.name == args.name);
         vec![b.with_context(|| format!("unknown benchmark {:?} (try `list`)", args.name))?]
     };
+    let _busy = Busy::start(args.busy)?;
     println!(
-        "# machine: {} CPUs; ratio > 1 means multiproc is better",
-        multiproc::cpu_count()
+        "# machine: {} CPUs, {} busy processes beside; ratio > 1 means multiproc is better",
+        multiproc::cpu_count(),
+        args.busy
     );
     println!(
         "{:<32} {:>14} {:>14} {:<6} {:>8}",

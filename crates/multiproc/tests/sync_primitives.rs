@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Guarded;
 use multiproc::{
-    Array, Barrier, Condition, ErrorKind, Event, Lock, Process, RLock, RawValue, Semaphore,
+    Array, Barrier, Condition, ErrorKind, Event, Lock, Pipe, Process, RLock, RawValue, Semaphore,
     SharedMemory, Value,
 };
 
@@ -530,4 +530,45 @@ fn a_forgotten_guard_keeps_its_lock_mapped_for_the_threads_robust_list() {
     })
     .join()
     .unwrap();
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the live timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn idle_waiters_use_no_cpu() {
+    // Each wait lasts its whole timeout (nothing comes); a waiter spins a few microseconds at
+    // most, then sleeps in the kernel. A spinning one would use the whole 200 ms of CPU.
+    const WAIT: Duration = Duration::from_millis(200);
+    let event = Event::new().unwrap();
+    let lock = Lock::new().unwrap();
+    let queue: multiproc::Queue<u32> = multiproc::Queue::new().unwrap();
+    let (ours, _theirs) = Pipe::new::<u32>(true).unwrap();
+    let held = lock.acquire().unwrap();
+    let used = std::thread::scope(|s| {
+        s.spawn(|| {
+            let before = thread_cpu_time();
+            assert!(!event.wait_timeout(WAIT));
+            assert!(lock.acquire_timeout(WAIT).unwrap().is_none());
+            assert!(queue.get_timeout(WAIT).is_err());
+            assert!(ours.recv_timeout(WAIT).is_err());
+            thread_cpu_time() - before
+        })
+        .join()
+        .unwrap()
+    });
+    drop(held);
+    assert!(
+        used < Duration::from_millis(40),
+        "{used:?} of CPU for 800 ms of waiting"
+    );
 }

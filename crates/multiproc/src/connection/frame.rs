@@ -12,14 +12,15 @@
 //! large payload straight into its buffer. It keeps the state of a partly read frame, so a timeout in the middle of a frame loses
 //! nothing: the next call carries on. A reader spins briefly on non-blocking reads before it
 //! blocks in `poll` (a wake-up through the kernel costs tens of microseconds on small VMs, a
-//! spin a few); the spin adapts to how often it pays off.
+//! spin a few), as long as spinning pays on this machine (see `sync::spin`).
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::platform;
+use crate::sync::spin::spin_until_polling;
 
 pub(crate) const HEADER_LEN: usize = 16;
 const MAGIC: [u8; 2] = *b"MP";
@@ -30,9 +31,6 @@ pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
 
 /// Bytes read at once when the next frame's size is unknown or small.
 const READ_AHEAD: usize = 64 << 10;
-
-const SPIN_MAX: Duration = Duration::from_micros(100);
-const SPIN_MIN: Duration = Duration::from_micros(4);
 
 /// What a frame's payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +113,6 @@ pub(crate) struct FrameReader {
     payload: Vec<u8>,
     want: usize,
     fds: Vec<OwnedFd>,
-    spin: Duration,
     max_len: u64,
 }
 
@@ -129,7 +126,6 @@ impl FrameReader {
             payload: Vec::new(),
             want: 0,
             fds: Vec::new(),
-            spin: SPIN_MAX,
             max_len,
         }
     }
@@ -283,14 +279,30 @@ impl FrameReader {
         deadline: Option<Instant>,
         spin: bool,
     ) -> Result<usize, ReadError> {
-        let mut spin_until: Option<Instant> = None;
         let mut spinning = spin;
         loop {
-            match platform::recv_with_fds(sock, buf, &mut self.fds, true) {
-                Ok(n) => {
-                    if spin_until.is_some() {
-                        self.spin = (self.spin * 2).min(SPIN_MAX);
+            let got = match platform::recv_with_fds(sock, buf, &mut self.fds, true) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && spinning => {
+                    // Look again for a while, as long as spinning pays (see `sync::spin`).
+                    spinning = false;
+                    let mut got = None;
+                    let fds = &mut self.fds;
+                    spin_until_polling(|| match platform::recv_with_fds(sock, buf, fds, true) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                        other => {
+                            got = Some(other);
+                            true
+                        }
+                    });
+                    match got {
+                        Some(got) => got,
+                        None => continue,
                     }
+                }
+                other => other,
+            };
+            match got {
+                Ok(n) => {
                     return match n {
                         0 if !self.in_frame() => Err(ReadError::Eof),
                         0 => Err(ReadError::Protocol(
@@ -301,21 +313,6 @@ impl FrameReader {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ReadError::Io(e)),
-            }
-            if spinning {
-                let now = Instant::now();
-                let until = *spin_until.get_or_insert_with(|| {
-                    let end = now + self.spin;
-                    deadline.map_or(end, |d| end.min(d))
-                });
-                if now < until {
-                    for _ in 0..4 {
-                        std::hint::spin_loop();
-                    }
-                    continue;
-                }
-                spinning = false;
-                self.spin = (self.spin / 2).max(SPIN_MIN);
             }
             let timeout = match deadline {
                 None => None,

@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 
 use crate::error::{Error, Result};
 use crate::platform;
+use crate::sync::spin::spin_until_polling;
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
@@ -87,31 +88,28 @@ impl Stream {
     }
 }
 
-/// How long a read polls without blocking before it sleeps in the kernel: a peer on another
-/// core usually answers within microseconds; a wake-up costs tens (far more across CPUs on
-/// the VMs we measure).
-const READ_SPIN: Duration = Duration::from_micros(50);
-
 impl Read for Stream {
+    /// Reads without blocking first, spinning a little while spinning pays (a peer on another
+    /// core usually answers within microseconds, a wake-up costs tens; see `sync::spin`),
+    /// then blocks.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let started = std::time::Instant::now();
-        loop {
-            let fd = match &*self {
-                Stream::Tcp(s) => s.as_fd(),
-                Stream::Unix(s) => s.as_fd(),
-            };
+        let fd = match &*self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        let mut got = None;
+        let mut attempt = || loop {
             match platform::recv_nonblocking(fd, buf) {
-                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                other => {
+                    got = Some(other);
+                    return true;
+                }
             }
-            if started.elapsed() >= READ_SPIN {
-                break;
-            }
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
+        };
+        if attempt() || spin_until_polling(&mut attempt) {
+            return got.unwrap_or(Ok(0));
         }
         match self {
             Stream::Tcp(s) => s.read(buf),

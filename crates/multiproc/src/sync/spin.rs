@@ -1,16 +1,47 @@
-//! Bounded spinning before a futex sleep.
+//! Bounded spinning before a sleep, only where it pays.
 //!
-//! A wake-up through the kernel costs 15–65 µs on the machines we measure; a peer that is running
-//! on another core usually answers within a microsecond. So a waiter first re-checks its
-//! condition for a short while (`SPIN_LIMIT`), yielding now and then in case the peer shares its
-//! core, and only then sleeps on the futex. Idle waiters therefore cost nothing.
+//! A wake-up through the kernel costs 15–65 µs on the machines we measure; a peer that is
+//! running on another core usually answers within a microsecond. So a waiter first re-checks
+//! its condition for a short while, and only then sleeps (on a futex, in `poll`). Idle waiters
+//! therefore cost nothing.
+//!
+//! Spinning pays only while the peer runs on *another* CPU. When the machine has more runnable
+//! processes than cores, the peer is often waiting for a CPU, or for ours: then every
+//! microsecond we spin is one it cannot run, and a spin that "succeeds" does so only because
+//! the scheduler took our CPU away and gave it to the peer. Measured with `perf sched
+//! timehist` (two busy processes beside a pipe ping-pong on two cores): both ends on one CPU,
+//! each spinning out its time slice (~100 µs) before the other could answer, 200 µs a round
+//! trip instead of 8.
+//!
+//! So each thread keeps a [`Governor`] that learns from how its spins end:
+//! - **answered**: the condition came true while we kept the CPU: spinning pays, go on;
+//! - **preempted**: a gap in our own clock reads shows the scheduler took the CPU away (the
+//!   peer needs ours, or we need one): don't spin for a while (250 µs, doubled on each repeat
+//!   up to 64 ms, back to 250 µs after an answer);
+//! - **ran out**: nothing came within the budget. Once is a slow peer; several in a row are a
+//!   peer that cannot run while we spin (on our CPU, the scheduler letting us finish our
+//!   slice): after [`MISSES_BEFORE_REST`] in a row, rest as after a preemption.
+//!
+//! An answer after a preemption counts as a preemption. On an idle machine nothing changes:
+//! spins are answered (or the peer is slow, which costs a spin now and then).
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::shim::spin_hint;
 
-/// How long a waiter spins before it sleeps.
-const SPIN_LIMIT: Duration = Duration::from_micros(20);
+/// How long a spin lasts at most.
+const BUDGET: Duration = Duration::from_micros(20);
+
+/// A gap this long between two of our own clock reads means we were not running.
+const PREEMPTED_GAP: Duration = Duration::from_micros(50);
+
+/// How long a thread rests from spinning after a preemption; doubled on each repeat.
+const FIRST_REST: Duration = Duration::from_micros(250);
+const MAX_REST: Duration = Duration::from_millis(64);
+
+/// Spins in a row that ran out before the thread rests as after a preemption.
+const MISSES_BEFORE_REST: u32 = 4;
 
 /// Pauses before the second look of [`spin_until_batching`].
 const BATCHING_FIRST_PAUSES: u32 = 32;
@@ -18,9 +49,76 @@ const BATCHING_FIRST_PAUSES: u32 = 32;
 const MAX_PAUSES: u32 = 64;
 /// The same for locks.
 const MAX_PAUSES_PATIENT: u32 = 256;
+/// The same for looks that are system calls.
+const MAX_PAUSES_POLLING: u32 = 4;
 
-/// Checks between clock reads.
-const CHECKS_PER_CLOCK: u32 = 64;
+/// What a thread has learned about spinning.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Governor {
+    /// No spinning before this.
+    rest_until: Option<Instant>,
+    /// The next rest.
+    next_rest: Duration,
+    /// Spins that ran out in a row.
+    misses: u32,
+}
+
+/// How a spin ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpinOutcome {
+    Answered,
+    RanOut,
+    Preempted,
+}
+
+impl Governor {
+    const fn new() -> Governor {
+        Governor {
+            rest_until: None,
+            next_rest: FIRST_REST,
+            misses: 0,
+        }
+    }
+
+    /// Whether to spin now.
+    fn may_spin(&mut self, now: Instant) -> bool {
+        match self.rest_until {
+            Some(until) if now < until => false,
+            Some(_) => {
+                self.rest_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Learns from a spin that ended at `now`.
+    fn learn(&mut self, outcome: SpinOutcome, now: Instant) {
+        match outcome {
+            SpinOutcome::Answered => {
+                self.misses = 0;
+                self.next_rest = FIRST_REST;
+            }
+            SpinOutcome::RanOut => {
+                self.misses += 1;
+                if self.misses >= MISSES_BEFORE_REST {
+                    self.rest(now);
+                }
+            }
+            SpinOutcome::Preempted => self.rest(now),
+        }
+    }
+
+    fn rest(&mut self, now: Instant) {
+        self.misses = 0;
+        self.rest_until = now.checked_add(self.next_rest);
+        self.next_rest = (self.next_rest * 2).min(MAX_REST);
+    }
+}
+
+thread_local! {
+    static GOVERNOR: Cell<Governor> = const { Cell::new(Governor::new()) };
+}
 
 /// Spins until `ready()` holds or the budget is spent; true if it became ready.
 #[inline]
@@ -37,6 +135,13 @@ pub(crate) fn spin_until_batching(ready: impl FnMut() -> bool) -> bool {
     spin_until_with(BATCHING_FIRST_PAUSES, MAX_PAUSES, ready)
 }
 
+/// [`spin_until`] for a look that is itself a system call (a non-blocking read of a
+/// socket): hardly any pause between looks, since the call takes longer than a cache miss.
+#[inline]
+pub(crate) fn spin_until_polling(ready: impl FnMut() -> bool) -> bool {
+    spin_until_with(1, MAX_PAUSES_POLLING, ready)
+}
+
 /// [`spin_until`] with a longer back-off: for a lock, where looking less often leaves the
 /// holder's cache line alone and lets it finish (and even re-take the lock) without misses.
 #[inline]
@@ -49,12 +154,32 @@ fn spin_until_with(first_pauses: u32, max_pauses: u32, mut ready: impl FnMut() -
     if cfg!(loom) {
         return ready();
     }
-    let mut start = None;
-    let mut i = 0u32;
+    let mut governor = GOVERNOR.with(Cell::get);
+    let start = Instant::now();
+    if !governor.may_spin(start) {
+        GOVERNOR.with(|g| g.set(governor));
+        return ready();
+    }
+    let (answered, outcome, end) = spin(start, BUDGET, first_pauses, max_pauses, &mut ready);
+    governor.learn(outcome, end);
+    GOVERNOR.with(|g| g.set(governor));
+    answered
+}
+
+/// One spin of at most `budget` from `start`: whether `ready()` came true, how the spin
+/// ended, and when.
+fn spin(
+    start: Instant,
+    budget: Duration,
+    first_pauses: u32,
+    max_pauses: u32,
+    ready: &mut impl FnMut() -> bool,
+) -> (bool, SpinOutcome, Instant) {
+    let mut last = start;
     let mut pauses = first_pauses;
     loop {
         if ready() {
-            return true;
+            return (true, SpinOutcome::Answered, last);
         }
         // Back off between looks: each look pulls the watched cache line away from the
         // writer, who then pays a miss to write it again.
@@ -62,16 +187,102 @@ fn spin_until_with(first_pauses: u32, max_pauses: u32, mut ready: impl FnMut() -
             spin_hint();
         }
         pauses = (pauses * 2).min(max_pauses);
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(CHECKS_PER_CLOCK) {
-            let start = *start.get_or_insert_with(Instant::now);
-            let spent = start.elapsed();
-            if spent >= SPIN_LIMIT {
-                return false;
-            }
-            if spent >= SPIN_LIMIT / 2 {
-                std::thread::yield_now();
-            }
+        let now = Instant::now();
+        if now.duration_since(last) >= PREEMPTED_GAP {
+            // Off the CPU for a while: whatever came meanwhile came because we were not
+            // spinning. Look once more (it may be there) and stop.
+            return (ready(), SpinOutcome::Preempted, now);
         }
+        last = now;
+        if now.duration_since(start) >= budget {
+            return (false, SpinOutcome::RanOut, now);
+        }
+    }
+}
+
+/// What the calling thread has learned, for tests.
+#[cfg(all(test, not(loom)))]
+fn governor() -> Governor {
+    GOVERNOR.with(Cell::get)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preemptions_and_runs_of_misses_rest_the_spinning_answers_restore_it() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut g = Governor::new();
+        assert!(g.may_spin(t0));
+        g.learn(SpinOutcome::Preempted, t0);
+        assert!(!g.may_spin(t0 + FIRST_REST / 2));
+        assert!(g.may_spin(t0 + FIRST_REST));
+        // A second preemption without an answer between: twice the rest.
+        g.learn(SpinOutcome::Preempted, ms(10));
+        assert!(!g.may_spin(ms(10) + FIRST_REST * 3 / 2));
+        assert!(g.may_spin(ms(10) + FIRST_REST * 2));
+        // An answer resets it.
+        g.learn(SpinOutcome::Answered, ms(20));
+        g.learn(SpinOutcome::Preempted, ms(20));
+        assert!(g.may_spin(ms(20) + FIRST_REST));
+        // Misses: a few are a slow peer; a run of them is a peer we keep from running.
+        let mut g = Governor::new();
+        for _ in 1..MISSES_BEFORE_REST {
+            g.learn(SpinOutcome::RanOut, t0);
+            assert!(g.may_spin(t0));
+        }
+        g.learn(SpinOutcome::RanOut, t0);
+        assert!(!g.may_spin(t0));
+        // The rest never grows past its bound.
+        for i in 0..20 {
+            g.learn(SpinOutcome::Preempted, ms(100 * i));
+        }
+        assert!(g.may_spin(ms(1900) + MAX_REST));
+    }
+
+    #[test]
+    // The sleeps stand for the time the scheduler keeps a spinner off its CPU; nothing waits
+    // on them.
+    #[allow(clippy::disallowed_methods)]
+    fn a_spin_that_loses_its_cpu_says_so() {
+        // A `ready` that sleeps past the gap stands for a preemption.
+        let mut calls = 0;
+        let (got, outcome, _) = spin(Instant::now(), BUDGET, 1, MAX_PAUSES, &mut || {
+            calls += 1;
+            if calls == 2 {
+                std::thread::sleep(PREEMPTED_GAP * 2);
+            }
+            false
+        });
+        assert_eq!((got, outcome), (false, SpinOutcome::Preempted));
+        // Nothing comes: it runs out (or, on a loaded machine, is preempted first).
+        let (got, outcome, _) = spin(Instant::now(), BUDGET, 1, MAX_PAUSES, &mut || false);
+        assert!(!got && outcome != SpinOutcome::Answered, "{outcome:?}");
+        let (got, outcome, _) = spin(Instant::now(), BUDGET, 1, MAX_PAUSES, &mut || true);
+        assert_eq!((got, outcome), (true, SpinOutcome::Answered));
+        // Through the thread's governor: a preemption stops the next spins.
+        let mut slept = false;
+        spin_until(|| {
+            if !slept {
+                slept = true;
+                std::thread::sleep(PREEMPTED_GAP * 2);
+            }
+            false
+        });
+        assert!(governor().rest_until.is_some());
+        // Resting (for long enough that the test cannot outlast it): no spin.
+        GOVERNOR.with(|g| {
+            let mut resting = g.get();
+            resting.rest_until = Instant::now().checked_add(Duration::from_secs(3600));
+            g.set(resting);
+        });
+        let mut looks = 0;
+        assert!(!spin_until(|| {
+            looks += 1;
+            false
+        }));
+        assert_eq!(looks, 1, "resting: one look, no spin");
     }
 }
