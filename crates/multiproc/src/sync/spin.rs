@@ -17,10 +17,10 @@
 //! - **preempted**: a gap in our own clock reads shows the scheduler took the CPU away (the
 //!   peer needs ours, or we need one): don't spin for a while (250 µs, doubled on each repeat
 //!   up to 64 ms);
-//! - **ran out on a crowded machine**: more tasks are runnable than there are CPUs (the
-//!   kernel's count in `/proc/loadavg`, looked at once per [`CROWD_CHECK`]) and nothing came:
-//!   the peer is most likely waiting for a CPU, often ours, and the scheduler let us finish
-//!   our spin first. Rest as after a preemption. (Measured: 20 µs spins on each side of a
+//! - **ran out on a crowded machine**, [`CROWDED_MISSES_BEFORE_REST`] times in a row: more
+//!   tasks are runnable than there are CPUs (the kernel's count in `/proc/loadavg`, looked at
+//!   once per [`CROWD_CHECK`]) and nothing came: the peer is most likely waiting for a CPU,
+//!   often ours, and the scheduler let us finish our spin first. Rest as after a preemption. (Measured: 20 µs spins on each side of a
 //!   pipe ping-pong beside one busy process made 45 µs round trips, where sleeping at once
 //!   made 5–10.)
 //! - **answered**, or **ran out** on a machine with a CPU to spare: spinning may pay; the
@@ -43,6 +43,9 @@ const BUDGET: Duration = Duration::from_micros(20);
 
 /// A gap this long between two of our own clock reads means we were not running.
 const PREEMPTED_GAP: Duration = Duration::from_micros(50);
+
+/// Spins in a row that run out on a crowded machine before the thread rests.
+const CROWDED_MISSES_BEFORE_REST: u32 = 3;
 
 /// How often a thread looks whether the machine is crowded.
 const CROWD_CHECK: Duration = Duration::from_micros(500);
@@ -69,6 +72,8 @@ pub(crate) struct Governor {
     next_rest: Duration,
     /// When the machine was last found crowded or not, and what was found.
     crowd_checked: Option<(Instant, bool)>,
+    /// Spins in a row that ran out on a crowded machine.
+    crowded_misses: u32,
 }
 
 /// How a spin ended.
@@ -85,6 +90,7 @@ impl Governor {
             rest_until: None,
             next_rest: FIRST_REST,
             crowd_checked: None,
+            crowded_misses: 0,
         }
     }
 
@@ -116,14 +122,26 @@ impl Governor {
     /// when asked.
     fn learn(&mut self, outcome: SpinOutcome, now: Instant, look: impl FnOnce() -> bool) {
         match outcome {
-            SpinOutcome::Answered => self.next_rest = FIRST_REST,
-            SpinOutcome::RanOut if self.crowded(now, look) => self.rest(now),
-            SpinOutcome::RanOut => self.next_rest = FIRST_REST,
+            SpinOutcome::Answered => {
+                self.next_rest = FIRST_REST;
+                self.crowded_misses = 0;
+            }
+            SpinOutcome::RanOut if self.crowded(now, look) => {
+                self.crowded_misses += 1;
+                if self.crowded_misses >= CROWDED_MISSES_BEFORE_REST {
+                    self.rest(now);
+                }
+            }
+            SpinOutcome::RanOut => {
+                self.next_rest = FIRST_REST;
+                self.crowded_misses = 0;
+            }
             SpinOutcome::Preempted => self.rest(now),
         }
     }
 
     fn rest(&mut self, now: Instant) {
+        self.crowded_misses = 0;
         self.rest_until = now.checked_add(self.next_rest);
         self.next_rest = (self.next_rest * 2).min(MAX_REST);
     }
@@ -245,21 +263,26 @@ mod tests {
             g.learn(SpinOutcome::RanOut, t0 + CROWD_CHECK * i, || false);
             assert!(g.may_spin(t0 + CROWD_CHECK * i));
         }
-        // Crowded: a miss rests it.
+        // Crowded: a few misses in a row rest it.
         let t1 = t0 + CROWD_CHECK * 200;
         let mut looks = 0;
-        g.learn(SpinOutcome::RanOut, t1, || {
-            looks += 1;
-            true
-        });
+        for _ in 0..CROWDED_MISSES_BEFORE_REST {
+            assert!(g.may_spin(t1));
+            g.learn(SpinOutcome::RanOut, t1, || {
+                looks += 1;
+                true
+            });
+        }
         assert!(!g.may_spin(t1));
         assert!(g.may_spin(t1 + FIRST_REST));
-        // The machine is looked at again only after CROWD_CHECK.
-        g.learn(SpinOutcome::RanOut, t1 + CROWD_CHECK / 2, || {
-            looks += 1;
-            false
-        });
-        assert_eq!(looks, 1, "the last look stands");
+        assert_eq!(looks, 1, "looked at once per CROWD_CHECK");
+        // An answer between misses starts the count again.
+        for _ in 1..CROWDED_MISSES_BEFORE_REST {
+            g.learn(SpinOutcome::RanOut, t1, || true);
+        }
+        g.learn(SpinOutcome::Answered, t1, || true);
+        g.learn(SpinOutcome::RanOut, t1, || true);
+        assert!(g.may_spin(t1 + FIRST_REST));
         // Answers keep a crowd spinning.
         let mut g = Governor::new();
         g.learn(SpinOutcome::Answered, t1, || true);
