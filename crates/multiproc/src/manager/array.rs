@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 
 use super::objects::{Reply, ServedObject, exception, lock};
+use super::python::Slice;
 use crate::pickle::Value;
 
 /// The largest array served, in bytes: every copy of it fits a message.
@@ -301,76 +302,13 @@ pub(crate) fn parse_array(value: &Value) -> Option<Result<(Typecode, Vec<u8>), R
     })
 }
 
-/// A Python slice's `(start, stop, step)`, each `None` when absent.
-type SliceArgs = (Option<i64>, Option<i64>, Option<i64>);
-
-/// The bounds of a `builtins.slice(start, stop, step)` value, if it is one.
-fn parse_slice(value: &Value) -> Option<Result<SliceArgs, Raise>> {
-    let object = value.as_object()?;
-    if object.global() != Some(("builtins", "slice")) || object.args.len() != 3 {
-        return None;
+/// A slice key's `(start, step, count)` over `len` items, if `key` is a slice.
+fn slice_of(key: &Value, len: usize) -> Option<Result<(i64, i64, usize), Raise>> {
+    match Slice::of(key, len) {
+        Ok(None) => None,
+        Ok(Some(s)) => Some(Ok((s.start, s.step, s.positions().count()))),
+        Err(e) => Some(Err(Raise::new(e.kind, e.message()))),
     }
-    fn bound(v: &Value) -> Result<Option<i64>, Raise> {
-        match v {
-            Value::None => Ok(None),
-            Value::Int(n) => Ok(Some(*n)),
-            Value::Bool(b) => Ok(Some(i64::from(*b))),
-            // Beyond i64 every bound clamps to the same place.
-            Value::BigInt(b) => Ok(Some(if b.is_negative() { i64::MIN } else { i64::MAX })),
-            _ => Err(Raise::new(
-                "TypeError",
-                "slice indices must be integers or None",
-            )),
-        }
-    }
-    let bounds = [&object.args[0], &object.args[1], &object.args[2]].map(bound);
-    Some(match bounds {
-        [Ok(start), Ok(stop), Ok(step)] => Ok((start, stop, step)),
-        [Err(e), ..] | [_, Err(e), _] | [.., Err(e)] => Err(e),
-    })
-}
-
-/// Python's `slice.indices(len)` and the slice's length: `(start, step, count)`.
-fn slice_indices(len: usize, (start, stop, step): SliceArgs) -> Result<(i64, i64, usize), Raise> {
-    let len = len as i64;
-    let step = step.unwrap_or(1);
-    if step == 0 {
-        return Err(Raise::new("ValueError", "slice step cannot be zero"));
-    }
-    let clamp = |v: Option<i64>, default: i64| -> i64 {
-        match v {
-            None => default,
-            Some(v) if v < 0 => {
-                let v = v.saturating_add(len);
-                if v < 0 {
-                    if step < 0 { -1 } else { 0 }
-                } else {
-                    v
-                }
-            }
-            Some(v) if v >= len => {
-                if step < 0 {
-                    len - 1
-                } else {
-                    len
-                }
-            }
-            Some(v) => v,
-        }
-    };
-    let (start, stop) = if step > 0 {
-        (clamp(start, 0), clamp(stop, len))
-    } else {
-        (clamp(start, len - 1), clamp(stop, -1))
-    };
-    let count = if step > 0 && start < stop {
-        (stop - start - 1) / step + 1
-    } else if step < 0 && stop < start {
-        (start - stop - 1) / step.saturating_neg().max(1) + 1
-    } else {
-        0
-    };
-    Ok((start, step, count as usize))
 }
 
 /// A served `array.array`.
@@ -458,9 +396,9 @@ impl ServedArray {
         let data = lock(&self.data);
         let size = self.typecode.size;
         let len = data.len() / size;
-        match parse_slice(key) {
+        match slice_of(key, len) {
             Some(bounds) => {
-                let (start, step, count) = slice_indices(len, bounds?)?;
+                let (start, step, count) = bounds?;
                 let mut out = Vec::with_capacity(count * size);
                 for k in 0..count as i64 {
                     let at = (start + k * step) as usize * size;
@@ -479,14 +417,14 @@ impl ServedArray {
         let mut data = lock(&self.data);
         let size = self.typecode.size;
         let len = data.len() / size;
-        let Some(bounds) = parse_slice(key) else {
+        let Some(bounds) = slice_of(key, len) else {
             let i = self.index(len, key, "assignment index")?;
             let mut item = Vec::with_capacity(size);
             self.typecode.write(value, &mut item)?;
             data[i * size..(i + 1) * size].copy_from_slice(&item);
             return Ok(());
         };
-        let (start, step, count) = slice_indices(len, bounds?)?;
+        let (start, step, count) = bounds?;
         let new = match parse_array(value) {
             Some(Ok((tc, bytes))) if tc == self.typecode => bytes,
             Some(Ok(_)) => {

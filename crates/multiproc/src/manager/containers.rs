@@ -109,35 +109,72 @@ pub(crate) fn carries_proxies(
     !found.is_empty()
 }
 
-/// Runs `change` on a container's `state` (locked by the caller), counting the references
-/// its stored proxies hold when it holds some or the arguments bring some. `held` is how
-/// many the container held after its last change: a container with none pays nothing.
-pub(crate) fn with_refs<S, R>(
-    refs: &mut dyn ProxyRefs,
-    held: &mut usize,
-    state: &mut S,
-    incoming: bool,
-    values: impl Fn(&S, &mut dyn FnMut(&Value)),
-    change: impl FnOnce(&mut S) -> R,
-) -> R {
-    if *held == 0 && !incoming {
-        return change(state);
+/// What an object stores, and how many references the proxies in it hold.
+#[derive(Default)]
+pub(crate) struct Stored<T> {
+    pub(crate) value: T,
+    pub(crate) proxies: usize,
+}
+
+impl<T> Stored<T> {
+    pub(crate) fn new(value: T) -> Mutex<Stored<T>> {
+        Mutex::new(Stored { value, proxies: 0 })
     }
-    let scan = |state: &S, refs: &dyn ProxyRefs| {
+}
+
+/// Runs `change` on what `stored` holds for a call with `args` and `kwds`, counting the
+/// references its stored proxies hold when it holds some or the arguments bring some:
+/// `values` lists the values it stores. An object with none pays nothing.
+pub(crate) fn call_stored<T, R>(
+    stored: &Mutex<Stored<T>>,
+    refs: &mut dyn ProxyRefs,
+    args: &[Value],
+    kwds: &[(Value, Value)],
+    values: impl Fn(&T, &mut dyn FnMut(&Value)),
+    change: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut guard = lock(stored);
+    let stored = &mut *guard;
+    if stored.proxies == 0 && !carries_proxies(refs, args, kwds) {
+        return change(&mut stored.value);
+    }
+    let scan = |value: &T, refs: &dyn ProxyRefs| {
         let mut found = Vec::new();
-        values(state, &mut |v| proxies_in(refs, v, &mut found));
+        values(value, &mut |v| proxies_in(refs, v, &mut found));
         found
     };
-    let before = scan(state, refs);
-    let result = change(state);
-    let after = scan(state, refs);
-    *held = after.len();
+    let before = scan(&stored.value, refs);
+    let result = change(&mut stored.value);
+    let after = scan(&stored.value, refs);
+    stored.proxies = after.len();
     refs.changed(before, after);
     result
 }
 
+/// The references the proxies in `stored` hold, counted anew (see
+/// [`ServedObject::stored_proxies`]).
+pub(crate) fn stored_proxies<T>(
+    stored: &Mutex<Stored<T>>,
+    refs: &dyn ProxyRefs,
+    values: impl Fn(&T, &mut dyn FnMut(&Value)),
+) -> Vec<String> {
+    let mut stored = lock(stored);
+    let mut found = Vec::new();
+    values(&stored.value, &mut |v| proxies_in(refs, v, &mut found));
+    stored.proxies = found.len();
+    found
+}
+
 pub(crate) fn py_error(e: PyErr) -> Reply {
     exception(e.kind, e.args)
+}
+
+/// A call's result as a reply: its value, or its exception.
+fn to_reply(result: PyResult<Value>) -> Reply {
+    match result {
+        Ok(v) => Reply::Return(v),
+        Err(e) => py_error(e),
+    }
 }
 
 /// A key Python refuses: a list, dict, set or bytearray, or a tuple holding one.
@@ -161,14 +198,15 @@ fn check_key(k: &Value) -> PyResult<()> {
 /// A served `dict`: insertion-ordered pairs.
 #[derive(Default)]
 pub(crate) struct ServedDict {
-    items: Mutex<DictState>,
+    items: Mutex<Stored<DictItems>>,
 }
 
-#[derive(Default)]
-struct DictState {
-    items: DictItems,
-    /// References held by the proxies stored in it.
-    proxies: usize,
+/// What a dict stores: its keys and values.
+fn dict_values(d: &DictItems, f: &mut dyn FnMut(&Value)) {
+    d.items.iter().for_each(|(k, v)| {
+        f(k);
+        f(v);
+    });
 }
 
 /// A dict's items in insertion order, with an index by [`pickle::py_hash`] (keys are any
@@ -305,7 +343,7 @@ impl ServedDict {
             items.set(k.clone(), v.clone());
         }
         Ok(ServedDict {
-            items: Mutex::new(DictState { items, proxies: 0 }),
+            items: Stored::new(items),
         })
     }
 
@@ -433,11 +471,12 @@ impl ServedObject for ServedDict {
     }
 
     fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
-        let mut state = lock(&self.items);
-        match Self::apply(&mut state.items, method, args, kwds) {
-            Ok(v) => Reply::Return(v),
-            Err(e) => py_error(e),
-        }
+        to_reply(Self::apply(
+            &mut lock(&self.items).value,
+            method,
+            args,
+            kwds,
+        ))
     }
 
     fn call_storing(
@@ -448,50 +487,30 @@ impl ServedObject for ServedDict {
         args: &[Value],
         kwds: &[(Value, Value)],
     ) -> Reply {
-        let mut state = lock(&self.items);
-        let state = &mut *state;
-        let incoming = carries_proxies(refs, args, kwds);
-        let values = |d: &DictItems, f: &mut dyn FnMut(&Value)| {
-            d.items.iter().for_each(|(k, v)| {
-                f(k);
-                f(v);
-            })
-        };
-        let result = with_refs(
+        to_reply(call_stored(
+            &self.items,
             refs,
-            &mut state.proxies,
-            &mut state.items,
-            incoming,
-            values,
+            args,
+            kwds,
+            dict_values,
             |d| Self::apply(d, method, args, kwds),
-        );
-        match result {
-            Ok(v) => Reply::Return(v),
-            Err(e) => py_error(e),
-        }
+        ))
     }
 
     fn value(&self) -> Option<Value> {
-        Some(Value::Dict(lock(&self.items).items.items.clone()))
+        Some(Value::Dict(lock(&self.items).value.items.clone()))
     }
 
     fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
-        let mut state = lock(&self.items);
-        let mut found = Vec::new();
-        for (k, v) in &state.items.items {
-            proxies_in(refs, k, &mut found);
-            proxies_in(refs, v, &mut found);
-        }
-        state.proxies = found.len();
-        found
+        stored_proxies(&self.items, refs, dict_values)
     }
 
     fn iterator(self: Arc<Self>) -> Option<Arc<dyn ServedObject>> {
         let state = lock(&self.items);
         let at = IterState {
             next: 0,
-            len: state.items.items.len(),
-            version: state.items.version,
+            len: state.value.items.len(),
+            version: state.value.version,
             failed: None,
         };
         drop(state);
@@ -502,7 +521,7 @@ impl ServedObject for ServedDict {
     }
 
     fn repr(&self) -> String {
-        Value::Dict(lock(&self.items).items.items.clone()).to_string()
+        Value::Dict(lock(&self.items).value.items.clone()).to_string()
     }
 }
 
@@ -535,7 +554,7 @@ impl ServedObject for DictIterator {
                     return exception("RuntimeError", vec![Value::str(message)]);
                 }
                 let state = lock(&self.dict.items);
-                let d = &state.items;
+                let d = &state.value;
                 if d.version != at.version {
                     let message = if d.items.len() != at.len {
                         "dictionary changed size during iteration"
@@ -572,14 +591,14 @@ impl ServedObject for DictIterator {
 /// A served `list`.
 #[derive(Default)]
 pub(crate) struct ServedList {
-    items: Mutex<ListState>,
+    items: Mutex<Stored<Vec<Value>>>,
 }
 
-#[derive(Default)]
-struct ListState {
-    items: Vec<Value>,
-    /// References held by the proxies stored in it.
-    proxies: usize,
+/// What a list stores: its items.
+// `&Vec`: it is `call_stored`'s `Fn(&T, …)` with `T` the stored `Vec`.
+#[allow(clippy::ptr_arg)]
+fn list_values(items: &Vec<Value>, f: &mut dyn FnMut(&Value)) {
+    items.iter().for_each(f);
 }
 
 /// `n` copies of `items`, refused beyond [`python::max_items`].
@@ -636,7 +655,7 @@ impl ServedList {
             }
         };
         Ok(ServedList {
-            items: Mutex::new(ListState { items, proxies: 0 }),
+            items: Stored::new(items),
         })
     }
 
@@ -846,11 +865,12 @@ impl ServedObject for ServedList {
     }
 
     fn call(&self, method: &str, args: &[Value], kwds: &[(Value, Value)]) -> Reply {
-        let mut state = lock(&self.items);
-        match Self::apply(&mut state.items, method, args, kwds) {
-            Ok(v) => Reply::Return(v),
-            Err(e) => py_error(e),
-        }
+        to_reply(Self::apply(
+            &mut lock(&self.items).value,
+            method,
+            args,
+            kwds,
+        ))
     }
 
     fn call_storing(
@@ -861,41 +881,26 @@ impl ServedObject for ServedList {
         args: &[Value],
         kwds: &[(Value, Value)],
     ) -> Reply {
-        let mut state = lock(&self.items);
-        let state = &mut *state;
-        let incoming = carries_proxies(refs, args, kwds);
-        let values = |items: &Vec<Value>, f: &mut dyn FnMut(&Value)| items.iter().for_each(&mut *f);
-        let result = with_refs(
+        to_reply(call_stored(
+            &self.items,
             refs,
-            &mut state.proxies,
-            &mut state.items,
-            incoming,
-            values,
+            args,
+            kwds,
+            list_values,
             |items| Self::apply(items, method, args, kwds),
-        );
-        match result {
-            Ok(v) => Reply::Return(v),
-            Err(e) => py_error(e),
-        }
+        ))
     }
 
     fn value(&self) -> Option<Value> {
-        Some(Value::List(lock(&self.items).items.clone()))
+        Some(Value::List(lock(&self.items).value.clone()))
     }
 
     fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
-        let mut state = lock(&self.items);
-        let mut found = Vec::new();
-        state
-            .items
-            .iter()
-            .for_each(|v| proxies_in(refs, v, &mut found));
-        state.proxies = found.len();
-        found
+        stored_proxies(&self.items, refs, list_values)
     }
 
     fn repr(&self) -> String {
-        Value::List(lock(&self.items).items.clone()).to_string()
+        Value::List(lock(&self.items).value.clone()).to_string()
     }
 }
 

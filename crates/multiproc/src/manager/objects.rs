@@ -6,7 +6,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::containers::{ProxyRefs, carries_proxies, proxies_in, with_refs};
+use super::containers::{ProxyRefs, Stored, call_stored, stored_proxies};
 use crate::pickle::Value;
 use crate::sync::wait_until;
 
@@ -388,21 +388,16 @@ pub(crate) struct ServedValue {
     value: Mutex<Stored<Value>>,
 }
 
-/// A value an object stores, and how many references the proxies in it hold.
-#[derive(Default)]
-pub(crate) struct Stored<T> {
-    pub(crate) value: T,
-    pub(crate) proxies: usize,
+/// What a value stores: itself.
+fn value_values(v: &Value, f: &mut dyn FnMut(&Value)) {
+    f(v);
 }
 
 impl ServedValue {
     pub(crate) fn from_args(args: &[Value]) -> ServedValue {
         ServedValue {
             typecode: args.first().cloned().unwrap_or(Value::None),
-            value: Mutex::new(Stored {
-                value: args.get(1).cloned().unwrap_or(Value::None),
-                proxies: 0,
-            }),
+            value: Stored::new(args.get(1).cloned().unwrap_or(Value::None)),
         }
     }
 
@@ -435,17 +430,9 @@ impl ServedObject for ServedValue {
         args: &[Value],
         kwds: &[(Value, Value)],
     ) -> Reply {
-        let mut stored = lock(&self.value);
-        let stored = &mut *stored;
-        let incoming = carries_proxies(refs, args, kwds);
-        with_refs(
-            refs,
-            &mut stored.proxies,
-            &mut stored.value,
-            incoming,
-            |v, f| f(v),
-            |v| Self::apply(v, method, args),
-        )
+        call_stored(&self.value, refs, args, kwds, value_values, |v| {
+            Self::apply(v, method, args)
+        })
     }
 
     fn value(&self) -> Option<Value> {
@@ -453,11 +440,7 @@ impl ServedObject for ServedValue {
     }
 
     fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
-        let mut stored = lock(&self.value);
-        let mut found = Vec::new();
-        proxies_in(refs, &stored.value, &mut found);
-        stored.proxies = found.len();
-        found
+        stored_proxies(&self.value, refs, value_values)
     }
 
     fn repr(&self) -> String {
@@ -471,6 +454,13 @@ pub(crate) struct ServedNamespace {
     attrs: Mutex<Stored<Vec<(String, Value)>>>,
 }
 
+/// What a namespace stores: its attributes' values.
+// `&Vec`: it is `call_stored`'s `Fn(&T, …)` with `T` the stored `Vec`.
+#[allow(clippy::ptr_arg)]
+fn namespace_values(attrs: &Vec<(String, Value)>, f: &mut dyn FnMut(&Value)) {
+    attrs.iter().for_each(|(_, v)| f(v));
+}
+
 impl ServedNamespace {
     pub(crate) fn from_kwds(kwds: &[(Value, Value)]) -> ServedNamespace {
         let attrs = kwds
@@ -478,10 +468,7 @@ impl ServedNamespace {
             .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
             .collect();
         ServedNamespace {
-            attrs: Mutex::new(Stored {
-                value: attrs,
-                proxies: 0,
-            }),
+            attrs: Stored::new(attrs),
         }
     }
 
@@ -539,20 +526,9 @@ impl ServedObject for ServedNamespace {
         args: &[Value],
         kwds: &[(Value, Value)],
     ) -> Reply {
-        let mut stored = lock(&self.attrs);
-        let stored = &mut *stored;
-        let incoming = carries_proxies(refs, args, kwds);
-        let values = |attrs: &Vec<(String, Value)>, f: &mut dyn FnMut(&Value)| {
-            attrs.iter().for_each(|(_, v)| f(v))
-        };
-        with_refs(
-            refs,
-            &mut stored.proxies,
-            &mut stored.value,
-            incoming,
-            values,
-            |attrs| Self::apply(attrs, method, args),
-        )
+        call_stored(&self.attrs, refs, args, kwds, namespace_values, |attrs| {
+            Self::apply(attrs, method, args)
+        })
     }
 
     fn value(&self) -> Option<Value> {
@@ -572,13 +548,7 @@ impl ServedObject for ServedNamespace {
     }
 
     fn stored_proxies(&self, refs: &dyn ProxyRefs) -> Vec<String> {
-        let mut stored = lock(&self.attrs);
-        let mut found = Vec::new();
-        for (_, v) in &stored.value {
-            proxies_in(refs, v, &mut found);
-        }
-        stored.proxies = found.len();
-        found
+        stored_proxies(&self.attrs, refs, namespace_values)
     }
 
     fn repr(&self) -> String {

@@ -28,7 +28,6 @@ impl PyErr {
     }
 
     /// The message, as `str(exception)` shows a one-argument exception.
-    #[cfg(test)]
     pub(crate) fn message(&self) -> String {
         match self.args.as_slice() {
             [Value::Str(s)] => s.clone(),
