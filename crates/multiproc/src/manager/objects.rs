@@ -202,7 +202,8 @@ impl ServedObject for ServedLock {
 
     fn connection_closed(&self, conn: u64) {
         if self.release_all(conn) > 0 && !self.reentrant {
-            lock(&self.state).owed += 1;
+            let mut s = lock(&self.state);
+            s.owed = s.owed.saturating_add(1);
         }
     }
 

@@ -845,14 +845,19 @@ fn segment(shared: &ServerShared, conn: &mut Peer, request: &Request) -> Result<
 /// What `_debug_info()` shows: each object's ident, reference count and the start of its
 /// `repr`, as CPython's `Server.debug_info`.
 fn debug_info(shared: &ServerShared) -> String {
-    let reg = lock(&shared.registry);
-    let mut entries: Vec<(&String, &Entry)> = reg.by_ident.iter().collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
+    // Taken out of the registry before any object is locked for its repr: objects lock the
+    // registry while locked themselves (counting references), never the other way round.
+    let mut entries: Vec<(String, i64, Served)> = lock(&shared.registry)
+        .by_ident
+        .iter()
+        .map(|(ident, e)| (ident.clone(), e.refs, e.object.clone()))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     let lines: Vec<String> = entries
         .into_iter()
-        .map(|(ident, entry)| {
-            let repr: String = entry.object.repr().chars().take(75).collect();
-            format!("  {ident}:       refcount={}\n    {repr}", entry.refs)
+        .map(|(ident, refs, object)| {
+            let repr: String = object.repr().chars().take(75).collect();
+            format!("  {ident}:       refcount={refs}\n    {repr}")
         })
         .collect();
     lines.join("\n")
@@ -1080,6 +1085,10 @@ impl ProxyRefs for Refs<'_> {
         for ident in after {
             *net.entry(ident).or_default() += 1;
         }
+        net.retain(|_, n| *n != 0);
+        if net.is_empty() {
+            return;
+        }
         let mut gone = Vec::new();
         {
             let mut reg = lock(&self.shared.registry);
@@ -1278,10 +1287,10 @@ fn call(
     }
     if !object.exposed().contains(&request.func.as_str()) {
         let exposed: Vec<Value> = object.exposed().iter().map(|m| Value::str(*m)).collect();
+        // Not the object's repr: a big dict's would cost as much as the dict.
         let message = format!(
-            "method '{}' of {} object is not in exposed={}",
+            "method '{}' of the object is not in exposed={}",
             request.func,
-            object.repr(),
             Value::Tuple(exposed)
         );
         return answer(conn, exception("AttributeError", vec![Value::Str(message)]));
@@ -1337,8 +1346,10 @@ fn call(
             };
             let mut carried = Vec::new();
             proxies_in(&Refs::of(shared), item, &mut carried);
-            // Held while queued: taken before the item can be got.
-            Refs::of(shared).changed(Vec::new(), carried.clone());
+            if !carried.is_empty() {
+                // Held while queued: taken before the item can be got.
+                Refs::of(shared).changed(Vec::new(), carried.clone());
+            }
             if queue.put_waiting(item.clone(), block, deadline) {
                 reply(conn, "#RETURN", Value::None)
             } else {
