@@ -79,27 +79,153 @@ fn poll_sees_a_message_already_read_ahead() {
 }
 
 #[test]
-fn a_message_cut_by_a_timeout_is_completed_by_the_next_recv() {
+fn a_timed_out_recv_loses_nothing_of_any_size() {
     let (a, b) = Pipe::new::<Vec<u8>>(true).unwrap();
-    let whole = {
-        let (x, y) = Pipe::new::<Vec<u8>>(true).unwrap();
-        x.send_bytes(b"0123456789").unwrap();
-        drop(x);
-        let mut raw = raw_peer(&y);
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut raw, &mut buf).unwrap();
-        buf
-    };
-    let mut raw = raw_peer(&a);
-    raw.write_all(&whole[..20]).unwrap();
     assert_eq!(
         b.recv_bytes_timeout(Duration::from_millis(20))
             .unwrap_err()
             .kind(),
         ErrorKind::Timeout
     );
-    raw.write_all(&whole[20..]).unwrap();
-    assert_eq!(b.recv_bytes().unwrap(), b"0123456789");
+    // Small (through the ring), large (beside it, on the socket), empty, and small again:
+    // they arrive whole and in the order sent.
+    let sizes = [5usize, 100 << 10, 0, 16 << 10, (16 << 10) + 1, 7];
+    for (i, &n) in sizes.iter().enumerate() {
+        a.send_bytes(&vec![i as u8; n]).unwrap();
+    }
+    for (i, &n) in sizes.iter().enumerate() {
+        assert_eq!(b.recv_bytes().unwrap(), vec![i as u8; n], "message {i}");
+    }
+}
+
+#[test]
+fn handles_inside_messages_keep_their_place_in_line() {
+    let (a, b) = Pipe::new::<(u32, Option<Connection<u32>>)>(true).unwrap();
+    let (x, y) = Pipe::new::<u32>(true).unwrap();
+    a.send(&(1, None)).unwrap();
+    a.send(&(2, Some(x))).unwrap(); // carries descriptors: goes on the socket
+    a.send(&(3, None)).unwrap();
+    assert_eq!(b.recv().unwrap().0, 1);
+    let (n, passed) = b.recv().unwrap();
+    assert_eq!(n, 2);
+    passed.unwrap().send(&42).unwrap();
+    assert_eq!(y.recv().unwrap(), 42, "the passed end is the same pipe");
+    assert_eq!(b.recv().unwrap().0, 3);
+}
+
+#[test]
+fn a_full_ring_holds_the_sender_until_the_receiver_reads() {
+    // Far more than one ring holds (64 KiB): the sender waits for room, nothing is lost.
+    let (a, b) = Pipe::new::<u64>(true).unwrap();
+    let sender = std::thread::spawn(move || {
+        for i in 0..50_000u64 {
+            a.send(&i).unwrap();
+        }
+    });
+    for i in 0..50_000u64 {
+        assert_eq!(b.recv_timeout(Duration::from_secs(30)).unwrap(), i);
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn many_senders_and_receivers_lose_no_message_and_no_wake_up() {
+    // Threads of one process on both ends, with sleeps between bursts so that receivers go to
+    // sleep and must be woken; a lost wake-up shows as a receive that times out.
+    const SENDERS: u64 = 3;
+    const EACH: u64 = 3_000;
+    let (a, b) = Pipe::new::<u64>(true).unwrap();
+    let a = std::sync::Arc::new(a);
+    let b = std::sync::Arc::new(b);
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    if i % 500 == 0 {
+                        // Long enough for the receivers to give up spinning and sleep.
+                        #[allow(clippy::disallowed_methods)]
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    if i % 97 == 0 {
+                        a.send_bytes(&vec![s as u8; 20 << 10]).unwrap(); // on the socket
+                    } else {
+                        a.send(&(s * EACH + i)).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let receivers: Vec<_> = (0..3)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut big = 0;
+                loop {
+                    match b.recv_bytes_timeout(Duration::from_secs(20)) {
+                        Ok(m) if m.len() == 20 << 10 => big += 1,
+                        Ok(m) => got.push(u64::from_le_bytes(pad8(&m))),
+                        Err(e) if e.kind() == ErrorKind::Closed => return (got, big),
+                        Err(e) => panic!("receive failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    drop(a);
+    let mut all = Vec::new();
+    let mut big = 0;
+    for r in receivers {
+        let (got, n) = r.join().unwrap();
+        all.extend(got);
+        big += n;
+    }
+    all.sort_unstable();
+    let want: Vec<u64> = (0..SENDERS * EACH)
+        .filter(|i| !(i % EACH).is_multiple_of(97))
+        .collect();
+    assert_eq!(all, want);
+    assert_eq!(big, SENDERS * EACH.div_ceil(97));
+}
+
+/// A `u64` value's serialized bytes (postcard's varint) as the number, for the test above.
+fn pad8(bytes: &[u8]) -> [u8; 8] {
+    let v: u64 = postcard::from_bytes(bytes).unwrap();
+    v.to_le_bytes()
+}
+
+fn wait_for_ever(conn: Connection<u8>) {
+    conn.send(&1).unwrap();
+    let _ = conn.recv();
+    unreachable!("nobody sends a second message");
+}
+
+#[test]
+fn a_killed_peer_ends_the_pipe_for_receiver_and_sender() {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let (ours, theirs) = Pipe::new::<u8>(true).unwrap();
+        let p = Guarded::new(
+            Process::new(wait_for_ever, theirs)
+                .start_method(method)
+                .start()
+                .unwrap(),
+        );
+        assert_eq!(ours.recv().unwrap(), 1);
+        // The child sleeps in its receive, counted asleep; kill it there.
+        p.kill().unwrap();
+        assert_eq!(ours.recv().unwrap_err().kind(), ErrorKind::Closed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match ours.send(&2) {
+                Ok(()) if Instant::now() < deadline => continue,
+                Ok(()) => panic!("sends to a dead peer kept succeeding"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    }
 }
 
 #[test]

@@ -26,6 +26,10 @@ pub(crate) const HEADER_LEN: usize = 16;
 const MAGIC: [u8; 2] = *b"MP";
 const VERSION: u8 = 1;
 
+/// A byte between frames that is not part of one: a shared-memory pipe's wake-up call (see
+/// `connection::shared`). No frame starts with it (frames start with [`MAGIC`]).
+pub(crate) const DOORBELL: u8 = 0;
+
 /// Default bound on one frame's payload (it can be raised per connection).
 pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
 
@@ -114,6 +118,8 @@ pub(crate) struct FrameReader {
     want: usize,
     fds: Vec<OwnedFd>,
     max_len: u64,
+    /// Reads no byte past the frame it reads, and skips [`DOORBELL`]s before it.
+    exact: bool,
 }
 
 impl FrameReader {
@@ -127,17 +133,23 @@ impl FrameReader {
             want: 0,
             fds: Vec::new(),
             max_len,
+            exact: false,
+        }
+    }
+
+    /// A reader for a socket that others read too (each holding the same lock while it reads
+    /// a frame): it reads ahead nothing, so what follows the frame stays in the socket for
+    /// them; [`DOORBELL`] bytes before a frame are skipped.
+    pub(crate) fn exact(max_len: u64) -> Self {
+        FrameReader {
+            exact: true,
+            ..FrameReader::new(max_len)
         }
     }
 
     /// Sets the largest payload accepted from now on.
     pub(crate) fn set_max_len(&mut self, bytes: u64) {
         self.max_len = bytes;
-    }
-
-    /// Whether bytes already read from the socket wait in the read-ahead buffer.
-    pub(crate) fn has_buffered(&self) -> bool {
-        self.ahead_pos < self.ahead.len()
     }
 
     /// Whether part of a frame has been read.
@@ -153,6 +165,9 @@ impl FrameReader {
         deadline: Option<Instant>,
         spin: bool,
     ) -> Result<Frame, ReadError> {
+        if self.exact {
+            return self.read_exact(sock, deadline);
+        }
         while self.header_len < HEADER_LEN {
             if self.ahead_pos == self.ahead.len() {
                 self.refill(sock, deadline, spin)?;
@@ -167,8 +182,7 @@ impl FrameReader {
             }
         }
         while self.payload.len() < self.want {
-            let have = self.payload.len();
-            let remaining = self.want - have;
+            let remaining = self.want - self.payload.len();
             if self.ahead_pos < self.ahead.len() {
                 let take = remaining.min(self.ahead.len() - self.ahead_pos);
                 self.payload
@@ -181,25 +195,75 @@ impl FrameReader {
                 continue;
             }
             // A large remainder goes straight into the payload, never past this frame's end.
-            if self.payload.capacity() == have {
-                // Grow with the data, not with the header's claim: a lying header costs nothing.
-                self.payload.reserve(remaining.min(have.max(1 << 20)));
-            }
-            let room = (self.payload.capacity() - have).min(remaining);
-            let mut payload = std::mem::take(&mut self.payload);
-            let result = self.recv(
-                sock,
-                &mut payload.spare_capacity_mut()[..room],
-                deadline,
-                spin,
-            );
-            if let Ok(n) = result {
-                // SAFETY: recv initialised `n` bytes right after the current length.
-                unsafe { payload.set_len(have + n) };
-            }
-            self.payload = payload;
-            result?;
+            self.read_into_payload(sock, deadline, spin)?;
         }
+        self.finish()
+    }
+
+    /// [`read`](Self::read) for a reader made with [`exact`](Self::exact): byte by byte up
+    /// to the header (skipping doorbells), then exactly the header and the payload.
+    fn read_exact(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Frame, ReadError> {
+        while self.header_len < HEADER_LEN {
+            let want = if self.header_len == 0 {
+                1
+            } else {
+                HEADER_LEN - self.header_len
+            };
+            let mut buf = [MaybeUninit::<u8>::uninit(); HEADER_LEN];
+            let n = self.recv(sock, &mut buf[..want], deadline, true)?;
+            for (to, from) in self.header[self.header_len..].iter_mut().zip(&buf[..n]) {
+                // SAFETY: recv initialised the first `n` bytes of `buf`.
+                *to = unsafe { from.assume_init() };
+            }
+            if self.header_len == 0 && self.header[0] == DOORBELL {
+                continue;
+            }
+            self.header_len += n;
+            if self.header_len == HEADER_LEN {
+                self.start_payload()?;
+            }
+        }
+        while self.payload.len() < self.want {
+            self.read_into_payload(sock, deadline, true)?;
+        }
+        self.finish()
+    }
+
+    /// One read of the rest of the payload straight into it.
+    fn read_into_payload(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+        spin: bool,
+    ) -> Result<(), ReadError> {
+        let have = self.payload.len();
+        let remaining = self.want - have;
+        if self.payload.capacity() == have {
+            // Grow with the data, not with the header's claim: a lying header costs nothing.
+            self.payload.reserve(remaining.min(have.max(1 << 20)));
+        }
+        let room = (self.payload.capacity() - have).min(remaining);
+        let mut payload = std::mem::take(&mut self.payload);
+        let result = self.recv(
+            sock,
+            &mut payload.spare_capacity_mut()[..room],
+            deadline,
+            spin,
+        );
+        if let Ok(n) = result {
+            // SAFETY: recv initialised `n` bytes right after the current length.
+            unsafe { payload.set_len(have + n) };
+        }
+        self.payload = payload;
+        result.map(drop)
+    }
+
+    /// The frame whose header and payload have been read.
+    fn finish(&mut self) -> Result<Frame, ReadError> {
         let nfds = u32::from_le_bytes(self.header[4..8].try_into().expect("4 bytes")) as usize;
         let kind = if self.header[3] == FrameKind::Bytes as u8 {
             FrameKind::Bytes

@@ -1,6 +1,7 @@
-//! `Pipe` and `Connection`: framed, typed messages over a Unix socket pair.
+//! `Pipe` and `Connection`: typed messages between processes, through shared memory.
 
 pub(crate) mod frame;
+mod shared;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -13,8 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::platform;
-use crate::share::{self, FdIn, FdOut};
-use frame::{Frame, FrameKind, FrameReader, ReadError};
+use crate::share;
+use frame::FrameKind;
+use shared::{Body, PipeEnd};
 
 /// Creates a pair of connected [`Connection`]s, like Python's `multiprocessing.Pipe(duplex)`.
 ///
@@ -37,23 +39,23 @@ impl Pipe {
     /// Two connected ends; see [`Pipe`].
     ///
     /// # Errors
-    /// [`Error::Io`] when the system is out of descriptors.
+    /// [`Error::Io`] when the system is out of descriptors or memory.
     #[allow(clippy::new_ret_no_self)] // Python's `Pipe()` returns the two ends
     pub fn new<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
-        let (a, b) = platform::socketpair().map_err(|e| Error::io("pipe: socketpair", e))?;
+        let (a, b) = PipeEnd::pair()?;
         if duplex {
             Ok((
-                Connection::from_fd(a, true, true),
-                Connection::from_fd(b, true, true),
+                Connection::new(a, true, true),
+                Connection::new(b, true, true),
             ))
         } else {
-            platform::shutdown(a.as_fd(), false, true)
+            platform::shutdown(a.socket(), false, true)
                 .map_err(|e| Error::io("pipe: shutdown", e))?;
-            platform::shutdown(b.as_fd(), true, false)
+            platform::shutdown(b.socket(), true, false)
                 .map_err(|e| Error::io("pipe: shutdown", e))?;
             Ok((
-                Connection::from_fd(a, true, false),
-                Connection::from_fd(b, false, true),
+                Connection::new(a, true, false),
+                Connection::new(b, false, true),
             ))
         }
     }
@@ -61,26 +63,29 @@ impl Pipe {
 
 /// One end of a [`Pipe`]: sends and receives values of type `T` (any serde type), or raw bytes.
 ///
-/// A `Connection` can be passed to a child [`Process`](crate::Process) as (part of) its
-/// argument: the child gets the same socket, not a copy. It is `Send` and `Sync`; concurrent
-/// senders (and concurrent receivers) are serialised by internal locks, so messages never
-/// interleave.
+/// Messages move through shared memory: a send copies the message into a ring, a receive
+/// copies it out, and no system call is made while the receiver is awake. A message that
+/// carries shared handles (a [`Connection`], a [`Queue`](crate::Queue)…), or is larger than
+/// 16 KiB, goes through a socket beside the ring, in its place in line.
 ///
-/// Receiving spins for a few microseconds before it sleeps in the kernel, which makes a round
-/// trip between two busy processes several times faster than a plain blocking read.
+/// A `Connection` can be passed to a child [`Process`](crate::Process) as (part of) its
+/// argument: the child gets the same pipe, not a copy. It is `Send` and `Sync`; concurrent
+/// senders (and concurrent receivers), in this process or others, take turns, so messages
+/// never interleave.
+///
+/// Receiving spins for a few microseconds before it sleeps in the kernel, as long as spinning
+/// pays on this machine (while the sender is likely to be running on another CPU).
 pub struct Connection<T> {
-    sock: OwnedFd,
+    end: PipeEnd,
     readable: bool,
     writable: bool,
-    reader: Mutex<FrameReader>,
-    writer: Mutex<Vec<u8>>,
     _type: PhantomData<fn(T) -> T>,
 }
 
 impl<T> fmt::Debug for Connection<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("fd", &self.sock)
+            .field("socket", &self.end.socket())
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .finish()
@@ -90,13 +95,11 @@ impl<T> fmt::Debug for Connection<T> {
 const WHAT: &str = "connection";
 
 impl<T> Connection<T> {
-    pub(crate) fn from_fd(sock: OwnedFd, readable: bool, writable: bool) -> Self {
+    fn new(end: PipeEnd, readable: bool, writable: bool) -> Self {
         Connection {
-            sock,
+            end,
             readable,
             writable,
-            reader: Mutex::new(FrameReader::new(frame::DEFAULT_MAX_FRAME)),
-            writer: Mutex::new(Vec::new()),
             _type: PhantomData,
         }
     }
@@ -111,10 +114,10 @@ impl<T> Connection<T> {
         self.writable
     }
 
-    /// Sets the largest message this end accepts (default 4 GiB). A longer frame fails the
-    /// receive with [`Error::Protocol`] instead of allocating.
+    /// Sets the largest message this end accepts (default 4 GiB). A longer message fails the
+    /// receive with [`Error::Protocol`] (and is dropped) instead of being handed over.
     pub fn set_max_message_size(&self, bytes: u64) {
-        lock(&self.reader).set_max_len(bytes);
+        self.end.set_max_len(bytes);
     }
 
     /// Sends raw bytes as one message (Python's `send_bytes`).
@@ -123,8 +126,7 @@ impl<T> Connection<T> {
     /// [`Error::Closed`] when the other end is closed; [`Error::InvalidState`] on a receive-only end.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
         self.check_writable()?;
-        let _guard = lock(&self.writer);
-        frame::write_frame(self.sock.as_fd(), FrameKind::Bytes, bytes, &[]).map_err(send_error)
+        self.end.send(FrameKind::Bytes, bytes, &[])
     }
 
     /// Receives one message as raw bytes (Python's `recv_bytes`); for a message sent with
@@ -134,57 +136,38 @@ impl<T> Connection<T> {
     /// [`Error::Closed`] once the other end has closed and every message was read;
     /// [`Error::Protocol`] on a corrupt or truncated message.
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
-        self.recv_frame(None).map(|f| f.payload)
+        self.recv_bytes_deadline(None)
     }
 
     /// [`recv_bytes`](Self::recv_bytes) that gives up after `timeout` with [`Error::Timeout`].
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
-        self.recv_frame(Some(Instant::now() + timeout))
-            .map(|f| f.payload)
+        self.recv_bytes_deadline(Instant::now().checked_add(timeout))
+    }
+
+    fn recv_bytes_deadline(&self, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        self.check_readable()?;
+        self.end.recv(deadline, |_, body, _| Ok(body.into_vec()))
     }
 
     /// Whether a message (or the end of the stream) can be read, waiting up to `timeout`;
     /// `None` waits until one can (Python's `poll(None)`).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         self.check_readable()?;
-        // A message may already sit in the read-ahead buffer, read with the previous one.
-        if lock(&self.reader).has_buffered() {
-            return Ok(true);
-        }
-        let ready = platform::poll_readable(&[self.sock.as_fd()], timeout)
-            .map_err(|e| Error::io("connection: poll", e))?;
-        Ok(ready[0])
+        self.end
+            .poll(timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// Closes this end (dropping it does the same). The peer's receives then end with
     /// [`Error::Closed`] once it has read what was sent.
     pub fn close(self) {}
 
-    /// A second handle on the same end (`dup`), for another thread or process.
+    /// A second handle on the same end, for another thread or process.
     pub fn try_clone(&self) -> Result<Connection<T>> {
-        let fd = self
-            .sock
-            .try_clone()
-            .map_err(|e| Error::io("connection: dup", e))?;
-        Ok(Connection::from_fd(fd, self.readable, self.writable))
-    }
-
-    pub(crate) fn recv_frame(&self, deadline: Option<Instant>) -> Result<Frame> {
-        self.check_readable()?;
-        let started = Instant::now();
-        let mut reader = lock(&self.reader);
-        reader
-            .read(self.sock.as_fd(), deadline, true)
-            .map_err(|e| match e {
-                ReadError::Eof => Error::Closed { what: WHAT.into() },
-                ReadError::Timeout => Error::Timeout {
-                    what: WHAT.into(),
-                    after: deadline
-                        .map_or(Duration::ZERO, |d| d.saturating_duration_since(started)),
-                },
-                ReadError::Protocol(detail) => Error::protocol(WHAT, detail),
-                ReadError::Io(e) => Error::io("connection: recv", e),
-            })
+        Ok(Connection::new(
+            self.end.try_clone()?,
+            self.readable,
+            self.writable,
+        ))
     }
 
     fn check_readable(&self) -> Result<()> {
@@ -212,15 +195,10 @@ impl<T: Serialize> Connection<T> {
     /// cannot be serialized.
     pub fn send(&self, value: &T) -> Result<()> {
         self.check_writable()?;
-        let mut buf = lock(&self.writer);
-        buf.clear();
-        let fds = share::encode_into(WHAT, value, &mut buf)?;
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let result = frame::write_frame(self.sock.as_fd(), FrameKind::Value, &buf, &borrowed);
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::new(); // do not pin a huge buffer after one large message
-        }
-        result.map_err(send_error)
+        share::with_scratch(|buf| {
+            let fds = share::encode_into(WHAT, value, buf)?;
+            self.end.send(FrameKind::Value, buf, &fds)
+        })
     }
 }
 
@@ -236,9 +214,9 @@ impl<T: DeserializeOwned> Connection<T> {
     }
 
     /// [`recv`](Self::recv) that gives up after `timeout` with [`Error::Timeout`]. A message
-    /// cut by the timeout half-way is kept and completed by the next call.
+    /// that has begun to arrive (a large one, through the socket) is read whole.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        self.recv_deadline_opt(Some(Instant::now() + timeout))
+        self.recv_deadline_opt(Instant::now().checked_add(timeout))
     }
 
     /// [`recv`](Self::recv) that gives up at `deadline` with [`Error::Timeout`].
@@ -247,20 +225,26 @@ impl<T: DeserializeOwned> Connection<T> {
     }
 
     fn recv_deadline_opt(&self, deadline: Option<Instant>) -> Result<T> {
-        let frame = self.recv_frame(deadline)?;
-        if frame.kind != FrameKind::Value {
-            return Err(Error::protocol(
-                WHAT,
-                "expected a value but the message was sent with send_bytes",
-            ));
-        }
-        share::decode(WHAT, &frame.payload, frame.fds)
+        self.check_readable()?;
+        self.end
+            .recv(deadline, |kind, body: Body<'_>, fds: Vec<OwnedFd>| {
+                if kind != FrameKind::Value {
+                    return Err(Error::protocol(
+                        WHAT,
+                        "expected a value but the message was sent with send_bytes",
+                    ));
+                }
+                share::decode(WHAT, body.as_slice(), fds)
+            })
     }
 }
 
+/// The pipe's socket. Messages do not pass through it (they go through shared memory): it
+/// becomes readable when the other end is gone, but not reliably when a message arrives, so
+/// wait for messages with [`Connection::poll`].
 impl<T> AsFd for Connection<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.end.socket()
     }
 }
 
@@ -268,7 +252,7 @@ impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let mut t = serializer.serialize_tuple(2)?;
-        t.serialize_element(&FdOut(self.sock.as_fd()))?;
+        t.serialize_element(&self.end)?;
         t.serialize_element(&(u8::from(self.readable) | u8::from(self.writable) << 1))?;
         t.end()
     }
@@ -276,17 +260,8 @@ impl<T> Serialize for Connection<T> {
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (fd, flags): (FdIn, u8) = Deserialize::deserialize(deserializer)?;
-        Ok(Connection::from_fd(fd.0, flags & 1 != 0, flags & 2 != 0))
-    }
-}
-
-fn send_error(e: std::io::Error) -> Error {
-    match e.kind() {
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-            Error::Closed { what: WHAT.into() }
-        }
-        _ => Error::io("connection: send", e),
+        let (end, flags): (PipeEnd, u8) = Deserialize::deserialize(deserializer)?;
+        Ok(Connection::new(end, flags & 1 != 0, flags & 2 != 0))
     }
 }
 

@@ -221,6 +221,62 @@ pub(crate) fn recv_with_fds(
     Ok(n)
 }
 
+/// Sends `bytes` on a stream socket without waiting for room (`WouldBlock` when the
+/// socket buffer is full) and without raising SIGPIPE.
+pub(crate) fn send_nonblocking(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `bytes` is live and readable for its length for the whole call.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match cvt_size(n) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next byte waiting on a socket, without waiting: `Ok(None)` at end of file,
+/// `WouldBlock` when none is there. With `peek` the byte stays for the next read.
+pub(crate) fn recv_byte(sock: BorrowedFd<'_>, peek: bool) -> io::Result<Option<u8>> {
+    let mut byte = 0u8;
+    let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
+    loop {
+        // SAFETY: one writable byte, live for the call.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), (&raw mut byte).cast(), 1, flags) };
+        match cvt_size(n) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte)),
+        }
+    }
+}
+
+/// Whether the other end of a connected socket is gone (every copy of it closed), without
+/// waiting.
+pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one live pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        match cvt(n) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0),
+        }
+    }
+}
+
 /// Waits until one of `fds` is readable (or hung up). Returns which are ready; all false on
 /// timeout. `None` waits forever.
 pub(crate) fn poll_readable(

@@ -5,7 +5,7 @@
 mod admin;
 mod manager;
 mod redis;
-mod ring;
+pub(crate) mod ring;
 mod shm;
 
 use std::fmt;

@@ -171,6 +171,20 @@ impl<'a> Ring<'a> {
         count(tail).wrapping_sub(count(head))
     }
 
+    /// Whether the ring holds no frame now.
+    pub(crate) fn is_empty(&self) -> bool {
+        let head = self.layout.consumer.head.load(Ordering::Acquire);
+        let tail = self.layout.producer.tail.load(Ordering::Acquire);
+        pos(tail) == pos(head)
+    }
+
+    /// The count of consumers asleep (or about to be). A consumer that sleeps elsewhere than
+    /// on the ring's futex counts itself here, then (after a `SeqCst` fence) looks at the
+    /// ring once more before it sleeps; see [`Producer::publish_unwoken`].
+    pub(crate) fn consumer_sleepers(&self) -> &AtomicU32 {
+        &self.layout.sleepers.consumers
+    }
+
     /// Frames ever written.
     pub(crate) fn put_count(&self) -> u32 {
         count(self.layout.producer.tail.load(Ordering::Acquire))
@@ -384,9 +398,18 @@ impl Producer<'_, '_> {
             .fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Writes a frame and makes it visible to consumers. The caller has waited for room for
-    /// `frame_len(payload.len())` bytes.
+    /// Writes a frame and makes it visible to consumers, waking one that sleeps on the
+    /// futex. The caller has waited for room for `frame_len(payload.len())` bytes.
     pub(crate) fn publish(&mut self, kind: u32, payload: &[u8]) {
+        if self.publish_unwoken(kind, payload) {
+            futex_wake_low(&self.ring.layout.producer.tail, 1);
+        }
+    }
+
+    /// [`publish`](Self::publish) for consumers that sleep elsewhere than on the futex (a
+    /// pipe's, in `poll`): returns whether any consumer counted itself asleep (or about to
+    /// be) in [`Ring::consumer_sleepers`] after the frame became visible; the caller wakes it.
+    pub(crate) fn publish_unwoken(&mut self, kind: u32, payload: &[u8]) -> bool {
         let ring = self.ring;
         let len = frame_len(payload.len()).expect("caller checked the frame size");
         let at = pos(self.tail);
@@ -397,12 +420,10 @@ impl Producer<'_, '_> {
             .producer
             .tail
             .store(self.tail, Ordering::Release);
-        // Pairs with the fence in `Consumer::wait_frame`: either we see the consumer asleep,
-        // or it sees this frame.
+        // Pairs with the fence in `Consumer::wait_frame` (or the pipe's wait): either we see
+        // the consumer asleep, or it sees this frame.
         fence(Ordering::SeqCst);
-        if ring.layout.sleepers.consumers.load(Ordering::Relaxed) > 0 {
-            futex_wake_low(&ring.layout.producer.tail, 1);
-        }
+        ring.layout.sleepers.consumers.load(Ordering::Relaxed) > 0
     }
 }
 

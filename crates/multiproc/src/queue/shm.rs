@@ -2,7 +2,6 @@
 //! `README.md`), with a seqpacket side channel for messages too big for the ring or carrying
 //! handles.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
@@ -17,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::ring::{self, Corrupt, Ring, RingLayout, WaitFailed, frame_len};
 use crate::error::{Error, Result};
 use crate::platform;
-use crate::share::{self, FdIn, FdOut};
+use crate::share::{self, FdIn, FdOut, with_scratch};
 use crate::shm::{Segment, Shared};
 use crate::sync::deadline_after;
 use crate::sync::process_counts::ProcessCounts;
@@ -35,25 +34,6 @@ const MAX_RING_BYTES: usize = 1 << 30;
 
 /// How long a non-blocking call may wait for another thread's short hold of the ring.
 pub(super) const NONBLOCKING_LOCK_WAIT: Duration = Duration::from_millis(1);
-
-thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a reusable buffer (a fresh one if the thread's is in use).
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let r = f(&mut buf);
-            if buf.capacity() > 1 << 20 {
-                *buf = Vec::new();
-            }
-            r
-        }
-        Err(_) => f(&mut Vec::new()),
-    })
-}
 
 fn type_hash<T>() -> u64 {
     // FNV-1a of the type's name: the same binary on both sides gives the same name.

@@ -17,10 +17,27 @@ use crate::error::{Error, Result};
 use crate::platform::MAX_FDS_PER_MESSAGE;
 
 thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
     /// The message of the last handle error: postcard keeps only "custom error".
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with a reusable buffer for a message's bytes (a fresh one if the thread's is in
+/// use); a buffer grown past 1 MiB is not kept.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            r
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 fn handle_error(message: String) -> String {
