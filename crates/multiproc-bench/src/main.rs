@@ -271,6 +271,13 @@ const BENCHES: &[Bench] = &[
         run: limit_spin_pingpong,
     },
     Bench {
+        name: "limit_tcp_pingpong",
+        unit: "rt/s",
+        better: Better::Higher,
+        compared: false,
+        run: limit_tcp_pingpong,
+    },
+    Bench {
         name: "limit_memcpy_64m",
         unit: "MB/s",
         better: Better::Higher,
@@ -768,6 +775,63 @@ fn limit_spin_pingpong(quick: bool) -> anyhow::Result<f64> {
         rounds(0, warm).map_err(anyhow::Error::msg)?;
         let t = Instant::now();
         rounds(warm, warm + n).map_err(anyhow::Error::msg)?;
+        Ok(t.elapsed())
+    })();
+    let (elapsed, _) = settle(vec![child], run)?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Reads exactly `buf.len()` bytes from a non-blocking socket, spinning on `WouldBlock`.
+fn spin_read(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Echoes 64-byte messages on a TCP connection to `address` until it closes.
+fn tcp_echo_child(address: String) -> Result<(), String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    while spin_read(&mut s, &mut buf).is_ok() {
+        s.write_all(&buf).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The floor of a request and its reply over TCP on loopback (what the `manager_*` rows do):
+/// 64-byte messages bounced by two processes that spin on non-blocking reads.
+fn limit_tcp_pingpong(quick: bool) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let n = scaled(100_000, quick);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?.to_string();
+    let child = Process::new(tcp_echo_child, address).start()?;
+    let run = (|| {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        let mut buf = [7u8; 64];
+        let mut rounds = |count: usize| -> std::io::Result<()> {
+            for _ in 0..count {
+                s.write_all(&buf)?;
+                spin_read(&mut s, &mut buf)?;
+            }
+            Ok(())
+        };
+        rounds(1000)?;
+        let t = Instant::now();
+        rounds(n)?;
         Ok(t.elapsed())
     })();
     let (elapsed, _) = settle(vec![child], run)?;

@@ -3,7 +3,7 @@
 //! 3.8–3.13 speak them. See `../shared/reference/cpython-manager-protocol.md` §1–2.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,6 +29,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
 /// Header and payload go out in one write up to this size.
 const ONE_WRITE: usize = 64 << 10;
+/// Bytes a connection reads at once when it can (a larger payload is read straight into its
+/// buffer).
+const READ_AHEAD: usize = 16 << 10;
 
 /// Where a listener listens or a client connects: TCP or a Unix socket path.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -133,7 +136,8 @@ impl Write for Stream {
 /// An authenticated connection speaking CPython's framing: byte messages in both directions
 /// (CPython's `Connection.send_bytes`/`recv_bytes`).
 pub struct WireConnection {
-    stream: Stream,
+    /// Reads ahead, so that a small message (header and payload) costs one system call.
+    stream: BufReader<Stream>,
     what: String,
     max_message: usize,
     /// A read timed out (the error it gave says "stalled").
@@ -151,7 +155,7 @@ impl fmt::Debug for WireConnection {
 impl WireConnection {
     fn new(stream: Stream, what: String) -> Self {
         WireConnection {
-            stream,
+            stream: BufReader::with_capacity(READ_AHEAD, stream),
             what,
             max_message: DEFAULT_MAX_MESSAGE,
             stalled: false,
@@ -180,11 +184,12 @@ impl WireConnection {
         }
         let result = if payload.len() <= ONE_WRITE {
             header.extend_from_slice(payload);
-            self.stream.write_all(&header)
+            self.stream.get_mut().write_all(&header)
         } else {
-            self.stream
+            let stream = self.stream.get_mut();
+            stream
                 .write_all(&header)
-                .and_then(|()| self.stream.write_all(payload))
+                .and_then(|()| stream.write_all(payload))
         };
         result.map_err(|e| self.io_error("send", e))
     }
@@ -308,7 +313,7 @@ impl WireConnection {
         let response = answer(authkey, body).map_err(|d| self.auth_failed(d))?;
         self.send_bytes(&response)?;
         // A CPython peer writes its verdict right after reading our digest.
-        self.stream.quick_ack();
+        self.stream.get_ref().quick_ack();
         let verdict = self.recv_bounded(HANDSHAKE_MAX)?;
         if verdict == WELCOME {
             Ok(())
@@ -329,17 +334,19 @@ impl WireConnection {
 
     fn handshake(&mut self, authkey: &[u8], server: bool, timeout: Duration) -> Result<()> {
         self.stream
+            .get_ref()
             .set_read_timeout(Some(timeout))
             .map_err(|e| self.io_error("set timeout", e))?;
         if server {
             self.deliver_challenge(authkey)?;
-            self.stream.quick_ack();
+            self.stream.get_ref().quick_ack();
             self.answer_challenge(authkey)?;
         } else {
             self.answer_challenge(authkey)?;
             self.deliver_challenge(authkey)?;
         }
         self.stream
+            .get_ref()
             .set_read_timeout(None)
             .map_err(|e| self.io_error("set timeout", e))
     }
@@ -580,6 +587,7 @@ impl Client {
             let mut conn = WireConnection::new(stream, what.clone());
             let wait = patience.min(left);
             conn.stream
+                .get_ref()
                 .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
                 .map_err(|e| conn.io_error("set timeout", e))?;
             // The server speaks first: its challenge.
@@ -603,11 +611,13 @@ impl Client {
                 .checked_sub(started.elapsed())
                 .ok_or_else(timed_out)?;
             conn.stream
+                .get_ref()
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(|e| conn.io_error("set timeout", e))?;
             conn.answer_challenge_frame(authkey, &challenge)?;
             conn.deliver_challenge(authkey)?;
             conn.stream
+                .get_ref()
                 .set_read_timeout(None)
                 .map_err(|e| conn.io_error("set timeout", e))?;
             return Ok(conn);
