@@ -291,34 +291,48 @@ impl PipeEnd {
                 WaitEnd::Failed(e) => e,
             })?;
         let max_len = self.max_len.load(Ordering::Relaxed);
-        share::with_scratch(|buf| {
-            let ring_kind = consumer
-                .take(buf)
-                .map_err(|e| Error::protocol(WHAT, format!("corrupt pipe: {}", e.0)))?;
-            let kind = match ring_kind & !ON_SOCKET {
-                0 => FrameKind::Value,
-                1 => FrameKind::Bytes,
-                other => {
-                    return Err(Error::protocol(WHAT, format!("unknown frame kind {other}")));
+        // A message in the ring is handed to `decode` where it lies (a copy saved), holding
+        // the consumer lock for as long as that takes.
+        let mut decode = Some(decode);
+        let taken = share::with_scratch(|spare| {
+            consumer.take_with(spare, |ring_kind, bytes, _| {
+                let kind = match ring_kind & !ON_SOCKET {
+                    0 => FrameKind::Value,
+                    1 => FrameKind::Bytes,
+                    other => {
+                        return Err(Error::protocol(WHAT, format!("unknown frame kind {other}")));
+                    }
+                };
+                if ring_kind & ON_SOCKET != 0 {
+                    return Ok((kind, None));
                 }
-            };
-            if ring_kind & ON_SOCKET == 0 {
-                drop(consumer);
-                if buf.len() as u64 > max_len {
-                    return Err(too_long(buf.len() as u64, max_len));
+                if bytes.len() as u64 > max_len {
+                    return Err(too_long(bytes.len() as u64, max_len));
                 }
-                return decode(kind, Body::Borrowed(buf), Vec::new());
-            }
-            let frame = self.read_side_frame(max_len)?;
-            drop(consumer);
-            if frame.kind != kind {
-                return Err(Error::protocol(
-                    WHAT,
-                    "side message of another kind than its marker",
-                ));
-            }
-            decode(kind, Body::Owned(frame.payload), frame.fds)
+                match decode.take() {
+                    Some(decode) => {
+                        Ok((kind, Some(decode(kind, Body::Borrowed(bytes), Vec::new()))))
+                    }
+                    None => Err(Error::protocol(WHAT, "message taken twice")),
+                }
+            })
         })
+        .map_err(|e| Error::protocol(WHAT, format!("corrupt pipe: {}", e.0)))??;
+        match (taken, decode) {
+            ((_, Some(item)), _) => item,
+            ((kind, None), Some(decode)) => {
+                let frame = self.read_side_frame(max_len)?;
+                drop(consumer);
+                if frame.kind != kind {
+                    return Err(Error::protocol(
+                        WHAT,
+                        "side message of another kind than its marker",
+                    ));
+                }
+                decode(kind, Body::Owned(frame.payload), frame.fds)
+            }
+            ((_, None), None) => Err(Error::protocol(WHAT, "message taken twice")),
+        }
     }
 
     /// Reads the side frame whose marker the caller took (holding the consumer lock).

@@ -487,7 +487,24 @@ impl Consumer<'_, '_> {
 
     /// Takes the next frame (`wait_frame` must have found it): its payload goes into `out` (replacing what
     /// was there), the frame is released to producers, and its kind is returned.
+    #[cfg(test)]
     pub(crate) fn take(&mut self, out: &mut Vec<u8>) -> Result<u32, Corrupt> {
+        self.take_with(out, |kind, payload, out| {
+            out.clear();
+            out.extend_from_slice(payload);
+            kind
+        })
+    }
+
+    /// Takes the next frame (`wait_frame` must have found it) and hands its kind and payload
+    /// to `read` while it is still in the ring (copied into `spare` first only if it wraps
+    /// around the ring's end); then releases it to producers. Saves a copy of a large payload
+    /// that `read` decodes anyway.
+    pub(crate) fn take_with<R>(
+        &mut self,
+        spare: &mut Vec<u8>,
+        read: impl FnOnce(u32, &[u8], &mut Vec<u8>) -> R,
+    ) -> Result<R, Corrupt> {
         let ring = self.ring;
         let tail = ring.layout.consumer.tail_hint.load(Ordering::Relaxed);
         let at = pos(self.head);
@@ -504,9 +521,27 @@ impl Consumer<'_, '_> {
                 "frame of {len} bytes in {available} bytes"
             )));
         };
-        out.clear();
-        out.resize(len as usize, 0);
-        ring.copy_out(at.wrapping_add(HEADER), out);
+        let start = at.wrapping_add(HEADER);
+        let offset = ring.offset(start);
+        let result = if offset + len as usize <= ring.capacity as usize {
+            // SAFETY: the payload lies inside the ring (checked just above) in one piece; it
+            // is published (before `tail`) and not yet released (after `head`), so no
+            // producer writes it while the consumer lock makes it ours, until `head` moves
+            // below, after `read` is done with it.
+            let payload =
+                unsafe { std::slice::from_raw_parts(ring.data.add(offset), len as usize) };
+            read(kind, payload, spare)
+        } else {
+            let mut copy = std::mem::take(spare);
+            copy.clear();
+            copy.resize(len as usize, 0);
+            ring.copy_out(start, &mut copy);
+            let result = read(kind, &copy, spare);
+            if spare.is_empty() && spare.capacity() == 0 {
+                *spare = copy; // keep the buffer for next time
+            }
+            result
+        };
         self.head = word(at.wrapping_add(frame), count(self.head).wrapping_add(1));
         ring.layout
             .consumer
@@ -517,7 +552,7 @@ impl Consumer<'_, '_> {
         if ring.layout.sleepers.producers.load(Ordering::Relaxed) > 0 {
             futex_wake_low(&ring.layout.consumer.head, 1);
         }
-        Ok(kind)
+        Ok(result)
     }
 }
 

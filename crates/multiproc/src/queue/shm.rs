@@ -24,6 +24,16 @@ use crate::sync::shim::{Ordering, fence, futex_wait, futex_wake, process_id};
 
 /// A frame whose payload is the message.
 const INLINE: u32 = 0;
+
+/// What a consumer found in the ring.
+enum Taken<R> {
+    /// An inline item, decoded.
+    Item(Result<R>),
+    /// The id of a side message.
+    Side(u64),
+    /// A frame of no kind we write.
+    Unknown(u32),
+}
 /// A frame whose payload is an id: the message went through the side channel.
 const SIDE: u32 = 1;
 
@@ -537,20 +547,26 @@ impl ShmQueue {
                 .consumer(deadline)
                 .ok_or_else(|| empty(WaitFailed::TimedOut))?;
             consumer.wait_frame(deadline, block).map_err(empty)?;
-            let kind = consumer.take(buf).map_err(|Corrupt(e)| {
-                Error::protocol(self.what.as_str(), format!("corrupt ring: {e}"))
-            })?;
-            match kind {
-                INLINE => {
-                    drop(consumer);
-                    decode(&self.what, buf, Vec::new())
-                }
-                SIDE => {
-                    let id = buf
-                        .as_slice()
-                        .try_into()
-                        .map(u64::from_le_bytes)
-                        .map_err(|_| self.corrupt("side frame without an id"))?;
+            // An inline item is decoded straight from the ring (a copy saved), holding the
+            // consumer lock for as long as that takes.
+            let mut decode = Some(decode);
+            let taken = consumer
+                .take_with(buf, |kind, bytes, _| match kind {
+                    INLINE => match decode.take() {
+                        Some(decode) => Taken::Item(decode(&self.what, bytes, Vec::new())),
+                        None => Taken::Unknown(kind),
+                    },
+                    SIDE => bytes.try_into().map_or(Taken::Unknown(kind), |id| {
+                        Taken::Side(u64::from_le_bytes(id))
+                    }),
+                    other => Taken::Unknown(other),
+                })
+                .map_err(|Corrupt(e)| {
+                    Error::protocol(self.what.as_str(), format!("corrupt ring: {e}"))
+                })?;
+            match (taken, decode) {
+                (Taken::Item(item), _) => item,
+                (Taken::Side(id), Some(decode)) => {
                     // Received while the consumer lock is held, so side messages are taken
                     // in ring order.
                     let (file, len, fds) = self.recv_side(id)?;
@@ -563,7 +579,10 @@ impl ShmQueue {
                         .ok_or_else(|| self.corrupt("side message longer than its file"))?;
                     decode(&self.what, bytes, fds)
                 }
-                other => Err(self.corrupt(&format!("unknown frame kind {other}"))),
+                (Taken::Unknown(kind), _) => Err(self.corrupt(&format!(
+                    "unknown frame kind {kind} (or a side frame without an id)"
+                ))),
+                (Taken::Side(_), None) => Err(self.corrupt("side frame taken twice")),
             }
         })
     }
