@@ -946,17 +946,25 @@ const MANAGER_AUTHKEY: &[u8] = b"abc";
 const TASK_QUEUE: &str = "get_task_queue";
 
 /// The manager server of the `manager_*` benchmarks, run in a child process as CPython's
-/// `BaseManager.start()` does: binds 127.0.0.1 on a free port, registers one queue as
-/// `get_task_queue`, sends its address back through `conn`, then serves until killed.
-fn manager_server_child(conn: Connection<String>) -> Result<(), String> {
+/// `BaseManager.start()` does: binds `at` (a Unix socket path, as CPython's `Manager()` does
+/// on Linux) or else 127.0.0.1 on a free port, registers one queue as `get_task_queue`, sends
+/// its address back through `conn`, then serves until killed.
+fn manager_server_child((conn, at): (Connection<String>, Option<String>)) -> Result<(), String> {
     let bind = || -> multiproc::Result<ManagerServer> {
-        let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, MANAGER_AUTHKEY)?;
+        let address = match &at {
+            Some(path) => Address::unix(path),
+            None => Address::tcp("127.0.0.1:0")?,
+        };
+        let mut server = ManagerServer::bind(&address, MANAGER_AUTHKEY)?;
         server.register_queue(TASK_QUEUE);
         Ok(server)
     };
     let server = bind().map_err(|e| e.to_string())?;
-    conn.send(&server.address().to_string())
-        .map_err(|e| e.to_string())?;
+    let address = match &at {
+        Some(path) => path.clone(),
+        None => server.address().to_string(),
+    };
+    conn.send(&address).map_err(|e| e.to_string())?;
     drop(conn);
     server.serve_forever();
     Ok(())
@@ -969,10 +977,26 @@ struct ManagerChild {
 }
 
 impl ManagerChild {
-    /// Starts the server process and waits (up to [`PATIENCE`]) for its address.
+    /// Starts the server process on TCP and waits (up to [`PATIENCE`]) for its address.
     fn start() -> anyhow::Result<ManagerChild> {
+        ManagerChild::start_at(None)
+    }
+
+    /// Starts the server process on a fresh Unix socket path.
+    fn start_unix() -> anyhow::Result<ManagerChild> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "multiproc-bench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        ManagerChild::start_at(Some(path.to_string_lossy().into_owned()))
+    }
+
+    fn start_at(unix: Option<String>) -> anyhow::Result<ManagerChild> {
         let (ours, theirs) = Pipe::new::<String>(true)?;
-        let process = Process::new(manager_server_child, theirs)
+        let process = Process::new(manager_server_child, (theirs, unix.clone()))
             .daemon(true)
             .start()?;
         let address = match ours.recv_timeout(PATIENCE) {
@@ -985,10 +1009,11 @@ impl ManagerChild {
                 bail!("manager server did not report its address: {e} (child: {why})");
             }
         };
-        Ok(ManagerChild {
-            process,
-            address: Address::tcp(address.as_str())?,
-        })
+        let address = match unix {
+            Some(path) => Address::unix(path),
+            None => Address::tcp(address.as_str())?,
+        };
+        Ok(ManagerChild { process, address })
     }
 }
 
@@ -996,6 +1021,9 @@ impl Drop for ManagerChild {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.join(None); // `Killed`, as asked
+        if let Address::Unix(path) = &self.address {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -1025,12 +1053,15 @@ fn manager_tcp_queue(quick: bool) -> anyhow::Result<f64> {
 }
 
 /// A child process's `d[i] = i` calls through a dict proxy of a manager (the server in another
-/// child process), calls per second as the child measured them (bench.py's
-/// `bench_manager_dict_call`).
+/// child process, on a Unix socket as CPython's `Manager()` is on Linux), calls per second as
+/// the child measured them (bench.py's `bench_manager_dict_call`).
 fn manager_dict_call(quick: bool) -> anyhow::Result<f64> {
     let n = scaled(10_000, quick) as i64;
-    let server = ManagerChild::start()?;
-    let rate = Process::new(dict_caller, (server.address.to_string(), n))
+    let server = ManagerChild::start_unix()?;
+    let Address::Unix(path) = &server.address else {
+        bail!("the server was started on a Unix socket");
+    };
+    let rate = Process::new(dict_caller, (path.to_string_lossy().into_owned(), n))
         .start()?
         .into_result()?
         .map_err(anyhow::Error::msg)?;
@@ -1039,9 +1070,9 @@ fn manager_dict_call(quick: bool) -> anyhow::Result<f64> {
 }
 
 /// The client side of [`manager_dict_call`]: connects, makes a dict, times `n` item sets.
-fn dict_caller((address, n): (String, i64)) -> Result<f64, String> {
+fn dict_caller((path, n): (String, i64)) -> Result<f64, String> {
     let run = || -> anyhow::Result<f64> {
-        let manager = ManagerClient::connect(&Address::tcp(address.as_str())?, MANAGER_AUTHKEY)?;
+        let manager = ManagerClient::connect(&Address::unix(path), MANAGER_AUTHKEY)?;
         let d = manager.dict::<i64, i64>()?;
         for i in 0..100 {
             d.set(&i, &i)?; // warm-up
