@@ -36,7 +36,9 @@
 mod connection;
 mod error;
 mod executor;
+#[cfg(feature = "manager")]
 mod manager;
+#[cfg(feature = "manager")]
 mod pickle;
 mod platform;
 mod pool;
@@ -53,6 +55,8 @@ pub use executor::{
     AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadIMapIter, ThreadPool,
     ThreadPoolExecutor, Waitable, Waited, as_completed, wait,
 };
+#[cfg(feature = "manager")]
+#[cfg_attr(docsrs, doc(cfg(feature = "manager")))]
 pub use manager::{
     Address, ArrayProxy, BarrierProxy, Client, ConditionProxy, DictProxy, EventProxy, ListProxy,
     Listener, LockProxy, Managed, ManagerClient, ManagerProcess, ManagerServer, MethodCall,
@@ -64,10 +68,10 @@ pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
     current_process, init, parent_process,
 };
-pub use queue::{
-    ConsumerStatus, DeadLetter, JoinableQueue, Queue, QueueAdmin, QueueBuilder, QueueStatus,
-    SimpleQueue,
-};
+#[cfg(feature = "broker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
+pub use queue::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use share::Descriptor;
 pub use shm::{Array, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use sync::{
@@ -81,6 +85,7 @@ pub use thread::{
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
+#[cfg(feature = "manager")]
 pub mod __fuzz {
     /// Decodes untrusted pickle bytes (and re-encodes what decodes); must never panic.
     pub fn pickle_decode(data: &[u8]) {

@@ -408,6 +408,7 @@ pub(crate) fn ignore_interrupts() {
     }
 }
 
+#[cfg(feature = "manager")]
 /// Asks the kernel to acknowledge the next received data at once instead of delaying the ACK
 /// (not sticky: it applies until the kernel decides otherwise). A CPython peer sends two small
 /// writes in a row without `TCP_NODELAY`; without this its second write waits ~40 ms.
@@ -427,6 +428,7 @@ pub(crate) fn set_quick_ack(sock: BorrowedFd<'_>) -> io::Result<()> {
     .map(drop)
 }
 
+#[cfg(feature = "manager")]
 /// Makes a listening socket's queue of connections not yet accepted as long as the system
 /// allows (`net.core.somaxconn`, 4096 on current kernels; std listens with 128). Calling
 /// `listen` again on a listening socket only changes its backlog.
@@ -436,6 +438,7 @@ pub(crate) fn listen_deepest(sock: BorrowedFd<'_>) -> io::Result<()> {
     cvt(unsafe { libc::listen(sock.as_raw_fd(), libc::c_int::MAX) }).map(drop)
 }
 
+#[cfg(feature = "manager")]
 /// One `recv` that does not wait (`MSG_DONTWAIT`): `WouldBlock` when nothing is there.
 pub(crate) fn recv_nonblocking(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes; the borrow keeps the

@@ -2,8 +2,11 @@
 //! (crossbeam-channel's pattern): a shared-memory ring between the processes of one machine
 //! (`shm.rs`), or a Redis stream between machines (`redis.rs`).
 
+#[cfg(feature = "broker")]
 mod admin;
+#[cfg(feature = "manager")]
 mod manager;
+#[cfg(feature = "broker")]
 mod redis;
 pub(crate) mod ring;
 mod shm;
@@ -17,11 +20,15 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+#[cfg(feature = "broker")]
 pub use self::admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+#[cfg(feature = "manager")]
 use self::manager::ManagerQueue;
+#[cfg(feature = "broker")]
 use self::redis::{BrokerSettings, RedisQueue};
 use self::shm::{DEFAULT_RING_BYTES, NONBLOCKING_LOCK_WAIT, ShmQueue};
 use crate::error::{Error, Result};
+#[cfg(feature = "manager")]
 use crate::manager::Address;
 use crate::sync::deadline_after;
 
@@ -38,8 +45,8 @@ use crate::sync::deadline_after;
 /// [`put`](Self::put)). An item larger than a quarter of the ring travels beside it, in a
 /// memory file of its own.
 ///
-/// The same type can sit on a broker instead ([`QueueBuilder::broker`], or
-/// [`Queue::connect`]): a Redis stream that processes on other machines use too, with
+/// With the `broker` feature, the same type can sit on a broker instead
+/// (`QueueBuilder::broker`, or `Queue::connect`): a Redis stream that processes on other machines use too, with
 /// at-least-once delivery (see [`JoinableQueue`]).
 ///
 /// Blocking calls come in four forms: `get` (wait for ever), `try_get` (do not wait; Python's
@@ -77,7 +84,9 @@ pub struct Queue<T> {
 #[derive(Clone)]
 enum Flavor {
     Shm(Arc<ShmQueue>),
+    #[cfg(feature = "broker")]
     Redis(Arc<RedisQueue>),
+    #[cfg(feature = "manager")]
     Manager(Arc<ManagerQueue>),
 }
 
@@ -113,7 +122,9 @@ pub struct QueueBuilder<T> {
     ring_bytes: usize,
     preallocate: bool,
     name: Option<String>,
+    #[cfg(feature = "broker")]
     broker: Option<String>,
+    #[cfg(feature = "broker")]
     settings: BrokerSettings,
     _item: PhantomData<fn(T) -> T>,
 }
@@ -147,6 +158,8 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// Put the queue on a broker instead of in shared memory: `redis://host:port/db`,
     /// `rediss://…` (TLS; the certificate is checked against the system's roots or
     /// `SSL_CERT_FILE`) or `redis+unix:///path/to/socket`. Items travel as JSON, so other
@@ -156,6 +169,8 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// On a broker: how long a taken item stays leased to its consumer before another may
     /// take it (default 30 s). A live consumer's leases are renewed while it works; a dead
     /// one's run out and its items are delivered again.
@@ -172,6 +187,8 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// On a broker: after this many deliveries (default 5), an item that never got done goes
     /// to the dead-letter stream (`<name>:dead`) with its last error. The queue's setting,
     /// shared as [`lease`](Self::lease) is.
@@ -200,7 +217,9 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 
     /// On a broker a plain queue's `get` removes the item at once; a joinable queue's leases
     /// it until `task_done`.
+    #[cfg_attr(not(feature = "broker"), allow(unused_variables))]
     fn build_flavor(self, joinable: bool) -> Result<Queue<T>> {
+        #[cfg(feature = "broker")]
         if let Some(url) = &self.broker {
             let name = self.name.as_deref().ok_or_else(|| {
                 Error::invalid(
@@ -240,6 +259,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::builder().maxsize(maxsize).build()
     }
 
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// The queue `name` on the broker at `url` (see [`QueueBuilder::broker`]), created there
     /// if it does not exist.
     ///
@@ -249,6 +270,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::builder().broker(url).name(name).build()
     }
 
+    #[cfg(feature = "manager")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "manager")))]
     /// The queue a manager server at `address` registered as `typeid` (`get_task_queue`; ours
     /// or CPython's `BaseManager`), through its proxy. Items travel as pickles: they must map
     /// onto Python's data model. `maxsize` is the server's business (0 here).
@@ -281,7 +304,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             ring_bytes: DEFAULT_RING_BYTES,
             preallocate: false,
             name: None,
+            #[cfg(feature = "broker")]
             broker: None,
+            #[cfg(feature = "broker")]
             settings: BrokerSettings::default(),
             _item: PhantomData,
         }
@@ -380,7 +405,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ) -> Result<()> {
         match &self.flavor {
             Flavor::Shm(q) => q.put_until(item, deadline, block, waited),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.put_until(item, deadline, block, waited),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.put_until(item, deadline, block, waited),
         }
     }
@@ -388,7 +415,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn get_until(&self, deadline: Option<Instant>, block: bool, waited: Duration) -> Result<T> {
         match &self.flavor {
             Flavor::Shm(q) => q.get_until(deadline, block, waited),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.get_until(deadline, block, waited),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.get_until(deadline, block, waited),
         }
     }
@@ -405,6 +434,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ) -> Result<R> {
         match &self.flavor {
             Flavor::Shm(q) => q.get_timeout_shared_with(timeout, decode),
+            #[allow(unreachable_patterns)] // the other flavors, when built in
             _ => Err(Error::invalid(
                 "queue",
                 "only a shared-memory queue lends its bytes",
@@ -425,6 +455,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Duration::ZERO,
                 decode,
             ),
+            #[allow(unreachable_patterns)] // the other flavors, when built in
             _ => Err(Error::invalid(
                 "queue",
                 "only a shared-memory queue lends its bytes",
@@ -439,7 +470,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn len(&self) -> usize {
         match &self.flavor {
             Flavor::Shm(q) => q.len(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.waiting().unwrap_or(0),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.len().unwrap_or(0),
         }
     }
@@ -455,7 +488,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn is_full(&self) -> bool {
         match &self.flavor {
             Flavor::Shm(q) => q.is_full(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.is_full(),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.is_full().unwrap_or(false),
         }
     }
@@ -464,7 +499,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn maxsize(&self) -> u32 {
         match &self.flavor {
             Flavor::Shm(q) => q.maxsize(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.maxsize(),
+            #[cfg(feature = "manager")]
             Flavor::Manager(_) => 0,
         }
     }
@@ -493,7 +530,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// cannot be reached before the usual command timeout.
     pub fn flush(&self) -> Result<()> {
         match &self.flavor {
-            Flavor::Shm(_) | Flavor::Manager(_) => Ok(()),
+            Flavor::Shm(_) => Ok(()),
+            #[cfg(feature = "manager")]
+            Flavor::Manager(_) => Ok(()),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.flush(Some(Instant::now() + self::redis::COMMAND_TIMEOUT)),
         }
     }
@@ -504,7 +544,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn close(&self) {
         match &self.flavor {
             Flavor::Shm(q) => q.close(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.close(),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.close(),
         }
     }
@@ -518,11 +560,13 @@ impl<T> fmt::Debug for Queue<T> {
                 .field("name", &q.what())
                 .field("len", &q.len())
                 .finish(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => f
                 .debug_struct("Queue")
                 .field("name", &q.name())
                 .field("broker", &q.url())
                 .finish(),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => f
                 .debug_struct("Queue")
                 .field("typeid", &q.typeid())
@@ -553,7 +597,9 @@ impl Closed {
 #[derive(Serialize, Deserialize)]
 enum FlavorTag {
     Shm,
+    #[cfg(feature = "broker")]
     Redis,
+    #[cfg(feature = "manager")]
     Manager,
 }
 
@@ -566,10 +612,12 @@ impl<T> Serialize for Queue<T> {
                 t.serialize_element(&FlavorTag::Shm)?;
                 t.serialize_element(&ShmParts(q))?;
             }
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => {
                 t.serialize_element(&FlavorTag::Redis)?;
                 t.serialize_element(&q.handle())?;
             }
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => {
                 t.serialize_element(&FlavorTag::Manager)?;
                 t.serialize_element(&q.handle())?;
@@ -609,6 +657,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                         seq.next_element_seed(ShmSeed::<T>(PhantomData))?
                             .ok_or_else(|| A::Error::invalid_length(1, &self))?,
                     )),
+                    #[cfg(feature = "broker")]
                     FlavorTag::Redis => {
                         let handle = seq
                             .next_element()?
@@ -617,6 +666,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                             .map_err(|e| crate::share::handle_error_de(e.to_string()))?;
                         Flavor::Redis(Arc::new(queue))
                     }
+                    #[cfg(feature = "manager")]
                     FlavorTag::Manager => {
                         let handle = seq
                             .next_element()?
@@ -650,11 +700,11 @@ pub type SimpleQueue<T> = Queue<T>;
 /// consumers call [`task_done`](Self::task_done) once per item they finished, and
 /// [`join`](Self::join) waits until every item ever put is done.
 ///
-/// On a broker ([`QueueBuilder::broker`]) delivery is at least once: `get` takes a lease on
-/// the item, `task_done` (for the oldest item this handle took and has not finished)
-/// acknowledges it, [`task_failed`](Self::task_failed) gives it back with an error. An item
-/// whose consumer dies is delivered again once its lease runs out; after
-/// [`max_deliveries`](QueueBuilder::max_deliveries) it goes to the dead-letter stream.
+/// On a broker (`QueueBuilder::broker`, with the `broker` feature) delivery is at least once:
+/// `get` takes a lease on the item, `task_done` (for the oldest item this handle took and has
+/// not finished) acknowledges it, `task_failed` gives it back with an error. An item whose
+/// consumer dies is delivered again once its lease runs out; after `max_deliveries` it goes
+/// to the dead-letter stream.
 ///
 /// It dereferences to its [`Queue`] for `put`, `get` and the rest.
 ///
@@ -716,6 +766,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Queue::builder().maxsize(maxsize).build_joinable()
     }
 
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// The joinable queue `name` on the broker at `url` (see [`Queue::connect`]).
     ///
     /// # Errors
@@ -724,6 +776,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Queue::builder().broker(url).name(name).build_joinable()
     }
 
+    #[cfg(feature = "manager")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "manager")))]
     /// The joinable queue a manager server registered as `typeid` (see
     /// [`Queue::connect_manager`]); `task_done` and `join` are the server's.
     ///
@@ -748,11 +802,15 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub fn task_done(&self) -> Result<()> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.task_done(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.task_done(),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.task_done(),
         }
     }
 
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// Marks the oldest item this handle took as failed with `reason`. On a broker it is
     /// given back at once to be delivered again (to any consumer), or sent to the dead-letter
     /// stream with `reason` if it had its [`max_deliveries`](QueueBuilder::max_deliveries).
@@ -763,7 +821,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub fn task_failed(&self, reason: &str) -> Result<()> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.task_done(),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.task_failed(reason),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.task_done(),
         }
     }
@@ -796,7 +856,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub fn unfinished(&self) -> Result<u64> {
         match &self.queue.flavor {
             Flavor::Shm(q) => Ok(u64::from(q.unfinished())),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.unfinished(),
+            #[cfg(feature = "manager")]
             Flavor::Manager(_) => Err(Error::invalid(
                 "queue on a manager",
                 "the count of unfinished items is not exposed by a manager",
@@ -807,7 +869,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
         match &self.queue.flavor {
             Flavor::Shm(q) => q.join_until(deadline, waited),
+            #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.join_until(deadline, waited),
+            #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.join_until(deadline, waited),
         }
     }

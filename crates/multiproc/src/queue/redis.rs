@@ -283,10 +283,14 @@ impl RedisQueue {
         if name.is_empty() || name.len() > 1024 {
             return Err(Error::invalid(what, "a queue name must be 1 to 1024 bytes"));
         }
+        // rustls picks its crypto provider from its crate features (ring, the only one we
+        // turn on) unless the application installed another first.
+        #[cfg(not(feature = "tls"))]
         if url.starts_with("rediss://") {
-            // rustls needs a crypto provider chosen once per process; ring is ours. Another
-            // one installed first (by the application) is as good.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            return Err(Error::invalid(
+                what,
+                "rediss:// needs multiproc's `tls` feature, which this build does not have",
+            ));
         }
         let client = Client::open(url)
             .map_err(|e| Error::invalid(what.clone(), format!("bad broker URL: {e}")))?;

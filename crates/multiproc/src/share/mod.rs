@@ -56,6 +56,7 @@ fn explain(e: postcard::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
+#[cfg(feature = "manager")]
 /// Whether the serializer running on this thread is the crate's own, for another process of
 /// ours (process arguments, queues, connections), rather than any other.
 pub(crate) fn encoding_for_our_processes() -> bool {
