@@ -1,6 +1,7 @@
 //! The one error type of the crate.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What went wrong, for callers that branch on it; see [`Error::kind`].
@@ -50,7 +51,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Every failure of the library.
 ///
 /// Messages are lowercase and name the object they concern. Match on [`Error::kind`] to branch.
-#[derive(Debug, thiserror::Error)]
+/// Errors clone (an OS error is shared): a pool hands one failure to every task it concerns.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A blocking call ran out of time.
@@ -209,7 +211,7 @@ pub enum Error {
         what: String,
         /// The OS error.
         #[source]
-        source: io::Error,
+        source: Arc<io::Error>,
     },
 }
 
@@ -257,7 +259,7 @@ impl Error {
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            source,
+            source: Arc::new(source),
         }
     }
 

@@ -149,6 +149,37 @@ fn map_carries_numbers_strings_and_failures_inside_a_chunk() {
     assert!(each.next().is_none());
 }
 
+/// A result that cannot be serialized when it is 13: the worker cannot send its chunk back.
+#[derive(Debug, serde::Deserialize)]
+struct Unlucky(u8);
+
+impl serde::Serialize for Unlucky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("13 does not travel"));
+        }
+        s.serialize_u8(self.0)
+    }
+}
+
+fn unlucky(x: u8) -> Unlucky {
+    Unlucky(x)
+}
+
+#[test]
+fn a_chunk_wide_failure_reaches_every_item_of_the_chunk_with_its_kind() {
+    let pool = Pool::new(1).unwrap();
+    let got: Vec<_> = pool.imap(unlucky, 10..16, Some(6)).unwrap().collect();
+    assert_eq!(got.len(), 6);
+    for r in &got {
+        let err = r.as_ref().unwrap_err();
+        // Each item gets the chunk's own error, not a stand-in of another kind. (Its message
+        // is postcard's: postcard keeps no custom serializer message.)
+        assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+        assert!(err.to_string().contains("pool task results"), "{err}");
+    }
+}
+
 #[test]
 fn a_panicking_task_fails_alone_and_the_worker_carries_on() {
     let pool = Pool::new(1).unwrap();

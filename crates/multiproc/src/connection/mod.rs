@@ -6,7 +6,6 @@ mod shared;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -263,9 +262,4 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
         let (end, flags): (PipeEnd, u8) = Deserialize::deserialize(deserializer)?;
         Ok(Connection::new(end, flags & 1 != 0, flags & 2 != 0))
     }
-}
-
-/// Locks a mutex, ignoring poisoning: the protected state is valid at every await point.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

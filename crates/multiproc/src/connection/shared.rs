@@ -337,7 +337,7 @@ impl PipeEnd {
 
     /// Reads the side frame whose marker the caller took (holding the consumer lock).
     fn read_side_frame(&self, max_len: u64) -> Result<Frame> {
-        let mut reader = super::lock(&self.reader);
+        let mut reader = crate::sync::lock(&self.reader);
         reader.set_max_len(max_len);
         // No deadline: the frame is on its way, and half of it read could not be put back.
         reader

@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::sync::IgnorePoison;
 use crate::sync::spin::spin_until;
 use crate::sync::wait_until;
 
@@ -73,7 +74,7 @@ impl<R> Cell<R> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<R>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().ignore_poison()
     }
 
     /// Marks the task as started (thread executors know when).
@@ -162,7 +163,7 @@ impl<R> Cell<R> {
 fn run_callback<R>(callback: DoneCallback<R>, outcome: &Result<R>) {
     let call = std::panic::AssertUnwindSafe(|| callback(outcome.as_ref()));
     if std::panic::catch_unwind(call).is_err() {
-        eprintln!("multiproc: a future's done callback panicked; the others still run");
+        tracing::error!("a future's done callback panicked; the others still run");
     }
 }
 

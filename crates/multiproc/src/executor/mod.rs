@@ -12,7 +12,7 @@ pub use thread_pool::{ThreadIMapIter, ThreadPool};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 use self::future::{CancelOutcome, Cell};
 use crate::error::{Error, Result};
 use crate::pool::{IMapIter, Pool, PoolBuilder, TaskState};
+use crate::sync::IgnorePoison;
+use crate::sync::lock;
 use crate::sync::spin::spin_until;
 
 /// Marks the future of a task that the executor dropped unrun (on `shutdown`).
@@ -175,10 +177,6 @@ impl ProcessPoolExecutor {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum MapInner<R> {
@@ -459,7 +457,7 @@ impl ThreadShared {
                 continue;
             }
             q.idle += 1;
-            q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
+            q = self.work.wait(q).ignore_poison();
             q.idle -= 1;
         }
     }

@@ -5,9 +5,10 @@
 
 use std::sync::Mutex;
 
-use super::objects::{Reply, ServedObject, exception, lock};
+use super::objects::{Reply, ServedObject, exception};
 use super::python::Slice;
 use crate::pickle::Value;
+use crate::sync::lock;
 
 /// The largest array served, in bytes: every copy of it fits a message.
 pub(crate) const MAX_ARRAY_BYTES: usize = super::wire::DEFAULT_MAX_MESSAGE;

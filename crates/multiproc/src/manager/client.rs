@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::wire::{Address, Client, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
+use crate::sync::IgnorePoison;
 
 /// A connection to a manager server (CPython's `BaseManager(address, authkey).connect()`).
 ///
@@ -456,7 +457,7 @@ impl Proxy {
         kwds: Vec<(Value, Value)>,
     ) -> Result<Value> {
         let bytes = pickle::encode(&request(Some(&self.ident), method, args, kwds))?;
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.conn.lock().ignore_poison();
         conn.send_bytes(&bytes)?;
         unpack(&self.what, &conn.recv_bytes()?)
     }

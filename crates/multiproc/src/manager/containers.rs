@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::objects::{Reply, ServedObject, exception, lock};
+use super::objects::{Reply, ServedObject, exception};
 use super::python::{self, PyErr, PyResult, Slice, type_name};
 use crate::pickle::{self, Value, py_eq};
+use crate::sync::lock;
 
 /// What `DictProxy` calls (CPython 3.8–3.13).
 pub(crate) const DICT_EXPOSED: &[&str] = &[
@@ -610,6 +611,10 @@ fn repeated(items: &[Value], n: &Value) -> PyResult<Vec<Value>> {
         ))
     })?;
     let n = n.max(0) as u64;
+    if items.is_empty() {
+        // `[] * 10**18` is empty at once: no loop over `n`.
+        return Ok(Vec::new());
+    }
     let total = (items.len() as u64).saturating_mul(n);
     if total > python::max_items() {
         return Err(python::too_many(total));
@@ -935,6 +940,24 @@ mod tests {
             ObjectKind::Reduce,
             vec![a, b, c],
         )))
+    }
+
+    #[test]
+    fn an_empty_list_times_a_huge_number_is_empty_at_once() {
+        // Found by the proxy-call property test: `[] * 10**18` looped 10**18 times.
+        let empty = Value::List(vec![]);
+        assert!(same(
+            &ok(list_call(&empty, "__mul__", Value::Int(1 << 60))),
+            &ints(&[])
+        ));
+        let e = err(list_call(&ints(&[1]), "__mul__", Value::Int(1 << 60)));
+        assert!(e.contains("MemoryError") || e.contains("items"), "{e}");
+    }
+
+    fn list_call(items: &Value, method: &str, arg: Value) -> Reply {
+        ServedList::new(std::slice::from_ref(items))
+            .unwrap()
+            .call(method, &[arg], &[])
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! proxies for them call (`dict` and `list` are in `containers.rs`, `Array` in `array.rs`,
 //! `Condition` and `Barrier` in `sync_objects.rs`).
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::containers::{ProxyRefs, Stored, call_stored, stored_proxies};
 use crate::pickle::Value;
+use crate::sync::lock;
 use crate::sync::wait_until;
 
 /// What a method call gives: a value, a Python exception, or a traceback text.
@@ -15,12 +16,6 @@ pub(crate) enum Reply {
     Return(Value),
     Error(Value),
     Traceback(String),
-}
-
-/// Locks `m`, also after a panic elsewhere poisoned it (the state stays consistent: every
-/// update is a single step).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `#ERROR` with the built-in exception `name(*args)`.

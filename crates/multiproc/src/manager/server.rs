@@ -1,7 +1,7 @@
 //! A manager server that CPython's `BaseManager` clients can use: named queues, dicts and
 //! locks, `SyncManager`'s typeids and user types served over TCP or a Unix socket, speaking
 //! `multiprocessing.managers`' own protocol (see
-//! `../shared/reference/cpython-manager-protocol.md` §3).
+//! `docs/cpython-manager-protocol.md` §3).
 //!
 //! Each connection gets its own thread, so a `get`, `join`, barrier or condition `wait` blocked
 //! on one connection never holds up another. Requests are decoded with the crate's pickle codec, which never executes anything.
@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::wire::{Address, Listener, WireConnection};
 use super::xmlrpc;
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
+use crate::sync::lock;
 use crate::sync::wait_until;
 
 /// What a CPython client sees as the methods of a queue (3.11's `queue.Queue`).
@@ -42,10 +43,6 @@ const QUEUE_EXPOSED: &[&str] = &[
     "qsize",
     "task_done",
 ];
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 struct QueueState {
     items: VecDeque<Value>,

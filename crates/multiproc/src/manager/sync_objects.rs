@@ -10,10 +10,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::objects::{
-    LOCK_EXPOSED, Reply, ServedLock, ServedObject, arg, deadline, exception, lock, timeout_arg,
+    LOCK_EXPOSED, Reply, ServedLock, ServedObject, arg, deadline, exception, timeout_arg,
 };
 use crate::pickle::Value;
-use crate::sync::wait_until;
+use crate::sync::{lock, wait_until};
 
 /// What `ConditionProxy` calls.
 const CONDITION_EXPOSED: &[&str] = &["acquire", "release", "wait", "notify", "notify_all"];

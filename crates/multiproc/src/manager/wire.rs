@@ -1,6 +1,6 @@
 //! CPython's `multiprocessing.connection` on the wire: 4-byte big-endian frames (with the
 //! 8-byte escape) over TCP or Unix sockets, and the mutual HMAC challenge handshake, as CPython
-//! 3.8–3.13 speak them. See `../shared/reference/cpython-manager-protocol.md` §1–2.
+//! 3.8–3.13 speak them. See `docs/cpython-manager-protocol.md` §1–2.
 
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};

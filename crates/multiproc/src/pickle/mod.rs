@@ -16,7 +16,7 @@
 //! surrogates (valid in Python, not in a Rust `String`), and structures that contain
 //! themselves.
 //!
-//! Reference: `shared/reference/cpython-manager-protocol.md` §5.
+//! Reference: `docs/cpython-manager-protocol.md` §5.
 
 #![forbid(unsafe_code)]
 // Crate-private and not yet used: the manager (server and proxies) will use it.

@@ -1,5 +1,6 @@
 //! Linux: sockets with descriptor passing, pidfds, posix_spawn, fork, prctl.
 
+use crate::sync::IgnorePoison;
 use std::ffi::{CStr, CString, OsString};
 use std::io::{self, IoSlice};
 use std::mem::{self, MaybeUninit};
@@ -404,7 +405,7 @@ static CHILD_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::ne
 
 /// Adds (or replaces) a variable for the environment of every child started from now on.
 pub(crate) fn set_child_env(key: &str, value: &str) {
-    let mut vars = CHILD_ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let mut vars = CHILD_ENV.lock().ignore_poison();
     vars.retain(|(k, _)| k != key);
     vars.push((key.to_string(), value.to_string()));
 }
@@ -420,7 +421,7 @@ pub(crate) fn spawn_self(env: (&str, &str), keep: BorrowedFd<'_>) -> io::Result<
         argv_owned.iter().map(|a| a.as_ptr() as *mut _).collect();
     argv.push(ptr::null_mut());
     let mut env_owned = Vec::new();
-    let extra = CHILD_ENV.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let extra = CHILD_ENV.lock().ignore_poison().clone();
     for (k, v) in &extra {
         env_owned.push(cstring(format!("{k}={v}").as_bytes())?);
     }

@@ -32,6 +32,7 @@ use self::worker::{
 use crate::error::{Error, Result};
 use crate::process::{Process, StartMethod, TaskTarget};
 use crate::queue::Queue;
+use crate::sync::IgnorePoison;
 
 /// Tasks sent ahead to one worker (one running, the next ready).
 const AHEAD: usize = 2;
@@ -253,11 +254,7 @@ fn encode_args_into<A: Serialize + 'static>(args: &[A], mut bytes: Vec<u8>) -> R
 impl Shared {
     /// Encodes a chunk of arguments into a spare buffer if there is one.
     fn encode_args<A: Serialize + 'static>(&self, args: &[A]) -> Result<TaskBytes> {
-        let spare = self
-            .spare_buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let spare = self.spare_buffers.lock().ignore_poison().pop();
         encode_args_into(args, spare.unwrap_or_default())
     }
 
@@ -266,7 +263,7 @@ impl Shared {
         if let Ok(bytes) = Arc::try_unwrap(items.0)
             && bytes.capacity() <= SPARE_BUFFER_BYTES
         {
-            let mut spare = self.spare_buffers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spare = self.spare_buffers.lock().ignore_poison();
             if spare.len() < SPARE_BUFFERS {
                 spare.push(bytes);
             }
@@ -274,7 +271,7 @@ impl Shared {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().ignore_poison()
     }
 
     fn start_worker(&self, slot: u32) -> Result<Worker> {
@@ -552,38 +549,10 @@ fn clone_error(e: &Error) -> Error {
     Error::invalid("pool", format!("cannot replace a worker: {e}"))
 }
 
-/// A copy of a task's error for each item of its chunk (`Error` holds an `io::Error`, which is
-/// not `Clone`).
-pub(crate) fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::WorkerLost { name, pid, detail } => Error::WorkerLost {
-            name: name.clone(),
-            pid: *pid,
-            detail: detail.clone(),
-        },
-        Error::Timeout { what, after } => Error::Timeout {
-            what: what.clone(),
-            after: *after,
-        },
-        Error::Panicked {
-            name,
-            pid,
-            message,
-            location,
-        } => Error::Panicked {
-            name: name.clone(),
-            pid: *pid,
-            message: message.clone(),
-            location: location.clone(),
-        },
-        other => Error::invalid("pool", other.to_string()),
-    }
-}
-
 /// Runs a delivery; a panicking callback is reported and does not take the handler down.
 fn run_delivery(deliver: Deliver, outcome: TaskOutcome<'_>) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(outcome))).is_err() {
-        eprintln!("multiproc: a pool callback panicked; the pool carries on");
+        tracing::error!("a pool callback panicked; the pool carries on");
     }
 }
 
@@ -749,7 +718,7 @@ impl Pool {
             // The task's outcome stands whatever its callback did.
             sink.fill(value.map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
             if called.is_err() {
-                eprintln!("multiproc: a pool callback panicked; the pool carries on");
+                tracing::error!("a pool callback panicked; the pool carries on");
             }
         });
         self.shared.submit(TaskTarget::of(&f), items, deliver)?;
@@ -967,11 +936,7 @@ impl Pool {
             ));
         }
         while !state.tasks.is_empty() && !state.finished {
-            state = self
-                .shared
-                .idle
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = self.shared.idle.wait(state).ignore_poison();
         }
         state.finished = true;
         let mut processes = Vec::new();
@@ -1025,11 +990,7 @@ impl Pool {
     }
 
     fn stop_handler(&self) {
-        let handler = self
-            .handler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handler = self.handler.lock().ignore_poison().take();
         if let Some(h) = handler
             && h.thread().id() != std::thread::current().id()
         {

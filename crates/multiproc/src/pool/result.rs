@@ -16,6 +16,7 @@ use super::TaskOutcome;
 type OwnedOutcome = std::result::Result<Vec<u8>, Error>;
 use crate::error::{Error, Result};
 use crate::process::chunk;
+use crate::sync::IgnorePoison;
 use crate::sync::spin::spin_until;
 use crate::sync::wait_until;
 
@@ -94,7 +95,7 @@ fn expand<R: DeserializeOwned + 'static>(n: usize, outcome: TaskOutcome<'_>) -> 
             })
             .collect(),
         Err(e) => {
-            let mut all: Vec<Result<R>> = (1..n).map(|_| Err(super::copy_error(&e))).collect();
+            let mut all: Vec<Result<R>> = (1..n).map(|_| Err(e.clone())).collect();
             all.insert(0, Err(e));
             all
         }
@@ -141,7 +142,7 @@ impl Slot {
 
     pub(crate) fn fill(&self, value: Result<AnyValue>) {
         self.succeeded_once.store(value.is_ok(), Ordering::Release);
-        *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        *self.value.lock().ignore_poison() = Some(value);
         self.ready.store(true, Ordering::Release);
         self.filled.notify_all();
     }
@@ -156,19 +157,19 @@ impl Slot {
         if self.is_ready() || spin_pumping(pump, || self.is_ready()) {
             return true;
         }
-        let value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        let value = self.value.lock().ignore_poison();
         wait_until(&self.filled, value, deadline, |_| self.is_ready()).1
     }
 
     fn take(&self) -> Option<Result<AnyValue>> {
-        self.value.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.value.lock().ignore_poison().take()
     }
 
     fn succeeded(&self) -> Option<bool> {
         if !self.is_ready() {
             return None;
         }
-        let value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        let value = self.value.lock().ignore_poison();
         Some(self.succeeded_once.load(Ordering::Acquire) && !matches!(&*value, Some(Err(_))))
     }
 }
@@ -357,7 +358,7 @@ impl<R: DeserializeOwned + 'static> MapState<R> {
 
     fn update(&self, change: impl FnOnce(&mut MapInner<R>)) {
         let (lock, cond, done) = &*self.inner;
-        let mut inner = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = lock.lock().ignore_poison();
         change(&mut inner);
         if inner.done() {
             done.store(true, Ordering::Release);
@@ -398,7 +399,7 @@ impl<R> MapResult<R> {
             return true;
         }
         let (lock, cond, _) = &*self.state.inner;
-        let inner = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = lock.lock().ignore_poison();
         wait_until(cond, inner, deadline, |inner| inner.done()).1
     }
 
@@ -410,7 +411,7 @@ impl<R> MapResult<R> {
         if !self.ready() {
             return Err(Error::invalid("pool map result", "not ready"));
         }
-        let inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.state.inner.0.lock().ignore_poison();
         Ok(inner.failure.is_none())
     }
 
@@ -438,7 +439,7 @@ impl<R> MapResult<R> {
         if !waited {
             return Err(Error::timeout("pool map result", timeout));
         }
-        let mut inner = self.state.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.state.inner.0.lock().ignore_poison();
         if inner.taken {
             return Err(Error::invalid("pool map result", "already taken"));
         }

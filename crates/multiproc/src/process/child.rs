@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::target::{self, TargetOutcome};
 use super::{current, forkserver, registry};
 use crate::connection::frame::{self, FrameKind, FrameReader};
-use crate::connection::lock;
 use crate::platform;
+use crate::sync::lock;
 
 pub(crate) const ENV: &str = "MULTIPROC_CHILD";
 
@@ -82,7 +82,7 @@ fn adopt(fd: &str) -> OwnedFd {
         // SAFETY: the parent handed this descriptor down to us alone (posix_spawn kept only it).
         Ok(fd) if fd > 2 && platform::fd_is_open(fd) => unsafe { platform::adopt_fd(fd) },
         _ => {
-            eprintln!("multiproc: bad bootstrap descriptor {fd:?} in the environment");
+            tracing::error!(descriptor = ?fd, "bad bootstrap descriptor in the environment");
             platform::exit_immediately(1);
         }
     }

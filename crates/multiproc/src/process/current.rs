@@ -4,8 +4,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::child::Bootstrap;
-use crate::connection::lock;
 use crate::platform;
+use crate::sync::lock;
 
 struct Identity {
     name: String,

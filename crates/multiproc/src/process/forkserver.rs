@@ -19,9 +19,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::connection::frame::{self, FrameKind, FrameReader};
-use crate::connection::lock;
 use crate::error::{Error, Result};
 use crate::platform::{self, ExitStatus, Forked};
+use crate::sync::lock;
 
 pub(crate) const ENV: &str = "MULTIPROC_FORKSERVER";
 

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::connection::frame::{self, Frame, FrameReader, ReadError};
-use crate::connection::lock;
 use crate::platform::{self, ExitStatus};
+use crate::sync::lock;
 
 /// How the end of a child is observed (its pidfd signals it in both cases).
 pub(crate) enum Waiter {

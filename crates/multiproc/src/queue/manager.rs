@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Address, ManagerClient, RemoteQueue};
 use crate::pickle::{self, Value};
+use crate::sync::IgnorePoison;
 
 /// A queue on a manager server.
 pub(super) struct ManagerQueue {
@@ -169,7 +170,7 @@ impl ManagerQueue {
 
     /// Waits until every item put is marked done, until `deadline` if there is one.
     pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
-        let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut joiner = self.joiner.lock().ignore_poison();
         let Some(deadline) = deadline else {
             return match joiner.take() {
                 Some(waiting) => waiting.recv().unwrap_or_else(|_| Err(self.joiner_lost())),

@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::sync::IgnorePoison;
 
 /// The consumer group every multiproc queue is read through.
 const GROUP: &str = "multiproc";
@@ -506,7 +507,7 @@ impl RedisQueue {
     /// Writes the put `packed` without waiting for its reply (see [`Link`]); tells of puts
     /// refused earlier.
     fn send_put(&self, mut packed: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
-        let mut link = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut link = self.conn.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
             link.connection(&self.client)?
                 .send_packed_command(&packed)?;
@@ -527,10 +528,7 @@ impl RedisQueue {
     /// refused is an error.
     pub(super) fn flush(&self, deadline: Option<Instant>) -> Result<()> {
         self.with_conn(deadline, |_| Ok(()))?;
-        self.conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_refused(&self.what())
+        self.conn.lock().ignore_poison().take_refused(&self.what())
     }
 
     pub(super) fn get_until<T: DeserializeOwned>(
@@ -571,7 +569,7 @@ impl RedisQueue {
             let (entry, deliveries) = match claimed {
                 Some(entry) => {
                     // There may be more: the next `get` looks again before reading new ones.
-                    *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *self.last_claim.lock().ignore_poison() = None;
                     let deliveries = self.deliveries(&entry.id, deadline)?;
                     (Some(entry), deliveries)
                 }
@@ -584,8 +582,7 @@ impl RedisQueue {
                         }
                     };
                     // Acknowledgements waiting here go in the same round trip as the read.
-                    let acks =
-                        std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+                    let acks = std::mem::take(&mut *self.acks.lock().ignore_poison());
                     let batch = self.lock_pace().batch();
                     let read = self.with_conn_on(&self.reader, deadline, |c| {
                         let mut cmd = redis::cmd("XREADGROUP");
@@ -630,16 +627,13 @@ impl RedisQueue {
                             first
                         }
                         Err(e) => {
-                            self.acks
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .extend(acks);
+                            self.acks.lock().ignore_poison().extend(acks);
                             return Err(e);
                         }
                     };
                     if entry.is_none() {
                         // Nothing new: look for expired leases on the next round.
-                        *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        *self.last_claim.lock().ignore_poison() = None;
                     }
                     (entry, 1)
                 }
@@ -700,11 +694,11 @@ impl RedisQueue {
     }
 
     fn lock_pace(&self) -> MutexGuard<'_, Pace> {
-        self.pace.lock().unwrap_or_else(|p| p.into_inner())
+        self.pace.lock().ignore_poison()
     }
 
     fn lock_prefetched(&self) -> MutexGuard<'_, VecDeque<Entry>> {
-        self.prefetched.lock().unwrap_or_else(|p| p.into_inner())
+        self.prefetched.lock().ignore_poison()
     }
 
     /// Gives back the entries read ahead and not handed out: in one transaction each goes
@@ -745,7 +739,7 @@ impl RedisQueue {
 
     /// Whether it is time to look for entries whose lease ran out (and notes that it is).
     fn claim_due(&self) -> bool {
-        let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_claim.lock().ignore_poison();
         let due = last.is_none_or(|t| t.elapsed() >= self.settings.lease / 4);
         if due {
             *last = Some(Instant::now());
@@ -821,7 +815,7 @@ impl RedisQueue {
     }
 
     fn lock_leases(&self) -> MutexGuard<'_, VecDeque<String>> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+        self.leases.lock().ignore_poison()
     }
 
     /// The oldest lease, or an error if there is none.
@@ -836,13 +830,13 @@ impl RedisQueue {
 
     pub(super) fn task_done(&self) -> Result<()> {
         let id = self.oldest_lease("task_done")?;
-        self.acks.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        self.acks.lock().ignore_poison().push(id);
         Ok(())
     }
 
     /// Sends the acknowledgements waiting in `acks`.
     fn flush_acks(&self, deadline: Option<Instant>) -> Result<()> {
-        let ids = std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+        let ids = std::mem::take(&mut *self.acks.lock().ignore_poison());
         if ids.is_empty() {
             return Ok(());
         }
@@ -853,10 +847,7 @@ impl RedisQueue {
         });
         if sent.is_err() {
             // Not lost: sent with the next call, or the entries come back to someone.
-            self.acks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(ids);
+            self.acks.lock().ignore_poison().extend(ids);
         }
         sent
     }
@@ -1150,7 +1141,7 @@ impl RedisQueue {
         deadline: Option<Instant>,
         mut op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        let mut link = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut link = slot.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
             link.connection(&self.client)?;
             link.confirm(0)?;
@@ -1192,7 +1183,7 @@ impl RedisQueue {
 
     /// Starts the thread that renews this handle's leases, if it is not running.
     fn start_renewer(&self) {
-        let mut renewer = self.renewer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut renewer = self.renewer.lock().ignore_poison();
         if renewer.is_some() {
             return;
         }
@@ -1235,10 +1226,7 @@ impl Drop for RedisQueue {
             tracing::error!(queue = %self.name, error = %e, "dropping a broker queue handle");
         }
         // Ends the renewer; leases still held run out and their items go to other consumers.
-        self.renewer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.renewer.lock().ignore_poison().take();
     }
 }
 
@@ -1254,22 +1242,12 @@ fn renew_leases(
 ) {
     let mut conn: Option<Connection> = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-        let mut ids: Vec<String> = leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        ids.extend(
-            acks.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned(),
-        );
+        let mut ids: Vec<String> = leases.lock().ignore_poison().iter().cloned().collect();
+        ids.extend(acks.lock().ignore_poison().iter().cloned());
         ids.extend(
             prefetched
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .ignore_poison()
                 .iter()
                 .map(|e| e.id.clone()),
         );
@@ -1352,10 +1330,7 @@ fn retriable(e: &RedisError) -> bool {
 }
 
 fn broker_error(what: &str, doing: &str, e: RedisError) -> Error {
-    Error::Io {
-        what: what.to_string(),
-        source: std::io::Error::other(format!("{doing}: {e}")),
-    }
+    Error::io(what, std::io::Error::other(format!("{doing}: {e}")))
 }
 
 /// `url` with any password replaced by `***`.

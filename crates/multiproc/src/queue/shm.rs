@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::platform;
 use crate::share::{self, FdIn, FdOut, with_scratch};
 use crate::shm::{Segment, Shared};
+use crate::sync::IgnorePoison;
 use crate::sync::deadline_after;
 use crate::sync::process_counts::ProcessCounts;
 use crate::sync::shim::{Ordering, fence, futex_wait, futex_wake, process_id};
@@ -88,7 +89,7 @@ struct BacklogState {
 
 impl Backlog {
     fn lock(&self) -> MutexGuard<'_, BacklogState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().ignore_poison()
     }
 }
 
@@ -415,11 +416,7 @@ impl ShmQueue {
             // More producer processes have backlogs than the ring can count: wait for room,
             // behind this handle's earlier items.
             while state.feeding {
-                state = self
-                    .backlog
-                    .moved
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
+                state = self.backlog.moved.wait(state).ignore_poison();
             }
             drop(state);
             return publish(
@@ -490,7 +487,7 @@ impl ShmQueue {
                 .backlog
                 .moved
                 .wait_timeout(state, BACKLOG_PATIENCE)
-                .unwrap_or_else(|p| p.into_inner());
+                .ignore_poison();
             state = next;
             if timeout.timed_out() && state.items.len() == left {
                 tracing::error!(

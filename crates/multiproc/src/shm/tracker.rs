@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
 use crate::platform;
+use crate::sync::IgnorePoison;
 
 /// Marks the tracker process; the value is its listening descriptor.
 pub(crate) const ENV: &str = "MULTIPROC_TRACKER";
@@ -36,7 +37,7 @@ pub(crate) fn unregister(name: &str) {
 }
 
 fn send(op: u8, name: &str) {
-    let mut conn = CONNECTION.lock().unwrap_or_else(|p| p.into_inner());
+    let mut conn = CONNECTION.lock().ignore_poison();
     for _attempt in 0..2 {
         if conn.is_none() {
             *conn = connect();
@@ -130,7 +131,7 @@ pub(crate) fn serve(listener: OwnedFd) -> ! {
     }
     for name in &names {
         if platform::shm_unlink(name).is_ok() {
-            eprintln!("multiproc: unlinked shared memory {name:?} that its creator left behind");
+            tracing::warn!(name = ?name, "unlinked shared memory that its creator left behind");
         }
     }
     platform::exit_immediately(0)

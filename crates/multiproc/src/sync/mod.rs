@@ -22,8 +22,27 @@ pub use semaphore::{Semaphore, SemaphoreGuard};
 
 pub(crate) use lock::deadline_after;
 
-use std::sync::{Condvar, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+/// Takes what a poisoned lock holds anyway. The crate's process-local locks guard state that
+/// is valid whenever the lock is free (a panic while holding one leaves nothing half-done),
+/// so a panic elsewhere must not make every later call fail.
+pub(crate) trait IgnorePoison<T> {
+    /// The guard (or other value), poisoned or not.
+    fn ignore_poison(self) -> T;
+}
+
+impl<T> IgnorePoison<T> for Result<T, PoisonError<T>> {
+    fn ignore_poison(self) -> T {
+        self.unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Locks `m`, poisoned or not (see [`IgnorePoison`]).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().ignore_poison()
+}
 
 /// Waits on a process-local `cond` (with its mutex held through `guard`) until `ready` holds
 /// or `deadline` passes (`None`: for ever); gives the guard back and whether `ready` held.
@@ -39,15 +58,13 @@ pub(crate) fn wait_until<'a, T>(
             return (guard, true);
         }
         guard = match deadline {
-            None => cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            None => cond.wait(guard).ignore_poison(),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return (guard, false);
                 }
-                cond.wait_timeout(guard, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
+                cond.wait_timeout(guard, left).ignore_poison().0
             }
         };
     }

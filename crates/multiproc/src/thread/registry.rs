@@ -9,12 +9,13 @@
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::connection::lock;
 use crate::platform;
+use crate::sync::IgnorePoison;
 use crate::sync::deadline_after;
+use crate::sync::lock;
 
 /// The main thread's ident; other threads count up from 2.
 const MAIN_IDENT: u64 = 1;
@@ -290,19 +291,13 @@ impl RunState {
         let mut done = lock(&self.done);
         while !*done {
             done = match deadline {
-                None => self
-                    .finished
-                    .wait(done)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => self.finished.wait(done).ignore_poison(),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return false;
                     }
-                    self.finished
-                        .wait_timeout(done, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                    self.finished.wait_timeout(done, left).ignore_poison().0
                 }
             };
         }

@@ -1,13 +1,14 @@
 //! `Timer`: a thread that runs a function once after a delay, unless cancelled first.
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::handle::{Thread, ThreadBuilder};
-use crate::connection::lock;
 use crate::error::Result;
+use crate::sync::IgnorePoison;
 use crate::sync::deadline_after;
+use crate::sync::lock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -88,20 +89,14 @@ impl Control {
                 return false;
             }
             state = match deadline {
-                None => self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => self.changed.wait(state).ignore_poison(),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         *state = State::Fired;
                         return true;
                     }
-                    self.changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                    self.changed.wait_timeout(state, left).ignore_poison().0
                 }
             };
         }
