@@ -36,6 +36,7 @@
 mod connection;
 mod error;
 mod executor;
+mod local_lock;
 #[cfg(feature = "manager")]
 mod manager;
 #[cfg(feature = "manager")]
@@ -73,10 +74,10 @@ pub use process::{
 pub use queue::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use share::Descriptor;
-pub use shm::{Array, RawArray, RawValue, SharedMemory, Value, ValueGuard};
+pub use shm::SharedMemory;
 pub use sync::{
-    Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, LockResult, OwnerDied, RLock,
-    RLockGuard, Semaphore, SemaphoreGuard,
+    Array, Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, LockResult, OwnerDied,
+    RLock, RLockGuard, RawArray, RawValue, Semaphore, SemaphoreGuard, Value, ValueGuard,
 };
 pub use thread::{
     Thread, ThreadBuilder, ThreadInfo, ThreadLocal, Timer, TimerBuilder, active_count,

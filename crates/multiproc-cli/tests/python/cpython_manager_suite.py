@@ -53,6 +53,11 @@ from multiprocessing.managers import BaseManager, State, SyncManager
 
 import test._test_multiprocessing as cpython_tests
 
+# CPython raises KeyboardInterrupt on SIGINT only if SIGINT was not ignored when it started;
+# a harness started in the background (`cmd &` without job control) inherits it ignored, and
+# `test_shared_memory_SharedMemoryServer_ignores_sigint` expects the interrupt in this process.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # The binary that manager servers are started from; set by `main` and inherited by the
 # tests' child processes, so that a manager started there is ours too.
 BINARY_ENV = "MULTIPROC_SUITE_BINARY"

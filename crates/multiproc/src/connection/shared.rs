@@ -2,7 +2,7 @@
 //! pair.
 //!
 //! A pipe is one memory file holding two rings, one per direction (the queue's ring, see
-//! `queue/ring.rs`), and a connected pair of Unix stream sockets, one per end. Messages go
+//! `sync/ring.rs`), and a connected pair of Unix stream sockets, one per end. Messages go
 //! through the rings: a send copies the message in and a receive copies it out, with no
 //! system call while the receiver is awake. The sockets do what memory cannot:
 //!
@@ -42,9 +42,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::frame::{self, DOORBELL, Frame, FrameKind, FrameReader, ReadError};
 use crate::error::{Error, Result};
 use crate::platform;
-use crate::queue::ring::{Consumer, Ring, RingLayout, frame_len};
 use crate::share::{self, FdIn, FdOut};
 use crate::shm::{Layout, Shared};
+use crate::sync::ring::{Consumer, Ring, RingLayout, frame_len};
 use crate::sync::shim::{AtomicU32, Ordering, fence};
 use crate::sync::spin::spin_until_polling as spin_until;
 
@@ -512,7 +512,7 @@ impl<'de> Deserialize<'de> for PipeEnd {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::queue::ring::HeapRing;
+    use crate::sync::ring::HeapRing;
     use crate::sync::shim::bounded_model;
     use loom::sync::{Arc, Condvar, Mutex as LoomMutex};
     use std::collections::VecDeque;

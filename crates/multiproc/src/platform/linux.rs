@@ -1,6 +1,5 @@
 //! Linux: sockets with descriptor passing, pidfds, posix_spawn, fork, prctl.
 
-use crate::sync::IgnorePoison;
 use std::ffi::{CStr, CString, OsString};
 use std::io::{self, IoSlice};
 use std::mem::{self, MaybeUninit};
@@ -405,7 +404,9 @@ static CHILD_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::ne
 
 /// Adds (or replaces) a variable for the environment of every child started from now on.
 pub(crate) fn set_child_env(key: &str, value: &str) {
-    let mut vars = CHILD_ENV.lock().ignore_poison();
+    let mut vars = CHILD_ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     vars.retain(|(k, _)| k != key);
     vars.push((key.to_string(), value.to_string()));
 }
@@ -421,7 +422,10 @@ pub(crate) fn spawn_self(env: (&str, &str), keep: BorrowedFd<'_>) -> io::Result<
         argv_owned.iter().map(|a| a.as_ptr() as *mut _).collect();
     argv.push(ptr::null_mut());
     let mut env_owned = Vec::new();
-    let extra = CHILD_ENV.lock().ignore_poison().clone();
+    let extra = CHILD_ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     for (k, v) in &extra {
         env_owned.push(cstring(format!("{k}={v}").as_bytes())?);
     }
@@ -629,15 +633,23 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// The constructor that lets every binary linking this crate serve as a child process: it runs
-/// before `main` and diverts a child (marked in its environment) into the child entry point.
-#[used]
-#[unsafe(link_section = ".init_array")]
-pub(crate) static CONSTRUCTOR: extern "C" fn() = constructor;
-
-extern "C" fn constructor() {
-    crate::process::on_load();
+/// Defines `static $name`, a function pointer the loader calls before `main` (an
+/// `.init_array` entry on ELF systems): what lets every binary linking the crate serve as a
+/// child process. The caller keeps the static reachable (`black_box(&$name)`) so that the
+/// linker keeps it.
+macro_rules! run_before_main {
+    ($name:ident = $f:path) => {
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        pub(crate) static $name: extern "C" fn() = {
+            extern "C" fn before_main() {
+                $f();
+            }
+            before_main
+        };
+    };
 }
+pub(crate) use run_before_main;
 
 /// What the fault handler of [`report_stack_overflow`] needs, set before it is installed.
 mod overflow {

@@ -25,7 +25,8 @@ use crate::share;
 use child::{Bootstrap, Report};
 use registry::{ChildRecord, Delivery, Waiter};
 
-pub(crate) use child::on_load;
+// Every binary linking the crate checks before `main` whether it was started as a child.
+platform::run_before_main!(CONSTRUCTOR = child::on_load);
 pub(crate) use target::{ItemFailure, TaskTarget};
 
 /// How a child process is created.
@@ -229,7 +230,7 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
     /// system cannot create the process.
     pub fn start(self) -> Result<Process<R>> {
         // Keeps the constructor that diverts children linked into every program that starts one.
-        std::hint::black_box(&platform::CONSTRUCTOR);
+        std::hint::black_box(&CONSTRUCTOR);
         registry::active(); // reap children that ended since the last start, as Python does
         let mut args = Vec::new();
         let fds = (self.args)(&mut args)?;
@@ -538,7 +539,7 @@ pub fn active_children() -> Vec<ChildInfo> {
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        std::hint::black_box(&platform::CONSTRUCTOR);
+        std::hint::black_box(&CONSTRUCTOR);
         let _ = platform::at_exit(exit_hook);
     });
 }

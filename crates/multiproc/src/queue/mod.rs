@@ -8,7 +8,6 @@ mod admin;
 mod manager;
 #[cfg(feature = "broker")]
 mod redis;
-pub(crate) mod ring;
 mod shm;
 
 use std::fmt;

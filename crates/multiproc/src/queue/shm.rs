@@ -1,4 +1,4 @@
-//! The shared-memory flavor of a queue: a ring of frames in a memory file (see `ring.rs` and
+//! The shared-memory flavor of a queue: a ring of frames in a memory file (see `sync/ring.rs` and
 //! `README.md`), with a seqpacket side channel for messages too big for the ring or carrying
 //! handles.
 
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ring::{self, Corrupt, Ring, RingLayout, WaitFailed, frame_len};
 use crate::error::{Error, Result};
 use crate::platform;
 use crate::share::{self, FdIn, FdOut, with_scratch};
@@ -21,6 +20,7 @@ use crate::shm::{Segment, Shared};
 use crate::sync::IgnorePoison;
 use crate::sync::deadline_after;
 use crate::sync::process_counts::ProcessCounts;
+use crate::sync::ring::{self, Corrupt, Ring, RingLayout, WaitFailed, frame_len};
 use crate::sync::shim::{Ordering, fence, futex_wait, futex_wake, process_id};
 
 /// A frame whose payload is the message.
@@ -343,7 +343,7 @@ impl ShmQueue {
                 std::any::type_name::<T>()
             )));
         }
-        if l.flags.load(Ordering::Relaxed) & ring::PREALLOCATED != 0 {
+        if l.flags.load(Ordering::Relaxed) & crate::sync::ring::PREALLOCATED != 0 {
             shared.populate();
         }
         Ok(ShmQueue::from_parts(shared, side_tx, side_rx, what))

@@ -10,10 +10,8 @@
 
 mod named;
 pub(crate) mod tracker;
-mod value;
 
 pub use named::SharedMemory;
-pub use value::{Array, RawArray, RawValue, Value, ValueGuard};
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -15,8 +15,8 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
+use crate::local_lock::IgnorePoison;
 use crate::platform;
-use crate::sync::IgnorePoison;
 
 /// Marks the tracker process; the value is its listening descriptor.
 pub(crate) const ENV: &str = "MULTIPROC_TRACKER";

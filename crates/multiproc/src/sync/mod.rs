@@ -10,39 +10,24 @@ mod event;
 mod lock;
 pub(crate) mod process_counts;
 pub(crate) mod raw_lock;
+pub(crate) mod ring;
 mod semaphore;
 pub(crate) mod shim;
 pub(crate) mod spin;
+mod value;
 
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
+pub use value::{Array, RawArray, RawValue, Value, ValueGuard};
 
+pub(crate) use crate::local_lock::{IgnorePoison, lock};
 pub(crate) use lock::deadline_after;
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, MutexGuard};
 use std::time::Instant;
-
-/// Takes what a poisoned lock holds anyway. The crate's process-local locks guard state that
-/// is valid whenever the lock is free (a panic while holding one leaves nothing half-done),
-/// so a panic elsewhere must not make every later call fail.
-pub(crate) trait IgnorePoison<T> {
-    /// The guard (or other value), poisoned or not.
-    fn ignore_poison(self) -> T;
-}
-
-impl<T> IgnorePoison<T> for Result<T, PoisonError<T>> {
-    fn ignore_poison(self) -> T {
-        self.unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Locks `m`, poisoned or not (see [`IgnorePoison`]).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().ignore_poison()
-}
 
 /// Waits on a process-local `cond` (with its mutex held through `guard`) until `ready` holds
 /// or `deadline` passes (`None`: for ever); gives the guard back and whether `ready` held.

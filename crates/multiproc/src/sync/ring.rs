@@ -1,5 +1,6 @@
-//! The shared ring under [`Queue`](crate::Queue): variable-size frames, many producers and many
-//! consumers, in any processes. See `README.md` beside this file for the algorithm.
+//! The shared ring under [`Queue`](crate::Queue) and [`Pipe`](crate::Pipe): variable-size
+//! frames, many producers and many consumers, in any processes. See `queue/README.md` for the
+//! algorithm.
 
 use std::time::Instant;
 

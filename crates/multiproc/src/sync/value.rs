@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Layout, Shared};
 use crate::error::{Error, Result};
+use crate::shm::{Layout, Shared};
 use crate::sync::raw_lock::{Acquired, RawLock};
 use crate::sync::{LockResult, OwnerDied};
 
