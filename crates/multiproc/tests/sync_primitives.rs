@@ -572,3 +572,52 @@ fn idle_waiters_use_no_cpu() {
         "{used:?} of CPU for 800 ms of waiting"
     );
 }
+
+#[test]
+fn every_blocking_acquire_and_wait_has_a_deadline_form() {
+    let soon = || Instant::now() + Duration::from_millis(20);
+
+    // RLock: kept by another thread until the deadline passes, then free.
+    let r = RLock::new().unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let r = r.clone();
+        std::thread::spawn(move || {
+            let _g = r.acquire().unwrap();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        })
+    };
+    held_rx.recv().unwrap();
+    assert!(r.acquire_deadline(soon()).unwrap().is_none());
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let outer = r.acquire_deadline(soon()).unwrap().expect("free now");
+    assert!(r.acquire_deadline(soon()).unwrap().is_some(), "reentrant");
+    drop(outer);
+
+    // Semaphore: no slot until the deadline, then one.
+    let s = Semaphore::new(1).unwrap();
+    let slot = s.acquire().unwrap();
+    assert!(s.acquire_deadline(soon()).unwrap().is_none());
+    drop(slot);
+    assert!(s.acquire_deadline(soon()).unwrap().is_some());
+
+    // Condition: the lock by a deadline, and a wait that times out at it.
+    let c = Condition::new().unwrap();
+    let mut g = c.acquire_deadline(soon()).unwrap().expect("free");
+    assert!(!g.wait_deadline(soon()).unwrap(), "nobody notified");
+    drop(g);
+    assert!(c.try_acquire().unwrap().is_some());
+
+    // Barrier: a lone party's wait ends at the deadline and breaks the barrier.
+    let b = Barrier::new(2).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        b.wait_deadline(soon()).unwrap_err().kind(),
+        ErrorKind::BrokenBarrier
+    );
+    assert!(t.elapsed() >= Duration::from_millis(15));
+    assert!(b.broken());
+}

@@ -138,6 +138,14 @@ impl Barrier {
         self.wait_until(deadline_after(timeout))
     }
 
+    /// Like [`wait`](Self::wait) until `deadline`; timing out breaks the barrier.
+    ///
+    /// # Errors
+    /// As for [`wait_timeout`](Self::wait_timeout).
+    pub fn wait_deadline(&self, deadline: Instant) -> Result<u32> {
+        self.wait_until(Some(deadline))
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         let l = self.layout();
         let broken = || Error::BrokenBarrier {

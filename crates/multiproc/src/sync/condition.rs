@@ -108,7 +108,28 @@ impl Condition {
     /// # Errors
     /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
     pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<Option<ConditionGuard<'_>>> {
-        let how = self.layout().lock.lock_deadline(deadline_after(timeout));
+        self.acquire_until(deadline_after(timeout))
+    }
+
+    /// Waits until `deadline` for the condition's lock; `Ok(None)` if it stayed taken.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
+    pub fn acquire_deadline(&self, deadline: Instant) -> LockResult<Option<ConditionGuard<'_>>> {
+        self.acquire_until(Some(deadline))
+    }
+
+    /// Takes the condition's lock if it is free; `Ok(None)` if not.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
+    pub fn try_acquire(&self) -> LockResult<Option<ConditionGuard<'_>>> {
+        let how = self.layout().lock.try_lock();
+        wrap_timed(how, || self.guard(), ConditionLayout::WHAT)
+    }
+
+    fn acquire_until(&self, deadline: Option<Instant>) -> LockResult<Option<ConditionGuard<'_>>> {
+        let how = self.layout().lock.lock_deadline(deadline);
         wrap_timed(how, || self.guard(), ConditionLayout::WHAT)
     }
 
@@ -161,6 +182,14 @@ impl ConditionGuard<'_> {
     /// As for [`wait`](Self::wait).
     pub fn wait_timeout(&mut self, timeout: Duration) -> std::result::Result<bool, OwnerDied<()>> {
         self.wait_until(deadline_after(timeout))
+    }
+
+    /// Like [`wait`](Self::wait), until `deadline`; false if it timed out.
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait).
+    pub fn wait_deadline(&mut self, deadline: Instant) -> std::result::Result<bool, OwnerDied<()>> {
+        self.wait_until(Some(deadline))
     }
 
     /// Waits until `predicate` holds (checked with the lock held), for at most `timeout`

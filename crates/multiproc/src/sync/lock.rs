@@ -367,10 +367,22 @@ impl RLock {
     /// # Errors
     /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
     pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<Option<RLockGuard<'_>>> {
+        self.acquire_until(deadline_after(timeout))
+    }
+
+    /// Waits until `deadline`; `Ok(None)` if another thread kept it.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
+    pub fn acquire_deadline(&self, deadline: Instant) -> LockResult<Option<RLockGuard<'_>>> {
+        self.acquire_until(Some(deadline))
+    }
+
+    fn acquire_until(&self, deadline: Option<Instant>) -> LockResult<Option<RLockGuard<'_>>> {
         if let Some(guard) = self.reenter() {
             return Ok(Some(guard));
         }
-        let how = self.layout().raw.lock_deadline(deadline_after(timeout));
+        let how = self.layout().raw.lock_deadline(deadline);
         self.enter(how)
     }
 }

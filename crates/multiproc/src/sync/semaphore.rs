@@ -308,6 +308,15 @@ impl Semaphore {
         self.finish(got)
     }
 
+    /// Waits until `deadline` for a slot; `Ok(None)` if none came free.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if slots of a dead process were taken back first.
+    pub fn acquire_deadline(&self, deadline: Instant) -> LockResult<Option<SemaphoreGuard<'_>>> {
+        let got = self.state().take_deadline(Some(deadline));
+        self.finish(got)
+    }
+
     /// Adds a free slot without a guard (Python's `release()`): for semaphores used as
     /// counters between processes, or to give back a slot kept with
     /// [`SemaphoreGuard::forget`].
