@@ -295,7 +295,7 @@ impl PipeEnd {
         // the consumer lock for as long as that takes.
         let mut decode = Some(decode);
         let taken = share::with_scratch(|spare| {
-            consumer.take_with(spare, |ring_kind, bytes, _| {
+            consumer.take_with(spare, |ring_kind, bytes| {
                 let kind = match ring_kind & !ON_SOCKET {
                     0 => FrameKind::Value,
                     1 => FrameKind::Bytes,

@@ -548,7 +548,7 @@ impl ShmQueue {
             // consumer lock for as long as that takes.
             let mut decode = Some(decode);
             let taken = consumer
-                .take_with(buf, |kind, bytes, _| match kind {
+                .take_with(buf, |kind, bytes| match kind {
                     INLINE => match decode.take() {
                         Some(decode) => Taken::Item(decode(&self.what, bytes, Vec::new())),
                         None => Taken::Unknown(kind),

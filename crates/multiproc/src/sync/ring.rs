@@ -490,7 +490,7 @@ impl Consumer<'_, '_> {
     /// was there), the frame is released to producers, and its kind is returned.
     #[cfg(test)]
     pub(crate) fn take(&mut self, out: &mut Vec<u8>) -> Result<u32, Corrupt> {
-        self.take_with(out, |kind, payload, out| {
+        self.take_with(&mut Vec::new(), |kind, payload| {
             out.clear();
             out.extend_from_slice(payload);
             kind
@@ -504,7 +504,7 @@ impl Consumer<'_, '_> {
     pub(crate) fn take_with<R>(
         &mut self,
         spare: &mut Vec<u8>,
-        read: impl FnOnce(u32, &[u8], &mut Vec<u8>) -> R,
+        read: impl FnOnce(u32, &[u8]) -> R,
     ) -> Result<R, Corrupt> {
         let ring = self.ring;
         let tail = ring.layout.consumer.tail_hint.load(Ordering::Relaxed);
@@ -531,17 +531,12 @@ impl Consumer<'_, '_> {
             // below, after `read` is done with it.
             let payload =
                 unsafe { std::slice::from_raw_parts(ring.data.add(offset), len as usize) };
-            read(kind, payload, spare)
+            read(kind, payload)
         } else {
-            let mut copy = std::mem::take(spare);
-            copy.clear();
-            copy.resize(len as usize, 0);
-            ring.copy_out(start, &mut copy);
-            let result = read(kind, &copy, spare);
-            if spare.is_empty() && spare.capacity() == 0 {
-                *spare = copy; // keep the buffer for next time
-            }
-            result
+            spare.clear();
+            spare.resize(len as usize, 0);
+            ring.copy_out(start, spare);
+            read(kind, spare)
         };
         self.head = word(at.wrapping_add(frame), count(self.head).wrapping_add(1));
         ring.layout
