@@ -34,7 +34,7 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 pub(crate) fn worker(url: &str, args: &Worker) -> anyhow::Result<()> {
     let runner = TaskRunner::new(args)?;
-    let mut tasks = Queue::builder().broker(url).name(&args.tasks);
+    let mut tasks = Queue::broker(url, &args.tasks);
     if let Some(lease) = args.lease {
         tasks = tasks.lease(seconds(lease, "--lease")?);
     }

@@ -387,11 +387,11 @@ fn tcp_worker(address: String) -> Result<u32, String> {
         match tasks.get_timeout(Duration::from_millis(300)) {
             Ok(n) => {
                 results
-                    .put(&format!("{n} * {n} = {}", n * n))
+                    .put(format!("{n} * {n} = {}", n * n))
                     .map_err(|e| e.to_string())?;
                 done += 1;
             }
-            Err(e) if e.kind() == ErrorKind::Empty => return Ok(done),
+            Err(e) if e.kind() == ErrorKind::Timeout => return Ok(done),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -399,8 +399,8 @@ fn tcp_worker(address: String) -> Result<u32, String> {
 
 fn distributed_scene() -> Result<()> {
     let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, AUTHKEY)?;
-    let tasks = server.register_queue("get_task_queue");
-    let results = server.register_queue("get_result_queue");
+    let tasks = server.register_queue::<i64>("get_task_queue");
+    let results = server.register_queue::<String>("get_result_queue");
     let running = server.serve_in_background()?;
     println!(
         "  master serves get_task_queue and get_result_queue on {} (authkey required)",

@@ -170,7 +170,7 @@ pub(crate) fn serve(args: Serve) -> anyhow::Result<()> {
     let mut names: Vec<String> = args.queues.iter().map(|q| typeid(q)).collect();
     names.extend(args.queue_typeids.iter().cloned());
     for typeid in &names {
-        server.register_queue(typeid);
+        server.register_queue::<Item>(typeid);
     }
     // SyncManager's typeids (dict, list, Queue, Lock, …) are always served.
     names.push("SyncManager's types".to_string());
@@ -262,7 +262,7 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
     loop {
         let task = match tasks.get_timeout(idle) {
             Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::Empty => break,
+            Err(e) if e.kind() == ErrorKind::Timeout => break,
             Err(e) => return Err(e.into()),
         };
         let result = match runner.run(&task) {
@@ -299,7 +299,7 @@ pub(crate) fn submit(args: Submit) -> anyhow::Result<()> {
     let manager = args.broker.manager(&args.auth)?;
     let queue = manager.queue::<Item>(&typeid(&args.queue))?;
     for item in &args.items {
-        queue.put(&Item::parse(item))?;
+        queue.put(Item::parse(item))?;
     }
     println!("submitted {} tasks", args.items.len());
     Ok(())
@@ -334,7 +334,7 @@ pub(crate) fn collect(args: Collect) -> anyhow::Result<()> {
     for i in 0..args.count {
         match queue.get_timeout(wait) {
             Ok(item) => println!("{item}"),
-            Err(e) if e.kind() == ErrorKind::Empty => {
+            Err(e) if e.kind() == ErrorKind::Timeout => {
                 bail!("only {i} of {} results came within {:?}", args.count, wait)
             }
             Err(e) => return Err(e.into()),

@@ -43,6 +43,9 @@ pub enum ErrorKind {
     Remote,
     /// An operating-system call failed.
     Io,
+    /// The object cannot do this at all: a queue flavor without the operation (the count of
+    /// unfinished items of a queue on a CPython manager, say). Retrying will not help.
+    Unsupported,
 }
 
 /// Result alias for this crate.
@@ -198,6 +201,16 @@ pub enum Error {
         /// The exception or traceback text.
         detail: String,
     },
+    /// The object cannot do this at all.
+    #[error("{what}: {operation} is not supported: {detail}")]
+    Unsupported {
+        /// The object concerned.
+        what: String,
+        /// The call it cannot make (`unfinished`).
+        operation: &'static str,
+        /// Why not.
+        detail: String,
+    },
     /// The barrier is broken.
     #[error("{what}: broken")]
     BrokenBarrier {
@@ -246,6 +259,7 @@ impl Error {
             Error::AuthenticationFailed { .. } => ErrorKind::AuthenticationFailed,
             Error::Remote { .. } => ErrorKind::Remote,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
         }
     }
 

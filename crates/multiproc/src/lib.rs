@@ -50,6 +50,9 @@ mod shm;
 mod sync;
 mod thread;
 
+#[cfg(feature = "manager")]
+#[cfg_attr(docsrs, doc(cfg(feature = "manager")))]
+pub use connection::{Address, Client, Listener, WireConnection};
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{
@@ -59,10 +62,9 @@ pub use executor::{
 #[cfg(feature = "manager")]
 #[cfg_attr(docsrs, doc(cfg(feature = "manager")))]
 pub use manager::{
-    Address, ArrayProxy, BarrierProxy, Client, ConditionProxy, DictProxy, EventProxy, ListProxy,
-    Listener, LockProxy, Managed, ManagerClient, ManagerProcess, ManagerServer, MethodCall,
-    NamespaceProxy, ObjectProxy, RemoteQueue, RunningServer, SemaphoreProxy, ServedQueueHandle,
-    ValueProxy, WireConnection,
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Managed,
+    ManagerClient, ManagerProcess, ManagerServer, MethodCall, NamespaceProxy, ObjectProxy,
+    RunningServer, SemaphoreProxy, ValueProxy,
 };
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{
@@ -71,7 +73,7 @@ pub use process::{
 };
 #[cfg(feature = "broker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-pub use queue::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+pub use queue::{BrokerQueueBuilder, ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use share::Descriptor;
 pub use shm::SharedMemory;

@@ -42,11 +42,11 @@ fn cpython_workers_pull_tasks_from_a_rust_master() {
     for python in pythons() {
         let mut server =
             ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
-        let tasks = server.register_queue("get_task_queue");
-        let results = server.register_queue("get_result_queue");
+        let tasks = server.register_queue::<i64>("get_task_queue");
+        let results = server.register_queue::<String>("get_result_queue");
         let numbers = [3i64, 14, 15, 92, 65];
         for n in numbers {
-            tasks.put(&n).unwrap();
+            tasks.put(n).unwrap();
         }
         let running = server.serve_in_background().unwrap();
         let Address::Tcp(addr) = running.address().clone() else {
@@ -88,9 +88,9 @@ fn a_cpython_worker_with_the_wrong_authkey_is_refused() {
         return;
     };
     let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"abc").unwrap();
-    let tasks = server.register_queue("get_task_queue");
-    server.register_queue("get_result_queue");
-    tasks.put(&1).unwrap();
+    let tasks = server.register_queue::<i64>("get_task_queue");
+    server.register_queue::<String>("get_result_queue");
+    tasks.put(1).unwrap();
     let running = server.serve_in_background().unwrap();
     let Address::Tcp(addr) = running.address().clone() else {
         unreachable!()
@@ -162,16 +162,17 @@ fn a_rust_worker_pulls_tasks_from_a_cpython_master() {
             let wait = if done == 0 { 10_000 } else { 500 };
             match tasks.get_timeout(Duration::from_millis(wait)) {
                 Ok(n) => {
-                    results.put(&format!("{n} * {n} = {}", n * n)).unwrap();
+                    results.put(format!("{n} * {n} = {}", n * n)).unwrap();
                     done += 1;
                 }
-                // CPython's `queue.Empty`, raised in the master, arrives as our Empty.
-                Err(e) if e.kind() == ErrorKind::Empty => break,
+                // CPython's `queue.Empty`, raised in the master after the wait, arrives as our
+                // Timeout, as a `get_timeout` that ran out says on every flavor.
+                Err(e) if e.kind() == ErrorKind::Timeout => break,
                 Err(e) => panic!("{python:?}: {e}"),
             }
         }
         assert_eq!(done, 5, "{python:?}");
-        results.put(&"saw queue.Empty".to_string()).unwrap();
+        results.put("saw queue.Empty".to_string()).unwrap();
         let mut said = String::new();
         for line in out.lines() {
             said.push_str(&line.unwrap());

@@ -5,9 +5,11 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use multiproc::{Address, Client, ErrorKind, ManagerClient, ManagerServer, RunningServer};
+use multiproc::{
+    Address, Client, ErrorKind, JoinableQueue, ManagerClient, ManagerServer, RunningServer,
+};
 
-fn start() -> (RunningServer, multiproc::ServedQueueHandle) {
+fn start() -> (RunningServer, JoinableQueue<i64>) {
     let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0").unwrap(), b"k").unwrap();
     let q = server.register_queue("get_task_queue");
     (server.serve_in_background().unwrap(), q)
@@ -17,7 +19,7 @@ fn start() -> (RunningServer, multiproc::ServedQueueHandle) {
 fn still_serving(running: &RunningServer) {
     let m = ManagerClient::connect(running.address(), b"k").unwrap();
     let q = m.queue::<i64>("get_task_queue").unwrap();
-    q.put(&41).unwrap();
+    q.put(41).unwrap();
     assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 41);
 }
 
@@ -64,7 +66,7 @@ fn unknown_typeids_and_methods_are_remote_errors() {
     assert!(err.to_string().contains("not registered"), "{err}");
     let q = m.queue::<i64>("get_task_queue").unwrap();
     assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
-    assert!(q.is_empty().unwrap());
+    assert!(q.is_empty());
 }
 
 #[test]
@@ -77,7 +79,7 @@ fn many_clients_at_once_lose_nothing() {
                 let m = ManagerClient::connect(&address, b"k").unwrap();
                 let q = m.queue::<i64>("get_task_queue").unwrap();
                 for i in 0..50 {
-                    q.put(&(t * 1000 + i)).unwrap();
+                    q.put(t * 1000 + i).unwrap();
                 }
             });
         }
@@ -271,7 +273,7 @@ fn odd_arguments_to_array_barrier_and_condition_are_remote_errors() {
 }
 
 fn register_task_queue(server: &mut ManagerServer) {
-    server.register_queue("get_task_queue");
+    server.register_queue::<i64>("get_task_queue");
     server.register_dict("get_dict");
     server.register_list("get_list");
 }
@@ -288,7 +290,7 @@ fn a_started_server_runs_in_its_own_process_until_shut_down_or_dropped() {
     assert_ne!(pid, std::process::id() as i32);
     let m = ManagerClient::connect(started.address(), b"k").unwrap();
     let q = m.queue::<i64>("get_task_queue").unwrap();
-    q.put(&5).unwrap();
+    q.put(5).unwrap();
     assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 5);
     let d = m.registered_dict::<String, i64>("get_dict").unwrap();
     d.set(&"x".to_string(), &1).unwrap();
@@ -405,4 +407,71 @@ fn a_server_that_never_answers_is_a_timeout_not_a_protocol_error() {
     let e = Client::connect(&address, b"k").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(e.to_string().contains("timed out"), "{e}");
+}
+
+/// Puts 0 to 4 on the queue it was given and returns how many it put.
+fn put_numbers(q: JoinableQueue<i64>) -> i64 {
+    for i in 0..5 {
+        q.put(i).unwrap();
+    }
+    5
+}
+
+#[test]
+fn the_serving_process_handle_is_a_queue_and_travels_to_a_child_as_a_proxy() {
+    let (running, served) = start();
+    // The serving process's own handle counts unfinished items itself.
+    served.put(100).unwrap();
+    assert_eq!(served.unfinished().unwrap(), 1);
+    assert_eq!(served.get().unwrap(), 100);
+    served.task_done().unwrap();
+    assert_eq!(served.unfinished().unwrap(), 0);
+    assert_eq!(
+        served.task_done().unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    // Sent to a child, it arrives as a proxy to the very queue the server serves.
+    let child = multiproc::Process::new(put_numbers, served.clone())
+        .start()
+        .unwrap();
+    assert_eq!(child.into_result().unwrap(), 5);
+    let mut got: Vec<i64> = (0..5)
+        .map(|_| served.get_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    // A client sees the same counts, and the serving side's join waits for its task_done.
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let remote = m.queue::<i64>("get_task_queue").unwrap();
+    assert_eq!(
+        served.join_timeout(Duration::from_millis(20)).unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    for _ in 0..5 {
+        remote.task_done().unwrap();
+    }
+    served.join_timeout(Duration::from_secs(5)).unwrap();
+    // Through a proxy the count is not exposed (CPython's queues do not have it): said so.
+    let err = remote.unfinished().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("unfinished"), "{err}");
+}
+
+#[test]
+fn threads_sharing_a_manager_queue_handle_do_not_wait_for_each_other() {
+    let (running, _served) = start();
+    let m = ManagerClient::connect(running.address(), b"k").unwrap();
+    let q = m.queue::<i64>("get_task_queue").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let getter = q.clone();
+    // This thread blocks in a get on the server for as long as it takes.
+    let t = std::thread::spawn(move || tx.send(getter.get()));
+    // Meanwhile this thread's calls go on another connection of the same handle: were they
+    // queued behind the get, the put would never reach the server and the get never return.
+    q.put(7).unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(),
+        7
+    );
+    t.join().unwrap();
 }

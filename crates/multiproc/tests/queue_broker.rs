@@ -90,9 +90,7 @@ fn a_killed_consumers_task_is_delivered_again_and_done_once() {
         return;
     };
     let lease = Duration::from_millis(500);
-    let tasks: JoinableQueue<u64> = Queue::builder()
-        .broker(redis.url())
-        .name("leased")
+    let tasks: JoinableQueue<u64> = Queue::broker(redis.url(), "leased")
         .lease(lease)
         .build_joinable()
         .unwrap();
@@ -139,9 +137,7 @@ fn a_live_consumer_keeps_its_lease_while_it_works() {
     };
     let lease = Duration::from_millis(300);
     let open = |name: &str| -> JoinableQueue<u32> {
-        Queue::builder()
-            .broker(redis.url())
-            .name(name)
+        Queue::broker(redis.url(), name)
             .lease(lease)
             .build_joinable()
             .unwrap()
@@ -164,9 +160,7 @@ fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let q: JoinableQueue<String> = Queue::builder()
-        .broker(redis.url())
-        .name("poison")
+    let q: JoinableQueue<String> = Queue::broker(redis.url(), "poison")
         .max_deliveries(2)
         .build_joinable()
         .unwrap();
@@ -249,8 +243,8 @@ fn an_unreachable_broker_is_a_prompt_error_naming_its_url() {
     let err = Queue::<u32>::connect("http://example.com", "x").unwrap_err();
     assert!(err.to_string().contains("bad broker URL"), "{err}");
     assert!(err.to_string().contains("http://example.com"), "{err}");
-    let err = Queue::<u32>::builder().broker(url).build().unwrap_err();
-    assert!(err.to_string().contains("needs a name"), "{err}");
+    let err = Queue::<u32>::broker(url, "").build().unwrap_err();
+    assert!(err.to_string().contains("1 to 1024 bytes"), "{err}");
 }
 
 #[test]
@@ -300,9 +294,7 @@ fn a_bounded_broker_queue_refuses_past_maxsize() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let q: Queue<u8> = Queue::builder()
-        .broker(redis.url())
-        .name("small")
+    let q: Queue<u8> = Queue::broker(redis.url(), "small")
         .maxsize(2)
         .build()
         .unwrap();
@@ -418,9 +410,7 @@ fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
     // A long lease: what is given back must not wait for it to run out. At most one
     // delivery: a given-back entry whose delivery counted would be dead-lettered.
     let consumer = || {
-        Queue::<u32>::builder()
-            .broker(redis.url())
-            .name("ahead")
+        Queue::<u32>::broker(redis.url(), "ahead")
             .lease(Duration::from_secs(60))
             .max_deliveries(1)
             .build_joinable()
@@ -457,7 +447,7 @@ fn a_queues_lease_and_max_deliveries_are_shared_by_its_handles() {
         return;
     };
     let url = redis.url();
-    let builder = || Queue::<u32>::builder().broker(&url).name("shared");
+    let builder = || Queue::<u32>::broker(&url, "shared");
     // A handle that asks for nothing stores nothing.
     let producer = builder().build().unwrap();
     assert_eq!(redis.cli_text(&["EXISTS", "shared:config"]), "0");

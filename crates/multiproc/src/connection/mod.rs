@@ -1,7 +1,14 @@
-//! `Pipe` and `Connection`: typed messages between processes, through shared memory.
+//! `Pipe` and `Connection`: typed messages between processes, through shared memory; and, with
+//! the `manager` feature, CPython's `multiprocessing.connection` framing and handshake over
+//! sockets (`wire.rs`: [`Address`](crate::Address), `Client`, `Listener`).
 
 pub(crate) mod frame;
 mod shared;
+#[cfg(feature = "manager")]
+pub(crate) mod wire;
+
+#[cfg(feature = "manager")]
+pub use wire::{Address, Client, Listener, WireConnection};
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -11,7 +11,7 @@ use crate::pickle::Value;
 use crate::sync::lock;
 
 /// The largest array served, in bytes: every copy of it fits a message.
-pub(crate) const MAX_ARRAY_BYTES: usize = super::wire::DEFAULT_MAX_MESSAGE;
+pub(crate) const MAX_ARRAY_BYTES: usize = crate::connection::wire::DEFAULT_MAX_MESSAGE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

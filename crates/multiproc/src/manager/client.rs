@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::wire::{Address, Client, WireConnection};
+use crate::connection::wire::{Address, Client, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
 use crate::sync::IgnorePoison;
@@ -23,7 +23,7 @@ use crate::sync::IgnorePoison;
 /// use multiproc::{Address, ManagerClient, ManagerServer};
 ///
 /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
-/// server.register_queue("get_task_queue").put(&5)?;
+/// server.register_queue::<i64>("get_task_queue").put(5)?;
 /// let running = server.serve_in_background()?;
 ///
 /// let manager = ManagerClient::connect(running.address(), b"abc")?;
@@ -107,6 +107,16 @@ impl ManagerClient {
         Ok(client)
     }
 
+    /// The server's address.
+    pub(crate) fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The authkey this client proves it knows.
+    pub(crate) fn authkey(&self) -> &[u8] {
+        &self.authkey
+    }
+
     /// One request on a connection of its own, as CPython's `dispatch`.
     pub(super) fn one_shot(&self, func: &str, args: Vec<Value>) -> Result<Value> {
         self.one_shot_with(func, args, Vec::new())
@@ -125,7 +135,7 @@ impl ManagerClient {
 
     /// Creates (or, for a registered name, looks up) an object on the server and opens the
     /// proxy connection to it.
-    pub(super) fn proxy(&self, typeid: &str, args: Vec<Value>, what: String) -> Result<Proxy> {
+    pub(crate) fn proxy(&self, typeid: &str, args: Vec<Value>, what: String) -> Result<Proxy> {
         self.proxy_with(typeid, args, Vec::new(), what)
     }
 
@@ -190,22 +200,8 @@ impl ManagerClient {
         Ok(conn)
     }
 
-    /// A proxy for the existing queue `ident` (from [`RemoteQueue::token`] in another
-    /// process), holding a reference of its own (`incref`), as CPython's rebuilt proxies do.
-    pub(crate) fn attach_queue<T>(
-        &self,
-        ident: &str,
-        exposed: Vec<String>,
-        what: String,
-    ) -> Result<RemoteQueue<T>> {
-        Ok(RemoteQueue {
-            proxy: self.attach(ident, exposed, what)?,
-            _item: PhantomData,
-        })
-    }
-
     /// A proxy for the existing object `ident`, holding a reference of its own.
-    fn attach(&self, ident: &str, exposed: Vec<String>, what: String) -> Result<Proxy> {
+    pub(crate) fn attach(&self, ident: &str, exposed: Vec<String>, what: String) -> Result<Proxy> {
         let conn = self.proxy_connection()?;
         self.one_shot("incref", vec![Value::str(ident)])?;
         Ok(Proxy {
@@ -214,45 +210,6 @@ impl ManagerClient {
             exposed,
             conn: Mutex::new(conn),
             manager: self.clone(),
-        })
-    }
-
-    /// A proxy for the queue the server registered as `typeid` (`get_task_queue`).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no such typeid.
-    pub fn queue<T>(&self, typeid: &str) -> Result<RemoteQueue<T>> {
-        Ok(RemoteQueue {
-            proxy: self.proxy(typeid, Vec::new(), format!("remote queue {typeid:?}"))?,
-            _item: PhantomData,
-        })
-    }
-
-    /// A new queue on the server holding at most `maxsize` items (`SyncManager.Queue(maxsize)`):
-    /// [`RemoteQueue::put`] waits for room, [`RemoteQueue::try_put`] fails with
-    /// [`ErrorKind::Full`](crate::ErrorKind::Full).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
-    ///
-    /// let running = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"k")?.serve_in_background()?;
-    /// let manager = ManagerClient::connect(running.address(), b"k")?;
-    /// let q = manager.bounded_queue::<u8>(1)?;
-    /// q.put(&1)?;
-    /// assert!(q.is_full()?);
-    /// assert_eq!(q.try_put(&2).unwrap_err().kind(), ErrorKind::Full);
-    /// # Ok::<(), multiproc::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Queue` typeid.
-    pub fn bounded_queue<T>(&self, maxsize: usize) -> Result<RemoteQueue<T>> {
-        let args = vec![Value::Int(i64::try_from(maxsize).unwrap_or(i64::MAX))];
-        Ok(RemoteQueue {
-            proxy: self.proxy("Queue", args, "remote queue \"Queue\"".into())?,
-            _item: PhantomData,
         })
     }
 
@@ -367,7 +324,7 @@ impl ManagerClient {
 /// A proxy connection to one object on a manager server. Calls through one proxy take turns
 /// (one request, one reply); [`try_clone`](Self::try_clone) gives another connection to the
 /// same object, for another thread (as CPython gives each thread its own).
-pub(super) struct Proxy {
+pub(crate) struct Proxy {
     pub(super) what: String,
     pub(super) ident: String,
     /// The methods the server said it exposes (from `create`).
@@ -435,6 +392,46 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
+    /// The server's id of the object and the methods it exposes (to attach to it again from
+    /// another process).
+    pub(crate) fn token(&self) -> (&str, &[String]) {
+        (&self.ident, &self.exposed)
+    }
+
+    /// A connection of its own to the server, for [`call_on`](Self::call_on): a caller
+    /// shared by threads keeps several, so that one thread's blocking call does not hold up
+    /// another's.
+    pub(crate) fn connection(&self) -> Result<WireConnection> {
+        self.manager.proxy_connection()
+    }
+
+    /// The server this proxy's object lives on, and its authkey.
+    pub(crate) fn manager(&self) -> &ManagerClient {
+        &self.manager
+    }
+
+    /// The proxy's own connection, if no other thread is in a call on it.
+    pub(crate) fn own_connection(&self) -> Option<std::sync::MutexGuard<'_, WireConnection>> {
+        match self.conn.try_lock() {
+            Ok(conn) => Some(conn),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// [`call`](Self::call) on `conn` (from [`connection`](Self::connection)).
+    pub(crate) fn call_on(
+        &self,
+        conn: &mut WireConnection,
+        method: &str,
+        args: Vec<Value>,
+        kwds: Vec<(Value, Value)>,
+    ) -> Result<Value> {
+        let bytes = pickle::encode(&request(Some(&self.ident), method, args, kwds))?;
+        conn.send_bytes(&bytes)?;
+        unpack(&self.what, &conn.recv_bytes()?)
+    }
+
     /// Another proxy to the same object, on a connection of its own; it holds a reference of
     /// its own (`incref`), given back when it is dropped.
     pub(super) fn try_clone(&self) -> Result<Proxy> {
@@ -464,176 +461,6 @@ impl Proxy {
 
     pub(super) fn call_as<T: DeserializeOwned>(&self, method: &str, args: Vec<Value>) -> Result<T> {
         Ok(pickle::from_value(self.call(method, args, Vec::new())?)?)
-    }
-}
-
-/// A queue living in a manager server, used through its proxy connection (CPython's
-/// AutoProxy for a registered `queue.Queue`). Items travel as pickles.
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct RemoteQueue<T> {
-    proxy: Proxy,
-    _item: PhantomData<fn(T) -> T>,
-}
-
-impl<T> fmt::Debug for RemoteQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteQueue")
-            .field("what", &self.proxy.what)
-            .field("ident", &self.proxy.ident)
-            .finish()
-    }
-}
-
-impl<T> RemoteQueue<T> {
-    /// The server's id of the queue and the methods it exposes (to attach to it again from
-    /// another process).
-    pub(crate) fn token(&self) -> (String, Vec<String>) {
-        (self.proxy.ident.clone(), self.proxy.exposed.clone())
-    }
-
-    /// Calls `method` with values as they are (for the manager flavor of `Queue`, which
-    /// converts items itself).
-    pub(crate) fn call_raw(
-        &self,
-        method: &str,
-        args: Vec<Value>,
-        kwds: Vec<(Value, Value)>,
-    ) -> Result<Value> {
-        self.proxy.call(method, args, kwds)
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
-    /// Puts an item.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if the item does not map
-    /// onto Python's data model; the server's failure otherwise.
-    pub fn put(&self, item: &T) -> Result<()> {
-        self.proxy
-            .call("put", vec![pickle::to_value(item)?], Vec::new())
-            .map(drop)
-    }
-
-    /// Puts an item if there is room now (`put_nowait`).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Full`](crate::ErrorKind::Full) if the queue is full (the server's
-    /// `queue.Full`); otherwise as for [`put`](Self::put).
-    pub fn try_put(&self, item: &T) -> Result<()> {
-        self.proxy
-            .call("put_nowait", vec![pickle::to_value(item)?], Vec::new())
-            .map(drop)
-    }
-
-    /// Puts an item, waiting up to `timeout` on the server for room.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Full`](crate::ErrorKind::Full) if no room came; otherwise as for
-    /// [`put`](Self::put).
-    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
-        let kwds = vec![(Value::str("timeout"), Value::Float(timeout.as_secs_f64()))];
-        self.proxy
-            .call("put", vec![pickle::to_value(item)?], kwds)
-            .map(drop)
-    }
-
-    /// Whether the queue is full now (`full()`; never for a queue without `maxsize`).
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn is_full(&self) -> Result<bool> {
-        self.proxy.call_as("full", Vec::new())
-    }
-
-    /// Takes an item, waiting up to `timeout` on the server.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Empty`](crate::ErrorKind::Empty) if none came (the server's `queue.Empty`).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        let kwds = vec![(Value::str("timeout"), Value::Float(timeout.as_secs_f64()))];
-        let v = self.proxy.call("get", Vec::new(), kwds)?;
-        Ok(pickle::from_value(v)?)
-    }
-
-    /// Takes an item if there is one (`get_nowait`).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Empty`](crate::ErrorKind::Empty) if there is none.
-    pub fn try_get(&self) -> Result<T> {
-        self.proxy.call_as("get_nowait", Vec::new())
-    }
-
-    /// Whether the queue is empty (`empty()`).
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// The number of items (`qsize()`).
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.call_as("qsize", Vec::new())
-    }
-
-    /// Says that an item taken has been dealt with (`task_done()`, as for CPython's
-    /// `JoinableQueue`; every manager queue counts them).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`ValueError`) if called more times
-    /// than items were put.
-    pub fn task_done(&self) -> Result<()> {
-        self.proxy
-            .call("task_done", Vec::new(), Vec::new())
-            .map(drop)
-    }
-
-    /// Waits until every item put has been marked done (`join()`). It blocks this proxy's
-    /// connection (the server serves the others): use a [`try_clone`](Self::try_clone) to
-    /// go on with the queue meanwhile.
-    ///
-    /// # Errors
-    /// The server's failure.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use multiproc::{Address, ManagerClient, ManagerServer};
-    ///
-    /// let server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
-    /// let running = server.serve_in_background()?;
-    /// let manager = ManagerClient::connect(running.address(), b"abc")?;
-    /// let jobs = manager.joinable_queue::<u32>()?;
-    /// jobs.put(&1)?;
-    /// let worker = jobs.try_clone()?;
-    /// let t = std::thread::spawn(move || -> multiproc::Result<u32> {
-    ///     let job = worker.get_timeout(Duration::from_secs(10))?;
-    ///     worker.task_done()?;
-    ///     Ok(job)
-    /// });
-    /// jobs.join()?; // returns once the worker called task_done
-    /// assert_eq!(t.join().unwrap()?, 1);
-    /// # Ok::<(), multiproc::Error>(())
-    /// ```
-    pub fn join(&self) -> Result<()> {
-        self.proxy.call("join", Vec::new(), Vec::new()).map(drop)
-    }
-
-    /// Another proxy to the same queue on a connection of its own (for another thread).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<RemoteQueue<T>> {
-        Ok(RemoteQueue {
-            proxy: self.proxy.try_clone()?,
-            _item: PhantomData,
-        })
     }
 }
 

@@ -22,20 +22,18 @@ mod python;
 mod server;
 mod started;
 mod sync_objects;
-mod wire;
 mod xmlrpc;
 
-pub use client::{
-    DictProxy, EventProxy, ListProxy, LockProxy, ManagerClient, RemoteQueue, ValueProxy,
-};
+pub(crate) use client::Proxy;
+pub use client::{DictProxy, EventProxy, ListProxy, LockProxy, ManagerClient, ValueProxy};
 pub use managed::{Managed, MethodCall};
 pub use proxies::{
     ArrayProxy, BarrierProxy, ConditionProxy, NamespaceProxy, ObjectProxy, SemaphoreProxy,
 };
-pub use server::{ManagerServer, RunningServer, ServedQueueHandle};
+pub use server::{ManagerServer, RunningServer};
+pub(crate) use server::{QUEUE_EXPOSED, ServedQueue};
 pub use started::ManagerProcess;
-pub use wire::{Address, Client, Listener, WireConnection};
 
+pub(crate) use crate::connection::wire::fuzz;
 pub(crate) use server::fuzz as server_fuzz;
-pub(crate) use wire::fuzz;
 pub(crate) use xmlrpc::fuzz_decode as xmlrpc_fuzz;

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::array::{Typecode, parse_array};
-use super::client::{LockProxy, ManagerClient, Proxy, RemoteQueue};
+use super::client::{LockProxy, ManagerClient, Proxy};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
 
@@ -303,16 +303,6 @@ impl ManagerClient {
             typecode: tc,
             _item: PhantomData,
         })
-    }
-
-    /// A new joinable queue on the server (`SyncManager.JoinableQueue()`): `put`, `get`,
-    /// `task_done`, `join`.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no
-    /// `JoinableQueue` typeid.
-    pub fn joinable_queue<T>(&self) -> Result<RemoteQueue<T>> {
-        self.queue("JoinableQueue")
     }
 
     /// A new object of a type the server registered as `typeid` (CPython's

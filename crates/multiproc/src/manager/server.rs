@@ -13,9 +13,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use super::array::ServedArray;
 use super::containers::{ProxyRefs, ServedDict, ServedList, proxies_in, py_error};
 use super::managed::{Managed, ManagedObject, MethodCall};
@@ -24,15 +21,15 @@ use super::objects::{
     ServedValue, exception,
 };
 use super::sync_objects::{ServedBarrier, ServedCondition};
-use super::wire::{Address, Listener, WireConnection};
 use super::xmlrpc;
+use crate::connection::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
 use crate::sync::lock;
 use crate::sync::wait_until;
 
 /// What a CPython client sees as the methods of a queue (3.11's `queue.Queue`).
-const QUEUE_EXPOSED: &[&str] = &[
+pub(crate) const QUEUE_EXPOSED: &[&str] = &[
     "empty",
     "full",
     "get",
@@ -58,23 +55,38 @@ impl QueueState {
 }
 
 /// A queue the server owns, shared by its remote clients and the serving process.
-struct ServedQueue {
+pub(crate) struct ServedQueue {
     name: String,
     state: Mutex<QueueState>,
     changed: Condvar,
 }
 
 impl ServedQueue {
-    fn put(&self, item: Value) {
-        let mut s = lock(&self.state);
-        s.items.push_back(item);
-        s.unfinished += 1;
-        self.changed.notify_all();
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Items waiting.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).items.len()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        lock(&self.state).full()
+    }
+
+    /// Items put and not yet marked done.
+    pub(crate) fn unfinished(&self) -> u64 {
+        lock(&self.state).unfinished
+    }
+
+    pub(crate) fn maxsize(&self) -> usize {
+        lock(&self.state).maxsize
     }
 
     /// Puts an item once there is room, waiting until `deadline` (`None`: for ever) if
     /// `block`; whether it went in.
-    fn put_waiting(&self, item: Value, block: bool, deadline: Option<Instant>) -> bool {
+    pub(crate) fn put_waiting(&self, item: Value, block: bool, deadline: Option<Instant>) -> bool {
         let deadline = if block {
             deadline
         } else {
@@ -91,7 +103,7 @@ impl ServedQueue {
     }
 
     /// One more item dealt with; false if there was none left to finish.
-    fn task_done(&self) -> bool {
+    pub(crate) fn task_done(&self) -> bool {
         let mut s = lock(&self.state);
         if s.unfinished == 0 {
             return false;
@@ -104,7 +116,7 @@ impl ServedQueue {
     }
 
     /// Waits until every item put is done (or `deadline`); whether they are.
-    fn join(&self, deadline: Option<Instant>) -> bool {
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
         wait_until(&self.changed, lock(&self.state), deadline, |s| {
             s.unfinished == 0
         })
@@ -112,7 +124,7 @@ impl ServedQueue {
     }
 
     /// Takes an item, waiting until `deadline` (`None`: for ever); `None` if none came.
-    fn get(&self, block: bool, deadline: Option<Instant>) -> Option<Value> {
+    pub(crate) fn get(&self, block: bool, deadline: Option<Instant>) -> Option<Value> {
         let deadline = if block {
             deadline
         } else {
@@ -128,106 +140,6 @@ impl ServedQueue {
             self.changed.notify_all();
         }
         item
-    }
-}
-
-/// A queue served by a [`ManagerServer`], used from the serving process (the master's side of
-/// the seeds' distributed example). Items cross to CPython as pickles: any serde value that maps
-/// onto Python's data model (numbers, strings, bytes, lists, tuples, dicts…).
-#[derive(Clone)]
-pub struct ServedQueueHandle {
-    queue: Arc<ServedQueue>,
-}
-
-impl fmt::Debug for ServedQueueHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServedQueueHandle")
-            .field("name", &self.queue.name)
-            .field("len", &lock(&self.queue.state).items.len())
-            .finish()
-    }
-}
-
-impl ServedQueueHandle {
-    /// Puts an item.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if the item does not map
-    /// onto Python's data model.
-    pub fn put<T: Serialize>(&self, item: &T) -> Result<()> {
-        self.queue.put(pickle::to_value(item)?);
-        Ok(())
-    }
-
-    /// Takes an item, waiting up to `timeout`.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if none came;
-    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if it is not a `T`.
-    pub fn get_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
-        let deadline = Instant::now().checked_add(timeout);
-        match self.queue.get(true, deadline) {
-            Some(v) => Ok(pickle::from_value(v)?),
-            None => Err(Error::timeout(
-                format!("served queue {:?}", self.queue.name),
-                timeout,
-            )),
-        }
-    }
-
-    /// The number of items in the queue.
-    pub fn len(&self) -> usize {
-        lock(&self.queue.state).items.len()
-    }
-
-    /// Says that an item taken from the queue has been dealt with (`task_done()`): when
-    /// every item put has been, [`join`](Self::join) returns, here and in every client.
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if called more times than
-    /// items were put.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use multiproc::{Address, ManagerServer};
-    ///
-    /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
-    /// let jobs = server.register_queue("get_jobs");
-    /// jobs.put(&"job")?;
-    /// let job: String = jobs.get_timeout(Duration::from_secs(1))?;
-    /// jobs.task_done()?;
-    /// assert!(jobs.join_timeout(Duration::from_secs(1)));
-    /// assert!(jobs.task_done().is_err());
-    /// # Ok::<(), multiproc::Error>(())
-    /// ```
-    pub fn task_done(&self) -> Result<()> {
-        if self.queue.task_done() {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                format!("served queue {:?}", self.queue.name),
-                "task_done() called too many times",
-            ))
-        }
-    }
-
-    /// Waits until every item put has been marked done with `task_done` (here or by a
-    /// client), at most `timeout`; whether they all were.
-    pub fn join_timeout(&self, timeout: Duration) -> bool {
-        self.queue.join(Instant::now().checked_add(timeout))
-    }
-
-    /// Waits until every item put has been marked done with `task_done` (here or by a
-    /// client): CPython's `JoinableQueue.join()`.
-    pub fn join(&self) {
-        self.queue.join(None);
-    }
-
-    /// Whether the queue is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -325,8 +237,8 @@ const MAX_SEGMENTS: usize = 1 << 16;
 /// use multiproc::{Address, ManagerServer};
 ///
 /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"abc")?;
-/// let tasks = server.register_queue("get_task_queue");
-/// tasks.put(&7)?;
+/// let tasks = server.register_queue::<i64>("get_task_queue");
+/// tasks.put(7)?;
 /// let running = server.serve_in_background()?;
 /// // ... CPython workers connect to running.address() ...
 /// running.shutdown();
@@ -369,9 +281,9 @@ impl ManagerServer {
         self.listener.address()
     }
 
-    /// Registers a queue under `typeid` (the name a CPython client `register`s and calls, as
-    /// `get_task_queue`); returns the serving process's handle to it.
-    pub fn register_queue(&mut self, typeid: &str) -> ServedQueueHandle {
+    /// Registers a queue under `typeid` (see `ManagerServer::register_queue`, beside the
+    /// manager flavor of `Queue`): the queue and its id on the server.
+    pub(crate) fn serve_queue(&mut self, typeid: &str) -> (Arc<ServedQueue>, String) {
         let mut reg = lock(&self.shared.registry);
         let existing = reg
             .by_typeid
@@ -382,7 +294,8 @@ impl ManagerServer {
             ..
         }) = existing
         {
-            return ServedQueueHandle { queue: q.clone() };
+            let ident = reg.by_typeid[typeid].clone();
+            return (q.clone(), ident);
         }
         let ident = format!(
             "{:x}",
@@ -391,14 +304,19 @@ impl ManagerServer {
         let queue = new_queue(typeid, 0);
         reg.by_typeid.insert(typeid.to_string(), ident.clone());
         reg.by_ident.insert(
-            ident,
+            ident.clone(),
             Entry {
                 object: Served::Queue(queue.clone()),
                 refs: 1,
                 pinned: true,
             },
         );
-        ServedQueueHandle { queue }
+        (queue, ident)
+    }
+
+    /// The authkey clients must know.
+    pub(crate) fn authkey(&self) -> Vec<u8> {
+        self.listener.credentials().0
     }
 
     /// Serves at most `n` connections at once (default 1024); a connection beyond is closed
@@ -1421,7 +1339,8 @@ pub(crate) mod fuzz {
         // Lists multiplied call after call would grow to millions of items: bounded lower,
         // so that a run explores calls rather than copies.
         super::super::python::lower_max_items(1 << 12);
-        let Some((conn, mut peer)) = super::super::wire::fuzz::connection_fed(&frames(data)) else {
+        let Some((conn, mut peer)) = crate::connection::wire::fuzz::connection_fed(&frames(data))
+        else {
             return Vec::new();
         };
         let shared = ServerShared {

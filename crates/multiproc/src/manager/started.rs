@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Address, ManagerClient, ManagerServer};
+use super::{ManagerClient, ManagerServer};
+use crate::connection::Address;
 use crate::connection::{Connection, Pipe};
 use crate::error::{Error, Result};
 use crate::process::Process;
@@ -63,12 +64,12 @@ impl ManagerServer {
     /// use multiproc::{Address, ManagerClient, ManagerServer};
     ///
     /// let server = ManagerServer::start(&Address::tcp("127.0.0.1:0")?, b"key", |s| {
-    ///     s.register_queue("get_task_queue");
+    ///     s.register_queue::<i64>("get_task_queue");
     /// })?;
     /// let client = ManagerClient::connect(server.address(), b"key")?;
     /// let tasks = client.queue::<i64>("get_task_queue")?;
     /// tasks.put(&7)?;
-    /// assert_eq!(tasks.len()?, 1);
+    /// assert_eq!(tasks.len(), 1);
     /// server.shutdown()?;
     /// # Ok::<(), multiproc::Error>(())
     /// ```

@@ -31,7 +31,7 @@ use self::worker::{
 };
 use crate::error::{Error, Result};
 use crate::process::{Process, StartMethod, TaskTarget};
-use crate::queue::Queue;
+use crate::queue::ShmQueueOf;
 use crate::sync::IgnorePoison;
 
 /// Tasks sent ahead to one worker (one running, the next ready).
@@ -56,7 +56,7 @@ struct TaskEntry {
 
 struct Worker {
     process: Option<Process<()>>,
-    tasks: Queue<ToWorker>,
+    tasks: ShmQueueOf<ToWorker>,
     /// Task ids sent to this worker, oldest (running) first.
     sent: VecDeque<u64>,
     /// Since when the oldest sent task may have been running.
@@ -85,7 +85,7 @@ struct Shared {
     handler_thread: std::sync::OnceLock<std::thread::Thread>,
     /// Signalled when the last task is done, and when the pool finishes.
     idle: Condvar,
-    results: Queue<FromWorker>,
+    results: ShmQueueOf<FromWorker>,
     config: Config,
     /// Buffers of finished tasks, for the next tasks' arguments: memory already mapped, so a
     /// map after the first takes no page faults for them.
@@ -198,10 +198,7 @@ impl PoolBuilder {
         if self.config.processes == 0 {
             return Err(Error::invalid("pool", "needs at least one process"));
         }
-        let results = Queue::builder()
-            .name("pool results")
-            .preallocate(true)
-            .build()?;
+        let results = ShmQueueOf::preallocated("pool results")?;
         let shared = Arc::new(Shared {
             pumpers: std::sync::atomic::AtomicUsize::new(0),
             handler_thread: std::sync::OnceLock::new(),
@@ -275,10 +272,7 @@ impl Shared {
     }
 
     fn start_worker(&self, slot: u32) -> Result<Worker> {
-        let tasks = Queue::builder()
-            .name("pool tasks")
-            .preallocate(true)
-            .build()?;
+        let tasks = ShmQueueOf::preallocated("pool tasks")?;
         let args = WorkerArgs {
             tasks: tasks.clone(),
             results: self.results.clone(),
@@ -941,7 +935,7 @@ impl Pool {
         state.finished = true;
         let mut processes = Vec::new();
         for w in &mut state.workers {
-            let _ = w.tasks.try_put(ToWorker::Stop);
+            let _ = w.tasks.try_put(&ToWorker::Stop);
             processes.extend(w.process.take());
         }
         drop(state);

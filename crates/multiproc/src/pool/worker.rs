@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use crate::process::{ItemFailure, TaskTarget};
-use crate::queue::Queue;
+use crate::queue::ShmQueueOf;
 
 /// A message to one worker.
 #[derive(Serialize, Deserialize)]
@@ -72,8 +72,8 @@ impl<'a> FromWorkerRef<'a> {
 /// Everything a worker process is started with.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct WorkerArgs {
-    pub(crate) tasks: Queue<ToWorker>,
-    pub(crate) results: Queue<FromWorker>,
+    pub(crate) tasks: ShmQueueOf<ToWorker>,
+    pub(crate) results: ShmQueueOf<FromWorker>,
     pub(crate) slot: u32,
     /// The initializer and its argument, as a chunk of one.
     pub(crate) initializer: Option<(TaskTarget, TaskBytes)>,

@@ -1,14 +1,10 @@
 //! `Queue<T>`, `JoinableQueue<T>` and `SimpleQueue<T>`: one public type over private flavors
-//! (crossbeam-channel's pattern): a shared-memory ring between the processes of one machine
-//! (`shm.rs`), or a Redis stream between machines (`redis.rs`).
+//! (crossbeam-channel's pattern), each in `flavors/`: a shared-memory ring between the
+//! processes of one machine (`shm`), a queue held by a manager server (`manager`, with the
+//! `manager` feature), or a Redis stream between machines (`redis`, with the `broker`
+//! feature). `README.md` says what adding a flavor touches.
 
-#[cfg(feature = "broker")]
-mod admin;
-#[cfg(feature = "manager")]
-mod manager;
-#[cfg(feature = "broker")]
-mod redis;
-mod shm;
+mod flavors;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -19,16 +15,21 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-#[cfg(feature = "broker")]
-pub use self::admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+use self::flavors::QueueFlavor;
 #[cfg(feature = "manager")]
-use self::manager::ManagerQueue;
+use self::flavors::manager::{ManagerQueue, ServedFlavor};
 #[cfg(feature = "broker")]
-use self::redis::{BrokerSettings, RedisQueue};
-use self::shm::{DEFAULT_RING_BYTES, NONBLOCKING_LOCK_WAIT, ShmQueue};
-use crate::error::{Error, Result};
+use self::flavors::redis::RedisQueue;
+#[cfg(feature = "broker")]
+pub use self::flavors::redis::{
+    BrokerQueueBuilder, ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus,
+};
+pub use self::flavors::shm::QueueBuilder;
+use self::flavors::shm::ShmQueue;
+pub(crate) use self::flavors::shm::ShmQueueOf;
 #[cfg(feature = "manager")]
-use crate::manager::Address;
+use crate::connection::Address;
+use crate::error::Result;
 use crate::sync::deadline_after;
 
 /// A queue shared between processes and threads (Python's `multiprocessing.Queue`).
@@ -38,15 +39,22 @@ use crate::sync::deadline_after;
 /// consumers, in any processes, may use it at once; each item is received exactly once, and
 /// the items of one producer arrive in the order it put them.
 ///
-/// Items live in a ring of shared memory (1 MiB unless [`QueueBuilder::ring_bytes`] says
-/// otherwise). A [`bounded`](Self::bounded) queue also holds at most `maxsize` items; an
-/// unbounded one never makes `put` wait: what does not fit waits in the producer's memory (see
-/// [`put`](Self::put)). An item larger than a quarter of the ring travels beside it, in a
-/// memory file of its own.
+/// Where the items live is the queue's flavor, chosen when it is made; every method means
+/// the same on each:
+/// - **shared memory** ([`Queue::new`], [`Queue::bounded`], [`Queue::builder`]): a ring in a
+///   memory file that the processes of one machine map (1 MiB unless
+///   [`QueueBuilder::ring_bytes`] says otherwise). A [`bounded`](Self::bounded) queue also
+///   holds at most `maxsize` items; an unbounded one never makes `put` wait: what does not
+///   fit waits in the producer's memory (see [`put`](Self::put)). An item larger than a
+///   quarter of the ring travels beside it, in a memory file of its own.
+/// - **a manager server** (`manager` feature: `Queue::connect_manager`,
+///   `ManagerClient::queue`, `ManagerServer::register_queue`): a queue held by a server,
+///   ours or CPython's, that other machines and Python programs use too.
+/// - **a broker** (`broker` feature: `Queue::connect`, `Queue::broker`): a Redis stream,
+///   with at-least-once delivery (see [`JoinableQueue`]).
 ///
-/// With the `broker` feature, the same type can sit on a broker instead
-/// (`QueueBuilder::broker`, or `Queue::connect`): a Redis stream that processes on other machines use too, with
-/// at-least-once delivery (see [`JoinableQueue`]).
+/// A flavor that cannot do something fails with
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), never a panic.
 ///
 /// Blocking calls come in four forms: `get` (wait for ever), `try_get` (do not wait; Python's
 /// `get_nowait`), `get_timeout` and `get_deadline`; likewise for `put`.
@@ -71,22 +79,39 @@ use crate::sync::deadline_after;
 /// ```
 ///
 /// # Caveats
-/// A queue without `maxsize` is unbounded in items but not in bytes: when its ring is full,
-/// `put` waits for consumers (CPython buffers in the producer instead, and loses that buffer if
-/// the producer dies).
+/// A shared-memory queue without `maxsize` is unbounded in items but not in bytes: when its
+/// ring is full, `put` waits for consumers (CPython buffers in the producer instead, and loses
+/// that buffer if the producer dies).
 pub struct Queue<T> {
     flavor: Flavor,
     _item: PhantomData<fn(T) -> T>,
 }
 
-/// Where a queue's items live.
+/// Where a queue's items live: one variant per flavor.
 #[derive(Clone)]
 enum Flavor {
     Shm(Arc<ShmQueue>),
-    #[cfg(feature = "broker")]
-    Redis(Arc<RedisQueue>),
     #[cfg(feature = "manager")]
     Manager(Arc<ManagerQueue>),
+    #[cfg(feature = "manager")]
+    Served(Arc<ServedFlavor>),
+    #[cfg(feature = "broker")]
+    Redis(Arc<RedisQueue>),
+}
+
+/// Runs `$body` with `$q` bound to the flavor behind `$flavor`, whichever it is.
+macro_rules! with_flavor {
+    ($flavor:expr, $q:ident => $body:expr) => {
+        match $flavor {
+            Flavor::Shm($q) => $body,
+            #[cfg(feature = "manager")]
+            Flavor::Manager($q) => $body,
+            #[cfg(feature = "manager")]
+            Flavor::Served($q) => $body,
+            #[cfg(feature = "broker")]
+            Flavor::Redis($q) => $body,
+        }
+    };
 }
 
 impl<T> Queue<T> {
@@ -104,145 +129,8 @@ impl<T> Clone for Queue<T> {
     }
 }
 
-/// Sets up a [`Queue`] or [`JoinableQueue`].
-///
-/// # Examples
-///
-/// ```
-/// let q = multiproc::Queue::<u64>::builder().maxsize(100).ring_bytes(64 << 10).name("tasks").build()?;
-/// q.put(1)?;
-/// assert_eq!(q.len(), 1);
-/// # Ok::<(), multiproc::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until built"]
-pub struct QueueBuilder<T> {
-    maxsize: u32,
-    ring_bytes: usize,
-    preallocate: bool,
-    name: Option<String>,
-    #[cfg(feature = "broker")]
-    broker: Option<String>,
-    #[cfg(feature = "broker")]
-    settings: BrokerSettings,
-    _item: PhantomData<fn(T) -> T>,
-}
-
-impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
-    /// At most `maxsize` items at a time (0: no limit on items).
-    pub fn maxsize(mut self, maxsize: u32) -> Self {
-        self.maxsize = maxsize;
-        self
-    }
-
-    /// The size of the shared ring, rounded up to a power of two between 4 KiB and 1 GiB.
-    /// Pages are only allocated when first used.
-    pub fn ring_bytes(mut self, bytes: usize) -> Self {
-        self.ring_bytes = bytes;
-        self
-    }
-
-    /// Allocate every page of the ring now (default: when first used). A queue that will
-    /// carry a lot soon then takes no page fault per page on its first laps, at the cost of
-    /// its whole ring in memory from the start.
-    pub fn preallocate(mut self, preallocate: bool) -> Self {
-        self.preallocate = preallocate;
-        self
-    }
-
-    /// A name for error messages (`queue "tasks": timed out after 1s`); on a broker, the name
-    /// of the queue there (required).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    #[cfg(feature = "broker")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-    /// Put the queue on a broker instead of in shared memory: `redis://host:port/db`,
-    /// `rediss://…` (TLS; the certificate is checked against the system's roots or
-    /// `SSL_CERT_FILE`) or `redis+unix:///path/to/socket`. Items travel as JSON, so other
-    /// languages can take part (the entry format is in `docs/broker.md`).
-    pub fn broker(mut self, url: impl Into<String>) -> Self {
-        self.broker = Some(url.into());
-        self
-    }
-
-    #[cfg(feature = "broker")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-    /// On a broker: how long a taken item stays leased to its consumer before another may
-    /// take it (default 30 s). A live consumer's leases are renewed while it works; a dead
-    /// one's run out and its items are delivered again.
-    ///
-    /// It is the queue's setting, shared by every handle (consumers with different leases
-    /// would take each other's items): the first handle to connect stores it with the queue
-    /// (`<name>:config`), later handles take it from there, and one that asks for another
-    /// value is refused. Leave it unset to take the queue's.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        // Stored in whole milliseconds: a handle asking for the same again must match.
-        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.settings.lease = Duration::from_millis(ms);
-        self.settings.asked.lease = true;
-        self
-    }
-
-    #[cfg(feature = "broker")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-    /// On a broker: after this many deliveries (default 5), an item that never got done goes
-    /// to the dead-letter stream (`<name>:dead`) with its last error. The queue's setting,
-    /// shared as [`lease`](Self::lease) is.
-    pub fn max_deliveries(mut self, n: u32) -> Self {
-        self.settings.max_deliveries = n.max(1);
-        self.settings.asked.max_deliveries = true;
-        self
-    }
-
-    /// Creates the queue (or, on a broker, connects to it, creating it if it does not exist).
-    ///
-    /// # Errors
-    /// If the shared memory or the side channel cannot be created; on a broker, a bad URL, a
-    /// missing name, or a broker that cannot be reached (the error names the URL).
-    pub fn build(self) -> Result<Queue<T>> {
-        self.build_flavor(false)
-    }
-
-    /// Creates a [`JoinableQueue`].
-    ///
-    /// # Errors
-    /// As for [`build`](Self::build).
-    pub fn build_joinable(self) -> Result<JoinableQueue<T>> {
-        self.build_flavor(true).map(|queue| JoinableQueue { queue })
-    }
-
-    /// On a broker a plain queue's `get` removes the item at once; a joinable queue's leases
-    /// it until `task_done`.
-    #[cfg_attr(not(feature = "broker"), allow(unused_variables))]
-    fn build_flavor(self, joinable: bool) -> Result<Queue<T>> {
-        #[cfg(feature = "broker")]
-        if let Some(url) = &self.broker {
-            let name = self.name.as_deref().ok_or_else(|| {
-                Error::invalid(
-                    "queue",
-                    "a queue on a broker needs a name (QueueBuilder::name)",
-                )
-            })?;
-            let mut settings = self.settings.clone();
-            settings.maxsize = self.maxsize;
-            settings.joinable = joinable;
-            let queue = RedisQueue::connect(url, name, settings)?;
-            return Ok(Queue::of(Flavor::Redis(Arc::new(queue))));
-        }
-        let what = match &self.name {
-            Some(n) => format!("queue {n:?}"),
-            None => "queue".to_string(),
-        };
-        let queue = ShmQueue::create::<T>(what, self.ring_bytes, self.maxsize, self.preallocate)?;
-        Ok(Queue::of(Flavor::Shm(Arc::new(queue))))
-    }
-}
-
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// A queue with no limit on items (see the caveat above).
+    /// A shared-memory queue with no limit on items (see the caveat above).
     ///
     /// # Errors
     /// If the shared memory or the side channel cannot be created.
@@ -250,7 +138,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::builder().build()
     }
 
-    /// A queue holding at most `maxsize` items; `put` waits while it is full.
+    /// A shared-memory queue holding at most `maxsize` items; `put` waits while it is full.
     ///
     /// # Errors
     /// As for [`new`](Self::new).
@@ -258,15 +146,30 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::builder().maxsize(maxsize).build()
     }
 
+    /// A builder for a shared-memory queue's other settings.
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder::new()
+    }
+
     #[cfg(feature = "broker")]
     #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-    /// The queue `name` on the broker at `url` (see [`QueueBuilder::broker`]), created there
-    /// if it does not exist.
+    /// A builder for the queue `name` on the broker at `url`: `redis://host:port/db`,
+    /// `rediss://…` (TLS, with the `tls` feature; the certificate is checked against the
+    /// system's roots or `SSL_CERT_FILE`) or `redis+unix:///path/to/socket`. Items travel as
+    /// JSON, so other languages can take part (the entry format is in `docs/broker.md`).
+    pub fn broker(url: impl Into<String>, name: impl Into<String>) -> BrokerQueueBuilder<T> {
+        BrokerQueueBuilder::new(url.into(), name.into())
+    }
+
+    #[cfg(feature = "broker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
+    /// The queue `name` on the broker at `url` (see [`Queue::broker`]), created there if it
+    /// does not exist.
     ///
     /// # Errors
     /// A bad URL, or a broker that cannot be reached: the error names the URL.
     pub fn connect(url: &str, name: &str) -> Result<Queue<T>> {
-        Queue::builder().broker(url).name(name).build()
+        Queue::broker(url, name).build()
     }
 
     #[cfg(feature = "manager")]
@@ -281,7 +184,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// use multiproc::{Address, ManagerServer, Queue};
     ///
     /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"key")?;
-    /// server.register_queue("get_task_queue");
+    /// server.register_queue::<i64>("get_task_queue");
     /// let running = server.serve_in_background()?;
     /// let tasks: Queue<i64> = Queue::connect_manager(running.address(), b"key", "get_task_queue")?;
     /// tasks.put(7)?;
@@ -296,47 +199,38 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(Queue::of(Flavor::Manager(Arc::new(queue))))
     }
 
-    /// A builder for the other settings.
-    pub fn builder() -> QueueBuilder<T> {
-        QueueBuilder {
-            maxsize: 0,
-            ring_bytes: DEFAULT_RING_BYTES,
-            preallocate: false,
-            name: None,
-            #[cfg(feature = "broker")]
-            broker: None,
-            #[cfg(feature = "broker")]
-            settings: BrokerSettings::default(),
-            _item: PhantomData,
-        }
-    }
-
     /// Puts an item, waiting for room as long as it takes on a bounded queue.
     ///
-    /// An unbounded queue's `put` does not wait, as CPython's does not: when its ring stays
-    /// full for a few milliseconds, the item waits in this process's memory and a feeder
-    /// thread moves it in as consumers make room (this handle's items keep their order, and
-    /// count as unfinished for [`JoinableQueue::join`]). Dropping the last handle in the
-    /// process waits for that backlog to go in, while consumers take items. `try_put` does
-    /// not use the backlog: it says [`Full`](crate::ErrorKind::Full) when the ring is.
+    /// An unbounded shared-memory queue's `put` does not wait, as CPython's does not: when
+    /// its ring stays full for a few milliseconds, the item waits in this process's memory
+    /// and a feeder thread moves it in as consumers make room (this handle's items keep
+    /// their order, and count as unfinished for [`JoinableQueue::join`]). Dropping the last
+    /// handle in the process waits for that backlog to go in, while consumers take items.
+    /// `try_put` does not use the backlog: it says [`Full`](crate::ErrorKind::Full) when the
+    /// ring is.
     ///
     /// # Errors
     /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if the item cannot be
     /// serialized; [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) after
     /// [`close`](Self::close).
     pub fn put(&self, item: impl std::borrow::Borrow<T>) -> Result<()> {
-        self.put_until(item.borrow(), None, true, Duration::ZERO)
+        let item = item.borrow();
+        with_flavor!(&self.flavor, q => q.put_until(item, None, true, Duration::ZERO))
     }
 
-    /// Puts an item if there is room now (Python's `put_nowait`).
+    /// Puts an item if there is room now (Python's `put_nowait`), without waiting for
+    /// anything: not for room, and not for another thread or process in the middle of a
+    /// `put` to the same shared-memory queue (then there is no room now either). On a
+    /// manager or a broker it is one round trip.
     ///
     /// # Errors
     /// [`ErrorKind::Full`](crate::ErrorKind::Full) if there is no room; otherwise as for
     /// [`put`](Self::put).
     #[doc(alias = "put_nowait")]
     pub fn try_put(&self, item: impl std::borrow::Borrow<T>) -> Result<()> {
-        let deadline = deadline_after(NONBLOCKING_LOCK_WAIT);
-        self.put_until(item.borrow(), deadline, false, Duration::ZERO)
+        let item = item.borrow();
+        let now = Some(Instant::now());
+        with_flavor!(&self.flavor, q => q.put_until(item, now, false, Duration::ZERO))
     }
 
     /// Puts an item, waiting up to `timeout` for room.
@@ -345,7 +239,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if no room came; otherwise as for
     /// [`put`](Self::put).
     pub fn put_timeout(&self, item: impl std::borrow::Borrow<T>, timeout: Duration) -> Result<()> {
-        self.put_until(item.borrow(), deadline_after(timeout), true, timeout)
+        let (item, deadline) = (item.borrow(), deadline_after(timeout));
+        with_flavor!(&self.flavor, q => q.put_until(item, deadline, true, timeout))
     }
 
     /// Puts an item, waiting until `deadline` for room.
@@ -353,8 +248,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     /// As for [`put_timeout`](Self::put_timeout).
     pub fn put_deadline(&self, item: impl std::borrow::Borrow<T>, deadline: Instant) -> Result<()> {
+        let item = item.borrow();
         let timeout = deadline.saturating_duration_since(Instant::now());
-        self.put_until(item.borrow(), Some(deadline), true, timeout)
+        with_flavor!(&self.flavor, q => q.put_until(item, Some(deadline), true, timeout))
     }
 
     /// Takes the next item, waiting as long as it takes.
@@ -364,17 +260,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// deserialize as a `T`; [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) after
     /// [`close`](Self::close).
     pub fn get(&self) -> Result<T> {
-        self.get_until(None, true, Duration::ZERO)
+        with_flavor!(&self.flavor, q => q.get_until(None, true, Duration::ZERO))
     }
 
-    /// Takes the next item if there is one now (Python's `get_nowait`).
+    /// Takes the next item if there is one now (Python's `get_nowait`), without waiting for
+    /// anything: as CPython's, it finds nothing while another thread or process is taking an
+    /// item from the same shared-memory queue (or waits in `get` for one). On a manager or a
+    /// broker it is one round trip.
     ///
     /// # Errors
     /// [`ErrorKind::Empty`](crate::ErrorKind::Empty) if there is none; otherwise as for
     /// [`get`](Self::get).
     #[doc(alias = "get_nowait")]
     pub fn try_get(&self) -> Result<T> {
-        self.get_until(deadline_after(NONBLOCKING_LOCK_WAIT), false, Duration::ZERO)
+        let now = Some(Instant::now());
+        with_flavor!(&self.flavor, q => q.get_until(now, false, Duration::ZERO))
     }
 
     /// Takes the next item, waiting up to `timeout`.
@@ -383,7 +283,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if none came; otherwise as for
     /// [`get`](Self::get).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_until(deadline_after(timeout), true, timeout)
+        let deadline = deadline_after(timeout);
+        with_flavor!(&self.flavor, q => q.get_until(deadline, true, timeout))
     }
 
     /// Takes the next item, waiting until `deadline`.
@@ -392,88 +293,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// As for [`get_timeout`](Self::get_timeout).
     pub fn get_deadline(&self, deadline: Instant) -> Result<T> {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        self.get_until(Some(deadline), true, timeout)
-    }
-
-    fn put_until(
-        &self,
-        item: &T,
-        deadline: Option<Instant>,
-        block: bool,
-        waited: Duration,
-    ) -> Result<()> {
-        match &self.flavor {
-            Flavor::Shm(q) => q.put_until(item, deadline, block, waited),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.put_until(item, deadline, block, waited),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.put_until(item, deadline, block, waited),
-        }
-    }
-
-    fn get_until(&self, deadline: Option<Instant>, block: bool, waited: Duration) -> Result<T> {
-        match &self.flavor {
-            Flavor::Shm(q) => q.get_until(deadline, block, waited),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.get_until(deadline, block, waited),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.get_until(deadline, block, waited),
-        }
-    }
-
-    /// Like [`get_timeout`](Self::get_timeout), but waits for an item without holding the
-    /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
-    /// (a pool's waiters take their own results while its handler thread waits here), and
-    /// without spinning: the waiter sleeps at once, leaving the CPU to those who work. The
-    /// item's bytes go to `decode` as they are in the receive buffer (shared memory only).
-    pub(crate) fn get_timeout_shared_with<R>(
-        &self,
-        timeout: Duration,
-        decode: impl FnMut(&str, &[u8], Vec<std::os::fd::OwnedFd>) -> Result<R>,
-    ) -> Result<R> {
-        match &self.flavor {
-            Flavor::Shm(q) => q.get_timeout_shared_with(timeout, decode),
-            #[allow(unreachable_patterns)] // the other flavors, when built in
-            _ => Err(Error::invalid(
-                "queue",
-                "only a shared-memory queue lends its bytes",
-            )),
-        }
-    }
-
-    /// Takes an item if there is one now, handing its bytes to `decode` as they are in the
-    /// receive buffer (shared memory only): no copy for a reader that decodes in place.
-    pub(crate) fn try_get_with<R>(
-        &self,
-        decode: impl FnOnce(&str, &[u8], Vec<std::os::fd::OwnedFd>) -> Result<R>,
-    ) -> Result<R> {
-        match &self.flavor {
-            Flavor::Shm(q) => q.get_until_with(
-                deadline_after(NONBLOCKING_LOCK_WAIT),
-                false,
-                Duration::ZERO,
-                decode,
-            ),
-            #[allow(unreachable_patterns)] // the other flavors, when built in
-            _ => Err(Error::invalid(
-                "queue",
-                "only a shared-memory queue lends its bytes",
-            )),
-        }
+        with_flavor!(&self.flavor, q => q.get_until(Some(deadline), true, timeout))
     }
 
     /// The number of items in the queue now (Python's `qsize()`); on a broker, the items not
-    /// yet taken by any consumer (0 if the broker cannot be asked: see
-    /// [`JoinableQueue::unfinished`] for a count that can fail).
+    /// yet taken by any consumer. 0 if a manager or broker cannot be asked: see
+    /// [`JoinableQueue::unfinished`] for a count that can fail.
     #[doc(alias = "qsize")]
     pub fn len(&self) -> usize {
-        match &self.flavor {
-            Flavor::Shm(q) => q.len(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.waiting().unwrap_or(0),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.len().unwrap_or(0),
-        }
+        with_flavor!(&self.flavor, q => q.len())
     }
 
     /// Whether the queue holds no item now (Python's `empty()`).
@@ -485,24 +313,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Whether a small item would not fit now (Python's `full()`).
     #[doc(alias = "full")]
     pub fn is_full(&self) -> bool {
-        match &self.flavor {
-            Flavor::Shm(q) => q.is_full(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.is_full(),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.is_full().unwrap_or(false),
-        }
+        with_flavor!(&self.flavor, q => q.is_full())
     }
 
-    /// The item limit, 0 for none.
+    /// The item limit, 0 for none (or, on a manager's queue this side did not make, not
+    /// known here).
     pub fn maxsize(&self) -> u32 {
-        match &self.flavor {
-            Flavor::Shm(q) => q.maxsize(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.maxsize(),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(_) => 0,
-        }
+        with_flavor!(&self.flavor, q => q.maxsize())
     }
 
     /// Waits until every item put through this handle is stored in the queue, and tells of
@@ -512,7 +329,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// broker's reply (consumers see the item as soon as the broker reads it); replies are
     /// read in batches, and by this call. Dropping the handle flushes too, but can only log
     /// what went wrong. In shared memory and on a manager a `put` is stored when it returns,
-    /// and this does nothing.
+    /// and this has nothing to do.
     ///
     /// # Examples
     ///
@@ -528,71 +345,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// memory, say: that item is not queued); [`ErrorKind::Io`](crate::ErrorKind::Io) if it
     /// cannot be reached before the usual command timeout.
     pub fn flush(&self) -> Result<()> {
-        match &self.flavor {
-            Flavor::Shm(_) => Ok(()),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(_) => Ok(()),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.flush(Some(Instant::now() + self::redis::COMMAND_TIMEOUT)),
-        }
+        with_flavor!(&self.flavor, q => q.flush())
     }
 
     /// Closes this process's handles to the queue: later `put`s and `get`s through them fail
     /// with [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState). Other processes are
     /// not affected, and items already put stay in the queue for them.
     pub fn close(&self) {
-        match &self.flavor {
-            Flavor::Shm(q) => q.close(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.close(),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.close(),
-        }
+        with_flavor!(&self.flavor, q => q.close())
     }
 }
 
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.flavor {
-            Flavor::Shm(q) => f
-                .debug_struct("Queue")
-                .field("name", &q.what())
-                .field("len", &q.len())
-                .finish(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => f
-                .debug_struct("Queue")
-                .field("name", &q.name())
-                .field("broker", &q.url())
-                .finish(),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => f
-                .debug_struct("Queue")
-                .field("typeid", &q.typeid())
-                .finish_non_exhaustive(),
-        }
+        let mut d = f.debug_struct("Queue");
+        with_flavor!(&self.flavor, q => q.describe(&mut d));
+        d.finish()
     }
 }
 
-/// Whether this process's handles to a queue were closed ([`Queue::close`]), for every flavor.
-#[derive(Default)]
-struct Closed(std::sync::atomic::AtomicBool);
-
-impl Closed {
-    fn close(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// An error naming the queue once closed.
-    fn check(&self, what: impl FnOnce() -> String) -> Result<()> {
-        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::invalid(what(), "closed"));
-        }
-        Ok(())
-    }
-}
-
-/// Which flavor a serialized queue is.
+/// Which flavor a serialized queue is. A queue its manager serves in this process travels as
+/// a proxy to the same queue.
 #[derive(Serialize, Deserialize)]
 enum FlavorTag {
     Shm,
@@ -618,6 +391,11 @@ impl<T> Serialize for Queue<T> {
             }
             #[cfg(feature = "manager")]
             Flavor::Manager(q) => {
+                t.serialize_element(&FlavorTag::Manager)?;
+                t.serialize_element(&q.handle())?;
+            }
+            #[cfg(feature = "manager")]
+            Flavor::Served(q) => {
                 t.serialize_element(&FlavorTag::Manager)?;
                 t.serialize_element(&q.handle())?;
             }
@@ -699,11 +477,11 @@ pub type SimpleQueue<T> = Queue<T>;
 /// consumers call [`task_done`](Self::task_done) once per item they finished, and
 /// [`join`](Self::join) waits until every item ever put is done.
 ///
-/// On a broker (`QueueBuilder::broker`, with the `broker` feature) delivery is at least once:
-/// `get` takes a lease on the item, `task_done` (for the oldest item this handle took and has
-/// not finished) acknowledges it, `task_failed` gives it back with an error. An item whose
-/// consumer dies is delivered again once its lease runs out; after `max_deliveries` it goes
-/// to the dead-letter stream.
+/// On a broker (with the `broker` feature) delivery is at least once: `get` takes a lease on
+/// the item, `task_done` (for the oldest item this handle took and has not finished)
+/// acknowledges it, `task_failed` gives it back with an error. An item whose consumer dies is
+/// delivered again once its lease runs out; after `max_deliveries` it goes to the dead-letter
+/// stream.
 ///
 /// It dereferences to its [`Queue`] for `put`, `get` and the rest.
 ///
@@ -733,6 +511,12 @@ pub struct JoinableQueue<T> {
     queue: Queue<T>,
 }
 
+impl<T> JoinableQueue<T> {
+    fn of(queue: Queue<T>) -> JoinableQueue<T> {
+        JoinableQueue { queue }
+    }
+}
+
 impl<T> Clone for JoinableQueue<T> {
     fn clone(&self) -> Self {
         JoinableQueue {
@@ -749,7 +533,7 @@ impl<T> Deref for JoinableQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
-    /// A joinable queue with no limit on items.
+    /// A joinable shared-memory queue with no limit on items.
     ///
     /// # Errors
     /// As for [`Queue::new`].
@@ -757,7 +541,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Queue::builder().build_joinable()
     }
 
-    /// A joinable queue holding at most `maxsize` items.
+    /// A joinable shared-memory queue holding at most `maxsize` items.
     ///
     /// # Errors
     /// As for [`Queue::new`].
@@ -767,12 +551,12 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     #[cfg(feature = "broker")]
     #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-    /// The joinable queue `name` on the broker at `url` (see [`Queue::connect`]).
+    /// The joinable queue `name` on the broker at `url` (see [`Queue::broker`]).
     ///
     /// # Errors
     /// As for [`Queue::connect`].
     pub fn connect(url: &str, name: &str) -> Result<JoinableQueue<T>> {
-        Queue::builder().broker(url).name(name).build_joinable()
+        Queue::broker(url, name).build_joinable()
     }
 
     #[cfg(feature = "manager")]
@@ -787,7 +571,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         authkey: &[u8],
         typeid: &str,
     ) -> Result<JoinableQueue<T>> {
-        Queue::connect_manager(address, authkey, typeid).map(|queue| JoinableQueue { queue })
+        Queue::connect_manager(address, authkey, typeid).map(JoinableQueue::of)
     }
 
     /// Marks one item as done (on a broker: acknowledges the oldest item this handle took; the
@@ -796,43 +580,30 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if more items were marked
-    /// done than were ever put (taken, on a broker); on a broker, a broker that cannot be
-    /// reached.
+    /// done than were ever put (taken, on a broker); on a manager or a broker, one that
+    /// cannot be reached.
     pub fn task_done(&self) -> Result<()> {
-        match &self.queue.flavor {
-            Flavor::Shm(q) => q.task_done(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.task_done(),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.task_done(),
-        }
+        with_flavor!(&self.queue.flavor, q => q.task_done())
     }
 
-    #[cfg(feature = "broker")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// Marks the oldest item this handle took as failed with `reason`. On a broker it is
     /// given back at once to be delivered again (to any consumer), or sent to the dead-letter
-    /// stream with `reason` if it had its [`max_deliveries`](QueueBuilder::max_deliveries).
-    /// In shared memory there is no redelivery: this is [`task_done`](Self::task_done).
+    /// stream with `reason` if it had its
+    /// [`max_deliveries`](crate::BrokerQueueBuilder::max_deliveries). The other flavors do
+    /// not deliver again: there this is [`task_done`](Self::task_done).
     ///
     /// # Errors
     /// As for [`task_done`](Self::task_done).
     pub fn task_failed(&self, reason: &str) -> Result<()> {
-        match &self.queue.flavor {
-            Flavor::Shm(q) => q.task_done(),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.task_failed(reason),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.task_done(),
-        }
+        with_flavor!(&self.queue.flavor, q => q.task_failed(reason))
     }
 
     /// Waits until every item put so far is marked done.
     ///
     /// # Errors
-    /// On a broker, a broker that cannot be reached; in shared memory, none.
+    /// On a manager or a broker, one that cannot be reached; in shared memory, none.
     pub fn join(&self) -> Result<()> {
-        self.join_until(None, Duration::ZERO)
+        with_flavor!(&self.queue.flavor, q => q.join_until(None, Duration::ZERO))
     }
 
     /// Like [`join`](Self::join), for at most `timeout`.
@@ -844,35 +615,28 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if items were still unfinished.
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        self.join_until(deadline_after(timeout), timeout)
+        let deadline = deadline_after(timeout);
+        with_flavor!(&self.queue.flavor, q => q.join_until(deadline, timeout))
+    }
+
+    /// Like [`join`](Self::join), until `deadline`.
+    ///
+    /// # Errors
+    /// As for [`join_timeout`](Self::join_timeout).
+    pub fn join_deadline(&self, deadline: Instant) -> Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        with_flavor!(&self.queue.flavor, q => q.join_until(Some(deadline), timeout))
     }
 
     /// The number of items put and not yet marked done (on a broker: in the stream, taken
     /// or not; dead-lettered items are done).
     ///
     /// # Errors
-    /// On a broker, a broker that cannot be reached.
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) through a manager's proxy
+    /// (CPython's queues do not expose the count; the serving process's own handle does);
+    /// on a broker, one that cannot be reached.
     pub fn unfinished(&self) -> Result<u64> {
-        match &self.queue.flavor {
-            Flavor::Shm(q) => Ok(u64::from(q.unfinished())),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.unfinished(),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(_) => Err(Error::invalid(
-                "queue on a manager",
-                "the count of unfinished items is not exposed by a manager",
-            )),
-        }
-    }
-
-    fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
-        match &self.queue.flavor {
-            Flavor::Shm(q) => q.join_until(deadline, waited),
-            #[cfg(feature = "broker")]
-            Flavor::Redis(q) => q.join_until(deadline, waited),
-            #[cfg(feature = "manager")]
-            Flavor::Manager(q) => q.join_until(deadline, waited),
-        }
+        with_flavor!(&self.queue.flavor, q => q.unfinished())
     }
 }
 
@@ -890,6 +654,6 @@ impl<T> Serialize for JoinableQueue<T> {
 
 impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Queue::deserialize(d).map(|queue| JoinableQueue { queue })
+        Queue::deserialize(d).map(JoinableQueue::of)
     }
 }

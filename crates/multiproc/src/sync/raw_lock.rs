@@ -135,7 +135,7 @@ impl RawLock {
     }
 
     /// Takes the lock, waiting until `deadline` (`None`: for ever). `None` if the deadline
-    /// passed first.
+    /// passed first; a deadline already past makes it a `try_lock`.
     #[inline]
     pub(crate) fn lock_deadline(&self, deadline: Option<Instant>) -> Option<Acquired> {
         let me = thread_id();
@@ -146,6 +146,9 @@ impl RawLock {
             .is_ok()
         {
             Some(self.taken(false))
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Out of time already: one more look, no spinning or sleeping.
+            self.try_take(me, self.state.load(Ordering::Relaxed))
         } else {
             self.lock_slow(me, deadline)
         };

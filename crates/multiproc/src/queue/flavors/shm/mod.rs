@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod builder;
+mod typed;
+
+pub use builder::QueueBuilder;
+pub(crate) use typed::ShmQueueOf;
+
+use super::QueueFlavor;
 use crate::error::{Error, Result};
 use crate::platform;
 use crate::share::{self, FdIn, FdOut, with_scratch};
@@ -39,12 +46,12 @@ enum Taken<R> {
 const SIDE: u32 = 1;
 
 /// Ring size when none is asked for.
-pub(super) const DEFAULT_RING_BYTES: usize = 1 << 20;
+const DEFAULT_RING_BYTES: usize = 1 << 20;
 const MIN_RING_BYTES: usize = 4096;
 const MAX_RING_BYTES: usize = 1 << 30;
 
 /// How long a non-blocking call may wait for another thread's short hold of the ring.
-pub(super) const NONBLOCKING_LOCK_WAIT: Duration = Duration::from_millis(1);
+const NONBLOCKING_LOCK_WAIT: Duration = Duration::from_millis(1);
 
 fn type_hash<T>() -> u64 {
     // FNV-1a of the type's name: the same binary on both sides gives the same name.
@@ -55,9 +62,9 @@ fn type_hash<T>() -> u64 {
         })
 }
 
-/// The shared-memory flavor of [`Queue`](super::Queue): a ring in a memory file, and a
+/// The shared-memory flavor of [`Queue`](crate::Queue): a ring in a memory file, and a
 /// seqpacket side channel.
-pub(super) struct ShmQueue {
+pub(in crate::queue) struct ShmQueue {
     shared: Shared<RingLayout>,
     /// Both ends of a seqpacket pair every handle holds: producers send on one, consumers
     /// receive on the other, the kernel keeps what is in flight.
@@ -270,7 +277,7 @@ impl ShmQueue {
 
     /// A new ring of `ring_bytes` (rounded up to a power of two in bounds) for items of type
     /// `T`.
-    pub(super) fn create<T>(
+    pub(in crate::queue) fn create<T>(
         what: String,
         ring_bytes: usize,
         maxsize: u32,
@@ -313,7 +320,10 @@ impl ShmQueue {
     }
 
     /// What goes to another process: the segment, both side-channel ends, the name.
-    pub(super) fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub(in crate::queue) fn serialize<S: Serializer>(
+        &self,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         (
             &self.shared,
             FdOut(self.side_tx.as_fd()),
@@ -324,7 +334,7 @@ impl ShmQueue {
     }
 
     /// A queue of `T` received from another process, checked.
-    pub(super) fn deserialize<'de, T, D: Deserializer<'de>>(
+    pub(in crate::queue) fn deserialize<'de, T, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<ShmQueue, D::Error> {
         let (shared, FdIn(side_tx), FdIn(side_rx), what) =
@@ -349,61 +359,17 @@ impl ShmQueue {
         Ok(ShmQueue::from_parts(shared, side_tx, side_rx, what))
     }
 
-    pub(super) fn check_open(&self) -> Result<()> {
+    pub(in crate::queue) fn check_open(&self) -> Result<()> {
         self.closed.check(|| self.what.clone())
     }
 
-    pub(super) fn failed(&self, why: WaitFailed, block: bool, waited: Duration) -> Error {
+    pub(in crate::queue) fn failed(&self, why: WaitFailed, block: bool, waited: Duration) -> Error {
         let what = self.what.clone();
         match (why, block) {
             (WaitFailed::WouldBlock, _) => Error::Full { what },
             (WaitFailed::TimedOut, false) => Error::Full { what },
             (WaitFailed::TimedOut, true) => Error::timeout(what, waited),
         }
-    }
-
-    pub(super) fn put_until<T: Serialize>(
-        &self,
-        item: &T,
-        deadline: Option<Instant>,
-        block: bool,
-        waited: Duration,
-    ) -> Result<()> {
-        self.check_open()?;
-        with_scratch(|buf| {
-            let fds = share::encode_into(&self.what, item, buf)?;
-            if self.maxsize() == 0 && block {
-                // Unbounded: into the ring if room comes within `BACKLOG_AFTER` (and no earlier
-                // item of this handle waits in the backlog), else into the backlog.
-                if self.backlog.queued.load(Ordering::Acquire) == 0 {
-                    let soon = Wait::For(BACKLOG_AFTER);
-                    let placed = publish(
-                        &self.shared,
-                        self.side_tx.as_fd(),
-                        &self.what,
-                        buf,
-                        &fds,
-                        soon,
-                        true,
-                    )?;
-                    if placed.is_ok() {
-                        return Ok(());
-                    }
-                }
-                return self.put_in_backlog(buf, fds);
-            }
-            let wait = Wait::Until(deadline);
-            publish(
-                &self.shared,
-                self.side_tx.as_fd(),
-                &self.what,
-                buf,
-                &fds,
-                wait,
-                block,
-            )?
-            .map_err(|why| self.failed(why, block, waited))
-        })
     }
 
     /// Leaves an item of an unbounded queue's `put` to the feeder thread (started if none
@@ -511,20 +477,9 @@ impl ShmQueue {
         }
     }
 
-    pub(super) fn get_until<T: DeserializeOwned>(
-        &self,
-        deadline: Option<Instant>,
-        block: bool,
-        waited: Duration,
-    ) -> Result<T> {
-        self.get_until_with(deadline, block, waited, |what, bytes, fds| {
-            share::decode(what, bytes, fds)
-        })
-    }
-
     /// Takes the next message and hands its bytes (and descriptors) to `decode`, without
     /// copying them out of the receive buffer first.
-    pub(super) fn get_until_with<R>(
+    pub(in crate::queue) fn get_until_with<R>(
         &self,
         deadline: Option<Instant>,
         block: bool,
@@ -588,7 +543,7 @@ impl ShmQueue {
     /// queue's consumer side, so that other threads may take items with `try_get` meanwhile
     /// (a pool's waiters take their own results while its handler thread waits here), and
     /// without spinning: the waiter sleeps at once, leaving the CPU to those who work.
-    pub(super) fn get_timeout_shared_with<R>(
+    pub(in crate::queue) fn get_timeout_shared_with<R>(
         &self,
         timeout: Duration,
         mut decode: impl FnMut(&str, &[u8], Vec<OwnedFd>) -> Result<R>,
@@ -640,29 +595,94 @@ impl ShmQueue {
         }
     }
 
+    fn unfinished_count(&self) -> u32 {
+        let inner = self;
+        let sleepers = &inner.shared.layout().sleepers;
+        let done = sleepers.done.load(Ordering::Acquire);
+        let waiting = u32::try_from(inner.backlogged()).unwrap_or(u32::MAX);
+        inner
+            .ring()
+            .put_count()
+            .wrapping_sub(done)
+            .saturating_add(waiting)
+    }
+}
+
+impl QueueFlavor for ShmQueue {
+    fn put_until<T: Serialize>(
+        &self,
+        item: &T,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<()> {
+        self.check_open()?;
+        with_scratch(|buf| {
+            let fds = share::encode_into(&self.what, item, buf)?;
+            if self.maxsize() == 0 && block {
+                // Unbounded: into the ring if room comes within `BACKLOG_AFTER` (and no earlier
+                // item of this handle waits in the backlog), else into the backlog.
+                if self.backlog.queued.load(Ordering::Acquire) == 0 {
+                    let soon = Wait::For(BACKLOG_AFTER);
+                    let placed = publish(
+                        &self.shared,
+                        self.side_tx.as_fd(),
+                        &self.what,
+                        buf,
+                        &fds,
+                        soon,
+                        true,
+                    )?;
+                    if placed.is_ok() {
+                        return Ok(());
+                    }
+                }
+                return self.put_in_backlog(buf, fds);
+            }
+            let wait = Wait::Until(deadline);
+            publish(
+                &self.shared,
+                self.side_tx.as_fd(),
+                &self.what,
+                buf,
+                &fds,
+                wait,
+                block,
+            )?
+            .map_err(|why| self.failed(why, block, waited))
+        })
+    }
+
+    fn get_until<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<T> {
+        self.get_until_with(deadline, block, waited, |what, bytes, fds| {
+            share::decode(what, bytes, fds)
+        })
+    }
+
     /// The number of frames in the ring now.
-    pub(super) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.ring().len() as usize
     }
 
     /// Whether a small item would not fit now.
-    pub(super) fn is_full(&self) -> bool {
+    fn is_full(&self) -> bool {
         self.ring().is_full(ring::HEADER + 8)
     }
 
-    pub(super) fn maxsize(&self) -> u32 {
+    fn maxsize(&self) -> u32 {
         self.shared.layout().maxsize.load(Ordering::Relaxed)
     }
 
-    pub(super) fn close(&self) {
+    fn close(&self) {
         self.closed.close();
     }
 
-    pub(super) fn what(&self) -> &str {
-        &self.what
-    }
-
-    pub(super) fn task_done(&self) -> Result<()> {
+    fn task_done(&self) -> Result<()> {
         let inner = self;
         let ring = inner.ring();
         let sleepers = &inner.shared.layout().sleepers;
@@ -693,19 +713,7 @@ impl ShmQueue {
         Ok(())
     }
 
-    pub(super) fn unfinished(&self) -> u32 {
-        let inner = self;
-        let sleepers = &inner.shared.layout().sleepers;
-        let done = sleepers.done.load(Ordering::Acquire);
-        let waiting = u32::try_from(inner.backlogged()).unwrap_or(u32::MAX);
-        inner
-            .ring()
-            .put_count()
-            .wrapping_sub(done)
-            .saturating_add(waiting)
-    }
-
-    pub(super) fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
+    fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
         let inner = self;
         let sleepers = &inner.shared.layout().sleepers;
         loop {
@@ -727,10 +735,18 @@ impl ShmQueue {
                 futex_wait(&sleepers.done, done, nap);
             }
             sleepers.joiners.fetch_sub(1, Ordering::Relaxed);
-            if deadline.is_some_and(|d| Instant::now() >= d) && inner.unfinished() != 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) && inner.unfinished_count() != 0 {
                 return Err(Error::timeout(inner.what.clone(), waited));
             }
         }
+    }
+
+    fn unfinished(&self) -> Result<u64> {
+        Ok(u64::from(self.unfinished_count()))
+    }
+
+    fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
+        f.field("name", &self.what).field("len", &self.len());
     }
 }
 

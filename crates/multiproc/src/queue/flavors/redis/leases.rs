@@ -1,0 +1,281 @@
+//! Leases: what a handle took and has not finished, renewed by a thread while held, acknowledged
+//! in batches, given back on failure, and dead-lettered after too many deliveries.
+
+use std::collections::VecDeque;
+use std::sync::{MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, Value};
+
+use super::entry::{Entry, parse_pending_count, pending_ids};
+use super::{Acks, COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, Leases, Prefetched, RedisQueue};
+use crate::error::{Error, Result};
+use crate::sync::IgnorePoison;
+
+impl RedisQueue {
+    /// Whether it is time to look for entries whose lease ran out (and notes that it is).
+    pub(super) fn claim_due(&self) -> bool {
+        let mut last = self.last_claim.lock().ignore_poison();
+        let due = last.is_none_or(|t| t.elapsed() >= self.settings.lease / 4);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// How many times entry `id` was delivered.
+    pub(super) fn deliveries(&self, id: &str, deadline: Option<Instant>) -> Result<u32> {
+        self.with_conn(deadline, |c| {
+            let reply: Value = redis::cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(id)
+                .arg(id)
+                .arg(1)
+                .query(c)?;
+            Ok(parse_pending_count(reply).unwrap_or(1))
+        })
+    }
+
+    pub(super) fn last_error(&self, id: &str, deadline: Option<Instant>) -> Result<Option<String>> {
+        self.with_conn(deadline, |c| {
+            let reason: Option<Vec<u8>> =
+                redis::cmd("HGET").arg(&self.keys.errors).arg(id).query(c)?;
+            Ok(reason.map(|r| String::from_utf8_lossy(&r).into_owned()))
+        })
+    }
+
+    /// Moves `entry` to the dead-letter stream, in one transaction.
+    pub(super) fn dead_letter(
+        &self,
+        entry: &Entry,
+        reason: &str,
+        deliveries: u32,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        self.with_conn(deadline, |c| {
+            let mut add = redis::cmd("XADD");
+            add.arg(&self.keys.dead).arg("*");
+            for (k, v) in &entry.fields {
+                if !matches!(k.as_slice(), b"reason" | b"deliveries" | b"original_id") {
+                    add.arg(k).arg(v);
+                }
+            }
+            add.arg("reason")
+                .arg(reason)
+                .arg("deliveries")
+                .arg(deliveries)
+                .arg("original_id")
+                .arg(&entry.id);
+            redis::pipe()
+                .atomic()
+                .add_command(add)
+                .cmd("XACK")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .cmd("XDEL")
+                .arg(&self.keys.stream)
+                .arg(&entry.id)
+                .cmd("HDEL")
+                .arg(&self.keys.errors)
+                .arg(&entry.id)
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
+    pub(super) fn take_lease(&self, id: String) {
+        self.lock_leases().push_back(id);
+        self.start_renewer();
+    }
+
+    pub(super) fn lock_leases(&self) -> MutexGuard<'_, VecDeque<String>> {
+        self.leases.lock().ignore_poison()
+    }
+
+    /// The oldest lease, or an error if there is none.
+    pub(super) fn oldest_lease(&self, what: &str) -> Result<String> {
+        self.lock_leases().pop_front().ok_or_else(|| {
+            Error::invalid(
+                self.what(),
+                format!("{what}() called more times than items were taken"),
+            )
+        })
+    }
+
+    pub(super) fn ack_oldest(&self) -> Result<()> {
+        let id = self.oldest_lease("task_done")?;
+        self.acks.lock().ignore_poison().push(id);
+        Ok(())
+    }
+
+    /// Sends the acknowledgements waiting in `acks`.
+    pub(super) fn flush_acks(&self, deadline: Option<Instant>) -> Result<()> {
+        let ids = std::mem::take(&mut *self.acks.lock().ignore_poison());
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sent = self.with_conn(deadline, |c| {
+            let mut pipe = redis::pipe();
+            self.add_acks(&mut pipe, &ids);
+            pipe.query::<()>(c)
+        });
+        if sent.is_err() {
+            // Not lost: sent with the next call, or the entries come back to someone.
+            self.acks.lock().ignore_poison().extend(ids);
+        }
+        sent
+    }
+
+    /// Adds to `pipe` what finishes entries `ids`: deleted first, then acknowledged, so that
+    /// an interruption between the two leaves a pending entry the broker knows is gone (the
+    /// next XAUTOCLAIM drops it) rather than an acknowledged one left in the stream for ever.
+    pub(super) fn add_acks(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
+        pipe.cmd("XDEL").arg(&self.keys.stream).arg(ids).ignore();
+        pipe.cmd("XACK")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg(ids)
+            .ignore();
+        pipe.cmd("HDEL").arg(&self.keys.errors).arg(ids).ignore();
+    }
+
+    /// Acknowledges entry `id` and removes it (and its recorded error).
+    pub(super) fn finish(&self, id: &str, deadline: Option<Instant>) -> Result<()> {
+        self.with_conn(deadline, |c| {
+            redis::pipe()
+                .atomic()
+                .cmd("XACK")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(id)
+                .cmd("XDEL")
+                .arg(&self.keys.stream)
+                .arg(id)
+                .cmd("HDEL")
+                .arg(&self.keys.errors)
+                .arg(id)
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
+    pub(super) fn fail_oldest(&self, reason: &str) -> Result<()> {
+        let id = self.oldest_lease("task_failed")?;
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        self.with_conn(None, |c| {
+            // Recorded for the dead-letter stream, then given back: an idle time past the
+            // lease makes the next XAUTOCLAIM anywhere take it.
+            redis::pipe()
+                .atomic()
+                .cmd("HSET")
+                .arg(&self.keys.errors)
+                .arg(&id)
+                .arg(reason)
+                .cmd("XCLAIM")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&id)
+                .arg("IDLE")
+                .arg(lease_ms)
+                .arg("JUSTID")
+                .query::<Value>(c)
+                .map(drop)
+        })
+    }
+
+    /// Starts the thread that renews this handle's leases, if it is not running.
+    pub(super) fn start_renewer(&self) {
+        let mut renewer = self.renewer.lock().ignore_poison();
+        if renewer.is_some() {
+            return;
+        }
+        let (stop, stopped) = mpsc::channel::<()>();
+        let leases = self.leases.clone();
+        let acks = self.acks.clone();
+        let prefetched = self.prefetched.clone();
+        let client = self.client.clone();
+        let stream = self.keys.stream.clone();
+        let consumer = self.consumer.clone();
+        let every = self.settings.lease / 3;
+        let spawned = std::thread::Builder::new()
+            .name("multiproc-lease".into())
+            .spawn(move || {
+                renew_leases(
+                    client,
+                    stream,
+                    consumer,
+                    (leases, acks, prefetched),
+                    every,
+                    stopped,
+                )
+            });
+        if spawned.is_ok() {
+            *renewer = Some(stop);
+        }
+    }
+}
+
+/// The renewing thread: every `every`, resets the idle time of the leased entries this
+/// consumer still owns, until told to stop.
+pub(super) fn renew_leases(
+    client: Client,
+    stream: String,
+    consumer: String,
+    (leases, acks, prefetched): (Leases, Acks, Prefetched),
+    every: Duration,
+    stopped: mpsc::Receiver<()>,
+) {
+    let mut conn: Option<Connection> = None;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+        let mut ids: Vec<String> = leases.lock().ignore_poison().iter().cloned().collect();
+        ids.extend(acks.lock().ignore_poison().iter().cloned());
+        ids.extend(
+            prefetched
+                .lock()
+                .ignore_poison()
+                .iter()
+                .map(|e| e.id.clone()),
+        );
+        if ids.is_empty() {
+            continue;
+        }
+        if conn.is_none() {
+            conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
+        // Only entries still ours: one whose lease ran out may have gone to another consumer.
+        let owned: redis::RedisResult<Value> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(ids.len().max(1) * 4)
+            .arg(&consumer)
+            .query(c);
+        let owned = match owned {
+            Ok(v) => pending_ids(v),
+            Err(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        let renew: Vec<&String> = ids.iter().filter(|id| owned.contains(id)).collect();
+        if renew.is_empty() {
+            continue;
+        }
+        let mut claim = redis::cmd("XCLAIM");
+        claim.arg(&stream).arg(GROUP).arg(&consumer).arg(0);
+        for id in renew {
+            claim.arg(id);
+        }
+        claim.arg("JUSTID");
+        if claim.query::<Value>(c).is_err() {
+            conn = None;
+        }
+    }
+}

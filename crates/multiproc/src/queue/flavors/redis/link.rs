@@ -1,0 +1,249 @@
+//! The connections to the broker: made when first needed, made again with back-off when they
+//! break, with the puts written on them and not yet confirmed.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisError, Value};
+
+use super::entry::{as_string, field_of};
+use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, RECONNECT_FIRST, RECONNECT_MAX, RedisQueue};
+use crate::error::{Error, Result};
+use crate::sync::IgnorePoison;
+
+/// A connection to the broker (made when first needed) and the puts written on it whose
+/// replies have not been read.
+///
+/// A `put` writes its XADD and goes on: the entry is on its way to the broker (and visible to
+/// consumers as soon as the broker reads it) without the producer waiting a round trip for
+/// the reply. Replies are read in batches: once [`UNCONFIRMED_MAX`] are outstanding (the
+/// older half, which have long arrived), before any other command on the connection, by
+/// `flush` and on drop.
+#[derive(Default)]
+pub(super) struct Link {
+    pub(super) conn: Option<Connection>,
+    /// The packed XADDs written and not yet confirmed, oldest first. On a new connection
+    /// they are written again: an entry whose reply was lost with the old connection may
+    /// then be stored twice (at least once, as everywhere on a broker).
+    pub(super) unconfirmed: VecDeque<Vec<u8>>,
+    /// Puts the broker refused, told by the next `put` or `flush` (the call that learnt of
+    /// them may be another): how many, and the first reason.
+    pub(super) refused: Option<(usize, String)>,
+}
+
+/// How many puts may wait for their replies; past it, the older half are read.
+pub(super) const UNCONFIRMED_MAX: usize = 256;
+
+impl Link {
+    /// The connection, made if there is none (writing the unconfirmed puts on it again).
+    pub(super) fn connection(&mut self, client: &Client) -> redis::RedisResult<&mut Connection> {
+        let c = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let mut c = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                if !self.unconfirmed.is_empty() {
+                    let again: Vec<u8> = self.unconfirmed.iter().flatten().copied().collect();
+                    c.send_packed_command(&again)?;
+                }
+                c
+            }
+        };
+        Ok(self.conn.insert(c))
+    }
+
+    /// Reads the replies of the puts written until at most `keep` are outstanding.
+    pub(super) fn confirm(&mut self, keep: usize) -> redis::RedisResult<()> {
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        while self.unconfirmed.len() > keep {
+            if let Value::ServerError(e) = c.recv_response()? {
+                let refused = self.refused.get_or_insert_with(|| (0, e.to_string()));
+                refused.0 += 1;
+            }
+            self.unconfirmed.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Takes the news of refused puts, as an error.
+    pub(super) fn take_refused(&mut self, what: &str) -> Result<()> {
+        match self.refused.take() {
+            None => Ok(()),
+            Some((n, reason)) => Err(Error::Remote {
+                what: what.to_string(),
+                detail: format!(
+                    "the broker refused {n} earlier put(s), whose items are not queued: {reason}"
+                ),
+            }),
+        }
+    }
+}
+
+impl RedisQueue {
+    /// Runs `op` on the connection, connecting again with back-off while the broker cannot
+    /// be reached, until `deadline`.
+    pub(super) fn with_conn<R>(
+        &self,
+        deadline: Option<Instant>,
+        op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        self.with_conn_on(&self.conn, deadline, op)
+    }
+
+    /// [`with_conn`](Self::with_conn) on the connection in `slot`, once the replies of the
+    /// puts written on it are read.
+    pub(super) fn with_conn_on<R>(
+        &self,
+        slot: &Mutex<Link>,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let mut link = slot.lock().ignore_poison();
+        self.retrying(&mut link, deadline, |link| {
+            link.connection(&self.client)?;
+            link.confirm(0)?;
+            op(link.conn.as_mut().expect("connected just above"))
+        })
+    }
+
+    /// Runs `op` on `link`, dropping its connection and trying again with back-off while the
+    /// broker cannot be reached, until `deadline`.
+    pub(super) fn retrying<R>(
+        &self,
+        link: &mut Link,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Link) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let mut backoff = RECONNECT_FIRST;
+        loop {
+            match op(link) {
+                Ok(v) => return Ok(v),
+                Err(e) if retriable(&e) => {
+                    link.conn = None;
+                    tracing::warn!(queue = %self.name, error = %e, "broker unreachable; retrying");
+                    if !pause_until(deadline, backoff) {
+                        return Err(broker_error(&self.what(), "broker unreachable", e));
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+                Err(e) => {
+                    // An error the broker did not send (a reply that does not parse…) leaves
+                    // the connection in an unknown state: the next call makes a new one.
+                    if e.code().is_none() {
+                        link.conn = None;
+                    }
+                    return Err(broker_error(&self.what(), "broker refused", e));
+                }
+            }
+        }
+    }
+}
+
+/// Creates the stream and its group unless they exist. The group starts at the stream's
+/// beginning, so items put before any consumer came are delivered.
+pub(super) fn create_group(c: &mut Connection, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(c);
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        // A broker out of memory refuses the creation even of a group that exists: then a
+        // consumer may still connect (and drain the queue), as long as the group is there.
+        Err(e) if e.code() == Some("OOM") => {
+            let groups: redis::RedisResult<Value> =
+                redis::cmd("XINFO").arg("GROUPS").arg(stream).query(c);
+            let ours = |row: &Value| {
+                field_of(row, "name").and_then(|v| as_string(&v)).as_deref() == Some(GROUP)
+            };
+            match groups {
+                Ok(Value::Array(rows)) if rows.iter().any(ours) => Ok(()),
+                _ => Err(e),
+            }
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Whether an error means the broker is (for now) out of reach, rather than a refusal.
+pub(super) fn retriable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+}
+
+pub(super) fn broker_error(what: &str, doing: &str, e: RedisError) -> Error {
+    Error::io(what, std::io::Error::other(format!("{doing}: {e}")))
+}
+
+/// `url` with any password replaced by `***`.
+pub(super) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A consumer name unique to this handle: host, pid and a random part.
+pub(super) fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(random)
+    )
+}
+
+/// Waits `pause` (less if `deadline` comes first); false if the deadline has passed.
+pub(super) fn pause_until(deadline: Option<Instant>, pause: Duration) -> bool {
+    let now = Instant::now();
+    let until = match deadline {
+        Some(d) if d <= now => return false,
+        Some(d) => d.min(now + pause),
+        None => now + pause,
+    };
+    // A parked thread is woken only by its deadline here: nothing else unparks it.
+    while Instant::now() < until {
+        std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://me:s3cret@h/"), "redis://me:***@h/");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
+    }
+}

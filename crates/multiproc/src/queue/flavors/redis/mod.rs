@@ -1,0 +1,648 @@
+//! The broker flavor of a queue: a Redis stream with a consumer group.
+//!
+//! # Keys and entries
+//! A queue named `N` is the stream `N`, read through the consumer group `multiproc`. Each
+//! entry has two fields: `codec` (`json`) and `body` (the item in that codec), so any language
+//! with a Redis client can put and take items. Items that could not be done go to the stream
+//! `N:dead` with the fields `codec`, `body`, `reason`, `deliveries` and `original_id`. The
+//! last error reported for an entry waits in the hash `N:errors` until the entry is done.
+//!
+//! # Delivery
+//! At least once. `get` claims an entry whose lease ran out (XAUTOCLAIM; its consumer died or
+//! gave it back) before reading a new one (XREADGROUP); the entry is then leased to this handle
+//! until `task_done` (XACK + XDEL) or `task_failed` (its idle time is set past the lease, so the
+//! next `get` anywhere claims it again). A thread renews this handle's leases while they are
+//! held. An entry delivered more than `max_deliveries` times, or one that does not decode, goes
+//! to the dead-letter stream instead of to the caller.
+//!
+//! # Round trips
+//! A `put` writes its XADD and does not wait for the reply (replies are read in batches, see
+//! [`Link`]); a quick consumer's `get` takes several entries per read (see [`Pace`]); a
+//! `task_done` goes with the next command. A steady stream costs well under one round trip
+//! per item on either side.
+//!
+//! # TLS
+//! `rediss://` connects with rustls, checking the server's certificate against the system's
+//! roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` point elsewhere, as for OpenSSL).
+//!
+//! # Failures
+//! A connection that breaks is opened again with back-off until the call's deadline (for ever
+//! for a call without one), so a broker that restarts (with `appendonly yes`, nothing is lost)
+//! only delays its clients. The first connection is not retried: an unreachable broker is an
+//! error naming its URL.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use redis::{Client, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::QueueFlavor;
+use crate::error::{Error, Result};
+use crate::sync::IgnorePoison;
+
+mod admin;
+mod entry;
+mod leases;
+mod link;
+mod settings;
+
+pub use admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+pub use settings::BrokerQueueBuilder;
+
+use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
+use link::{Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact};
+use settings::{Asked, BrokerSettings};
+
+/// The consumer group every multiproc queue is read through.
+const GROUP: &str = "multiproc";
+/// The one codec written today.
+const CODEC_JSON: &str = "json";
+/// How long the first connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command (other than a blocking read) may take before the broker counts as gone.
+pub(in crate::queue) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest single blocking read: between two, leases that ran out are looked for.
+const READ_SLICE: Duration = Duration::from_secs(1);
+/// Back-off between reconnection attempts.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// How often `join` and a full bounded `put` look again.
+const POLL: Duration = Duration::from_millis(20);
+/// The largest item accepted from the broker (a bound on untrusted input).
+const MAX_BODY: usize = 512 << 20;
+
+/// What a handle sent to another process carries: enough to connect again.
+#[derive(Serialize, Deserialize)]
+pub(in crate::queue) struct BrokerHandle {
+    url: String,
+    name: String,
+    lease_ms: u64,
+    max_deliveries: u32,
+    maxsize: u32,
+    joinable: bool,
+}
+
+/// The key names of one queue.
+struct Keys {
+    stream: String,
+    dead: String,
+    errors: String,
+    /// The queue's settings, which every handle shares: `lease_ms`, `max_deliveries`.
+    config: String,
+}
+
+/// Entry ids a handle took and has not finished, oldest first.
+type Leases = Arc<Mutex<VecDeque<String>>>;
+/// Entry ids a handle finished and has not acknowledged to the broker yet.
+type Acks = Arc<Mutex<Vec<String>>>;
+/// Entries a handle read ahead and has not handed out yet, oldest first.
+type Prefetched = Arc<Mutex<VecDeque<Entry>>>;
+
+/// The most entries one read takes.
+const PREFETCH_MAX: usize = 16;
+/// How long, at the caller's pace, the entries read ahead may wait here: a caller that takes
+/// 100 µs per item gets 10 at a time, one that takes 1 ms or more gets one.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// How quickly the caller comes back for the next item, which decides how many entries a
+/// read takes: many when items are done quickly (one round trip for several), one at a time
+/// when they take long (no entry waits here behind a long task while another consumer is
+/// idle).
+#[derive(Default)]
+struct Pace {
+    /// When the last item was handed out.
+    handed: Option<Instant>,
+    /// A moving average of the time from handing an item out to the next `get`.
+    busy: Option<Duration>,
+}
+
+impl Pace {
+    /// Notes a `get`: the time since the last item was handed out is how long it took.
+    fn asked(&mut self) {
+        if let Some(handed) = self.handed.take() {
+            let took = handed.elapsed();
+            self.busy = Some(self.busy.map_or(took, |b| (b * 3 + took) / 4));
+        }
+    }
+
+    /// Notes that an item was handed out.
+    fn handed(&mut self) {
+        self.handed = Some(Instant::now());
+    }
+
+    /// How many entries the next read may take.
+    fn batch(&self) -> usize {
+        self.busy.map_or(1, |busy| {
+            let n = PREFETCH_WINDOW.as_nanos() / busy.as_nanos().max(1);
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .clamp(1, PREFETCH_MAX)
+        })
+    }
+}
+
+/// A queue on a Redis stream.
+pub(in crate::queue) struct RedisQueue {
+    client: Client,
+    url: String,
+    name: String,
+    keys: Keys,
+    consumer: String,
+    settings: BrokerSettings,
+    conn: Mutex<Link>,
+    /// A second connection for blocking reads, so that a thread waiting in `get` does not
+    /// hold up another thread's `put` or `task_done` on the same handle.
+    reader: Mutex<Link>,
+    /// Entries this handle took and has not finished, oldest first.
+    leases: Leases,
+    /// Entries finished here whose acknowledgement goes with the next read (or any other
+    /// call to the broker on this handle): one round trip per item instead of two. Their
+    /// leases are renewed meanwhile.
+    acks: Acks,
+    /// Entries a read took beyond the one it handed out (see [`Pace`]): leased to this handle
+    /// (and renewed) until a later `get` hands them out, or given back when it is dropped.
+    prefetched: Prefetched,
+    pace: Mutex<Pace>,
+    closed: super::Closed,
+    /// Dropping the sender stops the lease-renewing thread.
+    renewer: Mutex<Option<mpsc::Sender<()>>>,
+    /// When `get` last looked for entries whose lease ran out (it does so every quarter
+    /// lease, and whenever no new entry came, not before every read).
+    last_claim: Mutex<Option<Instant>>,
+}
+
+impl RedisQueue {
+    /// Connects to the queue `name` at `url`, creating its stream and group if needed.
+    fn connect(url: &str, name: &str, settings: BrokerSettings) -> Result<RedisQueue> {
+        let what = format!("queue {name:?} at {}", redact(url));
+        if name.is_empty() || name.len() > 1024 {
+            return Err(Error::invalid(what, "a queue name must be 1 to 1024 bytes"));
+        }
+        // rustls picks its crypto provider from its crate features (ring, the only one we
+        // turn on) unless the application installed another first.
+        #[cfg(not(feature = "tls"))]
+        if url.starts_with("rediss://") {
+            return Err(Error::invalid(
+                what,
+                "rediss:// needs multiproc's `tls` feature, which this build does not have",
+            ));
+        }
+        let client = Client::open(url)
+            .map_err(|e| Error::invalid(what.clone(), format!("bad broker URL: {e}")))?;
+        let conn = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
+            .map_err(|e| broker_error(&what, "cannot connect", e))?;
+        let mut queue = RedisQueue {
+            client,
+            url: url.to_string(),
+            name: name.to_string(),
+            keys: Keys {
+                stream: name.to_string(),
+                dead: format!("{name}:dead"),
+                errors: format!("{name}:errors"),
+                config: format!("{name}:config"),
+            },
+            consumer: consumer_name(),
+            settings,
+            conn: Mutex::new(Link {
+                conn: Some(conn),
+                ..Link::default()
+            }),
+            reader: Mutex::new(Link::default()),
+            leases: Arc::new(Mutex::new(VecDeque::new())),
+            acks: Arc::new(Mutex::new(Vec::new())),
+            prefetched: Arc::new(Mutex::new(VecDeque::new())),
+            pace: Mutex::new(Pace::default()),
+            closed: super::Closed::default(),
+            renewer: Mutex::new(None),
+            last_claim: Mutex::new(None),
+        };
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        queue.with_conn(deadline, |c| create_group(c, &queue.keys.stream))?;
+        queue.settings = queue.agree_settings(deadline)?;
+        Ok(queue)
+    }
+
+    /// The lease every consumer of this queue uses.
+    pub(in crate::queue) fn lease(&self) -> Duration {
+        self.settings.lease
+    }
+
+    /// Connects again from a handle sent by another process.
+    pub(in crate::queue) fn reopen(handle: BrokerHandle) -> Result<RedisQueue> {
+        // What the queue had then; the queue's own settings (read again) are what counts.
+        let settings = BrokerSettings {
+            lease: Duration::from_millis(handle.lease_ms),
+            max_deliveries: handle.max_deliveries.max(1),
+            asked: Asked::default(),
+            maxsize: handle.maxsize,
+            joinable: handle.joinable,
+        };
+        RedisQueue::connect(&handle.url, &handle.name, settings)
+    }
+
+    pub(in crate::queue) fn handle(&self) -> BrokerHandle {
+        BrokerHandle {
+            url: self.url.clone(),
+            name: self.name.clone(),
+            lease_ms: self.settings.lease.as_millis() as u64,
+            max_deliveries: self.settings.max_deliveries,
+            maxsize: self.settings.maxsize,
+            joinable: self.settings.joinable,
+        }
+    }
+
+    pub(in crate::queue) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL without its password.
+    pub(in crate::queue) fn url(&self) -> String {
+        redact(&self.url)
+    }
+
+    fn what(&self) -> String {
+        format!("queue {:?} at {}", self.name, self.url())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.closed.check(|| self.what())
+    }
+
+    /// Writes the put `packed` without waiting for its reply (see [`Link`]); tells of puts
+    /// refused earlier.
+    fn send_put(&self, mut packed: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        let mut link = self.conn.lock().ignore_poison();
+        self.retrying(&mut link, deadline, |link| {
+            link.connection(&self.client)?
+                .send_packed_command(&packed)?;
+            // Written: from here on it is the link's to confirm (or to write again).
+            link.unconfirmed.push_back(std::mem::take(&mut packed));
+            Ok(())
+        })?;
+        if link.unconfirmed.len() >= UNCONFIRMED_MAX {
+            self.retrying(&mut link, deadline, |link| {
+                link.connection(&self.client)?;
+                link.confirm(UNCONFIRMED_MAX / 2)
+            })?;
+        }
+        link.take_refused(&self.what())
+    }
+
+    /// Waits until the broker has stored every item put through this handle; an item it
+    /// refused is an error.
+    pub(in crate::queue) fn flush_until(&self, deadline: Option<Instant>) -> Result<()> {
+        self.with_conn(deadline, |_| Ok(()))?;
+        self.conn.lock().ignore_poison().take_refused(&self.what())
+    }
+
+    /// The item of `entry`, delivered `deliveries` times, taken (leased or finished); `None`
+    /// if it went to the dead-letter stream instead.
+    fn hand_out<T: DeserializeOwned>(
+        &self,
+        entry: Entry,
+        deliveries: u32,
+        deadline: Option<Instant>,
+    ) -> Result<Option<T>> {
+        // This delivery is not handed out: the dead letter counts those that were, as
+        // `max_deliveries` does.
+        let handed_out = deliveries.saturating_sub(1);
+        if deliveries > self.settings.max_deliveries {
+            let reason = self
+                .last_error(&entry.id, deadline)?
+                .unwrap_or_else(|| "its lease ran out each time (consumers died?)".into());
+            self.dead_letter(&entry, &reason, handed_out, deadline)?;
+            return Ok(None);
+        }
+        match decode(&entry) {
+            Ok(item) => {
+                if self.settings.joinable {
+                    self.take_lease(entry.id);
+                } else {
+                    self.finish(&entry.id, deadline)?;
+                }
+                self.lock_pace().handed();
+                Ok(Some(item))
+            }
+            Err(reason) => {
+                tracing::warn!(queue = %self.name, id = %entry.id, %reason, "dead-lettered a malformed entry");
+                self.dead_letter(&entry, &reason, handed_out, deadline)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn lock_pace(&self) -> MutexGuard<'_, Pace> {
+        self.pace.lock().ignore_poison()
+    }
+
+    fn lock_prefetched(&self) -> MutexGuard<'_, VecDeque<Entry>> {
+        self.prefetched.lock().ignore_poison()
+    }
+
+    /// Gives back the entries read ahead and not handed out: in one transaction each goes
+    /// back to the end of the stream as a new entry (consumers waiting for one wake at once,
+    /// which an entry left for XAUTOCLAIM would not do) and the original is acknowledged.
+    /// None of them was ever handed out, so nothing of their history is lost.
+    fn give_back_prefetched(&self, deadline: Option<Instant>) -> Result<()> {
+        // An entry with no fields (none Redis would store) stays pending here: its lease runs
+        // out and the next consumer dead-letters it.
+        let entries: Vec<Entry> = self
+            .lock_prefetched()
+            .drain(..)
+            .filter(|e| !e.fields.is_empty())
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        self.with_conn(deadline, |c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for entry in &entries {
+                let add = pipe.cmd("XADD").arg(&self.keys.stream).arg("*");
+                for (k, v) in &entry.fields {
+                    add.arg(k).arg(v);
+                }
+                add.ignore();
+            }
+            pipe.cmd("XACK")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore();
+            pipe.cmd("XDEL").arg(&self.keys.stream).arg(&ids).ignore();
+            pipe.query::<()>(c)
+        })
+    }
+
+    /// Items not yet taken by any consumer.
+    pub(in crate::queue) fn waiting(&self) -> Result<usize> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.flush_acks(deadline)?;
+        self.with_conn(deadline, |c| {
+            let (len, pending): (usize, Value) = redis::pipe()
+                .cmd("XLEN")
+                .arg(&self.keys.stream)
+                .cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .query(c)?;
+            let pending = match pending {
+                Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0) as usize,
+                _ => 0,
+            };
+            Ok(len.saturating_sub(pending))
+        })
+    }
+
+    fn is_full_until(&self, deadline: Option<Instant>) -> Result<bool> {
+        if self.settings.maxsize == 0 {
+            return Ok(false);
+        }
+        let len: u64 = self.with_conn(deadline, |c| {
+            redis::cmd("XLEN").arg(&self.keys.stream).query(c)
+        })?;
+        Ok(len >= u64::from(self.settings.maxsize))
+    }
+}
+
+impl QueueFlavor for RedisQueue {
+    fn put_until<T: Serialize>(
+        &self,
+        item: &T,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<()> {
+        self.check_open()?;
+        let body = serde_json::to_vec(item)
+            .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.stream)
+            .arg("*")
+            .arg("codec")
+            .arg(CODEC_JSON)
+            .arg("body")
+            .arg(&body);
+        if self.settings.maxsize == 0 {
+            return self.send_put(xadd.get_packed_command(), deadline);
+        }
+        loop {
+            // A bounded queue's put waits for its reply: the next one looks at the length.
+            if !self.is_full_until(deadline)? {
+                return self.with_conn(deadline, |c| xadd.query::<Value>(c).map(drop));
+            }
+            if !block {
+                return Err(Error::Full { what: self.what() });
+            }
+            if !pause_until(deadline, POLL) {
+                return Err(Error::timeout(self.what(), waited));
+            }
+        }
+    }
+
+    fn get_until<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+    ) -> Result<T> {
+        self.lock_pace().asked();
+        loop {
+            self.check_open()?;
+            let ahead = self.lock_prefetched().pop_front();
+            if let Some(entry) = ahead {
+                match self.hand_out(entry, 1, deadline)? {
+                    Some(item) => return Ok(item),
+                    None => continue,
+                }
+            }
+            let lease_ms = self.settings.lease.as_millis() as u64;
+            // First an entry whose lease ran out (now and then), then new ones.
+            let claim = self.claim_due();
+            let claimed = if claim {
+                self.with_conn(deadline, |c| {
+                    let reply: Value = redis::cmd("XAUTOCLAIM")
+                        .arg(&self.keys.stream)
+                        .arg(GROUP)
+                        .arg(&self.consumer)
+                        .arg(lease_ms)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query(c)?;
+                    Ok(parse_autoclaim(reply))
+                })?
+            } else {
+                None
+            };
+            let (entry, deliveries) = match claimed {
+                Some(entry) => {
+                    // There may be more: the next `get` looks again before reading new ones.
+                    *self.last_claim.lock().ignore_poison() = None;
+                    let deliveries = self.deliveries(&entry.id, deadline)?;
+                    (Some(entry), deliveries)
+                }
+                None => {
+                    let slice = match deadline {
+                        _ if !block => None,
+                        None => Some(READ_SLICE),
+                        Some(d) => {
+                            Some(d.saturating_duration_since(Instant::now()).min(READ_SLICE))
+                        }
+                    };
+                    // Acknowledgements waiting here go in the same round trip as the read.
+                    let acks = std::mem::take(&mut *self.acks.lock().ignore_poison());
+                    let batch = self.lock_pace().batch();
+                    let read = self.with_conn_on(&self.reader, deadline, |c| {
+                        let mut cmd = redis::cmd("XREADGROUP");
+                        cmd.arg("GROUP")
+                            .arg(GROUP)
+                            .arg(&self.consumer)
+                            .arg("COUNT")
+                            .arg(batch);
+                        if let Some(slice) = slice.filter(|s| !s.is_zero()) {
+                            cmd.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
+                            c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
+                        }
+                        cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
+                        let reply = if acks.is_empty() {
+                            cmd.query::<Value>(c)
+                        } else {
+                            let mut pipe = redis::pipe();
+                            self.add_acks(&mut pipe, &acks);
+                            pipe.add_command(cmd);
+                            pipe.query::<(Value,)>(c).map(|(v,)| v)
+                        };
+                        c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                        match reply {
+                            Err(e) if e.code() == Some("NOGROUP") => {
+                                // The broker lost the group (restarted without persistence).
+                                create_group(c, &self.keys.stream)?;
+                                Ok(Vec::new())
+                            }
+                            other => Ok(parse_read(other?)),
+                        }
+                    });
+                    let entry = match read {
+                        Ok(entries) => {
+                            let mut entries = entries.into_iter();
+                            let first = entries.next();
+                            let mut ahead = self.lock_prefetched();
+                            ahead.extend(entries);
+                            if !ahead.is_empty() {
+                                drop(ahead);
+                                self.start_renewer();
+                            }
+                            first
+                        }
+                        Err(e) => {
+                            self.acks.lock().ignore_poison().extend(acks);
+                            return Err(e);
+                        }
+                    };
+                    if entry.is_none() {
+                        // Nothing new: look for expired leases on the next round.
+                        *self.last_claim.lock().ignore_poison() = None;
+                    }
+                    (entry, 1)
+                }
+            };
+            if let Some(entry) = entry
+                && let Some(item) = self.hand_out(entry, deliveries, deadline)?
+            {
+                return Ok(item);
+            }
+            // Before giving up, one look for entries given back or left by the dead.
+            if !claim {
+                continue;
+            }
+            if !block || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(if block {
+                    Error::timeout(self.what(), waited)
+                } else {
+                    Error::Empty { what: self.what() }
+                });
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.close();
+    }
+
+    fn maxsize(&self) -> u32 {
+        self.settings.maxsize
+    }
+
+    fn is_full(&self) -> bool {
+        self.is_full_until(Some(Instant::now() + COMMAND_TIMEOUT))
+            .unwrap_or(false)
+    }
+
+    fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
+        self.flush_acks(deadline)?;
+        loop {
+            let left: u64 = self.with_conn(deadline, |c| {
+                redis::cmd("XLEN").arg(&self.keys.stream).query(c)
+            })?;
+            if left == 0 {
+                return Ok(());
+            }
+            if !pause_until(deadline, POLL) {
+                return Err(Error::timeout(self.what(), waited));
+            }
+        }
+    }
+
+    /// Entries in the stream: not taken, or taken and not finished.
+    fn unfinished(&self) -> Result<u64> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.flush_acks(deadline)?;
+        self.with_conn(deadline, |c| {
+            redis::cmd("XLEN").arg(&self.keys.stream).query(c)
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.flush_until(Some(Instant::now() + COMMAND_TIMEOUT))
+    }
+
+    fn len(&self) -> usize {
+        self.waiting().unwrap_or(0)
+    }
+
+    fn task_done(&self) -> Result<()> {
+        self.ack_oldest()
+    }
+
+    fn task_failed(&self, reason: &str) -> Result<()> {
+        self.fail_oldest(reason)
+    }
+
+    fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
+        f.field("name", &self.name).field("broker", &self.url());
+    }
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        // Best effort: unsent acknowledgements otherwise come back as redeliveries, and
+        // unconfirmed puts may still have to be written again.
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let flushed = self
+            .give_back_prefetched(deadline)
+            .and_then(|()| self.flush_acks(deadline))
+            .and_then(|()| self.flush_until(deadline));
+        if let Err(e) = flushed {
+            tracing::error!(queue = %self.name, error = %e, "dropping a broker queue handle");
+        }
+        // Ends the renewer; leases still held run out and their items go to other consumers.
+        self.renewer.lock().ignore_poison().take();
+    }
+}
