@@ -7,7 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-mod broker;
+mod admin;
 mod demo;
 mod queues;
 mod run;
@@ -43,9 +43,9 @@ enum Command {
     /// Take results from a served queue and print them.
     Collect(queues::Collect),
     /// Show broker queues: items waiting, taken, dead; consumers and those that look lost.
-    Status(broker::Status),
+    Status(admin::Status),
     /// List, requeue or purge a broker queue's dead letters.
-    Dead(broker::Dead),
+    Dead(admin::Dead),
     /// Run a command for each input, several at once, as GNU parallel does.
     Run(run::Run),
 }
@@ -97,8 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => queues::worker(args),
         Command::Submit(args) => queues::submit(args),
         Command::Collect(args) => queues::collect(args),
-        Command::Status(args) => broker::status(args),
-        Command::Dead(args) => broker::dead(args),
+        Command::Status(args) => admin::status(args),
+        Command::Dead(args) => admin::dead(args),
         // Handled in `main`, which owns the exit status.
         Command::Run(_) => Ok(()),
     }

@@ -1,13 +1,16 @@
-//! `multiproc serve`, `worker`, `submit` and `collect`: named queues over TCP, spoken in
-//! CPython's manager protocol, so CPython's `BaseManager` workers and masters can join in; or
-//! the same commands on a Redis broker (`-b redis://…`, see `broker.rs`).
+//! `multiproc serve`, `worker`, `submit` and `collect`: named queues on a manager server,
+//! spoken in CPython's manager protocol so that CPython's `BaseManager` workers and masters can
+//! join in, or on a Redis broker (`-b redis://…`). One loop per command serves both: the
+//! queues are `JoinableQueue`s either way, only what travels in them differs ([`Wire`]).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
+use multiproc::{Address, ErrorKind, JoinableQueue, ManagerClient, ManagerServer, Queue};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::task_command::{TaskCommand, brief};
@@ -63,12 +66,24 @@ impl BrokerArg {
             .then_some(b)
     }
 
-    fn manager(&self, auth: &Auth) -> anyhow::Result<ManagerClient> {
-        Ok(ManagerClient::connect(
-            &address(&self.broker)?,
-            &auth.key()?,
-        )?)
+    /// Connects to the manager, or names the broker.
+    fn backend(&self, auth: &Auth) -> anyhow::Result<Backend<'_>> {
+        if let Some(url) = self.redis() {
+            return Ok(Backend::Redis(url));
+        }
+        let manager = ManagerClient::connect(&address(&self.broker)?, &auth.key()?)?;
+        Ok(Backend::Manager(manager))
     }
+}
+
+/// Where the queues are.
+enum Backend<'a> {
+    Manager(ManagerClient),
+    Redis(&'a str),
+}
+
+pub(crate) fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("bad {what}: {s}"))
 }
 
 /// A task or result: an integer, a text or bytes, as Python's `int`, `str` or `bytes`.
@@ -250,31 +265,150 @@ impl TaskRunner {
 }
 
 pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
-    if let Some(url) = args.broker.redis() {
-        return crate::broker::worker(url, &args);
-    }
-    let manager = args.broker.manager(&args.auth)?;
-    let tasks = manager.queue::<Item>(&typeid(&args.tasks))?;
-    let results = manager.queue::<Item>(&typeid(&args.results))?;
     let runner = TaskRunner::new(&args)?;
-    let idle = Duration::from_secs_f64(args.idle.max(0.0));
-    let mut done = 0u64;
+    let idle = seconds(args.idle.max(0.0), "--idle")?;
+    match args.broker.backend(&args.auth)? {
+        Backend::Manager(m) => {
+            let tasks = m.queue::<Item>(&typeid(&args.tasks))?;
+            let results = m.queue::<Item>(&typeid(&args.results))?;
+            work::<Pickled>(&tasks, &results, &runner, idle)
+        }
+        Backend::Redis(url) => {
+            let mut tasks = Queue::broker(url, &args.tasks);
+            if let Some(lease) = args.lease {
+                tasks = tasks.lease(seconds(lease, "--lease")?);
+            }
+            if let Some(n) = args.max_deliveries {
+                tasks = tasks.max_deliveries(n);
+            }
+            let tasks = tasks.build_joinable()?;
+            let results = Queue::connect(url, &args.results)?;
+            work::<Json>(&tasks, &results, &runner, idle)
+        }
+    }
+}
+
+/// The worker's loop, the same on every backend: takes tasks until none came for `idle`,
+/// puts each one's result, then says the task is done.
+fn work<W: Wire>(
+    tasks: &JoinableQueue<W::Task>,
+    results: &Queue<W::Outcome>,
+    runner: &TaskRunner,
+    idle: Duration,
+) -> anyhow::Result<()> {
+    let (mut done, mut failed) = (0u64, 0u64);
     loop {
         let task = match tasks.get_timeout(idle) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::Timeout => break,
             Err(e) => return Err(e.into()),
         };
-        let result = match runner.run(&task) {
-            Ok(r) => r,
-            Err(e) => Item::Text(format!("error: {e:#}")),
+        let result = match runner.run(W::item(&task)) {
+            Ok(result) => {
+                done += 1;
+                result
+            }
+            Err(e) if W::REDELIVERS => {
+                // Given back to be tried again, then to the dead letters.
+                eprintln!("task {} failed: {e:#}", W::item(&task).brief());
+                tasks.task_failed(&format!("{e:#}"))?;
+                failed += 1;
+                continue;
+            }
+            Err(e) => {
+                failed += 1;
+                Item::Text(format!("error: {e:#}"))
+            }
         };
-        println!("task {} -> {}", task.brief(), result.brief());
-        results.put(&result)?;
-        done += 1;
+        println!("task {} -> {}", W::item(&task).brief(), result.brief());
+        results.put(W::outcome(task, result))?;
+        // The result is stored before the task is done: a worker that dies in between leaves
+        // the task to run again (where tasks are delivered again), never a task done without
+        // its result.
+        results.flush()?;
+        tasks.task_done()?;
     }
-    println!("worker: {done} tasks done, none left");
+    println!("worker: {done} tasks done, {failed} failed, none left");
     Ok(())
+}
+
+/// What travels in a backend's queues.
+trait Wire {
+    /// A task as it is queued.
+    type Task: Serialize + DeserializeOwned;
+    /// A result as it is queued.
+    type Outcome: Serialize + DeserializeOwned;
+    /// Whether a failed task is given back to be tried again (rather than answered with its
+    /// error).
+    const REDELIVERS: bool;
+    fn task(id: u64, item: Item) -> Self::Task;
+    fn item(task: &Self::Task) -> &Item;
+    fn outcome(task: Self::Task, result: Item) -> Self::Outcome;
+    /// The result, and the id of its task if results carry one (a task run twice, after its
+    /// worker died, then gives one result).
+    fn result(outcome: &Self::Outcome) -> (&Item, Option<u64>);
+}
+
+/// On a manager: bare items, as CPython's seed workers and masters put them.
+struct Pickled;
+
+impl Wire for Pickled {
+    type Task = Item;
+    type Outcome = Item;
+    const REDELIVERS: bool = false;
+    fn task(_: u64, item: Item) -> Item {
+        item
+    }
+    fn item(task: &Item) -> &Item {
+        task
+    }
+    fn outcome(_: Item, result: Item) -> Item {
+        result
+    }
+    fn result(outcome: &Item) -> (&Item, Option<u64>) {
+        (outcome, None)
+    }
+}
+
+/// On a broker: JSON objects any language can read and write (see `docs/broker.md`): a task
+/// `{"id": 7, "task": 3}`, its result `{"id": 7, "task": 3, "result": "3 * 3 = 9"}`.
+struct Json;
+
+/// A task on a broker: its id (unique per submission) and the task.
+#[derive(Debug, Serialize, Deserialize)]
+struct Task {
+    id: u64,
+    task: Item,
+}
+
+/// A result on a broker: the task's id and the task, and what came of it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Outcome {
+    id: u64,
+    task: Item,
+    result: Item,
+}
+
+impl Wire for Json {
+    type Task = Task;
+    type Outcome = Outcome;
+    const REDELIVERS: bool = true;
+    fn task(id: u64, task: Item) -> Task {
+        Task { id, task }
+    }
+    fn item(task: &Task) -> &Item {
+        &task.task
+    }
+    fn outcome(task: Task, result: Item) -> Outcome {
+        Outcome {
+            id: task.id,
+            task: task.task,
+            result,
+        }
+    }
+    fn result(outcome: &Outcome) -> (&Item, Option<u64>) {
+        (&outcome.result, Some(outcome.id))
+    }
 }
 
 /// `multiproc submit`.
@@ -293,16 +427,31 @@ pub(crate) struct Submit {
 }
 
 pub(crate) fn submit(args: Submit) -> anyhow::Result<()> {
-    if let Some(url) = args.broker.redis() {
-        return crate::broker::submit(url, &args);
+    match args.broker.backend(&args.auth)? {
+        Backend::Manager(m) => {
+            put_tasks::<Pickled>(&*m.queue::<Item>(&typeid(&args.queue))?, &args.items)
+        }
+        Backend::Redis(url) => put_tasks::<Json>(&Queue::connect(url, &args.queue)?, &args.items),
     }
-    let manager = args.broker.manager(&args.auth)?;
-    let queue = manager.queue::<Item>(&typeid(&args.queue))?;
-    for item in &args.items {
-        queue.put(Item::parse(item))?;
+}
+
+fn put_tasks<W: Wire>(queue: &Queue<W::Task>, items: &[String]) -> anyhow::Result<()> {
+    // Ids unique across submissions: a random batch number, then the position.
+    let batch = u64::from(random_u32()) << 32;
+    for (i, item) in items.iter().enumerate() {
+        queue.put(W::task(batch | i as u64, Item::parse(item)))?;
     }
-    println!("submitted {} tasks", args.items.len());
+    // On a broker puts go without waiting for its replies: this says every task is stored.
+    queue.flush()?;
+    println!("submitted {} tasks", items.len());
     Ok(())
+}
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
 }
 
 /// `multiproc collect`.
@@ -325,17 +474,36 @@ pub(crate) struct Collect {
 }
 
 pub(crate) fn collect(args: Collect) -> anyhow::Result<()> {
-    if let Some(url) = args.broker.redis() {
-        return crate::broker::collect(url, &args);
+    let wait = seconds(args.timeout.max(0.0), "--timeout")?;
+    match args.broker.backend(&args.auth)? {
+        Backend::Manager(m) => {
+            take_results::<Pickled>(&*m.queue::<Item>(&typeid(&args.queue))?, args.count, wait)
+        }
+        Backend::Redis(url) => {
+            take_results::<Json>(&Queue::connect(url, &args.queue)?, args.count, wait)
+        }
     }
-    let manager = args.broker.manager(&args.auth)?;
-    let queue = manager.queue::<Item>(&typeid(&args.queue))?;
-    let wait = Duration::from_secs_f64(args.timeout.max(0.0));
-    for i in 0..args.count {
+}
+
+/// Prints `count` results (one per task where results name their task).
+fn take_results<W: Wire>(
+    queue: &Queue<W::Outcome>,
+    count: usize,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    let mut taken = 0;
+    while taken < count {
         match queue.get_timeout(wait) {
-            Ok(item) => println!("{item}"),
+            Ok(outcome) => {
+                let (result, id) = W::result(&outcome);
+                if id.is_none_or(|id| seen.insert(id)) {
+                    println!("{result}");
+                    taken += 1;
+                }
+            }
             Err(e) if e.kind() == ErrorKind::Timeout => {
-                bail!("only {i} of {} results came within {:?}", args.count, wait)
+                bail!("only {taken} of {count} results came within {wait:?}")
             }
             Err(e) => return Err(e.into()),
         }

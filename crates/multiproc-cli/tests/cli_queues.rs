@@ -81,7 +81,7 @@ fn submit_worker_collect_through_a_served_queue() {
     let worked = stdout(&server.run(&["worker", "--square", "--idle", "0.5"]));
     assert!(worked.contains("task 4 -> 4 * 4 = 16"), "{worked}");
     assert!(
-        worked.contains("worker: 3 tasks done, none left"),
+        worked.contains("worker: 3 tasks done, 0 failed, none left"),
         "{worked}"
     );
     stdout(&server.run(&["submit", "hello"]));
@@ -89,6 +89,13 @@ fn submit_worker_collect_through_a_served_queue() {
     assert!(worked.contains("task hello -> got hello"), "{worked}");
     let collected = stdout(&server.run(&["collect", "--count", "4", "--timeout", "5"]));
     assert_eq!(collected, "3 * 3 = 9\n4 * 4 = 16\n5 * 5 = 25\ngot hello\n");
+    // Workers mark their tasks done, so a master's `join` on the task queue returns.
+    let address = multiproc::Address::tcp(server.address.as_str()).unwrap();
+    let manager = multiproc::ManagerClient::connect(&address, b"abc").unwrap();
+    let tasks = manager.queue::<i64>("get_task_queue").unwrap();
+    tasks
+        .join_timeout(std::time::Duration::from_secs(10))
+        .expect("every task marked done");
     // Nothing more: collect says so instead of waiting for ever.
     let more = server.run(&["collect", "--count", "1", "--timeout", "0.2"]);
     assert!(!more.status.success());

@@ -444,7 +444,10 @@ fn the_serving_process_handle_is_a_queue_and_travels_to_a_child_as_a_proxy() {
     let m = ManagerClient::connect(running.address(), b"k").unwrap();
     let remote = m.queue::<i64>("get_task_queue").unwrap();
     assert_eq!(
-        served.join_timeout(Duration::from_millis(20)).unwrap_err().kind(),
+        served
+            .join_timeout(Duration::from_millis(20))
+            .unwrap_err()
+            .kind(),
         ErrorKind::Timeout
     );
     for _ in 0..5 {
