@@ -476,5 +476,5 @@ fn threads_sharing_a_manager_queue_handle_do_not_wait_for_each_other() {
         rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(),
         7
     );
-    t.join().unwrap();
+    t.join().unwrap().unwrap();
 }

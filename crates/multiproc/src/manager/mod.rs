@@ -21,6 +21,7 @@ mod proxies;
 mod python;
 mod server;
 mod started;
+mod stored;
 mod sync_objects;
 mod xmlrpc;
 

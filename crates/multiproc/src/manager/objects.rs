@@ -6,7 +6,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::containers::{ProxyRefs, Stored, call_stored, stored_proxies};
+use super::stored::{ProxyRefs, Stored, call_stored, stored_proxies};
 use crate::pickle::Value;
 use crate::sync::lock;
 use crate::sync::wait_until;

@@ -14,12 +14,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::array::ServedArray;
-use super::containers::{ProxyRefs, ServedDict, ServedList, proxies_in, py_error};
+use super::containers::{ServedDict, ServedList, py_error};
 use super::managed::{Managed, ManagedObject, MethodCall};
 use super::objects::{
     LOCK_EXPOSED, Reply, ServedEvent, ServedLock, ServedNamespace, ServedObject, ServedSemaphore,
     ServedValue, exception,
 };
+use super::stored::{ProxyRefs, proxies_in};
 use super::sync_objects::{ServedBarrier, ServedCondition};
 use super::xmlrpc;
 use crate::connection::wire::{Address, Listener, WireConnection};

@@ -1,590 +1,45 @@
 //! `Pool`: worker processes that run tasks, where a worker that dies fails only its task.
 //!
-//! Each worker has a task queue of its own, and all report on one result queue. The pool
-//! keeps, per worker, the tasks it sent in order: the first one is the one running. A
-//! result-handler thread in the parent takes results, runs callbacks, and supervises: when a
-//! worker dies it first drains the result queue (so nothing the worker finished is lost), then
-//! fails the task the worker was running (`WorkerLost`, or `Timeout` if the pool killed it for
-//! running too long, or retries it), hands the worker's other tasks to the rest, and starts a
-//! replacement.
+//! - `builder.rs`: the settings, and starting a pool.
+//! - `supervisor.rs`: the record of tasks and workers, the result-handler thread, what happens
+//!   when a worker dies.
+//! - `transport.rs`: how the supervisor reaches its workers (the local pool's is shared-memory
+//!   queues to worker processes of this machine).
+//! - `worker.rs`: what travels to and from a worker, and the worker's loop.
+//! - `task.rs`, `chunk.rs`: the target a task runs, and the bytes of a chunk of arguments and
+//!   of its results.
+//! - `result.rs`: `AsyncResult`, `MapResult`, `IMapIter`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in `task.rs` and `worker.rs` only, where targets are named
 
+mod builder;
+mod chunk;
 mod result;
+mod supervisor;
+mod task;
+mod transport;
 mod worker;
 
+pub use builder::PoolBuilder;
 pub use result::{AsyncResult, IMapIter, MapResult};
 pub(crate) use result::{Pump, spin_pumping};
+pub(crate) use supervisor::TaskState;
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use self::result::Slot;
-use self::worker::{
-    FromWorker, FromWorkerRef, INITIALIZER_FAILED, TaskBytes, ToWorker, WorkerArgs, worker_main,
-};
+use self::supervisor::{Deliver, Supervisor, encode_args};
+use self::task::TaskTarget;
 use crate::error::{Error, Result};
-use crate::process::{Process, StartMethod, TaskTarget};
-use crate::queue::ShmQueueOf;
 use crate::sync::IgnorePoison;
 
-/// Tasks sent ahead to one worker (one running, the next ready).
-const AHEAD: usize = 2;
 /// The most items of a chunk that are reserved room for up front (more grow as they come).
 const CHUNK_BUFFER_ITEMS: usize = 1 << 16;
-/// How often the handler looks whether waiters still take results themselves.
-const PUMPING_LOOK: Duration = Duration::from_millis(1);
-/// How often the handler looks at the workers when no result comes.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
-
-/// A task's serialized `Vec<Result<R, ItemFailure>>`, or why the task failed as a whole.
-pub(crate) type TaskOutcome<'a> = std::result::Result<&'a [u8], Error>;
-type Deliver = Box<dyn for<'a> FnOnce(TaskOutcome<'a>) + Send>;
-
-struct TaskEntry {
-    target: TaskTarget,
-    items: TaskBytes,
-    retries_left: u32,
-    deliver: Deliver,
-}
-
-struct Worker {
-    process: Option<Process<()>>,
-    tasks: ShmQueueOf<ToWorker>,
-    /// Task ids sent to this worker, oldest (running) first.
-    sent: VecDeque<u64>,
-    /// Since when the oldest sent task may have been running.
-    front_since: Instant,
-    name: String,
-    pid: i32,
-}
-
-struct State {
-    workers: Vec<Worker>,
-    backlog: VecDeque<u64>,
-    tasks: HashMap<u64, TaskEntry>,
-    next_id: u64,
-    closed: bool,
-    /// Terminated, or joined: the handler stops.
-    finished: bool,
-    /// Why the pool cannot run tasks (its initializer fails): no more workers are started.
-    broken: Option<String>,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    /// Threads taking results themselves right now (see `Pump`); the handler steps aside.
-    pumpers: std::sync::atomic::AtomicUsize,
-    /// The handler thread, to wake when the last pumper goes to sleep.
-    handler_thread: std::sync::OnceLock<std::thread::Thread>,
-    /// Signalled when the last task is done, and when the pool finishes.
-    idle: Condvar,
-    results: ShmQueueOf<FromWorker>,
-    config: Config,
-    /// Buffers of finished tasks, for the next tasks' arguments: memory already mapped, so a
-    /// map after the first takes no page faults for them.
-    spare_buffers: Mutex<Vec<Vec<u8>>>,
-}
-
-/// The most spare argument buffers a pool keeps.
-const SPARE_BUFFERS: usize = 8;
-/// The largest buffer kept for reuse.
-const SPARE_BUFFER_BYTES: usize = 1 << 20;
-
-#[derive(Clone)]
-struct Config {
-    processes: usize,
-    initializer: Option<(TaskTarget, TaskBytes)>,
-    max_tasks_per_child: u64,
-    task_timeout: Option<Duration>,
-    retries: u32,
-    start_method: StartMethod,
-}
-
-/// Sets up a [`Pool`].
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-///
-/// fn setup(greeting: String) { let _ = greeting; }
-///
-/// let pool = multiproc::Pool::builder()
-///     .processes(2)
-///     .initializer(setup, "hello".to_string())
-///     .max_tasks_per_child(100)
-///     .task_timeout(Duration::from_secs(60))
-///     .build()?;
-/// assert_eq!(pool.apply(|x: u32| x + 1, 41)?, 42);
-/// # Ok::<(), multiproc::Error>(())
-/// ```
-#[must_use = "a builder does nothing until built"]
-pub struct PoolBuilder {
-    config: Config,
-    error: Option<Error>,
-}
-
-impl fmt::Debug for PoolBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolBuilder")
-            .field("processes", &self.config.processes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PoolBuilder {
-    /// The number of worker processes (default: [`cpu_count`](crate::cpu_count)).
-    pub fn processes(mut self, n: usize) -> Self {
-        self.config.processes = n;
-        self
-    }
-
-    /// A function each worker runs once when it starts (Python's `initializer`/`initargs`).
-    pub fn initializer<F, A, R>(mut self, f: F, args: A) -> Self
-    where
-        F: Fn(A) -> R + Copy + 'static,
-        A: Serialize + DeserializeOwned + 'static,
-        R: Serialize + 'static,
-    {
-        match encode_args(&[args]) {
-            Ok(bytes) => self.config.initializer = Some((TaskTarget::of(&f), bytes)),
-            Err(e) => self.error = Some(e),
-        }
-        self
-    }
-
-    /// Replace each worker after it ran this many tasks (Python's `maxtasksperchild`; a chunk
-    /// of `map` counts as one task).
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.config.max_tasks_per_child = n;
-        self
-    }
-
-    /// Kill a worker whose task runs longer than this and fail the task with
-    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (not in CPython).
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.config.task_timeout = Some(timeout);
-        self
-    }
-
-    /// Run a task again, up to `n` times, when its worker dies or times out under it.
-    pub fn retries(mut self, n: u32) -> Self {
-        self.config.retries = n;
-        self
-    }
-
-    /// How workers are started (default [`StartMethod::Spawn`]).
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.config.start_method = method;
-        self
-    }
-
-    /// Starts the workers.
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) for 0 processes; a worker
-    /// that cannot start; an initializer argument that cannot be serialized.
-    pub fn build(self) -> Result<Pool> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        if self.config.processes == 0 {
-            return Err(Error::invalid("pool", "needs at least one process"));
-        }
-        let results = ShmQueueOf::preallocated("pool results")?;
-        let shared = Arc::new(Shared {
-            pumpers: std::sync::atomic::AtomicUsize::new(0),
-            handler_thread: std::sync::OnceLock::new(),
-            state: Mutex::new(State {
-                workers: Vec::new(),
-                backlog: VecDeque::new(),
-                tasks: HashMap::new(),
-                next_id: 0,
-                closed: false,
-                finished: false,
-                broken: None,
-            }),
-            idle: Condvar::new(),
-            results,
-            config: self.config,
-            spare_buffers: Mutex::new(Vec::new()),
-        });
-        {
-            let mut state = shared.lock();
-            for slot in 0..shared.config.processes {
-                let worker = shared.start_worker(slot as u32)?;
-                state.workers.push(worker);
-            }
-        }
-        let handler_shared = shared.clone();
-        let handler = std::thread::Builder::new()
-            .name("multiproc-pool-handler".into())
-            .spawn(move || handler_shared.handle())
-            .map_err(|e| Error::io("pool: cannot start its result handler", e))?;
-        let _ = shared.handler_thread.set(handler.thread().clone());
-        Ok(Pool {
-            shared,
-            handler: Mutex::new(Some(handler)),
-        })
-    }
-}
-
-/// Serializes a chunk of arguments.
-fn encode_args<A: Serialize + 'static>(args: &[A]) -> Result<TaskBytes> {
-    encode_args_into(args, Vec::new())
-}
-
-/// Serializes a chunk of arguments into `bytes` (emptied first).
-fn encode_args_into<A: Serialize + 'static>(args: &[A], mut bytes: Vec<u8>) -> Result<TaskBytes> {
-    bytes.clear();
-    crate::process::chunk::encode_items("pool task arguments", args, &mut bytes)?;
-    Ok(TaskBytes(Arc::new(bytes)))
-}
-
-impl Shared {
-    /// Encodes a chunk of arguments into a spare buffer if there is one.
-    fn encode_args<A: Serialize + 'static>(&self, args: &[A]) -> Result<TaskBytes> {
-        let spare = self.spare_buffers.lock().ignore_poison().pop();
-        encode_args_into(args, spare.unwrap_or_default())
-    }
-
-    /// Keeps a finished task's buffer for the next tasks, if nothing else holds it.
-    fn recycle(&self, items: TaskBytes) {
-        if let Ok(bytes) = Arc::try_unwrap(items.0)
-            && bytes.capacity() <= SPARE_BUFFER_BYTES
-        {
-            let mut spare = self.spare_buffers.lock().ignore_poison();
-            if spare.len() < SPARE_BUFFERS {
-                spare.push(bytes);
-            }
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().ignore_poison()
-    }
-
-    fn start_worker(&self, slot: u32) -> Result<Worker> {
-        let tasks = ShmQueueOf::preallocated("pool tasks")?;
-        let args = WorkerArgs {
-            tasks: tasks.clone(),
-            results: self.results.clone(),
-            slot,
-            initializer: self.config.initializer.clone(),
-            max_tasks: self.config.max_tasks_per_child,
-        };
-        static WORKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let process = Process::new(worker_main, args)
-            .name(format!("PoolWorker-{n}"))
-            .daemon(true)
-            .start_method(self.config.start_method)
-            .start()?;
-        Ok(Worker {
-            pid: process.pid(),
-            name: process.name().to_string(),
-            process: Some(process),
-            tasks,
-            sent: VecDeque::new(),
-            front_since: Instant::now(),
-        })
-    }
-
-    /// Adds a task and sends it if a worker has room.
-    fn submit(&self, target: TaskTarget, items: TaskBytes, deliver: Deliver) -> Result<u64> {
-        let mut state = self.lock();
-        if let Some(why) = &state.broken {
-            return Err(Error::invalid("pool", format!("broken: {why}")));
-        }
-        if state.closed || state.finished {
-            return Err(Error::invalid("pool", "closed: no new tasks"));
-        }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.tasks.insert(
-            id,
-            TaskEntry {
-                target,
-                items,
-                retries_left: self.config.retries,
-                deliver,
-            },
-        );
-        state.backlog.push_back(id);
-        dispatch(&mut state);
-        Ok(id)
-    }
-
-    /// The result-handler thread.
-    fn handle(&self) {
-        let mut last_look = Instant::now();
-        loop {
-            // While threads take their own results (see `Pump`) stay out of their way: racing
-            // them for each result, or sleeping on the queue so that every result costs the
-            // worker a wake-up call, would slow both. Look again shortly.
-            if self.pumpers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                std::thread::park_timeout(PUMPING_LOOK);
-            } else {
-                let _ = self
-                    .results
-                    .get_timeout_shared_with(SUPERVISE_EVERY, |what, bytes, _| {
-                        self.on_report(FromWorkerRef::decode(what, bytes)?);
-                        Ok(())
-                    });
-            }
-            if last_look.elapsed() >= SUPERVISE_EVERY {
-                last_look = Instant::now();
-                if !self.supervise() {
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_report(&self, report: FromWorkerRef<'_>) {
-        if report.id == INITIALIZER_FAILED {
-            return self.break_pool(report.outcome.err().unwrap_or_default());
-        }
-        let (entry, now_idle) = {
-            let mut state = self.lock();
-            if let Some(w) = state.workers.get_mut(report.slot as usize) {
-                if let Some(pos) = w.sent.iter().position(|id| *id == report.id) {
-                    w.sent.remove(pos);
-                }
-                w.front_since = Instant::now();
-            }
-            let entry = state.tasks.remove(&report.id);
-            dispatch(&mut state);
-            (entry, state.tasks.is_empty())
-        };
-        if let Some(entry) = entry {
-            let outcome = report
-                .outcome
-                .map_err(|why| Error::serialization("pool task", why));
-            self.recycle(entry.items);
-            run_delivery(entry.deliver, outcome);
-        }
-        if now_idle {
-            self.idle.notify_all();
-        }
-    }
-
-    /// The initializer fails: every task fails with why, and no worker is started again (a
-    /// pool that would only restart failing workers would hang its callers).
-    fn break_pool(&self, why: String) {
-        let failed: Vec<TaskEntry> = {
-            let mut state = self.lock();
-            if state.broken.is_none() {
-                state.broken = Some(format!("the initializer failed in a worker: {why}"));
-            }
-            state.backlog.clear();
-            for w in &mut state.workers {
-                w.sent.clear();
-            }
-            state.tasks.drain().map(|(_, t)| t).collect()
-        };
-        let message = self.lock().broken.clone().unwrap_or_default();
-        for entry in failed {
-            run_delivery(entry.deliver, Err(Error::invalid("pool", message.clone())));
-        }
-        self.idle.notify_all();
-    }
-
-    /// Looks for dead and overdue workers; false once the pool is finished.
-    fn supervise(&self) -> bool {
-        let mut ended = Vec::new();
-        {
-            let mut state = self.lock();
-            if state.finished {
-                return false;
-            }
-            for (slot, w) in state.workers.iter_mut().enumerate() {
-                let Some(p) = &w.process else { continue };
-                let overdue = self
-                    .config
-                    .task_timeout
-                    .is_some_and(|t| !w.sent.is_empty() && w.front_since.elapsed() > t);
-                if overdue {
-                    let _ = p.kill();
-                    ended.push((slot, true));
-                } else if !p.is_alive() {
-                    ended.push((slot, false));
-                }
-            }
-        }
-        if ended.is_empty() {
-            return true;
-        }
-        // Whatever the dead finished is in the result queue: take it first.
-        while self.pump() {}
-        let mut failed = Vec::new();
-        {
-            let mut state = self.lock();
-            for (slot, timed_out) in ended {
-                let Some(mut process) = state.workers[slot].process.take() else {
-                    continue;
-                };
-                let how = process.join(None);
-                let w = &mut state.workers[slot];
-                let mut sent = std::mem::take(&mut w.sent);
-                let running = match how {
-                    // A clean exit (max_tasks_per_child): what it was sent never started.
-                    Ok(()) => None,
-                    Err(e) => sent.pop_front().map(|id| {
-                        let error = if timed_out {
-                            Error::timeout(
-                                format!("pool task on worker {:?}", w.name),
-                                self.config.task_timeout.unwrap_or_default(),
-                            )
-                        } else {
-                            lost(w, e)
-                        };
-                        (id, error)
-                    }),
-                };
-                for id in sent.into_iter().rev() {
-                    state.backlog.push_front(id);
-                }
-                if let Some((id, error)) = running {
-                    let retry = state.tasks.get_mut(&id).is_some_and(|t| {
-                        let again = t.retries_left > 0;
-                        t.retries_left = t.retries_left.saturating_sub(1);
-                        again
-                    });
-                    if retry {
-                        state.backlog.push_front(id);
-                    } else if let Some(entry) = state.tasks.remove(&id) {
-                        failed.push((entry, error));
-                    }
-                }
-                if !state.finished && state.broken.is_none() {
-                    match self.start_worker(slot as u32) {
-                        Ok(worker) => state.workers[slot] = worker,
-                        Err(e) => {
-                            // Without workers the tasks would wait for ever: fail them.
-                            for (_, entry) in state.tasks.drain() {
-                                failed.push((entry, clone_error(&e)));
-                            }
-                            state.backlog.clear();
-                        }
-                    }
-                }
-            }
-            dispatch(&mut state);
-        }
-        let now_idle = !failed.is_empty() && self.lock().tasks.is_empty();
-        for (entry, error) in failed {
-            run_delivery(entry.deliver, Err(error));
-        }
-        if now_idle {
-            self.idle.notify_all();
-        }
-        true
-    }
-}
-
-impl Pump for Shared {
-    fn enter(&self) {
-        self.pumpers
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn leave(&self, sleeping: bool) {
-        let was = self
-            .pumpers
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        // The last pumper goes to sleep: the handler must deliver now, not at its next look.
-        if sleeping
-            && was == 1
-            && let Some(handler) = self.handler_thread.get()
-        {
-            handler.unpark();
-        }
-    }
-
-    fn pump(&self) -> bool {
-        self.results
-            .try_get_with(|what, bytes, _| {
-                self.on_report(FromWorkerRef::decode(what, bytes)?);
-                Ok(())
-            })
-            .is_ok()
-    }
-}
-
-fn lost(w: &Worker, e: Error) -> Error {
-    match e {
-        Error::Killed { signal, .. } => Error::WorkerLost {
-            name: w.name.clone(),
-            pid: w.pid,
-            detail: format!(
-                "killed by signal {signal} ({})",
-                crate::platform::signal_name(signal)
-            ),
-        },
-        // panic = "abort": the panic itself is the news.
-        e @ Error::Panicked { .. } => e,
-        other => Error::WorkerLost {
-            name: w.name.clone(),
-            pid: w.pid,
-            detail: other.to_string(),
-        },
-    }
-}
-
-fn clone_error(e: &Error) -> Error {
-    Error::invalid("pool", format!("cannot replace a worker: {e}"))
-}
-
-/// Runs a delivery; a panicking callback is reported and does not take the handler down.
-fn run_delivery(deliver: Deliver, outcome: TaskOutcome<'_>) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(outcome))).is_err() {
-        tracing::error!("a pool callback panicked; the pool carries on");
-    }
-}
-
-/// Sends backlog tasks to workers with room (state locked).
-fn dispatch(state: &mut State) {
-    while let Some(&id) = state.backlog.front() {
-        // The least loaded worker; among equals the one that finished last, which is likely
-        // still spinning for work rather than asleep (a wake-up costs tens of microseconds).
-        let Some((slot, _)) = state
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.process.is_some() && w.sent.len() < AHEAD)
-            .min_by_key(|(_, w)| (w.sent.len(), std::cmp::Reverse(w.front_since)))
-        else {
-            return;
-        };
-        let Some(entry) = state.tasks.get(&id) else {
-            state.backlog.pop_front();
-            continue;
-        };
-        let message = ToWorker::Task {
-            id,
-            target: entry.target,
-            items: entry.items.clone(),
-        };
-        let w = &mut state.workers[slot];
-        if w.tasks.try_put(&message).is_err() {
-            return;
-        }
-        if w.sent.is_empty() {
-            w.front_since = Instant::now();
-        }
-        w.sent.push_back(id);
-        state.backlog.pop_front();
-    }
-}
-
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
 /// Tasks are `fn` items or non-capturing closures with a serde argument, as for
@@ -614,17 +69,17 @@ fn dispatch(state: &mut State) {
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct Pool {
-    shared: Arc<Shared>,
+    shared: Arc<Supervisor>,
     handler: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.shared.lock();
+        let (processes, pending, closed) = self.shared.counts();
         f.debug_struct("Pool")
-            .field("processes", &state.workers.len())
-            .field("pending", &state.tasks.len())
-            .field("closed", &state.closed)
+            .field("processes", &processes)
+            .field("pending", &pending)
+            .field("closed", &closed)
             .finish()
     }
 }
@@ -640,17 +95,7 @@ impl Pool {
 
     /// A builder for the other settings.
     pub fn builder() -> PoolBuilder {
-        PoolBuilder {
-            config: Config {
-                processes: crate::cpu_count(),
-                initializer: None,
-                max_tasks_per_child: 0,
-                task_timeout: None,
-                retries: 0,
-                start_method: StartMethod::default(),
-            },
-            error: None,
-        }
+        PoolBuilder::new()
     }
 
     /// Runs `f(args)` in a worker and waits for the result.
@@ -808,7 +253,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let chunksize = chunksize
-            .unwrap_or_else(|| default_chunksize(len, self.shared.config.processes))
+            .unwrap_or_else(|| default_chunksize(len, self.shared.limits().processes))
             .max(1);
         let map = result::MapState::new();
         let count = self.submit_chunks(TaskTarget::of(&f), items, chunksize, |start, n| {
@@ -913,7 +358,7 @@ impl Pool {
 
     /// Accepts no more tasks; those queued still run (Python's `close`).
     pub fn close(&self) {
-        self.shared.lock().closed = true;
+        self.shared.close();
     }
 
     /// Waits for every queued task, then stops the workers (Python's `join`).
@@ -922,29 +367,7 @@ impl Pool {
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool was not closed
     /// first, as in CPython.
     pub fn join(&self) -> Result<()> {
-        let mut state = self.shared.lock();
-        if !state.closed && !state.finished {
-            return Err(Error::invalid(
-                "pool",
-                "join() needs close() or terminate() first",
-            ));
-        }
-        while !state.tasks.is_empty() && !state.finished {
-            state = self.shared.idle.wait(state).ignore_poison();
-        }
-        state.finished = true;
-        let mut processes = Vec::new();
-        for w in &mut state.workers {
-            let _ = w.tasks.try_put(&ToWorker::Stop);
-            processes.extend(w.process.take());
-        }
-        drop(state);
-        for mut p in processes {
-            if p.join(Some(Duration::from_secs(5))).is_err() {
-                let _ = p.kill();
-                let _ = p.join(None);
-            }
-        }
+        self.shared.finish()?;
         self.stop_handler();
         Ok(())
     }
@@ -952,34 +375,7 @@ impl Pool {
     /// Stops the workers at once; tasks not finished fail with
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) (Python's `terminate`).
     pub fn terminate(&self) {
-        let (processes, tasks) = {
-            let mut state = self.shared.lock();
-            state.closed = true;
-            state.finished = true;
-            state.backlog.clear();
-            let processes: Vec<_> = state
-                .workers
-                .iter_mut()
-                .filter_map(|w| w.process.take())
-                .collect();
-            (processes, std::mem::take(&mut state.tasks))
-        };
-        for p in &processes {
-            let _ = p.kill();
-        }
-        for mut p in processes {
-            let _ = p.join(None);
-        }
-        for (_, entry) in tasks {
-            run_delivery(
-                entry.deliver,
-                Err(Error::invalid(
-                    "pool",
-                    "terminated before the task finished",
-                )),
-            );
-        }
-        self.shared.idle.notify_all();
+        self.shared.terminate();
         self.stop_handler();
     }
 
@@ -1016,80 +412,41 @@ impl Pool {
 
     /// Where task `id` is.
     pub(crate) fn task_state(&self, id: u64) -> TaskState {
-        let state = self.shared.lock();
-        if !state.tasks.contains_key(&id) {
-            TaskState::Gone
-        } else if state.backlog.contains(&id) {
-            TaskState::Queued
-        } else {
-            TaskState::Sent
-        }
+        self.shared.task_state(id)
     }
 
     /// Removes task `id` if no worker has it yet; whether it did (its delivery never runs).
     pub(crate) fn cancel_task(&self, id: u64) -> bool {
-        let mut state = self.shared.lock();
-        let Some(at) = state.backlog.iter().position(|t| *t == id) else {
-            return false;
-        };
-        state.backlog.remove(at);
-        state.tasks.remove(&id);
-        let idle = state.tasks.is_empty();
-        drop(state);
-        if idle {
-            self.shared.idle.notify_all();
-        }
-        true
+        self.shared.cancel_task(id)
     }
 
     /// Takes every task that no worker has yet out of the pool; their ids (their deliveries
     /// never run).
     pub(crate) fn cancel_queued(&self) -> Vec<u64> {
-        let mut state = self.shared.lock();
-        let queued: Vec<u64> = state.backlog.drain(..).collect();
-        for id in &queued {
-            state.tasks.remove(id);
-        }
-        let idle = state.tasks.is_empty();
-        drop(state);
-        if idle {
-            self.shared.idle.notify_all();
-        }
-        queued
+        self.shared.cancel_queued()
     }
 
     /// The pids of the current workers.
     pub fn worker_pids(&self) -> Vec<i32> {
-        self.shared
-            .lock()
-            .workers
-            .iter()
-            .filter(|w| w.process.is_some())
-            .map(|w| w.pid)
-            .collect()
+        self.shared.worker_pids()
+    }
+
+    fn from_parts(shared: Arc<Supervisor>, handler: JoinHandle<()>) -> Pool {
+        Pool {
+            shared,
+            handler: Mutex::new(Some(handler)),
+        }
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let finished = self.shared.lock().finished;
-        if !finished {
+        if !self.shared.is_finished() {
             self.terminate();
         } else {
             self.stop_handler();
         }
     }
-}
-
-/// Where a task is, for [`Pool::task_state`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TaskState {
-    /// Waiting for a worker.
-    Queued,
-    /// Sent to a worker (running, or next in its queue).
-    Sent,
-    /// Finished, failed or cancelled.
-    Gone,
 }
 
 /// CPython's choice: `ceil(len / (4 × processes))`.

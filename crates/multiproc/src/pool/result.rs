@@ -10,17 +10,18 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::TaskOutcome;
-
 /// A chunk's outcome kept for later (an `imap` iterator reads it when it is asked).
 type OwnedOutcome = std::result::Result<Vec<u8>, Error>;
+use super::chunk;
 use crate::error::{Error, Result};
-use crate::process::chunk;
 use crate::sync::IgnorePoison;
 use crate::sync::spin::spin_until;
 use crate::sync::wait_until;
 
 type AnyValue = Box<dyn Any + Send>;
+
+/// A task's serialized `Vec<Result<R, ItemFailure>>`, or why the task failed as a whole.
+pub(crate) type TaskOutcome<'a> = std::result::Result<&'a [u8], Error>;
 
 /// Decodes a chunk's results, one per item.
 pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(blob: &[u8]) -> Result<Vec<Result<R>>> {

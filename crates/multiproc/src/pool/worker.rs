@@ -1,5 +1,7 @@
 //! What travels between a pool and its workers, and the worker's loop.
 
+#![allow(unsafe_code)] // one block: trusting the targets the pool sent
+
 use std::panic::{self, AssertUnwindSafe};
 
 use std::sync::Arc;
@@ -7,7 +9,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
-use crate::process::{ItemFailure, TaskTarget};
+use super::chunk::ItemFailure;
+use super::task::{TaskTarget, TaskTargetId};
 use crate::queue::ShmQueueOf;
 
 /// A message to one worker.
@@ -16,7 +19,7 @@ pub(crate) enum ToWorker {
     /// Run `target` on each argument of `items` (a chunk of arguments) and report.
     Task {
         id: u64,
-        target: TaskTarget,
+        target: TaskTargetId,
         items: TaskBytes,
     },
     /// Finish: exit once the queue has been read up to here.
@@ -76,7 +79,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) results: ShmQueueOf<FromWorker>,
     pub(crate) slot: u32,
     /// The initializer and its argument, as a chunk of one.
-    pub(crate) initializer: Option<(TaskTarget, TaskBytes)>,
+    pub(crate) initializer: Option<(TaskTargetId, TaskBytes)>,
     /// Tasks to run before exiting (0: no limit), CPython's `maxtasksperchild`.
     pub(crate) max_tasks: u64,
 }
@@ -113,8 +116,12 @@ const WARM_HEAP: usize = 4 << 20;
 
 pub(crate) fn worker_main(args: WorkerArgs) {
     crate::platform::keep_freed_memory(WARM_HEAP);
+    // SAFETY: the pool that started this worker made these ids with `TaskTarget::id` and
+    // sent them through the queues it made and handed to us alone; it started us from its
+    // own executable, and the build fingerprint was checked before this code ran.
+    let trust = |id| unsafe { TaskTarget::trusting(id) };
     if let Some((target, init_args)) = &args.initializer
-        && let Some(why) = initialize(*target, &init_args.0)
+        && let Some(why) = initialize(trust(*target), &init_args.0)
     {
         // Tell the pool, which then fails its tasks instead of starting workers for ever.
         let _ = args.results.put(&FromWorker {
@@ -129,7 +136,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let report = FromWorker {
             slot: args.slot,
             id,
-            outcome: run_chunk(target, &items.0),
+            outcome: run_chunk(trust(target), &items.0),
         };
         if args.results.put(&report).is_err() {
             return;

@@ -69,7 +69,7 @@ pub(crate) fn on_load() {
     }
     // SAFETY: as above.
     if let Some(fd) = unsafe { platform::take_env(forkserver::ENV) } {
-        forkserver::serve(adopt(&fd));
+        forkserver::serve(adopt(&fd), child_main);
     }
     // SAFETY: as above.
     if let Some(fd) = unsafe { platform::take_env(crate::shm::tracker::ENV) } {
@@ -119,7 +119,12 @@ pub(crate) fn child_main(control: OwnedFd) -> ! {
         );
         refuse(&control, detail, true);
     }
-    current::set_child(&bootstrap);
+    current::set_child(
+        &bootstrap.name,
+        &bootstrap.identity,
+        bootstrap.daemon,
+        (bootstrap.parent_pid, &bootstrap.parent_name),
+    );
     if bootstrap.daemon {
         bind_to_parent(&control, &bootstrap);
     }

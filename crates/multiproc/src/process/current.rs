@@ -3,7 +3,6 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::child::Bootstrap;
 use crate::platform;
 use crate::sync::lock;
 
@@ -17,13 +16,15 @@ struct Identity {
 static IDENTITY: Mutex<Option<Identity>> = Mutex::new(None);
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-pub(crate) fn set_child(boot: &Bootstrap) {
+/// Records who this child is (from its bootstrap message): its name, its place in the
+/// tree, whether it is a daemon, and its parent's pid and name.
+pub(crate) fn set_child(name: &str, identity: &[u32], daemon: bool, parent: (i32, &str)) {
     COUNTER.store(0, Ordering::Relaxed);
     *lock(&IDENTITY) = Some(Identity {
-        name: boot.name.clone(),
-        identity: boot.identity.clone(),
-        daemon: boot.daemon,
-        parent: Some((boot.parent_pid, boot.parent_name.clone())),
+        name: name.to_string(),
+        identity: identity.to_vec(),
+        daemon,
+        parent: Some((parent.0, parent.1.to_string())),
     });
 }
 

@@ -171,7 +171,8 @@ struct Served {
 }
 
 /// The server's main loop, entered from the constructor of a process started with [`ENV`].
-pub(crate) fn serve(sock: OwnedFd) -> ! {
+/// Each forked child goes on in `child_main` with its control socket.
+pub(crate) fn serve(sock: OwnedFd, child_main: fn(OwnedFd) -> !) -> ! {
     platform::ignore_sigpipe();
     let _ = platform::stdin_to_devnull();
     let mut reader = FrameReader::new(1 << 20);
@@ -222,7 +223,7 @@ pub(crate) fn serve(sock: OwnedFd) -> ! {
                 drop(children);
                 drop(sock);
                 drop(status);
-                super::child::child_main(control);
+                child_main(control);
             }
             Ok(Forked::Parent(pid)) => {
                 drop(control);

@@ -1,7 +1,6 @@
 //! `Process`: a Rust function run in a child process.
 
 mod child;
-pub(crate) mod chunk;
 mod current;
 mod forkserver;
 mod registry;
@@ -27,7 +26,8 @@ use registry::{ChildRecord, Delivery, Waiter};
 
 // Every binary linking the crate checks before `main` whether it was started as a child.
 platform::run_before_main!(CONSTRUCTOR = child::on_load);
-pub(crate) use target::{ItemFailure, TaskTarget};
+pub(crate) use child::take_last_panic;
+pub(crate) use target::{anchor_offset, assert_zero_sized, at_anchor_offset, conjure};
 
 /// How a child process is created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -40,17 +40,17 @@ pub(crate) fn probe() -> u8 {
 }
 
 /// The distance of a function at `addr` from this process's [`anchor`].
-fn anchor_offset(addr: usize) -> isize {
+pub(crate) fn anchor_offset(addr: usize) -> isize {
     (addr as isize).wrapping_sub(anchor as fn() as usize as isize)
 }
 
 /// The address at `offset` from this process's [`anchor`].
-fn at_anchor_offset(offset: isize) -> usize {
+pub(crate) fn at_anchor_offset(offset: isize) -> usize {
     (anchor as fn() as usize as isize).wrapping_add(offset) as usize
 }
 
 /// Fails to compile unless `F` is zero-sized: a fn item or a closure that captures nothing.
-const fn assert_zero_sized<F>() {
+pub(crate) const fn assert_zero_sized<F>() {
     const {
         assert!(
             size_of::<F>() == 0,
@@ -62,8 +62,9 @@ const fn assert_zero_sized<F>() {
 /// The target of zero-sized type `F`, made from nothing.
 ///
 /// # Safety
-/// `F` was checked with [`assert_zero_sized`] where its trampoline was named.
-unsafe fn conjure<F>() -> F {
+/// `F` was checked with [`assert_zero_sized`] where its trampoline was named (the pool's
+/// chunk trampolines call this too).
+pub(crate) unsafe fn conjure<F>() -> F {
     // SAFETY: `F` is zero-sized, so the read touches no memory (a dangling pointer is non-null
     // and aligned, all a zero-sized read needs); and the only types implementing `Fn` that
     // safe code can name and that are zero-sized are fn items and closures whose captures are
@@ -81,107 +82,6 @@ where
     assert_zero_sized::<F>();
     let t: Trampoline = trampoline::<F, A, R>;
     anchor_offset(t as usize)
-}
-
-/// A target named by its chunk trampoline, for pool workers: made in the parent with
-/// [`TaskTarget::of`], sent through the pool's own queues, run in a worker of the same build
-/// over a chunk of arguments at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct TaskTarget(isize);
-
-/// The shape of every chunk trampoline: serialized `Vec<A>` in, serialized
-/// `(Vec<(u32, ItemFailure)>, Vec<R>)` out (the failures with their indexes, then the values
-/// of the items that succeeded, in order; the failures come first so that they can be read
-/// without knowing `R`).
-type ChunkTrampoline = fn(&[u8]) -> Result<Vec<u8>, String>;
-
-/// Why one item of a pool task has no value.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) enum ItemFailure {
-    /// The target panicked on it.
-    Panicked {
-        message: String,
-        location: Option<String>,
-        pid: i32,
-    },
-}
-
-impl ItemFailure {
-    pub(crate) fn into_error(self) -> crate::Error {
-        match self {
-            ItemFailure::Panicked {
-                message,
-                location,
-                pid,
-            } => crate::Error::Panicked {
-                name: "pool task".into(),
-                pid,
-                message,
-                location,
-            },
-        }
-    }
-}
-
-impl TaskTarget {
-    /// The id of target `f` taking an `A` and returning an `R`.
-    pub(crate) fn of<F, A, R>(_f: &F) -> TaskTarget
-    where
-        F: Fn(A) -> R + Copy + 'static,
-        A: DeserializeOwned + 'static,
-        R: Serialize + 'static,
-    {
-        assert_zero_sized::<F>();
-        let t: ChunkTrampoline = chunk_trampoline::<F, A, R>;
-        TaskTarget(anchor_offset(t as usize))
-    }
-
-    /// Runs the target over a serialized chunk of arguments.
-    pub(crate) fn run(self, items: &[u8]) -> Result<Vec<u8>, String> {
-        let addr = at_anchor_offset(self.0);
-        // SAFETY: a TaskTarget is made only by `of` (the field is private), in the pool's
-        // parent, and reaches a worker only through queues that the pool created and handed to
-        // workers it started itself: processes of the same executable, whose build fingerprint
-        // was checked when they started. So `addr` is a ChunkTrampoline of this image.
-        let trampoline = unsafe { std::mem::transmute::<usize, ChunkTrampoline>(addr) };
-        trampoline(items)
-    }
-}
-
-fn chunk_trampoline<F, A, R>(items: &[u8]) -> Result<Vec<u8>, String>
-where
-    F: Fn(A) -> R + Copy + 'static,
-    A: DeserializeOwned + 'static,
-    R: Serialize + 'static,
-{
-    let mut args: Vec<A> = Vec::new();
-    super::chunk::decode_items_appending("pool task arguments", items, &mut args)
-        .map_err(|e| e.to_string())?;
-    // SAFETY: `TaskTarget::of`, the only place naming this trampoline, checked `F`.
-    let target: F = unsafe { conjure() };
-    // Values in item order, skipping failed items, then the failures with their indexes: the
-    // common all-good chunk decodes straight into a `Vec<R>`.
-    let mut values: Vec<R> = Vec::with_capacity(args.len());
-    let mut failures = Vec::new();
-    for (i, a) in args.into_iter().enumerate() {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(a))) {
-            Ok(v) => values.push(v),
-            Err(payload) => {
-                let (message, location) = super::child::take_last_panic()
-                    .unwrap_or_else(|| (crate::error::panic_message(&*payload), None));
-                let pid = crate::platform::getpid();
-                failures.push((
-                    i as u32,
-                    ItemFailure::Panicked {
-                        message,
-                        location,
-                        pid,
-                    },
-                ));
-            }
-        }
-    }
-    super::chunk::encode_results(&failures, &values).map_err(|e| e.to_string())
 }
 
 /// The trampoline at `offset` from this process's anchor.

@@ -15,8 +15,35 @@ use std::fmt;
 use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::ItemFailure;
 use crate::error::{Error, Result};
+
+/// Why one item of a pool task has no value.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ItemFailure {
+    /// The target panicked on it.
+    Panicked {
+        message: String,
+        location: Option<String>,
+        pid: i32,
+    },
+}
+
+impl ItemFailure {
+    pub(crate) fn into_error(self) -> crate::Error {
+        match self {
+            ItemFailure::Panicked {
+                message,
+                location,
+                pid,
+            } => crate::Error::Panicked {
+                name: "pool task".into(),
+                pid,
+                message,
+                location,
+            },
+        }
+    }
+}
 
 /// Items as postcard's encoding of a `Vec`.
 const POSTCARD: u8 = 0;
