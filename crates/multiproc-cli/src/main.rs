@@ -10,7 +10,6 @@
 mod admin;
 mod demo;
 mod queues;
-mod run;
 mod task_command;
 
 use std::process::ExitCode;
@@ -47,7 +46,7 @@ enum Command {
     /// List, requeue or purge a broker queue's dead letters.
     Dead(admin::Dead),
     /// Run a command for each input, several at once, as GNU parallel does.
-    Run(run::Run),
+    Run(multiproc_run::Run),
 }
 
 fn main() -> ExitCode {
@@ -62,7 +61,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     if let Command::Run(args) = cli.command {
-        return run::main(args);
+        return multiproc_run::main(args);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,20 +74,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes, each once: the library's errors already show their source in
 /// their own message, which a plain `{:#}` would print twice.
-pub(crate) fn describe(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
+use multiproc_run::describe;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -101,19 +87,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dead(args) => admin::dead(args),
         // Handled in `main`, which owns the exit status.
         Command::Run(_) => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::describe;
-
-    #[test]
-    fn each_cause_is_told_once() {
-        let io = std::io::Error::other("refused");
-        let err = anyhow::Error::new(io).context("connection to h: refused");
-        assert_eq!(describe(&err), "connection to h: refused");
-        let err = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(describe(&err), "outer: inner");
     }
 }

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::run::template::quote_into;
+use multiproc_run::quote_into;
 
 /// The placeholder for the task.
 const PLACEHOLDER: &str = "{}";

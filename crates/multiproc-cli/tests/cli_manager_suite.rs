@@ -27,7 +27,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
@@ -215,7 +216,7 @@ impl Group {
     fn kill_and_reap(&mut self) -> Option<ExitStatus> {
         let mut child = self.0.take()?;
         // ESRCH when nothing of the group is left: nothing to do.
-        let _ = rustix::process::kill_process_group(Pid::from_child(&child), Signal::KILL);
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         child.wait().ok()
     }
 }

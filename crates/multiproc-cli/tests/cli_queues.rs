@@ -16,6 +16,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -26,6 +30,7 @@ impl Server {
                 "--queue",
                 "result",
             ])
+            .args(extra)
             .env("MULTIPROC_AUTHKEY", "abc")
             .stdout(Stdio::piped())
             .spawn()
@@ -280,4 +285,22 @@ fn task_bytes_that_are_not_utf8_pass_through_whole() {
     assert!(log.contains(r#"b"\xff\xfe$(touch pwned6)\n""#), "{log}");
     assert_eq!(stdout(&python("get")), "ok\n");
     assert!(dir.entries().is_empty(), "{:?}", dir.entries());
+}
+
+#[test]
+fn serve_ignore_sigint_survives_a_ctrl_c_and_plain_serve_does_not() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut stubborn = Server::start_with(&["--ignore-sigint"]);
+    kill(Pid::from_raw(stubborn.child.id() as i32), Signal::SIGINT).unwrap();
+    // Still serving after the signal: a submit and a collect go through.
+    stdout(&stubborn.run(&["submit", "7"]));
+    let worked = stdout(&stubborn.run(&["worker", "--square", "--idle", "0.2"]));
+    assert!(worked.contains("7 * 7 = 49"), "{worked}");
+    assert!(stubborn.child.try_wait().unwrap().is_none());
+    // Without the flag SIGINT ends it, as it ends any program.
+    let mut plain = Server::start();
+    kill(Pid::from_raw(plain.child.id() as i32), Signal::SIGINT).unwrap();
+    let status = plain.child.wait().unwrap();
+    assert!(!status.success(), "{status:?}");
 }

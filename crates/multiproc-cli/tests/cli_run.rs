@@ -14,7 +14,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
 
 /// How long anything may take before a test calls it a hang.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -197,12 +198,12 @@ impl Runner {
 
     /// Its pid (and process group).
     fn pid(&self) -> Pid {
-        Pid::from_child(&self.child)
+        Pid::from_raw(self.child.id() as i32)
     }
 
     /// Sends it `sig`.
     fn signal(&self, sig: Signal) {
-        rustix::process::kill_process(self.pid(), sig).expect("kill");
+        kill(self.pid(), sig).expect("kill");
     }
 
     /// Its stdout so far.
@@ -247,18 +248,18 @@ impl Runner {
 impl Drop for Runner {
     fn drop(&mut self) {
         if self.status.is_none() {
-            let _ = rustix::process::kill_process(self.pid(), Signal::TERM);
+            let _ = kill(self.pid(), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(2);
             while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 pause();
             }
-            let _ = rustix::process::kill_process_group(self.pid(), Signal::KILL);
+            let _ = killpg(self.pid(), Signal::SIGKILL);
             let _ = self.child.wait();
         }
         if let Some((dir, prefix)) = &self.pid_files {
             for p in pids_in(dir, prefix) {
-                if let Some(pid) = Pid::from_raw(p) {
-                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                if p > 0 {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
                 }
             }
         }
@@ -687,7 +688,7 @@ fn start_two_waiting_jobs(dir: &TempDir) -> Runner {
 fn first_ctrl_c_lets_running_jobs_finish_and_starts_no_more() {
     let dir = TempDir::new("sigint1");
     let r = start_two_waiting_jobs(&dir);
-    r.signal(Signal::INT);
+    r.signal(Signal::SIGINT);
     wait_for("the interruption notice", || {
         r.stderr().contains("interrupted")
     });
@@ -703,7 +704,7 @@ fn first_ctrl_c_lets_running_jobs_finish_and_starts_no_more() {
         "new jobs started"
     );
     for p in pids_in(dir.path(), "gpid.") {
-        let _ = rustix::process::kill_process(Pid::from_raw(p).expect("pid"), Signal::KILL);
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
 }
 
@@ -713,11 +714,11 @@ fn second_ctrl_c_kills_every_job_and_leaves_no_process() {
     let r = start_two_waiting_jobs(&dir);
     let pids: Vec<i32> = [pids_in(dir.path(), "pid."), pids_in(dir.path(), "gpid.")].concat();
     assert_eq!(pids.len(), 4);
-    r.signal(Signal::INT);
+    r.signal(Signal::SIGINT);
     wait_for("the interruption notice", || {
         r.stderr().contains("interrupted")
     });
-    r.signal(Signal::INT);
+    r.signal(Signal::SIGINT);
     let out = r.finish();
     assert_eq!(out.code, Some(130), "{out:?}");
     assert!(!out.out.contains("finished"), "{out:?}");
@@ -732,7 +733,7 @@ fn sigterm_kills_every_job() {
     let dir = TempDir::new("sigterm");
     let r = start_two_waiting_jobs(&dir);
     let pids: Vec<i32> = [pids_in(dir.path(), "pid."), pids_in(dir.path(), "gpid.")].concat();
-    r.signal(Signal::TERM);
+    r.signal(Signal::SIGTERM);
     let out = r.finish();
     assert_eq!(out.code, Some(143), "{out:?}");
     for p in pids {

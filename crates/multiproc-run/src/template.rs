@@ -434,7 +434,7 @@ fn parse_replacement(s: &[u8]) -> Option<Piece> {
 /// Appends `s` quoted for a Bourne shell exactly as GNU parallel quotes a value: as it is when
 /// made only of `[-_.+a-zA-Z0-9/]`, `''` when empty, otherwise in single quotes, each `'`
 /// written `'"'"'`, and a leading or trailing `''` left out.
-pub(crate) fn quote_into(s: &[u8], out: &mut Vec<u8>) {
+pub fn quote_into(s: &[u8], out: &mut Vec<u8>) {
     if s.is_empty() {
         out.extend_from_slice(b"''");
         return;

@@ -117,7 +117,7 @@ impl Output {
         job.out = Captured::default();
         job.err = Captured::default();
         if self.opts.tag && job.tag.is_empty() {
-            crate::run::template::join(args, &mut job.tag);
+            crate::template::join(args, &mut job.tag);
             job.tag.push(b'\t');
         }
         if self.opts.results.is_some() && job.args.is_empty() {

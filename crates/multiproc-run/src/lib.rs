@@ -15,7 +15,9 @@ mod input;
 mod joblog;
 mod output;
 mod spawn;
-pub(crate) mod template;
+mod template;
+
+pub use template::quote_into;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -36,7 +38,7 @@ Without any, ' {}' is appended. Values are shell-quoted as GNU parallel quotes t
 Exit status: 0 if every job succeeded, else the number of failed jobs (101 for more than
 100), or as --halt says; 255 for an error of multiproc itself (bad option, unreadable file);
 128+N when stopped by signal N (a second Ctrl-C, SIGTERM).")]
-pub(crate) struct Run {
+pub struct Run {
     /// How many jobs run at once: N, N% of the CPUs, +N or -N CPUs; 0 means as many as
     /// possible. Default: one per CPU.
     #[arg(
@@ -381,11 +383,11 @@ fn on_path(name: &str) -> Option<OsString> {
 }
 
 /// Runs `multiproc run`; returns its exit status (255 after printing any error).
-pub(crate) fn main(args: Run) -> ExitCode {
+pub fn main(args: Run) -> ExitCode {
     match configure(args).and_then(exec::run) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("multiproc: {}", crate::describe(&err));
+            eprintln!("multiproc: {}", describe(&err));
             ExitCode::from(255)
         }
     }
@@ -512,9 +514,34 @@ fn configure(a: Run) -> anyhow::Result<Config> {
     })
 }
 
+/// An error and its causes on one line, each cause once (`cannot read x: No such file`).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_is_told_once() {
+        let io = std::io::Error::other("refused");
+        let err = anyhow::Error::new(io).context("connection to h: refused");
+        assert_eq!(describe(&err), "connection to h: refused");
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&err), "outer: inner");
+    }
 
     #[test]
     fn shell_names_from_argv0() {
