@@ -2,8 +2,8 @@
 //!
 //! One thread does it all: it spawns the jobs (`posix_spawn`, see [`super::spawn`]), each in
 //! its own process group, and then waits in `poll(2)` on every running job's stdout and stderr
-//! pipes, on SIGCHLD (a signalfd, see [`ChildExits`]), on self-pipes written by the SIGINT and
-//! SIGTERM handlers, and on the input thread's wake-up socket, with a timeout at the next
+//! pipes, on SIGCHLD, SIGINT, SIGTERM and SIGHUP (signalfds on Linux, see [`SignalSource`]),
+//! and on the input thread's wake-up socket, with a timeout at the next
 //! deadline (a job's `--timeout`, the SIGKILL that follows a SIGTERM, `--delay`,
 //! `--retry-delay`). Children are reaped with `waitpid(-1, WNOHANG)` when SIGCHLD says so.
 //! Killing a job means SIGTERM to its process group, then SIGKILL to the group after a grace
@@ -19,6 +19,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -28,9 +29,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
-use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::time::TimeSpec;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 
 use super::input::{self, Feed, Job};
 use super::joblog::{Entry, Joblog};
@@ -89,40 +93,47 @@ struct Retry {
     attempt: u64,
 }
 
-/// SIGCHLD, as something poll(2) waits on.
+/// Signals, as something poll(2) waits on.
 ///
-/// On Linux, a signalfd: SIGCHLD stays blocked in every thread of the runner (it is blocked
-/// before any other thread starts; jobs start with nothing blocked) and is read from the
-/// descriptor. A handler and its self-pipe would cost a signal frame, a write and a read per
-/// job: 3–6 % of the jobs per second of a run of `true`. Elsewhere, that self-pipe.
-struct ChildExits {
+/// On Linux, a signalfd: the signals stay blocked in every thread of the runner (they are
+/// blocked before any other thread starts; jobs start with nothing blocked) and are read from
+/// the descriptor. A handler and its self-pipe would cost a signal frame, a write and a read
+/// per job for SIGCHLD: 3–6 % of the jobs per second of a run of `true`. Elsewhere, that
+/// self-pipe (signal-hook's handlers).
+struct SignalSource {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fd: nix::sys::signalfd::SignalFd,
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pipe: UnixStream,
 }
 
-impl ChildExits {
-    /// Starts listening for SIGCHLD. Call it before the runner starts any thread.
+impl SignalSource {
+    /// Starts listening for `signals`. Call it before the runner starts any thread.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn listen() -> anyhow::Result<ChildExits> {
-        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    fn listen(signals: &[Signal]) -> anyhow::Result<SignalSource> {
+        use nix::sys::signal::{SigSet, SigmaskHow};
         use nix::sys::signalfd::{SfdFlags, SignalFd};
         let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
+        for &s in signals {
+            mask.add(s);
+        }
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-            .context("cannot block SIGCHLD")?;
+            .with_context(|| format!("cannot block {signals:?}"))?;
         let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .context("cannot create a signalfd for SIGCHLD")?;
-        Ok(ChildExits { fd })
+            .with_context(|| format!("cannot create a signalfd for {signals:?}"))?;
+        Ok(SignalSource { fd })
     }
 
-    /// Starts listening for SIGCHLD.
+    /// Starts listening for `signals`.
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn listen() -> anyhow::Result<ChildExits> {
-        Ok(ChildExits {
-            pipe: self_pipe(&[signal_hook::consts::SIGCHLD])?,
-        })
+    fn listen(signals: &[Signal]) -> anyhow::Result<SignalSource> {
+        let (r, w) = UnixStream::pair().context("cannot create a socket pair")?;
+        r.set_nonblocking(true)?;
+        for &s in signals {
+            signal_hook::low_level::pipe::register(s as i32, w.try_clone()?)
+                .with_context(|| format!("cannot handle {s}"))?;
+        }
+        Ok(SignalSource { pipe: r })
     }
 
     /// What poll(2) waits on.
@@ -134,46 +145,39 @@ impl ChildExits {
         return self.pipe.as_fd();
     }
 
-    /// Consumes the signals that arrived.
-    fn drain(&mut self) {
+    /// Consumes the signals that arrived; how many.
+    fn drain(&mut self) -> usize {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        while let Ok(Some(_)) = self.fd.read_signal() {}
+        {
+            let mut n = 0;
+            while let Ok(Some(_)) = self.fd.read_signal() {
+                n += 1;
+            }
+            n
+        }
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        drain(&mut self.pipe);
+        drain(&mut self.pipe).0
     }
 }
 
 /// The signals the runner waits for.
 struct Signals {
-    /// SIGCHLD.
-    chld: ChildExits,
-    /// Written to on SIGINT.
-    int: UnixStream,
-    /// Written to on SIGTERM and SIGHUP.
-    term: UnixStream,
+    chld: SignalSource,
+    int: SignalSource,
+    /// SIGTERM and SIGHUP.
+    term: SignalSource,
 }
 
 impl Signals {
-    /// Installs the handlers of SIGINT, SIGTERM and SIGHUP.
-    fn install(chld: ChildExits) -> anyhow::Result<Signals> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    /// Starts listening for SIGCHLD, SIGINT, SIGTERM and SIGHUP. Call it before the runner
+    /// starts any thread.
+    fn listen() -> anyhow::Result<Signals> {
         Ok(Signals {
-            chld,
-            int: self_pipe(&[SIGINT])?,
-            term: self_pipe(&[SIGTERM, SIGHUP])?,
+            chld: SignalSource::listen(&[Signal::SIGCHLD])?,
+            int: SignalSource::listen(&[Signal::SIGINT])?,
+            term: SignalSource::listen(&[Signal::SIGTERM, Signal::SIGHUP])?,
         })
     }
-}
-
-/// The read end of a socket pair written to by handlers of `sigs`.
-fn self_pipe(sigs: &[i32]) -> anyhow::Result<UnixStream> {
-    let (r, w) = UnixStream::pair().context("cannot create a socket pair")?;
-    r.set_nonblocking(true)?;
-    for &s in sigs {
-        signal_hook::low_level::pipe::register(s, w.try_clone()?)
-            .with_context(|| format!("cannot handle signal {s}"))?;
-    }
-    Ok(r)
 }
 
 /// Reads everything waiting in a non-blocking socket; returns how many bytes, and whether the
@@ -200,8 +204,8 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         let rx = input::start(cfg.input, wake_tx)?;
         return dry_run(&cfg.template, cfg.shell.is_none(), cfg.jobs, &rx);
     }
-    // Before the input thread starts: SIGCHLD must be blocked in every thread.
-    let chld = ChildExits::listen()?;
+    // Before the input thread starts: the signals must be blocked in every thread.
+    let signals = Signals::listen()?;
     // The input first: a missing file is an error before anything else happens.
     let rx = input::start(cfg.input, wake_tx)?;
     let (joblog, skip) = match &cfg.joblog {
@@ -211,7 +215,6 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         }
         None => (None, HashSet::new()),
     };
-    let signals = Signals::install(chld)?;
     let direct = match &cfg.shell {
         Some(_) => cfg
             .template
@@ -238,9 +241,8 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     let slots = match cfg.jobs {
         Some(n) => n,
         None => {
-            let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                .current
-                .unwrap_or(1024);
+            let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft);
             // Four descriptors per job: its pipes' two ends.
             usize::try_from(nofile.saturating_sub(32) / 4)
                 .unwrap_or(usize::MAX)
@@ -295,7 +297,7 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     if res.is_err() {
         // An error of ours (the joblog cannot be written, say): leave no job behind.
         for job in r.running.values() {
-            let _ = rustix::process::kill_process_group(job.pid, Signal::KILL);
+            let _ = killpg(job.pid, Signal::SIGKILL);
         }
     }
     r.output.close();
@@ -526,7 +528,7 @@ impl Runner {
                 Ok(spawned) => {
                     let started = Instant::now();
                     self.running.insert(
-                        spawned.pid.as_raw_pid(),
+                        spawned.pid.as_raw(),
                         Running {
                             out: Some(spawned.out),
                             err: Some(spawned.err),
@@ -601,7 +603,7 @@ impl Runner {
         loop {
             self.start_jobs()?;
             if self.output.broken() && self.forced.is_none() {
-                self.force(rustix::process::Signal::PIPE.as_raw());
+                self.force(Signal::SIGPIPE as i32);
             }
             let input_left = !self.pending.is_empty() || self.rx.is_some();
             let work_left = !self.stopping && (input_left || !self.retry_queue.is_empty());
@@ -650,34 +652,30 @@ impl Runner {
         let ready: Vec<(i32, Stream)>;
         let (chld, int, term, wake);
         {
-            let ev = PollFlags::IN;
+            let ev = PollFlags::POLLIN;
             let mut fds = Vec::with_capacity(4 + 2 * self.running.len());
-            fds.push(PollFd::from_borrowed_fd(self.signals.chld.as_fd(), ev));
-            fds.push(PollFd::new(&self.signals.int, ev));
-            fds.push(PollFd::new(&self.signals.term, ev));
+            fds.push(PollFd::new(self.signals.chld.as_fd(), ev));
+            fds.push(PollFd::new(self.signals.int.as_fd(), ev));
+            fds.push(PollFd::new(self.signals.term.as_fd(), ev));
             if let Some(w) = &self.wake {
-                fds.push(PollFd::new(w, ev));
+                fds.push(PollFd::new(w.as_fd(), ev));
             }
             for (&pid, r) in &self.running {
                 if let Some(f) = &r.out {
-                    fds.push(PollFd::new(f, ev));
+                    fds.push(PollFd::new(f.as_fd(), ev));
                     owners.push((pid, Stream::Out));
                 }
                 if let Some(f) = &r.err {
-                    fds.push(PollFd::new(f, ev));
+                    fds.push(PollFd::new(f.as_fd(), ev));
                     owners.push((pid, Stream::Err));
                 }
             }
-            let ts = timeout.map(|d| Timespec {
-                tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
-                tv_nsec: d.subsec_nanos().into(),
-            });
-            match rustix::event::poll(&mut fds, ts.as_ref()) {
+            match ppoll(&mut fds, timeout.map(TimeSpec::from), None) {
                 Ok(_) => {}
-                Err(Errno::INTR) => return Ok(()),
+                Err(Errno::EINTR) => return Ok(()),
                 Err(e) => return Err(std::io::Error::from(e)).context("poll failed"),
             }
-            let hit = |fd: &PollFd<'_>| !fd.revents().is_empty();
+            let hit = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
             chld = hit(&fds[0]);
             int = hit(&fds[1]);
             term = hit(&fds[2]);
@@ -700,11 +698,11 @@ impl Runner {
             self.wake = None;
         }
         if int {
-            let (n, _) = drain(&mut self.signals.int);
+            let n = self.signals.int.drain();
             self.on_sigint(n);
         }
-        if term && drain(&mut self.signals.term).0 > 0 {
-            self.force(signal_hook::consts::SIGTERM);
+        if term && self.signals.term.drain() > 0 {
+            self.force(Signal::SIGTERM as i32);
         }
         if chld {
             self.signals.chld.drain();
@@ -727,7 +725,7 @@ impl Runner {
         let Some(f) = file else {
             return;
         };
-        if all && rustix::io::ioctl_fionbio(&*f, true).is_err() {
+        if all && set_nonblocking(f).is_err() {
             *file = None;
             return;
         }
@@ -761,9 +759,12 @@ impl Runner {
     /// Reaps every child that has exited and finishes its job.
     fn reap(&mut self) -> anyhow::Result<()> {
         loop {
-            match rustix::process::wait(WaitOptions::NOHANG) {
-                Ok(Some((pid, status))) => {
-                    let raw = pid.as_raw_pid();
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+                Err(Errno::EINTR) => {}
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    let raw = pid.as_raw();
                     if self.running.contains_key(&raw) {
                         self.read_pipe(raw, Stream::Out, true);
                         self.read_pipe(raw, Stream::Err, true);
@@ -772,8 +773,6 @@ impl Runner {
                         }
                     }
                 }
-                Ok(None) | Err(Errno::CHILD) => return Ok(()),
-                Err(Errno::INTR) => {}
                 Err(e) => return Err(std::io::Error::from(e)).context("waitpid failed"),
             }
         }
@@ -787,15 +786,10 @@ impl Runner {
         self.free_slots.push(Reverse(r.slot));
         let runtime = r.started.elapsed();
         let (exitval, signal) = match r.killed {
-            Some(_) => (
-                -1,
-                status
-                    .terminating_signal()
-                    .unwrap_or(signal_hook::consts::SIGTERM),
-            ),
+            Some(_) => (-1, signal_of(&status).unwrap_or(Signal::SIGTERM as i32)),
             None => (
-                status.exit_status().unwrap_or(0),
-                status.terminating_signal().unwrap_or(0),
+                exit_code(&status).unwrap_or(0),
+                signal_of(&status).unwrap_or(0),
             ),
         };
         if r.killed == Some(Killed::Stop) {
@@ -964,7 +958,7 @@ impl Runner {
             return;
         }
         if self.stopping || n > 1 {
-            self.force(signal_hook::consts::SIGINT);
+            self.force(Signal::SIGINT as i32);
             return;
         }
         self.stopping = true;
@@ -980,7 +974,7 @@ impl Runner {
     fn force(&mut self, sig: i32) {
         if self.forced.is_none() {
             self.forced = Some(sig);
-            if sig != rustix::process::Signal::PIPE.as_raw() && !self.running.is_empty() {
+            if sig != Signal::SIGPIPE as i32 && !self.running.is_empty() {
                 self.output.message(&format!(
                     "multiproc: killing {} running jobs",
                     self.running.len()
@@ -996,7 +990,7 @@ impl Runner {
         let now = Instant::now();
         for r in self.running.values_mut() {
             if r.kill_at.is_none() {
-                let _ = rustix::process::kill_process_group(r.pid, Signal::TERM);
+                let _ = killpg(r.pid, Signal::SIGTERM);
                 r.kill_at = Some(now + GRACE);
             }
             r.killed = Some(Killed::Stop);
@@ -1009,18 +1003,18 @@ impl Runner {
         for r in self.running.values_mut() {
             if let Some(k) = r.kill_at {
                 if k <= now {
-                    let _ = rustix::process::kill_process_group(r.pid, Signal::KILL);
+                    let _ = killpg(r.pid, Signal::SIGKILL);
                     r.kill_at = None;
                 }
             } else if r.killed.is_none() && r.deadline.is_some_and(|d| d <= now) {
-                let _ = rustix::process::kill_process_group(r.pid, Signal::TERM);
+                let _ = killpg(r.pid, Signal::SIGTERM);
                 r.kill_at = Some(now + GRACE);
                 r.killed = Some(Killed::Timeout);
             }
         }
         self.pending_kills.retain(|&(pgid, at)| {
             if at <= now {
-                let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+                let _ = killpg(pgid, Signal::SIGKILL);
                 false
             } else {
                 true
@@ -1034,7 +1028,7 @@ impl Runner {
             return (128 + sig).clamp(0, 255) as u8;
         }
         if self.interrupted {
-            return 128 + signal_hook::consts::SIGINT as u8;
+            return 128 + Signal::SIGINT as u8;
         }
         if self.input_error {
             return 255;
@@ -1057,4 +1051,27 @@ fn pct_of(part: u64, whole: u64) -> u8 {
     (part as f64 / whole.max(1) as f64 * 100.0)
         .ceil()
         .min(100.0) as u8
+}
+
+/// The exit code of a process that exited.
+fn exit_code(status: &WaitStatus) -> Option<i32> {
+    match *status {
+        WaitStatus::Exited(_, code) => Some(code),
+        _ => None,
+    }
+}
+
+/// The signal that ended a process.
+fn signal_of(status: &WaitStatus) -> Option<i32> {
+    match *status {
+        WaitStatus::Signaled(_, signal, _) => Some(signal as i32),
+        _ => None,
+    }
+}
+
+/// Makes reads of `f` return at once when nothing waits.
+fn set_nonblocking(f: &File) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL)?);
+    fcntl(f, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }

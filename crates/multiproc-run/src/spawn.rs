@@ -12,10 +12,10 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
+use nix::fcntl::OFlag;
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
 use nix::sys::signal::{SigSet, Signal};
-use rustix::pipe::PipeFlags;
-use rustix::process::Pid;
+use nix::unistd::Pid;
 
 /// The variables set per job, left out of the shared environment.
 const PER_JOB: [&[u8]; 2] = [b"PARALLEL_SEQ", b"PARALLEL_JOBSLOT"];
@@ -62,7 +62,7 @@ impl Spawner {
                 | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
                 | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
         )?;
-        attr.set_pgroup(nix::unistd::Pid::from_raw(0))?;
+        attr.set_pgroup(Pid::from_raw(0))?;
         attr.set_sigmask(&SigSet::empty())?;
         // We ignore SIGPIPE (Rust does, to get EPIPE): the job must not inherit that.
         let mut default = SigSet::empty();
@@ -87,8 +87,8 @@ impl Spawner {
         seq: u64,
         slot: usize,
     ) -> std::io::Result<Spawned> {
-        let (out_r, out_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-        let (err_r, err_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let mut actions = PosixSpawnFileActions::init()?;
         actions.add_dup2(self.devnull.as_raw_fd(), 0)?;
         actions.add_dup2(out_w.as_raw_fd(), 1)?;
@@ -107,9 +107,12 @@ impl Spawner {
             nix::spawn::posix_spawn(program, &actions, &self.attr, argv, &env)
         };
         let pid = spawned.map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-        let pid = Pid::from_raw(pid.as_raw()).ok_or_else(|| {
-            std::io::Error::other(format!("posix_spawn returned pid {}", pid.as_raw()))
-        })?;
+        if pid.as_raw() <= 0 {
+            return Err(std::io::Error::other(format!(
+                "posix_spawn returned pid {}",
+                pid.as_raw()
+            )));
+        }
         Ok(Spawned {
             pid,
             out: File::from(out_r),
