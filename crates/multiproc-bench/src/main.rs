@@ -80,7 +80,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         for p in &mut self.0 {
             let _ = p.kill();
-            let _ = p.join(None);
+            let _ = p.join();
         }
     }
 }
@@ -412,7 +412,7 @@ fn spawn_join(method: StartMethod, n: usize) -> anyhow::Result<f64> {
     let t = Instant::now();
     for _ in 0..n {
         let mut p = Process::new(|()| (), ()).start_method(method).start()?;
-        p.join(None)?;
+        p.join()?;
     }
     Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
@@ -525,7 +525,7 @@ fn settle<R: Serialize + DeserializeOwned>(
             let mut why = Vec::new();
             for mut p in children {
                 let _ = p.kill();
-                if let Err(c) = p.join(None) {
+                if let Err(c) = p.join() {
                     why.push(c.to_string());
                 }
             }
@@ -908,11 +908,11 @@ fn executor_submit(quick: bool) -> anyhow::Result<f64> {
     let n = scaled(10_000, quick) as u64;
     let ex = multiproc::ProcessPoolExecutor::new(2)?;
     for i in 0..100 {
-        ex.submit(identity, i)?.result(None)?;
+        ex.submit(identity, i)?.result()?;
     }
     let t0 = Instant::now();
     for i in 0..n {
-        if ex.submit(identity, i)?.result(None)? != i {
+        if ex.submit(identity, i)?.result()? != i {
             bail!("bad result");
         }
     }
@@ -926,11 +926,11 @@ fn thread_executor_submit(quick: bool) -> anyhow::Result<f64> {
     let n = scaled(10_000, quick) as u64;
     let ex = multiproc::ThreadPoolExecutor::new(2)?;
     for i in 0..100u64 {
-        ex.submit(move || identity(i))?.result(None)?;
+        ex.submit(move || identity(i))?.result()?;
     }
     let t0 = Instant::now();
     for i in 0..n {
-        if ex.submit(move || identity(i))?.result(None)? != i {
+        if ex.submit(move || identity(i))?.result()? != i {
             bail!("bad result");
         }
     }
@@ -1020,7 +1020,7 @@ impl ManagerChild {
 impl Drop for ManagerChild {
     fn drop(&mut self) {
         let _ = self.process.kill();
-        let _ = self.process.join(None); // `Killed`, as asked
+        let _ = self.process.join(); // `Killed`, as asked
         if let Address::Unix(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }

@@ -126,7 +126,7 @@ fn children() -> Result<()> {
         .map(|i| Process::new(report, i).start())
         .collect::<multiproc::Result<Vec<_>>>()?;
     for p in &mut children {
-        p.join(None)?;
+        p.join()?;
     }
     println!("  all 4 joined");
     Ok(())
@@ -202,7 +202,7 @@ fn daemon() -> Result<()> {
         alive(daemon)
     );
     ours.send(&0)?; // let the middle child return
-    parent.join(None)?;
+    parent.join()?;
     println!(
         "  middle child ended (exit code {}); daemon {daemon}: {}",
         parent.exitcode().map_or("?".into(), |c| c.to_string()),

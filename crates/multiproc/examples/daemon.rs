@@ -62,7 +62,7 @@ fn main() -> multiproc::Result<()> {
         describe(daemon_pid)
     );
     ours.send(&0)?; // let the middle process end
-    parent.join(None)?;
+    parent.join()?;
     println!(
         "  {} ended (exit code {:?}); daemon {daemon_pid}: {}",
         parent.name(),

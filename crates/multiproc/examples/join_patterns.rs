@@ -34,7 +34,7 @@ fn main() -> multiproc::Result<()> {
         println!("  child name: {}\tpid: {}", child.name(), child.pid());
     }
     for p in &mut children {
-        p.join(None)?;
+        p.join()?;
     }
     let concurrent = start.elapsed();
     println!(
@@ -47,7 +47,7 @@ fn main() -> multiproc::Result<()> {
     let start = Instant::now();
     for i in 1..=N {
         let mut p = Process::new(task, i).start()?;
-        p.join(None)?;
+        p.join()?;
     }
     let serial = start.elapsed();
     println!(

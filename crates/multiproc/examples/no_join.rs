@@ -55,7 +55,7 @@ fn run_task(i: u32) {
 /// section's output in its section.)
 fn join_leftovers(children: &mut [Process]) -> multiproc::Result<()> {
     for p in children.iter_mut() {
-        p.join(None)?;
+        p.join()?;
     }
     println!(
         "  (the {} children are joined now, after the fact)",

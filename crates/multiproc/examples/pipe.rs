@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|item| item.as_ref().map_or("None".into(), |s| format!("'{s}'")))
         .collect();
     println!("  parent received [{}]", shown.join(", "));
-    p.join(None)?;
+    p.join()?;
 
     println!("\n== a duplex round trip ==");
     let (ours, theirs) = Pipe::new::<String>(true)?;
@@ -71,6 +71,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = r.recv_bytes()?;
         println!("  received {:?}", String::from_utf8_lossy(&bytes));
     }
-    p.join(None)?;
+    p.join()?;
     Ok(())
 }

@@ -51,7 +51,7 @@ fn main() -> multiproc::Result<()> {
     );
     let pids = futures
         .iter()
-        .map(|f| f.result(None))
+        .map(|f| f.result())
         .collect::<multiproc::Result<HashSet<_>>>()?;
     println!(
         "  10 tasks ran in {} worker processes in {:.2} s",
@@ -90,7 +90,7 @@ fn main() -> multiproc::Result<()> {
         .collect::<multiproc::Result<Vec<_>>>()?;
     pool.shutdown(true, true)?;
     let cancelled = futures.iter().filter(|f| f.cancelled()).count();
-    let finished = futures.iter().filter(|f| f.result(None).is_ok()).count();
+    let finished = futures.iter().filter(|f| f.result().is_ok()).count();
     println!("  {finished} tasks finished, {cancelled} were cancelled before a worker took them");
     assert_eq!(finished + cancelled, 10);
     assert!(finished >= 4, "the tasks workers already had still finish");

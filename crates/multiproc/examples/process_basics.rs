@@ -49,7 +49,7 @@ fn main() -> multiproc::Result<()> {
         std::process::id(),
         p.pid()
     );
-    p.join(None)?;
+    p.join()?;
 
     // p = Process(target=run_proc, args=('test',)); p.start(); p.join()
     println!("\n== 2. Process(target=run_proc, args=('test',)) ==");
@@ -57,7 +57,7 @@ fn main() -> multiproc::Result<()> {
     let p = Process::new(run_proc, "test".to_string());
     println!("Child process will start.");
     let mut p = p.start()?;
-    p.join(None)?;
+    p.join()?;
     println!("Child process end.");
 
     // for i in range(1, 5): p = Process(target=run_task, args=(i,)); p.start() ... p.join()
@@ -67,7 +67,7 @@ fn main() -> multiproc::Result<()> {
         children.push(Process::new(run_task, i).start()?);
     }
     for p in &mut children {
-        p.join(None)?;
+        p.join()?;
     }
     println!("Main process ends (all 4 children joined).");
 

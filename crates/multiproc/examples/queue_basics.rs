@@ -70,7 +70,7 @@ fn main() -> multiproc::Result<()> {
         .map(|item| item.as_ref().map_or("None".into(), |s| format!("'{s}'")))
         .collect();
     println!("  [{}]", shown.join(", "));
-    p.join(None)?;
+    p.join()?;
     assert_eq!(list, [Some("Hello".into()), None, Some("World".into())]);
 
     println!("\n== 2. main and task2 put, task1 gets ==");

@@ -86,7 +86,7 @@ fn main() -> multiproc::Result<()> {
     // yet would be left behind; the writer's pause after C gives it time (sections 2 and 3 do
     // not rely on that).
     pr.terminate()?;
-    match pr.join(None) {
+    match pr.join() {
         Err(e) if e.kind() == ErrorKind::ProcessFailed => println!("reader stopped: {e}"),
         other => panic!("a terminated reader should fail to return, got {other:?}"),
     }
@@ -116,6 +116,6 @@ fn main() -> multiproc::Result<()> {
     println!("  join() returned: {} items unfinished", q.unfinished()?);
     assert_eq!(q.unfinished()?, 0);
     consumer.terminate()?;
-    let _ = consumer.join(None); // Err(Killed): it was terminated
+    let _ = consumer.join(); // Err(Killed): it was terminated
     Ok(())
 }

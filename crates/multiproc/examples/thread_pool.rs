@@ -126,7 +126,7 @@ fn main() -> multiproc::Result<()> {
     }
     // Threads cannot be killed: terminate cancels the queued tasks and waits for the running.
     pool.terminate();
-    let finished = tasks.iter().filter(|t| t.result(None).is_ok()).count();
+    let finished = tasks.iter().filter(|t| t.result().is_ok()).count();
     let cancelled = tasks.iter().filter(|t| t.cancelled()).count();
     println!("  {finished} tasks were running and finished, {cancelled} were cancelled");
     assert_eq!((finished, cancelled), (2, 8));

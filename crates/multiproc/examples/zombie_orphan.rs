@@ -73,7 +73,7 @@ fn main() -> multiproc::Result<()> {
         std::thread::yield_now();
     }
     println!("  child {} has ended: {}", p.pid(), describe(p.pid()));
-    p.join(None)?;
+    p.join()?;
     println!("  after join: {}", describe(p.pid()));
     assert_eq!(proc_stat(p.pid()), None);
 
@@ -85,7 +85,7 @@ fn main() -> multiproc::Result<()> {
         children.push(Process::new(run_task, i).start()?);
     }
     for p in &mut children {
-        p.join(None)?;
+        p.join()?;
         println!("  joined {}: {}", p.pid(), describe(p.pid()));
         assert_eq!(proc_stat(p.pid()), None);
     }
@@ -105,7 +105,7 @@ fn main() -> multiproc::Result<()> {
     println!("    worker {worker_pid}: {}", describe(worker_pid));
     ours.send(&(0, 0))?; // the middle ends now...
     to_worker.send(&())?; // ...once its worker has finished
-    parent.join(None)?;
+    parent.join()?;
     println!("  middle ended (exit code {:?})", parent.exitcode());
     println!(
         "    daemon {daemon_pid}: {}: terminated by its parent",

@@ -11,7 +11,7 @@
 //! let (parent, child) = Pipe::new(true)?;
 //! let mut p = Process::new(shout, (child, "hello".to_string())).name("shouter").start()?;
 //! assert_eq!(parent.recv()?, "HELLO");
-//! p.join(None)?;
+//! p.join()?;
 //! assert_eq!(p.exitcode(), Some(0));
 //! # Ok::<(), multiproc::Error>(())
 //! ```
@@ -57,7 +57,8 @@ pub use connection::{Connection, Pipe};
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{
     AsCompleted, ExecutorMap, Future, ProcessPoolExecutor, ReturnWhen, ThreadIMapIter, ThreadPool,
-    ThreadPoolExecutor, Waitable, Waited, as_completed, wait,
+    ThreadPoolExecutor, Waitable, Waited, as_completed, as_completed_deadline,
+    as_completed_timeout, wait, wait_deadline, wait_timeout,
 };
 #[cfg(feature = "manager")]
 #[cfg_attr(docsrs, doc(cfg(feature = "manager")))]

@@ -301,14 +301,15 @@ fn a_rust_client_uses_a_cpython_sync_managers_dict_and_list() {
         assert_eq!(l.to_vec().unwrap(), [1, 2], "{python:?}");
         assert_eq!(l.get(-1).unwrap(), 2);
         let e = m.event().unwrap();
-        assert!(!e.wait(Some(Duration::from_millis(20))).unwrap());
+        assert!(!e.wait_timeout(Duration::from_millis(20)).unwrap());
         e.set().unwrap();
-        assert!(e.is_set().unwrap() && e.wait(None).unwrap());
+        assert!(e.is_set().unwrap());
+        e.wait().unwrap();
         let v = m.value("i", &41i64).unwrap();
         v.set(&(v.get().unwrap() + 1)).unwrap();
         assert_eq!(v.get().unwrap(), 42, "{python:?}");
         let lock = m.lock().unwrap();
-        assert!(lock.acquire(None).unwrap());
+        lock.acquire().unwrap();
         lock.release().unwrap();
         drop(server.stdin.take());
         assert!(server.wait().unwrap().success());

@@ -200,17 +200,17 @@ fn rlock_is_reentrant_for_its_holder_only() {
     against_each_server(|m, server| {
         let lock = m.rlock().unwrap();
         let other = lock.try_clone().unwrap();
-        assert!(lock.acquire(None).unwrap(), "{server}");
-        assert!(lock.acquire(Some(LONG)).unwrap(), "{server}: reentrant");
+        lock.acquire().unwrap();
+        assert!(lock.acquire_timeout(LONG).unwrap(), "{server}: reentrant");
         assert!(
-            !other.acquire(Some(Duration::from_millis(10))).unwrap(),
+            !other.acquire_timeout(Duration::from_millis(10)).unwrap(),
             "{server}: held by the first proxy"
         );
         assert_eq!(other.release().unwrap_err().kind(), ErrorKind::Remote);
         lock.release().unwrap();
-        assert!(!other.acquire(Some(Duration::from_millis(10))).unwrap());
+        assert!(!other.acquire_timeout(Duration::from_millis(10)).unwrap());
         // The other proxy waits on the server while the holder releases its last hold.
-        let waiter = std::thread::spawn(move || (other.acquire(Some(LONG)).unwrap(), other));
+        let waiter = std::thread::spawn(move || (other.acquire_timeout(LONG).unwrap(), other));
         lock.release().unwrap();
         let (got, other) = waiter.join().unwrap();
         assert!(got, "{server}");
@@ -218,9 +218,9 @@ fn rlock_is_reentrant_for_its_holder_only() {
         other.release().unwrap();
         // A plain lock is not reentrant.
         let plain = m.lock().unwrap();
-        assert!(plain.acquire(None).unwrap());
+        plain.acquire().unwrap();
         assert!(
-            !plain.acquire(Some(Duration::from_millis(10))).unwrap(),
+            !plain.acquire_timeout(Duration::from_millis(10)).unwrap(),
             "{server}"
         );
     });
@@ -236,11 +236,11 @@ fn semaphores_count_slots() {
         );
         assert!(!s.try_acquire().unwrap(), "{server}");
         assert!(
-            !s.acquire(Some(Duration::from_millis(10))).unwrap(),
+            !s.acquire_timeout(Duration::from_millis(10)).unwrap(),
             "{server}"
         );
         let other = s.try_clone().unwrap();
-        let waiter = std::thread::spawn(move || other.acquire(None).unwrap());
+        let waiter = std::thread::spawn(move || other.acquire_timeout(LONG).unwrap());
         s.release().unwrap();
         assert!(waiter.join().unwrap(), "{server}");
         // An unbounded semaphore takes more releases than acquires.
@@ -249,7 +249,7 @@ fn semaphores_count_slots() {
         }
         assert!(s.try_acquire().unwrap());
         let b = m.bounded_semaphore(1).unwrap();
-        assert!(b.acquire(Some(LONG)).unwrap());
+        assert!(b.acquire_timeout(LONG).unwrap());
         assert!(!b.try_acquire().unwrap());
         b.release().unwrap();
         let err = b.release().unwrap_err();
@@ -263,16 +263,16 @@ fn condition_waits_and_notifies() {
     against_each_server(|m, server| {
         let cond = m.condition().unwrap();
         // wait and notify need the lock.
-        assert_eq!(cond.wait(None).unwrap_err().kind(), ErrorKind::Remote);
+        assert_eq!(cond.wait().unwrap_err().kind(), ErrorKind::Remote);
         assert_eq!(cond.notify(1).unwrap_err().kind(), ErrorKind::Remote);
-        assert!(cond.acquire(None).unwrap());
+        cond.acquire().unwrap();
         assert!(
-            !cond.wait(Some(Duration::from_millis(10))).unwrap(),
+            !cond.wait_timeout(Duration::from_millis(10)).unwrap(),
             "{server}"
         );
         assert!(
             !cond
-                .wait_for(|| Ok(false), Some(Duration::from_millis(10)))
+                .wait_for_timeout(|| Ok(false), Duration::from_millis(10))
                 .unwrap()
         );
         cond.release().unwrap();
@@ -280,12 +280,12 @@ fn condition_waits_and_notifies() {
         let flag = m.value("i", &0).unwrap();
         let (cond2, flag2) = (cond.try_clone().unwrap(), flag.try_clone().unwrap());
         let waiter = std::thread::spawn(move || {
-            assert!(cond2.acquire(Some(LONG)).unwrap());
-            let seen = cond2.wait_for(|| Ok(flag2.get()? == 1), Some(LONG));
+            assert!(cond2.acquire_timeout(LONG).unwrap());
+            let seen = cond2.wait_for_timeout(|| Ok(flag2.get()? == 1), LONG);
             cond2.release().unwrap();
             seen.unwrap()
         });
-        assert!(cond.acquire(Some(LONG)).unwrap());
+        assert!(cond.acquire_timeout(LONG).unwrap());
         flag.set(&1).unwrap();
         cond.notify_all().unwrap();
         cond.release().unwrap();
@@ -301,16 +301,16 @@ fn condition_waits_and_notifies() {
                 tx.clone(),
             );
             std::thread::spawn(move || {
-                assert!(c.acquire(Some(LONG)).unwrap());
+                assert!(c.acquire_timeout(LONG).unwrap());
                 w.set(&(w.get().unwrap() + 1)).unwrap();
-                let woken = c.wait(Some(LONG)).unwrap();
+                let woken = c.wait_timeout(LONG).unwrap();
                 c.release().unwrap();
                 tx.send(woken).unwrap();
             });
         }
         // Both are waiting once the count is 2 under the lock (they leave it only in wait).
         assert!(eventually(|| {
-            assert!(cond.acquire(Some(LONG)).unwrap());
+            assert!(cond.acquire_timeout(LONG).unwrap());
             let both = waiting.get().unwrap() == 2;
             if both {
                 cond.notify(1).unwrap();
@@ -320,7 +320,7 @@ fn condition_waits_and_notifies() {
         }));
         assert!(rx.recv_timeout(LONG).unwrap(), "{server}");
         assert!(rx.try_recv().is_err(), "{server}: notify(1) woke both");
-        assert!(cond.acquire(Some(LONG)).unwrap());
+        assert!(cond.acquire_timeout(LONG).unwrap());
         cond.notify(1).unwrap();
         cond.release().unwrap();
         assert!(rx.recv_timeout(LONG).unwrap(), "{server}");
@@ -337,7 +337,7 @@ fn barrier_passes_breaks_and_resets() {
         let parties: Vec<_> = (0..3)
             .map(|_| {
                 let p = b.try_clone().unwrap();
-                std::thread::spawn(move || p.wait(Some(LONG)).unwrap())
+                std::thread::spawn(move || p.wait_timeout(LONG).unwrap())
             })
             .collect();
         let mut indices: Vec<u32> = parties.into_iter().map(|t| t.join().unwrap()).collect();
@@ -347,7 +347,7 @@ fn barrier_passes_breaks_and_resets() {
         b.abort().unwrap();
         assert!(b.broken().unwrap(), "{server}");
         assert_eq!(
-            b.wait(Some(LONG)).unwrap_err().kind(),
+            b.wait_timeout(LONG).unwrap_err().kind(),
             ErrorKind::BrokenBarrier
         );
         b.reset().unwrap();
@@ -355,14 +355,14 @@ fn barrier_passes_breaks_and_resets() {
 
         // A wait that times out breaks the barrier.
         let two = m.barrier(2).unwrap();
-        let err = two.wait(Some(Duration::from_millis(10))).unwrap_err();
+        let err = two.wait_timeout(Duration::from_millis(10)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BrokenBarrier, "{server}: {err}");
         assert!(two.broken().unwrap(), "{server}");
 
         // A reset fails the waiters and leaves the barrier usable.
         two.reset().unwrap();
         let p = two.try_clone().unwrap();
-        let waiter = std::thread::spawn(move || p.wait(Some(LONG)).map_err(|e| e.kind()));
+        let waiter = std::thread::spawn(move || p.wait_timeout(LONG).map_err(|e| e.kind()));
         assert!(eventually(|| two.n_waiting().unwrap() == 1), "{server}");
         two.reset().unwrap();
         assert_eq!(waiter.join().unwrap(), Err(ErrorKind::BrokenBarrier));
@@ -590,7 +590,7 @@ fn use_proxies(
 ) -> u32 {
     d.set(&format!("k{n}"), &n).unwrap();
     l.append(&std::process::id()).unwrap();
-    assert!(lock.acquire(None).unwrap());
+    lock.acquire().unwrap();
     let count: i64 = ns.get("count").unwrap().unwrap();
     ns.set("count", &(count + 1)).unwrap();
     lock.release().unwrap();

@@ -107,7 +107,7 @@ fn a_hundred_clients_update_one_dict_under_a_manager_lock() {
                 let counts = m.registered_dict::<String, i64>("get_counts").unwrap();
                 let lock = m.registered_lock("get_lock").unwrap();
                 for _ in 0..5 {
-                    assert!(lock.acquire(Some(Duration::from_secs(30))).unwrap());
+                    assert!(lock.acquire_timeout(Duration::from_secs(30)).unwrap());
                     let n = counts.get(&"n".to_string()).unwrap().unwrap_or(0);
                     counts.set(&"n".to_string(), &(n + 1)).unwrap();
                     lock.release().unwrap();
@@ -131,14 +131,17 @@ fn a_lock_held_by_a_client_that_went_away_is_released() {
     let running = server.serve_in_background().unwrap();
     let m = ManagerClient::connect(running.address(), b"k").unwrap();
     let first = m.registered_lock("get_lock").unwrap();
-    assert!(first.acquire(None).unwrap());
+    first.acquire().unwrap();
     let second = m.registered_lock("get_lock").unwrap();
-    assert!(!second.acquire(Some(Duration::from_millis(50))).unwrap());
+    assert!(!second.acquire_timeout(Duration::from_millis(50)).unwrap());
+    assert!(!second.try_acquire().unwrap());
+    let soon = std::time::Instant::now() + Duration::from_millis(20);
+    assert!(!second.acquire_deadline(soon).unwrap());
     // As `threading.Lock`: anybody may release it.
     second.release().unwrap();
-    assert!(second.acquire(Some(Duration::from_secs(10))).unwrap());
+    assert!(second.acquire_timeout(Duration::from_secs(10)).unwrap());
     drop(second); // its connection closes: the server releases what it held
-    assert!(first.acquire(Some(Duration::from_secs(10))).unwrap());
+    assert!(first.acquire_timeout(Duration::from_secs(10)).unwrap());
     first.release().unwrap();
     // The release the dead holder's program still owed is taken once, then refused.
     let third = m.registered_lock("get_lock").unwrap();
@@ -167,9 +170,9 @@ fn dict_and_list_proxies_between_rust_peers() {
     assert_eq!(l.get(5).unwrap_err().kind(), ErrorKind::Remote);
     let e = m.event().unwrap();
     assert!(!e.is_set().unwrap());
-    assert!(!e.wait(Some(Duration::from_millis(20))).unwrap());
+    assert!(!e.wait_timeout(Duration::from_millis(20)).unwrap());
     e.set().unwrap();
-    assert!(e.wait(None).unwrap());
+    e.wait().unwrap();
     e.clear().unwrap();
     assert!(!e.is_set().unwrap());
     let v = m.value("d", &1.5f64).unwrap();
@@ -219,18 +222,28 @@ fn a_condition_or_rlock_held_by_a_client_that_went_away_is_released() {
     let cond = m.condition().unwrap();
     let rlock = m.rlock().unwrap();
     let (other_cond, other_rlock) = (cond.try_clone().unwrap(), rlock.try_clone().unwrap());
-    assert!(cond.acquire(None).unwrap() && cond.acquire(None).unwrap());
-    assert!(rlock.acquire(None).unwrap() && rlock.acquire(None).unwrap());
-    assert!(!other_cond.acquire(Some(Duration::from_millis(10))).unwrap());
+    cond.acquire().unwrap();
+    cond.acquire().unwrap();
+    rlock.acquire().unwrap();
+    rlock.acquire().unwrap();
+    assert!(
+        !other_cond
+            .acquire_timeout(Duration::from_millis(10))
+            .unwrap()
+    );
     assert!(
         !other_rlock
-            .acquire(Some(Duration::from_millis(10)))
+            .acquire_timeout(Duration::from_millis(10))
             .unwrap()
     );
     // Their connections close with both held twice: the server lets go of both.
     drop((cond, rlock));
-    assert!(other_cond.acquire(Some(Duration::from_secs(10))).unwrap());
-    assert!(other_rlock.acquire(Some(Duration::from_secs(10))).unwrap());
+    assert!(other_cond.acquire_timeout(Duration::from_secs(10)).unwrap());
+    assert!(
+        other_rlock
+            .acquire_timeout(Duration::from_secs(10))
+            .unwrap()
+    );
 }
 
 #[test]

@@ -350,7 +350,7 @@ fn a_large_typed_result_does_not_deadlock_join() {
     let mut p = Process::new(|n: usize| vec![7u32; n], 2 << 20)
         .start()
         .unwrap();
-    p.join(Some(Duration::from_secs(60))).unwrap();
+    p.join_timeout(Duration::from_secs(60)).unwrap();
     let v = p.into_result().unwrap();
     assert_eq!(v.len(), 2 << 20);
     assert!(v.iter().all(|&x| x == 7));

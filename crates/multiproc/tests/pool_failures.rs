@@ -63,7 +63,7 @@ fn map_apply_and_starmap_give_every_result_in_order() {
     assert_eq!(sums, [3, 7]);
     assert_eq!(pool.apply(square, 12).unwrap(), 144);
     let pending = pool.apply_async(square, 5).unwrap();
-    assert!(pending.wait(Some(LONG)));
+    assert!(pending.wait_timeout(LONG));
     assert!(pending.ready());
     assert!(pending.successful().unwrap());
     assert_eq!(pending.get().unwrap(), 25);

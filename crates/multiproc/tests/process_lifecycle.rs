@@ -62,7 +62,7 @@ fn a_stack_overflow_is_reported_as_such() {
             .start_method(method)
             .start()
             .unwrap();
-        let err = p.join(None).unwrap_err();
+        let err = p.join().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ProcessFailed, "{method:?}: {err}");
         assert!(
             matches!(err, multiproc::Error::StackOverflow { .. }),
@@ -84,7 +84,7 @@ fn a_panic_comes_back_with_its_message() {
         .name("quitter")
         .start()
         .unwrap();
-    let err = p.join(None).unwrap_err();
+    let err = p.join().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Panicked);
     let msg = err.to_string();
     assert!(msg.contains("the child gave up at 7"), "{msg}");
@@ -94,7 +94,7 @@ fn a_panic_comes_back_with_its_message() {
     );
     assert_eq!(p.exitcode(), Some(1));
     // Joining again gives the same answer.
-    assert!(p.join(None).unwrap_err().to_string().contains("gave up"));
+    assert!(p.join().unwrap_err().to_string().contains("gave up"));
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn an_err_return_exits_with_code_1_and_comes_back() {
     )
     .start()
     .unwrap();
-    p.join(None).unwrap();
+    p.join().unwrap();
     assert_eq!(p.exitcode(), Some(1));
     assert_eq!(p.into_result().unwrap(), Err("-4 is negative".to_string()));
 }
@@ -127,7 +127,7 @@ fn kill_and_terminate_give_negative_signal_codes() {
         } else {
             p.terminate().unwrap()
         }
-        let err = p.join(Some(Duration::from_secs(10))).unwrap_err();
+        let err = p.join_timeout(Duration::from_secs(10)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ProcessFailed, "{err}");
         assert_eq!(p.exitcode(), Some(expected));
         assert!(!p.is_alive());
@@ -140,7 +140,7 @@ fn join_with_a_timeout_leaves_the_child_running() {
     let (keep, child_end) = Pipe::new::<String>(true).unwrap();
     let mut p = Guarded::new(Process::new(wait_for_word, child_end).start().unwrap());
     let t = Instant::now();
-    let err = p.join(Some(Duration::from_millis(100))).unwrap_err();
+    let err = p.join_timeout(Duration::from_millis(100)).unwrap_err();
     let waited = t.elapsed();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(
@@ -150,7 +150,7 @@ fn join_with_a_timeout_leaves_the_child_running() {
     assert!(p.is_alive());
     assert_eq!(p.exitcode(), None);
     keep.send(&"go".into()).unwrap();
-    p.join(Some(Duration::from_secs(10))).unwrap();
+    p.join_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(p.0.take().unwrap().into_result().unwrap(), "go");
 }
 
@@ -266,7 +266,7 @@ fn a_daemon_dies_with_its_parent_even_on_sigkill() {
             "daemon alive while its parent lives"
         );
         parent.kill().unwrap();
-        assert!(parent.join(Some(Duration::from_secs(10))).is_err());
+        assert!(parent.join_timeout(Duration::from_secs(10)).is_err());
         assert!(
             wait_exit(&daemon, Duration::from_secs(1)),
             "daemon outlived its parent (thread: {from_thread})"
@@ -348,7 +348,7 @@ fn fork_server_children_report_signals_and_panics() {
     );
     p.terminate().unwrap();
     assert_eq!(
-        p.join(Some(Duration::from_secs(10))).unwrap_err().kind(),
+        p.join_timeout(Duration::from_secs(10)).unwrap_err().kind(),
         ErrorKind::ProcessFailed
     );
     assert_eq!(p.exitcode(), Some(-15));
@@ -359,7 +359,7 @@ fn fork_server_children_report_signals_and_panics() {
         .start()
         .unwrap();
     assert!(
-        p.join(None)
+        p.join()
             .unwrap_err()
             .to_string()
             .contains("forked and failed")
@@ -376,7 +376,7 @@ fn helper_starts_a_mismatched_child() {
         return;
     }
     let mut p = Process::new(square, 3).start().unwrap();
-    let err = p.join(None).unwrap_err();
+    let err = p.join().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BinaryMismatch, "{err}");
     assert!(err.to_string().contains("not the same executable"), "{err}");
     println!("REFUSED {err}");
@@ -401,4 +401,27 @@ fn a_child_of_another_build_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("REFUSED"), "{stdout}");
+}
+
+#[test]
+fn join_comes_in_four_forms() {
+    let (parent_end, child_end) = Pipe::new::<String>(true).unwrap();
+    let mut p = Guarded::new(Process::new(wait_for_word, child_end).start().unwrap());
+    // Running: the forms that wait less say so, with what they waited.
+    let err = p.try_join().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let err = p.join_timeout(Duration::from_millis(20)).unwrap_err();
+    assert!(err.to_string().contains("20ms"), "{err}");
+    let soon = Instant::now() + Duration::from_millis(20);
+    assert_eq!(
+        p.join_deadline(soon).unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    assert!(Instant::now() >= soon);
+    // Told to finish: join waits for it, and every form then agrees.
+    parent_end.send(&"bye".to_string()).unwrap();
+    p.join().unwrap();
+    p.try_join().unwrap();
+    p.join_deadline(Instant::now()).unwrap();
+    assert_eq!(p.0.take().unwrap().into_result().unwrap(), "bye");
 }

@@ -70,7 +70,7 @@ fn a_broker_queue_passes_to_child_processes_and_join_waits_for_them() {
     got.sort_unstable();
     assert_eq!(got, (0..50).map(|n| n * 2).collect::<Vec<_>>());
     for mut w in workers {
-        w.join(Some(LONG)).unwrap();
+        w.join_timeout(LONG).unwrap();
         assert_eq!(w.exitcode(), Some(0));
     }
 }
@@ -105,7 +105,7 @@ fn a_killed_consumers_task_is_delivered_again_and_done_once() {
     );
     let stuck = told.get_timeout(LONG).unwrap();
     hung.kill().unwrap();
-    let _ = hung.join(Some(LONG));
+    let _ = hung.join_timeout(LONG);
     assert_eq!(hung.exitcode(), Some(-9));
     // The broker still counts the dead consumer's task as taken, and soon the consumer as dead.
     let admin = QueueAdmin::connect(&redis.url(), "leased").unwrap();

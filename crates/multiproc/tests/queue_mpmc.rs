@@ -53,7 +53,7 @@ fn four_producers_four_consumers_deliver_every_item_exactly_once() {
         })
         .collect();
     for p in producers {
-        p.into_inner().join(None).unwrap();
+        p.into_inner().join().unwrap();
     }
     for _ in 0..4 {
         q.put(None).unwrap();
@@ -175,7 +175,7 @@ fn messages_of_every_size_go_through_including_64_mib() {
         assert_eq!(back.get_timeout(LONG).unwrap(), (size, sum), "size {size}");
     }
     q.put(Vec::new()).unwrap();
-    child.into_inner().join(None).unwrap();
+    child.into_inner().join().unwrap();
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn handles_travel_inside_messages() {
     .unwrap();
     q.put((lock.clone(), theirs)).unwrap();
     assert_eq!(mine.recv().unwrap(), "lock free: true");
-    Guarded::new(child).into_inner().join(None).unwrap();
+    Guarded::new(child).into_inner().join().unwrap();
 }
 
 #[test]
@@ -226,7 +226,7 @@ fn done_by_a_child(q: &JoinableQueue<u32>, n: u32) {
     let child = Guarded::new(Process::new(worker, (q.clone(), n)).start().unwrap());
     q.join_timeout(LONG).unwrap();
     assert_eq!(q.unfinished().unwrap(), 0);
-    child.into_inner().join(Some(LONG)).unwrap();
+    child.into_inner().join_timeout(LONG).unwrap();
 }
 
 /// Gets items and reports each through `report` as soon as it has it.
@@ -254,7 +254,7 @@ fn a_consumer_killed_inside_get_leaves_the_queue_usable() {
     let handed: Vec<u64> = (0..100).map(|_| reports.recv().unwrap()).collect();
     assert_eq!(handed, (0..100).collect::<Vec<_>>());
     victim.kill().unwrap();
-    let _ = victim.join(None);
+    let _ = victim.join();
     // The dead consumer held the consumer side while it waited: the next consumer takes over
     // and gets everything put afterwards.
     for i in 100..200 {
@@ -288,7 +288,7 @@ fn a_consumer_killed_mid_stream_loses_at_most_the_item_in_its_hands() {
         by_victim.insert(reports.recv().unwrap());
     }
     victim.kill().unwrap();
-    let _ = victim.join(None);
+    let _ = victim.join();
     while let Ok(Some(item)) = reports.recv_timeout(Duration::ZERO).map(Some) {
         by_victim.insert(item);
     }
@@ -303,7 +303,7 @@ fn a_consumer_killed_mid_stream_loses_at_most_the_item_in_its_hands() {
             }
         }
     }
-    producer.into_inner().join(None).unwrap();
+    producer.into_inner().join().unwrap();
     assert!(by_us.is_disjoint(&by_victim), "an item went to both");
     let missing = TOTAL as usize - by_us.len() - by_victim.len();
     assert!(missing <= 1, "{missing} items lost");
@@ -333,7 +333,7 @@ fn a_producer_killed_mid_put_corrupts_nothing() {
         assert_eq!(q.get_timeout(LONG).unwrap(), expect);
     }
     victim.kill().unwrap();
-    let _ = victim.join(None);
+    let _ = victim.join();
     // What it managed to put is intact and in order.
     let mut next = 1000;
     while let Ok(item) = q.try_get() {
@@ -402,7 +402,7 @@ fn a_producer_that_ends_first_delivers_its_backlog() {
     );
     let got: Vec<u64> = (0..10_000).map(|_| q.get_timeout(LONG).unwrap()).collect();
     assert_eq!(got, (0..10_000).collect::<Vec<_>>());
-    child.into_inner().join(Some(LONG)).unwrap();
+    child.into_inner().join_timeout(LONG).unwrap();
 }
 
 #[test]
@@ -466,7 +466,7 @@ fn a_producer_killed_with_a_backlog_leaves_join_waiting_only_for_what_came_in() 
     assert!(put.wait_timeout(LONG));
     assert_eq!(q.unfinished().unwrap(), 5_000);
     producer.kill().unwrap();
-    let _ = producer.join(None);
+    let _ = producer.join();
     // What reached the ring is still there to take and finish; the rest died with the
     // producer and no longer counts, so `join` returns instead of waiting for ever.
     let in_ring = q.len();

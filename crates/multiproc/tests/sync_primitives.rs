@@ -54,7 +54,7 @@ fn lock_excludes_across_processes_and_threads() {
         }
     });
     for k in kids {
-        k.into_inner().join(None).unwrap();
+        k.into_inner().join().unwrap();
     }
     assert_eq!(counter.get(), 5 * 3000);
 }
@@ -83,7 +83,7 @@ fn lock_timeouts_are_honoured_and_release_is_seen() {
     let guard = lock.acquire_timeout(LONG).unwrap();
     assert!(guard.is_some());
     drop(guard);
-    child.join(None).unwrap();
+    child.join().unwrap();
 }
 
 /// A child that holds `lock` (it has taken it when this returns) until killed.
@@ -118,7 +118,7 @@ fn a_lock_whose_holder_was_killed_goes_to_the_next_process_with_owner_died() {
     .unwrap();
     let said = Guarded::new(taker).into_inner().into_result().unwrap();
     assert_eq!(said, format!("owner died: {holder_pid}"));
-    let _ = holder.join(None);
+    let _ = holder.join();
     // Once taken over and released, the lock is clean again.
     let guard = lock.acquire_timeout(LONG).unwrap();
     assert!(guard.is_some());
@@ -133,7 +133,7 @@ fn a_killed_holder_is_known_at_once_even_to_try_acquire() {
     let holder_pid = holder.pid() as u32;
     assert!(lock.try_acquire().unwrap().is_none());
     holder.kill().unwrap();
-    let _ = holder.join(None);
+    let _ = holder.join();
     assert!(!lock.is_locked(), "the kernel marked it");
     match lock.try_acquire() {
         Err(died) => {
@@ -150,7 +150,7 @@ fn owner_died_converts_into_an_error_naming_the_lock() {
     let lock = Lock::new().unwrap();
     let mut holder = held_by_a_child(&lock);
     holder.kill().unwrap();
-    let _ = holder.join(None);
+    let _ = holder.join();
     let take = || -> multiproc::Result<()> {
         let _g = lock.acquire()?;
         Ok(())
@@ -213,7 +213,7 @@ fn semaphore_counts_slots_across_processes() {
     // The holder dies: a waiter gets its slot back and is told.
     let all = (sem.acquire().unwrap(), ());
     holder.kill().unwrap();
-    let _ = holder.join(None);
+    let _ = holder.join();
     match sem.acquire_timeout(Duration::from_secs(1)) {
         Err(died) => assert!(died.into_inner().is_some()),
         Ok(got) => panic!("expected OwnerDied, got {:?}", got.is_some()),
@@ -254,7 +254,7 @@ fn slots_of_two_hundred_holder_processes_killed_at_once_all_come_back() {
         h.kill().unwrap();
     }
     for h in &mut holders {
-        let _ = h.join(None);
+        let _ = h.join();
     }
     // Every slot comes back: the first waiter that finds none free takes back the dead's.
     let mut got = 0;
@@ -383,7 +383,7 @@ fn barrier_releases_all_parties_with_distinct_indexes() {
         .collect();
     barrier.wait().unwrap();
     for k in kids {
-        k.into_inner().join(None).unwrap();
+        k.into_inner().join().unwrap();
     }
 }
 
@@ -429,7 +429,7 @@ fn a_hundred_processes_increment_a_value_exactly() {
         })
         .collect();
     for k in kids {
-        k.into_inner().join(None).unwrap();
+        k.into_inner().join().unwrap();
     }
     assert_eq!(counter.get(), 1000);
 }
@@ -450,7 +450,7 @@ fn arrays_and_named_shared_memory_are_seen_by_children() {
     )
     .start()
     .unwrap();
-    Guarded::new(child).into_inner().join(None).unwrap();
+    Guarded::new(child).into_inner().join().unwrap();
     assert_eq!(squares.to_vec(), vec![0, 1, 4, 9, 16, 25, 36, 49]);
     let mut buf = [0u8; 14];
     block.read(100, &mut buf);

@@ -140,7 +140,7 @@ fn each_connection_gets_its_own_process() {
         .into_iter()
         .map(|c| {
             let mut p = c.into_inner();
-            p.join(Some(LONG)).unwrap();
+            p.join_timeout(LONG).unwrap();
             p.take_result().unwrap()
         })
         .collect();

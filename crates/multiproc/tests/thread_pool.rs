@@ -28,7 +28,7 @@ fn apply_and_apply_async_run_capturing_closures() {
         .collect();
     let got: Vec<i32> = futures
         .iter()
-        .map(|f| f.result(Some(LONG)).unwrap())
+        .map(|f| f.result_timeout(LONG).unwrap())
         .collect();
     assert_eq!(got, [10, 20, 30]);
     assert!(futures.iter().all(|f| f.done()));
@@ -71,12 +71,12 @@ fn a_panicking_task_fails_alone() {
     let fine = pool.apply_async(|| 7).unwrap();
     assert!(
         failed
-            .result(Some(LONG))
+            .result_timeout(LONG)
             .unwrap_err()
             .to_string()
             .contains("oops")
     );
-    assert_eq!(fine.result(Some(LONG)).unwrap(), 7);
+    assert_eq!(fine.result_timeout(LONG).unwrap(), 7);
 
     let items: Vec<_> = pool
         .imap(|x: u32| if x == 1 { panic!("one") } else { x }, 0..3)
@@ -109,7 +109,7 @@ fn callbacks_run_for_values_and_failures() {
             |_| panic!("not for a value"),
         )
         .unwrap();
-    assert_eq!(f.result(Some(LONG)).unwrap(), 5);
+    assert_eq!(f.result_timeout(LONG).unwrap(), 5);
     assert_eq!(rx.try_recv().unwrap(), "value 5", "ran before the result");
 
     let f = pool
@@ -119,14 +119,14 @@ fn callbacks_run_for_values_and_failures() {
             move |e| err_tx.send(format!("error {e}")).unwrap(),
         )
         .unwrap();
-    assert!(f.result(Some(LONG)).is_err());
+    assert!(f.result_timeout(LONG).is_err());
     assert!(rx.try_recv().unwrap().contains("task failed"));
 
     // A panicking callback is reported; the task's value stands.
     let f = pool
         .apply_async_with(|| 9, |_| panic!("callback broke"), |_| {})
         .unwrap();
-    assert_eq!(f.result(Some(LONG)).unwrap(), 9);
+    assert_eq!(f.result_timeout(LONG).unwrap(), 9);
     drop(tx);
 }
 
@@ -246,15 +246,9 @@ fn terminate_cancels_queued_tasks_and_waits_for_running_ones() {
     let also_queued = pool.imap(|x: u8| x, [1, 2]).unwrap();
     pool.terminate();
     assert!(running.done(), "terminate waited for the running task");
-    assert!(
-        running.result(None).unwrap(),
-        "ended by the cancelled sender"
-    );
+    assert!(running.result().unwrap(), "ended by the cancelled sender");
     assert!(queued.cancelled());
-    assert_eq!(
-        queued.result(None).unwrap_err().kind(),
-        ErrorKind::InvalidState
-    );
+    assert_eq!(queued.result().unwrap_err().kind(), ErrorKind::InvalidState);
     let rest: Vec<_> = also_queued.collect();
     assert!(
         rest.iter()
@@ -288,7 +282,7 @@ fn dropping_the_pool_terminates_it() {
             .unwrap();
         (running, queued)
     };
-    assert!(running.done() && running.result(None).unwrap());
+    assert!(running.done() && running.result().unwrap());
     assert!(queued.cancelled());
 }
 

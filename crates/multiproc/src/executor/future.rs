@@ -189,15 +189,46 @@ impl<R> Future<R> {
         Future { cell }
     }
 
-    /// Waits for the task and takes its value.
+    /// Waits for the task and takes its value (Python's `result()`).
     ///
     /// # Errors
-    /// The task's failure; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if `timeout`
-    /// passed first (the task goes on); [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState)
-    /// if it was cancelled or its value already taken.
-    pub fn result(&self, timeout: Option<Duration>) -> Result<R> {
-        if !self.wait(timeout) {
-            return Err(Error::timeout("future", timeout.unwrap_or_default()));
+    /// The task's failure; [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if it
+    /// was cancelled or its value already taken.
+    pub fn result(&self) -> Result<R> {
+        self.result_until(None, Duration::ZERO)
+    }
+
+    /// Takes the value if the task is done, without waiting.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if it is not done; otherwise as for
+    /// [`result`](Self::result).
+    pub fn try_result(&self) -> Result<R> {
+        self.result_until(Some(Instant::now()), Duration::ZERO)
+    }
+
+    /// Waits at most `timeout` for the task and takes its value (Python's
+    /// `result(timeout)`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if `timeout` passed first (the task
+    /// goes on); otherwise as for [`result`](Self::result).
+    pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
+        self.result_until(Instant::now().checked_add(timeout), timeout)
+    }
+
+    /// Waits until `deadline` for the task and takes its value.
+    ///
+    /// # Errors
+    /// As for [`result_timeout`](Self::result_timeout).
+    pub fn result_deadline(&self, deadline: Instant) -> Result<R> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.result_until(Some(deadline), timeout)
+    }
+
+    fn result_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<R> {
+        if !self.wait_until(deadline) {
+            return Err(Error::timeout("future", waited));
         }
         if self.cancelled() {
             return Err(Error::invalid("future", "cancelled"));
@@ -214,19 +245,47 @@ impl<R> Future<R> {
 
     /// Waits for the task; its error if it failed (Python's `exception()`), `None` if it
     /// succeeded. Does not take the value.
+    pub fn exception(&self) -> Option<String> {
+        self.wait();
+        self.cell.lock().error_text.clone()
+    }
+
+    /// Like [`exception`](Self::exception), waiting at most `timeout` (Python's
+    /// `exception(timeout)`).
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if `timeout` passed first.
-    pub fn exception(&self, timeout: Option<Duration>) -> Result<Option<String>> {
-        if !self.wait(timeout) {
-            return Err(Error::timeout("future", timeout.unwrap_or_default()));
+    pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<String>> {
+        if !self.wait_timeout(timeout) {
+            return Err(Error::timeout("future", timeout));
         }
         Ok(self.cell.lock().error_text.clone())
     }
 
-    /// Waits until the task is done or cancelled (up to `timeout`); whether it is.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+    /// Waits until the task is done or cancelled. [`done`](Self::done) is the form that does
+    /// not wait.
+    pub fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Waits at most `timeout` until the task is done or cancelled; whether it is.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Waits until `deadline` for the task to be done or cancelled; whether it is.
+    pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        self.wait_until(Some(deadline))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let done = || self.cell.is_done();
+        if done() {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
         let spun = match &self.cell.pump {
             Some(pump) => crate::pool::spin_pumping(&**pump, done),
             None => spin_until(done),
@@ -234,7 +293,6 @@ impl<R> Future<R> {
         if done() || spun {
             return true;
         }
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         wait_until(&self.cell.done, self.cell.lock(), deadline, |_| {
             self.cell.is_done()
         })
@@ -347,12 +405,26 @@ pub struct Waited {
 /// let a = ex.submit(|| 1)?;
 /// let b = ex.submit(|| 2)?;
 /// let futures: [&dyn Waitable; 2] = [&a, &b];
-/// let waited = wait(&futures, None, ReturnWhen::AllCompleted);
+/// let waited = wait(&futures, ReturnWhen::AllCompleted);
 /// assert_eq!(waited.done, [0, 1]);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
-pub fn wait(futures: &[&dyn Waitable], timeout: Option<Duration>, when: ReturnWhen) -> Waited {
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+pub fn wait(futures: &[&dyn Waitable], when: ReturnWhen) -> Waited {
+    wait_for(futures, None, when)
+}
+
+/// Like [`wait`], returning when `timeout` passes too (Python's `wait(fs, timeout,
+/// return_when)`); a zero timeout looks without waiting.
+pub fn wait_timeout(futures: &[&dyn Waitable], timeout: Duration, when: ReturnWhen) -> Waited {
+    wait_for(futures, Instant::now().checked_add(timeout), when)
+}
+
+/// Like [`wait`], returning at `deadline` too.
+pub fn wait_deadline(futures: &[&dyn Waitable], deadline: Instant, when: ReturnWhen) -> Waited {
+    wait_for(futures, Some(deadline), when)
+}
+
+fn wait_for(futures: &[&dyn Waitable], deadline: Option<Instant>, when: ReturnWhen) -> Waited {
     let (tx, rx) = mpsc::channel();
     for (i, f) in futures.iter().enumerate() {
         f.watch(tx.clone(), i);
@@ -398,13 +470,35 @@ pub fn wait(futures: &[&dyn Waitable], timeout: Option<Duration>, when: ReturnWh
 /// let futures: Vec<_> = (0..4).map(|i| ex.submit(move || i * 10)).collect::<Result<_, _>>()?;
 /// let watch: Vec<&dyn Waitable> = futures.iter().map(|f| f as &dyn Waitable).collect();
 /// let mut sum = 0;
-/// for i in as_completed(&watch, None) {
-///     sum += futures[i?].result(None)?;
+/// for i in as_completed(&watch) {
+///     sum += futures[i?].result()?;
 /// }
 /// assert_eq!(sum, 60);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
-pub fn as_completed(futures: &[&dyn Waitable], timeout: Option<Duration>) -> AsCompleted {
+pub fn as_completed(futures: &[&dyn Waitable]) -> AsCompleted {
+    as_completed_until(futures, None, Duration::ZERO)
+}
+
+/// Like [`as_completed`], stopping (with an error of kind
+/// [`Timeout`](crate::ErrorKind::Timeout)) if `timeout` passes before all are done (Python's
+/// `as_completed(fs, timeout)`).
+pub fn as_completed_timeout(futures: &[&dyn Waitable], timeout: Duration) -> AsCompleted {
+    as_completed_until(futures, Instant::now().checked_add(timeout), timeout)
+}
+
+/// Like [`as_completed`], stopping (with an error of kind
+/// [`Timeout`](crate::ErrorKind::Timeout)) at `deadline` if not all are done.
+pub fn as_completed_deadline(futures: &[&dyn Waitable], deadline: Instant) -> AsCompleted {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    as_completed_until(futures, Some(deadline), timeout)
+}
+
+fn as_completed_until(
+    futures: &[&dyn Waitable],
+    deadline: Option<Instant>,
+    timeout: Duration,
+) -> AsCompleted {
     let (tx, rx) = mpsc::channel();
     for (i, f) in futures.iter().enumerate() {
         f.watch(tx.clone(), i);
@@ -412,8 +506,8 @@ pub fn as_completed(futures: &[&dyn Waitable], timeout: Option<Duration>) -> AsC
     AsCompleted {
         rx,
         left: futures.len(),
-        deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
-        timeout: timeout.unwrap_or_default(),
+        deadline,
+        timeout,
     }
 }
 

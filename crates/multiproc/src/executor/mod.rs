@@ -6,7 +6,10 @@
 mod future;
 mod thread_pool;
 
-pub use future::{AsCompleted, Future, ReturnWhen, Waitable, Waited, as_completed, wait};
+pub use future::{
+    AsCompleted, Future, ReturnWhen, Waitable, Waited, as_completed, as_completed_deadline,
+    as_completed_timeout, wait, wait_deadline, wait_timeout,
+};
 pub use thread_pool::{ThreadIMapIter, ThreadPool};
 
 use std::collections::{HashMap, VecDeque};
@@ -43,7 +46,7 @@ type MarkCancelled = Box<dyn FnOnce() + Send>;
 ///
 /// let ex = ProcessPoolExecutor::new(2)?;
 /// let f = ex.submit(cube, 3)?;
-/// assert_eq!(f.result(None)?, 27);
+/// assert_eq!(f.result()?, 27);
 /// let cubes: Vec<i64> = ex.map(cube, 1..=4, None)?.collect::<Result<_, _>>()?;
 /// assert_eq!(cubes, [1, 8, 27, 64]);
 /// ex.shutdown(true, false)?;
@@ -213,7 +216,11 @@ impl<R: DeserializeOwned + 'static> Iterator for ExecutorMap<R> {
             },
             MapInner::Thread(futures) => {
                 let f = futures.next()?;
-                Some(f.result(left).map_err(|e| retime(e, self.timeout)))
+                let result = match left {
+                    None => f.result(),
+                    Some(left) => f.result_timeout(left),
+                };
+                Some(result.map_err(|e| retime(e, self.timeout)))
             }
         }
     }
@@ -260,7 +267,7 @@ struct ThreadShared {
 /// let ex = ThreadPoolExecutor::new(4)?;
 /// let word = String::from("captured");
 /// let f = ex.submit(move || word.len())?;
-/// assert_eq!(f.result(None)?, 8);
+/// assert_eq!(f.result()?, 8);
 /// ex.shutdown(true, false);
 /// # Ok::<(), multiproc::Error>(())
 /// ```

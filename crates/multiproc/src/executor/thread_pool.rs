@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(shifted, [100, 101, 102, 103, 104]);
 /// let name = String::from("ada");
 /// let pending = pool.apply_async(move || name.len())?;
-/// assert_eq!(pending.result(None)?, 3);
+/// assert_eq!(pending.result()?, 3);
 /// pool.close();
 /// pool.join()?;
 /// # Ok::<(), multiproc::Error>(())
@@ -97,7 +97,7 @@ impl ThreadPool {
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) if the pool is closed or the
     /// task was cancelled by [`terminate`](Self::terminate).
     pub fn apply<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
-        self.apply_async(f)?.result(None)
+        self.apply_async(f)?.result()
     }
 
     /// Starts `f` on a pool thread; its value arrives in the returned [`Future`] (Python's
@@ -110,7 +110,7 @@ impl ThreadPool {
     /// let pending: Vec<_> = (0..4u64)
     ///     .map(|i| pool.apply_async(move || i * i))
     ///     .collect::<Result<_, _>>()?;
-    /// let squares: Vec<u64> = pending.iter().map(|f| f.result(None)).collect::<Result<_, _>>()?;
+    /// let squares: Vec<u64> = pending.iter().map(|f| f.result()).collect::<Result<_, _>>()?;
     /// assert_eq!(squares, [0, 1, 4, 9]);
     /// # Ok::<(), multiproc::Error>(())
     /// ```
@@ -141,7 +141,7 @@ impl ThreadPool {
     /// let pool = multiproc::ThreadPool::new(2)?;
     /// let (tx, rx) = mpsc::channel();
     /// let f = pool.apply_async_with(|| 21 * 2, move |v: &i32| tx.send(*v).unwrap(), |_| {})?;
-    /// assert_eq!(f.result(None)?, 42);
+    /// assert_eq!(f.result()?, 42);
     /// assert_eq!(rx.try_recv().unwrap(), 42, "the callback ran before the result was ready");
     /// # Ok::<(), multiproc::Error>(())
     /// ```
@@ -195,7 +195,7 @@ impl ThreadPool {
     ) -> Result<Vec<R>> {
         let futures = self.submit_each(f, items, None)?;
         // Wait for every item, as CPython does, before giving the first failure.
-        let outcomes: Vec<Result<R>> = futures.iter().map(|f| f.result(None)).collect();
+        let outcomes: Vec<Result<R>> = futures.iter().map(|f| f.result()).collect();
         outcomes.into_iter().collect()
     }
 
@@ -374,7 +374,7 @@ impl ThreadPool {
     ///     2
     /// })?;
     /// pool.terminate();
-    /// assert!(running.result(None)?);
+    /// assert!(running.result()?);
     /// assert!(queued.cancelled());
     /// # Ok::<(), multiproc::Error>(())
     /// ```
@@ -467,10 +467,17 @@ impl<R> ThreadIMapIter<R> {
         match &mut self.inner {
             IMapInner::Ordered(futures) => {
                 let next = futures.front()?;
-                if !next.wait(timeout) {
+                let done = match timeout {
+                    None => {
+                        next.wait();
+                        true
+                    }
+                    Some(t) => next.wait_timeout(t),
+                };
+                if !done {
                     return Some(Err(imap_timeout(timeout)));
                 }
-                futures.pop_front().map(|f| f.result(None))
+                futures.pop_front().map(|f| f.result())
             }
             IMapInner::Unordered {
                 futures,
@@ -495,7 +502,7 @@ impl<R> ThreadIMapIter<R> {
                     .and_then(|i| futures.get_mut(i).and_then(Option::take))
                     .or_else(|| futures.iter_mut().find_map(Option::take))?;
                 *left -= 1;
-                Some(future.result(None))
+                Some(future.result())
             }
         }
     }

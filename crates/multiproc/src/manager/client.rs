@@ -4,7 +4,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -640,13 +640,42 @@ impl fmt::Debug for LockProxy {
 }
 
 impl LockProxy {
-    /// `acquire(True, timeout)`; whether it was acquired (`None`: wait for ever).
+    /// `acquire()`: waits as long as it takes.
     ///
     /// # Errors
     /// The server's failure.
-    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
+    pub fn acquire(&self) -> Result<()> {
+        self.call_acquire(true, None).map(drop)
+    }
+
+    /// `acquire(False)`: takes the lock if it is free now; whether it did.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn try_acquire(&self) -> Result<bool> {
+        self.call_acquire(false, None)
+    }
+
+    /// `acquire(True, timeout)`: whether it was acquired within `timeout`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.call_acquire(true, Some(timeout))
+    }
+
+    /// Like [`acquire_timeout`](Self::acquire_timeout), until `deadline`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
+        self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn call_acquire(&self, blocking: bool, timeout: Option<Duration>) -> Result<bool> {
         let t = timeout.map_or(Value::Int(-1), |t| Value::Float(t.as_secs_f64()));
-        self.proxy.call_as("acquire", vec![Value::Bool(true), t])
+        self.proxy
+            .call_as("acquire", vec![Value::Bool(blocking), t])
     }
 
     /// `release()`.
@@ -709,13 +738,33 @@ impl EventProxy {
         self.proxy.call_as("is_set", Vec::new())
     }
 
-    /// `wait(timeout)`: whether the event is set (`None`: wait for ever).
+    /// `wait()`: until the event is set. [`is_set`](Self::is_set) is the form that does not
+    /// wait.
     ///
     /// # Errors
     /// The server's failure.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let t = timeout.map_or(Value::None, |t| Value::Float(t.as_secs_f64()));
-        self.proxy.call_as("wait", vec![t])
+    pub fn wait(&self) -> Result<()> {
+        self.call_wait(Value::None).map(drop)
+    }
+
+    /// `wait(timeout)`: whether the event was set within `timeout`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.call_wait(Value::Float(timeout.as_secs_f64()))
+    }
+
+    /// Like [`wait_timeout`](Self::wait_timeout), until `deadline`.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn wait_deadline(&self, deadline: Instant) -> Result<bool> {
+        self.wait_timeout(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn call_wait(&self, timeout: Value) -> Result<bool> {
+        self.proxy.call_as("wait", vec![timeout])
     }
 
     /// Another proxy to the same event on a connection of its own (a `wait` blocks its

@@ -105,13 +105,13 @@ impl ManagerClient {
     ///     .serve_in_background()?;
     /// let manager = ManagerClient::connect(running.address(), b"abc")?;
     /// let lock = manager.rlock()?;
-    /// assert!(lock.acquire(None)?);
-    /// assert!(lock.acquire(None)?, "the holder may take it again");
+    /// lock.acquire()?;
+    /// lock.acquire()?; // the holder may take it again
     /// let other = lock.try_clone()?; // another connection: another holder
-    /// assert!(!other.acquire(Some(Duration::from_millis(10)))?);
+    /// assert!(!other.acquire_timeout(Duration::from_millis(10))?);
     /// lock.release()?;
     /// lock.release()?;
-    /// assert!(other.acquire(None)?);
+    /// other.acquire()?;
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn rlock(&self) -> Result<LockProxy> {
@@ -138,7 +138,7 @@ impl ManagerClient {
     /// assert!(slots.try_acquire()? && slots.try_acquire()?);
     /// assert!(!slots.try_acquire()?, "both slots are taken");
     /// slots.release()?;
-    /// assert!(slots.acquire(None)?);
+    /// slots.acquire()?;
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
@@ -167,7 +167,7 @@ impl ManagerClient {
     ///     .serve_in_background()?;
     /// let manager = ManagerClient::connect(running.address(), b"abc")?;
     /// let slots = manager.bounded_semaphore(1)?;
-    /// assert!(slots.acquire(None)?);
+    /// slots.acquire()?;
     /// slots.release()?;
     /// assert_eq!(slots.release().unwrap_err().kind(), ErrorKind::Remote); // ValueError
     /// # Ok::<(), multiproc::Error>(())
@@ -201,12 +201,12 @@ impl ManagerClient {
     /// let ready = manager.value("i", &0)?;
     /// let (cond2, ready2) = (cond.try_clone()?, ready.try_clone()?);
     /// let waiter = std::thread::spawn(move || -> multiproc::Result<bool> {
-    ///     cond2.acquire(None)?;
-    ///     let seen = cond2.wait_for(|| Ok(ready2.get()? == 1), Some(Duration::from_secs(30)))?;
+    ///     cond2.acquire()?;
+    ///     let seen = cond2.wait_for_timeout(|| Ok(ready2.get()? == 1), Duration::from_secs(30))?;
     ///     cond2.release()?;
     ///     Ok(seen)
     /// });
-    /// cond.acquire(None)?;
+    /// cond.acquire()?;
     /// ready.set(&1)?;
     /// cond.notify_all()?;
     /// cond.release()?;
@@ -236,8 +236,8 @@ impl ManagerClient {
     /// let manager = ManagerClient::connect(running.address(), b"abc")?;
     /// let barrier = manager.barrier(2)?;
     /// let other = barrier.try_clone()?;
-    /// let t = std::thread::spawn(move || other.wait(None));
-    /// let mine = barrier.wait(None)?;
+    /// let t = std::thread::spawn(move || other.wait());
+    /// let mine = barrier.wait()?;
     /// let theirs = t.join().unwrap()?;
     /// assert_eq!(mine + theirs, 1, "arrival indices 0 and 1");
     /// assert_eq!(barrier.parties()?, 2);
@@ -458,20 +458,39 @@ pub struct SemaphoreProxy {
 debug_by_ident!(SemaphoreProxy);
 
 impl SemaphoreProxy {
-    /// Takes a slot, waiting up to `timeout` (`None`: for ever); whether it got one.
+    /// Takes a slot, waiting as long as it takes.
     ///
     /// # Errors
     /// The server's failure.
-    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.call_as("acquire", acquire_args(true, timeout))
+    pub fn acquire(&self) -> Result<()> {
+        self.proxy
+            .call_as::<bool>("acquire", acquire_args(true, None))
+            .map(drop)
     }
 
-    /// Takes a slot if one is free now (`acquire(False)`).
+    /// Takes a slot if one is free now (`acquire(False)`); whether it did.
     ///
     /// # Errors
     /// The server's failure.
     pub fn try_acquire(&self) -> Result<bool> {
         self.proxy.call_as("acquire", acquire_args(false, None))
+    }
+
+    /// Takes a slot, waiting up to `timeout`; whether it got one.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.proxy
+            .call_as("acquire", acquire_args(true, Some(timeout)))
+    }
+
+    /// Takes a slot, waiting until `deadline`; whether it got one.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
+        self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Gives a slot back (`release()`).
@@ -506,13 +525,39 @@ pub struct ConditionProxy {
 debug_by_ident!(ConditionProxy);
 
 impl ConditionProxy {
-    /// Takes the condition's lock, waiting up to `timeout` (`None`: for ever); whether it got
-    /// it. The lock is reentrant.
+    /// Takes the condition's lock, waiting as long as it takes. The lock is reentrant.
     ///
     /// # Errors
     /// The server's failure.
-    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.call_as("acquire", acquire_args(true, timeout))
+    pub fn acquire(&self) -> Result<()> {
+        self.proxy
+            .call_as::<bool>("acquire", acquire_args(true, None))
+            .map(drop)
+    }
+
+    /// Takes the condition's lock if it is free now; whether it did.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn try_acquire(&self) -> Result<bool> {
+        self.proxy.call_as("acquire", acquire_args(false, None))
+    }
+
+    /// Takes the condition's lock, waiting up to `timeout`; whether it got it.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.proxy
+            .call_as("acquire", acquire_args(true, Some(timeout)))
+    }
+
+    /// Takes the condition's lock, waiting until `deadline`; whether it got it.
+    ///
+    /// # Errors
+    /// The server's failure.
+    pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
+        self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Releases the condition's lock.
@@ -524,43 +569,84 @@ impl ConditionProxy {
         self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
     }
 
-    /// Releases the lock, waits for a `notify` up to `timeout` (`None`: for ever), then takes
-    /// the lock again; whether it was notified.
+    /// Releases the lock, waits for a `notify`, then takes the lock again.
     ///
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
     /// not hold the lock.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy
-            .call_as("wait", vec![timeout.map_or(Value::None, seconds)])
+    pub fn wait(&self) -> Result<()> {
+        self.wait_until(None).map(drop)
     }
 
-    /// Waits until `predicate` holds, at most `timeout` (`None`: for ever); its last result.
-    /// The lock must be held. As in CPython, this is `wait` in a loop on the client.
+    /// Like [`wait`](Self::wait), for at most `timeout`; whether it was notified.
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.proxy.call_as("wait", vec![seconds(timeout)])
+    }
+
+    /// Like [`wait`](Self::wait), until `deadline`; whether it was notified.
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait).
+    pub fn wait_deadline(&self, deadline: Instant) -> Result<bool> {
+        self.wait_until(Some(deadline))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
+        let timeout = deadline.map_or(Value::None, |d| {
+            seconds(d.saturating_duration_since(Instant::now()))
+        });
+        self.proxy.call_as("wait", vec![timeout])
+    }
+
+    /// Waits until `predicate` holds. The lock must be held. As in CPython, this is `wait`
+    /// in a loop on the client.
     ///
     /// # Errors
     /// The predicate's error; the server's failure.
-    pub fn wait_for(
+    pub fn wait_for(&self, predicate: impl FnMut() -> Result<bool>) -> Result<()> {
+        self.wait_for_until(predicate, None).map(drop)
+    }
+
+    /// Like [`wait_for`](Self::wait_for), for at most `timeout`; the predicate's last result.
+    ///
+    /// # Errors
+    /// As for [`wait_for`](Self::wait_for).
+    pub fn wait_for_timeout(
+        &self,
+        predicate: impl FnMut() -> Result<bool>,
+        timeout: Duration,
+    ) -> Result<bool> {
+        self.wait_for_until(predicate, Instant::now().checked_add(timeout))
+    }
+
+    /// Like [`wait_for`](Self::wait_for), until `deadline`; the predicate's last result.
+    ///
+    /// # Errors
+    /// As for [`wait_for`](Self::wait_for).
+    pub fn wait_for_deadline(
+        &self,
+        predicate: impl FnMut() -> Result<bool>,
+        deadline: Instant,
+    ) -> Result<bool> {
+        self.wait_for_until(predicate, Some(deadline))
+    }
+
+    fn wait_for_until(
         &self,
         mut predicate: impl FnMut() -> Result<bool>,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<bool> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if predicate()? {
                 return Ok(true);
             }
-            let left = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    Some(left)
-                }
-                None => None,
-            };
-            self.wait(left)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            self.wait_until(deadline)?;
         }
     }
 
@@ -609,15 +695,30 @@ pub struct BarrierProxy {
 debug_by_ident!(BarrierProxy);
 
 impl BarrierProxy {
-    /// Waits until `parties` waiters are there, at most `timeout` (`None`: the barrier's own
-    /// default); this waiter's arrival index, from 0.
+    /// Waits until `parties` waiters are there, at most the barrier's own default timeout;
+    /// this waiter's arrival index, from 0.
     ///
     /// # Errors
     /// [`ErrorKind::BrokenBarrier`](crate::ErrorKind::BrokenBarrier) if the barrier is or
     /// becomes broken (aborted, reset while waiting, or a wait timed out, this one included).
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<u32> {
-        self.proxy
-            .call_as("wait", vec![timeout.map_or(Value::None, seconds)])
+    pub fn wait(&self) -> Result<u32> {
+        self.proxy.call_as("wait", vec![Value::None])
+    }
+
+    /// Like [`wait`](Self::wait), at most `timeout` (then the barrier breaks).
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
+        self.proxy.call_as("wait", vec![seconds(timeout)])
+    }
+
+    /// Like [`wait`](Self::wait), until `deadline` (then the barrier breaks).
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait).
+    pub fn wait_deadline(&self, deadline: Instant) -> Result<u32> {
+        self.wait_timeout(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Breaks the barrier: waiters, and later waits until a `reset`, fail.

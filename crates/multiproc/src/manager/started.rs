@@ -104,12 +104,12 @@ impl ManagerServer {
             .start()?;
         let started = ours.recv_timeout(START_PATIENCE).inspect_err(|_| {
             let _ = process.kill();
-            let _ = process.join(Some(SHUTDOWN_PATIENCE));
+            let _ = process.join_timeout(SHUTDOWN_PATIENCE);
         })?;
         let address = match started {
             Ok(at) => at.address()?,
             Err(why) => {
-                let _ = process.join(Some(SHUTDOWN_PATIENCE));
+                let _ = process.join_timeout(SHUTDOWN_PATIENCE);
                 return Err(Error::invalid("manager", format!("cannot serve: {why}")));
             }
         };
@@ -139,10 +139,10 @@ impl ManagerProcess {
     /// If the process could not be waited for.
     pub fn shutdown(mut self) -> Result<()> {
         let asked = ManagerClient::connect(&self.address, &self.authkey).and_then(|c| c.shutdown());
-        if asked.is_err() || self.process.join(Some(SHUTDOWN_PATIENCE)).is_err() {
+        if asked.is_err() || self.process.join_timeout(SHUTDOWN_PATIENCE).is_err() {
             let _ = self.process.kill();
         }
-        self.process.join(Some(SHUTDOWN_PATIENCE)).or_else(|e| {
+        self.process.join_timeout(SHUTDOWN_PATIENCE).or_else(|e| {
             // Killed after all: that is a shutdown too.
             if self.process.exitcode().is_some() {
                 Ok(())
@@ -157,7 +157,7 @@ impl Drop for ManagerProcess {
     fn drop(&mut self) {
         if self.process.exitcode().is_none() {
             let _ = self.process.kill();
-            let _ = self.process.join(Some(SHUTDOWN_PATIENCE));
+            let _ = self.process.join_timeout(SHUTDOWN_PATIENCE);
         }
     }
 }

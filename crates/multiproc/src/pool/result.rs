@@ -155,7 +155,14 @@ impl Slot {
     /// Waits until filled or `deadline`; whether it is filled. While spinning it pumps
     /// results itself.
     fn wait(&self, deadline: Option<Instant>, pump: &dyn Pump) -> bool {
-        if self.is_ready() || spin_pumping(pump, || self.is_ready()) {
+        if self.is_ready() {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // The form that does not wait: one look for a report, no spinning.
+            return pump.pump() && self.is_ready();
+        }
+        if spin_pumping(pump, || self.is_ready()) {
             return true;
         }
         let value = self.value.lock().ignore_poison();
@@ -222,6 +229,24 @@ impl<R: 'static> AsyncResult<R> {
         self.get_until(deadline_after(timeout), timeout)
     }
 
+    /// Takes the result if it is there, without waiting.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if it is not there yet; otherwise as
+    /// for [`get`](Self::get).
+    pub fn try_get(&self) -> Result<R> {
+        self.get_until(Some(Instant::now()), Duration::ZERO)
+    }
+
+    /// Waits until `deadline` for the result and takes it.
+    ///
+    /// # Errors
+    /// As for [`get_timeout`](Self::get_timeout).
+    pub fn get_deadline(&self, deadline: Instant) -> Result<R> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.get_until(Some(deadline), timeout)
+    }
+
     fn get_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<R> {
         if !self.slot.wait(deadline, &*self.pump) {
             return Err(Error::timeout("pool result", timeout));
@@ -236,10 +261,20 @@ impl<R: 'static> AsyncResult<R> {
         }
     }
 
-    /// Waits (up to `timeout`, or for ever) until the result is there; whether it is.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        self.slot
-            .wait(timeout.and_then(deadline_after), &*self.pump)
+    /// Waits until the result is there. [`ready`](Self::ready) is the form that does not
+    /// wait.
+    pub fn wait(&self) {
+        self.slot.wait(None, &*self.pump);
+    }
+
+    /// Waits up to `timeout` until the result is there; whether it is.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait(deadline_after(timeout), &*self.pump)
+    }
+
+    /// Waits until `deadline` for the result; whether it is there.
+    pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        self.slot.wait(Some(deadline), &*self.pump)
     }
 
     /// Whether the result is there.
@@ -393,10 +428,30 @@ impl<R> MapResult<R> {
         self.state.inner.2.load(Ordering::Acquire)
     }
 
-    /// Waits (up to `timeout`, or for ever) until every result is there; whether they are.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.and_then(deadline_after);
-        if self.ready() || spin_pumping(&*self.pump, || self.ready()) {
+    /// Waits until every result is there. [`ready`](Self::ready) is the form that does not
+    /// wait.
+    pub fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Waits up to `timeout` until every result is there; whether they are.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    /// Waits until `deadline` for every result; whether they are there.
+    pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        self.wait_until(Some(deadline))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        if self.ready() {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if spin_pumping(&*self.pump, || self.ready()) {
             return true;
         }
         let (lock, cond, _) = &*self.state.inner;
@@ -432,12 +487,26 @@ impl<R> MapResult<R> {
         self.get_until(deadline_after(timeout), timeout)
     }
 
+    /// Takes every result if they are all there, without waiting.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if not every result is there yet;
+    /// otherwise as for [`get`](Self::get).
+    pub fn try_get(&self) -> Result<Vec<R>> {
+        self.get_until(Some(Instant::now()), Duration::ZERO)
+    }
+
+    /// Like [`get`](Self::get), waiting until `deadline`.
+    ///
+    /// # Errors
+    /// As for [`get_timeout`](Self::get_timeout).
+    pub fn get_deadline(&self, deadline: Instant) -> Result<Vec<R>> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.get_until(Some(deadline), timeout)
+    }
+
     fn get_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<Vec<R>> {
-        let waited = match deadline {
-            None => self.wait(None),
-            Some(d) => self.wait(Some(d.saturating_duration_since(Instant::now()))),
-        };
-        if !waited {
+        if !self.wait_until(deadline) {
             return Err(Error::timeout("pool map result", timeout));
         }
         let mut inner = self.state.inner.0.lock().ignore_poison();

@@ -278,7 +278,7 @@ impl Supervisor {
                 let Some(mut link) = state.workers[slot].link.take() else {
                     continue;
                 };
-                let how = link.join(None);
+                let how = link.join();
                 let w = &mut state.workers[slot];
                 let mut sent = std::mem::take(&mut w.sent);
                 let running = match how {
@@ -500,9 +500,9 @@ impl Supervisor {
         }
         drop(state);
         for mut link in links {
-            if link.join(Some(Duration::from_secs(5))).is_err() {
+            if link.join_timeout(Duration::from_secs(5)).is_err() {
                 link.kill();
-                let _ = link.join(None);
+                let _ = link.join();
             }
         }
         Ok(())
@@ -526,7 +526,7 @@ impl Supervisor {
             link.kill();
         }
         for mut link in links {
-            let _ = link.join(None);
+            let _ = link.join();
         }
         for (_, entry) in tasks {
             run_delivery(

@@ -46,9 +46,11 @@ pub(crate) trait WorkerLink: Send {
     /// Kills the worker (its task ran too long, or the pool is terminated).
     fn kill(&self);
 
-    /// Waits until the worker has ended, up to `timeout` (`None`: for ever): `Ok` for a clean
-    /// exit, how it died otherwise.
-    fn join(&mut self, timeout: Option<Duration>) -> Result<()>;
+    /// Waits until the worker has ended: `Ok` for a clean exit, how it died otherwise.
+    fn join(&mut self) -> Result<()>;
+
+    /// Like [`join`](Self::join), waiting at most `timeout` (then an error of kind `Timeout`).
+    fn join_timeout(&mut self, timeout: Duration) -> Result<()>;
 }
 
 /// What every worker of a pool starts with.
@@ -141,8 +143,12 @@ impl WorkerLink for LocalWorker {
         let _ = self.process.kill();
     }
 
-    fn join(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.process.join(timeout)
+    fn join(&mut self) -> Result<()> {
+        self.process.join()
+    }
+
+    fn join_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.process.join_timeout(timeout)
     }
 }
 
@@ -284,7 +290,10 @@ mod tests {
             self.alive.load(Ordering::SeqCst)
         }
         fn kill(&self) {}
-        fn join(&mut self, _: Option<Duration>) -> Result<()> {
+        fn join_timeout(&mut self, _: Duration) -> Result<()> {
+            self.join()
+        }
+        fn join(&mut self) -> Result<()> {
             match self.thread.take().map(|t| t.join()) {
                 Some(Ok(true)) | None => Ok(()),
                 _ => Err(Error::Exited {

@@ -112,7 +112,7 @@ impl<R> fmt::Debug for ProcessBuilder<R> {
 /// fn square(x: u64) -> u64 { x * x }
 ///
 /// let mut p = Process::new(square, 7).name("squarer").start()?;
-/// p.join(None)?;
+/// p.join()?;
 /// assert_eq!(p.exitcode(), Some(0));
 /// assert_eq!(p.into_result()?, 49);
 /// # Ok::<(), multiproc::Error>(())
@@ -316,24 +316,53 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
 }
 
 impl<R: DeserializeOwned> Process<R> {
-    /// Waits for the child to end, at most `timeout` (`None`: as long as it takes).
+    /// Waits for the child to end (Python's `p.join()`).
     ///
     /// Returns `Ok(())` once the target has returned (also when it returned a `Result::Err`:
     /// see [`exitcode`](Self::exitcode) and [`into_result`](Self::into_result)); joining again
-    /// returns the same.
+    /// returns the same. [`try_join`](Self::try_join), [`join_timeout`](Self::join_timeout)
+    /// and [`join_deadline`](Self::join_deadline) wait less.
+    ///
+    /// # Errors
+    /// [`Error::Panicked`] (with message and location), [`Error::Killed`] or
+    /// [`Error::Exited`] if the child ended without a result; [`Error::BinaryMismatch`] if the
+    /// child is not the same executable.
+    pub fn join(&mut self) -> Result<()> {
+        self.join_until(None, Duration::ZERO)
+    }
+
+    /// Like [`join`](Self::join) if the child has ended, without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if it still runs; otherwise as for [`join`](Self::join).
+    pub fn try_join(&mut self) -> Result<()> {
+        self.join_until(Some(Instant::now()), Duration::ZERO)
+    }
+
+    /// Like [`join`](Self::join), waiting at most `timeout` (Python's `p.join(timeout)`).
     ///
     /// # Errors
     /// [`Error::Timeout`] if the child still runs after `timeout` (it keeps running; join
-    /// again later). [`Error::Panicked`] (with message and location), [`Error::Killed`] or
-    /// [`Error::Exited`] if the child ended without a result; [`Error::BinaryMismatch`] if the
-    /// child is not the same executable.
-    pub fn join(&mut self, timeout: Option<Duration>) -> Result<()> {
+    /// again later); otherwise as for [`join`](Self::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.join_until(Instant::now().checked_add(timeout), timeout)
+    }
+
+    /// Like [`join`](Self::join), waiting until `deadline`.
+    ///
+    /// # Errors
+    /// As for [`join_timeout`](Self::join_timeout).
+    pub fn join_deadline(&mut self, deadline: Instant) -> Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.join_until(Some(deadline), timeout)
+    }
+
+    fn join_until(&mut self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
         if let Outcome::Running = self.outcome {
-            let deadline = timeout.map(|t| Instant::now() + t);
             let Some(status) = self.record.wait(deadline) else {
                 return Err(Error::Timeout {
                     what: format!("process {:?}", self.record.name),
-                    after: timeout.unwrap_or_default(),
+                    after: waited,
                 });
             };
             registry::reaped(&self.record);
@@ -352,7 +381,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// As [`join`](Self::join) without a timeout; [`Error::InvalidState`] if the value was
     /// already taken by [`take_result`](Self::take_result).
     pub fn into_result(mut self) -> Result<R> {
-        self.join(None)?;
+        self.join()?;
         self.take_result()
     }
 

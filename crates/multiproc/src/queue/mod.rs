@@ -74,7 +74,7 @@ use crate::sync::deadline_after;
 /// let mut child = Process::new(writer, q.clone()).start()?;
 /// let got: Vec<String> = (0..3).map(|_| q.get()).collect::<Result<_, _>>()?;
 /// assert_eq!(got, ["A", "B", "C"]);
-/// child.join(None)?;
+/// child.join()?;
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
@@ -504,7 +504,7 @@ pub type SimpleQueue<T> = Queue<T>;
 /// }
 /// q.join()?; // all ten done
 /// w.terminate()?;
-/// # let _ = w.join(None);
+/// # let _ = w.join();
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct JoinableQueue<T> {

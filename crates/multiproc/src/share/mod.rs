@@ -183,7 +183,7 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
 ///
 /// let (mut mine, theirs) = UnixStream::pair().unwrap();
 /// let mut child = Process::new(greet, Descriptor::from(std::os::fd::OwnedFd::from(theirs))).start()?;
-/// child.join(None)?;
+/// child.join()?;
 /// let mut got = String::new();
 /// mine.read_to_string(&mut got).unwrap();
 /// assert_eq!(got, "hi from the child");

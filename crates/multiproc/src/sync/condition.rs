@@ -60,7 +60,7 @@ unsafe impl Layout for ConditionLayout {
 /// let mut held = cond.acquire().unwrap();
 /// assert!(held.wait_for(|| ready.get() == 1, None).unwrap());
 /// drop(held);
-/// child.join(None)?;
+/// child.join()?;
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]

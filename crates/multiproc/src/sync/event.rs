@@ -44,7 +44,7 @@ unsafe impl Layout for EventLayout {
 /// let mut child = Process::new(|e: Event| e.set(), ready.clone()).start()?;
 /// ready.wait();
 /// assert!(ready.is_set());
-/// child.join(None)?;
+/// child.join()?;
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]

@@ -152,7 +152,7 @@ unsafe impl Layout for LockLayout {
 ///     let _held = lock.acquire().unwrap();
 ///     // ... the child has the lock here ...
 /// }, lock.clone()).start()?;
-/// child.join(None)?;
+/// child.join()?;
 /// assert!(lock.try_acquire()?.is_some());
 /// # Ok::<(), multiproc::Error>(())
 /// ```

@@ -299,7 +299,7 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
 ///     .map(|_| Process::new(add_one, counter.clone()).start())
 ///     .collect::<Result<_, _>>()?;
 /// for k in &mut kids {
-///     k.join(None)?;
+///     k.join()?;
 /// }
 /// assert_eq!(counter.get(), 4);
 /// # Ok::<(), multiproc::Error>(())

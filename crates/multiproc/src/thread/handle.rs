@@ -205,6 +205,15 @@ impl<R> Thread<R> {
             .map(|r| r.expect("a join without deadline always finishes"))
     }
 
+    /// [`join`](Self::join) if the thread has finished, without waiting: `Ok(None)` if it
+    /// still runs.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn try_join(&mut self) -> Result<Option<R>> {
+        self.join_until(Some(Instant::now()))
+    }
+
     /// Waits at most `timeout`: `Ok(None)` if the thread still runs (join again later),
     /// else what [`join`](Self::join) returns.
     ///

@@ -189,6 +189,15 @@ impl Timer {
         self.thread.join()
     }
 
+    /// Like [`join`](Self::join) if the timer thread has ended, without waiting: `Ok(None)`
+    /// if it still runs.
+    ///
+    /// # Errors
+    /// As [`Thread::join`].
+    pub fn try_join(&mut self) -> Result<Option<bool>> {
+        self.thread.try_join()
+    }
+
     /// Waits at most `timeout`: `Ok(None)` if the timer thread still runs, else as
     /// [`join`](Self::join).
     ///

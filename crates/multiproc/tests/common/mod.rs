@@ -40,7 +40,7 @@ impl<R: serde::de::DeserializeOwned> Drop for Guarded<R> {
     fn drop(&mut self) {
         if let Some(mut p) = self.0.take() {
             let _ = p.kill();
-            let _ = p.join(Some(Duration::from_secs(5)));
+            let _ = p.join_timeout(Duration::from_secs(5));
         }
     }
 }
