@@ -10,31 +10,32 @@
 //! it. Keep the parent's proxy (or another) alive until the child has attached: an object
 //! whose last reference goes is deleted by the server.
 
+//!
+//! - `server/`: the server and what it serves (containers, locks and other objects, arrays,
+//!   user types through [`Managed`]), with Python's semantics over pickled values and the
+//!   XML-RPC serializer;
+//! - `client/`: [`ManagerClient`] and the proxies;
+//! - `typecode.rs`: `array.array` values, which both read and write;
+//! - `started.rs`: a server in a child process of its own ([`ManagerProcess`]).
+//!
+//! CPython's framing and handshake are in `connection/wire.rs`.
+
 #![forbid(unsafe_code)]
 
-mod array;
 mod client;
-mod containers;
-mod managed;
-mod objects;
-mod proxies;
-mod python;
 mod server;
 mod started;
-mod stored;
-mod sync_objects;
-mod xmlrpc;
+mod typecode;
 
 pub(crate) use client::Proxy;
-pub use client::{DictProxy, EventProxy, ListProxy, LockProxy, ManagerClient, ValueProxy};
-pub use managed::{Managed, MethodCall};
-pub use proxies::{
-    ArrayProxy, BarrierProxy, ConditionProxy, NamespaceProxy, ObjectProxy, SemaphoreProxy,
+pub use client::{
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    ManagerClient, NamespaceProxy, ObjectProxy, SemaphoreProxy, ValueProxy,
 };
-pub use server::{ManagerServer, RunningServer};
+pub use server::{Managed, ManagerServer, MethodCall, RunningServer};
 pub(crate) use server::{QUEUE_EXPOSED, ServedQueue};
 pub use started::ManagerProcess;
 
 pub(crate) use crate::connection::wire::fuzz;
 pub(crate) use server::fuzz as server_fuzz;
-pub(crate) use xmlrpc::fuzz_decode as xmlrpc_fuzz;
+pub(crate) use server::xmlrpc_fuzz;

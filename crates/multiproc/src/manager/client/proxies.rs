@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::array::{Typecode, parse_array};
-use super::client::{LockProxy, ManagerClient, Proxy};
+use super::{LockProxy, ManagerClient, Proxy};
 use crate::error::{Error, Result};
+use crate::manager::typecode::{Typecode, parse_array};
 use crate::pickle::{self, Value};
 
 fn seconds(t: Duration) -> Value {
@@ -84,9 +84,11 @@ impl ManagerClient {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn namespace(&self) -> Result<NamespaceProxy> {
-        Ok(NamespaceProxy {
-            proxy: self.proxy("Namespace", Vec::new(), "remote namespace".into())?,
-        })
+        Ok(NamespaceProxy::from_proxy(self.proxy(
+            "Namespace",
+            Vec::new(),
+            "remote namespace".into(),
+        )?))
     }
 
     /// A new reentrant lock on the server (`SyncManager.RLock()`): the proxy that holds it may
@@ -115,9 +117,11 @@ impl ManagerClient {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn rlock(&self) -> Result<LockProxy> {
-        Ok(LockProxy {
-            proxy: self.proxy("RLock", Vec::new(), "remote rlock".into())?,
-        })
+        Ok(LockProxy::from_proxy(self.proxy(
+            "RLock",
+            Vec::new(),
+            "remote rlock".into(),
+        )?))
     }
 
     /// A new semaphore with `value` slots on the server (`SyncManager.Semaphore(value)`).
@@ -142,13 +146,11 @@ impl ManagerClient {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
-        Ok(SemaphoreProxy {
-            proxy: self.proxy(
-                "Semaphore",
-                vec![Value::Int(value.into())],
-                "remote semaphore".into(),
-            )?,
-        })
+        Ok(SemaphoreProxy::from_proxy(self.proxy(
+            "Semaphore",
+            vec![Value::Int(value.into())],
+            "remote semaphore".into(),
+        )?))
     }
 
     /// A new bounded semaphore with `value` slots on the server
@@ -173,13 +175,11 @@ impl ManagerClient {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn bounded_semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
-        Ok(SemaphoreProxy {
-            proxy: self.proxy(
-                "BoundedSemaphore",
-                vec![Value::Int(value.into())],
-                "remote bounded semaphore".into(),
-            )?,
-        })
+        Ok(SemaphoreProxy::from_proxy(self.proxy(
+            "BoundedSemaphore",
+            vec![Value::Int(value.into())],
+            "remote bounded semaphore".into(),
+        )?))
     }
 
     /// A new condition variable on the server (`SyncManager.Condition()`, over an `RLock`).
@@ -214,9 +214,11 @@ impl ManagerClient {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn condition(&self) -> Result<ConditionProxy> {
-        Ok(ConditionProxy {
-            proxy: self.proxy("Condition", Vec::new(), "remote condition".into())?,
-        })
+        Ok(ConditionProxy::from_proxy(self.proxy(
+            "Condition",
+            Vec::new(),
+            "remote condition".into(),
+        )?))
     }
 
     /// A new barrier for `parties` waiters on the server (`SyncManager.Barrier(parties)`).
@@ -247,13 +249,11 @@ impl ManagerClient {
         if parties == 0 {
             return Err(Error::invalid("remote barrier", "parties must be > 0"));
         }
-        Ok(BarrierProxy {
-            proxy: self.proxy(
-                "Barrier",
-                vec![Value::Int(parties.into())],
-                "remote barrier".into(),
-            )?,
-        })
+        Ok(BarrierProxy::from_proxy(self.proxy(
+            "Barrier",
+            vec![Value::Int(parties.into())],
+            "remote barrier".into(),
+        )?))
     }
 
     /// A new `array.array` of `typecode` (`"i"`, `"d"`, `"B"`, `"q"`, `"u"`…) holding `items`
@@ -373,27 +373,12 @@ impl ManagerClient {
     }
 }
 
-macro_rules! debug_by_ident {
-    ($name:ident $(<$t:ident>)?) => {
-        impl$(<$t>)? fmt::Debug for $name$(<$t>)? {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($name))
-                    .field("what", &self.proxy.what)
-                    .field("ident", &self.proxy.ident)
-                    .finish_non_exhaustive()
-            }
-        }
-    };
+proxy_type! {
+    /// A namespace living in a manager server (CPython's `NamespaceProxy`): attributes got and
+    /// set by name, any serde value that maps onto Python's data model.
+    NamespaceProxy;
+    /// Another proxy to the same namespace on a connection of its own.
 }
-
-/// A namespace living in a manager server (CPython's `NamespaceProxy`): attributes got and
-/// set by name, any serde value that maps onto Python's data model.
-#[derive(Serialize, Deserialize)]
-pub struct NamespaceProxy {
-    proxy: Proxy,
-}
-
-debug_by_ident!(NamespaceProxy);
 
 impl NamespaceProxy {
     /// `ns.name`, or `None` if it has no such attribute.
@@ -435,27 +420,16 @@ impl NamespaceProxy {
             Err(e) => Err(e),
         }
     }
-
-    /// Another proxy to the same namespace on a connection of its own.
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<NamespaceProxy> {
-        Ok(NamespaceProxy {
-            proxy: self.proxy.try_clone()?,
-        })
-    }
 }
 
-/// A semaphore living in a manager server (CPython's `AcquirerProxy` over
-/// `threading.Semaphore` or `BoundedSemaphore`). Slots are not tied to a connection: any
-/// proxy may release one.
-#[derive(Serialize, Deserialize)]
-pub struct SemaphoreProxy {
-    proxy: Proxy,
+proxy_type! {
+    /// A semaphore living in a manager server (CPython's `AcquirerProxy` over
+    /// `threading.Semaphore` or `BoundedSemaphore`). Slots are not tied to a connection: any
+    /// proxy may release one.
+    SemaphoreProxy;
+    /// Another proxy to the same semaphore on a connection of its own (a waiting `acquire`
+    /// blocks its proxy's connection).
 }
-
-debug_by_ident!(SemaphoreProxy);
 
 impl SemaphoreProxy {
     /// Takes a slot, waiting as long as it takes.
@@ -501,28 +475,16 @@ impl SemaphoreProxy {
     pub fn release(&self) -> Result<()> {
         self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
     }
-
-    /// Another proxy to the same semaphore on a connection of its own (a waiting `acquire`
-    /// blocks its proxy's connection).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<SemaphoreProxy> {
-        Ok(SemaphoreProxy {
-            proxy: self.proxy.try_clone()?,
-        })
-    }
 }
 
-/// A condition variable living in a manager server (CPython's `ConditionProxy`). Its lock is
-/// held by a proxy (the server counts each proxy connection as a thread); `wait` and
-/// `notify` need it held.
-#[derive(Serialize, Deserialize)]
-pub struct ConditionProxy {
-    proxy: Proxy,
+proxy_type! {
+    /// A condition variable living in a manager server (CPython's `ConditionProxy`). Its lock is
+    /// held by a proxy (the server counts each proxy connection as a thread); `wait` and
+    /// `notify` need it held.
+    ConditionProxy;
+    /// Another proxy to the same condition on a connection of its own: another holder of its
+    /// lock, for another thread.
 }
-
-debug_by_ident!(ConditionProxy);
 
 impl ConditionProxy {
     /// Takes the condition's lock, waiting as long as it takes. The lock is reentrant.
@@ -672,27 +634,14 @@ impl ConditionProxy {
             .call("notify_all", Vec::new(), Vec::new())
             .map(drop)
     }
-
-    /// Another proxy to the same condition on a connection of its own: another holder of its
-    /// lock, for another thread.
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<ConditionProxy> {
-        Ok(ConditionProxy {
-            proxy: self.proxy.try_clone()?,
-        })
-    }
 }
 
-/// A barrier living in a manager server (CPython's `BarrierProxy`). Each party waits through
-/// a proxy of its own ([`try_clone`](Self::try_clone)).
-#[derive(Serialize, Deserialize)]
-pub struct BarrierProxy {
-    proxy: Proxy,
+proxy_type! {
+    /// A barrier living in a manager server (CPython's `BarrierProxy`). Each party waits through
+    /// a proxy of its own ([`try_clone`](Self::try_clone)).
+    BarrierProxy;
+    /// Another proxy to the same barrier on a connection of its own (one per party).
 }
-
-debug_by_ident!(BarrierProxy);
 
 impl BarrierProxy {
     /// Waits until `parties` waiters are there, at most the barrier's own default timeout;
@@ -764,16 +713,6 @@ impl BarrierProxy {
     /// The server's failure.
     pub fn broken(&self) -> Result<bool> {
         self.attribute("broken")
-    }
-
-    /// Another proxy to the same barrier on a connection of its own (one per party).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<BarrierProxy> {
-        Ok(BarrierProxy {
-            proxy: self.proxy.try_clone()?,
-        })
     }
 }
 

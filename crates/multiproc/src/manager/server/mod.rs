@@ -13,16 +13,27 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::array::ServedArray;
-use super::containers::{ServedDict, ServedList, py_error};
-use super::managed::{Managed, ManagedObject, MethodCall};
-use super::objects::{
+mod array;
+mod containers;
+mod managed;
+mod objects;
+mod python;
+mod stored;
+mod sync_objects;
+mod xmlrpc;
+
+pub use managed::{Managed, MethodCall};
+pub(crate) use xmlrpc::fuzz_decode as xmlrpc_fuzz;
+
+use self::array::ServedArray;
+use self::containers::{ServedDict, ServedList, py_error};
+use self::managed::ManagedObject;
+use self::objects::{
     LOCK_EXPOSED, Reply, ServedEvent, ServedLock, ServedNamespace, ServedObject, ServedSemaphore,
     ServedValue, exception,
 };
-use super::stored::{ProxyRefs, proxies_in};
-use super::sync_objects::{ServedBarrier, ServedCondition};
-use super::xmlrpc;
+use self::stored::{ProxyRefs, proxies_in};
+use self::sync_objects::{ServedBarrier, ServedCondition};
 use crate::connection::wire::{Address, Listener, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
@@ -1339,7 +1350,7 @@ pub(crate) mod fuzz {
     pub(crate) fn proxy_calls(data: &[u8]) -> Vec<u8> {
         // Lists multiplied call after call would grow to millions of items: bounded lower,
         // so that a run explores calls rather than copies.
-        super::super::python::lower_max_items(1 << 12);
+        super::python::lower_max_items(1 << 12);
         let Some((conn, mut peer)) = crate::connection::wire::fuzz::connection_fed(&frames(data))
         else {
             return Vec::new();
@@ -1434,9 +1445,9 @@ mod fuzz_tests {
             "__str__",
             "no_such_method",
         ];
-        let served = super::super::containers::DICT_EXPOSED
+        let served = super::containers::DICT_EXPOSED
             .iter()
-            .chain(super::super::containers::LIST_EXPOSED);
+            .chain(super::containers::LIST_EXPOSED);
         served.copied().chain(others).collect()
     }
 

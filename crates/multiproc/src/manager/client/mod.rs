@@ -1,8 +1,56 @@
 //! The client side of a manager: connect to a `BaseManager` server (CPython's or ours) and use
 //! its registered queues through proxies, as CPython's `BaseManager.connect()` and AutoProxy do.
 
-use std::fmt;
-use std::marker::PhantomData;
+/// Declares a proxy type: the struct over its [`Proxy`] (with a marker for its item types),
+/// its `Debug`, its constructor and `try_clone`. What each proxy calls is written beside it.
+macro_rules! proxy_type {
+    (
+        $(#[$doc:meta])*
+        $name:ident $(<$($g:ident),+>)?;
+        $(#[$clone_doc:meta])*
+    ) => {
+        $(#[$doc])*
+        #[derive(serde::Serialize, serde::Deserialize)]
+        #[serde(bound = "")]
+        pub struct $name$(<$($g),+>)? {
+            proxy: Proxy,
+            _types: std::marker::PhantomData<fn($($($g,)+)?) -> ($($($g,)+)?)>,
+        }
+
+        impl$(<$($g),+>)? std::fmt::Debug for $name$(<$($g),+>)? {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("what", &self.proxy.what)
+                    .field("ident", &self.proxy.ident)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl$(<$($g),+>)? $name$(<$($g),+>)? {
+            fn from_proxy(proxy: Proxy) -> Self {
+                $name {
+                    proxy,
+                    _types: std::marker::PhantomData,
+                }
+            }
+
+            $(#[$clone_doc])*
+            ///
+            /// # Errors
+            /// If the server cannot be reached.
+            pub fn try_clone(&self) -> Result<Self> {
+                Ok(Self::from_proxy(self.proxy.try_clone()?))
+            }
+        }
+    };
+}
+
+mod proxies;
+
+pub use proxies::{
+    ArrayProxy, BarrierProxy, ConditionProxy, NamespaceProxy, ObjectProxy, SemaphoreProxy,
+};
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -218,10 +266,11 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `dict` typeid.
     pub fn dict<K, V>(&self) -> Result<DictProxy<K, V>> {
-        Ok(DictProxy {
-            proxy: self.proxy("dict", Vec::new(), "remote dict".into())?,
-            _types: PhantomData,
-        })
+        Ok(DictProxy::from_proxy(self.proxy(
+            "dict",
+            Vec::new(),
+            "remote dict".into(),
+        )?))
     }
 
     /// A new event on the server (`SyncManager.Event()`).
@@ -229,9 +278,11 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Event` typeid.
     pub fn event(&self) -> Result<EventProxy> {
-        Ok(EventProxy {
-            proxy: self.proxy("Event", Vec::new(), "remote event".into())?,
-        })
+        Ok(EventProxy::from_proxy(self.proxy(
+            "Event",
+            Vec::new(),
+            "remote event".into(),
+        )?))
     }
 
     /// A new shared value on the server (`SyncManager.Value(typecode, value)`; the typecode
@@ -242,10 +293,11 @@ impl ManagerClient {
     /// a value that does not map onto Python's data model.
     pub fn value<T: Serialize>(&self, typecode: &str, value: &T) -> Result<ValueProxy<T>> {
         let args = vec![Value::str(typecode), pickle::to_value(value)?];
-        Ok(ValueProxy {
-            proxy: self.proxy("Value", args, "remote value".into())?,
-            _item: PhantomData,
-        })
+        Ok(ValueProxy::from_proxy(self.proxy(
+            "Value",
+            args,
+            "remote value".into(),
+        )?))
     }
 
     /// The dict the server registered as `typeid` (shared by every client that asks).
@@ -253,10 +305,11 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid.
     pub fn registered_dict<K, V>(&self, typeid: &str) -> Result<DictProxy<K, V>> {
-        Ok(DictProxy {
-            proxy: self.proxy(typeid, Vec::new(), format!("remote dict {typeid:?}"))?,
-            _types: PhantomData,
-        })
+        Ok(DictProxy::from_proxy(self.proxy(
+            typeid,
+            Vec::new(),
+            format!("remote dict {typeid:?}"),
+        )?))
     }
 
     /// The list the server registered as `typeid` (shared by every client that asks).
@@ -264,10 +317,11 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid.
     pub fn registered_list<T>(&self, typeid: &str) -> Result<ListProxy<T>> {
-        Ok(ListProxy {
-            proxy: self.proxy(typeid, Vec::new(), format!("remote list {typeid:?}"))?,
-            _item: PhantomData,
-        })
+        Ok(ListProxy::from_proxy(self.proxy(
+            typeid,
+            Vec::new(),
+            format!("remote list {typeid:?}"),
+        )?))
     }
 
     /// The lock the server registered as `typeid` (shared by every client that asks).
@@ -275,9 +329,12 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if there is no such typeid.
     pub fn registered_lock(&self, typeid: &str) -> Result<LockProxy> {
-        Ok(LockProxy {
-            proxy: self.proxy(typeid, Vec::new(), format!("remote lock {typeid:?}"))?,
-        })
+        let what = format!("remote lock {typeid:?}");
+        Ok(LockProxy::from_proxy(self.proxy(
+            typeid,
+            Vec::new(),
+            what,
+        )?))
     }
 
     /// A new list on the server (`SyncManager.list()`).
@@ -285,10 +342,11 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `list` typeid.
     pub fn list<T>(&self) -> Result<ListProxy<T>> {
-        Ok(ListProxy {
-            proxy: self.proxy("list", Vec::new(), "remote list".into())?,
-            _item: PhantomData,
-        })
+        Ok(ListProxy::from_proxy(self.proxy(
+            "list",
+            Vec::new(),
+            "remote list".into(),
+        )?))
     }
 
     /// A new lock on the server (`SyncManager.Lock()`).
@@ -296,9 +354,11 @@ impl ManagerClient {
     /// # Errors
     /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if the server has no `Lock` typeid.
     pub fn lock(&self) -> Result<LockProxy> {
-        Ok(LockProxy {
-            proxy: self.proxy("Lock", Vec::new(), "remote lock".into())?,
-        })
+        Ok(LockProxy::from_proxy(self.proxy(
+            "Lock",
+            Vec::new(),
+            "remote lock".into(),
+        )?))
     }
 
     /// How many objects the server holds (its `number_of_objects`).
@@ -464,21 +524,11 @@ impl Proxy {
     }
 }
 
-/// A dict living in a manager server (CPython's `DictProxy`). Keys and values travel as
-/// pickles.
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct DictProxy<K, V> {
-    proxy: Proxy,
-    _types: PhantomData<fn(K) -> V>,
-}
-
-impl<K, V> fmt::Debug for DictProxy<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DictProxy")
-            .field("ident", &self.proxy.ident)
-            .finish()
-    }
+proxy_type! {
+    /// A dict living in a manager server (CPython's `DictProxy`). Keys and values travel as
+    /// pickles.
+    DictProxy<K, V>;
+    /// Another proxy to the same dict on a connection of its own (for another thread).
 }
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
@@ -539,33 +589,12 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn items(&self) -> Result<Vec<(K, V)>> {
         self.proxy.call_as("items", Vec::new())
     }
-
-    /// Another proxy to the same dict on a connection of its own (for another thread).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<DictProxy<K, V>> {
-        Ok(DictProxy {
-            proxy: self.proxy.try_clone()?,
-            _types: PhantomData,
-        })
-    }
 }
 
-/// A list living in a manager server (CPython's `ListProxy`).
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct ListProxy<T> {
-    proxy: Proxy,
-    _item: PhantomData<fn(T) -> T>,
-}
-
-impl<T> fmt::Debug for ListProxy<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListProxy")
-            .field("ident", &self.proxy.ident)
-            .finish()
-    }
+proxy_type! {
+    /// A list living in a manager server (CPython's `ListProxy`).
+    ListProxy<T>;
+    /// Another proxy to the same list on a connection of its own (for another thread).
 }
 
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
@@ -610,33 +639,16 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     pub fn to_vec(&self) -> Result<Vec<T>> {
         self.proxy.call_as("#GETVALUE", Vec::new())
     }
-
-    /// Another proxy to the same list on a connection of its own (for another thread).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<ListProxy<T>> {
-        Ok(ListProxy {
-            proxy: self.proxy.try_clone()?,
-            _item: PhantomData,
-        })
-    }
 }
 
-/// A lock living in a manager server (CPython's `AcquirerProxy` over `threading.Lock`, or
-/// `threading.RLock` from [`ManagerClient::rlock`]). The server counts each proxy connection
-/// as a holder.
-#[derive(Serialize, Deserialize)]
-pub struct LockProxy {
-    pub(super) proxy: Proxy,
-}
-
-impl fmt::Debug for LockProxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockProxy")
-            .field("ident", &self.proxy.ident)
-            .finish()
-    }
+proxy_type! {
+    /// A lock living in a manager server (CPython's `AcquirerProxy` over `threading.Lock`, or
+    /// `threading.RLock` from [`ManagerClient::rlock`]). The server counts each proxy connection
+    /// as a holder.
+    LockProxy;
+    /// Another proxy to the same lock on a connection of its own. The server counts each
+    /// connection as a different holder (as CPython counts each serving thread): the clone
+    /// waits for a lock this proxy holds, even an `RLock`.
 }
 
 impl LockProxy {
@@ -685,32 +697,13 @@ impl LockProxy {
     pub fn release(&self) -> Result<()> {
         self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
     }
-
-    /// Another proxy to the same lock on a connection of its own. The server counts each
-    /// connection as a different holder (as CPython counts each serving thread): the clone
-    /// waits for a lock this proxy holds, even an `RLock`.
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<LockProxy> {
-        Ok(LockProxy {
-            proxy: self.proxy.try_clone()?,
-        })
-    }
 }
 
-/// An event living in a manager server (CPython's `EventProxy`).
-#[derive(Serialize, Deserialize)]
-pub struct EventProxy {
-    proxy: Proxy,
-}
-
-impl fmt::Debug for EventProxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventProxy")
-            .field("ident", &self.proxy.ident)
-            .finish()
-    }
+proxy_type! {
+    /// An event living in a manager server (CPython's `EventProxy`).
+    EventProxy;
+    /// Another proxy to the same event on a connection of its own (a `wait` blocks its
+    /// proxy's connection).
 }
 
 impl EventProxy {
@@ -766,33 +759,12 @@ impl EventProxy {
     fn call_wait(&self, timeout: Value) -> Result<bool> {
         self.proxy.call_as("wait", vec![timeout])
     }
-
-    /// Another proxy to the same event on a connection of its own (a `wait` blocks its
-    /// proxy's connection).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<EventProxy> {
-        Ok(EventProxy {
-            proxy: self.proxy.try_clone()?,
-        })
-    }
 }
 
-/// A value living in a manager server (CPython's `ValueProxy`).
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct ValueProxy<T> {
-    proxy: Proxy,
-    _item: PhantomData<fn(T) -> T>,
-}
-
-impl<T> fmt::Debug for ValueProxy<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ValueProxy")
-            .field("ident", &self.proxy.ident)
-            .finish()
-    }
+proxy_type! {
+    /// A value living in a manager server (CPython's `ValueProxy`).
+    ValueProxy<T>;
+    /// Another proxy to the same value on a connection of its own (for another thread).
 }
 
 impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
@@ -812,16 +784,5 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
         self.proxy
             .call("set", vec![pickle::to_value(value)?], Vec::new())
             .map(drop)
-    }
-
-    /// Another proxy to the same value on a connection of its own (for another thread).
-    ///
-    /// # Errors
-    /// If the server cannot be reached.
-    pub fn try_clone(&self) -> Result<ValueProxy<T>> {
-        Ok(ValueProxy {
-            proxy: self.proxy.try_clone()?,
-            _item: PhantomData,
-        })
     }
 }
