@@ -6,56 +6,56 @@
 //! beside this file describes.
 
 #[cfg(target_os = "linux")]
-mod linux;
-#[cfg(target_os = "linux")]
 #[cfg_attr(loom, allow(dead_code))]
-mod linux_mem;
-#[cfg(target_os = "linux")]
-mod robust;
+mod linux;
 
-// What a backend provides, by capability (see `README.md` beside this file). The list is
-// explicit so that a second backend knows what it owes and the crate what it may use.
+// What a backend provides, by capability, each a small module of `linux/` (see `README.md`
+// beside this file). The list is explicit so that a second backend knows what it owes and
+// the crate what it may use.
 
-// Processes: ids, start and end, child handles (pidfds), the executable's identity.
+// Processes: ids, spawning this executable again, fork, start-up and exit, its identity.
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{
+pub(crate) use linux::process::{
     ExitStatus, Forked, SIGKILL, SIGTERM, adopt_fd, at_exit, exe_identity, exit_immediately,
-    fd_is_open, fork, getpid, getppid, ignore_sigpipe, is_main_thread, keep_freed_memory,
-    kill_and_reap, pidfd_open, pidfd_send_signal, report_stack_overflow, run_before_main,
+    fd_is_open, fork, getpid, getppid, is_main_thread, keep_freed_memory, run_before_main,
     set_child_env, set_parent_death_signal, spawn_self, stdin_to_devnull, take_env, thread_count,
-    try_wait_pidfd,
 };
+// Child handles (pidfds): signalled, waited for and reaped without pid-reuse races.
+#[cfg(target_os = "linux")]
+pub(crate) use linux::child::{ChildHandle, kill_and_reap};
+// Signals: SIGPIPE, a child's stack overflow.
+#[cfg(target_os = "linux")]
+pub(crate) use linux::signals::{ignore_sigpipe, report_stack_overflow};
 // Descriptor passing and sockets.
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{
-    MAX_FDS_PER_MESSAGE, hung_up, poll_readable, recv_byte, recv_with_fds, send_nonblocking,
-    send_with_fds, set_cloexec, shutdown, socketpair,
-};
-#[cfg(target_os = "linux")]
-pub(crate) use linux_mem::{
-    accept, ignore_interrupts, poll_writable, seqpacket_connect, seqpacket_listen, seqpacket_pair,
-    set_nonblocking,
+pub(crate) use linux::fds::{
+    MAX_FDS_PER_MESSAGE, accept, hung_up, ignore_interrupts, poll_readable, poll_writable,
+    recv_byte, recv_with_fds, send_nonblocking, send_with_fds, seqpacket_connect, seqpacket_listen,
+    seqpacket_pair, set_cloexec, set_nonblocking, shutdown, socketpair,
 };
 #[cfg(all(target_os = "linux", feature = "manager"))]
-pub(crate) use linux_mem::{listen_deepest, recv_nonblocking, set_quick_ack};
+pub(crate) use linux::fds::{listen_deepest, recv_nonblocking, set_quick_ack};
 // The machine's load, for the spin governor.
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{online_cpus, runnable_tasks};
+#[cfg_attr(loom, allow(unused_imports))]
+pub(crate) use linux::load::{online_cpus, runnable_tasks};
 // Shared-memory files and mappings.
 #[cfg(target_os = "linux")]
-pub(crate) use linux_mem::{
+pub(crate) use linux::memory::{
     file_len, map_shared, memfd_create, populate, shm_open, shm_unlink, unmap,
 };
 // Futex waits and thread identity.
 #[cfg(target_os = "linux")]
-pub(crate) use linux_mem::{
+#[cfg_attr(loom, allow(unused_imports))]
+pub(crate) use linux::futex::{
     FutexWait, futex_wait, futex_wake, getpid_cached, gettid, thread_alive,
 };
 // Robust futex lists: a lock held by a thread that dies is marked by the kernel.
 #[cfg(all(target_os = "linux", test))]
-pub(crate) use robust::robust_list_available;
+pub(crate) use linux::robust::robust_list_available;
 #[cfg(target_os = "linux")]
-pub(crate) use robust::{
+#[cfg_attr(loom, allow(unused_imports))]
+pub(crate) use linux::robust::{
     NEXT_AFTER_WORD, RobustEntry, robust_done, robust_link, robust_pending, robust_unlink,
 };
 

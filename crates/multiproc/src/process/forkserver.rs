@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::frame::{self, FrameKind, FrameReader};
 use crate::error::{Error, Result};
-use crate::platform::{self, ExitStatus, Forked};
+use crate::platform::{self, ChildHandle, ExitStatus, Forked};
 use crate::sync::lock;
 
 pub(crate) const ENV: &str = "MULTIPROC_FORKSERVER";
@@ -56,7 +56,7 @@ pub(crate) fn forget() {
 
 /// Asks the server (starting it if needed) for a child running on `control`. Returns its pid,
 /// a pidfd, and the socket its exit status will arrive on.
-pub(crate) fn start_child(control: &OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
+pub(crate) fn start_child(control: &OwnedFd) -> Result<(i32, ChildHandle, OwnedFd)> {
     let mut server = lock(&SERVER);
     for attempt in 0..2 {
         if server.is_none() {
@@ -92,7 +92,7 @@ fn launch() -> Result<Client> {
     })
 }
 
-fn request(client: &mut Client, control: &OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
+fn request(client: &mut Client, control: &OwnedFd) -> Result<(i32, ChildHandle, OwnedFd)> {
     const WHAT: &str = "fork server";
     let (status_ours, status_theirs) =
         platform::socketpair().map_err(|e| Error::io("fork server: socketpair", e))?;
@@ -135,7 +135,7 @@ fn request(client: &mut Client, control: &OwnedFd) -> Result<(i32, OwnedFd, Owne
                 .fds
                 .pop()
                 .ok_or_else(|| Error::protocol(WHAT, "reply without a pidfd"))?;
-            Ok((pid, pidfd, status_ours))
+            Ok((pid, ChildHandle::from_fd(pidfd), status_ours))
         }
         Reply::Failed { message } => Err(Error::io(
             "fork server: fork",
@@ -166,7 +166,7 @@ pub(crate) fn try_read_status(sock: BorrowedFd<'_>) -> std::io::Result<Option<Ex
 }
 
 struct Served {
-    pidfd: OwnedFd,
+    child: ChildHandle,
     status: OwnedFd,
 }
 
@@ -179,7 +179,7 @@ pub(crate) fn serve(sock: OwnedFd, child_main: fn(OwnedFd) -> !) -> ! {
     let mut children: Vec<Served> = Vec::new();
     loop {
         let mut fds = vec![sock.as_fd()];
-        fds.extend(children.iter().map(|c| c.pidfd.as_fd()));
+        fds.extend(children.iter().map(|c| c.child.as_fd()));
         let ready = match platform::poll_readable(&fds, None) {
             Ok(r) => r,
             Err(_) => platform::exit_immediately(1),
@@ -191,7 +191,7 @@ pub(crate) fn serve(sock: OwnedFd, child_main: fn(OwnedFd) -> !) -> ! {
             if !ready[i + 1] {
                 continue;
             }
-            if let Ok(Some(status)) = platform::try_wait_pidfd(children[i].pidfd.as_fd()) {
+            if let Ok(Some(status)) = children[i].child.try_wait() {
                 let child = children.swap_remove(i);
                 let (kind, value) = match status {
                     ExitStatus::Exited(c) => (0u8, c),
@@ -227,9 +227,9 @@ pub(crate) fn serve(sock: OwnedFd, child_main: fn(OwnedFd) -> !) -> ! {
             }
             Ok(Forked::Parent(pid)) => {
                 drop(control);
-                let reply = platform::pidfd_open(pid);
-                let (msg, fd) = match reply {
-                    Ok(pidfd) => (Reply::Started { pid }, Some(pidfd)),
+                let reply = ChildHandle::open(pid);
+                let (msg, child) = match reply {
+                    Ok(child) => (Reply::Started { pid }, Some(child)),
                     Err(e) => (
                         Reply::Failed {
                             message: e.to_string(),
@@ -238,13 +238,15 @@ pub(crate) fn serve(sock: OwnedFd, child_main: fn(OwnedFd) -> !) -> ! {
                     ),
                 };
                 let payload = postcard::to_allocvec(&msg).unwrap_or_default();
-                let dup = fd.as_ref().and_then(|f| f.try_clone().ok());
+                let dup = child
+                    .as_ref()
+                    .and_then(|c| c.as_fd().try_clone_to_owned().ok());
                 let fds: Vec<BorrowedFd<'_>> = dup.iter().map(|f| f.as_fd()).collect();
                 if frame::write_frame(sock.as_fd(), FrameKind::Value, &payload, &fds).is_err() {
                     platform::exit_immediately(0);
                 }
-                if let Some(pidfd) = fd {
-                    children.push(Served { pidfd, status });
+                if let Some(child) = child {
+                    children.push(Served { child, status });
                 }
             }
             Err(e) => {

@@ -19,7 +19,7 @@ pub use current::{ProcessInfo, cpu_count, current_process, parent_process};
 
 use crate::connection::frame::{self, FrameKind};
 use crate::error::{Error, Result};
-use crate::platform::{self, ExitStatus, Forked};
+use crate::platform::{self, ChildHandle, ExitStatus, Forked};
 use crate::share;
 use child::{Bootstrap, Report};
 use registry::{ChildRecord, Delivery, Waiter};
@@ -238,18 +238,18 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
             platform::socketpair().map_err(|e| Error::io("process: socketpair", e))?;
         let what = format!("process {:?}", self.name);
         let direct_main = platform::is_main_thread();
-        let (pid, pidfd, waiter) = match self.method {
+        let (pid, handle, waiter) = match self.method {
             StartMethod::Spawn => {
                 let fd = theirs.as_raw_fd().to_string();
                 let pid = platform::spawn_self((child::ENV, &fd), theirs.as_fd())
                     .map_err(|e| Error::io(format!("{what}: spawn"), e))?;
-                let pidfd = platform::pidfd_open(pid)
-                    .map_err(|e| Error::io(format!("{what}: pidfd"), e))?;
-                (pid, pidfd, Waiter::Own)
+                let handle =
+                    ChildHandle::open(pid).map_err(|e| Error::io(format!("{what}: pidfd"), e))?;
+                (pid, handle, Waiter::Own)
             }
             StartMethod::ForkServer => {
-                let (pid, pidfd, status) = forkserver::start_child(&theirs)?;
-                (pid, pidfd, Waiter::ForkServer(status))
+                let (pid, handle, status) = forkserver::start_child(&theirs)?;
+                (pid, handle, Waiter::ForkServer(status))
             }
             StartMethod::Fork => {
                 let threads = platform::thread_count()
@@ -268,9 +268,9 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
                         child::child_main(theirs);
                     }
                     Forked::Parent(pid) => {
-                        let pidfd = platform::pidfd_open(pid)
+                        let handle = ChildHandle::open(pid)
                             .map_err(|e| Error::io(format!("{what}: pidfd"), e))?;
-                        (pid, pidfd, Waiter::Own)
+                        (pid, handle, Waiter::Own)
                     }
                 }
             }
@@ -292,7 +292,7 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
             pid,
             self.name,
             self.daemon,
-            pidfd,
+            handle,
             waiter,
             ours.try_clone()
                 .map_err(|e| Error::io(format!("{what}: dup"), e))?,

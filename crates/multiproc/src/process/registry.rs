@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::connection::frame::{self, Frame, FrameReader, ReadError};
-use crate::platform::{self, ExitStatus};
+use crate::platform::{self, ChildHandle, ExitStatus};
 use crate::sync::lock;
 
 /// How the end of a child is observed (its pidfd signals it in both cases).
@@ -40,12 +40,13 @@ pub(crate) struct ChildRecord {
     pub(crate) pid: i32,
     pub(crate) name: String,
     pub(crate) daemon: bool,
-    pidfd: OwnedFd,
+    /// Shared with the state: a signal goes out while another thread waits holding it.
+    child: Arc<ChildHandle>,
     state: Mutex<ChildState>,
 }
 
 struct ChildState {
-    pidfd: std::os::fd::RawFd,
+    child: Arc<ChildHandle>,
     waiter: Waiter,
     control: Option<OwnedFd>,
     reader: FrameReader,
@@ -56,8 +57,7 @@ struct ChildState {
 impl ChildState {
     fn wait_fd(&self) -> BorrowedFd<'_> {
         match &self.waiter {
-            // SAFETY: the record owns the pidfd and outlives its state.
-            Waiter::Own => unsafe { BorrowedFd::borrow_raw(self.pidfd) },
+            Waiter::Own => self.child.as_fd(),
             Waiter::ForkServer(status) => status.as_fd(),
         }
     }
@@ -65,7 +65,7 @@ impl ChildState {
     /// Reaps without blocking.
     fn try_reap(&self) -> std::io::Result<Option<ExitStatus>> {
         match &self.waiter {
-            Waiter::Own => platform::try_wait_pidfd(self.wait_fd()),
+            Waiter::Own => self.child.try_wait(),
             Waiter::ForkServer(status) => super::forkserver::try_read_status(status.as_fd()),
         }
     }
@@ -146,24 +146,24 @@ impl ChildRecord {
         pid: i32,
         name: String,
         daemon: bool,
-        pidfd: OwnedFd,
+        child: ChildHandle,
         waiter: Waiter,
         control: OwnedFd,
     ) -> Self {
-        use std::os::fd::AsRawFd;
+        let child = Arc::new(child);
         ChildRecord {
             pid,
             name,
             daemon,
             state: Mutex::new(ChildState {
-                pidfd: pidfd.as_raw_fd(),
+                child: child.clone(),
                 waiter,
                 control: Some(control),
                 reader: FrameReader::new(frame::DEFAULT_MAX_FRAME),
                 delivery: None,
                 status: None,
             }),
-            pidfd,
+            child,
         }
     }
 
@@ -209,7 +209,7 @@ impl ChildRecord {
     /// Sends a signal through the pidfd: never another process, even after the child was
     /// reaped and its pid reused; nothing happens if it has already ended.
     pub(crate) fn signal(&self, signal: i32) -> std::io::Result<()> {
-        platform::pidfd_send_signal(self.pidfd.as_fd(), signal)
+        self.child.send_signal(signal)
     }
 
     fn wait_fds(&self) -> Option<Vec<std::os::fd::RawFd>> {

@@ -1,0 +1,145 @@
+//! Futex waits on shared words, and thread identity and liveness (ids that survive `fork`).
+
+use std::io;
+use std::ptr;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+/// How a futex wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FutexWait {
+    /// Woken, interrupted, or the word no longer held the expected value: look again.
+    Woken,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Sleeps while `word` holds `expected`, until woken or `deadline` (`CLOCK_MONOTONIC`, as
+/// `Instant` is). The futex is process-shared: the word may live in shared memory.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> FutexWait {
+    let timeout = match deadline {
+        None => None,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return FutexWait::TimedOut;
+            }
+            Some(libc::timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            })
+        }
+    };
+    let ts = timeout
+        .as_ref()
+        .map_or(ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned 32-bit atomic; `ts` is null or points to a timespec on
+    // this frame. FUTEX_WAIT (not _PRIVATE) keys on the physical page, so it works across
+    // processes mapping the same memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts,
+            ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
+        FutexWait::TimedOut
+    } else {
+        FutexWait::Woken
+    }
+}
+
+/// Wakes up to `count` threads (in any process) sleeping on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, count: u32) {
+    let count = count.min(i32::MAX as u32);
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE only reads its address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            count,
+            ptr::null::<libc::timespec>(),
+            ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Bumped in the child of every `fork` (by an atfork handler), so that ids cached before the
+/// fork are not trusted after it.
+static FORK_GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn after_fork_in_child() {
+    // An atomic add: async-signal-safe, as a forked child of a threaded parent requires.
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `(pid, tid)` of the calling thread, cached: lock words record them on every acquire, and
+/// `getpid`/`gettid` are system calls.
+#[inline]
+pub(crate) fn current_ids() -> (u32, u32) {
+    use std::cell::Cell;
+    thread_local! {
+        /// `(fork generation, pid, tid)`; generation `u32::MAX` means not yet known.
+        static IDS: Cell<(u32, u32, u32)> = const { Cell::new((u32::MAX, 0, 0)) };
+    }
+    let generation = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+    IDS.with(|ids| {
+        let (g, pid, tid) = ids.get();
+        if g == generation {
+            return (pid, tid);
+        }
+        static REGISTER: std::sync::Once = std::sync::Once::new();
+        REGISTER.call_once(|| {
+            // SAFETY: registers a handler that only does an atomic add; it stays valid for
+            // the life of the program (a plain function).
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        });
+        // SAFETY: getpid and gettid have no preconditions and cannot fail.
+        let fresh = unsafe { (libc::getpid() as u32, libc::gettid() as u32) };
+        ids.set((
+            FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed),
+            fresh.0,
+            fresh.1,
+        ));
+        fresh
+    })
+}
+
+/// The calling thread's id (unique across the system while the thread lives).
+#[inline]
+pub(crate) fn gettid() -> u32 {
+    current_ids().1
+}
+
+/// The calling process's id, cached.
+#[inline]
+pub(crate) fn getpid_cached() -> u32 {
+    current_ids().0
+}
+
+/// Whether thread (or process) `tid` still runs: it exists and is neither a zombie nor dead.
+/// A thread of a killed process that its parent has not reaped yet counts as dead.
+pub(crate) fn thread_alive(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    // /proc/<tid> resolves any thread id, not only process leaders.
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?");
+            !matches!(state, "Z" | "X" | "x")
+        }
+        // Not found: it is gone. Anything else (no /proc?): assume it lives; never steal.
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
