@@ -6,9 +6,9 @@
 //! multiproc run echo {1}-{2} ::: a b ::: 1 2        # the cartesian product
 //! ```
 //!
-//! The modules: [`input`] reads the arguments, [`template`] makes each job's command,
-//! [`exec`] runs the jobs (one poll loop over all the jobs' pipes and the signals), [`output`]
-//! prints their output, and [`joblog`] logs them.
+//! The modules: `input` reads the arguments, `template` makes each job's command, `exec`
+//! runs the jobs (one poll loop over all the jobs' pipes and the signals), `spawn` starts
+//! them, `output` prints their output, and `joblog` logs them.
 
 mod exec;
 mod input;
@@ -94,7 +94,7 @@ pub struct Run {
     /// Prefix each output line with the job's arguments and a TAB.
     #[arg(long)]
     tag: bool,
-    /// Also store each job's output in DIR/1/<arg>/stdout and stderr (GNU parallel's layout).
+    /// Also store each job's output in DIR/1/ARG/stdout and stderr (GNU parallel's layout).
     #[arg(long, value_name = "DIR")]
     results: Option<PathBuf>,
     /// Log each finished job to FILE in GNU parallel's joblog format.

@@ -43,7 +43,7 @@ const CHUNK_BUFFER_ITEMS: usize = 1 << 16;
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
 /// Tasks are `fn` items or non-capturing closures with a serde argument, as for
-/// [`Process`]. Results come back as values; a task that panics fails with its message and the
+/// [`Process`](crate::Process). Results come back as values; a task that panics fails with its message and the
 /// worker carries on. Beyond CPython, failure never hangs the pool: a worker that dies fails the
 /// task it was running with [`ErrorKind::WorkerLost`](crate::ErrorKind::WorkerLost) and is
 /// replaced; with [`PoolBuilder::task_timeout`] a stuck task fails with

@@ -588,8 +588,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// Marks the oldest item this handle took as failed with `reason`. On a broker it is
     /// given back at once to be delivered again (to any consumer), or sent to the dead-letter
-    /// stream with `reason` if it had its
-    /// [`max_deliveries`](crate::BrokerQueueBuilder::max_deliveries). The other flavors do
+    /// stream with `reason` if it had its `max_deliveries` (a setting of the broker queue's
+    /// builder). The other flavors do
     /// not deliver again: there this is [`task_done`](Self::task_done).
     ///
     /// # Errors
