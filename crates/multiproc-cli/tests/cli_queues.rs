@@ -16,11 +16,7 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        Server::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args([
                 "serve",
                 "--bind",
@@ -30,11 +26,15 @@ impl Server {
                 "--queue",
                 "result",
             ])
-            .args(extra)
             .env("MULTIPROC_AUTHKEY", "abc")
             .stdout(Stdio::piped())
             .spawn()
             .expect("start multiproc serve");
+        Server::from_child(child)
+    }
+
+    /// A started `serve`, once it says where it listens.
+    fn from_child(mut child: Child) -> Server {
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut first)
@@ -289,18 +289,56 @@ fn task_bytes_that_are_not_utf8_pass_through_whole() {
 
 #[test]
 fn serve_ignore_sigint_survives_a_ctrl_c_and_plain_serve_does_not() {
-    use nix::sys::signal::{Signal, kill};
+    use nix::sys::signal::{SigHandler, Signal, kill, signal};
     use nix::unistd::Pid;
-    let mut stubborn = Server::start_with(&["--ignore-sigint"]);
+    use std::os::unix::process::CommandExt;
+    // The servers start with SIGINT at its default, whatever this test inherited (a shell
+    // running us in the background ignores it).
+    let start = |extra: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--queue",
+                "task",
+                "--queue",
+                "result",
+            ])
+            .args(extra)
+            .env("MULTIPROC_AUTHKEY", "abc")
+            .stdout(Stdio::piped());
+        // SAFETY: between fork and exec only `signal`, which is async-signal-safe, runs.
+        unsafe {
+            command.pre_exec(|| {
+                signal(Signal::SIGINT, SigHandler::SigDfl)
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        Server::from_child(command.spawn().expect("start multiproc serve"))
+    };
+    let mut stubborn = start(&["--ignore-sigint"]);
     kill(Pid::from_raw(stubborn.child.id() as i32), Signal::SIGINT).unwrap();
-    // Still serving after the signal: a submit and a collect go through.
+    // Still serving after the signal: a submit and a worker go through.
     stdout(&stubborn.run(&["submit", "7"]));
     let worked = stdout(&stubborn.run(&["worker", "--square", "--idle", "0.2"]));
     assert!(worked.contains("7 * 7 = 49"), "{worked}");
     assert!(stubborn.child.try_wait().unwrap().is_none());
     // Without the flag SIGINT ends it, as it ends any program.
-    let mut plain = Server::start();
+    let mut plain = start(&[]);
     kill(Pid::from_raw(plain.child.id() as i32), Signal::SIGINT).unwrap();
-    let status = plain.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = plain.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGINT did not end plain serve"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(10));
+    };
     assert!(!status.success(), "{status:?}");
 }

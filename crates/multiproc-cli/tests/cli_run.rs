@@ -1206,3 +1206,72 @@ fn large_output_on_both_streams_comes_through_whole() {
     assert!(out.out[2_000_001..].bytes().all(|b| b == b'b'));
     assert_eq!(out.err.len(), 2_000_000);
 }
+
+#[test]
+fn gnu_spellings_of_our_options_match_gnu() {
+    if !have_gnu("gnu_spellings_of_our_options_match_gnu") {
+        return;
+    }
+    let dir = TempDir::new("spellings");
+    std::fs::write(dir.join("in.txt"), "1\n2\n3\n").expect("write");
+    let f = dir.join("in.txt");
+    let f = f.to_str().expect("utf-8 path");
+    // -P / --max-procs (-j), --keeporder (-k), --maxargs (-n), --argfile (-a), --dryrun.
+    same_as_gnu(
+        &["-P", "2", "--keeporder", "echo", ":::", "a", "b", "c"],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "--max-procs",
+            "1",
+            "-k",
+            "--maxargs",
+            "2",
+            "echo",
+            ":::",
+            "a",
+            "b",
+            "c",
+        ],
+        b"",
+    );
+    same_as_gnu(&["-k", "--argfile", f, "echo", "x"], b"");
+    same_as_gnu(&["-k", "--dryrun", "echo", "{}", ":::", "a b", "c"], b"");
+    // -C / --col-sep (--colsep).
+    same_as_gnu(&["-k", "-C", " ", "echo", "{2}-{1}"], b"a b\nc d\n");
+    same_as_gnu(&["-k", "--col-sep", ",", "echo", "{2}"], b"a,b\nc,d\n");
+    // --group (the default) and --linebuffer / --line-buffered (--line-buffer).
+    same_as_gnu(&["-k", "--group", "echo", ":::", "a", "b"], b"");
+    same_as_gnu(&["-k", "--linebuffer", "echo", ":::", "a", "b"], b"");
+    same_as_gnu(&["-k", "--line-buffered", "echo", ":::", "a", "b"], b"");
+    // --halt-on-error (--halt), and an old-style negative --halt as its own word.
+    let fail_then = |halt: &[&str]| {
+        let mut args = vec!["-j1", "-k"];
+        args.extend_from_slice(halt);
+        args.extend(["sh", "-c", "echo {}; exit {}", ":::", "0", "1", "0"]);
+        same_as_gnu(&args, b"");
+    };
+    fail_then(&["--halt-on-error", "2"]);
+    fail_then(&["--halt", "-1"]);
+    fail_then(&["--halt", "1"]);
+    // Abbreviated long options, as GNU accepts any unique prefix.
+    same_as_gnu(&["--keep-o", "--dry", "echo", ":::", "a", "b"], b"");
+    same_as_gnu(&["-k", "--max-a", "2", "echo", ":::", "a", "b", "c"], b"");
+    // --jl (--joblog) and --res / --result (--results) write what the long spellings write.
+    let log = dir.join("log");
+    let out = ours(
+        &["--jl", log.to_str().unwrap(), "true", ":::", "a", "b"],
+        b"",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.err);
+    assert_eq!(joblog_rows(&log).len(), 3, "a header and two jobs");
+    for spelling in ["--res", "--result"] {
+        let res = dir.join(spelling.trim_start_matches('-'));
+        let res_str = res.to_str().unwrap();
+        let out = ours(&[spelling, res_str, "echo", ":::", "a"], b"");
+        assert_eq!(out.code, Some(0), "{spelling}: {}", out.err);
+        let stored = std::fs::read_to_string(res.join("1").join("a").join("stdout"));
+        assert_eq!(stored.expect(spelling), "a\n");
+    }
+}

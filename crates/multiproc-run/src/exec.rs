@@ -119,6 +119,14 @@ impl SignalSource {
         }
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
             .with_context(|| format!("cannot block {signals:?}"))?;
+        for &s in signals {
+            // An ignored signal is discarded before a signalfd can see it, and a shell starts
+            // background commands with SIGINT ignored: take the default disposition, whose
+            // action never runs while the signal is blocked.
+            // SAFETY: the default disposition runs no code of ours.
+            unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) }
+                .with_context(|| format!("cannot reset {s}"))?;
+        }
         let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .with_context(|| format!("cannot create a signalfd for {signals:?}"))?;
         Ok(SignalSource { fd })

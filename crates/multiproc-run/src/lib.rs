@@ -31,25 +31,38 @@ use clap::Args;
 /// `multiproc run`'s options; the rest of the line is the command, then `:::` and `::::`
 /// groups.
 #[derive(Debug, Args)]
-#[command(after_help = "\
+#[command(
+    infer_long_args = true,
+    after_help = "\
+Long options may be shortened to any unique prefix, as GNU parallel allows (--keep for
+--keep-order).
+
 Replacement strings: {} {.} {/} {//} {/.} {#} {%} and {N} {N.} {N/} {N//} {N/.} {-N}.
 Without any, ' {}' is appended. Values are shell-quoted as GNU parallel quotes them.
 
 Exit status: 0 if every job succeeded, else the number of failed jobs (101 for more than
 100), or as --halt says; 255 for an error of multiproc itself (bad option, unreadable file);
-128+N when stopped by signal N (a second Ctrl-C, SIGTERM).")]
+128+N when stopped by signal N (a second Ctrl-C, SIGTERM)."
+)]
 pub struct Run {
     /// How many jobs run at once: N, N% of the CPUs, +N or -N CPUs; 0 means as many as
     /// possible. Default: one per CPU.
     #[arg(
         short = 'j',
         long = "jobs",
+        visible_short_alias = 'P',
+        visible_alias = "max-procs",
         value_name = "N",
         allow_negative_numbers = true
     )]
     jobs: Option<String>,
     /// Read arguments from FILE (`-` is stdin); several make a cartesian product.
-    #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
+    #[arg(
+        short = 'a',
+        long = "arg-file",
+        visible_alias = "argfile",
+        value_name = "FILE"
+    )]
     arg_file: Vec<PathBuf>,
     /// Input records end with NUL instead of newline.
     #[arg(short = '0', long = "null")]
@@ -58,11 +71,16 @@ pub struct Run {
     #[arg(short = 'd', long = "delimiter", value_name = "DELIM")]
     delimiter: Option<String>,
     /// Take N records per job.
-    #[arg(short = 'n', long = "max-args", value_name = "N")]
+    #[arg(
+        short = 'n',
+        long = "max-args",
+        visible_alias = "maxargs",
+        value_name = "N"
+    )]
     max_args: Option<usize>,
     /// Split each record into columns {1} {2}... at REGEX (a literal string if it is not a
     /// valid regular expression).
-    #[arg(long, value_name = "REGEX")]
+    #[arg(short = 'C', long, visible_alias = "col-sep", value_name = "REGEX")]
     colsep: Option<String>,
     /// Run the command directly, not through a shell (`sh -c`); values are not quoted then.
     #[arg(long)]
@@ -80,25 +98,37 @@ pub struct Run {
     /// When to stop early: never (default), now|soon,fail=N, now|soon,fail=P%,
     /// now|soon,success=N (or %), now|soon,done=N (or %). `now` kills the running jobs, `soon`
     /// lets them finish.
-    #[arg(long, value_name = "WHEN,WHY")]
+    #[arg(
+        long,
+        visible_alias = "halt-on-error",
+        value_name = "WHEN,WHY",
+        allow_hyphen_values = true
+    )]
     halt: Option<String>,
     /// Wait DURATION between job starts.
     #[arg(long, value_name = "DURATION")]
     delay: Option<String>,
     /// Print whole lines of output as they come, instead of each job's output when it ends.
-    #[arg(long = "line-buffer", visible_alias = "lb")]
+    #[arg(
+        long = "line-buffer",
+        visible_aliases = ["lb", "linebuffer", "line-buffered"],
+        overrides_with = "group"
+    )]
     line_buffer: bool,
+    /// Print each job's output when it ends, all of it at once (the default).
+    #[arg(long, overrides_with = "line_buffer")]
+    group: bool,
     /// Print the output in input order.
-    #[arg(short = 'k', long = "keep-order")]
+    #[arg(short = 'k', long = "keep-order", visible_alias = "keeporder")]
     keep_order: bool,
     /// Prefix each output line with the job's arguments and a TAB.
     #[arg(long)]
     tag: bool,
     /// Also store each job's output in DIR/1/ARG/stdout and stderr (GNU parallel's layout).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, visible_aliases = ["res", "result"], value_name = "DIR")]
     results: Option<PathBuf>,
     /// Log each finished job to FILE in GNU parallel's joblog format.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, visible_alias = "jl", value_name = "FILE")]
     joblog: Option<PathBuf>,
     /// Skip the jobs the joblog has (run the rest).
     #[arg(long)]
@@ -107,7 +137,7 @@ pub struct Run {
     #[arg(long, conflicts_with = "resume")]
     resume_failed: bool,
     /// Print the commands instead of running them.
-    #[arg(long)]
+    #[arg(long, visible_alias = "dryrun")]
     dry_run: bool,
     /// Show a progress bar with an ETA on stderr (when it is a terminal).
     #[arg(long)]
@@ -503,7 +533,8 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         halt: a.halt.as_deref().map_or(Ok(Halt::NEVER), parse_halt)?,
         output: output::Options {
             keep_order: a.keep_order,
-            line_buffer: a.line_buffer,
+            // Whichever of --line-buffer and --group came last is set.
+            line_buffer: a.line_buffer && !a.group,
             tag: a.tag,
             results: a.results,
         },
