@@ -1010,7 +1010,6 @@ fn bad_options_exit_255_with_a_message() {
         &["--timeout", "0", "true"],
         &["--delay", "-1", "true"],
         &["--halt", "sometimes", "true"],
-        &["-n", "0", "true"],
         &["-0", "-d", ",", "true"],
         &["--colsep", "", "true"],
         &["--no-such-option", "true"],
@@ -1274,4 +1273,23 @@ fn gnu_spellings_of_our_options_match_gnu() {
         let stored = std::fs::read_to_string(res.join("1").join("a").join("stdout"));
         assert_eq!(stored.expect(spelling), "a\n");
     }
+}
+
+#[test]
+fn verbose_and_the_counts_match_gnu() {
+    if !have_gnu("verbose_and_the_counts_match_gnu") {
+        return;
+    }
+    same_as_gnu(&["-k", "-v", "echo", ":::", "a", "b c"], b"");
+    same_as_gnu(&["-k", "-v", "--tag", "echo", ":::", "a", "b"], b"");
+    same_as_gnu(&["-k", "-v", "--dry-run", "echo", ":::", "a"], b"");
+    // -n0: a job per input, run without it.
+    same_as_gnu(&["-k", "-n0", "echo", "x", ":::", "1", "2"], b"");
+    same_as_gnu(&["-k", "-n", "0", "echo", "x"], b"1\n2\n3\n");
+    same_as_gnu(&["--number-of-cores"], b"");
+    same_as_gnu(&["--number-of-threads"], b"");
+    same_as_gnu(&["--number-of-cpus"], b"");
+    let version = ours(&["--version"], b"");
+    assert_eq!(version.code, Some(0));
+    assert!(version.out.starts_with("multiproc run "), "{}", version.out);
 }

@@ -267,6 +267,7 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         retries: cfg.retries,
         retry_delay: cfg.retry_delay,
         delay: cfg.delay,
+        verbose: cfg.verbose,
         halt: cfg.halt,
         output,
         joblog,
@@ -411,6 +412,8 @@ struct Runner {
     retries: u64,
     /// `--retry-delay`.
     retry_delay: Duration,
+    /// `-v`.
+    verbose: bool,
     /// `--delay`.
     delay: Duration,
     /// `--halt`.
@@ -532,6 +535,11 @@ impl Runner {
                 }
             };
             self.output.start(job.seq, &job.args);
+            if self.verbose {
+                let mut line = self.shown(&job, slot);
+                line.push(b'\n');
+                self.output.data(job.seq, Stream::Out, &line);
+            }
             match self.spawn(&job, slot) {
                 Ok(spawned) => {
                     let started = Instant::now();

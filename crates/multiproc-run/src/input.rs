@@ -235,7 +235,7 @@ pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Fee
         batch: Vec::with_capacity(BATCH),
         group: Vec::new(),
         in_group: 0,
-        per_job: spec.per_job.max(1),
+        per_job: spec.per_job,
         seq: 0,
     };
     std::thread::Builder::new()
@@ -257,7 +257,7 @@ struct Maker {
     group: Vec<Vec<u8>>,
     /// How many records `group` holds.
     in_group: usize,
-    /// Records per job.
+    /// Records per job; 0 for one record per job whose values are left out (`-n0`).
     per_job: usize,
     /// The last sequence number given.
     seq: u64,
@@ -322,9 +322,11 @@ impl Maker {
 
     /// Adds one record; returns `false` when the runner has gone.
     fn add(&mut self, record: Vec<Vec<u8>>) -> bool {
-        self.group.extend(record);
+        if self.per_job > 0 {
+            self.group.extend(record);
+        }
         self.in_group += 1;
-        if self.in_group == self.per_job {
+        if self.in_group >= self.per_job {
             self.end_group();
         }
         self.batch.len() < BATCH || self.flush()

@@ -70,7 +70,7 @@ pub struct Run {
     /// Input records end with DELIM (C escapes like \n, \t, \0, \x41 understood).
     #[arg(short = 'd', long = "delimiter", value_name = "DELIM")]
     delimiter: Option<String>,
-    /// Take N records per job.
+    /// Take N records per job (0: one record per job, and its values are left out).
     #[arg(
         short = 'n',
         long = "max-args",
@@ -139,6 +139,19 @@ pub struct Run {
     /// Print the commands instead of running them.
     #[arg(long, visible_alias = "dryrun")]
     dry_run: bool,
+    /// Print each job's command line before its output (as part of it: grouped, tagged and
+    /// kept in order with it).
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// Print the number of CPU cores (physical ones, as GNU parallel counts) and exit.
+    #[arg(long)]
+    number_of_cores: bool,
+    /// Print the number of CPU threads (logical CPUs) and exit.
+    #[arg(long, visible_alias = "number-of-cpus")]
+    number_of_threads: bool,
+    /// Print the version and exit.
+    #[arg(long)]
+    version: bool,
     /// Show a progress bar with an ETA on stderr (when it is a terminal).
     #[arg(long)]
     bar: bool,
@@ -414,6 +427,10 @@ fn on_path(name: &str) -> Option<OsString> {
 
 /// Runs `multiproc run`; returns its exit status (255 after printing any error).
 pub fn main(args: Run) -> ExitCode {
+    if let Some(text) = information(&args) {
+        println!("{text}");
+        return ExitCode::SUCCESS;
+    }
     match configure(args).and_then(exec::run) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -421,6 +438,44 @@ pub fn main(args: Run) -> ExitCode {
             ExitCode::from(255)
         }
     }
+}
+
+/// What `--version`, `--number-of-cores` and `--number-of-threads` print instead of running.
+fn information(args: &Run) -> Option<String> {
+    if args.version {
+        return Some(format!(
+            "multiproc run {} (GNU parallel's options)",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    let threads = || std::thread::available_parallelism().map_or(1, usize::from);
+    if args.number_of_cores {
+        let cores = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .map(|info| physical_cores(&info))
+            .filter(|&n| n > 0)
+            .unwrap_or_else(threads);
+        return Some(cores.to_string());
+    }
+    args.number_of_threads.then(|| threads().to_string())
+}
+
+/// The physical cores `/proc/cpuinfo` lists: its distinct (`physical id`, `core id`) pairs
+/// (0 when it does not say).
+fn physical_cores(cpuinfo: &str) -> usize {
+    let mut cores = std::collections::HashSet::new();
+    for block in cpuinfo.split("\n\n") {
+        let field = |name: &str| {
+            block.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
+        };
+        if let (Some(package), Some(core)) = (field("physical id"), field("core id")) {
+            cores.insert((package, core));
+        }
+    }
+    cores.len()
 }
 
 /// Everything a run needs, checked.
@@ -451,6 +506,8 @@ pub(crate) struct Config {
     pub(crate) resume: joblog::Resume,
     /// `--dry-run`.
     pub(crate) dry_run: bool,
+    /// `-v`: each job's command line before its output.
+    pub(crate) verbose: bool,
     /// `--bar`.
     pub(crate) bar: bool,
 }
@@ -492,11 +549,8 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         (None, false) => vec![b'\n'],
     };
     let colsep = a.colsep.as_deref().map(input::colsep).transpose()?;
-    let per_job = match a.max_args {
-        Some(0) => bail!("-n must be at least 1"),
-        Some(n) => n,
-        None => 1,
-    };
+    // `-n0`: a job per record, run without its values.
+    let per_job = a.max_args.unwrap_or(1);
     let template = template::Template::parse(&words)?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let jobs = match &a.jobs {
@@ -541,6 +595,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         joblog: a.joblog,
         resume,
         dry_run: a.dry_run,
+        verbose: a.verbose,
         bar: a.bar,
     })
 }
@@ -564,6 +619,19 @@ pub fn describe(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn physical_cores_count_distinct_cores_not_threads() {
+        let block = |cpu: u32, package: u32, core: u32| {
+            format!("processor\t: {cpu}\nphysical id\t: {package}\ncore id\t\t: {core}\n")
+        };
+        // Two packages of two cores with two threads each: eight CPUs, four cores.
+        let info: Vec<String> = (0..8)
+            .map(|cpu| block(cpu, cpu / 4, (cpu / 2) % 2))
+            .collect();
+        assert_eq!(physical_cores(&info.join("\n")), 4);
+        assert_eq!(physical_cores("processor\t: 0\nmodel name\t: x\n"), 0);
+    }
 
     #[test]
     fn each_cause_is_told_once() {
