@@ -1286,6 +1286,19 @@ fn verbose_and_the_counts_match_gnu() {
     // -n0: a job per input, run without it.
     same_as_gnu(&["-k", "-n0", "echo", "x", ":::", "1", "2"], b"");
     same_as_gnu(&["-k", "-n", "0", "echo", "x"], b"1\n2\n3\n");
+    // -d splits ::: arguments too; --colsep trims blanks around fields (GNU's implied
+    // --trim rl); a value in the command's first word is not quoted.
+    same_as_gnu(
+        &["-k", "-d", ",", "echo", "[{}]", ":::", "a,b,", ",c", ""],
+        b"",
+    );
+    same_as_gnu(&["-k", "--colsep", "%+", "echo", "[{2}]"], b"a% c %%b\n");
+    same_as_gnu(
+        &["-k", "--colsep", ",", "echo", "[{1}]", "[{2}]"],
+        b"a , b \n",
+    );
+    same_as_gnu(&["{}", "x"], b"echo a  b\n");
+    same_as_gnu(&["-k", "--dry-run", "{}", "'x y'"], b"echo a\n");
     same_as_gnu(&["--number-of-cores"], b"");
     same_as_gnu(&["--number-of-threads"], b"");
     same_as_gnu(&["--number-of-cpus"], b"");

@@ -192,8 +192,22 @@ fn read_record<R: BufRead>(r: &mut R, delim: &[u8]) -> std::io::Result<Option<Ve
 fn columns(rec: Vec<u8>, colsep: Option<&Regex>) -> Vec<Vec<u8>> {
     match colsep {
         None => vec![rec],
-        Some(re) => re.split(&rec).map(<[u8]>::to_vec).collect(),
+        // `--colsep` implies GNU parallel's `--trim rl`: blanks around each field go.
+        Some(re) => re.split(&rec).map(|f| f.trim_ascii().to_vec()).collect(),
     }
+}
+
+/// `bytes` split at each `delim` (a `:::` argument under `-d`): every delimiter separates
+/// two pieces, a trailing one included, as GNU parallel splits them.
+pub(crate) fn split_on(bytes: &[u8], delim: &[u8]) -> Vec<Vec<u8>> {
+    let mut pieces = Vec::new();
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(delim.len()).position(|w| w == delim) {
+        pieces.push(rest[..at].to_vec());
+        rest = &rest[at + delim.len()..];
+    }
+    pieces.push(rest.to_vec());
+    pieces
 }
 
 /// Opens every source (so a missing file is an error before anything runs), reads all but the

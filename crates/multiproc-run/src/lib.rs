@@ -514,6 +514,12 @@ pub(crate) struct Config {
 
 /// Checks the options and splits the command from its `:::` / `::::` groups.
 fn configure(a: Run) -> anyhow::Result<Config> {
+    let delimiter = match (&a.delimiter, a.null) {
+        (Some(_), true) => bail!("-0 and -d cannot be used together"),
+        (Some(d), false) => input::parse_delimiter(d)?,
+        (None, true) => vec![0],
+        (None, false) => vec![b'\n'],
+    };
     let mut words: Vec<Vec<u8>> = Vec::new();
     let mut groups: Vec<input::Source> = a.arg_file.into_iter().map(input::Source::File).collect();
     let mut mode: Option<bool> = None; // Some(true) in `:::`, Some(false) in `::::`
@@ -533,7 +539,11 @@ fn configure(a: Run) -> anyhow::Result<Config> {
                 None => words.push(w),
                 Some(true) => {
                     if let Some(input::Source::Args(v)) = groups.last_mut() {
-                        v.push(w);
+                        // `-d` splits `:::` arguments too, as GNU parallel does.
+                        match a.delimiter {
+                            Some(_) => v.extend(input::split_on(&w, &delimiter)),
+                            None => v.push(w),
+                        }
                     }
                 }
                 Some(false) => {
@@ -542,12 +552,6 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             },
         }
     }
-    let delimiter = match (&a.delimiter, a.null) {
-        (Some(_), true) => bail!("-0 and -d cannot be used together"),
-        (Some(d), false) => input::parse_delimiter(d)?,
-        (None, true) => vec![0],
-        (None, false) => vec![b'\n'],
-    };
     let colsep = a.colsep.as_deref().map(input::colsep).transpose()?;
     // `-n0`: a job per record, run without its values.
     let per_job = a.max_args.unwrap_or(1);

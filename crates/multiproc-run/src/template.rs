@@ -251,7 +251,7 @@ impl Template {
     }
 
     /// The shell command line of a job: the words joined by spaces, each replaced value
-    /// shell-quoted as GNU parallel quotes it. Without a command, the arguments themselves,
+    /// shell-quoted as GNU parallel quotes it, but in the first word. Without a command, the arguments themselves,
     /// unquoted.
     pub(crate) fn shell_line(&self, ctx: &Ctx<'_>, out: &mut Vec<u8>) {
         if self.words.is_empty() {
@@ -272,7 +272,14 @@ impl Template {
                             if j > 0 {
                                 out.push(b' ');
                             }
-                            quote_into(&kind.apply(a), out);
+                            // In the command's first word a value goes in as it is, so that
+                            // the input can name the command (`echo 'ls -l' | parallel {}`),
+                            // as GNU parallel does.
+                            if i == 0 {
+                                out.extend_from_slice(&kind.apply(a));
+                            } else {
+                                quote_into(&kind.apply(a), out);
+                            }
                         }
                     }
                 }
