@@ -1306,3 +1306,37 @@ fn verbose_and_the_counts_match_gnu() {
     assert_eq!(version.code, Some(0));
     assert!(version.out.starts_with("multiproc run "), "{}", version.out);
 }
+
+#[test]
+fn joblog_on_stdout_matches_gnu() {
+    if !have_gnu("joblog_on_stdout_matches_gnu") {
+        return;
+    }
+    // The times differ from run to run: compare every other column, line by line.
+    let stable = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                match f.len() {
+                    9 => [f[0], f[1], f[4], f[6], f[7], f[8]].join("\t"),
+                    _ => l.to_string(),
+                }
+            })
+            .collect()
+    };
+    let args = [
+        "-j1",
+        "--joblog",
+        "-",
+        "sh",
+        "-c",
+        "echo {}; exit {}",
+        ":::",
+        "0",
+        "1",
+    ];
+    let theirs = gnu_in(None, &args, b"");
+    let mine = ours(&args, b"");
+    assert_eq!(stable(&mine.out), stable(&theirs.out), "{}", mine.err);
+    assert_eq!(mine.code, theirs.code);
+}

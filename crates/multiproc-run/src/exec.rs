@@ -864,6 +864,12 @@ impl Runner {
         } else {
             Vec::new()
         };
+        // A joblog on stdout follows the job's output there, as GNU parallel's does.
+        let log_on_stdout = self.joblog.as_ref().is_some_and(Joblog::to_stdout);
+        if log_on_stdout {
+            self.output.finish(job.seq)?;
+            self.output.flush();
+        }
         if let Some(log) = &mut self.joblog {
             let start = start_wall
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -879,7 +885,9 @@ impl Runner {
             })
             .context("writing the joblog")?;
         }
-        self.output.finish(job.seq)?;
+        if !log_on_stdout {
+            self.output.finish(job.seq)?;
+        }
         self.completed += 1;
         if failed {
             self.failed += 1;

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -51,6 +52,8 @@ pub(crate) struct Entry<'a> {
 pub(crate) struct Joblog {
     /// The file, appended to one line at a time.
     file: File,
+    /// `--joblog -`: the file is (a duplicate of) our stdout.
+    to_stdout: bool,
 }
 
 impl Joblog {
@@ -58,6 +61,21 @@ impl Joblog {
     /// to skip; the new lines are then appended (after a header if the file had none).
     pub(crate) fn open(path: &Path, resume: Resume) -> anyhow::Result<(Joblog, HashSet<u64>)> {
         let mut skip = HashSet::new();
+        if path == Path::new("-") {
+            // Standard output, as GNU parallel: nothing to resume from.
+            let mut file = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .context("cannot duplicate stdout for the joblog")?;
+            file.write_all(HEADER.as_bytes())
+                .context("writing the joblog to stdout")?;
+            let log = Joblog {
+                file,
+                to_stdout: true,
+            };
+            return Ok((log, skip));
+        }
         let mut has_header = false;
         if resume != Resume::No {
             match File::open(path) {
@@ -81,7 +99,16 @@ impl Joblog {
             file.write_all(HEADER.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
-        Ok((Joblog { file }, skip))
+        let log = Joblog {
+            file,
+            to_stdout: false,
+        };
+        Ok((log, skip))
+    }
+
+    /// Whether the log goes to stdout (`--joblog -`), among the jobs' output.
+    pub(crate) fn to_stdout(&self) -> bool {
+        self.to_stdout
     }
 
     /// Appends one line (one write, so that a crash leaves no half line).

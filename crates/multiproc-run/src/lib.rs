@@ -127,7 +127,8 @@ pub struct Run {
     /// Also store each job's output in DIR/1/ARG/stdout and stderr (GNU parallel's layout).
     #[arg(long, visible_aliases = ["res", "result"], value_name = "DIR")]
     results: Option<PathBuf>,
-    /// Log each finished job to FILE in GNU parallel's joblog format.
+    /// Log each finished job to FILE in GNU parallel's joblog format (`-`: standard output,
+    /// after each job's output).
     #[arg(long, visible_alias = "jl", value_name = "FILE")]
     joblog: Option<PathBuf>,
     /// Skip the jobs the joblog has (run the rest).
