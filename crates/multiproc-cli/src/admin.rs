@@ -139,10 +139,16 @@ fn printable(text: &str, max: usize) -> String {
 }
 
 fn redis_only<'a>(broker: &'a BrokerArg, command: &str) -> anyhow::Result<&'a str> {
+    if !broker.given() {
+        anyhow::bail!(
+            "`{command}` needs a Redis broker: give it with -b redis://HOST:PORT/DB or in \
+             MULTIPROC_BROKER"
+        );
+    }
     broker.redis().with_context(|| {
         format!(
             "`{command}` needs a Redis broker (-b redis://…), not the manager at {}",
-            broker.broker
+            broker.address()
         )
     })
 }

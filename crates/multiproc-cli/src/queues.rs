@@ -45,21 +45,34 @@ impl Auth {
 #[derive(Debug, Args)]
 pub(crate) struct BrokerArg {
     /// A manager server (HOST:PORT; authkey from MULTIPROC_AUTHKEY or --authkey-file) or a
-    /// Redis broker (redis://HOST:PORT/DB, rediss://… for TLS, redis+unix:///PATH).
+    /// Redis broker (redis://HOST:PORT/DB, rediss://… for TLS, redis+unix:///PATH). Default:
+    /// the manager at 127.0.0.1:5000.
     #[arg(
         short = 'b',
         long = "broker",
         visible_alias = "connect",
-        env = "MULTIPROC_BROKER",
-        default_value = "127.0.0.1:5000"
+        env = "MULTIPROC_BROKER"
     )]
-    pub(crate) broker: String,
+    broker: Option<String>,
 }
 
+/// Where the queue commands look without `-b` or `MULTIPROC_BROKER`.
+const DEFAULT_BROKER: &str = "127.0.0.1:5000";
+
 impl BrokerArg {
+    /// The broker given, or the default manager's address.
+    pub(crate) fn address(&self) -> &str {
+        self.broker.as_deref().unwrap_or(DEFAULT_BROKER)
+    }
+
+    /// Whether a broker was given (`-b` or `MULTIPROC_BROKER`).
+    pub(crate) fn given(&self) -> bool {
+        self.broker.is_some()
+    }
+
     /// The Redis URL, if the broker is one.
     pub(crate) fn redis(&self) -> Option<&str> {
-        let b = self.broker.as_str();
+        let b = self.address();
         ["redis://", "rediss://", "redis+unix://"]
             .iter()
             .any(|scheme| b.starts_with(scheme))
@@ -71,7 +84,7 @@ impl BrokerArg {
         if let Some(url) = self.redis() {
             return Ok(Backend::Redis(url));
         }
-        let manager = ManagerClient::connect(&address(&self.broker)?, &auth.key()?)?;
+        let manager = ManagerClient::connect(&address(self.address())?, &auth.key()?)?;
         Ok(Backend::Manager(manager))
     }
 }
@@ -329,8 +342,19 @@ fn work<W: Wire>(
         results.flush()?;
         tasks.task_done()?;
     }
-    println!("worker: {done} tasks done, {failed} failed, none left");
+    println!(
+        "worker: {} done, {failed} failed, none left",
+        tasks_word(done)
+    );
+    if failed > 0 {
+        bail!("{} failed", tasks_word(failed));
+    }
     Ok(())
+}
+
+/// `1 task`, `2 tasks`.
+fn tasks_word(n: u64) -> String {
+    format!("{n} task{}", if n == 1 { "" } else { "s" })
 }
 
 /// What travels in a backend's queues.
@@ -420,21 +444,54 @@ pub(crate) struct Submit {
     /// The queue to put into.
     #[arg(long, default_value = "task")]
     pub(crate) queue: String,
-    /// The tasks (integers travel as Python ints, anything else as str).
-    #[arg(required = true)]
+    /// The tasks (integers travel as Python ints, anything else as str). None, or `-`: read
+    /// them from standard input, one a line.
     pub(crate) items: Vec<String>,
+    /// With tasks from standard input: they end with NUL instead of newline.
+    #[arg(short = '0', long = "null")]
+    pub(crate) null: bool,
     #[command(flatten)]
     pub(crate) auth: Auth,
 }
 
 pub(crate) fn submit(args: Submit) -> anyhow::Result<()> {
+    let items = match args.items.as_slice() {
+        [] => stdin_tasks(args.null)?,
+        [dash] if dash == "-" => stdin_tasks(args.null)?,
+        _ => args.items.clone(),
+    };
     match args.broker.backend(&args.auth)? {
         Backend::Manager(m) => {
-            put_tasks::<Pickled>(&*m.queue::<Item>(&typeid(&args.queue))?, &args.items)
+            put_tasks::<Pickled>(&*m.queue::<Item>(&typeid(&args.queue))?, &items)
         }
-        Backend::Redis(url) => put_tasks::<Json>(&Queue::connect(url, &args.queue)?, &args.items),
+        Backend::Redis(url) => put_tasks::<Json>(&Queue::connect(url, &args.queue)?, &items),
     }
 }
+
+/// The tasks on standard input, one a line (or NUL-terminated); at most [`MAX_TASK_BYTES`]
+/// each, as a task on the command line could be.
+fn stdin_tasks(null: bool) -> anyhow::Result<Vec<String>> {
+    use std::io::BufRead;
+    let delim = if null { b'\0' } else { b'\n' };
+    let mut tasks = Vec::new();
+    for (i, record) in std::io::stdin().lock().split(delim).enumerate() {
+        let record = record.context("reading tasks from standard input")?;
+        if record.len() > MAX_TASK_BYTES {
+            bail!(
+                "task {} on standard input is {} bytes, over the limit of {MAX_TASK_BYTES}",
+                i + 1,
+                record.len()
+            );
+        }
+        let text = String::from_utf8(record)
+            .with_context(|| format!("task {} on standard input is not UTF-8", i + 1))?;
+        tasks.push(text);
+    }
+    Ok(tasks)
+}
+
+/// The largest task `submit` reads from standard input.
+const MAX_TASK_BYTES: usize = 1 << 20;
 
 fn put_tasks<W: Wire>(queue: &Queue<W::Task>, items: &[String]) -> anyhow::Result<()> {
     // Ids unique across submissions: a random batch number, then the position.
@@ -444,7 +501,7 @@ fn put_tasks<W: Wire>(queue: &Queue<W::Task>, items: &[String]) -> anyhow::Resul
     }
     // On a broker puts go without waiting for its replies: this says every task is stored.
     queue.flush()?;
-    println!("submitted {} tasks", items.len());
+    println!("submitted {}", tasks_word(items.len() as u64));
     Ok(())
 }
 

@@ -183,9 +183,13 @@ fn failing_tasks_end_in_the_dead_letters_and_can_be_requeued() {
     let worker = |cmd: &[&str]| {
         let mut args = vec!["worker", "--idle", "0.5", "--max-deliveries", "2", "--"];
         args.extend(cmd);
-        lines(&multiproc(&redis, &args))
+        multiproc(&redis, &args)
     };
-    worker(&["sh", "-c", "echo no way >&2; exit 3"]);
+    // A worker whose tasks failed says how many and exits non-zero: two tasks, two tries each.
+    let failing = worker(&["sh", "-c", "echo no way >&2; exit 3"]);
+    assert!(!failing.status.success());
+    let err = String::from_utf8_lossy(&failing.stderr);
+    assert!(err.contains("multiproc: 4 tasks failed"), "{err}");
     let dead = lines(&multiproc(&redis, &["dead", "ls", "task"]));
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert!(
@@ -204,7 +208,7 @@ fn failing_tasks_end_in_the_dead_letters_and_can_be_requeued() {
         lines(&multiproc(&redis, &["dead", "requeue", "task"])),
         BTreeSet::from(["requeued 2".to_string()])
     );
-    worker(&["echo", "fixed-{}"]);
+    lines(&worker(&["echo", "fixed-{}"]));
     let got = lines(&multiproc(&redis, &["collect", "--count", "2"]));
     assert_eq!(got, BTreeSet::from(["fixed-x".into(), "fixed-y".into()]));
     assert_eq!(
@@ -402,8 +406,9 @@ fn dead_ls_cuts_a_long_task_unless_asked_for_all_of_it() {
         ],
     );
     // The worker's log names the failed task in a line and keeps the end of its error (4 KiB
-    // at most), not 100 kB twice over.
-    assert!(out.status.success());
+    // at most), not 100 kB twice over; it ends non-zero, saying a task failed.
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 task failed"));
     assert!(
         out.stderr.len() < 5_000,
         "{} bytes of log",

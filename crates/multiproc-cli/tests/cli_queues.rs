@@ -342,3 +342,51 @@ fn serve_ignore_sigint_survives_a_ctrl_c_and_plain_serve_does_not() {
     };
     assert!(!status.success(), "{status:?}");
 }
+
+#[test]
+fn submit_reads_standard_input_and_a_worker_with_failures_exits_non_zero() {
+    use std::io::Write;
+    let server = Server::start();
+    assert_eq!(stdout(&server.run(&["submit", "9"])), "submitted 1 task\n");
+    let mut submit = Command::new(BIN)
+        .args(["submit", "--connect", &server.address, "-"])
+        .env("MULTIPROC_AUTHKEY", "abc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    submit
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"two words\n3\n")
+        .unwrap();
+    let out = submit.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "submitted 2 tasks\n");
+    // --square fails on the text task: its error is its result, and the worker says so.
+    let out = server.run(&["worker", "--square", "--idle", "0.5"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("worker: 2 tasks done, 1 failed"), "{said}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("multiproc: 1 task failed"), "{err}");
+    let collected = stdout(&server.run(&["collect", "--count", "3", "--timeout", "5"]));
+    assert_eq!(
+        collected,
+        "9 * 9 = 81\nerror: --square needs integer tasks, got two words\n3 * 3 = 9\n"
+    );
+}
+
+#[test]
+fn status_and_dead_without_a_broker_say_how_to_give_one() {
+    for args in [&["status"][..], &["dead", "ls"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("MULTIPROC_BROKER")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("-b redis://") && err.contains("MULTIPROC_BROKER"), "{err}");
+    }
+}
