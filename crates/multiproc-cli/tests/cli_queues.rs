@@ -387,6 +387,9 @@ fn status_and_dead_without_a_broker_say_how_to_give_one() {
             .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("-b redis://") && err.contains("MULTIPROC_BROKER"), "{err}");
+        assert!(
+            err.contains("-b redis://") && err.contains("MULTIPROC_BROKER"),
+            "{err}"
+        );
     }
 }

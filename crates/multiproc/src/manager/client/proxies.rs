@@ -373,6 +373,49 @@ impl ManagerClient {
     }
 }
 
+/// The four forms of `acquire` on a proxy whose server object takes CPython's
+/// `acquire(blocking, timeout)`: `$what` is what it takes.
+macro_rules! acquire_forms {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            #[doc = concat!("Takes ", $what, ", waiting as long as it takes.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn acquire(&self) -> Result<()> {
+                self.proxy
+                    .call_as::<bool>("acquire", acquire_args(true, None))
+                    .map(drop)
+            }
+
+            #[doc = concat!("Takes ", $what, " if it is free now (`acquire(False)`); whether it did.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn try_acquire(&self) -> Result<bool> {
+                self.proxy.call_as("acquire", acquire_args(false, None))
+            }
+
+            #[doc = concat!("Takes ", $what, ", waiting up to `timeout`; whether it did.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+                self.proxy
+                    .call_as("acquire", acquire_args(true, Some(timeout)))
+            }
+
+            #[doc = concat!("Takes ", $what, ", waiting until `deadline`; whether it did.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
+                self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        }
+    };
+}
+
 proxy_type! {
     /// A namespace living in a manager server (CPython's `NamespaceProxy`): attributes got and
     /// set by name, any serde value that maps onto Python's data model.
@@ -431,42 +474,9 @@ proxy_type! {
     /// blocks its proxy's connection).
 }
 
+acquire_forms!(SemaphoreProxy, "a slot");
+
 impl SemaphoreProxy {
-    /// Takes a slot, waiting as long as it takes.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire(&self) -> Result<()> {
-        self.proxy
-            .call_as::<bool>("acquire", acquire_args(true, None))
-            .map(drop)
-    }
-
-    /// Takes a slot if one is free now (`acquire(False)`); whether it did.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn try_acquire(&self) -> Result<bool> {
-        self.proxy.call_as("acquire", acquire_args(false, None))
-    }
-
-    /// Takes a slot, waiting up to `timeout`; whether it got one.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        self.proxy
-            .call_as("acquire", acquire_args(true, Some(timeout)))
-    }
-
-    /// Takes a slot, waiting until `deadline`; whether it got one.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
-        self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
-    }
-
     /// Gives a slot back (`release()`).
     ///
     /// # Errors
@@ -486,42 +496,9 @@ proxy_type! {
     /// lock, for another thread.
 }
 
+acquire_forms!(ConditionProxy, "the condition's lock (reentrant)");
+
 impl ConditionProxy {
-    /// Takes the condition's lock, waiting as long as it takes. The lock is reentrant.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire(&self) -> Result<()> {
-        self.proxy
-            .call_as::<bool>("acquire", acquire_args(true, None))
-            .map(drop)
-    }
-
-    /// Takes the condition's lock if it is free now; whether it did.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn try_acquire(&self) -> Result<bool> {
-        self.proxy.call_as("acquire", acquire_args(false, None))
-    }
-
-    /// Takes the condition's lock, waiting up to `timeout`; whether it got it.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        self.proxy
-            .call_as("acquire", acquire_args(true, Some(timeout)))
-    }
-
-    /// Takes the condition's lock, waiting until `deadline`; whether it got it.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
-        self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
-    }
-
     /// Releases the condition's lock.
     ///
     /// # Errors
