@@ -124,7 +124,8 @@ pub struct Run {
     /// Prefix each output line with the job's arguments and a TAB.
     #[arg(long)]
     tag: bool,
-    /// Also store each job's output in DIR/1/ARG/stdout and stderr (GNU parallel's layout).
+    /// Store each job's output in DIR/1/ARG/stdout and stderr (GNU parallel's layout)
+    /// instead of printing it.
     #[arg(long, visible_aliases = ["res", "result"], value_name = "DIR")]
     results: Option<PathBuf>,
     /// Log each finished job to FILE in GNU parallel's joblog format (`-`: standard output,

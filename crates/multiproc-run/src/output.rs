@@ -148,6 +148,9 @@ impl Output {
 
     /// Prints the whole lines of a live job's stream not printed yet.
     fn print_lines(&mut self, seq: u64, stream: Stream) {
+        if self.opts.results.is_some() {
+            return;
+        }
         let Some(job) = self.jobs.get_mut(&seq) else {
             return;
         };
@@ -235,7 +238,8 @@ impl Output {
         let Some(job) = self.jobs.remove(&seq) else {
             return;
         };
-        if self.broken {
+        // With `--results` the output goes to the files only, as GNU parallel's does.
+        if self.broken || self.opts.results.is_some() {
             return;
         }
         let mut res = write_tagged(&mut self.out, &job.tag, &job.out.data[job.out.printed..]);
