@@ -19,11 +19,45 @@ pub(crate) struct Status {
     /// The queues to show.
     #[arg(default_values_t = ["task".to_string(), "result".to_string()])]
     queues: Vec<String>,
+    /// Print JSON instead of a table: an object per queue, with its consumers.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn status(args: Status) -> anyhow::Result<()> {
     let url = redis_only(&args.broker, "status")?;
     let lease = args.lease.map(|s| seconds(s, "--lease")).transpose()?;
+    if args.json {
+        let mut queues = Vec::new();
+        for name in &args.queues {
+            let admin = QueueAdmin::connect(url, name)?;
+            let s = match lease {
+                Some(lease) => admin.status_with_lease(lease)?,
+                None => admin.status()?,
+            };
+            let consumers: Vec<_> = s
+                .consumers
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "name": c.name,
+                        "pending": c.pending,
+                        "idle_seconds": c.idle.as_secs_f64(),
+                        "dead": c.dead,
+                    })
+                })
+                .collect();
+            queues.push(serde_json::json!({
+                "queue": name,
+                "waiting": s.waiting,
+                "pending": s.pending,
+                "dead": s.dead,
+                "consumers": consumers,
+            }));
+        }
+        println!("{}", serde_json::Value::Array(queues));
+        return Ok(());
+    }
     println!(
         "{:<16} {:>8} {:>8} {:>6} {:>10} {:>9} {:>6}",
         "queue", "waiting", "pending", "dead", "consumers", "idle max", "lost"
@@ -74,6 +108,10 @@ enum DeadAction {
         /// Show reasons and tasks whole (still escaped).
         #[arg(long)]
         full: bool,
+        /// Print a JSON array instead, each letter whole: id, original_id, deliveries, reason,
+        /// codec, body.
+        #[arg(long)]
+        json: bool,
     },
     /// Put them back into the queue (those named, or all).
     Requeue {
@@ -92,9 +130,32 @@ enum DeadAction {
 pub(crate) fn dead(args: Dead) -> anyhow::Result<()> {
     let url = redis_only(&args.broker, "dead")?;
     match args.action {
-        DeadAction::Ls { queue, limit, full } => {
+        DeadAction::Ls {
+            queue,
+            limit,
+            full,
+            json,
+        } => {
+            let letters = QueueAdmin::connect(url, &queue)?.dead_letters(limit)?;
+            if json {
+                let letters: Vec<_> = letters
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "id": l.id,
+                            "original_id": l.original_id,
+                            "deliveries": l.deliveries,
+                            "reason": l.reason,
+                            "codec": l.codec,
+                            "body": l.body,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(letters));
+                return Ok(());
+            }
             let max = if full { usize::MAX } else { DEAD_CHARS };
-            for l in QueueAdmin::connect(url, &queue)?.dead_letters(limit)? {
+            for l in letters {
                 println!(
                     "{}\t{}\t{}\t{}",
                     printable(&l.id, max),

@@ -197,6 +197,30 @@ fn failing_tasks_end_in_the_dead_letters_and_can_be_requeued() {
             .all(|l| l.contains("no way") && l.contains("\t2\t")),
         "{dead:?}"
     );
+    // The same as JSON, for scripts.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = multiproc(&redis, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let letters = json(&["dead", "ls", "--json", "task"]);
+    let letters = letters.as_array().expect("an array");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["deliveries"] == 2
+                && l["reason"].as_str().is_some_and(|r| r.contains("no way"))),
+        "{letters:?}"
+    );
+    let status = json(&["status", "--json", "task"]);
+    assert_eq!(status[0]["queue"], "task", "{status}");
+    assert_eq!(status[0]["dead"], 2, "{status}");
+    assert_eq!(status[0]["waiting"], 0, "{status}");
     let status = lines(&multiproc(&redis, &["status", "task"]));
     assert!(
         status
