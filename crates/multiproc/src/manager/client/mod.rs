@@ -45,6 +45,53 @@ macro_rules! proxy_type {
     };
 }
 
+/// The four forms of `acquire` on a proxy whose server object takes CPython's
+/// `acquire(blocking, timeout)`: `$what` is what it takes.
+macro_rules! acquire_forms {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            #[doc = concat!("Takes ", $what, ", waiting as long as it takes.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn acquire(&self) -> Result<()> {
+                self.proxy
+                    .call_as::<bool>("acquire", $crate::manager::client::acquire_args(true, None))
+                    .map(drop)
+            }
+
+            #[doc = concat!("Takes ", $what, " if it is free now (`acquire(False)`); whether it did.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn try_acquire(&self) -> Result<bool> {
+                self.proxy
+                    .call_as("acquire", $crate::manager::client::acquire_args(false, None))
+            }
+
+            #[doc = concat!("Takes ", $what, ", waiting up to `timeout`; whether it did.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn acquire_timeout(&self, timeout: std::time::Duration) -> Result<bool> {
+                self.proxy
+                    .call_as(
+                        "acquire",
+                        $crate::manager::client::acquire_args(true, Some(timeout)),
+                    )
+            }
+
+            #[doc = concat!("Takes ", $what, ", waiting until `deadline`; whether it did.")]
+            ///
+            /// # Errors
+            /// The server's failure.
+            pub fn acquire_deadline(&self, deadline: std::time::Instant) -> Result<bool> {
+                self.acquire_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            }
+        }
+    };
+}
+
 mod proxies;
 
 pub use proxies::{
@@ -83,6 +130,13 @@ use crate::sync::IgnorePoison;
 pub struct ManagerClient {
     address: Address,
     authkey: Vec<u8>,
+}
+
+/// `(blocking,)` or `(blocking, timeout)`, as CPython's `AcquirerProxy.acquire` sends them.
+fn acquire_args(blocking: bool, timeout: Option<Duration>) -> Vec<Value> {
+    let mut args = vec![Value::Bool(blocking)];
+    args.extend(timeout.map(|t| Value::Float(t.as_secs_f64())));
+    args
 }
 
 fn request(ident: Option<&str>, func: &str, args: Vec<Value>, kwds: Vec<(Value, Value)>) -> Value {
@@ -651,45 +705,9 @@ proxy_type! {
     /// waits for a lock this proxy holds, even an `RLock`.
 }
 
+acquire_forms!(LockProxy, "the lock");
+
 impl LockProxy {
-    /// `acquire()`: waits as long as it takes.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire(&self) -> Result<()> {
-        self.call_acquire(true, None).map(drop)
-    }
-
-    /// `acquire(False)`: takes the lock if it is free now; whether it did.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn try_acquire(&self) -> Result<bool> {
-        self.call_acquire(false, None)
-    }
-
-    /// `acquire(True, timeout)`: whether it was acquired within `timeout`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        self.call_acquire(true, Some(timeout))
-    }
-
-    /// Like [`acquire_timeout`](Self::acquire_timeout), until `deadline`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
-        self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
-    }
-
-    fn call_acquire(&self, blocking: bool, timeout: Option<Duration>) -> Result<bool> {
-        let t = timeout.map_or(Value::Int(-1), |t| Value::Float(t.as_secs_f64()));
-        self.proxy
-            .call_as("acquire", vec![Value::Bool(blocking), t])
-    }
-
     /// `release()`.
     ///
     /// # Errors

@@ -25,13 +25,6 @@ fn is_exception(e: &Error, name: &str) -> bool {
             && d[name.len()..].starts_with(':')))
 }
 
-/// `(blocking,)` or `(blocking, timeout)`, as CPython's `AcquirerProxy.acquire` sends them.
-fn acquire_args(blocking: bool, timeout: Option<Duration>) -> Vec<Value> {
-    let mut args = vec![Value::Bool(blocking)];
-    args.extend(timeout.map(seconds));
-    args
-}
-
 /// The positional arguments a serde value stands for: a tuple's items (`()` is none).
 fn positional(what: &str, args: Value) -> Result<Vec<Value>> {
     match args {
@@ -371,49 +364,6 @@ impl ManagerClient {
             typeid: typeid.to_string(),
         })
     }
-}
-
-/// The four forms of `acquire` on a proxy whose server object takes CPython's
-/// `acquire(blocking, timeout)`: `$what` is what it takes.
-macro_rules! acquire_forms {
-    ($name:ident, $what:literal) => {
-        impl $name {
-            #[doc = concat!("Takes ", $what, ", waiting as long as it takes.")]
-            ///
-            /// # Errors
-            /// The server's failure.
-            pub fn acquire(&self) -> Result<()> {
-                self.proxy
-                    .call_as::<bool>("acquire", acquire_args(true, None))
-                    .map(drop)
-            }
-
-            #[doc = concat!("Takes ", $what, " if it is free now (`acquire(False)`); whether it did.")]
-            ///
-            /// # Errors
-            /// The server's failure.
-            pub fn try_acquire(&self) -> Result<bool> {
-                self.proxy.call_as("acquire", acquire_args(false, None))
-            }
-
-            #[doc = concat!("Takes ", $what, ", waiting up to `timeout`; whether it did.")]
-            ///
-            /// # Errors
-            /// The server's failure.
-            pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-                self.proxy
-                    .call_as("acquire", acquire_args(true, Some(timeout)))
-            }
-
-            #[doc = concat!("Takes ", $what, ", waiting until `deadline`; whether it did.")]
-            ///
-            /// # Errors
-            /// The server's failure.
-            pub fn acquire_deadline(&self, deadline: Instant) -> Result<bool> {
-                self.acquire_timeout(deadline.saturating_duration_since(Instant::now()))
-            }
-        }
-    };
 }
 
 proxy_type! {
