@@ -46,22 +46,28 @@ enum Command {
     /// List, requeue or purge a broker queue's dead letters.
     Dead(admin::Dead),
     /// Run a command for each input, several at once, as GNU parallel does.
-    Run(multiproc_run::Run),
+    Run(Box<multiproc_run::Run>),
 }
 
 fn main() -> ExitCode {
     multiproc::init();
-    let cli = match Cli::try_parse() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let is_run = args.get(1).is_some_and(|a| a == "run");
+    if is_run {
+        let rest = args.split_off(2);
+        args.extend(multiproc_run::gnu_words(rest));
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         // `run` exits with 255 on a bad option, as GNU parallel does.
-        Err(e) if e.use_stderr() && std::env::args_os().nth(1).is_some_and(|a| a == "run") => {
+        Err(e) if e.use_stderr() && is_run => {
             let _ = e.print();
             return ExitCode::from(255);
         }
         Err(e) => e.exit(),
     };
     if let Command::Run(args) = cli.command {
-        return multiproc_run::main(args);
+        return multiproc_run::main(*args);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -246,23 +246,14 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         bar
     });
     let output = Output::new(cfg.output.clone(), bar.clone())?;
-    let slots = match cfg.jobs {
-        Some(n) => n,
-        None => {
-            let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map_or(1024, |(soft, _)| soft);
-            // Four descriptors per job: its pipes' two ends.
-            usize::try_from(nofile.saturating_sub(32) / 4)
-                .unwrap_or(usize::MAX)
-                .max(1)
-        }
-    };
+    let slots = slots_for(cfg.jobs);
     let mut r = Runner {
         template: cfg.template,
         shell,
         direct,
         spawner,
         slots,
+        jobs_file: cfg.jobs_file,
         timeout: cfg.timeout,
         retries: cfg.retries,
         retry_delay: cfg.retry_delay,
@@ -317,6 +308,34 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     Ok(r.exit_status())
 }
 
+/// How many jobs can run at once when `-j 0` sets no limit: as many as the descriptors allow.
+fn unlimited_slots() -> usize {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(32, |d| d.count() as u64);
+    // Four descriptors per job (its pipes' two ends), and a few to spare for the joblog,
+    // `--results` and `--files`.
+    usize::try_from(nofile.saturating_sub(open + 8) / 4)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// `-j N` lowered to what the descriptors allow, with GNU parallel's warning.
+fn slots_for(jobs: Option<usize>) -> usize {
+    let most = unlimited_slots();
+    match jobs {
+        Some(n) if n > most => {
+            eprintln!(
+                "multiproc: Warning: Only enough file handles to run {most} jobs in parallel.\n\
+                 multiproc: Warning: or increasing 'ulimit -n' (try: ulimit -n `ulimit -Hn`)"
+            );
+            most
+        }
+        Some(n) => n,
+        None => most,
+    }
+}
+
 /// `--dry-run`: prints each job's command.
 fn dry_run(
     template: &Template,
@@ -331,11 +350,7 @@ fn dry_run(
         match feed {
             Feed::Jobs(jobs) => {
                 for job in jobs {
-                    let ctx = Ctx {
-                        args: &job.args,
-                        seq: job.seq,
-                        slot: ((job.seq - 1) % slots + 1) as usize,
-                    };
+                    let ctx = Ctx::new(&job.args, job.seq, ((job.seq - 1) % slots + 1) as usize);
                     line.clear();
                     command_line(template, no_shell, &ctx, &mut line);
                     line.push(b'\n');
@@ -406,6 +421,8 @@ struct Runner {
     spawner: Spawner,
     /// Jobs at once.
     slots: usize,
+    /// `-j FILE`: read again as each job finishes.
+    jobs_file: Option<PathBuf>,
     /// `--timeout`.
     timeout: Option<Duration>,
     /// Tries per job (0: no limit).
@@ -534,7 +551,7 @@ impl Runner {
                     self.used_slots
                 }
             };
-            self.output.start(job.seq, &job.args);
+            self.output.start(job.seq, slot, &job.args);
             if self.verbose {
                 let mut line = self.shown(&job, slot);
                 line.push(b'\n');
@@ -580,11 +597,7 @@ impl Runner {
 
     /// Spawns a job.
     fn spawn(&self, job: &Job, slot: usize) -> std::io::Result<Spawned> {
-        let ctx = Ctx {
-            args: &job.args,
-            seq: job.seq,
-            slot,
-        };
+        let ctx = Ctx::new(&job.args, job.seq, slot);
         let argv = |ctx: &Ctx<'_>| -> std::io::Result<Vec<CString>> {
             self.template
                 .argv(ctx)
@@ -845,6 +858,13 @@ impl Runner {
         exitval: i32,
         signal: i32,
     ) -> anyhow::Result<()> {
+        if let Some(f) = &self.jobs_file {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            // A file being rewritten may read as nothing: keep the number until it says one.
+            if let Ok(n) = crate::jobs_from_file(f, cpus) {
+                self.slots = n.map_or_else(unlimited_slots, |n| n.min(unlimited_slots()));
+            }
+        }
         let failed = exitval != 0 || signal != 0;
         if failed && !self.stopping && (self.retries == 0 || attempt < self.retries) {
             let factor = 2u32.saturating_pow(u32::try_from(attempt - 1).unwrap_or(u32::MAX));
@@ -902,11 +922,7 @@ impl Runner {
     /// The command line of a job, as shown.
     fn shown(&self, job: &Job, slot: usize) -> Vec<u8> {
         let mut cmd = Vec::new();
-        let ctx = Ctx {
-            args: &job.args,
-            seq: job.seq,
-            slot,
-        };
+        let ctx = Ctx::new(&job.args, job.seq, slot);
         command_line(&self.template, self.shell.is_none(), &ctx, &mut cmd);
         cmd
     }

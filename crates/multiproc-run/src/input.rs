@@ -2,8 +2,9 @@
 //! split into records by a delimiter, into columns by `--colsep`, combined as a cartesian
 //! product when there are several sources, and grouped `-n` records to a job.
 //!
-//! The first source is read lazily by a thread (so `tail -f log | multiproc run ...` starts
-//! jobs as lines come), the others at once, as the product needs all of them. The thread sends
+//! Linked sources (`--link`, `:::+`) go side by side instead of into the product. The first
+//! source is read lazily by a thread (so `tail -f log | multiproc run ...` starts jobs as lines
+//! come), the others at once, as the product needs all of them. The thread sends
 //! batches of jobs over a bounded channel and writes a byte to a socket after each, which the
 //! runner's poll loop watches.
 
@@ -15,6 +16,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Context, bail};
 use regex::bytes::Regex;
+
+use crate::group::{Grouper, Grouping, TooLong};
 
 /// Where records come from.
 #[derive(Debug)]
@@ -30,12 +33,37 @@ pub(crate) enum Source {
 pub(crate) struct Spec {
     /// The sources, in order: the first varies slowest in the product.
     pub(crate) sources: Vec<Source>,
+    /// How the sources combine.
+    pub(crate) links: Links,
     /// What ends a record (`\n`, `\0` with `-0`, or `-d`'s).
     pub(crate) delimiter: Vec<u8>,
     /// What separates columns within a record (`--colsep`).
     pub(crate) colsep: Option<Regex>,
-    /// How many records make a job (`-n`).
-    pub(crate) per_job: usize,
+    /// Which records are read.
+    pub(crate) filter: Filter,
+    /// How records make jobs.
+    pub(crate) grouping: Grouping,
+}
+
+/// How the sources combine: by default each with each (a cartesian product).
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    /// The sources (by index) linked to the one before them (`:::+`, `::::+`): their n-th
+    /// records go together, as far as the shorter goes.
+    pub(crate) to_previous: Vec<usize>,
+    /// `--link`: all of them linked, the shorter ones wrapping around to the longest.
+    pub(crate) all: bool,
+}
+
+/// Which records are read, GNU parallel's `-E`, `-r` and `-L`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Filter {
+    /// `-E`: a record equal to this ends its source.
+    pub(crate) eof: Option<Vec<u8>>,
+    /// `-r`: records of blanks only are left out.
+    pub(crate) skip_blank: bool,
+    /// `-L`: a line ending in a blank goes on on the next line.
+    pub(crate) continued_lines: bool,
 }
 
 /// One job's input.
@@ -59,12 +87,26 @@ pub(crate) enum Feed {
 /// How many jobs a batch holds at most.
 const BATCH: usize = 256;
 
-/// A source of records, read one at a time.
-enum Records {
+/// How many bytes of arguments a batch holds at most: with the channel's four batches, what
+/// the reader holds ahead of the runner stays a few MiB however large the arguments are.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A source of records as stored or read.
+enum Raw {
     /// Records already in memory.
     List(std::vec::IntoIter<Vec<u8>>),
     /// Records read from a file or stdin.
     Reader(BufReader<Box<dyn Read + Send>>),
+}
+
+/// A source of records, read one at a time through the filter.
+struct Records {
+    /// Where they come from.
+    raw: Raw,
+    /// Which are taken.
+    filter: Filter,
+    /// Set at the `-E` record.
+    ended: bool,
 }
 
 /// Opens `path` (`-` for stdin) for reading.
@@ -151,17 +193,47 @@ pub(crate) fn colsep(s: &str) -> anyhow::Result<Regex> {
 impl Records {
     /// The next record (without its delimiter), `None` at the end.
     fn next(&mut self, delim: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-        match self {
-            Records::List(it) => Ok(it.next()),
-            Records::Reader(r) => read_record(r, delim),
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(mut rec) = self.raw.next(delim)? else {
+                return Ok(None);
+            };
+            if self.filter.continued_lines {
+                while rec.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+                    match self.raw.next(delim)? {
+                        Some(more) => rec.extend_from_slice(&more),
+                        None => break,
+                    }
+                }
+            }
+            if self.filter.eof.as_ref() == Some(&rec) {
+                self.ended = true;
+                return Ok(None);
+            }
+            if self.filter.skip_blank && rec.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(rec));
         }
     }
 
     /// Whether reading the next record may block (nothing is buffered).
     fn may_block(&self) -> bool {
+        match &self.raw {
+            Raw::List(_) => false,
+            Raw::Reader(r) => r.buffer().is_empty(),
+        }
+    }
+}
+
+impl Raw {
+    /// The next record as it is.
+    fn next(&mut self, delim: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
         match self {
-            Records::List(_) => false,
-            Records::Reader(r) => r.buffer().is_empty(),
+            Raw::List(it) => Ok(it.next()),
+            Raw::Reader(r) => read_record(r, delim),
         }
     }
 }
@@ -210,24 +282,49 @@ pub(crate) fn split_on(bytes: &[u8], delim: &[u8]) -> Vec<Vec<u8>> {
     pieces
 }
 
+/// The records of a group of linked sources (or of one source), each its columns.
+type Table = Vec<Vec<Vec<u8>>>;
+
+/// What the first group of sources is: read lazily when it is one source, so that jobs start
+/// as its records come (`tail -f log | multiproc run ...`).
+enum First {
+    /// One source, read as the jobs go.
+    Lazy(Records),
+    /// Linked sources, read at once.
+    Read(std::vec::IntoIter<Vec<Vec<u8>>>),
+}
+
 /// Opens every source (so a missing file is an error before anything runs), reads all but the
-/// first, and starts the thread that reads the first and makes jobs. `wake` gets a byte after
-/// each batch sent.
+/// first group, and starts the thread that reads the first and makes jobs. `wake` gets a byte
+/// after each batch sent.
 pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Feed>> {
-    let mut sources = spec.sources.into_iter();
-    let first = match sources.next() {
-        Some(s) => s,
-        None => Source::File(PathBuf::from("-")),
-    };
+    let mut sources = spec.sources;
+    if sources.is_empty() {
+        sources.push(Source::File(PathBuf::from("-")));
+    }
+    // Which sources go together: a new group starts at each source not linked to the one
+    // before.
+    let mut groups: Vec<Vec<Source>> = Vec::new();
+    for (i, s) in sources.into_iter().enumerate() {
+        let linked = i > 0 && (spec.links.all || spec.links.to_previous.contains(&i));
+        match groups.last_mut() {
+            Some(g) if linked => g.push(s),
+            _ => groups.push(vec![s]),
+        }
+    }
+    let filter = spec.filter.clone();
     let to_records = |s: Source| -> anyhow::Result<Records> {
-        Ok(match s {
-            Source::Args(a) => Records::List(a.into_iter()),
-            Source::File(p) => Records::Reader(BufReader::with_capacity(1 << 16, open(&p)?)),
+        let raw = match s {
+            Source::Args(a) => Raw::List(a.into_iter()),
+            Source::File(p) => Raw::Reader(BufReader::with_capacity(1 << 16, open(&p)?)),
+        };
+        Ok(Records {
+            raw,
+            filter: filter.clone(),
+            ended: false,
         })
     };
-    let first = to_records(first)?;
-    let mut rest: Vec<Vec<Vec<Vec<u8>>>> = Vec::new();
-    for s in sources {
+    let read_all = |s: Source| -> anyhow::Result<Table> {
         let name = match &s {
             Source::File(p) => p.display().to_string(),
             Source::Args(_) => ":::".into(),
@@ -240,23 +337,62 @@ pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Fee
         {
             all.push(columns(r, spec.colsep.as_ref()));
         }
-        rest.push(all);
+        Ok(all)
+    };
+    let mut groups = groups.into_iter();
+    let mut first_group = groups.next().unwrap_or_default();
+    let first = if first_group.len() == 1 {
+        First::Lazy(to_records(first_group.remove(0))?)
+    } else {
+        let tables = first_group
+            .into_iter()
+            .map(read_all)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        First::Read(zip(tables, spec.links.all).into_iter())
+    };
+    let mut rest: Vec<Table> = Vec::new();
+    for g in groups {
+        let tables = g
+            .into_iter()
+            .map(read_all)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rest.push(zip(tables, spec.links.all));
     }
     let (tx, rx) = sync_channel(4);
     let maker = Maker {
         tx,
         wake,
         batch: Vec::with_capacity(BATCH),
-        group: Vec::new(),
-        in_group: 0,
-        per_job: spec.per_job,
-        seq: 0,
+        grouper: Grouper::new(spec.grouping),
+        bytes: 0,
     };
+    let (delimiter, colsep) = (spec.delimiter, spec.colsep);
     std::thread::Builder::new()
         .name("run-input".into())
-        .spawn(move || maker.run(first, rest, &spec.delimiter, spec.colsep.as_ref()))
+        .spawn(move || maker.run(first, rest, &delimiter, colsep.as_ref()))
         .context("cannot start the input thread")?;
     Ok(rx)
+}
+
+/// Linked sources' records side by side: the n-th record of each, as far as the shortest
+/// goes, or (`wrap`, `--link`) as far as the longest, the shorter ones starting over.
+fn zip(tables: Vec<Table>, wrap: bool) -> Table {
+    if tables.len() == 1 {
+        return tables.into_iter().next().unwrap_or_default();
+    }
+    let lens = tables.iter().map(Vec::len);
+    let n = if wrap { lens.max() } else { lens.min() }.unwrap_or(0);
+    if tables.iter().any(Vec::is_empty) {
+        return Vec::new();
+    }
+    (0..n)
+        .map(|k| {
+            tables
+                .iter()
+                .flat_map(|t| t[k % t.len()].iter().cloned())
+                .collect()
+        })
+        .collect()
 }
 
 /// The reading thread's state: the jobs being gathered.
@@ -267,50 +403,53 @@ struct Maker {
     wake: UnixStream,
     /// The jobs not sent yet.
     batch: Vec<Job>,
-    /// The arguments of the job being made (with `-n`).
-    group: Vec<Vec<u8>>,
-    /// How many records `group` holds.
-    in_group: usize,
-    /// Records per job; 0 for one record per job whose values are left out (`-n0`).
-    per_job: usize,
-    /// The last sequence number given.
-    seq: u64,
+    /// Makes jobs of records.
+    grouper: Grouper,
+    /// The bytes of arguments read since the last batch was sent.
+    bytes: usize,
 }
 
 impl Maker {
-    /// Reads the first source to its end, making jobs of its product with `rest`.
-    fn run(
-        mut self,
-        mut first: Records,
-        rest: Vec<Vec<Vec<Vec<u8>>>>,
-        delim: &[u8],
-        colsep: Option<&Regex>,
-    ) {
+    /// Reads the first group of sources to its end, making jobs of its product with `rest`.
+    fn run(mut self, mut first: First, rest: Vec<Table>, delim: &[u8], colsep: Option<&Regex>) {
         if rest.iter().any(Vec::is_empty) {
             self.close(None);
             return;
         }
         loop {
-            if first.may_block() && !self.flush() {
-                return;
-            }
-            let rec = match first.next(delim) {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    self.close(Some(format!("reading input: {e}")));
-                    return;
+            let head = match &mut first {
+                First::Lazy(records) => {
+                    if records.may_block() && !self.flush() {
+                        return;
+                    }
+                    match records.next(delim) {
+                        Ok(Some(r)) => columns(r, colsep),
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.grouper.finish(&mut self.batch);
+                            self.close(Some(format!("reading input: {e}")));
+                            return;
+                        }
+                    }
                 }
+                First::Read(records) => match records.next() {
+                    Some(r) => r,
+                    None => break,
+                },
             };
-            let head = columns(rec, colsep);
-            // The product with the other sources, the last varying fastest.
+            // The product with the other groups, the last varying fastest.
             let mut idx = vec![0usize; rest.len()];
             loop {
                 let mut record = head.clone();
                 for (src, &i) in rest.iter().zip(&idx) {
                     record.extend(src[i].iter().cloned());
                 }
-                if !self.add(record) {
+                self.bytes += record.iter().map(Vec::len).sum::<usize>();
+                if let Err(TooLong(e)) = self.grouper.push(record, &mut self.batch) {
+                    self.close(Some(e));
+                    return;
+                }
+                if (self.batch.len() >= BATCH || self.bytes >= BATCH_BYTES) && !self.flush() {
                     return;
                 }
                 // Advance the odometer.
@@ -331,32 +470,8 @@ impl Maker {
                 }
             }
         }
+        self.grouper.finish(&mut self.batch);
         self.close(None);
-    }
-
-    /// Adds one record; returns `false` when the runner has gone.
-    fn add(&mut self, record: Vec<Vec<u8>>) -> bool {
-        if self.per_job > 0 {
-            self.group.extend(record);
-        }
-        self.in_group += 1;
-        if self.in_group >= self.per_job {
-            self.end_group();
-        }
-        self.batch.len() < BATCH || self.flush()
-    }
-
-    /// Makes a job of the gathered records.
-    fn end_group(&mut self) {
-        if self.in_group == 0 {
-            return;
-        }
-        self.seq += 1;
-        self.batch.push(Job {
-            seq: self.seq,
-            args: std::mem::take(&mut self.group),
-        });
-        self.in_group = 0;
     }
 
     /// Sends the batch; returns `false` when the runner has gone.
@@ -365,6 +480,7 @@ impl Maker {
             return true;
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.bytes = 0;
         if self.tx.send(Feed::Jobs(batch)).is_err() {
             return false;
         }
@@ -375,7 +491,6 @@ impl Maker {
 
     /// Sends what is left, then the error if any; dropping the sender ends the feed.
     fn close(mut self, error: Option<String>) {
-        self.end_group();
         if self.flush()
             && let Some(e) = error
             && self.tx.send(Feed::Error(e)).is_ok()

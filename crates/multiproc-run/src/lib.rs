@@ -6,11 +6,13 @@
 //! multiproc run echo {1}-{2} ::: a b ::: 1 2        # the cartesian product
 //! ```
 //!
-//! The modules: `input` reads the arguments, `template` makes each job's command, `exec`
+//! The modules: `input` reads the arguments, `group` makes jobs of them, `template` makes
+//! each job's command, `exec`
 //! runs the jobs (one poll loop over all the jobs' pipes and the signals), `spawn` starts
 //! them, `output` prints their output, and `joblog` logs them.
 
 mod exec;
+mod group;
 mod input;
 mod joblog;
 mod output;
@@ -75,9 +77,79 @@ pub struct Run {
         short = 'n',
         long = "max-args",
         visible_alias = "maxargs",
-        value_name = "N"
+        value_name = "N",
+        conflicts_with = "max_replace_args"
     )]
     max_args: Option<usize>,
+    /// As -n, GNU parallel's spelling for "and {1}..{N} name them" (which -n does too).
+    #[arg(short = 'N', value_name = "N")]
+    max_replace_args: Option<usize>,
+    /// Take N lines per job; a line ending in a blank goes on on the next one (-l alone,
+    /// or -lN, as GNU parallel: -L 1, -L N).
+    #[arg(short = 'L', value_name = "N")]
+    max_lines: Option<usize>,
+    /// As -L (alone: 1).
+    #[arg(
+        long = "max-lines",
+        value_name = "N",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "1",
+        conflicts_with = "max_lines"
+    )]
+    max_lines_long: Option<usize>,
+    /// As many arguments per job as fit on a command line (-s), spread over the job slots
+    /// at the end of the input; `{}` stands for all of them.
+    #[arg(short = 'm', conflicts_with = "context_replace")]
+    multiple: bool,
+    /// As -m, but a word holding `{}` is repeated for each argument (`x{}y` → `xay xby`).
+    #[arg(short = 'X')]
+    context_replace: bool,
+    /// Keep each command line shorter than N bytes (default and most: 64035; GNU parallel
+    /// probes its own).
+    #[arg(short = 's', long = "max-chars", value_name = "N")]
+    max_chars: Option<usize>,
+    /// Stop reading a source at a record equal to EOF.
+    #[arg(short = 'E', value_name = "EOF")]
+    eof: Option<String>,
+    /// As -E (alone: `_`).
+    #[arg(
+        long = "eof",
+        value_name = "EOF",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "_",
+        conflicts_with = "eof"
+    )]
+    eof_long: Option<String>,
+    /// Leave out records that are empty or only blanks.
+    #[arg(short = 'r', long = "no-run-if-empty")]
+    no_run_if_empty: bool,
+    /// Take the sources side by side, not each with each: the n-th records together, the
+    /// shorter sources starting over (`:::+` and `::::+` link one source to the one before,
+    /// as far as the shorter goes).
+    #[arg(long, visible_alias = "xapply")]
+    link: bool,
+    /// STR stands for the whole argument instead of `{}` (-i and --replace alone: `{}`).
+    #[arg(short = 'I', value_name = "STR")]
+    replace: Option<String>,
+    /// As -I; `--replace=STR` (with the `=`) sets the string.
+    #[arg(
+        long = "replace",
+        value_name = "STR",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "{}",
+        conflicts_with = "replace"
+    )]
+    replace_long: Option<String>,
+    /// As --replace alone.
+    #[arg(short = 'i', hide = true)]
+    replace_default: bool,
+    /// Quote each whole word of the command, so that the shell sees the words as given
+    /// (`multiproc run -q perl -e 'print "@ARGV\n"' ::: a`).
+    #[arg(short = 'q', long)]
+    quote: bool,
     /// Split each record into columns {1} {2}... at REGEX (a literal string if it is not a
     /// valid regular expression).
     #[arg(short = 'C', long, visible_alias = "col-sep", value_name = "REGEX")]
@@ -124,6 +196,22 @@ pub struct Run {
     /// Prefix each output line with the job's arguments and a TAB.
     #[arg(long)]
     tag: bool,
+    /// Prefix each output line with STR, its replacement strings put in, and a TAB.
+    #[arg(long, value_name = "STR")]
+    tagstring: Option<String>,
+    /// Print output as it comes, not even waiting for whole lines (lines of jobs may mix).
+    #[arg(short = 'u', long, conflicts_with_all = ["line_buffer", "group", "keep_order"])]
+    ungroup: bool,
+    /// Write each job's output to a file in --tmpdir and print the file's name instead.
+    #[arg(long, conflicts_with = "results")]
+    files: bool,
+    /// Where --files puts its files (default $TMPDIR, else /tmp).
+    #[arg(long, visible_alias = "tempdir", value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+    /// Accepted for GNU parallel compatibility: output is held in memory, not in temporary
+    /// files, so there is nothing to compress.
+    #[arg(long)]
+    compress: bool,
     /// Store each job's output in DIR/1/ARG/stdout and stderr (GNU parallel's layout)
     /// instead of printing it.
     #[arg(long, visible_aliases = ["res", "result"], value_name = "DIR")]
@@ -157,6 +245,12 @@ pub struct Run {
     /// Show a progress bar with an ETA on stderr (when it is a terminal).
     #[arg(long)]
     bar: bool,
+    /// Show how many jobs are done, running and left, and the estimated time left, on stderr.
+    #[arg(long)]
+    eta: bool,
+    /// Show how many jobs are done, running and left on stderr.
+    #[arg(long)]
+    progress: bool,
     /// Accepted for GNU parallel compatibility; does nothing.
     #[arg(long, hide = true)]
     will_cite: bool,
@@ -327,6 +421,14 @@ pub(crate) fn parse_jobs(s: &str, cpus: usize) -> anyhow::Result<Option<usize>> 
     Ok(Some(n))
 }
 
+/// `-j FILE`: the file's first line read as `-j`'s value.
+pub(crate) fn jobs_from_file(path: &std::path::Path, cpus: usize) -> anyhow::Result<Option<usize>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the number of jobs from {}", path.display()))?;
+    parse_jobs(text.lines().next().unwrap_or_default(), cpus)
+        .with_context(|| format!("in {}", path.display()))
+}
+
 /// Bourne-like shells: the quoting of values is written for these.
 const BOURNE: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "lksh", "pdksh", "ash", "yash", "posh",
@@ -427,6 +529,97 @@ fn on_path(name: &str) -> Option<OsString> {
         .map(OsString::from)
 }
 
+/// Rewrites the spellings of GNU parallel that a parser of options cannot take as they are:
+/// `-l` alone (`-L 1`), `-lN` and `-l N` (`-L N`). `words` are what follows `run`; only the
+/// options are looked at, never the command after them.
+pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
+    let mut cmd = <Run as Args>::augment_args(clap::Command::new("run"));
+    cmd.build();
+    // Whether an option takes the next word as its value.
+    let takes_next =
+        |arg: &clap::Arg| arg.get_action().takes_values() && !arg.is_require_equals_set();
+    let mut out = Vec::with_capacity(words.len());
+    let mut words = words.into_iter().peekable();
+    while let Some(w) = words.next() {
+        let Some(text) = w.to_str().map(str::to_owned) else {
+            out.push(w);
+            break;
+        };
+        if text == "--" || text == "-" || !text.starts_with('-') {
+            out.push(w);
+            break;
+        }
+        if let Some(long) = text.strip_prefix("--") {
+            out.push(w.clone());
+            if long.contains('=') {
+                continue;
+            }
+            let names = |a: &clap::Arg| {
+                let mut n: Vec<String> = a.get_long().map(str::to_owned).into_iter().collect();
+                n.extend(
+                    a.get_all_aliases()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(str::to_owned),
+                );
+                n
+            };
+            let matching: Vec<&clap::Arg> = cmd
+                .get_arguments()
+                .filter(|a| names(a).iter().any(|n| n == long))
+                .chain(
+                    cmd.get_arguments()
+                        .filter(|a| names(a).iter().any(|n| n.starts_with(long))),
+                )
+                .collect();
+            if let Some(arg) = matching.first()
+                && takes_next(arg)
+                && let Some(v) = words.next()
+            {
+                out.push(v);
+            }
+            continue;
+        }
+        if text == "-l" {
+            let n = words
+                .next_if(|v| v.to_str().is_some_and(|v| v.parse::<usize>().is_ok()))
+                .and_then(|v| v.into_string().ok())
+                .unwrap_or_else(|| "1".into());
+            out.push(OsString::from(format!("-L{n}")));
+            continue;
+        }
+        if let Some(n) = text.strip_prefix("-l")
+            && n.parse::<usize>().is_ok()
+        {
+            out.push(OsString::from(format!("-L{n}")));
+            continue;
+        }
+        // A cluster of short options: the first that takes a value ends it.
+        out.push(w.clone());
+        let chars: Vec<char> = text[1..].chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            let Some(arg) = cmd.get_arguments().find(|a| {
+                a.get_short() == Some(*c)
+                    || a.get_visible_short_aliases()
+                        .unwrap_or_default()
+                        .contains(c)
+            }) else {
+                break;
+            };
+            if takes_next(arg) {
+                if i + 1 == chars.len()
+                    && let Some(v) = words.next()
+                {
+                    out.push(v);
+                }
+                break;
+            }
+        }
+    }
+    out.extend(words);
+    out
+}
+
 /// Runs `multiproc run`; returns its exit status (255 after printing any error).
 pub fn main(args: Run) -> ExitCode {
     if let Some(text) = information(&args) {
@@ -490,6 +683,8 @@ pub(crate) struct Config {
     pub(crate) shell: Option<OsString>,
     /// Jobs at once; `None` for as many as possible.
     pub(crate) jobs: Option<usize>,
+    /// `-j FILE`: read again whenever a job finishes.
+    pub(crate) jobs_file: Option<PathBuf>,
     /// `--timeout`.
     pub(crate) timeout: Option<Duration>,
     /// Tries in all per job; 0 for no limit.
@@ -524,19 +719,26 @@ fn configure(a: Run) -> anyhow::Result<Config> {
     };
     let mut words: Vec<Vec<u8>> = Vec::new();
     let mut groups: Vec<input::Source> = a.arg_file.into_iter().map(input::Source::File).collect();
+    let mut links = input::Links {
+        to_previous: Vec::new(),
+        all: a.link,
+    };
     let mut mode: Option<bool> = None; // Some(true) in `:::`, Some(false) in `::::`
+    let mut link_next = false; // after `::::+`: the next file is linked
     for w in a.command {
         let w = w.into_vec();
         match w.as_slice() {
-            b":::" => {
+            b":::" | b":::+" => {
                 mode = Some(true);
+                if w.len() == 4 {
+                    links.to_previous.push(groups.len());
+                }
                 groups.push(input::Source::Args(Vec::new()));
             }
-            b"::::" => mode = Some(false),
-            b":::+" | b"::::+" => bail!(
-                "linked input sources ({}) are not supported",
-                String::from_utf8_lossy(&w)
-            ),
+            b"::::" | b"::::+" => {
+                mode = Some(false);
+                link_next = w.len() == 5;
+            }
             _ => match mode {
                 None => words.push(w),
                 Some(true) => {
@@ -549,19 +751,72 @@ fn configure(a: Run) -> anyhow::Result<Config> {
                     }
                 }
                 Some(false) => {
+                    if std::mem::take(&mut link_next) {
+                        links.to_previous.push(groups.len());
+                    }
                     groups.push(input::Source::File(PathBuf::from(OsString::from_vec(w))))
                 }
             },
         }
     }
     let colsep = a.colsep.as_deref().map(input::colsep).transpose()?;
-    // `-n0`: a job per record, run without its values.
-    let per_job = a.max_args.unwrap_or(1);
-    let template = template::Template::parse(&words)?;
+    let replace = a
+        .replace
+        .or(a.replace_long)
+        .or(a.replace_default.then(|| "{}".to_string()));
+    if replace.as_deref() == Some("") {
+        bail!("the replacement string (-I) is empty");
+    }
+    let syntax = template::Syntax {
+        replace: replace.map(String::into_bytes),
+        quote_words: a.quote,
+        context: a.context_replace,
+    };
+    let template = template::Template::parse(&words, &syntax)?;
+    let tagstring = a
+        .tagstring
+        .as_deref()
+        .map(|t| template::Template::parse_text(t.as_bytes(), &syntax))
+        .transpose()?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let jobs = match &a.jobs {
-        Some(j) => parse_jobs(j, cpus)?,
-        None => Some(cpus),
+    // `-j FILE`: the file says, and is read again as jobs finish.
+    let jobs_file = a.jobs.as_deref().map(PathBuf::from).filter(|p| p.is_file());
+    let jobs = match (&jobs_file, &a.jobs) {
+        (Some(f), _) => jobs_from_file(f, cpus)?,
+        (None, Some(j)) => parse_jobs(j, cpus)?,
+        (None, None) => Some(cpus),
+    };
+    let pack = a.multiple || a.context_replace;
+    let lines = a.max_lines.or(a.max_lines_long);
+    // `-n0`: a job per record, run without its values.
+    let per_job = match a.max_args.or(a.max_replace_args).or(lines) {
+        Some(n) => n,
+        None if pack => usize::MAX,
+        None => 1,
+    };
+    let max_line = match a.max_chars {
+        Some(0) => bail!("-s must be more than 0"),
+        Some(n) if n <= group::DEFAULT_MAX_LINE => n,
+        Some(_) => {
+            eprintln!(
+                "multiproc: Warning: Value for option -s should be < {}.",
+                group::DEFAULT_MAX_LINE
+            );
+            group::DEFAULT_MAX_LINE
+        }
+        None => group::DEFAULT_MAX_LINE,
+    };
+    let grouping = group::Grouping {
+        per_job,
+        pack,
+        slots: jobs.unwrap_or(usize::MAX),
+        template: template.clone(),
+        max_line,
+    };
+    let filter = input::Filter {
+        eof: a.eof.or(a.eof_long).map(String::into_bytes),
+        skip_blank: a.no_run_if_empty,
+        continued_lines: lines.is_some(),
     };
     let dur = |s: &Option<String>| s.as_deref().map(parse_duration).transpose();
     let timeout = dur(&a.timeout)?;
@@ -579,13 +834,16 @@ fn configure(a: Run) -> anyhow::Result<Config> {
     Ok(Config {
         input: input::Spec {
             sources: groups,
+            links,
             delimiter,
             colsep,
-            per_job,
+            filter,
+            grouping,
         },
         template,
         shell: if a.no_shell { None } else { Some(shell()) },
         jobs,
+        jobs_file,
         timeout,
         retries: a.retries,
         retry_delay: dur(&a.retry_delay)?.unwrap_or(Duration::ZERO),
@@ -596,7 +854,14 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             // Whichever of --line-buffer and --group came last is set.
             line_buffer: a.line_buffer && !a.group,
             tag: a.tag,
+            tagstring,
+            ungroup: a.ungroup,
             results: a.results,
+            files: a.files.then(|| {
+                a.tmpdir
+                    .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from("/tmp"))
+            }),
         },
         joblog: a.joblog,
         resume,
@@ -625,6 +890,34 @@ pub fn describe(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gnu_words_rewrite_dash_l_in_the_options_only() {
+        let w = |ws: &[&str]| ws.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(gnu_words(w(&["-l", "echo"])), w(&["-L1", "echo"]));
+        assert_eq!(
+            gnu_words(w(&["-k", "-l2", "echo"])),
+            w(&["-k", "-L2", "echo"])
+        );
+        assert_eq!(gnu_words(w(&["-l", "3", "echo"])), w(&["-L3", "echo"]));
+        // Values of options and the command's own words are left alone.
+        assert_eq!(
+            gnu_words(w(&["--tagstring", "-l", "ls", "-l"])),
+            w(&["--tagstring", "-l", "ls", "-l"])
+        );
+        assert_eq!(gnu_words(w(&["-j", "-l", "-l"])), w(&["-j", "-l", "-L1"]));
+        assert_eq!(gnu_words(w(&["-kj2", "-l"])), w(&["-kj2", "-L1"]));
+        assert_eq!(
+            gnu_words(w(&["--halt", "-1", "-l"])),
+            w(&["--halt", "-1", "-L1"])
+        );
+        assert_eq!(
+            gnu_words(w(&["--tag", "-l", "x"])),
+            w(&["--tag", "-L1", "x"])
+        );
+        assert_eq!(gnu_words(w(&["--eof", "-l"])), w(&["--eof", "-L1"]));
+        assert_eq!(gnu_words(w(&["ls", "-l"])), w(&["ls", "-l"]));
+    }
 
     #[test]
     fn physical_cores_count_distinct_cores_not_threads() {

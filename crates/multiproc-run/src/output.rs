@@ -11,10 +11,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::ProgressBar;
+
+use crate::template::{Ctx, Template};
 
 /// Which stream of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +37,15 @@ pub(crate) struct Options {
     pub(crate) line_buffer: bool,
     /// `--tag`: each line prefixed with the arguments and a TAB.
     pub(crate) tag: bool,
+    /// `--tagstring`: each line prefixed with this, its values put in, and a TAB.
+    pub(crate) tagstring: Option<Template>,
+    /// `-u`: everything as it comes, not even waiting for whole lines.
+    pub(crate) ungroup: bool,
     /// `--results DIR`.
     pub(crate) results: Option<PathBuf>,
+    /// `--files`: each job's stdout goes to a new file in this directory, and its name is
+    /// printed instead.
+    pub(crate) files: Option<PathBuf>,
 }
 
 /// One stream of one job.
@@ -112,13 +122,18 @@ impl Output {
     }
 
     /// Registers a started job (a retry keeps its entry, emptied).
-    pub(crate) fn start(&mut self, seq: u64, args: &[Vec<u8>]) {
+    pub(crate) fn start(&mut self, seq: u64, slot: usize, args: &[Vec<u8>]) {
         let job = self.jobs.entry(seq).or_default();
         job.out = Captured::default();
         job.err = Captured::default();
-        if self.opts.tag && job.tag.is_empty() {
-            crate::template::join(args, &mut job.tag);
-            job.tag.push(b'\t');
+        if job.tag.is_empty() {
+            if let Some(t) = &self.opts.tagstring {
+                t.raw_line(&Ctx::new(args, seq, slot), &mut job.tag);
+                job.tag.push(b'\t');
+            } else if self.opts.tag {
+                crate::template::join(args, &mut job.tag);
+                job.tag.push(b'\t');
+            }
         }
         if self.opts.results.is_some() && job.args.is_empty() {
             job.args = args.to_vec();
@@ -136,7 +151,9 @@ impl Output {
         };
         c.data.extend_from_slice(bytes);
         c.total += bytes.len() as u64;
-        if self.opts.line_buffer && (!self.opts.keep_order || seq == self.next) {
+        if (self.opts.line_buffer || self.opts.ungroup)
+            && (!self.opts.keep_order || seq == self.next)
+        {
             self.print_lines(seq, stream);
         }
     }
@@ -146,9 +163,9 @@ impl Output {
         self.jobs.get(&seq).map_or(0, |j| j.out.total)
     }
 
-    /// Prints the whole lines of a live job's stream not printed yet.
+    /// Prints the whole lines of a live job's stream not printed yet (with `-u`, all of it).
     fn print_lines(&mut self, seq: u64, stream: Stream) {
-        if self.opts.results.is_some() {
+        if self.opts.results.is_some() || (self.opts.files.is_some() && stream == Stream::Out) {
             return;
         }
         let Some(job) = self.jobs.get_mut(&seq) else {
@@ -158,16 +175,25 @@ impl Output {
             Stream::Out => &mut job.out,
             Stream::Err => &mut job.err,
         };
-        let Some(last_nl) = c.data[c.printed..].iter().rposition(|&b| b == b'\n') else {
-            return;
+        let end = if self.opts.ungroup {
+            c.data.len()
+        } else {
+            let Some(last_nl) = c.data[c.printed..].iter().rposition(|&b| b == b'\n') else {
+                return;
+            };
+            c.printed + last_nl + 1
         };
-        let end = c.printed + last_nl + 1;
+        if end == c.printed {
+            return;
+        }
         let w = match stream {
             Stream::Out => &mut self.out,
             Stream::Err => &mut self.err,
         };
+        // `-u` prints as it comes, even half lines, so no tags (as GNU parallel).
+        let tag: &[u8] = if self.opts.ungroup { b"" } else { &job.tag };
         if !self.broken
-            && let Err(e) = write_tagged(w, &job.tag, &c.data[c.printed..end])
+            && let Err(e) = write_tagged(w, tag, &c.data[c.printed..end])
         {
             self.broken |= stream == Stream::Out && e.kind() == std::io::ErrorKind::BrokenPipe;
         }
@@ -242,7 +268,20 @@ impl Output {
         if self.broken || self.opts.results.is_some() {
             return;
         }
-        let mut res = write_tagged(&mut self.out, &job.tag, &job.out.data[job.out.printed..]);
+        let mut res = match &self.opts.files {
+            Some(dir) => match new_file(dir, &job.out.data) {
+                Ok(mut name) => {
+                    name.push(b'\n');
+                    write_tagged(&mut self.out, &job.tag, &name)
+                }
+                Err(e) => {
+                    let _ = self.out.flush();
+                    let _ = writeln!(self.err, "multiproc: {e}");
+                    Ok(())
+                }
+            },
+            None => write_tagged(&mut self.out, &job.tag, &job.out.data[job.out.printed..]),
+        };
         if res.is_ok() && job.err.data.len() > job.err.printed {
             res = self.out.flush().and_then(|()| {
                 write_tagged(&mut self.err, &job.tag, &job.err.data[job.err.printed..])
@@ -302,6 +341,50 @@ fn write_tagged(w: &mut impl Write, tag: &[u8], data: &[u8]) -> std::io::Result<
         w.write_all(line)?;
     }
     Ok(())
+}
+
+/// `--files`: writes `data` to a new file `DIR/parXXXXX.par` (readable by its owner only, as
+/// GNU parallel's), and returns its path.
+fn new_file(dir: &std::path::Path, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut last = None;
+    for attempt in 0u64..100 {
+        // Each `RandomState` is seeded afresh by the standard library.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        let mut bits = h.finish();
+        let mut name = b"par".to_vec();
+        for _ in 0..5 {
+            name.push(CHARS[(bits % CHARS.len() as u64) as usize]);
+            bits /= CHARS.len() as u64;
+        }
+        name.extend_from_slice(b".par");
+        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(data).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+                })?;
+                return Ok(path.into_os_string().into_vec());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create a file in {}: {e}", dir.display()),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free file name")))
 }
 
 /// The name GNU parallel gives an argument in a `--results` path: `\` as `\\`, `/` as `\_`.

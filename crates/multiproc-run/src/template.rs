@@ -111,14 +111,29 @@ pub(crate) struct Ctx<'a> {
     pub(crate) seq: u64,
     /// The job slot, from 1.
     pub(crate) slot: usize,
+    /// With `-X`, while a word is repeated for each argument: the argument `{}` stands for.
+    context: Option<usize>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The context of a job.
+    pub(crate) fn new(args: &'a [Vec<u8>], seq: u64, slot: usize) -> Ctx<'a> {
+        Ctx {
+            args,
+            seq,
+            slot,
+            context: None,
+        }
+    }
+
     /// The arguments a position refers to.
-    fn select(&self, pos: Pos) -> &[Vec<u8>] {
+    fn select(&self, pos: Pos) -> &'a [Vec<u8>] {
         let n = self.args.len();
         match pos {
-            Pos::All => self.args,
+            Pos::All => match self.context {
+                Some(i) => &self.args[i..=i],
+                None => self.args,
+            },
             Pos::Nth(k) if (1..=n).contains(&k) => &self.args[k - 1..k],
             Pos::FromEnd(k) if (1..=n).contains(&k) => &self.args[n - k..n - k + 1],
             _ => &[],
@@ -207,6 +222,29 @@ const SHELL_WORDS: &[&str] = &[
     "while",
 ];
 
+/// How a template is read and rendered: the options of `multiproc run` that change the
+/// command rather than the input.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Syntax {
+    /// `-I STR`: the string that stands for the whole argument instead of `{}`.
+    pub(crate) replace: Option<Vec<u8>>,
+    /// `-q`: quote each whole word of the command, not only the values.
+    pub(crate) quote_words: bool,
+    /// `-X`: repeat a word holding `{}` once per argument (context replace).
+    pub(crate) context: bool,
+}
+
+/// How values and words are quoted in a rendered line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// Each value quoted, but in the first word (the shell line).
+    Values,
+    /// Each word built as it is, then quoted whole (`-q`).
+    Words,
+    /// Nothing quoted (`--tagstring`).
+    Raw,
+}
+
 /// A parsed command template.
 #[derive(Debug, Clone)]
 pub(crate) struct Template {
@@ -216,25 +254,47 @@ pub(crate) struct Template {
     /// Whether a shell would see nothing but plain words here (no shell syntax, no builtin),
     /// so that running the program directly behaves the same.
     plain: bool,
+    /// `-q`.
+    quote_words: bool,
+    /// `-X`.
+    context: bool,
+    /// Whether [`Template::added_len`] can tell what one more argument adds.
+    additive: bool,
 }
 
 impl Template {
     /// Parses the command words, appending ` {}` if they have no replacement string.
-    pub(crate) fn parse(words: &[Vec<u8>]) -> anyhow::Result<Template> {
+    pub(crate) fn parse(words: &[Vec<u8>], syntax: &Syntax) -> anyhow::Result<Template> {
         let mut parsed = Vec::with_capacity(words.len() + 1);
         let mut any = false;
         for w in words {
-            let pieces = parse_word(w)?;
+            let pieces = parse_word(w, syntax.replace.as_deref())?;
             any |= pieces.iter().any(|p| !matches!(p, Piece::Lit(_)));
             parsed.push(pieces);
         }
         if !parsed.is_empty() && !any {
             parsed.push(vec![Piece::Arg(Pos::All, Kind::Whole)]);
         }
-        let plain = is_plain(&parsed);
+        let plain = is_plain(&parsed, syntax.quote_words);
+        let additive = is_additive(&parsed, syntax);
         Ok(Template {
             words: parsed,
             plain,
+            quote_words: syntax.quote_words,
+            context: syntax.context,
+            additive,
+        })
+    }
+
+    /// A template for text that is not a command (`--tagstring`): its replacement strings
+    /// are all there is to it, and nothing is appended.
+    pub(crate) fn parse_text(text: &[u8], syntax: &Syntax) -> anyhow::Result<Template> {
+        Ok(Template {
+            words: vec![parse_word(text, syntax.replace.as_deref())?],
+            plain: false,
+            quote_words: false,
+            context: false,
+            additive: false,
         })
     }
 
@@ -251,85 +311,200 @@ impl Template {
     }
 
     /// The shell command line of a job: the words joined by spaces, each replaced value
-    /// shell-quoted as GNU parallel quotes it, but in the first word. Without a command, the arguments themselves,
-    /// unquoted.
+    /// shell-quoted as GNU parallel quotes it, but in the first word (with `-q`, each whole
+    /// word quoted instead). Without a command, the arguments themselves, unquoted.
     pub(crate) fn shell_line(&self, ctx: &Ctx<'_>, out: &mut Vec<u8>) {
+        let quoting = if self.quote_words {
+            Quoting::Words
+        } else {
+            Quoting::Values
+        };
+        self.render(ctx, quoting, out);
+    }
+
+    /// The text with its values put in as they are (`--tagstring`).
+    pub(crate) fn raw_line(&self, ctx: &Ctx<'_>, out: &mut Vec<u8>) {
+        self.render(ctx, Quoting::Raw, out);
+    }
+
+    /// The length of [`Template::shell_line`].
+    pub(crate) fn shell_line_len(&self, ctx: &Ctx<'_>) -> usize {
+        let mut line = Vec::new();
+        self.shell_line(ctx, &mut line);
+        line.len()
+    }
+
+    /// How many bytes longer [`Template::shell_line`] gets when `arg` is added after
+    /// `before` (at least one) arguments, without rendering the line; `None` when that takes
+    /// the whole line (`-q`, `{-N}`, a positional string in a word `-X` repeats).
+    pub(crate) fn added_len(&self, before: usize, arg: &[u8], seq: u64) -> Option<usize> {
+        if !self.additive || before == 0 {
+            return None;
+        }
+        if self.words.is_empty() {
+            return Some(1 + arg.len());
+        }
+        let value_len = |kind: Kind, quoted: bool| {
+            let v = kind.apply(arg);
+            if quoted { quote(&v).len() } else { v.len() }
+        };
+        let mut n = 0;
+        let one = [arg.to_vec()];
+        for (i, word) in self.words.iter().enumerate() {
+            let quoted = i > 0;
+            if self.context && word.iter().any(|p| matches!(p, Piece::Arg(Pos::All, _))) {
+                // One more copy of the word, after a space.
+                let copy = Ctx {
+                    context: Some(0),
+                    ..Ctx::new(&one, seq, 1)
+                };
+                let mut w = Vec::new();
+                render_word(word, &copy, quoted, &mut w);
+                n += 1 + w.len();
+                continue;
+            }
+            for piece in word {
+                match piece {
+                    Piece::Arg(Pos::All, kind) => n += 1 + value_len(*kind, quoted),
+                    Piece::Arg(Pos::Nth(k), kind) if *k == before + 1 => {
+                        n += value_len(*kind, quoted)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(n)
+    }
+
+    /// Renders every word (every copy of it, with `-X`), separated by spaces.
+    fn render(&self, ctx: &Ctx<'_>, quoting: Quoting, out: &mut Vec<u8>) {
         if self.words.is_empty() {
             join(ctx.args, out);
             return;
         }
+        let mut first = true;
+        let mut raw = Vec::new();
         for (i, word) in self.words.iter().enumerate() {
-            if i > 0 {
-                out.push(b' ');
-            }
-            for piece in word {
-                match piece {
-                    Piece::Lit(s) => out.extend_from_slice(s),
-                    Piece::Seq => out.extend_from_slice(ctx.seq.to_string().as_bytes()),
-                    Piece::Slot => out.extend_from_slice(ctx.slot.to_string().as_bytes()),
-                    Piece::Arg(pos, kind) => {
-                        for (j, a) in ctx.select(*pos).iter().enumerate() {
-                            if j > 0 {
-                                out.push(b' ');
-                            }
-                            // In the command's first word a value goes in as it is, so that
-                            // the input can name the command (`echo 'ls -l' | parallel {}`),
-                            // as GNU parallel does.
-                            if i == 0 {
-                                out.extend_from_slice(&kind.apply(a));
-                            } else {
-                                quote_into(&kind.apply(a), out);
-                            }
-                        }
+            for copy in self.copies(word, ctx) {
+                if !first {
+                    out.push(b' ');
+                }
+                first = false;
+                match quoting {
+                    // In the command's first word a value goes in as it is, so that the
+                    // input can name the command (`echo 'ls -l' | parallel {}`), as GNU
+                    // parallel does.
+                    Quoting::Values => render_word(word, &copy, i > 0, out),
+                    Quoting::Raw => render_word(word, &copy, false, out),
+                    Quoting::Words => {
+                        raw.clear();
+                        render_word(word, &copy, false, &mut raw);
+                        quote_into(&raw, out);
                     }
                 }
             }
         }
     }
 
+    /// The contexts a word is rendered in: with `-X`, a word holding `{}` once per argument
+    /// (the other replacement strings still see all of them); otherwise once.
+    fn copies<'a>(&self, word: &[Piece], ctx: &Ctx<'a>) -> Vec<Ctx<'a>> {
+        let repeated = self.context
+            && !ctx.args.is_empty()
+            && word.iter().any(|p| matches!(p, Piece::Arg(Pos::All, _)));
+        if !repeated {
+            return vec![*ctx];
+        }
+        (0..ctx.args.len())
+            .map(|i| Ctx {
+                context: Some(i),
+                ..*ctx
+            })
+            .collect()
+    }
+
     /// The argument vector of a job run without a shell: what a shell would make of
     /// [`Template::shell_line`] when the template is plain, and the definition of `--no-shell`
-    /// otherwise. Several values in one replacement string make several words; a replacement
-    /// string with no value (a missing `{3}`) adds nothing. Without a command, the arguments.
+    /// otherwise. Several values in one replacement string make several words (but with
+    /// `-q`, which keeps each word whole); a replacement string with no value (a missing
+    /// `{3}`) adds nothing. Without a command, the arguments.
     pub(crate) fn argv(&self, ctx: &Ctx<'_>) -> Vec<Vec<u8>> {
         if self.words.is_empty() {
             return ctx.args.to_vec();
         }
         let mut argv = Vec::with_capacity(self.words.len() + ctx.args.len());
         for word in &self.words {
-            // The word being built, and whether it holds anything (even an empty value).
-            let mut cur = Vec::new();
-            let mut some = false;
-            for piece in word {
-                match piece {
-                    Piece::Lit(s) => {
-                        cur.extend_from_slice(s);
-                        some |= !s.is_empty();
-                    }
-                    Piece::Seq => {
-                        cur.extend_from_slice(ctx.seq.to_string().as_bytes());
-                        some = true;
-                    }
-                    Piece::Slot => {
-                        cur.extend_from_slice(ctx.slot.to_string().as_bytes());
-                        some = true;
-                    }
-                    Piece::Arg(pos, kind) => {
-                        for (j, a) in ctx.select(*pos).iter().enumerate() {
-                            if j > 0 {
-                                argv.push(std::mem::take(&mut cur));
-                            }
-                            cur.extend_from_slice(&kind.apply(a));
-                            some = true;
-                        }
-                    }
+            for copy in self.copies(word, ctx) {
+                if self.quote_words {
+                    let mut w = Vec::new();
+                    render_word(word, &copy, false, &mut w);
+                    argv.push(w);
+                } else {
+                    split_word(word, &copy, &mut argv);
                 }
-            }
-            if some {
-                argv.push(cur);
             }
         }
         argv
+    }
+}
+
+/// Appends one rendering of a word: several values of one replacement string separated by
+/// spaces, each quoted when `quote`.
+fn render_word(word: &[Piece], ctx: &Ctx<'_>, quote: bool, out: &mut Vec<u8>) {
+    for piece in word {
+        match piece {
+            Piece::Lit(s) => out.extend_from_slice(s),
+            Piece::Seq => out.extend_from_slice(ctx.seq.to_string().as_bytes()),
+            Piece::Slot => out.extend_from_slice(ctx.slot.to_string().as_bytes()),
+            Piece::Arg(pos, kind) => {
+                for (j, a) in ctx.select(*pos).iter().enumerate() {
+                    if j > 0 {
+                        out.push(b' ');
+                    }
+                    if quote {
+                        quote_into(&kind.apply(a), out);
+                    } else {
+                        out.extend_from_slice(&kind.apply(a));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends the words a shell makes of one rendered word: several values of one replacement
+/// string end one word and start the next; a word of no pieces with a value adds nothing.
+fn split_word(word: &[Piece], ctx: &Ctx<'_>, argv: &mut Vec<Vec<u8>>) {
+    // The word being built, and whether it holds anything (even an empty value).
+    let mut cur = Vec::new();
+    let mut some = false;
+    for piece in word {
+        match piece {
+            Piece::Lit(s) => {
+                cur.extend_from_slice(s);
+                some |= !s.is_empty();
+            }
+            Piece::Seq => {
+                cur.extend_from_slice(ctx.seq.to_string().as_bytes());
+                some = true;
+            }
+            Piece::Slot => {
+                cur.extend_from_slice(ctx.slot.to_string().as_bytes());
+                some = true;
+            }
+            Piece::Arg(pos, kind) => {
+                for (j, a) in ctx.select(*pos).iter().enumerate() {
+                    if j > 0 {
+                        argv.push(std::mem::take(&mut cur));
+                    }
+                    cur.extend_from_slice(&kind.apply(a));
+                    some = true;
+                }
+            }
+        }
+    }
+    if some {
+        argv.push(cur);
     }
 }
 
@@ -345,8 +520,9 @@ pub(crate) fn join(args: &[Vec<u8>], out: &mut Vec<u8>) {
 
 /// Whether the shell would take these words as they are: every literal made of characters
 /// with no meaning to a shell, and the first word a program name that is no builtin, keyword
-/// or assignment.
-fn is_plain(words: &[Vec<Piece>]) -> bool {
+/// or assignment. With `-q` (`quoted`) every word is quoted whole, so any literal is taken
+/// as it is.
+fn is_plain(words: &[Vec<Piece>], quoted: bool) -> bool {
     let Some(first) = words.first() else {
         return false;
     };
@@ -358,8 +534,24 @@ fn is_plain(words: &[Vec<Piece>]) -> bool {
         && std::str::from_utf8(name).is_ok_and(|n| !SHELL_WORDS.contains(&n));
     name_ok
         && words.iter().flatten().all(|p| match p {
-            Piece::Lit(s) => s.iter().all(|&b| is_plain_byte(b)),
+            Piece::Lit(s) => quoted || s.iter().all(|&b| is_plain_byte(b)),
             _ => true,
+        })
+}
+
+/// Whether what one more argument adds to a line can be told from the argument alone: not
+/// with `-q` (a word is quoted whole), `{-N}` (its value moves), or a positional string in a
+/// word `-X` repeats.
+fn is_additive(words: &[Vec<Piece>], syntax: &Syntax) -> bool {
+    !syntax.quote_words
+        && words.iter().all(|word| {
+            let repeated =
+                syntax.context && word.iter().any(|p| matches!(p, Piece::Arg(Pos::All, _)));
+            word.iter().all(|p| match p {
+                Piece::Arg(Pos::FromEnd(_), _) => false,
+                Piece::Arg(Pos::Nth(_), _) => !repeated,
+                _ => true,
+            })
         })
 }
 
@@ -369,12 +561,24 @@ fn is_plain_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-_./+,:@%=".contains(&b)
 }
 
-/// Splits a command word into literal text and replacement strings.
-fn parse_word(w: &[u8]) -> anyhow::Result<Vec<Piece>> {
+/// Splits a command word into literal text and replacement strings; `replace` (`-I`) stands
+/// for the whole argument instead of `{}`.
+fn parse_word(w: &[u8], replace: Option<&[u8]>) -> anyhow::Result<Vec<Piece>> {
     let mut pieces = Vec::new();
     let mut lit = Vec::new();
     let mut i = 0;
     while i < w.len() {
+        if let Some(r) = replace
+            && !r.is_empty()
+            && w[i..].starts_with(r)
+        {
+            if !lit.is_empty() {
+                pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+            }
+            pieces.push(Piece::Arg(Pos::All, Kind::Whole));
+            i += r.len();
+            continue;
+        }
         if w[i] == b'{' {
             if w.get(i + 1) == Some(&b'=') {
                 bail!(
@@ -384,6 +588,8 @@ fn parse_word(w: &[u8]) -> anyhow::Result<Vec<Piece>> {
             }
             if let Some(end) = w[i..].iter().position(|&b| b == b'}')
                 && let Some(piece) = parse_replacement(&w[i + 1..i + end])
+                // Under `-I`, `{}` is plain text.
+                && (replace.is_none() || end > 1)
             {
                 if !lit.is_empty() {
                     pieces.push(Piece::Lit(std::mem::take(&mut lit)));
@@ -486,19 +692,22 @@ mod tests {
         ws.iter().map(|w| w.as_bytes().to_vec()).collect()
     }
 
-    fn line(ws: &[&str], args: &[&str]) -> String {
-        let t = Template::parse(&words(ws)).expect("parse");
+    fn parse(ws: &[&str]) -> anyhow::Result<Template> {
+        Template::parse(&words(ws), &Syntax::default())
+    }
+
+    fn line_with(syntax: &Syntax, ws: &[&str], args: &[&str]) -> String {
+        let t = Template::parse(&words(ws), syntax).expect("parse");
         let args = words(args);
         let mut out = Vec::new();
-        t.shell_line(
-            &Ctx {
-                args: &args,
-                seq: 7,
-                slot: 2,
-            },
-            &mut out,
-        );
+        let ctx = Ctx::new(&args, 7, 2);
+        t.shell_line(&ctx, &mut out);
+        assert_eq!(t.shell_line_len(&ctx), out.len());
         String::from_utf8(out).expect("utf-8")
+    }
+
+    fn line(ws: &[&str], args: &[&str]) -> String {
+        line_with(&Syntax::default(), ws, args)
     }
 
     #[test]
@@ -540,29 +749,20 @@ mod tests {
         assert_eq!(line(&["echo", "{x}", "{}"], &["a"]), "echo {x} a");
         assert_eq!(line(&["echo", "{"], &["a"]), "echo { a");
         assert_eq!(line(&[], &["echo", "hi"]), "echo hi");
-        assert!(Template::parse(&words(&["echo", "{= $_ =}"])).is_err());
+        assert!(parse(&["echo", "{= $_ =}"]).is_err());
     }
 
     #[test]
     fn argv_splits_like_the_shell() {
-        let t = Template::parse(&words(&["cmd", "x{}y", "{3}", "{2}"])).expect("parse");
+        let t = parse(&["cmd", "x{}y", "{3}", "{2}"]).expect("parse");
         let args = words(&["a", ""]);
-        let argv = t.argv(&Ctx {
-            args: &args,
-            seq: 1,
-            slot: 1,
-        });
+        let argv = t.argv(&Ctx::new(&args, 1, 1));
         assert_eq!(argv, words(&["cmd", "xa", "y", ""]));
     }
 
     #[test]
     fn plain_templates() {
-        let plain = |ws: &[&str]| {
-            Template::parse(&words(ws))
-                .expect("parse")
-                .plain_program()
-                .is_some()
-        };
+        let plain = |ws: &[&str]| parse(ws).expect("parse").plain_program().is_some();
         assert!(plain(&["true"]));
         assert!(plain(&["gzip", "-9", "--rsyncable", "{}"]));
         assert!(plain(&["cp", "{}", "{.}.bak"]));
@@ -574,6 +774,100 @@ mod tests {
         assert!(!plain(&["ls", "*.c"]));
         assert!(!plain(&["{}"]));
         assert!(!plain(&[]));
+    }
+
+    #[test]
+    fn replace_string_stands_for_the_whole_argument() {
+        let i = Syntax {
+            replace: Some(b",,".to_vec()),
+            ..Syntax::default()
+        };
+        // As GNU parallel: `{}` is plain text then, the other replacement strings are not.
+        assert_eq!(line_with(&i, &["echo", ",,", "{}"], &["a"]), "echo a {}");
+        assert_eq!(
+            line_with(&i, &["echo", "x,,.", "{.}"], &["a.x"]),
+            "echo xa.x. a"
+        );
+        assert_eq!(line_with(&i, &["echo"], &["a b"]), "echo 'a b'");
+    }
+
+    #[test]
+    fn quote_words_quotes_each_whole_word() {
+        let q = Syntax {
+            quote_words: true,
+            ..Syntax::default()
+        };
+        assert_eq!(
+            line_with(&q, &["echo", "a  b|c", "x{}y"], &["x  y"]),
+            "echo 'a  b|c' 'xx  yy'"
+        );
+        let t = Template::parse(&words(&["sh", "-c", "echo $0", "{}"]), &q).expect("parse");
+        assert_eq!(t.plain_program(), Some(&b"sh"[..]));
+        let args = words(&["a", "b"]);
+        assert_eq!(
+            t.argv(&Ctx::new(&args, 1, 1)),
+            words(&["sh", "-c", "echo $0", "a b"])
+        );
+    }
+
+    #[test]
+    fn context_replace_repeats_the_word_per_argument() {
+        let x = Syntax {
+            context: true,
+            ..Syntax::default()
+        };
+        let args = ["a.1", "b.2", "c"];
+        assert_eq!(
+            line_with(&x, &["echo", "x{}y"], &args),
+            "echo xa.1y xb.2y xcy"
+        );
+        assert_eq!(
+            line_with(&x, &["echo", "x{.}y{1}"], &args),
+            "echo xaya.1 xbya.1 xcya.1"
+        );
+        assert_eq!(line_with(&x, &["echo", "{2}", "x"], &args), "echo b.2 x");
+        assert_eq!(
+            line_with(&x, &["echo", "x{}"], &["a b", "c'd"]),
+            r#"echo x'a b' x'c'"'"'d'"#
+        );
+        let t = Template::parse(&words(&["cp", "{}", "d/"]), &x).expect("parse");
+        let args = words(&["a", "b"]);
+        assert_eq!(
+            t.argv(&Ctx::new(&args, 1, 1)),
+            words(&["cp", "a", "b", "d/"])
+        );
+    }
+
+    #[test]
+    fn text_templates_put_values_in_unquoted() {
+        let t = Template::parse_text(b"{#}:{}", &Syntax::default()).expect("parse");
+        let args = words(&["a b", "c"]);
+        let mut out = Vec::new();
+        t.raw_line(&Ctx::new(&args, 3, 1), &mut out);
+        assert_eq!(out, b"3:a b c");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// What `added_len` says an argument adds is what it adds.
+        #[test]
+        fn added_len_is_the_growth_of_the_line(
+            ws in proptest::collection::vec("(echo|x|\\{\\}|\\{\\.\\}|\\{/\\}|\\{2\\}|\\{#\\}|a\\{\\}b| |'){1,4}", 0..4),
+            args in proptest::collection::vec("[a-c./ ']{0,4}", 1..6),
+            context: bool,
+        ) {
+            let syntax = Syntax { context, ..Syntax::default() };
+            let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+            let t = Template::parse(&words(&ws), &syntax).expect("parse");
+            let args = words(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            for n in 1..args.len() {
+                let before = t.shell_line_len(&Ctx::new(&args[..n], 12, 1));
+                let after = t.shell_line_len(&Ctx::new(&args[..=n], 12, 1));
+                if let Some(added) = t.added_len(n, &args[n], 12) {
+                    proptest::prop_assert_eq!(before + added, after, "{:?} {:?}", ws, &args[..=n]);
+                }
+            }
+        }
     }
 
     proptest::proptest! {

@@ -1,0 +1,415 @@
+//! `multiproc run` with the options GNU parallel users reach for most after the basic ones,
+//! each compared with GNU parallel on the same input: replacement strings (`-I`), input
+//! filters (`-E`, `-r`, `-L`), linked sources (`--link`, `:::+`), quoting (`-q`), many
+//! arguments per command line (`-m`, `-X`, `-s`) and GNU's limit on its length, tags
+//! (`--tagstring`), output as it comes (`-u`), output in files (`--files`), `-j FILE`, and
+//! fewer jobs when descriptors run short.
+
+mod run_harness;
+
+use std::os::unix::fs::PermissionsExt;
+
+use run_harness::*;
+
+#[test]
+fn replacement_strings_match_gnu() {
+    if !have_gnu("replacement_strings_match_gnu") {
+        return;
+    }
+    same_as_gnu(
+        &["-k", "-I", ",,", "echo", ",,", "{}", ":::", "a", "b"],
+        b"",
+    );
+    same_as_gnu(&["-k", "-I", ",,", "echo", ",,.", "{.}", ":::", "a.x"], b"");
+    same_as_gnu(&["-k", "-I", ",,", "echo", ":::", "a b"], b"");
+    same_as_gnu(&["-k", "--replace=@@", "echo", "@@", "{}", ":::", "a"], b"");
+    same_as_gnu(&["-k", "-I", "{}", "echo", "x{}", ":::", "a"], b"");
+}
+
+#[test]
+fn input_filters_match_gnu() {
+    if !have_gnu("input_filters_match_gnu") {
+        return;
+    }
+    let dir = TempDir::new("filters");
+    let lines = dir.join("lines");
+    std::fs::write(&lines, "a b\nc d\ne\nf\ng\n").expect("write");
+    let lines = lines.to_str().expect("utf-8 path");
+    let cont = dir.join("continued");
+    std::fs::write(&cont, "a \nb\nc\n").expect("write");
+    let cont = cont.to_str().expect("utf-8 path");
+    // -E / --eof=: a record equal to it ends the input, from ::: too.
+    same_as_gnu(&["-k", "-E", "b", "echo", ":::", "a", "b", "c"], b"");
+    same_as_gnu(&["-k", "-E", "STOP", "echo"], b"x\nSTOP\ny\n");
+    same_as_gnu(&["-k", "--eof=c", "echo", "::::", cont], b"");
+    // -r: blank records are left out.
+    same_as_gnu(&["-k", "-r", "echo", "[{}]", ":::", "a", "", " ", "c"], b"");
+    same_as_gnu(&["-k", "-r", "echo", "[{}]"], b"a\n\n \t\nb\n");
+    same_as_gnu(&["-k", "-r", "echo", "x"], b"  \n\n");
+    // -L / -l / --max-lines: lines per job, and a line ending in a blank goes on.
+    same_as_gnu(&["-k", "-L2", "echo", "::::", lines], b"");
+    same_as_gnu(&["-k", "-L", "2", "echo", "{1}+{2}", "::::", lines], b"");
+    same_as_gnu(&["-k", "-l", "echo", "::::", lines], b"");
+    same_as_gnu(&["-k", "-l2", "echo", "::::", lines], b"");
+    same_as_gnu(&["-k", "--max-lines=2", "echo", "::::", lines], b"");
+    same_as_gnu(&["-k", "-L1", "echo", "[{1}]", "[{2}]", "::::", cont], b"");
+    same_as_gnu(&["-k", "-L2", "echo", "[{1}]", "[{2}]", "::::", cont], b"");
+    // -N: as -n.
+    same_as_gnu(&["-k", "-N2", "echo", "{1}-{2}", ":::", "a", "b", "c"], b"");
+    same_as_gnu(&["-k", "-N0", "echo", "x", ":::", "a", "b"], b"");
+}
+
+#[test]
+fn linked_sources_match_gnu() {
+    if !have_gnu("linked_sources_match_gnu") {
+        return;
+    }
+    let dir = TempDir::new("link");
+    let f = dir.join("f");
+    std::fs::write(&f, "x\ny\nz\n").expect("write");
+    let f = f.to_str().expect("utf-8 path");
+    same_as_gnu(
+        &[
+            "-k", "--link", "echo", ":::", "a", "b", "c", ":::", "1", "2",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k", "--xapply", "echo", ":::", "a", "b", ":::", "1", "2", "3",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k", "echo", ":::", "a", "b", "c", ":::+", "1", "2", ":::", "X", "Y",
+        ],
+        b"",
+    );
+    same_as_gnu(&["-k", "echo", ":::", "a", "b", "::::+", f], b"");
+    same_as_gnu(&["-k", "--link", "echo", "::::", f, ":::", "1", "2"], b"");
+    // Linked to the first source of a product.
+    same_as_gnu(
+        &[
+            "-k", "echo", ":::", "a", "b", ":::+", "1", "2", ":::", "p", "q",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn quoting_whole_words_matches_gnu() {
+    if !have_gnu("quoting_whole_words_matches_gnu") {
+        return;
+    }
+    same_as_gnu(&["-k", "-q", "echo", "a  b", "{}", ":::", "x  y"], b"");
+    same_as_gnu(
+        &["-k", "-q", "sh", "-c", "echo $0", "{}", ":::", "x  y"],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k",
+            "--dry-run",
+            "-q",
+            "echo",
+            "a  b|c",
+            "x{}y",
+            ":::",
+            "x  y",
+        ],
+        b"",
+    );
+    same_as_gnu(&["-k", "-q", "echo", "$HOME", "{}", ":::", "$PATH"], b"");
+    same_as_gnu(
+        &["-k", "-j1", "-q", "-X", "echo", "x{}y", ":::", "a b", "c"],
+        b"",
+    );
+}
+
+#[test]
+fn many_arguments_per_line_match_gnu() {
+    if !have_gnu("many_arguments_per_line_match_gnu") {
+        return;
+    }
+    let abcd = [":::", "a", "b", "c", "d"];
+    let with = |opts: &[&str], tail: &[&str]| {
+        let mut v = vec!["-k"];
+        v.extend_from_slice(opts);
+        v.extend_from_slice(tail);
+        same_as_gnu(&v, b"");
+    };
+    // -X repeats the word around {}; -m puts all the arguments in {}; both spread the last
+    // line over the job slots.
+    for opts in [
+        &["-X"][..],
+        &["-m"],
+        &["-j1", "-X"],
+        &["-j1", "-m"],
+        &["-j3", "-X"],
+    ] {
+        let mut tail = vec!["echo", "pre{}post"];
+        tail.extend_from_slice(&abcd);
+        with(opts, &tail);
+        with(opts, &["echo", ":::", "1", "2", "3", "4", "5", "6", "7"]);
+        with(
+            opts,
+            &["echo", "{#}", "{.}", "{1}", "x{1}y", ":::", "a.1", "b.2"],
+        );
+        with(opts, &["echo", "x{}y", ":::", "a", "b", ":::", "1", "2"]);
+        with(opts, &["--dry-run", "echo", "x{}", ":::", "a b", "c'd"]);
+    }
+    with(&["-j1", "-X"], &["echo", "x{}y{1}z", ":::", "a", "b", "c"]);
+    with(&["-j1", "-X"], &["echo", "x{}y{}", ":::", "a", "b", "c"]);
+    with(
+        &["-j1", "-X", "-n2"],
+        &["echo", ":::", "1", "2", "3", "4", "5"],
+    );
+    // -s: the line stays shorter; GNU's error and exit status for an argument too long.
+    let six = [":::", "aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff"];
+    let mut tail = vec!["echo"];
+    tail.extend_from_slice(&six);
+    with(&["-j1", "-s", "20", "-X"], &tail);
+    with(&["-j1", "-s", "8", "-m"], &tail);
+    with(&["-j1", "-s", "12", "-X"], &["echo", ":::", "a b", "c"]);
+    with(&["-j1", "-s", "14", "-X"], &["echo", ":::", "a b", "c"]);
+    let mut tail = vec!["echo", "pre{}post"];
+    tail.extend_from_slice(&six);
+    with(&["-j1", "-s", "20", "-m"], &tail);
+    with(
+        &["-j1", "-s", "10"],
+        &["echo", ":::", "a", "bbbbbbbbbbbb", "c"],
+    );
+    let out = ours(
+        &["-j1", "-s", "10", "echo", ":::", "a", "bbbbbbbbbbbb"],
+        b"",
+    );
+    assert!(
+        out.err
+            .contains("Command line too long (17 >= 10) at input 0: bbbbbbbbbbbb"),
+        "{}",
+        out.err
+    );
+}
+
+#[test]
+fn a_command_line_over_the_default_limit_stops_as_gnu_does() {
+    if !have_gnu("a_command_line_over_the_default_limit_stops_as_gnu_does") {
+        return;
+    }
+    // 70,000 bytes: over both GNU's probed limit and ours, under what Linux allows.
+    let big = "x".repeat(70_000);
+    same_as_gnu(
+        &["-k", "-j1", "echo", "{}", "|", "wc", "-c"],
+        format!("a\n{big}\nb\n").as_bytes(),
+    );
+    let out = ours(
+        &["-j1", "echo", "{}", "|", "wc", "-c"],
+        format!("{big}\n").as_bytes(),
+    );
+    assert_eq!(out.code, Some(255));
+    assert!(out.err.contains("Command line too long ("), "{}", out.err);
+    assert!(
+        out.err.contains(&format!("{}...", "x".repeat(50))),
+        "{}",
+        out.err
+    );
+}
+
+#[test]
+fn tags_and_ungrouped_output_match_gnu() {
+    if !have_gnu("tags_and_ungrouped_output_match_gnu") {
+        return;
+    }
+    same_as_gnu(
+        &[
+            "-k",
+            "--tagstring",
+            "{#}:{}",
+            "echo",
+            "x",
+            ":::",
+            "a b",
+            "c",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k",
+            "--tagstring",
+            "{#}",
+            "-X",
+            "-j1",
+            "echo",
+            ":::",
+            "a",
+            "b",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &["-k", "--tagstring", "[{1}]", "echo", ":::", "a", ":::", "b"],
+        b"",
+    );
+    same_as_gnu(&["-u", "-j1", "--tag", "echo", ":::", "a", "b"], b"");
+    same_as_gnu(&["--ungroup", "-j1", "printf", "%s", ":::", "a", "b"], b"");
+    same_as_gnu(&["-k", "--compress", "echo", ":::", "a", "b"], b"");
+}
+
+#[test]
+fn ungrouped_output_comes_before_the_job_ends() {
+    let dir = TempDir::new("ungroup");
+    let gate = dir.join("gate");
+    // The job prints half a line, then waits for the gate, which the test opens only once it
+    // has seen that half line.
+    let script = format!(
+        "printf half-{{}}; while [ ! -e {} ]; do sleep 0.01; done; echo done",
+        gate.display()
+    );
+    let r = Runner::start(bin(), &["run", "-u", &script, ":::", "x"], None, b"");
+    wait_for("the half line", || r.stdout() == "half-x");
+    std::fs::write(&gate, "").expect("open the gate");
+    let out = r.finish();
+    assert_eq!(out.out, "half-xdone\n");
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn files_hold_the_output_and_their_names_are_printed() {
+    if !have_gnu("files_hold_the_output_and_their_names_are_printed") {
+        return;
+    }
+    let dir = TempDir::new("files");
+    let dir_str = dir.path().to_str().expect("utf-8 path").to_string();
+    let args = [
+        "-k", "--files", "--tmpdir", &dir_str, "echo", ":::", "a", "b c",
+    ];
+    let out = ours(&args, b"");
+    assert_eq!(out.code, Some(0), "{}", out.err);
+    let names: Vec<&str> = out.out.lines().collect();
+    assert_eq!(names.len(), 2, "{}", out.out);
+    for (name, want) in names.iter().zip(["a\n", "b c\n"]) {
+        let file = std::path::Path::new(name);
+        assert_eq!(file.parent(), Some(dir.path()), "{name}");
+        let base = file.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(
+            base.starts_with("par") && base.ends_with(".par") && base.len() == 12,
+            "{base}"
+        );
+        assert_eq!(std::fs::read_to_string(file).expect("read"), want);
+        let mode = std::fs::metadata(file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    // GNU prints as many names, one per job; with --tag, after the tag.
+    let theirs = gnu_in(None, &args, b"");
+    assert_eq!(theirs.out.lines().count(), 2);
+    let tagged = ours(
+        &["--tag", "--files", "--tmpdir", &dir_str, "true", ":::", "q"],
+        b"",
+    );
+    assert!(
+        tagged.out.starts_with(&format!("q\t{dir_str}/par")),
+        "{}",
+        tagged.out
+    );
+    // A directory that is not there: a clear error, not a panic.
+    let bad = ours(
+        &["--files", "--tmpdir", "/nonexistent/x", "echo", ":::", "a"],
+        b"",
+    );
+    assert!(
+        bad.err.contains("cannot create a file in /nonexistent/x"),
+        "{}",
+        bad.err
+    );
+}
+
+#[test]
+fn jobs_from_a_file_match_gnu() {
+    if !have_gnu("jobs_from_a_file_match_gnu") {
+        return;
+    }
+    let dir = TempDir::new("jobsfile");
+    let f = dir.join("procs");
+    std::fs::write(&f, "1\n").expect("write");
+    let f = f.to_str().expect("utf-8 path");
+    // One job at a time: every job gets slot 1.
+    same_as_gnu(&["-k", "-j", f, "echo", "{%}", ":::", "a", "b", "c"], b"");
+    std::fs::write(dir.join("procs"), "nonsense\n").expect("write");
+    let out = ours(&["-j", f, "echo", ":::", "a"], b"");
+    assert_eq!(out.code, Some(255));
+    assert!(out.err.contains("bad --jobs"), "{}", out.err);
+}
+
+#[test]
+fn too_few_descriptors_lower_the_job_count_as_gnu_does() {
+    if !have_gnu("too_few_descriptors_lower_the_job_count_as_gnu_does") {
+        return;
+    }
+    let run = |program: &str, prefix: &str| {
+        let script = format!(
+            "ulimit -n 50; {program} {prefix} -j20 -k 'echo {{}}; sleep 0.2' ::: $(seq 30)"
+        );
+        Runner::start("/bin/sh", &["-c", &script], None, b"").finish()
+    };
+    let mine = run(bin(), "run");
+    let theirs = run(GNU, "--will-cite");
+    assert_eq!(mine.code, Some(0), "{}", mine.err);
+    assert_eq!(mine.out, theirs.out);
+    assert!(
+        mine.err.contains("Only enough file handles to run"),
+        "{}",
+        mine.err
+    );
+    assert!(!mine.err.contains("Too many open files"), "{}", mine.err);
+}
+
+#[test]
+fn large_arguments_are_not_all_held_in_memory() {
+    // 1,200 arguments of 50 kB (60 MB): the runner holds what running jobs need and a few
+    // batches ahead, not the input. The last job waits for a gate, so that the runner's
+    // high-water mark can be read once it has read everything.
+    let dir = TempDir::new("memory");
+    let input = dir.join("input");
+    let mut data = Vec::with_capacity(61_000_000);
+    for i in 0..1200 {
+        data.extend_from_slice(format!("{i:05}").as_bytes());
+        data.extend(std::iter::repeat_n(b'x', 50_000));
+        data.push(b'\n');
+    }
+    std::fs::write(&input, &data).expect("write");
+    drop(data);
+    let gate = dir.join("gate");
+    let job = format!(
+        "[ {{#}} -lt 1200 ] || until [ -e {} ]; do sleep 0.01; done; : {{}}",
+        gate.display()
+    );
+    let input = input.to_str().expect("utf-8 path");
+    let r = Runner::start(bin(), &["run", "-j2", &job, "::::", input], None, b"");
+    let pid = r.pid().as_raw();
+    // The last job has started when a shell child of the runner has 1200 in its command line.
+    let status = format!("/proc/{pid}/status");
+    wait_for("the last job", || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| {
+                std::fs::read(format!("/proc/{c}/cmdline"))
+                    .is_ok_and(|cmd| cmd.windows(9).any(|w| w == b"[ 1200 -l"))
+            })
+    });
+    let hwm_kb: u64 = std::fs::read_to_string(&status)
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    std::fs::write(&gate, "").expect("open the gate");
+    let out = r.finish();
+    assert_eq!(out.code, Some(0), "{}", out.err);
+    assert!(
+        hwm_kb < 30_000,
+        "the runner peaked at {hwm_kb} kB for 60 MB of input"
+    );
+}
