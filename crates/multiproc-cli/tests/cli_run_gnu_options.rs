@@ -24,6 +24,13 @@ fn replacement_strings_match_gnu() {
     same_as_gnu(&["-k", "-I", ",,", "echo", ":::", "a b"], b"");
     same_as_gnu(&["-k", "--replace=@@", "echo", "@@", "{}", ":::", "a"], b"");
     same_as_gnu(&["-k", "-I", "{}", "echo", "x{}", ":::", "a"], b"");
+    // A replacement string in the command's first word: no value is quoted (GNU's rule);
+    // otherwise every value is, in one word or several.
+    same_as_gnu(&["-k", "echo {}", ":::", "a  b"], b"");
+    same_as_gnu(&["-k", "echo {} {}", ":::", "a  b"], b"");
+    same_as_gnu(&["-k", "--dry-run", "{#} {}", ":::", "a  b"], b"");
+    same_as_gnu(&["-k", "--dry-run", "x{} {}", ":::", "a  b"], b"");
+    same_as_gnu(&["-k", "V={} sh -c 'echo \"$V\"'", ":::", "a  b"], b"");
 }
 
 #[test]
@@ -412,4 +419,77 @@ fn large_arguments_are_not_all_held_in_memory() {
         hwm_kb < 30_000,
         "the runner peaked at {hwm_kb} kB for 60 MB of input"
     );
+}
+
+/// `seq 1..=n`, one number a line.
+fn seq(n: u32) -> Vec<u8> {
+    (1..=n)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn pipe_blocks_match_gnu() {
+    if !have_gnu("pipe_blocks_match_gnu") {
+        return;
+    }
+    let ten = seq(10);
+    same_as_gnu(&["--pipe", "-N3", "-k", "wc", "-l"], &ten);
+    same_as_gnu(&["--pipe", "-L3", "-k", "wc", "-l"], &ten);
+    same_as_gnu(&["--pipe", "-N2", "-j1", "-k", "--tag", "cat"], &ten);
+    same_as_gnu(&["--pipe", "-N2", "-k", "--dry-run", "cat"], &ten);
+    same_as_gnu(&["--pipe", "-N3", "-k", "cat; echo {#} {}"], &ten);
+    same_as_gnu(&["--pipe", "--recend", "5", "-k", "wc", "-c"], &ten);
+    same_as_gnu(&["--pipe", "--block", "4", "-k", "wc", "-c"], &ten);
+    same_as_gnu(&["--pipe", "--block", "10", "-k", "wc", "-c"], &seq(20));
+    same_as_gnu(&["--pipe", "-k", "wc", "-c"], b"a\nb");
+    same_as_gnu(&["--pipe", "-k", "echo", "x"], b"");
+    same_as_gnu(&["--pipe", "-k", "head", "-1"], &ten);
+    let big = seq(100_000);
+    same_as_gnu(&["--pipe", "--block", "100k", "-k", "wc", "-c"], &big);
+    same_as_gnu(&["--pipe", "--block", "100K", "-k", "md5sum"], &big);
+    // The default block (1 MiB), and a job that reads nothing of its block.
+    same_as_gnu(&["--pipe", "-k", "wc", "-l"], &seq(400_000));
+}
+
+#[test]
+fn pipe_gives_every_byte_once_and_logs_what_it_sent() {
+    // Ten jobs at once, each getting 64 kB blocks through its stdin while others run.
+    let input = seq(300_000);
+    let dir = TempDir::new("pipe");
+    let log = dir.join("log");
+    let log_str = log.to_str().expect("utf-8 path");
+    let out = ours(
+        &[
+            "--pipe", "--block", "64K", "-j10", "--joblog", log_str, "cat",
+        ],
+        &input,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.err);
+    let mut got: Vec<&str> = out.out.lines().collect();
+    got.sort_unstable_by_key(|l| l.parse::<u32>().expect("a number"));
+    let want: Vec<String> = (1..=300_000).map(|i| i.to_string()).collect();
+    assert!(got == want, "lost, doubled or cut lines");
+    // The joblog's Send column holds each block's size; together, the input.
+    let text = std::fs::read_to_string(&log).expect("joblog");
+    let sent: u64 = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split('\t')
+                .nth(4)
+                .expect("Send")
+                .parse::<u64>()
+                .expect("bytes")
+        })
+        .sum();
+    assert_eq!(sent, input.len() as u64);
+    // --pipe with arguments of its own, or with -X, is refused.
+    let bad = ours(&["--pipe", "echo", ":::", "a"], b"");
+    assert_eq!(bad.code, Some(255));
+    let bad = ours(&["--pipe", "-X", "echo"], b"");
+    assert_eq!(bad.code, Some(255));
+    let bad = ours(&["--block", "1M", "cat"], b"");
+    assert_eq!(bad.code, Some(255), "--block without --pipe");
 }

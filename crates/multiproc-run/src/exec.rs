@@ -36,6 +36,7 @@ use nix::sys::time::TimeSpec;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::blocks;
 use super::input::{self, Feed, Job};
 use super::joblog::{Entry, Joblog};
 use super::output::{Output, Stream};
@@ -71,6 +72,10 @@ struct Running {
     err: Option<File>,
     /// Our copies of its pipes' write ends, closed once it is reaped.
     _writers: [std::os::fd::OwnedFd; 2],
+    /// With `--pipe`: its stdin, until its block is written (or it stops reading).
+    input: Option<File>,
+    /// How much of its block is written.
+    written: usize,
     /// When it started (for the joblog).
     start_wall: SystemTime,
     /// When it started.
@@ -208,14 +213,18 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a socket pair")?;
     wake_rx.set_nonblocking(true)?;
     wake_tx.set_nonblocking(true)?;
+    let start = |wake: UnixStream| match cfg.pipe {
+        Some((spec, source)) => blocks::start(source, spec, wake),
+        None => input::start(cfg.input, wake),
+    };
     if cfg.dry_run {
-        let rx = input::start(cfg.input, wake_tx)?;
+        let rx = start(wake_tx)?;
         return dry_run(&cfg.template, cfg.shell.is_none(), cfg.jobs, &rx);
     }
     // Before the input thread starts: the signals must be blocked in every thread.
     let signals = Signals::listen()?;
     // The input first: a missing file is an error before anything else happens.
-    let rx = input::start(cfg.input, wake_tx)?;
+    let rx = start(wake_tx)?;
     let (joblog, skip) = match &cfg.joblog {
         Some(p) => {
             let (log, skip) = Joblog::open(p, cfg.resume)?;
@@ -566,6 +575,8 @@ impl Runner {
                             out: Some(spawned.out),
                             err: Some(spawned.err),
                             _writers: spawned.writers,
+                            input: spawned.input,
+                            written: 0,
                             job,
                             attempt,
                             slot,
@@ -577,6 +588,7 @@ impl Runner {
                             kill_at: None,
                         },
                     );
+                    self.write_input(spawned.pid.as_raw());
                 }
                 Err(e) => {
                     // Not even the shell could be spawned (out of processes or descriptors):
@@ -598,6 +610,7 @@ impl Runner {
     /// Spawns a job.
     fn spawn(&self, job: &Job, slot: usize) -> std::io::Result<Spawned> {
         let ctx = Ctx::new(&job.args, job.seq, slot);
+        let piped = job.input.is_some();
         let argv = |ctx: &Ctx<'_>| -> std::io::Result<Vec<CString>> {
             self.template
                 .argv(ctx)
@@ -606,7 +619,9 @@ impl Runner {
                 .collect()
         };
         if let Some(prog) = &self.direct
-            && let Ok(spawned) = self.spawner.spawn(prog, false, &argv(&ctx)?, job.seq, slot)
+            && let Ok(spawned) = self
+                .spawner
+                .spawn(prog, false, &argv(&ctx)?, job.seq, slot, piped)
         {
             return Ok(spawned);
         }
@@ -615,14 +630,14 @@ impl Runner {
                 let mut line = Vec::new();
                 self.template.shell_line(&ctx, &mut line);
                 let argv = [sh.clone(), c"-c".to_owned(), c_string(line, "command")?];
-                self.spawner.spawn(sh, false, &argv, job.seq, slot)
+                self.spawner.spawn(sh, false, &argv, job.seq, slot, piped)
             }
             None => {
                 let argv = argv(&ctx)?;
                 let prog = argv.first().ok_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command")
                 })?;
-                self.spawner.spawn(prog, true, &argv, job.seq, slot)
+                self.spawner.spawn(prog, true, &argv, job.seq, slot, piped)
             }
         }
     }
@@ -678,7 +693,9 @@ impl Runner {
     /// Waits in poll(2) for pipes, signals and input, then handles what happened.
     fn wait(&mut self, timeout: Option<Duration>) -> anyhow::Result<()> {
         let mut owners: Vec<(i32, Stream)> = Vec::with_capacity(2 * self.running.len());
+        let mut inputs: Vec<i32> = Vec::new();
         let ready: Vec<(i32, Stream)>;
+        let writable: Vec<i32>;
         let (chld, int, term, wake);
         {
             let ev = PollFlags::POLLIN;
@@ -699,6 +716,13 @@ impl Runner {
                     owners.push((pid, Stream::Err));
                 }
             }
+            // Stdins last, so that the pipes above keep their places after `first`.
+            for (&pid, r) in &self.running {
+                if let Some(f) = &r.input {
+                    fds.push(PollFd::new(f.as_fd(), PollFlags::POLLOUT));
+                    inputs.push(pid);
+                }
+            }
             match ppoll(&mut fds, timeout.map(TimeSpec::from), None) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => return Ok(()),
@@ -710,15 +734,24 @@ impl Runner {
             term = hit(&fds[2]);
             let first = if self.wake.is_some() { 4 } else { 3 };
             wake = first == 4 && hit(&fds[3]);
-            ready = fds[first..]
+            ready = fds[first..first + owners.len()]
                 .iter()
                 .zip(&owners)
                 .filter(|(fd, _)| hit(fd))
                 .map(|(_, o)| *o)
                 .collect();
+            writable = fds[first + owners.len()..]
+                .iter()
+                .zip(&inputs)
+                .filter(|(fd, _)| hit(fd))
+                .map(|(_, &pid)| pid)
+                .collect();
         }
         for (pid, stream) in ready {
             self.read_pipe(pid, stream, false);
+        }
+        for pid in writable {
+            self.write_input(pid);
         }
         if wake
             && let Some(w) = &mut self.wake
@@ -738,6 +771,27 @@ impl Runner {
             self.reap()?;
         }
         Ok(())
+    }
+
+    /// Writes what a job's stdin pipe takes of its block; closes the pipe when all is written
+    /// or the job no longer reads (EPIPE: GNU parallel does not count that as an error).
+    fn write_input(&mut self, pid: i32) {
+        let Some(r) = self.running.get_mut(&pid) else {
+            return;
+        };
+        let (Some(f), Some(block)) = (&mut r.input, &r.job.input) else {
+            r.input = None;
+            return;
+        };
+        while r.written < block.len() {
+            match f.write(&block[r.written..]) {
+                Ok(n) => r.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        r.input = None;
     }
 
     /// Reads what a job's pipe holds: once (after poll said so), or until it would block
@@ -898,6 +952,7 @@ impl Runner {
                 seq: job.seq,
                 start,
                 runtime: runtime.as_secs_f64(),
+                sent: job.input.as_ref().map_or(0, |b| b.len() as u64),
                 received: self.output.received(job.seq),
                 exitval,
                 signal,

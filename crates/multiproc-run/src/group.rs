@@ -76,6 +76,7 @@ impl Grouper {
             jobs.push(Job {
                 seq: self.seq,
                 args: Vec::new(),
+                input: None,
             });
             return Ok(());
         }
@@ -145,6 +146,7 @@ impl Grouper {
                 jobs.push(Job {
                     seq: self.seq,
                     args: chunk.iter().flatten().cloned().collect(),
+                    input: None,
                 });
             }
             return;
@@ -162,6 +164,7 @@ impl Grouper {
         jobs.push(Job {
             seq: self.seq,
             args: std::mem::take(&mut self.args),
+            input: None,
         });
     }
 }

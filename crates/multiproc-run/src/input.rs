@@ -73,6 +73,8 @@ pub(crate) struct Job {
     pub(crate) seq: u64,
     /// Its arguments: the columns of each source, then of each further record with `-n`.
     pub(crate) args: Vec<Vec<u8>>,
+    /// With `--pipe`: its block of the input, written to its stdin.
+    pub(crate) input: Option<Vec<u8>>,
 }
 
 /// What the reading thread sends.
@@ -360,11 +362,8 @@ pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Fee
     }
     let (tx, rx) = sync_channel(4);
     let maker = Maker {
-        tx,
-        wake,
-        batch: Vec::with_capacity(BATCH),
+        out: Batches::new(tx, wake),
         grouper: Grouper::new(spec.grouping),
-        bytes: 0,
     };
     let (delimiter, colsep) = (spec.delimiter, spec.colsep);
     std::thread::Builder::new()
@@ -395,39 +394,95 @@ fn zip(tables: Vec<Table>, wrap: bool) -> Table {
         .collect()
 }
 
-/// The reading thread's state: the jobs being gathered.
-struct Maker {
+/// Jobs on their way to the runner: gathered into batches, each sent over a bounded channel
+/// with a byte on the wake-up socket.
+pub(crate) struct Batches {
     /// Where batches go.
     tx: SyncSender<Feed>,
     /// Written to after each batch.
     wake: UnixStream,
     /// The jobs not sent yet.
-    batch: Vec<Job>,
+    pub(crate) batch: Vec<Job>,
+    /// The bytes of input read since the last batch was sent.
+    bytes: usize,
+}
+
+impl Batches {
+    /// Batches sent over `tx`, announced on `wake`.
+    pub(crate) fn new(tx: SyncSender<Feed>, wake: UnixStream) -> Batches {
+        Batches {
+            tx,
+            wake,
+            batch: Vec::with_capacity(BATCH),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes read; sends the batch when it is full. Returns `false` when the runner
+    /// has gone.
+    pub(crate) fn read(&mut self, n: usize) -> bool {
+        self.bytes += n;
+        if self.batch.len() >= BATCH || self.bytes >= BATCH_BYTES {
+            return self.flush();
+        }
+        true
+    }
+
+    /// Sends the batch; returns `false` when the runner has gone.
+    pub(crate) fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.bytes = 0;
+        if self.tx.send(Feed::Jobs(batch)).is_err() {
+            return false;
+        }
+        // The socket is non-blocking: a full one already has bytes waiting to wake the runner.
+        let _ = self.wake.write(&[1]);
+        true
+    }
+
+    /// Sends what is left, then the error if any; dropping the sender ends the feed.
+    pub(crate) fn close(mut self, error: Option<String>) {
+        if self.flush()
+            && let Some(e) = error
+            && self.tx.send(Feed::Error(e)).is_ok()
+        {
+            let _ = self.wake.write(&[1]);
+        }
+        drop(self.tx);
+        let _ = self.wake.write(&[1]);
+    }
+}
+
+/// The reading thread's state: the jobs being gathered.
+struct Maker {
+    /// Where the jobs go.
+    out: Batches,
     /// Makes jobs of records.
     grouper: Grouper,
-    /// The bytes of arguments read since the last batch was sent.
-    bytes: usize,
 }
 
 impl Maker {
     /// Reads the first group of sources to its end, making jobs of its product with `rest`.
     fn run(mut self, mut first: First, rest: Vec<Table>, delim: &[u8], colsep: Option<&Regex>) {
         if rest.iter().any(Vec::is_empty) {
-            self.close(None);
+            self.out.close(None);
             return;
         }
         loop {
             let head = match &mut first {
                 First::Lazy(records) => {
-                    if records.may_block() && !self.flush() {
+                    if records.may_block() && !self.out.flush() {
                         return;
                     }
                     match records.next(delim) {
                         Ok(Some(r)) => columns(r, colsep),
                         Ok(None) => break,
                         Err(e) => {
-                            self.grouper.finish(&mut self.batch);
-                            self.close(Some(format!("reading input: {e}")));
+                            self.grouper.finish(&mut self.out.batch);
+                            self.out.close(Some(format!("reading input: {e}")));
                             return;
                         }
                     }
@@ -444,12 +499,12 @@ impl Maker {
                 for (src, &i) in rest.iter().zip(&idx) {
                     record.extend(src[i].iter().cloned());
                 }
-                self.bytes += record.iter().map(Vec::len).sum::<usize>();
-                if let Err(TooLong(e)) = self.grouper.push(record, &mut self.batch) {
-                    self.close(Some(e));
+                let bytes = record.iter().map(Vec::len).sum();
+                if let Err(TooLong(e)) = self.grouper.push(record, &mut self.out.batch) {
+                    self.out.close(Some(e));
                     return;
                 }
-                if (self.batch.len() >= BATCH || self.bytes >= BATCH_BYTES) && !self.flush() {
+                if !self.out.read(bytes) {
                     return;
                 }
                 // Advance the odometer.
@@ -470,35 +525,8 @@ impl Maker {
                 }
             }
         }
-        self.grouper.finish(&mut self.batch);
-        self.close(None);
-    }
-
-    /// Sends the batch; returns `false` when the runner has gone.
-    fn flush(&mut self) -> bool {
-        if self.batch.is_empty() {
-            return true;
-        }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        self.bytes = 0;
-        if self.tx.send(Feed::Jobs(batch)).is_err() {
-            return false;
-        }
-        // The socket is non-blocking: a full one already has bytes waiting to wake the runner.
-        let _ = self.wake.write(&[1]);
-        true
-    }
-
-    /// Sends what is left, then the error if any; dropping the sender ends the feed.
-    fn close(mut self, error: Option<String>) {
-        if self.flush()
-            && let Some(e) = error
-            && self.tx.send(Feed::Error(e)).is_ok()
-        {
-            let _ = self.wake.write(&[1]);
-        }
-        drop(self.tx);
-        let _ = self.wake.write(&[1]);
+        self.grouper.finish(&mut self.out.batch);
+        self.out.close(None);
     }
 }
 

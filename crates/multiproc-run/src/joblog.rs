@@ -3,7 +3,7 @@
 //! The file is tab-separated, with a header line: `Seq Host Starttime JobRuntime Send Receive
 //! Exitval Signal Command`. Host is `:` (this machine), Starttime is seconds since the epoch
 //! with three decimals, JobRuntime seconds with three decimals right-aligned in ten columns,
-//! Send is 0, Receive the bytes the job wrote to its stdout, Exitval -1 for a job that was
+//! Send the bytes of input given to the job (its block with `--pipe`, else 0), Receive the bytes the job wrote to its stdout, Exitval -1 for a job that was
 //! killed (timed out, or stopped), and Signal the signal that ended it, if any.
 
 use std::collections::HashSet;
@@ -37,6 +37,8 @@ pub(crate) struct Entry<'a> {
     pub(crate) start: f64,
     /// How long it ran, in seconds.
     pub(crate) runtime: f64,
+    /// Bytes of input it was given (`--pipe`).
+    pub(crate) sent: u64,
     /// Bytes it wrote to stdout.
     pub(crate) received: u64,
     /// Its exit status, -1 when it was killed.
@@ -114,8 +116,8 @@ impl Joblog {
     /// Appends one line (one write, so that a crash leaves no half line).
     pub(crate) fn write(&mut self, e: &Entry<'_>) -> std::io::Result<()> {
         let mut line = format!(
-            "{}\t:\t{:.3}\t{:>10.3}\t0\t{}\t{}\t{}\t",
-            e.seq, e.start, e.runtime, e.received, e.exitval, e.signal
+            "{}\t:\t{:.3}\t{:>10.3}\t{}\t{}\t{}\t{}\t",
+            e.seq, e.start, e.runtime, e.sent, e.received, e.exitval, e.signal
         )
         .into_bytes();
         line.extend_from_slice(e.command);

@@ -11,6 +11,7 @@
 //! runs the jobs (one poll loop over all the jobs' pipes and the signals), `spawn` starts
 //! them, `output` prints their output, and `joblog` logs them.
 
+mod blocks;
 mod exec;
 mod group;
 mod input;
@@ -122,6 +123,23 @@ pub struct Run {
         conflicts_with = "eof"
     )]
     eof_long: Option<String>,
+    /// Cut the input (stdin, or the first -a or :::: file) into blocks and give each job one
+    /// on its stdin, instead of arguments.
+    #[arg(long, visible_alias = "spreadstdin")]
+    pipe: bool,
+    /// With --pipe: a block's size before it is cut back to a record end (default 1M; k, m,
+    /// g are powers of 1000, K, M, G of 1024).
+    #[arg(
+        long,
+        visible_alias = "block-size",
+        value_name = "SIZE",
+        requires = "pipe"
+    )]
+    block: Option<String>,
+    /// With --pipe: what ends a record (default a newline; C escapes understood; empty: cut
+    /// anywhere).
+    #[arg(long, value_name = "STR", requires = "pipe")]
+    recend: Option<String>,
     /// Leave out records that are empty or only blanks.
     #[arg(short = 'r', long = "no-run-if-empty")]
     no_run_if_empty: bool,
@@ -707,6 +725,8 @@ pub(crate) struct Config {
     pub(crate) verbose: bool,
     /// `--bar`.
     pub(crate) bar: bool,
+    /// `--pipe`: how the input is cut, and where it comes from.
+    pub(crate) pipe: Option<(blocks::BlockSpec, Option<PathBuf>)>,
 }
 
 /// Checks the options and splits the command from its `:::` / `::::` groups.
@@ -771,6 +791,34 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         replace: replace.map(String::into_bytes),
         quote_words: a.quote,
         context: a.context_replace,
+        pipe: a.pipe,
+    };
+    let pipe = if a.pipe {
+        if a.multiple || a.context_replace {
+            bail!("--pipe cannot be used with -m or -X");
+        }
+        let source = match groups.as_slice() {
+            [] => None,
+            [input::Source::File(p)] => Some(p.clone()),
+            _ => bail!("--pipe reads one input: stdin, or one -a or :::: file"),
+        };
+        let recend = match &a.recend {
+            Some(r) if r.is_empty() => Vec::new(),
+            Some(r) => input::parse_delimiter(r)?,
+            None => vec![b'\n'],
+        };
+        let spec = blocks::BlockSpec {
+            size: a
+                .block
+                .as_deref()
+                .map_or(Ok(blocks::DEFAULT_BLOCK), blocks::parse_size)?,
+            recend,
+            records: a.max_args.or(a.max_replace_args),
+            lines: a.max_lines.or(a.max_lines_long),
+        };
+        Some((spec, source))
+    } else {
+        None
     };
     let template = template::Template::parse(&words, &syntax)?;
     let tagstring = a
@@ -868,6 +916,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         dry_run: a.dry_run,
         verbose: a.verbose,
         bar: a.bar,
+        pipe,
     })
 }
 

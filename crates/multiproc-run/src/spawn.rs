@@ -30,6 +30,8 @@ pub(crate) struct Spawned {
     pub(crate) err: File,
     /// Our copies of the write ends, kept until the job is reaped (see [`Spawner::spawn`]).
     pub(crate) writers: [OwnedFd; 2],
+    /// The write end of its stdin, when it was spawned with one (`--pipe`).
+    pub(crate) input: Option<File>,
 }
 
 /// What every job is spawned with.
@@ -72,7 +74,8 @@ impl Spawner {
     }
 
     /// Starts `program` with `argv` (`argv[0]` included) as job `seq` in slot `slot`: stdin
-    /// from `/dev/null`, stdout and stderr into pipes, in a process group of its own.
+    /// from `/dev/null` (from a pipe when `piped`), stdout and stderr into pipes, in a process
+    /// group of its own.
     ///
     /// The caller keeps the pipes' write ends ([`Spawned::writers`]) until it has reaped the
     /// job: the read ends then never see end of file, so a job that prints nothing wakes the
@@ -86,11 +89,21 @@ impl Spawner {
         argv: &[CString],
         seq: u64,
         slot: usize,
+        piped: bool,
     ) -> std::io::Result<Spawned> {
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Our end does not block: the runner writes what the pipe takes as poll says.
+        let stdin = if piped {
+            Some(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+        } else {
+            None
+        };
         let mut actions = PosixSpawnFileActions::init()?;
-        actions.add_dup2(self.devnull.as_raw_fd(), 0)?;
+        match &stdin {
+            Some((r, _)) => actions.add_dup2(r.as_raw_fd(), 0)?,
+            None => actions.add_dup2(self.devnull.as_raw_fd(), 0)?,
+        }
         actions.add_dup2(out_w.as_raw_fd(), 1)?;
         actions.add_dup2(err_w.as_raw_fd(), 2)?;
         let seq_var = CString::new(format!("PARALLEL_SEQ={seq}"))?;
@@ -118,6 +131,13 @@ impl Spawner {
             out: File::from(out_r),
             err: File::from(err_r),
             writers: [out_w, err_w],
+            input: match stdin {
+                Some((_, w)) => {
+                    nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+                    Some(File::from(w))
+                }
+                None => None,
+            },
         })
     }
 }

@@ -232,6 +232,8 @@ pub(crate) struct Syntax {
     pub(crate) quote_words: bool,
     /// `-X`: repeat a word holding `{}` once per argument (context replace).
     pub(crate) context: bool,
+    /// `--pipe`: the input goes to the jobs' stdin, so no ` {}` is appended.
+    pub(crate) pipe: bool,
 }
 
 /// How values and words are quoted in a rendered line.
@@ -260,6 +262,9 @@ pub(crate) struct Template {
     context: bool,
     /// Whether [`Template::added_len`] can tell what one more argument adds.
     additive: bool,
+    /// Whether values are quoted: not when a replacement string is part of the command's
+    /// first word (GNU parallel's rule).
+    quote_values: bool,
 }
 
 impl Template {
@@ -272,17 +277,19 @@ impl Template {
             any |= pieces.iter().any(|p| !matches!(p, Piece::Lit(_)));
             parsed.push(pieces);
         }
-        if !parsed.is_empty() && !any {
+        if !parsed.is_empty() && !any && !syntax.pipe {
             parsed.push(vec![Piece::Arg(Pos::All, Kind::Whole)]);
         }
         let plain = is_plain(&parsed, syntax.quote_words);
         let additive = is_additive(&parsed, syntax);
+        let quote_values = !names_the_command(&parsed);
         Ok(Template {
             words: parsed,
             plain,
             quote_words: syntax.quote_words,
             context: syntax.context,
             additive,
+            quote_values,
         })
     }
 
@@ -295,6 +302,7 @@ impl Template {
             quote_words: false,
             context: false,
             additive: false,
+            quote_values: false,
         })
     }
 
@@ -311,8 +319,10 @@ impl Template {
     }
 
     /// The shell command line of a job: the words joined by spaces, each replaced value
-    /// shell-quoted as GNU parallel quotes it, but in the first word (with `-q`, each whole
-    /// word quoted instead). Without a command, the arguments themselves, unquoted.
+    /// shell-quoted as GNU parallel quotes it (with `-q`, each whole word quoted instead).
+    /// When a replacement string is part of the command's first word, no value is quoted, so
+    /// that the input can name the command (`echo 'ls -l' | parallel {}`), as GNU parallel
+    /// does. Without a command, the arguments themselves, unquoted.
     pub(crate) fn shell_line(&self, ctx: &Ctx<'_>, out: &mut Vec<u8>) {
         let quoting = if self.quote_words {
             Quoting::Words
@@ -350,8 +360,8 @@ impl Template {
         };
         let mut n = 0;
         let one = [arg.to_vec()];
-        for (i, word) in self.words.iter().enumerate() {
-            let quoted = i > 0;
+        let quoted = self.quote_values;
+        for word in &self.words {
             if self.context && word.iter().any(|p| matches!(p, Piece::Arg(Pos::All, _))) {
                 // One more copy of the word, after a space.
                 let copy = Ctx {
@@ -384,17 +394,14 @@ impl Template {
         }
         let mut first = true;
         let mut raw = Vec::new();
-        for (i, word) in self.words.iter().enumerate() {
+        for word in &self.words {
             for copy in self.copies(word, ctx) {
                 if !first {
                     out.push(b' ');
                 }
                 first = false;
                 match quoting {
-                    // In the command's first word a value goes in as it is, so that the
-                    // input can name the command (`echo 'ls -l' | parallel {}`), as GNU
-                    // parallel does.
-                    Quoting::Values => render_word(word, &copy, i > 0, out),
+                    Quoting::Values => render_word(word, &copy, self.quote_values, out),
                     Quoting::Raw => render_word(word, &copy, false, out),
                     Quoting::Words => {
                         raw.clear();
@@ -537,6 +544,23 @@ fn is_plain(words: &[Vec<Piece>], quoted: bool) -> bool {
             Piece::Lit(s) => quoted || s.iter().all(|&b| is_plain_byte(b)),
             _ => true,
         })
+}
+
+/// Whether a replacement string comes before the first blank or `=` of the command line: then
+/// it is (part of) the command's name and GNU parallel quotes no value (`parallel {}`,
+/// `parallel my_{}`, not `parallel V={} cmd`).
+fn names_the_command(words: &[Vec<Piece>]) -> bool {
+    let Some(first) = words.first() else {
+        return false;
+    };
+    for piece in first {
+        match piece {
+            Piece::Lit(s) if s.iter().any(|b| b" \t\n=".contains(b)) => return false,
+            Piece::Lit(_) => {}
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// Whether what one more argument adds to a line can be told from the argument alone: not
@@ -725,16 +749,29 @@ mod tests {
 
     #[test]
     fn path_replacements() {
-        let all = ["{}", "{.}", "{/}", "{//}", "{/.}"];
-        assert_eq!(line(&all, &["a/b.c.txt"]), "a/b.c.txt a/b.c b.c.txt a b.c");
-        assert_eq!(line(&all, &["/x"]), "/x /x x / x");
-        assert_eq!(line(&all, &["noext"]), "noext noext noext . noext");
-        assert_eq!(line(&all, &["./a.b/c"]), "./a.b/c ./a.b/c c ./a.b c");
-        assert_eq!(line(&all, &[".hidden"]), ".hidden '' .hidden . ''");
-        assert_eq!(line(&all, &["a/"]), "a/ a/ '' . ''");
+        let all = [":", "{}", "{.}", "{/}", "{//}", "{/.}"];
+        assert_eq!(
+            line(&all, &["a/b.c.txt"]),
+            ": a/b.c.txt a/b.c b.c.txt a b.c"
+        );
+        assert_eq!(line(&all, &["/x"]), ": /x /x x / x");
+        assert_eq!(line(&all, &["noext"]), ": noext noext noext . noext");
+        assert_eq!(line(&all, &["./a.b/c"]), ": ./a.b/c ./a.b/c c ./a.b c");
+        assert_eq!(line(&all, &[".hidden"]), ": .hidden '' .hidden . ''");
+        assert_eq!(line(&all, &["a/"]), ": a/ a/ '' . ''");
         assert_eq!(line(&["{//}"], &[""]), ".");
         assert_eq!(line(&["{//}"], &["//"]), "/");
         assert_eq!(line(&["{//}"], &["a//b//"]), "a");
+    }
+
+    #[test]
+    fn no_value_is_quoted_when_one_names_the_command() {
+        // GNU parallel's rule: a replacement string before the first blank or `=`.
+        assert_eq!(line(&["{}", "x"], &["a  b"]), "a  b x");
+        assert_eq!(line(&["x{}", "{}"], &["a  b"]), "xa  b a  b");
+        assert_eq!(line(&["echo {}"], &["a  b"]), "echo 'a  b'");
+        assert_eq!(line(&["V={}", "cmd"], &["a b"]), "V='a b' cmd");
+        assert_eq!(line(&["{#}", "{}"], &["a b"]), "7 a b");
     }
 
     #[test]
