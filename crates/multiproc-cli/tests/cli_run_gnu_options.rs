@@ -493,3 +493,43 @@ fn pipe_gives_every_byte_once_and_logs_what_it_sent() {
     let bad = ours(&["--block", "1M", "cat"], b"");
     assert_eq!(bad.code, Some(255), "--block without --pipe");
 }
+
+#[test]
+fn headers_name_columns_as_gnu_does() {
+    if !have_gnu("headers_name_columns_as_gnu_does") {
+        return;
+    }
+    let table = b"f1\tf2\nx\ty\nz\tw\n";
+    same_as_gnu(
+        &[
+            "-k", "--header", ":", "echo", "{a}-{b}", ":::", "a", "1", "2", ":::", "b", "3",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k", "--header", ":", "--colsep", "\t", "echo", "{f2}", "{1}",
+        ],
+        table,
+    );
+    same_as_gnu(&["-k", "--header", ":", "echo", "{f2}", "{}"], table);
+    same_as_gnu(
+        &[
+            "-k", "--header", ":", "--colsep", ",", "echo", "{f1.}", "{f2/}", "{f2//}",
+        ],
+        b"f1,f2\nx.c,y/z\n",
+    );
+    same_as_gnu(&["-k", "--header", ":", "echo", "x"], b"h\n");
+    // With --pipe, the header goes before every block.
+    same_as_gnu(
+        &["--pipe", "-N1", "--header", ":", "-k", "cat"],
+        b"h\n1\n2\n3\n",
+    );
+    same_as_gnu(
+        &["--pipe", "-N2", "--header", "2", "-k", "cat"],
+        b"h1\nh2\n1\n2\n3\n",
+    );
+    let bad = ours(&["--header", "x+", "echo"], b"");
+    assert_eq!(bad.code, Some(255));
+    assert!(bad.err.contains("--header"), "{}", bad.err);
+}

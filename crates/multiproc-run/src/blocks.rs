@@ -27,6 +27,8 @@ pub(crate) struct BlockSpec {
     pub(crate) records: Option<usize>,
     /// `-L`: lines per record (ending with `--recend`'s newlines).
     pub(crate) lines: Option<usize>,
+    /// `--header`: the records at the start that go before every block.
+    pub(crate) header_lines: usize,
 }
 
 /// The default `--block`: 1 MiB, as GNU parallel's.
@@ -92,9 +94,19 @@ fn cut(mut r: impl Read, spec: &BlockSpec, mut out: Batches) {
     let mut buf: Vec<u8> = Vec::new();
     let mut eof = false;
     let mut seq = 0u64;
+    let mut header: Option<Vec<u8>> = (spec.header_lines == 0).then(Vec::new);
     loop {
         let at = loop {
-            if let Some(at) = cut_point(&buf, spec, eof) {
+            if header.is_none() {
+                // The header first: its records, or all there is.
+                if let Some(at) =
+                    nth_end(&buf, &spec.recend, spec.header_lines).or(eof.then_some(buf.len()))
+                {
+                    let rest = buf.split_off(at);
+                    header = Some(std::mem::replace(&mut buf, rest));
+                    continue;
+                }
+            } else if let Some(at) = cut_point(&buf, spec, eof) {
                 break Some(at);
             }
             if eof {
@@ -118,7 +130,11 @@ fn cut(mut r: impl Read, spec: &BlockSpec, mut out: Batches) {
         let block = match at {
             Some(at) => {
                 let rest = buf.split_off(at);
-                std::mem::replace(&mut buf, rest)
+                let block = std::mem::replace(&mut buf, rest);
+                match header.as_deref() {
+                    Some(h) if !h.is_empty() && !block.is_empty() => [h, &block].concat(),
+                    _ => block,
+                }
             }
             None => break,
         };
@@ -212,6 +228,7 @@ mod tests {
             recend: b"\n".to_vec(),
             records: None,
             lines: None,
+            header_lines: 0,
         }
     }
 
@@ -255,6 +272,13 @@ mod tests {
             ..spec(8)
         };
         assert_eq!(blocks(&seq(10), &l3_small), [6, 6, 6, 3]);
+        let header = BlockSpec {
+            records: Some(1),
+            header_lines: 1,
+            ..spec(DEFAULT_BLOCK)
+        };
+        assert_eq!(blocks(b"h\n1\n2\n3\n", &header), [4, 4, 4]);
+        assert!(blocks(b"h\n", &header).is_empty());
         let anywhere = BlockSpec {
             recend: Vec::new(),
             ..spec(4)

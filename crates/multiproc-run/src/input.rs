@@ -20,12 +20,66 @@ use regex::bytes::Regex;
 use crate::group::{Grouper, Grouping, TooLong};
 
 /// Where records come from.
-#[derive(Debug)]
 pub(crate) enum Source {
     /// The arguments of a `:::` group.
     Args(Vec<Vec<u8>>),
     /// A file (`-a FILE`, `:::: FILE`); `-` is stdin.
     File(PathBuf),
+    /// A file opened already (its `--header` read), and its name for messages.
+    Opened(String, BufReader<Box<dyn Read + Send>>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Args(a) => f.debug_tuple("Args").field(a).finish(),
+            Source::File(p) => f.debug_tuple("File").field(p).finish(),
+            Source::Opened(name, _) => f.debug_tuple("Opened").field(name).finish(),
+        }
+    }
+}
+
+/// Reads `--header`: the first `lines` records of each source (the first value of a `:::`
+/// group) name its columns, split by `colsep` when given. Returns each name with the 1-based
+/// position of its column among a record's values; the sources left hold the rest.
+pub(crate) fn read_headers(
+    sources: &mut Vec<Source>,
+    lines: usize,
+    delimiter: &[u8],
+    colsep: Option<&Regex>,
+) -> anyhow::Result<Vec<(Vec<u8>, usize)>> {
+    if sources.is_empty() {
+        sources.push(Source::File(PathBuf::from("-")));
+    }
+    let mut names = Vec::new();
+    let mut offset = 0;
+    for source in sources.iter_mut() {
+        let header = match source {
+            Source::Args(values) if values.is_empty() => continue,
+            Source::Args(values) => values.remove(0),
+            Source::File(path) => {
+                let name = path.display().to_string();
+                let mut reader = BufReader::with_capacity(1 << 16, open(path)?);
+                let mut first = None;
+                for _ in 0..lines {
+                    let rec = read_record(&mut reader, delimiter)
+                        .with_context(|| format!("reading the header of {name}"))?;
+                    first = first.or(rec);
+                }
+                *source = Source::Opened(name, reader);
+                match first {
+                    Some(h) => h,
+                    None => continue,
+                }
+            }
+            Source::Opened(..) => continue,
+        };
+        for column in columns(header, colsep) {
+            offset += 1;
+            names.push((column, offset));
+        }
+    }
+    Ok(names)
 }
 
 /// How to read the sources.
@@ -319,6 +373,7 @@ pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Fee
         let raw = match s {
             Source::Args(a) => Raw::List(a.into_iter()),
             Source::File(p) => Raw::Reader(BufReader::with_capacity(1 << 16, open(&p)?)),
+            Source::Opened(_, reader) => Raw::Reader(reader),
         };
         Ok(Records {
             raw,
@@ -329,6 +384,7 @@ pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Fee
     let read_all = |s: Source| -> anyhow::Result<Table> {
         let name = match &s {
             Source::File(p) => p.display().to_string(),
+            Source::Opened(name, _) => name.clone(),
             Source::Args(_) => ":::".into(),
         };
         let mut recs = to_records(s)?;

@@ -123,6 +123,11 @@ pub struct Run {
         conflicts_with = "eof"
     )]
     eof_long: Option<String>,
+    /// The first line of each input names its columns ({name} for {N}, split by --colsep);
+    /// the first value of each ::: group names it; with --pipe, the first line goes before
+    /// every block. `:` (or `.*\n`) is one line, a number that many.
+    #[arg(long, value_name = ":|N")]
+    header: Option<String>,
     /// Cut the input (stdin, or the first -a or :::: file) into blocks and give each job one
     /// on its stdin, instead of arguments.
     #[arg(long, visible_alias = "spreadstdin")]
@@ -779,7 +784,24 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             },
         }
     }
-    let colsep = a.colsep.as_deref().map(input::colsep).transpose()?;
+    // `--header` splits at TABs when --colsep does not say otherwise, as GNU parallel.
+    let colsep = match (a.colsep.as_deref(), &a.header) {
+        (None, Some(_)) if !a.pipe => Some(input::colsep("\t")?),
+        (c, _) => c.map(input::colsep).transpose()?,
+    };
+    let header_lines = match a.header.as_deref() {
+        None => 0,
+        Some(":" | ".*\\n" | ".*\n") => 1,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("--header {n:?}: use `:` for one line, or a number of lines"),
+        },
+    };
+    let names = if header_lines > 0 && !a.pipe {
+        input::read_headers(&mut groups, header_lines, &delimiter, colsep.as_ref())?
+    } else {
+        Vec::new()
+    };
     let replace = a
         .replace
         .or(a.replace_long)
@@ -792,6 +814,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         quote_words: a.quote,
         context: a.context_replace,
         pipe: a.pipe,
+        names,
     };
     let pipe = if a.pipe {
         if a.multiple || a.context_replace {
@@ -815,6 +838,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             recend,
             records: a.max_args.or(a.max_replace_args),
             lines: a.max_lines.or(a.max_lines_long),
+            header_lines,
         };
         Some((spec, source))
     } else {

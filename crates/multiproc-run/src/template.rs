@@ -234,6 +234,9 @@ pub(crate) struct Syntax {
     pub(crate) context: bool,
     /// `--pipe`: the input goes to the jobs' stdin, so no ` {}` is appended.
     pub(crate) pipe: bool,
+    /// `--header`: column names, each with the 1-based position of its value (`{name}` is
+    /// `{N}`, and so are `{name.}`, `{name/}`, ...).
+    pub(crate) names: Vec<(Vec<u8>, usize)>,
 }
 
 /// How values and words are quoted in a rendered line.
@@ -273,7 +276,7 @@ impl Template {
         let mut parsed = Vec::with_capacity(words.len() + 1);
         let mut any = false;
         for w in words {
-            let pieces = parse_word(w, syntax.replace.as_deref())?;
+            let pieces = parse_word(w, syntax)?;
             any |= pieces.iter().any(|p| !matches!(p, Piece::Lit(_)));
             parsed.push(pieces);
         }
@@ -297,7 +300,7 @@ impl Template {
     /// are all there is to it, and nothing is appended.
     pub(crate) fn parse_text(text: &[u8], syntax: &Syntax) -> anyhow::Result<Template> {
         Ok(Template {
-            words: vec![parse_word(text, syntax.replace.as_deref())?],
+            words: vec![parse_word(text, syntax)?],
             plain: false,
             quote_words: false,
             context: false,
@@ -585,9 +588,10 @@ fn is_plain_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-_./+,:@%=".contains(&b)
 }
 
-/// Splits a command word into literal text and replacement strings; `replace` (`-I`) stands
-/// for the whole argument instead of `{}`.
-fn parse_word(w: &[u8], replace: Option<&[u8]>) -> anyhow::Result<Vec<Piece>> {
+/// Splits a command word into literal text and replacement strings; `-I`'s string stands for
+/// the whole argument instead of `{}`, and `--header`'s names for their columns.
+fn parse_word(w: &[u8], syntax: &Syntax) -> anyhow::Result<Vec<Piece>> {
+    let replace = syntax.replace.as_deref();
     let mut pieces = Vec::new();
     let mut lit = Vec::new();
     let mut i = 0;
@@ -611,7 +615,7 @@ fn parse_word(w: &[u8], replace: Option<&[u8]>) -> anyhow::Result<Vec<Piece>> {
                 );
             }
             if let Some(end) = w[i..].iter().position(|&b| b == b'}')
-                && let Some(piece) = parse_replacement(&w[i + 1..i + end])
+                && let Some(piece) = parse_replacement(&w[i + 1..i + end], &syntax.names)
                 // Under `-I`, `{}` is plain text.
                 && (replace.is_none() || end > 1)
             {
@@ -632,12 +636,26 @@ fn parse_word(w: &[u8], replace: Option<&[u8]>) -> anyhow::Result<Vec<Piece>> {
     Ok(pieces)
 }
 
-/// The replacement string whose inside (between the braces) is `s`, if it is one.
-fn parse_replacement(s: &[u8]) -> Option<Piece> {
+/// The replacement string whose inside (between the braces) is `s`, if it is one; `names`
+/// are `--header`'s.
+fn parse_replacement(s: &[u8], names: &[(Vec<u8>, usize)]) -> Option<Piece> {
     match s {
         b"#" => return Some(Piece::Seq),
         b"%" => return Some(Piece::Slot),
         _ => {}
+    }
+    for (suffix, kind) in [
+        (&b"/."[..], Kind::BaseNoExt),
+        (b"//", Kind::Dir),
+        (b"/", Kind::Base),
+        (b".", Kind::NoExt),
+        (b"", Kind::Whole),
+    ] {
+        if let Some(name) = s.strip_suffix(suffix)
+            && let Some((_, pos)) = names.iter().find(|(n, _)| n == name && !n.is_empty())
+        {
+            return Some(Piece::Arg(Pos::Nth(*pos), kind));
+        }
     }
     let (neg, rest) = match s.strip_prefix(b"-") {
         Some(r) => (true, r),
