@@ -812,10 +812,12 @@ fn jobs_read_nothing_from_stdin_and_no_command_runs_the_arguments() {
 }
 
 #[test]
-fn bar_is_hidden_when_stderr_is_no_terminal() {
+fn bar_is_written_as_lines_where_stderr_is_no_terminal() {
+    // As GNU parallel, which draws its bar on a log too: one line per finished job.
     let out = ours(&["--bar", "-k", "echo", ":::", "a", "b"], b"");
     assert_eq!(out.out, "a\nb\n");
-    assert!(out.err.is_empty(), "{out:?}");
+    assert!(out.err.contains("\r50% 1:1="), "{out:?}");
+    assert!(out.err.contains("\r100% 2:0=0s b"), "{out:?}");
 }
 
 #[test]

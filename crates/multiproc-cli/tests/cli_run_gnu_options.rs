@@ -533,3 +533,77 @@ fn headers_name_columns_as_gnu_does() {
     assert_eq!(bad.code, Some(255));
     assert!(bad.err.contains("--header"), "{}", bad.err);
 }
+
+/// Every file under `root`, as paths relative to it, sorted, with their contents.
+fn tree(root: &std::path::Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(root).expect("under root");
+                found.push((
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&p).expect("read"),
+                ));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn results_names_too_long_for_the_file_system_are_cut_as_gnu_cuts_them() {
+    if !have_gnu("results_names_too_long_for_the_file_system_are_cut_as_gnu_cuts_them") {
+        return;
+    }
+    let dir = TempDir::new("results-long");
+    let long = "x".repeat(300);
+    let tab = "a\tb/c";
+    let run = |program: &str, name: &str| {
+        let res = dir.join(name);
+        let res = res.to_str().expect("utf-8 path").to_string();
+        let args: Vec<&str> = match program {
+            "gnu" => vec!["--will-cite", "--results", &res, "echo", ":::", &long, tab],
+            _ => vec!["run", "--results", &res, "echo", ":::", &long, tab],
+        };
+        let prog = if program == "gnu" { GNU } else { bin() };
+        let out = Runner::start(prog, &args, None, b"").finish();
+        assert_eq!(out.code, Some(0), "{program}: {}", out.err);
+        tree(&dir.join(name))
+    };
+    let theirs = run("gnu", "gnu");
+    let mine = run("ours", "ours");
+    assert_eq!(mine, theirs);
+    assert!(
+        mine.iter()
+            .any(|(p, _)| p.starts_with(&format!("1/{}/", "x".repeat(255))))
+    );
+}
+
+#[test]
+fn eta_and_progress_write_gnus_lines() {
+    if !have_gnu("eta_and_progress_write_gnus_lines") {
+        return;
+    }
+    for (option, last) in [
+        ("--eta", "Left: 0 AVG: "),
+        ("--progress", "local:0/3/100%/"),
+    ] {
+        let args = ["-j2", "-k", option, "echo", ":::", "a", "b", "c"];
+        let mine = ours(&args, b"");
+        let theirs = gnu_in(None, &args, b"");
+        assert_eq!(mine.out, theirs.out, "{option}");
+        for err in [&mine.err, &theirs.err] {
+            assert!(
+                err.contains("Computers / CPU cores / Max jobs to run\n1:local / "),
+                "{option}: {err}"
+            );
+            assert!(err.contains(last), "{option}: {err}");
+        }
+    }
+}

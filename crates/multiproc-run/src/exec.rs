@@ -40,6 +40,7 @@ use super::blocks;
 use super::input::{self, Feed, Job};
 use super::joblog::{Entry, Joblog};
 use super::output::{Output, Stream};
+use super::progress::{self, Meter};
 use super::spawn::{Spawned, Spawner, c_string};
 use super::template::{Ctx, Template, quote};
 use super::{Config, Halt, When, Why};
@@ -254,6 +255,12 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         }
         bar
     });
+    // Where no terminal draws the bar, and for --eta and --progress: GNU parallel's lines.
+    let style = match (cfg.progress, bar.is_some()) {
+        (Some(s), false) => Some(s),
+        (Some(progress::Style::Bar), true) | (None, _) => None,
+        (Some(s), true) => Some(s),
+    };
     let output = Output::new(cfg.output.clone(), bar.clone())?;
     let slots = slots_for(cfg.jobs);
     let mut r = Runner {
@@ -273,6 +280,11 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         joblog,
         skip,
         bar,
+        meter: style.map(|s| {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            Meter::new(s, cpus, slots)
+        }),
+        last_args: Vec::new(),
         rx: Some(rx),
         wake: Some(wake_rx),
         signals,
@@ -294,11 +306,15 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         halt_exit: None,
         buf: vec![0; 1 << 16],
     };
-    if r.halt.pct || r.bar.is_some() {
-        // Percentages and the bar need the number of jobs: read all the input first.
+    let counted = r.meter.is_some() && style != Some(progress::Style::Progress);
+    if r.halt.pct || r.bar.is_some() || counted {
+        // Percentages, the bar and the ETA need the number of jobs: read all the input first.
         r.read_all_input();
         if let Some(bar) = &r.bar {
             bar.set_length(r.pending.len() as u64);
+        }
+        if let Some(m) = &mut r.meter {
+            m.set_total(r.pending.len() as u64);
         }
     }
     r.total_jobs = r.pending.len() as u64;
@@ -312,6 +328,10 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
     r.output.close();
     if let Some(bar) = &r.bar {
         bar.finish();
+    }
+    if let Some(m) = &r.meter {
+        m.update(0, r.completed, &r.last_args);
+        m.finish();
     }
     res?;
     Ok(r.exit_status())
@@ -452,6 +472,10 @@ struct Runner {
     skip: HashSet<u64>,
     /// The progress bar, if drawn.
     bar: Option<ProgressBar>,
+    /// The progress as text lines (`--eta`, `--progress`, `--bar` without a terminal).
+    meter: Option<Meter>,
+    /// The arguments of the last job started, for the meter.
+    last_args: Vec<u8>,
     /// The input feed, until it ends.
     rx: Option<Receiver<Feed>>,
     /// The input thread's wake-up socket, until the thread closes it.
@@ -530,14 +554,25 @@ impl Runner {
                 }
                 return Some((job, 1));
             }
-            let rx = self.rx.as_ref()?;
-            match rx.try_recv() {
-                Ok(Feed::Jobs(jobs)) => self.pending.extend(jobs),
-                Ok(Feed::Error(e)) => self.input_failed(&e),
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Disconnected) => self.rx = None,
+            if !self.receive() {
+                return None;
             }
         }
+    }
+
+    /// Takes what the input thread has sent, without waiting; returns whether anything came
+    /// (jobs, an error, or the end of the input).
+    fn receive(&mut self) -> bool {
+        let Some(rx) = self.rx.as_ref() else {
+            return false;
+        };
+        match rx.try_recv() {
+            Ok(Feed::Jobs(jobs)) => self.pending.extend(jobs),
+            Ok(Feed::Error(e)) => self.input_failed(&e),
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => self.rx = None,
+        }
+        true
     }
 
     /// Starts jobs while slots are free and jobs ready.
@@ -545,6 +580,9 @@ impl Runner {
         while !self.stopping && self.running.len() < self.slots {
             let now = Instant::now();
             if self.next_start.is_some_and(|t| t > now) {
+                // Waiting for `--delay`: but not after the last job (learn whether the input
+                // has ended).
+                while self.pending.is_empty() && self.receive() {}
                 return Ok(());
             }
             let Some((job, attempt)) = self.next_job(now) else {
@@ -552,6 +590,10 @@ impl Runner {
             };
             if attempt == 1 {
                 self.started += 1;
+            }
+            if self.meter.is_some() {
+                self.last_args.clear();
+                super::template::join(&job.args, &mut self.last_args);
             }
             let slot = match self.free_slots.pop() {
                 Some(Reverse(s)) => s,
@@ -969,6 +1011,10 @@ impl Runner {
         }
         if let Some(bar) = &self.bar {
             bar.inc(1);
+        }
+        if let Some(m) = &self.meter {
+            self.output.flush();
+            m.update(self.running.len(), self.completed, &self.last_args);
         }
         self.check_halt(failed, exitval, signal, &cmd);
         Ok(())

@@ -17,6 +17,7 @@ mod group;
 mod input;
 mod joblog;
 mod output;
+mod progress;
 mod spawn;
 mod template;
 
@@ -265,7 +266,7 @@ pub struct Run {
     /// Print the version and exit.
     #[arg(long)]
     version: bool,
-    /// Show a progress bar with an ETA on stderr (when it is a terminal).
+    /// Show a progress bar with an ETA on stderr (as lines of text when it is no terminal).
     #[arg(long)]
     bar: bool,
     /// Show how many jobs are done, running and left, and the estimated time left, on stderr.
@@ -730,6 +731,8 @@ pub(crate) struct Config {
     pub(crate) verbose: bool,
     /// `--bar`.
     pub(crate) bar: bool,
+    /// `--eta`, `--progress`, or `--bar` (drawn as text where stderr is no terminal).
+    pub(crate) progress: Option<progress::Style>,
     /// `--pipe`: how the input is cut, and where it comes from.
     pub(crate) pipe: Option<(blocks::BlockSpec, Option<PathBuf>)>,
 }
@@ -940,6 +943,15 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         dry_run: a.dry_run,
         verbose: a.verbose,
         bar: a.bar,
+        progress: if a.eta {
+            Some(progress::Style::Eta)
+        } else if a.progress {
+            Some(progress::Style::Progress)
+        } else if a.bar {
+            Some(progress::Style::Bar)
+        } else {
+            None
+        },
         pipe,
     })
 }

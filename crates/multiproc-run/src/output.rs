@@ -387,30 +387,56 @@ fn new_file(dir: &std::path::Path, data: &[u8]) -> std::io::Result<Vec<u8>> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no free file name")))
 }
 
-/// The name GNU parallel gives an argument in a `--results` path: `\` as `\\`, `/` as `\_`.
-fn escape_path(arg: &[u8]) -> Vec<u8> {
+/// The name GNU parallel gives an argument in a `--results` path: `\` as `\\`, `/` as `\_`,
+/// TAB as `\t`, NUL as `\0`; at most `max` bytes of it when given.
+fn escape_path(arg: &[u8], max: Option<usize>) -> Vec<u8> {
     let mut out = Vec::with_capacity(arg.len());
     for &b in arg {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'/' => out.extend_from_slice(b"\\_"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0 => out.extend_from_slice(b"\\0"),
             _ => out.push(b),
         }
+    }
+    if let Some(max) = max {
+        out.truncate(max);
     }
     out
 }
 
 /// Writes a job's `--results`: `DIR/1/<arg 1>/2/<arg 2>/.../{seq,stdout,stderr}`, as GNU
 /// parallel does.
+///
+/// An argument too long for a file name is cut to the longest the file system allows, as GNU
+/// parallel cuts it.
 fn store(dir: &std::path::Path, seq: u64, job: &JobOut) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let mut path = dir.as_os_str().as_bytes().to_vec();
-    for (i, a) in job.args.iter().enumerate() {
-        path.extend_from_slice(format!("/{}/", i + 1).as_bytes());
-        path.extend_from_slice(&escape_path(a));
+    let path_for = |max: Option<usize>| {
+        let mut path = dir.as_os_str().as_bytes().to_vec();
+        for (i, a) in job.args.iter().enumerate() {
+            path.extend_from_slice(format!("/{}/", i + 1).as_bytes());
+            path.extend_from_slice(&escape_path(a, max));
+        }
+        PathBuf::from(std::ffi::OsStr::from_bytes(&path))
+    };
+    let mut path = path_for(None);
+    if let Err(e) = std::fs::create_dir_all(&path) {
+        let too_long = e.raw_os_error() == Some(nix::errno::Errno::ENAMETOOLONG as i32);
+        if !too_long {
+            return Err(e).with_context(|| format!("cannot create {}", path.display()));
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let max = nix::unistd::pathconf(dir, nix::unistd::PathconfVar::NAME_MAX)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(255);
+        path = path_for(Some(max));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
     }
-    let path = PathBuf::from(std::ffi::OsStr::from_bytes(&path));
-    std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
     let write = |name: &str, data: &[u8]| {
         let p = path.join(name);
         std::fs::write(&p, data).with_context(|| format!("cannot write {}", p.display()))
@@ -434,7 +460,9 @@ mod tests {
 
     #[test]
     fn results_paths_are_escaped_as_gnu_does() {
-        assert_eq!(escape_path(b"a/b"), b"a\\_b");
-        assert_eq!(escape_path(b"c\\d"), b"c\\\\d");
+        assert_eq!(escape_path(b"a/b", None), b"a\\_b");
+        assert_eq!(escape_path(b"c\\d", None), b"c\\\\d");
+        assert_eq!(escape_path(b"t\tn\0", None), b"t\\tn\\0");
+        assert_eq!(escape_path(b"abcdef", Some(4)), b"abcd");
     }
 }

@@ -1,0 +1,117 @@
+//! Progress on stderr as text, the way GNU parallel writes it where no terminal draws a bar:
+//! `--eta` and `--progress` always, `--bar` when stderr is not a terminal (a log, a CI job).
+//! Each update is one line that starts with a carriage return, so a terminal shows the last
+//! and a log keeps them all.
+
+use std::io::Write;
+use std::time::Instant;
+
+/// Which of GNU parallel's progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Style {
+    /// `--bar`: `45% 9:11=12s ARGS`.
+    Bar,
+    /// `--eta`: `ETA: 12s Left: 11 AVG: 1.09s  local:2/9/100%/1.1s`.
+    Eta,
+    /// `--progress`: `local:2/9/100%/1.1s`.
+    Progress,
+}
+
+/// The meter: what it shows and since when.
+pub(crate) struct Meter {
+    /// The line's form.
+    style: Style,
+    /// When the run started.
+    start: Instant,
+    /// The jobs in all, when known.
+    total: Option<u64>,
+}
+
+impl Meter {
+    /// A meter; `--eta` and `--progress` first print GNU parallel's table header.
+    pub(crate) fn new(style: Style, cores: usize, slots: usize) -> Meter {
+        if style != Style::Bar {
+            eprint!(
+                "\nComputers / CPU cores / Max jobs to run\n1:local / {cores} / {slots}\n\n\
+                 Computer:jobs running/jobs completed/%of started jobs/Average seconds to \
+                 complete\n"
+            );
+        }
+        Meter {
+            style,
+            start: Instant::now(),
+            total: None,
+        }
+    }
+
+    /// Sets how many jobs there are.
+    pub(crate) fn set_total(&mut self, total: u64) {
+        self.total = Some(total);
+    }
+
+    /// Writes the line for `running` jobs, `done` finished, `last` the arguments of the last
+    /// started.
+    pub(crate) fn update(&self, running: usize, done: u64, last: &[u8]) {
+        let line = self.line(running, done, last);
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(&line);
+        let _ = err.flush();
+    }
+
+    /// Ends the last line.
+    pub(crate) fn finish(&self) {
+        eprintln!();
+    }
+
+    /// The line: see [`Style`].
+    fn line(&self, running: usize, done: u64, last: &[u8]) -> Vec<u8> {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let avg = if done > 0 { elapsed / done as f64 } else { 0.0 };
+        let left = self.total.map_or(0, |t| t.saturating_sub(done));
+        let eta = (avg * left as f64 / running.max(1) as f64).round() as u64;
+        let host = format!("local:{running}/{done}/100%/{avg:.1}s ");
+        let mut line = b"\r".to_vec();
+        match self.style {
+            Style::Progress => line.extend_from_slice(host.as_bytes()),
+            Style::Eta => line.extend_from_slice(
+                format!("ETA: {eta}s Left: {left} AVG: {avg:.2}s  {host}").as_bytes(),
+            ),
+            Style::Bar => {
+                let pct = match self.total {
+                    Some(t) if t > 0 => done * 100 / t,
+                    _ => 0,
+                };
+                line.extend_from_slice(format!("{pct}% {done}:{left}={eta}s ").as_bytes());
+                line.extend_from_slice(last);
+            }
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_have_gnu_parallels_fields() {
+        let mut m = Meter {
+            style: Style::Eta,
+            start: Instant::now(),
+            total: None,
+        };
+        m.set_total(3);
+        let eta = String::from_utf8(m.line(1, 1, b"a")).expect("utf-8");
+        assert!(
+            eta.starts_with("\rETA: ") && eta.contains(" Left: 2 AVG: "),
+            "{eta}"
+        );
+        assert!(eta.contains("  local:1/1/100%/"), "{eta}");
+        m.style = Style::Bar;
+        let bar = String::from_utf8(m.line(0, 3, b"c d")).expect("utf-8");
+        assert!(bar.starts_with("\r100% 3:0=0s c d"), "{bar}");
+        m.style = Style::Progress;
+        let p = String::from_utf8(m.line(2, 0, b"")).expect("utf-8");
+        assert_eq!(p, "\rlocal:2/0/100%/0.0s ");
+    }
+}
