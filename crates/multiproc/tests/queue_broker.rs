@@ -215,6 +215,41 @@ fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
 }
 
 #[test]
+fn a_rejected_task_goes_to_the_dead_letters_at_once_and_to_no_other_consumer() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let q: JoinableQueue<String> = Queue::broker(redis.url(), "reject")
+        .max_deliveries(5)
+        .build_joinable()
+        .unwrap();
+    let other: JoinableQueue<String> = JoinableQueue::connect(&redis.url(), "reject").unwrap();
+    q.put("forged".to_string()).unwrap();
+    q.put("fine".to_string()).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), "forged");
+    q.task_rejected("bad signature").unwrap();
+    // One delivery, not max_deliveries: the next taker anywhere gets the next item.
+    assert_eq!(other.get_timeout(LONG).unwrap(), "fine");
+    other.task_done().unwrap();
+    drop(other); // Its acknowledgement goes with it.
+    assert!(q.get_timeout(Duration::from_millis(300)).is_err());
+    let admin = QueueAdmin::connect(&redis.url(), "reject").unwrap();
+    let letters = admin.dead_letters(10).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (
+            letters[0].reason.as_str(),
+            letters[0].body.as_str(),
+            letters[0].deliveries
+        ),
+        ("bad signature", "\"forged\"", 1)
+    );
+    assert_eq!(q.unfinished().unwrap(), 0);
+    // More rejections than items taken is a caller's error, as for task_done.
+    assert!(q.task_rejected("again").is_err());
+}
+
+#[test]
 fn malformed_entries_are_dead_lettered_and_never_reach_the_consumer() {
     let Some(redis) = RedisServer::start() else {
         return;

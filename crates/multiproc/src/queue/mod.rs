@@ -598,6 +598,17 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         with_flavor!(&self.queue.flavor, q => q.task_failed(reason))
     }
 
+    /// Marks the oldest item this handle took as one that must never be handed out again (a
+    /// forged or foreign task): on a broker it goes to the dead-letter stream with `reason` at
+    /// once, whatever its deliveries; the other flavors keep no dead letters, and there this is
+    /// [`task_done`](Self::task_done).
+    ///
+    /// # Errors
+    /// As for [`task_done`](Self::task_done).
+    pub fn task_rejected(&self, reason: &str) -> Result<()> {
+        with_flavor!(&self.queue.flavor, q => q.task_rejected(reason))
+    }
+
     /// Waits until every item put so far is marked done.
     ///
     /// # Errors

@@ -63,6 +63,13 @@ pub(super) trait QueueFlavor: Send + Sync {
         self.task_done()
     }
 
+    /// Sends the oldest item this handle took to the dead letters with `reason` at once,
+    /// where the flavor keeps them; elsewhere it is done.
+    fn task_rejected(&self, reason: &str) -> Result<()> {
+        let _ = reason;
+        self.task_done()
+    }
+
     fn join_until(&self, deadline: Option<Instant>, waited: Duration) -> Result<()>;
 
     fn unfinished(&self) -> Result<u64>;

@@ -187,6 +187,33 @@ impl RedisQueue {
         })
     }
 
+    /// Sends the oldest leased entry to the dead letters with `reason`, whatever its
+    /// deliveries (an entry that must never be handed out again).
+    pub(super) fn reject_oldest(&self, reason: &str) -> Result<()> {
+        let id = self.oldest_lease("task_rejected")?;
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let entry = self.with_conn(deadline, |c| {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&self.keys.stream)
+                .arg(&id)
+                .arg(&id)
+                .query(c)?;
+            Ok(match reply {
+                Value::Array(entries) => entries.first().and_then(super::entry::parse_entry),
+                _ => None,
+            })
+        })?;
+        let deliveries = self.deliveries(&id, deadline)?;
+        match entry {
+            Some(entry) => self.dead_letter(&entry, reason, deliveries, deadline),
+            // Gone already (deleted by an administrator): nothing to keep.
+            None => {
+                self.acks.lock().ignore_poison().push(id);
+                Ok(())
+            }
+        }
+    }
+
     /// Starts the thread that renews this handle's leases, if it is not running.
     pub(super) fn start_renewer(&self) {
         let mut renewer = self.renewer.lock().ignore_poison();

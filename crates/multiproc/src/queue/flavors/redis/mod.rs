@@ -625,6 +625,10 @@ impl QueueFlavor for RedisQueue {
         self.fail_oldest(reason)
     }
 
+    fn task_rejected(&self, reason: &str) -> Result<()> {
+        self.reject_oldest(reason)
+    }
+
     fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
         f.field("name", &self.name).field("broker", &self.url());
     }
