@@ -13,6 +13,7 @@ mod demo;
 mod logging;
 mod manual;
 mod queues;
+mod remote;
 mod task_command;
 
 use std::process::ExitCode;
@@ -120,8 +121,20 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     if let Command::Run(args) = cli.command {
-        // No log here: `run` does not use the library, and its -v/-q are GNU parallel's.
-        return multiproc_run::main(*args);
+        let Some(broker) = args.broker() else {
+            // No log here: `run` does not use the library, and its -v/-q are GNU parallel's.
+            return multiproc_run::main(*args);
+        };
+        // With --broker the library's warnings (a refused outcome, a broker being retried)
+        // are shown at the default level.
+        logging::init(logging::Verbosity::default().level());
+        return match remote::BrokerRemote::for_run(&broker) {
+            Ok(remote) => multiproc_run::main_with(*args, Some(Box::new(remote))),
+            Err(err) => {
+                eprintln!("multiproc: {}", describe(&err));
+                ExitCode::from(255)
+            }
+        };
     }
     // `completions` and `man` log nothing of their own; the default does for them.
     logging::init(cli.command.verbosity().unwrap_or_default().level());

@@ -25,19 +25,9 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
-    fn key(&self) -> anyhow::Result<Vec<u8>> {
-        if let Some(path) = &self.authkey_file {
-            let mut key = std::fs::read(path)
-                .with_context(|| format!("cannot read the authkey file {}", path.display()))?;
-            if key.last() == Some(&b'\n') {
-                key.pop();
-            }
-            return Ok(key);
-        }
-        match std::env::var_os("MULTIPROC_AUTHKEY") {
-            Some(k) => Ok(k.into_encoded_bytes()),
-            None => bail!("no authkey: set MULTIPROC_AUTHKEY or pass --authkey-file"),
-        }
+    /// The authkey: the file's bytes (a final newline removed), else `MULTIPROC_AUTHKEY`.
+    pub(crate) fn key(&self) -> anyhow::Result<Vec<u8>> {
+        crate::remote::read_authkey(self.authkey_file.as_deref())
     }
 }
 
@@ -215,9 +205,9 @@ pub(crate) fn serve(args: Serve) -> anyhow::Result<()> {
 pub(crate) struct Worker {
     #[command(flatten)]
     pub(crate) broker: BrokerArg,
-    /// The queue to take tasks from.
-    #[arg(long, default_value = "task")]
-    pub(crate) tasks: String,
+    /// The queue to take tasks from (default `task`; with --run-jobs, `run`).
+    #[arg(long)]
+    pub(crate) tasks: Option<String>,
     /// The queue to put results in.
     #[arg(long, default_value = "result")]
     pub(crate) results: String,
@@ -236,6 +226,14 @@ pub(crate) struct Worker {
     /// Instead of a command, square integer tasks (the seeds' `n * n = ...`).
     #[arg(long, conflicts_with = "command")]
     pub(crate) square: bool,
+    /// Run the command lines `multiproc run --broker` sends (on Redis), each with the shell
+    /// (--shell): only jobs signed with this worker's authkey for this queue; any other goes
+    /// to the dead letters unrun. Without this flag a worker never runs a job's command line.
+    #[arg(long, conflicts_with_all = ["command", "square"])]
+    pub(crate) run_jobs: bool,
+    /// With --run-jobs: the shell that runs each command line.
+    #[arg(long, default_value = "/bin/sh", requires = "run_jobs")]
+    pub(crate) shell: PathBuf,
     /// The command to run per task, without a shell; its standard output, trimmed, is the
     /// result. An argument `{}` is the task; a `{}` inside a shell's script is the task quoted
     /// for that shell (`-- sh -c 'echo {}'`); the task is also the command's standard input.
@@ -279,16 +277,33 @@ impl TaskRunner {
 }
 
 pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
-    let runner = TaskRunner::new(&args)?;
     let idle = seconds(args.idle.max(0.0), "--idle")?;
+    let default_tasks = if args.run_jobs { "run" } else { "task" };
+    let tasks_name = args.tasks.as_deref().unwrap_or(default_tasks);
+    if args.run_jobs {
+        let Some(url) = args.broker.redis() else {
+            bail!("--run-jobs takes command lines from a Redis broker: give one with -b redis://…");
+        };
+        let key = args.auth.key()?;
+        let mut tasks = Queue::broker(url, tasks_name);
+        if let Some(lease) = args.lease {
+            tasks = tasks.lease(seconds(lease, "--lease")?);
+        }
+        if let Some(n) = args.max_deliveries {
+            tasks = tasks.max_deliveries(n);
+        }
+        let tasks = tasks.build_joinable()?;
+        return crate::remote::run_jobs(url, tasks_name, &tasks, &key, &args.shell, idle);
+    }
+    let runner = TaskRunner::new(&args)?;
     match args.broker.backend(&args.auth)? {
         Backend::Manager(m) => {
-            let tasks = m.queue::<Item>(&typeid(&args.tasks))?;
+            let tasks = m.queue::<Item>(&typeid(tasks_name))?;
             let results = m.queue::<Item>(&typeid(&args.results))?;
             work::<Pickled>(&tasks, &results, &runner, idle)
         }
         Backend::Redis(url) => {
-            let mut tasks = Queue::broker(url, &args.tasks);
+            let mut tasks = Queue::broker(url, tasks_name);
             if let Some(lease) = args.lease {
                 tasks = tasks.lease(seconds(lease, "--lease")?);
             }

@@ -24,7 +24,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -41,6 +41,7 @@ use super::input::{self, Feed, Job};
 use super::joblog::{Entry, Joblog};
 use super::output::{Output, Stream};
 use super::progress::{self, Meter};
+use super::remote::{Remote, RemoteJob, RemoteResult, ResultSink};
 use super::spawn::{Spawned, Spawner, c_string};
 use super::template::{Ctx, Template, quote};
 use super::{Config, Halt, When, Why};
@@ -87,6 +88,30 @@ struct Running {
     killed: Option<Killed>,
     /// When its group gets SIGKILL, after the SIGTERM.
     kill_at: Option<Instant>,
+}
+
+/// How a job's try ended.
+struct Ended {
+    /// When it started.
+    start_wall: SystemTime,
+    /// How long it ran.
+    runtime: Duration,
+    /// Its exit status, -1 when killed.
+    exitval: i32,
+    /// The signal that ended it, 0 if none.
+    signal: i32,
+    /// Where it ran, when not here (`--broker`).
+    host: Option<String>,
+}
+
+/// A job sent to a [`Remote`], until its outcome comes back.
+struct Away {
+    /// What it runs.
+    job: Job,
+    /// Which try this is.
+    attempt: u64,
+    /// Its job slot.
+    slot: usize,
 }
 
 /// A failed job waiting for its next try.
@@ -210,7 +235,7 @@ fn drain(s: &mut UnixStream) -> (usize, bool) {
 }
 
 /// Runs everything; returns the exit status.
-pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
+pub(crate) fn run(cfg: Config, remote: Option<Box<dyn Remote>>) -> anyhow::Result<u8> {
     let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a socket pair")?;
     wake_rx.set_nonblocking(true)?;
     wake_tx.set_nonblocking(true)?;
@@ -291,6 +316,9 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         pending: VecDeque::new(),
         retry_queue: Vec::new(),
         running: HashMap::new(),
+        remote: None,
+        outcomes: None,
+        away: HashMap::new(),
         pending_kills: Vec::new(),
         free_slots: BinaryHeap::new(),
         used_slots: 0,
@@ -318,7 +346,22 @@ pub(crate) fn run(cfg: Config) -> anyhow::Result<u8> {
         }
     }
     r.total_jobs = r.pending.len() as u64;
-    let res = r.main_loop();
+    if let Some(mut remote) = remote {
+        let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a socket pair")?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        let (tx, rx) = sync_channel(1024);
+        remote.start(ResultSink::new(tx, wake_tx))?;
+        r.remote = Some(remote);
+        r.outcomes = Some((rx, wake_rx));
+    }
+    let mut res = r.main_loop();
+    if let Some(remote) = &mut r.remote {
+        // Stop taking outcomes before tidying up after them.
+        r.outcomes = None;
+        let finished = remote.finish();
+        res = res.and(finished);
+    }
     if res.is_err() {
         // An error of ours (the joblog cannot be written, say): leave no job behind.
         for job in r.running.values() {
@@ -488,6 +531,12 @@ struct Runner {
     retry_queue: Vec<Retry>,
     /// The running jobs, by pid.
     running: HashMap<i32, Running>,
+    /// With `--broker`: where jobs go instead.
+    remote: Option<Box<dyn Remote>>,
+    /// The outcomes of jobs sent away, and the socket that says some came.
+    outcomes: Option<(Receiver<Result<RemoteResult, String>>, UnixStream)>,
+    /// The jobs sent away and not back, by sequence number.
+    away: HashMap<u64, Away>,
     /// Process groups of reaped jobs that still get their SIGKILL.
     pending_kills: Vec<(Pid, Instant)>,
     /// Free job slots below `used_slots`.
@@ -577,7 +626,7 @@ impl Runner {
 
     /// Starts jobs while slots are free and jobs ready.
     fn start_jobs(&mut self) -> anyhow::Result<()> {
-        while !self.stopping && self.running.len() < self.slots {
+        while !self.stopping && self.busy() < self.slots {
             let now = Instant::now();
             if self.next_start.is_some_and(|t| t > now) {
                 // Waiting for `--delay`: but not after the last job (learn whether the input
@@ -607,6 +656,13 @@ impl Runner {
                 let mut line = self.shown(&job, slot);
                 line.push(b'\n');
                 self.output.data(job.seq, Stream::Out, &line);
+            }
+            if self.remote.is_some() {
+                self.send_away(job, attempt, slot)?;
+                if !self.delay.is_zero() {
+                    self.next_start = Some(Instant::now() + self.delay);
+                }
+                continue;
             }
             match self.spawn(&job, slot) {
                 Ok(spawned) => {
@@ -638,8 +694,14 @@ impl Runner {
                     let msg = format!("multiproc: cannot start job {}: {e}\n", job.seq);
                     self.output.data(job.seq, Stream::Err, msg.as_bytes());
                     self.free_slots.push(Reverse(slot));
-                    let now_wall = SystemTime::now();
-                    self.done(job, attempt, slot, now_wall, Duration::ZERO, 126, 0)?;
+                    let end = Ended {
+                        start_wall: SystemTime::now(),
+                        runtime: Duration::ZERO,
+                        exitval: 126,
+                        signal: 0,
+                        host: None,
+                    };
+                    self.done(job, attempt, slot, end)?;
                 }
             }
             if !self.delay.is_zero() {
@@ -647,6 +709,73 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Hands a job to the [`Remote`].
+    fn send_away(&mut self, job: Job, attempt: u64, slot: usize) -> anyhow::Result<()> {
+        let mut command = Vec::new();
+        self.template
+            .shell_line(&Ctx::new(&job.args, job.seq, slot), &mut command);
+        let sent = RemoteJob {
+            seq: job.seq,
+            attempt,
+            command,
+            timeout: self.timeout,
+        };
+        if let Some(remote) = &mut self.remote {
+            remote.send(sent)?;
+        }
+        self.away.insert(job.seq, Away { job, attempt, slot });
+        Ok(())
+    }
+
+    /// Takes the outcomes that came back.
+    fn take_outcomes(&mut self) -> anyhow::Result<()> {
+        loop {
+            let Some((rx, _)) = &self.outcomes else {
+                return Ok(());
+            };
+            let outcome = match rx.try_recv() {
+                Ok(o) => o,
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => Err("the outcomes stopped coming".to_string()),
+            };
+            let r = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    self.outcomes = None;
+                    if self.away.is_empty() && self.stopping {
+                        return Ok(());
+                    }
+                    anyhow::bail!("{e}");
+                }
+            };
+            // A job done twice (its worker died after running it) or late (an earlier try):
+            // the first outcome of its current try counts.
+            let Some(a) = self.away.remove(&r.seq) else {
+                continue;
+            };
+            if a.attempt != r.attempt {
+                self.away.insert(r.seq, a);
+                continue;
+            }
+            self.free_slots.push(Reverse(a.slot));
+            self.output.data(a.job.seq, Stream::Out, &r.stdout);
+            self.output.data(a.job.seq, Stream::Err, &r.stderr);
+            let end = Ended {
+                start_wall: r.start,
+                runtime: r.runtime,
+                exitval: r.exitval,
+                signal: r.signal,
+                host: Some(r.host),
+            };
+            self.done(a.job, a.attempt, a.slot, end)?;
+        }
+    }
+
+    /// Jobs running here or away.
+    fn busy(&self) -> usize {
+        self.running.len() + self.away.len()
     }
 
     /// Spawns a job.
@@ -693,7 +822,7 @@ impl Runner {
             }
             let input_left = !self.pending.is_empty() || self.rx.is_some();
             let work_left = !self.stopping && (input_left || !self.retry_queue.is_empty());
-            if self.running.is_empty() && self.pending_kills.is_empty() && !work_left {
+            if self.busy() == 0 && self.pending_kills.is_empty() && !work_left {
                 return Ok(());
             }
             self.output.flush();
@@ -719,7 +848,7 @@ impl Runner {
         for &(_, t) in &self.pending_kills {
             at(t);
         }
-        if !self.stopping && self.running.len() < self.slots {
+        if !self.stopping && self.busy() < self.slots {
             for r in &self.retry_queue {
                 at(r.at);
             }
@@ -738,7 +867,7 @@ impl Runner {
         let mut inputs: Vec<i32> = Vec::new();
         let ready: Vec<(i32, Stream)>;
         let writable: Vec<i32>;
-        let (chld, int, term, wake);
+        let (chld, int, term, wake, outcomes);
         {
             let ev = PollFlags::POLLIN;
             let mut fds = Vec::with_capacity(4 + 2 * self.running.len());
@@ -765,6 +894,10 @@ impl Runner {
                     inputs.push(pid);
                 }
             }
+            // The outcomes' socket last of all, so that the others keep their places.
+            if let Some((_, w)) = &self.outcomes {
+                fds.push(PollFd::new(w.as_fd(), ev));
+            }
             match ppoll(&mut fds, timeout.map(TimeSpec::from), None) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => return Ok(()),
@@ -782,7 +915,9 @@ impl Runner {
                 .filter(|(fd, _)| hit(fd))
                 .map(|(_, o)| *o)
                 .collect();
-            writable = fds[first + owners.len()..]
+            let end = first + owners.len() + inputs.len();
+            outcomes = self.outcomes.is_some() && hit(&fds[end]);
+            writable = fds[first + owners.len()..end]
                 .iter()
                 .zip(&inputs)
                 .filter(|(fd, _)| hit(fd))
@@ -794,6 +929,12 @@ impl Runner {
         }
         for pid in writable {
             self.write_input(pid);
+        }
+        if outcomes {
+            if let Some((_, w)) = &mut self.outcomes {
+                drain(w);
+            }
+            self.take_outcomes()?;
         }
         if wake
             && let Some(w) = &mut self.wake
@@ -931,29 +1072,25 @@ impl Runner {
                 String::from_utf8_lossy(&cmd)
             ));
         }
-        self.done(
-            r.job,
-            r.attempt,
-            r.slot,
-            r.start_wall,
+        let end = Ended {
+            start_wall: r.start_wall,
             runtime,
             exitval,
             signal,
-        )
+            host: None,
+        };
+        self.done(r.job, r.attempt, r.slot, end)
     }
 
-    /// A job's try is over with `exitval`/`signal`: try again, or log and print it.
-    #[allow(clippy::too_many_arguments)]
-    fn done(
-        &mut self,
-        job: Job,
-        attempt: u64,
-        slot: usize,
-        start_wall: SystemTime,
-        runtime: Duration,
-        exitval: i32,
-        signal: i32,
-    ) -> anyhow::Result<()> {
+    /// A job's try is over: try again, or log and print it.
+    fn done(&mut self, job: Job, attempt: u64, slot: usize, end: Ended) -> anyhow::Result<()> {
+        let Ended {
+            start_wall,
+            runtime,
+            exitval,
+            signal,
+            host,
+        } = end;
         if let Some(f) = &self.jobs_file {
             let cpus = std::thread::available_parallelism().map_or(1, usize::from);
             // A file being rewritten may read as nothing: keep the number until it says one.
@@ -992,6 +1129,7 @@ impl Runner {
                 .map_or(0.0, |d| d.as_secs_f64());
             log.write(&Entry {
                 seq: job.seq,
+                host: host.as_deref().unwrap_or(":"),
                 start,
                 runtime: runtime.as_secs_f64(),
                 sent: job.input.as_ref().map_or(0, |b| b.len() as u64),
@@ -1126,8 +1264,12 @@ impl Runner {
         self.kill_all();
     }
 
-    /// SIGTERM to every running job's group (SIGKILL follows after [`GRACE`]).
+    /// SIGTERM to every running job's group (SIGKILL follows after [`GRACE`]). Jobs sent
+    /// away cannot be reached: they are forgotten (their outcomes, if any, are not waited for).
     fn kill_all(&mut self) {
+        for (_, a) in self.away.drain() {
+            self.output.discard(a.job.seq);
+        }
         let now = Instant::now();
         for r in self.running.values_mut() {
             if r.kill_at.is_none() {

@@ -1,7 +1,7 @@
 //! `--joblog FILE` in GNU parallel's format, and `--resume` / `--resume-failed` reading it.
 //!
 //! The file is tab-separated, with a header line: `Seq Host Starttime JobRuntime Send Receive
-//! Exitval Signal Command`. Host is `:` (this machine), Starttime is seconds since the epoch
+//! Exitval Signal Command`. Host is `:` (this machine) or the worker's host name (`--broker`), Starttime is seconds since the epoch
 //! with three decimals, JobRuntime seconds with three decimals right-aligned in ten columns,
 //! Send the bytes of input given to the job (its block with `--pipe`, else 0), Receive the bytes the job wrote to its stdout, Exitval -1 for a job that was
 //! killed (timed out, or stopped), and Signal the signal that ended it, if any.
@@ -33,6 +33,8 @@ pub(crate) enum Resume {
 pub(crate) struct Entry<'a> {
     /// Its sequence number.
     pub(crate) seq: u64,
+    /// Where it ran: `:` for here, as GNU parallel writes it, else the host's name.
+    pub(crate) host: &'a str,
     /// When it started, in seconds since the epoch.
     pub(crate) start: f64,
     /// How long it ran, in seconds.
@@ -116,8 +118,8 @@ impl Joblog {
     /// Appends one line (one write, so that a crash leaves no half line).
     pub(crate) fn write(&mut self, e: &Entry<'_>) -> std::io::Result<()> {
         let mut line = format!(
-            "{}\t:\t{:.3}\t{:>10.3}\t{}\t{}\t{}\t{}\t",
-            e.seq, e.start, e.runtime, e.sent, e.received, e.exitval, e.signal
+            "{}\t{}\t{:.3}\t{:>10.3}\t{}\t{}\t{}\t{}\t",
+            e.seq, e.host, e.start, e.runtime, e.sent, e.received, e.exitval, e.signal
         )
         .into_bytes();
         line.extend_from_slice(e.command);

@@ -18,9 +18,11 @@ mod input;
 mod joblog;
 mod output;
 mod progress;
+mod remote;
 mod spawn;
 mod template;
 
+pub use remote::{Remote, RemoteJob, RemoteResult, ResultSink};
 pub use template::quote_into;
 
 use std::ffi::OsString;
@@ -278,11 +280,48 @@ pub struct Run {
     /// Accepted for GNU parallel compatibility; does nothing.
     #[arg(long, hide = true)]
     will_cite: bool,
+    /// Run the jobs on `multiproc worker --run-jobs` workers (on any machine) through this
+    /// Redis broker (redis://HOST:PORT/DB, rediss://…) instead of here; each job is signed
+    /// with the authkey (MULTIPROC_AUTHKEY or --authkey-file), and -j is how many are queued
+    /// at once (default 64). Output, --results and the joblog are written here.
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// With --broker: the queue the jobs go to (workers take them from it).
+    #[arg(long, value_name = "NAME", default_value = "run", requires = "broker")]
+    broker_queue: String,
+    /// With --broker: a file holding the authkey (else MULTIPROC_AUTHKEY).
+    #[arg(long, value_name = "FILE", requires = "broker")]
+    authkey_file: Option<PathBuf>,
     /// The command, then its arguments: `::: ARGS...` and `:::: FILES...` (several groups make
     /// a cartesian product). Without them, arguments come from -a files or stdin, one per line.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
+
+/// Where `--broker` sends the jobs, for the caller that opens the queue.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// The broker's URL.
+    pub url: String,
+    /// The queue the jobs go to.
+    pub queue: String,
+    /// Where the authkey is, if not in `MULTIPROC_AUTHKEY`.
+    pub authkey_file: Option<PathBuf>,
+}
+
+impl Run {
+    /// `--broker` and its companions, if given.
+    pub fn broker(&self) -> Option<BrokerOptions> {
+        Some(BrokerOptions {
+            url: self.broker.clone()?,
+            queue: self.broker_queue.clone(),
+            authkey_file: self.authkey_file.clone(),
+        })
+    }
+}
+
+/// How many jobs `--broker` keeps queued at once without `-j`.
+const REMOTE_JOBS: usize = 64;
 
 /// When `--halt` stops the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -646,11 +685,18 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
 
 /// Runs `multiproc run`; returns its exit status (255 after printing any error).
 pub fn main(args: Run) -> ExitCode {
+    main_with(args, None)
+}
+
+/// Runs `multiproc run`, its jobs handed to `remote` when given (`--broker`, whose queue the
+/// caller opens: see [`Run::broker`]); returns its exit status (255 after printing any error).
+pub fn main_with(args: Run, remote: Option<Box<dyn Remote>>) -> ExitCode {
     if let Some(text) = information(&args) {
         println!("{text}");
         return ExitCode::SUCCESS;
     }
-    match configure(args).and_then(exec::run) {
+    let remote = if args.dry_run { None } else { remote };
+    match configure(args).and_then(|cfg| exec::run(cfg, remote)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("multiproc: {}", describe(&err));
@@ -819,6 +865,9 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         pipe: a.pipe,
         names,
     };
+    if a.broker.is_some() && a.pipe {
+        bail!("--pipe cannot be used with --broker yet: the blocks do not travel to workers");
+    }
     let pipe = if a.pipe {
         if a.multiple || a.context_replace {
             bail!("--pipe cannot be used with -m or -X");
@@ -859,6 +908,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
     let jobs = match (&jobs_file, &a.jobs) {
         (Some(f), _) => jobs_from_file(f, cpus)?,
         (None, Some(j)) => parse_jobs(j, cpus)?,
+        (None, None) if a.broker.is_some() => Some(REMOTE_JOBS),
         (None, None) => Some(cpus),
     };
     let pack = a.multiple || a.context_replace;
