@@ -7,7 +7,7 @@
 //! "Command line too long" error. With `-m`/`-X`, the records of the last line are spread over
 //! the job slots when the input ends (so `-j4 -X` over 8 short arguments runs 4 jobs of 2).
 
-use crate::input::Job;
+use crate::job::Job;
 use crate::template::{Ctx, Template, join};
 
 /// The longest command line GNU parallel uses by default: half of what is left of Linux's

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use regex::bytes::Regex;
 
 use crate::group::{Grouper, Grouping, TooLong};
+pub(crate) use crate::job::Job;
 
 /// Where records come from.
 pub(crate) enum Source {
@@ -118,17 +119,6 @@ pub(crate) struct Filter {
     pub(crate) skip_blank: bool,
     /// `-L`: a line ending in a blank goes on on the next line.
     pub(crate) continued_lines: bool,
-}
-
-/// One job's input.
-#[derive(Debug, Clone)]
-pub(crate) struct Job {
-    /// Its sequence number, from 1, in input order.
-    pub(crate) seq: u64,
-    /// Its arguments: the columns of each source, then of each further record with `-n`.
-    pub(crate) args: Vec<Vec<u8>>,
-    /// With `--pipe`: its block of the input, written to its stdin.
-    pub(crate) input: Option<Vec<u8>>,
 }
 
 /// What the reading thread sends.

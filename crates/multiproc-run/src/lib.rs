@@ -15,6 +15,7 @@ mod blocks;
 mod exec;
 mod group;
 mod input;
+mod job;
 mod joblog;
 mod output;
 mod progress;
