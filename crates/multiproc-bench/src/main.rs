@@ -2,7 +2,7 @@
 //! run. Prints `<name> <ours> <cpython> <unit> <ratio>`, where ratio > 1 means multiproc is
 //! better (faster, or more throughput). Rows named `limit_*` have no CPython side: they measure
 //! what the machine allows (the matching lines of `limits.c`), printed with `-` for CPython.
-//! Rows named `run_overhead*` compare `multiproc run` with GNU parallel or xargs instead: the
+//! Rows named `run_overhead*` and `run_pipe` compare `multiproc run` with GNU parallel or xargs instead: the
 //! other tool's figure stands in the `cpython` column (see `run_overhead.rs`).
 //!
 //! ```text
@@ -255,6 +255,13 @@ const BENCHES: &[Bench] = &[
         better: Better::Higher,
         compared: false,
         run: run_overhead::run_overhead_shell,
+    },
+    Bench {
+        name: "run_pipe",
+        unit: "line/s",
+        better: Better::Higher,
+        compared: false,
+        run: run_overhead::run_pipe,
     },
     Bench {
         name: "limit_run_spawn",

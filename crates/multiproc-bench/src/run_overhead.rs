@@ -5,6 +5,8 @@
 //! - `run_overhead_xargs`: the same against `xargs -P 2 -n 1 true`.
 //! - `run_overhead_shell`: `true {} && true`, a command that needs the shell, against GNU
 //!   parallel running the same.
+//! - `run_pipe`: `seq 5000000 | multiproc run --pipe -j 2 wc -l` (the input cut into 1 MiB
+//!   blocks, each a job's stdin) against GNU parallel's `--pipe`; input lines per second.
 //!
 //! Each row measures both sides (the other tool's figure goes in the `cpython` column, see
 //! [`other_side`]), each the best of a few rounds after a warm-up. `multiproc` is looked for
@@ -40,7 +42,7 @@ fn in_path(name: &str) -> Option<PathBuf> {
 
 /// Why row `name` cannot run here, if it is one of ours and something is missing.
 pub(crate) fn skip_reason(name: &str) -> Option<String> {
-    if !name.starts_with("run_overhead") {
+    if !name.starts_with("run_overhead") && name != "run_pipe" {
         return None;
     }
     if multiproc().is_none() {
@@ -168,6 +170,21 @@ pub(crate) fn run_overhead_shell(quick: bool) -> anyhow::Result<f64> {
         &theirs,
         jobs(quick),
         1,
+    )
+}
+
+/// `multiproc run --pipe -j 2 wc -l` against `parallel --pipe -j 2 wc -l` over the lines of
+/// `seq 5000000` (39 MB; `--quick`: a tenth), best of three rounds each; lines per second.
+pub(crate) fn run_pipe(quick: bool) -> anyhow::Result<f64> {
+    let lines = if quick { 500_000 } else { 5_000_000 };
+    let rounds = if quick { 1 } else { 3 };
+    compare(
+        "run_pipe",
+        &["--pipe", "-j", "2", "wc", "-l"],
+        "parallel",
+        &["--will-cite", "--pipe", "-j", "2", "wc", "-l"],
+        lines,
+        rounds,
     )
 }
 
