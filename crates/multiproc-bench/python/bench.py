@@ -626,7 +626,8 @@ def _bench_broker(quick, worker, batch):
     import redis
     url = os.environ["MULTIPROC_BENCH_REDIS"]
     n = 2_000 if quick else 20_000
-    stream = f"pybench-{os.getpid()}-{batch}"
+    # Where multiproc's queue of that name would be (keys under the prefix "multiproc:").
+    stream = f"multiproc:pybench-{os.getpid()}-{batch}"
     r = redis.Redis.from_url(url)
     r.xgroup_create(stream, "multiproc", id="0", mkstream=True)
     ctx = _fork_ctx()

@@ -134,11 +134,20 @@ pub(crate) fn limit_redis_xadd(quick: bool) -> anyhow::Result<f64> {
             &n.to_string(),
             "-q",
         ])
-        .args(["XADD", "bench-raw", "*", "codec", "json", "body", "1"])
+        .args([
+            "XADD",
+            "multiproc:bench-raw",
+            "*",
+            "codec",
+            "json",
+            "body",
+            "1",
+        ])
         .output()
         .context("running redis-benchmark (apt-get install redis-tools)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // "XADD bench-raw * ...: 51546.39 requests per second, p50=..." (the last report line)
+    // "XADD multiproc:bench-raw * ...: 51546.39 requests per second, p50=..." (the last
+    // report line)
     let rate = text
         .rsplit(':')
         .find_map(|part| {

@@ -1,12 +1,16 @@
 """A worker in Python (redis-py) taking tasks that `multiproc submit -b redis://...` put.
 
-It follows the entry format of docs/broker.md: the stream is the queue's name, read through
-the consumer group "multiproc"; each entry holds `codec` ("json") and `body`. A task's body is
+It follows the entry format of docs/broker.md: the stream is the key prefix ("multiproc:" by
+default, as `multiproc --prefix`) and the queue's name, read through the consumer group
+"multiproc"; with the default prefix, a queue made before there were prefixes (a stream at the
+bare name with that group, and none under the prefix) is used where it is, as multiproc does.
+Each entry holds `codec` ("json") and `body`. A task's body is
 {"id": ..., "task": ...}; the result it puts is {"id": ..., "task": ..., "result": ...}, which
 `multiproc collect` prints (once per task id). A task is acknowledged and deleted only after
 its result is put, so a worker that dies leaves its task to another (at least once).
 
     python3 redis_worker.py redis://127.0.0.1:6379/0 [--tasks task] [--results result]
+        [--prefix multiproc:]
 """
 
 import argparse
@@ -17,6 +21,18 @@ import socket
 import redis
 
 GROUP = "multiproc"
+DEFAULT_PREFIX = "multiproc:"
+
+
+def stream_key(r, prefix, name):
+    """The key of queue `name`'s stream: under `prefix`, or its old key (see above)."""
+    key = prefix + name
+    if prefix != DEFAULT_PREFIX or r.exists(key) or r.type(name) != b"stream":
+        return key
+    for group in r.xinfo_groups(name):
+        if group.get("name") in (GROUP, GROUP.encode()):
+            return name
+    return key
 
 
 def main():
@@ -25,18 +41,22 @@ def main():
     ap.add_argument("--tasks", default="task")
     ap.add_argument("--results", default="result")
     ap.add_argument("--idle", type=float, default=3.0, help="stop after this long without a task")
+    ap.add_argument("--prefix", default=os.environ.get("MULTIPROC_PREFIX", DEFAULT_PREFIX),
+                    help="the prefix of the queues' keys (default: $MULTIPROC_PREFIX or multiproc:)")
     args = ap.parse_args()
 
     r = redis.Redis.from_url(args.url)
+    tasks = stream_key(r, args.prefix, args.tasks)
+    results = stream_key(r, args.prefix, args.results)
     try:
-        r.xgroup_create(args.tasks, GROUP, id="0", mkstream=True)
+        r.xgroup_create(tasks, GROUP, id="0", mkstream=True)
     except redis.ResponseError as e:
         if "BUSYGROUP" not in str(e):
             raise
     consumer = f"{socket.gethostname()}-{os.getpid()}-py"
     done = 0
     while True:
-        reply = r.xreadgroup(GROUP, consumer, {args.tasks: ">"}, count=1,
+        reply = r.xreadgroup(GROUP, consumer, {tasks: ">"}, count=1,
                              block=int(args.idle * 1000))
         if not reply:
             break
@@ -48,10 +68,10 @@ def main():
             n = task["task"]
             result = f"{n} * {n} = {n * n}" if isinstance(n, int) else str(n).upper()
             body = json.dumps({"id": task["id"], "task": n, "result": result})
-            r.xadd(args.results, {"codec": "json", "body": body})
+            r.xadd(results, {"codec": "json", "body": body})
             pipe = r.pipeline(transaction=True)
-            pipe.xack(args.tasks, GROUP, entry_id)
-            pipe.xdel(args.tasks, entry_id)
+            pipe.xack(tasks, GROUP, entry_id)
+            pipe.xdel(tasks, entry_id)
             pipe.execute()
             print(f"task {n} -> {result}", flush=True)
             done += 1

@@ -59,6 +59,10 @@ pub(crate) struct DemoArgs {
     /// manager over TCP.
     #[arg(long, conflicts_with = "tour")]
     broker: Option<String>,
+    /// With --broker: the prefix of the queues' keys (default `multiproc:`; see `multiproc
+    /// worker --help`).
+    #[arg(long, env = "MULTIPROC_PREFIX", value_name = "PREFIX")]
+    prefix: Option<String>,
     /// First tour the process API (eight short scenes), then run the master and workers.
     #[arg(long)]
     tour: bool,
@@ -67,7 +71,10 @@ pub(crate) struct DemoArgs {
 /// Runs the demo: the master and workers over TCP (after the tour if asked), or on a broker.
 pub(crate) fn main(args: DemoArgs) -> Result<()> {
     match args.broker {
-        Some(url) => broker_scene(&url),
+        Some(url) => match &args.prefix {
+            Some(prefix) => broker_scene(&crate::queues::with_prefix(&url, prefix)),
+            None => broker_scene(&url),
+        },
         None if args.tour => run(),
         None => {
             section(1, "the seeds' distributed master and workers over TCP");
@@ -496,11 +503,19 @@ fn broker_worker((tasks, results): (JoinableQueue<i64>, Queue<String>)) -> Resul
 /// the manager, the queues made with `Queue::connect`.
 fn broker_scene(url: &str) -> Result<()> {
     section(1, "the seeds' master and workers on a Redis broker");
-    let name = format!("multiproc-demo-{}", std::process::id());
+    let name = format!("demo-{}", std::process::id());
     let (task_name, result_name) = (format!("{name}:task"), format!("{name}:result"));
     let tasks: JoinableQueue<i64> = JoinableQueue::connect(url, &task_name)?;
     let results: Queue<String> = Queue::connect(url, &result_name)?;
-    println!("  master uses the streams {task_name} and {result_name} on the broker");
+    let admins = [
+        QueueAdmin::connect(url, &task_name)?,
+        QueueAdmin::connect(url, &result_name)?,
+    ];
+    println!(
+        "  master uses the streams {} and {} on the broker",
+        admins[0].stream_key(),
+        admins[1].stream_key()
+    );
     let numbers = seed_tasks();
     for n in &numbers {
         tasks.put(n)?;
@@ -513,8 +528,8 @@ fn broker_scene(url: &str) -> Result<()> {
     let got = collect_results(|| Ok(results.get_timeout(Duration::from_secs(30))?))?;
     tasks.join_timeout(Duration::from_secs(30))?;
     let done = join_workers(workers)?;
-    for queue in [&task_name, &result_name] {
-        QueueAdmin::connect(url, queue)?.destroy()?;
+    for admin in admins {
+        admin.destroy()?;
     }
     report_squares(&numbers, got, done, "; every task acknowledged")
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -44,6 +45,16 @@ pub(crate) struct BrokerArg {
         env = "MULTIPROC_BROKER"
     )]
     broker: Option<String>,
+    /// On Redis: the prefix of the queues' keys, so that they keep to themselves on a Redis
+    /// other applications use (the queue `task` is the stream `multiproc:task`; "" for the
+    /// bare names). Default `multiproc:`, or the URL's `prefix=` parameter. With the default,
+    /// a queue made before there were prefixes is used under its old keys (`status
+    /// --migrate-keys` moves them).
+    #[arg(long, env = "MULTIPROC_PREFIX", value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// The Redis URL with the prefix in it (the library reads it from there), made once.
+    #[arg(skip)]
+    redis_url: OnceLock<Option<String>>,
 }
 
 /// Where the queue commands look without `-b` or `MULTIPROC_BROKER`.
@@ -60,13 +71,22 @@ impl BrokerArg {
         self.broker.is_some()
     }
 
-    /// The Redis URL, if the broker is one.
+    /// The Redis URL, if the broker is one, with `--prefix` in it as its `prefix=` query
+    /// parameter: every queue opened with it (`Queue::connect`, `QueueAdmin::connect`, …)
+    /// has its keys under that prefix.
     pub(crate) fn redis(&self) -> Option<&str> {
-        let b = self.address();
-        ["redis://", "rediss://", "redis+unix://"]
-            .iter()
-            .any(|scheme| b.starts_with(scheme))
-            .then_some(b)
+        self.redis_url
+            .get_or_init(|| {
+                let b = self.address();
+                let is_redis = ["redis://", "rediss://", "redis+unix://"]
+                    .iter()
+                    .any(|scheme| b.starts_with(scheme));
+                is_redis.then(|| match &self.prefix {
+                    Some(prefix) => with_prefix(b, prefix),
+                    None => b.to_string(),
+                })
+            })
+            .as_deref()
     }
 
     /// Connects to the manager, or names the broker.
@@ -76,6 +96,49 @@ impl BrokerArg {
         }
         let manager = ManagerClient::connect(&address(self.address())?, &auth.key()?)?;
         Ok(Backend::Manager(manager))
+    }
+}
+
+/// `url` with the query parameter `prefix=PREFIX` added (before any `#fragment`), the prefix
+/// percent-encoded. A URL that gives a prefix already, another one, is refused by the library.
+pub(crate) fn with_prefix(url: &str, prefix: &str) -> String {
+    let (head, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
+    let separator = match head.find('?') {
+        None => "?",
+        Some(_) if head.ends_with(['?', '&']) => "",
+        Some(_) => "&",
+    };
+    let mut encoded = String::new();
+    for b in prefix.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{head}{separator}prefix={encoded}{fragment}")
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::with_prefix;
+
+    #[test]
+    fn the_prefix_goes_into_the_query_encoded_before_the_fragment() {
+        assert_eq!(
+            with_prefix("redis://h:6379/0", "multiproc:"),
+            "redis://h:6379/0?prefix=multiproc%3A"
+        );
+        assert_eq!(with_prefix("redis://h/0", ""), "redis://h/0?prefix=");
+        assert_eq!(
+            with_prefix("redis://h/0?protocol=resp3", "a b&c"),
+            "redis://h/0?protocol=resp3&prefix=a%20b%26c"
+        );
+        assert_eq!(
+            with_prefix("rediss://h/#insecure", "{t}"),
+            "rediss://h/?prefix=%7Bt%7D#insecure"
+        );
+        assert_eq!(with_prefix("redis://h/?", "x"), "redis://h/?prefix=x");
     }
 }
 

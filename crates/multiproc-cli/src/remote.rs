@@ -282,9 +282,14 @@ pub(crate) fn read_authkey(file: Option<&std::path::Path>) -> anyhow::Result<Vec
 
 impl BrokerRemote {
     /// The remote `multiproc run --broker` asks for.
+    /// Its keys are under `MULTIPROC_PREFIX` when that is set, as the workers' are.
     pub(crate) fn for_run(b: &multiproc_run::BrokerOptions) -> anyhow::Result<BrokerRemote> {
         let key = read_authkey(b.authkey_file.as_deref())?;
-        BrokerRemote::connect(&b.url, &b.queue, key)
+        let url = match std::env::var("MULTIPROC_PREFIX") {
+            Ok(prefix) => crate::queues::with_prefix(&b.url, &prefix),
+            Err(_) => b.url.clone(),
+        };
+        BrokerRemote::connect(&url, &b.queue, key)
     }
 
     /// Connects to the jobs' queue `queue` at `url`.

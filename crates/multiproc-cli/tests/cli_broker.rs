@@ -125,6 +125,37 @@ fn a_python_worker_takes_tasks_that_multiproc_submitted() {
     let got = lines(&multiproc(&redis, &["collect", "--count", "3"]));
     let want: BTreeSet<String> = ["3 * 3 = 9", "4 * 4 = 16", "FIVE"].map(String::from).into();
     assert_eq!(got, want);
+    // Under another key prefix, given to both.
+    lines(&multiproc(&redis, &["submit", "--prefix", "py:", "6"]));
+    let py = Command::new("python3")
+        .args([script, &redis.url(), "--idle", "0.5", "--prefix", "py:"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&py.stdout);
+    assert!(said.contains("python worker: 1 tasks done"), "{said}");
+    assert_eq!(
+        lines(&multiproc(
+            &redis,
+            &["collect", "--prefix", "py:", "--count", "1"]
+        )),
+        squares([6])
+    );
+    assert_eq!(redis.cli_text(&["EXISTS", "py:task", "py:result"]), "2");
+    // A queue under its old keys (made before prefixes) is found there with the default.
+    lines(&multiproc(
+        &redis,
+        &["submit", "--prefix", "", "--queue", "legacy", "7"],
+    ));
+    let py = Command::new("python3")
+        .args([script, &redis.url(), "--idle", "0.5", "--tasks", "legacy"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&py.stdout);
+    assert!(said.contains("python worker: 1 tasks done"), "{said}");
+    assert_eq!(
+        lines(&multiproc(&redis, &["collect", "--count", "1"])),
+        squares([7])
+    );
 }
 
 #[test]
@@ -160,7 +191,7 @@ fn a_worker_killed_mid_task_leaves_it_to_another_and_each_result_comes_once() {
     // Wait until it holds a task, then kill it (and the command it runs).
     let deadline = Instant::now() + Duration::from_secs(30);
     while !redis
-        .cli_text(&["XPENDING", "task", "multiproc"])
+        .cli_text(&["XPENDING", "multiproc:task", "multiproc"])
         .starts_with('1')
     {
         assert!(Instant::now() < deadline, "the worker took no task");
@@ -384,7 +415,7 @@ fn an_entry_that_is_not_utf8_goes_to_the_dead_letters_unrun_and_is_listed_escape
         let out = Command::new("redis-cli")
             .arg("-s")
             .arg(redis.socket())
-            .args(["XADD", "task", "*", "codec", "json", "body"])
+            .args(["XADD", "multiproc:task", "*", "codec", "json", "body"])
             .arg(std::ffi::OsStr::from_bytes(body))
             .output()
             .unwrap();
@@ -443,4 +474,294 @@ fn dead_ls_cuts_a_long_task_unless_asked_for_all_of_it() {
     assert!(text.len() < 1_000 && text.contains("bytes)"), "{text}");
     let full = multiproc(&redis, &["dead", "ls", "--full", "task"]);
     assert!(String::from_utf8_lossy(&full.stdout).contains(&long));
+}
+
+/// The lines a child writes on its standard output, as they come (read by a thread of their
+/// own, so that the test waits for them with a deadline).
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(child: &mut Child) -> Lines {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line; fails the test if none comes within 30 s.
+    fn next(&self) -> String {
+        self.0
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line within 30 s")
+    }
+
+    /// Lines until one for which `pick` says something, which it returns; fails the test if
+    /// none comes within 60 s.
+    fn until<T>(&self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) => match pick(&line) {
+                    Some(v) => return v,
+                    None => seen.push(line),
+                },
+                Err(_) => panic!("no {what} in 60 s; got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+/// `multiproc status --watch …` on `redis`, its standard output piped.
+fn watcher(redis: &RedisServer, args: &[&str]) -> Group {
+    Group::spawn(
+        Command::new(BIN)
+            .arg("status")
+            .args(args)
+            .env("MULTIPROC_BROKER", redis.url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// Sends SIGINT to the watcher and waits for its exit status (at most 30 s).
+fn interrupt(watcher: &mut Group) -> std::process::ExitStatus {
+    // SAFETY: kill takes a pid and a signal; the pid is our child's, not yet waited for.
+    unsafe { libc::kill(watcher.0.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = watcher.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status --watch did not stop on SIGINT"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn status_watch_prints_a_json_line_per_interval_with_rates_until_ctrl_c() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut watch = watcher(&redis, &["--watch", "0.2", "--json", "task"]);
+    let out = Lines::of(&mut watch.0);
+    let first: serde_json::Value = serde_json::from_str(&out.next()).expect("JSON");
+    let queue = &first["queues"][0];
+    assert_eq!(queue["queue"], "task", "{first}");
+    assert_eq!(queue["waiting"], 0, "{first}");
+    assert_eq!(queue["stream"], "multiproc:task", "{first}");
+    assert!(
+        first["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
+    // No rate before there are two readings.
+    assert!(queue["put_per_second"].is_null(), "{first}");
+    lines(&multiproc(&redis, &["submit", "1", "2", "3"]));
+    // Every line is one JSON document; one of them shows the three tasks, put at some rate.
+    let later = out.until("line with 3 tasks waiting", |line| {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        (doc["queues"][0]["waiting"] == 3).then_some(doc)
+    });
+    let queue = &later["queues"][0];
+    assert_eq!(queue["added"], 3, "{later}");
+    assert!(
+        queue["put_per_second"].as_f64().is_some_and(|r| r > 0.0),
+        "{later}"
+    );
+    assert_eq!(queue["done_per_second"].as_f64(), Some(0.0), "{later}");
+    let status = interrupt(&mut watch);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn status_watch_shows_an_error_line_while_the_broker_is_down_and_keeps_watching() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    // Standard output is no terminal: each table after a blank line and a timestamp.
+    let mut watch = watcher(&redis, &["task", "--watch", "0.2"]);
+    let out = Lines::of(&mut watch.0);
+    assert!(out.next().starts_with("# "));
+    let header = out.next();
+    assert!(
+        header.starts_with("queue") && header.contains("put/s") && header.contains("done/s"),
+        "{header}"
+    );
+    let row = out.next();
+    assert_eq!(row.split_whitespace().next(), Some("task"), "{row}");
+    assert_eq!(out.next(), "", "a blank line between tables");
+    redis.restart(|| {
+        let error = out.until("error line", |line| {
+            line.starts_with("task ")
+                .then_some(line)
+                .filter(|l| l.contains("error:"))
+                .map(str::to_string)
+        });
+        assert!(error.contains(&redis_url_of(&error)), "{error}");
+        // Still watching: more tables come.
+        out.until("timestamp", |line| line.starts_with("# ").then_some(()));
+        assert!(watch.0.try_wait().unwrap().is_none(), "the watcher ended");
+    });
+    // Back: rows with numbers again.
+    out.until("row with numbers", |line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (words.first() == Some(&"task") && words.get(1) == Some(&"0")).then_some(())
+    });
+    let status = interrupt(&mut watch);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// The `redis://…` URL an error line names (the library names the broker it could not reach).
+fn redis_url_of(line: &str) -> String {
+    line.split_whitespace()
+        .find(|w| w.starts_with("redis://"))
+        .map(|w| w.trim_end_matches(':').to_string())
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+}
+
+#[test]
+fn status_marks_a_queue_under_its_old_keys_and_migrate_keys_moves_it_whole() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // The subcommand, then its arguments with `--prefix ""`.
+    let old = |args: &[&str]| {
+        let mut all = vec![args[0], "--prefix", ""];
+        all.extend(&args[1..]);
+        multiproc(&redis, &all)
+    };
+    // A queue as an earlier multiproc left it: a dead letter and two tasks, at the bare name.
+    lines(&old(&["submit", "doomed"]));
+    let failing = old(&[
+        "worker",
+        "--idle",
+        "0.5",
+        "--max-deliveries",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    assert!(!failing.status.success());
+    lines(&old(&["submit", "2", "3"]));
+    assert_eq!(redis.cli_text(&["XLEN", "task:dead"]), "1");
+    // With the default prefix it is found there, marked, and the warning says how to move it.
+    let out = multiproc(&redis, &["status", "task"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let row = shown.lines().find(|l| l.starts_with("task*")).unwrap_or("");
+    assert_eq!(row.split_whitespace().nth(1), Some("2"), "{shown}");
+    assert!(shown.contains("--migrate-keys"), "{shown}");
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(warned.matches("old keys").count(), 1, "{warned}");
+    assert!(warned.contains("--migrate-keys task"), "{warned}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&multiproc(&redis, &["status", "--json", "-q", "task"]).stdout)
+            .unwrap();
+    assert_eq!(
+        (&json[0]["old_keys"], &json[0]["stream"]),
+        (&true.into(), &"task".into()),
+        "{json}"
+    );
+    assert_eq!(redis.cli_text(&["KEYS", "multiproc:*"]), "");
+
+    let moved = lines(&multiproc(&redis, &["status", "--migrate-keys", "task"]));
+    let moved = moved.iter().next().unwrap();
+    assert!(
+        moved.starts_with("task: moved task -> multiproc:task,")
+            && moved.contains("task:dead -> multiproc:task:dead"),
+        "{moved}"
+    );
+    assert_eq!(redis.cli_text(&["EXISTS", "task", "task:dead"]), "0");
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:task"]), "2");
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:task:dead"]), "1");
+    let out = multiproc(&redis, &["status", "task"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains('*') && out.stderr.is_empty(), "{shown}");
+    assert_eq!(lines(&multiproc(&redis, &["dead", "ls", "task"])).len(), 1);
+    // Again: nothing to move. A queue that is not there: said so, exit 1.
+    let again = lines(&multiproc(&redis, &["status", "--migrate-keys", "task"]));
+    assert!(
+        again.iter().all(|l| l.contains("nothing to move")),
+        "{again:?}"
+    );
+    let out = multiproc(&redis, &["status", "--migrate-keys", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such queue"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The tasks are done under the new keys.
+    lines(&multiproc(&redis, &["worker", "--square", "--idle", "0.5"]));
+    assert_eq!(
+        lines(&multiproc(&redis, &["collect", "--count", "2"])),
+        squares([2, 3])
+    );
+}
+
+#[test]
+fn every_broker_command_takes_the_prefix_from_the_flag_or_the_environment() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    lines(&multiproc(
+        &redis,
+        &["submit", "--prefix", "app:", "4", "5"],
+    ));
+    assert_eq!(redis.cli_text(&["XLEN", "app:task"]), "2");
+    let with_env = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("MULTIPROC_BROKER", redis.url())
+            .env("MULTIPROC_PREFIX", "app:")
+            .output()
+            .unwrap()
+    };
+    lines(&with_env(&["worker", "--square", "--idle", "0.5"]));
+    let status: serde_json::Value =
+        serde_json::from_slice(&with_env(&["status", "--json", "task", "result"]).stdout).unwrap();
+    assert_eq!(status[0]["stream"], "app:task", "{status}");
+    assert_eq!(status[1]["waiting"], 2, "{status}");
+    assert_eq!(
+        lines(&multiproc(
+            &redis,
+            &["collect", "--prefix", "app:", "--count", "2"]
+        )),
+        squares([4, 5])
+    );
+    assert_eq!(redis.cli_text(&["KEYS", "multiproc:*"]), "");
+    // The demo too: its queues under the prefix, gone afterwards.
+    let out = with_env(&["demo", "--broker", &redis.url()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("streams app:demo-"), "{said}");
+    assert_eq!(redis.cli_text(&["KEYS", "app:demo-*"]), "");
+    // A prefix the URL gives too, another one: refused, naming both.
+    let out = multiproc(
+        &redis,
+        &[
+            "submit",
+            "-b",
+            &format!("{}?prefix=x", redis.url()),
+            "--prefix",
+            "y",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("two key prefixes"), "{err}");
 }

@@ -453,7 +453,8 @@ fn a_worker_warns_of_a_malformed_task_unless_quiet() {
     };
     let url = redis.url();
     for queue in ["bad1", "bad2"] {
-        let added = redis.cli(&["XADD", queue, "*", "codec", "json", "body", "{not json"]);
+        let stream = format!("multiproc:{queue}");
+        let added = redis.cli(&["XADD", &stream, "*", "codec", "json", "body", "{not json"]);
         assert!(added.status.success(), "{added:?}");
     }
     let worker = |queue: &str, flags: &[&str]| {

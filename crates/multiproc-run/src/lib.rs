@@ -284,7 +284,8 @@ pub struct Run {
     /// Run the jobs on `multiproc worker --run-jobs` workers (on any machine) through this
     /// Redis broker (redis://HOST:PORT/DB, rediss://…) instead of here; each job is signed
     /// with the authkey (MULTIPROC_AUTHKEY or --authkey-file), and -j is how many are queued
-    /// at once (default 64). Output, --results and the joblog are written here.
+    /// at once (default 64). Output, --results and the joblog are written here. Its keys are
+    /// under MULTIPROC_PREFIX when set (as the workers'), else the URL's `prefix=`.
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
     /// With --broker: the queue the jobs go to (workers take them from it).

@@ -23,7 +23,7 @@ fn items_travel_as_json_entries_that_any_client_can_read() {
         q.put((1, "one".to_string())).unwrap();
         // A put does not wait for the broker's reply; `flush` does.
         q.flush().unwrap();
-        let raw = redis.cli_text(&["XRANGE", "words", "-", "+"]);
+        let raw = redis.cli_text(&["XRANGE", "multiproc:words", "-", "+"]);
         assert!(raw.contains("codec\njson\nbody\n[1,\"one\"]"), "{raw}");
         assert_eq!(q.len(), 1);
         assert_eq!(q.get_timeout(LONG).unwrap(), (1, "one".to_string()));
@@ -31,7 +31,15 @@ fn items_travel_as_json_entries_that_any_client_can_read() {
         assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Empty);
     }
     // An item another client put is read the same way.
-    redis.cli(&["XADD", "words", "*", "codec", "json", "body", "[2,\"two\"]"]);
+    redis.cli(&[
+        "XADD",
+        "multiproc:words",
+        "*",
+        "codec",
+        "json",
+        "body",
+        "[2,\"two\"]",
+    ]);
     let q: Queue<(u32, String)> = Queue::connect(&redis.url(), "words").unwrap();
     assert_eq!(q.get_timeout(LONG).unwrap(), (2, "two".to_string()));
 }
@@ -179,7 +187,7 @@ fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
     }
     assert_eq!((attempts, good), (2, 1));
     assert_eq!(q.unfinished().unwrap(), 0);
-    let dead = redis.cli_text(&["XRANGE", "poison:dead", "-", "+"]);
+    let dead = redis.cli_text(&["XRANGE", "multiproc:poison:dead", "-", "+"]);
     assert!(dead.contains("\"bad\""), "{dead}");
     assert!(dead.contains("reason\nboom 2"), "{dead}");
     // Handed out twice, as max_deliveries says (the third delivery was not).
@@ -255,16 +263,32 @@ fn malformed_entries_are_dead_lettered_and_never_reach_the_consumer() {
         return;
     };
     let q: Queue<u32> = Queue::connect(&redis.url(), "mixed").unwrap();
-    redis.cli(&["XADD", "mixed", "*", "codec", "pickle", "body", "x"]);
-    redis.cli(&["XADD", "mixed", "*", "codec", "json", "body", "\"seven\""]);
-    redis.cli(&["XADD", "mixed", "*", "nothing", "here"]);
+    redis.cli(&[
+        "XADD",
+        "multiproc:mixed",
+        "*",
+        "codec",
+        "pickle",
+        "body",
+        "x",
+    ]);
+    redis.cli(&[
+        "XADD",
+        "multiproc:mixed",
+        "*",
+        "codec",
+        "json",
+        "body",
+        "\"seven\"",
+    ]);
+    redis.cli(&["XADD", "multiproc:mixed", "*", "nothing", "here"]);
     q.put(7).unwrap();
     assert_eq!(q.get_timeout(LONG).unwrap(), 7);
-    let dead = redis.cli_text(&["XRANGE", "mixed:dead", "-", "+"]);
+    let dead = redis.cli_text(&["XRANGE", "multiproc:mixed:dead", "-", "+"]);
     assert!(dead.contains("unknown codec"), "{dead}");
     assert!(dead.contains("does not decode"), "{dead}");
     assert!(dead.contains("no body"), "{dead}");
-    assert_eq!(redis.cli_text(&["XLEN", "mixed:dead"]), "3");
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:mixed:dead"]), "3");
 }
 
 #[test]
@@ -360,7 +384,7 @@ fn acknowledgements_reach_the_broker_with_the_next_read_or_when_the_handle_goes(
     consumer.task_done().unwrap();
     // The next read carries the first acknowledgement.
     assert_eq!(consumer.get_timeout(LONG).unwrap(), 1);
-    assert_eq!(redis.cli_text(&["XLEN", "acks"]), "2");
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:acks"]), "2");
     consumer.task_done().unwrap();
     // Asking the broker anything through the handle sends it too.
     assert_eq!(consumer.unfinished().unwrap(), 1);
@@ -457,7 +481,7 @@ fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
         quick.task_done().unwrap();
     }
     // It took more from the broker than it handed out.
-    let pending = redis.cli_text(&["XPENDING", "ahead", "multiproc"]);
+    let pending = redis.cli_text(&["XPENDING", "multiproc:ahead", "multiproc"]);
     let held: u32 = pending.lines().next().unwrap().parse().unwrap();
     assert!(held > 1, "nothing was read ahead: {pending}");
     drop(quick);
@@ -473,7 +497,7 @@ fn a_quick_consumer_reads_ahead_and_gives_back_what_it_did_not_take() {
         .collect();
     rest.sort_unstable();
     assert_eq!(rest, (4..40).collect::<Vec<_>>());
-    assert_eq!(redis.cli_text(&["XLEN", "ahead:dead"]), "0");
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:ahead:dead"]), "0");
 }
 
 #[test]
@@ -485,7 +509,7 @@ fn a_queues_lease_and_max_deliveries_are_shared_by_its_handles() {
     let builder = || Queue::<u32>::broker(&url, "shared");
     // A handle that asks for nothing stores nothing.
     let producer = builder().build().unwrap();
-    assert_eq!(redis.cli_text(&["EXISTS", "shared:config"]), "0");
+    assert_eq!(redis.cli_text(&["EXISTS", "multiproc:shared:config"]), "0");
     let _first = builder()
         .lease(Duration::from_secs(2))
         .max_deliveries(2)
@@ -498,14 +522,14 @@ fn a_queues_lease_and_max_deliveries_are_shared_by_its_handles() {
     assert_eq!(other.get_timeout(LONG).unwrap(), 7);
     // Given back with an idle time of one lease: the queue's 2 s, not the default 30 s.
     other.task_failed("no").unwrap();
-    let pending = redis.cli_text(&["XPENDING", "shared", "multiproc", "-", "+", "10"]);
+    let pending = redis.cli_text(&["XPENDING", "multiproc:shared", "multiproc", "-", "+", "10"]);
     let idle: u64 = pending.lines().nth(2).unwrap().parse().unwrap();
     assert!((2_000..29_000).contains(&idle), "{pending}");
     assert_eq!(other.get_timeout(LONG).unwrap(), 7);
     other.task_failed("no").unwrap();
     // Its third delivery is past the queue's max_deliveries (2, not the default 5).
     assert!(other.get_timeout(Duration::from_millis(300)).is_err());
-    assert_eq!(redis.cli_text(&["XLEN", "shared:dead"]), "1");
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:shared:dead"]), "1");
     // Asking for other values is refused, with the queue's; the same ones are fine.
     let refused = builder()
         .lease(Duration::from_secs(5))
@@ -528,5 +552,233 @@ fn a_queues_lease_and_max_deliveries_are_shared_by_its_handles() {
         .unwrap()
         .destroy()
         .unwrap();
-    assert_eq!(redis.cli_text(&["EXISTS", "shared:config"]), "0");
+    assert_eq!(redis.cli_text(&["EXISTS", "multiproc:shared:config"]), "0");
+}
+
+#[test]
+fn the_key_prefix_comes_from_the_builder_or_the_url_and_goes_with_a_handle() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let app_url = format!("{url}?prefix=app%3A");
+    let tasks: JoinableQueue<u64> = Queue::broker(&url, "t")
+        .prefix("app:")
+        .build_joinable()
+        .unwrap();
+    let results: Queue<u64> = Queue::connect(&app_url, "r").unwrap();
+    for n in 0..10 {
+        tasks.put(n).unwrap();
+    }
+    // A child process connects again under the same prefix.
+    let mut worker = Guarded::new(
+        Process::new(double_all, (tasks.clone(), results.clone()))
+            .start()
+            .unwrap(),
+    );
+    tasks.join_timeout(LONG).unwrap();
+    let mut got: Vec<u64> = (0..10)
+        .map(|_| results.get_timeout(LONG).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..10).map(|n| n * 2).collect::<Vec<_>>());
+    worker.join_timeout(LONG).unwrap();
+    assert_eq!(worker.exitcode(), Some(0));
+    assert_eq!(redis.cli_text(&["EXISTS", "app:t", "app:r"]), "2");
+    assert_eq!(redis.cli_text(&["KEYS", "multiproc:*"]), "");
+    let admin = QueueAdmin::connect(&app_url, "t").unwrap();
+    assert_eq!(admin.stream_key(), "app:t");
+    assert!(!admin.uses_old_keys());
+    // The default is `multiproc:`; "" is the bare name.
+    let default: Queue<u8> = Queue::connect(&url, "d").unwrap();
+    default.put(1).unwrap();
+    default.flush().unwrap();
+    assert_eq!(redis.cli_text(&["XLEN", "multiproc:d"]), "1");
+    let bare: Queue<u8> = Queue::broker(&url, "bare").prefix("").build().unwrap();
+    bare.put(1).unwrap();
+    bare.flush().unwrap();
+    assert_eq!(redis.cli_text(&["XLEN", "bare"]), "1");
+    // Two prefixes that disagree, one too long: clear errors, the URL shown without them.
+    let err = Queue::<u8>::broker(&app_url, "t")
+        .prefix("other:")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert!(err.to_string().contains("not the URL's"), "{err}");
+    assert!(
+        err.to_string().contains(&url) && !err.to_string().contains("prefix="),
+        "{err}"
+    );
+    let err = Queue::<u8>::broker(&url, "t")
+        .prefix("p".repeat(257))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 256 bytes"), "{err}");
+    let err = QueueAdmin::connect(&format!("{url}?prefix=a&prefix=b"), "t").unwrap_err();
+    assert!(err.to_string().contains("two key prefixes"), "{err}");
+}
+
+#[test]
+fn a_queue_made_before_prefixes_is_used_under_its_old_keys_and_nothing_is_lost() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    // A queue as an earlier multiproc made it: its keys at the bare name.
+    let old_layout = || {
+        Queue::<u32>::broker(&url, "legacy")
+            .prefix("")
+            .lease(Duration::from_millis(500))
+    };
+    let producer = old_layout().build().unwrap();
+    for n in 0..20 {
+        producer.put(n).unwrap();
+    }
+    producer.flush().unwrap();
+    // A consumer took one item and went away: its lease runs out.
+    let gone = old_layout().build_joinable().unwrap();
+    let held = gone.get_timeout(LONG).unwrap();
+    drop(gone);
+    assert_eq!(redis.cli_text(&["XLEN", "legacy"]), "20");
+    // With the default prefix the queue is found where it is.
+    let admin = QueueAdmin::connect(&url, "legacy").unwrap();
+    assert!(admin.uses_old_keys());
+    assert_eq!(admin.stream_key(), "legacy");
+    let status = admin.status().unwrap();
+    assert_eq!((status.waiting, status.pending), (19, 1));
+    let consumer: JoinableQueue<u32> = JoinableQueue::connect(&url, "legacy").unwrap();
+    consumer.put(20).unwrap();
+    // Every item once, the held one too (the queue's lease, 500 ms, was kept).
+    let mut got = BTreeMap::<u32, u32>::new();
+    while got.len() < 21 {
+        let n = consumer.get_timeout(LONG).unwrap();
+        *got.entry(n).or_default() += 1;
+        consumer.task_done().unwrap();
+    }
+    assert!(got.values().all(|&times| times == 1), "{got:?}");
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (0..21).collect::<Vec<_>>()
+    );
+    assert!(got.contains_key(&held));
+    assert_eq!(consumer.unfinished().unwrap(), 0);
+    // Nothing was made under the prefix.
+    assert_eq!(redis.cli_text(&["KEYS", "multiproc:*"]), "");
+}
+
+#[test]
+fn migrate_keys_moves_an_old_queue_under_the_prefix_with_its_items_leases_and_dead_letters() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let old_layout = || {
+        Queue::<u32>::broker(&url, "jobs")
+            .prefix("")
+            .lease(Duration::from_secs(60))
+    };
+    let producer = old_layout().build().unwrap();
+    for n in 0..10 {
+        producer.put(n).unwrap();
+    }
+    producer.flush().unwrap();
+    // 0 goes to the dead letters; 1 is held, given back with an error recorded.
+    let taker = old_layout().build_joinable().unwrap();
+    assert_eq!(taker.get_timeout(LONG).unwrap(), 0);
+    taker.task_rejected("forged").unwrap();
+    drop(taker);
+    let taker = old_layout().build_joinable().unwrap();
+    assert_eq!(taker.get_timeout(LONG).unwrap(), 1);
+    taker.task_failed("flaky").unwrap();
+    drop(taker);
+    // A handle left running on the old keys while they move (it should have been stopped).
+    let stale: Queue<u32> = Queue::connect(&url, "jobs").unwrap();
+
+    let moved = QueueAdmin::migrate_keys(&url, "jobs").unwrap();
+    let keys = ["jobs", "jobs:dead", "jobs:errors", "jobs:config"];
+    let want: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| (k.to_string(), format!("multiproc:{k}")))
+        .collect();
+    assert_eq!(moved, want);
+    for key in keys {
+        assert_eq!(redis.cli_text(&["EXISTS", key]), "0", "{key}");
+        let new = format!("multiproc:{key}");
+        assert_eq!(redis.cli_text(&["EXISTS", &new]), "1", "{new}");
+    }
+    // Everything is still there: items, the held one, the dead letter, the settings.
+    let admin = QueueAdmin::connect(&url, "jobs").unwrap();
+    assert!(!admin.uses_old_keys());
+    assert_eq!(admin.stream_key(), "multiproc:jobs");
+    let status = admin.status().unwrap();
+    assert_eq!((status.waiting, status.pending, status.dead), (8, 1, 1));
+    let letters = admin.dead_letters(10).unwrap();
+    assert_eq!(
+        (
+            letters.len(),
+            letters[0].reason.as_str(),
+            letters[0].body.as_str()
+        ),
+        (1, "forged", "0")
+    );
+    assert_eq!(
+        redis.cli_text(&["HGET", "multiproc:jobs:config", "lease_ms"]),
+        "60000"
+    );
+    let consumer: JoinableQueue<u32> = JoinableQueue::connect(&url, "jobs").unwrap();
+    let mut got: Vec<u32> = (0..9)
+        .map(|_| {
+            let n = consumer.get_timeout(LONG).unwrap();
+            consumer.task_done().unwrap();
+            n
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..10).collect::<Vec<_>>());
+    assert_eq!(consumer.unfinished().unwrap(), 0);
+    // The handle left on the old keys is told, and does not make them again.
+    stale.put(99).unwrap();
+    let err = stale.flush().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Remote, "{err}");
+    assert!(err.to_string().contains("old stream is gone"), "{err}");
+    let err = stale.try_get().unwrap_err();
+    assert!(err.to_string().contains("old stream is gone"), "{err}");
+    assert_eq!(redis.cli_text(&["EXISTS", "jobs"]), "0");
+    // Moved already: nothing to do.
+    assert_eq!(QueueAdmin::migrate_keys(&url, "jobs").unwrap(), []);
+
+    // Refusals say why, and move nothing.
+    let refused = |url: &str, name: &str, why: &str| {
+        let err = QueueAdmin::migrate_keys(url, name).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+        assert!(err.to_string().contains(why), "{name}: {err}");
+    };
+    refused(&url, "nothing", "no such queue");
+    // Old keys, and new ones made meanwhile: not merged.
+    Queue::<u8>::broker(&url, "both")
+        .prefix("")
+        .build()
+        .unwrap();
+    redis.cli(&[
+        "XGROUP",
+        "CREATE",
+        "multiproc:both",
+        "multiproc",
+        "0",
+        "MKSTREAM",
+    ]);
+    refused(&url, "both", "multiproc:both exist(s) already");
+    assert_eq!(redis.cli_text(&["EXISTS", "both"]), "1");
+    redis.cli(&["SET", "plain", "x"]);
+    refused(&url, "plain", "not a stream");
+    redis.cli(&["XADD", "foreign", "*", "a", "b"]);
+    refused(&url, "foreign", "no consumer group");
+    refused(&format!("{url}?prefix="), "both", "prefix is empty");
+    // Under another prefix, from the URL.
+    Queue::<u8>::broker(&url, "other")
+        .prefix("")
+        .build()
+        .unwrap();
+    let moved = QueueAdmin::migrate_keys(&format!("{url}?prefix=app%3A"), "other").unwrap();
+    assert_eq!(moved, [("other".to_string(), "app:other".to_string())]);
 }

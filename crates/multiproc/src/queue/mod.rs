@@ -156,7 +156,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// A builder for the queue `name` on the broker at `url`: `redis://host:port/db`,
     /// `rediss://…` (TLS, with the `tls` feature; the certificate is checked against the
     /// system's roots or `SSL_CERT_FILE`) or `redis+unix:///path/to/socket`. Items travel as
-    /// JSON, so other languages can take part (the entry format is in `docs/broker.md`).
+    /// JSON, so other languages can take part (the entry format is in `docs/broker.md`). The
+    /// queue's keys are under the prefix `multiproc:` (the stream `multiproc:<name>`) unless
+    /// [`BrokerQueueBuilder::prefix`] or the URL's `prefix=` says otherwise.
     pub fn broker(url: impl Into<String>, name: impl Into<String>) -> BrokerQueueBuilder<T> {
         BrokerQueueBuilder::new(url.into(), name.into())
     }
@@ -164,10 +166,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     #[cfg(feature = "broker")]
     #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
     /// The queue `name` on the broker at `url` (see [`Queue::broker`]), created there if it
-    /// does not exist.
+    /// does not exist; its keys are under the prefix the URL's `prefix=` gives
+    /// (`redis://host/0?prefix=app%3A`), `multiproc:` without one.
     ///
     /// # Errors
-    /// A bad URL, or a broker that cannot be reached: the error names the URL.
+    /// A bad URL or prefix, or a broker that cannot be reached: the error names the URL.
     pub fn connect(url: &str, name: &str) -> Result<Queue<T>> {
         Queue::broker(url, name).build()
     }
@@ -551,7 +554,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     #[cfg(feature = "broker")]
     #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-    /// The joinable queue `name` on the broker at `url` (see [`Queue::broker`]).
+    /// The joinable queue `name` on the broker at `url` (see [`Queue::broker`]), its keys
+    /// under the URL's `prefix=` or `multiproc:` (as for [`Queue::connect`]).
     ///
     /// # Errors
     /// As for [`Queue::connect`].

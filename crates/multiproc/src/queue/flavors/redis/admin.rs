@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::entry::{as_string, as_u64, field_of, parse_entry};
-use super::{BrokerSettings, COMMAND_TIMEOUT, GROUP, RedisQueue};
-use crate::error::Result;
+use super::keys::{Migration, migrate, resolve_prefix, split_url};
+use super::link::redact;
+use super::{BrokerSettings, COMMAND_TIMEOUT, GROUP, RedisQueue, open};
+use crate::error::{Error, Result};
 
 /// A queue on a broker, seen from outside: its state and its dead letters.
 ///
@@ -39,6 +41,11 @@ pub struct QueueStatus {
     pub dead: u64,
     /// The consumers the broker knows, with what they hold.
     pub consumers: Vec<ConsumerStatus>,
+    /// How many entries were ever added to the queue's stream (the broker's `entries-added`,
+    /// Redis 7 and later; `None` before): between two statuses, the items put is the change
+    /// in `added`, and the items that left the stream (done, or dead) that less the change in
+    /// `waiting + pending`. Items given back by a handle that read ahead count as added again.
+    pub added: Option<u64>,
 }
 
 /// One consumer of a queue on a broker.
@@ -75,13 +82,90 @@ pub struct DeadLetter {
 }
 
 impl QueueAdmin {
-    /// Connects to the queue `name` at `url`.
+    /// Connects to the queue `name` at `url`, under the key prefix the URL's `prefix=` gives
+    /// (`multiproc:` without one; see
+    /// [`BrokerQueueBuilder::prefix`](crate::BrokerQueueBuilder::prefix)), or under its old
+    /// keys for a queue made before there were prefixes.
     ///
     /// # Errors
-    /// A bad URL, or a broker that cannot be reached.
+    /// A bad URL or prefix, or a broker that cannot be reached.
     pub fn connect(url: &str, name: &str) -> Result<QueueAdmin> {
         let queue = RedisQueue::connect(url, name, BrokerSettings::default())?;
         Ok(QueueAdmin { queue })
+    }
+
+    /// Moves the queue `name` made before there were key prefixes (the stream `name`, read
+    /// through the group `multiproc`, with `name:dead`, `name:errors` and `name:config`) under
+    /// the prefix the URL's `prefix=` gives (`multiproc:` without one): each key is renamed in
+    /// one transaction (MULTI/EXEC, watched while it is looked at), with its items, the
+    /// entries its consumers hold, its dead letters and its settings. Returns the renames
+    /// made, old name and new; none if the queue is already under the prefix.
+    ///
+    /// Stop the queue's producers and consumers first: a handle still on the old keys is told
+    /// that they moved (its puts and gets fail) rather than making them again.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState), nothing renamed, when there
+    /// is no such queue, when the old key is not a multiproc queue, when any of the new keys
+    /// exists already (the queue was used under the prefix meanwhile: merging is not done), or
+    /// when the prefix is empty; a bad URL, or a broker that cannot be reached.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// for (old, new) in multiproc::QueueAdmin::migrate_keys("redis://127.0.0.1:6379/0", "tasks")? {
+    ///     println!("{old} -> {new}");
+    /// }
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn migrate_keys(url: &str, name: &str) -> Result<Vec<(String, String)>> {
+        let (url, in_url) = split_url(url)
+            .map_err(|e| Error::invalid(format!("queue {name:?} at {}", redact(url)), e))?;
+        let what = format!("queue {name:?} at {}", redact(&url));
+        if name.is_empty() || name.len() > 1024 {
+            return Err(Error::invalid(what, "a queue name must be 1 to 1024 bytes"));
+        }
+        let prefix =
+            resolve_prefix(None, in_url.as_deref()).map_err(|e| Error::invalid(&what, e))?;
+        if prefix.is_empty() {
+            return Err(Error::invalid(
+                what,
+                "the key prefix is empty: the old keys are the queue's keys, nothing to move",
+            ));
+        }
+        let (_, mut conn) = open(&url, &what)?;
+        let migration = migrate(&mut conn, &prefix, name)
+            .map_err(|e| super::link::broker_error(&what, "cannot move the keys", e))?;
+        let refusal = match migration {
+            Migration::Moved(moves) => return Ok(moves),
+            Migration::AlreadyMoved => return Ok(Vec::new()),
+            Migration::NoQueue => {
+                let new = format!("{prefix}{name}");
+                format!("no such queue: neither the stream {name:?} nor {new:?} exists")
+            }
+            Migration::NotOurs(why) => format!("{why}: not a multiproc queue"),
+            Migration::Taken(keys) => format!(
+                "{} exist(s) already: the queue was used under the prefix meanwhile, and \
+                 merging is not done",
+                keys.join(", ")
+            ),
+            Migration::Busy => "its keys kept changing while they were looked at: stop its \
+                                producers and consumers, then try again"
+                .to_string(),
+        };
+        Err(Error::invalid(what, format!("{refusal}; nothing moved")))
+    }
+
+    /// The key of the queue's stream: `<prefix><name>`, or the bare name for a queue found
+    /// under its old keys.
+    pub fn stream_key(&self) -> &str {
+        &self.queue.keys.stream
+    }
+
+    /// Whether the queue was found under its old keys (made before there were prefixes; see
+    /// [`migrate_keys`](Self::migrate_keys)) and is used there.
+    pub fn uses_old_keys(&self) -> bool {
+        self.queue.keys.old
     }
 
     /// How many items wait, are taken, or are dead, and which consumers hold which; a
@@ -150,8 +234,8 @@ impl RedisQueue {
     pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         self.flush_acks(deadline)?;
-        let (len, pending, dead, consumers): (u64, Value, u64, Value) =
-            self.with_conn(deadline, |c| {
+        let (len, pending, dead, consumers, stream): (u64, Value, u64, Value, Value) = self
+            .with_conn(deadline, |c| {
                 redis::pipe()
                     .cmd("XLEN")
                     .arg(&self.keys.stream)
@@ -164,8 +248,12 @@ impl RedisQueue {
                     .arg("CONSUMERS")
                     .arg(&self.keys.stream)
                     .arg(GROUP)
+                    .cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(&self.keys.stream)
                     .query(c)
             })?;
+        let added = field_of(&stream, "entries-added").as_ref().and_then(as_u64);
         let pending = match pending {
             Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0),
             _ => 0,
@@ -194,6 +282,7 @@ impl RedisQueue {
             pending,
             dead,
             consumers,
+            added,
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisError, Value};
 
-use super::entry::{as_string, field_of};
+use super::keys::has_group;
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, RECONNECT_FIRST, RECONNECT_MAX, RedisQueue};
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
@@ -35,6 +35,11 @@ pub(super) struct Link {
 /// How many puts may wait for their replies; past it, the older half are read.
 pub(super) const UNCONFIRMED_MAX: usize = 256;
 
+/// Why a handle on a queue's old keys finds its stream gone (`XADD … NOMKSTREAM` answered nil,
+/// or the group is missing).
+pub(super) const GONE: &str = "the queue's old stream is gone (its keys were moved under the \
+                                prefix, or deleted): connect again";
+
 impl Link {
     /// The connection, made if there is none (writing the unconfirmed puts on it again).
     pub(super) fn connection(&mut self, client: &Client) -> redis::RedisResult<&mut Connection> {
@@ -59,8 +64,14 @@ impl Link {
             return Ok(());
         };
         while self.unconfirmed.len() > keep {
-            if let Value::ServerError(e) = c.recv_response()? {
-                let refused = self.refused.get_or_insert_with(|| (0, e.to_string()));
+            let refusal = match c.recv_response()? {
+                Value::ServerError(e) => Some(e.to_string()),
+                // Only an `XADD … NOMKSTREAM` (a handle on old keys) answers nil.
+                Value::Nil => Some(GONE.to_string()),
+                _ => None,
+            };
+            if let Some(reason) = refusal {
+                let refused = self.refused.get_or_insert((0, reason));
                 refused.0 += 1;
             }
             self.unconfirmed.pop_front();
@@ -156,17 +167,10 @@ pub(super) fn create_group(c: &mut Connection, stream: &str) -> redis::RedisResu
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         // A broker out of memory refuses the creation even of a group that exists: then a
         // consumer may still connect (and drain the queue), as long as the group is there.
-        Err(e) if e.code() == Some("OOM") => {
-            let groups: redis::RedisResult<Value> =
-                redis::cmd("XINFO").arg("GROUPS").arg(stream).query(c);
-            let ours = |row: &Value| {
-                field_of(row, "name").and_then(|v| as_string(&v)).as_deref() == Some(GROUP)
-            };
-            match groups {
-                Ok(Value::Array(rows)) if rows.iter().any(ours) => Ok(()),
-                _ => Err(e),
-            }
-        }
+        Err(e) if e.code() == Some("OOM") => match has_group(c, stream) {
+            Ok(true) => Ok(()),
+            _ => Err(e),
+        },
         other => other.map(drop),
     }
 }

@@ -1,11 +1,14 @@
 //! The broker flavor of a queue: a Redis stream with a consumer group.
 //!
 //! # Keys and entries
-//! A queue named `N` is the stream `N`, read through the consumer group `multiproc`. Each
-//! entry has two fields: `codec` (`json`) and `body` (the item in that codec), so any language
-//! with a Redis client can put and take items. Items that could not be done go to the stream
-//! `N:dead` with the fields `codec`, `body`, `reason`, `deliveries` and `original_id`. The
-//! last error reported for an entry waits in the hash `N:errors` until the entry is done.
+//! A queue named `N` is the stream `PN`, where `P` is the key prefix (`multiproc:` unless the
+//! builder or the URL's `prefix=` gives another; see [`keys`]), read through the consumer group
+//! `multiproc`. Each entry has two fields: `codec` (`json`) and `body` (the item in that
+//! codec), so any language with a Redis client can put and take items. Items that could not be
+//! done go to the stream `PN:dead` with the fields `codec`, `body`, `reason`, `deliveries` and
+//! `original_id`. The last error reported for an entry waits in the hash `PN:errors` until the
+//! entry is done. A queue made before there were prefixes, under `N`, is used there (with the
+//! default prefix) until its keys are moved.
 //!
 //! # Delivery
 //! At least once. `get` claims an entry whose lease ran out (XAUTOCLAIM; its consumer died or
@@ -45,6 +48,7 @@ use crate::sync::IgnorePoison;
 
 mod admin;
 mod entry;
+mod keys;
 mod leases;
 mod link;
 mod settings;
@@ -53,7 +57,10 @@ pub use admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
 pub use settings::BrokerQueueBuilder;
 
 use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
-use link::{Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact};
+use keys::{Keys, find_keys, resolve_prefix, split_url, warn_old_keys};
+use link::{
+    GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
+};
 use settings::{Asked, BrokerSettings};
 
 /// The consumer group every multiproc queue is read through.
@@ -77,21 +84,15 @@ const MAX_BODY: usize = 512 << 20;
 /// What a handle sent to another process carries: enough to connect again.
 #[derive(Serialize, Deserialize)]
 pub(in crate::queue) struct BrokerHandle {
+    /// The URL without its `prefix=`.
     url: String,
     name: String,
+    /// The key prefix the handle used (its old keys are found again the same way).
+    prefix: String,
     lease_ms: u64,
     max_deliveries: u32,
     maxsize: u32,
     joinable: bool,
-}
-
-/// The key names of one queue.
-struct Keys {
-    stream: String,
-    dead: String,
-    errors: String,
-    /// The queue's settings, which every handle shares: `lease_ms`, `max_deliveries`.
-    config: String,
 }
 
 /// Entry ids a handle took and has not finished, oldest first.
@@ -147,8 +148,11 @@ impl Pace {
 /// A queue on a Redis stream.
 pub(in crate::queue) struct RedisQueue {
     client: Client,
+    /// The URL without its `prefix=`.
     url: String,
     name: String,
+    /// The key prefix asked for (or the default); `keys` may be the old ones instead.
+    prefix: String,
     keys: Keys,
     consumer: String,
     settings: BrokerSettings,
@@ -177,35 +181,21 @@ pub(in crate::queue) struct RedisQueue {
 impl RedisQueue {
     /// Connects to the queue `name` at `url`, creating its stream and group if needed.
     fn connect(url: &str, name: &str, settings: BrokerSettings) -> Result<RedisQueue> {
-        let what = format!("queue {name:?} at {}", redact(url));
+        let (url, in_url) = split_url(url)
+            .map_err(|e| Error::invalid(format!("queue {name:?} at {}", redact(url)), e))?;
+        let what = format!("queue {name:?} at {}", redact(&url));
         if name.is_empty() || name.len() > 1024 {
             return Err(Error::invalid(what, "a queue name must be 1 to 1024 bytes"));
         }
-        // rustls picks its crypto provider from its crate features (ring, the only one we
-        // turn on) unless the application installed another first.
-        #[cfg(not(feature = "tls"))]
-        if url.starts_with("rediss://") {
-            return Err(Error::invalid(
-                what,
-                "rediss:// needs multiproc's `tls` feature, which this build does not have",
-            ));
-        }
-        let client = Client::open(url)
-            .map_err(|e| Error::invalid(what.clone(), format!("bad broker URL: {e}")))?;
-        let conn = client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
-            .map_err(|e| broker_error(&what, "cannot connect", e))?;
+        let prefix = resolve_prefix(settings.prefix.as_deref(), in_url.as_deref())
+            .map_err(|e| Error::invalid(what.clone(), e))?;
+        let (client, conn) = open(&url, &what)?;
         let mut queue = RedisQueue {
             client,
-            url: url.to_string(),
+            url,
             name: name.to_string(),
-            keys: Keys {
-                stream: name.to_string(),
-                dead: format!("{name}:dead"),
-                errors: format!("{name}:errors"),
-                config: format!("{name}:config"),
-            },
+            keys: Keys::new(&prefix, name),
+            prefix,
             consumer: consumer_name(),
             settings,
             conn: Mutex::new(Link {
@@ -222,6 +212,11 @@ impl RedisQueue {
             last_claim: Mutex::new(None),
         };
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let keys = queue.with_conn(deadline, |c| find_keys(c, &queue.prefix, name))?;
+        if keys.old {
+            warn_old_keys(&queue.url(), name);
+        }
+        queue.keys = keys;
         queue.with_conn(deadline, |c| create_group(c, &queue.keys.stream))?;
         queue.settings = queue.agree_settings(deadline)?;
         Ok(queue)
@@ -241,6 +236,7 @@ impl RedisQueue {
             asked: Asked::default(),
             maxsize: handle.maxsize,
             joinable: handle.joinable,
+            prefix: Some(handle.prefix),
         };
         RedisQueue::connect(&handle.url, &handle.name, settings)
     }
@@ -249,6 +245,7 @@ impl RedisQueue {
         BrokerHandle {
             url: self.url.clone(),
             name: self.name.clone(),
+            prefix: self.prefix.clone(),
             lease_ms: self.settings.lease.as_millis() as u64,
             max_deliveries: self.settings.max_deliveries,
             maxsize: self.settings.maxsize,
@@ -364,11 +361,11 @@ impl RedisQueue {
             let mut pipe = redis::pipe();
             pipe.atomic();
             for entry in &entries {
-                let add = pipe.cmd("XADD").arg(&self.keys.stream).arg("*");
+                let mut add = self.xadd();
                 for (k, v) in &entry.fields {
                     add.arg(k).arg(v);
                 }
-                add.ignore();
+                pipe.add_command(add).ignore();
             }
             pipe.cmd("XACK")
                 .arg(&self.keys.stream)
@@ -409,6 +406,43 @@ impl RedisQueue {
         })?;
         Ok(len >= u64::from(self.settings.maxsize))
     }
+
+    /// The error of a `get` on old keys that are gone.
+    fn gone(&self) -> Error {
+        Error::invalid(self.what(), format!("cannot read: {GONE}"))
+    }
+
+    /// `XADD stream *`, without making the stream when it is the queue's old one (a producer
+    /// left running while the keys are moved is then told, and loses nothing unknowingly).
+    fn xadd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.keys.stream);
+        if self.keys.old {
+            cmd.arg("NOMKSTREAM");
+        }
+        cmd.arg("*");
+        cmd
+    }
+}
+
+/// Opens the first connection to `url` (not retried: an unreachable broker is an error).
+fn open(url: &str, what: &str) -> Result<(Client, redis::Connection)> {
+    // rustls picks its crypto provider from its crate features (ring, the only one we turn
+    // on) unless the application installed another first.
+    #[cfg(not(feature = "tls"))]
+    if url.starts_with("rediss://") {
+        return Err(Error::invalid(
+            what,
+            "rediss:// needs multiproc's `tls` feature, which this build does not have",
+        ));
+    }
+    let client =
+        Client::open(url).map_err(|e| Error::invalid(what, format!("bad broker URL: {e}")))?;
+    let conn = client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
+        .map_err(|e| broker_error(what, "cannot connect", e))?;
+    Ok((client, conn))
 }
 
 impl QueueFlavor for RedisQueue {
@@ -422,20 +456,22 @@ impl QueueFlavor for RedisQueue {
         self.check_open()?;
         let body = serde_json::to_vec(item)
             .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.keys.stream)
-            .arg("*")
-            .arg("codec")
-            .arg(CODEC_JSON)
-            .arg("body")
-            .arg(&body);
+        let mut xadd = self.xadd();
+        xadd.arg("codec").arg(CODEC_JSON).arg("body").arg(&body);
         if self.settings.maxsize == 0 {
             return self.send_put(xadd.get_packed_command(), deadline);
         }
         loop {
             // A bounded queue's put waits for its reply: the next one looks at the length.
             if !self.is_full_until(deadline)? {
-                return self.with_conn(deadline, |c| xadd.query::<Value>(c).map(drop));
+                let reply = self.with_conn(deadline, |c| xadd.query::<Value>(c))?;
+                if reply == Value::Nil {
+                    return Err(Error::Remote {
+                        what: self.what(),
+                        detail: format!("the broker refused the put: {GONE}"),
+                    });
+                }
+                return Ok(());
             }
             if !block {
                 return Err(Error::Full { what: self.what() });
@@ -466,8 +502,8 @@ impl QueueFlavor for RedisQueue {
             // First an entry whose lease ran out (now and then), then new ones.
             let claim = self.claim_due();
             let claimed = if claim {
-                self.with_conn(deadline, |c| {
-                    let reply: Value = redis::cmd("XAUTOCLAIM")
+                let reply = self.with_conn(deadline, |c| {
+                    let reply = redis::cmd("XAUTOCLAIM")
                         .arg(&self.keys.stream)
                         .arg(GROUP)
                         .arg(&self.consumer)
@@ -475,9 +511,15 @@ impl QueueFlavor for RedisQueue {
                         .arg("0-0")
                         .arg("COUNT")
                         .arg(1)
-                        .query(c)?;
-                    Ok(parse_autoclaim(reply))
-                })?
+                        .query::<Value>(c);
+                    match reply {
+                        // Old keys that are gone were moved (or deleted).
+                        Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
+                        other => other.map(Some),
+                    }
+                })?;
+                let reply = reply.ok_or_else(|| self.gone())?;
+                parse_autoclaim(reply)
             } else {
                 None
             };
@@ -521,14 +563,17 @@ impl QueueFlavor for RedisQueue {
                         };
                         c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
                         match reply {
+                            // Old keys that are gone were moved (or deleted): not made again.
+                            Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
                             Err(e) if e.code() == Some("NOGROUP") => {
                                 // The broker lost the group (restarted without persistence).
                                 create_group(c, &self.keys.stream)?;
-                                Ok(Vec::new())
+                                Ok(Some(Vec::new()))
                             }
-                            other => Ok(parse_read(other?)),
+                            other => Ok(Some(parse_read(other?))),
                         }
                     });
+                    let read = read.and_then(|entries| entries.ok_or_else(|| self.gone()));
                     let entry = match read {
                         Ok(entries) => {
                             let mut entries = entries.into_iter();
@@ -630,7 +675,9 @@ impl QueueFlavor for RedisQueue {
     }
 
     fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
-        f.field("name", &self.name).field("broker", &self.url());
+        f.field("name", &self.name)
+            .field("broker", &self.url())
+            .field("stream", &self.keys.stream);
     }
 }
 

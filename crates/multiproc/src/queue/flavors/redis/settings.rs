@@ -1,5 +1,5 @@
 //! A broker queue's settings: asked for through [`BrokerQueueBuilder`], agreed with the queue's
-//! stored ones (`<name>:config`).
+//! stored ones (`<prefix><name>:config`).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub(super) struct BrokerSettings {
     pub(super) maxsize: u32,
     /// Items are leased until `task_done` (a `JoinableQueue`), rather than removed by `get`.
     pub(super) joinable: bool,
+    /// The key prefix asked for; `None` for the URL's `prefix=`, or the default.
+    pub(super) prefix: Option<String>,
 }
 
 /// Which of a queue's settings a handle asked for.
@@ -40,6 +42,7 @@ impl Default for BrokerSettings {
             asked: Asked::default(),
             maxsize: 0,
             joinable: false,
+            prefix: None,
         }
     }
 }
@@ -143,6 +146,7 @@ impl RedisQueue {
 /// use multiproc::JoinableQueue;
 ///
 /// let jobs: JoinableQueue<String> = multiproc::Queue::broker("redis://127.0.0.1:6379/0", "jobs")
+///     .prefix("photos:") // the stream `photos:jobs`, not `multiproc:jobs`
 ///     .lease(Duration::from_secs(60))
 ///     .max_deliveries(3)
 ///     .build_joinable()?;
@@ -174,14 +178,35 @@ impl<T: Serialize + DeserializeOwned> BrokerQueueBuilder<T> {
         self
     }
 
+    /// Where the queue's keys are on the broker: the queue `name` is the stream
+    /// `<prefix><name>`, with `<prefix><name>:dead`, `:errors` and `:config` beside it
+    /// (`docs/broker.md`). Default `multiproc:`, so that the queues keep to themselves on a
+    /// Redis that other applications use too; `""` puts them at the bare name, as before
+    /// there were prefixes. At most 256 bytes (longer is an error when the queue is built).
+    ///
+    /// A URL's query parameter `prefix` says the same (`redis://host/0?prefix=photos%3A`,
+    /// decoded as a form value), for callers of [`Queue::connect`],
+    /// [`JoinableQueue::connect`] and [`QueueAdmin::connect`](crate::QueueAdmin::connect);
+    /// a prefix here and another in the URL are an error.
+    ///
+    /// With the default prefix, a queue made before there were prefixes (a stream at the
+    /// bare name read through the group `multiproc`, and no stream under the prefix) is used
+    /// where it is, so nothing in it is lost, and a warning says how to move it:
+    /// [`QueueAdmin::migrate_keys`](crate::QueueAdmin::migrate_keys), or `multiproc status
+    /// --migrate-keys NAME`. Every producer and consumer of a queue must use the same prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.prefix = Some(prefix.into());
+        self
+    }
+
     /// How long a taken item stays leased to its consumer before another may take it
     /// (default 30 s). A live consumer's leases are renewed while it works; a dead one's run
     /// out and its items are delivered again.
     ///
     /// It is the queue's setting, shared by every handle (consumers with different leases
     /// would take each other's items): the first handle to connect stores it with the queue
-    /// (`<name>:config`), later handles take it from there, and one that asks for another
-    /// value is refused. Leave it unset to take the queue's.
+    /// (`<prefix><name>:config`), later handles take it from there, and one that asks for
+    /// another value is refused. Leave it unset to take the queue's.
     pub fn lease(mut self, lease: Duration) -> Self {
         // Stored in whole milliseconds: a handle asking for the same again must match.
         let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -191,8 +216,8 @@ impl<T: Serialize + DeserializeOwned> BrokerQueueBuilder<T> {
     }
 
     /// After this many deliveries (default 5), an item that never got done goes to the
-    /// dead-letter stream (`<name>:dead`) with its last error. The queue's setting, shared as
-    /// [`lease`](Self::lease) is.
+    /// dead-letter stream (`<prefix><name>:dead`) with its last error. The queue's setting,
+    /// shared as [`lease`](Self::lease) is.
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.settings.max_deliveries = n.max(1);
         self.settings.asked.max_deliveries = true;
@@ -203,9 +228,9 @@ impl<T: Serialize + DeserializeOwned> BrokerQueueBuilder<T> {
     /// queue's `get` removes the item at once.
     ///
     /// # Errors
-    /// A bad URL or name, a broker that cannot be reached (the error names the URL), or a
-    /// [`lease`](Self::lease) or [`max_deliveries`](Self::max_deliveries) other than the
-    /// queue's.
+    /// A bad URL, name or [`prefix`](Self::prefix), a broker that cannot be reached (the
+    /// error names the URL), or a [`lease`](Self::lease) or
+    /// [`max_deliveries`](Self::max_deliveries) other than the queue's.
     pub fn build(self) -> Result<Queue<T>> {
         self.connect(false).map(Queue::of)
     }
