@@ -72,7 +72,7 @@ pub(crate) struct DemoArgs {
 pub(crate) fn main(args: DemoArgs) -> Result<()> {
     match args.broker {
         Some(url) => match &args.prefix {
-            Some(prefix) => broker_scene(&crate::queues::with_prefix(&url, prefix)),
+            Some(prefix) => broker_scene(&crate::access::with_prefix(&url, prefix)),
             None => broker_scene(&url),
         },
         None if args.tour => run(),

@@ -28,7 +28,7 @@ pub(crate) struct Auth {
 impl Auth {
     /// The authkey: the file's bytes (a final newline removed), else `MULTIPROC_AUTHKEY`.
     pub(crate) fn key(&self) -> anyhow::Result<Vec<u8>> {
-        crate::remote::read_authkey(self.authkey_file.as_deref())
+        crate::access::read_authkey(self.authkey_file.as_deref())
     }
 }
 
@@ -82,7 +82,7 @@ impl BrokerArg {
                     .iter()
                     .any(|scheme| b.starts_with(scheme));
                 is_redis.then(|| match &self.prefix {
-                    Some(prefix) => with_prefix(b, prefix),
+                    Some(prefix) => crate::access::with_prefix(b, prefix),
                     None => b.to_string(),
                 })
             })
@@ -96,49 +96,6 @@ impl BrokerArg {
         }
         let manager = ManagerClient::connect(&address(self.address())?, &auth.key()?)?;
         Ok(Backend::Manager(manager))
-    }
-}
-
-/// `url` with the query parameter `prefix=PREFIX` added (before any `#fragment`), the prefix
-/// percent-encoded. A URL that gives a prefix already, another one, is refused by the library.
-pub(crate) fn with_prefix(url: &str, prefix: &str) -> String {
-    let (head, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
-    let separator = match head.find('?') {
-        None => "?",
-        Some(_) if head.ends_with(['?', '&']) => "",
-        Some(_) => "&",
-    };
-    let mut encoded = String::new();
-    for b in prefix.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("{head}{separator}prefix={encoded}{fragment}")
-}
-
-#[cfg(test)]
-mod prefix_tests {
-    use super::with_prefix;
-
-    #[test]
-    fn the_prefix_goes_into_the_query_encoded_before_the_fragment() {
-        assert_eq!(
-            with_prefix("redis://h:6379/0", "multiproc:"),
-            "redis://h:6379/0?prefix=multiproc%3A"
-        );
-        assert_eq!(with_prefix("redis://h/0", ""), "redis://h/0?prefix=");
-        assert_eq!(
-            with_prefix("redis://h/0?protocol=resp3", "a b&c"),
-            "redis://h/0?protocol=resp3&prefix=a%20b%26c"
-        );
-        assert_eq!(
-            with_prefix("rediss://h/#insecure", "{t}"),
-            "rediss://h/?prefix=%7Bt%7D#insecure"
-        );
-        assert_eq!(with_prefix("redis://h/?", "x"), "redis://h/?prefix=x");
     }
 }
 

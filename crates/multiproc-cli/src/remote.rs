@@ -264,29 +264,13 @@ pub(crate) struct BrokerRemote {
     taker: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The authkey: the file's bytes (a final newline removed), else `MULTIPROC_AUTHKEY`.
-pub(crate) fn read_authkey(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
-    if let Some(path) = file {
-        let mut key = std::fs::read(path)
-            .with_context(|| format!("cannot read the authkey file {}", path.display()))?;
-        if key.last() == Some(&b'\n') {
-            key.pop();
-        }
-        return Ok(key);
-    }
-    match std::env::var_os("MULTIPROC_AUTHKEY") {
-        Some(k) => Ok(k.into_encoded_bytes()),
-        None => bail!("no authkey: set MULTIPROC_AUTHKEY or pass --authkey-file"),
-    }
-}
-
 impl BrokerRemote {
     /// The remote `multiproc run --broker` asks for.
     /// Its keys are under `MULTIPROC_PREFIX` when that is set, as the workers' are.
     pub(crate) fn for_run(b: &multiproc_run::BrokerOptions) -> anyhow::Result<BrokerRemote> {
-        let key = read_authkey(b.authkey_file.as_deref())?;
+        let key = crate::access::read_authkey(b.authkey_file.as_deref())?;
         let url = match std::env::var("MULTIPROC_PREFIX") {
-            Ok(prefix) => crate::queues::with_prefix(&b.url, &prefix),
+            Ok(prefix) => crate::access::with_prefix(&b.url, &prefix),
             Err(_) => b.url.clone(),
         };
         BrokerRemote::connect(&url, &b.queue, key)
