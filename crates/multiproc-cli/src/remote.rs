@@ -37,6 +37,8 @@ const VERSION: u32 = 1;
 const MAX_COMMAND: usize = 1 << 20;
 /// The longest queue name, run id or host name in a job or outcome.
 const MAX_NAME: usize = 1024;
+/// The largest stdin a job carries (`--pipe` blocks are 1 MiB by default).
+const MAX_STDIN: usize = 64 << 20;
 /// What a worker keeps of a job's stdout and of its stderr; the rest is dropped with a note.
 const MAX_OUTPUT: usize = 16 << 20;
 /// How long a job killed for its timeout has after SIGTERM before SIGKILL.
@@ -63,6 +65,9 @@ pub(crate) struct SignedJob {
     pub(crate) timeout_ms: Option<u64>,
     /// The command line, base64.
     pub(crate) cmd: String,
+    /// With `--pipe`: the job's stdin, base64 (empty: none).
+    #[serde(default)]
+    pub(crate) stdin: String,
     /// The signature.
     pub(crate) sig: String,
 }
@@ -121,6 +126,7 @@ impl SignedJob {
             &self.attempt.to_le_bytes(),
             &timeout,
             self.cmd.as_bytes(),
+            self.stdin.as_bytes(),
         ])
     }
 
@@ -137,6 +143,10 @@ impl SignedJob {
                 .timeout
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             cmd: BASE64.encode(&job.command),
+            stdin: job
+                .input
+                .as_deref()
+                .map_or_else(String::new, |b| BASE64.encode(b)),
             sig: String::new(),
         };
         j.sig = BASE64.encode(
@@ -147,9 +157,10 @@ impl SignedJob {
         j
     }
 
-    /// The command line, if the job is ours: signed with `key`, for the queue `queue` it was
-    /// taken from, within bounds. The error is the reason it goes to the dead letters.
-    pub(crate) fn verify(&self, key: &[u8], queue: &str) -> Result<Vec<u8>, String> {
+    /// The command line and its stdin, if the job is ours: signed with `key`, for the queue
+    /// `queue` it was taken from, within bounds. The error is the reason it goes to the dead
+    /// letters.
+    pub(crate) fn verify(&self, key: &[u8], queue: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
         if self.v != VERSION {
             return Err(format!(
                 "format version {} (this worker reads {VERSION})",
@@ -160,6 +171,7 @@ impl SignedJob {
             .iter()
             .any(|s| s.len() > MAX_NAME)
             || self.cmd.len() > MAX_COMMAND / 3 * 4 + 4
+            || self.stdin.len() > MAX_STDIN / 3 * 4 + 4
         {
             return Err("a field is too long".into());
         }
@@ -175,9 +187,12 @@ impl SignedJob {
                 self.queue
             ));
         }
-        BASE64
-            .decode(&self.cmd)
-            .map_err(|_| "the command is not base64".to_string())
+        let decode = |s: &str, what: &str| {
+            BASE64
+                .decode(s)
+                .map_err(|_| format!("the {what} is not base64"))
+        };
+        Ok((decode(&self.cmd, "command")?, decode(&self.stdin, "stdin")?))
     }
 }
 
@@ -387,7 +402,7 @@ pub(crate) fn run_jobs(
             Err(e) if e.kind() == ErrorKind::Timeout => break,
             Err(e) => return Err(e.into()),
         };
-        let command = match job.verify(key, queue) {
+        let (command, stdin) = match job.verify(key, queue) {
             Ok(c) => c,
             Err(reason) => {
                 tracing::warn!(queue, seq = job.seq, %reason, "refused a job: to the dead letters");
@@ -397,16 +412,14 @@ pub(crate) fn run_jobs(
             }
         };
         let timeout = job.timeout_ms.map(Duration::from_millis);
-        let outcome = execute(
-            shell,
-            &command,
-            job.seq,
+        let run = Run {
+            seq: job.seq,
+            attempt: job.attempt,
+            run: &job.run,
+            host: &host,
             timeout,
-            &host,
-            &job.run,
-            job.attempt,
-        )
-        .sign(key);
+        };
+        let outcome = execute(shell, &command, &stdin, &run).sign(key);
         let at = match outcome_queues.iter().position(|(n, _)| *n == job.results) {
             Some(at) => at,
             None => {
@@ -432,17 +445,30 @@ pub(crate) fn run_jobs(
     Ok(())
 }
 
-/// Runs `shell -c command` in a process group of its own (stdin empty), its output kept up to
-/// [`MAX_OUTPUT`], killed after `timeout`.
-fn execute(
-    shell: &std::path::Path,
-    command: &[u8],
+/// What an outcome says of the job it is for.
+struct Run<'a> {
+    /// The job's sequence number.
     seq: u64,
-    timeout: Option<Duration>,
-    host: &str,
-    run: &str,
+    /// Its try.
     attempt: u64,
-) -> SignedOutcome {
+    /// Its run.
+    run: &'a str,
+    /// This worker's host.
+    host: &'a str,
+    /// Its `--timeout`.
+    timeout: Option<Duration>,
+}
+
+/// Runs `shell -c command` in a process group of its own, `stdin` on its stdin, its output
+/// kept up to [`MAX_OUTPUT`], killed after the job's timeout.
+fn execute(shell: &std::path::Path, command: &[u8], stdin: &[u8], job: &Run<'_>) -> SignedOutcome {
+    let Run {
+        seq,
+        attempt,
+        run,
+        host,
+        timeout,
+    } = *job;
     let start = SystemTime::now();
     let started = Instant::now();
     let mut outcome = SignedOutcome {
@@ -465,7 +491,11 @@ fn execute(
         .arg("-c")
         .arg(OsStr::from_bytes(command))
         .env("PARALLEL_SEQ", seq.to_string())
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -481,6 +511,15 @@ fn execute(
             return outcome;
         }
     };
+    // From a thread: the job may write all its output before it reads its input.
+    let feeder = child.stdin.take().map(|mut w| {
+        let data = stdin.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            // A job that stops reading early is no error (as with GNU parallel's --pipe).
+            let _ = w.write_all(&data);
+        })
+    });
     let readers = [
         child.stdout.take().map(|r| keep(Box::new(r))),
         child.stderr.take().map(|r| keep(Box::new(r))),
@@ -511,6 +550,9 @@ fn execute(
         },
     };
     let _ = waiter.join();
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
     let [out, err] = readers.map(|r| r.and_then(|h| h.join().ok()).unwrap_or_default());
     outcome.runtime_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     match status {
@@ -564,13 +606,14 @@ mod tests {
             attempt: 1,
             command: cmd.as_bytes().to_vec(),
             timeout: None,
+            input: None,
         }
     }
 
     #[test]
     fn a_signed_job_verifies_only_with_its_key_and_queue() {
         let j = SignedJob::new(b"key", "run", "r1", "run.outcomes.r1", &job("echo a"));
-        assert_eq!(j.verify(b"key", "run").expect("ours"), b"echo a");
+        assert_eq!(j.verify(b"key", "run").expect("ours").0, b"echo a");
         assert!(
             j.verify(b"other", "run")
                 .expect_err("key")
@@ -595,16 +638,15 @@ mod tests {
 
     #[test]
     fn outcomes_verify_only_for_their_run() {
-        let o = execute(
-            std::path::Path::new("/bin/sh"),
-            b"echo out; echo err >&2; exit 3",
-            5,
-            None,
-            "h",
-            "r1",
-            1,
-        )
-        .sign(b"key");
+        let job = |seq, timeout| Run {
+            seq,
+            attempt: 1,
+            run: "r1",
+            host: "h",
+            timeout,
+        };
+        let sh = std::path::Path::new("/bin/sh");
+        let o = execute(sh, b"cat; echo err >&2; exit 3", b"out\n", &job(5, None)).sign(b"key");
         let r = o.verify(b"key", "r1").expect("ours");
         assert_eq!((r.seq, r.exitval, r.signal), (5, 3, 0));
         assert_eq!(
@@ -617,14 +659,18 @@ mod tests {
 
     #[test]
     fn a_job_over_its_timeout_is_killed_with_its_group() {
+        let job = Run {
+            seq: 1,
+            attempt: 1,
+            run: "r",
+            host: "h",
+            timeout: Some(Duration::from_millis(100)),
+        };
         let o = execute(
             std::path::Path::new("/bin/sh"),
             b"sleep 30 & wait",
-            1,
-            Some(Duration::from_millis(100)),
-            "h",
-            "r",
-            1,
+            b"",
+            &job,
         );
         assert_eq!(o.exitval, -1);
         assert_eq!(o.signal, nix::sys::signal::Signal::SIGTERM as i32);

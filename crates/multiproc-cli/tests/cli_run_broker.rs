@@ -287,3 +287,51 @@ fn a_worker_killed_mid_job_leaves_it_to_another_and_each_output_comes_once() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "done-a\ndone-b\n");
     assert!(Path::new(&dir.join("pgid-b")).exists());
 }
+
+#[test]
+fn pipe_blocks_travel_to_broker_workers() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _worker = worker(&redis, "run", KEY, &[]);
+    let input: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    let args = ["--pipe", "--block", "1k", "-k", "wc", "-l"];
+    let mut there = Command::new(BIN);
+    there
+        .args(["run", "--broker", &redis.url()])
+        .args(args)
+        .env("MULTIPROC_AUTHKEY", KEY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Group::spawn(&mut there);
+    {
+        use std::io::Write;
+        let mut stdin = child.0.as_mut().and_then(|c| c.stdin.take()).expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write");
+    }
+    let there = child.finish();
+    let mut here = Command::new(BIN)
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run");
+    {
+        use std::io::Write;
+        let mut stdin = here.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write");
+    }
+    let here = here.wait_with_output().expect("output");
+    assert!(there.status.success(), "{}", String::from_utf8_lossy(&there.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&there.stdout),
+        String::from_utf8_lossy(&here.stdout)
+    );
+    let counts: u32 = String::from_utf8_lossy(&there.stdout)
+        .lines()
+        .map(|l| l.trim().parse::<u32>().expect("a count"))
+        .sum();
+    assert_eq!(counts, 1000, "every line once");
+}

@@ -721,6 +721,7 @@ impl Runner {
             attempt,
             command,
             timeout: self.timeout,
+            input: job.input.clone(),
         };
         if let Some(remote) = &mut self.remote {
             remote.send(sent)?;

@@ -867,9 +867,6 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         pipe: a.pipe,
         names,
     };
-    if a.broker.is_some() && a.pipe {
-        bail!("--pipe cannot be used with --broker yet: the blocks do not travel to workers");
-    }
     let pipe = if a.pipe {
         if a.multiple || a.context_replace {
             bail!("--pipe cannot be used with -m or -X");

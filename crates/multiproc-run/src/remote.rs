@@ -20,6 +20,8 @@ pub struct RemoteJob {
     pub command: Vec<u8>,
     /// `--timeout`: the other side kills the job after this long.
     pub timeout: Option<Duration>,
+    /// With `--pipe`: its block of the input, for its stdin.
+    pub input: Option<Vec<u8>>,
 }
 
 /// What came of a job run elsewhere.
