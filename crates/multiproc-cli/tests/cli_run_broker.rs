@@ -307,7 +307,11 @@ fn pipe_blocks_travel_to_broker_workers() {
     let mut child = Group::spawn(&mut there);
     {
         use std::io::Write;
-        let mut stdin = child.0.as_mut().and_then(|c| c.stdin.take()).expect("stdin");
+        let mut stdin = child
+            .0
+            .as_mut()
+            .and_then(|c| c.stdin.take())
+            .expect("stdin");
         stdin.write_all(input.as_bytes()).expect("write");
     }
     let there = child.finish();
@@ -324,7 +328,11 @@ fn pipe_blocks_travel_to_broker_workers() {
         stdin.write_all(input.as_bytes()).expect("write");
     }
     let here = here.wait_with_output().expect("output");
-    assert!(there.status.success(), "{}", String::from_utf8_lossy(&there.stderr));
+    assert!(
+        there.status.success(),
+        "{}",
+        String::from_utf8_lossy(&there.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&there.stdout),
         String::from_utf8_lossy(&here.stdout)

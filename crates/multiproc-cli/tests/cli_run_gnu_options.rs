@@ -607,3 +607,96 @@ fn eta_and_progress_write_gnus_lines() {
         }
     }
 }
+
+/// Runs `program args` with `PARALLEL` set to `env`; stdout, stderr and the exit code.
+fn with_parallel_env(program: &str, args: &[&str], env: &str) -> (String, String, Option<i32>) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env("PARALLEL", env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+#[test]
+fn gnu_details_match_gnu() {
+    if !have_gnu("gnu_details_match_gnu") {
+        return;
+    }
+    // Options in $PARALLEL come first, even with a leading blank.
+    let args = ["-k", "echo", ":::", "space in envvar OK"];
+    let mut ours_args = vec!["run"];
+    ours_args.extend_from_slice(&args);
+    let mut gnu_args = vec!["--will-cite"];
+    gnu_args.extend_from_slice(&args);
+    let mine = with_parallel_env(bin(), &ours_args, " -v --tag");
+    let theirs = with_parallel_env(GNU, &gnu_args, " -v --tag");
+    assert_eq!(mine.0, theirs.0);
+    assert!(mine.0.contains("echo 'space in envvar OK'"), "{}", mine.0);
+    // -l0 is -l1.
+    same_as_gnu(&["-k", "-l0", "echo", "l0"], b"1\n2\n");
+    // --pipe needs a command: GNU's error and exit status.
+    same_as_gnu(&["--pipe"], b"1\n");
+    assert!(
+        ours(&["--pipe"], b"1\n")
+            .err
+            .contains("must have a command to pipe into")
+    );
+    // A bad --halt: GNU's messages.
+    for (halt, says) in [
+        ("error", "--halt must have 'never', 'soon', or 'now'."),
+        ("soon", "--halt soon must be followed by ,success or ,fail."),
+        (
+            "now,fail=x",
+            "--halt now,fail must be followed by ,number or ,percent%.",
+        ),
+    ] {
+        let out = ours(&["--halt", halt, "true", ":::", "a"], b"");
+        assert_eq!(out.code, Some(255), "{halt}");
+        assert!(out.err.contains(says), "{halt}: {}", out.err);
+        let theirs = gnu_in(None, &["--halt", halt, "true", ":::", "a"], b"");
+        assert!(theirs.err.contains(says), "GNU's {halt}: {}", theirs.err);
+    }
+    // Input ending in CR-NL: GNU's warning.
+    let out = ours(&["-k", "echo"], b"a\r\nb\r\nc\r\n");
+    assert!(
+        out.err.contains("The first three values end in CR-NL"),
+        "{}",
+        out.err
+    );
+    let plain = ours(&["-k", "echo"], b"a\r\nb\nc\r\n");
+    assert!(!plain.err.contains("CR-NL"), "{}", plain.err);
+}
+
+#[test]
+fn a_joblog_with_a_plus_is_appended_to_as_gnus_is() {
+    if !have_gnu("a_joblog_with_a_plus_is_appended_to_as_gnus_is") {
+        return;
+    }
+    let dir = TempDir::new("append-joblog");
+    for (program, name) in [(bin(), "ours"), (GNU, "gnu")] {
+        let log = dir.join(name);
+        let log = log.to_str().expect("utf-8 path").to_string();
+        let plus = format!("+{log}");
+        for target in [&log, &plus] {
+            let mut args: Vec<&str> = if program == GNU {
+                vec!["--will-cite"]
+            } else {
+                vec!["run"]
+            };
+            args.extend(["--joblog", target, "echo", ":::", "1"]);
+            let out = Runner::start(program, &args, None, b"").finish();
+            assert_eq!(out.code, Some(0), "{name}: {}", out.err);
+        }
+        let lines = std::fs::read_to_string(&log)
+            .expect("joblog")
+            .lines()
+            .count();
+        assert_eq!(lines, 3, "{name}: a header and two jobs");
+    }
+}

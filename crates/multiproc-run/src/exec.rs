@@ -399,7 +399,11 @@ fn slots_for(jobs: Option<usize>) -> usize {
         Some(n) if n > most => {
             eprintln!(
                 "multiproc: Warning: Only enough file handles to run {most} jobs in parallel.\n\
-                 multiproc: Warning: or increasing 'ulimit -n' (try: ulimit -n `ulimit -Hn`)"
+                 multiproc: Warning: Try running 'multiproc run -j0 -N {most} --pipe multiproc \
+                 run -j0'\n\
+                 multiproc: Warning: or increasing 'ulimit -n' (try: ulimit -n `ulimit -Hn`)\n\
+                 multiproc: Warning: or increasing 'nofile' in /etc/security/limits.conf\n\
+                 multiproc: Warning: or increasing /proc/sys/fs/file-max"
             );
             most
         }

@@ -119,6 +119,8 @@ pub(crate) struct Filter {
     pub(crate) skip_blank: bool,
     /// `-L`: a line ending in a blank goes on on the next line.
     pub(crate) continued_lines: bool,
+    /// Warn, as GNU parallel does, when the first three records end in CR (no `-d` given).
+    pub(crate) warn_crnl: bool,
 }
 
 /// What the reading thread sends.
@@ -153,6 +155,8 @@ struct Records {
     filter: Filter,
     /// Set at the `-E` record.
     ended: bool,
+    /// Records seen ending in CR and not, until three of one kind decide (`warn_crnl`).
+    crnl: (u8, u8),
 }
 
 /// Opens `path` (`-` for stdin) for reading.
@@ -252,6 +256,19 @@ impl Records {
                         Some(more) => rec.extend_from_slice(&more),
                         None => break,
                     }
+                }
+            }
+            if self.filter.warn_crnl && self.crnl.0 < 3 && self.crnl.1 < 3 {
+                if rec.last() == Some(&b'\r') {
+                    self.crnl.0 += 1;
+                } else {
+                    self.crnl.1 += 1;
+                }
+                if self.crnl == (3, 0) {
+                    eprintln!(
+                        "multiproc: Warning: The first three values end in CR-NL. \
+                         Consider using -d \"\\r\\n\""
+                    );
                 }
             }
             if self.filter.eof.as_ref() == Some(&rec) {
@@ -369,6 +386,7 @@ pub(crate) fn start(spec: Spec, wake: UnixStream) -> anyhow::Result<Receiver<Fee
             raw,
             filter: filter.clone(),
             ended: false,
+            crnl: (0, 0),
         })
     };
     let read_all = |s: Source| -> anyhow::Result<Table> {

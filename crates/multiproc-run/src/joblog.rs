@@ -80,7 +80,15 @@ impl Joblog {
             };
             return Ok((log, skip));
         }
+        // `+FILE`: appended to, as with --resume, but nothing skipped (GNU parallel's).
+        let (path, append) = match path.to_str().and_then(|p| p.strip_prefix('+')) {
+            Some(rest) if !rest.is_empty() => (Path::new(rest), true),
+            _ => (path, false),
+        };
         let mut has_header = false;
+        if append && resume == Resume::No {
+            has_header = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        }
         if resume != Resume::No {
             match File::open(path) {
                 Ok(f) => has_header = read(f, resume, &mut skip, path)?,
@@ -91,7 +99,7 @@ impl Joblog {
             }
         }
         let mut opts = OpenOptions::new();
-        if resume == Resume::No {
+        if resume == Resume::No && !append {
             opts.write(true).create(true).truncate(true);
         } else {
             opts.append(true).create(true);

@@ -370,61 +370,52 @@ impl Halt {
     };
 }
 
-/// Parses `--halt`.
+/// Parses `--halt`, with GNU parallel's error messages.
 pub(crate) fn parse_halt(s: &str) -> anyhow::Result<Halt> {
-    let bad = || format!("bad --halt {s:?}: use never, now|soon,fail|success|done=N or =N%");
     let simple = |when, why, limit, pct| Halt {
         when,
         why,
         limit,
         pct,
     };
-    match s {
-        "never" | "0" => return Ok(Halt::NEVER),
-        "1" => return Ok(simple(When::Soon, Why::Fail, 1.0, false)),
-        "2" => return Ok(simple(When::Now, Why::Fail, 1.0, false)),
-        "-1" => return Ok(simple(When::Soon, Why::Success, 1.0, false)),
-        "-2" => return Ok(simple(When::Now, Why::Success, 1.0, false)),
-        _ => {}
-    }
-    if let Some(p) = s.strip_suffix('%')
-        && !s.contains(',')
-    {
-        let p: f64 = p.parse().with_context(bad)?;
-        if !(p > 0.0 && p < 100.0) {
-            bail!(bad());
-        }
-        return Ok(simple(When::Soon, Why::Fail, p / 100.0, true));
-    }
-    let (when, why) = s.split_once(',').with_context(bad)?;
-    let when = match when {
+    let long = match s {
+        "0" => "never".to_string(),
+        "1" => "soon,fail=1".to_string(),
+        "2" => "now,fail=1".to_string(),
+        "-1" => "soon,success=1".to_string(),
+        "-2" => "now,success=1".to_string(),
+        _ => match s.strip_suffix('%') {
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("soon,fail={p}%")
+            }
+            _ => s.to_string(),
+        },
+    };
+    let mut parts = long.split([',', '=']);
+    let when = match parts.next().unwrap_or_default() {
+        "never" => return Ok(Halt::NEVER),
         "now" => When::Now,
         "soon" => When::Soon,
-        "never" => return Ok(Halt::NEVER),
-        _ => bail!(bad()),
+        _ => bail!("--halt must have 'never', 'soon', or 'now'."),
     };
-    let (why, n) = why.split_once('=').with_context(bad)?;
-    let why = match why {
-        "fail" => Why::Fail,
-        "success" => Why::Success,
-        "done" => Why::Done,
-        _ => bail!(bad()),
+    let word = if when == When::Now { "now" } else { "soon" };
+    let (why, why_word) = match parts.next().unwrap_or_default() {
+        "fail" => (Why::Fail, "fail"),
+        "success" => (Why::Success, "success"),
+        "done" => (Why::Done, "done"),
+        _ => bail!("--halt {word} must be followed by ,success or ,fail."),
     };
-    let (n, pct) = match n.strip_suffix('%') {
-        Some(p) => (p, true),
-        None => (n, false),
-    };
-    let limit: f64 = n.parse().with_context(bad)?;
-    if pct {
-        if !(limit > 0.0 && limit <= 100.0) {
+    let bad = || format!("--halt {word},{why_word} must be followed by ,number or ,percent%.");
+    let n = parts.next().unwrap_or_default();
+    if let Some(p) = n.strip_suffix('%') {
+        let p: u32 = p.parse().ok().with_context(bad)?;
+        if !(1..=100).contains(&p) {
             bail!(bad());
         }
-        return Ok(simple(when, why, limit / 100.0, true));
+        return Ok(simple(when, why, f64::from(p) / 100.0, true));
     }
-    if !(limit >= 1.0 && limit.fract() == 0.0) {
-        bail!(bad());
-    }
-    Ok(simple(when, why, limit, false))
+    let count: u32 = n.parse().ok().filter(|&c| c > 0).with_context(bad)?;
+    Ok(simple(when, why, f64::from(count), false))
 }
 
 /// Parses a duration: seconds (fractions allowed), or numbers with suffixes s, m, h, d, ms,
@@ -595,9 +586,19 @@ fn on_path(name: &str) -> Option<OsString> {
 }
 
 /// Rewrites the spellings of GNU parallel that a parser of options cannot take as they are:
-/// `-l` alone (`-L 1`), `-lN` and `-l N` (`-L N`). `words` are what follows `run`; only the
-/// options are looked at, never the command after them.
+/// `-l` alone (`-L 1`), `-lN` and `-l N` (`-L N`; `-l0` is `-L 1`, as GNU's). `words` are
+/// what follows `run`; only the options are looked at, never the command after them. The
+/// options in the environment variable `PARALLEL` come first, as GNU parallel reads them.
 pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
+    let words = match std::env::var("PARALLEL") {
+        Ok(env) if !env.trim().is_empty() => {
+            let mut all: Vec<OsString> =
+                split_words(&env).into_iter().map(OsString::from).collect();
+            all.extend(words);
+            all
+        }
+        _ => words,
+    };
     let mut cmd = <Run as Args>::augment_args(clap::Command::new("run"));
     cmd.build();
     // Whether an option takes the next word as its value.
@@ -650,13 +651,13 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
                 .next_if(|v| v.to_str().is_some_and(|v| v.parse::<usize>().is_ok()))
                 .and_then(|v| v.into_string().ok())
                 .unwrap_or_else(|| "1".into());
-            out.push(OsString::from(format!("-L{n}")));
+            out.push(OsString::from(format!("-L{}", one_if_zero(&n))));
             continue;
         }
         if let Some(n) = text.strip_prefix("-l")
             && n.parse::<usize>().is_ok()
         {
-            out.push(OsString::from(format!("-L{n}")));
+            out.push(OsString::from(format!("-L{}", one_if_zero(n))));
             continue;
         }
         // A cluster of short options: the first that takes a value ends it.
@@ -683,6 +684,56 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
     }
     out.extend(words);
     out
+}
+
+/// `-l`'s count: `0` is `1` (GNU parallel's `-l0`).
+fn one_if_zero(n: &str) -> &str {
+    if n.parse::<usize>() == Ok(0) { "1" } else { n }
+}
+
+/// The words of `PARALLEL` as a shell would split them: at blanks, with single and double
+/// quotes and backslashes (no expansion).
+fn split_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                cur.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => cur.extend(chars.next()),
+                        _ => cur.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.extend(chars.next());
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            _ => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
 }
 
 /// Runs `multiproc run`; returns its exit status (255 after printing any error).
@@ -871,6 +922,9 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         if a.multiple || a.context_replace {
             bail!("--pipe cannot be used with -m or -X");
         }
+        if words.is_empty() {
+            bail!("--pipe must have a command to pipe into (e.g. 'cat').");
+        }
         let source = match groups.as_slice() {
             [] => None,
             [input::Source::File(p)] => Some(p.clone()),
@@ -941,6 +995,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         eof: a.eof.or(a.eof_long).map(String::into_bytes),
         skip_blank: a.no_run_if_empty,
         continued_lines: lines.is_some(),
+        warn_crnl: a.delimiter.is_none() && !a.null,
     };
     let dur = |s: &Option<String>| s.as_deref().map(parse_duration).transpose();
     let timeout = dur(&a.timeout)?;
@@ -1051,6 +1106,17 @@ mod tests {
         );
         assert_eq!(gnu_words(w(&["--eof", "-l"])), w(&["--eof", "-L1"]));
         assert_eq!(gnu_words(w(&["ls", "-l"])), w(&["ls", "-l"]));
+    }
+
+    #[test]
+    fn parallel_variable_words_split_as_a_shell_splits_them() {
+        assert_eq!(split_words(" -v  -k"), ["-v", "-k"]);
+        assert_eq!(
+            split_words("--tagstring 'a b' -j\"2\""),
+            ["--tagstring", "a b", "-j2"]
+        );
+        assert_eq!(split_words(r"a\ b ''"), ["a b", ""]);
+        assert!(split_words("   ").is_empty());
     }
 
     #[test]
