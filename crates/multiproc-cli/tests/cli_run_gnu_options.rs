@@ -700,3 +700,61 @@ fn a_joblog_with_a_plus_is_appended_to_as_gnus_is() {
         assert_eq!(lines, 3, "{name}: a header and two jobs");
     }
 }
+
+#[test]
+fn gnus_own_cases_for_linking_context_and_eof_match_gnu() {
+    if !have_gnu("gnus_own_cases_for_linking_context_and_eof_match_gnu") {
+        return;
+    }
+    // From GNU parallel's test suite (par_link_files_as_only_arg, par_tricolonplus,
+    // par_test_L_context_replace, par_trailing_space_line_continuation,
+    // par_test_r_with_pipe), with files for the process substitutions.
+    let dir = TempDir::new("gnu-cases");
+    let file = |name: &str, lines: std::ops::RangeInclusive<u32>| {
+        let p = dir.join(name);
+        let text: String = lines.map(|i| format!("{i}\n")).collect();
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8 path").to_string()
+    };
+    let (s10, s3, s4, s21) = (
+        file("s10", 1..=10),
+        file("s3", 1..=3),
+        file("s4", 1..=4),
+        file("s21", 21..=23),
+    );
+    same_as_gnu(&["-k", "echo", "::::+", &s10, &s3, &s4], b"");
+    same_as_gnu(
+        &[
+            "-k", "echo", ":::", "11", "22", "33", "::::+", &s3, &s21, ":::", "a", "b", "c",
+            ":::+", "aa", "bb", "cc",
+        ],
+        b"",
+    );
+    same_as_gnu(
+        &[
+            "-k", "echo", "::::", &s3, "::::", &s21, ":::+", "a", "b", "c", ":::", "aa", "bb", "cc",
+        ],
+        b"",
+    );
+    let nineteen: String = (1..=19).map(|i| format!("{i}\n")).collect();
+    same_as_gnu(&["-k", "-L", "10", "echo", "a{}b"], nineteen.as_bytes());
+    same_as_gnu(&["-k", "-N", "10", "echo", "a{}b"], nineteen.as_bytes());
+    same_as_gnu(&["-k", "-n", "2", "echo", "a{}b"], b"1\n2\n3\n4\n");
+    same_as_gnu(
+        &[
+            "-k", "-N2", "echo", "a{}b", ":::", "1", "2", ":::", "3", "4",
+        ],
+        b"",
+    );
+    let lines = b"foo\n\nole \nbar\nquux\n";
+    same_as_gnu(&["-kr", "-L2", "echo"], lines);
+    same_as_gnu(&["-kr", "-L2", "-E", "bar", "echo"], lines);
+    same_as_gnu(
+        &[
+            "-kr", "-L2", "-E", "bar", "echo", ":::", "foo", "", "ole ", "bar", "quux",
+        ],
+        b"",
+    );
+    same_as_gnu(&["-r", "-N1", "--pipe", "cat"], b"\n");
+    same_as_gnu(&["-N1", "--pipe", "cat"], b"\n");
+}

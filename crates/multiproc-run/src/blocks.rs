@@ -29,6 +29,8 @@ pub(crate) struct BlockSpec {
     pub(crate) lines: Option<usize>,
     /// `--header`: the records at the start that go before every block.
     pub(crate) header_lines: usize,
+    /// `-r`: a block of blanks only is left out.
+    pub(crate) skip_blank: bool,
 }
 
 /// The default `--block`: 1 MiB, as GNU parallel's.
@@ -141,6 +143,9 @@ fn cut(mut r: impl Read, spec: &BlockSpec, mut out: Batches) {
         if block.is_empty() {
             break;
         }
+        if spec.skip_blank && block.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
         seq += 1;
         let n = block.len();
         out.batch.push(Job {
@@ -229,6 +234,7 @@ mod tests {
             records: None,
             lines: None,
             header_lines: 0,
+            skip_blank: false,
         }
     }
 

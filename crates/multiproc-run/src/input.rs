@@ -253,6 +253,11 @@ impl Records {
             if self.filter.continued_lines {
                 while rec.last().is_some_and(|&b| b == b' ' || b == b'\t') {
                     match self.raw.next(delim)? {
+                        // The end-of-file record ends the input, even as a continuation.
+                        Some(more) if self.filter.eof.as_ref() == Some(&more) => {
+                            self.ended = true;
+                            break;
+                        }
                         Some(more) => rec.extend_from_slice(&more),
                         None => break,
                     }

@@ -851,7 +851,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         all: a.link,
     };
     let mut mode: Option<bool> = None; // Some(true) in `:::`, Some(false) in `::::`
-    let mut link_next = false; // after `::::+`: the next file is linked
+    let mut link_next = false; // after `::::+`: each file is linked to the one before
     for w in a.command {
         let w = w.into_vec();
         match w.as_slice() {
@@ -878,7 +878,8 @@ fn configure(a: Run) -> anyhow::Result<Config> {
                     }
                 }
                 Some(false) => {
-                    if std::mem::take(&mut link_next) {
+                    // `::::+ a b`: each file linked to the one before.
+                    if link_next && !groups.is_empty() {
                         links.to_previous.push(groups.len());
                     }
                     groups.push(input::Source::File(PathBuf::from(OsString::from_vec(w))))
@@ -914,7 +915,10 @@ fn configure(a: Run) -> anyhow::Result<Config> {
     let syntax = template::Syntax {
         replace: replace.map(String::into_bytes),
         quote_words: a.quote,
-        context: a.context_replace,
+        // -N and -L repeat a word around `{}` per argument too, as GNU parallel's do (-n not).
+        context: a.context_replace
+            || a.max_replace_args.is_some()
+            || a.max_lines.or(a.max_lines_long).is_some(),
         pipe: a.pipe,
         names,
     };
@@ -944,6 +948,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             records: a.max_args.or(a.max_replace_args),
             lines: a.max_lines.or(a.max_lines_long),
             header_lines,
+            skip_blank: a.no_run_if_empty,
         };
         Some((spec, source))
     } else {
