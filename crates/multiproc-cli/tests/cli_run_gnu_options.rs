@@ -758,3 +758,29 @@ fn gnus_own_cases_for_linking_context_and_eof_match_gnu() {
     same_as_gnu(&["-r", "-N1", "--pipe", "cat"], b"\n");
     same_as_gnu(&["-N1", "--pipe", "cat"], b"\n");
 }
+
+#[test]
+fn lines_packed_to_the_default_limit_match_gnu() {
+    if !have_gnu("lines_packed_to_the_default_limit_match_gnu") {
+        return;
+    }
+    // Enough arguments for several lines of GNU's default limit (63,664 bytes on Linux).
+    let input: String = (1..=40_000).map(|i| format!("{i}\n")).collect();
+    for opts in [
+        &["-X", "-j2"][..],
+        &["-m", "-j1"],
+        &["-m", "-j3", "-I", ",,"],
+    ] {
+        let mut args = opts.to_vec();
+        args.extend(["--dry-run", "echo", "a{}b", ",,"]);
+        same_as_gnu(&args, input.as_bytes());
+    }
+    let warned = ours(&["-s", "100000000", "echo", ":::", "a"], b"");
+    assert!(
+        warned
+            .err
+            .contains("Value for option -s should be < 63664."),
+        "{}",
+        warned.err
+    );
+}

@@ -10,10 +10,32 @@
 use crate::job::Job;
 use crate::template::{Ctx, Template, join};
 
-/// The longest command line GNU parallel uses by default: half of what is left of Linux's
-/// limit for one argument (`MAX_ARG_STRLEN`, 128 KiB with its NUL, as `sh -c` gets the line)
-/// after 3000 bytes for wrapping, as GNU parallel computes it.
-pub(crate) const DEFAULT_MAX_LINE: usize = (128 * 1024 - 1 - 3000) / 2;
+/// The longest command line GNU parallel uses by default on Linux, whose limit for one
+/// argument (`MAX_ARG_STRLEN`, 128 KiB with its NUL: `sh -c` gets the line as one) its probe
+/// finds as 130 329 (the binary search stops within 1 % of the limit, see
+/// [`probe_like_gnu`]); half of that less 3000 bytes for wrapping, as GNU parallel computes it.
+pub(crate) const DEFAULT_MAX_LINE: usize = (probe_like_gnu(128 * 1024 - 1) - 3000) / 2;
+
+/// What GNU parallel's probe of the longest command line (`find_max`) finds on a system that
+/// takes lines of up to `limit` bytes: ×16 from 324 while they are taken, then a binary search
+/// that stops once the bounds are within 1 % (or 1 byte).
+const fn probe_like_gnu(limit: usize) -> usize {
+    let mut len = 324;
+    while len * 16 <= limit {
+        len *= 16;
+    }
+    let (mut lower, mut upper) = (len, len * 16);
+    // `lower / upper > 0.99` in integers.
+    while lower + 1 < upper && lower * 100 <= upper * 99 {
+        let middle = (upper - lower) / 2 + lower;
+        if middle <= limit {
+            lower = middle;
+        } else {
+            upper = middle;
+        }
+    }
+    lower
+}
 
 /// The settings.
 #[derive(Debug, Clone)]
@@ -268,6 +290,13 @@ mod tests {
             "{}",
             err.0
         );
+    }
+
+    #[test]
+    fn the_default_line_is_gnu_parallels_on_linux() {
+        // `parallel --max-line-length-allowed` says 130329 here; -s warns at 63664.
+        assert_eq!(probe_like_gnu(128 * 1024 - 1), 130_329);
+        assert_eq!(DEFAULT_MAX_LINE, 63_664);
     }
 
     #[test]

@@ -110,8 +110,8 @@ pub struct Run {
     /// As -m, but a word holding `{}` is repeated for each argument (`x{}y` → `xay xby`).
     #[arg(short = 'X')]
     context_replace: bool,
-    /// Keep each command line shorter than N bytes (default and most: 64035; GNU parallel
-    /// probes its own).
+    /// Keep each command line shorter than N bytes (default and most: 63664, GNU parallel's
+    /// on Linux).
     #[arg(short = 's', long = "max-chars", value_name = "N")]
     max_chars: Option<usize>,
     /// Stop reading a source at a record equal to EOF.
