@@ -784,3 +784,95 @@ fn lines_packed_to_the_default_limit_match_gnu() {
         warned.err
     );
 }
+
+#[test]
+fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
+    if !have_gnu("results_paths_with_replacement_strings_and_header_names_match_gnu") {
+        return;
+    }
+    let dir = TempDir::new("results-templates");
+    // Each case run by both, each in a directory of its own; the trees must be the same.
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "file",
+            &["-k", "--results", "R/par_{}_x", "echo", ":::", "foo", "bar"],
+        ),
+        (
+            "dir",
+            &[
+                "-k",
+                "--results",
+                "R/par_{1}-{2}/",
+                "echo",
+                ":::",
+                "foo",
+                "bar",
+                ":::",
+                "A",
+            ],
+        ),
+        (
+            "header",
+            &[
+                "-k",
+                "--header",
+                ":",
+                "--results",
+                "R/h",
+                "echo",
+                ":::",
+                "a",
+                "I",
+                "II",
+                ":::",
+                "b",
+                "III",
+            ],
+        ),
+        (
+            "plain",
+            &[
+                "-k",
+                "--results",
+                "R/p",
+                "echo",
+                ":::",
+                "I",
+                "II",
+                ":::",
+                "III",
+            ],
+        ),
+    ];
+    for (name, args) in cases {
+        for (program, side) in [(bin(), "ours"), (GNU, "gnu")] {
+            let cwd = dir.join(&format!("{name}-{side}"));
+            std::fs::create_dir_all(cwd.join("R")).expect("mkdir");
+            let mut all: Vec<&str> = if program == GNU {
+                vec!["--will-cite"]
+            } else {
+                vec!["run"]
+            };
+            all.extend_from_slice(args);
+            let out = Runner::start(program, &all, Some(&cwd), b"").finish();
+            assert_eq!(out.code, Some(0), "{name} {side}: {}", out.err);
+        }
+        let ours = tree(&dir.join(&format!("{name}-ours")));
+        let theirs = tree(&dir.join(&format!("{name}-gnu")));
+        assert!(!ours.is_empty(), "{name}: nothing stored");
+        assert_eq!(ours, theirs, "{name}");
+    }
+    // --header as GNU's manual writes it: `.*\n` once per line.
+    same_as_gnu(
+        &[
+            "-j1",
+            "--pipe",
+            "-N2",
+            "-k",
+            "--header",
+            ".*\\n.*\\n",
+            "echo Start;cat;echo Stop",
+        ],
+        b"h1\nh2\n1a\n1b\n2a\n2b\n3a\n",
+    );
+}

@@ -477,6 +477,33 @@ pub(crate) fn parse_jobs(s: &str, cpus: usize) -> anyhow::Result<Option<usize>> 
     Ok(Some(n))
 }
 
+/// How many lines a `--header` regular expression of the form `.*\n.*\n…` takes (the `\n`
+/// as written, or a newline).
+fn lines_regex(h: &str) -> Option<usize> {
+    let mut rest = h;
+    let mut n = 0;
+    while !rest.is_empty() {
+        rest = rest
+            .strip_prefix(".*\\n")
+            .or_else(|| rest.strip_prefix(".*\n"))?;
+        n += 1;
+    }
+    (n > 0).then_some(n)
+}
+
+/// `--results PATH` when it holds replacement strings: the template of each job's path.
+fn results_template(
+    path: Option<&std::path::Path>,
+    syntax: &template::Syntax,
+) -> anyhow::Result<Option<template::Template>> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let t = template::Template::parse_text(path.as_os_str().as_bytes(), syntax)?;
+    Ok(t.has_replacements().then_some(t))
+}
+
 /// `-j FILE`: the file's first line read as `-j`'s value.
 pub(crate) fn jobs_from_file(path: &std::path::Path, cpus: usize) -> anyhow::Result<Option<usize>> {
     let text = std::fs::read_to_string(path)
@@ -894,16 +921,33 @@ fn configure(a: Run) -> anyhow::Result<Config> {
     };
     let header_lines = match a.header.as_deref() {
         None => 0,
-        Some(":" | ".*\\n" | ".*\n") => 1,
-        Some(n) => match n.parse::<usize>() {
+        Some(":") => 1,
+        Some(h) => match h.parse::<usize>() {
             Ok(n) if n > 0 => n,
-            _ => bail!("--header {n:?}: use `:` for one line, or a number of lines"),
+            // `.*\n` once per line, the regular expression GNU parallel's manual gives.
+            _ => match lines_regex(h) {
+                Some(n) => n,
+                None => bail!(
+                    "--header {h:?}: use `:` for one line, a number of lines, or `.*\\n` once \
+                     per line"
+                ),
+            },
         },
     };
     let names = if header_lines > 0 && !a.pipe {
         input::read_headers(&mut groups, header_lines, &delimiter, colsep.as_ref())?
     } else {
         Vec::new()
+    };
+    let results_names = {
+        let mut by_pos: Vec<Option<Vec<u8>>> = Vec::new();
+        for (name, pos) in &names {
+            if by_pos.len() < *pos {
+                by_pos.resize(*pos, None);
+            }
+            by_pos[pos - 1] = Some(name.clone());
+        }
+        by_pos
     };
     let replace = a
         .replace
@@ -1040,6 +1084,8 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             tag: a.tag,
             tagstring,
             ungroup: a.ungroup,
+            results_template: results_template(a.results.as_deref(), &syntax)?,
+            results_names,
             results: a.results,
             files: a.files.then(|| {
                 a.tmpdir

@@ -43,6 +43,11 @@ pub(crate) struct Options {
     pub(crate) ungroup: bool,
     /// `--results DIR`.
     pub(crate) results: Option<PathBuf>,
+    /// `--results` with replacement strings in it: each job's own path (a directory when it
+    /// ends in `/`, else the file of its stdout, with `.err` and `.seq` beside it).
+    pub(crate) results_template: Option<Template>,
+    /// `--header`'s column names, by position, for the `--results` directories.
+    pub(crate) results_names: Vec<Option<Vec<u8>>>,
     /// `--files`: each job's stdout goes to a new file in this directory, and its name is
     /// printed instead.
     pub(crate) files: Option<PathBuf>,
@@ -216,7 +221,14 @@ impl Output {
         if let Some(dir) = &self.opts.results
             && let Some(job) = self.jobs.get(&seq)
         {
-            store(dir, seq, job)?;
+            match &self.opts.results_template {
+                Some(t) => {
+                    let mut path = Vec::new();
+                    t.raw_line(&Ctx::new(&job.args, seq, 1), &mut path);
+                    store_at(&path, seq, job)?;
+                }
+                None => store(dir, seq, job, &self.opts.results_names)?,
+            }
         }
         match self.jobs.get_mut(&seq) {
             Some(job) => job.done = true,
@@ -406,17 +418,56 @@ fn escape_path(arg: &[u8], max: Option<usize>) -> Vec<u8> {
     out
 }
 
+/// Writes a job's `--results` at the path its template made: a directory (ending in `/`)
+/// of `seq`, `stdout`, `stderr`, or the file of its stdout with `.err` and `.seq` beside it,
+/// as GNU parallel does.
+fn store_at(path: &[u8], seq: u64, job: &JobOut) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let write = |p: PathBuf, data: &[u8]| {
+        std::fs::write(&p, data).with_context(|| format!("cannot write {}", p.display()))
+    };
+    if path.ends_with(b"/") {
+        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+        write(p.join("seq"), seq.to_string().as_bytes())?;
+        write(p.join("stdout"), &job.out.data)?;
+        return write(p.join("stderr"), &job.err.data);
+    }
+    if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let beside = |suffix: &str| {
+        let mut q = path.to_vec();
+        q.extend_from_slice(suffix.as_bytes());
+        PathBuf::from(std::ffi::OsStr::from_bytes(&q))
+    };
+    write(p.to_path_buf(), &job.out.data)?;
+    write(beside(".err"), &job.err.data)?;
+    write(beside(".seq"), seq.to_string().as_bytes())
+}
+
 /// Writes a job's `--results`: `DIR/1/<arg 1>/2/<arg 2>/.../{seq,stdout,stderr}`, as GNU
-/// parallel does.
+/// parallel does (a column `--header` names is named so: `DIR/name/<arg>/...`).
 ///
 /// An argument too long for a file name is cut to the longest the file system allows, as GNU
 /// parallel cuts it.
-fn store(dir: &std::path::Path, seq: u64, job: &JobOut) -> anyhow::Result<()> {
+fn store(
+    dir: &std::path::Path,
+    seq: u64,
+    job: &JobOut,
+    names: &[Option<Vec<u8>>],
+) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path_for = |max: Option<usize>| {
         let mut path = dir.as_os_str().as_bytes().to_vec();
         for (i, a) in job.args.iter().enumerate() {
-            path.extend_from_slice(format!("/{}/", i + 1).as_bytes());
+            path.push(b'/');
+            match names.get(i).and_then(Option::as_ref) {
+                Some(name) => path.extend_from_slice(&escape_path(name, max)),
+                None => path.extend_from_slice((i + 1).to_string().as_bytes()),
+            }
+            path.push(b'/');
             path.extend_from_slice(&escape_path(a, max));
         }
         PathBuf::from(std::ffi::OsStr::from_bytes(&path))

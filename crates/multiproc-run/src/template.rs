@@ -309,6 +309,14 @@ impl Template {
         })
     }
 
+    /// Whether it holds any replacement string.
+    pub(crate) fn has_replacements(&self) -> bool {
+        self.words
+            .iter()
+            .flatten()
+            .any(|p| !matches!(p, Piece::Lit(_)))
+    }
+
     /// The program of a template that may skip the shell: its first word, which is then a
     /// plain literal. `None` when the shell is needed.
     pub(crate) fn plain_program(&self) -> Option<&[u8]> {
