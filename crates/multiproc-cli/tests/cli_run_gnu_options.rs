@@ -757,6 +757,9 @@ fn gnus_own_cases_for_linking_context_and_eof_match_gnu() {
     );
     same_as_gnu(&["-r", "-N1", "--pipe", "cat"], b"\n");
     same_as_gnu(&["-N1", "--pipe", "cat"], b"\n");
+    // par_test_gt_quoting: --max-lines takes the next word when it is a number.
+    same_as_gnu(&["--max-lines", "3", "echo"], b"> \n> \n>\n");
+    same_as_gnu(&["echo"], b">/dev/null\n");
 }
 
 #[test]

@@ -642,6 +642,17 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
             out.push(w);
             break;
         }
+        if text == "--max-lines" {
+            // Its count is optional: GNU parallel takes the next word when it is a number.
+            match words.next_if(|v| v.to_str().is_some_and(|v| v.parse::<usize>().is_ok())) {
+                Some(n) => {
+                    let n = n.to_string_lossy().into_owned();
+                    out.push(OsString::from(format!("--max-lines={}", one_if_zero(&n))));
+                }
+                None => out.push(w),
+            }
+            continue;
+        }
         if let Some(long) = text.strip_prefix("--") {
             out.push(w.clone());
             if long.contains('=') {
@@ -1157,6 +1168,14 @@ mod tests {
         );
         assert_eq!(gnu_words(w(&["--eof", "-l"])), w(&["--eof", "-L1"]));
         assert_eq!(gnu_words(w(&["ls", "-l"])), w(&["ls", "-l"]));
+        assert_eq!(
+            gnu_words(w(&["--max-lines", "3", "echo"])),
+            w(&["--max-lines=3", "echo"])
+        );
+        assert_eq!(
+            gnu_words(w(&["--max-lines", "echo"])),
+            w(&["--max-lines", "echo"])
+        );
     }
 
     #[test]
