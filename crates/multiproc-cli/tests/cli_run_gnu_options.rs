@@ -590,6 +590,28 @@ fn eta_and_progress_write_gnus_lines() {
     if !have_gnu("eta_and_progress_write_gnus_lines") {
         return;
     }
+    // par_bar_m: the bar's percentages, as `zenity --progress` reads them.
+    let numbers = |err: &str| -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        for piece in err.split(['\r', '\n']) {
+            let piece = piece.trim_end();
+            if !piece.is_empty()
+                && piece.bytes().all(|b| b.is_ascii_digit())
+                && seen.last().map(String::as_str) != Some(piece)
+            {
+                seen.push(piece.to_string());
+            }
+        }
+        seen
+    };
+    let bar = [
+        "--bar", "-P", "2", "-m", "sleep", ":::", "0.1", "0.1", "0.2", "0.2", "0.3", "0.3",
+    ];
+    let mine = numbers(&ours(&bar, b"").err);
+    assert_eq!(mine, ["0", "50", "100"]);
+    // GNU's bar is redrawn on a timer too, so its first "0" may come or not.
+    let theirs = numbers(&gnu_in(None, &bar, b"").err);
+    assert!(mine.ends_with(&theirs), "GNU's {theirs:?}");
     for (option, last) in [
         ("--eta", "Left: 0 AVG: "),
         ("--progress", "local:0/3/100%/"),

@@ -644,9 +644,12 @@ impl Runner {
             if attempt == 1 {
                 self.started += 1;
             }
-            if self.meter.is_some() {
+            if let Some(m) = &self.meter {
                 self.last_args.clear();
                 super::template::join(&job.args, &mut self.last_args);
+                // As GNU parallel: the progress is shown again as each job starts.
+                self.output.flush();
+                m.update(self.busy(), self.completed, &self.last_args);
             }
             let slot = match self.free_slots.pop() {
                 Some(Reverse(s)) => s,

@@ -81,12 +81,30 @@ impl Meter {
                     Some(t) if t > 0 => done * 100 / t,
                     _ => 0,
                 };
+                // First the percentage alone, as GNU parallel writes it for `zenity --progress`
+                // (a number, then a carriage return), then the bar's text.
+                let exact = match self.total {
+                    Some(t) if t > 0 => done as f64 * 100.0 / t as f64,
+                    _ => 0.0,
+                };
+                line.extend_from_slice(format!("{}\r", perl_number(exact)).as_bytes());
                 line.extend_from_slice(format!("{pct}% {done}:{left}={eta}s ").as_bytes());
                 line.extend_from_slice(last);
             }
         }
         line
     }
+}
+
+/// `x` as Perl prints a number: an integer without a fraction, otherwise 15 significant
+/// digits with the trailing zeros dropped.
+fn perl_number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        return format!("{}", x as i64);
+    }
+    let digits = 14 - x.abs().log10().floor() as i32;
+    let s = format!("{:.*}", digits.max(0) as usize, x);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 #[cfg(test)]
@@ -109,7 +127,10 @@ mod tests {
         assert!(eta.contains("  local:1/1/100%/"), "{eta}");
         m.style = Style::Bar;
         let bar = String::from_utf8(m.line(0, 3, b"c d")).expect("utf-8");
-        assert!(bar.starts_with("\r100% 3:0=0s c d"), "{bar}");
+        assert!(bar.starts_with("\r100\r100% 3:0=0s c d"), "{bar}");
+        assert_eq!(perl_number(100.0 / 3.0), "33.3333333333333");
+        assert_eq!(perl_number(50.0), "50");
+        assert_eq!(perl_number(0.0), "0");
         m.style = Style::Progress;
         let p = String::from_utf8(m.line(2, 0, b"")).expect("utf-8");
         assert_eq!(p, "\rlocal:2/0/100%/0.0s ");
