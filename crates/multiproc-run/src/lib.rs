@@ -21,6 +21,7 @@ mod output;
 mod progress;
 mod remote;
 mod spawn;
+mod spool;
 mod template;
 
 pub use remote::{Remote, RemoteJob, RemoteResult, ResultSink};
@@ -1098,11 +1099,11 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             results_template: results_template(a.results.as_deref(), &syntax)?,
             results_names,
             results: a.results,
-            files: a.files.then(|| {
-                a.tmpdir
-                    .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
-                    .unwrap_or_else(|| PathBuf::from("/tmp"))
-            }),
+            files: a.files,
+            tmpdir: a
+                .tmpdir
+                .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/tmp")),
         },
         joblog: a.joblog,
         resume,

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::ProgressBar;
 
+use crate::spool::Spool;
 use crate::template::{Ctx, Template};
 
 /// Which stream of a job.
@@ -48,19 +49,21 @@ pub(crate) struct Options {
     pub(crate) results_template: Option<Template>,
     /// `--header`'s column names, by position, for the `--results` directories.
     pub(crate) results_names: Vec<Option<Vec<u8>>>,
-    /// `--files`: each job's stdout goes to a new file in this directory, and its name is
-    /// printed instead.
-    pub(crate) files: Option<PathBuf>,
+    /// `--files`: each job's stdout goes to a new file in `tmpdir`, and its name is printed
+    /// instead.
+    pub(crate) files: bool,
+    /// Where output too large for memory waits, and `--files` go (`--tmpdir`, `$TMPDIR`).
+    pub(crate) tmpdir: PathBuf,
 }
+
+/// Past this many bytes held in memory over all jobs, each stream that grows goes to a file.
+const HELD_LIMIT: usize = 64 << 20;
 
 /// One stream of one job.
 #[derive(Debug, Default)]
 struct Captured {
-    /// What it wrote (with `--line-buffer`, only what is not printed yet, unless kept for
-    /// `--results`).
-    data: Vec<u8>,
-    /// How much of `data` is printed.
-    printed: usize,
+    /// What it wrote and is not printed yet.
+    spool: Spool,
     /// How many bytes it wrote in all.
     total: u64,
 }
@@ -98,6 +101,8 @@ pub(crate) struct Output {
     bar: Option<ProgressBar>,
     /// Set when stdout is closed (EPIPE): nothing more is printed.
     broken: bool,
+    /// How many bytes the jobs' spools hold in memory.
+    held: usize,
 }
 
 impl Output {
@@ -118,6 +123,7 @@ impl Output {
             next: 1,
             bar,
             broken: false,
+            held: 0,
         })
     }
 
@@ -129,6 +135,7 @@ impl Output {
     /// Registers a started job (a retry keeps its entry, emptied).
     pub(crate) fn start(&mut self, seq: u64, slot: usize, args: &[Vec<u8>]) {
         let job = self.jobs.entry(seq).or_default();
+        self.held -= job.out.spool.in_memory() + job.err.spool.in_memory();
         job.out = Captured::default();
         job.err = Captured::default();
         if job.tag.is_empty() {
@@ -154,9 +161,12 @@ impl Output {
             Stream::Out => &mut job.out,
             Stream::Err => &mut job.err,
         };
-        c.data.extend_from_slice(bytes);
+        let before = c.spool.in_memory();
+        c.spool
+            .push(bytes, &self.opts.tmpdir, self.held > HELD_LIMIT);
+        self.held = self.held - before + c.spool.in_memory();
         c.total += bytes.len() as u64;
-        if (self.opts.line_buffer || self.opts.ungroup)
+        if (self.opts.ungroup || (self.opts.line_buffer && c.spool.has_newline()))
             && (!self.opts.keep_order || seq == self.next)
         {
             self.print_lines(seq, stream);
@@ -170,7 +180,7 @@ impl Output {
 
     /// Prints the whole lines of a live job's stream not printed yet (with `-u`, all of it).
     fn print_lines(&mut self, seq: u64, stream: Stream) {
-        if self.opts.results.is_some() || (self.opts.files.is_some() && stream == Stream::Out) {
+        if self.opts.results.is_some() || (self.opts.files && stream == Stream::Out) {
             return;
         }
         let Some(job) = self.jobs.get_mut(&seq) else {
@@ -180,33 +190,20 @@ impl Output {
             Stream::Out => &mut job.out,
             Stream::Err => &mut job.err,
         };
-        let end = if self.opts.ungroup {
-            c.data.len()
-        } else {
-            let Some(last_nl) = c.data[c.printed..].iter().rposition(|&b| b == b'\n') else {
-                return;
-            };
-            c.printed + last_nl + 1
-        };
-        if end == c.printed {
-            return;
-        }
         let w = match stream {
             Stream::Out => &mut self.out,
             Stream::Err => &mut self.err,
         };
+        let before = c.spool.in_memory();
         // `-u` prints as it comes, even half lines, so no tags (as GNU parallel).
-        let tag: &[u8] = if self.opts.ungroup { b"" } else { &job.tag };
-        if !self.broken
-            && let Err(e) = write_tagged(w, tag, &c.data[c.printed..end])
-        {
-            self.broken |= stream == Stream::Out && e.kind() == std::io::ErrorKind::BrokenPipe;
-        }
-        if self.opts.results.is_some() {
-            c.printed = end;
+        let res = if self.opts.ungroup {
+            c.spool.write_all(w, b"")
         } else {
-            c.data.drain(..end);
-            c.printed = 0;
+            c.spool.write_lines(w, &job.tag)
+        };
+        self.held = self.held - before + c.spool.in_memory();
+        if let Err(e) = res {
+            self.broken |= stream == Stream::Out && e.kind() == std::io::ErrorKind::BrokenPipe;
         }
         if stream == Stream::Err {
             // Keep stderr prompt, as a terminal user expects.
@@ -219,8 +216,9 @@ impl Output {
     /// `--results`' `seq` file holds it.
     pub(crate) fn finish(&mut self, seq: u64) -> anyhow::Result<()> {
         if let Some(dir) = &self.opts.results
-            && let Some(job) = self.jobs.get(&seq)
+            && let Some(job) = self.jobs.get_mut(&seq)
         {
+            self.held -= job.out.spool.in_memory() + job.err.spool.in_memory();
             match &self.opts.results_template {
                 Some(t) => {
                     let mut path = Vec::new();
@@ -245,7 +243,9 @@ impl Output {
 
     /// A job that will not run (resumed, or never started): lets `-k` go past it.
     pub(crate) fn skip(&mut self, seq: u64) {
-        self.jobs.remove(&seq);
+        if let Some(job) = self.jobs.remove(&seq) {
+            self.held -= job.out.spool.in_memory() + job.err.spool.in_memory();
+        }
         if self.opts.keep_order {
             self.waiting.insert(seq);
             self.advance();
@@ -273,15 +273,16 @@ impl Output {
 
     /// Prints all a job has not printed, and forgets it.
     fn print_rest(&mut self, seq: u64) {
-        let Some(job) = self.jobs.remove(&seq) else {
+        let Some(mut job) = self.jobs.remove(&seq) else {
             return;
         };
+        self.held -= job.out.spool.in_memory() + job.err.spool.in_memory();
         // With `--results` the output goes to the files only, as GNU parallel's does.
         if self.broken || self.opts.results.is_some() {
             return;
         }
-        let mut res = match &self.opts.files {
-            Some(dir) => match new_file(dir, &job.out.data) {
+        let mut res = if self.opts.files {
+            match new_file(&self.opts.tmpdir, &mut job.out.spool) {
                 Ok(mut name) => {
                     name.push(b'\n');
                     write_tagged(&mut self.out, &job.tag, &name)
@@ -291,13 +292,15 @@ impl Output {
                     let _ = writeln!(self.err, "multiproc: {e}");
                     Ok(())
                 }
-            },
-            None => write_tagged(&mut self.out, &job.tag, &job.out.data[job.out.printed..]),
+            }
+        } else {
+            job.out.spool.write_all(&mut self.out, &job.tag)
         };
-        if res.is_ok() && job.err.data.len() > job.err.printed {
-            res = self.out.flush().and_then(|()| {
-                write_tagged(&mut self.err, &job.tag, &job.err.data[job.err.printed..])
-            });
+        if res.is_ok() && !job.err.spool.is_empty() {
+            res = self
+                .out
+                .flush()
+                .and_then(|()| job.err.spool.write_all(&mut self.err, &job.tag));
             let _ = self.err.flush();
         }
         if let Err(e) = res {
@@ -357,7 +360,7 @@ fn write_tagged(w: &mut impl Write, tag: &[u8], data: &[u8]) -> std::io::Result<
 
 /// `--files`: writes `data` to a new file `DIR/parXXXXX.par` (readable by its owner only, as
 /// GNU parallel's), and returns its path.
-fn new_file(dir: &std::path::Path, data: &[u8]) -> std::io::Result<Vec<u8>> {
+fn new_file(dir: &std::path::Path, data: &mut Spool) -> std::io::Result<Vec<u8>> {
     use std::hash::{BuildHasher, Hasher};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
@@ -382,7 +385,7 @@ fn new_file(dir: &std::path::Path, data: &[u8]) -> std::io::Result<Vec<u8>> {
             .open(&path)
         {
             Ok(mut f) => {
-                f.write_all(data).map_err(|e| {
+                data.write_all(&mut f, b"").map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
                 })?;
                 return Ok(path.into_os_string().into_vec());
@@ -421,7 +424,7 @@ fn escape_path(arg: &[u8], max: Option<usize>) -> Vec<u8> {
 /// Writes a job's `--results` at the path its template made: a directory (ending in `/`)
 /// of `seq`, `stdout`, `stderr`, or the file of its stdout with `.err` and `.seq` beside it,
 /// as GNU parallel does.
-fn store_at(path: &[u8], seq: u64, job: &JobOut) -> anyhow::Result<()> {
+fn store_at(path: &[u8], seq: u64, job: &mut JobOut) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
     let write = |p: PathBuf, data: &[u8]| {
@@ -430,8 +433,8 @@ fn store_at(path: &[u8], seq: u64, job: &JobOut) -> anyhow::Result<()> {
     if path.ends_with(b"/") {
         std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
         write(p.join("seq"), seq.to_string().as_bytes())?;
-        write(p.join("stdout"), &job.out.data)?;
-        return write(p.join("stderr"), &job.err.data);
+        write_spool(p.join("stdout"), &mut job.out.spool)?;
+        return write_spool(p.join("stderr"), &mut job.err.spool);
     }
     if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -442,9 +445,17 @@ fn store_at(path: &[u8], seq: u64, job: &JobOut) -> anyhow::Result<()> {
         q.extend_from_slice(suffix.as_bytes());
         PathBuf::from(std::ffi::OsStr::from_bytes(&q))
     };
-    write(p.to_path_buf(), &job.out.data)?;
-    write(beside(".err"), &job.err.data)?;
+    write_spool(p.to_path_buf(), &mut job.out.spool)?;
+    write_spool(beside(".err"), &mut job.err.spool)?;
     write(beside(".seq"), seq.to_string().as_bytes())
+}
+
+/// Writes what a spool holds to the file at `p` (made anew).
+fn write_spool(p: PathBuf, spool: &mut Spool) -> anyhow::Result<()> {
+    let mut f = File::create(&p).with_context(|| format!("cannot write {}", p.display()))?;
+    spool
+        .write_all(&mut f, b"")
+        .with_context(|| format!("cannot write {}", p.display()))
 }
 
 /// Writes a job's `--results`: `DIR/1/<arg 1>/2/<arg 2>/.../{seq,stdout,stderr}`, as GNU
@@ -455,7 +466,7 @@ fn store_at(path: &[u8], seq: u64, job: &JobOut) -> anyhow::Result<()> {
 fn store(
     dir: &std::path::Path,
     seq: u64,
-    job: &JobOut,
+    job: &mut JobOut,
     names: &[Option<Vec<u8>>],
 ) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -493,9 +504,8 @@ fn store(
         std::fs::write(&p, data).with_context(|| format!("cannot write {}", p.display()))
     };
     write("seq", seq.to_string().as_bytes())?;
-    write("stdout", &job.out.data)?;
-    write("stderr", &job.err.data)?;
-    Ok(())
+    write_spool(path.join("stdout"), &mut job.out.spool)?;
+    write_spool(path.join("stderr"), &mut job.err.spool)
 }
 
 #[cfg(test)]
