@@ -168,6 +168,13 @@ fn many_arguments_per_line_match_gnu() {
     }
     with(&["-j1", "-X"], &["echo", "x{}y{1}z", ":::", "a", "b", "c"]);
     with(&["-j1", "-X"], &["echo", "x{}y{}", ":::", "a", "b", "c"]);
+    // Within one argument, only the blank-delimited part around `{}` repeats.
+    with(&["-j1", "-X"], &["echo {} | wc -w", ":::", "1", "2", "3"]);
+    with(&["-j1", "-X"], &["echo", "a{}b  c", ":::", "1", "2", "3"]);
+    with(
+        &["-j1", "-X", "--dry-run"],
+        &["echo x{}y z{} ", ":::", "1", "2"],
+    );
     with(
         &["-j1", "-X", "-n2"],
         &["echo", ":::", "1", "2", "3", "4", "5"],

@@ -256,6 +256,9 @@ pub(crate) struct Template {
     /// The words, each a list of pieces. Empty when no command was given: then each job's
     /// arguments are the command.
     words: Vec<Vec<Piece>>,
+    /// What goes before each word: a space but before the first; with `-X`, the blanks a
+    /// word holding `{}` was split at (see [`split_at_blanks`]).
+    seps: Vec<Vec<u8>>,
     /// Whether a shell would see nothing but plain words here (no shell syntax, no builtin),
     /// so that running the program directly behaves the same.
     plain: bool,
@@ -284,10 +287,19 @@ impl Template {
             parsed.push(vec![Piece::Arg(Pos::All, Kind::Whole)]);
         }
         let plain = is_plain(&parsed, syntax.quote_words);
-        let additive = is_additive(&parsed, syntax);
         let quote_values = !names_the_command(&parsed);
+        let (parsed, seps) = if syntax.context && !syntax.quote_words {
+            split_at_blanks(parsed)
+        } else {
+            let seps = (0..parsed.len())
+                .map(|i| if i == 0 { Vec::new() } else { b" ".to_vec() })
+                .collect();
+            (parsed, seps)
+        };
+        let additive = is_additive(&parsed, syntax);
         Ok(Template {
             words: parsed,
+            seps,
             plain,
             quote_words: syntax.quote_words,
             context: syntax.context,
@@ -301,6 +313,7 @@ impl Template {
     pub(crate) fn parse_text(text: &[u8], syntax: &Syntax) -> anyhow::Result<Template> {
         Ok(Template {
             words: vec![parse_word(text, syntax)?],
+            seps: vec![Vec::new()],
             plain: false,
             quote_words: false,
             context: false,
@@ -403,14 +416,14 @@ impl Template {
             join(ctx.args, out);
             return;
         }
-        let mut first = true;
         let mut raw = Vec::new();
-        for word in &self.words {
-            for copy in self.copies(word, ctx) {
-                if !first {
+        for (word, sep) in self.words.iter().zip(&self.seps) {
+            for (n, copy) in self.copies(word, ctx).into_iter().enumerate() {
+                if n == 0 {
+                    out.extend_from_slice(sep);
+                } else {
                     out.push(b' ');
                 }
-                first = false;
                 match quoting {
                     Quoting::Values => render_word(word, &copy, self.quote_values, out),
                     Quoting::Raw => render_word(word, &copy, false, out),
@@ -555,6 +568,71 @@ fn is_plain(words: &[Vec<Piece>], quoted: bool) -> bool {
             Piece::Lit(s) => quoted || s.iter().all(|&b| is_plain_byte(b)),
             _ => true,
         })
+}
+
+/// With `-X`: splits each word holding `{}` at the blanks in its text, as GNU parallel
+/// repeats the blank-delimited part of the command line around `{}`, not the whole argument
+/// (`'echo {} | wc -w'` repeats `{}` alone). Returns the words and what goes before each:
+/// a space between arguments, and the blanks a word was split at, so that the line reads as
+/// it was written.
+fn split_at_blanks(words: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Vec<Vec<u8>>) {
+    let is_blank = |b: &u8| b" \t\n".contains(b);
+    let mut out = Vec::with_capacity(words.len());
+    let mut seps = Vec::with_capacity(words.len());
+    for (i, word) in words.into_iter().enumerate() {
+        let mut sep = if i == 0 { Vec::new() } else { b" ".to_vec() };
+        let holds_all = word.iter().any(|p| matches!(p, Piece::Arg(Pos::All, _)));
+        let has_blank = word
+            .iter()
+            .any(|p| matches!(p, Piece::Lit(s) if s.iter().any(is_blank)));
+        if !holds_all || !has_blank {
+            out.push(word);
+            seps.push(sep);
+            continue;
+        }
+        let mut cur: Vec<Piece> = Vec::new();
+        for piece in word {
+            let Piece::Lit(s) = piece else {
+                cur.push(piece);
+                continue;
+            };
+            let mut text = Vec::new();
+            let mut blanks = Vec::new();
+            for &b in &s {
+                if is_blank(&b) {
+                    blanks.push(b);
+                    continue;
+                }
+                if !blanks.is_empty() {
+                    // A blank run ends a word (or leads the first one).
+                    if !text.is_empty() {
+                        cur.push(Piece::Lit(std::mem::take(&mut text)));
+                    }
+                    if cur.is_empty() {
+                        sep.append(&mut blanks);
+                    } else {
+                        out.push(std::mem::take(&mut cur));
+                        seps.push(std::mem::replace(&mut sep, std::mem::take(&mut blanks)));
+                    }
+                }
+                text.push(b);
+            }
+            if !text.is_empty() {
+                cur.push(Piece::Lit(text));
+            }
+            if !blanks.is_empty() {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                    seps.push(std::mem::take(&mut sep));
+                }
+                sep.append(&mut blanks);
+            }
+        }
+        // The last word, or the blanks that ended the argument (as an empty word).
+        out.push(cur);
+        seps.push(sep);
+    }
+    (out, seps)
 }
 
 /// Whether a replacement string comes before the first blank or `=` of the command line: then
@@ -889,6 +967,20 @@ mod tests {
             "echo xaya.1 xbya.1 xcya.1"
         );
         assert_eq!(line_with(&x, &["echo", "{2}", "x"], &args), "echo b.2 x");
+        // Within one argument, the blank-delimited part around `{}` is repeated, and the
+        // blanks stay as written.
+        assert_eq!(
+            line_with(&x, &["echo {} | wc -w"], &["1", "2", "3"]),
+            "echo 1 2 3 | wc -w"
+        );
+        assert_eq!(
+            line_with(&x, &["echo", "a{}b  c"], &["1", "2"]),
+            "echo a1b a2b  c"
+        );
+        assert_eq!(
+            line_with(&x, &["echo x{}y z{} "], &["1", "2"]),
+            "echo x1y x2y z1 z2 "
+        );
         assert_eq!(
             line_with(&x, &["echo", "x{}"], &["a b", "c'd"]),
             r#"echo x'a b' x'c'"'"'d'"#
