@@ -404,16 +404,18 @@ fn start_two_waiting_jobs(dir: &TempDir) -> Runner {
 }
 
 #[test]
-fn first_ctrl_c_lets_running_jobs_finish_and_starts_no_more() {
-    let dir = TempDir::new("sigint1");
+fn sighup_lets_running_jobs_finish_and_starts_no_more() {
+    let dir = TempDir::new("sighup");
     let r = start_two_waiting_jobs(&dir);
-    r.signal(Signal::SIGINT);
-    wait_for("the interruption notice", || {
-        r.stderr().contains("interrupted")
-    });
+    r.signal(Signal::SIGHUP);
+    wait_for("the notice", || r.stderr().contains("SIGHUP received"));
     std::fs::write(dir.join("go"), "").expect("write go");
     let out = r.finish();
-    assert_eq!(out.code, Some(130), "{out:?}");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.err.contains("Waiting for these 2 jobs to finish"),
+        "{out:?}"
+    );
     assert!(
         out.out.contains("finished 1") && out.out.contains("finished 2"),
         "{out:?}"
@@ -427,19 +429,16 @@ fn first_ctrl_c_lets_running_jobs_finish_and_starts_no_more() {
     }
 }
 
-#[test]
-fn second_ctrl_c_kills_every_job_and_leaves_no_process() {
-    let dir = TempDir::new("sigint2");
+/// As GNU parallel: SIGINT (Ctrl-C) and SIGTERM kill every job, say nothing, and exit 255.
+fn stop_signal_kills_every_job(sig: Signal) {
+    let dir = TempDir::new("stop");
     let r = start_two_waiting_jobs(&dir);
     let pids: Vec<i32> = [pids_in(dir.path(), "pid."), pids_in(dir.path(), "gpid.")].concat();
     assert_eq!(pids.len(), 4);
-    r.signal(Signal::SIGINT);
-    wait_for("the interruption notice", || {
-        r.stderr().contains("interrupted")
-    });
-    r.signal(Signal::SIGINT);
+    r.signal(sig);
     let out = r.finish();
-    assert_eq!(out.code, Some(130), "{out:?}");
+    assert_eq!(out.code, Some(255), "{out:?}");
+    assert_eq!(out.err, "", "GNU parallel says nothing");
     assert!(!out.out.contains("finished"), "{out:?}");
     for p in pids {
         wait_for(&format!("process {p} to die"), || gone(p));
@@ -448,16 +447,13 @@ fn second_ctrl_c_kills_every_job_and_leaves_no_process() {
 }
 
 #[test]
+fn ctrl_c_kills_every_job_and_leaves_no_process() {
+    stop_signal_kills_every_job(Signal::SIGINT);
+}
+
+#[test]
 fn sigterm_kills_every_job() {
-    let dir = TempDir::new("sigterm");
-    let r = start_two_waiting_jobs(&dir);
-    let pids: Vec<i32> = [pids_in(dir.path(), "pid."), pids_in(dir.path(), "gpid.")].concat();
-    r.signal(Signal::SIGTERM);
-    let out = r.finish();
-    assert_eq!(out.code, Some(143), "{out:?}");
-    for p in pids {
-        wait_for(&format!("process {p} to die"), || gone(p));
-    }
+    stop_signal_kills_every_job(Signal::SIGTERM);
 }
 
 #[test]

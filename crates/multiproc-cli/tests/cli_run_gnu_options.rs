@@ -908,3 +908,46 @@ fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
         b"h1\nh2\n1a\n1b\n2a\n2b\n3a\n",
     );
 }
+
+#[test]
+fn optional_values_counts_with_suffixes_and_repeated_flags_match_gnu() {
+    if !have_gnu("optional_values_counts_with_suffixes_and_repeated_flags_match_gnu") {
+        return;
+    }
+    // -e/--eof: GNU's other spelling of -E, its value attached, the next word when that
+    // is no option, or none at all (then no record ends the input).
+    let input = b"a\n_\nb\nEND\nc\n";
+    for eof in [
+        &["-eEND"][..],
+        &["-e", "END"],
+        &["--eof", "END"],
+        &["--eof=b"],
+        &["-e", "-k"],
+        &["--eof"],
+        &["-E", ""],
+    ] {
+        let mut args = vec!["-k"];
+        args.extend_from_slice(eof);
+        args.push("echo");
+        same_as_gnu(&args, input);
+    }
+    // Counts with GNU's suffixes: k is 1000, K 1024, fractions allowed.
+    let many = seq(5000);
+    for count in [
+        &["-N", "1.5k"][..],
+        &["-n", "1K"],
+        &["-L", "1k"],
+        &["-m", "-s", "2k"],
+    ] {
+        let mut args = vec!["-k"];
+        args.extend_from_slice(count);
+        args.push("echo");
+        same_as_gnu(&args, &many);
+    }
+    // A flag given twice is the flag once; -vv is -v.
+    same_as_gnu(&["-k", "-k", "-vv", "echo", ":::", "1", "2"], b"");
+    same_as_gnu(
+        &["-j1", "-j2", "-k", "--tag", "--tag", "echo", ":::", "x"],
+        b"",
+    );
+}

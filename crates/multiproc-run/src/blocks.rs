@@ -42,7 +42,16 @@ const READ: usize = 1 << 16;
 /// Parses `--block`: bytes, with a suffix `k`, `m`, `g`, `t` (powers of 1000) or `K`, `M`,
 /// `G`, `T` (powers of 1024), as GNU parallel reads it; fractions allowed (`1.5M`).
 pub(crate) fn parse_size(s: &str) -> anyhow::Result<usize> {
-    let bad = || format!("bad --block {s:?}: use bytes, or a number with k, K, m, M, g, G");
+    match scaled(s) {
+        Some(n) if n >= 1 => Ok(n),
+        _ => bail!("bad --block {s:?}: use bytes, or a number with k, K, m, M, g, G"),
+    }
+}
+
+/// A number with an optional suffix `k`, `m`, `g`, `t` (powers of 1000) or `K`, `M`, `G`, `T`
+/// (powers of 1024), as GNU parallel reads sizes and counts; fractions allowed (`1.5M`), the
+/// result rounded down.
+pub(crate) fn scaled(s: &str) -> Option<usize> {
     let s = s.trim();
     let (num, scale) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -55,18 +64,15 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<usize> {
                 'G' => 1024.0 * 1024.0 * 1024.0,
                 't' => 1e12,
                 'T' => 1024f64.powi(4),
-                _ => bail!(bad()),
+                _ => return None,
             };
             (&s[..i], scale)
         }
         _ => (s, 1.0),
     };
-    let n: f64 = num.parse().with_context(bad)?;
-    let bytes = n * scale;
-    if !(bytes >= 1.0 && bytes < usize::MAX as f64) {
-        bail!(bad());
-    }
-    Ok(bytes as usize)
+    let n: f64 = num.parse().ok()?;
+    let v = n * scale;
+    (v >= 0.0 && v < usize::MAX as f64).then_some(v as usize)
 }
 
 /// Opens the source and starts the thread that cuts it into jobs; `wake` gets a byte after

@@ -54,7 +54,7 @@ const GRACE: Duration = Duration::from_millis(500);
 enum Killed {
     /// It ran past `--timeout`.
     Timeout,
-    /// The run is stopping (`--halt now`, a second Ctrl-C, SIGTERM).
+    /// The run is stopping (`--halt now`, Ctrl-C, SIGTERM).
     Stop,
 }
 
@@ -202,9 +202,10 @@ impl SignalSource {
 /// The signals the runner waits for.
 struct Signals {
     chld: SignalSource,
-    int: SignalSource,
-    /// SIGTERM and SIGHUP.
-    term: SignalSource,
+    /// SIGINT and SIGTERM: stop now.
+    stop: SignalSource,
+    /// SIGHUP: start no new jobs.
+    hup: SignalSource,
 }
 
 impl Signals {
@@ -213,8 +214,8 @@ impl Signals {
     fn listen() -> anyhow::Result<Signals> {
         Ok(Signals {
             chld: SignalSource::listen(&[Signal::SIGCHLD])?,
-            int: SignalSource::listen(&[Signal::SIGINT])?,
-            term: SignalSource::listen(&[Signal::SIGTERM, Signal::SIGHUP])?,
+            stop: SignalSource::listen(&[Signal::SIGINT, Signal::SIGTERM])?,
+            hup: SignalSource::listen(&[Signal::SIGHUP])?,
         })
     }
 }
@@ -325,7 +326,6 @@ pub(crate) fn run(cfg: Config, remote: Option<Box<dyn Remote>>) -> anyhow::Resul
         next_start: None,
         stopping: false,
         forced: None,
-        interrupted: false,
         input_error: false,
         total_jobs: 0,
         started: 0,
@@ -551,10 +551,9 @@ struct Runner {
     next_start: Option<Instant>,
     /// No new job starts.
     stopping: bool,
-    /// Stopped by this signal (the exit status is 128 + it).
-    forced: Option<i32>,
-    /// A first Ctrl-C stopped the run gracefully (the exit status is 130).
-    interrupted: bool,
+    /// Stopped at once: by this signal (the exit status is 128 + it), or by SIGINT/SIGTERM
+    /// (`None`: 255).
+    forced: Option<Option<i32>>,
     /// Reading the input failed.
     input_error: bool,
     /// How many jobs there are in all, when read ahead (for `--halt` percentages).
@@ -826,7 +825,7 @@ impl Runner {
         loop {
             self.start_jobs()?;
             if self.output.broken() && self.forced.is_none() {
-                self.force(Signal::SIGPIPE as i32);
+                self.force(Some(Signal::SIGPIPE as i32));
             }
             let input_left = !self.pending.is_empty() || self.rx.is_some();
             let work_left = !self.stopping && (input_left || !self.retry_queue.is_empty());
@@ -875,13 +874,13 @@ impl Runner {
         let mut inputs: Vec<i32> = Vec::new();
         let ready: Vec<(i32, Stream)>;
         let writable: Vec<i32>;
-        let (chld, int, term, wake, outcomes);
+        let (chld, stop, hup, wake, outcomes);
         {
             let ev = PollFlags::POLLIN;
             let mut fds = Vec::with_capacity(4 + 2 * self.running.len());
             fds.push(PollFd::new(self.signals.chld.as_fd(), ev));
-            fds.push(PollFd::new(self.signals.int.as_fd(), ev));
-            fds.push(PollFd::new(self.signals.term.as_fd(), ev));
+            fds.push(PollFd::new(self.signals.stop.as_fd(), ev));
+            fds.push(PollFd::new(self.signals.hup.as_fd(), ev));
             if let Some(w) = &self.wake {
                 fds.push(PollFd::new(w.as_fd(), ev));
             }
@@ -913,8 +912,8 @@ impl Runner {
             }
             let hit = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
             chld = hit(&fds[0]);
-            int = hit(&fds[1]);
-            term = hit(&fds[2]);
+            stop = hit(&fds[1]);
+            hup = hit(&fds[2]);
             let first = if self.wake.is_some() { 4 } else { 3 };
             wake = first == 4 && hit(&fds[3]);
             ready = fds[first..first + owners.len()]
@@ -950,12 +949,12 @@ impl Runner {
         {
             self.wake = None;
         }
-        if int {
-            let n = self.signals.int.drain();
-            self.on_sigint(n);
+        if stop && self.signals.stop.drain() > 0 {
+            // As GNU parallel: Ctrl-C or SIGTERM kills the jobs, silently, and exits 255.
+            self.force(None);
         }
-        if term && self.signals.term.drain() > 0 {
-            self.force(Signal::SIGTERM as i32);
+        if hup && self.signals.hup.drain() > 0 {
+            self.on_sighup();
         }
         if chld {
             self.signals.chld.drain();
@@ -1240,33 +1239,32 @@ impl Runner {
     }
 
     /// Ctrl-C, `n` times more.
-    fn on_sigint(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        if self.stopping || n > 1 {
-            self.force(Signal::SIGINT as i32);
+    fn on_sighup(&mut self) {
+        if self.stopping {
             return;
         }
         self.stopping = true;
-        self.interrupted = true;
-        self.output.message(&format!(
-            "multiproc: interrupted: starting no more jobs; waiting for {} running jobs to \
-             finish (Ctrl-C again to kill them)",
-            self.running.len()
-        ));
+        let mut msg = format!(
+            "multiproc: SIGHUP received. No new jobs will be started.\n\
+             multiproc: Waiting for these {} jobs to finish. Send SIGTERM to stop now.",
+            self.busy()
+        );
+        let mut running: Vec<&Running> = self.running.values().collect();
+        running.sort_by_key(|r| r.job.seq);
+        for r in running {
+            let cmd = self.shown(&r.job, r.slot);
+            msg.push_str("\nmultiproc: ");
+            msg.push_str(&String::from_utf8_lossy(&cmd));
+        }
+        self.output.message(&msg);
     }
 
-    /// Stops now, because of signal `sig`: kills every running job.
-    fn force(&mut self, sig: i32) {
+    /// Stops now: kills every running job. `signal` is the signal that stopped the run when
+    /// it sets the exit status (SIGPIPE: 141); `None` exits 255, as GNU parallel does after
+    /// SIGINT or SIGTERM.
+    fn force(&mut self, signal: Option<i32>) {
         if self.forced.is_none() {
-            self.forced = Some(sig);
-            if sig != Signal::SIGPIPE as i32 && !self.running.is_empty() {
-                self.output.message(&format!(
-                    "multiproc: killing {} running jobs",
-                    self.running.len()
-                ));
-            }
+            self.forced = Some(signal);
         }
         self.stopping = true;
         self.kill_all();
@@ -1316,10 +1314,7 @@ impl Runner {
     /// The exit status, once all is done.
     fn exit_status(&self) -> u8 {
         if let Some(sig) = self.forced {
-            return (128 + sig).clamp(0, 255) as u8;
-        }
-        if self.interrupted {
-            return 128 + Signal::SIGINT as u8;
+            return sig.map_or(255, |sig| (128 + sig).clamp(0, 255) as u8);
         }
         if self.input_error {
             return 255;

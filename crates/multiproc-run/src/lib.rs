@@ -41,6 +41,7 @@ use clap::Args;
 #[derive(Debug, Args)]
 #[command(
     infer_long_args = true,
+    args_override_self = true,
     after_help = "\
 Long options may be shortened to any unique prefix, as GNU parallel allows (--keep for
 --keep-order).
@@ -48,9 +49,13 @@ Long options may be shortened to any unique prefix, as GNU parallel allows (--ke
 Replacement strings: {} {.} {/} {//} {/.} {#} {%} and {N} {N.} {N/} {N//} {N/.} {-N}.
 Without any, ' {}' is appended. Values are shell-quoted as GNU parallel quotes them.
 
+Signals, as GNU parallel: Ctrl-C (SIGINT) or SIGTERM kills the running jobs (their process
+groups: SIGTERM, then SIGKILL) and exits 255; SIGHUP starts no new jobs and waits for the
+running ones.
+
 Exit status: 0 if every job succeeded, else the number of failed jobs (101 for more than
-100), or as --halt says; 255 for an error of multiproc itself (bad option, unreadable file);
-128+N when stopped by signal N (a second Ctrl-C, SIGTERM)."
+100), or as --halt says; 255 for an error of multiproc itself (bad option, unreadable file)
+or after SIGINT/SIGTERM."
 )]
 pub struct Run {
     /// How many jobs run at once: N, N% of the CPUs, +N or -N CPUs; 0 means as many as
@@ -84,15 +89,16 @@ pub struct Run {
         long = "max-args",
         visible_alias = "maxargs",
         value_name = "N",
+        value_parser = parse_count,
         conflicts_with = "max_replace_args"
     )]
     max_args: Option<usize>,
     /// As -n, GNU parallel's spelling for "and {1}..{N} name them" (which -n does too).
-    #[arg(short = 'N', value_name = "N")]
+    #[arg(short = 'N', value_name = "N", value_parser = parse_count)]
     max_replace_args: Option<usize>,
     /// Take N lines per job; a line ending in a blank goes on on the next one (-l alone,
     /// or -lN, as GNU parallel: -L 1, -L N).
-    #[arg(short = 'L', value_name = "N")]
+    #[arg(short = 'L', value_name = "N", value_parser = parse_count)]
     max_lines: Option<usize>,
     /// As -L (alone: 1).
     #[arg(
@@ -113,18 +119,24 @@ pub struct Run {
     context_replace: bool,
     /// Keep each command line shorter than N bytes (default and most: 63664, GNU parallel's
     /// on Linux).
-    #[arg(short = 's', long = "max-chars", value_name = "N")]
+    #[arg(
+        short = 's',
+        long = "max-chars",
+        value_name = "N",
+        value_parser = parse_count
+    )]
     max_chars: Option<usize>,
-    /// Stop reading a source at a record equal to EOF.
+    /// Stop reading a source at a record equal to EOF (empty: none).
     #[arg(short = 'E', value_name = "EOF")]
     eof: Option<String>,
-    /// As -E (alone: `_`).
+    /// As -E; also -eEOF, and -e/--eof take the next word when it is no option, as GNU
+    /// parallel does (alone: no EOF).
     #[arg(
         long = "eof",
         value_name = "EOF",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = "_",
+        default_missing_value = "",
         conflicts_with = "eof"
     )]
     eof_long: Option<String>,
@@ -259,8 +271,8 @@ pub struct Run {
     dry_run: bool,
     /// Print each job's command line before its output (as part of it: grouped, tagged and
     /// kept in order with it).
-    #[arg(short = 'v', long)]
-    verbose: bool,
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Print the number of CPU cores (physical ones, as GNU parallel counts) and exit.
     #[arg(long)]
     number_of_cores: bool,
@@ -643,6 +655,18 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
             out.push(w);
             break;
         }
+        if text == "-e" || text == "--eof" {
+            // An optional value, as GNU parallel's: the next word unless it is an option.
+            let v = words.next_if(|v| !v.to_string_lossy().starts_with('-'));
+            let mut eof = OsString::from("--eof=");
+            eof.push(v.unwrap_or_default());
+            out.push(eof);
+            continue;
+        }
+        if let Some(v) = text.strip_prefix("-e") {
+            out.push(OsString::from(format!("--eof={v}")));
+            continue;
+        }
         if text == "--max-lines" {
             // Its count is optional: GNU parallel takes the next word when it is a number.
             match words.next_if(|v| v.to_str().is_some_and(|v| v.parse::<usize>().is_ok())) {
@@ -723,6 +747,17 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
     }
     out.extend(words);
     out
+}
+
+/// A count (`-n`, `-N`, `-L`, `-s`): a number, with a suffix as GNU parallel allows (`1k`
+/// is 1000, `1K` 1024, `1.5k` 1500).
+fn parse_count(s: &str) -> Result<usize, String> {
+    if let Ok(n) = s.parse::<usize>() {
+        return Ok(n);
+    }
+    blocks::scaled(s).ok_or_else(|| {
+        format!("{s:?} is no count: use a number, with k, K, m, M, g, G, t or T after it")
+    })
 }
 
 /// `-l`'s count: `0` is `1` (GNU parallel's `-l0`).
@@ -1053,7 +1088,11 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         max_line,
     };
     let filter = input::Filter {
-        eof: a.eof.or(a.eof_long).map(String::into_bytes),
+        eof: a
+            .eof
+            .or(a.eof_long)
+            .filter(|e| !e.is_empty())
+            .map(String::into_bytes),
         skip_blank: a.no_run_if_empty,
         continued_lines: lines.is_some(),
         warn_crnl: a.delimiter.is_none() && !a.null,
@@ -1108,7 +1147,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
         joblog: a.joblog,
         resume,
         dry_run: a.dry_run,
-        verbose: a.verbose,
+        verbose: a.verbose > 0,
         bar: a.bar,
         progress: if a.eta {
             Some(progress::Style::Eta)
