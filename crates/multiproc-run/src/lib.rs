@@ -1206,7 +1206,14 @@ mod tests {
             gnu_words(w(&["--tag", "-l", "x"])),
             w(&["--tag", "-L1", "x"])
         );
-        assert_eq!(gnu_words(w(&["--eof", "-l"])), w(&["--eof", "-L1"]));
+        assert_eq!(gnu_words(w(&["--eof", "-l"])), w(&["--eof=", "-L1"]));
+        // -e/--eof take the next word unless it is an option; -eSTR is --eof=STR.
+        assert_eq!(
+            gnu_words(w(&["-e", "END", "echo"])),
+            w(&["--eof=END", "echo"])
+        );
+        assert_eq!(gnu_words(w(&["-eEND", "echo"])), w(&["--eof=END", "echo"]));
+        assert_eq!(gnu_words(w(&["--eof", "x", "-k"])), w(&["--eof=x", "-k"]));
         assert_eq!(gnu_words(w(&["ls", "-l"])), w(&["ls", "-l"]));
         assert_eq!(
             gnu_words(w(&["--max-lines", "3", "echo"])),
