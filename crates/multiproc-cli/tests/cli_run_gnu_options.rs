@@ -132,6 +132,10 @@ fn quoting_whole_words_matches_gnu() {
         &["-k", "-j1", "-q", "-X", "echo", "x{}y", ":::", "a b", "c"],
         b"",
     );
+    // With the command in the input, -q makes each argument one word: `'echo x'` is no
+    // command (GNU's par_macron).
+    same_as_gnu(&["-k", "-q", ":::", "echo x", "echo"], b"");
+    same_as_gnu(&["-k", "-q", "-X", ":::", "echo x"], b"");
 }
 
 #[test]
@@ -824,10 +828,11 @@ fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
     }
     let dir = TempDir::new("results-templates");
     // Each case run by both, each in a directory of its own; the trees must be the same.
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str], &[u8]); 6] = [
         (
             "file",
             &["-k", "--results", "R/par_{}_x", "echo", ":::", "foo", "bar"],
+            b"",
         ),
         (
             "dir",
@@ -842,6 +847,7 @@ fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
                 ":::",
                 "A",
             ],
+            b"",
         ),
         (
             "header",
@@ -860,6 +866,7 @@ fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
                 "b",
                 "III",
             ],
+            b"",
         ),
         (
             "plain",
@@ -874,9 +881,37 @@ fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
                 ":::",
                 "III",
             ],
+            b"",
+        ),
+        (
+            // Columns sorted by name, not by position (GNU's par_result).
+            "swapped",
+            &[
+                "-k",
+                "--header",
+                ":",
+                "--results",
+                "R/s",
+                "echo",
+                "{a}",
+                "{b}",
+                ":::",
+                "b",
+                "III",
+                ":::",
+                "a",
+                "I",
+            ],
+            b"",
+        ),
+        (
+            // A header ending in a TAB names one column; a NUL becomes `\0`.
+            "stdin",
+            &["--header", ":", "--results", "R/t", "true"],
+            b"Col1\t\nv1\tv2\tv3\nback\\slash\tsl/ash\0nul\n",
         ),
     ];
-    for (name, args) in cases {
+    for (name, args, stdin) in cases {
         for (program, side) in [(bin(), "ours"), (GNU, "gnu")] {
             let cwd = dir.join(&format!("{name}-{side}"));
             std::fs::create_dir_all(cwd.join("R")).expect("mkdir");
@@ -886,8 +921,11 @@ fn results_paths_with_replacement_strings_and_header_names_match_gnu() {
                 vec!["run"]
             };
             all.extend_from_slice(args);
-            let out = Runner::start(program, &all, Some(&cwd), b"").finish();
+            let out = Runner::start(program, &all, Some(&cwd), stdin).finish();
             assert_eq!(out.code, Some(0), "{name} {side}: {}", out.err);
+            if name == "stdin" {
+                assert!(out.err.contains("A NUL character in the input"), "{out:?}");
+            }
         }
         let ours = tree(&dir.join(&format!("{name}-ours")));
         let theirs = tree(&dir.join(&format!("{name}-gnu")));
@@ -950,4 +988,31 @@ fn optional_values_counts_with_suffixes_and_repeated_flags_match_gnu() {
         &["-j1", "-j2", "-k", "--tag", "--tag", "echo", ":::", "x"],
         b"",
     );
+}
+
+#[test]
+fn an_empty_source_is_one_empty_value_as_gnus() {
+    if !have_gnu("an_empty_source_is_one_empty_value_as_gnus") {
+        return;
+    }
+    same_as_gnu(&["-k", "echo", ":::", "a", "b", "::::", "/dev/null"], b"");
+    same_as_gnu(&["-k", "echo", "::::", "/dev/null", ":::", "a", "b"], b"");
+    same_as_gnu(
+        &["-k", "echo", "::::", "/dev/null", "::::", "/dev/null"],
+        b"",
+    );
+    same_as_gnu(&["-k", "echo", ":::", "a", "b", ":::"], b"");
+    // -E empties a source (GNU's par_test_E); stdin alone empty runs nothing.
+    let hundred = seq(100);
+    for (stdin, group) in [
+        (&hundred, &["2", "3", "4"][..]),
+        (&hundred, &["3", "4"]),
+        (&b"3\n4\n".to_vec(), &["3", "4"]),
+    ] {
+        let mut args = vec!["-k", "-E", "3", "echo", "::::", "-", ":::"];
+        args.extend_from_slice(group);
+        args.extend_from_slice(&[":::", "3", "4"]);
+        same_as_gnu(&args, stdin);
+    }
+    same_as_gnu(&["-k", "echo", "x"], b"");
 }

@@ -329,12 +329,35 @@ fn read_record<R: BufRead>(r: &mut R, delim: &[u8]) -> std::io::Result<Option<Ve
 }
 
 /// Splits a record into its columns.
+///
+/// A NUL cannot be passed in an argument: it becomes the two characters `\0`, with GNU
+/// parallel's warning.
 fn columns(rec: Vec<u8>, colsep: Option<&Regex>) -> Vec<Vec<u8>> {
-    match colsep {
+    let mut fields = match colsep {
         None => vec![rec],
         // `--colsep` implies GNU parallel's `--trim rl`: blanks around each field go.
         Some(re) => re.split(&rec).map(|f| f.trim_ascii().to_vec()).collect(),
+    };
+    if fields.iter().any(|f| f.contains(&0)) {
+        eprintln!(
+            "multiproc: Warning: A NUL character in the input was replaced with \\0.\n\
+             multiproc: Warning: NUL cannot be passed through in the argument list.\n\
+             multiproc: Warning: Did you mean to use the --null option?"
+        );
+        for f in &mut fields {
+            if f.contains(&0) {
+                *f = f.iter().fold(Vec::with_capacity(f.len() + 2), |mut v, &b| {
+                    if b == 0 {
+                        v.extend_from_slice(b"\\0");
+                    } else {
+                        v.push(b);
+                    }
+                    v
+                });
+            }
+        }
     }
+    fields
 }
 
 /// `bytes` split at each `delim` (a `:::` argument under `-d`): every delimiter separates
@@ -535,11 +558,22 @@ struct Maker {
 
 impl Maker {
     /// Reads the first group of sources to its end, making jobs of its product with `rest`.
+    ///
+    /// A source with no record counts as one empty value while any other source has records,
+    /// as GNU parallel counts it (`-E` can empty a `:::` group).
     fn run(mut self, mut first: First, rest: Vec<Table>, delim: &[u8], colsep: Option<&Regex>) {
-        if rest.iter().any(Vec::is_empty) {
-            self.out.close(None);
-            return;
-        }
+        let rest_has_values = rest.iter().any(|t| !t.is_empty());
+        let rest: Vec<Table> = rest
+            .into_iter()
+            .map(|t| {
+                if t.is_empty() {
+                    vec![vec![Vec::new()]]
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let mut heads = 0u64;
         loop {
             let head = match &mut first {
                 First::Lazy(records) => {
@@ -561,41 +595,52 @@ impl Maker {
                     None => break,
                 },
             };
-            // The product with the other groups, the last varying fastest.
-            let mut idx = vec![0usize; rest.len()];
-            loop {
-                let mut record = head.clone();
-                for (src, &i) in rest.iter().zip(&idx) {
-                    record.extend(src[i].iter().cloned());
-                }
-                let bytes = record.iter().map(Vec::len).sum();
-                if let Err(TooLong(e)) = self.grouper.push(record, &mut self.out.batch) {
-                    self.out.close(Some(e));
-                    return;
-                }
-                if !self.out.read(bytes) {
-                    return;
-                }
-                // Advance the odometer.
-                let mut k = rest.len();
-                loop {
-                    if k == 0 {
-                        break;
-                    }
-                    k -= 1;
-                    idx[k] += 1;
-                    if idx[k] < rest[k].len() {
-                        break;
-                    }
-                    idx[k] = 0;
-                }
-                if idx.iter().all(|&i| i == 0) {
-                    break;
-                }
+            heads += 1;
+            match self.product(&head, &rest) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(TooLong(e)) => return self.out.close(Some(e)),
+            }
+        }
+        if heads == 0 && rest_has_values {
+            match self.product(&[Vec::new()], &rest) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(TooLong(e)) => return self.out.close(Some(e)),
             }
         }
         self.grouper.finish(&mut self.out.batch);
         self.out.close(None);
+    }
+
+    /// Makes the jobs of `head` with every combination of `rest`, the last varying fastest.
+    /// Returns whether to go on.
+    fn product(&mut self, head: &[Vec<u8>], rest: &[Table]) -> Result<bool, TooLong> {
+        let mut idx = vec![0usize; rest.len()];
+        loop {
+            let mut record = head.to_vec();
+            for (src, &i) in rest.iter().zip(&idx) {
+                record.extend(src[i].iter().cloned());
+            }
+            let bytes = record.iter().map(Vec::len).sum();
+            self.grouper.push(record, &mut self.out.batch)?;
+            if !self.out.read(bytes) {
+                return Ok(false);
+            }
+            // Advance the odometer.
+            let mut k = rest.len();
+            while k > 0 {
+                k -= 1;
+                idx[k] += 1;
+                if idx[k] < rest[k].len() {
+                    break;
+                }
+                idx[k] = 0;
+            }
+            if idx.iter().all(|&i| i == 0) {
+                return Ok(true);
+            }
+        }
     }
 }
 

@@ -470,14 +470,31 @@ fn store(
     names: &[Option<Vec<u8>>],
 ) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
+    // Each column under its name (its number without one), sorted as GNU parallel sorts
+    // them: by the number a name starts with, then by name.
+    let mut columns: Vec<(Vec<u8>, &Vec<u8>)> = job
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            // An empty name (a header line ending in a TAB) is none, as GNU's split makes it.
+            let name = names
+                .get(i)
+                .and_then(Option::clone)
+                .filter(|n| !n.is_empty());
+            (name.unwrap_or_else(|| (i + 1).to_string().into_bytes()), a)
+        })
+        .collect();
+    columns.sort_by(|(x, _), (y, _)| {
+        leading_number(x)
+            .total_cmp(&leading_number(y))
+            .then_with(|| x.cmp(y))
+    });
     let path_for = |max: Option<usize>| {
         let mut path = dir.as_os_str().as_bytes().to_vec();
-        for (i, a) in job.args.iter().enumerate() {
+        for (name, a) in &columns {
             path.push(b'/');
-            match names.get(i).and_then(Option::as_ref) {
-                Some(name) => path.extend_from_slice(&escape_path(name, max)),
-                None => path.extend_from_slice((i + 1).to_string().as_bytes()),
-            }
+            path.extend_from_slice(&escape_path(name, max));
             path.push(b'/');
             path.extend_from_slice(&escape_path(a, max));
         }
@@ -508,6 +525,39 @@ fn store(
     write_spool(path.join("stderr"), &mut job.err.spool)
 }
 
+/// The number a text starts with, as Perl reads one (`"12ab"` is 12, `"ab"` 0): how GNU
+/// parallel orders `--results` columns.
+fn leading_number(s: &[u8]) -> f64 {
+    let s = String::from_utf8_lossy(s);
+    let s = s.trim_start();
+    let mut end = 0;
+    let b = s.as_bytes();
+    if end < b.len() && (b[end] == b'+' || b[end] == b'-') {
+        end += 1;
+    }
+    let digits = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    end = digits(end);
+    if end < b.len() && b[end] == b'.' {
+        end = digits(end + 1);
+    }
+    if end < b.len() && (b[end] == b'e' || b[end] == b'E') {
+        let mut e = end + 1;
+        if e < b.len() && (b[e] == b'+' || b[e] == b'-') {
+            e += 1;
+        }
+        let after = digits(e);
+        if after > e {
+            end = after;
+        }
+    }
+    s[..end].parse().unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +567,15 @@ mod tests {
         let mut v = Vec::new();
         write_tagged(&mut v, b"a b\t", b"1\n2\npartial").expect("write");
         assert_eq!(v, b"a b\t1\na b\t2\na b\tpartial");
+    }
+
+    #[test]
+    fn columns_sort_by_leading_number_as_perl_reads_it() {
+        assert_eq!(leading_number(b"12ab"), 12.0);
+        assert_eq!(leading_number(b"ab"), 0.0);
+        assert_eq!(leading_number(b" -1.5e2x"), -150.0);
+        assert_eq!(leading_number(b"3e"), 3.0);
+        assert_eq!(leading_number(b"."), 0.0);
     }
 
     #[test]

@@ -413,7 +413,17 @@ impl Template {
     /// Renders every word (every copy of it, with `-X`), separated by spaces.
     fn render(&self, ctx: &Ctx<'_>, quoting: Quoting, out: &mut Vec<u8>) {
         if self.words.is_empty() {
-            join(ctx.args, out);
+            if quoting == Quoting::Words {
+                // `-q` with the command in the input: each argument is one word.
+                for (i, a) in ctx.args.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    quote_into(a, out);
+                }
+            } else {
+                join(ctx.args, out);
+            }
             return;
         }
         let mut raw = Vec::new();
