@@ -639,6 +639,18 @@ fn eta_and_progress_write_gnus_lines() {
             assert!(err.contains(last), "{option}: {err}");
         }
     }
+    // No job at all (GNU's par_eta, par_progress): no column header, and `0` where the
+    // computers go.
+    for (option, line) in [
+        ("--eta", "\rETA: 0s Left: 0 AVG: 0.00s  0\n"),
+        ("--progress", "\r0\n"),
+    ] {
+        let args = [option, "echo"];
+        for err in [ours(&args, b"").err, gnu_in(None, &args, b"").err] {
+            assert!(err.ends_with(line), "{option}: {err:?}");
+            assert!(!err.contains("Computer:jobs"), "{option}: {err:?}");
+        }
+    }
 }
 
 /// Runs `program args` with `PARALLEL` set to `env`; stdout, stderr and the exit code.

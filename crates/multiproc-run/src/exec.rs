@@ -373,7 +373,7 @@ pub(crate) fn run(cfg: Config, remote: Option<Box<dyn Remote>>) -> anyhow::Resul
         bar.finish();
     }
     if let Some(m) = &r.meter {
-        m.update(0, r.completed, &r.last_args);
+        m.update(0, r.completed, r.started, &r.last_args);
         m.finish();
     }
     res?;
@@ -648,7 +648,7 @@ impl Runner {
                 super::template::join(&job.args, &mut self.last_args);
                 // As GNU parallel: the progress is shown again as each job starts.
                 self.output.flush();
-                m.update(self.busy(), self.completed, &self.last_args);
+                m.update(self.busy(), self.completed, self.started, &self.last_args);
             }
             let slot = match self.free_slots.pop() {
                 Some(Reverse(s)) => s,
@@ -1159,7 +1159,12 @@ impl Runner {
         }
         if let Some(m) = &self.meter {
             self.output.flush();
-            m.update(self.running.len(), self.completed, &self.last_args);
+            m.update(
+                self.running.len(),
+                self.completed,
+                self.started,
+                &self.last_args,
+            );
         }
         self.check_halt(failed, exitval, signal, &cmd);
         Ok(())

@@ -25,22 +25,22 @@ pub(crate) struct Meter {
     start: Instant,
     /// The jobs in all, when known.
     total: Option<u64>,
+    /// Whether the second header (the columns of the lines) is out: GNU parallel prints it
+    /// once a job runs.
+    columns_shown: std::cell::Cell<bool>,
 }
 
 impl Meter {
-    /// A meter; `--eta` and `--progress` first print GNU parallel's table header.
+    /// A meter; `--eta` and `--progress` first print GNU parallel's table of computers.
     pub(crate) fn new(style: Style, cores: usize, slots: usize) -> Meter {
         if style != Style::Bar {
-            eprint!(
-                "\nComputers / CPU cores / Max jobs to run\n1:local / {cores} / {slots}\n\n\
-                 Computer:jobs running/jobs completed/%of started jobs/Average seconds to \
-                 complete\n"
-            );
+            eprint!("\nComputers / CPU cores / Max jobs to run\n1:local / {cores} / {slots}\n");
         }
         Meter {
             style,
             start: Instant::now(),
             total: None,
+            columns_shown: std::cell::Cell::new(false),
         }
     }
 
@@ -50,10 +50,20 @@ impl Meter {
     }
 
     /// Writes the line for `running` jobs, `done` finished, `last` the arguments of the last
-    /// started.
-    pub(crate) fn update(&self, running: usize, done: u64, last: &[u8]) {
-        let line = self.line(running, done, last);
+    /// started; `started` jobs have started (this one too).
+    pub(crate) fn update(&self, running: usize, done: u64, started: u64, last: &[u8]) {
         let mut err = std::io::stderr().lock();
+        if started > 0 && self.style != Style::Bar && !self.columns_shown.replace(true) {
+            let _ = err.write_all(
+                b"\nComputer:jobs running/jobs completed/%of started jobs/Average seconds to \
+                  complete\n",
+            );
+        }
+        let line = if started == 0 {
+            self.idle_line()
+        } else {
+            self.line(running, done, last)
+        };
         let _ = err.write_all(&line);
         let _ = err.flush();
     }
@@ -61,6 +71,15 @@ impl Meter {
     /// Ends the last line.
     pub(crate) fn finish(&self) {
         eprintln!();
+    }
+
+    /// The line while no job has started: GNU parallel's has `0` where the computers go.
+    fn idle_line(&self) -> Vec<u8> {
+        match self.style {
+            Style::Progress => b"\r0".to_vec(),
+            Style::Eta => b"\rETA: 0s Left: 0 AVG: 0.00s  0".to_vec(),
+            Style::Bar => self.line(0, 0, b""),
+        }
     }
 
     /// The line: see [`Style`].
@@ -117,6 +136,7 @@ mod tests {
             style: Style::Eta,
             start: Instant::now(),
             total: None,
+            columns_shown: std::cell::Cell::new(false),
         };
         m.set_total(3);
         let eta = String::from_utf8(m.line(1, 1, b"a")).expect("utf-8");
@@ -134,5 +154,8 @@ mod tests {
         m.style = Style::Progress;
         let p = String::from_utf8(m.line(2, 0, b"")).expect("utf-8");
         assert_eq!(p, "\rlocal:2/0/100%/0.0s ");
+        assert_eq!(m.idle_line(), b"\r0");
+        m.style = Style::Eta;
+        assert_eq!(m.idle_line(), b"\rETA: 0s Left: 0 AVG: 0.00s  0");
     }
 }
