@@ -744,7 +744,11 @@ fn bad_options_exit_255_with_a_message() {
         assert!(out.out.is_empty(), "{args:?}: {out:?}");
     }
     let out = ours(&["-j", "x", "true"], b"");
-    assert!(out.err.starts_with("multiproc: bad --jobs"), "{}", out.err);
+    assert!(
+        out.err.starts_with("multiproc: Error: bad --jobs"),
+        "{}",
+        out.err
+    );
 }
 
 #[test]

@@ -203,8 +203,9 @@ fn many_arguments_per_line_match_gnu() {
         b"",
     );
     assert!(
-        out.err
-            .contains("Command line too long (17 >= 10) at input 0: bbbbbbbbbbbb"),
+        out.err.contains(
+            "multiproc: Error: Command line too long (17 >= 10) at input 0: bbbbbbbbbbbb"
+        ),
         "{}",
         out.err
     );
@@ -687,11 +688,9 @@ fn gnu_details_match_gnu() {
     same_as_gnu(&["-k", "-l0", "echo", "l0"], b"1\n2\n");
     // --pipe needs a command: GNU's error and exit status.
     same_as_gnu(&["--pipe"], b"1\n");
-    assert!(
-        ours(&["--pipe"], b"1\n")
-            .err
-            .contains("must have a command to pipe into")
-    );
+    let mine = ours(&["--pipe"], b"1\n").err;
+    let theirs = gnu_in(None, &["--pipe"], b"1\n").err;
+    assert_eq!(mine.replace("multiproc:", "parallel:"), theirs);
     // A bad --halt: GNU's messages.
     for (halt, says) in [
         ("error", "--halt must have 'never', 'soon', or 'now'."),
@@ -703,7 +702,11 @@ fn gnu_details_match_gnu() {
     ] {
         let out = ours(&["--halt", halt, "true", ":::", "a"], b"");
         assert_eq!(out.code, Some(255), "{halt}");
-        assert!(out.err.contains(says), "{halt}: {}", out.err);
+        assert!(
+            out.err.contains(&format!("multiproc: Error: {says}")),
+            "{halt}: {}",
+            out.err
+        );
         let theirs = gnu_in(None, &["--halt", halt, "true", ":::", "a"], b"");
         assert!(theirs.err.contains(says), "GNU's {halt}: {}", theirs.err);
     }

@@ -584,7 +584,7 @@ impl Runner {
 
     /// Reports an input error; the run goes on with what was read, and exits with 255.
     fn input_failed(&mut self, e: &str) {
-        self.output.message(&format!("multiproc: {e}"));
+        self.output.message(&format!("multiproc: Error: {e}"));
         self.input_error = true;
         self.rx = None;
     }

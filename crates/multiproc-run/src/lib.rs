@@ -826,7 +826,8 @@ pub fn main_with(args: Run, remote: Option<Box<dyn Remote>>) -> ExitCode {
     match configure(args).and_then(|cfg| exec::run(cfg, remote)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("multiproc: {}", describe(&err));
+            // "Error: " as GNU parallel's errors begin.
+            eprintln!("multiproc: Error: {}", describe(&err));
             ExitCode::from(255)
         }
     }
@@ -1018,7 +1019,7 @@ fn configure(a: Run) -> anyhow::Result<Config> {
             bail!("--pipe cannot be used with -m or -X");
         }
         if words.is_empty() {
-            bail!("--pipe must have a command to pipe into (e.g. 'cat').");
+            bail!("--pipe/--pipepart must have a command to pipe into (e.g. 'cat').");
         }
         let source = match groups.as_slice() {
             [] => None,
