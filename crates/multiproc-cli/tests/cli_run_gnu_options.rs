@@ -382,6 +382,27 @@ fn too_few_descriptors_lower_the_job_count_as_gnu_does() {
         mine.err
     );
     assert!(!mine.err.contains("Too many open files"), "{}", mine.err);
+    // -j0 (as many as possible): the same warning once a job waits (GNU's par_k); none when
+    // every job fits.
+    for (n, warned) in [(30, true), (3, false)] {
+        let count = |err: &str| err.matches("Only enough file handles").count();
+        let run0 = |program: &str, prefix: &str| {
+            let script = format!(
+                "ulimit -n 50; {program} {prefix} -j0 -k 'echo {{}}; sleep 0.2' ::: $(seq {n})"
+            );
+            Runner::start("/bin/sh", &["-c", &script], None, b"").finish()
+        };
+        let mine = run0(bin(), "run");
+        let theirs = run0(GNU, "--will-cite");
+        assert_eq!(mine.out, theirs.out);
+        assert_eq!(count(&mine.err), usize::from(warned), "{}", mine.err);
+        assert_eq!(
+            count(&theirs.err),
+            usize::from(warned),
+            "GNU's: {}",
+            theirs.err
+        );
+    }
 }
 
 #[test]

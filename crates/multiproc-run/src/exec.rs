@@ -325,6 +325,7 @@ pub(crate) fn run(cfg: Config, remote: Option<Box<dyn Remote>>) -> anyhow::Resul
         used_slots: 0,
         next_start: None,
         stopping: false,
+        descriptor_bound: cfg.jobs.is_none() && remote.is_none(),
         forced: None,
         input_error: false,
         total_jobs: 0,
@@ -380,6 +381,18 @@ pub(crate) fn run(cfg: Config, remote: Option<Box<dyn Remote>>) -> anyhow::Resul
     Ok(r.exit_status())
 }
 
+/// GNU parallel's warning that descriptors allow only `most` jobs at once.
+fn warn_few_descriptors(most: usize) {
+    eprintln!(
+        "multiproc: Warning: Only enough file handles to run {most} jobs in parallel.\n\
+         multiproc: Warning: Try running 'multiproc run -j0 -N {most} --pipe multiproc run \
+         -j0'\n\
+         multiproc: Warning: or increasing 'ulimit -n' (try: ulimit -n `ulimit -Hn`)\n\
+         multiproc: Warning: or increasing 'nofile' in /etc/security/limits.conf\n\
+         multiproc: Warning: or increasing /proc/sys/fs/file-max"
+    );
+}
+
 /// How many jobs can run at once when `-j 0` sets no limit: as many as the descriptors allow.
 fn unlimited_slots() -> usize {
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -397,14 +410,7 @@ fn slots_for(jobs: Option<usize>) -> usize {
     let most = unlimited_slots();
     match jobs {
         Some(n) if n > most => {
-            eprintln!(
-                "multiproc: Warning: Only enough file handles to run {most} jobs in parallel.\n\
-                 multiproc: Warning: Try running 'multiproc run -j0 -N {most} --pipe multiproc \
-                 run -j0'\n\
-                 multiproc: Warning: or increasing 'ulimit -n' (try: ulimit -n `ulimit -Hn`)\n\
-                 multiproc: Warning: or increasing 'nofile' in /etc/security/limits.conf\n\
-                 multiproc: Warning: or increasing /proc/sys/fs/file-max"
-            );
+            warn_few_descriptors(most);
             most
         }
         Some(n) => n,
@@ -551,6 +557,9 @@ struct Runner {
     next_start: Option<Instant>,
     /// No new job starts.
     stopping: bool,
+    /// `-j0`: the descriptors bound the job slots; GNU parallel's warning is due the first
+    /// time a job waits for one.
+    descriptor_bound: bool,
     /// Stopped at once: by this signal (the exit status is 128 + it), or by SIGINT/SIGTERM
     /// (`None`: 255).
     forced: Option<Option<i32>>,
@@ -629,6 +638,15 @@ impl Runner {
 
     /// Starts jobs while slots are free and jobs ready.
     fn start_jobs(&mut self) -> anyhow::Result<()> {
+        if self.descriptor_bound
+            && self.busy() >= self.slots
+            && (!self.pending.is_empty() || self.receive())
+        {
+            // `-j0` and a job waits: as many run as the descriptors allow.
+            self.descriptor_bound = false;
+            self.output.flush();
+            warn_few_descriptors(self.slots);
+        }
         while !self.stopping && self.busy() < self.slots {
             let now = Instant::now();
             if self.next_start.is_some_and(|t| t > now) {
