@@ -305,14 +305,7 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
             bail!("--run-jobs takes command lines from a Redis broker: give one with -b redis://…");
         };
         let key = args.auth.key()?;
-        let mut tasks = Queue::broker(url, tasks_name);
-        if let Some(lease) = args.lease {
-            tasks = tasks.lease(seconds(lease, "--lease")?);
-        }
-        if let Some(n) = args.max_deliveries {
-            tasks = tasks.max_deliveries(n);
-        }
-        let tasks = tasks.build_joinable()?;
+        let tasks = broker_tasks(url, tasks_name, &args)?;
         return crate::remote::run_jobs(url, tasks_name, &tasks, &key, &args.shell, idle);
     }
     let runner = TaskRunner::new(&args)?;
@@ -323,18 +316,26 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
             work::<Pickled>(&tasks, &results, &runner, idle)
         }
         Backend::Redis(url) => {
-            let mut tasks = Queue::broker(url, tasks_name);
-            if let Some(lease) = args.lease {
-                tasks = tasks.lease(seconds(lease, "--lease")?);
-            }
-            if let Some(n) = args.max_deliveries {
-                tasks = tasks.max_deliveries(n);
-            }
-            let tasks = tasks.build_joinable()?;
+            let tasks = broker_tasks(url, tasks_name, &args)?;
             let results = Queue::connect(url, &args.results)?;
             work::<Json>(&tasks, &results, &runner, idle)
         }
     }
+}
+
+/// A worker's task queue on Redis, with its `--lease` and `--max-deliveries`.
+fn broker_tasks<T>(url: &str, name: &str, args: &Worker) -> anyhow::Result<JoinableQueue<T>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut tasks = Queue::broker(url, name);
+    if let Some(lease) = args.lease {
+        tasks = tasks.lease(seconds(lease, "--lease")?);
+    }
+    if let Some(n) = args.max_deliveries {
+        tasks = tasks.max_deliveries(n);
+    }
+    Ok(tasks.build_joinable()?)
 }
 
 /// The worker's loop, the same on every backend: takes tasks until none came for `idle`,

@@ -6,13 +6,13 @@
 mod redis_server;
 
 use std::collections::BTreeSet;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use redis_server::{RedisServer, free_port};
 
 mod common;
+use common::group::Group;
 use common::hostile::{HOSTILE, WorkDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
@@ -42,27 +42,6 @@ fn squares(ns: impl IntoIterator<Item = i64>) -> BTreeSet<String> {
     ns.into_iter()
         .map(|n| format!("{n} * {n} = {}", n * n))
         .collect()
-}
-
-/// A child in its own process group, killed with the whole group when the test ends.
-struct Group(Child);
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
-        Group(cmd.process_group(0).spawn().expect("spawn"))
-    }
-
-    fn kill(&mut self) {
-        // SAFETY: killpg takes a process-group id and a signal; the group is our child's.
-        unsafe { libc::killpg(self.0.id() as i32, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[test]
@@ -536,10 +515,10 @@ fn watcher(redis: &RedisServer, args: &[&str]) -> Group {
 /// Sends SIGINT to the watcher and waits for its exit status (at most 30 s).
 fn interrupt(watcher: &mut Group) -> std::process::ExitStatus {
     // SAFETY: kill takes a pid and a signal; the pid is our child's, not yet waited for.
-    unsafe { libc::kill(watcher.0.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(watcher.child().id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = watcher.0.try_wait().unwrap() {
+        if let Some(status) = watcher.child().try_wait().unwrap() {
             return status;
         }
         assert!(
@@ -556,7 +535,7 @@ fn status_watch_prints_a_json_line_per_interval_with_rates_until_ctrl_c() {
         return;
     };
     let mut watch = watcher(&redis, &["--watch", "0.2", "--json", "task"]);
-    let out = Lines::of(&mut watch.0);
+    let out = Lines::of(watch.child());
     let first: serde_json::Value = serde_json::from_str(&out.next()).expect("JSON");
     let queue = &first["queues"][0];
     assert_eq!(queue["queue"], "task", "{first}");
@@ -592,7 +571,7 @@ fn status_watch_shows_an_error_line_while_the_broker_is_down_and_keeps_watching(
     };
     // Standard output is no terminal: each table after a blank line and a timestamp.
     let mut watch = watcher(&redis, &["task", "--watch", "0.2"]);
-    let out = Lines::of(&mut watch.0);
+    let out = Lines::of(watch.child());
     assert!(out.next().starts_with("# "));
     let header = out.next();
     assert!(
@@ -612,7 +591,10 @@ fn status_watch_shows_an_error_line_while_the_broker_is_down_and_keeps_watching(
         assert!(error.contains(&redis_url_of(&error)), "{error}");
         // Still watching: more tables come.
         out.until("timestamp", |line| line.starts_with("# ").then_some(()));
-        assert!(watch.0.try_wait().unwrap().is_none(), "the watcher ended");
+        assert!(
+            watch.child().try_wait().unwrap().is_none(),
+            "the watcher ended"
+        );
     });
     // Back: rows with numbers again.
     out.until("row with numbers", |line| {

@@ -7,57 +7,20 @@
 #[path = "../../multiproc/tests/common/redis.rs"]
 mod redis_server;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use multiproc::Queue;
 use redis_server::RedisServer;
 
+mod common;
+use common::group::Group;
+
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
 const KEY: &str = "the shared authkey";
 /// How long anything may take before a test calls it a hang.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A child in its own process group, killed with the whole group when dropped.
-struct Group(Option<Child>);
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
-        Group(Some(cmd.process_group(0).spawn().expect("spawn")))
-    }
-
-    /// Waits (at most [`PATIENCE`]) for it to end, with its output.
-    fn finish(mut self) -> Output {
-        let deadline = Instant::now() + PATIENCE;
-        let child = self.0.as_mut().expect("a child");
-        while child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < deadline, "hung");
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
-        self.0
-            .take()
-            .expect("a child")
-            .wait_with_output()
-            .expect("output")
-    }
-
-    /// Kills it and its group now.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            // SAFETY: killpg takes a process-group id and a signal; the group is our child's.
-            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// `multiproc worker --run-jobs` on `queue`, signing with `key`.
 fn worker(redis: &RedisServer, queue: &str, key: &str, extra: &[&str]) -> Group {
@@ -307,11 +270,7 @@ fn pipe_blocks_travel_to_broker_workers() {
     let mut child = Group::spawn(&mut there);
     {
         use std::io::Write;
-        let mut stdin = child
-            .0
-            .as_mut()
-            .and_then(|c| c.stdin.take())
-            .expect("stdin");
+        let mut stdin = child.child().stdin.take().expect("stdin");
         stdin.write_all(input.as_bytes()).expect("write");
     }
     let there = child.finish();

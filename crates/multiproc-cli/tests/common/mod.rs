@@ -1,1 +1,2 @@
+pub(crate) mod group;
 pub(crate) mod hostile;
