@@ -33,6 +33,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(all(feature = "async", not(loom)))]
+mod aio;
 mod connection;
 mod error;
 mod executor;

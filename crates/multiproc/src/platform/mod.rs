@@ -50,6 +50,9 @@ pub(crate) use linux::memory::{
 pub(crate) use linux::futex::{
     FutexWait, futex_wait, futex_wake, getpid_cached, gettid, thread_alive,
 };
+// Many futex words waited for at once, for the async waits.
+#[cfg(all(target_os = "linux", feature = "async", not(loom)))]
+pub(crate) use linux::futex::{WaitvEnded, futex_wait_at, futex_waitv};
 // Robust futex lists: a lock held by a thread that dies is marked by the kernel.
 #[cfg(all(target_os = "linux", test))]
 pub(crate) use linux::robust::robust_list_available;

@@ -4,6 +4,8 @@
 //! `manager` feature), or a Redis stream between machines (`redis`, with the `broker`
 //! feature). `README.md` says what adding a flavor touches.
 
+#[cfg(all(feature = "async", not(loom)))]
+mod awaitable;
 mod flavors;
 
 use std::fmt;

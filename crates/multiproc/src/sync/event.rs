@@ -103,6 +103,40 @@ impl Event {
         self.wait_until(Some(deadline))
     }
 
+    /// Waits until the flag is set, as a future (feature `async`): the form of
+    /// [`wait`](Self::wait) to `.await`, on any executor; no thread waits for it.
+    ///
+    /// Cancel-safe: dropping it changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Event, Process};
+    ///
+    /// let ready = Event::new()?;
+    /// let mut child = Process::new(|e: Event| e.set(), ready.clone()).start()?;
+    /// futures::executor::block_on(ready.wait_async());
+    /// assert!(ready.is_set());
+    /// child.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        use crate::aio::{Attempt, Park, Sleeper, WaitFor, Word};
+        let l = self.layout();
+        WaitFor::new(move || {
+            if self.is_set() {
+                return Attempt::Done(());
+            }
+            let sleeper = Sleeper::count(&l.sleepers);
+            match l.flag.load(Ordering::Acquire) {
+                0 => Attempt::Wait(Park::all(Word::U32(&l.flag), 0, Some(sleeper))),
+                _ => Attempt::Done(()),
+            }
+        })
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         if self.is_set() || spin_until(|| self.is_set()) {
             return true;

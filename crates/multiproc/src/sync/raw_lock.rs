@@ -230,6 +230,54 @@ impl RawLock {
         robust_done();
     }
 
+    /// Takes the lock if it can be taken now, keeping `WAITERS` set, as a waiter that slept
+    /// must (it cannot know whether others still sleep); `None` if another thread holds it.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn try_lock_as_waiter(&self) -> Option<Acquired> {
+        let me = thread_id();
+        robust_pending(&self.robust);
+        let s = self.state.load(Ordering::Relaxed);
+        let got = if takeable(s) {
+            self.state
+                .compare_exchange(s, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .ok()
+                .map(|_| self.taken(s & OWNER_DIED != 0))
+        } else {
+            None
+        };
+        robust_done();
+        got
+    }
+
+    /// For a waiter that sleeps elsewhere than in [`lock_deadline`](Self::lock_deadline) (an
+    /// awaiting future): marks the lock as waited for, so that its release wakes a sleeper,
+    /// and returns the word's value then, to wait on; `None` if the lock can be taken now.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn mark_waited_for(&self) -> Option<u32> {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if takeable(s) {
+                return None;
+            }
+            if s & WAITERS != 0 {
+                return Some(s);
+            }
+            if self
+                .state
+                .compare_exchange(s, s | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(s | WAITERS);
+            }
+        }
+    }
+
+    /// The futex word waiters sleep on.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn word(&self) -> &AtomicU32 {
+        &self.state
+    }
+
     /// Whether some (live) thread holds the lock.
     pub(crate) fn is_locked(&self) -> bool {
         !takeable(self.state.load(Ordering::Relaxed))

@@ -242,6 +242,51 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// What an awaiting consumer waits on (feature `async`): the tail (it moves when a
+    /// frame is published), the count of sleeping consumers, and the consumer lock.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn consumer_waits(&self) -> (&'a AtomicU64, &'a AtomicU32, &'a RawLock) {
+        let l = self.layout;
+        (&l.producer.tail, &l.sleepers.consumers, &l.consumer.lock)
+    }
+
+    /// What an awaiting producer waits on (feature `async`): the head (it moves when a frame
+    /// is taken), the count of sleeping producers, and the producer lock.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn producer_waits(&self) -> (&'a AtomicU64, &'a AtomicU32, &'a RawLock) {
+        let l = self.layout;
+        (&l.consumer.head, &l.sleepers.producers, &l.producer.lock)
+    }
+
+    /// Takes the consumer lock without waiting, as a waiter that slept (keeping `WAITERS`)
+    /// when `as_waiter`; `None` if it is held.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn try_consumer(&self, as_waiter: bool) -> Option<Consumer<'_, 'a>> {
+        let lock = &self.layout.consumer.lock;
+        match as_waiter {
+            true => lock.try_lock_as_waiter()?,
+            false => lock.try_lock()?,
+        };
+        Some(Consumer {
+            ring: self,
+            head: self.layout.consumer.head.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Takes the producer lock without waiting, as [`try_consumer`](Self::try_consumer).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn try_producer(&self, as_waiter: bool) -> Option<Producer<'_, 'a>> {
+        let lock = &self.layout.producer.lock;
+        match as_waiter {
+            true => lock.try_lock_as_waiter()?,
+            false => lock.try_lock()?,
+        };
+        Some(Producer {
+            ring: self,
+            tail: self.layout.producer.tail.load(Ordering::Relaxed),
+        })
+    }
+
     /// Takes the producer lock (until `deadline`); `None` on timeout.
     pub(crate) fn producer(&self, deadline: Option<Instant>) -> Option<Producer<'_, 'a>> {
         self.layout.producer.lock.lock_deadline(deadline)?;

@@ -17,6 +17,12 @@ pub(crate) enum FutexWait {
 /// Sleeps while `word` holds `expected`, until woken or `deadline` (`CLOCK_MONOTONIC`, as
 /// `Instant` is). The futex is process-shared: the word may live in shared memory.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> FutexWait {
+    futex_wait_at(word.as_ptr() as usize, expected, deadline)
+}
+
+/// [`futex_wait`] on a word given by its address, which may no longer be mapped: the kernel
+/// then reports a fault (the call returns [`FutexWait::Woken`]); nothing here reads it.
+pub(crate) fn futex_wait_at(addr: usize, expected: u32, deadline: Option<Instant>) -> FutexWait {
     let timeout = match deadline {
         None => None,
         Some(d) => {
@@ -33,13 +39,13 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Insta
     let ts = timeout
         .as_ref()
         .map_or(ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a live, aligned 32-bit atomic; `ts` is null or points to a timespec on
-    // this frame. FUTEX_WAIT (not _PRIVATE) keys on the physical page, so it works across
-    // processes mapping the same memory.
+    // SAFETY: the kernel reads `addr` itself (a bad address is EFAULT, not a fault here);
+    // `ts` is null or points to a timespec on this frame. FUTEX_WAIT (not _PRIVATE) keys on the
+    // physical page, so it works across processes mapping the same memory.
     let r = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            addr as *const u32,
             libc::FUTEX_WAIT,
             expected,
             ts,
@@ -141,5 +147,87 @@ pub(crate) fn thread_alive(tid: u32) -> bool {
         }
         // Not found: it is gone. Anything else (no /proc?): assume it lives; never steal.
         Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// How a [`futex_waitv`] ended.
+#[cfg(feature = "async")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitvEnded {
+    /// Woken through the word at this index (others may have been woken or changed too).
+    Woken(usize),
+    /// A word no longer held its expected value, a signal came, or an address could not be
+    /// read (its memory went away): look at the words again.
+    LookAgain,
+    /// The kernel has no `futex_waitv` (before Linux 5.16).
+    Unsupported,
+}
+
+/// Sleeps until one of `words` (`(address, expected value)`, at most 128) is woken or does not
+/// hold its value. The words may lie in shared memory (the waits are not process-private), so
+/// [`futex_wake`] from any process wakes the sleeper. An address whose memory has gone makes
+/// the call return [`WaitvEnded::LookAgain`]: the kernel reads it, never we. At `deadline`
+/// (`CLOCK_MONOTONIC`, as `Instant` is) it returns `LookAgain` too.
+#[cfg(feature = "async")]
+pub(crate) fn futex_waitv(words: &[(usize, u32)], deadline: Option<Instant>) -> WaitvEnded {
+    /// The kernel's `struct futex_waitv`.
+    #[repr(C)]
+    struct FutexWaitv {
+        val: u64,
+        uaddr: u64,
+        flags: u32,
+        reserved: u32,
+    }
+    /// `FUTEX2_SIZE_U32`: a 32-bit word, shared between processes.
+    const SIZE_U32: u32 = 0x02;
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .map(|&(addr, val)| FutexWaitv {
+            val: u64::from(val),
+            uaddr: addr as u64,
+            flags: SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    // futex_waitv takes an absolute time on the clock it is given.
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a live timespec; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
+        libc::timespec {
+            tv_sec: now
+                .tv_sec
+                .saturating_add(left.as_secs().min(i32::MAX as u64) as libc::time_t)
+                .saturating_add((nanos / 1_000_000_000) as libc::time_t),
+            tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+        }
+    });
+    let ts = timeout
+        .as_ref()
+        .map_or(ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters` is a live array of `waiters.len()` kernel structs; `ts` is null (wait
+    // for ever) or a timespec on this frame. The kernel only reads the words' addresses (a
+    // bad one is EFAULT).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0u32,
+            ts,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r >= 0 {
+        return WaitvEnded::Woken(r as usize);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOSYS) => WaitvEnded::Unsupported,
+        _ => WaitvEnded::LookAgain,
     }
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+#[cfg(all(feature = "async", not(loom)))]
+mod awaiting;
 mod builder;
 mod typed;
 
@@ -123,6 +125,10 @@ enum Wait {
     Until(Option<Instant>),
     /// For this long from the first time it has to sleep (no clock read when there is room).
     For(Duration),
+    /// Not at all, not even for the producer lock (an awaiting `put`'s attempt); taking it as
+    /// a waiter that slept on it when `as_waiter`.
+    #[cfg(all(feature = "async", not(loom)))]
+    Not { as_waiter: bool },
 }
 
 impl Wait {
@@ -130,6 +136,8 @@ impl Wait {
         match self {
             Wait::Until(deadline) => deadline,
             Wait::For(patience) => deadline_after(patience),
+            #[cfg(all(feature = "async", not(loom)))]
+            Wait::Not { .. } => Some(Instant::now()),
         }
     }
 }
@@ -157,11 +165,13 @@ fn publish(
     let payload_len = if side { 8 } else { buf.len() };
     let frame = frame_len(payload_len).expect("inline frames are small");
     // Other producers hold the lock only to copy a frame in.
-    let lock_deadline = match wait {
-        Wait::Until(deadline) => deadline,
-        Wait::For(_) => None,
+    let producer = match wait {
+        Wait::Until(deadline) => ring.producer(deadline),
+        Wait::For(_) => ring.producer(None),
+        #[cfg(all(feature = "async", not(loom)))]
+        Wait::Not { as_waiter } => ring.try_producer(as_waiter),
     };
-    let Some(mut producer) = ring.producer(lock_deadline) else {
+    let Some(mut producer) = producer else {
         return Ok(Err(WaitFailed::TimedOut));
     };
     if let Err(why) = producer.wait_room_until(frame, || wait.deadline(), block) {
@@ -494,11 +504,21 @@ impl ShmQueue {
             },
         };
         let ring = self.ring();
+        let mut consumer = ring
+            .consumer(deadline)
+            .ok_or_else(|| empty(WaitFailed::TimedOut))?;
+        consumer.wait_frame(deadline, block).map_err(empty)?;
+        self.take_from(consumer, decode)
+    }
+
+    /// Takes the frame `consumer` (holding the consumer lock) found, and hands its bytes to
+    /// `decode`.
+    fn take_from<R>(
+        &self,
+        mut consumer: ring::Consumer<'_, '_>,
+        decode: impl FnOnce(&str, &[u8], Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
         with_scratch(|buf| {
-            let mut consumer = ring
-                .consumer(deadline)
-                .ok_or_else(|| empty(WaitFailed::TimedOut))?;
-            consumer.wait_frame(deadline, block).map_err(empty)?;
             // An inline item is decoded straight from the ring (a copy saved), holding the
             // consumer lock for as long as that takes.
             let mut decode = Some(decode);

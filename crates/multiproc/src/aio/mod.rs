@@ -1,0 +1,168 @@
+//! The machinery of the `_async` methods (feature `async`): futures that retry an operation
+//! each time the word it waits on moves, woken by the process's futex reactor
+//! ([`words`]), on any executor.
+//!
+//! An operation is written as an *attempt*: it tries without waiting, and when it must wait
+//! it counts itself a sleeper (so the other side wakes, as for a blocking waiter), reads the
+//! word, looks once more, and says which word to wait on and for which value
+//! ([`Attempt::Wait`]). [`WaitFor`] turns an attempt into a future.
+
+pub(crate) mod words;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub(crate) use words::{Notify, Word, reactor};
+
+/// What one try of an operation found.
+pub(crate) enum Attempt<'a, T> {
+    /// Done, with this outcome.
+    Done(T),
+    /// Not possible now: wait as this says, then try again.
+    Wait(Park<'a>),
+}
+
+/// How to wait before trying again.
+pub(crate) struct Park<'a> {
+    /// The word whose change means "try again".
+    pub(crate) word: Word<'a>,
+    /// Its value when the condition was last seen false (after counting as a sleeper).
+    pub(crate) expected: u32,
+    /// Whether a change is for one waiter or for all.
+    pub(crate) notify: Notify,
+    /// Try again at this time in any case.
+    pub(crate) recheck: Option<Instant>,
+    /// The count of sleepers the other side looks at before it wakes, while waiting.
+    pub(crate) sleeper: Option<Sleeper<'a>>,
+}
+
+impl<'a> Park<'a> {
+    /// Waits for `word` to leave `expected`, one waiter served per change.
+    pub(crate) fn one(word: Word<'a>, expected: u32, sleeper: Option<Sleeper<'a>>) -> Self {
+        Park {
+            word,
+            expected,
+            notify: Notify::One,
+            recheck: None,
+            sleeper,
+        }
+    }
+
+    /// Waits for `word` to leave `expected`, every waiter told of a change.
+    pub(crate) fn all(word: Word<'a>, expected: u32, sleeper: Option<Sleeper<'a>>) -> Self {
+        Park {
+            word,
+            expected,
+            notify: Notify::All,
+            recheck: None,
+            sleeper,
+        }
+    }
+}
+
+/// One count in a shared sleeper counter, for as long as it lives. Made before the word is
+/// read (with a `SeqCst` fence between), so that the other side either sees the count and
+/// wakes, or its change is seen in the read.
+pub(crate) struct Sleeper<'a>(&'a AtomicU32);
+
+impl<'a> Sleeper<'a> {
+    /// Counts one more sleeper in `counter`, then fences.
+    pub(crate) fn count(counter: &'a AtomicU32) -> Sleeper<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        Sleeper(counter)
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A registration with the reactor, while the future waits.
+struct Parked<'a> {
+    registration: words::Registration<'a>,
+    word: Word<'a>,
+    /// Whether a notification not acted on must go to the next waiter (when dropped).
+    pass_on: bool,
+    _sleeper: Option<Sleeper<'a>>,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        if self.pass_on && self.registration.notified() {
+            // Cancelled after being told to try: the next waiter tries instead.
+            reactor().pass_on(self.word);
+        }
+    }
+}
+
+/// A future that tries `attempt` and, while it says wait, waits as it says.
+///
+/// Cancel-safe as far as the attempt is: an attempt completes or changes nothing, and a
+/// notification a dropped future did not act on is passed on.
+pub(crate) struct WaitFor<'a, F> {
+    attempt: F,
+    parked: Option<Parked<'a>>,
+}
+
+impl<'a, F> WaitFor<'a, F> {
+    /// A future over `attempt`.
+    pub(crate) fn new(attempt: F) -> Self {
+        WaitFor {
+            attempt,
+            parked: None,
+        }
+    }
+}
+
+// The attempt is never pinned: it is only called through `&mut`.
+impl<F> Unpin for WaitFor<'_, F> {}
+
+impl<'a, T, F> Future for WaitFor<'a, F>
+where
+    F: FnMut() -> Attempt<'a, T>,
+{
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = &mut *self;
+        if let Some(p) = &this.parked {
+            if !p.registration.notified() {
+                p.registration.set_waker(cx.waker());
+                // Polled without news (a `select!`, a `join!`): wait on, unless the news came
+                // while the waker was being changed.
+                if !p.registration.notified() {
+                    return Poll::Pending;
+                }
+            }
+            if let Some(mut p) = this.parked.take() {
+                // Acting on the notification now: nothing to pass on.
+                p.pass_on = false;
+            }
+        }
+        match (this.attempt)() {
+            Attempt::Done(v) => Poll::Ready(v),
+            Attempt::Wait(park) => {
+                let registration = reactor().register(
+                    park.word,
+                    park.expected,
+                    park.notify,
+                    park.recheck,
+                    cx.waker(),
+                );
+                this.parked = Some(Parked {
+                    registration,
+                    word: park.word,
+                    pass_on: park.notify == Notify::One,
+                    _sleeper: park.sleeper,
+                });
+                Poll::Pending
+            }
+        }
+    }
+}
