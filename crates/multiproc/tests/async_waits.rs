@@ -31,6 +31,22 @@ fn take_blocking((q, n): (Queue<u64>, usize)) -> Vec<u64> {
     (0..n).map(|_| q.get().unwrap()).collect()
 }
 
+/// `tasks` tokio tasks, each taking `each` items with `get_async`.
+fn getters(q: &Queue<u64>, tasks: usize, each: usize) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+    (0..tasks)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..each {
+                    got.push(q.get_async().await.unwrap());
+                }
+                got
+            })
+        })
+        .collect()
+}
+
 /// The threads of this process now.
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -79,18 +95,7 @@ fn many_tasks_share_the_items_under_tokio_multi_thread() {
         .unwrap();
     let q: Queue<u64> = Queue::builder().ring_bytes(4096).build().unwrap();
     let all: BTreeSet<u64> = rt.block_on(async {
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let q = q.clone();
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    for _ in 0..250 {
-                        got.push(q.get_async().await.unwrap());
-                    }
-                    got
-                })
-            })
-            .collect();
+        let tasks = getters(&q, 20, 250);
         let producers: Vec<_> = (0..2)
             .map(|p| {
                 let range = (q.clone(), p * 2500, (p + 1) * 2500);
@@ -213,18 +218,7 @@ fn awaiting_and_blocking_consumers_in_other_processes_share_every_item() {
         .build()
         .unwrap();
     let mine: Vec<u64> = rt.block_on(async {
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let q = q.clone();
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    for _ in 0..250 {
-                        got.push(q.get_async().await.unwrap());
-                    }
-                    got
-                })
-            })
-            .collect();
+        let tasks = getters(&q, 4, 250);
         let mut mine = Vec::new();
         for t in tasks {
             mine.extend(tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap());
