@@ -166,3 +166,30 @@ where
         }
     }
 }
+
+/// The wakers of futures awaiting something a thread of this process completes (a pool's
+/// result, an executor's future): registered under their own lock, all woken when it is done.
+#[derive(Default)]
+pub(crate) struct Wakers(std::sync::Mutex<Vec<std::task::Waker>>);
+
+impl Wakers {
+    /// Registers `waker` (once: a future polled again keeps one entry). The caller looks at
+    /// its condition again afterwards: a completion after that look wakes it.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        use crate::sync::IgnorePoison;
+        let mut all = self.0.lock().ignore_poison();
+        if !all.iter().any(|w| w.will_wake(waker)) {
+            all.push(waker.clone());
+        }
+    }
+
+    /// Wakes and forgets every registered waker. The caller made its completion visible
+    /// first.
+    pub(crate) fn wake_all(&self) {
+        use crate::sync::IgnorePoison;
+        let all = std::mem::take(&mut *self.0.lock().ignore_poison());
+        for w in all {
+            w.wake();
+        }
+    }
+}

@@ -26,6 +26,9 @@ struct Inner<R> {
     /// Told the index-free "some future finished" by `wait` and `as_completed`.
     watchers: Vec<mpsc::Sender<usize>>,
     watcher_tags: Vec<usize>,
+    /// The task awaiting it (`.await`), if any.
+    #[cfg(all(feature = "async", not(loom)))]
+    waker: Option<std::task::Waker>,
 }
 
 /// The shared cell behind a [`Future`], filled by the executor.
@@ -67,6 +70,8 @@ impl<R> Cell<R> {
                 callbacks: Vec::new(),
                 watchers: Vec::new(),
                 watcher_tags: Vec::new(),
+                #[cfg(all(feature = "async", not(loom)))]
+                waker: None,
             }),
             done: Condvar::new(),
             cancel: Box::new(cancel),
@@ -103,6 +108,10 @@ impl<R> Cell<R> {
                     inner.error_text = outcome.as_ref().err().map(|e| e.to_string());
                     inner.outcome = Some(outcome);
                     self.status.store(FINISHED, Ordering::Release);
+                    #[cfg(all(feature = "async", not(loom)))]
+                    if let Some(w) = inner.waker.take() {
+                        w.wake();
+                    }
                     break std::mem::take(&mut inner.watchers)
                         .into_iter()
                         .zip(std::mem::take(&mut inner.watcher_tags))
@@ -138,6 +147,10 @@ impl<R> Cell<R> {
                 return;
             }
             inner.callbacks.clear();
+            #[cfg(all(feature = "async", not(loom)))]
+            if let Some(w) = inner.waker.take() {
+                w.wake();
+            }
             std::mem::take(&mut inner.watchers)
                 .into_iter()
                 .zip(std::mem::take(&mut inner.watcher_tags))
@@ -360,6 +373,42 @@ pub trait Waitable {
     fn failed(&self) -> bool;
     #[doc(hidden)]
     fn watch(&self, tx: mpsc::Sender<usize>, tag: usize);
+}
+
+/// Awaiting a `Future` (feature `async`) takes its value, as [`result`](Future::result)
+/// does, without a thread waiting: the executor's thread (or a process pool's result handler)
+/// wakes the awaiting task. Cancel-safe: the value is taken only in the poll that returns it.
+///
+/// ```
+/// use multiproc::ThreadPoolExecutor;
+///
+/// let ex = ThreadPoolExecutor::new(2)?;
+/// let fut = ex.submit(|| 6 * 7)?;
+/// assert_eq!(futures::executor::block_on(fut)?, 42);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[cfg(all(feature = "async", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+impl<R> std::future::Future for Future<R> {
+    type Output = Result<R>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R>> {
+        if !self.cell.is_done() {
+            let mut inner = self.cell.lock();
+            // The outcome is stored, and the status set, under this lock.
+            if !self.cell.is_done() {
+                match &inner.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => inner.waker = Some(cx.waker().clone()),
+                }
+                return std::task::Poll::Pending;
+            }
+        }
+        std::task::Poll::Ready(self.try_result())
+    }
 }
 
 impl<R> Waitable for Future<R> {

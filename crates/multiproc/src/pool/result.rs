@@ -129,6 +129,9 @@ pub(crate) struct Slot {
     succeeded_once: AtomicBool,
     value: Mutex<Option<Result<AnyValue>>>,
     filled: Condvar,
+    /// Futures awaiting it (`get_async`).
+    #[cfg(all(feature = "async", not(loom)))]
+    wakers: crate::aio::Wakers,
 }
 
 impl Slot {
@@ -138,14 +141,18 @@ impl Slot {
             succeeded_once: AtomicBool::new(false),
             value: Mutex::new(None),
             filled: Condvar::new(),
+            #[cfg(all(feature = "async", not(loom)))]
+            wakers: crate::aio::Wakers::default(),
         }
     }
 
     pub(crate) fn fill(&self, value: Result<AnyValue>) {
         self.succeeded_once.store(value.is_ok(), Ordering::Release);
         *self.value.lock().ignore_poison() = Some(value);
-        self.ready.store(true, Ordering::Release);
+        self.ready.store(true, Ordering::SeqCst);
         self.filled.notify_all();
+        #[cfg(all(feature = "async", not(loom)))]
+        self.wakers.wake_all();
     }
 
     fn is_ready(&self) -> bool {
@@ -247,6 +254,45 @@ impl<R: 'static> AsyncResult<R> {
         self.get_until(Some(deadline), timeout)
     }
 
+    /// Waits for the result and takes it, as a future: the form of [`get`](Self::get) to
+    /// `.await`, on any executor (feature `async`). The pool's result-handler thread
+    /// delivers it; no thread waits for it.
+    ///
+    /// **Cancel-safe**: the value is taken only in the poll that returns it; dropped before,
+    /// the result stays for [`get`](Self::get).
+    ///
+    /// # Errors
+    /// As for [`get`](Self::get): a worker that died running the task is
+    /// [`ErrorKind::WorkerLost`](crate::ErrorKind::WorkerLost).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::Pool;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let pending = pool.apply_async(square, 7)?;
+    /// assert_eq!(futures::executor::block_on(pending.get_async())?, 49);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn get_async(&self) -> impl std::future::Future<Output = Result<R>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            if !self.slot.is_ready() {
+                self.slot.wakers.register(cx.waker());
+                if !self.slot.is_ready() {
+                    return std::task::Poll::Pending;
+                }
+            }
+            std::task::Poll::Ready(self.try_get())
+        })
+    }
+
     fn get_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<R> {
         if !self.slot.wait(deadline, &*self.pump) {
             return Err(Error::timeout("pool result", timeout));
@@ -307,6 +353,9 @@ struct MapInner<R> {
     /// How many items' results came.
     received: usize,
     taken: bool,
+    /// Futures awaiting them all (`get_async`).
+    #[cfg(all(feature = "async", not(loom)))]
+    wakers: crate::aio::Wakers,
 }
 
 impl<R> MapInner<R> {
@@ -375,6 +424,8 @@ impl<R: DeserializeOwned + 'static> MapState<R> {
                     expected: None,
                     received: 0,
                     taken: false,
+                    #[cfg(all(feature = "async", not(loom)))]
+                    wakers: crate::aio::Wakers::default(),
                 }),
                 Condvar::new(),
                 AtomicBool::new(false),
@@ -397,8 +448,10 @@ impl<R: DeserializeOwned + 'static> MapState<R> {
         let mut inner = lock.lock().ignore_poison();
         change(&mut inner);
         if inner.done() {
-            done.store(true, Ordering::Release);
+            done.store(true, Ordering::SeqCst);
             cond.notify_all();
+            #[cfg(all(feature = "async", not(loom)))]
+            inner.wakers.wake_all();
         }
     }
 }
@@ -503,6 +556,36 @@ impl<R> MapResult<R> {
     pub fn get_deadline(&self, deadline: Instant) -> Result<Vec<R>> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.get_until(Some(deadline), timeout)
+    }
+
+    /// Waits for every result and takes them, as a future: the form of [`get`](Self::get)
+    /// to `.await` (feature `async`). Cancel-safe, as
+    /// [`AsyncResult::get_async`](crate::AsyncResult::get_async).
+    ///
+    /// # Errors
+    /// As for [`get`](Self::get).
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn get_async(&self) -> impl std::future::Future<Output = Result<Vec<R>>> + Send + '_
+    where
+        R: Send,
+    {
+        std::future::poll_fn(move |cx| {
+            let done = || self.state.inner.2.load(Ordering::SeqCst);
+            if !done() {
+                self.state
+                    .inner
+                    .0
+                    .lock()
+                    .ignore_poison()
+                    .wakers
+                    .register(cx.waker());
+                if !done() {
+                    return std::task::Poll::Pending;
+                }
+            }
+            std::task::Poll::Ready(self.try_get())
+        })
     }
 
     fn get_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<Vec<R>> {
