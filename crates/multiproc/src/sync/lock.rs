@@ -228,6 +228,32 @@ impl Lock {
     pub fn is_locked(&self) -> bool {
         self.raw().is_locked()
     }
+
+    /// Waits for the lock and takes it, as a future: the form of [`acquire`](Self::acquire)
+    /// to `.await`, on any executor (feature `async`); no thread waits for it.
+    ///
+    /// The guard is not `Send`, as the blocking one: the thread that polled the future to its
+    /// end holds the lock and must release it, so a task that holds it across an `.await`
+    /// cannot move between threads (a multi-threaded runtime's `spawn` refuses it). Take it,
+    /// do the work, drop it.
+    ///
+    /// **Cancel-safe**: the lock is taken only in the poll that returns the guard; a future
+    /// dropped before holds nothing (and a wake it got goes to the next waiter).
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn acquire_async(
+        &self,
+    ) -> impl std::future::Future<Output = LockResult<LockGuard<'_>>> + Send + '_ {
+        use crate::aio::{Attempt, WaitFor};
+        let mut waiting_since = None;
+        WaitFor::new(move || match self.raw().lock_attempt(&mut waiting_since) {
+            Attempt::Done(how) => Attempt::Done(wrap(how, LockGuard::new(self), LockLayout::WHAT)),
+            Attempt::Wait(park) => Attempt::Wait(park),
+        })
+    }
 }
 
 impl fmt::Debug for Lock {
@@ -376,6 +402,34 @@ impl RLock {
     /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
     pub fn acquire_deadline(&self, deadline: Instant) -> LockResult<Option<RLockGuard<'_>>> {
         self.acquire_until(Some(deadline))
+    }
+
+    /// Waits for the lock (or counts one more hold if the polling thread has it), as a
+    /// future: the form of [`acquire`](Self::acquire) to `.await` (feature `async`). As
+    /// [`Lock::acquire_async`]: the guard is not `Send`; cancel-safe.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn acquire_async(
+        &self,
+    ) -> impl std::future::Future<Output = LockResult<RLockGuard<'_>>> + Send + '_ {
+        use crate::aio::{Attempt, WaitFor};
+        let mut waiting_since = None;
+        WaitFor::new(move || {
+            if let Some(guard) = self.reenter() {
+                return Attempt::Done(Ok(guard));
+            }
+            match self.layout().raw.lock_attempt(&mut waiting_since) {
+                Attempt::Done(how) => Attempt::Done(
+                    self.enter(Some(how))
+                        .map(|g| g.expect("entered"))
+                        .map_err(|e| e.map(|g| g.expect("entered"))),
+                ),
+                Attempt::Wait(park) => Attempt::Wait(park),
+            }
+        })
     }
 
     fn acquire_until(&self, deadline: Option<Instant>) -> LockResult<Option<RLockGuard<'_>>> {

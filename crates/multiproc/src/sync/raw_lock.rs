@@ -278,6 +278,43 @@ impl RawLock {
         &self.state
     }
 
+    /// One try at taking the lock for an awaiting future (see `crate::aio`). `waiting_since`
+    /// is when the future first waited for it (it then takes the lock keeping `WAITERS`, and
+    /// after [`LIVENESS_SLICE`] takes it over from an owner that no longer runs, as a blocking
+    /// waiter does); it is set when this try waits.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn lock_attempt<'a>(
+        &'a self,
+        waiting_since: &mut Option<Instant>,
+    ) -> crate::aio::Attempt<'a, Acquired> {
+        use crate::aio::{Attempt, Park, Word};
+        loop {
+            let got = match *waiting_since {
+                None => self.try_lock(),
+                Some(since) => self.try_lock_as_waiter().or_else(|| {
+                    if since.elapsed() < LIVENESS_SLICE {
+                        return None;
+                    }
+                    let me = thread_id();
+                    robust_pending(&self.robust);
+                    let got = self.take_over_if_dead(me, self.state.load(Ordering::Relaxed));
+                    robust_done();
+                    got
+                }),
+            };
+            if let Some(how) = got {
+                *waiting_since = None;
+                return Attempt::Done(how);
+            }
+            if let Some(expected) = self.mark_waited_for() {
+                waiting_since.get_or_insert_with(Instant::now);
+                let mut park = Park::one(Word::U32(&self.state), expected, None);
+                park.recheck = Some(Instant::now() + LIVENESS_SLICE);
+                return Attempt::Wait(park);
+            }
+        }
+    }
+
     /// Whether some (live) thread holds the lock.
     pub(crate) fn is_locked(&self) -> bool {
         !takeable(self.state.load(Ordering::Relaxed))

@@ -64,7 +64,7 @@ struct SemaphoreState<'a> {
     holders: &'a [AtomicU64],
 }
 
-impl SemaphoreState<'_> {
+impl<'a> SemaphoreState<'a> {
     #[inline]
     fn try_take(&self) -> bool {
         let count = &self.layout.count;
@@ -129,6 +129,47 @@ impl SemaphoreState<'_> {
                     return None;
                 }
             }
+        }
+    }
+
+    /// One try at taking a slot for an awaiting future (see `crate::aio`): `Done` with the
+    /// pid of a dead holder whose slots came back first, if any. `waiting_since` is when the
+    /// future first waited: after each [`LIVENESS_SLICE`] of it, dead holders' slots are taken
+    /// back, as a blocking waiter does.
+    #[cfg(all(feature = "async", not(loom)))]
+    fn take_attempt<'s>(
+        &self,
+        waiting_since: &mut Option<Instant>,
+        died: &mut Option<u32>,
+    ) -> crate::aio::Attempt<'s, Option<u32>>
+    where
+        Self: 's,
+        'a: 's,
+    {
+        use crate::aio::{Attempt, Park, Sleeper, Word};
+        let layout: &'a SemaphoreLayout = self.layout;
+        loop {
+            if self.try_take_recorded() {
+                *waiting_since = None;
+                return Attempt::Done(died.take());
+            }
+            if waiting_since.is_some_and(|t| t.elapsed() >= LIVENESS_SLICE) {
+                *waiting_since = Some(Instant::now());
+                if let Some(pid) = self.reclaim_dead() {
+                    *died = Some(pid);
+                    continue;
+                }
+            }
+            let sleeper = Sleeper::count(&layout.sleepers);
+            let free = layout.count.load(Ordering::Relaxed);
+            if free > 0 && self.try_take_recorded() {
+                *waiting_since = None;
+                return Attempt::Done(died.take());
+            }
+            waiting_since.get_or_insert_with(Instant::now);
+            let mut park = Park::one(Word::U32(&layout.count), free, Some(sleeper));
+            park.recheck = Some(Instant::now() + LIVENESS_SLICE);
+            return Attempt::Wait(park);
         }
     }
 
@@ -277,6 +318,33 @@ impl Semaphore {
             None => Ok(Some(guard)),
             Some(pid) => Err(OwnerDied::new(Some(guard), SemaphoreLayout::WHAT, pid)),
         }
+    }
+
+    /// Waits for a free slot and takes it, as a future: the form of
+    /// [`acquire`](Self::acquire) to `.await`, on any executor (feature `async`).
+    ///
+    /// **Cancel-safe**: a slot is taken only in the poll that returns the guard; a future
+    /// dropped before holds none.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if slots of a dead process were taken back first.
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn acquire_async(
+        &self,
+    ) -> impl std::future::Future<Output = LockResult<SemaphoreGuard<'_>>> + Send + '_ {
+        use crate::aio::{Attempt, WaitFor};
+        let (mut waiting_since, mut died) = (None, None);
+        WaitFor::new(
+            move || match self.state().take_attempt(&mut waiting_since, &mut died) {
+                Attempt::Done(died) => Attempt::Done(
+                    self.finish(Some(died))
+                        .map(|g| g.expect("a slot was taken"))
+                        .map_err(|e| e.map(|g| g.expect("a slot was taken"))),
+                ),
+                Attempt::Wait(park) => Attempt::Wait(park),
+            },
+        )
     }
 
     /// Waits for a free slot and takes it.
