@@ -444,3 +444,79 @@ fn the_waits_work_without_futex_waitv() {
         assert!(text.contains("1 passed"), "{test} did not run: {text}");
     }
 }
+
+fn wait_then_return((go, x): (Event, u64)) -> u64 {
+    go.wait();
+    x
+}
+
+fn fail(kind: u8) {
+    match kind {
+        0 => panic!("on purpose"),
+        _ => {
+            // SAFETY: kill with our own pid and a valid signal.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn two_hundred_children_are_awaited_by_one_thread() {
+    let go = Event::new().unwrap();
+    let mut children: Vec<_> = (0..200u64)
+        .map(|x| {
+            Guarded::new(
+                Process::new(wait_then_return, (go.clone(), x))
+                    .start()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let before = threads();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let sum: u64 = rt.block_on(async {
+        let mut joins: Vec<_> = children
+            .iter_mut()
+            .map(|c| Box::pin(c.join_async()))
+            .collect();
+        // Each join polled once: all are watched.
+        for j in &mut joins {
+            assert!(futures::poll!(j.as_mut()).is_pending());
+        }
+        let during = threads();
+        assert!(
+            during <= before + 2,
+            "{} threads to await 200 children",
+            during - before
+        );
+        go.set();
+        for j in joins {
+            tokio::time::timeout(PATIENCE, j).await.unwrap().unwrap();
+        }
+        children.iter_mut().map(|c| c.take_result().unwrap()).sum()
+    });
+    assert_eq!(sum, (0..200).sum());
+}
+
+#[test]
+fn an_awaited_join_reports_a_panic_a_kill_and_a_large_result() {
+    let mut panicked = Guarded::new(Process::new(fail, 0).start().unwrap());
+    let err = futures::executor::block_on(panicked.join_async()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    let mut killed = Guarded::new(Process::new(fail, 1).start().unwrap());
+    let err = smol::block_on(killed.join_async()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessFailed, "{err}");
+    assert!(err.to_string().contains("SIGKILL"), "{err}");
+    // A result larger than a socket buffer: the join reads it as it comes.
+    let mut big = Guarded::new(
+        Process::new(|n: usize| vec![7u8; n], 8 << 20)
+            .start()
+            .unwrap(),
+    );
+    futures::executor::block_on(big.join_async()).unwrap();
+    let v = big.take_result().unwrap();
+    assert!(v.len() == 8 << 20 && v.iter().all(|&b| b == 7));
+}

@@ -7,6 +7,7 @@
 //! word, looks once more, and says which word to wait on and for which value
 //! ([`Attempt::Wait`]). [`WaitFor`] turns an attempt into a future.
 
+pub(crate) mod fds;
 pub(crate) mod words;
 
 use std::future::Future;

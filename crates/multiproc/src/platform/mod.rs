@@ -53,6 +53,9 @@ pub(crate) use linux::futex::{
 // Many futex words waited for at once, for the async waits.
 #[cfg(all(target_os = "linux", feature = "async", not(loom)))]
 pub(crate) use linux::futex::{WaitvEnded, futex_wait_at, futex_waitv};
+// Readiness of many descriptors at once (epoll), for the async waits on descriptors.
+#[cfg(all(target_os = "linux", feature = "async", not(loom)))]
+pub(crate) use linux::poller::Poller;
 // Robust futex lists: a lock held by a thread that dies is marked by the kernel.
 #[cfg(all(target_os = "linux", test))]
 pub(crate) use linux::robust::robust_list_available;

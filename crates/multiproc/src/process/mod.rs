@@ -357,6 +357,67 @@ impl<R: DeserializeOwned> Process<R> {
         self.join_until(Some(deadline), timeout)
     }
 
+    /// Waits for the child to end, as a future: the form of [`join`](Self::join) to
+    /// `.await`, on any executor (feature `async`). The child's pidfd and control socket are
+    /// watched by the process's one epoll thread; no thread waits for this child.
+    ///
+    /// **Cancel-safe**: dropping it changes nothing; join again later.
+    ///
+    /// # Errors
+    /// As for [`join`](Self::join).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::Process;
+    ///
+    /// let mut child = Process::new(|x: u32| x + 1, 41).start()?;
+    /// futures::executor::block_on(child.join_async())?;
+    /// assert_eq!(child.take_result()?, 42);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn join_async(&mut self) -> impl std::future::Future<Output = Result<()>> + '_ {
+        use std::task::Poll;
+
+        use crate::aio::fds::{FdRegistration, fd_reactor};
+        let mut watching: Vec<FdRegistration> = Vec::new();
+        std::future::poll_fn(move |cx| {
+            if !watching.is_empty() {
+                let news = || watching.iter().any(FdRegistration::ready);
+                if !news() {
+                    watching.iter().for_each(|w| w.set_waker(cx.waker()));
+                    if !news() {
+                        return Poll::Pending;
+                    }
+                }
+                watching.clear();
+            }
+            match self.try_join() {
+                Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
+                done => return Poll::Ready(done),
+            }
+            let what = format!("process {:?}: async join", self.record.name);
+            let watch = || -> std::io::Result<Vec<FdRegistration>> {
+                let reactor = fd_reactor()?;
+                self.record
+                    .news_fds()?
+                    .into_iter()
+                    .map(|fd| reactor.readable(fd, cx.waker()))
+                    .collect()
+            };
+            match watch() {
+                // A descriptor already readable is reported at once: no news is missed.
+                Ok(w) => {
+                    watching = w;
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(Error::io(what, e))),
+            }
+        })
+    }
+
     fn join_until(&mut self, deadline: Option<Instant>, waited: Duration) -> Result<()> {
         if let Outcome::Running = self.outcome {
             let Some(status) = self.record.wait(deadline) else {

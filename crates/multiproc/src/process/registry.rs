@@ -212,6 +212,18 @@ impl ChildRecord {
         self.child.send_signal(signal)
     }
 
+    /// Duplicates of the descriptors that become readable when there is news of the child
+    /// (its exit, its report), for an awaiting join to watch.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn news_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let state = self.state();
+        let mut fds = vec![state.wait_fd().try_clone_to_owned()?];
+        if let Some(c) = &state.control {
+            fds.push(c.try_clone()?);
+        }
+        Ok(fds)
+    }
+
     fn wait_fds(&self) -> Option<Vec<std::os::fd::RawFd>> {
         use std::os::fd::AsRawFd;
         let state = self.state.try_lock().ok()?;

@@ -5,6 +5,8 @@ pub(super) mod fds;
 pub(super) mod futex;
 pub(super) mod load;
 pub(super) mod memory;
+#[cfg(feature = "async")]
+pub(super) mod poller;
 pub(super) mod process;
 pub(super) mod robust;
 pub(super) mod signals;
