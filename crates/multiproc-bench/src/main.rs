@@ -3,7 +3,9 @@
 //! better (faster, or more throughput). Rows named `limit_*` have no CPython side: they measure
 //! what the machine allows (the matching lines of `limits.c`), printed with `-` for CPython.
 //! Rows named `run_overhead*` and `run_pipe` compare `multiproc run` with GNU parallel or xargs instead: the
-//! other tool's figure stands in the `cpython` column (see `run_overhead.rs`).
+//! other tool's figure stands in the `cpython` column (see `run_overhead.rs`); the `async_*`
+//! rows compare the awaitable waits with what a tokio program would do without them (see
+//! `async_rows.rs`).
 //!
 //! ```text
 //! cargo run --release -p multiproc-bench -- all
@@ -13,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod async_rows;
 mod run_overhead;
 
 mod broker;
@@ -290,6 +293,34 @@ const BENCHES: &[Bench] = &[
         better: Better::Higher,
         compared: false,
         run: limit_memcpy_64m,
+    },
+    Bench {
+        name: "async_queue_pingpong_vs_tokio_process",
+        unit: "rt/s",
+        better: Better::Higher,
+        compared: false,
+        run: async_rows::pingpong_vs_tokio_process,
+    },
+    Bench {
+        name: "async_queue_pingpong_vs_blocking",
+        unit: "rt/s",
+        better: Better::Higher,
+        compared: false,
+        run: async_rows::pingpong_vs_blocking,
+    },
+    Bench {
+        name: "async_pool_submit",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: false,
+        run: async_rows::pool_submit_vs_spawn_blocking,
+    },
+    Bench {
+        name: "async_idle_cpu",
+        unit: "%core",
+        better: Better::Lower,
+        compared: false,
+        run: async_rows::idle_cpu,
     },
 ];
 

@@ -62,6 +62,13 @@ pub(crate) fn skip_reason(name: &str) -> Option<String> {
 }
 
 /// The other tool's figure measured by row `name`'s run, if it has one.
+/// Records the other side's figure of row `name`, measured in this run.
+pub(crate) fn record_other(name: &'static str, value: f64) {
+    if let Ok(mut other) = OTHER.lock() {
+        other.push((name, value));
+    }
+}
+
 pub(crate) fn other_side(name: &str) -> Option<f64> {
     let other = OTHER.lock().ok()?;
     other

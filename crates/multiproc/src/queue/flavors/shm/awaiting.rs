@@ -20,6 +20,7 @@ use crate::share::{self, with_scratch};
 use crate::sync::raw_lock::{LIVENESS_SLICE, RawLock};
 use crate::sync::ring::frame_len;
 use crate::sync::shim::Ordering;
+use crate::sync::spin::spin_until_batching;
 
 /// Waits for `lock`, held by another thread while what the caller wants is there: wakes all
 /// sleepers on `side` first (the holder may sleep there, its wake taken by a future). `None`
@@ -46,6 +47,7 @@ impl ShmQueue {
         let ring = self.ring();
         let (tail, sleepers, lock) = ring.consumer_waits();
         let tail = Word::Low(tail);
+        let mut spun = false;
         loop {
             if let Some(mut consumer) = ring.try_consumer(std::mem::take(as_waiter))
                 && consumer.wait_frame(None, false).is_ok()
@@ -58,6 +60,15 @@ impl ShmQueue {
                     reactor().pass_on(tail);
                 }
                 return Attempt::Done(got);
+            }
+            // A peer running on another core answers within a microsecond or so: look again
+            // for a while (as long as the spin governor says it pays) before parking, which
+            // costs two thread wake-ups.
+            if !spun {
+                spun = true;
+                if spin_until_batching(|| !ring.is_empty()) {
+                    continue;
+                }
             }
             let sleeper = Sleeper::count(sleepers);
             let seen = tail.load();
@@ -86,6 +97,7 @@ impl ShmQueue {
         let (head, sleepers, lock) = ring.producer_waits();
         let head = Word::Low(head);
         let unbounded = self.maxsize() == 0;
+        let mut spun = false;
         loop {
             // `Some(frame)`: not put, and a frame of this size did not fit or the lock was held.
             let tried = with_scratch(|buf| -> Result<Option<u32>> {
@@ -114,6 +126,12 @@ impl ShmQueue {
                 Err(e) => return Attempt::Done(Err(e)),
                 Ok(Some(frame)) => frame,
             };
+            if !spun {
+                spun = true;
+                if spin_until_batching(|| !ring.is_full(frame)) {
+                    continue;
+                }
+            }
             let sleeper = Sleeper::count(sleepers);
             let seen = head.load();
             if ring.is_full(frame) {
