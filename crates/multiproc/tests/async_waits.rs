@@ -498,7 +498,7 @@ fn two_hundred_children_are_awaited_by_one_thread() {
         }
         children.iter_mut().map(|c| c.take_result().unwrap()).sum()
     });
-    assert_eq!(sum, (0..200).sum());
+    assert_eq!(sum, (0..200u64).sum::<u64>());
 }
 
 #[test]
