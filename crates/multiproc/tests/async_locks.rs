@@ -1,5 +1,6 @@
-//! Awaiting locks and semaphores held by other processes (feature `async`): released, taken
-//! over from an owner that was killed, and cancelled acquires that hold nothing.
+//! Awaiting locks, semaphores and barriers shared with other processes (feature `async`):
+//! released, taken over from an owner that was killed, cancelled acquires that hold nothing,
+//! and a cancelled barrier wait that breaks the barrier.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::Guarded;
-use multiproc::{Event, Lock, Process, RLock, Semaphore};
+use multiproc::{Barrier, ErrorKind, Event, Lock, Process, RLock, Semaphore};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -196,4 +197,34 @@ fn rlock_and_semaphore_are_awaited_too() {
             .unwrap();
         assert_eq!(got, pid);
     });
+}
+
+fn meet(b: Barrier) -> Result<u32, String> {
+    b.wait().map_err(|e| format!("{:?}", e.kind()))
+}
+
+#[test]
+fn a_barrier_is_awaited_beside_blocking_parties_and_a_cancelled_wait_breaks_it() {
+    let b = Barrier::new(3).unwrap();
+    let parties: Vec<_> = (0..2)
+        .map(|_| Guarded::new(Process::new(meet, b.clone()).start().unwrap()))
+        .collect();
+    let mine = futures::executor::block_on(b.wait_async()).unwrap();
+    let mut all: Vec<u32> = parties
+        .into_iter()
+        .map(|p| p.into_inner().into_result().unwrap().unwrap())
+        .collect();
+    all.push(mine);
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2]);
+
+    // Two parties; this one arrives, then goes away: the other is told the barrier broke.
+    let b = Barrier::new(2).unwrap();
+    let mut waiting = Box::pin(b.wait_async());
+    let w = Arc::new(Count(AtomicUsize::new(0)));
+    assert!(poll_with(waiting.as_mut(), &w).is_pending());
+    drop(waiting);
+    let other = Guarded::new(Process::new(meet, b.clone()).start().unwrap());
+    let got = other.into_inner().into_result().unwrap();
+    assert_eq!(got, Err(format!("{:?}", ErrorKind::BrokenBarrier)));
 }

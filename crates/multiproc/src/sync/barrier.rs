@@ -146,12 +146,85 @@ impl Barrier {
         self.wait_until(Some(deadline))
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
+    /// Waits for the other parties, as a future: the form of [`wait`](Self::wait) to
+    /// `.await`, on any executor (feature `async`).
+    ///
+    /// This party arrives in the first poll. **Not cancel-safe** in the sense that an arrival
+    /// cannot be taken back: dropping the future after its first poll and before the round
+    /// ends breaks the barrier, as a timed-out [`wait_timeout`](Self::wait_timeout) does, so
+    /// that the other parties are not left waiting for a party that went away.
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait).
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = Result<u32>> + Send + '_ {
+        use crate::aio::{Attempt, Park, WaitFor, Word};
+
+        /// This party's place in a round; breaks the round if dropped while it waits.
+        struct Arrived<'a> {
+            l: &'a BarrierLayout,
+            generation: u32,
+            index: u32,
+        }
+
+        impl Drop for Arrived<'_> {
+            fn drop(&mut self) {
+                let (l, g) = (self.l, self.generation);
+                if l.generation.load(Ordering::Acquire) == g {
+                    l.locked(|| {
+                        if l.generation.load(Ordering::Relaxed) == g {
+                            l.break_round();
+                        }
+                    });
+                }
+            }
+        }
+
         let l = self.layout();
         let broken = || Error::BrokenBarrier {
             what: BarrierLayout::WHAT.into(),
         };
-        let joined = l.locked(|| {
+        let mut arrived: Option<Arrived<'_>> = None;
+        WaitFor::new(move || {
+            let Some(a) = &arrived else {
+                match self.arrive() {
+                    None => return Attempt::Done(Err(broken())),
+                    Some((_, index, true)) => return Attempt::Done(Ok(index)),
+                    Some((generation, index, false)) => {
+                        arrived = Some(Arrived {
+                            l,
+                            generation,
+                            index,
+                        });
+                        return Attempt::Wait(Park::all(
+                            Word::U32(&l.generation),
+                            generation,
+                            None,
+                        ));
+                    }
+                }
+            };
+            let (generation, index) = (a.generation, a.index);
+            if l.generation.load(Ordering::Acquire) == generation {
+                return Attempt::Wait(Park::all(Word::U32(&l.generation), generation, None));
+            }
+            // The round ended: nothing to break on the way out.
+            arrived = None;
+            let bit = 1 << (generation % 32);
+            Attempt::Done(if l.outcomes.load(Ordering::Relaxed) & bit != 0 {
+                Err(broken())
+            } else {
+                Ok(index)
+            })
+        })
+    }
+
+    /// Arrives in the current round: `(generation, index, whether it was the last)`, or
+    /// `None` if the barrier is broken.
+    fn arrive(&self) -> Option<(u32, u32, bool)> {
+        let l = self.layout();
+        l.locked(|| {
             if l.broken.load(Ordering::Relaxed) != 0 {
                 return None;
             }
@@ -165,8 +238,15 @@ impl Barrier {
                 l.arrived.store(arrived, Ordering::Relaxed);
             }
             Some((generation, index, arrived >= parties))
-        });
-        let Some((generation, index, last)) = joined else {
+        })
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
+        let l = self.layout();
+        let broken = || Error::BrokenBarrier {
+            what: BarrierLayout::WHAT.into(),
+        };
+        let Some((generation, index, last)) = self.arrive() else {
             return Err(broken());
         };
         if last {
