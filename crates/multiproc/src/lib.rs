@@ -23,6 +23,13 @@
 //! `main`*, so programs, tests, examples and doctests need no set-up. Call [`init`] at the top
 //! of `main` to have children joined at exit as Python does.
 //!
+//! # Awaiting
+//! With the `async` feature, each wait has an awaitable form named after it with `_async`
+//! (`Queue::get_async`, `Process::join_async`, `Lock::acquire_async`, …), on any executor,
+//! and the executors' [`Future`] is a [`std::future::Future`]. Each method's documentation
+//! says what dropping its future does. No thread waits per future: one reactor thread per
+//! process watches the shared-memory words (in `futex_waitv`), and one the descriptors.
+//!
 //! # Differences from CPython
 //! - A process is configured on a [`ProcessBuilder`] and started into a [`Process`]: setting
 //!   the name or daemon flag after start is a compile error instead of a runtime one.
