@@ -76,6 +76,9 @@ pub use manager::{
     ManagerClient, ManagerProcess, ManagerServer, MethodCall, NamespaceProxy, ObjectProxy,
     RunningServer, SemaphoreProxy, ValueProxy,
 };
+#[cfg(all(feature = "async", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use pool::IMapStream;
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,

@@ -104,3 +104,44 @@ fn executor_futures_are_std_futures() {
     let err = futures::executor::block_on(died).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WorkerLost, "{err}");
 }
+
+#[test]
+fn imap_results_are_a_stream_in_order_and_unordered() {
+    use futures::StreamExt;
+    let pool = Pool::new(2).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ordered = pool
+            .imap(square_or_die, 0..40u64, Some(3))
+            .unwrap()
+            .into_stream();
+        let mut got = Vec::new();
+        while let Some(r) = tokio::time::timeout(PATIENCE, ordered.next())
+            .await
+            .unwrap()
+        {
+            got.push(r);
+        }
+        assert_eq!(got.len(), 40);
+        for (x, r) in got.into_iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(v, (x * x) as u64),
+                // The worker dies on 13: its whole chunk (12..15) is lost with it.
+                Err(e) => {
+                    assert!((12..15).contains(&x), "item {x}: {e}");
+                    assert_eq!(e.kind(), ErrorKind::WorkerLost);
+                }
+            }
+        }
+        let unordered = pool
+            .imap_unordered(square, 0..100u64, Some(7))
+            .unwrap()
+            .into_stream();
+        let mut all: Vec<u64> = unordered.map(Result::unwrap).collect().await;
+        all.sort_unstable();
+        assert_eq!(all, (0..100u64).map(square).collect::<Vec<_>>());
+    });
+}

@@ -21,6 +21,8 @@ mod transport;
 mod worker;
 
 pub use builder::PoolBuilder;
+#[cfg(all(feature = "async", not(loom)))]
+pub use result::IMapStream;
 pub use result::{AsyncResult, IMapIter, MapResult};
 pub(crate) use result::{Pump, spin_pumping};
 pub(crate) use supervisor::TaskState;

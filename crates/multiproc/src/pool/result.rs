@@ -608,12 +608,17 @@ impl<R> MapResult<R> {
 #[derive(Clone)]
 pub(crate) struct IMapSender {
     tx: mpsc::Sender<(usize, usize, OwnedOutcome)>,
+    /// The task polling the iterator as a stream, if one does.
+    #[cfg(all(feature = "async", not(loom)))]
+    wakers: Arc<crate::aio::Wakers>,
 }
 
 impl IMapSender {
     pub(crate) fn send(&self, start: usize, n: usize, outcome: TaskOutcome<'_>) {
         // The iterator may be gone: then nobody wants the results.
         let _ = self.tx.send((start, n, outcome.map(<[u8]>::to_vec)));
+        #[cfg(all(feature = "async", not(loom)))]
+        self.wakers.wake_all();
     }
 }
 
@@ -626,6 +631,8 @@ pub struct IMapIter<R> {
     yielded: usize,
     ordered: bool,
     early: BTreeMap<usize, Result<R>>,
+    #[cfg(all(feature = "async", not(loom)))]
+    wakers: Arc<crate::aio::Wakers>,
     _value: PhantomData<fn() -> R>,
 }
 
@@ -641,15 +648,61 @@ impl<R> fmt::Debug for IMapIter<R> {
 impl<R: DeserializeOwned + 'static> IMapIter<R> {
     pub(crate) fn new(total: usize, ordered: bool) -> (Self, IMapSender) {
         let (tx, rx) = mpsc::channel();
+        #[cfg(all(feature = "async", not(loom)))]
+        let wakers = Arc::new(crate::aio::Wakers::default());
         let iter = IMapIter {
             rx,
             total,
             yielded: 0,
             ordered,
             early: BTreeMap::new(),
+            #[cfg(all(feature = "async", not(loom)))]
+            wakers: wakers.clone(),
             _value: PhantomData,
         };
-        (iter, IMapSender { tx })
+        let sender = IMapSender {
+            tx,
+            #[cfg(all(feature = "async", not(loom)))]
+            wakers,
+        };
+        (iter, sender)
+    }
+
+    /// The next result in turn among those received, if it is there.
+    fn take_early(&mut self) -> Option<Result<R>> {
+        let item = if self.ordered {
+            self.early.remove(&self.yielded)
+        } else {
+            self.early.pop_first().map(|(_, item)| item)
+        };
+        if item.is_some() {
+            self.yielded += 1;
+        }
+        item
+    }
+
+    /// Decodes a chunk's results into the ones waiting their turn.
+    fn absorb(&mut self, (start, n, outcome): (usize, usize, OwnedOutcome)) {
+        let bytes;
+        let outcome = match outcome {
+            Ok(b) => {
+                bytes = b;
+                Ok(bytes.as_slice())
+            }
+            Err(e) => Err(e),
+        };
+        for (i, item) in expand::<R>(n, outcome).into_iter().enumerate() {
+            self.early.insert(start + i, item);
+        }
+    }
+
+    /// The pool went before the results came: the end, with that error.
+    fn cut_short(&mut self) -> Option<Result<R>> {
+        self.yielded = self.total;
+        Some(Err(Error::invalid(
+            "pool",
+            "terminated before the results came",
+        )))
     }
 
     /// The next result, waiting at most `timeout` (Python's `next(timeout)`); `None` at the
@@ -667,13 +720,7 @@ impl<R: DeserializeOwned + 'static> IMapIter<R> {
             return None;
         }
         loop {
-            if self.ordered {
-                if let Some(item) = self.early.remove(&self.yielded) {
-                    self.yielded += 1;
-                    return Some(item);
-                }
-            } else if let Some((_, item)) = self.early.pop_first() {
-                self.yielded += 1;
+            if let Some(item) = self.take_early() {
                 return Some(item);
             }
             let received = match deadline {
@@ -687,27 +734,9 @@ impl<R: DeserializeOwned + 'static> IMapIter<R> {
                     }),
             };
             match received {
-                Ok((start, n, outcome)) => {
-                    let bytes;
-                    let outcome = match outcome {
-                        Ok(b) => {
-                            bytes = b;
-                            Ok(bytes.as_slice())
-                        }
-                        Err(e) => Err(e),
-                    };
-                    for (i, item) in expand::<R>(n, outcome).into_iter().enumerate() {
-                        self.early.insert(start + i, item);
-                    }
-                }
+                Ok(chunk) => self.absorb(chunk),
                 Err(Some(())) => return Some(Err(Error::timeout("pool imap", timeout))),
-                Err(None) => {
-                    self.yielded = self.total;
-                    return Some(Err(Error::invalid(
-                        "pool",
-                        "terminated before the results came",
-                    )));
-                }
+                Err(None) => return self.cut_short(),
             }
         }
     }
@@ -722,6 +751,77 @@ impl<R: DeserializeOwned + 'static> Iterator for IMapIter<R> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.total - self.yielded;
+        (left, Some(left))
+    }
+}
+
+impl<R: DeserializeOwned + 'static> IMapIter<R> {
+    /// The results as a [`Stream`](futures_core::Stream) (feature `async`): each item's
+    /// result as it becomes available (in item order for `imap`), the pool's result-handler
+    /// thread waking the polling task; no thread waits for it.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use multiproc::Pool;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let results = pool.imap(square, 0..10u64, Some(3))?.into_stream();
+    /// let got: Vec<u64> = futures::executor::block_on(results.map(Result::unwrap).collect());
+    /// assert_eq!(got, (0..10).map(square).collect::<Vec<_>>());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn into_stream(self) -> IMapStream<R> {
+        IMapStream(self)
+    }
+}
+
+/// The results of [`Pool::imap`](crate::Pool::imap) and
+/// [`Pool::imap_unordered`](crate::Pool::imap_unordered) as a stream: see
+/// [`IMapIter::into_stream`]. Dropping it drops the results not yet taken.
+#[cfg(all(feature = "async", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+#[derive(Debug)]
+pub struct IMapStream<R>(IMapIter<R>);
+
+#[cfg(all(feature = "async", not(loom)))]
+impl<R: DeserializeOwned + 'static> futures_core::Stream for IMapStream<R> {
+    type Item = Result<R>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<R>>> {
+        use std::task::Poll;
+        let this = &mut self.0;
+        let mut registered = false;
+        loop {
+            if this.yielded >= this.total {
+                return Poll::Ready(None);
+            }
+            if let Some(item) = this.take_early() {
+                return Poll::Ready(Some(item));
+            }
+            match this.rx.try_recv() {
+                Ok(chunk) => this.absorb(chunk),
+                Err(mpsc::TryRecvError::Disconnected) => return Poll::Ready(this.cut_short()),
+                Err(mpsc::TryRecvError::Empty) if registered => return Poll::Pending,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // Registered, then looked at once more: a chunk sent after that wakes us.
+                    this.wakers.register(cx.waker());
+                    registered = true;
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.0.total - self.0.yielded;
         (left, Some(left))
     }
 }
