@@ -1,6 +1,6 @@
 //! Awaiting locks, semaphores and barriers shared with other processes (feature `async`):
 //! released, taken over from an owner that was killed, cancelled acquires that hold nothing,
-//! and a cancelled barrier wait that breaks the barrier.
+//! a cancelled barrier wait that breaks the barrier, and condition waits.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::Guarded;
-use multiproc::{Barrier, ErrorKind, Event, Lock, Process, RLock, Semaphore};
+use multiproc::{Barrier, Condition, ErrorKind, Event, Lock, Process, RLock, Semaphore, Value};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -227,4 +227,44 @@ fn a_barrier_is_awaited_beside_blocking_parties_and_a_cancelled_wait_breaks_it()
     let other = Guarded::new(Process::new(meet, b.clone()).start().unwrap());
     let got = other.into_inner().into_result().unwrap();
     assert_eq!(got, Err(format!("{:?}", ErrorKind::BrokenBarrier)));
+}
+
+fn set_and_notify((cond, ready, go): (Condition, Value<u32>, Event)) {
+    go.wait();
+    let _held = cond.acquire().unwrap();
+    ready.set(1);
+    cond.notify_all();
+}
+
+#[test]
+fn a_condition_is_awaited_and_a_cancelled_wait_holds_nothing() {
+    let (cond, ready, go) = (
+        Condition::new().unwrap(),
+        Value::new(0u32).unwrap(),
+        Event::new().unwrap(),
+    );
+    let child = Guarded::new(
+        Process::new(set_and_notify, (cond.clone(), ready.clone(), go.clone()))
+            .start()
+            .unwrap(),
+    );
+    futures::executor::block_on(async {
+        let mut held = cond.acquire_async().await.unwrap();
+        // The other process can only notify once this one waits (it needs the lock).
+        go.set();
+        while ready.get() == 0 {
+            held = held.wait_async().await.unwrap();
+        }
+        drop(held);
+    });
+    child.into_inner().join().unwrap();
+
+    // A wait dropped before it completes leaves the lock free.
+    let held = cond.try_acquire().unwrap().expect("free");
+    let waiting = held.wait_async();
+    drop(waiting);
+    assert!(
+        cond.try_acquire().unwrap().is_some(),
+        "the cancelled wait kept the lock"
+    );
 }

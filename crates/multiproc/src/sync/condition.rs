@@ -133,6 +133,27 @@ impl Condition {
         wrap_timed(how, || self.guard(), ConditionLayout::WHAT)
     }
 
+    /// Waits for the condition's lock, as a future: the form of [`acquire`](Self::acquire)
+    /// to `.await` (feature `async`). As [`Lock::acquire_async`](crate::Lock::acquire_async):
+    /// the guard is not `Send`; cancel-safe.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if it was taken over from a dead owner.
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn acquire_async(
+        &self,
+    ) -> impl std::future::Future<Output = LockResult<ConditionGuard<'_>>> + Send + '_ {
+        use crate::aio::{Attempt, WaitFor};
+        let mut waiting_since = None;
+        WaitFor::new(
+            move || match self.layout().lock.lock_attempt(&mut waiting_since) {
+                Attempt::Done(how) => Attempt::Done(wrap(how, self.guard(), ConditionLayout::WHAT)),
+                Attempt::Wait(park) => Attempt::Wait(park),
+            },
+        )
+    }
+
     /// Wakes up to `n` waiters. Python requires the lock for this; here it is optional.
     pub fn notify(&self, n: u32) {
         let l = self.layout();
@@ -166,7 +187,7 @@ pub struct ConditionGuard<'a> {
     _not_send: PhantomData<*const ()>,
 }
 
-impl ConditionGuard<'_> {
+impl<'a> ConditionGuard<'a> {
     /// Releases the lock, waits for a notify, and takes the lock back.
     ///
     /// # Errors
@@ -232,6 +253,47 @@ impl ConditionGuard<'_> {
             Acquired::Clean => Ok(waited == FutexWait::Woken),
             Acquired::OwnerDied { pid } => Err(OwnerDied::new((), ConditionLayout::WHAT, pid)),
         }
+    }
+
+    /// Releases the lock, waits for a notify, and takes the lock back, as a future: the
+    /// form of [`wait`](Self::wait) to `.await` (feature `async`). It takes the guard and
+    /// gives it back, so that a cancelled wait leaves no guard behind that does not hold the
+    /// lock: the lock is released when this is called, and a future dropped before it
+    /// completes holds nothing. Wake-ups can be spurious, as for `wait`.
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the guard) if the lock had to be taken over from a dead owner on
+    /// the way back.
+    #[cfg(all(feature = "async", not(loom)))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn wait_async(
+        self,
+    ) -> impl std::future::Future<Output = LockResult<ConditionGuard<'a>>> + 'a {
+        use crate::aio::{Attempt, Park, Sleeper, WaitFor, Word};
+        let cond = self.cond;
+        let l = cond.layout();
+        let seq = l.seq.load(Ordering::Relaxed);
+        let mut counted = Some(Sleeper::count(&l.sleepers));
+        // The lock is released here, not by the guard.
+        std::mem::forget(self);
+        // SAFETY: the guard proved this thread holds the lock, and it is gone.
+        unsafe { l.lock.unlock() };
+        let mut notified = false;
+        let mut waiting_since = None;
+        WaitFor::new(move || {
+            if !notified {
+                drop(counted.take());
+                let sleeper = Sleeper::count(&l.sleepers);
+                if l.seq.load(Ordering::Acquire) == seq {
+                    return Attempt::Wait(Park::all(Word::U32(&l.seq), seq, Some(sleeper)));
+                }
+                notified = true;
+            }
+            match l.lock.lock_attempt(&mut waiting_since) {
+                Attempt::Done(how) => Attempt::Done(wrap(how, cond.guard(), ConditionLayout::WHAT)),
+                Attempt::Wait(park) => Attempt::Wait(park),
+            }
+        })
     }
 
     /// Wakes up to `n` waiters (see [`Condition::notify`]).
