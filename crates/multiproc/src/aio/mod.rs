@@ -18,6 +18,9 @@ use std::time::Instant;
 
 pub(crate) use words::{Notify, Word, reactor};
 
+/// Something that keeps a watched word's memory mapped (a shared segment).
+pub(crate) type KeepAlive = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
 /// What one try of an operation found.
 pub(crate) enum Attempt<'a, T> {
     /// Done, with this outcome.
@@ -38,6 +41,10 @@ pub(crate) struct Park<'a> {
     pub(crate) recheck: Option<Instant>,
     /// The count of sleepers the other side looks at before it wakes, while waiting.
     pub(crate) sleeper: Option<Sleeper<'a>>,
+    /// Keeps the word's memory mapped, so that the reactor may go on watching it a while
+    /// after its waiters went (a future that waits again soon then costs the reactor no
+    /// wake-up).
+    pub(crate) keep: Option<KeepAlive>,
 }
 
 impl<'a> Park<'a> {
@@ -49,6 +56,7 @@ impl<'a> Park<'a> {
             notify: Notify::One,
             recheck: None,
             sleeper,
+            keep: None,
         }
     }
 
@@ -60,6 +68,7 @@ impl<'a> Park<'a> {
             notify: Notify::All,
             recheck: None,
             sleeper,
+            keep: None,
         }
     }
 }
@@ -149,13 +158,7 @@ where
         match (this.attempt)() {
             Attempt::Done(v) => Poll::Ready(v),
             Attempt::Wait(park) => {
-                let registration = reactor().register(
-                    park.word,
-                    park.expected,
-                    park.notify,
-                    park.recheck,
-                    cx.waker(),
-                );
+                let registration = reactor().register(&park, cx.waker());
                 this.parked = Some(Parked {
                     registration,
                     word: park.word,

@@ -14,7 +14,10 @@
 //!
 //! The words live in shared mappings that futures borrow: a word is read here only under the
 //! reactor's lock while a registration for it exists, and a registration ends (under the
-//! lock) before its future, and so the mapping, can go. The kernel may still be handed an
+//! lock) before its future, and so the mapping, can go. A registrant may also hand over a
+//! reference that keeps the mapping (a queue's segment): its word is then watched on for a
+//! moment after its last waiter went, so that a future waiting again soon (a ping-pong's next
+//! `get`) finds the thread already watching it. The kernel may still be handed an
 //! address whose mapping went meanwhile; it reads it or reports a fault, and the thread looks
 //! again.
 
@@ -30,6 +33,11 @@ use crate::sync::IgnorePoison;
 /// How many words one thread watches with `futex_waitv` (the kernel takes 128, one of which
 /// is the thread's own).
 const WORDS_PER_THREAD: usize = 127;
+
+/// How long a word whose memory the reactor keeps mapped is still watched after its last
+/// waiter went, while it does not change: a future that waits on it again meanwhile (the
+/// next `get` of a ping-pong) registers without waking the thread.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A futex word as the other side writes it.
 #[derive(Clone, Copy)]
@@ -92,8 +100,8 @@ impl RawWord {
     /// Reads the word.
     ///
     /// # Safety
-    /// A registration for it exists (so its mapping is alive), and the caller holds the
-    /// reactor's lock (so the registration cannot end meanwhile).
+    /// A registration for it exists, or its entry keeps its memory mapped (so the mapping is
+    /// alive), and the caller holds the reactor's lock (so neither can end meanwhile).
     unsafe fn load(self) -> u32 {
         match self {
             // SAFETY: the caller's promise: the word lives.
@@ -130,6 +138,21 @@ struct Entry {
     waiting: VecDeque<Arc<Slot>>,
     /// The thread that watches it.
     thread: usize,
+    /// Keeps the word's memory mapped, if its registrant gave the means.
+    keep: Option<super::KeepAlive>,
+    /// Since when nobody waits on it (it is watched on a while if `keep` is set).
+    idle_since: Option<Instant>,
+}
+
+impl Entry {
+    /// Its last waiter went: whether it must go too (it may linger if its memory is kept).
+    fn emptied(&mut self, now: Instant) -> bool {
+        if self.keep.is_none() {
+            return true;
+        }
+        self.idle_since = Some(now);
+        false
+    }
 }
 
 /// A thread's own word, by which it learns that its words changed.
@@ -232,7 +255,7 @@ impl Drop for Registration<'_> {
             return;
         };
         entry.waiting.retain(|s| !Arc::ptr_eq(s, &self.slot));
-        if entry.waiting.is_empty() {
+        if entry.waiting.is_empty() && entry.emptied(Instant::now()) {
             let thread = entry.thread;
             state.entries.remove(&self.key);
             state.load[thread] -= 1;
@@ -250,12 +273,11 @@ impl Reactor {
     /// read `expected` after that, as a blocking waiter would before `futex_wait`.
     pub(crate) fn register<'a>(
         &'static self,
-        word: Word<'a>,
-        expected: u32,
-        notify: Notify,
-        recheck: Option<Instant>,
+        park: &super::Park<'a>,
         waker: &Waker,
     ) -> Registration<'a> {
+        let (word, expected, notify, recheck) =
+            (park.word, park.expected, park.notify, park.recheck);
         let key = word.futex_addr();
         let slot = Arc::new(Slot {
             waker: Mutex::new(waker.clone()),
@@ -267,22 +289,32 @@ impl Reactor {
                 Some(e) => e.thread,
                 None => self.thread_with_room(&mut state),
             };
-            let entry = state.entries.entry(key).or_insert_with(|| Entry {
-                word: word.raw(),
-                expected,
-                notify,
-                recheck: None,
-                waiting: VecDeque::new(),
-                thread,
+            let mut fresh = false;
+            state.entries.entry(key).or_insert_with(|| {
+                fresh = true;
+                Entry {
+                    word: word.raw(),
+                    expected,
+                    notify,
+                    recheck: None,
+                    waiting: VecDeque::new(),
+                    thread,
+                    keep: None,
+                    idle_since: None,
+                }
             });
-            let fresh = entry.waiting.is_empty();
             if fresh {
                 state.load[thread] += 1;
             }
             let entry = state.entries.get_mut(&key).expect("just inserted");
+            // A lingering entry still watched for the same value needs no wake-up.
             let changed = fresh || entry.expected != expected;
             entry.expected = expected;
             entry.word = word.raw();
+            entry.idle_since = None;
+            if entry.keep.is_none() {
+                entry.keep = park.keep.clone();
+            }
             if let Some(at) = recheck
                 && entry.recheck.is_none_or(|r| at < r)
             {
@@ -312,8 +344,9 @@ impl Reactor {
                 .get_mut(&key)
                 .and_then(take_one)
                 .map(|(w, emptied)| {
-                    if emptied {
-                        let thread = state.entries[&key].thread;
+                    let entry = state.entries.get_mut(&key).expect("just seen");
+                    if emptied && entry.emptied(Instant::now()) {
+                        let thread = entry.thread;
                         state.entries.remove(&key);
                         state.load[thread] -= 1;
                     }
@@ -354,7 +387,12 @@ impl Reactor {
                 let mine = state.entries.iter().filter(|(_, e)| e.thread == me);
                 let words: Vec<(usize, u32)> =
                     mine.clone().map(|(&k, e)| (k, e.expected)).collect();
-                let recheck = mine.filter_map(|(_, e)| e.recheck).min();
+                let recheck = mine
+                    .filter_map(|(_, e)| match (e.recheck, e.idle_since) {
+                        (Some(r), Some(i)) => Some(r.min(i + LINGER)),
+                        (r, i) => r.or(i.map(|i| i + LINGER)),
+                    })
+                    .min();
                 (words, recheck)
             };
             let woken = if self.waitv {
@@ -387,9 +425,19 @@ impl Reactor {
             let mut state = self.lock();
             let mut emptied = Vec::new();
             for (&key, entry) in state.entries.iter_mut().filter(|(_, e)| e.thread == me) {
-                // SAFETY: the entry exists, so a registration for its word does, and we hold
-                // the lock.
+                // SAFETY: the entry exists, so a registration for its word does or its memory
+                // is kept mapped (`keep`), and we hold the lock.
                 let now_value = unsafe { entry.word.load() };
+                if entry.waiting.is_empty() {
+                    // Lingering: it goes once it changes (nobody to tell) or has been idle long
+                    // enough.
+                    if now_value != entry.expected
+                        || entry.idle_since.is_none_or(|i| i + LINGER <= now)
+                    {
+                        emptied.push(key);
+                    }
+                    continue;
+                }
                 let due = entry.recheck.is_some_and(|r| r <= now);
                 if now_value == entry.expected && woken != Some(key) && !due {
                     continue;
@@ -416,7 +464,7 @@ impl Reactor {
                         }
                     }
                 }
-                if entry.waiting.is_empty() {
+                if entry.waiting.is_empty() && entry.emptied(now) {
                     emptied.push(key);
                 }
             }

@@ -204,6 +204,13 @@ impl<L: Layout> Shared<L> {
     }
 
     /// The layout at the start of the segment.
+    /// A reference that keeps the mapping (and so every word in it) alive, for the async
+    /// reactor to go on watching a word after its waiters went.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn keep_alive(&self) -> crate::aio::KeepAlive {
+        self.segment.clone()
+    }
+
     pub(crate) fn layout(&self) -> &L {
         // SAFETY: the segment holds at least `size_of::<L>()` bytes, page-aligned; `L` is valid
         // for any bytes our code writes (all-zero included) and is only accessed through `&L`.

@@ -73,7 +73,9 @@ impl ShmQueue {
             let sleeper = Sleeper::count(sleepers);
             let seen = tail.load();
             if ring.is_empty() {
-                return Attempt::Wait(Park::one(tail, seen, Some(sleeper)));
+                let mut park = Park::one(tail, seen, Some(sleeper));
+                park.keep = Some(self.shared.keep_alive());
+                return Attempt::Wait(park);
             }
             drop(sleeper);
             if let Some(park) = wait_for_lock(lock, tail) {
@@ -135,7 +137,9 @@ impl ShmQueue {
             let sleeper = Sleeper::count(sleepers);
             let seen = head.load();
             if ring.is_full(frame) {
-                return Attempt::Wait(Park::one(head, seen, Some(sleeper)));
+                let mut park = Park::one(head, seen, Some(sleeper));
+                park.keep = Some(self.shared.keep_alive());
+                return Attempt::Wait(park);
             }
             drop(sleeper);
             if !lock.is_locked() {
