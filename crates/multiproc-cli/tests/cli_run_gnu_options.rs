@@ -1018,6 +1018,14 @@ fn optional_values_counts_with_suffixes_and_repeated_flags_match_gnu() {
         args.push("echo");
         same_as_gnu(&args, &many);
     }
+    // -i takes the next word as the replacement string unless it is an option, as -e does;
+    // -L, -N and -E take the next word even when it starts with a dash (GNU's par_opt_arg_eaten).
+    let nul = b"1\x002\x003\x00";
+    same_as_gnu(&["-k", "-0", "-i", "repl", "echo", "repl", "OK"], nul);
+    same_as_gnu(&["-k", "-i", "-0", "echo", "{}", "OK"], nul);
+    same_as_gnu(&["-k", "-iXX", "echo", "XX", ":::", "a"], b"");
+    same_as_gnu(&["-k", "-0", "-L", "-0", "echo", "{}", "OK"], nul);
+    same_as_gnu(&["-k", "-E", "-x", "echo"], b"a\n-x\nb\n");
     // A flag given twice is the flag once; -vv is -v.
     same_as_gnu(&["-k", "-k", "-vv", "echo", ":::", "1", "2"], b"");
     same_as_gnu(

@@ -94,11 +94,21 @@ pub struct Run {
     )]
     max_args: Option<usize>,
     /// As -n, GNU parallel's spelling for "and {1}..{N} name them" (which -n does too).
-    #[arg(short = 'N', value_name = "N", value_parser = parse_count)]
+    #[arg(
+        short = 'N',
+        value_name = "N",
+        value_parser = parse_count,
+        allow_hyphen_values = true
+    )]
     max_replace_args: Option<usize>,
     /// Take N lines per job; a line ending in a blank goes on on the next one (-l alone,
     /// or -lN, as GNU parallel: -L 1, -L N).
-    #[arg(short = 'L', value_name = "N", value_parser = parse_count)]
+    #[arg(
+        short = 'L',
+        value_name = "N",
+        value_parser = parse_count,
+        allow_hyphen_values = true
+    )]
     max_lines: Option<usize>,
     /// As -L (alone: 1).
     #[arg(
@@ -127,7 +137,7 @@ pub struct Run {
     )]
     max_chars: Option<usize>,
     /// Stop reading a source at a record equal to EOF (empty: none).
-    #[arg(short = 'E', value_name = "EOF")]
+    #[arg(short = 'E', value_name = "EOF", allow_hyphen_values = true)]
     eof: Option<String>,
     /// As -E; also -eEOF, and -e/--eof take the next word when it is no option, as GNU
     /// parallel does (alone: no EOF).
@@ -655,16 +665,19 @@ pub fn gnu_words(words: Vec<OsString>) -> Vec<OsString> {
             out.push(w);
             break;
         }
-        if text == "-e" || text == "--eof" {
-            // An optional value, as GNU parallel's: the next word unless it is an option.
+        // GNU parallel's options with an optional value (`-e`/`--eof`, `-i`/`--replace`) take
+        // the next word unless it is an option, and an attached one (`-eEOF`, `-iSTR`).
+        let optional = [("-e", "--eof", ""), ("-i", "--replace", "{}")];
+        if let Some(&(_, long, alone)) = optional.iter().find(|(s, l, _)| text == *s || text == *l)
+        {
             let v = words.next_if(|v| !v.to_string_lossy().starts_with('-'));
-            let mut eof = OsString::from("--eof=");
-            eof.push(v.unwrap_or_default());
-            out.push(eof);
+            let mut opt = OsString::from(format!("{long}="));
+            opt.push(v.unwrap_or_else(|| alone.into()));
+            out.push(opt);
             continue;
         }
-        if let Some(v) = text.strip_prefix("-e") {
-            out.push(OsString::from(format!("--eof={v}")));
+        if let Some(&(short, long, _)) = optional.iter().find(|(s, _, _)| text.starts_with(s)) {
+            out.push(OsString::from(format!("{long}={}", &text[short.len()..])));
             continue;
         }
         if text == "--max-lines" {
