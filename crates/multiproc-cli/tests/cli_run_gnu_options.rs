@@ -661,6 +661,13 @@ fn eta_and_progress_write_gnus_lines() {
             assert!(err.contains(last), "{option}: {err}");
         }
     }
+    // The bar's last drawing, reverse video up to the percentage and 80 columns wide where
+    // there is no terminal, as GNU's (par_bug43654).
+    let last_bar = |err: &str| err.rsplit('\r').next().unwrap_or("").to_string();
+    let args = ["--bar", "-j1", "true", "{.}", ":::", "1", "2", "3"];
+    let mine = last_bar(&ours(&args, b"").err);
+    assert_eq!(mine, last_bar(&gnu_in(None, &args, b"").err));
+    assert!(mine.starts_with("\x1b[7m100% 3:0=0s 3 "), "{mine:?}");
     // No job at all (GNU's par_eta, par_progress): no column header, and `0` where the
     // computers go.
     for (option, line) in [

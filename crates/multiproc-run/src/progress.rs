@@ -96,22 +96,53 @@ impl Meter {
                 format!("ETA: {eta}s Left: {left} AVG: {avg:.2}s  {host}").as_bytes(),
             ),
             Style::Bar => {
-                let pct = match self.total {
-                    Some(t) if t > 0 => done * 100 / t,
-                    _ => 0,
-                };
-                // First the percentage alone, as GNU parallel writes it for `zenity --progress`
-                // (a number, then a carriage return), then the bar's text.
-                let exact = match self.total {
-                    Some(t) if t > 0 => done as f64 * 100.0 / t as f64,
+                let frac = match self.total {
+                    Some(t) if t > 0 && done > 0 => (done as f64 / t as f64).min(1.0),
                     _ => 0.0,
                 };
-                line.extend_from_slice(format!("{}\r", perl_number(exact)).as_bytes());
-                line.extend_from_slice(format!("{pct}% {done}:{left}={eta}s ").as_bytes());
-                line.extend_from_slice(last);
+                line = gnu_bar(frac, done, left, eta, &String::from_utf8_lossy(last));
             }
         }
         line
+    }
+}
+
+/// GNU parallel's `--bar` as text (where no terminal draws it), for `done` of `done + left`
+/// jobs (`frac` of them), `eta` seconds to go, the last job's arguments `arg`: a line for
+/// `zenity --progress` (`#   ETA sec ARG`), the percentage alone, then the bar itself, 80
+/// columns (GNU's width without a terminal) in reverse video up to the percentage done.
+fn gnu_bar(frac: f64, done: u64, left: u64, eta: u64, arg: &str) -> Vec<u8> {
+    const WIDTH: usize = 80;
+    let pad = |text: String| -> Vec<char> {
+        let mut c: Vec<char> = text.chars().take(WIDTH).collect();
+        c.resize(WIDTH, ' ');
+        c
+    };
+    let text = format!(
+        "{}% {done}:{left}={} {arg}",
+        (frac * 100.0) as u64,
+        seconds_to_time_units(eta)
+    );
+    let mut bar = pad(text);
+    let cut = (WIDTH as f64 * frac) as usize;
+    let (done_part, rest): (String, String) =
+        (bar.drain(..cut).collect(), bar.into_iter().collect());
+    let zenity: String = pad(format!("#   {eta} sec {arg}")).into_iter().collect();
+    format!(
+        "\r\r{zenity}\r{}\r\x1b[7m{done_part}\x1b[0m{rest}\x1b[0m",
+        perl_number(frac * 100.0)
+    )
+    .into_bytes()
+}
+
+/// GNU parallel's `seconds_to_time_units`: `5s`, `1m05s`, `2h01m05s`, `1d02h01m05s`.
+fn seconds_to_time_units(s: u64) -> String {
+    let (d, h, m, s) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m{s:02}s"),
+        _ => format!("{d}d{h:02}h{m:02}m{s:02}s"),
     }
 }
 
@@ -147,7 +178,14 @@ mod tests {
         assert!(eta.contains("  local:1/1/100%/"), "{eta}");
         m.style = Style::Bar;
         let bar = String::from_utf8(m.line(0, 3, b"c d")).expect("utf-8");
-        assert!(bar.starts_with("\r100\r100% 3:0=0s c d"), "{bar}");
+        let zenity = format!("#   0 sec c d{}", " ".repeat(80 - 13));
+        let text = format!("100% 3:0=0s c d{}", " ".repeat(80 - 15));
+        assert_eq!(
+            bar,
+            format!("\r\r{zenity}\r100\r\x1b[7m{text}\x1b[0m\x1b[0m")
+        );
+        assert_eq!(seconds_to_time_units(65), "1m05s");
+        assert_eq!(seconds_to_time_units(90_061), "1d01h01m01s");
         assert_eq!(perl_number(100.0 / 3.0), "33.3333333333333");
         assert_eq!(perl_number(50.0), "50");
         assert_eq!(perl_number(0.0), "0");
