@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
+use crate::local_lock::IgnorePoison;
 use crate::platform::{self, Poller};
-use crate::sync::IgnorePoison;
 
 struct Slot {
     waker: Mutex<Waker>,

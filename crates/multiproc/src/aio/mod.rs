@@ -180,7 +180,7 @@ impl Wakers {
     /// Registers `waker` (once: a future polled again keeps one entry). The caller looks at
     /// its condition again afterwards: a completion after that look wakes it.
     pub(crate) fn register(&self, waker: &std::task::Waker) {
-        use crate::sync::IgnorePoison;
+        use crate::local_lock::IgnorePoison;
         let mut all = self.0.lock().ignore_poison();
         if !all.iter().any(|w| w.will_wake(waker)) {
             all.push(waker.clone());
@@ -190,7 +190,7 @@ impl Wakers {
     /// Wakes and forgets every registered waker. The caller made its completion visible
     /// first.
     pub(crate) fn wake_all(&self) {
-        use crate::sync::IgnorePoison;
+        use crate::local_lock::IgnorePoison;
         let all = std::mem::take(&mut *self.0.lock().ignore_poison());
         for w in all {
             w.wake();

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
 
+use crate::local_lock::IgnorePoison;
 use crate::platform::{self, FutexWait, WaitvEnded};
-use crate::sync::IgnorePoison;
 
 /// How many words one thread watches with `futex_waitv` (the kernel takes 128, one of which
 /// is the thread's own).
@@ -74,10 +74,7 @@ impl Word<'_> {
 
     /// Wakes up to `n` sleepers on it, in any process.
     pub(crate) fn wake(self, n: u32) {
-        match self {
-            Word::U32(w) => platform::futex_wake(w, n),
-            Word::Low(w) => crate::sync::shim::futex_wake_low(w, n),
-        }
+        platform::futex_wake_at(self.futex_addr(), n);
     }
 
     /// A copy of the reference the reactor keeps while a registration lives.

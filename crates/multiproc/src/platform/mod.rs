@@ -52,7 +52,7 @@ pub(crate) use linux::futex::{
 };
 // Many futex words waited for at once, for the async waits.
 #[cfg(all(target_os = "linux", feature = "async", not(loom)))]
-pub(crate) use linux::futex::{WaitvEnded, futex_wait_at, futex_waitv};
+pub(crate) use linux::futex::{WaitvEnded, futex_wait_at, futex_waitv, futex_wake_at};
 // Readiness of many descriptors at once (epoll), for the async waits on descriptors.
 #[cfg(all(target_os = "linux", feature = "async", not(loom)))]
 pub(crate) use linux::poller::Poller;

@@ -207,7 +207,7 @@ impl<L: Layout> Shared<L> {
     /// A reference that keeps the mapping (and so every word in it) alive, for the async
     /// reactor to go on watching a word after its waiters went.
     #[cfg(all(feature = "async", not(loom)))]
-    pub(crate) fn keep_alive(&self) -> crate::aio::KeepAlive {
+    pub(crate) fn keep_alive(&self) -> Arc<dyn std::any::Any + Send + Sync> {
         self.segment.clone()
     }
 

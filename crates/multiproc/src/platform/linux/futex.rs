@@ -62,12 +62,18 @@ pub(crate) fn futex_wait_at(addr: usize, expected: u32, deadline: Option<Instant
 
 /// Wakes up to `count` threads (in any process) sleeping on `word`.
 pub(crate) fn futex_wake(word: &AtomicU32, count: u32) {
+    futex_wake_at(word.as_ptr() as usize, count)
+}
+
+/// [`futex_wake`] on a word given by its address (the low half of a 64-bit word, say);
+/// nothing reads it.
+pub(crate) fn futex_wake_at(addr: usize, count: u32) {
     let count = count.min(i32::MAX as u32);
-    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE only reads its address.
+    // SAFETY: FUTEX_WAKE only uses the address as a key (a bad one is EFAULT).
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            addr as *const u32,
             libc::FUTEX_WAKE,
             count,
             ptr::null::<libc::timespec>(),
