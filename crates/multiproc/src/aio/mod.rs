@@ -27,6 +27,20 @@ pub(crate) enum Attempt<'a, T> {
     Done(T),
     /// Not possible now: wait as this says, then try again.
     Wait(Park<'a>),
+    /// Not possible now: wait until this descriptor is readable (a pipe's socket), counted
+    /// as a sleeper meanwhile, then try again.
+    WaitReadable(std::os::fd::OwnedFd, Option<Sleeper<'a>>),
+}
+
+impl<'a, T> Attempt<'a, T> {
+    /// The same attempt with its outcome turned by `f`.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<'a, U> {
+        match self {
+            Attempt::Done(v) => Attempt::Done(f(v)),
+            Attempt::Wait(park) => Attempt::Wait(park),
+            Attempt::WaitReadable(fd, sleeper) => Attempt::WaitReadable(fd, sleeper),
+        }
+    }
 }
 
 /// How to wait before trying again.
@@ -93,20 +107,58 @@ impl Drop for Sleeper<'_> {
     }
 }
 
-/// A registration with the reactor, while the future waits.
-struct Parked<'a> {
-    registration: words::Registration<'a>,
-    word: Word<'a>,
-    /// Whether a notification not acted on must go to the next waiter (when dropped).
-    pass_on: bool,
-    _sleeper: Option<Sleeper<'a>>,
+/// A registration with a reactor, while the future waits.
+enum Parked<'a> {
+    /// On a word.
+    Word {
+        registration: words::Registration<'a>,
+        word: Word<'a>,
+        /// Whether a notification not acted on must go to the next waiter (when dropped).
+        pass_on: bool,
+        _sleeper: Option<Sleeper<'a>>,
+    },
+    /// On a descriptor (every waiter on it is told, as `poll` tells every poller).
+    Fd {
+        registration: fds::FdRegistration,
+        _sleeper: Option<Sleeper<'a>>,
+    },
+}
+
+impl Parked<'_> {
+    fn notified(&self) -> bool {
+        match self {
+            Parked::Word { registration, .. } => registration.notified(),
+            Parked::Fd { registration, .. } => registration.ready(),
+        }
+    }
+
+    fn set_waker(&self, waker: &std::task::Waker) {
+        match self {
+            Parked::Word { registration, .. } => registration.set_waker(waker),
+            Parked::Fd { registration, .. } => registration.set_waker(waker),
+        }
+    }
+
+    /// Acting on the notification now: nothing to pass on.
+    fn acted_on(&mut self) {
+        if let Parked::Word { pass_on, .. } = self {
+            *pass_on = false;
+        }
+    }
 }
 
 impl Drop for Parked<'_> {
     fn drop(&mut self) {
-        if self.pass_on && self.registration.notified() {
+        if let Parked::Word {
+            registration,
+            word,
+            pass_on: true,
+            ..
+        } = self
+            && registration.notified()
+        {
             // Cancelled after being told to try: the next waiter tries instead.
-            reactor().pass_on(self.word);
+            reactor().pass_on(*word);
         }
     }
 }
@@ -142,29 +194,42 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let this = &mut *self;
         if let Some(p) = &this.parked {
-            if !p.registration.notified() {
-                p.registration.set_waker(cx.waker());
+            if !p.notified() {
+                p.set_waker(cx.waker());
                 // Polled without news (a `select!`, a `join!`): wait on, unless the news came
                 // while the waker was being changed.
-                if !p.registration.notified() {
+                if !p.notified() {
                     return Poll::Pending;
                 }
             }
             if let Some(mut p) = this.parked.take() {
-                // Acting on the notification now: nothing to pass on.
-                p.pass_on = false;
+                p.acted_on();
             }
         }
         match (this.attempt)() {
             Attempt::Done(v) => Poll::Ready(v),
             Attempt::Wait(park) => {
                 let registration = reactor().register(&park, cx.waker());
-                this.parked = Some(Parked {
+                this.parked = Some(Parked::Word {
                     registration,
                     word: park.word,
                     pass_on: park.notify == Notify::One,
                     _sleeper: park.sleeper,
                 });
+                Poll::Pending
+            }
+            Attempt::WaitReadable(fd, sleeper) => {
+                let registered = fds::fd_reactor().and_then(|r| r.readable(fd, cx.waker()));
+                match registered {
+                    Ok(registration) => {
+                        this.parked = Some(Parked::Fd {
+                            registration,
+                            _sleeper: sleeper,
+                        });
+                    }
+                    // No epoll here (no descriptors left): look again soon rather than hang.
+                    Err(_) => cx.waker().wake_by_ref(),
+                }
                 Poll::Pending
             }
         }

@@ -245,6 +245,89 @@ impl<T: DeserializeOwned> Connection<T> {
     }
 }
 
+#[cfg(all(feature = "async", not(loom)))]
+impl<T: Serialize> Connection<T> {
+    /// Sends one value, as a future: the form of [`send`](Self::send) to `.await`, on any
+    /// executor (feature `async`). It waits (without a thread) for room in the pipe's ring
+    /// when the receiver is behind. A value that carries handles, or is larger than a
+    /// quarter of the ring (16 KiB), is written to the socket whole once there is room for
+    /// its marker.
+    ///
+    /// **Cancel-safe** in that the value was sent if and only if the future completed with
+    /// `Ok`; dropped before, nothing was sent.
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn send_async(
+        &self,
+        value: &T,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + '_ {
+        use crate::aio::{Attempt, WaitFor};
+        let encoded = self.check_writable().and_then(|()| {
+            let mut buf = Vec::new();
+            let fds = share::encode_into(WHAT, value, &mut buf)?;
+            Ok((buf, fds))
+        });
+        let (mut as_waiter, mut spun) = (false, false);
+        WaitFor::new(move || match &encoded {
+            Ok((buf, fds)) => {
+                self.end
+                    .send_attempt(FrameKind::Value, buf, fds, &mut as_waiter, &mut spun)
+            }
+            Err(e) => Attempt::Done(Err(e.clone())),
+        })
+    }
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+impl<T: DeserializeOwned> Connection<T> {
+    /// Receives one value, as a future: the form of [`recv`](Self::recv) to `.await`, on any
+    /// executor (feature `async`). The end's socket is watched by the process's epoll thread
+    /// while the ring is empty; no thread waits for it.
+    ///
+    /// **Cancel-safe**: a message is taken only in the poll that returns it, so dropping the
+    /// future loses nothing.
+    ///
+    /// # Errors
+    /// As for [`recv`](Self::recv): [`Error::Closed`] once the other end is gone and every
+    /// message was read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Connection, Pipe, Process};
+    ///
+    /// let (ours, theirs) = Pipe::new::<String>(true)?;
+    /// let mut child = Process::new(|c: Connection<String>| c.send(&"hi".into()).unwrap(), theirs)
+    ///     .start()?;
+    /// assert_eq!(futures::executor::block_on(ours.recv_async())?, "hi");
+    /// child.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn recv_async(&self) -> impl std::future::Future<Output = Result<T>> + Send + '_ {
+        use crate::aio::{Attempt, WaitFor};
+        let readable = self.check_readable();
+        let (mut as_waiter, mut spun) = (false, false);
+        let mut decode = Some(|kind, body: Body<'_>, fds: Vec<OwnedFd>| {
+            if kind != FrameKind::Value {
+                return Err(Error::protocol(
+                    WHAT,
+                    "expected a value but the message was sent with send_bytes",
+                ));
+            }
+            share::decode(WHAT, body.as_slice(), fds)
+        });
+        WaitFor::new(move || match &readable {
+            Ok(()) => self
+                .end
+                .recv_attempt(&mut as_waiter, &mut spun, &mut decode),
+            Err(e) => Attempt::Done(Err(e.clone())),
+        })
+    }
+}
+
 /// The pipe's socket. Messages do not pass through it (they go through shared memory): it
 /// becomes readable when the other end is gone, but not reliably when a message arrives, so
 /// wait for messages with [`Connection::poll`].

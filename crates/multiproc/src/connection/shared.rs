@@ -244,9 +244,7 @@ impl PipeEnd {
             return Err(closed());
         }
         let ring = self.outbound();
-        let on_socket = !fds.is_empty() || payload.len() > ring.capacity() as usize / 4;
-        let inline: &[u8] = if on_socket { &[] } else { payload };
-        let frame = frame_len(inline.len()).expect("inline messages are small");
+        let frame = Self::frame_for(&ring, payload, fds);
         let mut producer = ring
             .producer(None)
             .ok_or_else(|| Error::timeout(WHAT, Duration::MAX))?;
@@ -259,6 +257,20 @@ impl PipeEnd {
                 return Err(closed());
             }
         }
+        self.publish(producer, kind, payload, fds)
+    }
+
+    /// Sends one message, holding the producer lock with room made for it (`send`'s second
+    /// half).
+    fn publish(
+        &self,
+        mut producer: crate::sync::ring::Producer<'_, '_>,
+        kind: FrameKind,
+        payload: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<()> {
+        let on_socket = Self::on_socket(&self.outbound(), payload, fds);
+        let inline: &[u8] = if on_socket { &[] } else { payload };
         let ring_kind = kind as u32 | if on_socket { ON_SOCKET } else { 0 };
         let asleep = producer.publish_unwoken(ring_kind, inline);
         if on_socket {
@@ -273,6 +285,22 @@ impl PipeEnd {
         Ok(())
     }
 
+    /// Whether a message goes on the socket (it carries descriptors or is large), its marker
+    /// in the ring.
+    fn on_socket(ring: &Ring<'_>, payload: &[u8], fds: &[OwnedFd]) -> bool {
+        !fds.is_empty() || payload.len() > ring.capacity() as usize / 4
+    }
+
+    /// The ring bytes a message takes.
+    fn frame_for(ring: &Ring<'_>, payload: &[u8], fds: &[OwnedFd]) -> u32 {
+        let inline = if Self::on_socket(ring, payload, fds) {
+            0
+        } else {
+            payload.len()
+        };
+        frame_len(inline).expect("inline messages are small")
+    }
+
     /// Receives one message and hands it to `decode` (outside the ring's lock).
     pub(super) fn recv<R>(
         &self,
@@ -281,7 +309,7 @@ impl PipeEnd {
     ) -> Result<R> {
         let started = Instant::now();
         let ring = self.inbound();
-        let mut consumer =
+        let consumer =
             wait_frame(&ring, &self.sock.as_fd(), deadline).map_err(|end| match end {
                 WaitEnd::Eof => closed(),
                 WaitEnd::Timeout => Error::timeout(
@@ -290,6 +318,16 @@ impl PipeEnd {
                 ),
                 WaitEnd::Failed(e) => e,
             })?;
+        self.take(consumer, decode)
+    }
+
+    /// Takes the message `consumer` (holding the consumer lock) found, and hands it to
+    /// `decode` (outside the ring's lock).
+    fn take<R>(
+        &self,
+        mut consumer: Consumer<'_, '_>,
+        decode: impl FnOnce(FrameKind, Body<'_>, Vec<OwnedFd>) -> Result<R>,
+    ) -> Result<R> {
         let max_len = self.max_len.load(Ordering::Relaxed);
         // A message in the ring is handed to `decode` where it lies (a copy saved), holding
         // the consumer lock for as long as that takes.
@@ -622,5 +660,158 @@ mod loom_tests {
             assert_eq!(recv(&ring, &bell), None);
             sender.join().unwrap();
         });
+    }
+}
+
+/// The awaitable waits of a pipe end (feature `async`): attempts that receive or send without
+/// waiting, and otherwise say what to wait on (see `crate::aio`). The protocol is the blocking
+/// one's: a receiver with an empty ring counts itself asleep and waits for its socket to
+/// become readable (in the process's epoll thread instead of `poll`), then reads one doorbell
+/// under the consumer lock. A doorbell is read only in the same hold of the lock as the frame
+/// it may stand for, so a cancelled receive never swallows another sleeper's wake-up.
+#[cfg(all(feature = "async", not(loom)))]
+mod awaiting {
+    use std::os::fd::AsFd;
+    use std::time::Instant;
+
+    use super::{
+        Body, FrameKind, PipeEnd, ROOM_CHECK, WaitEnd, closed, io_error, send_error, take_doorbell,
+    };
+    use crate::aio::{Attempt, Park, Sleeper, Word};
+    use crate::error::Result;
+    use crate::platform;
+    use crate::sync::raw_lock::{LIVENESS_SLICE, RawLock};
+    use crate::sync::spin::spin_until_polling;
+
+    /// Waits for a side's lock, held by another thread for a moment.
+    fn wait_for_lock(lock: &RawLock) -> Option<Park<'_>> {
+        let expected = lock.mark_waited_for()?;
+        let mut park = Park::one(Word::U32(lock.word()), expected, None);
+        park.recheck = Some(Instant::now() + LIVENESS_SLICE);
+        Some(park)
+    }
+
+    impl PipeEnd {
+        /// One try at receiving. `as_waiter`: the last try waited for the consumer lock;
+        /// `spun`: a try already spun; `decode` is taken when a message is.
+        pub(in crate::connection) fn recv_attempt<R, D>(
+            &self,
+            as_waiter: &mut bool,
+            spun: &mut bool,
+            decode: &mut Option<D>,
+        ) -> Attempt<'_, Result<R>>
+        where
+            D: FnOnce(FrameKind, Body<'_>, Vec<std::os::fd::OwnedFd>) -> Result<R>,
+        {
+            let ring = self.inbound();
+            let (_, sleepers, lock) = ring.consumer_waits();
+            let sock = self.sock.as_fd();
+            loop {
+                let socket_readable = || {
+                    platform::poll_readable(&[sock], Some(std::time::Duration::ZERO)).map(|r| r[0])
+                };
+                let readable = if ring.is_empty() {
+                    match socket_readable() {
+                        Ok(r) => r,
+                        Err(e) => return Attempt::Done(Err(io_error("poll", e))),
+                    }
+                } else {
+                    false
+                };
+                if !ring.is_empty() || readable {
+                    let Some(mut consumer) = ring.try_consumer(std::mem::take(as_waiter)) else {
+                        if let Some(park) = wait_for_lock(lock) {
+                            *as_waiter = true;
+                            return Attempt::Wait(park);
+                        }
+                        continue;
+                    };
+                    if readable {
+                        // A doorbell (maybe left by a receiver that did not sleep), the end
+                        // of the stream, or a frame's bytes after its marker.
+                        match take_doorbell(&ring, &sock) {
+                            Ok(()) => {}
+                            Err(WaitEnd::Eof) => return Attempt::Done(Err(closed())),
+                            Err(WaitEnd::Failed(e)) => return Attempt::Done(Err(e)),
+                            Err(WaitEnd::Timeout) => {}
+                        }
+                    }
+                    if consumer.wait_frame(None, false).is_ok() {
+                        let decode = decode.take().expect("a message is taken once");
+                        return Attempt::Done(self.take(consumer, decode));
+                    }
+                    continue;
+                }
+                if !*spun {
+                    *spun = true;
+                    if spin_until_polling(|| !ring.is_empty()) {
+                        continue;
+                    }
+                }
+                let sleeper = Sleeper::count(sleepers);
+                if !ring.is_empty() {
+                    continue;
+                }
+                return match sock.try_clone_to_owned() {
+                    Ok(fd) => Attempt::WaitReadable(fd, Some(sleeper)),
+                    Err(e) => Attempt::Done(Err(io_error("dup", e))),
+                };
+            }
+        }
+
+        /// One try at sending `payload` (with `fds`): as [`recv_attempt`](Self::recv_attempt),
+        /// for room in the ring. A message that goes on the socket is written there whole.
+        pub(in crate::connection) fn send_attempt(
+            &self,
+            kind: FrameKind,
+            payload: &[u8],
+            fds: &[std::os::fd::OwnedFd],
+            as_waiter: &mut bool,
+            spun: &mut bool,
+        ) -> Attempt<'_, Result<()>> {
+            match self.peer_gone_lately() {
+                Ok(true) => return Attempt::Done(Err(closed())),
+                Ok(false) => {}
+                Err(e) => return Attempt::Done(Err(e)),
+            }
+            let ring = self.outbound();
+            let (head, sleepers, lock) = ring.producer_waits();
+            let head = Word::Low(head);
+            let frame = Self::frame_for(&ring, payload, fds);
+            loop {
+                let Some(mut producer) = ring.try_producer(std::mem::take(as_waiter)) else {
+                    if let Some(park) = wait_for_lock(lock) {
+                        *as_waiter = true;
+                        return Attempt::Wait(park);
+                    }
+                    continue;
+                };
+                if producer.wait_room_until(frame, || None, false).is_ok() {
+                    return Attempt::Done(self.publish(producer, kind, payload, fds));
+                }
+                drop(producer);
+                match platform::hung_up(self.sock.as_fd()) {
+                    Ok(true) => return Attempt::Done(Err(closed())),
+                    Ok(false) => {}
+                    Err(e) => return Attempt::Done(Err(send_error(e))),
+                }
+                if !*spun {
+                    *spun = true;
+                    if spin_until_polling(|| !ring.is_full(frame)) {
+                        continue;
+                    }
+                }
+                let sleeper = Sleeper::count(sleepers);
+                let seen = head.load();
+                if !ring.is_full(frame) {
+                    continue;
+                }
+                let mut park = Park::one(head, seen, Some(sleeper));
+                // The receiving end may go away meanwhile: look now and then.
+                park.recheck = Some(Instant::now() + ROOM_CHECK);
+                park.keep = Some(self.shared.keep_alive());
+                return Attempt::Wait(park);
+            }
+        }
     }
 }

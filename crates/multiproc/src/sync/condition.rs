@@ -144,14 +144,14 @@ impl Condition {
     pub fn acquire_async(
         &self,
     ) -> impl std::future::Future<Output = LockResult<ConditionGuard<'_>>> + Send + '_ {
-        use crate::aio::{Attempt, WaitFor};
+        use crate::aio::WaitFor;
         let mut waiting_since = None;
-        WaitFor::new(
-            move || match self.layout().lock.lock_attempt(&mut waiting_since) {
-                Attempt::Done(how) => Attempt::Done(wrap(how, self.guard(), ConditionLayout::WHAT)),
-                Attempt::Wait(park) => Attempt::Wait(park),
-            },
-        )
+        WaitFor::new(move || {
+            self.layout()
+                .lock
+                .lock_attempt(&mut waiting_since)
+                .map(|how| wrap(how, self.guard(), ConditionLayout::WHAT))
+        })
     }
 
     /// Wakes up to `n` waiters. Python requires the lock for this; here it is optional.
@@ -289,10 +289,9 @@ impl<'a> ConditionGuard<'a> {
                 }
                 notified = true;
             }
-            match l.lock.lock_attempt(&mut waiting_since) {
-                Attempt::Done(how) => Attempt::Done(wrap(how, cond.guard(), ConditionLayout::WHAT)),
-                Attempt::Wait(park) => Attempt::Wait(park),
-            }
+            l.lock
+                .lock_attempt(&mut waiting_since)
+                .map(|how| wrap(how, cond.guard(), ConditionLayout::WHAT))
         })
     }
 

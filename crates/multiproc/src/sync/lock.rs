@@ -247,11 +247,12 @@ impl Lock {
     pub fn acquire_async(
         &self,
     ) -> impl std::future::Future<Output = LockResult<LockGuard<'_>>> + Send + '_ {
-        use crate::aio::{Attempt, WaitFor};
+        use crate::aio::WaitFor;
         let mut waiting_since = None;
-        WaitFor::new(move || match self.raw().lock_attempt(&mut waiting_since) {
-            Attempt::Done(how) => Attempt::Done(wrap(how, LockGuard::new(self), LockLayout::WHAT)),
-            Attempt::Wait(park) => Attempt::Wait(park),
+        WaitFor::new(move || {
+            self.raw()
+                .lock_attempt(&mut waiting_since)
+                .map(|how| wrap(how, LockGuard::new(self), LockLayout::WHAT))
         })
     }
 }
@@ -421,14 +422,14 @@ impl RLock {
             if let Some(guard) = self.reenter() {
                 return Attempt::Done(Ok(guard));
             }
-            match self.layout().raw.lock_attempt(&mut waiting_since) {
-                Attempt::Done(how) => Attempt::Done(
+            self.layout()
+                .raw
+                .lock_attempt(&mut waiting_since)
+                .map(|how| {
                     self.enter(Some(how))
                         .map(|g| g.expect("entered"))
-                        .map_err(|e| e.map(|g| g.expect("entered"))),
-                ),
-                Attempt::Wait(park) => Attempt::Wait(park),
-            }
+                        .map_err(|e| e.map(|g| g.expect("entered")))
+                })
         })
     }
 

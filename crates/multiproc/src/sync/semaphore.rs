@@ -333,18 +333,17 @@ impl Semaphore {
     pub fn acquire_async(
         &self,
     ) -> impl std::future::Future<Output = LockResult<SemaphoreGuard<'_>>> + Send + '_ {
-        use crate::aio::{Attempt, WaitFor};
+        use crate::aio::WaitFor;
         let (mut waiting_since, mut died) = (None, None);
-        WaitFor::new(
-            move || match self.state().take_attempt(&mut waiting_since, &mut died) {
-                Attempt::Done(died) => Attempt::Done(
+        WaitFor::new(move || {
+            self.state()
+                .take_attempt(&mut waiting_since, &mut died)
+                .map(|died| {
                     self.finish(Some(died))
                         .map(|g| g.expect("a slot was taken"))
-                        .map_err(|e| e.map(|g| g.expect("a slot was taken"))),
-                ),
-                Attempt::Wait(park) => Attempt::Wait(park),
-            },
-        )
+                        .map_err(|e| e.map(|g| g.expect("a slot was taken")))
+                })
+        })
     }
 
     /// Waits for a free slot and takes it.
