@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::pythons;
+use common::{TASK_MASTER, pythons};
 use std::io::{BufRead, BufReader};
 
 use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
@@ -107,33 +107,6 @@ fn a_cpython_worker_with_the_wrong_authkey_is_refused() {
 }
 
 /// The seeds' `task_master.py` (typos fixed): serves two queues, puts tasks, collects results.
-const TASK_MASTER: &str = r#"
-import queue, sys
-from multiprocessing.managers import BaseManager
-
-task_queue = queue.Queue()
-result_queue = queue.Queue()
-
-class QueueManager(BaseManager):
-    pass
-
-QueueManager.register('get_task_queue', callable=lambda: task_queue)
-QueueManager.register('get_result_queue', callable=lambda: result_queue)
-
-if __name__ == '__main__':
-    manager = QueueManager(address=('127.0.0.1', 0), authkey=sys.argv[1].encode())
-    manager.start()
-    print(manager.address[1], flush=True)
-    task = manager.get_task_queue()
-    result = manager.get_result_queue()
-    for n in [3, 14, 15, 92, 65]:
-        task.put(n)
-    for i in range(5):
-        print('Result: %s' % result.get(timeout=30), flush=True)
-    # The worker says when it has seen the task queue empty.
-    print('Worker: %s' % result.get(timeout=30), flush=True)
-    manager.shutdown()
-"#;
 
 #[test]
 fn a_rust_worker_pulls_tasks_from_a_cpython_master() {

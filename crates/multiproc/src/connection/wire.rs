@@ -169,6 +169,26 @@ impl WireConnection {
         self.max_message = bytes;
     }
 
+    /// Whether a message (or the end of the stream) can be read now without waiting: bytes
+    /// already read ahead, or a readable socket.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn readable_now(&self) -> std::io::Result<bool> {
+        if !self.stream.buffer().is_empty() {
+            return Ok(true);
+        }
+        crate::platform::poll_readable(&[self.fd()], Some(Duration::ZERO)).map(|r| r[0])
+    }
+
+    /// The socket, for a reactor to watch.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self.stream.get_ref() {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+
     /// Sends one message.
     ///
     /// # Errors

@@ -14,9 +14,18 @@ fn not_awaitable(what: &str, operation: &'static str) -> Error {
     Error::Unsupported {
         what: what.to_string(),
         operation,
-        detail: "only shared-memory queues can be awaited so far; use the blocking call in \
-                 your runtime's blocking pool"
+        detail: "a broker's queue, and the serving process's own queue of a manager, cannot \
+                 be awaited yet; use the blocking call in your runtime's blocking pool"
             .into(),
+    }
+}
+
+/// A manager queue's request in flight, for the flavors that have one.
+#[cfg(feature = "manager")]
+fn in_flight(flavor: &Flavor) -> Option<super::flavors::manager::InFlight<'_>> {
+    match flavor {
+        Flavor::Manager(q) => Some(super::flavors::manager::InFlight::new(q)),
+        _ => None,
     }
 }
 
@@ -46,8 +55,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// ```
     pub fn get_async(&self) -> impl Future<Output = Result<T>> + Send + '_ {
         let mut as_waiter = false;
+        #[cfg(feature = "manager")]
+        let mut in_flight = in_flight(&self.flavor);
         WaitFor::new(move || match &self.flavor {
             Flavor::Shm(q) => q.get_attempt::<T>(&mut as_waiter),
+            #[cfg(feature = "manager")]
+            Flavor::Manager(q) => q.get_attempt(in_flight.as_mut().expect("made for it")),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "get_async"))),
         })
@@ -67,8 +80,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         T: Send,
     {
         let mut as_waiter = false;
+        #[cfg(feature = "manager")]
+        let mut in_flight = in_flight(&self.flavor);
         WaitFor::new(move || match &self.flavor {
             Flavor::Shm(q) => q.put_attempt(&item, &mut as_waiter),
+            #[cfg(feature = "manager")]
+            Flavor::Manager(q) => q.put_attempt(&item, in_flight.as_mut().expect("made for it")),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "put_async"))),
         })
@@ -85,8 +102,12 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) on a manager's or a broker's
     /// queue (so far).
     pub fn join_async(&self) -> impl Future<Output = Result<()>> + Send + '_ {
+        #[cfg(feature = "manager")]
+        let mut in_flight = in_flight(&self.queue.flavor);
         WaitFor::new(move || match &self.queue.flavor {
             Flavor::Shm(q) => q.join_attempt(),
+            #[cfg(feature = "manager")]
+            Flavor::Manager(q) => q.join_attempt(in_flight.as_mut().expect("made for it")),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "join_async"))),
         })

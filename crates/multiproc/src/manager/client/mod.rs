@@ -541,14 +541,30 @@ impl Proxy {
         args: Vec<Value>,
         kwds: Vec<(Value, Value)>,
     ) -> Result<Value> {
+        self.send_call(conn, method, args, kwds)?;
+        self.reply(conn)
+    }
+
+    /// The first half of [`call_on`](Self::call_on): sends the request.
+    pub(crate) fn send_call(
+        &self,
+        conn: &mut WireConnection,
+        method: &str,
+        args: Vec<Value>,
+        kwds: Vec<(Value, Value)>,
+    ) -> Result<()> {
         let bytes = pickle::encode(&request(Some(&self.ident), method, args, kwds))?;
-        conn.send_bytes(&bytes)?;
+        conn.send_bytes(&bytes)
+    }
+
+    /// The second half of [`call_on`](Self::call_on): reads the reply.
+    pub(crate) fn reply(&self, conn: &mut WireConnection) -> Result<Value> {
         unpack(&self.what, &conn.recv_bytes()?)
     }
 
     /// Another proxy to the same object, on a connection of its own; it holds a reference of
     /// its own (`incref`), given back when it is dropped.
-    pub(super) fn try_clone(&self) -> Result<Proxy> {
+    pub(crate) fn try_clone(&self) -> Result<Proxy> {
         let conn = self.manager.proxy_connection()?;
         self.manager
             .one_shot("incref", vec![Value::str(self.ident.as_str())])?;
@@ -561,7 +577,7 @@ impl Proxy {
         })
     }
 
-    pub(super) fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         args: Vec<Value>,

@@ -9,7 +9,12 @@
 //! defined here, beside the flavor they build: `manager/` knows nothing of queues but the
 //! served object itself.
 
+#[cfg(all(feature = "async", not(loom)))]
+mod awaiting;
 mod served;
+
+#[cfg(all(feature = "async", not(loom)))]
+pub(in crate::queue) use awaiting::InFlight;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
@@ -138,6 +143,10 @@ pub(in crate::queue) struct ManagerQueue {
     /// `join_timeout` leaves one waiting in a thread and asks it, and the next `join` or
     /// `join_timeout` picks it up (at most one per handle).
     joiner: Mutex<Option<mpsc::Receiver<Result<()>>>>,
+    /// Connections on which an awaited `get` was asked and then dropped before its reply:
+    /// the next `get` takes the reply (see `awaiting.rs`).
+    #[cfg(all(feature = "async", not(loom)))]
+    in_flight: Mutex<Vec<WireConnection>>,
 }
 
 /// What a handle sent to another process carries: enough to connect again (the authkey
@@ -197,6 +206,8 @@ impl ManagerQueue {
             handle,
             closed: super::Closed::default(),
             joiner: Mutex::new(None),
+            #[cfg(all(feature = "async", not(loom)))]
+            in_flight: Mutex::new(Vec::new()),
         }
     }
 
@@ -233,6 +244,8 @@ impl ManagerQueue {
             handle,
             closed: super::Closed::default(),
             joiner: Mutex::new(None),
+            #[cfg(all(feature = "async", not(loom)))]
+            in_flight: Mutex::new(Vec::new()),
         })
     }
 
@@ -324,6 +337,18 @@ impl QueueFlavor for ManagerQueue {
         waited: Duration,
     ) -> Result<T> {
         self.check_open()?;
+        #[cfg(all(feature = "async", not(loom)))]
+        {
+            // A reply a dropped awaiting `get` left comes first.
+            let patience = match (block, deadline) {
+                (false, _) => Some(Duration::ZERO),
+                (true, None) => None,
+                (true, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+            };
+            if let Some(v) = self.adopt_in_flight(patience) {
+                return Ok(pickle::from_value(v?)?);
+            }
+        }
         let (method, kwds) = call_form("get", deadline, block);
         let v = self.call(method, Vec::new(), kwds).map_err(|e| {
             self.waited_out(e, ErrorKind::Empty, block && deadline.is_some(), waited)
@@ -396,6 +421,13 @@ impl QueueFlavor for ManagerQueue {
     fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
         f.field("typeid", &self.handle.typeid)
             .field("ident", &self.handle.ident);
+    }
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+impl Drop for ManagerQueue {
+    fn drop(&mut self) {
+        self.return_in_flight();
     }
 }
 
