@@ -6,14 +6,13 @@
 mod common;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::BufRead;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
-use common::{TASK_MASTER, pythons};
+use common::{pythons, start_task_master};
 use multiproc::{Address, JoinableQueue, ManagerClient, ManagerServer, RunningServer};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -123,15 +122,7 @@ fn a_dropped_get_leaves_its_item_to_the_next_get_or_puts_it_back() {
 #[test]
 fn an_awaiting_rust_worker_on_a_cpython_master() {
     for python in pythons() {
-        let mut master = Command::new(&python)
-            .args(["-c", TASK_MASTER, "abc"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(master.stdout.take().unwrap());
-        let mut port = String::new();
-        out.read_line(&mut port).unwrap();
-        let address = Address::tcp(format!("127.0.0.1:{}", port.trim())).unwrap();
+        let (mut master, out, address) = start_task_master(&python);
         let manager = ManagerClient::connect(&address, b"abc").unwrap();
         let tasks = manager.queue::<i64>("get_task_queue").unwrap();
         let results = manager.queue::<String>("get_result_queue").unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TASK_MASTER, pythons};
+use common::{pythons, start_task_master};
 use std::io::{BufRead, BufReader};
 
 use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
@@ -106,20 +106,10 @@ fn a_cpython_worker_with_the_wrong_authkey_is_refused() {
     running.shutdown();
 }
 
-/// The seeds' `task_master.py` (typos fixed): serves two queues, puts tasks, collects results.
-
 #[test]
 fn a_rust_worker_pulls_tasks_from_a_cpython_master() {
     for python in pythons() {
-        let mut master = Command::new(&python)
-            .args(["-c", TASK_MASTER, "abc"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(master.stdout.take().unwrap());
-        let mut port = String::new();
-        out.read_line(&mut port).unwrap();
-        let address = Address::tcp(format!("127.0.0.1:{}", port.trim())).unwrap();
+        let (mut master, out, address) = start_task_master(&python);
         assert_eq!(
             ManagerClient::connect(&address, b"wrong")
                 .unwrap_err()

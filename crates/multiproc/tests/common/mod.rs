@@ -169,3 +169,25 @@ if __name__ == '__main__':
     print('Worker: %s' % result.get(timeout=30), flush=True)
     manager.shutdown()
 "#;
+
+/// Starts [`TASK_MASTER`] in `python` with the authkey `abc`: the process, the rest of its
+/// output, and the address its manager serves on.
+pub fn start_task_master(
+    python: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    multiproc::Address,
+) {
+    use std::io::BufRead;
+    let mut master = Command::new(python)
+        .args(["-c", TASK_MASTER, "abc"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(master.stdout.take().unwrap());
+    let mut port = String::new();
+    out.read_line(&mut port).unwrap();
+    let address = multiproc::Address::tcp(format!("127.0.0.1:{}", port.trim())).unwrap();
+    (master, out, address)
+}
