@@ -816,8 +816,9 @@ fn bar_is_written_as_lines_where_stderr_is_no_terminal() {
     // As GNU parallel, which draws its bar on a log too: one line per finished job.
     let out = ours(&["--bar", "-k", "echo", ":::", "a", "b"], b"");
     assert_eq!(out.out, "a\nb\n");
-    assert!(out.err.contains("\r50% 1:1="), "{out:?}");
-    assert!(out.err.contains("\r100% 2:0=0s b"), "{out:?}");
+    // GNU's text: the percentage alone, then the bar in reverse video up to it.
+    assert!(out.err.contains("\r50\r\x1b[7m50% 1:1="), "{out:?}");
+    assert!(out.err.contains("\r100\r\x1b[7m100% 2:0=0s b"), "{out:?}");
 }
 
 #[test]
