@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
-use common::{pythons, start_task_master};
+use common::pythons;
+#[path = "common/task_master.rs"]
+mod task_master;
 use multiproc::{Address, JoinableQueue, ManagerClient, ManagerServer, RunningServer};
+use task_master::start_task_master;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 

@@ -6,8 +6,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{pythons, start_task_master};
+use common::pythons;
+#[path = "common/task_master.rs"]
+mod task_master;
 use std::io::{BufRead, BufReader};
+use task_master::start_task_master;
 
 use multiproc::{Address, ErrorKind, ManagerClient, ManagerServer};
 
