@@ -149,3 +149,43 @@ fn an_awaiting_rust_worker_on_a_cpython_master() {
         );
     }
 }
+
+#[test]
+fn the_serving_process_awaits_its_own_queue() {
+    let (running, served) = start();
+    let address = running.address().clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let waiting = {
+            let served = served.clone();
+            tokio::spawn(async move { served.get_async().await.unwrap() })
+        };
+        tokio::task::yield_now().await;
+        // A client puts, then takes what the serving process puts back and marks it done.
+        let client = std::thread::spawn(move || {
+            let m = ManagerClient::connect(&address, b"k").unwrap();
+            let q = m.queue::<i64>("get_task_queue").unwrap();
+            q.put(5).unwrap();
+            let back = q.get_timeout(PATIENCE).unwrap();
+            q.task_done().unwrap();
+            back
+        });
+        assert_eq!(
+            tokio::time::timeout(PATIENCE, waiting)
+                .await
+                .unwrap()
+                .unwrap(),
+            5
+        );
+        served.task_done().unwrap();
+        served.put_async(6).await.unwrap();
+        tokio::time::timeout(PATIENCE, served.join_async())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(client.join().unwrap(), 6);
+    });
+}

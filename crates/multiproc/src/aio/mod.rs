@@ -30,6 +30,9 @@ pub(crate) enum Attempt<'a, T> {
     /// Not possible now: wait until this descriptor is readable (a pipe's socket), counted
     /// as a sleeper meanwhile, then try again.
     WaitReadable(std::os::fd::OwnedFd, Option<Sleeper<'a>>),
+    /// Not possible now: a thread of this process wakes these wakers when it changes what
+    /// the attempt looks at (a manager server's own queue); try again then.
+    WaitWoken(&'a Wakers),
 }
 
 impl<'a, T> Attempt<'a, T> {
@@ -39,6 +42,7 @@ impl<'a, T> Attempt<'a, T> {
             Attempt::Done(v) => Attempt::Done(f(v)),
             Attempt::Wait(park) => Attempt::Wait(park),
             Attempt::WaitReadable(fd, sleeper) => Attempt::WaitReadable(fd, sleeper),
+            Attempt::WaitWoken(wakers) => Attempt::WaitWoken(wakers),
         }
     }
 }
@@ -217,6 +221,14 @@ where
                     _sleeper: park.sleeper,
                 });
                 Poll::Pending
+            }
+            Attempt::WaitWoken(wakers) => {
+                // Registered, then one more try: a change after that wakes us.
+                wakers.register(cx.waker());
+                match (this.attempt)() {
+                    Attempt::Done(v) => Poll::Ready(v),
+                    _ => Poll::Pending,
+                }
             }
             Attempt::WaitReadable(fd, sleeper) => {
                 let registered = fds::fd_reactor().and_then(|r| r.readable(fd, cx.waker()));

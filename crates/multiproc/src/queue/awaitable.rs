@@ -14,8 +14,8 @@ fn not_awaitable(what: &str, operation: &'static str) -> Error {
     Error::Unsupported {
         what: what.to_string(),
         operation,
-        detail: "a broker's queue, and the serving process's own queue of a manager, cannot \
-                 be awaited yet; use the blocking call in your runtime's blocking pool"
+        detail: "a broker's queue cannot be awaited yet; use the blocking call in your \
+                 runtime's blocking pool"
             .into(),
     }
 }
@@ -61,6 +61,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Flavor::Shm(q) => q.get_attempt::<T>(&mut as_waiter),
             #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.get_attempt(in_flight.as_mut().expect("made for it")),
+            #[cfg(feature = "manager")]
+            Flavor::Served(q) => q.get_attempt::<T>(),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "get_async"))),
         })
@@ -86,6 +88,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Flavor::Shm(q) => q.put_attempt(&item, &mut as_waiter),
             #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.put_attempt(&item, in_flight.as_mut().expect("made for it")),
+            #[cfg(feature = "manager")]
+            Flavor::Served(q) => q.put_attempt(&item),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "put_async"))),
         })
@@ -108,6 +112,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             Flavor::Shm(q) => q.join_attempt(),
             #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.join_attempt(in_flight.as_mut().expect("made for it")),
+            #[cfg(feature = "manager")]
+            Flavor::Served(q) => q.join_attempt(),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "join_async"))),
         })

@@ -71,6 +71,9 @@ pub(crate) struct ServedQueue {
     name: String,
     state: Mutex<QueueState>,
     changed: Condvar,
+    /// Futures of the serving process awaiting a change (feature `async`).
+    #[cfg(all(feature = "async", not(loom)))]
+    wakers: crate::aio::Wakers,
 }
 
 impl ServedQueue {
@@ -96,6 +99,19 @@ impl ServedQueue {
         lock(&self.state).maxsize
     }
 
+    /// Wakes whoever waits for a change: threads and futures.
+    fn notify(&self) {
+        self.changed.notify_all();
+        #[cfg(all(feature = "async", not(loom)))]
+        self.wakers.wake_all();
+    }
+
+    /// What futures of the serving process wait on (feature `async`).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn wakers(&self) -> &crate::aio::Wakers {
+        &self.wakers
+    }
+
     /// Puts an item once there is room, waiting until `deadline` (`None`: for ever) if
     /// `block`; whether it went in.
     pub(crate) fn put_waiting(&self, item: Value, block: bool, deadline: Option<Instant>) -> bool {
@@ -110,7 +126,7 @@ impl ServedQueue {
         }
         s.items.push_back(item);
         s.unfinished += 1;
-        self.changed.notify_all();
+        self.notify();
         true
     }
 
@@ -122,7 +138,7 @@ impl ServedQueue {
         }
         s.unfinished -= 1;
         if s.unfinished == 0 {
-            self.changed.notify_all();
+            self.notify();
         }
         true
     }
@@ -149,7 +165,7 @@ impl ServedQueue {
         });
         if item.is_some() {
             // A putter may be waiting for room.
-            self.changed.notify_all();
+            self.notify();
         }
         item
     }
@@ -799,6 +815,8 @@ fn new_queue(name: &str, maxsize: usize) -> Arc<ServedQueue> {
             maxsize,
         }),
         changed: Condvar::new(),
+        #[cfg(all(feature = "async", not(loom)))]
+        wakers: crate::aio::Wakers::default(),
     })
 }
 

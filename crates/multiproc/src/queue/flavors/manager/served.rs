@@ -162,3 +162,49 @@ impl QueueFlavor for ServedFlavor {
             .field("len", &self.queue.len());
     }
 }
+
+/// The awaitable waits (feature `async`): the server's threads wake the serving process's
+/// futures when the queue changes.
+#[cfg(all(feature = "async", not(loom)))]
+impl ServedFlavor {
+    pub(in crate::queue) fn get_attempt<T: DeserializeOwned>(
+        &self,
+    ) -> crate::aio::Attempt<'_, Result<T>> {
+        use crate::aio::Attempt;
+        if let Err(e) = self.check_open() {
+            return Attempt::Done(Err(e));
+        }
+        match self.queue.get(false, None) {
+            Some(v) => Attempt::Done(pickle::from_value(v).map_err(Into::into)),
+            None => Attempt::WaitWoken(self.queue.wakers()),
+        }
+    }
+
+    pub(in crate::queue) fn put_attempt<T: Serialize>(
+        &self,
+        item: &T,
+    ) -> crate::aio::Attempt<'_, Result<()>> {
+        use crate::aio::Attempt;
+        if let Err(e) = self.check_open() {
+            return Attempt::Done(Err(e));
+        }
+        let value = match pickle::to_value(item) {
+            Ok(v) => v,
+            Err(e) => return Attempt::Done(Err(e.into())),
+        };
+        if self.queue.put_waiting(value, false, None) {
+            Attempt::Done(Ok(()))
+        } else {
+            Attempt::WaitWoken(self.queue.wakers())
+        }
+    }
+
+    pub(in crate::queue) fn join_attempt(&self) -> crate::aio::Attempt<'_, Result<()>> {
+        use crate::aio::Attempt;
+        if self.queue.unfinished() == 0 {
+            Attempt::Done(Ok(()))
+        } else {
+            Attempt::WaitWoken(self.queue.wakers())
+        }
+    }
+}
