@@ -32,6 +32,7 @@ pub(crate) enum Attempt<'a, T> {
     WaitReadable(std::os::fd::OwnedFd, Option<Sleeper<'a>>),
     /// Not possible now: a thread of this process wakes these wakers when it changes what
     /// the attempt looks at (a manager server's own queue); try again then.
+    #[cfg_attr(not(feature = "manager"), allow(dead_code))]
     WaitWoken(&'a Wakers),
 }
 
