@@ -32,7 +32,7 @@ pub(crate) enum Attempt<'a, T> {
     WaitReadable(std::os::fd::OwnedFd, Option<Sleeper<'a>>),
     /// Not possible now: a thread of this process wakes these wakers when it changes what
     /// the attempt looks at (a manager server's own queue); try again then.
-    #[cfg_attr(not(feature = "manager"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "manager", feature = "broker")), allow(dead_code))]
     WaitWoken(&'a Wakers),
 }
 
@@ -263,6 +263,13 @@ impl Wakers {
         if !all.iter().any(|w| w.will_wake(waker)) {
             all.push(waker.clone());
         }
+    }
+
+    /// Whether no waker is registered.
+    #[cfg_attr(not(feature = "broker"), allow(dead_code))]
+    pub(crate) fn is_empty(&self) -> bool {
+        use crate::local_lock::IgnorePoison;
+        self.0.lock().ignore_poison().is_empty()
     }
 
     /// Wakes and forgets every registered waker. The caller made its completion visible

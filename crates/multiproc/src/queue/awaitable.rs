@@ -14,8 +14,8 @@ fn not_awaitable(what: &str, operation: &'static str) -> Error {
     Error::Unsupported {
         what: what.to_string(),
         operation,
-        detail: "a broker's queue cannot be awaited yet; use the blocking call in your \
-                 runtime's blocking pool"
+        detail: "a broker's queue cannot be joined by a future yet; use the blocking call \
+                 in your runtime's blocking pool"
             .into(),
     }
 }
@@ -63,6 +63,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Flavor::Manager(q) => q.get_attempt(in_flight.as_mut().expect("made for it")),
             #[cfg(feature = "manager")]
             Flavor::Served(q) => q.get_attempt::<T>(),
+            #[cfg(feature = "broker")]
+            Flavor::Redis(q) => q.get_attempt::<T>(),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "get_async"))),
         })
@@ -90,6 +92,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Flavor::Manager(q) => q.put_attempt(&item, in_flight.as_mut().expect("made for it")),
             #[cfg(feature = "manager")]
             Flavor::Served(q) => q.put_attempt(&item),
+            #[cfg(feature = "broker")]
+            Flavor::Redis(q) => q.put_attempt(&item),
             #[allow(unreachable_patterns)]
             _ => Attempt::Done(Err(not_awaitable("queue", "put_async"))),
         })

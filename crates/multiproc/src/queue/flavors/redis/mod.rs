@@ -47,6 +47,8 @@ use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
 
 mod admin;
+#[cfg(all(feature = "async", not(loom)))]
+mod awaiting;
 mod entry;
 mod keys;
 mod leases;
@@ -176,6 +178,9 @@ pub(in crate::queue) struct RedisQueue {
     /// When `get` last looked for entries whose lease ran out (it does so every quarter
     /// lease, and whenever no new entry came, not before every read).
     last_claim: Mutex<Option<Instant>>,
+    /// Futures of this handle waiting for entries (feature `async`).
+    #[cfg(all(feature = "async", not(loom)))]
+    awaiting: awaiting::Awaiting,
 }
 
 impl RedisQueue {
@@ -210,6 +215,8 @@ impl RedisQueue {
             closed: super::Closed::default(),
             renewer: Mutex::new(None),
             last_claim: Mutex::new(None),
+            #[cfg(all(feature = "async", not(loom)))]
+            awaiting: awaiting::Awaiting::default(),
         };
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         let keys = queue.with_conn(deadline, |c| find_keys(c, &queue.prefix, name))?;
@@ -295,6 +302,148 @@ impl RedisQueue {
     pub(in crate::queue) fn flush_until(&self, deadline: Option<Instant>) -> Result<()> {
         self.with_conn(deadline, |_| Ok(()))?;
         self.conn.lock().ignore_poison().take_refused(&self.what())
+    }
+
+    /// `get_until`, and (`read` false) without reading new entries: only those read ahead
+    /// and those whose lease ran out (for awaiting gets, whose handle's reading thread reads).
+    pub(super) fn take_until<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+        read: bool,
+    ) -> Result<T> {
+        self.lock_pace().asked();
+        loop {
+            self.check_open()?;
+            let ahead = self.lock_prefetched().pop_front();
+            if let Some(entry) = ahead {
+                match self.hand_out(entry, 1, deadline)? {
+                    Some(item) => return Ok(item),
+                    None => continue,
+                }
+            }
+            let lease_ms = self.settings.lease.as_millis() as u64;
+            // First an entry whose lease ran out (now and then), then new ones.
+            // Without reading, a claim is the only way to find an entry.
+            let claim = !read || self.claim_due();
+            let claimed = if claim {
+                let reply = self.with_conn(deadline, |c| {
+                    let reply = redis::cmd("XAUTOCLAIM")
+                        .arg(&self.keys.stream)
+                        .arg(GROUP)
+                        .arg(&self.consumer)
+                        .arg(lease_ms)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query::<Value>(c);
+                    match reply {
+                        // Old keys that are gone were moved (or deleted).
+                        Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
+                        other => other.map(Some),
+                    }
+                })?;
+                let reply = reply.ok_or_else(|| self.gone())?;
+                parse_autoclaim(reply)
+            } else {
+                None
+            };
+            let (entry, deliveries) = match claimed {
+                Some(entry) => {
+                    // There may be more: the next `get` looks again before reading new ones.
+                    *self.last_claim.lock().ignore_poison() = None;
+                    let deliveries = self.deliveries(&entry.id, deadline)?;
+                    (Some(entry), deliveries)
+                }
+                None if read => (self.read_new(deadline, block)?, 1),
+                None => (None, 1),
+            };
+            if let Some(entry) = entry
+                && let Some(item) = self.hand_out(entry, deliveries, deadline)?
+            {
+                return Ok(item);
+            }
+            // Before giving up, one look for entries given back or left by the dead.
+            if !claim {
+                continue;
+            }
+            if !block || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(if block {
+                    Error::timeout(self.what(), waited)
+                } else {
+                    Error::Empty { what: self.what() }
+                });
+            }
+        }
+    }
+
+    /// Reads new entries (waiting up to a slice of `deadline` if `block`): the first, the
+    /// rest kept ahead for the next `get`s.
+    fn read_new(&self, deadline: Option<Instant>, block: bool) -> Result<Option<Entry>> {
+        let slice = match deadline {
+            _ if !block => None,
+            None => Some(READ_SLICE),
+            Some(d) => Some(d.saturating_duration_since(Instant::now()).min(READ_SLICE)),
+        };
+        // Acknowledgements waiting here go in the same round trip as the read.
+        let acks = std::mem::take(&mut *self.acks.lock().ignore_poison());
+        let batch = self.lock_pace().batch();
+        let read = self.with_conn_on(&self.reader, deadline, |c| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(batch);
+            if let Some(slice) = slice.filter(|s| !s.is_zero()) {
+                cmd.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
+                c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
+            }
+            cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
+            let reply = if acks.is_empty() {
+                cmd.query::<Value>(c)
+            } else {
+                let mut pipe = redis::pipe();
+                self.add_acks(&mut pipe, &acks);
+                pipe.add_command(cmd);
+                pipe.query::<(Value,)>(c).map(|(v,)| v)
+            };
+            c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+            match reply {
+                // Old keys that are gone were moved (or deleted): not made again.
+                Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // The broker lost the group (restarted without persistence).
+                    create_group(c, &self.keys.stream)?;
+                    Ok(Some(Vec::new()))
+                }
+                other => Ok(Some(parse_read(other?))),
+            }
+        });
+        let read = read.and_then(|entries| entries.ok_or_else(|| self.gone()));
+        let entry = match read {
+            Ok(entries) => {
+                let mut entries = entries.into_iter();
+                let first = entries.next();
+                let mut ahead = self.lock_prefetched();
+                ahead.extend(entries);
+                if !ahead.is_empty() {
+                    drop(ahead);
+                    self.start_renewer();
+                }
+                first
+            }
+            Err(e) => {
+                self.acks.lock().ignore_poison().extend(acks);
+                return Err(e);
+            }
+        };
+        if entry.is_none() {
+            // Nothing new: look for expired leases on the next round.
+            *self.last_claim.lock().ignore_poison() = None;
+        }
+        Ok(entry)
     }
 
     /// The item of `entry`, delivered `deliveries` times, taken (leased or finished); `None`
@@ -488,133 +637,7 @@ impl QueueFlavor for RedisQueue {
         block: bool,
         waited: Duration,
     ) -> Result<T> {
-        self.lock_pace().asked();
-        loop {
-            self.check_open()?;
-            let ahead = self.lock_prefetched().pop_front();
-            if let Some(entry) = ahead {
-                match self.hand_out(entry, 1, deadline)? {
-                    Some(item) => return Ok(item),
-                    None => continue,
-                }
-            }
-            let lease_ms = self.settings.lease.as_millis() as u64;
-            // First an entry whose lease ran out (now and then), then new ones.
-            let claim = self.claim_due();
-            let claimed = if claim {
-                let reply = self.with_conn(deadline, |c| {
-                    let reply = redis::cmd("XAUTOCLAIM")
-                        .arg(&self.keys.stream)
-                        .arg(GROUP)
-                        .arg(&self.consumer)
-                        .arg(lease_ms)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(1)
-                        .query::<Value>(c);
-                    match reply {
-                        // Old keys that are gone were moved (or deleted).
-                        Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
-                        other => other.map(Some),
-                    }
-                })?;
-                let reply = reply.ok_or_else(|| self.gone())?;
-                parse_autoclaim(reply)
-            } else {
-                None
-            };
-            let (entry, deliveries) = match claimed {
-                Some(entry) => {
-                    // There may be more: the next `get` looks again before reading new ones.
-                    *self.last_claim.lock().ignore_poison() = None;
-                    let deliveries = self.deliveries(&entry.id, deadline)?;
-                    (Some(entry), deliveries)
-                }
-                None => {
-                    let slice = match deadline {
-                        _ if !block => None,
-                        None => Some(READ_SLICE),
-                        Some(d) => {
-                            Some(d.saturating_duration_since(Instant::now()).min(READ_SLICE))
-                        }
-                    };
-                    // Acknowledgements waiting here go in the same round trip as the read.
-                    let acks = std::mem::take(&mut *self.acks.lock().ignore_poison());
-                    let batch = self.lock_pace().batch();
-                    let read = self.with_conn_on(&self.reader, deadline, |c| {
-                        let mut cmd = redis::cmd("XREADGROUP");
-                        cmd.arg("GROUP")
-                            .arg(GROUP)
-                            .arg(&self.consumer)
-                            .arg("COUNT")
-                            .arg(batch);
-                        if let Some(slice) = slice.filter(|s| !s.is_zero()) {
-                            cmd.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
-                            c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
-                        }
-                        cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
-                        let reply = if acks.is_empty() {
-                            cmd.query::<Value>(c)
-                        } else {
-                            let mut pipe = redis::pipe();
-                            self.add_acks(&mut pipe, &acks);
-                            pipe.add_command(cmd);
-                            pipe.query::<(Value,)>(c).map(|(v,)| v)
-                        };
-                        c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-                        match reply {
-                            // Old keys that are gone were moved (or deleted): not made again.
-                            Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
-                            Err(e) if e.code() == Some("NOGROUP") => {
-                                // The broker lost the group (restarted without persistence).
-                                create_group(c, &self.keys.stream)?;
-                                Ok(Some(Vec::new()))
-                            }
-                            other => Ok(Some(parse_read(other?))),
-                        }
-                    });
-                    let read = read.and_then(|entries| entries.ok_or_else(|| self.gone()));
-                    let entry = match read {
-                        Ok(entries) => {
-                            let mut entries = entries.into_iter();
-                            let first = entries.next();
-                            let mut ahead = self.lock_prefetched();
-                            ahead.extend(entries);
-                            if !ahead.is_empty() {
-                                drop(ahead);
-                                self.start_renewer();
-                            }
-                            first
-                        }
-                        Err(e) => {
-                            self.acks.lock().ignore_poison().extend(acks);
-                            return Err(e);
-                        }
-                    };
-                    if entry.is_none() {
-                        // Nothing new: look for expired leases on the next round.
-                        *self.last_claim.lock().ignore_poison() = None;
-                    }
-                    (entry, 1)
-                }
-            };
-            if let Some(entry) = entry
-                && let Some(item) = self.hand_out(entry, deliveries, deadline)?
-            {
-                return Ok(item);
-            }
-            // Before giving up, one look for entries given back or left by the dead.
-            if !claim {
-                continue;
-            }
-            if !block || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(if block {
-                    Error::timeout(self.what(), waited)
-                } else {
-                    Error::Empty { what: self.what() }
-                });
-            }
-        }
+        self.take_until(deadline, block, waited, true)
     }
 
     fn close(&self) {
