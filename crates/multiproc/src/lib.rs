@@ -28,7 +28,9 @@
 //! (`Queue::get_async`, `Process::join_async`, `Lock::acquire_async`, …), on any executor,
 //! and the executors' [`Future`] is a [`std::future::Future`]. Each method's documentation
 //! says what dropping its future does. No thread waits per future: one reactor thread per
-//! process watches the shared-memory words (in `futex_waitv`), and one the descriptors.
+//! process watches the shared-memory words (in `futex_waitv`), and one the descriptors (a
+//! child's pidfd, a pipe's socket, a manager's connection). Queues of every flavor (shared
+//! memory, manager, broker) and the manager proxies' waits are awaitable.
 //!
 //! # Differences from CPython
 //! - A process is configured on a [`ProcessBuilder`] and started into a [`Process`]: setting

@@ -164,11 +164,14 @@ fn the_serving_process_awaits_its_own_queue() {
             tokio::spawn(async move { served.get_async().await.unwrap() })
         };
         tokio::task::yield_now().await;
-        // A client puts, then takes what the serving process puts back and marks it done.
+        // A client puts, then (once the serving process took it, so its own get does not
+        // take it instead) takes what the serving process puts back and marks it done.
+        let (taken, was_taken) = std::sync::mpsc::channel::<()>();
         let client = std::thread::spawn(move || {
             let m = ManagerClient::connect(&address, b"k").unwrap();
             let q = m.queue::<i64>("get_task_queue").unwrap();
             q.put(5).unwrap();
+            was_taken.recv().unwrap();
             let back = q.get_timeout(PATIENCE).unwrap();
             q.task_done().unwrap();
             back
@@ -180,6 +183,7 @@ fn the_serving_process_awaits_its_own_queue() {
                 .unwrap(),
             5
         );
+        taken.send(()).unwrap();
         served.task_done().unwrap();
         served.put_async(6).await.unwrap();
         tokio::time::timeout(PATIENCE, served.join_async())

@@ -6,19 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Flavor, JoinableQueue, Queue};
-use crate::aio::{Attempt, WaitFor};
-use crate::error::{Error, Result};
-
-/// The error of a flavor without awaitable waits yet.
-fn not_awaitable(what: &str, operation: &'static str) -> Error {
-    Error::Unsupported {
-        what: what.to_string(),
-        operation,
-        detail: "a broker's queue cannot be joined by a future yet; use the blocking call \
-                 in your runtime's blocking pool"
-            .into(),
-    }
-}
+use crate::aio::WaitFor;
+use crate::error::Result;
 
 /// A manager queue's request in flight, for the flavors that have one.
 #[cfg(feature = "manager")]
@@ -38,8 +27,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// future loses nothing; the item stays for the next taker.
     ///
     /// # Errors
-    /// As for [`get`](Self::get); [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
-    /// on a manager's or a broker's queue (so far).
+    /// As for [`get`](Self::get).
     ///
     /// # Examples
     ///
@@ -65,8 +53,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Flavor::Served(q) => q.get_attempt::<T>(),
             #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.get_attempt::<T>(),
-            #[allow(unreachable_patterns)]
-            _ => Attempt::Done(Err(not_awaitable("queue", "get_async"))),
         })
     }
 
@@ -77,8 +63,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// `Ok`: dropped before, it put nothing (and the item is dropped with it).
     ///
     /// # Errors
-    /// As for [`put`](Self::put); [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
-    /// on a manager's or a broker's queue (so far).
+    /// As for [`put`](Self::put).
     pub fn put_async(&self, item: T) -> impl Future<Output = Result<()>> + Send + '_
     where
         T: Send,
@@ -94,8 +79,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Flavor::Served(q) => q.put_attempt(&item),
             #[cfg(feature = "broker")]
             Flavor::Redis(q) => q.put_attempt(&item),
-            #[allow(unreachable_patterns)]
-            _ => Attempt::Done(Err(not_awaitable("queue", "put_async"))),
         })
     }
 }
@@ -106,20 +89,24 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// **Cancel-safe**: dropping it changes nothing.
     ///
+    /// On a broker's queue, while join futures of a handle wait, one thread of the handle
+    /// looks at what is unfinished as the blocking `join` does (every 20 ms).
+    ///
     /// # Errors
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) on a manager's or a broker's
-    /// queue (so far).
+    /// As for [`join`](Self::join).
     pub fn join_async(&self) -> impl Future<Output = Result<()>> + Send + '_ {
         #[cfg(feature = "manager")]
         let mut in_flight = in_flight(&self.queue.flavor);
+        #[cfg(feature = "broker")]
+        let mut ticket = None;
         WaitFor::new(move || match &self.queue.flavor {
             Flavor::Shm(q) => q.join_attempt(),
             #[cfg(feature = "manager")]
             Flavor::Manager(q) => q.join_attempt(in_flight.as_mut().expect("made for it")),
             #[cfg(feature = "manager")]
             Flavor::Served(q) => q.join_attempt(),
-            #[allow(unreachable_patterns)]
-            _ => Attempt::Done(Err(not_awaitable("queue", "join_async"))),
+            #[cfg(feature = "broker")]
+            Flavor::Redis(q) => q.join_attempt(&mut ticket),
         })
     }
 }

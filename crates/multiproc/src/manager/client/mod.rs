@@ -88,17 +88,37 @@ macro_rules! acquire_forms {
             pub fn acquire_deadline(&self, deadline: std::time::Instant) -> Result<bool> {
                 self.acquire_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             }
+
+            #[doc = concat!("Takes ", $what, ", as a future: the form of [`acquire`](Self::acquire) to `.await`, on any executor; bound it with your runtime's timeout.")]
+            ///
+            /// **Cancel-safe**: dropped before it completes, it holds nothing. A request already
+            /// sent is undone when its reply comes: what it took is released again, on the same
+            /// connection, and the proxy goes on with a new one.
+            ///
+            /// # Errors
+            /// The server's failure; a server that goes away while it waits.
+            #[cfg(all(feature = "async", not(loom)))]
+            pub fn acquire_async(&self) -> impl std::future::Future<Output = Result<()>> + Send + '_ {
+                let call = self.proxy.call_as_async::<bool>(
+                    "acquire",
+                    $crate::manager::client::acquire_args(true, None),
+                    $crate::manager::client::awaiting::OnDrop::ReleaseIfTaken,
+                );
+                async move { call.await.map(drop) }
+            }
         }
     };
 }
 
+#[cfg(all(feature = "async", not(loom)))]
+mod awaiting;
+mod own;
 mod proxies;
 
 pub use proxies::{
     ArrayProxy, BarrierProxy, ConditionProxy, NamespaceProxy, ObjectProxy, SemaphoreProxy,
 };
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -107,7 +127,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::connection::wire::{Address, Client, WireConnection};
 use crate::error::{Error, Result};
 use crate::pickle::{self, Value};
-use crate::sync::IgnorePoison;
 
 /// A connection to a manager server (CPython's `BaseManager(address, authkey).connect()`).
 ///
@@ -283,7 +302,7 @@ impl ManagerClient {
             what,
             ident,
             exposed,
-            conn: Mutex::new(conn),
+            conn: own::OwnConnection::new(conn),
             manager: self.clone(),
         })
     }
@@ -310,7 +329,7 @@ impl ManagerClient {
             what,
             ident: ident.to_string(),
             exposed,
-            conn: Mutex::new(conn),
+            conn: own::OwnConnection::new(conn),
             manager: self.clone(),
         })
     }
@@ -443,7 +462,7 @@ pub(crate) struct Proxy {
     pub(super) ident: String,
     /// The methods the server said it exposes (from `create`).
     pub(super) exposed: Vec<String>,
-    conn: Mutex<WireConnection>,
+    conn: own::OwnConnection,
     /// To give back the reference `create` took for us when the proxy goes, as CPython's
     /// proxies do (otherwise an object made per call would live as long as the server).
     manager: ManagerClient,
@@ -524,13 +543,9 @@ impl Proxy {
         &self.manager
     }
 
-    /// The proxy's own connection, if no other thread is in a call on it.
-    pub(crate) fn own_connection(&self) -> Option<std::sync::MutexGuard<'_, WireConnection>> {
-        match self.conn.try_lock() {
-            Ok(conn) => Some(conn),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+    /// The proxy's own connection, if no other call is using it.
+    pub(crate) fn own_connection(&self) -> Option<own::OwnGuard<'_>> {
+        self.conn.try_take_turn()
     }
 
     /// [`call`](Self::call) on `conn` (from [`connection`](Self::connection)).
@@ -572,7 +587,7 @@ impl Proxy {
             what: self.what.clone(),
             ident: self.ident.clone(),
             exposed: self.exposed.clone(),
-            conn: Mutex::new(conn),
+            conn: own::OwnConnection::new(conn),
             manager: self.manager.clone(),
         })
     }
@@ -584,7 +599,7 @@ impl Proxy {
         kwds: Vec<(Value, Value)>,
     ) -> Result<Value> {
         let bytes = pickle::encode(&request(Some(&self.ident), method, args, kwds))?;
-        let mut conn = self.conn.lock().ignore_poison();
+        let mut conn = self.conn.take_turn(|| self.manager.proxy_connection())?;
         conn.send_bytes(&bytes)?;
         unpack(&self.what, &conn.recv_bytes()?)
     }
@@ -792,6 +807,43 @@ impl EventProxy {
 
     fn call_wait(&self, timeout: Value) -> Result<bool> {
         self.proxy.call_as("wait", vec![timeout])
+    }
+
+    /// `wait()` as a future: the form of [`wait`](Self::wait) to `.await`, on any executor;
+    /// no thread waits for it. Bound it with your runtime's timeout.
+    ///
+    /// **Cancel-safe**: dropping it changes nothing but the proxy's connection (the next call
+    /// connects again); the server's thread for the old one waits until the event is set, as
+    /// for a client that went away.
+    ///
+    /// # Errors
+    /// The server's failure; a server that goes away while it waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Address, ManagerClient, ManagerServer};
+    ///
+    /// let server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"k")?;
+    /// let running = server.serve_in_background()?;
+    /// let manager = ManagerClient::connect(running.address(), b"k")?;
+    /// let event = manager.event()?;
+    /// let setter = event.try_clone()?;
+    /// let set = std::thread::spawn(move || setter.set());
+    /// futures::executor::block_on(event.wait_async())?;
+    /// assert!(event.is_set()?);
+    /// set.join().unwrap()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = Result<()>> + Send + '_ {
+        let call = self.proxy.call_async(
+            "wait",
+            vec![Value::None],
+            Vec::new(),
+            awaiting::OnDrop::Nothing,
+        );
+        async move { call.await.map(drop) }
     }
 }
 

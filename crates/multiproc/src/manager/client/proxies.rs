@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+#[cfg(all(feature = "async", not(loom)))]
+use super::awaiting::OnDrop;
 use super::{LockProxy, ManagerClient, Proxy};
 use crate::error::{Error, Result};
 use crate::manager::typecode::{Typecode, parse_array};
@@ -483,6 +485,22 @@ impl ConditionProxy {
         self.wait_until(Some(deadline))
     }
 
+    /// Releases the lock, waits for a `notify`, then takes the lock again, as a future: the
+    /// form of [`wait`](Self::wait) to `.await`, on any executor.
+    ///
+    /// **Cancel-safe** in that the proxy holds nothing after a dropped wait: the lock, taken
+    /// again by the server when the wait ends, is released then (the wait had given it up).
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait); a server that goes away while it waits.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = Result<()>> + Send + '_ {
+        let call = self
+            .proxy
+            .call_async("wait", vec![Value::None], Vec::new(), OnDrop::Release);
+        async move { call.await.map(drop) }
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
         let timeout = deadline.map_or(Value::None, |d| {
             seconds(d.saturating_duration_since(Instant::now()))
@@ -595,6 +613,22 @@ impl BarrierProxy {
     /// As for [`wait`](Self::wait).
     pub fn wait_deadline(&self, deadline: Instant) -> Result<u32> {
         self.wait_timeout(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Waits until `parties` waiters are there, as a future: the form of [`wait`](Self::wait)
+    /// to `.await`, on any executor; this waiter's arrival index, from 0.
+    ///
+    /// **Not cancel-safe**: dropped after its arrival counted, it breaks the barrier (as a
+    /// local [`Barrier`](crate::Barrier)'s dropped wait does): the other parties fail with
+    /// [`ErrorKind::BrokenBarrier`](crate::ErrorKind::BrokenBarrier) rather than wait for a
+    /// party that will not come. Dropped before it was polled, it changes nothing.
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait); a server that goes away while it waits.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = Result<u32>> + Send + '_ {
+        self.proxy
+            .call_as_async("wait", vec![Value::None], OnDrop::AbortBarrier)
     }
 
     /// Breaks the barrier: waiters, and later waits until a `reset`, fail.
@@ -837,6 +871,70 @@ impl ObjectProxy {
         let args = positional(&self.proxy.what, pickle::to_value(args)?)?;
         let kwds = keywords(&self.proxy.what, pickle::to_value(kwargs)?)?;
         Ok(pickle::from_value(self.proxy.call(method, args, kwds)?)?)
+    }
+
+    /// [`call`](Self::call) as a future, to `.await` on any executor.
+    ///
+    /// **Not cancel-safe**: dropped after its request went out, the method still runs on the
+    /// server; its result is dropped (and the proxy's next call connects again).
+    ///
+    /// # Errors
+    /// As [`call`](Self::call); a server that goes away meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use multiproc::{Address, Managed, ManagerClient, ManagerServer, MethodCall};
+    ///
+    /// struct Greeter;
+    /// impl Managed for Greeter {
+    ///     fn methods(&self) -> &'static [&'static str] {
+    ///         &["greet"]
+    ///     }
+    ///     fn call(&self, _method: &str, call: &mut MethodCall<'_>) -> multiproc::Result<()> {
+    ///         let name: String = call.arg(0, "name")?;
+    ///         call.ret(&format!("hello, {name}"))
+    ///     }
+    /// }
+    ///
+    /// let mut server = ManagerServer::bind(&Address::tcp("127.0.0.1:0")?, b"k")?;
+    /// server.register("Greeter", || Arc::new(Greeter));
+    /// let running = server.serve_in_background()?;
+    /// let greeter = ManagerClient::connect(running.address(), b"k")?.create("Greeter", &())?;
+    /// let said: String = futures::executor::block_on(greeter.call_async("greet", &("ann",)))?;
+    /// assert_eq!(said, "hello, ann");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn call_async<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+    ) -> impl std::future::Future<Output = Result<R>> + Send + '_ {
+        self.call_with_kwargs_async(method, args, &())
+    }
+
+    /// [`call_with_kwargs`](Self::call_with_kwargs) as a future, to `.await` on any executor.
+    /// Not cancel-safe, as [`call_async`](Self::call_async).
+    ///
+    /// # Errors
+    /// As [`call_with_kwargs`](Self::call_with_kwargs); a server that goes away meanwhile.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn call_with_kwargs_async<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+        kwargs: &(impl Serialize + ?Sized),
+    ) -> impl std::future::Future<Output = Result<R>> + Send + '_ {
+        // The arguments are turned into values now, so the future borrows none of them.
+        let call = (|| -> Result<_> {
+            let args = positional(&self.proxy.what, pickle::to_value(args)?)?;
+            let kwds = keywords(&self.proxy.what, pickle::to_value(kwargs)?)?;
+            Ok((args, kwds))
+        })()
+        .map(|(args, kwds)| self.proxy.call_async(method, args, kwds, OnDrop::Nothing));
+        async move { Ok(pickle::from_value(call?.await?)?) }
     }
 
     /// Another proxy to the same object on a connection of its own.

@@ -107,6 +107,14 @@ impl RedisQueue {
     pub(super) fn ack_oldest(&self) -> Result<()> {
         let id = self.oldest_lease("task_done")?;
         self.acks.lock().ignore_poison().push(id);
+        // Acknowledgements wait to ride with the handle's next call; with no lease left in
+        // hand that call may be far off (or never come), and a `join` elsewhere would wait
+        // for it: the renewing thread sends them soon.
+        if self.lock_leases().is_empty()
+            && let Some(renewer) = self.renewer.lock().ignore_poison().as_ref()
+        {
+            let _ = renewer.send(());
+        }
         Ok(())
     }
 
@@ -132,13 +140,7 @@ impl RedisQueue {
     /// an interruption between the two leaves a pending entry the broker knows is gone (the
     /// next XAUTOCLAIM drops it) rather than an acknowledged one left in the stream for ever.
     pub(super) fn add_acks(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
-        pipe.cmd("XDEL").arg(&self.keys.stream).arg(ids).ignore();
-        pipe.cmd("XACK")
-            .arg(&self.keys.stream)
-            .arg(GROUP)
-            .arg(ids)
-            .ignore();
-        pipe.cmd("HDEL").arg(&self.keys.errors).arg(ids).ignore();
+        add_acks(pipe, (&self.keys.stream, &self.keys.errors), ids);
     }
 
     /// Acknowledges entry `id` and removes it (and its recorded error).
@@ -225,7 +227,7 @@ impl RedisQueue {
         let acks = self.acks.clone();
         let prefetched = self.prefetched.clone();
         let client = self.client.clone();
-        let stream = self.keys.stream.clone();
+        let keys = (self.keys.stream.clone(), self.keys.errors.clone());
         let consumer = self.consumer.clone();
         let every = self.settings.lease / 3;
         let spawned = std::thread::Builder::new()
@@ -233,7 +235,7 @@ impl RedisQueue {
             .spawn(move || {
                 renew_leases(
                     client,
-                    stream,
+                    keys,
                     consumer,
                     (leases, acks, prefetched),
                     every,
@@ -246,18 +248,36 @@ impl RedisQueue {
     }
 }
 
+/// How long acknowledgements wait for the handle's next call before the renewing thread
+/// sends them.
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
 /// The renewing thread: every `every`, resets the idle time of the leased entries this
-/// consumer still owns, until told to stop.
+/// consumer still owns; told to (a message on `nudged`), sends the acknowledgements waiting;
+/// ends when the handle drops its end.
 pub(super) fn renew_leases(
     client: Client,
-    stream: String,
+    (stream, errors): (String, String),
     consumer: String,
     (leases, acks, prefetched): (Leases, Acks, Prefetched),
     every: Duration,
-    stopped: mpsc::Receiver<()>,
+    nudged: mpsc::Receiver<()>,
 ) {
     let mut conn: Option<Connection> = None;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+    loop {
+        match nudged.recv_timeout(every) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) => {
+                // A moment for the handle's own next call to carry them.
+                match nudged.recv_timeout(ACK_DELAY) {
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    _ => while nudged.try_recv().is_ok() {},
+                }
+                send_acks(&client, &mut conn, (&stream, &errors), &acks);
+                continue;
+            }
+        }
         let mut ids: Vec<String> = leases.lock().ignore_poison().iter().cloned().collect();
         ids.extend(acks.lock().ignore_poison().iter().cloned());
         ids.extend(
@@ -305,4 +325,38 @@ pub(super) fn renew_leases(
             conn = None;
         }
     }
+}
+
+/// Sends the acknowledgements waiting in `acks` on the renewing thread's connection; kept
+/// for the handle's next call if that fails.
+fn send_acks(
+    client: &Client,
+    conn: &mut Option<Connection>,
+    (stream, errors): (&str, &str),
+    acks: &Acks,
+) {
+    let ids = std::mem::take(&mut *acks.lock().ignore_poison());
+    if ids.is_empty() {
+        return;
+    }
+    if conn.is_none() {
+        *conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).ok();
+    }
+    let sent = conn.as_mut().is_some_and(|c| {
+        let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
+        let mut pipe = redis::pipe();
+        add_acks(&mut pipe, (stream, errors), &ids);
+        pipe.query::<()>(c).is_ok()
+    });
+    if !sent {
+        *conn = None;
+        acks.lock().ignore_poison().extend(ids);
+    }
+}
+
+/// Acknowledges and removes entries `ids` of `stream`, and their recorded errors.
+fn add_acks(pipe: &mut redis::Pipeline, (stream, errors): (&str, &str), ids: &[String]) {
+    pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+    pipe.cmd("XACK").arg(stream).arg(GROUP).arg(ids).ignore();
+    pipe.cmd("HDEL").arg(errors).arg(ids).ignore();
 }

@@ -173,7 +173,8 @@ pub(in crate::queue) struct RedisQueue {
     prefetched: Prefetched,
     pace: Mutex<Pace>,
     closed: super::Closed,
-    /// Dropping the sender stops the lease-renewing thread.
+    /// Dropping the sender stops the lease-renewing thread; a message asks it to send the
+    /// acknowledgements waiting.
     renewer: Mutex<Option<mpsc::Sender<()>>>,
     /// When `get` last looked for entries whose lease ran out (it does so every quarter
     /// lease, and whenever no new entry came, not before every read).
