@@ -276,3 +276,95 @@ fn a_server_that_dies_ends_pending_waits_with_the_blocking_error() {
     let blocked = blocked.join().unwrap().unwrap_err();
     assert_eq!(awaited.kind(), blocked.kind(), "{awaited} / {blocked}");
 }
+
+#[test]
+fn the_quick_calls_awaited() {
+    against_each_server(|m, server| {
+        current_thread().block_on(async {
+            let d = m.dict::<String, i64>().unwrap();
+            d.set_async(&"a".into(), &1).await.unwrap();
+            assert_eq!(d.get_async(&"a".into()).await.unwrap(), Some(1), "{server}");
+            assert_eq!(d.len_async().await.unwrap(), 1, "{server}");
+            assert_eq!(
+                d.items_async().await.unwrap(),
+                [("a".into(), 1)],
+                "{server}"
+            );
+            assert!(d.remove_async(&"a".into()).await.unwrap(), "{server}");
+            assert!(
+                !d.remove_async(&"a".into()).await.unwrap(),
+                "{server}: gone"
+            );
+            assert!(d.is_empty_async().await.unwrap(), "{server}");
+
+            let l = m.list::<i64>().unwrap();
+            l.append_async(&5).await.unwrap();
+            l.append_async(&6).await.unwrap();
+            assert_eq!(l.get_async(-1).await.unwrap(), 6, "{server}");
+            assert_eq!(l.len_async().await.unwrap(), 2, "{server}");
+            assert!(!l.is_empty_async().await.unwrap(), "{server}");
+            assert_eq!(l.to_vec_async().await.unwrap(), [5, 6], "{server}");
+            assert_eq!(
+                l.get_async(9).await.unwrap_err().kind(),
+                ErrorKind::Remote,
+                "{server}: IndexError"
+            );
+
+            let ns = m.namespace().unwrap();
+            ns.set_async("epoch", &3).await.unwrap();
+            assert_eq!(ns.get_async::<i64>("epoch").await.unwrap(), Some(3));
+            assert!(ns.remove_async("epoch").await.unwrap(), "{server}");
+            assert_eq!(ns.get_async::<i64>("epoch").await.unwrap(), None);
+            assert!(!ns.remove_async("epoch").await.unwrap(), "{server}");
+
+            let v = m.value("i", &1).unwrap();
+            v.set_async(&9).await.unwrap();
+            assert_eq!(v.get_async().await.unwrap(), 9, "{server}");
+
+            let a = m.array::<i64>("i", &[1, 2, 3]).unwrap();
+            a.set_async(1, &20).await.unwrap();
+            assert_eq!(a.get_async(1).await.unwrap(), 20, "{server}");
+            a.set_slice_async(0, 1, &[7, 8]).await.unwrap();
+            assert_eq!(a.get_slice_async(0, 2).await.unwrap(), [7, 8], "{server}");
+            assert_eq!(a.to_vec_async().await.unwrap(), [7, 8, 20, 3], "{server}");
+            assert_eq!(a.len_async().await.unwrap(), 4, "{server}");
+            assert!(!a.is_empty_async().await.unwrap(), "{server}");
+
+            let e = m.event().unwrap();
+            assert!(!e.is_set_async().await.unwrap(), "{server}");
+            e.set_async().await.unwrap();
+            assert!(e.is_set_async().await.unwrap(), "{server}");
+            e.clear_async().await.unwrap();
+            assert!(!e.is_set().unwrap(), "{server}");
+
+            let l = m.lock().unwrap();
+            assert!(l.try_acquire_async().await.unwrap(), "{server}");
+            assert!(!l.try_clone().unwrap().try_acquire().unwrap(), "{server}");
+            l.release_async().await.unwrap();
+            let s = m.semaphore(1).unwrap();
+            s.acquire_async().await.unwrap();
+            assert!(!s.try_acquire_async().await.unwrap(), "{server}");
+            s.release_async().await.unwrap();
+            assert!(s.try_acquire().unwrap(), "{server}");
+
+            let c = m.condition().unwrap();
+            c.acquire_async().await.unwrap();
+            c.notify_async(1).await.unwrap();
+            c.notify_all_async().await.unwrap();
+            c.release_async().await.unwrap();
+            assert_eq!(
+                c.notify_async(1).await.unwrap_err().kind(),
+                ErrorKind::Remote,
+                "{server}: notify without the lock"
+            );
+
+            let b = m.barrier(2).unwrap();
+            assert_eq!(b.parties_async().await.unwrap(), 2, "{server}");
+            assert_eq!(b.n_waiting_async().await.unwrap(), 0, "{server}");
+            b.abort_async().await.unwrap();
+            assert!(b.broken_async().await.unwrap(), "{server}");
+            b.reset_async().await.unwrap();
+            assert!(!b.broken_async().await.unwrap(), "{server}");
+        });
+    });
+}

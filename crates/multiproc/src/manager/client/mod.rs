@@ -89,6 +89,19 @@ macro_rules! acquire_forms {
                 self.acquire_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             }
 
+            #[doc = concat!("Takes ", $what, " if it is free now, as a future: the form of [`try_acquire`](Self::try_acquire) to `.await`. Cancel-safe as [`acquire_async`](Self::acquire_async).")]
+            ///
+            /// # Errors
+            /// The server's failure; a server that goes away meanwhile.
+            #[cfg(all(feature = "async", not(loom)))]
+            pub fn try_acquire_async(&self) -> impl std::future::Future<Output = Result<bool>> + Send + '_ {
+                self.proxy.call_as_async(
+                    "acquire",
+                    $crate::manager::client::acquire_args(false, None),
+                    $crate::manager::client::awaiting::OnDrop::ReleaseIfTaken,
+                )
+            }
+
             #[doc = concat!("Takes ", $what, ", as a future: the form of [`acquire`](Self::acquire) to `.await`, on any executor; bound it with your runtime's timeout.")]
             ///
             /// **Cancel-safe**: dropped before it completes, it holds nothing. A request already
@@ -108,6 +121,52 @@ macro_rules! acquire_forms {
             }
         }
     };
+}
+
+/// Writes proxy calls in their two forms: the blocking one, and (feature `async`) the one to
+/// `.await`, named with `_async`. `args` makes the positional arguments (`?` works in it);
+/// `reply` turns the server's reply, or its failure, into the result.
+macro_rules! call_forms {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident / $name_async:ident $([$($generics:tt)*])?
+            (&$self:ident $(, $arg:ident: $ty:ty)*) -> $out:ty
+            = $method:literal ($args:expr) => $reply:expr;
+    )*) => {$(
+        $(#[$doc])*
+        #[allow(clippy::redundant_closure_call)]
+        pub fn $name$(<$($generics)*>)?(&$self $(, $arg: $ty)*) -> Result<$out> {
+            let args: Vec<Value> = $args;
+            ($reply)($self.proxy.call($method, args, Vec::new()))
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`](Self::", stringify!($name),
+            ") as a future, to `.await` on any executor.")]
+        ///
+        /// Dropped after its request went out, the call is still made on the server (its
+        /// reply is dropped, and the proxy's next call connects again).
+        ///
+        /// # Errors
+        #[doc = concat!("As [`", stringify!($name), "`](Self::", stringify!($name),
+            "); a server that goes away meanwhile.")]
+        #[cfg(all(feature = "async", not(loom)))]
+        #[allow(clippy::redundant_closure_call)]
+        pub fn $name_async$(<$($generics)*>)?(
+            &$self $(, $arg: $ty)*
+        ) -> impl std::future::Future<Output = Result<$out>> + Send {
+            let args = (|| -> Result<Vec<Value>> { Ok($args) })();
+            let call = args.map(|args| {
+                $self.proxy.call_async(
+                    $method,
+                    args,
+                    Vec::new(),
+                    $crate::manager::client::awaiting::OnDrop::Nothing,
+                )
+            });
+            let reply = $reply;
+            async move { reply(call?.await) }
+        }
+    )*};
 }
 
 #[cfg(all(feature = "async", not(loom)))]
@@ -165,6 +224,33 @@ fn request(ident: Option<&str>, func: &str, args: Vec<Value>, kwds: Vec<(Value, 
         Value::Tuple(args),
         Value::Dict(kwds),
     ])
+}
+
+/// A reply as a `T`.
+fn reply_as<T: DeserializeOwned>(reply: Result<Value>) -> Result<T> {
+    Ok(pickle::from_value(reply?)?)
+}
+
+/// A reply whose value does not matter (`None`).
+fn reply_unit(reply: Result<Value>) -> Result<()> {
+    reply.map(drop)
+}
+
+/// Whether the call found what it looked for: false if it raised the built-in exception
+/// `name` (a `KeyError`, an `AttributeError`).
+fn found(reply: Result<Value>, name: &str) -> Result<bool> {
+    match reply {
+        Ok(_) => Ok(true),
+        Err(e) if is_exception(&e, name) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `e` is the remote built-in exception `name` (`"AttributeError"`).
+fn is_exception(e: &Error, name: &str) -> bool {
+    matches!(e, Error::Remote { detail, .. }
+        if detail.strip_prefix("builtins.").is_some_and(|d| d.starts_with(name)
+            && d[name.len()..].starts_with(':')))
 }
 
 /// Turns a reply `(kind, value)` into the value or the error it carries.
@@ -617,62 +703,46 @@ proxy_type! {
 }
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
-    /// `d[key] = value`.
-    ///
-    /// # Errors
-    /// The server's failure; a key or value that does not map onto Python's data model.
-    pub fn set(&self, key: &K, value: &V) -> Result<()> {
-        let args = vec![pickle::to_value(key)?, pickle::to_value(value)?];
-        self.proxy.call("__setitem__", args, Vec::new()).map(drop)
-    }
+    call_forms! {
+        /// `d[key] = value`.
+        ///
+        /// # Errors
+        /// The server's failure; a key or value that does not map onto Python's data model.
+        fn set / set_async(&self, key: &K, value: &V) -> ()
+            = "__setitem__"(vec![pickle::to_value(key)?, pickle::to_value(value)?]) => reply_unit;
 
-    /// `d.get(key)`: the value, or `None` if the key is absent.
-    ///
-    /// # Errors
-    /// The server's failure; a value that is not a `V`.
-    pub fn get(&self, key: &K) -> Result<Option<V>> {
-        self.proxy.call_as("get", vec![pickle::to_value(key)?])
-    }
+        /// `d.get(key)`: the value, or `None` if the key is absent.
+        ///
+        /// # Errors
+        /// The server's failure; a value that is not a `V`.
+        fn get / get_async(&self, key: &K) -> Option<V>
+            = "get"(vec![pickle::to_value(key)?]) => reply_as;
 
-    /// `del d[key]`; whether the key was there.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn remove(&self, key: &K) -> Result<bool> {
-        match self
-            .proxy
-            .call("__delitem__", vec![pickle::to_value(key)?], Vec::new())
-        {
-            Ok(_) => Ok(true),
-            Err(Error::Remote { detail, .. }) if detail.starts_with("builtins.KeyError") => {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
+        /// `del d[key]`; whether the key was there.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn remove / remove_async(&self, key: &K) -> bool
+            = "__delitem__"(vec![pickle::to_value(key)?]) => |r| found(r, "KeyError");
 
-    /// `len(d)`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.call_as("__len__", Vec::new())
-    }
+        /// `len(d)`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn len / len_async(&self) -> usize = "__len__"(Vec::new()) => reply_as;
 
-    /// `len(d) == 0`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
+        /// `len(d) == 0`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn is_empty / is_empty_async(&self) -> bool
+            = "__len__"(Vec::new()) => |r| Ok(reply_as::<usize>(r)? == 0);
 
-    /// `d.items()`, as pairs.
-    ///
-    /// # Errors
-    /// The server's failure; keys or values of other types.
-    pub fn items(&self) -> Result<Vec<(K, V)>> {
-        self.proxy.call_as("items", Vec::new())
+        /// `d.items()`, as pairs.
+        ///
+        /// # Errors
+        /// The server's failure; keys or values of other types.
+        fn items / items_async(&self) -> Vec<(K, V)> = "items"(Vec::new()) => reply_as;
     }
 }
 
@@ -683,46 +753,39 @@ proxy_type! {
 }
 
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
-    /// `l.append(item)`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn append(&self, item: &T) -> Result<()> {
-        self.proxy
-            .call("append", vec![pickle::to_value(item)?], Vec::new())
-            .map(drop)
-    }
+    call_forms! {
+        /// `l.append(item)`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn append / append_async(&self, item: &T) -> ()
+            = "append"(vec![pickle::to_value(item)?]) => reply_unit;
 
-    /// `l[index]` (negative counts from the end).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`IndexError`) out of range.
-    pub fn get(&self, index: i64) -> Result<T> {
-        self.proxy.call_as("__getitem__", vec![Value::Int(index)])
-    }
+        /// `l[index]` (negative counts from the end).
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`IndexError`) out of range.
+        fn get / get_async(&self, index: i64) -> T
+            = "__getitem__"(vec![Value::Int(index)]) => reply_as;
 
-    /// `len(l)`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.call_as("__len__", Vec::new())
-    }
+        /// `len(l)`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn len / len_async(&self) -> usize = "__len__"(Vec::new()) => reply_as;
 
-    /// `len(l) == 0`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
+        /// `len(l) == 0`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn is_empty / is_empty_async(&self) -> bool
+            = "__len__"(Vec::new()) => |r| Ok(reply_as::<usize>(r)? == 0);
 
-    /// A copy of the whole list (`l._getvalue()`).
-    ///
-    /// # Errors
-    /// The server's failure; items of another type.
-    pub fn to_vec(&self) -> Result<Vec<T>> {
-        self.proxy.call_as("#GETVALUE", Vec::new())
+        /// A copy of the whole list (`l._getvalue()`).
+        ///
+        /// # Errors
+        /// The server's failure; items of another type.
+        fn to_vec / to_vec_async(&self) -> Vec<T> = "#GETVALUE"(Vec::new()) => reply_as;
     }
 }
 
@@ -739,12 +802,12 @@ proxy_type! {
 acquire_forms!(LockProxy, "the lock");
 
 impl LockProxy {
-    /// `release()`.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if this client does not hold it.
-    pub fn release(&self) -> Result<()> {
-        self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    call_forms! {
+        /// `release()`.
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) if this client does not hold it.
+        fn release / release_async(&self) -> () = "release"(Vec::new()) => reply_unit;
     }
 }
 
@@ -756,28 +819,24 @@ proxy_type! {
 }
 
 impl EventProxy {
-    /// `set()`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn set(&self) -> Result<()> {
-        self.proxy.call("set", Vec::new(), Vec::new()).map(drop)
-    }
+    call_forms! {
+        /// `set()`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn set / set_async(&self) -> () = "set"(Vec::new()) => reply_unit;
 
-    /// `clear()`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.call("clear", Vec::new(), Vec::new()).map(drop)
-    }
+        /// `clear()`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn clear / clear_async(&self) -> () = "clear"(Vec::new()) => reply_unit;
 
-    /// `is_set()`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn is_set(&self) -> Result<bool> {
-        self.proxy.call_as("is_set", Vec::new())
+        /// `is_set()`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn is_set / is_set_async(&self) -> bool = "is_set"(Vec::new()) => reply_as;
     }
 
     /// `wait()`: until the event is set. [`is_set`](Self::is_set) is the form that does not
@@ -854,21 +913,18 @@ proxy_type! {
 }
 
 impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
-    /// `v.value`.
-    ///
-    /// # Errors
-    /// The server's failure; a value of another type.
-    pub fn get(&self) -> Result<T> {
-        self.proxy.call_as("get", Vec::new())
-    }
+    call_forms! {
+        /// `v.value`.
+        ///
+        /// # Errors
+        /// The server's failure; a value of another type.
+        fn get / get_async(&self) -> T = "get"(Vec::new()) => reply_as;
 
-    /// `v.value = value`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn set(&self, value: &T) -> Result<()> {
-        self.proxy
-            .call("set", vec![pickle::to_value(value)?], Vec::new())
-            .map(drop)
+        /// `v.value = value`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn set / set_async(&self, value: &T) -> ()
+            = "set"(vec![pickle::to_value(value)?]) => reply_unit;
     }
 }

@@ -11,20 +11,13 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(all(feature = "async", not(loom)))]
 use super::awaiting::OnDrop;
-use super::{LockProxy, ManagerClient, Proxy};
+use super::{LockProxy, ManagerClient, Proxy, found, is_exception, reply_as, reply_unit};
 use crate::error::{Error, Result};
 use crate::manager::typecode::{Typecode, parse_array};
 use crate::pickle::{self, Value};
 
 fn seconds(t: Duration) -> Value {
     Value::Float(t.as_secs_f64())
-}
-
-/// Whether `e` is the remote built-in exception `name` (`"AttributeError"`).
-fn is_exception(e: &Error, name: &str) -> bool {
-    matches!(e, Error::Remote { detail, .. }
-        if detail.strip_prefix("builtins.").is_some_and(|d| d.starts_with(name)
-            && d[name.len()..].starts_with(':')))
 }
 
 /// The positional arguments a serde value stands for: a tuple's items (`()` is none).
@@ -376,44 +369,32 @@ proxy_type! {
 }
 
 impl NamespaceProxy {
-    /// `ns.name`, or `None` if it has no such attribute.
-    ///
-    /// # Errors
-    /// The server's failure; [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if
-    /// the value is not a `T`.
-    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        match self
-            .proxy
-            .call("__getattribute__", vec![Value::str(name)], Vec::new())
-        {
-            Ok(v) => Ok(Some(pickle::from_value(v)?)),
-            Err(e) if is_exception(&e, "AttributeError") => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
+    call_forms! {
+        /// `ns.name`, or `None` if it has no such attribute.
+        ///
+        /// # Errors
+        /// The server's failure; [`ErrorKind::Serialization`](crate::ErrorKind::Serialization)
+        /// if the value is not a `T`.
+        fn get / get_async[T: DeserializeOwned](&self, name: &str) -> Option<T>
+            = "__getattribute__"(vec![Value::str(name)]) => |r: Result<Value>| match r {
+                Ok(v) => Ok(Some(pickle::from_value(v)?)),
+                Err(e) if is_exception(&e, "AttributeError") => Ok(None),
+                Err(e) => Err(e),
+            };
 
-    /// `ns.name = value`.
-    ///
-    /// # Errors
-    /// The server's failure; a value that does not map onto Python's data model.
-    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<()> {
-        let args = vec![Value::str(name), pickle::to_value(value)?];
-        self.proxy.call("__setattr__", args, Vec::new()).map(drop)
-    }
+        /// `ns.name = value`.
+        ///
+        /// # Errors
+        /// The server's failure; a value that does not map onto Python's data model.
+        fn set / set_async[T: Serialize + ?Sized](&self, name: &str, value: &T) -> ()
+            = "__setattr__"(vec![Value::str(name), pickle::to_value(value)?]) => reply_unit;
 
-    /// `del ns.name`; whether it was there.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn remove(&self, name: &str) -> Result<bool> {
-        match self
-            .proxy
-            .call("__delattr__", vec![Value::str(name)], Vec::new())
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_exception(&e, "AttributeError") => Ok(false),
-            Err(e) => Err(e),
-        }
+        /// `del ns.name`; whether it was there.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn remove / remove_async(&self, name: &str) -> bool
+            = "__delattr__"(vec![Value::str(name)]) => |r| found(r, "AttributeError");
     }
 }
 
@@ -429,13 +410,13 @@ proxy_type! {
 acquire_forms!(SemaphoreProxy, "a slot");
 
 impl SemaphoreProxy {
-    /// Gives a slot back (`release()`).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`ValueError`) for a bounded
-    /// semaphore released more times than it was acquired.
-    pub fn release(&self) -> Result<()> {
-        self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    call_forms! {
+        /// Gives a slot back (`release()`).
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`ValueError`) for a bounded
+        /// semaphore released more times than it was acquired.
+        fn release / release_async(&self) -> () = "release"(Vec::new()) => reply_unit;
     }
 }
 
@@ -451,13 +432,28 @@ proxy_type! {
 acquire_forms!(ConditionProxy, "the condition's lock (reentrant)");
 
 impl ConditionProxy {
-    /// Releases the condition's lock.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
-    /// not hold it.
-    pub fn release(&self) -> Result<()> {
-        self.proxy.call("release", Vec::new(), Vec::new()).map(drop)
+    call_forms! {
+        /// Releases the condition's lock.
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+        /// not hold it.
+        fn release / release_async(&self) -> () = "release"(Vec::new()) => reply_unit;
+
+        /// Wakes up to `n` waiters (in the order they came).
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+        /// not hold the lock.
+        fn notify / notify_async(&self, n: usize) -> ()
+            = "notify"(vec![Value::Int(i64::try_from(n).unwrap_or(i64::MAX))]) => reply_unit;
+
+        /// Wakes every waiter.
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
+        /// not hold the lock.
+        fn notify_all / notify_all_async(&self) -> () = "notify_all"(Vec::new()) => reply_unit;
     }
 
     /// Releases the lock, waits for a `notify`, then takes the lock again.
@@ -556,29 +552,6 @@ impl ConditionProxy {
             self.wait_until(deadline)?;
         }
     }
-
-    /// Wakes up to `n` waiters (in the order they came).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
-    /// not hold the lock.
-    pub fn notify(&self, n: usize) -> Result<()> {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        self.proxy
-            .call("notify", vec![Value::Int(n)], Vec::new())
-            .map(drop)
-    }
-
-    /// Wakes every waiter.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`RuntimeError`) if this proxy does
-    /// not hold the lock.
-    pub fn notify_all(&self) -> Result<()> {
-        self.proxy
-            .call("notify_all", Vec::new(), Vec::new())
-            .map(drop)
-    }
 }
 
 proxy_type! {
@@ -631,49 +604,39 @@ impl BarrierProxy {
             .call_as_async("wait", vec![Value::None], OnDrop::AbortBarrier)
     }
 
-    /// Breaks the barrier: waiters, and later waits until a `reset`, fail.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn abort(&self) -> Result<()> {
-        self.proxy.call("abort", Vec::new(), Vec::new()).map(drop)
-    }
+    call_forms! {
+        /// Breaks the barrier: waiters, and later waits until a `reset`, fail.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn abort / abort_async(&self) -> () = "abort"(Vec::new()) => reply_unit;
 
-    /// Back to the empty, unbroken state; current waiters fail.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn reset(&self) -> Result<()> {
-        self.proxy.call("reset", Vec::new(), Vec::new()).map(drop)
-    }
+        /// Back to the empty, unbroken state; current waiters fail.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn reset / reset_async(&self) -> () = "reset"(Vec::new()) => reply_unit;
 
-    fn attribute<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
-        self.proxy
-            .call_as("__getattribute__", vec![Value::str(name)])
-    }
+        /// How many waiters pass it at once.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn parties / parties_async(&self) -> u32
+            = "__getattribute__"(vec![Value::str("parties")]) => reply_as;
 
-    /// How many waiters pass it at once.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn parties(&self) -> Result<u32> {
-        self.attribute("parties")
-    }
+        /// How many wait now.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn n_waiting / n_waiting_async(&self) -> u32
+            = "__getattribute__"(vec![Value::str("n_waiting")]) => reply_as;
 
-    /// How many wait now.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn n_waiting(&self) -> Result<u32> {
-        self.attribute("n_waiting")
-    }
-
-    /// Whether it is broken.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn broken(&self) -> Result<bool> {
-        self.attribute("broken")
+        /// Whether it is broken.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn broken / broken_async(&self) -> bool
+            = "__getattribute__"(vec![Value::str("broken")]) => reply_as;
     }
 }
 
@@ -702,57 +665,60 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
         self.typecode.code()
     }
 
-    /// `len(a)`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.call_as("__len__", Vec::new())
+    call_forms! {
+        /// `len(a)`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn len / len_async(&self) -> usize = "__len__"(Vec::new()) => reply_as;
+
+        /// `len(a) == 0`.
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn is_empty / is_empty_async(&self) -> bool
+            = "__len__"(Vec::new()) => |r| Ok(reply_as::<usize>(r)? == 0);
+
+        /// `a[index]` (negative counts from the end).
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`IndexError`) out of range.
+        fn get / get_async(&self, index: i64) -> T
+            = "__getitem__"(vec![Value::Int(index)]) => reply_as;
+
+        /// `a[index] = value`.
+        ///
+        /// # Errors
+        /// [`ErrorKind::Remote`](crate::ErrorKind::Remote): `IndexError` out of range,
+        /// `OverflowError` or `TypeError` if the value does not fit the typecode.
+        fn set / set_async(&self, index: i64, value: &T) -> ()
+            = "__setitem__"(vec![Value::Int(index), pickle::to_value(value)?]) => reply_unit;
+
+        /// `a[start:stop]`, with Python's clamping (negative counts from the end).
+        ///
+        /// # Errors
+        /// The server's failure.
+        fn get_slice / get_slice_async(&self, start: i64, stop: i64) -> Vec<T>
+            = "__getitem__"(vec![slice(start, stop)]) => |r: Result<Value>| self.items(r?);
+
+        /// `a[start:stop] = items`: replaces that part, which may change the length.
+        ///
+        /// # Errors
+        /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if an item does not
+        /// fit the typecode; the server's failure.
+        fn set_slice / set_slice_async(&self, start: i64, stop: i64, items: &[T]) -> ()
+            = "__setitem__"(vec![slice(start, stop), self.encode(items)?]) => reply_unit;
+
+        /// A copy of the whole array (`a._getvalue()`).
+        ///
+        /// # Errors
+        /// The server's failure; items of another type.
+        fn to_vec / to_vec_async(&self) -> Vec<T>
+            = "#GETVALUE"(Vec::new()) => |r: Result<Value>| self.items(r?);
     }
 
-    /// `len(a) == 0`.
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// `a[index]` (negative counts from the end).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote) (`IndexError`) out of range.
-    pub fn get(&self, index: i64) -> Result<T> {
-        self.proxy.call_as("__getitem__", vec![Value::Int(index)])
-    }
-
-    /// `a[index] = value`.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote): `IndexError` out of range,
-    /// `OverflowError` or `TypeError` if the value does not fit the typecode.
-    pub fn set(&self, index: i64, value: &T) -> Result<()> {
-        let args = vec![Value::Int(index), pickle::to_value(value)?];
-        self.proxy.call("__setitem__", args, Vec::new()).map(drop)
-    }
-
-    /// `a[start:stop]`, with Python's clamping (negative counts from the end).
-    ///
-    /// # Errors
-    /// The server's failure.
-    pub fn get_slice(&self, start: i64, stop: i64) -> Result<Vec<T>> {
-        let v = self
-            .proxy
-            .call("__getitem__", vec![slice(start, stop)], Vec::new())?;
-        self.items(v)
-    }
-
-    /// `a[start:stop] = items`: replaces that part, which may change the length.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Serialization`](crate::ErrorKind::Serialization) if an item does not fit
-    /// the typecode; the server's failure.
-    pub fn set_slice(&self, start: i64, stop: i64, items: &[T]) -> Result<()> {
+    /// `items` as the `array.array` the server takes.
+    fn encode(&self, items: &[T]) -> Result<Value> {
         let values = items
             .iter()
             .map(pickle::to_value)
@@ -763,17 +729,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
                 format!("{}: {}", r.name(), r.message()),
             )
         })?;
-        let args = vec![slice(start, stop), self.typecode.to_value(bytes)];
-        self.proxy.call("__setitem__", args, Vec::new()).map(drop)
-    }
-
-    /// A copy of the whole array (`a._getvalue()`).
-    ///
-    /// # Errors
-    /// The server's failure; items of another type.
-    pub fn to_vec(&self) -> Result<Vec<T>> {
-        let v = self.proxy.call("#GETVALUE", Vec::new(), Vec::new())?;
-        self.items(v)
+        Ok(self.typecode.to_value(bytes))
     }
 
     /// Another proxy to the same array on a connection of its own.
