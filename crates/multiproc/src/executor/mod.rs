@@ -80,10 +80,26 @@ impl ProcessPoolExecutor {
     /// # Errors
     /// As for [`PoolBuilder::build`].
     pub fn from_builder(builder: PoolBuilder) -> Result<Self> {
-        Ok(ProcessPoolExecutor {
-            pool: Arc::new(builder.build()?),
+        Ok(ProcessPoolExecutor::from_pool(builder.build()?))
+    }
+
+    /// An executor over a pool already built: one on a broker, whose workers are on other
+    /// machines (`Pool::broker`, feature `broker`), or any other.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Pool, ProcessPoolExecutor};
+    ///
+    /// let executor = ProcessPoolExecutor::from_pool(Pool::new(2)?);
+    /// assert_eq!(executor.submit(|x: u32| x * 2, 21)?.result()?, 42);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn from_pool(pool: Pool) -> Self {
+        ProcessPoolExecutor {
+            pool: Arc::new(pool),
             pending: Arc::new(Mutex::new(HashMap::new())),
-        })
+        }
     }
 
     /// Starts `f(args)` in a worker.

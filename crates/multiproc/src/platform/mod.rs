@@ -25,6 +25,8 @@ pub(crate) use linux::process::{
 pub(crate) use linux::child::{ChildHandle, kill_and_reap};
 // Signals: SIGPIPE, a child's stack overflow.
 #[cfg(target_os = "linux")]
+#[cfg(feature = "broker")]
+pub(crate) use linux::signals::TerminationFlag;
 pub(crate) use linux::signals::{ignore_sigpipe, report_stack_overflow};
 // Descriptor passing and sockets.
 #[cfg(target_os = "linux")]

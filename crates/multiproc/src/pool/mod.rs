@@ -14,6 +14,8 @@
 
 mod builder;
 mod chunk;
+#[cfg(feature = "broker")]
+mod remote;
 mod result;
 mod supervisor;
 mod task;
@@ -21,6 +23,8 @@ mod transport;
 mod worker;
 
 pub use builder::PoolBuilder;
+#[cfg(feature = "broker")]
+pub use remote::{BrokerPoolBuilder, BrokerWorker, TaskRegistry, WorkerStopper};
 #[cfg(all(feature = "async", not(loom)))]
 pub use result::IMapStream;
 pub use result::{AsyncResult, IMapIter, MapResult};
@@ -431,6 +435,26 @@ impl Pool {
     /// The pids of the current workers.
     pub fn worker_pids(&self) -> Vec<i32> {
         self.shared.worker_pids()
+    }
+
+    /// A pool whose tasks run on [`BrokerWorker`]s, runs of this same program on any machine
+    /// that reaches the broker at `url` (feature `broker`): the same methods, with the
+    /// functions sent by the names a [`TaskRegistry`] gives them. See [`BrokerPoolBuilder`].
+    #[cfg(feature = "broker")]
+    pub fn broker(url: impl Into<String>, queue: impl Into<String>) -> BrokerPoolBuilder {
+        BrokerPoolBuilder::new(url.into(), queue.into())
+    }
+
+    /// Runs `target` over a chunk of arguments already encoded (a broker worker's task),
+    /// delivering the chunk's encoded results.
+    #[cfg(feature = "broker")]
+    pub(crate) fn submit_raw(
+        &self,
+        target: TaskTarget,
+        items: worker::TaskBytes,
+        deliver: Deliver,
+    ) -> Result<u64> {
+        self.shared.submit(target, items, deliver)
     }
 
     fn from_parts(shared: Arc<Supervisor>, handler: JoinHandle<()>) -> Pool {

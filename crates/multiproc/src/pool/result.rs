@@ -112,10 +112,17 @@ pub(crate) trait Pump: Send + Sync {
     fn enter(&self);
     /// A waiter stops pumping; `sleeping` if it will now wait for the handler to deliver.
     fn leave(&self, sleeping: bool);
+    /// Whether a result may come within a spin (results a network away never do).
+    fn worth_spinning(&self) -> bool {
+        true
+    }
 }
 
 /// Spins until `done()`, pumping results meanwhile; whether it is done.
 pub(crate) fn spin_pumping(pump: &dyn Pump, done: impl Fn() -> bool) -> bool {
+    if !pump.worth_spinning() {
+        return done();
+    }
     pump.enter();
     let got = spin_until(|| done() || (pump.pump() && done()));
     pump.leave(!got);

@@ -20,7 +20,7 @@ use super::chunk;
 use super::result::{Pump, TaskOutcome};
 use super::task::TaskTarget;
 use super::transport::{Transport, WorkerLink};
-use super::worker::{FromWorkerRef, INITIALIZER_FAILED, TaskBytes, ToWorker};
+use super::worker::{FromWorkerRef, INITIALIZER_FAILED, TaskBytes, TaskFailure, ToWorker};
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
 
@@ -157,6 +157,7 @@ impl Supervisor {
         if state.closed || state.finished {
             return Err(Error::invalid("pool", "closed: no new tasks"));
         }
+        self.transport.check_target(target.id())?;
         let id = state.next_id;
         state.next_id += 1;
         state.tasks.insert(
@@ -197,7 +198,8 @@ impl Supervisor {
 
     fn on_report(&self, report: FromWorkerRef<'_>) {
         if report.id == INITIALIZER_FAILED {
-            return self.break_pool(report.outcome.err().unwrap_or_default());
+            let why = report.outcome.err().map(TaskFailure::why);
+            return self.break_pool(why.unwrap_or_default());
         }
         let (entry, now_idle) = {
             let mut state = self.lock();
@@ -212,9 +214,7 @@ impl Supervisor {
             (entry, state.tasks.is_empty())
         };
         if let Some(entry) = entry {
-            let outcome = report
-                .outcome
-                .map_err(|why| Error::serialization("pool task", why));
+            let outcome = report.outcome.map_err(TaskFailure::into_error);
             self.recycle(entry.items);
             run_delivery(entry.deliver, outcome);
         }
@@ -356,6 +356,10 @@ impl Pump for Supervisor {
     fn pump(&self) -> bool {
         self.transport
             .try_report(&mut |report| self.on_report(report))
+    }
+
+    fn worth_spinning(&self) -> bool {
+        self.transport.reports_are_near()
     }
 }
 

@@ -16,7 +16,7 @@ use super::chunk::{self, ItemFailure};
 use crate::process::{anchor_offset, assert_zero_sized, at_anchor_offset, conjure};
 
 /// A chunk trampoline's offset from the anchor, as it travels between processes: data only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct TaskTargetId(isize);
 
 /// A target this process may run over a chunk of arguments (see the module doc).

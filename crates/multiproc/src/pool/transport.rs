@@ -29,6 +29,16 @@ pub(crate) trait Transport: Send + Sync {
 
     /// Takes one report if there is one now and hands it to `on_report`; whether it did.
     fn try_report(&self, on_report: &mut dyn FnMut(FromWorkerRef<'_>)) -> bool;
+
+    /// Whether a report may come within a waiter's spin: the workers are on this machine.
+    fn reports_are_near(&self) -> bool {
+        true
+    }
+
+    /// Whether its workers can run `target` (a broker pool's run only registered functions).
+    fn check_target(&self, _target: TaskTargetId) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One worker, as the supervisor sees it.
@@ -206,7 +216,10 @@ mod tests {
             let report = FromWorker {
                 slot,
                 id,
-                outcome: target.run(&items.0).map(serde_bytes::ByteBuf::from),
+                outcome: target
+                    .run(&items.0)
+                    .map(serde_bytes::ByteBuf::from)
+                    .map_err(super::super::worker::TaskFailure::Broken),
             };
             let bytes = postcard::to_allocvec(&report).unwrap();
             reports.queue.lock().ignore_poison().push_back(bytes);

@@ -50,7 +50,49 @@ impl<'de> Deserialize<'de> for TaskBytes {
 pub(crate) struct FromWorker {
     pub(crate) slot: u32,
     pub(crate) id: u64,
-    pub(crate) outcome: Result<ByteBuf, String>,
+    pub(crate) outcome: Result<ByteBuf, TaskFailure>,
+}
+
+/// Why a task has no results at all (one item's failure travels in the results instead).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum TaskFailure {
+    /// The results could not be encoded, or the initializer failed: why.
+    Broken(String),
+    /// A broker pool's task whose worker was lost (killed, or gone with its machine) as many
+    /// times as the pool allows.
+    WorkerLost {
+        name: String,
+        pid: i32,
+        detail: String,
+    },
+    /// A broker pool's task that ran past the task timeout and was killed.
+    TimedOut { what: String, after_ms: u64 },
+    /// A broker pool's task a worker will not run: why.
+    Refused(String),
+}
+
+impl TaskFailure {
+    pub(crate) fn into_error(self) -> crate::error::Error {
+        use crate::error::Error;
+        match self {
+            TaskFailure::Broken(why) => Error::serialization("pool task", why),
+            TaskFailure::WorkerLost { name, pid, detail } => {
+                Error::WorkerLost { name, pid, detail }
+            }
+            TaskFailure::TimedOut { what, after_ms } => {
+                Error::timeout(what, std::time::Duration::from_millis(after_ms))
+            }
+            TaskFailure::Refused(why) => Error::invalid("pool task", why),
+        }
+    }
+
+    /// What went wrong, in words.
+    pub(crate) fn why(self) -> String {
+        match self {
+            TaskFailure::Broken(why) => why,
+            other => other.into_error().to_string(),
+        }
+    }
 }
 
 /// A [`FromWorker`] read in place: its outcome borrows the receive buffer (the same bytes on
@@ -60,7 +102,7 @@ pub(crate) struct FromWorkerRef<'a> {
     pub(crate) slot: u32,
     pub(crate) id: u64,
     #[serde(borrow)]
-    pub(crate) outcome: Result<&'a [u8], String>,
+    pub(crate) outcome: Result<&'a [u8], TaskFailure>,
 }
 
 impl<'a> FromWorkerRef<'a> {
@@ -85,10 +127,12 @@ pub(crate) struct WorkerArgs {
 }
 
 /// Runs a chunk; panics are caught per item inside, this catches anything else.
-fn run_chunk(target: TaskTarget, items: &[u8]) -> Result<ByteBuf, String> {
+fn run_chunk(target: TaskTarget, items: &[u8]) -> Result<ByteBuf, TaskFailure> {
     match panic::catch_unwind(AssertUnwindSafe(|| target.run(items))) {
-        Ok(outcome) => outcome.map(ByteBuf::from),
-        Err(_) => Err("the task's results could not be encoded".into()),
+        Ok(outcome) => outcome.map(ByteBuf::from).map_err(TaskFailure::Broken),
+        Err(_) => Err(TaskFailure::Broken(
+            "the task's results could not be encoded".into(),
+        )),
     }
 }
 
@@ -100,7 +144,7 @@ pub(crate) const INITIALIZER_FAILED: u64 = u64::MAX;
 fn initialize(target: TaskTarget, args: &[u8]) -> Option<String> {
     let blob = match run_chunk(target, args) {
         Ok(blob) => blob,
-        Err(why) => return Some(why),
+        Err(failure) => return Some(failure.why()),
     };
     // The failures come first in a chunk's results: readable without the value type.
     let failures: Vec<(u32, ItemFailure)> =
@@ -127,7 +171,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let _ = args.results.put(&FromWorker {
             slot: args.slot,
             id: INITIALIZER_FAILED,
-            outcome: Err(why),
+            outcome: Err(TaskFailure::Broken(why)),
         });
         return;
     }

@@ -21,6 +21,8 @@ use self::flavors::QueueFlavor;
 #[cfg(feature = "manager")]
 use self::flavors::manager::{ManagerQueue, ServedFlavor};
 #[cfg(feature = "broker")]
+pub(crate) use self::flavors::redis::Leased;
+#[cfg(feature = "broker")]
 use self::flavors::redis::RedisQueue;
 #[cfg(feature = "broker")]
 pub use self::flavors::redis::{
@@ -117,6 +119,20 @@ macro_rules! with_flavor {
 }
 
 impl<T> Queue<T> {
+    /// The broker flavor behind this handle (the broker pool's streams).
+    #[cfg(feature = "broker")]
+    pub(crate) fn redis(&self) -> Result<&self::flavors::redis::RedisQueue> {
+        match &self.flavor {
+            Flavor::Redis(q) => Ok(q),
+            #[allow(unreachable_patterns)]
+            _ => Err(crate::error::Error::Unsupported {
+                what: "queue".into(),
+                operation: "redis",
+                detail: "not a broker's queue".into(),
+            }),
+        }
+    }
+
     fn of(flavor: Flavor) -> Queue<T> {
         Queue {
             flavor,
@@ -613,6 +629,13 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// As for [`task_done`](Self::task_done).
     pub fn task_rejected(&self, reason: &str) -> Result<()> {
         with_flavor!(&self.queue.flavor, q => q.task_rejected(reason))
+    }
+
+    /// The broker flavor behind this handle, for leases finished out of turn (the broker
+    /// pool's workers): [`Leased`] items and `finish_lease`, `fail_lease`, `reject_lease`.
+    #[cfg(feature = "broker")]
+    pub(crate) fn leases(&self) -> Result<&self::flavors::redis::RedisQueue> {
+        self.queue.redis()
     }
 
     /// Waits until every item put so far is marked done.

@@ -156,3 +156,86 @@ fn page_size() -> usize {
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).unwrap_or(4096)
 }
+
+#[cfg(feature = "broker")]
+pub(crate) use termination::TerminationFlag;
+
+/// SIGTERM and SIGINT as a flag, for a broker worker that stops gracefully.
+#[cfg(feature = "broker")]
+mod termination {
+    use std::mem;
+    use std::ptr;
+
+    /// The flags SIGTERM and SIGINT set while a [`TerminationFlag`] watches (one watcher at a
+    /// time; a second waits its turn by taking the slot when the first is gone).
+    static TERMINATION: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicBool> =
+        std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+
+    extern "C" fn on_termination(_: libc::c_int) {
+        let flag = TERMINATION.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: a non-null TERMINATION points into an `Arc` the watching `TerminationFlag`
+        // keeps alive until after it has put the old handlers back and cleared the pointer.
+        if let Some(flag) = unsafe { flag.as_ref() } {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// While it lives, SIGTERM and SIGINT set a flag instead of ending the process (a worker that
+    /// stops gracefully); dropped, the handlers from before are back.
+    pub(crate) struct TerminationFlag {
+        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        before: Option<[libc::sigaction; 2]>,
+    }
+
+    const TERMINATING: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+
+    impl TerminationFlag {
+        /// Makes SIGTERM and SIGINT set `flag`. If another watcher is active, the signals keep
+        /// its flag (and their effect on this one is left to the caller's own stop).
+        pub(crate) fn watch(
+            flag: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+        ) -> TerminationFlag {
+            use std::sync::atomic::Ordering::SeqCst;
+            let flag = flag.clone();
+            let raw = std::sync::Arc::as_ptr(&flag).cast_mut();
+            if TERMINATION
+                .compare_exchange(ptr::null_mut(), raw, SeqCst, SeqCst)
+                .is_err()
+            {
+                return TerminationFlag { flag, before: None };
+            }
+            // SAFETY: zeroed is a valid sigaction (no handler, empty mask); every field we rely
+            // on is set below.
+            let mut action: libc::sigaction = unsafe { mem::zeroed() };
+            action.sa_sigaction = on_termination as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            // SAFETY: sa_mask is a valid sigset_t to empty.
+            unsafe { libc::sigemptyset(&mut action.sa_mask) };
+            // SAFETY: zeroed sigactions are valid places for the old handlers.
+            let mut before: [libc::sigaction; 2] = unsafe { mem::zeroed() };
+            for (signal, old) in TERMINATING.iter().zip(before.iter_mut()) {
+                // SAFETY: `action` and `old` are valid sigaction structs; the handler only
+                // touches an atomic.
+                unsafe { libc::sigaction(*signal, &action, old) };
+            }
+            TerminationFlag {
+                flag,
+                before: Some(before),
+            }
+        }
+    }
+
+    impl Drop for TerminationFlag {
+        fn drop(&mut self) {
+            let Some(before) = self.before else { return };
+            for (signal, old) in TERMINATING.iter().zip(before.iter()) {
+                // SAFETY: `old` is the sigaction the kernel gave back when ours was installed.
+                unsafe { libc::sigaction(*signal, old, ptr::null_mut()) };
+            }
+            TERMINATION.store(ptr::null_mut(), std::sync::atomic::Ordering::SeqCst);
+            // The Arc in `self.flag` outlives the pointer's last use by a handler: the handlers
+            // are gone before the pointer is cleared, and the Arc only after that.
+            let _ = &self.flag;
+        }
+    }
+}

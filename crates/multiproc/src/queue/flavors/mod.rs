@@ -5,7 +5,7 @@
 #[cfg(feature = "manager")]
 pub(super) mod manager;
 #[cfg(feature = "broker")]
-pub(super) mod redis;
+pub(crate) mod redis;
 pub(crate) mod shm;
 
 use std::fmt;

@@ -360,7 +360,7 @@ impl RedisQueue {
     }
 
     /// See [`QueueAdmin::destroy`](super::QueueAdmin::destroy).
-    pub(super) fn destroy(&self) -> Result<()> {
+    pub(crate) fn destroy(&self) -> Result<()> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         self.with_conn(deadline, |c| {
             redis::cmd("DEL")

@@ -106,6 +106,33 @@ impl RedisQueue {
 
     pub(super) fn ack_oldest(&self) -> Result<()> {
         let id = self.oldest_lease("task_done")?;
+        self.ack(id);
+        Ok(())
+    }
+
+    /// Gives up the lease `id` (taken with [`take_leased`](Self::take_leased)), whichever
+    /// lease is oldest.
+    pub(crate) fn release_lease(&self, id: &str) -> Result<()> {
+        let mut leases = self.lock_leases();
+        let pos = leases.iter().position(|l| l == id).ok_or_else(|| {
+            Error::invalid(
+                self.what(),
+                format!("entry {id} is not leased to this handle"),
+            )
+        })?;
+        leases.remove(pos);
+        Ok(())
+    }
+
+    /// Finishes the leased entry `id` out of turn (a pool worker's tasks end in any order).
+    pub(crate) fn finish_lease(&self, id: &str) -> Result<()> {
+        self.release_lease(id)?;
+        self.ack(id.to_string());
+        Ok(())
+    }
+
+    /// Queues the acknowledgement of `id`, sent with the handle's next call, or soon.
+    fn ack(&self, id: String) {
         self.acks.lock().ignore_poison().push(id);
         // Acknowledgements wait to ride with the handle's next call; with no lease left in
         // hand that call may be far off (or never come), and a `join` elsewhere would wait
@@ -115,7 +142,6 @@ impl RedisQueue {
         {
             let _ = renewer.send(());
         }
-        Ok(())
     }
 
     /// Sends the acknowledgements waiting in `acks`.
@@ -165,6 +191,17 @@ impl RedisQueue {
 
     pub(super) fn fail_oldest(&self, reason: &str) -> Result<()> {
         let id = self.oldest_lease("task_failed")?;
+        self.give_back(&id, reason)
+    }
+
+    /// Gives the leased entry `id` back with `reason` (recorded for its dead letter, if it
+    /// comes to that): the next `get` anywhere may take it.
+    pub(crate) fn fail_lease(&self, id: &str, reason: &str) -> Result<()> {
+        self.release_lease(id)?;
+        self.give_back(id, reason)
+    }
+
+    fn give_back(&self, id: &str, reason: &str) -> Result<()> {
         let lease_ms = self.settings.lease.as_millis() as u64;
         self.with_conn(None, |c| {
             // Recorded for the dead-letter stream, then given back: an idle time past the
@@ -173,14 +210,14 @@ impl RedisQueue {
                 .atomic()
                 .cmd("HSET")
                 .arg(&self.keys.errors)
-                .arg(&id)
+                .arg(id)
                 .arg(reason)
                 .cmd("XCLAIM")
                 .arg(&self.keys.stream)
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg(0)
-                .arg(&id)
+                .arg(id)
                 .arg("IDLE")
                 .arg(lease_ms)
                 .arg("JUSTID")
@@ -193,6 +230,17 @@ impl RedisQueue {
     /// deliveries (an entry that must never be handed out again).
     pub(super) fn reject_oldest(&self, reason: &str) -> Result<()> {
         let id = self.oldest_lease("task_rejected")?;
+        self.reject(id, reason)
+    }
+
+    /// Sends the leased entry `id` to the dead letters with `reason`, whatever its
+    /// deliveries.
+    pub(crate) fn reject_lease(&self, id: &str, reason: &str) -> Result<()> {
+        self.release_lease(id)?;
+        self.reject(id.to_string(), reason)
+    }
+
+    fn reject(&self, id: String, reason: &str) -> Result<()> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         let entry = self.with_conn(deadline, |c| {
             let reply: Value = redis::cmd("XRANGE")
@@ -328,17 +376,20 @@ pub(super) fn renew_leases(
 }
 
 /// Sends the acknowledgements waiting in `acks` on the renewing thread's connection; kept
-/// for the handle's next call if that fails.
+/// for the handle's next call if that fails. The list stays locked until they are sent, so
+/// that a call of the handle that flushes acknowledgements first (`join`, `unfinished`) sees
+/// their effect.
 fn send_acks(
     client: &Client,
     conn: &mut Option<Connection>,
     (stream, errors): (&str, &str),
     acks: &Acks,
 ) {
-    let ids = std::mem::take(&mut *acks.lock().ignore_poison());
-    if ids.is_empty() {
+    let mut waiting = acks.lock().ignore_poison();
+    if waiting.is_empty() {
         return;
     }
+    let ids = std::mem::take(&mut *waiting);
     if conn.is_none() {
         *conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).ok();
     }
@@ -350,7 +401,7 @@ fn send_acks(
     });
     if !sent {
         *conn = None;
-        acks.lock().ignore_poison().extend(ids);
+        waiting.extend(ids);
     }
 }
 

@@ -148,7 +148,15 @@ impl Pace {
 }
 
 /// A queue on a Redis stream.
-pub(in crate::queue) struct RedisQueue {
+/// An item taken from the stream, with its entry's id (its lease, for a joinable queue) and
+/// how many times it was delivered, this time included.
+pub(crate) struct Leased<T> {
+    pub(crate) item: T,
+    pub(crate) id: String,
+    pub(crate) deliveries: u32,
+}
+
+pub(crate) struct RedisQueue {
     client: Client,
     /// The URL without its `prefix=`.
     url: String,
@@ -274,6 +282,16 @@ impl RedisQueue {
         format!("queue {:?} at {}", self.name, self.url())
     }
 
+    /// The stream's key (the name with the prefix).
+    pub(crate) fn stream(&self) -> &str {
+        &self.keys.stream
+    }
+
+    /// This handle's consumer name (host, pid and a random part).
+    pub(crate) fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
     fn check_open(&self) -> Result<()> {
         self.closed.check(|| self.what())
     }
@@ -314,6 +332,20 @@ impl RedisQueue {
         waited: Duration,
         read: bool,
     ) -> Result<T> {
+        self.take_leased(deadline, block, waited, read)
+            .map(|taken| taken.item)
+    }
+
+    /// [`take_until`](Self::take_until), with the entry's id and deliveries (for a pool
+    /// worker, which finishes its entries out of turn with
+    /// [`finish_lease`](Self::finish_lease)).
+    pub(crate) fn take_leased<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        waited: Duration,
+        read: bool,
+    ) -> Result<Leased<T>> {
         self.lock_pace().asked();
         loop {
             self.check_open()?;
@@ -454,7 +486,7 @@ impl RedisQueue {
         entry: Entry,
         deliveries: u32,
         deadline: Option<Instant>,
-    ) -> Result<Option<T>> {
+    ) -> Result<Option<Leased<T>>> {
         // This delivery is not handed out: the dead letter counts those that were, as
         // `max_deliveries` does.
         let handed_out = deliveries.saturating_sub(1);
@@ -467,13 +499,18 @@ impl RedisQueue {
         }
         match decode(&entry) {
             Ok(item) => {
+                let id = entry.id;
                 if self.settings.joinable {
-                    self.take_lease(entry.id);
+                    self.take_lease(id.clone());
                 } else {
-                    self.finish(&entry.id, deadline)?;
+                    self.finish(&id, deadline)?;
                 }
                 self.lock_pace().handed();
-                Ok(Some(item))
+                Ok(Some(Leased {
+                    item,
+                    id,
+                    deliveries,
+                }))
             }
             Err(reason) => {
                 tracing::warn!(queue = %self.name, id = %entry.id, %reason, "dead-lettered a malformed entry");

@@ -1,0 +1,252 @@
+//! What a broker pool's tasks and results are on the wire: JSON entries of a Redis stream,
+//! each signed with the pool's authkey.
+//!
+//! The signature is an HMAC-SHA256 over postcard's encoding of every field and of the stream
+//! the entry was written to (which is what makes a task replayed into another queue, or a
+//! result into another pool's stream, fail verification), under a domain string of its own
+//! for tasks and for results. Someone who can write to Redis but lacks the authkey can neither
+//! call a registered function nor forge a result.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::pool::worker::TaskFailure;
+
+/// The format of the entries this build writes and reads.
+pub(super) const FORMAT: u32 = 1;
+
+/// The longest pool id (a pool's results stream is named after it).
+const MAX_POOL_ID: usize = 64;
+
+/// A task as it travels in the pool's task stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct TaskMessage {
+    /// [`FORMAT`].
+    pub(super) v: u32,
+    /// The submitting pool: its results go to the stream named after it.
+    pub(super) pool: String,
+    /// The pool's slot and task id, sent back with the result.
+    pub(super) slot: u32,
+    pub(super) id: u64,
+    /// The registered name of the function.
+    pub(super) function: String,
+    /// The submitter's build: only an identical build runs it.
+    pub(super) build: String,
+    /// How many times it may run again when the worker running it is lost.
+    pub(super) retries: u32,
+    /// The chunk of arguments, base64.
+    pub(super) items: String,
+    /// The signature, base64.
+    pub(super) mac: String,
+}
+
+/// What a worker reports for a task.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Outcome {
+    /// The chunk's results (its items' own failures inside), base64.
+    Done(String),
+    /// Why the task has no results.
+    Failed(TaskFailure),
+}
+
+/// A result as it travels in the submitting pool's results stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ResultMessage {
+    /// [`FORMAT`].
+    pub(super) v: u32,
+    pub(super) slot: u32,
+    pub(super) id: u64,
+    /// The worker that ran it (`host:pid`), for messages.
+    pub(super) worker: String,
+    pub(super) outcome: Outcome,
+    /// The signature, base64.
+    pub(super) mac: String,
+}
+
+/// The HMAC of `signed`'s encoding under `key`.
+fn signature(key: &[u8], signed: &impl Serialize) -> Hmac<Sha256> {
+    // An HMAC takes a key of any length, and postcard encodes any of the tuples below.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(&postcard::to_allocvec(signed).unwrap_or_default());
+    mac
+}
+
+/// Checks `mac` (base64) against `expected`.
+fn verify(expected: Hmac<Sha256>, mac: &str) -> Result<(), String> {
+    let given = BASE64
+        .decode(mac)
+        .map_err(|_| "the signature is not base64".to_string())?;
+    expected.verify_slice(&given).map_err(|_| {
+        "bad signature: not signed with this authkey, or meant for another stream".into()
+    })
+}
+
+impl TaskMessage {
+    /// What the signature covers: every field, and the stream it goes to.
+    fn signed<'a>(&'a self, stream: &'a str) -> impl Serialize + 'a {
+        (
+            "multiproc pool task",
+            stream,
+            self.v,
+            &self.pool,
+            self.slot,
+            self.id,
+            &self.function,
+            &self.build,
+            self.retries,
+            &self.items,
+        )
+    }
+
+    /// A task for `stream`, signed with `key`.
+    pub(super) fn new(key: &[u8], stream: &str, mut message: TaskMessage) -> TaskMessage {
+        let mac = signature(key, &message.signed(stream))
+            .finalize()
+            .into_bytes();
+        message.mac = BASE64.encode(mac);
+        message
+    }
+
+    /// Its arguments, once its signature and format are checked for `stream`.
+    pub(super) fn verify(&self, key: &[u8], stream: &str) -> Result<Vec<u8>, String> {
+        if self.v != FORMAT {
+            return Err(format!(
+                "format version {} (this worker reads {FORMAT})",
+                self.v
+            ));
+        }
+        verify(signature(key, &self.signed(stream)), &self.mac)?;
+        if self.pool.is_empty()
+            || self.pool.len() > MAX_POOL_ID
+            || !self
+                .pool
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!("a malformed pool id {:?}", self.pool));
+        }
+        BASE64
+            .decode(&self.items)
+            .map_err(|_| "the arguments are not base64".into())
+    }
+}
+
+impl ResultMessage {
+    fn signed<'a>(&'a self, stream: &'a str) -> impl Serialize + 'a {
+        (
+            "multiproc pool result",
+            stream,
+            self.v,
+            self.slot,
+            self.id,
+            &self.worker,
+            &self.outcome,
+        )
+    }
+
+    /// A result for `stream`, signed with `key`.
+    pub(super) fn new(key: &[u8], stream: &str, mut message: ResultMessage) -> ResultMessage {
+        let mac = signature(key, &message.signed(stream))
+            .finalize()
+            .into_bytes();
+        message.mac = BASE64.encode(mac);
+        message
+    }
+
+    /// Checks its signature and format for `stream`.
+    pub(super) fn verify(&self, key: &[u8], stream: &str) -> Result<(), String> {
+        if self.v != FORMAT {
+            return Err(format!(
+                "format version {} (this pool reads {FORMAT})",
+                self.v
+            ));
+        }
+        verify(signature(key, &self.signed(stream)), &self.mac)
+    }
+}
+
+/// Bytes as base64, for the JSON entries.
+pub(super) fn encode_bytes(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+/// Base64 back to bytes.
+pub(super) fn decode_bytes(text: &str) -> Result<Vec<u8>, String> {
+    BASE64
+        .decode(text)
+        .map_err(|_| "the results are not base64".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> TaskMessage {
+        TaskMessage::new(
+            b"key",
+            "multiproc:jobs",
+            TaskMessage {
+                v: FORMAT,
+                pool: "p1".into(),
+                slot: 3,
+                id: 7,
+                function: "square".into(),
+                build: "b".into(),
+                retries: 0,
+                items: encode_bytes(b"args"),
+                mac: String::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_signed_task_verifies_on_its_own_stream_only() {
+        let t = task();
+        assert_eq!(t.verify(b"key", "multiproc:jobs").unwrap(), b"args");
+        assert!(t.verify(b"other key", "multiproc:jobs").is_err());
+        assert!(
+            t.verify(b"key", "multiproc:other").is_err(),
+            "replayed elsewhere"
+        );
+    }
+
+    #[test]
+    fn any_field_changed_breaks_the_signature() {
+        let changes: [fn(&mut TaskMessage); 7] = [
+            |t| t.function = "cube".into(),
+            |t| t.id += 1,
+            |t| t.slot += 1,
+            |t| t.pool = "p2".into(),
+            |t| t.build = "c".into(),
+            |t| t.retries = 9,
+            |t| t.items = encode_bytes(b"argz"),
+        ];
+        for change in changes {
+            let mut t = task();
+            change(&mut t);
+            assert!(t.verify(b"key", "multiproc:jobs").is_err(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn results_are_signed_for_their_stream() {
+        let r = ResultMessage::new(
+            b"key",
+            "multiproc:jobs:results:p1",
+            ResultMessage {
+                v: FORMAT,
+                slot: 1,
+                id: 2,
+                worker: "h:1".into(),
+                outcome: Outcome::Done(encode_bytes(b"r")),
+                mac: String::new(),
+            },
+        );
+        assert!(r.verify(b"key", "multiproc:jobs:results:p1").is_ok());
+        assert!(r.verify(b"key", "multiproc:jobs:results:p2").is_err());
+        assert!(r.verify(b"nope", "multiproc:jobs:results:p1").is_err());
+    }
+}

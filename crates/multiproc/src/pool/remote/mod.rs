@@ -1,0 +1,250 @@
+//! A [`Pool`] whose workers are on other machines (feature `broker`): the pool's tasks go to a
+//! Redis stream, [`BrokerWorker`]s (runs of the same program anywhere) take and run them, and
+//! their results come back on a stream of the pool's own.
+//!
+//! - `registry.rs`: [`TaskRegistry`], the functions that may travel, by name.
+//! - `message.rs`: tasks and results on the wire, signed with the pool's authkey.
+//! - `transport.rs`: the submitting side, the pool's [`Transport`](super::transport::Transport).
+//! - `worker.rs`: [`BrokerWorker`], the working side.
+//!
+//! # Delivery
+//! The task stream is a broker [`JoinableQueue`](crate::JoinableQueue): a worker leases each
+//! task until its result is sent (at least once). A worker that dies loses its leases, and the
+//! tasks go to another worker after the queue's lease; a task delivered more times than its
+//! pool's `retries` allow is reported as `WorkerLost` and goes to the dead letters.
+
+/// The setters of what a pool and its workers share ([`Common`]), on both builders.
+macro_rules! common_setters {
+    () => {
+        /// The key every task and result is signed with, the same for a pool and its
+        /// workers. Required.
+        pub fn authkey(mut self, key: impl Into<Vec<u8>>) -> Self {
+            self.common.authkey = key.into();
+            self
+        }
+
+        /// The functions, under the names the pool and its workers know them by.
+        pub fn tasks(mut self, registry: TaskRegistry) -> Self {
+            self.common.registry = registry;
+            self
+        }
+
+        /// The queue's lease (see
+        /// [`BrokerQueueBuilder::lease`](crate::BrokerQueueBuilder::lease)): how long a task
+        /// whose worker died waits before another worker takes it. Unset, the queue's.
+        pub fn lease(mut self, lease: Duration) -> Self {
+            self.common.lease = Some(lease);
+            self
+        }
+    };
+}
+
+mod message;
+mod registry;
+mod transport;
+mod worker;
+
+pub use registry::TaskRegistry;
+pub use worker::{BrokerWorker, WorkerStopper};
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use self::transport::{BrokerTransport, Shared};
+use super::Pool;
+use super::supervisor::{Limits, Supervisor};
+use crate::error::{Error, Result};
+use crate::queue::{JoinableQueue, Queue};
+
+/// Deliveries before the queue itself would dead-letter a task: high, so that the workers
+/// apply each pool's `retries` (and report the loss to the pool) first.
+const MAX_DELIVERIES: u32 = 1000;
+
+/// Tasks a broker pool keeps in flight by default (sent and not yet answered).
+const DEFAULT_WINDOW: usize = 256;
+
+/// The results stream of the pool `pool` sending to `queue`.
+fn results_name(queue: &str, pool: &str) -> String {
+    format!("{queue}:results:{pool}")
+}
+
+/// This build, as the tasks name it: a digest of the executable and the crate's version. Only
+/// a worker of the very same build runs a task (the arguments' encoding and the functions
+/// are this build's).
+fn build_id() -> &'static str {
+    static BUILD: OnceLock<String> = OnceLock::new();
+    BUILD.get_or_init(|| {
+        use sha2::Digest;
+        let digest = std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|bytes| sha2::Sha256::digest(&bytes))
+            .map(|d| {
+                d.iter()
+                    .take(12)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            })
+            .unwrap_or_else(|e| format!("unreadable-{e}"));
+        // For tests only: a run that must look like another build.
+        let salt = std::env::var("MULTIPROC_TEST_BUILD_SALT").unwrap_or_default();
+        format!("{}-{digest}{salt}", env!("CARGO_PKG_VERSION"))
+    })
+}
+
+/// What a pool and its workers both have: the queue, the key and the functions.
+#[derive(Debug)]
+struct Common {
+    url: String,
+    queue: String,
+    authkey: Vec<u8>,
+    registry: TaskRegistry,
+    lease: Option<Duration>,
+}
+
+impl Common {
+    fn new(url: String, queue: String) -> Common {
+        Common {
+            url,
+            queue,
+            authkey: Vec::new(),
+            registry: TaskRegistry::new(),
+            lease: None,
+        }
+    }
+
+    /// Checks the settings of `what` and connects to the task queue.
+    fn connect(&self, what: &str) -> Result<JoinableQueue<message::TaskMessage>> {
+        if self.authkey.is_empty() {
+            return Err(Error::invalid(
+                what,
+                "needs the authkey (.authkey(...)): every task and result is signed with it",
+            ));
+        }
+        self.registry.check()?;
+        let mut tasks =
+            Queue::broker(self.url.clone(), self.queue.clone()).max_deliveries(MAX_DELIVERIES);
+        if let Some(lease) = self.lease {
+            tasks = tasks.lease(lease);
+        }
+        tasks.build_joinable()
+    }
+}
+
+/// A random id for a pool.
+fn pool_id() -> String {
+    let mut random = [0u8; 8];
+    let _ = getrandom::fill(&mut random);
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sets up a [`Pool`] whose tasks run on [`BrokerWorker`]s (from [`Pool::broker`]).
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::{Pool, TaskRegistry};
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn tasks() -> TaskRegistry {
+///     TaskRegistry::new().register("square", square)
+/// }
+///
+/// // Workers run `BrokerWorker::new(url, "squares").authkey(..).tasks(tasks()).run()`.
+/// let pool = Pool::broker("redis://127.0.0.1:6379/0", "squares")
+///     .authkey(b"shared secret".to_vec())
+///     .tasks(tasks())
+///     .build()?;
+/// assert_eq!(pool.map(square, 0..4)?, [0, 1, 4, 9]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[must_use = "a builder does nothing until built"]
+pub struct BrokerPoolBuilder {
+    common: Common,
+    retries: u32,
+    window: usize,
+}
+
+impl fmt::Debug for BrokerPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerPoolBuilder")
+            .field("url", &self.common.url)
+            .field("queue", &self.common.queue)
+            .field("tasks", &self.common.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerPoolBuilder {
+    pub(crate) fn new(url: String, queue: String) -> BrokerPoolBuilder {
+        BrokerPoolBuilder {
+            common: Common::new(url, queue),
+            retries: 0,
+            window: DEFAULT_WINDOW,
+        }
+    }
+
+    common_setters!();
+
+    /// Run a task again, up to `n` times, when the worker process running it dies (on its
+    /// machine, or with its machine).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// How many tasks (chunks of a `map`) are sent ahead of their results (default 256).
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.window = n;
+        self
+    }
+
+    /// Connects to the broker and starts the pool.
+    ///
+    /// # Errors
+    /// No authkey, a registry with refused names, an in-flight window of 0, a broker that
+    /// cannot be reached.
+    pub fn build(self) -> Result<Pool> {
+        if self.window == 0 {
+            return Err(Error::invalid(
+                "broker pool",
+                "needs room for one task in flight",
+            ));
+        }
+        let tasks = self.common.connect("broker pool")?;
+        let Common {
+            url,
+            queue,
+            authkey,
+            registry,
+            ..
+        } = self.common;
+        let pool = pool_id();
+        let results = Queue::broker(url, results_name(&queue, &pool)).build()?;
+        let shared = Shared {
+            tasks_stream: tasks.leases()?.stream().to_string(),
+            tasks,
+            results_stream: results.redis()?.stream().to_string(),
+            results,
+            pool,
+            registry,
+            authkey,
+            build: build_id().to_string(),
+            retries: self.retries,
+        };
+        // Each slot holds two tasks (one running, one ready), as a local worker does.
+        let limits = Limits {
+            processes: self.window.div_ceil(2),
+            task_timeout: None,
+            retries: 0,
+        };
+        let transport = BrokerTransport {
+            shared: Arc::new(shared),
+        };
+        let (supervisor, handler) = Supervisor::start(Box::new(transport), limits)?;
+        Ok(Pool::from_parts(supervisor, handler))
+    }
+}

@@ -1,0 +1,344 @@
+//! The working side of a broker pool: a run of the user's own program that takes the pool's
+//! tasks from the broker and runs each in a child process, as a local pool does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
+use super::registry::TaskRegistry;
+use super::{Common, build_id, results_name};
+use crate::error::{Error, Result};
+use crate::local_lock::IgnorePoison;
+use crate::pool::Pool;
+use crate::pool::worker::{TaskBytes, TaskFailure};
+use crate::queue::{JoinableQueue, Leased, Queue};
+
+/// How long one wait for a task lasts before the worker looks whether it should stop.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// The most pools whose results streams a worker keeps a connection to.
+const RESULT_STREAMS: usize = 16;
+
+/// Runs the tasks of [`Pool`]s built with [`Pool::broker`], in a run of the same program (the
+/// same build) on any machine that reaches the broker.
+///
+/// It takes tasks from the queue, checks each one's signature (the pool's authkey), build and
+/// function, and runs it in one of its worker processes (a local [`Pool`]): a task that
+/// panics fails with its message, one whose process dies fails with `WorkerLost` (or runs
+/// again, as the pool's `retries` say), one that runs past [`task_timeout`](Self::task_timeout)
+/// is killed. Its result goes back, signed, to the pool that sent it. A task that does not
+/// verify goes to the queue's dead letters; one for another build, or for a function this
+/// worker does not have, is refused with the reason (the pool's call fails with it).
+///
+/// A worker that dies loses the leases of the tasks it held: the broker hands them to
+/// another worker after the queue's lease.
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::{BrokerWorker, TaskRegistry};
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let tasks = TaskRegistry::new().register("square", square);
+///     // Until SIGTERM or SIGINT: running tasks finish, the rest go back to the queue.
+///     BrokerWorker::new("redis://127.0.0.1:6379/0", "squares")
+///         .authkey(b"shared secret".to_vec())
+///         .tasks(tasks)
+///         .processes(4)
+///         .run()
+/// }
+/// ```
+#[derive(Debug)]
+#[must_use = "a worker does nothing until it runs"]
+pub struct BrokerWorker {
+    common: Common,
+    processes: usize,
+    task_timeout: Option<Duration>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Stops a [`BrokerWorker`] from another thread, as SIGTERM does.
+#[derive(Clone, Debug)]
+pub struct WorkerStopper(Arc<AtomicBool>);
+
+impl WorkerStopper {
+    /// Asks the worker to stop: it takes no more tasks, and returns once those it runs are
+    /// done.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl BrokerWorker {
+    /// A worker for the pools sending to `queue` on the broker at `url`.
+    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> BrokerWorker {
+        BrokerWorker {
+            common: Common::new(url.into(), queue.into()),
+            processes: crate::cpu_count(),
+            task_timeout: None,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    common_setters!();
+
+    /// How many tasks run at once, each in a process of its own (default: the CPU count).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n;
+        self
+    }
+
+    /// Kills a task that runs longer, and fails it with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// A handle that stops the worker from another thread.
+    pub fn stopper(&self) -> WorkerStopper {
+        WorkerStopper(self.stop.clone())
+    }
+
+    /// Runs tasks until SIGTERM or SIGINT (or [`WorkerStopper::stop`]): then takes no more,
+    /// lets those running finish, gives back those read ahead, and returns.
+    ///
+    /// # Errors
+    /// No authkey, a registry with refused names, 0 processes, a broker that cannot be
+    /// reached at the start, worker processes that cannot start.
+    pub fn run(self) -> Result<()> {
+        if self.processes == 0 {
+            return Err(Error::invalid(
+                "broker worker",
+                "needs at least one process",
+            ));
+        }
+        let tasks = self.common.connect("broker worker")?;
+        let mut local = Pool::builder().processes(self.processes);
+        if let Some(t) = self.task_timeout {
+            local = local.task_timeout(t);
+        }
+        let runner = Arc::new(Runner {
+            tasks,
+            local: local.build()?,
+            url: self.common.url,
+            queue: self.common.queue,
+            authkey: self.common.authkey,
+            registry: self.common.registry,
+            build: build_id().to_string(),
+            results: Mutex::new(HashMap::new()),
+            running: Mutex::new(0),
+            done: Condvar::new(),
+        });
+        let _signals = crate::platform::TerminationFlag::watch(&self.stop);
+        let most = self.processes * 2;
+        while !self.stop.load(Ordering::SeqCst) {
+            if !runner.wait_for_room(most, LOOK_EVERY) {
+                continue;
+            }
+            let leases = runner.tasks.leases()?;
+            match leases.take_leased::<TaskMessage>(
+                Some(Instant::now() + LOOK_EVERY),
+                true,
+                LOOK_EVERY,
+                true,
+            ) {
+                Ok(leased) => runner.clone().start(leased),
+                Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
+                Err(e) => {
+                    tracing::warn!(queue = %runner.queue, error = %e, "taking a task");
+                    std::thread::park_timeout(LOOK_EVERY);
+                }
+            }
+        }
+        runner.wait_for_room(1, Duration::MAX);
+        Ok(())
+    }
+}
+
+/// What the worker's loop and its tasks' deliveries share.
+struct Runner {
+    tasks: JoinableQueue<TaskMessage>,
+    local: Pool,
+    url: String,
+    queue: String,
+    authkey: Vec<u8>,
+    registry: TaskRegistry,
+    build: String,
+    /// Handles to the results streams of the pools it serves.
+    results: Mutex<HashMap<String, Queue<ResultMessage>>>,
+    running: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Runner {
+    /// Waits up to `patience` until fewer than `most` tasks run; whether they do.
+    fn wait_for_room(&self, most: usize, patience: Duration) -> bool {
+        let running = self.running.lock().ignore_poison();
+        let (running, _) = self
+            .done
+            .wait_timeout_while(running, patience, |n| *n >= most)
+            .ignore_poison();
+        *running < most
+    }
+
+    fn finished_one(&self) {
+        *self.running.lock().ignore_poison() -= 1;
+        self.done.notify_all();
+    }
+
+    /// Checks a task and starts it in a worker process, or refuses it.
+    fn start(self: Arc<Self>, leased: Leased<TaskMessage>) {
+        let Leased {
+            item: task,
+            id: lease,
+            deliveries,
+        } = leased;
+        let Ok(leases) = self.tasks.leases() else {
+            return;
+        };
+        let stream = leases.stream().to_string();
+        let items = match task.verify(&self.authkey, &stream) {
+            Ok(items) => items,
+            Err(why) => {
+                tracing::warn!(queue = %self.queue, %why, "dead-lettered a task that does not verify");
+                self.settle(&lease, Err(why));
+                return;
+            }
+        };
+        let refuse = |why: String| {
+            self.report(&task, Outcome::Failed(TaskFailure::Refused(why.clone())));
+            self.settle(&lease, Err(why));
+        };
+        if task.build != self.build {
+            return refuse(format!(
+                "the task needs build {}; this worker runs build {}",
+                task.build, self.build
+            ));
+        }
+        if deliveries > task.retries.saturating_add(1) {
+            let lost = TaskFailure::WorkerLost {
+                name: format!("a broker worker of queue {:?}", self.queue),
+                pid: 0,
+                detail: format!(
+                    "its workers were lost {} time(s) (killed, or gone with their machine)",
+                    deliveries - 1
+                ),
+            };
+            self.report(&task, Outcome::Failed(lost));
+            return self.settle(&lease, Err("its workers were lost too many times".into()));
+        }
+        let Some(target) = self.registry.target(&task.function) else {
+            return refuse(format!("this worker has no function {:?}", task.function));
+        };
+        *self.running.lock().ignore_poison() += 1;
+        let runner = self.clone();
+        let submitted = self.local.submit_raw(
+            target,
+            TaskBytes(Arc::new(items)),
+            Box::new(move |outcome| {
+                let retry = match &outcome {
+                    Err(e) => {
+                        matches!(
+                            e.kind(),
+                            crate::ErrorKind::WorkerLost | crate::ErrorKind::Timeout
+                        ) && deliveries <= task.retries
+                    }
+                    Ok(_) => false,
+                };
+                if retry {
+                    if let Ok(leases) = runner.tasks.leases()
+                        && let Err(e) = leases.fail_lease(&lease, "its worker process was lost")
+                    {
+                        tracing::warn!(queue = %runner.queue, error = %e, "giving a task back");
+                    }
+                } else {
+                    let reported = match outcome {
+                        Ok(bytes) => Outcome::Done(encode_bytes(bytes)),
+                        Err(e) => Outcome::Failed(failure_of(e)),
+                    };
+                    runner.report(&task, reported);
+                    runner.settle(&lease, Ok(()));
+                }
+                runner.finished_one();
+            }),
+        );
+        if let Err(e) = submitted {
+            tracing::warn!(queue = %self.queue, error = %e, "a task could not start");
+            self.finished_one();
+        }
+    }
+
+    /// Finishes the task's lease: done (`Ok`), or to the dead letters with why.
+    fn settle(&self, lease: &str, how: std::result::Result<(), String>) {
+        let Ok(leases) = self.tasks.leases() else {
+            return;
+        };
+        let settled = match how {
+            Ok(()) => leases.finish_lease(lease),
+            Err(why) => leases.reject_lease(lease, &why),
+        };
+        if let Err(e) = settled {
+            tracing::warn!(queue = %self.queue, error = %e, "finishing a task's lease");
+        }
+    }
+
+    /// Sends `outcome` to the pool that sent `task`.
+    fn report(&self, task: &TaskMessage, outcome: Outcome) {
+        let sent = self.results_of(&task.pool).and_then(|results| {
+            let stream = results.redis()?.stream().to_string();
+            let worker = self
+                .tasks
+                .leases()
+                .map(|l| l.consumer().to_string())
+                .unwrap_or_default();
+            results.put(ResultMessage::new(
+                &self.authkey,
+                &stream,
+                ResultMessage {
+                    v: FORMAT,
+                    slot: task.slot,
+                    id: task.id,
+                    worker,
+                    outcome,
+                    mac: String::new(),
+                },
+            ))
+        });
+        if let Err(e) = sent {
+            tracing::warn!(queue = %self.queue, pool = %task.pool, error = %e, "sending a result");
+        }
+    }
+
+    /// The results stream of `pool`.
+    fn results_of(&self, pool: &str) -> Result<Queue<ResultMessage>> {
+        let mut streams = self.results.lock().ignore_poison();
+        if let Some(q) = streams.get(pool) {
+            return Ok(q.clone());
+        }
+        if streams.len() >= RESULT_STREAMS {
+            streams.clear();
+        }
+        let q: Queue<ResultMessage> =
+            Queue::broker(self.url.clone(), results_name(&self.queue, pool)).build()?;
+        streams.insert(pool.to_string(), q.clone());
+        Ok(q)
+    }
+}
+
+/// Why a task has no results, as the pool is told.
+fn failure_of(e: Error) -> TaskFailure {
+    match e {
+        Error::WorkerLost { name, pid, detail } => TaskFailure::WorkerLost { name, pid, detail },
+        Error::Timeout { what, after } => TaskFailure::TimedOut {
+            what,
+            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        },
+        other => TaskFailure::Broken(other.to_string()),
+    }
+}

@@ -1,0 +1,278 @@
+//! A `Pool` on a broker (feature `broker`), on a real redis-server: its tasks run on
+//! `BrokerWorker`s (runs of this test binary, each with worker processes of its own) and come
+//! back with the local pool's failure semantics; a worker that dies costs a lease; tasks that
+//! are forged or replayed into another queue go to the dead letters.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use multiproc::{BrokerWorker, ErrorKind, Pool, Process, Queue, QueueAdmin, TaskRegistry};
+
+const KEY: &[u8] = b"pool secret";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn fail_on_three(x: u64) -> u64 {
+    assert!(x != 3, "three is not allowed");
+    x
+}
+
+fn abort(_: ()) {
+    std::process::abort();
+}
+
+/// Crashes its worker process the first time (a marker file in `dir` says it ran), then
+/// answers 42.
+fn crash_once(dir: PathBuf) -> u32 {
+    if std::fs::File::create_new(dir.join("ran")).is_ok() {
+        std::process::abort();
+    }
+    42
+}
+
+/// The first time, says it started on the queue `started` and never ends (its worker is killed
+/// under it); after that, answers 7.
+fn hang_once((dir, url): (PathBuf, String)) -> u32 {
+    if std::fs::File::create_new(dir.join("ran")).is_ok() {
+        let started: Queue<u32> = Queue::broker(url, "started").build().unwrap();
+        started.put(1).unwrap();
+        started.flush().unwrap();
+        loop {
+            std::thread::park();
+        }
+    }
+    7
+}
+
+fn tasks() -> TaskRegistry {
+    TaskRegistry::new()
+        .register("square", square)
+        .register("fail_on_three", fail_on_three)
+        .register("abort", abort)
+        .register("crash_once", crash_once)
+        .register("hang_once", hang_once)
+}
+
+/// A worker: a run of this binary serving `queue` with two processes.
+fn serve((url, queue, lease_ms): (String, String, u64)) {
+    BrokerWorker::new(url, queue)
+        .authkey(KEY.to_vec())
+        .tasks(tasks())
+        .processes(2)
+        .lease(Duration::from_millis(lease_ms))
+        .run()
+        .unwrap();
+}
+
+/// Worker processes, killed and reaped when the test ends, also when it fails.
+struct Workers(Vec<Process<()>>);
+
+impl Workers {
+    fn start(n: usize, redis: &RedisServer, queue: &str, lease: Duration) -> Workers {
+        Workers(
+            (0..n)
+                .map(|_| {
+                    let args = (redis.url(), queue.to_string(), lease.as_millis() as u64);
+                    Process::new(serve, args).start().unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.join();
+        }
+    }
+}
+
+fn broker_pool(redis: &RedisServer, queue: &str) -> multiproc::BrokerPoolBuilder {
+    Pool::broker(redis.url(), queue)
+        .authkey(KEY.to_vec())
+        .tasks(tasks())
+}
+
+#[test]
+fn map_apply_and_imap_run_on_broker_workers() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut workers = Workers::start(2, &redis, "squares", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "squares").build().unwrap();
+    assert_eq!(
+        pool.map(square, 0..200).unwrap(),
+        (0..200).map(|x| x * x).collect::<Vec<_>>()
+    );
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    let called = Arc::new(AtomicUsize::new(0));
+    let seen = called.clone();
+    let pending = pool
+        .apply_async_with(
+            square,
+            5,
+            move |v| {
+                seen.store(*v as usize, Ordering::SeqCst);
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(pending.get_timeout(PATIENCE).unwrap(), 25);
+    assert_eq!(called.load(Ordering::SeqCst), 25, "the callback ran first");
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..50, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..50).map(|x| x * x).collect::<Vec<_>>());
+    // A function the pool did not register never leaves it.
+    let err = pool.apply(|x: u64| x + 1, 1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState);
+    assert!(err.to_string().contains("TaskRegistry"), "{err}");
+    pool.close();
+    pool.join().unwrap();
+    // SIGTERM: the workers stop taking tasks and exit cleanly.
+    for w in &mut workers.0 {
+        w.terminate().unwrap();
+        w.join_timeout(PATIENCE).unwrap();
+    }
+}
+
+#[test]
+fn panics_and_crashed_processes_come_back_as_errors() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "failing", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "failing").build().unwrap();
+    let results: Vec<_> = pool
+        .imap(fail_on_three, 0..6, Some(1))
+        .unwrap()
+        .collect::<Vec<_>>();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(*v, i as u64),
+            Err(e) => {
+                assert_eq!(i, 3, "{e}");
+                assert_eq!(e.kind(), ErrorKind::Panicked);
+                assert!(e.to_string().contains("three is not allowed"), "{e}");
+            }
+        }
+    }
+    assert!(results[3].is_err());
+    let err = pool.apply(abort, ()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WorkerLost, "{err}");
+    // The worker carries on.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+
+    // With a retry, a task whose process crashed once runs again.
+    let dir = tempfile::tempdir().unwrap();
+    let retrying = broker_pool(&redis, "failing").retries(1).build().unwrap();
+    assert_eq!(
+        retrying
+            .apply(crash_once, dir.path().to_path_buf())
+            .unwrap(),
+        42
+    );
+}
+
+#[test]
+fn a_worker_that_dies_costs_its_lease_then_the_task_runs_elsewhere_or_fails() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_millis(1500);
+    let started: Queue<u32> = Queue::broker(redis.url(), "started").build().unwrap();
+    for (retries, expect_lost) in [(1, false), (0, true)] {
+        let queue = format!("hanging{retries}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Workers::start(1, &redis, &queue, lease);
+        let pool = broker_pool(&redis, &queue)
+            .retries(retries)
+            .lease(lease)
+            .build()
+            .unwrap();
+        let pending = pool
+            .apply_async(hang_once, (dir.path().to_path_buf(), redis.url()))
+            .unwrap();
+        // The task runs; its worker (and the worker's processes with it) is killed.
+        started.get_timeout(PATIENCE).unwrap();
+        first.0[0].kill().unwrap();
+        first.0[0].join().unwrap_err();
+        let _second = Workers::start(1, &redis, &queue, lease);
+        let got = pending.get_timeout(PATIENCE);
+        if expect_lost {
+            let err = got.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::WorkerLost, "{err}");
+        } else {
+            assert_eq!(got.unwrap(), 7, "run again by the second worker");
+        }
+    }
+}
+
+#[test]
+fn forged_and_replayed_tasks_go_to_the_dead_letters() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A genuine task, signed for queue "a", where no worker runs.
+    let pool_a = broker_pool(&redis, "a").build().unwrap();
+    let _pending = pool_a.apply_async(square, 4).unwrap();
+    let raw_a: Queue<serde_json::Value> = Queue::broker(redis.url(), "a").build().unwrap();
+    let genuine = raw_a.get_timeout(PATIENCE).unwrap();
+    assert_eq!(genuine["function"], "square");
+    // Replayed into queue "b", and a forgery beside it.
+    let raw_b: Queue<serde_json::Value> = Queue::broker(redis.url(), "b").build().unwrap();
+    raw_b.put(genuine.clone()).unwrap();
+    let mut forged = genuine.clone();
+    forged["items"] = serde_json::Value::String("AAAAAAAAAAAAAAAAAAAAAAA=".into());
+    raw_b.put(forged).unwrap();
+    raw_b.flush().unwrap();
+    let _workers = Workers::start(1, &redis, "b", Duration::from_secs(30));
+    // A genuine task for "b" is run after them: the worker has seen both by then.
+    let pool_b = broker_pool(&redis, "b").build().unwrap();
+    assert_eq!(pool_b.apply(square, 6).unwrap(), 36);
+    let admin = QueueAdmin::connect(&redis.url(), "b").unwrap();
+    let dead = admin.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert!(d.reason.contains("bad signature"), "{d:?}");
+    }
+}
+
+#[test]
+fn a_forged_result_is_dropped_and_the_real_one_delivered() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let executor =
+        multiproc::ProcessPoolExecutor::from_pool(broker_pool(&redis, "forged").build().unwrap());
+    let future = executor.submit(square, 9).unwrap();
+    // The pool's results stream, and a result for its task that was not signed with the key.
+    let keys = redis.cli_text(&["KEYS", "multiproc:forged:results:*"]);
+    let stream = keys
+        .lines()
+        .next()
+        .expect("the pool made its results stream");
+    let body = r#"{"v":1,"slot":0,"id":0,"worker":"mallory","outcome":{"Done":"AAAAAAAAAAA="},"mac":"AAAA"}"#;
+    redis.cli(&["XADD", stream, "*", "codec", "json", "body", body]);
+    let _workers = Workers::start(1, &redis, "forged", Duration::from_secs(30));
+    assert_eq!(future.result_timeout(PATIENCE).unwrap(), 81);
+    drop((future, executor));
+    assert_eq!(
+        redis.cli_text(&["EXISTS", stream]),
+        "0",
+        "a finished pool's results stream is deleted"
+    );
+}
