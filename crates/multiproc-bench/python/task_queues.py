@@ -41,6 +41,13 @@ which blocks in Redis (XREAD BLOCK on the job's result stream) - an event, no
 sleeping.  --rq-wait poll instead polls job status every POLL_INTERVAL (1 ms)
 as one would with older RQ.  Either way results are collected in submission
 order.
+
+Workers run in their own sessions and are always stopped by this script
+(SIGTERM = warm shutdown, SIGKILL to the group after STOP_TIMEOUT), on errors
+and on SIGTERM/SIGINT to this script as well.  A Celery worker stopped with a
+backlog in its queue sits out billiard's 30 s "messages consumed" wait and so
+gets the SIGKILL.  Should this script itself be SIGKILLed, the kernel kills the
+workers (PR_SET_PDEATHSIG).
 """
 
 import argparse
@@ -124,9 +131,9 @@ def setup_venv(path):
 def _child_setup(parent_pid):
     # Runs in the forked child before exec: have the kernel kill the worker if
     # this script dies without cleaning up (e.g. SIGKILL from a harness).
-    # SIGKILL, because a warm shutdown can hang (RQ deadlocks in its SIGTERM
-    # handler now and then); Celery's pool children and RQ's work horse go with
-    # it (prefork sets PDEATHSIG itself, a horse ends after its job).
+    # SIGKILL, because a warm shutdown can hang (seen with an RQ worker that
+    # got SIGTERM mid-job); Celery's pool children and RQ's work horse go too
+    # (prefork sets PDEATHSIG itself, a horse ends after its job).
     if sys.platform.startswith("linux"):
         import ctypes
         PR_SET_PDEATHSIG = 1
@@ -162,7 +169,8 @@ class Workers:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)   # warm shutdown for celery and rq
-        deadline = time.monotonic() + STOP_TIMEOUT
+        t0 = time.monotonic()
+        deadline = t0 + STOP_TIMEOUT
         for p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
@@ -171,6 +179,7 @@ class Workers:
                 log("worker %d did not stop in time, killing its group" % p.pid)
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        log("workers stopped after %.2fs" % (time.monotonic() - t0))
         self.procs = []
 
 

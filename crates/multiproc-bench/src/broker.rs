@@ -33,6 +33,11 @@ pub(crate) fn url_if_started() -> Option<String> {
     SERVER.get().map(|s| url(s.port))
 }
 
+/// The URL of the benchmarks' server, started if it is not.
+pub(crate) fn bench_url() -> anyhow::Result<String> {
+    Ok(url(server()?.port))
+}
+
 fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/0")
 }

@@ -5,7 +5,8 @@
 //! Rows named `run_overhead*` and `run_pipe` compare `multiproc run` with GNU parallel or xargs instead: the
 //! other tool's figure stands in the `cpython` column (see `run_overhead.rs`); the `async_*`
 //! rows compare the awaitable waits with what a tokio program would do without them (see
-//! `async_rows.rs`).
+//! `async_rows.rs`); the `broker_pool_*` rows compare a pool on a broker with Celery, RQ and
+//! the local pool (see `broker_pool.rs`).
 //!
 //! ```text
 //! cargo run --release -p multiproc-bench -- all
@@ -19,6 +20,7 @@ mod async_rows;
 mod run_overhead;
 
 mod broker;
+mod broker_pool;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -230,6 +232,41 @@ const BENCHES: &[Bench] = &[
         better: Better::Higher,
         compared: true,
         run: broker::broker_queue,
+    },
+    Bench {
+        name: "broker_pool_vs_celery",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: false,
+        run: broker_pool::vs_celery,
+    },
+    Bench {
+        name: "broker_pool_vs_rq",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: false,
+        run: broker_pool::vs_rq,
+    },
+    Bench {
+        name: "broker_pool_latency_vs_celery",
+        unit: "us",
+        better: Better::Lower,
+        compared: false,
+        run: broker_pool::latency_vs_celery,
+    },
+    Bench {
+        name: "broker_pool_latency_p99_vs_celery",
+        unit: "us",
+        better: Better::Lower,
+        compared: false,
+        run: broker_pool::latency_p99_vs_celery,
+    },
+    Bench {
+        name: "broker_pool_map_vs_local",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: false,
+        run: broker_pool::map_vs_local,
     },
     Bench {
         name: "limit_redis_xadd",

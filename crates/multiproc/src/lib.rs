@@ -84,7 +84,9 @@ pub use pool::IMapStream;
 pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
 #[cfg(feature = "broker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
-pub use pool::{BrokerPoolBuilder, BrokerWorker, TaskRegistry, WorkerStopper};
+pub use pool::{
+    BrokerPoolBuilder, BrokerWorker, TaskRecords, TaskRegistry, TaskStatus, WorkerStopper,
+};
 pub use process::{
     ChildInfo, Process, ProcessBuilder, ProcessInfo, Run, StartMethod, active_children, cpu_count,
     current_process, init, parent_process,

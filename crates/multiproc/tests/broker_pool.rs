@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use multiproc::{BrokerWorker, ErrorKind, Pool, Process, Queue, QueueAdmin, TaskRegistry};
+use multiproc::{
+    BrokerWorker, ErrorKind, Pool, Process, Queue, QueueAdmin, TaskRecords, TaskRegistry,
+    TaskStatus,
+};
 
 const KEY: &[u8] = b"pool secret";
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -275,4 +278,118 @@ fn a_forged_result_is_dropped_and_the_real_one_delivered() {
         "0",
         "a finished pool's results stream is deleted"
     );
+}
+
+#[test]
+fn a_task_is_followed_and_its_result_fetched_by_id() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "records", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "records").build().unwrap();
+    let pending = pool.apply_async(square, 11).unwrap();
+    let id = pending
+        .task_id()
+        .expect("a broker task has an id")
+        .to_string();
+    assert_eq!(pending.get_timeout(PATIENCE).unwrap(), 121);
+    let records = TaskRecords::connect(redis.url(), "records", KEY.to_vec()).unwrap();
+    // The record is written before the result is sent, so it is there now.
+    assert!(
+        matches!(records.status(&id).unwrap(), TaskStatus::Succeeded),
+        "{:?}",
+        records.status(&id)
+    );
+    assert_eq!(records.result::<u64>(&id).unwrap(), Some(121));
+    let key = format!("multiproc:records:task:{id}");
+    let ttl: i64 = redis.cli_text(&["PTTL", &key]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
+
+    // A failure is kept as the pool's call got it.
+    let failing = pool.apply_async(fail_on_three, 3).unwrap();
+    let failed_id = failing.task_id().unwrap().to_string();
+    assert_eq!(
+        failing.get_timeout(PATIENCE).unwrap_err().kind(),
+        ErrorKind::Panicked
+    );
+    match records.status(&failed_id).unwrap() {
+        TaskStatus::Failed(e) => assert_eq!(e.kind(), ErrorKind::Panicked, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let err = records.result::<u64>(&failed_id).unwrap_err();
+    assert!(err.to_string().contains("three is not allowed"), "{err}");
+
+    // Unknown ids are pending (or forgotten); a record not signed with the key is refused.
+    assert!(matches!(
+        records.status("0000000000000000-9").unwrap(),
+        TaskStatus::Pending
+    ));
+    let stranger = TaskRecords::connect(redis.url(), "records", b"not the key".to_vec()).unwrap();
+    assert_eq!(
+        stranger.status(&id).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
+    redis.cli(&["HSET", &key, "outcome", r#"{"Done":"AAAA"}"#]);
+    assert_eq!(
+        records.result::<u64>(&id).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
+
+    // Without records, and on a local pool, there is nothing to follow.
+    let unrecorded = broker_pool(&redis, "records")
+        .result_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let quiet = unrecorded.apply_async(square, 2).unwrap();
+    assert_eq!(quiet.get_timeout(PATIENCE).unwrap(), 4);
+    assert!(matches!(
+        records.status(quiet.task_id().unwrap()).unwrap(),
+        TaskStatus::Pending
+    ));
+    let local = Pool::new(1).unwrap();
+    assert_eq!(local.apply_async(square, 2).unwrap().task_id(), None);
+}
+
+/// A worker of "another build" (its build id salted) with only `fail_on_three`.
+fn serve_other((url, queue, salted): (String, String, bool)) {
+    if salted {
+        // SAFETY: set first thing in this child, before anything reads the environment.
+        unsafe { std::env::set_var("MULTIPROC_TEST_BUILD_SALT", "-other") };
+    }
+    BrokerWorker::new(url, queue)
+        .authkey(KEY.to_vec())
+        .tasks(TaskRegistry::new().register("fail_on_three", fail_on_three))
+        .processes(1)
+        .run()
+        .unwrap();
+}
+
+#[test]
+fn another_build_or_a_missing_function_is_refused_with_the_reason() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    for (salted, why) in [(true, "needs build"), (false, "has no function \"square\"")] {
+        let queue = format!("refusing-{salted}");
+        let worker = Process::new(serve_other, (redis.url(), queue.clone(), salted))
+            .start()
+            .unwrap();
+        let _workers = Workers(vec![worker]);
+        let pool = broker_pool(&redis, &queue).build().unwrap();
+        let err = pool.apply(square, 2).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+        // The worker reports the refusal first, then moves the task to the dead letters.
+        let admin = QueueAdmin::connect(&redis.url(), &queue).unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let dead = loop {
+            let dead = admin.dead_letters(10).unwrap();
+            if !dead.is_empty() || std::time::Instant::now() > deadline {
+                break dead;
+            }
+            std::thread::park_timeout(Duration::from_millis(5));
+        };
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert!(dead[0].reason.contains(why), "{dead:?}");
+    }
 }

@@ -15,6 +15,8 @@ mod linux;
 
 // Processes: ids, spawning this executable again, fork, start-up and exit, its identity.
 #[cfg(target_os = "linux")]
+#[cfg(feature = "broker")]
+pub(crate) use linux::process::gnu_build_id;
 pub(crate) use linux::process::{
     ExitStatus, Forked, SIGKILL, SIGTERM, adopt_fd, at_exit, exe_identity, exit_immediately,
     fd_is_open, fork, getpid, getppid, is_main_thread, keep_freed_memory, run_before_main,

@@ -24,7 +24,9 @@ mod worker;
 
 pub use builder::PoolBuilder;
 #[cfg(feature = "broker")]
-pub use remote::{BrokerPoolBuilder, BrokerWorker, TaskRegistry, WorkerStopper};
+pub use remote::{
+    BrokerPoolBuilder, BrokerWorker, TaskRecords, TaskRegistry, TaskStatus, WorkerStopper,
+};
 #[cfg(all(feature = "async", not(loom)))]
 pub use result::IMapStream;
 pub use result::{AsyncResult, IMapIter, MapResult};
@@ -166,8 +168,8 @@ impl Pool {
                 tracing::error!("a pool callback panicked; the pool carries on");
             }
         });
-        self.shared.submit(TaskTarget::of(&f), items, deliver)?;
-        Ok(AsyncResult::new(slot, self.shared.clone()))
+        let id = self.shared.submit(TaskTarget::of(&f), items, deliver)?;
+        Ok(AsyncResult::new(slot, self.shared.clone()).with_task_id(self.shared.task_key(id)))
     }
 
     /// Applies `f` to every item, in chunks of about `len / (4 × processes)` items (CPython's

@@ -205,6 +205,7 @@ fn deadline_after(timeout: Duration) -> Option<Instant> {
 pub struct AsyncResult<R> {
     slot: Arc<Slot>,
     pump: Arc<dyn Pump>,
+    task_id: Option<String>,
     _value: PhantomData<fn() -> R>,
 }
 
@@ -221,8 +222,21 @@ impl<R: 'static> AsyncResult<R> {
         AsyncResult {
             slot,
             pump,
+            task_id: None,
             _value: PhantomData,
         }
+    }
+
+    pub(crate) fn with_task_id(mut self, task_id: Option<String>) -> Self {
+        self.task_id = task_id;
+        self
+    }
+
+    /// The task's id on a broker (a pool from `Pool::broker`), by which any process with
+    /// the authkey follows it and fetches its result (`TaskRecords`, feature `broker`);
+    /// `None` for a local pool's task.
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
     }
 
     /// Waits for the result and takes it.

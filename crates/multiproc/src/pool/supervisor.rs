@@ -174,6 +174,11 @@ impl Supervisor {
         Ok(id)
     }
 
+    /// The id other processes know task `id` by, if they can look it up.
+    pub(crate) fn task_key(&self, id: u64) -> Option<String> {
+        self.transport.task_key(id)
+    }
+
     /// The result-handler thread.
     fn handle(&self) {
         let mut last_look = Instant::now();

@@ -35,6 +35,12 @@ pub(crate) trait Transport: Send + Sync {
         true
     }
 
+    /// The id by which other processes know the pool's task `id`, if they can (a broker
+    /// pool's tasks have records there).
+    fn task_key(&self, _id: u64) -> Option<String> {
+        None
+    }
+
     /// Whether its workers can run `target` (a broker pool's run only registered functions).
     fn check_target(&self, _target: TaskTargetId) -> Result<()> {
         Ok(())

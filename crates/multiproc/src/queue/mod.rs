@@ -21,13 +21,11 @@ use self::flavors::QueueFlavor;
 #[cfg(feature = "manager")]
 use self::flavors::manager::{ManagerQueue, ServedFlavor};
 #[cfg(feature = "broker")]
-pub(crate) use self::flavors::redis::Leased;
-#[cfg(feature = "broker")]
-use self::flavors::redis::RedisQueue;
-#[cfg(feature = "broker")]
 pub use self::flavors::redis::{
     BrokerQueueBuilder, ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus,
 };
+#[cfg(feature = "broker")]
+pub(crate) use self::flavors::redis::{Leased, RedisQueue};
 pub use self::flavors::shm::QueueBuilder;
 use self::flavors::shm::ShmQueue;
 pub(crate) use self::flavors::shm::ShmQueueOf;

@@ -317,3 +317,99 @@ macro_rules! run_before_main {
     };
 }
 pub(crate) use run_before_main;
+
+/// The running executable's GNU build id (the linker's digest of the file, in its
+/// `.note.gnu.build-id`), read from the notes loaded in memory; `None` if it has none.
+#[cfg_attr(not(feature = "broker"), allow(dead_code))]
+pub(crate) fn gnu_build_id() -> Option<Vec<u8>> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+
+    /// Looks through the notes of the first object, the executable, and stops.
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        found: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid `info` for the duration of the call, and
+        // `found` is the `Option<Vec<u8>>` the caller below handed it.
+        let (info, found) = unsafe { (&*info, &mut *found.cast::<Option<Vec<u8>>>()) };
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
+            let header = unsafe { &*info.dlpi_phdr.add(i) };
+            if header.p_type != libc::PT_NOTE {
+                continue;
+            }
+            let start = (info.dlpi_addr as usize).wrapping_add(header.p_vaddr as usize);
+            // SAFETY: a PT_NOTE segment is loaded (readable) at this address, `p_memsz`
+            // bytes long, for as long as the executable is mapped (the whole run).
+            let notes =
+                unsafe { std::slice::from_raw_parts(start as *const u8, header.p_memsz as usize) };
+            if let Some(id) = find_build_id(notes, NT_GNU_BUILD_ID) {
+                *found = Some(id);
+                return 1;
+            }
+        }
+        1
+    }
+
+    let mut found: Option<Vec<u8>> = None;
+    // SAFETY: `each` matches dl_iterate_phdr's callback type and reads `found` as the
+    // `Option<Vec<u8>>` it is, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut found).cast()) };
+    found
+}
+
+/// The descriptor of the first `GNU` note of type `kind` in `notes` (an ELF note segment:
+/// name size, descriptor size and type, then the name and the descriptor, each padded to 4).
+#[cfg_attr(not(feature = "broker"), allow(dead_code))]
+fn find_build_id(mut notes: &[u8], kind: u32) -> Option<Vec<u8>> {
+    let word = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let padded = |n: usize| n.checked_add(3).map(|n| n & !3);
+    while notes.len() >= 12 {
+        let name_len = word(notes, 0)? as usize;
+        let desc_len = word(notes, 4)? as usize;
+        let note_kind = word(notes, 8)?;
+        let desc_at = 12 + padded(name_len)?;
+        let end = desc_at.checked_add(padded(desc_len)?)?;
+        let name = notes.get(12..12 + name_len)?;
+        let desc = notes.get(desc_at..desc_at + desc_len)?;
+        if note_kind == kind && name == b"GNU\0" {
+            return Some(desc.to_vec());
+        }
+        notes = notes.get(end..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod build_id_tests {
+    use super::find_build_id;
+
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend((name.len() as u32).to_ne_bytes());
+        n.extend((desc.len() as u32).to_ne_bytes());
+        n.extend(kind.to_ne_bytes());
+        n.extend(name);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n.extend(desc);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    }
+
+    #[test]
+    fn the_gnu_build_id_note_is_found_among_others() {
+        let mut notes = note(b"GNU\0", 1, &[0, 0, 0, 0, 3, 0, 0, 0]);
+        notes.extend(note(b"stapsdt\0", 3, b"probe"));
+        notes.extend(note(b"GNU\0", 3, &[0xab; 20]));
+        assert_eq!(find_build_id(&notes, 3), Some(vec![0xab; 20]));
+        assert_eq!(find_build_id(&notes[..12], 3), None, "cut short");
+        assert_eq!(find_build_id(&note(b"GNU\0", 1, b"x"), 3), None);
+        // A size that runs past the segment is no note.
+        let mut bad = note(b"GNU\0", 3, &[1; 8]);
+        bad[4..8].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(find_build_id(&bad, 3), None);
+    }
+}

@@ -37,6 +37,8 @@ pub(super) struct TaskMessage {
     pub(super) build: String,
     /// How many times it may run again when the worker running it is lost.
     pub(super) retries: u32,
+    /// How long its record stays after it was written, in seconds (0: no record).
+    pub(super) record_ttl_s: u64,
     /// The chunk of arguments, base64.
     pub(super) items: String,
     /// The signature, base64.
@@ -97,6 +99,7 @@ impl TaskMessage {
             &self.function,
             &self.build,
             self.retries,
+            self.record_ttl_s,
             &self.items,
         )
     }
@@ -168,6 +171,31 @@ impl ResultMessage {
     }
 }
 
+/// The signature of a task record (see `record.rs`), base64.
+pub(super) fn record_mac(
+    key: &[u8],
+    record: &str,
+    stage: &str,
+    worker: &str,
+    outcome: &str,
+) -> String {
+    let signed = ("multiproc pool task record", record, stage, worker, outcome);
+    BASE64.encode(signature(key, &signed).finalize().into_bytes())
+}
+
+/// Checks a task record's signature.
+pub(super) fn verify_record(
+    key: &[u8],
+    record: &str,
+    stage: &str,
+    worker: &str,
+    outcome: &str,
+    mac: &str,
+) -> Result<(), String> {
+    let signed = ("multiproc pool task record", record, stage, worker, outcome);
+    verify(signature(key, &signed), mac)
+}
+
 /// Bytes as base64, for the JSON entries.
 pub(super) fn encode_bytes(bytes: &[u8]) -> String {
     BASE64.encode(bytes)
@@ -196,6 +224,7 @@ mod tests {
                 function: "square".into(),
                 build: "b".into(),
                 retries: 0,
+                record_ttl_s: 60,
                 items: encode_bytes(b"args"),
                 mac: String::new(),
             },
@@ -215,7 +244,8 @@ mod tests {
 
     #[test]
     fn any_field_changed_breaks_the_signature() {
-        let changes: [fn(&mut TaskMessage); 7] = [
+        let changes: [fn(&mut TaskMessage); 8] = [
+            |t| t.record_ttl_s = 0,
             |t| t.function = "cube".into(),
             |t| t.id += 1,
             |t| t.slot += 1,

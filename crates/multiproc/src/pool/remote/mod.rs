@@ -40,10 +40,12 @@ macro_rules! common_setters {
 }
 
 mod message;
+mod record;
 mod registry;
 mod transport;
 mod worker;
 
+pub use record::{TaskRecords, TaskStatus};
 pub use registry::TaskRegistry;
 pub use worker::{BrokerWorker, WorkerStopper};
 
@@ -76,16 +78,15 @@ fn build_id() -> &'static str {
     static BUILD: OnceLock<String> = OnceLock::new();
     BUILD.get_or_init(|| {
         use sha2::Digest;
-        let digest = std::env::current_exe()
-            .and_then(std::fs::read)
-            .map(|bytes| sha2::Sha256::digest(&bytes))
-            .map(|d| {
-                d.iter()
-                    .take(12)
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            })
-            .unwrap_or_else(|e| format!("unreadable-{e}"));
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        // The linker's digest when it left one (instant); else our own of the file.
+        let digest = match crate::platform::gnu_build_id() {
+            Some(id) => hex(&id),
+            None => std::env::current_exe()
+                .and_then(std::fs::read)
+                .map(|bytes| hex(&sha2::Sha256::digest(&bytes)[..12]))
+                .unwrap_or_else(|e| format!("unreadable-{e}")),
+        };
         // For tests only: a run that must look like another build.
         let salt = std::env::var("MULTIPROC_TEST_BUILD_SALT").unwrap_or_default();
         format!("{}-{digest}{salt}", env!("CARGO_PKG_VERSION"))
@@ -166,6 +167,7 @@ pub struct BrokerPoolBuilder {
     common: Common,
     retries: u32,
     window: usize,
+    record_ttl: Duration,
 }
 
 impl fmt::Debug for BrokerPoolBuilder {
@@ -184,6 +186,7 @@ impl BrokerPoolBuilder {
             common: Common::new(url, queue),
             retries: 0,
             window: DEFAULT_WINDOW,
+            record_ttl: record::DEFAULT_TTL,
         }
     }
 
@@ -193,6 +196,14 @@ impl BrokerPoolBuilder {
     /// machine, or with its machine).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+
+    /// How long each task's record (its state, then its result) stays on the broker after it
+    /// was last written, for [`TaskRecords`] (default a day; whole seconds; zero: no
+    /// records).
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.record_ttl = ttl;
         self
     }
 
@@ -234,6 +245,7 @@ impl BrokerPoolBuilder {
             authkey,
             build: build_id().to_string(),
             retries: self.retries,
+            record_ttl_s: self.record_ttl.as_secs(),
         };
         // Each slot holds two tasks (one running, one ready), as a local worker does.
         let limits = Limits {

@@ -28,6 +28,7 @@ pub(super) struct Shared {
     pub(super) authkey: Vec<u8>,
     pub(super) build: String,
     pub(super) retries: u32,
+    pub(super) record_ttl_s: u64,
 }
 
 impl Drop for Shared {
@@ -75,6 +76,11 @@ impl BrokerTransport {
     }
 }
 
+/// The id of task `id` of pool `pool`, as its record is named.
+pub(super) fn task_id(pool: &str, id: u64) -> String {
+    format!("{pool}-{id}")
+}
+
 /// How long the report reader rests after the broker failed it (it is being reconnected).
 const AFTER_FAILURE: Duration = Duration::from_millis(100);
 
@@ -109,6 +115,10 @@ impl Transport for BrokerTransport {
 
     fn reports_are_near(&self) -> bool {
         false
+    }
+
+    fn task_key(&self, id: u64) -> Option<String> {
+        Some(task_id(&self.shared.pool, id))
     }
 
     fn check_target(&self, target: TaskTargetId) -> Result<()> {
@@ -160,6 +170,7 @@ impl WorkerLink for Slot {
                 function: function.to_string(),
                 build: shared.build.clone(),
                 retries: shared.retries,
+                record_ttl_s: shared.record_ttl_s,
                 items: encode_bytes(&items.0),
                 mac: String::new(),
             },

@@ -7,7 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
+use super::record::{self, Stage};
 use super::registry::TaskRegistry;
+use super::transport::task_id;
 use super::{Common, build_id, results_name};
 use crate::error::{Error, Result};
 use crate::local_lock::IgnorePoison;
@@ -236,6 +238,7 @@ impl Runner {
         let Some(target) = self.registry.target(&task.function) else {
             return refuse(format!("this worker has no function {:?}", task.function));
         };
+        self.record(&task, Stage::Started, None);
         *self.running.lock().ignore_poison() += 1;
         let runner = self.clone();
         let submitted = self.local.submit_raw(
@@ -252,6 +255,7 @@ impl Runner {
                     Ok(_) => false,
                 };
                 if retry {
+                    runner.record(&task, Stage::Retrying, None);
                     if let Ok(leases) = runner.tasks.leases()
                         && let Err(e) = leases.fail_lease(&lease, "its worker process was lost")
                     {
@@ -288,8 +292,24 @@ impl Runner {
         }
     }
 
-    /// Sends `outcome` to the pool that sent `task`.
+    /// Writes `task`'s record, if its pool keeps them.
+    fn record(&self, task: &TaskMessage, stage: Stage, outcome: Option<&Outcome>) {
+        if task.record_ttl_s == 0 {
+            return;
+        }
+        let written = self.tasks.leases().and_then(|q| {
+            let key = record::key(q.stream(), &task_id(&task.pool, task.id));
+            let ttl = Duration::from_secs(task.record_ttl_s);
+            record::write(q, &key, &self.authkey, (stage, q.consumer(), outcome), ttl)
+        });
+        if let Err(e) = written {
+            tracing::warn!(queue = %self.queue, error = %e, "writing a task's record");
+        }
+    }
+
+    /// Sends `outcome` to the pool that sent `task`, and keeps it in the task's record.
     fn report(&self, task: &TaskMessage, outcome: Outcome) {
+        self.record(task, Stage::Ended, Some(&outcome));
         let sent = self.results_of(&task.pool).and_then(|results| {
             let stream = results.redis()?.stream().to_string();
             let worker = self

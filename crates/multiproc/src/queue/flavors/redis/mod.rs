@@ -316,6 +316,19 @@ impl RedisQueue {
         link.take_refused(&self.what())
     }
 
+    /// Writes `cmd` without waiting for its reply, as a `put` is written (written again if
+    /// the connection breaks first, so it must do the same twice): the broker pool's task
+    /// records.
+    pub(crate) fn send_unconfirmed(&self, cmd: &redis::Cmd) -> Result<()> {
+        self.send_put(cmd.get_packed_command(), None)
+    }
+
+    /// Runs `cmd` and reads its reply (after the replies of what was written before it).
+    pub(crate) fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        self.with_conn(deadline, |c| cmd.query(c))
+    }
+
     /// Waits until the broker has stored every item put through this handle; an item it
     /// refused is an error.
     pub(in crate::queue) fn flush_until(&self, deadline: Option<Instant>) -> Result<()> {

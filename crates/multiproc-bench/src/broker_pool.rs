@@ -1,0 +1,226 @@
+//! `broker_pool_*`: a `Pool` on a broker (its tasks run by a `BrokerWorker` with two worker
+//! processes, over the benchmarks' redis-server) against what people use for the same job:
+//! Celery 5 (Redis broker and result backend, prefork pool of two) and RQ (two workers), both
+//! from PyPI in a virtual environment this module sets up once (`python/task_queues.py`); and
+//! `map` of many small tasks against the local `Pool`, what the broker costs per task. Each
+//! row measures both sides in the same run, against the same server; the other side's figure
+//! stands in the `cpython` column.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use multiproc::{BrokerWorker, Pool, Process, TaskRegistry};
+
+use crate::broker;
+use crate::run_overhead::record_other;
+
+const KEY: &[u8] = b"bench key";
+
+fn noop(x: u64) -> u64 {
+    x
+}
+
+fn tasks() -> TaskRegistry {
+    TaskRegistry::new().register("noop", noop)
+}
+
+/// A worker with two processes, as Celery's prefork pool of two.
+fn serve((url, queue): (String, String)) {
+    let _ = BrokerWorker::new(url, queue)
+        .authkey(KEY.to_vec())
+        .tasks(tasks())
+        .processes(2)
+        .run();
+}
+
+/// The worker process, stopped when dropped.
+struct Worker(Process<()>);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.terminate();
+        if self.0.join_timeout(Duration::from_secs(10)).is_err() {
+            let _ = self.0.kill();
+            let _ = self.0.join();
+        }
+    }
+}
+
+/// A broker pool with its worker running, warmed up.
+fn with_pool<T>(f: impl FnOnce(&Pool) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let url = broker::bench_url()?;
+    let queue = format!("bench-pool-{}", std::process::id());
+    let _worker = Worker(Process::new(serve, (url.clone(), queue.clone())).start()?);
+    let pool = Pool::broker(url, queue)
+        .authkey(KEY.to_vec())
+        .tasks(tasks())
+        .build()?;
+    for i in 0..50 {
+        ensure!(pool.apply(noop, i)? == i, "a wrong result");
+    }
+    f(&pool)
+}
+
+/// No-op tasks per second, each sent on its own, from submission to every result in hand.
+fn throughput(pool: &Pool, n: u64) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let pending: Vec<_> = (0..n)
+        .map(|i| pool.apply_async(noop, i))
+        .collect::<Result<_, _>>()?;
+    for (i, p) in pending.into_iter().enumerate() {
+        ensure!(p.get()? == i as u64, "a wrong result");
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// One task's round trips, one after another: (p50, p99) in microseconds.
+fn latency(pool: &Pool, samples: usize) -> anyhow::Result<(f64, f64)> {
+    let mut us: Vec<f64> = Vec::with_capacity(samples);
+    for i in 0..samples as u64 {
+        let t = Instant::now();
+        ensure!(pool.apply(noop, i)? == i, "a wrong result");
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// What `python/task_queues.py` measured for a system.
+#[derive(Clone, Copy, serde::Deserialize)]
+struct Reference {
+    tasks_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// The virtual environment with Celery and RQ, made on first use.
+fn venv_python() -> anyhow::Result<PathBuf> {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = PYTHON.get() {
+        return Ok(p.clone());
+    }
+    let dir = std::env::temp_dir().join("multiproc-bench-task-queues");
+    let python = dir.join("bin").join("python");
+    if !python.exists() {
+        let out = Command::new("python3")
+            .arg(script())
+            .arg("--setup-venv")
+            .arg(&dir)
+            .output()
+            .context("running python3 to make the task queues' virtual environment")?;
+        if !out.status.success() {
+            bail!(
+                "could not install Celery and RQ: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(PYTHON.get_or_init(|| python).clone())
+}
+
+fn script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/python/task_queues.py")
+}
+
+/// The reference figures of `system` (`celery`, `rq`), measured once per run.
+fn reference(system: &str, quick: bool) -> anyhow::Result<Reference> {
+    static SEEN: Mutex<Option<HashMap<String, Reference>>> = Mutex::new(None);
+    if let Some(r) = SEEN
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref()?.get(system).copied())
+    {
+        return Ok(r);
+    }
+    let (tasks, samples) = if quick {
+        ("500", "50")
+    } else {
+        ("3000", "300")
+    };
+    let out = Command::new(venv_python()?)
+        .arg(script())
+        .args(["--redis-url", &broker::bench_url()?])
+        .args(["--system", system, "--tasks", tasks, "--workers", "2"])
+        .args(["--latency-samples", samples])
+        .output()
+        .with_context(|| format!("running the {system} benchmark"))?;
+    if !out.status.success() {
+        bail!(
+            "the {system} benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let r: Reference = serde_json::from_str(line)
+        .with_context(|| format!("the {system} benchmark printed {text:?}"))?;
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.get_or_insert_with(HashMap::new)
+            .insert(system.to_string(), r);
+    }
+    Ok(r)
+}
+
+fn tasks_for(quick: bool) -> u64 {
+    if quick { 2_000 } else { 20_000 }
+}
+
+pub(crate) fn vs_celery(quick: bool) -> anyhow::Result<f64> {
+    let ours = with_pool(|p| throughput(p, tasks_for(quick)))?;
+    record_other(
+        "broker_pool_vs_celery",
+        reference("celery", quick)?.tasks_per_sec,
+    );
+    Ok(ours)
+}
+
+pub(crate) fn vs_rq(quick: bool) -> anyhow::Result<f64> {
+    let ours = with_pool(|p| throughput(p, tasks_for(quick)))?;
+    record_other("broker_pool_vs_rq", reference("rq", quick)?.tasks_per_sec);
+    Ok(ours)
+}
+
+fn samples(quick: bool) -> usize {
+    if quick { 100 } else { 1_000 }
+}
+
+pub(crate) fn latency_vs_celery(quick: bool) -> anyhow::Result<f64> {
+    let (p50, _) = with_pool(|p| latency(p, samples(quick)))?;
+    record_other(
+        "broker_pool_latency_vs_celery",
+        reference("celery", quick)?.p50_us,
+    );
+    Ok(p50)
+}
+
+pub(crate) fn latency_p99_vs_celery(quick: bool) -> anyhow::Result<f64> {
+    let (_, p99) = with_pool(|p| latency(p, samples(quick)))?;
+    record_other(
+        "broker_pool_latency_p99_vs_celery",
+        reference("celery", quick)?.p99_us,
+    );
+    Ok(p99)
+}
+
+/// `map` over many no-op tasks through the broker, against the local pool of two processes.
+pub(crate) fn map_vs_local(quick: bool) -> anyhow::Result<f64> {
+    let n: u64 = if quick { 10_000 } else { 100_000 };
+    let timed = |pool: &Pool| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let got = pool.map(noop, 0..n)?;
+        ensure!(
+            got.len() as u64 == n && got[n as usize - 1] == n - 1,
+            "wrong results"
+        );
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
+    let ours = with_pool(timed)?;
+    let local = timed(&Pool::new(2)?)?;
+    record_other("broker_pool_map_vs_local", local);
+    Ok(ours)
+}

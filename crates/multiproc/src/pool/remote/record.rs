@@ -1,0 +1,219 @@
+//! Each broker task's record: a Redis hash beside the task stream
+//! (`<stream>:task:<task id>`), written by the worker as the task starts, is given back for a
+//! retry, and ends, and kept for a while (the records' time to live, a day by default) so that
+//! any process that has the task's id and the authkey can look at its state and fetch its
+//! result later ([`TaskRecords`]). Every record is signed as results are.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::message::{Outcome, decode_bytes, record_mac, verify_record};
+use crate::error::{Error, Result};
+use crate::pool::chunk::decode_failures;
+use crate::pool::result::single;
+use crate::queue::{JoinableQueue, Queue, RedisQueue};
+
+/// How long a record stays once written, by default.
+pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest task id looked up.
+const MAX_TASK_ID: usize = 128;
+
+/// The key of task `task_id`'s record, beside the task stream `stream`.
+pub(super) fn key(stream: &str, task_id: &str) -> String {
+    format!("{stream}:task:{task_id}")
+}
+
+/// Where a task is, as its record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    Started,
+    Retrying,
+    Ended,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Started => "started",
+            Stage::Retrying => "retrying",
+            Stage::Ended => "ended",
+        }
+    }
+}
+
+/// Writes a record through `queue`'s connection (not waiting for the reply, as a `put`).
+pub(super) fn write(
+    queue: &RedisQueue,
+    key: &str,
+    authkey: &[u8],
+    (stage, worker, outcome): (Stage, &str, Option<&Outcome>),
+    ttl: Duration,
+) -> Result<()> {
+    let outcome = match outcome {
+        Some(o) => serde_json::to_string(o)
+            .map_err(|e| Error::serialization("task record", e.to_string()))?,
+        None => String::new(),
+    };
+    let mac = record_mac(authkey, key, stage.name(), worker, &outcome);
+    let mut hset = redis::cmd("HSET");
+    hset.arg(key)
+        .arg("state")
+        .arg(stage.name())
+        .arg("worker")
+        .arg(worker)
+        .arg("outcome")
+        .arg(&outcome)
+        .arg("mac")
+        .arg(&mac);
+    queue.send_unconfirmed(&hset)?;
+    let mut expire = redis::cmd("PEXPIRE");
+    expire
+        .arg(key)
+        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+    queue.send_unconfirmed(&expire)
+}
+
+/// A broker task's state, from its record.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TaskStatus {
+    /// No record: not started yet (waiting in the queue), or unknown, or its record's time
+    /// ran out.
+    Pending,
+    /// Running on `worker` (`host-pid-…`).
+    Started {
+        /// The worker that took it.
+        worker: String,
+    },
+    /// Its worker process died under it, and it waits to run again.
+    Retrying {
+        /// The worker it was on.
+        worker: String,
+    },
+    /// Done: its result is there ([`TaskRecords::result`]).
+    Succeeded,
+    /// Failed with this error (the one the pool's call got).
+    Failed(Error),
+}
+
+/// The records of the tasks of one broker queue, looked up by task id
+/// ([`AsyncResult::task_id`](crate::AsyncResult::task_id)) from any process that has the
+/// authkey: a task's state and, once it succeeded, its result.
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::{TaskRecords, TaskStatus};
+///
+/// let records = TaskRecords::connect("redis://127.0.0.1:6379/0", "renders", b"key".to_vec())?;
+/// match records.status("4f1c2a9e0b7d6c35-17")? {
+///     TaskStatus::Succeeded => println!("{:?}", records.result::<String>("4f1c2a9e0b7d6c35-17")?),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct TaskRecords {
+    tasks: JoinableQueue<()>,
+    authkey: Vec<u8>,
+}
+
+impl std::fmt::Debug for TaskRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRecords")
+            .field("queue", &self.tasks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskRecords {
+    /// The records of the queue `queue` on the broker at `url`, signed with `authkey`.
+    ///
+    /// # Errors
+    /// A bad URL or name, a broker that cannot be reached.
+    pub fn connect(
+        url: impl Into<String>,
+        queue: impl Into<String>,
+        authkey: impl Into<Vec<u8>>,
+    ) -> Result<TaskRecords> {
+        Ok(TaskRecords {
+            tasks: Queue::broker(url.into(), queue.into()).build_joinable()?,
+            authkey: authkey.into(),
+        })
+    }
+
+    /// The record of `task_id`, verified: its stage, worker and outcome; `None` if none.
+    fn read(&self, task_id: &str) -> Result<Option<(String, String, Option<Outcome>)>> {
+        if task_id.is_empty() || task_id.len() > MAX_TASK_ID {
+            return Err(Error::invalid(
+                "task records",
+                format!("no such task id {task_id:?}"),
+            ));
+        }
+        let queue = self.tasks.leases()?;
+        let key = key(queue.stream(), task_id);
+        let mut fields: HashMap<String, String> = queue.query(redis::cmd("HGETALL").arg(&key))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut take = |name: &str| fields.remove(name).unwrap_or_default();
+        let (stage, worker, outcome, mac) =
+            (take("state"), take("worker"), take("outcome"), take("mac"));
+        verify_record(&self.authkey, &key, &stage, &worker, &outcome, &mac)
+            .map_err(|why| Error::protocol(format!("task record {task_id}"), why))?;
+        let outcome =
+            if outcome.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&outcome).map_err(|e| {
+                    Error::protocol(format!("task record {task_id}"), e.to_string())
+                })?)
+            };
+        Ok(Some((stage, worker, outcome)))
+    }
+
+    /// The state of `task_id`.
+    ///
+    /// # Errors
+    /// A broker that cannot be reached; a record that does not verify (not signed with this
+    /// authkey) or does not decode.
+    pub fn status(&self, task_id: &str) -> Result<TaskStatus> {
+        Ok(match self.read(task_id)? {
+            None => TaskStatus::Pending,
+            Some((stage, worker, outcome)) => match (stage.as_str(), outcome) {
+                ("retrying", _) => TaskStatus::Retrying { worker },
+                (_, Some(Outcome::Done(text))) => {
+                    // A task's results carry its items' own failures (a panic) first.
+                    let bytes = decode_bytes(&text)
+                        .map_err(|why| Error::protocol(format!("task record {task_id}"), why))?;
+                    let (failures, _) = decode_failures(&bytes)?;
+                    match failures.into_iter().next() {
+                        Some((_, failure)) => TaskStatus::Failed(failure.into_error()),
+                        None => TaskStatus::Succeeded,
+                    }
+                }
+                (_, Some(Outcome::Failed(failure))) => TaskStatus::Failed(failure.into_error()),
+                (_, None) => TaskStatus::Started { worker },
+            },
+        })
+    }
+
+    /// The result of `task_id` (a task of `apply_async`): `None` while it has none.
+    ///
+    /// # Errors
+    /// The task's own error if it failed; a result that is not an `R`; as for
+    /// [`status`](Self::status).
+    pub fn result<R: DeserializeOwned + 'static>(&self, task_id: &str) -> Result<Option<R>> {
+        match self.read(task_id)? {
+            Some((_, _, Some(Outcome::Done(text)))) => {
+                let bytes = decode_bytes(&text)
+                    .map_err(|why| Error::protocol(format!("task record {task_id}"), why))?;
+                single(Ok(&bytes)).map(Some)
+            }
+            Some((_, _, Some(Outcome::Failed(failure)))) => Err(failure.into_error()),
+            _ => Ok(None),
+        }
+    }
+}
