@@ -144,7 +144,11 @@ fn reference(system: &str, quick: bool) -> anyhow::Result<Reference> {
     };
     let out = Command::new(venv_python()?)
         .arg(script())
-        .args(["--redis-url", &broker::bench_url()?])
+        // A database of its own: the script empties it first.
+        .args([
+            "--redis-url",
+            &format!("{}1", broker::bench_url()?.trim_end_matches('0')),
+        ])
         .args(["--system", system, "--tasks", tasks, "--workers", "2"])
         .args(["--latency-samples", samples])
         .output()

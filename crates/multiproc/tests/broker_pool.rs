@@ -32,6 +32,13 @@ fn abort(_: ()) {
     std::process::abort();
 }
 
+/// Never returns (its process is killed for running too long).
+fn hang(_: ()) {
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Crashes its worker process the first time (a marker file in `dir` says it ran), then
 /// answers 42.
 fn crash_once(dir: PathBuf) -> u32 {
@@ -55,11 +62,21 @@ fn hang_once((dir, url): (PathBuf, String)) -> u32 {
     7
 }
 
+/// Says it ran, on the queue `ran`.
+fn note_run((n, url): (u64, String)) -> u64 {
+    let ran: Queue<u64> = Queue::broker(url, "ran").build().unwrap();
+    ran.put(n).unwrap();
+    ran.flush().unwrap();
+    n
+}
+
 fn tasks() -> TaskRegistry {
     TaskRegistry::new()
+        .register("note_run", note_run)
         .register("square", square)
         .register("fail_on_three", fail_on_three)
         .register("abort", abort)
+        .register("hang", hang)
         .register("crash_once", crash_once)
         .register("hang_once", hang_once)
 }
@@ -392,4 +409,57 @@ fn another_build_or_a_missing_function_is_refused_with_the_reason() {
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert!(dead[0].reason.contains(why), "{dead:?}");
     }
+}
+
+#[test]
+fn terminating_the_pool_drops_its_tasks_not_yet_started() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pool = broker_pool(&redis, "cancelling").build().unwrap();
+    let pending: Vec<_> = (0..5)
+        .map(|n| pool.apply_async(note_run, (n, redis.url())).unwrap())
+        .collect();
+    // No worker has started any of them yet.
+    pool.terminate();
+    for p in &pending {
+        assert_eq!(
+            p.get_timeout(PATIENCE).unwrap_err().kind(),
+            ErrorKind::InvalidState
+        );
+    }
+    let _workers = Workers::start(1, &redis, "cancelling", Duration::from_secs(30));
+    // The worker takes them and drops them: the queue empties and nothing ran.
+    let admin = QueueAdmin::connect(&redis.url(), "cancelling").unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let status = admin.status().unwrap();
+        if status.waiting == 0 && status.pending == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    let ran: Queue<u64> = Queue::broker(redis.url(), "ran").build().unwrap();
+    assert_eq!(ran.try_get().unwrap_err().kind(), ErrorKind::Empty);
+    // A pool after it is served as usual.
+    let next = broker_pool(&redis, "cancelling").build().unwrap();
+    assert_eq!(next.apply(note_run, (9, redis.url())).unwrap(), 9);
+    assert_eq!(ran.get_timeout(PATIENCE).unwrap(), 9);
+}
+
+#[test]
+fn a_task_past_the_pools_timeout_is_killed_and_fails_with_timeout() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "timing", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "timing")
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = pool.apply(hang, ()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // The worker carries on with a fresh process.
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
 }

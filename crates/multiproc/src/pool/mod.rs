@@ -455,8 +455,9 @@ impl Pool {
         target: TaskTarget,
         items: worker::TaskBytes,
         deliver: Deliver,
+        timeout: Option<std::time::Duration>,
     ) -> Result<u64> {
-        self.shared.submit(target, items, deliver)
+        self.shared.submit_timed(target, items, deliver, timeout)
     }
 
     fn from_parts(shared: Arc<Supervisor>, handler: JoinHandle<()>) -> Pool {

@@ -38,6 +38,8 @@ struct TaskEntry {
     target: TaskTarget,
     items: TaskBytes,
     retries_left: u32,
+    /// Its own timeout (a broker task's), beside the pool's: the shorter applies.
+    timeout: Option<Duration>,
     deliver: Deliver,
 }
 
@@ -150,6 +152,17 @@ impl Supervisor {
         items: TaskBytes,
         deliver: Deliver,
     ) -> Result<u64> {
+        self.submit_timed(target, items, deliver, None)
+    }
+
+    /// [`submit`](Self::submit), with a timeout of the task's own (the pool's applies too).
+    pub(crate) fn submit_timed(
+        &self,
+        target: TaskTarget,
+        items: TaskBytes,
+        deliver: Deliver,
+        timeout: Option<Duration>,
+    ) -> Result<u64> {
         let mut state = self.lock();
         if let Some(why) = &state.broken {
             return Err(Error::invalid("pool", format!("broken: {why}")));
@@ -166,6 +179,7 @@ impl Supervisor {
                 target,
                 items,
                 retries_left: self.limits.retries,
+                timeout,
                 deliver,
             },
         );
@@ -177,6 +191,15 @@ impl Supervisor {
     /// The id other processes know task `id` by, if they can look it up.
     pub(crate) fn task_key(&self, id: u64) -> Option<String> {
         self.transport.task_key(id)
+    }
+
+    /// How long `task` may run: the shorter of its own timeout and the pool's.
+    fn timeout_of(&self, task: Option<&TaskEntry>) -> Option<Duration> {
+        let own = task.and_then(|t| t.timeout);
+        match (own, self.limits.task_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The result-handler thread.
@@ -257,12 +280,11 @@ impl Supervisor {
             if state.finished {
                 return false;
             }
-            for (slot, w) in state.workers.iter_mut().enumerate() {
+            let State { workers, tasks, .. } = &mut *state;
+            for (slot, w) in workers.iter_mut().enumerate() {
                 let Some(link) = &w.link else { continue };
-                let overdue = self
-                    .limits
-                    .task_timeout
-                    .is_some_and(|t| !w.sent.is_empty() && w.front_since.elapsed() > t);
+                let limit = w.sent.front().and_then(|id| self.timeout_of(tasks.get(id)));
+                let overdue = limit.is_some_and(|t| w.front_since.elapsed() > t);
                 if overdue {
                     link.kill();
                     ended.push((slot, true));
@@ -284,6 +306,10 @@ impl Supervisor {
                     continue;
                 };
                 let how = link.join();
+                let limit = state.workers[slot]
+                    .sent
+                    .front()
+                    .and_then(|id| self.timeout_of(state.tasks.get(id)));
                 let w = &mut state.workers[slot];
                 let mut sent = std::mem::take(&mut w.sent);
                 let running = match how {
@@ -293,7 +319,7 @@ impl Supervisor {
                         let error = if timed_out {
                             Error::timeout(
                                 format!("pool task on worker {:?}", w.name),
-                                self.limits.task_timeout.unwrap_or_default(),
+                                limit.unwrap_or_default(),
                             )
                         } else {
                             lost(w, e)

@@ -39,6 +39,8 @@ pub(super) struct TaskMessage {
     pub(super) retries: u32,
     /// How long its record stays after it was written, in seconds (0: no record).
     pub(super) record_ttl_s: u64,
+    /// How long it may run, in milliseconds (the worker's own limit applies too).
+    pub(super) timeout_ms: Option<u64>,
     /// The chunk of arguments, base64.
     pub(super) items: String,
     /// The signature, base64.
@@ -100,6 +102,7 @@ impl TaskMessage {
             &self.build,
             self.retries,
             self.record_ttl_s,
+            self.timeout_ms,
             &self.items,
         )
     }
@@ -225,6 +228,7 @@ mod tests {
                 build: "b".into(),
                 retries: 0,
                 record_ttl_s: 60,
+                timeout_ms: None,
                 items: encode_bytes(b"args"),
                 mac: String::new(),
             },
@@ -244,7 +248,8 @@ mod tests {
 
     #[test]
     fn any_field_changed_breaks_the_signature() {
-        let changes: [fn(&mut TaskMessage); 8] = [
+        let changes: [fn(&mut TaskMessage); 9] = [
+            |t| t.timeout_ms = Some(1),
             |t| t.record_ttl_s = 0,
             |t| t.function = "cube".into(),
             |t| t.id += 1,

@@ -168,6 +168,7 @@ pub struct BrokerPoolBuilder {
     retries: u32,
     window: usize,
     record_ttl: Duration,
+    task_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for BrokerPoolBuilder {
@@ -187,6 +188,7 @@ impl BrokerPoolBuilder {
             retries: 0,
             window: DEFAULT_WINDOW,
             record_ttl: record::DEFAULT_TTL,
+            task_timeout: None,
         }
     }
 
@@ -196,6 +198,14 @@ impl BrokerPoolBuilder {
     /// machine, or with its machine).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+
+    /// Kills a task that runs longer, on its worker, and fails it with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (a worker's own
+    /// [`task_timeout`](BrokerWorker::task_timeout), if shorter, applies instead).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
         self
     }
 
@@ -246,6 +256,10 @@ impl BrokerPoolBuilder {
             build: build_id().to_string(),
             retries: self.retries,
             record_ttl_s: self.record_ttl.as_secs(),
+            timeout_ms: self
+                .task_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+            cancelled: Default::default(),
         };
         // Each slot holds two tasks (one running, one ready), as a local worker does.
         let limits = Limits {

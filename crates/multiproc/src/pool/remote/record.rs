@@ -26,6 +26,11 @@ pub(super) fn key(stream: &str, task_id: &str) -> String {
     format!("{stream}:task:{task_id}")
 }
 
+/// The key that says the pool `pool` was terminated: its tasks not yet started are dropped.
+pub(super) fn cancelled_key(stream: &str, pool: &str) -> String {
+    format!("{stream}:cancelled:{pool}")
+}
+
 /// Where a task is, as its record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stage {

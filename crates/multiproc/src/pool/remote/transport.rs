@@ -29,7 +29,37 @@ pub(super) struct Shared {
     pub(super) build: String,
     pub(super) retries: u32,
     pub(super) record_ttl_s: u64,
+    pub(super) timeout_ms: Option<u64>,
+    /// Terminated: the workers are told to drop its tasks not yet started.
+    pub(super) cancelled: std::sync::atomic::AtomicBool,
 }
+
+impl Shared {
+    /// Tells the workers that the pool is terminated (once): what they have not started of
+    /// its tasks, they drop.
+    fn cancel(&self) {
+        if self
+            .cancelled
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let key = super::record::cancelled_key(&self.tasks_stream, &self.pool);
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(1).arg("EX").arg(CANCELLED_FOR.as_secs());
+        let sent = self
+            .tasks
+            .leases()
+            .and_then(|q| q.send_unconfirmed(&set))
+            .and_then(|()| self.tasks.flush());
+        if let Err(e) = sent {
+            tracing::warn!(pool = %self.pool, error = %e, "telling the workers the pool is terminated");
+        }
+    }
+}
+
+/// How long the workers are told a terminated pool's tasks are to be dropped.
+const CANCELLED_FOR: Duration = Duration::from_secs(24 * 3600);
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -171,6 +201,7 @@ impl WorkerLink for Slot {
                 build: shared.build.clone(),
                 retries: shared.retries,
                 record_ttl_s: shared.record_ttl_s,
+                timeout_ms: shared.timeout_ms,
                 items: encode_bytes(&items.0),
                 mac: String::new(),
             },
@@ -188,7 +219,11 @@ impl WorkerLink for Slot {
         true
     }
 
-    fn kill(&self) {}
+    /// The pool is terminated (a broker pool has no task timeout of its own, the only
+    /// other reason to kill a slot).
+    fn kill(&self) {
+        self.shared.cancel();
+    }
 
     fn join(&mut self) -> Result<()> {
         Ok(())

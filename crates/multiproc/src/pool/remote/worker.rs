@@ -136,6 +136,7 @@ impl BrokerWorker {
             results: Mutex::new(HashMap::new()),
             running: Mutex::new(0),
             done: Condvar::new(),
+            terminated: Mutex::new(HashMap::new()),
         });
         let _signals = crate::platform::TerminationFlag::watch(&self.stop);
         let most = self.processes * 2;
@@ -176,9 +177,37 @@ struct Runner {
     results: Mutex<HashMap<String, Queue<ResultMessage>>>,
     running: Mutex<usize>,
     done: Condvar,
+    /// Whether each pool was terminated, and when that was last looked at.
+    terminated: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
+/// How long a worker trusts what it last saw of a pool's termination.
+const TERMINATION_SEEN_FOR: Duration = Duration::from_secs(1);
+
 impl Runner {
+    /// Whether the pool `pool` was terminated (looked up at most once a second).
+    fn terminated(&self, pool: &str) -> bool {
+        let mut seen = self.terminated.lock().ignore_poison();
+        if let Some((gone, at)) = seen.get(pool)
+            && at.elapsed() < TERMINATION_SEEN_FOR
+        {
+            return *gone;
+        }
+        let gone = self
+            .tasks
+            .leases()
+            .and_then(|q| {
+                let key = record::cancelled_key(q.stream(), pool);
+                q.query::<bool>(redis::cmd("EXISTS").arg(key))
+            })
+            .unwrap_or(false);
+        if seen.len() >= RESULT_STREAMS {
+            seen.clear();
+        }
+        seen.insert(pool.to_string(), (gone, Instant::now()));
+        gone
+    }
+
     /// Waits up to `patience` until fewer than `most` tasks run; whether they do.
     fn wait_for_room(&self, most: usize, patience: Duration) -> bool {
         let running = self.running.lock().ignore_poison();
@@ -213,6 +242,10 @@ impl Runner {
                 return;
             }
         };
+        if self.terminated(&task.pool) {
+            // Its pool is gone and wants nothing more: dropped unstarted.
+            return self.settle(&lease, Ok(()));
+        }
         let refuse = |why: String| {
             self.report(&task, Outcome::Failed(TaskFailure::Refused(why.clone())));
             self.settle(&lease, Err(why));
@@ -241,6 +274,7 @@ impl Runner {
         self.record(&task, Stage::Started, None);
         *self.running.lock().ignore_poison() += 1;
         let runner = self.clone();
+        let timeout = task.timeout_ms.map(Duration::from_millis);
         let submitted = self.local.submit_raw(
             target,
             TaskBytes(Arc::new(items)),
@@ -271,6 +305,7 @@ impl Runner {
                 }
                 runner.finished_one();
             }),
+            timeout,
         );
         if let Err(e) = submitted {
             tracing::warn!(queue = %self.queue, error = %e, "a task could not start");
