@@ -128,18 +128,25 @@ def setup_venv(path):
 # Worker processes
 # ---------------------------------------------------------------------------
 
-def _child_setup(parent_pid):
-    # Runs in the forked child before exec: have the kernel kill the worker if
-    # this script dies without cleaning up (e.g. SIGKILL from a harness).
-    # SIGKILL, because a warm shutdown can hang (seen with an RQ worker that
-    # got SIGTERM mid-job); Celery's pool children and RQ's work horse go too
-    # (prefork sets PDEATHSIG itself, a horse ends after its job).
-    if sys.platform.startswith("linux"):
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() != parent_pid:
+def _die_with_parent():
+    # Returns a function for Popen(preexec_fn=...), run in the forked child
+    # before exec: have the kernel kill the worker if this script dies without
+    # cleaning up (e.g. SIGKILL from a harness).  SIGKILL, because a warm
+    # shutdown can hang (seen with an RQ worker that got SIGTERM mid-job);
+    # Celery's pool children and RQ's work horse go too (prefork sets
+    # PDEATHSIG itself, a horse ends after its job).
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    prctl = ctypes.CDLL(None).prctl     # resolved before fork
+    parent = os.getpid()
+    PR_SET_PDEATHSIG = 1
+
+    def setup():
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:
             os._exit(1)
+    return setup
 
 
 class Workers:
@@ -151,11 +158,10 @@ class Workers:
     def start(self, argv, cwd, env):
         log("starting", " ".join(argv))
         # stdout -> our stderr: fd 1 already points there (see main()).
-        parent = os.getpid()
         self.procs.append(subprocess.Popen(argv, cwd=cwd, env=env,
                                            stdin=subprocess.DEVNULL,
                                            start_new_session=True,
-                                           preexec_fn=lambda: _child_setup(parent)))
+                                           preexec_fn=_die_with_parent()))
 
     def check_alive(self):
         for p in self.procs:

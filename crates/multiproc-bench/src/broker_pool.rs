@@ -4,7 +4,8 @@
 //! from PyPI in a virtual environment this module sets up once (`python/task_queues.py`); and
 //! `map` of many small tasks against the local `Pool`, what the broker costs per task. Each
 //! row measures both sides in the same run, against the same server; the other side's figure
-//! stands in the `cpython` column.
+//! stands in the `cpython` column. `BENCH_NO_RECORDS=1` runs our side without task records
+//! (`result_ttl(ZERO)`), to see what they cost.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,10 +56,13 @@ fn with_pool<T>(f: impl FnOnce(&Pool) -> anyhow::Result<T>) -> anyhow::Result<T>
     let url = broker::bench_url()?;
     let queue = format!("bench-pool-{}", std::process::id());
     let _worker = Worker(Process::new(serve, (url.clone(), queue.clone())).start()?);
-    let pool = Pool::broker(url, queue)
+    let mut builder = Pool::broker(url, queue)
         .authkey(KEY.to_vec())
-        .tasks(tasks())
-        .build()?;
+        .tasks(tasks());
+    if std::env::var_os("BENCH_NO_RECORDS").is_some() {
+        builder = builder.result_ttl(Duration::ZERO);
+    }
+    let pool = builder.build()?;
     for i in 0..50 {
         ensure!(pool.apply(noop, i)? == i, "a wrong result");
     }
@@ -105,21 +109,20 @@ fn venv_python() -> anyhow::Result<PathBuf> {
         return Ok(p.clone());
     }
     let dir = std::env::temp_dir().join("multiproc-bench-task-queues");
-    let python = dir.join("bin").join("python");
-    if !python.exists() {
-        let out = Command::new("python3")
-            .arg(script())
-            .arg("--setup-venv")
-            .arg(&dir)
-            .output()
-            .context("running python3 to make the task queues' virtual environment")?;
-        if !out.status.success() {
-            bail!(
-                "could not install Celery and RQ: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+    // Every run: a second time costs about a second, and mends an install cut short.
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("--setup-venv")
+        .arg(&dir)
+        .output()
+        .context("running python3 to make the task queues' virtual environment")?;
+    if !out.status.success() {
+        bail!(
+            "could not install Celery and RQ (python3-venv installed?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    let python = dir.join("bin").join("python");
     Ok(PYTHON.get_or_init(|| python).clone())
 }
 

@@ -346,7 +346,11 @@ fn a_task_is_followed_and_its_result_fetched_by_id() {
         stranger.status(&id).unwrap_err().kind(),
         ErrorKind::Protocol
     );
-    redis.cli(&["HSET", &key, "outcome", r#"{"Done":"AAAA"}"#]);
+    // A record rewritten by someone without the key (its result changed).
+    let mut record: serde_json::Value =
+        serde_json::from_str(&redis.cli_text(&["GET", &key])).unwrap();
+    record["outcome"] = serde_json::Value::String(r#"{"Done":"AAAA"}"#.into());
+    redis.cli(&["SET", &key, &record.to_string()]);
     assert_eq!(
         records.result::<u64>(&id).unwrap_err().kind(),
         ErrorKind::Protocol

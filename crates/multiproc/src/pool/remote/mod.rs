@@ -244,7 +244,7 @@ impl BrokerPoolBuilder {
             ..
         } = self.common;
         let pool = pool_id();
-        let results = Queue::broker(url, results_name(&queue, &pool)).build()?;
+        let results = Queue::broker(url, results_name(&queue, &pool)).build_joinable()?;
         let shared = Shared {
             tasks_stream: tasks.leases()?.stream().to_string(),
             tasks,

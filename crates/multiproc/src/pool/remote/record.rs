@@ -1,10 +1,9 @@
-//! Each broker task's record: a Redis hash beside the task stream
+//! Each broker task's record: a Redis string (JSON) beside the task stream
 //! (`<stream>:task:<task id>`), written by the worker as the task starts, is given back for a
 //! retry, and ends, and kept for a while (the records' time to live, a day by default) so that
 //! any process that has the task's id and the authkey can look at its state and fetch its
 //! result later ([`TaskRecords`]). Every record is signed as results are.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -62,23 +61,30 @@ pub(super) fn write(
             .map_err(|e| Error::serialization("task record", e.to_string()))?,
         None => String::new(),
     };
-    let mac = record_mac(authkey, key, stage.name(), worker, &outcome);
-    let mut hset = redis::cmd("HSET");
-    hset.arg(key)
-        .arg("state")
-        .arg(stage.name())
-        .arg("worker")
-        .arg(worker)
-        .arg("outcome")
-        .arg(&outcome)
-        .arg("mac")
-        .arg(&mac);
-    queue.send_unconfirmed(&hset)?;
-    let mut expire = redis::cmd("PEXPIRE");
-    expire
-        .arg(key)
+    let record = Record {
+        state: stage.name().to_string(),
+        worker: worker.to_string(),
+        mac: record_mac(authkey, key, stage.name(), worker, &outcome),
+        outcome,
+    };
+    let text = serde_json::to_string(&record)
+        .map_err(|e| Error::serialization("task record", e.to_string()))?;
+    // One command, the time to live with it.
+    let mut set = redis::cmd("SET");
+    set.arg(key)
+        .arg(text)
+        .arg("PX")
         .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-    queue.send_unconfirmed(&expire)
+    queue.send_unconfirmed(&set)
+}
+
+/// A record as stored: a JSON object (the outcome itself JSON, inside).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    state: String,
+    worker: String,
+    outcome: String,
+    mac: String,
 }
 
 /// A broker task's state, from its record.
@@ -159,13 +165,17 @@ impl TaskRecords {
         }
         let queue = self.tasks.leases()?;
         let key = key(queue.stream(), task_id);
-        let mut fields: HashMap<String, String> = queue.query(redis::cmd("HGETALL").arg(&key))?;
-        if fields.is_empty() {
+        let text: Option<String> = queue.query(redis::cmd("GET").arg(&key))?;
+        let Some(text) = text else {
             return Ok(None);
-        }
-        let mut take = |name: &str| fields.remove(name).unwrap_or_default();
-        let (stage, worker, outcome, mac) =
-            (take("state"), take("worker"), take("outcome"), take("mac"));
+        };
+        let Record {
+            state: stage,
+            worker,
+            outcome,
+            mac,
+        } = serde_json::from_str(&text)
+            .map_err(|e| Error::protocol(format!("task record {task_id}"), e.to_string()))?;
         verify_record(&self.authkey, &key, &stage, &worker, &outcome, &mac)
             .map_err(|why| Error::protocol(format!("task record {task_id}"), why))?;
         let outcome =

@@ -15,13 +15,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pool::task::TaskTargetId;
 use crate::pool::transport::{Transport, WorkerLink};
 use crate::pool::worker::{FromWorkerRef, TaskFailure, ToWorker};
-use crate::queue::{JoinableQueue, Queue};
+use crate::queue::JoinableQueue;
 
 /// What the slots and the report reader share.
 pub(super) struct Shared {
     pub(super) tasks: JoinableQueue<TaskMessage>,
     pub(super) tasks_stream: String,
-    pub(super) results: Queue<ResultMessage>,
+    /// Read as a joinable queue: each result is acknowledged with the next read, not with a
+    /// round trip of its own.
+    pub(super) results: JoinableQueue<ResultMessage>,
     pub(super) results_stream: String,
     pub(super) pool: String,
     pub(super) registry: TaskRegistry,
@@ -126,6 +128,9 @@ impl Transport for BrokerTransport {
     fn wait_report(&self, timeout: Duration, on_report: &mut dyn FnMut(FromWorkerRef<'_>)) -> bool {
         match self.shared.results.get_timeout(timeout) {
             Ok(message) => {
+                if let Err(e) = self.shared.results.task_done() {
+                    tracing::warn!(stream = %self.shared.results_stream, error = %e, "acknowledging a result");
+                }
                 self.deliver(message, on_report);
                 true
             }

@@ -139,7 +139,7 @@ impl BrokerWorker {
             terminated: Mutex::new(HashMap::new()),
         });
         let _signals = crate::platform::TerminationFlag::watch(&self.stop);
-        let most = self.processes * 2;
+        let most = self.processes * 16;
         while !self.stop.load(Ordering::SeqCst) {
             if !runner.wait_for_room(most, LOOK_EVERY) {
                 continue;

@@ -147,7 +147,6 @@ impl Pace {
     }
 }
 
-/// A queue on a Redis stream.
 /// An item taken from the stream, with its entry's id (its lease, for a joinable queue) and
 /// how many times it was delivered, this time included.
 pub(crate) struct Leased<T> {
@@ -156,6 +155,7 @@ pub(crate) struct Leased<T> {
     pub(crate) deliveries: u32,
 }
 
+/// A queue on a Redis stream.
 pub(crate) struct RedisQueue {
     client: Client,
     /// The URL without its `prefix=`.
