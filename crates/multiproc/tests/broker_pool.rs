@@ -321,6 +321,23 @@ fn a_task_is_followed_and_its_result_fetched_by_id() {
     let key = format!("multiproc:records:task:{id}");
     let ttl: i64 = redis.cli_text(&["PTTL", &key]).parse().unwrap();
     assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
+    // The pool's results stream lives a week past its last result, should the pool not
+    // delete it (the worker's EXPIRE follows the result on the same connection).
+    let results = redis.cli_text(&["KEYS", "multiproc:records:results:*"]);
+    let results = results
+        .lines()
+        .next()
+        .expect("the pool's results stream")
+        .to_string();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let ttl = loop {
+        let ttl: i64 = redis.cli_text(&["TTL", &results]).parse().unwrap();
+        if ttl > 0 || std::time::Instant::now() > deadline {
+            break ttl;
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    };
+    assert!(ttl > 0 && ttl <= 7 * 24 * 3600, "{ttl}");
 
     // A failure is kept as the pool's call got it.
     let failing = pool.apply_async(fail_on_three, 3).unwrap();

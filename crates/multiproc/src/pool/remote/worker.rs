@@ -19,6 +19,10 @@ use crate::queue::{JoinableQueue, Leased, Queue};
 
 /// How long one wait for a task lasts before the worker looks whether it should stop.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// How long a results stream lives past the last result written to it.
+const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often a worker pushes a results stream's time back.
+const RESULTS_TTL_EVERY: Duration = Duration::from_secs(60);
 /// The most pools whose results streams a worker keeps a connection to.
 const RESULT_STREAMS: usize = 16;
 
@@ -174,7 +178,8 @@ struct Runner {
     registry: TaskRegistry,
     build: String,
     /// Handles to the results streams of the pools it serves.
-    results: Mutex<HashMap<String, Queue<ResultMessage>>>,
+    /// With when each stream's time to live was last pushed back.
+    results: Mutex<HashMap<String, (Queue<ResultMessage>, Instant)>>,
     running: Mutex<usize>,
     done: Condvar,
     /// Whether each pool was terminated, and when that was last looked at.
@@ -363,7 +368,8 @@ impl Runner {
                     outcome,
                     mac: String::new(),
                 },
-            ))
+            ))?;
+            self.keep_results(&task.pool)
         });
         if let Err(e) = sent {
             tracing::warn!(queue = %self.queue, pool = %task.pool, error = %e, "sending a result");
@@ -371,18 +377,41 @@ impl Runner {
     }
 
     /// The results stream of `pool`.
+    ///
+    /// A results stream lives a week past the last result written to it: a pool that went
+    /// without deleting it (killed), or a result that came after its pool deleted it, leaves
+    /// nothing for ever. The time is pushed back at most once a minute per pool.
     fn results_of(&self, pool: &str) -> Result<Queue<ResultMessage>> {
         let mut streams = self.results.lock().ignore_poison();
-        if let Some(q) = streams.get(pool) {
-            return Ok(q.clone());
+        if !streams.contains_key(pool) {
+            if streams.len() >= RESULT_STREAMS {
+                streams.clear();
+            }
+            let q: Queue<ResultMessage> =
+                Queue::broker(self.url.clone(), results_name(&self.queue, pool)).build()?;
+            let long_ago = Instant::now()
+                .checked_sub(RESULTS_TTL_EVERY)
+                .unwrap_or_else(Instant::now);
+            streams.insert(pool.to_string(), (q, long_ago));
         }
-        if streams.len() >= RESULT_STREAMS {
-            streams.clear();
+        Ok(streams[pool].0.clone())
+    }
+
+    /// Pushes back the time to live of `pool`'s results stream after a result was written to
+    /// it (at most once a minute).
+    fn keep_results(&self, pool: &str) -> Result<()> {
+        let mut streams = self.results.lock().ignore_poison();
+        let Some((q, pushed)) = streams.get_mut(pool) else {
+            return Ok(());
+        };
+        if pushed.elapsed() >= RESULTS_TTL_EVERY {
+            let redis = q.redis()?;
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(redis.stream()).arg(RESULTS_TTL.as_secs());
+            redis.send_unconfirmed(&expire)?;
+            *pushed = Instant::now();
         }
-        let q: Queue<ResultMessage> =
-            Queue::broker(self.url.clone(), results_name(&self.queue, pool)).build()?;
-        streams.insert(pool.to_string(), q.clone());
-        Ok(q)
+        Ok(())
     }
 }
 
