@@ -117,6 +117,20 @@ impl Drop for Workers {
     }
 }
 
+/// Looks with `look` (a round trip to the server: what it waits for happens in another
+/// process, with nothing to wait on) until `done` holds of what it saw, or `PATIENCE` has
+/// passed; the last thing it saw.
+fn look_until<T>(mut look: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let seen = look();
+        if done(&seen) || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
 fn broker_pool(redis: &RedisServer, queue: &str) -> multiproc::BrokerPoolBuilder {
     Pool::broker(redis.url(), queue)
         .authkey(KEY.to_vec())
@@ -329,14 +343,10 @@ fn a_task_is_followed_and_its_result_fetched_by_id() {
         .next()
         .expect("the pool's results stream")
         .to_string();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let ttl = loop {
-        let ttl: i64 = redis.cli_text(&["TTL", &results]).parse().unwrap();
-        if ttl > 0 || std::time::Instant::now() > deadline {
-            break ttl;
-        }
-        std::thread::park_timeout(Duration::from_millis(5));
-    };
+    let ttl = look_until(
+        || redis.cli_text(&["TTL", &results]).parse::<i64>().unwrap(),
+        |ttl| *ttl > 0,
+    );
     assert!(ttl > 0 && ttl <= 7 * 24 * 3600, "{ttl}");
 
     // A failure is kept as the pool's call got it.
@@ -419,14 +429,7 @@ fn another_build_or_a_missing_function_is_refused_with_the_reason() {
         assert!(err.to_string().contains(why), "{err}");
         // The worker reports the refusal first, then moves the task to the dead letters.
         let admin = QueueAdmin::connect(&redis.url(), &queue).unwrap();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        let dead = loop {
-            let dead = admin.dead_letters(10).unwrap();
-            if !dead.is_empty() || std::time::Instant::now() > deadline {
-                break dead;
-            }
-            std::thread::park_timeout(Duration::from_millis(5));
-        };
+        let dead = look_until(|| admin.dead_letters(10).unwrap(), |d| !d.is_empty());
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert!(dead[0].reason.contains(why), "{dead:?}");
     }
@@ -452,15 +455,11 @@ fn terminating_the_pool_drops_its_tasks_not_yet_started() {
     let _workers = Workers::start(1, &redis, "cancelling", Duration::from_secs(30));
     // The worker takes them and drops them: the queue empties and nothing ran.
     let admin = QueueAdmin::connect(&redis.url(), "cancelling").unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let status = admin.status().unwrap();
-        if status.waiting == 0 && status.pending == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status:?}");
-        std::thread::park_timeout(Duration::from_millis(5));
-    }
+    let status = look_until(
+        || admin.status().unwrap(),
+        |s| s.waiting == 0 && s.pending == 0,
+    );
+    assert!(status.waiting == 0 && status.pending == 0, "{status:?}");
     let ran: Queue<u64> = Queue::broker(redis.url(), "ran").build().unwrap();
     assert_eq!(ran.try_get().unwrap_err().kind(), ErrorKind::Empty);
     // A pool after it is served as usual.
