@@ -46,6 +46,8 @@ pub enum ErrorKind {
     /// The object cannot do this at all: a queue flavor without the operation (the count of
     /// unfinished items of a queue on a CPython manager, say). Retrying will not help.
     Unsupported,
+    /// The task was cancelled before it started (a broker pool's task cancelled by id).
+    Cancelled,
 }
 
 /// Result alias for this crate.
@@ -211,6 +213,12 @@ pub enum Error {
         /// Why not.
         detail: String,
     },
+    /// The task was cancelled before it started.
+    #[error("{what}: cancelled before it started")]
+    Cancelled {
+        /// The task concerned (its id).
+        what: String,
+    },
     /// The barrier is broken.
     #[error("{what}: broken")]
     BrokenBarrier {
@@ -260,6 +268,7 @@ impl Error {
             Error::Remote { .. } => ErrorKind::Remote,
             Error::Io { .. } => ErrorKind::Io,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
     }
 

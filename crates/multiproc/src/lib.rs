@@ -81,7 +81,9 @@ pub use manager::{
 #[cfg(all(feature = "async", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use pool::IMapStream;
-pub use pool::{AsyncResult, IMapIter, MapResult, Pool, PoolBuilder};
+pub use pool::{
+    AsyncResult, IMapIter, MapResult, Pool, PoolBuilder, Priority, RetryPolicy, TaskCall,
+};
 #[cfg(feature = "broker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]
 pub use pool::{

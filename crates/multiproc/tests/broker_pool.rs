@@ -8,12 +8,12 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::redis::RedisServer;
 use multiproc::{
-    BrokerWorker, ErrorKind, Pool, Process, Queue, QueueAdmin, TaskRecords, TaskRegistry,
-    TaskStatus,
+    BrokerWorker, ErrorKind, Pool, Priority, Process, ProcessPoolExecutor, Queue, QueueAdmin,
+    RetryPolicy, TaskRecords, TaskRegistry, TaskStatus,
 };
 
 const KEY: &[u8] = b"pool secret";
@@ -70,8 +70,51 @@ fn note_run((n, url): (u64, String)) -> u64 {
     n
 }
 
+/// The time it runs, in milliseconds since the epoch.
+fn ran_at(_: ()) -> u64 {
+    now_ms()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Crashes its worker process the first time, noting when in `dir`; then answers how many
+/// milliseconds have passed since.
+fn crash_once_timed(dir: PathBuf) -> u64 {
+    let note = dir.join("first run");
+    match std::fs::read_to_string(&note) {
+        Ok(first) => now_ms() - first.parse::<u64>().unwrap(),
+        Err(_) => {
+            std::fs::write(&note, now_ms().to_string()).unwrap();
+            std::process::abort();
+        }
+    }
+}
+
+/// Panics the first time (a marker file in `dir` says it ran); then answers 5.
+fn panic_once(dir: PathBuf) -> u32 {
+    if std::fs::File::create_new(dir.join("ran")).is_ok() {
+        panic!("the first run fails");
+    }
+    5
+}
+
+/// Works a while (the task's own work), then says it ran, on the queue `ran`.
+fn note_run_slowly((n, url): (u64, String)) -> u64 {
+    std::thread::park_timeout(Duration::from_millis(30));
+    note_run((n, url))
+}
+
 fn tasks() -> TaskRegistry {
     TaskRegistry::new()
+        .register("ran_at", ran_at)
+        .register("crash_once_timed", crash_once_timed)
+        .register("panic_once", panic_once)
+        .register("note_run_slowly", note_run_slowly)
         .register("note_run", note_run)
         .register("square", square)
         .register("fail_on_three", fail_on_three)
@@ -299,7 +342,7 @@ fn a_forged_result_is_dropped_and_the_real_one_delivered() {
         .lines()
         .next()
         .expect("the pool made its results stream");
-    let body = r#"{"v":1,"slot":0,"id":0,"worker":"mallory","outcome":{"Done":"AAAAAAAAAAA="},"mac":"AAAA"}"#;
+    let body = r#"{"v":2,"slot":0,"id":0,"worker":"mallory","outcome":{"Done":"AAAAAAAAAAA="},"mac":"AAAA"}"#;
     redis.cli(&["XADD", stream, "*", "codec", "json", "body", body]);
     let _workers = Workers::start(1, &redis, "forged", Duration::from_secs(30));
     assert_eq!(future.result_timeout(PATIENCE).unwrap(), 81);
@@ -482,4 +525,196 @@ fn a_task_past_the_pools_timeout_is_killed_and_fails_with_timeout() {
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     // The worker carries on with a fresh process.
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}
+
+#[test]
+fn a_delayed_task_waits_for_its_time_and_can_be_cancelled_meanwhile() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "later", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "later").build().unwrap();
+    let records = TaskRecords::connect(redis.url(), "later", KEY.to_vec()).unwrap();
+    let sent = now_ms();
+    let delayed = pool
+        .task(ran_at, ())
+        .start_after(Duration::from_millis(400))
+        .submit()
+        .unwrap();
+    let id = delayed.task_id().unwrap().to_string();
+    // Its record says so before it is kept for later.
+    assert!(
+        matches!(records.status(&id).unwrap(), TaskStatus::Scheduled),
+        "{:?}",
+        records.status(&id)
+    );
+    let ran = delayed.get_timeout(PATIENCE).unwrap();
+    assert!(ran >= sent + 400, "ran {} ms after it was sent", ran - sent);
+    assert!(matches!(
+        records.status(&id).unwrap(),
+        TaskStatus::Succeeded
+    ));
+    // A time already past starts it at once.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let past = pool.task(square, 3).start_at(hour_ago).submit().unwrap();
+    assert_eq!(past.get_timeout(PATIENCE).unwrap(), 9);
+
+    // Cancelled while it waits: it never runs, its pool is told, its record says so.
+    let far = pool
+        .task(note_run, (1, redis.url()))
+        .start_after(Duration::from_secs(3600))
+        .submit()
+        .unwrap();
+    let far_id = far.task_id().unwrap().to_string();
+    assert!(records.cancel(&far_id).unwrap());
+    let err = far.get_timeout(PATIENCE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(matches!(
+        records.status(&far_id).unwrap(),
+        TaskStatus::Cancelled
+    ));
+    assert!(!records.cancel(&far_id).unwrap(), "nothing left to cancel");
+    assert!(
+        !records.cancel(&id).unwrap(),
+        "a finished task stays finished"
+    );
+    assert_eq!(redis.cli_text(&["ZCARD", "multiproc:later:scheduled"]), "0");
+    assert_eq!(
+        redis.cli_text(&["HLEN", "multiproc:later:scheduled:items"]),
+        "0"
+    );
+    // Someone without the key cancels nothing.
+    let other = pool
+        .task(square, 4)
+        .start_after(Duration::from_secs(3600))
+        .submit()
+        .unwrap();
+    let stranger = TaskRecords::connect(redis.url(), "later", b"not the key".to_vec()).unwrap();
+    assert!(!stranger.cancel(other.task_id().unwrap()).unwrap());
+    assert_eq!(redis.cli_text(&["ZCARD", "multiproc:later:scheduled"]), "1");
+    let ran: Queue<u64> = Queue::broker(redis.url(), "ran").build().unwrap();
+    assert_eq!(ran.try_get().unwrap_err().kind(), ErrorKind::Empty);
+}
+
+#[test]
+fn a_queued_task_is_cancelled_by_id_until_a_worker_takes_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // No worker yet: the three tasks wait in the queue.
+    let pool = broker_pool(&redis, "queued").build().unwrap();
+    let pending: Vec<_> = (1..=3)
+        .map(|n| pool.apply_async(note_run, (n, redis.url())).unwrap())
+        .collect();
+    // They are on the broker (sent on the pool's connection, looked for on another).
+    let admin = QueueAdmin::connect(&redis.url(), "queued").unwrap();
+    let status = look_until(|| admin.status().unwrap(), |s| s.waiting == 3);
+    assert_eq!(status.waiting, 3, "{status:?}");
+    let records = TaskRecords::connect(redis.url(), "queued", KEY.to_vec()).unwrap();
+    assert!(records.cancel(pending[1].task_id().unwrap()).unwrap());
+    // An executor's future is cancelled through its pool.
+    let executor = ProcessPoolExecutor::from_pool(broker_pool(&redis, "queued").build().unwrap());
+    let future = executor.submit(square, 8).unwrap();
+    assert!(future.cancel());
+    assert!(future.cancelled());
+
+    let _workers = Workers::start(1, &redis, "queued", Duration::from_secs(30));
+    assert_eq!(pending[0].get_timeout(PATIENCE).unwrap(), 1);
+    assert_eq!(pending[2].get_timeout(PATIENCE).unwrap(), 3);
+    let err = pending[1].get_timeout(PATIENCE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    // Only the two ran.
+    let ran: Queue<u64> = Queue::broker(redis.url(), "ran").build().unwrap();
+    let mut seen = [
+        ran.get_timeout(PATIENCE).unwrap(),
+        ran.get_timeout(PATIENCE).unwrap(),
+    ];
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 3]);
+    assert_eq!(ran.try_get().unwrap_err().kind(), ErrorKind::Empty);
+    // A task a worker took is not cancelled.
+    assert!(!records.cancel(pending[0].task_id().unwrap()).unwrap());
+    assert!(matches!(
+        records.status(pending[0].task_id().unwrap()).unwrap(),
+        TaskStatus::Succeeded
+    ));
+}
+
+#[test]
+fn high_priority_tasks_go_ahead_of_the_normal_ones_waiting() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pool = broker_pool(&redis, "urgent").build().unwrap();
+    let normal: Vec<_> = (0..12)
+        .map(|n| pool.apply_async(note_run_slowly, (n, redis.url())).unwrap())
+        .collect();
+    let urgent = pool
+        .task(note_run_slowly, (100, redis.url()))
+        .priority(Priority::High)
+        .submit()
+        .unwrap();
+    // One worker with two processes: each holds two tasks at most by the time the high one
+    // comes, which then goes ahead of every normal task still waiting.
+    let _workers = Workers::start(1, &redis, "urgent", Duration::from_secs(30));
+    assert_eq!(urgent.get_timeout(PATIENCE).unwrap(), 100);
+    for (n, p) in normal.iter().enumerate() {
+        assert_eq!(p.get_timeout(PATIENCE).unwrap(), n as u64);
+    }
+    let ran: Queue<u64> = Queue::broker(redis.url(), "ran").build().unwrap();
+    let order: Vec<u64> = (0..13)
+        .map(|_| ran.get_timeout(PATIENCE).unwrap())
+        .collect();
+    let at = order.iter().position(|n| *n == 100).unwrap();
+    assert!(at <= 4, "the high task ran {at}th: {order:?}");
+}
+
+#[test]
+fn retries_wait_with_backoff_and_panics_are_retried_when_asked() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "backoff", Duration::from_secs(30));
+    let policy = RetryPolicy::new(2)
+        .backoff(Duration::from_millis(300), Duration::from_secs(5))
+        .jitter(false);
+    let pool = broker_pool(&redis, "backoff")
+        .retry(policy)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let waited = pool
+        .apply(crash_once_timed, dir.path().to_path_buf())
+        .unwrap();
+    assert!(waited >= 300, "retried {waited} ms after the crash");
+
+    // A panic is the task's answer, unless its retries take panics too.
+    let dir = tempfile::tempdir().unwrap();
+    let err = pool
+        .apply(panic_once, dir.path().to_path_buf())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let again = pool
+        .task(panic_once, dir.path().to_path_buf())
+        .retry(RetryPolicy::new(1).on_panic(true))
+        .submit()
+        .unwrap();
+    assert_eq!(again.get_timeout(PATIENCE).unwrap(), 5);
+    // Out of retries, the last failure stands.
+    let always = pool
+        .task(abort, ())
+        .retry(RetryPolicy::new(1).backoff(Duration::from_millis(10), Duration::from_millis(10)))
+        .submit()
+        .unwrap();
+    let id = always.task_id().unwrap().to_string();
+    assert_eq!(
+        always.get_timeout(PATIENCE).unwrap_err().kind(),
+        ErrorKind::WorkerLost
+    );
+    let records = TaskRecords::connect(redis.url(), "backoff", KEY.to_vec()).unwrap();
+    match records.status(&id).unwrap() {
+        TaskStatus::Failed(e) => assert_eq!(e.kind(), ErrorKind::WorkerLost, "{e}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{pidfd, wait_exit};
-use multiproc::{ErrorKind, Pool, SharedMemory};
+use multiproc::{ErrorKind, Pool, Priority, RetryPolicy, SharedMemory};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -326,23 +326,8 @@ fn a_task_past_its_timeout_fails_and_the_pool_goes_on() {
 fn retries_run_a_lost_task_again() {
     let marker = SharedMemory::create(None, 64).unwrap();
     let pool = Pool::builder().processes(1).retries(1).build().unwrap();
-    let survived = pool
-        .apply(
-            |name: String| {
-                let block = SharedMemory::open(&name).unwrap();
-                let mut b = [0u8];
-                block.read(0, &mut b);
-                if b[0] == 0 {
-                    block.write(0, &[1]);
-                    // SAFETY: raise has no preconditions; the first attempt dies.
-                    unsafe { libc::raise(libc::SIGKILL) };
-                }
-                "second attempt".to_string()
-            },
-            marker.name().to_string(),
-        )
-        .unwrap();
-    assert_eq!(survived, "second attempt");
+    let survived = pool.apply(die_once, marker.name().to_string()).unwrap();
+    assert_eq!(survived, 2, "the second run answers");
     marker.unlink().unwrap();
 }
 
@@ -428,4 +413,91 @@ fn a_failing_initializer_fails_the_tasks_instead_of_hanging() {
     // The pool knows it is broken: no worker is restarted, new tasks are refused.
     let err = pool.apply_async(square, 3).unwrap_err();
     assert!(err.to_string().contains("initializer failed"), "{err}");
+}
+
+fn tag(x: u64) -> u64 {
+    x
+}
+
+/// Kills its worker the first time (byte 0 of the named block says it ran); then 2.
+fn die_once(name: String) -> u64 {
+    let block = SharedMemory::open(&name).unwrap();
+    let mut b = [0u8];
+    block.read(0, &mut b);
+    if b[0] == 0 {
+        block.write(0, &[1]);
+        // SAFETY: raise has no preconditions; the first run dies.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    2
+}
+
+#[test]
+fn a_high_priority_task_goes_ahead_of_the_normal_ones_waiting() {
+    let flag = SharedMemory::create(None, 64).unwrap();
+    let pool = Pool::new(1).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let note = |tx: &mpsc::Sender<u64>| {
+        let tx = tx.clone();
+        move |v: &u64| {
+            let _ = tx.send(*v);
+        }
+    };
+    // The one worker holds two tasks at a time: the first blocks until the flag is set, the
+    // second waits behind it; the rest wait in the pool, where a high one goes first.
+    let blocked = (flag.name().to_string(), 0);
+    pool.task(wait_for_flag, blocked)
+        .submit_with(note(&tx), |_| {})
+        .unwrap();
+    for n in 1..=3 {
+        pool.task(tag, n).submit_with(note(&tx), |_| {}).unwrap();
+    }
+    pool.task(tag, 9)
+        .priority(Priority::High)
+        .submit_with(note(&tx), |_| {})
+        .unwrap();
+    flag.write(0, &[1]);
+    let order: Vec<u64> = (0..5).map(|_| rx.recv_timeout(LONG).unwrap()).collect();
+    assert_eq!(order, [0, 1, 9, 2, 3]);
+
+    // What a local pool cannot do is refused, not ignored.
+    let later = pool
+        .task(tag, 1)
+        .start_after(Duration::from_secs(1))
+        .submit();
+    assert_eq!(later.unwrap_err().kind(), ErrorKind::Unsupported);
+    let backoff = RetryPolicy::new(2).backoff(Duration::from_millis(10), Duration::from_secs(1));
+    let waiting = pool.task(tag, 1).retry(backoff).submit();
+    assert_eq!(waiting.unwrap_err().kind(), ErrorKind::Unsupported);
+    let on_panic = pool
+        .task(tag, 1)
+        .retry(RetryPolicy::new(1).on_panic(true))
+        .submit();
+    assert_eq!(on_panic.unwrap_err().kind(), ErrorKind::Unsupported);
+    // A retry at once, and a timeout of its own, it honours.
+    let marker = SharedMemory::create(None, 64).unwrap();
+    let name = marker.name().to_string();
+    let once = pool.task(die_once, name.clone()).submit().unwrap();
+    assert_eq!(
+        once.get_timeout(LONG).unwrap_err().kind(),
+        ErrorKind::WorkerLost
+    );
+    marker.write(0, &[0]);
+    let retried = pool
+        .task(die_once, name)
+        .retry(RetryPolicy::new(1))
+        .submit()
+        .unwrap();
+    assert_eq!(retried.get_timeout(LONG).unwrap(), 2);
+    marker.unlink().unwrap();
+    let timed = pool
+        .task(forever, 0)
+        .timeout(Duration::from_millis(200))
+        .submit()
+        .unwrap();
+    assert_eq!(
+        timed.get_timeout(LONG).unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    assert_eq!(pool.task(tag, 5).submit().unwrap().get().unwrap(), 5);
 }

@@ -8,12 +8,14 @@
 //! - `worker.rs`: what travels to and from a worker, and the worker's loop.
 //! - `task.rs`, `chunk.rs`: the target a task runs, and the bytes of a chunk of arguments and
 //!   of its results.
+//! - `options.rs`: one task's own options (`Pool::task`): priority, delayed start, retries.
 //! - `result.rs`: `AsyncResult`, `MapResult`, `IMapIter`.
 
 #![deny(unsafe_code)] // allowed in `task.rs` and `worker.rs` only, where targets are named
 
 mod builder;
 mod chunk;
+mod options;
 #[cfg(feature = "broker")]
 mod remote;
 mod result;
@@ -23,6 +25,7 @@ mod transport;
 mod worker;
 
 pub use builder::PoolBuilder;
+pub use options::{Priority, RetryPolicy, TaskCall};
 #[cfg(feature = "broker")]
 pub use remote::{
     BrokerPoolBuilder, BrokerWorker, TaskRecords, TaskRegistry, TaskStatus, WorkerStopper,
@@ -40,6 +43,7 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use self::options::TaskOptions;
 use self::result::Slot;
 use self::supervisor::{Deliver, Supervisor, encode_args};
 use self::task::TaskTarget;
@@ -153,6 +157,33 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.submit_one(f, args, callback, error_callback, TaskOptions::default())
+    }
+
+    /// One task `f(args)` with options of its own (priority, a delayed start, retries, a
+    /// timeout): see [`TaskCall`].
+    pub fn task<F, A, R>(&self, f: F, args: A) -> TaskCall<'_, F, A, R>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        TaskCall::new(self, f, args)
+    }
+
+    fn submit_one<F, A, R>(
+        &self,
+        f: F,
+        args: A,
+        callback: impl FnOnce(&R) + Send + 'static,
+        error_callback: impl FnOnce(&Error) + Send + 'static,
+        options: TaskOptions,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         let items = encode_args(&[args])?;
         let slot = Arc::new(Slot::new());
         let sink = slot.clone();
@@ -168,7 +199,9 @@ impl Pool {
                 tracing::error!("a pool callback panicked; the pool carries on");
             }
         });
-        let id = self.shared.submit(TaskTarget::of(&f), items, deliver)?;
+        let id = self
+            .shared
+            .submit_with_options(TaskTarget::of(&f), items, deliver, options)?;
         Ok(AsyncResult::new(slot, self.shared.clone()).with_task_id(self.shared.task_key(id)))
     }
 
@@ -455,9 +488,10 @@ impl Pool {
         target: TaskTarget,
         items: worker::TaskBytes,
         deliver: Deliver,
-        timeout: Option<std::time::Duration>,
+        options: TaskOptions,
     ) -> Result<u64> {
-        self.shared.submit_timed(target, items, deliver, timeout)
+        self.shared
+            .submit_with_options(target, items, deliver, options)
     }
 
     fn from_parts(shared: Arc<Supervisor>, handler: JoinHandle<()>) -> Pool {

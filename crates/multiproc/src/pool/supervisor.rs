@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::chunk;
+use super::options::{Priority, TaskOptions};
 use super::result::{Pump, TaskOutcome};
 use super::task::TaskTarget;
 use super::transport::{Transport, WorkerLink};
@@ -38,8 +39,11 @@ struct TaskEntry {
     target: TaskTarget,
     items: TaskBytes,
     retries_left: u32,
-    /// Its own timeout (a broker task's), beside the pool's: the shorter applies.
-    timeout: Option<Duration>,
+    /// Its own options: its timeout beside the pool's (the shorter applies), its priority.
+    options: TaskOptions,
+    /// This pool is cancelling it through the transport: a `Cancelled` report is the
+    /// canceller's to answer, not the delivery's.
+    cancelling: bool,
     deliver: Deliver,
 }
 
@@ -152,16 +156,20 @@ impl Supervisor {
         items: TaskBytes,
         deliver: Deliver,
     ) -> Result<u64> {
-        self.submit_timed(target, items, deliver, None)
+        self.submit_with_options(target, items, deliver, TaskOptions::default())
     }
 
-    /// [`submit`](Self::submit), with a timeout of the task's own (the pool's applies too).
-    pub(crate) fn submit_timed(
+    /// [`submit`](Self::submit), with options of the task's own.
+    ///
+    /// A task that starts later goes to the transport at once, holding no worker's room (a
+    /// broker keeps it until it is due); a high-priority one goes ahead of the normal ones in
+    /// the backlog.
+    pub(crate) fn submit_with_options(
         &self,
         target: TaskTarget,
         items: TaskBytes,
         deliver: Deliver,
-        timeout: Option<Duration>,
+        options: TaskOptions,
     ) -> Result<u64> {
         let mut state = self.lock();
         if let Some(why) = &state.broken {
@@ -171,19 +179,46 @@ impl Supervisor {
             return Err(Error::invalid("pool", "closed: no new tasks"));
         }
         self.transport.check_target(target.id())?;
+        self.transport.check_options(&options)?;
         let id = state.next_id;
         state.next_id += 1;
+        if options.start.is_some() {
+            let message = ToWorker::Task {
+                id,
+                target: target.id(),
+                items: items.clone(),
+                options,
+            };
+            self.transport.send_later(&message)?;
+        } else {
+            let at = match options.priority {
+                Priority::Normal => state.backlog.len(),
+                Priority::High => {
+                    let State { backlog, tasks, .. } = &*state;
+                    backlog
+                        .iter()
+                        .position(|t| {
+                            tasks
+                                .get(t)
+                                .is_none_or(|t| t.options.priority != Priority::High)
+                        })
+                        .unwrap_or(backlog.len())
+                }
+            };
+            state.backlog.insert(at, id);
+        }
+        let retries_left = options.retry.map_or(self.limits.retries, |r| r.retries());
         state.tasks.insert(
             id,
             TaskEntry {
                 target,
                 items,
-                retries_left: self.limits.retries,
-                timeout,
+                retries_left,
+                options,
+                cancelling: false,
                 deliver,
             },
         );
-        state.backlog.push_back(id);
         dispatch(&mut state);
         Ok(id)
     }
@@ -195,7 +230,7 @@ impl Supervisor {
 
     /// How long `task` may run: the shorter of its own timeout and the pool's.
     fn timeout_of(&self, task: Option<&TaskEntry>) -> Option<Duration> {
-        let own = task.and_then(|t| t.timeout);
+        let own = task.and_then(|t| t.options.timeout);
         match (own, self.limits.task_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -241,7 +276,8 @@ impl Supervisor {
             dispatch(&mut state);
             (entry, state.tasks.is_empty())
         };
-        if let Some(entry) = entry {
+        let cancelled_here = matches!(report.outcome, Err(TaskFailure::Cancelled(_)));
+        if let Some(entry) = entry.filter(|e| !(e.cancelling && cancelled_here)) {
             let outcome = report.outcome.map_err(TaskFailure::into_error);
             self.recycle(entry.items);
             run_delivery(entry.deliver, outcome);
@@ -447,6 +483,7 @@ fn dispatch(state: &mut State) {
             id,
             target: entry.target.id(),
             items: entry.items.clone(),
+            options: entry.options,
         };
         let w = &mut state.workers[slot];
         if !w.link.as_ref().is_some_and(|link| link.try_send(&message)) {
@@ -587,13 +624,31 @@ impl Supervisor {
         }
     }
 
-    /// Removes task `id` if no worker has it yet; whether it did (its delivery never runs).
+    /// Removes task `id` if no worker has started it; whether it did (its delivery never
+    /// runs). A task the transport holds (a broker's) is cancelled there if it can be.
     pub(crate) fn cancel_task(&self, id: u64) -> bool {
         let mut state = self.lock();
-        let Some(at) = state.backlog.iter().position(|t| *t == id) else {
-            return false;
-        };
-        state.backlog.remove(at);
+        match state.backlog.iter().position(|t| *t == id) {
+            Some(at) => {
+                state.backlog.remove(at);
+            }
+            None => {
+                let Some(entry) = state.tasks.get_mut(&id) else {
+                    return false;
+                };
+                entry.cancelling = true;
+                drop(state);
+                // A broker answers with a report that frees the task's room.
+                let cancelled = self.transport.cancel(id);
+                state = self.lock();
+                if !cancelled {
+                    if let Some(entry) = state.tasks.get_mut(&id) {
+                        entry.cancelling = false;
+                    }
+                    return false;
+                }
+            }
+        }
         state.tasks.remove(&id);
         let idle = state.tasks.is_empty();
         drop(state);

@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
+use super::options::TaskOptions;
 use super::task::TaskTargetId;
 use super::worker::{FromWorker, FromWorkerRef, TaskBytes, ToWorker, WorkerArgs, worker_main};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::process::{Process, StartMethod};
 use crate::queue::ShmQueueOf;
 
@@ -44,6 +45,41 @@ pub(crate) trait Transport: Send + Sync {
     /// Whether its workers can run `target` (a broker pool's run only registered functions).
     fn check_target(&self, _target: TaskTargetId) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether it can honour a task's `options`. Local workers start a task when one is
+    /// free, and retry one only at once, when its worker died or it ran out of time.
+    fn check_options(&self, options: &TaskOptions) -> Result<()> {
+        let refuse = |what: &str| {
+            Err(Error::Unsupported {
+                what: "pool".into(),
+                operation: "a task option",
+                detail: format!("{what} needs a broker pool (Pool::broker)"),
+            })
+        };
+        if options.start.is_some() {
+            return refuse("a task that starts later");
+        }
+        match options.retry {
+            Some(r) if r.waits() => refuse("a retry that waits (backoff)"),
+            Some(r) if r.retries_panics() => refuse("retrying a task that panicked"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends a task that starts later, holding none of its workers' room (see
+    /// [`check_options`](Self::check_options)).
+    fn send_later(&self, _task: &ToWorker) -> Result<()> {
+        self.check_options(&TaskOptions {
+            start: Some(super::options::Start::After(Duration::ZERO)),
+            ..TaskOptions::default()
+        })
+    }
+
+    /// Cancels task `id`, sent and not yet started, if it can; whether it did. Its report (a
+    /// failure of kind `Cancelled`) follows.
+    fn cancel(&self, _id: u64) -> bool {
+        false
     }
 }
 
@@ -211,7 +247,10 @@ mod tests {
     /// A thread worker runs each chunk of `i64`s, but dies, reporting nothing, on one holding
     /// a negative number: a worker lost in the middle of its task.
     fn thread_worker(slot: u32, inbox: mpsc::Receiver<ToWorker>, reports: Arc<Reports>) -> bool {
-        while let Ok(ToWorker::Task { id, target, items }) = inbox.recv() {
+        while let Ok(ToWorker::Task {
+            id, target, items, ..
+        }) = inbox.recv()
+        {
             let mut args: Vec<i64> = Vec::new();
             chunk::decode_items_appending("test", &items.0, &mut args).unwrap();
             if args.iter().any(|a| *a < 0) {
@@ -296,10 +335,16 @@ mod tests {
         }
         fn try_send(&self, message: &ToWorker) -> bool {
             let copy = match message {
-                ToWorker::Task { id, target, items } => ToWorker::Task {
+                ToWorker::Task {
+                    id,
+                    target,
+                    items,
+                    options,
+                } => ToWorker::Task {
                     id: *id,
                     target: *target,
                     items: items.clone(),
+                    options: *options,
                 },
                 ToWorker::Stop => ToWorker::Stop,
             };

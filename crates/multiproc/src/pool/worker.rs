@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use super::chunk::ItemFailure;
+use super::options::TaskOptions;
 use super::task::{TaskTarget, TaskTargetId};
 use crate::queue::ShmQueueOf;
 
@@ -21,6 +22,10 @@ pub(crate) enum ToWorker {
         id: u64,
         target: TaskTargetId,
         items: TaskBytes,
+        /// For the transport (a broker's task carries its priority, start and retries); a
+        /// local worker is not sent them.
+        #[serde(skip)]
+        options: TaskOptions,
     },
     /// Finish: exit once the queue has been read up to here.
     Stop,
@@ -69,6 +74,8 @@ pub(crate) enum TaskFailure {
     TimedOut { what: String, after_ms: u64 },
     /// A broker pool's task a worker will not run: why.
     Refused(String),
+    /// A broker pool's task cancelled by id before it started: its id.
+    Cancelled(String),
 }
 
 impl TaskFailure {
@@ -83,6 +90,9 @@ impl TaskFailure {
                 Error::timeout(what, std::time::Duration::from_millis(after_ms))
             }
             TaskFailure::Refused(why) => Error::invalid("pool task", why),
+            TaskFailure::Cancelled(id) => Error::Cancelled {
+                what: format!("pool task {id}"),
+            },
         }
     }
 
@@ -176,7 +186,10 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         return;
     }
     let mut done = 0u64;
-    while let Ok(ToWorker::Task { id, target, items }) = args.tasks.get() {
+    while let Ok(ToWorker::Task {
+        id, target, items, ..
+    }) = args.tasks.get()
+    {
         let report = FromWorker {
             slot: args.slot,
             id,

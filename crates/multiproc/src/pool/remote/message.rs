@@ -16,13 +16,13 @@ use sha2::Sha256;
 use crate::pool::worker::TaskFailure;
 
 /// The format of the entries this build writes and reads.
-pub(super) const FORMAT: u32 = 1;
+pub(super) const FORMAT: u32 = 2;
 
 /// The longest pool id (a pool's results stream is named after it).
 const MAX_POOL_ID: usize = 64;
 
 /// A task as it travels in the pool's task stream.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct TaskMessage {
     /// [`FORMAT`].
     pub(super) v: u32,
@@ -35,8 +35,11 @@ pub(super) struct TaskMessage {
     pub(super) function: String,
     /// The submitter's build: only an identical build runs it.
     pub(super) build: String,
-    /// How many times it may run again when the worker running it is lost.
-    pub(super) retries: u32,
+    /// When it runs again: retries, first and longest wait (ms), jitter, whether a panic
+    /// counts (see [`RetryPolicy`](crate::RetryPolicy)).
+    pub(super) retry: (u32, u64, u64, bool, bool),
+    /// The runs of it before this entry was written (a retry that waited is a new entry).
+    pub(super) attempt: u32,
     /// How long its record stays after it was written, in seconds (0: no record).
     pub(super) record_ttl_s: u64,
     /// How long it may run, in milliseconds (the worker's own limit applies too).
@@ -100,7 +103,8 @@ impl TaskMessage {
             self.id,
             &self.function,
             &self.build,
-            self.retries,
+            self.retry,
+            self.attempt,
             self.record_ttl_s,
             self.timeout_ms,
             &self.items,
@@ -226,7 +230,8 @@ mod tests {
                 id: 7,
                 function: "square".into(),
                 build: "b".into(),
-                retries: 0,
+                retry: (0, 0, 0, true, false),
+                attempt: 0,
                 record_ttl_s: 60,
                 timeout_ms: None,
                 items: encode_bytes(b"args"),
@@ -248,7 +253,7 @@ mod tests {
 
     #[test]
     fn any_field_changed_breaks_the_signature() {
-        let changes: [fn(&mut TaskMessage); 9] = [
+        let changes: [fn(&mut TaskMessage); 11] = [
             |t| t.timeout_ms = Some(1),
             |t| t.record_ttl_s = 0,
             |t| t.function = "cube".into(),
@@ -256,7 +261,9 @@ mod tests {
             |t| t.slot += 1,
             |t| t.pool = "p2".into(),
             |t| t.build = "c".into(),
-            |t| t.retries = 9,
+            |t| t.retry.0 = 9,
+            |t| t.retry.1 = 1000,
+            |t| t.attempt = 1,
             |t| t.items = encode_bytes(b"argz"),
         ];
         for change in changes {

@@ -42,6 +42,7 @@ macro_rules! common_setters {
 mod message;
 mod record;
 mod registry;
+mod schedule;
 mod transport;
 mod worker;
 
@@ -53,11 +54,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use self::schedule::TaskQueues;
 use self::transport::{BrokerTransport, Shared};
 use super::Pool;
 use super::supervisor::{Limits, Supervisor};
 use crate::error::{Error, Result};
-use crate::queue::{JoinableQueue, Queue};
+use crate::pool::RetryPolicy;
+use crate::queue::Queue;
 
 /// Deliveries before the queue itself would dead-letter a task: high, so that the workers
 /// apply each pool's `retries` (and report the loss to the pool) first.
@@ -114,8 +117,8 @@ impl Common {
         }
     }
 
-    /// Checks the settings of `what` and connects to the task queue.
-    fn connect(&self, what: &str) -> Result<JoinableQueue<message::TaskMessage>> {
+    /// Checks the settings of `what` and connects to the task streams.
+    fn connect(&self, what: &str) -> Result<TaskQueues> {
         if self.authkey.is_empty() {
             return Err(Error::invalid(
                 what,
@@ -123,12 +126,7 @@ impl Common {
             ));
         }
         self.registry.check()?;
-        let mut tasks =
-            Queue::broker(self.url.clone(), self.queue.clone()).max_deliveries(MAX_DELIVERIES);
-        if let Some(lease) = self.lease {
-            tasks = tasks.lease(lease);
-        }
-        tasks.build_joinable()
+        TaskQueues::open(&self.url, &self.queue, self.lease)
     }
 }
 
@@ -165,7 +163,7 @@ fn pool_id() -> String {
 #[must_use = "a builder does nothing until built"]
 pub struct BrokerPoolBuilder {
     common: Common,
-    retries: u32,
+    retry: RetryPolicy,
     window: usize,
     record_ttl: Duration,
     task_timeout: Option<Duration>,
@@ -185,7 +183,7 @@ impl BrokerPoolBuilder {
     pub(crate) fn new(url: String, queue: String) -> BrokerPoolBuilder {
         BrokerPoolBuilder {
             common: Common::new(url, queue),
-            retries: 0,
+            retry: RetryPolicy::new(0),
             window: DEFAULT_WINDOW,
             record_ttl: record::DEFAULT_TTL,
             task_timeout: None,
@@ -194,10 +192,19 @@ impl BrokerPoolBuilder {
 
     common_setters!();
 
-    /// Run a task again, up to `n` times, when the worker process running it dies (on its
-    /// machine, or with its machine).
+    /// Run a task again, at once, up to `n` times, when the worker process running it dies
+    /// (on its machine, or with its machine) or it runs out of time: a
+    /// [`retry`](Self::retry) policy without backoff.
     pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
+        self.retry = RetryPolicy::new(n);
+        self
+    }
+
+    /// How the pool's tasks are retried: how often, after what wait (backoff and jitter),
+    /// and whether a panic counts (a task's own [`TaskCall::retry`](crate::TaskCall::retry)
+    /// applies instead). A retry that waits is kept by the broker meanwhile.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 
@@ -246,7 +253,6 @@ impl BrokerPoolBuilder {
         let pool = pool_id();
         let results = Queue::broker(url, results_name(&queue, &pool)).build_joinable()?;
         let shared = Shared {
-            tasks_stream: tasks.leases()?.stream().to_string(),
             tasks,
             results_stream: results.redis()?.stream().to_string(),
             results,
@@ -254,7 +260,7 @@ impl BrokerPoolBuilder {
             registry,
             authkey,
             build: build_id().to_string(),
-            retries: self.retries,
+            retry: self.retry,
             record_ttl_s: self.record_ttl.as_secs(),
             timeout_ms: self
                 .task_timeout

@@ -9,10 +9,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::message::{Outcome, decode_bytes, record_mac, verify_record};
+use super::schedule::{TaskQueues, report_cancelled, results_of};
+use super::worker::RESULTS_TTL;
 use crate::error::{Error, Result};
 use crate::pool::chunk::decode_failures;
 use crate::pool::result::single;
-use crate::queue::{JoinableQueue, Queue, RedisQueue};
+use crate::pool::worker::TaskFailure;
+use crate::queue::RedisQueue;
 
 /// How long a record stays once written, by default.
 pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -33,6 +36,8 @@ pub(super) fn cancelled_key(stream: &str, pool: &str) -> String {
 /// Where a task is, as its record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stage {
+    /// Sent to start later (kept by the broker until then).
+    Scheduled,
     Started,
     Retrying,
     Ended,
@@ -41,6 +46,7 @@ pub(super) enum Stage {
 impl Stage {
     fn name(self) -> &'static str {
         match self {
+            Stage::Scheduled => "scheduled",
             Stage::Started => "started",
             Stage::Retrying => "retrying",
             Stage::Ended => "ended",
@@ -78,6 +84,17 @@ pub(super) fn write(
     queue.send_unconfirmed(&set)
 }
 
+/// Refuses what cannot be a task id.
+fn check_task_id(task_id: &str) -> Result<()> {
+    if task_id.is_empty() || task_id.len() > MAX_TASK_ID {
+        return Err(Error::invalid(
+            "task records",
+            format!("no such task id {task_id:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A record as stored: a JSON object (the outcome itself JSON, inside).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Record {
@@ -94,12 +111,15 @@ pub enum TaskStatus {
     /// No record: not started yet (waiting in the queue), or unknown, or its record's time
     /// ran out.
     Pending,
+    /// Waiting for its time to start (sent with a delay, or a retry that waits).
+    Scheduled,
     /// Running on `worker` (`host-pid-…`).
     Started {
         /// The worker that took it.
         worker: String,
     },
-    /// Its worker process died under it, and it waits to run again.
+    /// Its run failed (its worker died, it ran out of time, it panicked with retries on
+    /// panics), and it waits to run again.
     Retrying {
         /// The worker it was on.
         worker: String,
@@ -108,6 +128,8 @@ pub enum TaskStatus {
     Succeeded,
     /// Failed with this error (the one the pool's call got).
     Failed(Error),
+    /// Cancelled before it started ([`TaskRecords::cancel`]).
+    Cancelled,
 }
 
 /// The records of the tasks of one broker queue, looked up by task id
@@ -127,14 +149,16 @@ pub enum TaskStatus {
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct TaskRecords {
-    tasks: JoinableQueue<()>,
+    tasks: TaskQueues,
+    url: String,
+    queue: String,
     authkey: Vec<u8>,
 }
 
 impl std::fmt::Debug for TaskRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskRecords")
-            .field("queue", &self.tasks)
+            .field("queue", &self.queue)
             .finish_non_exhaustive()
     }
 }
@@ -149,21 +173,49 @@ impl TaskRecords {
         queue: impl Into<String>,
         authkey: impl Into<Vec<u8>>,
     ) -> Result<TaskRecords> {
+        let (url, queue) = (url.into(), queue.into());
         Ok(TaskRecords {
-            tasks: Queue::broker(url.into(), queue.into()).build_joinable()?,
+            tasks: TaskQueues::open(&url, &queue, None)?,
+            url,
+            queue,
             authkey: authkey.into(),
         })
     }
 
+    /// Cancels `task_id` if no worker has taken it yet (it waits for its time to start, or
+    /// in the queue): it never runs, its pool's call fails with
+    /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), and its status becomes
+    /// [`TaskStatus::Cancelled`]. Whether it did; `false` for a task that a worker has taken
+    /// (it runs, or ran), and for an unknown one.
+    ///
+    /// A task waiting for its time is found at once; one in the queue is looked for among
+    /// the entries not yet read, which takes longer the longer the queue.
+    ///
+    /// # Errors
+    /// A broker that cannot be reached.
+    pub fn cancel(&self, task_id: &str) -> Result<bool> {
+        check_task_id(task_id)?;
+        let Some(task) = self.tasks.take_back(task_id, &self.authkey)? else {
+            return Ok(false);
+        };
+        let results = results_of(&self.url, &self.queue, &task.pool)?;
+        let redis = results.redis()?;
+        let stream = redis.stream().to_string();
+        report_cancelled(&task, self.tasks.records()?, &stream, &self.authkey, |r| {
+            results.put(r)?;
+            // Should the pool be gone, the stream this made goes in time, as a worker's does.
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(&stream).arg(RESULTS_TTL.as_secs()).arg("NX");
+            redis.send_unconfirmed(&expire)?;
+            results.flush()
+        })?;
+        Ok(true)
+    }
+
     /// The record of `task_id`, verified: its stage, worker and outcome; `None` if none.
     fn read(&self, task_id: &str) -> Result<Option<(String, String, Option<Outcome>)>> {
-        if task_id.is_empty() || task_id.len() > MAX_TASK_ID {
-            return Err(Error::invalid(
-                "task records",
-                format!("no such task id {task_id:?}"),
-            ));
-        }
-        let queue = self.tasks.leases()?;
+        check_task_id(task_id)?;
+        let queue = self.tasks.records()?;
         let key = key(queue.stream(), task_id);
         let text: Option<String> = queue.query(redis::cmd("GET").arg(&key))?;
         let Some(text) = text else {
@@ -199,6 +251,8 @@ impl TaskRecords {
             None => TaskStatus::Pending,
             Some((stage, worker, outcome)) => match (stage.as_str(), outcome) {
                 ("retrying", _) => TaskStatus::Retrying { worker },
+                ("scheduled", _) => TaskStatus::Scheduled,
+                (_, Some(Outcome::Failed(TaskFailure::Cancelled(_)))) => TaskStatus::Cancelled,
                 (_, Some(Outcome::Done(text))) => {
                     // A task's results carry its items' own failures (a panic) first.
                     let bytes = decode_bytes(&text)

@@ -10,17 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, decode_bytes, encode_bytes};
+use super::record::Stage;
 use super::registry::TaskRegistry;
+use super::schedule::{TaskQueues, report_cancelled};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pool::RetryPolicy;
+use crate::pool::options::{Start, TaskOptions};
 use crate::pool::task::TaskTargetId;
 use crate::pool::transport::{Transport, WorkerLink};
 use crate::pool::worker::{FromWorkerRef, TaskFailure, ToWorker};
+use crate::queue::Due;
 use crate::queue::JoinableQueue;
 
 /// What the slots and the report reader share.
 pub(super) struct Shared {
-    pub(super) tasks: JoinableQueue<TaskMessage>,
-    pub(super) tasks_stream: String,
+    pub(super) tasks: TaskQueues,
     /// Read as a joinable queue: each result is acknowledged with the next read, not with a
     /// round trip of its own.
     pub(super) results: JoinableQueue<ResultMessage>,
@@ -29,7 +33,7 @@ pub(super) struct Shared {
     pub(super) registry: TaskRegistry,
     pub(super) authkey: Vec<u8>,
     pub(super) build: String,
-    pub(super) retries: u32,
+    pub(super) retry: RetryPolicy,
     pub(super) record_ttl_s: u64,
     pub(super) timeout_ms: Option<u64>,
     /// Terminated: the workers are told to drop its tasks not yet started.
@@ -46,17 +50,67 @@ impl Shared {
         {
             return;
         }
-        let key = super::record::cancelled_key(&self.tasks_stream, &self.pool);
-        let mut set = redis::cmd("SET");
-        set.arg(&key).arg(1).arg("EX").arg(CANCELLED_FOR.as_secs());
-        let sent = self
-            .tasks
-            .leases()
-            .and_then(|q| q.send_unconfirmed(&set))
-            .and_then(|()| self.tasks.flush());
+        let sent = self.tasks.normal.leases().and_then(|q| {
+            let key = super::record::cancelled_key(q.stream(), &self.pool);
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(1).arg("EX").arg(CANCELLED_FOR.as_secs());
+            q.send_unconfirmed(&set)?;
+            self.tasks.normal.flush()
+        });
         if let Err(e) = sent {
             tracing::warn!(pool = %self.pool, error = %e, "telling the workers the pool is terminated");
         }
+    }
+}
+
+/// The slot of a task that starts later: none of the window's.
+const NO_SLOT: u32 = u32::MAX;
+
+impl Shared {
+    /// `message` as a signed task of slot `slot`, and the stream it goes to (`None` for a
+    /// message that is not a task).
+    fn task_message(
+        &self,
+        slot: u32,
+        message: &ToWorker,
+    ) -> Option<(TaskMessage, &JoinableQueue<TaskMessage>)> {
+        let ToWorker::Task {
+            id,
+            target,
+            items,
+            options,
+        } = message
+        else {
+            return None;
+        };
+        // Checked when the task was submitted.
+        let function = self.registry.name_of(*target)?;
+        let queue = self.tasks.of(options.priority);
+        let stream = queue.leases().ok()?.stream().to_string();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let timeout_ms = match (options.timeout.map(ms), self.timeout_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let task = TaskMessage::new(
+            &self.authkey,
+            &stream,
+            TaskMessage {
+                v: FORMAT,
+                pool: self.pool.clone(),
+                slot,
+                id: *id,
+                function: function.to_string(),
+                build: self.build.clone(),
+                retry: options.retry.unwrap_or(self.retry).parts(),
+                attempt: 0,
+                record_ttl_s: self.record_ttl_s,
+                timeout_ms,
+                items: encode_bytes(&items.0),
+                mac: String::new(),
+            },
+        );
+        Some((task, queue))
     }
 }
 
@@ -156,6 +210,78 @@ impl Transport for BrokerTransport {
         Some(task_id(&self.shared.pool, id))
     }
 
+    fn check_options(&self, _options: &TaskOptions) -> Result<()> {
+        Ok(())
+    }
+
+    fn send_later(&self, message: &ToWorker) -> Result<()> {
+        let ToWorker::Task {
+            id,
+            options: TaskOptions {
+                start: Some(start), ..
+            },
+            ..
+        } = message
+        else {
+            return Err(Error::invalid(
+                "broker pool",
+                "a task to send later without its time",
+            ));
+        };
+        let shared = &self.shared;
+        let (task, queue) = shared.task_message(NO_SLOT, message).ok_or_else(|| {
+            Error::invalid(
+                "broker pool",
+                "the function is not in the pool's TaskRegistry",
+            )
+        })?;
+        let due = match *start {
+            Start::After(d) => Due::In(d),
+            Start::At(t) => Due::At(t),
+        };
+        let queue = queue.leases()?;
+        let key = task_id(&shared.pool, *id);
+        // The record first: a task due at once may start (and write its own) right away.
+        if shared.record_ttl_s > 0 {
+            let records = shared.tasks.records()?;
+            let record = super::record::key(records.stream(), &key);
+            let ttl = Duration::from_secs(shared.record_ttl_s);
+            let stage = (Stage::Scheduled, "", None);
+            super::record::write(records, &record, &shared.authkey, stage, ttl)?;
+            shared.tasks.normal.flush()?;
+        }
+        queue.schedule(&key, &task, due)?;
+        Ok(())
+    }
+
+    fn cancel(&self, id: u64) -> bool {
+        let shared = &self.shared;
+        let key = task_id(&shared.pool, id);
+        let cancelled = shared
+            .tasks
+            .take_back(&key, &shared.authkey)
+            .and_then(|taken| {
+                let Some(task) = taken else {
+                    return Ok(false);
+                };
+                report_cancelled(
+                    &task,
+                    shared.tasks.records()?,
+                    &shared.results_stream,
+                    &shared.authkey,
+                    |r| {
+                        shared.results.put(r)?;
+                        shared.results.flush()
+                    },
+                )?;
+                Ok(true)
+            });
+        cancelled.unwrap_or_else(|e| {
+            tracing::warn!(pool = %shared.pool, task = %key, error = %e, "cancelling a task");
+            false
+        })
+    }
+
     fn check_target(&self, target: TaskTargetId) -> Result<()> {
         match self.shared.registry.name_of(target) {
             Some(_) => Ok(()),
@@ -185,36 +311,13 @@ impl WorkerLink for Slot {
     }
 
     fn try_send(&self, message: &ToWorker) -> bool {
-        let ToWorker::Task { id, target, items } = message else {
+        let Some((task, queue)) = self.shared.task_message(self.slot, message) else {
             return true;
         };
-        let shared = &self.shared;
-        let Some(function) = shared.registry.name_of(*target) else {
-            // Checked when the task was submitted.
-            tracing::error!(id, "a task whose function is not registered reached a slot");
-            return false;
-        };
-        let task = TaskMessage::new(
-            &shared.authkey,
-            &shared.tasks_stream,
-            TaskMessage {
-                v: FORMAT,
-                pool: shared.pool.clone(),
-                slot: self.slot,
-                id: *id,
-                function: function.to_string(),
-                build: shared.build.clone(),
-                retries: shared.retries,
-                record_ttl_s: shared.record_ttl_s,
-                timeout_ms: shared.timeout_ms,
-                items: encode_bytes(&items.0),
-                mac: String::new(),
-            },
-        );
-        match shared.tasks.put(task) {
+        match queue.put(task) {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(stream = %shared.tasks_stream, error = %e, "sending a task");
+                tracing::warn!(pool = %self.shared.pool, error = %e, "sending a task");
                 false
             }
         }

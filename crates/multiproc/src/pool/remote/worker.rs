@@ -9,18 +9,24 @@ use std::time::{Duration, Instant};
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
 use super::record::{self, Stage};
 use super::registry::TaskRegistry;
+use super::schedule::TaskQueues;
 use super::transport::task_id;
 use super::{Common, build_id, results_name};
 use crate::error::{Error, Result};
 use crate::local_lock::IgnorePoison;
-use crate::pool::Pool;
+use crate::pool::chunk::decode_failures;
+use crate::pool::options::TaskOptions;
 use crate::pool::worker::{TaskBytes, TaskFailure};
-use crate::queue::{JoinableQueue, Leased, Queue};
+use crate::pool::{Pool, Priority, RetryPolicy};
+use crate::queue::{Due, Leased, Queue, RedisQueue};
 
-/// How long one wait for a task lasts before the worker looks whether it should stop.
+/// How long one wait for a task lasts before the worker looks whether it should stop (and
+/// moves the tasks that are due).
 const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// The shortest wait for a task between two moves of those due.
+const MOVE_AT_LEAST: Duration = Duration::from_millis(1);
 /// How long a results stream lives past the last result written to it.
-const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(super) const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often a worker pushes a results stream's time back.
 const RESULTS_TTL_EVERY: Duration = Duration::from_secs(60);
 /// The most pools whose results streams a worker keeps a connection to.
@@ -143,34 +149,29 @@ impl BrokerWorker {
             terminated: Mutex::new(HashMap::new()),
         });
         let _signals = crate::platform::TerminationFlag::watch(&self.stop);
+        // Normal tasks fill up to 16 per process; high ones may come on top of those, a few
+        // per process, and go ahead of them in the local pool.
         let most = self.processes * 16;
-        while !self.stop.load(Ordering::SeqCst) {
-            if !runner.wait_for_room(most, LOOK_EVERY) {
-                continue;
-            }
-            let leases = runner.tasks.leases()?;
-            match leases.take_leased::<TaskMessage>(
-                Some(Instant::now() + LOOK_EVERY),
-                true,
-                LOOK_EVERY,
-                true,
-            ) {
-                Ok(leased) => runner.clone().start(leased),
-                Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
-                Err(e) => {
-                    tracing::warn!(queue = %runner.queue, error = %e, "taking a task");
-                    std::thread::park_timeout(LOOK_EVERY);
-                }
-            }
-        }
+        let high = {
+            let (runner, stop) = (runner.clone(), self.stop.clone());
+            let most = most + self.processes * 2;
+            std::thread::Builder::new()
+                .name("multiproc-broker-high".into())
+                .spawn(move || runner.take_all(Priority::High, most, &stop, false))
+                .map_err(|e| Error::io("starting a broker worker's thread", e))?
+        };
+        let taken = runner.take_all(Priority::Normal, most, &self.stop, true);
+        // The stop flag ends the high loop too (within a look).
+        self.stop.store(true, Ordering::SeqCst);
+        let high = high.join().unwrap_or(Ok(()));
         runner.wait_for_room(1, Duration::MAX);
-        Ok(())
+        taken.and(high)
     }
 }
 
 /// What the worker's loop and its tasks' deliveries share.
 struct Runner {
-    tasks: JoinableQueue<TaskMessage>,
+    tasks: TaskQueues,
     local: Pool,
     url: String,
     queue: String,
@@ -190,6 +191,48 @@ struct Runner {
 const TERMINATION_SEEN_FOR: Duration = Duration::from_secs(1);
 
 impl Runner {
+    /// Takes `priority`'s tasks and starts them, while fewer than `most` run, until `stop`.
+    /// With `moves`, also moves the scheduled tasks that are due into their streams.
+    fn take_all(
+        self: &Arc<Self>,
+        priority: Priority,
+        most: usize,
+        stop: &AtomicBool,
+        moves: bool,
+    ) -> Result<()> {
+        let queue = self.tasks.of(priority).leases()?;
+        let mut next_move = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let mut look = LOOK_EVERY;
+            if moves {
+                let now = Instant::now();
+                if now >= next_move {
+                    let wait = match self.tasks.move_due() {
+                        Ok(wait) => wait.unwrap_or(LOOK_EVERY).min(LOOK_EVERY),
+                        Err(e) => {
+                            tracing::warn!(queue = %self.queue, error = %e, "moving the tasks that are due");
+                            LOOK_EVERY
+                        }
+                    };
+                    next_move = now + wait;
+                }
+                look = next_move.saturating_duration_since(now).max(MOVE_AT_LEAST);
+            }
+            if !self.wait_for_room(most, look) {
+                continue;
+            }
+            match queue.take_leased::<TaskMessage>(Some(Instant::now() + look), true, look, true) {
+                Ok(leased) => self.clone().start(leased, priority),
+                Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "taking a task");
+                    std::thread::park_timeout(LOOK_EVERY);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the pool `pool` was terminated (looked up at most once a second).
     fn terminated(&self, pool: &str) -> bool {
         let mut seen = self.terminated.lock().ignore_poison();
@@ -200,7 +243,7 @@ impl Runner {
         }
         let gone = self
             .tasks
-            .leases()
+            .records()
             .and_then(|q| {
                 let key = record::cancelled_key(q.stream(), pool);
                 q.query::<bool>(redis::cmd("EXISTS").arg(key))
@@ -228,32 +271,32 @@ impl Runner {
         self.done.notify_all();
     }
 
-    /// Checks a task and starts it in a worker process, or refuses it.
-    fn start(self: Arc<Self>, leased: Leased<TaskMessage>) {
+    /// Checks a task (taken from `priority`'s stream) and starts it in a worker process, or
+    /// refuses it.
+    fn start(self: Arc<Self>, leased: Leased<TaskMessage>, priority: Priority) {
         let Leased {
             item: task,
             id: lease,
             deliveries,
         } = leased;
-        let Ok(leases) = self.tasks.leases() else {
+        let Ok(queue) = self.tasks.of(priority).leases() else {
             return;
         };
-        let stream = leases.stream().to_string();
-        let items = match task.verify(&self.authkey, &stream) {
+        let items = match task.verify(&self.authkey, queue.stream()) {
             Ok(items) => items,
             Err(why) => {
                 tracing::warn!(queue = %self.queue, %why, "dead-lettered a task that does not verify");
-                self.settle(&lease, Err(why));
+                self.settle(queue, &lease, Err(why));
                 return;
             }
         };
         if self.terminated(&task.pool) {
             // Its pool is gone and wants nothing more: dropped unstarted.
-            return self.settle(&lease, Ok(()));
+            return self.settle(queue, &lease, Ok(()));
         }
         let refuse = |why: String| {
             self.report(&task, Outcome::Failed(TaskFailure::Refused(why.clone())));
-            self.settle(&lease, Err(why));
+            self.settle(queue, &lease, Err(why));
         };
         if task.build != self.build {
             return refuse(format!(
@@ -261,7 +304,10 @@ impl Runner {
                 task.build, self.build
             ));
         }
-        if deliveries > task.retries.saturating_add(1) {
+        let policy = RetryPolicy::from_parts(task.retry);
+        // This run's number: the runs before this entry, and this entry's deliveries.
+        let run = task.attempt.saturating_add(deliveries);
+        if run > policy.retries().saturating_add(1) {
             let lost = TaskFailure::WorkerLost {
                 name: format!("a broker worker of queue {:?}", self.queue),
                 pid: 0,
@@ -271,46 +317,53 @@ impl Runner {
                 ),
             };
             self.report(&task, Outcome::Failed(lost));
-            return self.settle(&lease, Err("its workers were lost too many times".into()));
+            return self.settle(
+                queue,
+                &lease,
+                Err("its workers were lost too many times".into()),
+            );
         }
         let Some(target) = self.registry.target(&task.function) else {
             return refuse(format!("this worker has no function {:?}", task.function));
         };
-        self.record(&task, Stage::Started, None);
+        self.record(&task, Stage::Started);
         *self.running.lock().ignore_poison() += 1;
         let runner = self.clone();
-        let timeout = task.timeout_ms.map(Duration::from_millis);
+        let options = TaskOptions {
+            timeout: task.timeout_ms.map(Duration::from_millis),
+            priority,
+            ..TaskOptions::default()
+        };
         let submitted = self.local.submit_raw(
             target,
             TaskBytes(Arc::new(items)),
             Box::new(move |outcome| {
-                let retry = match &outcome {
-                    Err(e) => {
-                        matches!(
+                let retry = run <= policy.retries()
+                    && match &outcome {
+                        Err(e) => matches!(
                             e.kind(),
                             crate::ErrorKind::WorkerLost | crate::ErrorKind::Timeout
-                        ) && deliveries <= task.retries
-                    }
-                    Ok(_) => false,
-                };
+                        ),
+                        Ok(bytes) => {
+                            policy.retries_panics()
+                                && decode_failures(bytes).is_ok_and(|(f, _)| !f.is_empty())
+                        }
+                    };
                 if retry {
-                    runner.record(&task, Stage::Retrying, None);
-                    if let Ok(leases) = runner.tasks.leases()
-                        && let Err(e) = leases.fail_lease(&lease, "its worker process was lost")
-                    {
-                        tracing::warn!(queue = %runner.queue, error = %e, "giving a task back");
-                    }
+                    runner.retry(&task, &lease, priority, &policy, run);
                 } else {
                     let reported = match outcome {
                         Ok(bytes) => Outcome::Done(encode_bytes(bytes)),
                         Err(e) => Outcome::Failed(failure_of(e)),
                     };
                     runner.report(&task, reported);
-                    runner.settle(&lease, Ok(()));
+                    if let Ok(queue) = runner.tasks.of(priority).leases() {
+                        runner.settle(queue, &lease, Ok(()));
+                    }
                 }
                 runner.finished_one();
             }),
-            timeout,
+            options,
         );
         if let Err(e) = submitted {
             tracing::warn!(queue = %self.queue, error = %e, "a task could not start");
@@ -318,26 +371,66 @@ impl Runner {
         }
     }
 
-    /// Finishes the task's lease: done (`Ok`), or to the dead letters with why.
-    fn settle(&self, lease: &str, how: std::result::Result<(), String>) {
-        let Ok(leases) = self.tasks.leases() else {
+    /// Runs `task` (leased as `lease` from `priority`'s stream) again after its run `run`
+    /// failed: at once (its lease given back), or after the policy's wait (a new entry kept
+    /// by the broker until then, the lease finished once the broker has it).
+    fn retry(
+        &self,
+        task: &TaskMessage,
+        lease: &str,
+        priority: Priority,
+        policy: &RetryPolicy,
+        run: u32,
+    ) {
+        self.record(task, Stage::Retrying);
+        let Ok(queue) = self.tasks.of(priority).leases() else {
             return;
         };
+        if policy.waits() {
+            let again = TaskMessage::new(
+                &self.authkey,
+                queue.stream(),
+                TaskMessage {
+                    attempt: run,
+                    mac: String::new(),
+                    ..task.clone()
+                },
+            );
+            let key = task_id(&task.pool, task.id);
+            match queue.schedule(&key, &again, Due::In(policy.delay_before(run))) {
+                Ok(()) => return self.settle(queue, lease, Ok(())),
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "scheduling a retry; retrying at once")
+                }
+            }
+        }
+        if let Err(e) = queue.fail_lease(lease, "its run failed; it runs again") {
+            tracing::warn!(queue = %self.queue, error = %e, "giving a task back");
+        }
+    }
+
+    /// Finishes the lease `lease` of `queue`: done (`Ok`), or to the dead letters with why.
+    fn settle(&self, queue: &RedisQueue, lease: &str, how: std::result::Result<(), String>) {
         let settled = match how {
-            Ok(()) => leases.finish_lease(lease),
-            Err(why) => leases.reject_lease(lease, &why),
+            Ok(()) => queue.finish_lease(lease),
+            Err(why) => queue.reject_lease(lease, &why),
         };
         if let Err(e) = settled {
             tracing::warn!(queue = %self.queue, error = %e, "finishing a task's lease");
         }
     }
 
-    /// Writes `task`'s record, if its pool keeps them.
-    fn record(&self, task: &TaskMessage, stage: Stage, outcome: Option<&Outcome>) {
+    /// Writes `task`'s record at `stage`, if its pool keeps them.
+    fn record(&self, task: &TaskMessage, stage: Stage) {
+        self.record_outcome(task, stage, None);
+    }
+
+    /// Writes `task`'s record at `stage` with `outcome`, if its pool keeps them.
+    fn record_outcome(&self, task: &TaskMessage, stage: Stage, outcome: Option<&Outcome>) {
         if task.record_ttl_s == 0 {
             return;
         }
-        let written = self.tasks.leases().and_then(|q| {
+        let written = self.tasks.records().and_then(|q| {
             let key = record::key(q.stream(), &task_id(&task.pool, task.id));
             let ttl = Duration::from_secs(task.record_ttl_s);
             record::write(q, &key, &self.authkey, (stage, q.consumer(), outcome), ttl)
@@ -349,12 +442,12 @@ impl Runner {
 
     /// Sends `outcome` to the pool that sent `task`, and keeps it in the task's record.
     fn report(&self, task: &TaskMessage, outcome: Outcome) {
-        self.record(task, Stage::Ended, Some(&outcome));
+        self.record_outcome(task, Stage::Ended, Some(&outcome));
         let sent = self.results_of(&task.pool).and_then(|results| {
             let stream = results.redis()?.stream().to_string();
             let worker = self
                 .tasks
-                .leases()
+                .records()
                 .map(|l| l.consumer().to_string())
                 .unwrap_or_default();
             results.put(ResultMessage::new(

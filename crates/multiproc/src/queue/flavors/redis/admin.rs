@@ -368,6 +368,8 @@ impl RedisQueue {
                 .arg(&self.keys.dead)
                 .arg(&self.keys.errors)
                 .arg(&self.keys.config)
+                .arg(format!("{}:scheduled", self.keys.stream))
+                .arg(format!("{}:scheduled:items", self.keys.stream))
                 .query::<Value>(c)
                 .map(drop)
         })

@@ -53,9 +53,11 @@ mod entry;
 mod keys;
 mod leases;
 mod link;
+mod scheduled;
 mod settings;
 
 pub use admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
+pub(crate) use scheduled::Due;
 pub use settings::BrokerQueueBuilder;
 
 use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
