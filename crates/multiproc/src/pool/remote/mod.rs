@@ -6,12 +6,16 @@
 //! - `message.rs`: tasks and results on the wire, signed with the pool's authkey.
 //! - `transport.rs`: the submitting side, the pool's [`Transport`](super::transport::Transport).
 //! - `worker.rs`: [`BrokerWorker`], the working side.
+//! - `schedule.rs`: the two task streams (one per priority), the tasks kept for later, and
+//!   taking a task back by id.
+//! - `record.rs`: each task's signed record beside the stream; `lookup.rs`: [`TaskRecords`],
+//!   which reads them (and cancels) by task id.
 //!
 //! # Delivery
-//! The task stream is a broker [`JoinableQueue`](crate::JoinableQueue): a worker leases each
+//! Each task stream is a broker [`JoinableQueue`](crate::JoinableQueue): a worker leases each
 //! task until its result is sent (at least once). A worker that dies loses its leases, and the
-//! tasks go to another worker after the queue's lease; a task delivered more times than its
-//! pool's `retries` allow is reported as `WorkerLost` and goes to the dead letters.
+//! tasks go to another worker after the queue's lease; a task run more times than its retry
+//! policy allows is reported as `WorkerLost` and goes to the dead letters.
 
 /// The setters of what a pool and its workers share ([`Common`]), on both builders.
 macro_rules! common_setters {
@@ -39,6 +43,7 @@ macro_rules! common_setters {
     };
 }
 
+mod lookup;
 mod message;
 mod record;
 mod registry;
@@ -46,7 +51,7 @@ mod schedule;
 mod transport;
 mod worker;
 
-pub use record::{TaskRecords, TaskStatus};
+pub use lookup::{TaskRecords, TaskStatus};
 pub use registry::TaskRegistry;
 pub use worker::{BrokerWorker, WorkerStopper};
 
@@ -65,6 +70,15 @@ use crate::queue::Queue;
 /// Deliveries before the queue itself would dead-letter a task: high, so that the workers
 /// apply each pool's `retries` (and report the loss to the pool) first.
 const MAX_DELIVERIES: u32 = 1000;
+
+/// How long a pool's results stream lives past the last result written to it (by a worker,
+/// or by a canceller).
+const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The id of task `id` of pool `pool`, as its record is named.
+fn task_id(pool: &str, id: u64) -> String {
+    format!("{pool}-{id}")
+}
 
 /// Tasks a broker pool keeps in flight by default (sent and not yet answered).
 const DEFAULT_WINDOW: usize = 256;

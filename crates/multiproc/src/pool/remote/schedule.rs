@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage};
 use super::record::{self, Stage};
-use super::transport::task_id;
-use super::{MAX_DELIVERIES, results_name};
+use super::{MAX_DELIVERIES, results_name, task_id};
 use crate::error::Result;
 use crate::pool::Priority;
 use crate::pool::worker::TaskFailure;

@@ -13,6 +13,7 @@ use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, decode_bytes, 
 use super::record::Stage;
 use super::registry::TaskRegistry;
 use super::schedule::{TaskQueues, report_cancelled};
+use super::task_id;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::RetryPolicy;
 use crate::pool::options::{Start, TaskOptions};
@@ -160,11 +161,6 @@ impl BrokerTransport {
             }),
         }
     }
-}
-
-/// The id of task `id` of pool `pool`, as its record is named.
-pub(super) fn task_id(pool: &str, id: u64) -> String {
-    format!("{pool}-{id}")
 }
 
 /// How long the report reader rests after the broker failed it (it is being reconnected).

@@ -10,8 +10,7 @@ use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
 use super::record::{self, Stage};
 use super::registry::TaskRegistry;
 use super::schedule::TaskQueues;
-use super::transport::task_id;
-use super::{Common, build_id, results_name};
+use super::{Common, RESULTS_TTL, build_id, results_name, task_id};
 use crate::error::{Error, Result};
 use crate::local_lock::IgnorePoison;
 use crate::pool::chunk::decode_failures;
@@ -25,8 +24,6 @@ use crate::queue::{Due, Leased, Queue, RedisQueue};
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 /// The shortest wait for a task between two moves of those due.
 const MOVE_AT_LEAST: Duration = Duration::from_millis(1);
-/// How long a results stream lives past the last result written to it.
-pub(super) const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often a worker pushes a results stream's time back.
 const RESULTS_TTL_EVERY: Duration = Duration::from_secs(60);
 /// The most pools whose results streams a worker keeps a connection to.
