@@ -1,6 +1,7 @@
 //! Shared helpers for the cross-process tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod netns;
 pub mod redis;
 
 use std::ops::{Deref, DerefMut};
