@@ -718,3 +718,56 @@ fn retries_wait_with_backoff_and_panics_are_retried_when_asked() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_broker_restart_mid_map_delays_the_map_and_loses_nothing() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "restarting", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "restarting").build().unwrap();
+    let items: Vec<(u64, String)> = (0..40).map(|n| (n, redis.url())).collect();
+    let mut results = pool.imap(note_run_slowly, items, Some(1)).unwrap();
+    for n in 0..5 {
+        assert_eq!(results.next().unwrap().unwrap(), n);
+    }
+    // Down (killed, as a crash) and up again on the same port and data: the pool, the
+    // worker and the tasks' own connections come back.
+    redis.restart(|| {});
+    let rest: Vec<u64> = results.map(Result::unwrap).collect();
+    assert_eq!(rest, (5..40).collect::<Vec<_>>());
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+}
+
+#[test]
+fn a_broker_out_of_memory_fails_the_submitters_tasks_with_its_reason() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _workers = Workers::start(1, &redis, "full", Duration::from_secs(30));
+    let pool = broker_pool(&redis, "full").build().unwrap();
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    // The server refuses every write from here on (its policy is noeviction).
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let refused = pool.apply_async(square, 3).unwrap();
+    let err = refused.get_timeout(PATIENCE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Remote, "{err}");
+    assert!(err.to_string().contains("OOM"), "{err}");
+    let pending: Vec<_> = (0..5)
+        .map(|n| pool.apply_async(square, n).unwrap())
+        .collect();
+    for p in pending {
+        assert_eq!(
+            p.get_timeout(PATIENCE).unwrap_err().kind(),
+            ErrorKind::Remote
+        );
+    }
+    let later = pool
+        .task(square, 3)
+        .start_after(Duration::from_secs(1))
+        .submit();
+    assert!(later.unwrap_err().to_string().contains("OOM"));
+    // Room again: the same pool goes on.
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}

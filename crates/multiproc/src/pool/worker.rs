@@ -76,6 +76,8 @@ pub(crate) enum TaskFailure {
     Refused(String),
     /// A broker pool's task cancelled by id before it started: its id.
     Cancelled(String),
+    /// A broker pool's task the broker would not take (out of memory, say): why.
+    BrokerRefused(String),
 }
 
 impl TaskFailure {
@@ -90,6 +92,10 @@ impl TaskFailure {
                 Error::timeout(what, std::time::Duration::from_millis(after_ms))
             }
             TaskFailure::Refused(why) => Error::invalid("pool task", why),
+            TaskFailure::BrokerRefused(why) => Error::Remote {
+                what: "broker pool".into(),
+                detail: format!("the broker refused the task, which is not queued: {why}"),
+            },
             TaskFailure::Cancelled(id) => Error::Cancelled {
                 what: format!("pool task {id}"),
             },

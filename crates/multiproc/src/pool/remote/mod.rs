@@ -280,6 +280,7 @@ impl BrokerPoolBuilder {
                 .task_timeout
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
             cancelled: Default::default(),
+            refusals_seen: std::sync::Mutex::new(std::time::Instant::now()),
         };
         // Each slot holds two tasks (one running, one ready), as a local worker does.
         let limits = Limits {

@@ -7,7 +7,7 @@
 //! task to another worker (the worker that takes it one time too many reports `WorkerLost`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, decode_bytes, encode_bytes};
 use super::record::Stage;
@@ -22,6 +22,7 @@ use crate::pool::transport::{Transport, WorkerLink};
 use crate::pool::worker::{FromWorkerRef, TaskFailure, ToWorker};
 use crate::queue::Due;
 use crate::queue::JoinableQueue;
+use crate::sync::IgnorePoison;
 
 /// What the slots and the report reader share.
 pub(super) struct Shared {
@@ -39,6 +40,8 @@ pub(super) struct Shared {
     pub(super) timeout_ms: Option<u64>,
     /// Terminated: the workers are told to drop its tasks not yet started.
     pub(super) cancelled: std::sync::atomic::AtomicBool,
+    /// When the report reader last looked for tasks the broker refused.
+    pub(super) refusals_seen: std::sync::Mutex<Instant>,
 }
 
 impl Shared {
@@ -133,6 +136,40 @@ pub(crate) struct BrokerTransport {
 }
 
 impl BrokerTransport {
+    /// Fails the tasks the broker refused (out of memory, say) with why; whether there were
+    /// any.
+    fn refused(&self, on_report: &mut dyn FnMut(FromWorkerRef<'_>)) -> bool {
+        {
+            let mut last = self.shared.refusals_seen.lock().ignore_poison();
+            if last.elapsed() < REFUSALS_EVERY {
+                return false;
+            }
+            *last = Instant::now();
+        }
+        let mut any = false;
+        for queue in [&self.shared.tasks.normal, &self.shared.tasks.high] {
+            let refused = queue
+                .leases()
+                .and_then(|q| q.take_refused_tags(Some(Instant::now() + REFUSALS_WAIT)));
+            let refused = match refused {
+                Ok(refused) => refused,
+                Err(e) => {
+                    tracing::warn!(pool = %self.shared.pool, error = %e, "reading the broker's answers to the tasks sent");
+                    continue;
+                }
+            };
+            for ((slot, id), why) in refused {
+                any = true;
+                on_report(FromWorkerRef {
+                    slot,
+                    id,
+                    outcome: Err(TaskFailure::BrokerRefused(why)),
+                });
+            }
+        }
+        any
+    }
+
     /// Hands a verified report to `on_report`.
     fn deliver(&self, message: ResultMessage, on_report: &mut dyn FnMut(FromWorkerRef<'_>)) {
         let shared = &self.shared;
@@ -163,6 +200,13 @@ impl BrokerTransport {
     }
 }
 
+/// How often the report reader looks for tasks the broker refused.
+const REFUSALS_EVERY: Duration = Duration::from_millis(10);
+
+/// How long the report reader waits for the broker's answers to the tasks sent (they have
+/// arrived long before, as a rule).
+const REFUSALS_WAIT: Duration = Duration::from_secs(1);
+
 /// How long the report reader rests after the broker failed it (it is being reconnected).
 const AFTER_FAILURE: Duration = Duration::from_millis(100);
 
@@ -176,6 +220,9 @@ impl Transport for BrokerTransport {
     }
 
     fn wait_report(&self, timeout: Duration, on_report: &mut dyn FnMut(FromWorkerRef<'_>)) -> bool {
+        if self.refused(on_report) {
+            return true;
+        }
         match self.shared.results.get_timeout(timeout) {
             Ok(message) => {
                 if let Err(e) = self.shared.results.task_done() {
@@ -310,7 +357,11 @@ impl WorkerLink for Slot {
         let Some((task, queue)) = self.shared.task_message(self.slot, message) else {
             return true;
         };
-        match queue.put(task) {
+        // Tagged: should the broker refuse it, the report reader fails this very task.
+        match queue
+            .leases()
+            .and_then(|q| q.put_tagged(&task, (task.slot, task.id)))
+        {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(pool = %self.shared.pool, error = %e, "sending a task");

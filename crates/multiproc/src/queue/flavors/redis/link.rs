@@ -26,11 +26,19 @@ pub(super) struct Link {
     /// The packed XADDs written and not yet confirmed, oldest first. On a new connection
     /// they are written again: an entry whose reply was lost with the old connection may
     /// then be stored twice (at least once, as everywhere on a broker).
-    pub(super) unconfirmed: VecDeque<Vec<u8>>,
+    /// Each with the caller's tag, if it gave one.
+    pub(super) unconfirmed: VecDeque<(Vec<u8>, Option<PutTag>)>,
     /// Puts the broker refused, told by the next `put` or `flush` (the call that learnt of
     /// them may be another): how many, and the first reason.
     pub(super) refused: Option<(usize, String)>,
+    /// Tagged puts the broker refused, with why: for the caller to collect
+    /// ([`RedisQueue::take_refused_tags`]), never told by another call.
+    pub(super) refused_tags: Vec<(PutTag, String)>,
 }
+
+/// The caller's name for one put (a broker pool's slot and task id), by which it learns that
+/// the broker refused it.
+pub(crate) type PutTag = (u32, u64);
 
 /// How many puts may wait for their replies; past it, the older half are read.
 pub(super) const UNCONFIRMED_MAX: usize = 256;
@@ -49,7 +57,12 @@ impl Link {
                 let mut c = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
                 c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
                 if !self.unconfirmed.is_empty() {
-                    let again: Vec<u8> = self.unconfirmed.iter().flatten().copied().collect();
+                    let again: Vec<u8> = self
+                        .unconfirmed
+                        .iter()
+                        .flat_map(|(packed, _)| packed)
+                        .copied()
+                        .collect();
                     c.send_packed_command(&again)?;
                 }
                 c
@@ -70,11 +83,15 @@ impl Link {
                 Value::Nil => Some(GONE.to_string()),
                 _ => None,
             };
-            if let Some(reason) = refusal {
-                let refused = self.refused.get_or_insert((0, reason));
-                refused.0 += 1;
+            let tag = self.unconfirmed.pop_front().and_then(|(_, tag)| tag);
+            match (refusal, tag) {
+                (Some(reason), Some(tag)) => self.refused_tags.push((tag, reason)),
+                (Some(reason), None) => {
+                    let refused = self.refused.get_or_insert((0, reason));
+                    refused.0 += 1;
+                }
+                (None, _) => {}
             }
-            self.unconfirmed.pop_front();
         }
         Ok(())
     }

@@ -62,6 +62,7 @@ pub use settings::BrokerQueueBuilder;
 
 use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
 use keys::{Keys, find_keys, resolve_prefix, split_url, warn_old_keys};
+pub(crate) use link::PutTag;
 use link::{
     GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
 };
@@ -300,13 +301,25 @@ impl RedisQueue {
 
     /// Writes the put `packed` without waiting for its reply (see [`Link`]); tells of puts
     /// refused earlier.
-    fn send_put(&self, mut packed: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+    fn send_put(&self, packed: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        self.send_tagged(packed, None, deadline)?;
+        self.conn.lock().ignore_poison().take_refused(&self.what())
+    }
+
+    /// Writes the put `packed` (tagged `tag`) without waiting for its reply.
+    fn send_tagged(
+        &self,
+        mut packed: Vec<u8>,
+        tag: Option<PutTag>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let mut link = self.conn.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
             link.connection(&self.client)?
                 .send_packed_command(&packed)?;
             // Written: from here on it is the link's to confirm (or to write again).
-            link.unconfirmed.push_back(std::mem::take(&mut packed));
+            link.unconfirmed
+                .push_back((std::mem::take(&mut packed), tag));
             Ok(())
         })?;
         if link.unconfirmed.len() >= UNCONFIRMED_MAX {
@@ -315,7 +328,35 @@ impl RedisQueue {
                 link.confirm(UNCONFIRMED_MAX / 2)
             })?;
         }
-        link.take_refused(&self.what())
+        Ok(())
+    }
+
+    /// Puts `item` as a `put` does (not waiting for the reply), tagged `tag`: should the
+    /// broker refuse it, [`take_refused_tags`](Self::take_refused_tags) says so, and no other
+    /// call does. For an unbounded queue only.
+    pub(crate) fn put_tagged<T: Serialize>(&self, item: &T, tag: PutTag) -> Result<()> {
+        self.check_open()?;
+        let body = serde_json::to_vec(item)
+            .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
+        let mut xadd = self.xadd();
+        xadd.arg("codec").arg(CODEC_JSON).arg("body").arg(&body);
+        self.send_tagged(xadd.get_packed_command(), Some(tag), None)
+    }
+
+    /// The tagged puts the broker refused, with why, once the replies written so far are read
+    /// (those not yet arrived are waited for, until `deadline`).
+    pub(crate) fn take_refused_tags(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<(PutTag, String)>> {
+        let mut link = self.conn.lock().ignore_poison();
+        if !link.unconfirmed.is_empty() {
+            self.retrying(&mut link, deadline, |link| {
+                link.connection(&self.client)?;
+                link.confirm(0)
+            })?;
+        }
+        Ok(std::mem::take(&mut link.refused_tags))
     }
 
     /// Writes `cmd` without waiting for its reply, as a `put` is written (written again if
