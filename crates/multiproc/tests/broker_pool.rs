@@ -103,10 +103,18 @@ fn panic_once(dir: PathBuf) -> u32 {
     5
 }
 
-/// Works a while (the task's own work), then says it ran, on the queue `ran`.
+/// Works a while (the task's own work, 30 ms), then answers `n`.
+fn work_a_while(n: u64) -> u64 {
+    let until = std::time::Instant::now() + Duration::from_millis(30);
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        std::thread::park_timeout(left);
+    }
+    n
+}
+
+/// Works a while, then says it ran, on the queue `ran`.
 fn note_run_slowly((n, url): (u64, String)) -> u64 {
-    std::thread::park_timeout(Duration::from_millis(30));
-    note_run((n, url))
+    note_run((work_a_while(n), url))
 }
 
 fn tasks() -> TaskRegistry {
@@ -115,6 +123,7 @@ fn tasks() -> TaskRegistry {
         .register("crash_once_timed", crash_once_timed)
         .register("panic_once", panic_once)
         .register("note_run_slowly", note_run_slowly)
+        .register("work_a_while", work_a_while)
         .register("note_run", note_run)
         .register("square", square)
         .register("fail_on_three", fail_on_three)
@@ -456,26 +465,56 @@ fn serve_other((url, queue, salted): (String, String, bool)) {
 }
 
 #[test]
-fn another_build_or_a_missing_function_is_refused_with_the_reason() {
+fn a_task_waits_for_a_worker_of_its_build_and_a_missing_function_is_refused() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    for (salted, why) in [(true, "needs build"), (false, "has no function \"square\"")] {
-        let queue = format!("refusing-{salted}");
-        let worker = Process::new(serve_other, (redis.url(), queue.clone(), salted))
-            .start()
-            .unwrap();
-        let _workers = Workers(vec![worker]);
-        let pool = broker_pool(&redis, &queue).build().unwrap();
-        let err = pool.apply(square, 2).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
-        assert!(err.to_string().contains(why), "{err}");
-        // The worker reports the refusal first, then moves the task to the dead letters.
-        let admin = QueueAdmin::connect(&redis.url(), &queue).unwrap();
-        let dead = look_until(|| admin.dead_letters(10).unwrap(), |d| !d.is_empty());
-        assert_eq!(dead.len(), 1, "{dead:?}");
-        assert!(dead[0].reason.contains(why), "{dead:?}");
+    // Only a worker of another build serves the queue: it leaves the tasks for this build's
+    // workers, and says why.
+    let queue = "upgrading";
+    let other = Process::new(serve_other, (redis.url(), queue.to_string(), true))
+        .start()
+        .unwrap();
+    let _other = Workers(vec![other]);
+    let pool = broker_pool(&redis, queue).build().unwrap();
+    let records = TaskRecords::connect(redis.url(), queue, KEY.to_vec()).unwrap();
+    let waiting = pool.apply_async(square, 2).unwrap();
+    let cancelled = pool.apply_async(square, 3).unwrap();
+    for task in [&waiting, &cancelled] {
+        let status = look_until(
+            || records.status(task.task_id().unwrap()).unwrap(),
+            |s| matches!(s, TaskStatus::Waiting { .. }),
+        );
+        match status {
+            TaskStatus::Waiting { why } => assert!(why.contains("needs build"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
+    // One is cancelled where it waits; a worker of this build comes and runs the other.
+    assert!(records.cancel(cancelled.task_id().unwrap()).unwrap());
+    let err = cancelled.get_timeout(PATIENCE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    let _ours = Workers::start(1, &redis, queue, Duration::from_secs(30));
+    assert_eq!(waiting.get_timeout(PATIENCE).unwrap(), 4);
+    let admin = QueueAdmin::connect(&redis.url(), queue).unwrap();
+    assert!(admin.dead_letters(10).unwrap().is_empty());
+
+    // A worker of this very build without the function refuses the task with the reason.
+    let queue = "lacking";
+    let lacking = Process::new(serve_other, (redis.url(), queue.to_string(), false))
+        .start()
+        .unwrap();
+    let _lacking = Workers(vec![lacking]);
+    let pool = broker_pool(&redis, queue).build().unwrap();
+    let err = pool.apply(square, 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    let why = "has no function \"square\"";
+    assert!(err.to_string().contains(why), "{err}");
+    // The worker reports the refusal first, then moves the task to the dead letters.
+    let admin = QueueAdmin::connect(&redis.url(), queue).unwrap();
+    let dead = look_until(|| admin.dead_letters(10).unwrap(), |d| !d.is_empty());
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].reason.contains(why), "{dead:?}");
 }
 
 #[test]
@@ -726,8 +765,7 @@ fn a_broker_restart_mid_map_delays_the_map_and_loses_nothing() {
     };
     let _workers = Workers::start(1, &redis, "restarting", Duration::from_secs(30));
     let pool = broker_pool(&redis, "restarting").build().unwrap();
-    let items: Vec<(u64, String)> = (0..40).map(|n| (n, redis.url())).collect();
-    let mut results = pool.imap(note_run_slowly, items, Some(1)).unwrap();
+    let mut results = pool.imap(work_a_while, 0..40, Some(1)).unwrap();
     for n in 0..5 {
         assert_eq!(results.next().unwrap().unwrap(), n);
     }

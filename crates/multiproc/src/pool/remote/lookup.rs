@@ -35,6 +35,12 @@ pub enum TaskStatus {
     Pending,
     /// Waiting for its time to start (sent with a delay, or a retry that waits).
     Scheduled,
+    /// Taken by a worker of another build, and left for a worker of the build that sent it
+    /// (it waits until one comes): why.
+    Waiting {
+        /// Which worker left it, and what build it waits for.
+        why: String,
+    },
     /// Running on `worker` (`host-pid-…`).
     Started {
         /// The worker that took it.
@@ -111,13 +117,21 @@ impl TaskRecords {
     /// (it runs, or ran), and for an unknown one.
     ///
     /// A task waiting for its time is found at once; one in the queue is looked for among
-    /// the entries not yet read, which takes longer the longer the queue.
+    /// the entries not yet read, which takes longer the longer the queue. One that a worker
+    /// of another build left for a worker of its own ([`TaskStatus::Waiting`]) is looked for
+    /// where it was left.
     ///
     /// # Errors
     /// A broker that cannot be reached.
     pub fn cancel(&self, task_id: &str) -> Result<bool> {
-        check_task_id(task_id)?;
-        let Some(task) = self.tasks.take_back(task_id, &self.authkey)? else {
+        let left = match self.read(task_id) {
+            Ok(Some((_, _, Some(Outcome::Left { queue, .. })))) => Some(self.tasks.other(&queue)?),
+            _ => None,
+        };
+        let Some(task) = self
+            .tasks
+            .take_back(task_id, &self.authkey, left.as_ref())?
+        else {
             return Ok(false);
         };
         let results = results_of(&self.url, &self.queue, &task.pool)?;
@@ -151,6 +165,7 @@ impl TaskRecords {
             Some((stage, worker, outcome)) => match (stage.as_str(), outcome) {
                 ("retrying", _) => TaskStatus::Retrying { worker },
                 ("scheduled", _) => TaskStatus::Scheduled,
+                (_, Some(Outcome::Left { why, .. })) => TaskStatus::Waiting { why },
                 (_, Some(Outcome::Failed(TaskFailure::Cancelled(_)))) => TaskStatus::Cancelled,
                 (_, Some(Outcome::Done(text))) => {
                     // A task's results carry its items' own failures (a panic) first.

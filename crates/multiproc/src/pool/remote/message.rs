@@ -57,6 +57,10 @@ pub(super) enum Outcome {
     Done(String),
     /// Why the task has no results.
     Failed(TaskFailure),
+    /// Not run, and not over: a worker of another build left it on the stream of its own
+    /// build's workers, the queue `queue`, saying `why` (a notice to the pool; a record's
+    /// state).
+    Left { queue: String, why: String },
 }
 
 /// A result as it travels in the submitting pool's results stream.

@@ -75,6 +75,15 @@ const MAX_DELIVERIES: u32 = 1000;
 /// or by a canceller).
 const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The queue where the workers of build `build` find the tasks that workers of other builds
+/// left for them: `<queue>@<digest of the build>`.
+fn build_queue(queue: &str, build: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(build.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{queue}@{hex}")
+}
+
 /// The id of task `id` of pool `pool`, as its record is named.
 fn task_id(pool: &str, id: u64) -> String {
     format!("{pool}-{id}")
@@ -141,6 +150,14 @@ impl Common {
         }
         self.registry.check()?;
         TaskQueues::open(&self.url, &self.queue, self.lease)
+    }
+
+    /// [`connect`](Self::connect), with the queue of the tasks left for this build by workers
+    /// of others (a worker's).
+    fn connect_worker(&self, what: &str) -> Result<TaskQueues> {
+        let mut tasks = self.connect(what)?;
+        tasks.own_build = Some(tasks.open_queue(&build_queue(&self.queue, build_id()))?);
+        Ok(tasks)
     }
 }
 
@@ -281,6 +298,7 @@ impl BrokerPoolBuilder {
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
             cancelled: Default::default(),
             refusals_seen: std::sync::Mutex::new(std::time::Instant::now()),
+            left_queue: build_queue(&queue, build_id()),
         };
         // Each slot holds two tasks (one running, one ready), as a local worker does.
         let limits = Limits {

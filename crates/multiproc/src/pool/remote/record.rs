@@ -30,6 +30,8 @@ pub(super) enum Stage {
     Scheduled,
     Started,
     Retrying,
+    /// Left by a worker of another build for a worker of its own.
+    Waiting,
     Ended,
 }
 
@@ -39,6 +41,7 @@ impl Stage {
             Stage::Scheduled => "scheduled",
             Stage::Started => "started",
             Stage::Retrying => "retrying",
+            Stage::Waiting => "waiting",
             Stage::Ended => "ended",
         }
     }

@@ -7,7 +7,13 @@
 //! workers move it into the stream when it is due. Cancelling a task by id takes it out of a
 //! scheduled set, or out of a stream if no worker has read it yet, and then answers its pool
 //! with a `Cancelled` failure and writes that into its record.
+//!
+//! A worker also reads the queue `<queue>@<digest of its build>`, where workers of other
+//! builds leave the tasks of its build (a task runs only on a worker of the build that sent
+//! it: during a rolling upgrade, old and new workers serve one queue).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage};
@@ -17,6 +23,7 @@ use crate::error::Result;
 use crate::pool::Priority;
 use crate::pool::worker::TaskFailure;
 use crate::queue::{JoinableQueue, Queue, RedisQueue};
+use crate::sync::IgnorePoison;
 
 /// The stream of high-priority tasks of the queue `queue`.
 fn high_name(queue: &str) -> String {
@@ -27,22 +34,47 @@ fn high_name(queue: &str) -> String {
 pub(super) struct TaskQueues {
     pub(super) normal: JoinableQueue<TaskMessage>,
     pub(super) high: JoinableQueue<TaskMessage>,
+    /// A worker's: the tasks that workers of other builds left for this one.
+    pub(super) own_build: Option<JoinableQueue<TaskMessage>>,
+    url: String,
+    lease: Option<Duration>,
+    /// The queues of other builds this handle left tasks on, by name.
+    others: Mutex<HashMap<String, JoinableQueue<TaskMessage>>>,
 }
+
+/// The most queues of other builds a worker keeps a connection to.
+const OTHER_BUILDS: usize = 8;
 
 impl TaskQueues {
     /// Connects to the task streams of `queue` at `url`.
     pub(super) fn open(url: &str, queue: &str, lease: Option<Duration>) -> Result<TaskQueues> {
-        let open = |name: String| {
-            let mut builder = Queue::broker(url.to_string(), name).max_deliveries(MAX_DELIVERIES);
-            if let Some(lease) = lease {
-                builder = builder.lease(lease);
-            }
-            builder.build_joinable()
-        };
         Ok(TaskQueues {
-            normal: open(queue.to_string())?,
-            high: open(high_name(queue))?,
+            normal: open_queue(url, queue, lease)?,
+            high: open_queue(url, &high_name(queue), lease)?,
+            own_build: None,
+            url: url.to_string(),
+            lease,
+            others: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Connects to the task queue `name`, with the pool's settings.
+    pub(super) fn open_queue(&self, name: &str) -> Result<JoinableQueue<TaskMessage>> {
+        open_queue(&self.url, name, self.lease)
+    }
+
+    /// The task queue `name` of another build (a connection kept for the next time).
+    pub(super) fn other(&self, name: &str) -> Result<JoinableQueue<TaskMessage>> {
+        let mut others = self.others.lock().ignore_poison();
+        if let Some(q) = others.get(name) {
+            return Ok(q.clone());
+        }
+        if others.len() >= OTHER_BUILDS {
+            others.clear();
+        }
+        let q = self.open_queue(name)?;
+        others.insert(name.to_string(), q.clone());
+        Ok(q)
     }
 
     /// The stream of `priority`'s tasks.
@@ -58,16 +90,18 @@ impl TaskQueues {
         self.normal.leases()
     }
 
-    /// Both streams, the high one first.
-    fn both(&self) -> [&JoinableQueue<TaskMessage>; 2] {
+    /// Every stream read, the high one first.
+    fn all(&self) -> impl Iterator<Item = &JoinableQueue<TaskMessage>> {
         [&self.high, &self.normal]
+            .into_iter()
+            .chain(&self.own_build)
     }
 
     /// Moves the scheduled tasks that are due into their streams; how long until the next
     /// is due (`None`: none waits).
     pub(super) fn move_due(&self) -> Result<Option<Duration>> {
         let mut next: Option<Duration> = None;
-        for queue in self.both() {
+        for queue in self.all() {
             if let Some(wait) = queue.leases()?.move_due()? {
                 next = Some(next.map_or(wait, |n| n.min(wait)));
             }
@@ -76,11 +110,16 @@ impl TaskQueues {
     }
 
     /// Takes task `id` back if no worker has it yet (it waits for its time, or in a stream
-    /// unread). Only a task that verifies under
-    /// `authkey` is taken.
-    pub(super) fn take_back(&self, id: &str, authkey: &[u8]) -> Result<Option<TaskMessage>> {
+    /// unread, or on `left`, where a worker of another build left it). Only a task that
+    /// verifies under `authkey` is taken.
+    pub(super) fn take_back(
+        &self,
+        id: &str,
+        authkey: &[u8],
+        left: Option<&JoinableQueue<TaskMessage>>,
+    ) -> Result<Option<TaskMessage>> {
         for undelivered in [false, true] {
-            for queue in self.both() {
+            for queue in self.all().chain(left) {
                 let queue = queue.leases()?;
                 let stream = queue.stream().to_string();
                 let wanted = |task: &TaskMessage| {
@@ -98,6 +137,20 @@ impl TaskQueues {
         }
         Ok(None)
     }
+}
+
+/// Connects to the task queue `name` at `url`.
+fn open_queue(
+    url: &str,
+    name: &str,
+    lease: Option<Duration>,
+) -> Result<JoinableQueue<TaskMessage>> {
+    let mut builder =
+        Queue::broker(url.to_string(), name.to_string()).max_deliveries(MAX_DELIVERIES);
+    if let Some(lease) = lease {
+        builder = builder.lease(lease);
+    }
+    builder.build_joinable()
 }
 
 /// Tells `task`'s pool (through `post`, to its results stream `results`) and its record

@@ -40,6 +40,8 @@ pub(super) struct Shared {
     pub(super) timeout_ms: Option<u64>,
     /// Terminated: the workers are told to drop its tasks not yet started.
     pub(super) cancelled: std::sync::atomic::AtomicBool,
+    /// Where workers of other builds leave this pool's tasks.
+    pub(super) left_queue: String,
     /// When the report reader last looked for tasks the broker refused.
     pub(super) refusals_seen: std::sync::Mutex<Instant>,
 }
@@ -191,6 +193,10 @@ impl BrokerTransport {
                     outcome: Err(TaskFailure::Broken(why)),
                 }),
             },
+            Outcome::Left { queue, why } => {
+                // Not over: it runs when a worker of this build takes it from there.
+                tracing::warn!(pool = %shared.pool, task = id, queue = %queue, "{why}");
+            }
             Outcome::Failed(failure) => on_report(FromWorkerRef {
                 slot,
                 id,
@@ -300,25 +306,26 @@ impl Transport for BrokerTransport {
     fn cancel(&self, id: u64) -> bool {
         let shared = &self.shared;
         let key = task_id(&shared.pool, id);
-        let cancelled = shared
-            .tasks
-            .take_back(&key, &shared.authkey)
-            .and_then(|taken| {
-                let Some(task) = taken else {
-                    return Ok(false);
-                };
-                report_cancelled(
-                    &task,
-                    shared.tasks.records()?,
-                    &shared.results_stream,
-                    &shared.authkey,
-                    |r| {
-                        shared.results.put(r)?;
-                        shared.results.flush()
-                    },
-                )?;
-                Ok(true)
-            });
+        // A worker of another build may have left it on this build's queue.
+        let left = shared.tasks.other(&shared.left_queue);
+        let taken =
+            left.and_then(|left| shared.tasks.take_back(&key, &shared.authkey, Some(&left)));
+        let cancelled = taken.and_then(|taken| {
+            let Some(task) = taken else {
+                return Ok(false);
+            };
+            report_cancelled(
+                &task,
+                shared.tasks.records()?,
+                &shared.results_stream,
+                &shared.authkey,
+                |r| {
+                    shared.results.put(r)?;
+                    shared.results.flush()
+                },
+            )?;
+            Ok(true)
+        });
         cancelled.unwrap_or_else(|e| {
             tracing::warn!(pool = %shared.pool, task = %key, error = %e, "cancelling a task");
             false

@@ -10,7 +10,7 @@ use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
 use super::record::{self, Stage};
 use super::registry::TaskRegistry;
 use super::schedule::TaskQueues;
-use super::{Common, RESULTS_TTL, build_id, results_name, task_id};
+use super::{Common, RESULTS_TTL, build_id, build_queue, results_name, task_id};
 use crate::error::{Error, Result};
 use crate::local_lock::IgnorePoison;
 use crate::pool::chunk::decode_failures;
@@ -37,8 +37,15 @@ const RESULT_STREAMS: usize = 16;
 /// panics fails with its message, one whose process dies fails with `WorkerLost` (or runs
 /// again, as the pool's `retries` say), one that runs past [`task_timeout`](Self::task_timeout)
 /// is killed. Its result goes back, signed, to the pool that sent it. A task that does not
-/// verify goes to the queue's dead letters; one for another build, or for a function this
-/// worker does not have, is refused with the reason (the pool's call fails with it).
+/// verify goes to the queue's dead letters.
+///
+/// A task runs only on a worker of the build that sent it. One of another build is left on
+/// the queue of that build's workers (`<queue>@<digest of the build>`, which every worker
+/// reads beside the queue), with the reason in its record
+/// ([`TaskStatus::Waiting`](crate::TaskStatus::Waiting)) and in the pool's log: old and new
+/// workers can serve one queue during an upgrade. A task of this build whose function this worker lacks (the same
+/// build registering other functions, a mistake) is refused with the reason: the pool's call
+/// fails with it.
 ///
 /// A worker that dies loses the leases of the tasks it held: the broker hands them to
 /// another worker after the queue's lease.
@@ -127,7 +134,7 @@ impl BrokerWorker {
                 "needs at least one process",
             ));
         }
-        let tasks = self.common.connect("broker worker")?;
+        let tasks = self.common.connect_worker("broker worker")?;
         let mut local = Pool::builder().processes(self.processes);
         if let Some(t) = self.task_timeout {
             local = local.task_timeout(t);
@@ -149,20 +156,65 @@ impl BrokerWorker {
         // Normal tasks fill up to 16 per process; high ones may come on top of those, a few
         // per process, and go ahead of them in the local pool.
         let most = self.processes * 16;
-        let high = {
+        // Tasks left for this build by workers of others are taken as normal ones.
+        let mut threads = Vec::new();
+        let mut ended = Ok(());
+        for (source, most) in [
+            (Source::High, most + self.processes * 2),
+            (Source::OwnBuild, most),
+        ] {
             let (runner, stop) = (runner.clone(), self.stop.clone());
-            let most = most + self.processes * 2;
-            std::thread::Builder::new()
-                .name("multiproc-broker-high".into())
-                .spawn(move || runner.take_all(Priority::High, most, &stop, false))
-                .map_err(|e| Error::io("starting a broker worker's thread", e))?
-        };
-        let taken = runner.take_all(Priority::Normal, most, &self.stop, true);
-        // The stop flag ends the high loop too (within a look).
+            let spawned = std::thread::Builder::new()
+                .name(format!("multiproc-broker-{source:?}"))
+                .spawn(move || runner.take_all(source, most, &stop, false));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    ended = Err(Error::io("starting a broker worker's thread", e));
+                    break;
+                }
+            }
+        }
+        if ended.is_ok() {
+            ended = runner.take_all(Source::Normal, most, &self.stop, true);
+        }
+        // The stop flag ends the other loops too (within a look).
         self.stop.store(true, Ordering::SeqCst);
-        let high = high.join().unwrap_or(Ok(()));
+        for thread in threads {
+            ended = ended.and(thread.join().unwrap_or(Ok(())));
+        }
         runner.wait_for_room(1, Duration::MAX);
-        taken.and(high)
+        ended
+    }
+}
+
+/// Where a worker's loop takes tasks from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Normal,
+    High,
+    /// Tasks of this build, left by workers of others.
+    OwnBuild,
+}
+
+impl Source {
+    fn queue(self, tasks: &TaskQueues) -> Result<&RedisQueue> {
+        match self {
+            Source::Normal => tasks.normal.leases(),
+            Source::High => tasks.high.leases(),
+            Source::OwnBuild => tasks
+                .own_build
+                .as_ref()
+                .ok_or_else(|| Error::invalid("broker worker", "no queue for its build"))?
+                .leases(),
+        }
+    }
+
+    fn priority(self) -> Priority {
+        match self {
+            Source::High => Priority::High,
+            Source::Normal | Source::OwnBuild => Priority::Normal,
+        }
     }
 }
 
@@ -188,16 +240,16 @@ struct Runner {
 const TERMINATION_SEEN_FOR: Duration = Duration::from_secs(1);
 
 impl Runner {
-    /// Takes `priority`'s tasks and starts them, while fewer than `most` run, until `stop`.
+    /// Takes the tasks of `source` and starts them, while fewer than `most` run, until `stop`.
     /// With `moves`, also moves the scheduled tasks that are due into their streams.
     fn take_all(
         self: &Arc<Self>,
-        priority: Priority,
+        source: Source,
         most: usize,
         stop: &AtomicBool,
         moves: bool,
     ) -> Result<()> {
-        let queue = self.tasks.of(priority).leases()?;
+        let queue = source.queue(&self.tasks)?;
         let mut next_move = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             let mut look = LOOK_EVERY;
@@ -219,7 +271,7 @@ impl Runner {
                 continue;
             }
             match queue.take_leased::<TaskMessage>(Some(Instant::now() + look), true, look, true) {
-                Ok(leased) => self.clone().start(leased, priority),
+                Ok(leased) => self.clone().start(leased, source),
                 Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "taking a task");
@@ -268,15 +320,15 @@ impl Runner {
         self.done.notify_all();
     }
 
-    /// Checks a task (taken from `priority`'s stream) and starts it in a worker process, or
-    /// refuses it.
-    fn start(self: Arc<Self>, leased: Leased<TaskMessage>, priority: Priority) {
+    /// Checks a task (taken from `source`) and starts it in a worker process, leaves it for
+    /// a worker of its build, or refuses it.
+    fn start(self: Arc<Self>, leased: Leased<TaskMessage>, source: Source) {
         let Leased {
             item: task,
             id: lease,
             deliveries,
         } = leased;
-        let Ok(queue) = self.tasks.of(priority).leases() else {
+        let Ok(queue) = source.queue(&self.tasks) else {
             return;
         };
         let items = match task.verify(&self.authkey, queue.stream()) {
@@ -296,10 +348,7 @@ impl Runner {
             self.settle(queue, &lease, Err(why));
         };
         if task.build != self.build {
-            return refuse(format!(
-                "the task needs build {}; this worker runs build {}",
-                task.build, self.build
-            ));
+            return self.leave_for_its_build(&task, queue, &lease);
         }
         let policy = RetryPolicy::from_parts(task.retry);
         // This run's number: the runs before this entry, and this entry's deliveries.
@@ -328,7 +377,7 @@ impl Runner {
         let runner = self.clone();
         let options = TaskOptions {
             timeout: task.timeout_ms.map(Duration::from_millis),
-            priority,
+            priority: source.priority(),
             ..TaskOptions::default()
         };
         let submitted = self.local.submit_raw(
@@ -347,14 +396,14 @@ impl Runner {
                         }
                     };
                 if retry {
-                    runner.retry(&task, &lease, priority, &policy, run);
+                    runner.retry(&task, &lease, source, &policy, run);
                 } else {
                     let reported = match outcome {
                         Ok(bytes) => Outcome::Done(encode_bytes(bytes)),
                         Err(e) => Outcome::Failed(failure_of(e)),
                     };
                     runner.report(&task, reported);
-                    if let Ok(queue) = runner.tasks.of(priority).leases() {
+                    if let Ok(queue) = source.queue(&runner.tasks) {
                         runner.settle(queue, &lease, Ok(()));
                     }
                 }
@@ -368,19 +417,19 @@ impl Runner {
         }
     }
 
-    /// Runs `task` (leased as `lease` from `priority`'s stream) again after its run `run`
+    /// Runs `task` (leased as `lease` from `source`) again after its run `run`
     /// failed: at once (its lease given back), or after the policy's wait (a new entry kept
     /// by the broker until then, the lease finished once the broker has it).
     fn retry(
         &self,
         task: &TaskMessage,
         lease: &str,
-        priority: Priority,
+        source: Source,
         policy: &RetryPolicy,
         run: u32,
     ) {
         self.record(task, Stage::Retrying);
-        let Ok(queue) = self.tasks.of(priority).leases() else {
+        let Ok(queue) = source.queue(&self.tasks) else {
             return;
         };
         if policy.waits() {
@@ -403,6 +452,49 @@ impl Runner {
         }
         if let Err(e) = queue.fail_lease(lease, "its run failed; it runs again") {
             tracing::warn!(queue = %self.queue, error = %e, "giving a task back");
+        }
+    }
+
+    /// Leaves `task` (leased as `lease` of `queue`), whose build is not this worker's, on the
+    /// queue of its build's workers, and says so in its record and to its pool.
+    fn leave_for_its_build(&self, task: &TaskMessage, queue: &RedisQueue, lease: &str) {
+        let name = build_queue(&self.queue, &task.build);
+        let worker = queue.consumer().to_string();
+        let why = format!(
+            "worker {worker} runs build {}; the task needs build {}: left on queue {name:?} for \
+             a worker of that build",
+            self.build, task.build
+        );
+        let left = self.tasks.other(&name).and_then(|target| {
+            let redis = target.leases()?;
+            let again = TaskMessage::new(
+                &self.authkey,
+                redis.stream(),
+                TaskMessage {
+                    mac: String::new(),
+                    ..task.clone()
+                },
+            );
+            // On the broker before this lease goes.
+            target.put(again)?;
+            target.flush()
+        });
+        match left {
+            Ok(()) => {
+                let outcome = Outcome::Left {
+                    queue: name,
+                    why: why.clone(),
+                };
+                self.record_outcome(task, Stage::Waiting, Some(&outcome));
+                self.notify(task, outcome);
+                self.settle(queue, lease, Ok(()));
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "leaving a task for its build; it goes back");
+                if let Err(e) = queue.fail_lease(lease, &why) {
+                    tracing::warn!(queue = %self.queue, error = %e, "giving a task back");
+                }
+            }
         }
     }
 
@@ -440,6 +532,11 @@ impl Runner {
     /// Sends `outcome` to the pool that sent `task`, and keeps it in the task's record.
     fn report(&self, task: &TaskMessage, outcome: Outcome) {
         self.record_outcome(task, Stage::Ended, Some(&outcome));
+        self.notify(task, outcome);
+    }
+
+    /// Sends `outcome` to the pool that sent `task`.
+    fn notify(&self, task: &TaskMessage, outcome: Outcome) {
         let sent = self.results_of(&task.pool).and_then(|results| {
             let stream = results.redis()?.stream().to_string();
             let worker = self
