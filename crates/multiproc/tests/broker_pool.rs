@@ -117,8 +117,22 @@ fn note_run_slowly((n, url): (u64, String)) -> u64 {
     note_run((work_a_while(n), url))
 }
 
+static GREETING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A worker process's initializer.
+fn set_greeting(greeting: String) {
+    let _ = GREETING.set(greeting);
+}
+
+/// What this process's initializer set, and its pid.
+fn greeting_and_pid(_: ()) -> (String, u32) {
+    let greeting = GREETING.get().cloned().unwrap_or_default();
+    (greeting, std::process::id())
+}
+
 fn tasks() -> TaskRegistry {
     TaskRegistry::new()
+        .register("greeting_and_pid", greeting_and_pid)
         .register("ran_at", ran_at)
         .register("crash_once_timed", crash_once_timed)
         .register("panic_once", panic_once)
@@ -140,6 +154,20 @@ fn serve((url, queue, lease_ms): (String, String, u64)) {
         .tasks(tasks())
         .processes(2)
         .lease(Duration::from_millis(lease_ms))
+        .run()
+        .unwrap();
+}
+
+/// A worker whose processes run an initializer, each for one task only.
+fn serve_configured((url, queue): (String, String)) {
+    BrokerWorker::new(url, queue)
+        .authkey(KEY.to_vec())
+        .tasks(tasks())
+        .processes(1)
+        .local_pool(|pool| {
+            pool.initializer(set_greeting, "hello".to_string())
+                .max_tasks_per_child(1)
+        })
         .run()
         .unwrap();
 }
@@ -808,4 +836,23 @@ fn a_broker_out_of_memory_fails_the_submitters_tasks_with_its_reason() {
     // Room again: the same pool goes on.
     redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}
+
+#[test]
+fn a_workers_processes_run_its_initializer_and_its_task_limit() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let worker = Process::new(serve_configured, (redis.url(), "configured".to_string()))
+        .start()
+        .unwrap();
+    let _workers = Workers(vec![worker]);
+    let pool = broker_pool(&redis, "configured").build().unwrap();
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let (greeting, pid) = pool.apply(greeting_and_pid, ()).unwrap();
+        assert_eq!(greeting, "hello");
+        pids.insert(pid);
+    }
+    assert_eq!(pids.len(), 3, "a fresh process for each task: {pids:?}");
 }

@@ -16,7 +16,7 @@ use crate::local_lock::IgnorePoison;
 use crate::pool::chunk::decode_failures;
 use crate::pool::options::TaskOptions;
 use crate::pool::worker::{TaskBytes, TaskFailure};
-use crate::pool::{Pool, Priority, RetryPolicy};
+use crate::pool::{Pool, PoolBuilder, Priority, RetryPolicy};
 use crate::queue::{Due, Leased, Queue, RedisQueue};
 
 /// How long one wait for a task lasts before the worker looks whether it should stop (and
@@ -69,13 +69,26 @@ const RESULT_STREAMS: usize = 16;
 ///         .run()
 /// }
 /// ```
-#[derive(Debug)]
 #[must_use = "a worker does nothing until it runs"]
 pub struct BrokerWorker {
     common: Common,
     processes: usize,
     task_timeout: Option<Duration>,
     stop: Arc<AtomicBool>,
+    /// The rest of the local pool's settings.
+    local: Box<dyn FnOnce(PoolBuilder) -> PoolBuilder>,
+}
+
+impl std::fmt::Debug for BrokerWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerWorker")
+            .field("url", &self.common.url)
+            .field("queue", &self.common.queue)
+            .field("tasks", &self.common.registry)
+            .field("processes", &self.processes)
+            .field("task_timeout", &self.task_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Stops a [`BrokerWorker`] from another thread, as SIGTERM does.
@@ -98,7 +111,40 @@ impl BrokerWorker {
             processes: crate::cpu_count(),
             task_timeout: None,
             stop: Arc::new(AtomicBool::new(false)),
+            local: Box::new(|pool| pool),
         }
+    }
+
+    /// Sets up the local pool whose processes run the tasks beyond its
+    /// [`processes`](Self::processes) and [`task_timeout`](Self::task_timeout): an
+    /// initializer that runs in each process first, a process that is replaced after so many
+    /// tasks, how processes start.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use multiproc::{BrokerWorker, TaskRegistry};
+    ///
+    /// fn connect_cache(url: String) {
+    ///     // Open this process's own connections, once.
+    /// }
+    ///
+    /// BrokerWorker::new("redis://127.0.0.1:6379/0", "renders")
+    ///     .authkey(b"shared secret".to_vec())
+    ///     .tasks(TaskRegistry::new())
+    ///     .local_pool(|pool| {
+    ///         pool.initializer(connect_cache, "redis://cache:6379".to_string())
+    ///             .max_tasks_per_child(1000)
+    ///     })
+    ///     .run()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn local_pool(
+        mut self,
+        configure: impl FnOnce(PoolBuilder) -> PoolBuilder + 'static,
+    ) -> Self {
+        self.local = Box::new(configure);
+        self
     }
 
     common_setters!();
@@ -135,7 +181,7 @@ impl BrokerWorker {
             ));
         }
         let tasks = self.common.connect_worker("broker worker")?;
-        let mut local = Pool::builder().processes(self.processes);
+        let mut local = (self.local)(Pool::builder()).processes(self.processes);
         if let Some(t) = self.task_timeout {
             local = local.task_timeout(t);
         }
