@@ -551,11 +551,30 @@ fn terminating_the_pool_drops_its_tasks_not_yet_started() {
         return;
     };
     let pool = broker_pool(&redis, "cancelling").build().unwrap();
-    let pending: Vec<_> = (0..5)
+    let mut pending: Vec<_> = (0..5)
         .map(|n| pool.apply_async(note_run, (n, redis.url())).unwrap())
         .collect();
+    // Delayed ones too: one soon, one in two days.
+    for delay in [
+        Duration::from_millis(300),
+        Duration::from_secs(2 * 24 * 3600),
+    ] {
+        let delayed = pool.task(note_run, (7, redis.url())).start_after(delay);
+        pending.push(delayed.submit().unwrap());
+    }
+    let pool_id = pending[0]
+        .task_id()
+        .unwrap()
+        .rsplit_once('-')
+        .unwrap()
+        .0
+        .to_string();
     // No worker has started any of them yet.
     pool.terminate();
+    // The workers are told for as long as one may come: a day past the last delayed one.
+    let told = redis.cli_text(&["TTL", &format!("multiproc:cancelling:cancelled:{pool_id}")]);
+    let told: u64 = told.parse().unwrap();
+    assert!(told > 3 * 24 * 3600 - 60, "{told}");
     for p in &pending {
         assert_eq!(
             p.get_timeout(PATIENCE).unwrap_err().kind(),
@@ -566,10 +585,14 @@ fn terminating_the_pool_drops_its_tasks_not_yet_started() {
     // The worker takes them and drops them: the queue empties and nothing ran.
     let admin = QueueAdmin::connect(&redis.url(), "cancelling").unwrap();
     let status = look_until(
-        || admin.status().unwrap(),
-        |s| s.waiting == 0 && s.pending == 0,
+        || {
+            let due = redis.cli_text(&["ZCARD", "multiproc:cancelling:scheduled"]);
+            (admin.status().unwrap(), due)
+        },
+        |(s, due)| s.waiting == 0 && s.pending == 0 && due == "1",
     );
-    assert!(status.waiting == 0 && status.pending == 0, "{status:?}");
+    assert!(status.0.waiting == 0 && status.0.pending == 0, "{status:?}");
+    assert_eq!(status.1, "1", "only the task two days off is still to come");
     let ran: Queue<u64> = Queue::broker(redis.url(), "ran").build().unwrap();
     assert_eq!(ran.try_get().unwrap_err().kind(), ErrorKind::Empty);
     // A pool after it is served as usual.

@@ -299,6 +299,7 @@ impl BrokerPoolBuilder {
             cancelled: Default::default(),
             refusals_seen: std::sync::Mutex::new(std::time::Instant::now()),
             left_queue: build_queue(&queue, build_id()),
+            latest_start: Default::default(),
         };
         // Each slot holds two tasks (one running, one ready), as a local worker does.
         let limits = Limits {

@@ -7,7 +7,7 @@
 //! task to another worker (the worker that takes it one time too many reports `WorkerLost`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, decode_bytes, encode_bytes};
 use super::record::Stage;
@@ -40,6 +40,8 @@ pub(super) struct Shared {
     pub(super) timeout_ms: Option<u64>,
     /// Terminated: the workers are told to drop its tasks not yet started.
     pub(super) cancelled: std::sync::atomic::AtomicBool,
+    /// When its last delayed task starts.
+    pub(super) latest_start: std::sync::Mutex<Option<SystemTime>>,
     /// Where workers of other builds leave this pool's tasks.
     pub(super) left_queue: String,
     /// When the report reader last looked for tasks the broker refused.
@@ -56,10 +58,20 @@ impl Shared {
         {
             return;
         }
+        // Told for as long as a task of its may still come: a day, or a day past the last
+        // delayed one.
+        let later = self
+            .latest_start
+            .lock()
+            .ignore_poison()
+            .map_or(Duration::ZERO, |t| {
+                t.duration_since(SystemTime::now()).unwrap_or_default()
+            });
+        let told_for = (CANCELLED_FOR + later).as_secs();
         let sent = self.tasks.normal.leases().and_then(|q| {
             let key = super::record::cancelled_key(q.stream(), &self.pool);
             let mut set = redis::cmd("SET");
-            set.arg(&key).arg(1).arg("EX").arg(CANCELLED_FOR.as_secs());
+            set.arg(&key).arg(1).arg("EX").arg(told_for);
             q.send_unconfirmed(&set)?;
             self.tasks.normal.flush()
         });
@@ -284,17 +296,25 @@ impl Transport for BrokerTransport {
                 "the function is not in the pool's TaskRegistry",
             )
         })?;
-        let due = match *start {
-            Start::After(d) => Due::In(d),
-            Start::At(t) => Due::At(t),
+        let (due, starts) = match *start {
+            Start::After(d) => (Due::In(d), SystemTime::now() + d),
+            Start::At(t) => (Due::At(t), t),
         };
+        {
+            let mut latest = shared.latest_start.lock().ignore_poison();
+            if latest.is_none_or(|l| l < starts) {
+                *latest = Some(starts);
+            }
+        }
         let queue = queue.leases()?;
         let key = task_id(&shared.pool, *id);
         // The record first: a task due at once may start (and write its own) right away.
         if shared.record_ttl_s > 0 {
             let records = shared.tasks.records()?;
             let record = super::record::key(records.stream(), &key);
-            let ttl = Duration::from_secs(shared.record_ttl_s);
+            // Kept until it starts, and the pool's time to live after that.
+            let until = starts.duration_since(SystemTime::now()).unwrap_or_default();
+            let ttl = Duration::from_secs(shared.record_ttl_s) + until;
             let stage = (Stage::Scheduled, "", None);
             super::record::write(records, &record, &shared.authkey, stage, ttl)?;
             shared.tasks.normal.flush()?;
