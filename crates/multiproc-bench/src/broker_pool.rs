@@ -2,10 +2,12 @@
 //! processes, over the benchmarks' redis-server) against what people use for the same job:
 //! Celery 5 (Redis broker and result backend, prefork pool of two) and RQ (two workers), both
 //! from PyPI in a virtual environment this module sets up once (`python/task_queues.py`); and
-//! `map` of many small tasks against the local `Pool`, what the broker costs per task. Each
-//! row measures both sides in the same run, against the same server; the other side's figure
-//! stands in the `cpython` column. `BENCH_NO_RECORDS=1` runs our side without task records
-//! (`result_ttl(ZERO)`), to see what they cost.
+//! `map` of many small tasks against the local `Pool`, what the broker costs per task; and
+//! apalis 0.7 (`apalis-redis`, a worker of concurrency 2 in a process of its own), built on
+//! first use from `apalis-ref/`, a cargo project outside the workspace so that the workspace's
+//! builds stay free of it. Each row measures both sides in the same run, against the same
+//! server; the other side's figure stands in the `cpython` column. `BENCH_NO_RECORDS=1` runs
+//! our side without task records (`result_ttl(ZERO)`), to see what they cost.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -130,6 +132,14 @@ fn script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/python/task_queues.py")
 }
 
+/// The benchmarks' server with database `db` (ours uses 0): 1 for Celery and RQ, 2 for apalis.
+fn reference_url(db: u8) -> anyhow::Result<String> {
+    Ok(format!(
+        "{}{db}",
+        broker::bench_url()?.trim_end_matches('0')
+    ))
+}
+
 /// The reference figures of `system` (`celery`, `rq`), measured once per run.
 fn reference(system: &str, quick: bool) -> anyhow::Result<Reference> {
     static SEEN: Mutex<Option<HashMap<String, Reference>>> = Mutex::new(None);
@@ -148,10 +158,7 @@ fn reference(system: &str, quick: bool) -> anyhow::Result<Reference> {
     let out = Command::new(venv_python()?)
         .arg(script())
         // A database of its own: the script empties it first.
-        .args([
-            "--redis-url",
-            &format!("{}1", broker::bench_url()?.trim_end_matches('0')),
-        ])
+        .args(["--redis-url", &reference_url(1)?])
         .args(["--system", system, "--tasks", tasks, "--workers", "2"])
         .args(["--latency-samples", samples])
         .output()
@@ -189,6 +196,70 @@ pub(crate) fn vs_celery(quick: bool) -> anyhow::Result<f64> {
 pub(crate) fn vs_rq(quick: bool) -> anyhow::Result<f64> {
     let ours = with_pool(|p| throughput(p, tasks_for(quick)))?;
     record_other("broker_pool_vs_rq", reference("rq", quick)?.tasks_per_sec);
+    Ok(ours)
+}
+
+/// The apalis reference program, built on first use (every run: a second time costs well under
+/// a second, and picks up changes); the first build takes a few minutes.
+fn apalis_ref() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = BIN.get() {
+        return Ok(p.clone());
+    }
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/apalis-ref"));
+    let target = dir.join("target");
+    let bin = target.join("release").join("apalis-ref");
+    if !bin.exists() {
+        eprintln!("multiproc-bench: building apalis-ref (first use: a few minutes)");
+    }
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        // Its own target directory, whatever the caller's cargo was told.
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .context("running cargo to build apalis-ref")?;
+    if !out.status.success() {
+        bail!(
+            "could not build {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(BIN.get_or_init(|| bin).clone())
+}
+
+/// No-op tasks per second through apalis, pushed one by one, every result in hand (see
+/// `apalis-ref/src/main.rs`).
+fn apalis_reference(quick: bool) -> anyhow::Result<f64> {
+    #[derive(serde::Deserialize)]
+    struct Figure {
+        tasks_per_sec: f64,
+    }
+    let mut cmd = Command::new(apalis_ref()?);
+    // A database of its own, and a namespace of its own within it, deleted at the end.
+    cmd.args(["--url", &reference_url(2)?])
+        .args(["--tasks", &tasks_for(quick).to_string()]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.output().context("running apalis-ref")?;
+    if !out.status.success() {
+        bail!(
+            "the apalis benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let f: Figure = serde_json::from_str(line)
+        .with_context(|| format!("the apalis benchmark printed {text:?}"))?;
+    Ok(f.tasks_per_sec)
+}
+
+pub(crate) fn vs_apalis(quick: bool) -> anyhow::Result<f64> {
+    let ours = with_pool(|p| throughput(p, tasks_for(quick)))?;
+    record_other("broker_pool_vs_apalis", apalis_reference(quick)?);
     Ok(ours)
 }
 

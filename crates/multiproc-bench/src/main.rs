@@ -5,8 +5,8 @@
 //! Rows named `run_overhead*` and `run_pipe` compare `multiproc run` with GNU parallel or xargs instead: the
 //! other tool's figure stands in the `cpython` column (see `run_overhead.rs`); the `async_*`
 //! rows compare the awaitable waits with what a tokio program would do without them (see
-//! `async_rows.rs`); the `broker_pool_*` rows compare a pool on a broker with Celery, RQ and
-//! the local pool (see `broker_pool.rs`).
+//! `async_rows.rs`); the `broker_pool_*` rows compare a pool on a broker with Celery, RQ,
+//! apalis and the local pool (see `broker_pool.rs`).
 //!
 //! ```text
 //! cargo run --release -p multiproc-bench -- all
@@ -246,6 +246,13 @@ const BENCHES: &[Bench] = &[
         better: Better::Higher,
         compared: false,
         run: broker_pool::vs_rq,
+    },
+    Bench {
+        name: "broker_pool_vs_apalis",
+        unit: "task/s",
+        better: Better::Higher,
+        compared: false,
+        run: broker_pool::vs_apalis,
     },
     Bench {
         name: "broker_pool_latency_vs_celery",
