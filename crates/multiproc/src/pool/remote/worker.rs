@@ -199,6 +199,13 @@ impl BrokerWorker {
             terminated: Mutex::new(HashMap::new()),
         });
         let _signals = crate::platform::TerminationFlag::watch(&self.stop);
+        tracing::info!(
+            queue = %runner.queue,
+            build = %runner.build,
+            left_for_this_build = %build_queue(&runner.queue, &runner.build),
+            processes = self.processes,
+            "broker worker serving"
+        );
         // Normal tasks fill up to 16 per process; high ones may come on top of those, a few
         // per process, and go ahead of them in the local pool.
         let most = self.processes * 16;
