@@ -130,8 +130,18 @@ fn greeting_and_pid(_: ()) -> (String, u32) {
     (greeting, std::process::id())
 }
 
+/// Says it started, on the queue `started`, then waits for a word on the queue `go`.
+fn wait_for_go(url: String) -> u32 {
+    let started: Queue<u32> = Queue::broker(url.clone(), "started").build().unwrap();
+    started.put(1).unwrap();
+    started.flush().unwrap();
+    let go: Queue<u32> = Queue::broker(url, "go").build().unwrap();
+    go.get().unwrap()
+}
+
 fn tasks() -> TaskRegistry {
     TaskRegistry::new()
+        .register("wait_for_go", wait_for_go)
         .register("greeting_and_pid", greeting_and_pid)
         .register("ran_at", ran_at)
         .register("crash_once_timed", crash_once_timed)
@@ -413,6 +423,26 @@ fn a_task_is_followed_and_its_result_fetched_by_id() {
     );
     assert_eq!(records.result::<u64>(&id).unwrap(), Some(121));
     let key = format!("multiproc:records:task:{id}");
+    // A task that runs a while is seen running, on its worker.
+    let long = pool.apply_async(wait_for_go, redis.url()).unwrap();
+    let long_id = long.task_id().unwrap().to_string();
+    let started: Queue<u32> = Queue::broker(redis.url(), "started").build().unwrap();
+    started.get_timeout(PATIENCE).unwrap();
+    let status = look_until(
+        || records.status(&long_id).unwrap(),
+        |s| matches!(s, TaskStatus::Started { .. }),
+    );
+    match status {
+        TaskStatus::Started { worker } => assert!(!worker.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let go: Queue<u32> = Queue::broker(redis.url(), "go").build().unwrap();
+    go.put(5).unwrap();
+    assert_eq!(long.get_timeout(PATIENCE).unwrap(), 5);
+    assert!(matches!(
+        records.status(&long_id).unwrap(),
+        TaskStatus::Succeeded
+    ));
     let ttl: i64 = redis.cli_text(&["PTTL", &key]).parse().unwrap();
     assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
     // The pool's results stream lives a week past its last result, should the pool not

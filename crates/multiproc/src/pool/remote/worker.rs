@@ -22,6 +22,8 @@ use crate::queue::{Due, Leased, Queue, RedisQueue};
 /// How long one wait for a task lasts before the worker looks whether it should stop (and
 /// moves the tasks that are due).
 const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// How long a task runs before its `started` record is written.
+const STARTED_AFTER: Duration = Duration::from_millis(5);
 /// The shortest wait for a task between two moves of those due.
 const MOVE_AT_LEAST: Duration = Duration::from_millis(1);
 /// How often a worker pushes a results stream's time back.
@@ -197,6 +199,7 @@ impl BrokerWorker {
             running: Mutex::new(0),
             done: Condvar::new(),
             terminated: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashMap::new()),
         });
         let _signals = crate::platform::TerminationFlag::watch(&self.stop);
         tracing::info!(
@@ -287,6 +290,9 @@ struct Runner {
     done: Condvar,
     /// Whether each pool was terminated, and when that was last looked at.
     terminated: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Tasks running whose `started` record is not written yet (pool and task id), since
+    /// when, and their records' time to live (see [`Runner::started`]).
+    started: Mutex<HashMap<(String, u64), (Instant, u64)>>,
 }
 
 /// How long a worker trusts what it last saw of a pool's termination.
@@ -319,6 +325,9 @@ impl Runner {
                     next_move = now + wait;
                 }
                 look = next_move.saturating_duration_since(now).max(MOVE_AT_LEAST);
+                if let Some(due) = self.write_started() {
+                    look = look.min(due.max(MOVE_AT_LEAST));
+                }
             }
             if !self.wait_for_room(most, look) {
                 continue;
@@ -425,7 +434,8 @@ impl Runner {
         let Some(target) = self.registry.target(&task.function) else {
             return refuse(format!("this worker has no function {:?}", task.function));
         };
-        self.record(&task, Stage::Started);
+        self.started(&task);
+        let started_key = (task.pool.clone(), task.id);
         *self.running.lock().ignore_poison() += 1;
         let runner = self.clone();
         let options = TaskOptions {
@@ -466,6 +476,7 @@ impl Runner {
         );
         if let Err(e) = submitted {
             tracing::warn!(queue = %self.queue, error = %e, "a task could not start");
+            self.started.lock().ignore_poison().remove(&started_key);
             self.finished_one();
         }
     }
@@ -567,19 +578,68 @@ impl Runner {
         self.record_outcome(task, stage, None);
     }
 
-    /// Writes `task`'s record at `stage` with `outcome`, if its pool keeps them.
+    /// Writes `task`'s record at `stage` with `outcome`, if its pool keeps them (after its
+    /// `started` record, if that was written: see [`started`](Self::started)).
     fn record_outcome(&self, task: &TaskMessage, stage: Stage, outcome: Option<&Outcome>) {
-        if task.record_ttl_s == 0 {
+        let record = (task.pool.clone(), task.id);
+        // Taken out first: the `started` record, if it is written, is written before this.
+        self.started.lock().ignore_poison().remove(&record);
+        self.write_record(&record, task.record_ttl_s, stage, outcome);
+    }
+
+    /// Writes the record of task `id` of `pool`, kept `ttl_s` seconds (0: none).
+    fn write_record(
+        &self,
+        (pool, id): &(String, u64),
+        ttl_s: u64,
+        stage: Stage,
+        outcome: Option<&Outcome>,
+    ) {
+        if ttl_s == 0 {
             return;
         }
         let written = self.tasks.records().and_then(|q| {
-            let key = record::key(q.stream(), &task_id(&task.pool, task.id));
-            let ttl = Duration::from_secs(task.record_ttl_s);
+            let key = record::key(q.stream(), &task_id(pool, *id));
+            let ttl = Duration::from_secs(ttl_s);
             record::write(q, &key, &self.authkey, (stage, q.consumer(), outcome), ttl)
         });
         if let Err(e) = written {
             tracing::warn!(queue = %self.queue, error = %e, "writing a task's record");
         }
+    }
+
+    /// Notes that `task` started: its `started` record is written only if it still runs
+    /// [`STARTED_AFTER`] from now (most tasks end sooner, and their `ended` record is all
+    /// they need: one write instead of two).
+    fn started(&self, task: &TaskMessage) {
+        if task.record_ttl_s > 0 {
+            let record = (task.pool.clone(), task.id);
+            let since = (Instant::now(), task.record_ttl_s);
+            self.started.lock().ignore_poison().insert(record, since);
+        }
+    }
+
+    /// Writes the `started` records of the tasks running for [`STARTED_AFTER`]; how long
+    /// until the next one is due, if one waits.
+    fn write_started(&self) -> Option<Duration> {
+        let mut started = self.started.lock().ignore_poison();
+        let mut next: Option<Duration> = None;
+        let mut written = Vec::new();
+        for (record, (since, ttl_s)) in started.iter() {
+            match STARTED_AFTER.checked_sub(since.elapsed()) {
+                Some(left) if !left.is_zero() => next = Some(next.map_or(left, |n| n.min(left))),
+                _ => {
+                    // Written with the map locked: a task that ends meanwhile writes its
+                    // `ended` record after this one.
+                    self.write_record(record, *ttl_s, Stage::Started, None);
+                    written.push(record.clone());
+                }
+            }
+        }
+        for record in written {
+            started.remove(&record);
+        }
+        next
     }
 
     /// Sends `outcome` to the pool that sent `task`, and keeps it in the task's record.
