@@ -1,6 +1,6 @@
 //! Each broker task's record: a Redis string (JSON) beside the task stream
-//! (`<stream>:task:<task id>`), written when the task is kept for later, and by the worker as
-//! the task starts, is retried, and ends, and kept for a while (the records' time to live, a
+//! (`<stream>:task:<task id>`), written when the task is kept for later, and by the worker once
+//! the task has run a few milliseconds, when it is retried, and when it ends, and kept for a while (the records' time to live, a
 //! day by default) so that any process that has the task's id and the authkey can look at its
 //! state and fetch its result later (`lookup.rs`). Every record is signed as results are.
 
