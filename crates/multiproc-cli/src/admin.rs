@@ -22,8 +22,9 @@ pub(crate) struct Status {
     /// queue's lease).
     #[arg(long)]
     lease: Option<f64>,
-    /// The queues to show. A queue still under its old keys (made before there were key
-    /// prefixes) is marked `*`.
+    /// The queues to show, each with the queues a broker pool keeps beside it
+    /// (`NAME:high`, `NAME@<build digest>`). A queue still under its old keys (made before
+    /// there were key prefixes) is marked `*`.
     #[arg(default_values_t = ["task".to_string(), "result".to_string()])]
     queues: Vec<String>,
     /// Print JSON instead of a table: an object per queue, with its consumers.
@@ -60,8 +61,8 @@ pub(crate) fn status(args: Status) -> anyhow::Result<()> {
         return watch(url, &args, lease, every);
     }
     let mut rows = Vec::new();
-    for name in &args.queues {
-        rows.push(Row::read(url, name, lease)?);
+    for name in with_pool_queues(url, &args.queues)? {
+        rows.push(Row::read(url, &name, lease)?);
     }
     let mut out = std::io::stdout().lock();
     let written = if args.json {
@@ -72,6 +73,21 @@ pub(crate) fn status(args: Status) -> anyhow::Result<()> {
         write_table(&mut out, &rows, None, "")
     };
     quiet_on_broken_pipe(written)
+}
+
+/// `names`, each followed by the queues a broker pool keeps beside it (`<name>:high`,
+/// `<name>@<build digest>`) that exist.
+fn with_pool_queues(url: &str, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut all: Vec<String> = Vec::new();
+    for name in names {
+        let related = QueueAdmin::connect(url, name)?.pool_queues()?;
+        for name in std::iter::once(name.clone()).chain(related) {
+            if !all.contains(&name) {
+                all.push(name);
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// One queue's state, as `status` shows it.
@@ -262,6 +278,8 @@ fn watch(url: &str, args: &Status, lease: Option<Duration>, every: f64) -> anyho
         std::thread::Builder::new()
             .name("status-read".into())
             .spawn(move || {
+                // A broker out of reach: the rows say so.
+                let names = with_pool_queues(&url, &names).unwrap_or(names);
                 let rows = names
                     .into_iter()
                     .map(|name| {

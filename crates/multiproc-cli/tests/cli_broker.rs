@@ -747,3 +747,40 @@ fn every_broker_command_takes_the_prefix_from_the_flag_or_the_environment() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("two key prefixes"), "{err}");
 }
+
+#[test]
+fn status_shows_the_queues_a_broker_pool_keeps_beside_one() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A pool's high-priority stream and a stream of tasks waiting for their build's workers;
+    // beside them keys that are not queues of its own.
+    for key in [
+        "multiproc:jobs:high",
+        "multiproc:jobs@0123456789abcdef",
+        "multiproc:jobs@0123456789abcdef:dead",
+        "multiproc:jobsmore",
+    ] {
+        redis.cli(&["XADD", key, "*", "codec", "json", "body", "1"]);
+    }
+    let out = multiproc(&redis, &["status", "--json", "jobs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<&str> = status
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["jobs", "jobs:high", "jobs@0123456789abcdef"],
+        "{status}"
+    );
+    assert_eq!(status[1]["waiting"], 1, "{status}");
+    assert_eq!(status[2]["waiting"], 1, "{status}");
+}

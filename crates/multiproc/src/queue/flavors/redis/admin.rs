@@ -162,6 +162,16 @@ impl QueueAdmin {
         &self.queue.keys.stream
     }
 
+    /// The queues a broker pool keeps beside this one (feature `broker`), by name: its
+    /// high-priority stream `<name>:high` and the streams `<name>@<build digest>` where tasks
+    /// wait for a worker of their build; those that exist, sorted.
+    ///
+    /// # Errors
+    /// A broker that cannot be reached.
+    pub fn pool_queues(&self) -> Result<Vec<String>> {
+        self.queue.pool_queues()
+    }
+
     /// Whether the queue was found under its old keys (made before there were prefixes; see
     /// [`migrate_keys`](Self::migrate_keys)) and is used there.
     pub fn uses_old_keys(&self) -> bool {
@@ -229,7 +239,67 @@ impl std::fmt::Debug for QueueAdmin {
     }
 }
 
+/// `text` with the characters a `SCAN … MATCH` pattern gives a meaning escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// How many keys one `SCAN` step looks at.
+const SCAN_COUNT: usize = 1000;
+
 impl RedisQueue {
+    /// See [`QueueAdmin::pool_queues`](super::QueueAdmin::pool_queues).
+    pub(super) fn pool_queues(&self) -> Result<Vec<String>> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        let stream = &self.keys.stream;
+        let prefix_len = stream.len() - self.name.len();
+        let mut found = Vec::new();
+        for pattern in [
+            format!("{}:high", glob_escape(stream)),
+            format!("{}@*", glob_escape(stream)),
+        ] {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = self.with_conn(deadline, |c| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .arg("TYPE")
+                        .arg("stream")
+                        .query(c)
+                })?;
+                found.extend(keys.into_iter().filter_map(|k| {
+                    // `<name>@<digest>` itself, not its dead letters and other keys.
+                    let name = k.get(prefix_len..)?.to_string();
+                    let rest = name.strip_prefix(self.name.as_str())?;
+                    let digest = rest.strip_prefix('@');
+                    let wanted = rest == ":high"
+                        || digest.is_some_and(|d| {
+                            !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit())
+                        });
+                    wanted.then_some(name)
+                }));
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     /// See [`QueueAdmin::status_with_lease`](super::QueueAdmin::status_with_lease).
     pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
