@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::entry::{Entry, decode, parse_entry};
-use super::{CODEC_JSON, COMMAND_TIMEOUT, GROUP, MAX_BODY, RedisQueue};
+use super::{CODEC_JSON, COMMAND_TIMEOUT, GROUP, RedisQueue};
 use crate::error::{Error, Result};
 
 /// The most items one move takes into the stream.
@@ -141,33 +141,33 @@ impl RedisQueue {
         };
         let ms = u64::try_from(ms).unwrap_or(u64::MAX).min(1 << 52);
         let (set, items) = self.scheduled_keys();
+        let ms = ms.to_string();
+        let args = [key.as_bytes(), &body, mode.as_bytes(), ms.as_bytes()];
+        self.eval::<Value>(SCHEDULE, &[&set, &items], &args)
+            .map(drop)
+    }
+
+    /// Runs the Lua `script` on `keys` with `args`, and reads its reply.
+    fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T> {
         let mut eval = redis::cmd("EVAL");
-        eval.arg(SCHEDULE)
-            .arg(2)
-            .arg(set)
-            .arg(items)
-            .arg(key)
-            .arg(body)
-            .arg(mode)
-            .arg(ms);
+        eval.arg(script).arg(keys.len()).arg(keys).arg(args);
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
-        self.with_conn(deadline, |c| eval.query::<Value>(c).map(drop))
+        self.with_conn(deadline, |c| eval.query(c))
     }
 
     /// Moves the scheduled items that are due into the stream; how long until the next one
     /// is due (`None`: none waits).
     pub(crate) fn move_due(&self) -> Result<Option<Duration>> {
         let (set, items) = self.scheduled_keys();
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(MOVE_DUE)
-            .arg(3)
-            .arg(set)
-            .arg(items)
-            .arg(&self.keys.stream)
-            .arg(MOVE_AT_ONCE)
-            .arg(CODEC_JSON);
-        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
-        let (moved, wait): (u64, i64) = self.with_conn(deadline, |c| eval.query(c))?;
+        let at_once = MOVE_AT_ONCE.to_string();
+        let keys = [set.as_str(), &items, &self.keys.stream];
+        let args = [at_once.as_bytes(), CODEC_JSON.as_bytes()];
+        let (moved, wait): (u64, i64) = self.eval(MOVE_DUE, &keys, &args)?;
         if moved as usize >= MOVE_AT_ONCE {
             // More may be due already.
             return Ok(Some(Duration::ZERO));
@@ -198,14 +198,8 @@ impl RedisQueue {
         if !wanted(&item) {
             return Ok(None);
         }
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(UNSCHEDULE)
-            .arg(2)
-            .arg(set)
-            .arg(items)
-            .arg(key)
-            .arg(&entry.fields[0].1);
-        let removed: u64 = self.with_conn(deadline, |c| eval.query(c))?;
+        let args = [key.as_bytes(), &entry.fields[0].1];
+        let removed: u64 = self.eval(UNSCHEDULE, &[&set, &items], &args)?;
         Ok((removed == 1).then_some(item))
     }
 
@@ -238,22 +232,15 @@ impl RedisQueue {
             };
             from = format!("({}", last.id);
             for entry in &entries {
-                if entry.field("body").is_some_and(|b| b.len() > MAX_BODY) {
-                    continue;
-                }
+                // Bounded: an entry over the body limit does not decode.
                 let Ok(item) = decode::<T>(entry) else {
                     continue;
                 };
                 if !wanted(&item) {
                     continue;
                 }
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(DELETE_UNDELIVERED)
-                    .arg(1)
-                    .arg(&self.keys.stream)
-                    .arg(GROUP)
-                    .arg(&entry.id);
-                let deleted: u64 = self.with_conn(deadline, |c| eval.query(c))?;
+                let args = [GROUP.as_bytes(), entry.id.as_bytes()];
+                let deleted: u64 = self.eval(DELETE_UNDELIVERED, &[&self.keys.stream], &args)?;
                 return Ok((deleted == 1).then_some(item));
             }
             if entries.len() < SCAN_PAGE {
