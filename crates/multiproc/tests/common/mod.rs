@@ -3,6 +3,7 @@
 
 pub mod netns;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -25,12 +25,7 @@ impl RedisServer {
         if !installed() {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!(
-            "multiproc-redis-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let dir = private_dir("redis");
         let port = free_port();
         let mut server = RedisServer {
             child: None,
@@ -88,22 +83,8 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--unixsocket")
-            .arg(self.socket())
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--maxmemory-policy", "noeviction"])
+        let child = server_command(self.port, &self.socket(), &self.dir)
             .args(self.tls_args())
-            .arg("--dir")
-            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -137,15 +118,7 @@ impl RedisServer {
 
     /// Answers PING with PONG (and has finished loading its data).
     fn ping(&self) -> bool {
-        let Ok(mut s) = UnixStream::connect(self.socket()) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+        answers_ping(&self.socket())
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -208,19 +181,65 @@ impl Drop for RedisServer {
 /// Whether `redis-server` is installed; if not, says so (under CI a missing server fails the
 /// test instead).
 pub fn installed() -> bool {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
+    programs_installed(&["redis-server"])
+}
+
+/// Whether every one of `programs` runs; if not, says so (under CI that fails the test
+/// instead).
+pub fn programs_installed(programs: &[&str]) -> bool {
+    let runs = |program: &&str| Command::new(program).arg("--version").output().is_ok();
+    if programs.iter().all(runs) {
         return true;
     }
+    let names = programs.join(" and ");
     assert!(
         std::env::var_os("CI").is_none(),
-        "redis-server is not installed (.ci/run installs it)"
+        "{names} must be installed (.ci/run installs them)"
     );
-    eprintln!("skipped: redis-server is not installed");
+    eprintln!("skipped: {names} must be installed");
     false
+}
+
+/// A new directory of this test's own under the temporary directory, named after `kind`.
+pub fn private_dir(kind: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "multiproc-{kind}-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a test's directory");
+    dir
+}
+
+/// `redis-server` on 127.0.0.1:`port` and the unix socket `socket`, its files in `dir`, with
+/// the settings the guarantees need: every write fsynced (`appendonly yes`, `appendfsync
+/// always`), nothing evicted.
+pub fn server_command(port: u16, socket: &Path, dir: &Path) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--unixsocket")
+        .arg(socket)
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(["--save", ""])
+        .args(["--maxmemory-policy", "noeviction"])
+        .arg("--dir")
+        .arg(dir);
+    command
+}
+
+/// Whether the server on the unix socket `socket` answers PING with PONG (and has finished
+/// loading its data).
+pub fn answers_ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
 }
 
 /// A TCP port that was free a moment ago.

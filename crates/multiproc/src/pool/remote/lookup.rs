@@ -103,7 +103,7 @@ impl TaskRecords {
     ) -> Result<TaskRecords> {
         let (url, queue) = (url.into(), queue.into());
         Ok(TaskRecords {
-            tasks: TaskQueues::open(&url, &queue, None)?,
+            tasks: TaskQueues::open(&url, &queue, None, None)?,
             url,
             queue,
             authkey: authkey.into(),
@@ -137,21 +137,27 @@ impl TaskRecords {
         let results = results_of(&self.url, &self.queue, &task.pool)?;
         let redis = results.redis()?;
         let stream = redis.stream().to_string();
-        report_cancelled(&task, self.tasks.records()?, &stream, &self.authkey, |r| {
-            results.put(r)?;
-            // Should the pool be gone, the stream this made goes in time, as a worker's does.
-            let mut expire = redis::cmd("EXPIRE");
-            expire.arg(&stream).arg(RESULTS_TTL.as_secs()).arg("NX");
-            redis.send_unconfirmed(&expire)?;
-            results.flush()
-        })?;
+        report_cancelled(
+            &task,
+            self.tasks.records(task_id)?,
+            &stream,
+            &self.authkey,
+            |r| {
+                results.put(r)?;
+                // Should the pool be gone, the stream this made goes in time, as a worker's does.
+                let mut expire = redis::cmd("EXPIRE");
+                expire.arg(&stream).arg(RESULTS_TTL.as_secs()).arg("NX");
+                redis.send_unconfirmed(&expire)?;
+                results.flush()
+            },
+        )?;
         Ok(true)
     }
 
     /// The record of `task_id`, verified: its stage, worker and outcome; `None` if none.
     fn read(&self, task_id: &str) -> Result<Option<(String, String, Option<Outcome>)>> {
         check_task_id(task_id)?;
-        record::read(self.tasks.records()?, task_id, &self.authkey)
+        record::read(self.tasks.records(task_id)?, task_id, &self.authkey)
     }
 
     /// The state of `task_id`.

@@ -40,6 +40,15 @@ macro_rules! common_setters {
             self.common.lease = Some(lease);
             self
         }
+
+        /// Spreads the queue's normal tasks over `n` streams (1 to 256), each its own hash
+        /// slot on a Redis Cluster, so that its primaries share the load; every worker reads
+        /// them all. The queue keeps the count it was first used with: unset, that one (1 for
+        /// a new queue); another is refused.
+        pub fn partitions(mut self, n: u32) -> Self {
+            self.common.partitions = Some(n);
+            self
+        }
     };
 }
 
@@ -127,6 +136,7 @@ struct Common {
     authkey: Vec<u8>,
     registry: TaskRegistry,
     lease: Option<Duration>,
+    partitions: Option<u32>,
 }
 
 impl Common {
@@ -137,6 +147,7 @@ impl Common {
             authkey: Vec::new(),
             registry: TaskRegistry::new(),
             lease: None,
+            partitions: None,
         }
     }
 
@@ -149,7 +160,7 @@ impl Common {
             ));
         }
         self.registry.check()?;
-        TaskQueues::open(&self.url, &self.queue, self.lease)
+        TaskQueues::open(&self.url, &self.queue, self.lease, self.partitions)
     }
 
     /// [`connect`](Self::connect), with the queue of the tasks left for this build by workers

@@ -8,6 +8,12 @@
 //! scheduled set, or out of a stream if no worker has read it yet, and then answers its pool
 //! with a `Cancelled` failure and writes that into its record.
 //!
+//! The normal tasks may be spread over several streams (the queue's partitions: `<queue>`,
+//! then `<queue>#1`, `<queue>#2`, …), each its own hash slot on a Redis Cluster. A task's
+//! partition follows from its id, so that whoever has the id finds its record (kept beside
+//! that stream) and, to cancel it, the task. The count is kept in the first stream's settings
+//! (`<stream>:config`, field `partitions`), so that every pool and worker of the queue agree.
+//!
 //! A worker also reads the queue `<queue>@<digest of its build>`, where workers of other
 //! builds leave the tasks of its build (a task runs only on a worker of the build that sent
 //! it: during a rolling upgrade, old and new workers serve one queue).
@@ -19,7 +25,7 @@ use std::time::Duration;
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage};
 use super::record::{self, Stage};
 use super::{MAX_DELIVERIES, results_name, task_id};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pool::Priority;
 use crate::pool::worker::TaskFailure;
 use crate::queue::{JoinableQueue, Queue, RedisQueue};
@@ -30,9 +36,21 @@ fn high_name(queue: &str) -> String {
     format!("{queue}:high")
 }
 
+/// The stream of partition `k` of the queue `queue`'s normal tasks.
+fn partition_name(queue: &str, k: usize) -> String {
+    match k {
+        0 => queue.to_string(),
+        k => format!("{queue}#{k}"),
+    }
+}
+
+/// The most partitions a queue may have.
+const MAX_PARTITIONS: u32 = 256;
+
 /// A broker pool's task streams.
 pub(super) struct TaskQueues {
-    pub(super) normal: JoinableQueue<TaskMessage>,
+    /// The partitions of the normal tasks (at least one).
+    pub(super) normal: Vec<JoinableQueue<TaskMessage>>,
     pub(super) high: JoinableQueue<TaskMessage>,
     /// A worker's: the tasks that workers of other builds left for this one.
     pub(super) own_build: Option<JoinableQueue<TaskMessage>>,
@@ -46,10 +64,22 @@ pub(super) struct TaskQueues {
 const OTHER_BUILDS: usize = 8;
 
 impl TaskQueues {
-    /// Connects to the task streams of `queue` at `url`.
-    pub(super) fn open(url: &str, queue: &str, lease: Option<Duration>) -> Result<TaskQueues> {
+    /// Connects to the task streams of `queue` at `url`, with `partitions` of normal tasks
+    /// (unset: as many as the queue has).
+    pub(super) fn open(
+        url: &str,
+        queue: &str,
+        lease: Option<Duration>,
+        partitions: Option<u32>,
+    ) -> Result<TaskQueues> {
+        let first = open_queue(url, queue, lease)?;
+        let count = agree_partitions(first.leases()?, partitions)?;
+        let mut normal = vec![first];
+        for k in 1..count as usize {
+            normal.push(open_queue(url, &partition_name(queue, k), lease)?);
+        }
         Ok(TaskQueues {
-            normal: open_queue(url, queue, lease)?,
+            normal,
             high: open_queue(url, &high_name(queue), lease)?,
             own_build: None,
             url: url.to_string(),
@@ -77,23 +107,38 @@ impl TaskQueues {
         Ok(q)
     }
 
-    /// The stream of `priority`'s tasks.
-    pub(super) fn of(&self, priority: Priority) -> &JoinableQueue<TaskMessage> {
+    /// The stream for the task `task_id` of `priority`.
+    pub(super) fn of(&self, priority: Priority, task_id: &str) -> &JoinableQueue<TaskMessage> {
         match priority {
-            Priority::Normal => &self.normal,
+            Priority::Normal => self.partition(task_id),
             Priority::High => &self.high,
         }
     }
 
-    /// The queue whose stream names the tasks' records (the normal one, for both).
-    pub(super) fn records(&self) -> Result<&RedisQueue> {
-        self.normal.leases()
+    /// The partition of normal tasks the task `task_id` goes to: a digest of its id.
+    pub(super) fn partition(&self, task_id: &str) -> &JoinableQueue<TaskMessage> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(task_id.as_bytes());
+        let n = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        &self.normal[(n % self.normal.len() as u64) as usize]
+    }
+
+    /// The queue whose stream names the record of `task_id` (its partition, whatever its
+    /// priority).
+    pub(super) fn records(&self, task_id: &str) -> Result<&RedisQueue> {
+        self.partition(task_id).leases()
+    }
+
+    /// The first partition, beside which what concerns a whole pool is kept (that it was
+    /// terminated).
+    pub(super) fn first(&self) -> &JoinableQueue<TaskMessage> {
+        &self.normal[0]
     }
 
     /// Every stream read, the high one first.
     fn all(&self) -> impl Iterator<Item = &JoinableQueue<TaskMessage>> {
-        [&self.high, &self.normal]
-            .into_iter()
+        std::iter::once(&self.high)
+            .chain(&self.normal)
             .chain(&self.own_build)
     }
 
@@ -136,6 +181,47 @@ impl TaskQueues {
             }
         }
         Ok(None)
+    }
+}
+
+/// The number of partitions of the queue whose first stream is `first`: the one stored, or
+/// `asked` (stored, if none is), or 1; an error if `asked` is not the stored one.
+fn agree_partitions(first: &RedisQueue, asked: Option<u32>) -> Result<u32> {
+    let what = || format!("broker pool on {}", first.stream());
+    if let Some(n) = asked
+        && !(1..=MAX_PARTITIONS).contains(&n)
+    {
+        return Err(Error::invalid(
+            what(),
+            format!("partitions must be 1 to {MAX_PARTITIONS}, not {n}"),
+        ));
+    }
+    // The first to come fixes the count, asked or not: a worker started before any pool
+    // must not read fewer partitions than a pool then writes to.
+    let config = first.config_key();
+    let mut set = redis::cmd("HSETNX");
+    set.arg(config).arg("partitions").arg(asked.unwrap_or(1));
+    first.query::<u32>(&set)?;
+    let stored: String = first.query(redis::cmd("HGET").arg(config).arg("partitions"))?;
+    let stored = stored
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_PARTITIONS).contains(n))
+        .ok_or_else(|| {
+            Error::protocol(
+                what(),
+                format!("{config}: field partitions is {stored:?}, not 1 to {MAX_PARTITIONS}"),
+            )
+        })?;
+    match asked {
+        Some(n) if n != stored => Err(Error::invalid(
+            what(),
+            format!(
+                "the queue has {stored} partition(s), not {n}: every pool and worker of a queue \
+                 uses the same (ask for none to take the queue's)"
+            ),
+        )),
+        _ => Ok(stored),
     }
 }
 

@@ -68,12 +68,13 @@ impl Shared {
                 t.duration_since(SystemTime::now()).unwrap_or_default()
             });
         let told_for = (CANCELLED_FOR + later).as_secs();
-        let sent = self.tasks.normal.leases().and_then(|q| {
+        let first = self.tasks.first();
+        let sent = first.leases().and_then(|q| {
             let key = super::record::cancelled_key(q.stream(), &self.pool);
             let mut set = redis::cmd("SET");
             set.arg(&key).arg(1).arg("EX").arg(told_for);
             q.send_unconfirmed(&set)?;
-            self.tasks.normal.flush()
+            first.flush()
         });
         if let Err(e) = sent {
             tracing::warn!(pool = %self.pool, error = %e, "telling the workers the pool is terminated");
@@ -103,7 +104,7 @@ impl Shared {
         };
         // Checked when the task was submitted.
         let function = self.registry.name_of(*target)?;
-        let queue = self.tasks.of(options.priority);
+        let queue = self.tasks.of(options.priority, &task_id(&self.pool, *id));
         let stream = queue.leases().ok()?.stream().to_string();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let timeout_ms = match (options.timeout.map(ms), self.timeout_ms) {
@@ -161,7 +162,8 @@ impl BrokerTransport {
             *last = Instant::now();
         }
         let mut any = false;
-        for queue in [&self.shared.tasks.normal, &self.shared.tasks.high] {
+        let tasks = &self.shared.tasks;
+        for queue in tasks.normal.iter().chain([&tasks.high]) {
             let refused = queue
                 .leases()
                 .and_then(|q| q.take_refused_tags(Some(Instant::now() + REFUSALS_WAIT)));
@@ -311,14 +313,15 @@ impl Transport for BrokerTransport {
         let key = task_id(&shared.pool, *id);
         // The record first: a task due at once may start (and write its own) right away.
         if shared.record_ttl_s > 0 {
-            let records = shared.tasks.records()?;
+            let partition = shared.tasks.partition(&key);
+            let records = partition.leases()?;
             let record = super::record::key(records.stream(), &key);
             // Kept until it starts, and the pool's time to live after that.
             let until = starts.duration_since(SystemTime::now()).unwrap_or_default();
             let ttl = Duration::from_secs(shared.record_ttl_s) + until;
             let stage = (Stage::Scheduled, "", None);
             super::record::write(records, &record, &shared.authkey, stage, ttl)?;
-            shared.tasks.normal.flush()?;
+            partition.flush()?;
         }
         queue.schedule(&key, &task, due)?;
         Ok(())
@@ -337,7 +340,7 @@ impl Transport for BrokerTransport {
             };
             report_cancelled(
                 &task,
-                shared.tasks.records()?,
+                shared.tasks.records(&key)?,
                 &shared.results_stream,
                 &shared.authkey,
                 |r| {

@@ -215,10 +215,16 @@ impl BrokerWorker {
         // Tasks left for this build by workers of others are taken as normal ones.
         let mut threads = Vec::new();
         let mut ended = Ok(());
+        // One loop per partition of normal tasks (each blocks on its own stream): the first
+        // runs on this thread, and also moves the tasks that are due.
+        let partitions = (1..runner.tasks.normal.len()).map(|k| (Source::Normal(k), most));
         for (source, most) in [
             (Source::High, most + self.processes * 2),
             (Source::OwnBuild, most),
-        ] {
+        ]
+        .into_iter()
+        .chain(partitions)
+        {
             let (runner, stop) = (runner.clone(), self.stop.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("multiproc-broker-{source:?}"))
@@ -232,7 +238,7 @@ impl BrokerWorker {
             }
         }
         if ended.is_ok() {
-            ended = runner.take_all(Source::Normal, most, &self.stop, true);
+            ended = runner.take_all(Source::Normal(0), most, &self.stop, true);
         }
         // The stop flag ends the other loops too (within a look).
         self.stop.store(true, Ordering::SeqCst);
@@ -247,7 +253,8 @@ impl BrokerWorker {
 /// Where a worker's loop takes tasks from.
 #[derive(Clone, Copy, Debug)]
 enum Source {
-    Normal,
+    /// The partition of normal tasks with this index.
+    Normal(usize),
     High,
     /// Tasks of this build, left by workers of others.
     OwnBuild,
@@ -256,7 +263,7 @@ enum Source {
 impl Source {
     fn queue(self, tasks: &TaskQueues) -> Result<&RedisQueue> {
         match self {
-            Source::Normal => tasks.normal.leases(),
+            Source::Normal(k) => tasks.normal[k].leases(),
             Source::High => tasks.high.leases(),
             Source::OwnBuild => tasks
                 .own_build
@@ -269,7 +276,7 @@ impl Source {
     fn priority(self) -> Priority {
         match self {
             Source::High => Priority::High,
-            Source::Normal | Source::OwnBuild => Priority::Normal,
+            Source::Normal(_) | Source::OwnBuild => Priority::Normal,
         }
     }
 }
@@ -354,7 +361,8 @@ impl Runner {
         }
         let gone = self
             .tasks
-            .records()
+            .first()
+            .leases()
             .and_then(|q| {
                 let key = record::cancelled_key(q.stream(), pool);
                 q.query::<bool>(redis::cmd("EXISTS").arg(key))
@@ -598,8 +606,9 @@ impl Runner {
         if ttl_s == 0 {
             return;
         }
-        let written = self.tasks.records().and_then(|q| {
-            let key = record::key(q.stream(), &task_id(pool, *id));
+        let id = task_id(pool, *id);
+        let written = self.tasks.records(&id).and_then(|q| {
+            let key = record::key(q.stream(), &id);
             let ttl = Duration::from_secs(ttl_s);
             record::write(q, &key, &self.authkey, (stage, q.consumer(), outcome), ttl)
         });
@@ -654,7 +663,8 @@ impl Runner {
             let stream = results.redis()?.stream().to_string();
             let worker = self
                 .tasks
-                .records()
+                .first()
+                .leases()
                 .map(|l| l.consumer().to_string())
                 .unwrap_or_default();
             results.put(ResultMessage::new(

@@ -7,8 +7,8 @@ use redis::Value;
 
 use super::entry::{as_string, as_u64, field_of, parse_entry};
 use super::keys::{Migration, migrate, resolve_prefix, split_url};
-use super::link::redact;
-use super::{BrokerSettings, COMMAND_TIMEOUT, GROUP, RedisQueue, open};
+use super::link::{broker_error, redact};
+use super::{BrokerSettings, COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, RedisQueue, open};
 use crate::error::{Error, Result};
 
 /// A queue on a broker, seen from outside: its state and its dead letters.
@@ -133,7 +133,7 @@ impl QueueAdmin {
                 "the key prefix is empty: the old keys are the queue's keys, nothing to move",
             ));
         }
-        let (_, mut conn) = open(&url, &what)?;
+        let (_, mut conn, _) = open(&url, &what)?;
         let migration = migrate(&mut conn, &prefix, name)
             .map_err(|e| super::link::broker_error(&what, "cannot move the keys", e))?;
         let refusal = match migration {
@@ -255,43 +255,64 @@ fn glob_escape(text: &str) -> String {
 const SCAN_COUNT: usize = 1000;
 
 impl RedisQueue {
-    /// See [`QueueAdmin::pool_queues`](super::QueueAdmin::pool_queues).
+    /// See [`QueueAdmin::pool_queues`](super::QueueAdmin::pool_queues). On a cluster each of
+    /// those queues is in a slot of its own, so every primary is looked at.
     pub(super) fn pool_queues(&self) -> Result<Vec<String>> {
-        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
-        let stream = &self.keys.stream;
-        let prefix_len = stream.len() - self.name.len();
+        let cluster = self.route.is_cluster();
+        let key_prefix = if self.keys.old { "" } else { &self.prefix };
+        // A stream key's queue name, if it is under this queue's prefix.
+        let name_of = |key: &str| -> Option<String> {
+            let name = key.strip_prefix(key_prefix)?;
+            let name = match cluster {
+                true => name.strip_prefix('{')?.strip_suffix('}')?,
+                false => name,
+            };
+            Some(name.to_string())
+        };
+        let (open, close) = if cluster { ("{", "}") } else { ("", "") };
+        let prefix = glob_escape(key_prefix);
+        let name = glob_escape(&self.name);
+        let patterns = [
+            format!("{prefix}{open}{name}:high{close}"),
+            format!("{prefix}{open}{name}@*{close}"),
+        ];
+        let clients = self
+            .route
+            .primaries()
+            .map_err(|e| broker_error(&self.what(), "cannot list the cluster's nodes", e))?;
         let mut found = Vec::new();
-        for pattern in [
-            format!("{}:high", glob_escape(stream)),
-            format!("{}@*", glob_escape(stream)),
-        ] {
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = self.with_conn(deadline, |c| {
-                    redis::cmd("SCAN")
+        for client in clients {
+            let mut c = client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
+                .map_err(|e| broker_error(&self.what(), "cannot connect", e))?;
+            for pattern in &patterns {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(&pattern)
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(SCAN_COUNT)
                         .arg("TYPE")
                         .arg("stream")
-                        .query(c)
-                })?;
-                found.extend(keys.into_iter().filter_map(|k| {
-                    // `<name>@<digest>` itself, not its dead letters and other keys.
-                    let name = k.get(prefix_len..)?.to_string();
-                    let rest = name.strip_prefix(self.name.as_str())?;
-                    let digest = rest.strip_prefix('@');
-                    let wanted = rest == ":high"
-                        || digest.is_some_and(|d| {
-                            !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit())
-                        });
-                    wanted.then_some(name)
-                }));
-                cursor = next;
-                if cursor == 0 {
-                    break;
+                        .query(&mut c)
+                        .map_err(|e| broker_error(&self.what(), "cannot list keys", e))?;
+                    found.extend(keys.iter().filter_map(|k| name_of(k)).filter(|name| {
+                        // `<name>@<digest>` itself, not its dead letters and other keys.
+                        let Some(rest) = name.strip_prefix(self.name.as_str()) else {
+                            return false;
+                        };
+                        rest == ":high"
+                            || rest.strip_prefix('@').is_some_and(|d| {
+                                !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit())
+                            })
+                    }));
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
                 }
             }
         }

@@ -48,6 +48,12 @@ impl Keys {
         }
     }
 
+    /// The keys of queue `name` under `prefix` on a Redis Cluster: the name is the hash tag
+    /// of every one (`<prefix>{<name>}…`), so that they share a slot (see `route`).
+    pub(super) fn tagged(prefix: &str, name: &str) -> Keys {
+        Keys::new(prefix, &format!("{{{name}}}"))
+    }
+
     /// Every key, the stream first.
     pub(super) fn all(&self) -> [&str; 4] {
         [&self.stream, &self.dead, &self.errors, &self.config]

@@ -2,13 +2,14 @@
 //! in batches, given back on failure, and dead-lettered after too many deliveries.
 
 use std::collections::VecDeque;
-use std::sync::{MutexGuard, mpsc};
+use std::sync::{Arc, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, Value};
+use redis::{Connection, Value};
 
 use super::entry::{Entry, parse_pending_count, pending_ids};
-use super::{Acks, COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, Leases, Prefetched, RedisQueue};
+use super::route::Route;
+use super::{Acks, COMMAND_TIMEOUT, GROUP, Leases, Prefetched, RedisQueue};
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
 
@@ -274,7 +275,7 @@ impl RedisQueue {
         let leases = self.leases.clone();
         let acks = self.acks.clone();
         let prefetched = self.prefetched.clone();
-        let client = self.client.clone();
+        let route = self.route.clone();
         let keys = (self.keys.stream.clone(), self.keys.errors.clone());
         let consumer = self.consumer.clone();
         let every = self.settings.lease / 3;
@@ -282,7 +283,7 @@ impl RedisQueue {
             .name("multiproc-lease".into())
             .spawn(move || {
                 renew_leases(
-                    client,
+                    route,
                     keys,
                     consumer,
                     (leases, acks, prefetched),
@@ -304,7 +305,7 @@ const ACK_DELAY: Duration = Duration::from_millis(2);
 /// consumer still owns; told to (a message on `nudged`), sends the acknowledgements waiting;
 /// ends when the handle drops its end.
 pub(super) fn renew_leases(
-    client: Client,
+    route: Arc<Route>,
     (stream, errors): (String, String),
     consumer: String,
     (leases, acks, prefetched): (Leases, Acks, Prefetched),
@@ -322,7 +323,7 @@ pub(super) fn renew_leases(
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     _ => while nudged.try_recv().is_ok() {},
                 }
-                send_acks(&client, &mut conn, (&stream, &errors), &acks);
+                send_acks(&route, &mut conn, (&stream, &errors), &acks);
                 continue;
             }
         }
@@ -339,7 +340,7 @@ pub(super) fn renew_leases(
             continue;
         }
         if conn.is_none() {
-            conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).ok();
+            conn = connect(&route);
         }
         let Some(c) = conn.as_mut() else { continue };
         let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
@@ -356,6 +357,7 @@ pub(super) fn renew_leases(
             Ok(v) => pending_ids(v),
             Err(_) => {
                 conn = None;
+                route.lost();
                 continue;
             }
         };
@@ -371,6 +373,7 @@ pub(super) fn renew_leases(
         claim.arg("JUSTID");
         if claim.query::<Value>(c).is_err() {
             conn = None;
+            route.lost();
         }
     }
 }
@@ -380,7 +383,7 @@ pub(super) fn renew_leases(
 /// that a call of the handle that flushes acknowledgements first (`join`, `unfinished`) sees
 /// their effect.
 fn send_acks(
-    client: &Client,
+    route: &Route,
     conn: &mut Option<Connection>,
     (stream, errors): (&str, &str),
     acks: &Acks,
@@ -391,7 +394,7 @@ fn send_acks(
     }
     let ids = std::mem::take(&mut *waiting);
     if conn.is_none() {
-        *conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).ok();
+        *conn = connect(route);
     }
     let sent = conn.as_mut().is_some_and(|c| {
         let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
@@ -401,8 +404,14 @@ fn send_acks(
     });
     if !sent {
         *conn = None;
+        route.lost();
         waiting.extend(ids);
     }
+}
+
+/// A connection for the renewing thread, if the broker can be reached.
+fn connect(route: &Route) -> Option<Connection> {
+    route.connect().ok().map(|(c, _)| c)
 }
 
 /// Acknowledges and removes entries `ids` of `stream`, and their recorded errors.

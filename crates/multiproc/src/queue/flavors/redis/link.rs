@@ -5,10 +5,11 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisError, Value};
+use redis::{Connection, RedisError, Value};
 
 use super::keys::has_group;
-use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, RECONNECT_FIRST, RECONNECT_MAX, RedisQueue};
+use super::route::{Route, redirected};
+use super::{COMMAND_TIMEOUT, GROUP, RECONNECT_FIRST, RECONNECT_MAX, RedisQueue};
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
 
@@ -34,7 +35,14 @@ pub(super) struct Link {
     /// Tagged puts the broker refused, with why: for the caller to collect
     /// ([`RedisQueue::take_refused_tags`]), never told by another call.
     pub(super) refused_tags: Vec<(PutTag, String)>,
+    /// How many replicas a put must reach before it counts as stored (on a cluster, 1 when
+    /// the primary has a replica): the puts' replies are then followed by a `WAIT`.
+    pub(super) replicas: usize,
 }
+
+/// How long a `WAIT` for a replica may take; a replica that does not answer by then is
+/// taken as failed (the puts stand, confirmed by the primary alone).
+const REPLICA_WAIT_MS: u64 = 1000;
 
 /// The caller's name for one put (a broker pool's slot and task id), by which it learns that
 /// the broker refused it.
@@ -50,11 +58,12 @@ pub(super) const GONE: &str = "the queue's old stream is gone (its keys were mov
 
 impl Link {
     /// The connection, made if there is none (writing the unconfirmed puts on it again).
-    pub(super) fn connection(&mut self, client: &Client) -> redis::RedisResult<&mut Connection> {
+    pub(super) fn connection(&mut self, route: &Route) -> redis::RedisResult<&mut Connection> {
         let c = match self.conn.take() {
             Some(c) => c,
             None => {
-                let mut c = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                let (mut c, replicas) = route.connect()?;
+                self.replicas = replicas;
                 c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
                 if !self.unconfirmed.is_empty() {
                     let again: Vec<u8> = self
@@ -71,20 +80,72 @@ impl Link {
         Ok(self.conn.insert(c))
     }
 
-    /// Reads the replies of the puts written until at most `keep` are outstanding.
-    pub(super) fn confirm(&mut self, keep: usize) -> redis::RedisResult<()> {
+    /// Reads the replies of the puts written until at most `keep` are outstanding (none,
+    /// when a replica must have them too: a `WAIT` then follows them). A put leaves the list
+    /// only once its reply (and the `WAIT`'s) is read: should the connection break first, it
+    /// is written again on the next.
+    ///
+    /// A replica that does not confirm within [`REPLICA_WAIT_MS`] is waited for again, as
+    /// long as the cluster counts it (through `route`) as a healthy replica of the queue's
+    /// primary; once it counts it as failed, the puts stand on the primary alone.
+    pub(super) fn confirm(&mut self, keep: usize, route: &Route) -> redis::RedisResult<()> {
         let Some(c) = self.conn.as_mut() else {
             return Ok(());
         };
-        while self.unconfirmed.len() > keep {
-            let refusal = match c.recv_response()? {
-                Value::ServerError(e) => Some(e.to_string()),
+        if self.unconfirmed.is_empty() {
+            return Ok(());
+        }
+        let wait = redis::cmd("WAIT")
+            .arg(self.replicas)
+            .arg(REPLICA_WAIT_MS)
+            .get_packed_command();
+        let count = if self.replicas > 0 {
+            c.send_packed_command(&wait)?;
+            self.unconfirmed.len()
+        } else {
+            self.unconfirmed.len().saturating_sub(keep)
+        };
+        let mut replies = Vec::with_capacity(count);
+        for _ in 0..count {
+            replies.push(c.recv_response()?);
+        }
+        while self.replicas > 0 {
+            match c.recv_response()? {
+                Value::Int(n) if n < 1 => {
+                    self.replicas = route.replicas_seen_by(c)?.min(1);
+                    if self.replicas == 0 {
+                        tracing::warn!(
+                            "the queue's primary has no healthy replica: puts are kept by the \
+                             primary alone"
+                        );
+                        break;
+                    }
+                    c.send_packed_command(&wait)?;
+                }
+                _ => break,
+            }
+        }
+        // A put the broker could not take for now (its slot moved, a failover is under way)
+        // is kept, to be written again on the next connection, which this error makes.
+        let mut again = VecDeque::new();
+        let mut retry = None;
+        for reply in replies {
+            let put = self.unconfirmed.pop_front().expect("one put per reply");
+            let refusal = match reply {
+                Value::ServerError(e) => {
+                    let e = RedisError::from(e);
+                    if retriable(&e) {
+                        again.push_back(put);
+                        retry.get_or_insert(e);
+                        continue;
+                    }
+                    Some(e.to_string())
+                }
                 // Only an `XADD … NOMKSTREAM` (a handle on old keys) answers nil.
                 Value::Nil => Some(GONE.to_string()),
                 _ => None,
             };
-            let tag = self.unconfirmed.pop_front().and_then(|(_, tag)| tag);
-            match (refusal, tag) {
+            match (refusal, put.1) {
                 (Some(reason), Some(tag)) => self.refused_tags.push((tag, reason)),
                 (Some(reason), None) => {
                     let refused = self.refused.get_or_insert((0, reason));
@@ -93,7 +154,12 @@ impl Link {
                 (None, _) => {}
             }
         }
-        Ok(())
+        again.append(&mut self.unconfirmed);
+        self.unconfirmed = again;
+        match retry {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Takes the news of refused puts, as an error.
@@ -131,8 +197,8 @@ impl RedisQueue {
     ) -> Result<R> {
         let mut link = slot.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
-            link.connection(&self.client)?;
-            link.confirm(0)?;
+            link.connection(&self.route)?;
+            link.confirm(0, &self.route)?;
             op(link.conn.as_mut().expect("connected just above"))
         })
     }
@@ -151,6 +217,7 @@ impl RedisQueue {
                 Ok(v) => return Ok(v),
                 Err(e) if retriable(&e) => {
                     link.conn = None;
+                    self.route.lost();
                     tracing::warn!(queue = %self.name, error = %e, "broker unreachable; retrying");
                     if !pause_until(deadline, backoff) {
                         return Err(broker_error(&self.what(), "broker unreachable", e));
@@ -199,6 +266,7 @@ pub(super) fn retriable(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_timeout()
         || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+        || redirected(e)
 }
 
 pub(super) fn broker_error(what: &str, doing: &str, e: RedisError) -> Error {

@@ -53,6 +53,7 @@ mod entry;
 mod keys;
 mod leases;
 mod link;
+mod route;
 mod scheduled;
 mod settings;
 
@@ -66,6 +67,7 @@ pub(crate) use link::PutTag;
 use link::{
     GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
 };
+use route::Route;
 use settings::{Asked, BrokerSettings};
 
 /// The consumer group every multiproc queue is read through.
@@ -160,7 +162,8 @@ pub(crate) struct Leased<T> {
 
 /// A queue on a Redis stream.
 pub(crate) struct RedisQueue {
-    client: Client,
+    /// Where its connections go (shared with the lease-renewing thread).
+    route: Arc<Route>,
     /// The URL without its `prefix=`.
     url: String,
     name: String,
@@ -206,17 +209,43 @@ impl RedisQueue {
         }
         let prefix = resolve_prefix(settings.prefix.as_deref(), in_url.as_deref())
             .map_err(|e| Error::invalid(what.clone(), e))?;
-        let (client, conn) = open(&url, &what)?;
+        let (client, mut conn, seeds) = open(&url, &what)?;
+        let cluster =
+            in_cluster(&mut conn).map_err(|e| broker_error(&what, "cannot connect", e))?;
+        let (route, keys, conn) = if cluster {
+            if [name, &prefix].iter().any(|s| s.contains(['{', '}'])) {
+                return Err(Error::invalid(
+                    what,
+                    "on a Redis Cluster, a queue's name and key prefix cannot hold { or }: the \
+                     name is the hash tag of the queue's keys",
+                ));
+            }
+            let keys = Keys::tagged(&prefix, name);
+            let route = Route::find(client, &mut conn, &keys.stream, seeds)
+                .map_err(|e| broker_error(&what, "cannot find the queue's node", e))?;
+            // The first connection may be to another node than the queue's.
+            (route, keys, None)
+        } else if let Some((host, port)) = seeds.first() {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the URL names several hosts, which must be nodes of a Redis Cluster; the \
+                     one that answered is not (also {host}:{port})"
+                ),
+            ));
+        } else {
+            (Route::Single(client), Keys::new(&prefix, name), Some(conn))
+        };
         let mut queue = RedisQueue {
-            client,
+            route: Arc::new(route),
             url,
             name: name.to_string(),
-            keys: Keys::new(&prefix, name),
+            keys,
             prefix,
             consumer: consumer_name(),
             settings,
             conn: Mutex::new(Link {
-                conn: Some(conn),
+                conn,
                 ..Link::default()
             }),
             reader: Mutex::new(Link::default()),
@@ -231,11 +260,13 @@ impl RedisQueue {
             awaiting: awaiting::Awaiting::default(),
         };
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
-        let keys = queue.with_conn(deadline, |c| find_keys(c, &queue.prefix, name))?;
-        if keys.old {
-            warn_old_keys(&queue.url(), name);
+        if !cluster {
+            let keys = queue.with_conn(deadline, |c| find_keys(c, &queue.prefix, name))?;
+            if keys.old {
+                warn_old_keys(&queue.url(), name);
+            }
+            queue.keys = keys;
         }
-        queue.keys = keys;
         queue.with_conn(deadline, |c| create_group(c, &queue.keys.stream))?;
         queue.settings = queue.agree_settings(deadline)?;
         Ok(queue)
@@ -290,6 +321,11 @@ impl RedisQueue {
         &self.keys.stream
     }
 
+    /// The key of the queue's settings (a hash), where a broker pool keeps its own too.
+    pub(crate) fn config_key(&self) -> &str {
+        &self.keys.config
+    }
+
     /// This handle's consumer name (host, pid and a random part).
     pub(crate) fn consumer(&self) -> &str {
         &self.consumer
@@ -315,8 +351,7 @@ impl RedisQueue {
     ) -> Result<()> {
         let mut link = self.conn.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
-            link.connection(&self.client)?
-                .send_packed_command(&packed)?;
+            link.connection(&self.route)?.send_packed_command(&packed)?;
             // Written: from here on it is the link's to confirm (or to write again).
             link.unconfirmed
                 .push_back((std::mem::take(&mut packed), tag));
@@ -324,8 +359,8 @@ impl RedisQueue {
         })?;
         if link.unconfirmed.len() >= UNCONFIRMED_MAX {
             self.retrying(&mut link, deadline, |link| {
-                link.connection(&self.client)?;
-                link.confirm(UNCONFIRMED_MAX / 2)
+                link.connection(&self.route)?;
+                link.confirm(UNCONFIRMED_MAX / 2, &self.route)
             })?;
         }
         Ok(())
@@ -352,8 +387,8 @@ impl RedisQueue {
         let mut link = self.conn.lock().ignore_poison();
         if !link.unconfirmed.is_empty() {
             self.retrying(&mut link, deadline, |link| {
-                link.connection(&self.client)?;
-                link.confirm(0)
+                link.connection(&self.route)?;
+                link.confirm(0, &self.route)
             })?;
         }
         Ok(std::mem::take(&mut link.refused_tags))
@@ -668,8 +703,20 @@ impl RedisQueue {
     }
 }
 
-/// Opens the first connection to `url` (not retried: an unreachable broker is an error).
-fn open(url: &str, what: &str) -> Result<(Client, redis::Connection)> {
+/// Whether the broker at the end of `conn` is a node of a Redis Cluster.
+fn in_cluster(conn: &mut redis::Connection) -> redis::RedisResult<bool> {
+    match redis::cmd("INFO").arg("cluster").query::<String>(conn) {
+        Ok(info) => Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1")),
+        // A broker that refuses INFO (some hosted ones rename it) is taken as a single one.
+        Err(e) if e.code().is_some() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the first connection to `url`, to the first of the hosts it names that answers
+/// (several are nodes of a cluster; not retried: an unreachable broker is an error); with the
+/// hosts it names after the first.
+fn open(url: &str, what: &str) -> Result<(Client, redis::Connection, Vec<route::Node>)> {
     // rustls picks its crypto provider from its crate features (ring, the only one we turn
     // on) unless the application installed another first.
     #[cfg(not(feature = "tls"))]
@@ -679,13 +726,27 @@ fn open(url: &str, what: &str) -> Result<(Client, redis::Connection)> {
             "rediss:// needs multiproc's `tls` feature, which this build does not have",
         ));
     }
-    let client =
-        Client::open(url).map_err(|e| Error::invalid(what, format!("bad broker URL: {e}")))?;
-    let conn = client
-        .get_connection_with_timeout(CONNECT_TIMEOUT)
-        .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
-        .map_err(|e| broker_error(what, "cannot connect", e))?;
-    Ok((client, conn))
+    let bad = |e: String| Error::invalid(what, format!("bad broker URL: {e}"));
+    let (first, others) = route::split_hosts(url).map_err(bad)?;
+    let client = Client::open(first).map_err(|e| bad(e.to_string()))?;
+    let mut clients = vec![client.clone()];
+    for node in &others {
+        clients.push(
+            route::client_at(client.get_connection_info(), node).map_err(|e| bad(e.to_string()))?,
+        );
+    }
+    let mut failed = None;
+    for client in clients {
+        let conn = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c));
+        match conn {
+            Ok(conn) => return Ok((client, conn, others)),
+            Err(e) => failed = Some(e),
+        }
+    }
+    let e = failed.expect("one client at least");
+    Err(broker_error(what, "cannot connect", e))
 }
 
 impl QueueFlavor for RedisQueue {
