@@ -124,10 +124,8 @@ impl TaskRecords {
     /// # Errors
     /// A broker that cannot be reached.
     pub fn cancel(&self, task_id: &str) -> Result<bool> {
-        let left = match self.read(task_id) {
-            Ok(Some((_, _, Some(Outcome::Left { queue, .. })))) => Some(self.tasks.other(&queue)?),
-            _ => None,
-        };
+        check_task_id(task_id)?;
+        let left = self.tasks.left_for(task_id, &self.authkey).unwrap_or(None);
         let Some(task) = self
             .tasks
             .take_back(task_id, &self.authkey, left.as_ref())?

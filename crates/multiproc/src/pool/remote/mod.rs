@@ -87,10 +87,20 @@ const RESULTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The queue where the workers of build `build` find the tasks that workers of other builds
 /// left for them: `<queue>@<digest of the build>`.
 fn build_queue(queue: &str, build: &str) -> String {
+    format!("{queue}@{}", short_digest(build))
+}
+
+/// The queue where a task of build `build` whose function some workers of that build lack
+/// waits for one that has it: `<queue>@<digest of the build>~<digest of the function>`.
+fn function_queue(queue: &str, build: &str, function: &str) -> String {
+    format!("{}~{}", build_queue(queue, build), short_digest(function))
+}
+
+/// The first 8 bytes of the SHA-256 of `text`, in hex: a name safe in a key.
+fn short_digest(text: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(build.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{queue}@{hex}")
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The id of task `id` of pool `pool`, as its record is named.

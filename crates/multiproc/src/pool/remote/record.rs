@@ -23,6 +23,12 @@ pub(super) fn cancelled_key(stream: &str, pool: &str) -> String {
     format!("{stream}:cancelled:{pool}")
 }
 
+/// The hash of the functions whose tasks wait on a queue of their own for a worker that has
+/// them (function name → that queue), beside the stream `stream` (the first partition's).
+pub(super) fn wanted_key(stream: &str) -> String {
+    format!("{stream}:wanted")
+}
+
 /// Where a task is, as its record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stage {

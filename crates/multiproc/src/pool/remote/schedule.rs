@@ -142,6 +142,19 @@ impl TaskQueues {
             .chain(&self.own_build)
     }
 
+    /// The queue where a worker left task `task_id` for another worker (its record, verified
+    /// with `authkey`, says so), if one did.
+    pub(super) fn left_for(
+        &self,
+        task_id: &str,
+        authkey: &[u8],
+    ) -> Result<Option<JoinableQueue<TaskMessage>>> {
+        match record::read(self.records(task_id)?, task_id, authkey)? {
+            Some((_, _, Some(Outcome::Left { queue, .. }))) => Ok(Some(self.other(&queue)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// Moves the scheduled tasks that are due into their streams; how long until the next
     /// is due (`None`: none waits).
     pub(super) fn move_due(&self) -> Result<Option<Duration>> {

@@ -330,8 +330,12 @@ impl Transport for BrokerTransport {
     fn cancel(&self, id: u64) -> bool {
         let shared = &self.shared;
         let key = task_id(&shared.pool, id);
-        // A worker of another build may have left it on this build's queue.
-        let left = shared.tasks.other(&shared.left_queue);
+        // A worker may have left it for another: its record says where (a worker of another
+        // build leaves it on this build's queue).
+        let left = match shared.tasks.left_for(&key, &shared.authkey) {
+            Ok(Some(left)) => Ok(left),
+            _ => shared.tasks.other(&shared.left_queue),
+        };
         let taken =
             left.and_then(|left| shared.tasks.take_back(&key, &shared.authkey, Some(&left)));
         let cancelled = taken.and_then(|taken| {

@@ -10,14 +10,14 @@ use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
 use super::record::{self, Stage};
 use super::registry::TaskRegistry;
 use super::schedule::TaskQueues;
-use super::{Common, RESULTS_TTL, build_id, build_queue, results_name, task_id};
+use super::{Common, RESULTS_TTL, build_id, build_queue, function_queue, results_name, task_id};
 use crate::error::{Error, Result};
 use crate::local_lock::IgnorePoison;
 use crate::pool::chunk::decode_failures;
 use crate::pool::options::TaskOptions;
 use crate::pool::worker::{TaskBytes, TaskFailure};
 use crate::pool::{Pool, PoolBuilder, Priority, RetryPolicy};
-use crate::queue::{Due, Leased, Queue, RedisQueue};
+use crate::queue::{Due, JoinableQueue, Leased, Queue, RedisQueue};
 
 /// How long one wait for a task lasts before the worker looks whether it should stop (and
 /// moves the tasks that are due).
@@ -227,7 +227,7 @@ impl BrokerWorker {
         {
             let (runner, stop) = (runner.clone(), self.stop.clone());
             let spawned = std::thread::Builder::new()
-                .name(format!("multiproc-broker-{source:?}"))
+                .name(format!("multiproc-broker-{}", source.name()))
                 .spawn(move || runner.take_all(source, most, &stop, false));
             match spawned {
                 Ok(thread) => threads.push(thread),
@@ -251,32 +251,45 @@ impl BrokerWorker {
 }
 
 /// Where a worker's loop takes tasks from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 enum Source {
     /// The partition of normal tasks with this index.
     Normal(usize),
     High,
     /// Tasks of this build, left by workers of others.
     OwnBuild,
+    /// Tasks of a function this worker has, left by workers of its build that lack it.
+    ForFunction(JoinableQueue<TaskMessage>),
 }
 
 impl Source {
-    fn queue(self, tasks: &TaskQueues) -> Result<&RedisQueue> {
+    fn queue<'a>(&'a self, tasks: &'a TaskQueues) -> Result<&'a RedisQueue> {
         match self {
-            Source::Normal(k) => tasks.normal[k].leases(),
+            Source::Normal(k) => tasks.normal[*k].leases(),
             Source::High => tasks.high.leases(),
             Source::OwnBuild => tasks
                 .own_build
                 .as_ref()
                 .ok_or_else(|| Error::invalid("broker worker", "no queue for its build"))?
                 .leases(),
+            Source::ForFunction(queue) => queue.leases(),
         }
     }
 
-    fn priority(self) -> Priority {
+    fn priority(&self) -> Priority {
         match self {
             Source::High => Priority::High,
-            Source::Normal(_) | Source::OwnBuild => Priority::Normal,
+            _ => Priority::Normal,
+        }
+    }
+
+    /// What its loop's thread is called.
+    fn name(&self) -> String {
+        match self {
+            Source::Normal(k) => format!("normal-{k}"),
+            Source::High => "high".into(),
+            Source::OwnBuild => "own-build".into(),
+            Source::ForFunction(_) => "function".into(),
         }
     }
 }
@@ -317,10 +330,15 @@ impl Runner {
     ) -> Result<()> {
         let queue = source.queue(&self.tasks)?;
         let mut next_move = Instant::now();
+        let mut next_left = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             let mut look = LOOK_EVERY;
             if moves {
                 let now = Instant::now();
+                if now >= next_left {
+                    self.take_left_for_functions(most);
+                    next_left = now + LOOK_EVERY;
+                }
                 if now >= next_move {
                     let wait = match self.tasks.move_due() {
                         Ok(wait) => wait.unwrap_or(LOOK_EVERY).min(LOOK_EVERY),
@@ -340,7 +358,7 @@ impl Runner {
                 continue;
             }
             match queue.take_leased::<TaskMessage>(Some(Instant::now() + look), true, look, true) {
-                Ok(leased) => self.clone().start(leased, source),
+                Ok(leased) => self.clone().start(leased, source.clone()),
                 Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "taking a task");
@@ -349,6 +367,41 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Takes the tasks that workers of this build left for a function this one has (they
+    /// lack it), while fewer than `most` run.
+    fn take_left_for_functions(self: &Arc<Self>, most: usize) {
+        let wanted = self.tasks.first().leases().and_then(|q| {
+            let key = record::wanted_key(q.stream());
+            q.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
+        });
+        let wanted = match wanted {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                tracing::debug!(queue = %self.queue, error = %e, "looking for tasks left for a function");
+                return;
+            }
+        };
+        for (function, name) in wanted {
+            let ours = function_queue(&self.queue, &self.build, &function);
+            if name != ours || self.registry.target(&function).is_none() {
+                continue;
+            }
+            let Ok(left) = self.tasks.other(&name) else {
+                continue;
+            };
+            let Ok(redis) = left.leases() else { continue };
+            while self.wait_for_room(most, Duration::ZERO) {
+                let now = Some(Instant::now());
+                match redis.take_leased::<TaskMessage>(now, false, Duration::ZERO, true) {
+                    Ok(leased) => self
+                        .clone()
+                        .start(leased, Source::ForFunction(left.clone())),
+                    Err(_) => break,
+                }
+            }
+        }
     }
 
     /// Whether the pool `pool` was terminated (looked up at most once a second).
@@ -413,12 +466,16 @@ impl Runner {
             // Its pool is gone and wants nothing more: dropped unstarted.
             return self.settle(queue, &lease, Ok(()));
         }
-        let refuse = |why: String| {
-            self.report(&task, Outcome::Failed(TaskFailure::Refused(why.clone())));
-            self.settle(queue, &lease, Err(why));
-        };
         if task.build != self.build {
-            return self.leave_for_its_build(&task, queue, &lease);
+            let name = build_queue(&self.queue, &task.build);
+            let why = format!(
+                "worker {} runs build {}; the task needs build {}: left on queue {name:?} for \
+                 a worker of that build",
+                queue.consumer(),
+                self.build,
+                task.build
+            );
+            return self.leave(&task, queue, &lease, (name, why));
         }
         let policy = RetryPolicy::from_parts(task.retry);
         // This run's number: the runs before this entry, and this entry's deliveries.
@@ -440,7 +497,14 @@ impl Runner {
             );
         }
         let Some(target) = self.registry.target(&task.function) else {
-            return refuse(format!("this worker has no function {:?}", task.function));
+            let name = function_queue(&self.queue, &self.build, &task.function);
+            let why = format!(
+                "worker {} has no function {:?}: left on queue {name:?} for a worker of this \
+                 build that has it",
+                queue.consumer(),
+                task.function
+            );
+            return self.leave(&task, queue, &lease, (name, why));
         };
         self.started(&task);
         let started_key = (task.pool.clone(), task.id);
@@ -467,7 +531,7 @@ impl Runner {
                         }
                     };
                 if retry {
-                    runner.retry(&task, &lease, source, &policy, run);
+                    runner.retry(&task, &lease, &source, &policy, run);
                 } else {
                     let reported = match outcome {
                         Ok(bytes) => Outcome::Done(encode_bytes(bytes)),
@@ -496,7 +560,7 @@ impl Runner {
         &self,
         task: &TaskMessage,
         lease: &str,
-        source: Source,
+        source: &Source,
         policy: &RetryPolicy,
         run: u32,
     ) {
@@ -527,17 +591,18 @@ impl Runner {
         }
     }
 
-    /// Leaves `task` (leased as `lease` of `queue`), whose build is not this worker's, on the
-    /// queue of its build's workers, and says so in its record and to its pool.
-    fn leave_for_its_build(&self, task: &TaskMessage, queue: &RedisQueue, lease: &str) {
-        let name = build_queue(&self.queue, &task.build);
-        let worker = queue.consumer().to_string();
-        let why = format!(
-            "worker {worker} runs build {}; the task needs build {}: left on queue {name:?} for \
-             a worker of that build",
-            self.build, task.build
-        );
-        let left = self.tasks.other(&name).and_then(|target| {
+    /// Leaves `task` (leased as `lease` of `queue`), which this worker cannot run, on the
+    /// queue `to` of the workers that can, and says `why` in its record and to its pool. A
+    /// task left for a function is also noted in the queue's `wanted` hash, where the
+    /// workers that have the function find its queue.
+    fn leave(
+        &self,
+        task: &TaskMessage,
+        queue: &RedisQueue,
+        lease: &str,
+        (to, why): (String, String),
+    ) {
+        let left = self.tasks.other(&to).and_then(|target| {
             let redis = target.leases()?;
             let again = TaskMessage::new(
                 &self.authkey,
@@ -549,12 +614,24 @@ impl Runner {
             );
             // On the broker before this lease goes.
             target.put(again)?;
-            target.flush()
+            target.flush()?;
+            if task.build == self.build {
+                let first = self.tasks.first();
+                let q = first.leases()?;
+                let mut wanted = redis::cmd("HSET");
+                wanted
+                    .arg(record::wanted_key(q.stream()))
+                    .arg(&task.function)
+                    .arg(&to);
+                q.send_unconfirmed(&wanted)?;
+                first.flush()?;
+            }
+            Ok(())
         });
         match left {
             Ok(()) => {
                 let outcome = Outcome::Left {
-                    queue: name,
+                    queue: to,
                     why: why.clone(),
                 };
                 self.record_outcome(task, Stage::Waiting, Some(&outcome));
@@ -562,7 +639,7 @@ impl Runner {
                 self.settle(queue, lease, Ok(()));
             }
             Err(e) => {
-                tracing::warn!(queue = %self.queue, error = %e, "leaving a task for its build; it goes back");
+                tracing::warn!(queue = %self.queue, error = %e, "leaving a task for another worker; it goes back");
                 if let Err(e) = queue.fail_lease(lease, &why) {
                     tracing::warn!(queue = %self.queue, error = %e, "giving a task back");
                 }
