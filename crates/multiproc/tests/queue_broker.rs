@@ -307,6 +307,42 @@ fn an_unreachable_broker_is_a_prompt_error_naming_its_url() {
 }
 
 #[test]
+fn a_read_cut_off_by_a_broken_connection_costs_neither_a_lease_nor_a_delivery() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // The default lease (30 s) is longer than this test waits.
+    let q: JoinableQueue<u32> = JoinableQueue::connect(&redis.url(), "cut").unwrap();
+    q.put(1).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+    q.task_done().unwrap();
+    let consumers = redis.cli_text(&["XINFO", "CONSUMERS", "multiproc:cut", "multiproc"]);
+    let consumer = consumers.lines().nth(1).expect("one consumer").to_string();
+    q.put(2).unwrap();
+    q.flush().unwrap();
+    // The broker delivers the entry to the handle's consumer, and the reply never reaches
+    // it: as when the connection breaks with a read's reply on its way.
+    let read = redis.cli_text(&[
+        "XREADGROUP",
+        "GROUP",
+        "multiproc",
+        &consumer,
+        "COUNT",
+        "1",
+        "STREAMS",
+        "multiproc:cut",
+        ">",
+    ]);
+    assert_eq!(read.lines().last(), Some("2"), "{read}");
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    // Given back at once, not after the lease, and delivered once as far as counts go.
+    assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 2);
+    let pending = redis.cli_text(&["XPENDING", "multiproc:cut", "multiproc", "-", "+", "10"]);
+    assert_eq!(pending.lines().last(), Some("1"), "{pending}");
+    q.task_done().unwrap();
+}
+
+#[test]
 fn a_broker_restart_loses_no_item() {
     let Some(mut redis) = RedisServer::start() else {
         return;

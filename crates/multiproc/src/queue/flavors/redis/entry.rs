@@ -134,12 +134,21 @@ pub(super) fn parse_pending_count(v: Value) -> Option<u32> {
 
 /// The ids in XPENDING's extended reply.
 pub(super) fn pending_ids(v: Value) -> Vec<String> {
+    pending_counts(v).into_iter().map(|(id, _)| id).collect()
+}
+
+/// The ids of the rows of an extended `XPENDING` reply, with how many times each was
+/// delivered.
+pub(super) fn pending_counts(v: Value) -> Vec<(String, u64)> {
     let Value::Array(rows) = v else {
         return Vec::new();
     };
     rows.iter()
         .filter_map(|row| match row {
-            Value::Array(r) => r.first().and_then(as_string),
+            Value::Array(r) => Some((
+                as_string(r.first()?)?,
+                r.get(3).and_then(as_u64).unwrap_or(1),
+            )),
             _ => None,
         })
         .collect()

@@ -1,17 +1,21 @@
 //! Leases: what a handle took and has not finished, renewed by a thread while held, acknowledged
 //! in batches, given back on failure, and dead-lettered after too many deliveries.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
-use super::entry::{Entry, parse_pending_count, pending_ids};
+use super::entry::{Entry, parse_pending_count, pending_counts, pending_ids};
 use super::route::Route;
 use super::{Acks, COMMAND_TIMEOUT, GROUP, Leases, Prefetched, RedisQueue};
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
+
+/// The most entries a cut-off read may have left with a consumer that are looked at once
+/// (a read takes at most [`PREFETCH_MAX`](super::PREFETCH_MAX)).
+const CUT_OFF_MAX: usize = 1000;
 
 impl RedisQueue {
     /// Whether it is time to look for entries whose lease ran out (and notes that it is).
@@ -36,6 +40,51 @@ impl RedisQueue {
                 .query(c)?;
             Ok(parse_pending_count(reply).unwrap_or(1))
         })
+    }
+
+    /// Gives back the entries that a read cut off by a broken connection left leased to
+    /// this consumer: the broker counted them delivered, but they never arrived. Each becomes
+    /// claimable at once (its idle time set to the lease), its delivery count as it was
+    /// before that read, so the lost read costs neither a lease nor a retry.
+    /// `in_hand` is an entry read and not yet handed out. How many it gave back.
+    pub(super) fn give_back_cut_off(
+        &self,
+        in_hand: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
+        let mut held: HashSet<String> = self.lock_leases().iter().cloned().collect();
+        held.extend(in_hand.map(str::to_string));
+        held.extend(self.acks.lock().ignore_poison().iter().cloned());
+        held.extend(self.lock_prefetched().iter().map(|e| e.id.clone()));
+        let pending = self.with_conn(deadline, |c| {
+            redis::cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(CUT_OFF_MAX)
+                .arg(&self.consumer)
+                .query::<Value>(c)
+        })?;
+        let lost: Vec<(String, u64)> = pending_counts(pending)
+            .into_iter()
+            .filter(|(id, _)| !held.contains(id))
+            .collect();
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        tracing::debug!(queue = %self.name, entries = lost.len(), "giving back entries a cut-off read left with this consumer");
+        self.with_conn(deadline, |c| {
+            let mut pipe = redis::pipe();
+            for (id, count) in &lost {
+                pipe.add_command(self.give_back_cmd(id, Some(count.saturating_sub(1))))
+                    .ignore();
+            }
+            pipe.query::<()>(c)
+        })?;
+        // Claimed by the next `get` here (or anywhere).
+        *self.last_claim.lock().ignore_poison() = None;
+        Ok(lost.len())
     }
 
     pub(super) fn last_error(&self, id: &str, deadline: Option<Instant>) -> Result<Option<String>> {
@@ -203,28 +252,36 @@ impl RedisQueue {
     }
 
     fn give_back(&self, id: &str, reason: &str) -> Result<()> {
-        let lease_ms = self.settings.lease.as_millis() as u64;
         self.with_conn(None, |c| {
-            // Recorded for the dead-letter stream, then given back: an idle time past the
-            // lease makes the next XAUTOCLAIM anywhere take it.
+            // Recorded for the dead-letter stream, then given back.
             redis::pipe()
                 .atomic()
                 .cmd("HSET")
                 .arg(&self.keys.errors)
                 .arg(id)
                 .arg(reason)
-                .cmd("XCLAIM")
-                .arg(&self.keys.stream)
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg(0)
-                .arg(id)
-                .arg("IDLE")
-                .arg(lease_ms)
-                .arg("JUSTID")
+                .add_command(self.give_back_cmd(id, None))
                 .query::<Value>(c)
                 .map(drop)
         })
+    }
+
+    /// The command that gives the entry `id` back: its idle time past the lease makes the next
+    /// XAUTOCLAIM anywhere take it. With `deliveries`, its delivery count is set to that.
+    fn give_back_cmd(&self, id: &str, deliveries: Option<u64>) -> redis::Cmd {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(self.settings.lease.as_millis() as u64);
+        if let Some(n) = deliveries {
+            cmd.arg("RETRYCOUNT").arg(n);
+        }
+        cmd.arg("JUSTID");
+        cmd
     }
 
     /// Sends the oldest leased entry to the dead letters with `reason`, whatever its

@@ -35,6 +35,9 @@ pub(super) struct Link {
     /// Tagged puts the broker refused, with why: for the caller to collect
     /// ([`RedisQueue::take_refused_tags`]), never told by another call.
     pub(super) refused_tags: Vec<(PutTag, String)>,
+    /// Whether a connection broke (and was dropped) since this was last cleared: a read
+    /// under way then may have been delivered by the broker and lost.
+    pub(super) broke: bool,
     /// How many replicas a put must reach before it counts as stored (on a cluster, 1 when
     /// the primary has a replica): the puts' replies are then followed by a `WAIT`.
     pub(super) replicas: usize,
@@ -217,6 +220,7 @@ impl RedisQueue {
                 Ok(v) => return Ok(v),
                 Err(e) if retriable(&e) => {
                     link.conn = None;
+                    link.broke = true;
                     self.route.lost();
                     tracing::warn!(queue = %self.name, error = %e, "broker unreachable; retrying");
                     if !pause_until(deadline, backoff) {
@@ -229,6 +233,7 @@ impl RedisQueue {
                     // the connection in an unknown state: the next call makes a new one.
                     if e.code().is_none() {
                         link.conn = None;
+                        link.broke = true;
                     }
                     return Err(broker_error(&self.what(), "broker refused", e));
                 }

@@ -480,6 +480,8 @@ impl RedisQueue {
                     let deliveries = self.deliveries(&entry.id, deadline)?;
                     (Some(entry), deliveries)
                 }
+                // Entries a cut-off read left leased here are claimed before new ones.
+                None if read && self.give_back_if_cut_off(None, deadline)? => continue,
                 None if read => (self.read_new(deadline, block)?, 1),
                 None => (None, 1),
             };
@@ -567,7 +569,33 @@ impl RedisQueue {
             // Nothing new: look for expired leases on the next round.
             *self.last_claim.lock().ignore_poison() = None;
         }
+        // The read went through on a new connection: an earlier one may have been cut off.
+        self.give_back_if_cut_off(entry.as_ref().map(|e| e.id.as_str()), deadline)?;
         Ok(entry)
+    }
+
+    /// If a connection broke since this was last looked at, gives back what a read
+    /// cut off left leased here ([`give_back_cut_off`](Self::give_back_cut_off)); whether it
+    /// gave back any.
+    fn give_back_if_cut_off(
+        &self,
+        in_hand: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        // Either connection: a claim's reply may be cut off too.
+        let reader = std::mem::take(&mut self.reader.lock().ignore_poison().broke);
+        let conn = std::mem::take(&mut self.conn.lock().ignore_poison().broke);
+        if !(reader || conn) {
+            return Ok(false);
+        }
+        match self.give_back_cut_off(in_hand, deadline) {
+            Ok(n) => Ok(n > 0),
+            Err(e) => {
+                // Looked at again on the next read.
+                self.reader.lock().ignore_poison().broke = true;
+                Err(e)
+            }
+        }
     }
 
     /// The item of `entry`, delivered `deliveries` times, taken (leased or finished); `None`
