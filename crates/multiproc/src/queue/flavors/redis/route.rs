@@ -42,10 +42,9 @@ pub(super) struct ClusterRoute {
     state: Mutex<ClusterState>,
 }
 
-#[derive(Default)]
 struct ClusterState {
     /// The nodes known, the URL's first: asked in turn who serves the slot.
-    nodes: Vec<(String, u16)>,
+    nodes: Vec<Node>,
     /// The primary serving the slot, and how many replicas it has that are not failed;
     /// `None` once a connection to it broke or was redirected.
     primary: Option<(Client, usize)>,
@@ -55,8 +54,14 @@ struct ClusterState {
 struct SlotRange {
     first: u16,
     last: u16,
-    primary: (String, u16),
-    replicas: Vec<(String, u16)>,
+    primary: Node,
+    replicas: Vec<Node>,
+}
+
+impl SlotRange {
+    fn serves(&self, slot: u16) -> bool {
+        self.first <= slot && slot <= self.last
+    }
 }
 
 /// A host and port.
@@ -132,16 +137,11 @@ impl Route {
             .arg(stream)
             .query(conn)?;
         let info = client.get_connection_info().clone();
-        let seed = match info.addr() {
-            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-                (host.clone(), *port)
-            }
-            _ => {
-                return Err(refusal(
-                    "a Redis Cluster is reached over TCP: give a node's redis:// or rediss:// \
-                     URL, not its unix socket",
-                ));
-            }
+        let Some(seed) = node_of(&info) else {
+            return Err(refusal(
+                "a Redis Cluster is reached over TCP: give a node's redis:// or rediss:// URL, \
+                 not its unix socket",
+            ));
         };
         Ok(Route::Cluster(ClusterRoute {
             info,
@@ -173,13 +173,10 @@ impl Route {
             Route::Single(_) => Ok(0),
             Route::Cluster(route) => {
                 let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query(conn)?;
-                let host = match route.info.addr() {
-                    ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host,
-                    _ => "",
-                };
-                Ok(parse_slots(&reply, host)
+                // Only the count matters here, not who the nodes are.
+                Ok(parse_slots(&reply, "")
                     .iter()
-                    .find(|r| r.first <= route.slot && route.slot <= r.last)
+                    .find(|r| r.serves(route.slot))
                     .map_or(0, |r| r.replicas.len()))
             }
         }
@@ -204,14 +201,14 @@ impl Route {
             Route::Single(client) => Ok(vec![client.clone()]),
             Route::Cluster(route) => {
                 let ranges = route.ask_cluster()?;
-                let mut seen: Vec<(String, u16)> = Vec::new();
+                let mut seen: Vec<Node> = Vec::new();
                 for r in ranges {
                     if !seen.contains(&r.primary) {
                         seen.push(r.primary);
                     }
                 }
-                seen.into_iter()
-                    .map(|(host, port)| route.client(&host, port))
+                seen.iter()
+                    .map(|node| client_at(&route.info, node))
                     .collect()
             }
         }
@@ -225,14 +222,10 @@ impl ClusterRoute {
             Some(p) => p,
             None => {
                 let ranges = self.ask_cluster()?;
-                let range = ranges
-                    .iter()
-                    .find(|r| r.first <= self.slot && self.slot <= r.last)
-                    .ok_or_else(|| {
-                        unreachable(format!("no node serves slot {} (yet)", self.slot))
-                    })?;
-                let (host, port) = &range.primary;
-                let found = (self.client(host, *port)?, range.replicas.len());
+                let range = ranges.iter().find(|r| r.serves(self.slot)).ok_or_else(|| {
+                    unreachable(format!("no node serves slot {} (yet)", self.slot))
+                })?;
+                let found = (client_at(&self.info, &range.primary)?, range.replicas.len());
                 self.state.lock().ignore_poison().primary = Some(found.clone());
                 found
             }
@@ -251,8 +244,8 @@ impl ClusterRoute {
     fn ask_cluster(&self) -> RedisResult<Vec<SlotRange>> {
         let nodes = self.state.lock().ignore_poison().nodes.clone();
         let mut last = None;
-        for (host, port) in nodes {
-            match self.slots_from(&host, port) {
+        for node in nodes {
+            match self.slots_from(&node) {
                 Ok(ranges) => {
                     let mut state = self.state.lock().ignore_poison();
                     for r in &ranges {
@@ -270,18 +263,22 @@ impl ClusterRoute {
         Err(last.unwrap_or_else(|| unreachable("no node of the cluster is known".into())))
     }
 
-    fn slots_from(&self, host: &str, port: u16) -> RedisResult<Vec<SlotRange>> {
-        let mut c = self
-            .client(host, port)?
-            .get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    /// The slot ranges as the node `node` sees them.
+    fn slots_from(&self, node: &Node) -> RedisResult<Vec<SlotRange>> {
+        let mut c = client_at(&self.info, node)?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
         let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c)?;
-        Ok(parse_slots(&reply, host))
+        Ok(parse_slots(&reply, &node.0))
     }
+}
 
-    /// A client for the node at `host:port`, with the URL's other settings.
-    fn client(&self, host: &str, port: u16) -> RedisResult<Client> {
-        client_at(&self.info, &(host.to_string(), port))
+/// The host and port `info` connects to, unless it is a unix socket.
+fn node_of(info: &ConnectionInfo) -> Option<Node> {
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            Some((host.clone(), *port))
+        }
+        _ => None,
     }
 }
 
@@ -291,7 +288,7 @@ fn parse_slots(reply: &Value, asked: &str) -> Vec<SlotRange> {
     let Value::Array(rows) = reply else {
         return Vec::new();
     };
-    let node = |v: &Value| -> Option<(String, u16)> {
+    let node = |v: &Value| -> Option<Node> {
         let Value::Array(fields) = v else { return None };
         let host = as_string(fields.first()?)?;
         let port = u16::try_from(as_u64(fields.get(1)?)?).ok()?;
