@@ -570,7 +570,7 @@ fn printable(text: &str, max: usize) -> String {
     out
 }
 
-fn redis_only<'a>(broker: &'a BrokerArg, command: &str) -> anyhow::Result<&'a str> {
+pub(crate) fn redis_only<'a>(broker: &'a BrokerArg, command: &str) -> anyhow::Result<&'a str> {
     if !broker.given() {
         anyhow::bail!(
             "`{command}` needs a Redis broker: give it with -b redis://HOST:PORT/DB or in \

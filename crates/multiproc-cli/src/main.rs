@@ -2,7 +2,8 @@
 //!
 //! `multiproc demo` runs the seeds' master/workers example with real child processes; `serve`,
 //! `worker`, `submit` and `collect` run named queues over TCP in CPython's manager protocol or
-//! on Redis; `status` and `dead` look after broker queues; `run` is a GNU-parallel-compatible
+//! on Redis; `status` and `dead` look after broker queues, `dashboard` shows them on a web page
+//! with Prometheus metrics; `run` is a GNU-parallel-compatible
 //! job runner; `completions` and `man` print shell completions and man pages. Every subcommand
 //! but `run` takes `-v`/`-q` for how much of the library's log reaches standard error.
 
@@ -10,6 +11,7 @@
 
 mod access;
 mod admin;
+mod dashboard;
 mod demo;
 mod logging;
 mod manual;
@@ -59,6 +61,8 @@ enum Command {
     Status(Logged<admin::Status>),
     /// List, requeue or purge a broker queue's dead letters.
     Dead(Logged<admin::Dead>),
+    /// Serve a web page and Prometheus metrics (/metrics) for the queues on a Redis broker.
+    Dashboard(Logged<dashboard::Dashboard>),
     /// Run a command for each input, several at once, as GNU parallel does.
     Run(Box<multiproc_run::Run>),
     /// Print the completion script for a shell.
@@ -97,6 +101,7 @@ impl Command {
             Command::Collect(c) => Some(c.verbosity),
             Command::Status(c) => Some(c.verbosity),
             Command::Dead(c) => Some(c.verbosity),
+            Command::Dashboard(c) => Some(c.verbosity),
             Command::Run(_) | Command::Completions(_) | Command::Man(_) => None,
         }
     }
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(c) => queues::collect(c.args),
         Command::Status(c) => admin::status(c.args),
         Command::Dead(c) => admin::dead(c.args),
+        Command::Dashboard(c) => dashboard::dashboard(c.args),
         Command::Completions(args) => manual::completions(args, Cli::command()),
         Command::Man(args) => manual::man(args, Cli::command()),
         // Handled in `main`, which owns the exit status.

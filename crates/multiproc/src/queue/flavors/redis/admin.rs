@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::entry::{as_string, as_u64, field_of, parse_entry};
-use super::keys::{Migration, migrate, resolve_prefix, split_url};
+use super::keys::{Migration, has_group, migrate, resolve_prefix, split_url};
 use super::link::{broker_error, redact};
+use super::route::Route;
 use super::{BrokerSettings, COMMAND_TIMEOUT, CONNECT_TIMEOUT, GROUP, RedisQueue, open};
 use crate::error::{Error, Result};
 
@@ -156,6 +157,94 @@ impl QueueAdmin {
         Err(Error::invalid(what, format!("{refusal}; nothing moved")))
     }
 
+    /// The queues at `url` under its key prefix (the URL's `prefix=`, or `multiproc:`): the
+    /// streams read through multiproc's consumer group, by name, sorted, at most
+    /// [`LIST_MAX`](Self::LIST_MAX). A broker pool's results streams (`<queue>:results:<pool
+    /// id>`) are left out; on a Redis Cluster every primary is looked at. Nothing is made.
+    ///
+    /// # Errors
+    /// A bad URL or prefix, or a broker that cannot be reached.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// for name in multiproc::QueueAdmin::list("redis://127.0.0.1:6379/0")? {
+    ///     println!("{name}");
+    /// }
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn list(url: &str) -> Result<Vec<String>> {
+        let (url, in_url) = split_url(url).map_err(|e| Error::invalid(redact(url), e))?;
+        let what = format!("the queues at {}", redact(&url));
+        let prefix =
+            resolve_prefix(None, in_url.as_deref()).map_err(|e| Error::invalid(&what, e))?;
+        let (client, mut conn, seeds) = open(&url, &what)?;
+        let route = if super::in_cluster(&mut conn)
+            .map_err(|e| broker_error(&what, "cannot connect", e))?
+        {
+            // Any key will do: only the cluster's primaries are wanted.
+            Route::find(client, &mut conn, &prefix, seeds)
+                .map_err(|e| broker_error(&what, "cannot read the cluster's nodes", e))?
+        } else {
+            Route::Single(client)
+        };
+        let clients = route
+            .primaries()
+            .map_err(|e| broker_error(&what, "cannot read the cluster's nodes", e))?;
+        let mut names = Vec::new();
+        for client in clients {
+            let mut c = client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
+                .map_err(|e| broker_error(&what, "cannot connect", e))?;
+            let pattern = format!("{}*", glob_escape(&prefix));
+            let keys = scan_streams(&mut c, &pattern)
+                .map_err(|e| broker_error(&what, "cannot list keys", e))?;
+            for key in keys {
+                let Some(name) = key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                let name = match route.is_cluster() {
+                    true => match name.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                        Some(n) => n,
+                        None => continue,
+                    },
+                    false => name,
+                };
+                if is_results_stream(name) {
+                    continue;
+                }
+                let ours = has_group(&mut c, &key)
+                    .map_err(|e| broker_error(&what, "cannot read a stream's groups", e))?;
+                if ours && names.len() < Self::LIST_MAX {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// How long the broker at `url` takes to answer a `PING` on a new connection (made once,
+    /// not retried: a broker that is away is an error at once).
+    ///
+    /// # Errors
+    /// A bad URL, or a broker that cannot be reached.
+    pub fn ping(url: &str) -> Result<Duration> {
+        let (url, _) = split_url(url).map_err(|e| Error::invalid(redact(url), e))?;
+        let what = format!("the broker at {}", redact(&url));
+        let (_, mut conn, _) = open(&url, &what)?;
+        let start = Instant::now();
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
+            .map_err(|e| broker_error(&what, "no answer to PING", e))?;
+        Ok(start.elapsed())
+    }
+
+    /// The most queues [`list`](Self::list) returns.
+    pub const LIST_MAX: usize = 10_000;
+
     /// The key of the queue's stream: `<prefix><name>`, or the bare name for a queue found
     /// under its old keys.
     pub fn stream_key(&self) -> &str {
@@ -254,6 +343,38 @@ fn glob_escape(text: &str) -> String {
 /// How many keys one `SCAN` step looks at.
 const SCAN_COUNT: usize = 1000;
 
+/// The most keys one [`scan_streams`] returns (a bound on what a broker can make us keep).
+const SCAN_MAX: usize = 100_000;
+
+/// The streams on the node at the end of `c` whose keys match `pattern`.
+fn scan_streams(c: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .arg("TYPE")
+            .arg("stream")
+            .query(c)?;
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 || found.len() >= SCAN_MAX {
+            found.truncate(SCAN_MAX);
+            return Ok(found);
+        }
+    }
+}
+
+/// Whether `name` is a broker pool's results stream: `<queue>:results:<16 hex digits>`.
+fn is_results_stream(name: &str) -> bool {
+    name.rsplit_once(":results:")
+        .is_some_and(|(_, pool)| pool.len() == 16 && pool.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 impl RedisQueue {
     /// See [`QueueAdmin::pool_queues`](super::QueueAdmin::pool_queues). On a cluster each of
     /// those queues is in a slot of its own, so every primary is looked at.
@@ -287,33 +408,18 @@ impl RedisQueue {
                 .and_then(|c| c.set_read_timeout(Some(COMMAND_TIMEOUT)).map(|()| c))
                 .map_err(|e| broker_error(&self.what(), "cannot connect", e))?;
             for pattern in &patterns {
-                let mut cursor = 0u64;
-                loop {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .arg("TYPE")
-                        .arg("stream")
-                        .query(&mut c)
-                        .map_err(|e| broker_error(&self.what(), "cannot list keys", e))?;
-                    found.extend(keys.iter().filter_map(|k| name_of(k)).filter(|name| {
-                        // `<name>@<digest>` itself, not its dead letters and other keys.
-                        let Some(rest) = name.strip_prefix(self.name.as_str()) else {
-                            return false;
-                        };
-                        rest == ":high"
-                            || rest.strip_prefix('@').is_some_and(|d| {
-                                !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit())
-                            })
-                    }));
-                    cursor = next;
-                    if cursor == 0 {
-                        break;
-                    }
-                }
+                let keys = scan_streams(&mut c, pattern)
+                    .map_err(|e| broker_error(&self.what(), "cannot list keys", e))?;
+                found.extend(keys.iter().filter_map(|k| name_of(k)).filter(|name| {
+                    // `<name>@<digest>` itself, not its dead letters and other keys.
+                    let Some(rest) = name.strip_prefix(self.name.as_str()) else {
+                        return false;
+                    };
+                    rest == ":high"
+                        || rest.strip_prefix('@').is_some_and(|d| {
+                            !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit())
+                        })
+                }));
             }
         }
         found.sort();

@@ -732,7 +732,7 @@ impl RedisQueue {
 }
 
 /// Whether the broker at the end of `conn` is a node of a Redis Cluster.
-fn in_cluster(conn: &mut redis::Connection) -> redis::RedisResult<bool> {
+pub(super) fn in_cluster(conn: &mut redis::Connection) -> redis::RedisResult<bool> {
     match redis::cmd("INFO").arg("cluster").query::<String>(conn) {
         Ok(info) => Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1")),
         // A broker that refuses INFO (some hosted ones rename it) is taken as a single one.

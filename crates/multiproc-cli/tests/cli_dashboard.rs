@@ -1,0 +1,361 @@
+//! `multiproc dashboard` on a real redis-server: its Prometheus metrics (checked by Prometheus'
+//! own `promtool`) and its JSON show the broker's real counts, the dead letters can be
+//! requeued from it (only by a request its page could make), a token guards it, and a broker
+//! that goes away shows as such, with no figures presented as live.
+
+#[path = "../../multiproc/tests/common/redis.rs"]
+mod redis_server;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{ErrorKind, JoinableQueue, Queue};
+use redis_server::{RedisServer, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running `multiproc dashboard`, killed when the test ends.
+struct Dashboard {
+    child: Child,
+    port: u16,
+}
+
+impl Dashboard {
+    fn start(redis: &RedisServer, extra: &[&str]) -> Dashboard {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["dashboard", "-b", &redis.url(), "--bind"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start multiproc dashboard");
+        let mut dashboard = Dashboard { child, port };
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                dashboard.child.try_wait().unwrap().is_none(),
+                "the dashboard exited"
+            );
+            assert!(Instant::now() < deadline, "the dashboard did not listen");
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        dashboard
+    }
+
+    /// One request: its status, headers (lower-cased names) and body.
+    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Content-Length: 0\r\n",
+            self.port
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        s.write_all(request.as_bytes()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.http("GET", path, &[])
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let reply = self.get("/api/status");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The queue `name` in a status.
+fn queue<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("no queue {name} in {status}"))
+}
+
+/// Three items waiting on `jobs`; one dead letter on `failing` (its task failed: "boom").
+fn fill(redis: &RedisServer) {
+    let jobs: Queue<u32> = Queue::broker(redis.url(), "jobs").build().unwrap();
+    for n in 0..3 {
+        jobs.put(n).unwrap();
+    }
+    jobs.flush().unwrap();
+    let failing: JoinableQueue<u32> = Queue::broker(redis.url(), "failing")
+        .max_deliveries(1)
+        .build_joinable()
+        .unwrap();
+    failing.put(7).unwrap();
+    assert_eq!(failing.get().unwrap(), 7);
+    failing.task_failed("boom").unwrap();
+    // Its second delivery is one too many: it goes to the dead letters instead.
+    let err = failing.get_timeout(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}
+
+/// `promtool check metrics` on `text` (Prometheus' own parser and linter); under CI it must
+/// be installed (`.ci/run` installs Debian's `prometheus`).
+fn promtool_accepts(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed: {e}"
+            );
+            eprintln!("skipped the promtool check: {e}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample `series` (name and labels, as written) in `metrics`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_metrics_and_the_status_show_the_brokers_real_counts() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    fill(&redis);
+    let dashboard = Dashboard::start(&redis, &[]);
+    let metrics = dashboard.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        metrics.headers
+    );
+    promtool_accepts(&metrics.body);
+    let m = &metrics.body;
+    assert_eq!(sample(m, "multiproc_broker_up"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(m, "multiproc_queue_waiting{queue=\"jobs\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "multiproc_queue_added_total{queue=\"jobs\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "multiproc_queue_dead{queue=\"failing\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "multiproc_queue_consumers{queue=\"failing\"}"),
+        Some(1.0),
+        "{m}"
+    );
+
+    let status = dashboard.status();
+    assert_eq!(status["broker_up"], true);
+    assert_eq!(queue(&status, "jobs")["waiting"], 3);
+    let failing = queue(&status, "failing");
+    assert_eq!(failing["dead"], 1);
+    assert_eq!(failing["dead_letters"][0]["reason"], "boom", "{failing}");
+    let worker = &failing["consumers"][0];
+    assert_eq!(worker["pid"], std::process::id(), "{worker}");
+
+    // The page itself: embedded, fetching nothing from elsewhere.
+    let page = dashboard.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>multiproc dashboard</title>"));
+    // No address but SVG's namespace (a name, never fetched).
+    let addresses = page.body.replace("http://www.w3.org/2000/svg", "");
+    assert!(!addresses.contains("http:") && !addresses.contains("https:"));
+    assert!(!page.body.contains("<link") && !page.body.contains("<script src"));
+    assert_eq!(dashboard.get("/nothing").status, 404);
+}
+
+#[test]
+fn a_dead_letter_is_requeued_only_by_a_request_its_page_could_make() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    fill(&redis);
+    let dashboard = Dashboard::start(&redis, &[]);
+    let path = "/api/queues/failing/dead/requeue";
+    // A form on another site can post, but not with this header.
+    assert_eq!(dashboard.http("POST", path, &[]).status, 403);
+    // A script on another site cannot send it without asking first (never answered); were
+    // the header there, its origin gives it away.
+    let foreign = [
+        ("X-Multiproc-Request", "1"),
+        ("Origin", "http://evil.example"),
+    ];
+    assert_eq!(dashboard.http("POST", path, &foreign).status, 403);
+    assert_eq!(queue(&dashboard.status(), "failing")["dead"], 1);
+    // The page's own request.
+    let origin = format!("http://127.0.0.1:{}", dashboard.port);
+    let own = [("X-Multiproc-Request", "1"), ("Origin", origin.as_str())];
+    let reply = dashboard.http("POST", path, &own);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("\"requeued\":1"), "{}", reply.body);
+    let failing = queue(&dashboard.status(), "failing").clone();
+    assert_eq!(
+        (failing["dead"].clone(), failing["waiting"].clone()),
+        (0.into(), 1.into())
+    );
+    // A GET changes nothing.
+    assert_eq!(dashboard.get(path).status, 404);
+}
+
+#[test]
+fn a_token_guards_it_and_binding_beyond_loopback_needs_one() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let refused = Command::new(BIN)
+        .args(["dashboard", "-b", &redis.url(), "--bind", "0.0.0.0:0"])
+        .env_remove("MULTIPROC_DASHBOARD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--token"), "{stderr}");
+
+    let dashboard = Dashboard::start(&redis, &["--token", "s3cret"]);
+    assert_eq!(dashboard.get("/metrics").status, 401);
+    assert_eq!(dashboard.get("/").status, 401);
+    let wrong = dashboard.http("GET", "/metrics", &[("Authorization", "Bearer s3creT")]);
+    assert_eq!(wrong.status, 401);
+    let scraped = dashboard.http("GET", "/metrics", &[("Authorization", "Bearer s3cret")]);
+    assert_eq!(scraped.status, 200);
+    // The browser opens the page once with the token: a cookie for this site, and the
+    // token out of the address bar.
+    let opened = dashboard.get("/?token=s3cret");
+    assert_eq!(opened.status, 303);
+    assert_eq!(opened.header("location"), Some("/"));
+    let cookie = opened.header("set-cookie").unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let page = dashboard.http("GET", "/", &[("Cookie", &cookie)]);
+    assert_eq!(page.status, 200);
+    let status = dashboard.http("GET", "/api/status", &[("Cookie", &cookie)]);
+    assert_eq!(status.status, 200);
+}
+
+#[test]
+fn a_broker_that_goes_away_shows_as_such_and_no_figure_as_live() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    fill(&redis);
+    let dashboard = Dashboard::start(&redis, &["jobs"]);
+    assert_eq!(queue(&dashboard.status(), "jobs")["waiting"], 3);
+    redis.restart(|| {
+        // While it is down (looked at again once the last look is a second old).
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            let status = dashboard.status();
+            if status["broker_up"] == false || Instant::now() > deadline {
+                break status;
+            }
+            std::thread::park_timeout(Duration::from_millis(100));
+        };
+        assert_eq!(status["broker_up"], false, "{status}");
+        assert!(status["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert!(status["down_since_ms"].as_u64().is_some());
+        assert_eq!(status["queues"].as_array().unwrap().len(), 0);
+        let metrics = dashboard.get("/metrics").body;
+        assert_eq!(
+            sample(&metrics, "multiproc_broker_up"),
+            Some(0.0),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("multiproc_queue_"), "{metrics}");
+        promtool_accepts(&metrics);
+    });
+    // Back (the broker keeps its data): live figures again.
+    let deadline = Instant::now() + PATIENCE;
+    while dashboard.status()["broker_up"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not see the broker back"
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    assert_eq!(queue(&dashboard.status(), "jobs")["waiting"], 3);
+}
