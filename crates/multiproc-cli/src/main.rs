@@ -38,8 +38,8 @@ struct Cli {
 const LONG_ABOUT: &str = "Python's multiprocessing for Rust, from the command line. `run` runs \
 a command for each input, several at once, with GNU parallel's options; `serve`, `worker`, \
 `submit` and `collect` pass tasks and results through named queues on a manager server \
-(CPython's protocol) or on Redis; `status` and `dead` look after queues on Redis; `demo` shows \
-the library at work. `multiproc SUBCOMMAND --help` (or `man multiproc-SUBCOMMAND`, once \
+(CPython's protocol) or on Redis; `status` and `dead` look after queues on Redis, and \
+`dashboard` shows them on a web page with Prometheus metrics; `demo` shows the library at work. `multiproc SUBCOMMAND --help` (or `man multiproc-SUBCOMMAND`, once \
 installed with `multiproc man --dir`) says more.";
 
 /// The subcommands.

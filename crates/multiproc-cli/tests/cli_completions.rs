@@ -272,6 +272,7 @@ fn the_man_page_renders_with_its_sections_and_subcommands() {
         "collect",
         "status",
         "dead",
+        "dashboard",
         "run",
         "completions",
         "man",
@@ -302,6 +303,7 @@ fn man_dir_writes_a_page_per_subcommand() {
         [
             "multiproc-collect.1",
             "multiproc-completions.1",
+            "multiproc-dashboard.1",
             "multiproc-dead-ls.1",
             "multiproc-dead-purge.1",
             "multiproc-dead-requeue.1",
@@ -481,7 +483,14 @@ fn a_worker_warns_of_a_malformed_task_unless_quiet() {
 #[test]
 fn v_and_q_belong_to_the_subcommands_but_run() {
     for sub in [
-        "demo", "serve", "worker", "submit", "collect", "status", "dead",
+        "demo",
+        "serve",
+        "worker",
+        "submit",
+        "collect",
+        "status",
+        "dead",
+        "dashboard",
     ] {
         let help = stdout_of(&multiproc(&[sub, "--help"]));
         assert!(
