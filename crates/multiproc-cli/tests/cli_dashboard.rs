@@ -1,7 +1,9 @@
 //! `multiproc dashboard` on a real redis-server: its Prometheus metrics (checked by Prometheus'
 //! own `promtool`) and its JSON show the broker's real counts, the dead letters can be
 //! requeued from it (only by a request its page could make), a token guards it, and a broker
-//! that goes away shows as such, with no figures presented as live.
+//! that goes away shows as such, with no figures presented as live. And in a real browser
+//! (chromium, driven through chromedriver): the page shows the counts, and its button requeues
+//! a dead letter; a screenshot is kept in the target directory.
 
 #[path = "../../multiproc/tests/common/redis.rs"]
 mod redis_server;
@@ -358,4 +360,147 @@ fn a_broker_that_goes_away_shows_as_such_and_no_figure_as_live() {
         std::thread::park_timeout(Duration::from_millis(100));
     }
     assert_eq!(queue(&dashboard.status(), "jobs")["waiting"], 3);
+}
+
+/// `chromedriver` on a port of its own, killed when the test ends; `None` (printed) when it or
+/// chromium is not installed (under CI that fails the test instead).
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> Option<ChromeDriver> {
+        let installed = ["chromedriver", "chromium"].iter().all(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "chromium and chromedriver must be installed (.ci/run installs them)"
+            );
+            eprintln!("skipped: chromium and chromedriver are not installed");
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = ChromeDriver { child, port };
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        Some(driver)
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn in_a_real_browser_the_page_shows_the_counts_and_requeues_a_dead_letter() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let Some(driver) = ChromeDriver::start() else {
+        return;
+    };
+    fill(&redis);
+    let dashboard = Dashboard::start(&redis, &["--token", "s3cret"]);
+    let base = format!("http://127.0.0.1:{}", dashboard.port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let screenshot = runtime.block_on(async {
+        use fantoccini::{ClientBuilder, Locator};
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_string(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1100,760"],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let browser = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("a browser session");
+        // Without the token: refused.
+        browser.goto(&format!("{base}/")).await.unwrap();
+        let refused = browser.source().await.unwrap();
+        assert!(refused.contains("a token is required"), "{refused}");
+        // With it once: the page, and its own requests carry the cookie.
+        browser
+            .goto(&format!("{base}/?token=s3cret"))
+            .await
+            .unwrap();
+        let text_of = async |css: &str| -> String {
+            match browser.find(Locator::Css(css)).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        };
+        // Waits until the page's queue table says `want`: (queue, column, text) each.
+        let page_shows = async |want: &[(&str, usize, &str)]| {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let mut seen = Vec::new();
+                for (queue, column, _) in want {
+                    let css = format!("#queues tr[data-queue='{queue}'] td:nth-child({column})");
+                    seen.push(text_of(&css).await);
+                }
+                if seen.iter().zip(want).all(|(s, w)| s == w.2) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the page shows {seen:?}, not {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        // What the broker holds: 3 waiting on jobs, 1 dead on failing (column 2 is waiting,
+        // 4 dead).
+        page_shows(&[("jobs", 2, "3"), ("failing", 4, "1")]).await;
+        assert_eq!(text_of("#dead td.reason").await, "boom");
+        let image = browser.screenshot().await.unwrap();
+        // The page's requeue button, clicked.
+        browser
+            .find(Locator::Css(
+                "button[data-action='requeue'][data-queue='failing']",
+            ))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_shows(&[("failing", 2, "1"), ("failing", 4, "0")]).await;
+        browser.close().await.unwrap();
+        image
+    });
+    // The broker agrees: the dead letter is back in its queue.
+    let admin = multiproc::QueueAdmin::connect(&redis.url(), "failing").unwrap();
+    let status = admin.status().unwrap();
+    assert_eq!((status.dead, status.waiting), (0, 1));
+    // Kept for whoever looks at the run (the README's picture is one).
+    let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&artifact, &screenshot).unwrap();
+    assert!(screenshot.starts_with(b"\x89PNG"), "a PNG screenshot");
+    eprintln!("screenshot: {}", artifact.display());
 }
