@@ -18,6 +18,7 @@ mod manual;
 mod queues;
 mod remote;
 mod task_command;
+mod worker_metrics;
 
 use std::process::ExitCode;
 

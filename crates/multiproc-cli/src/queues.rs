@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::task_command::{TaskCommand, brief};
+use crate::worker_metrics::WorkerFigures;
 
 /// Where the authkey comes from: never the command line (it would show in `ps`).
 #[derive(Debug, Args)]
@@ -261,6 +262,10 @@ pub(crate) struct Worker {
     /// letters); on a manager its error is the result.
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
+    /// Serve the worker's own figures (tasks done and failed, their durations, whether one
+    /// runs now) in Prometheus' text format at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_bind: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) auth: Auth,
 }
@@ -309,16 +314,20 @@ pub(crate) fn worker(args: Worker) -> anyhow::Result<()> {
         return crate::remote::run_jobs(url, tasks_name, &tasks, &key, &args.shell, idle);
     }
     let runner = TaskRunner::new(&args)?;
+    let figures = WorkerFigures::new(tasks_name);
+    if let Some(addr) = args.metrics_bind {
+        figures.serve(addr)?;
+    }
     match args.broker.backend(&args.auth)? {
         Backend::Manager(m) => {
             let tasks = m.queue::<Item>(&typeid(tasks_name))?;
             let results = m.queue::<Item>(&typeid(&args.results))?;
-            work::<Pickled>(&tasks, &results, &runner, idle)
+            work::<Pickled>(&tasks, &results, (&runner, &figures), idle)
         }
         Backend::Redis(url) => {
             let tasks = broker_tasks(url, tasks_name, &args)?;
             let results = Queue::connect(url, &args.results)?;
-            work::<Json>(&tasks, &results, &runner, idle)
+            work::<Json>(&tasks, &results, (&runner, &figures), idle)
         }
     }
 }
@@ -343,7 +352,7 @@ where
 fn work<W: Wire>(
     tasks: &JoinableQueue<W::Task>,
     results: &Queue<W::Outcome>,
-    runner: &TaskRunner,
+    (runner, figures): (&TaskRunner, &WorkerFigures),
     idle: Duration,
 ) -> anyhow::Result<()> {
     let (mut done, mut failed) = (0u64, 0u64);
@@ -353,7 +362,10 @@ fn work<W: Wire>(
             Err(e) if e.kind() == ErrorKind::Timeout => break,
             Err(e) => return Err(e.into()),
         };
-        let result = match runner.run(W::item(&task)) {
+        figures.started();
+        let ran = runner.run(W::item(&task));
+        figures.ended(ran.is_err());
+        let result = match ran {
             Ok(result) => {
                 done += 1;
                 result

@@ -19,9 +19,19 @@ use redis_server::{RedisServer, free_port};
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// A child process, killed and reaped when the test ends (also when it fails).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `multiproc dashboard`, killed when the test ends.
 struct Dashboard {
-    child: Child,
+    child: Running,
     port: u16,
 }
 
@@ -36,11 +46,14 @@ impl Dashboard {
             .stderr(Stdio::null())
             .spawn()
             .expect("start multiproc dashboard");
-        let mut dashboard = Dashboard { child, port };
+        let mut dashboard = Dashboard {
+            child: Running(child),
+            port,
+        };
         let deadline = Instant::now() + PATIENCE;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
-                dashboard.child.try_wait().unwrap().is_none(),
+                dashboard.child.0.try_wait().unwrap().is_none(),
                 "the dashboard exited"
             );
             assert!(Instant::now() < deadline, "the dashboard did not listen");
@@ -51,12 +64,28 @@ impl Dashboard {
 
     /// One request: its status, headers (lower-cased names) and body.
     fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        http(self.port, method, path, headers)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.http("GET", path, &[])
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let reply = self.get("/api/status");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
+    }
+}
+
+/// One request to 127.0.0.1:`port`: its status, headers (lower-cased names) and body.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
-             Content-Length: 0\r\n",
-            self.port
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Length: 0\r\n"
         );
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
@@ -81,23 +110,6 @@ impl Dashboard {
             headers,
             body: body.to_string(),
         }
-    }
-
-    fn get(&self, path: &str) -> Reply {
-        self.http("GET", path, &[])
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let reply = self.get("/api/status");
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        serde_json::from_str(&reply.body).unwrap()
-    }
-}
-
-impl Drop for Dashboard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -365,7 +377,7 @@ fn a_broker_that_goes_away_shows_as_such_and_no_figure_as_live() {
 /// `chromedriver` on a port of its own, killed when the test ends; `None` (printed) when it or
 /// chromium is not installed (under CI that fails the test instead).
 struct ChromeDriver {
-    child: Child,
+    _child: Running,
     port: u16,
 }
 
@@ -392,20 +404,16 @@ impl ChromeDriver {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let driver = ChromeDriver { child, port };
+        let driver = ChromeDriver {
+            _child: Running(child),
+            port,
+        };
         let deadline = Instant::now() + PATIENCE;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not listen");
             std::thread::park_timeout(Duration::from_millis(20));
         }
         Some(driver)
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -503,4 +511,49 @@ fn in_a_real_browser_the_page_shows_the_counts_and_requeues_a_dead_letter() {
     std::fs::write(&artifact, &screenshot).unwrap();
     assert!(screenshot.starts_with(b"\x89PNG"), "a PNG screenshot");
     eprintln!("screenshot: {}", artifact.display());
+}
+
+#[test]
+fn a_worker_serves_its_own_figures() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let submitted = Command::new(BIN)
+        .args(["submit", "-b", &redis.url(), "3", "4", "5"])
+        .output()
+        .unwrap();
+    assert!(submitted.status.success());
+    let port = free_port();
+    let worker = Command::new(BIN)
+        .args(["worker", "--square", "--idle", "60", "-b", &redis.url()])
+        .arg("--metrics-bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = Running(worker);
+    let deadline = Instant::now() + PATIENCE;
+    let metrics = loop {
+        let body = TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| http(port, "GET", "/metrics", &[]).body);
+        let done = "multiproc_worker_tasks_done_total{queue=\"task\"}";
+        if let Some(body) = body
+            && sample(&body, done) == Some(3.0)
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's figures did not show 3 tasks done"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    };
+    promtool_accepts(&metrics);
+    let count = "multiproc_worker_task_duration_seconds_count{queue=\"task\"}";
+    assert_eq!(sample(&metrics, count), Some(3.0), "{metrics}");
+    let failed = "multiproc_worker_tasks_failed_total{queue=\"task\"}";
+    assert_eq!(sample(&metrics, failed), Some(0.0), "{metrics}");
+    assert_eq!(http(port, "GET", "/", &[]).status, 404);
 }

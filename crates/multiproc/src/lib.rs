@@ -82,7 +82,8 @@ pub use manager::{
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use pool::IMapStream;
 pub use pool::{
-    AsyncResult, IMapIter, MapResult, Pool, PoolBuilder, Priority, RetryPolicy, TaskCall,
+    AsyncResult, DURATION_BUCKETS, DurationHistogram, IMapIter, MapResult, Pool, PoolBuilder,
+    PoolMetrics, Priority, RetryPolicy, TaskCall,
 };
 #[cfg(feature = "broker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "broker")))]

@@ -501,3 +501,32 @@ fn a_high_priority_task_goes_ahead_of_the_normal_ones_waiting() {
     );
     assert_eq!(pool.task(tag, 5).submit().unwrap().get().unwrap(), 5);
 }
+
+#[test]
+fn a_pools_metrics_count_what_it_did_and_read_as_prometheus_text() {
+    let pool = Pool::new(2).unwrap();
+    for n in 0..5 {
+        assert_eq!(pool.apply(square, n).unwrap(), n * n);
+    }
+    // A panic, and a worker killed under its task: two failures, one worker replaced.
+    assert!(pool.apply(fail_on_seven, 7).is_err());
+    let lost = pool.apply(die_at, (1, 1)).unwrap_err();
+    assert_eq!(lost.kind(), ErrorKind::WorkerLost, "{lost}");
+    let m = pool.metrics();
+    assert_eq!((m.submitted, m.succeeded, m.failed), (7, 5, 2), "{m:?}");
+    assert_eq!(m.workers_replaced, 1, "{m:?}");
+    assert_eq!((m.waiting, m.running, m.workers), (0, 0, 2), "{m:?}");
+    // Every task that reached a worker has its duration counted.
+    assert_eq!(m.durations.last(), Some(&7), "{m:?}");
+    assert!(m.duration_sum > Duration::ZERO);
+    let text = m.to_prometheus(&[("pool", "squares")]);
+    for line in [
+        "multiproc_pool_tasks_failed_total{pool=\"squares\"} 2\n",
+        "multiproc_pool_workers_replaced_total{pool=\"squares\"} 1\n",
+        "# TYPE multiproc_pool_task_duration_seconds histogram\n",
+        "multiproc_pool_task_duration_seconds_bucket{pool=\"squares\",le=\"+Inf\"} 7\n",
+        "multiproc_pool_task_duration_seconds_count{pool=\"squares\"} 7\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+}

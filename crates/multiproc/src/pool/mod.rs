@@ -15,6 +15,7 @@
 
 mod builder;
 mod chunk;
+mod metrics;
 mod options;
 #[cfg(feature = "broker")]
 mod remote;
@@ -25,6 +26,7 @@ mod transport;
 mod worker;
 
 pub use builder::PoolBuilder;
+pub use metrics::{DURATION_BUCKETS, DurationHistogram, PoolMetrics};
 pub use options::{Priority, RetryPolicy, TaskCall};
 #[cfg(feature = "broker")]
 pub use remote::{
@@ -470,6 +472,13 @@ impl Pool {
     /// The pids of the current workers.
     pub fn worker_pids(&self) -> Vec<i32> {
         self.shared.worker_pids()
+    }
+
+    /// What the pool has done and holds now: tasks submitted, succeeded and failed, workers
+    /// replaced, tasks waiting and running, and how long tasks took; in Prometheus' text format
+    /// with [`PoolMetrics::to_prometheus`], for a service to export.
+    pub fn metrics(&self) -> PoolMetrics {
+        self.shared.metrics()
     }
 
     /// A pool whose tasks run on [`BrokerWorker`]s, runs of this same program on any machine

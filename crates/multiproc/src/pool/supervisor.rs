@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::chunk;
+use super::chunk::{self, decode_failures};
+use super::metrics::{Counters, PoolMetrics};
 use super::options::{Priority, TaskOptions};
 use super::result::{Pump, TaskOutcome};
 use super::task::TaskTarget;
@@ -45,6 +46,8 @@ struct TaskEntry {
     /// canceller's to answer, not the delivery's.
     cancelling: bool,
     deliver: Deliver,
+    /// When it was last sent to a worker.
+    sent_at: Option<Instant>,
 }
 
 /// A worker as the supervisor keeps it: its link (none while it is being replaced) and the
@@ -86,6 +89,8 @@ pub(crate) struct Supervisor {
     /// Buffers of finished tasks, for the next tasks' arguments: memory already mapped, so a
     /// map after the first takes no page faults for them.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
+    /// What it has done, for [`metrics`](Self::metrics).
+    counters: Counters,
 }
 
 /// What the supervisor enforces.
@@ -217,8 +222,10 @@ impl Supervisor {
                 options,
                 cancelling: false,
                 deliver,
+                sent_at: None,
             },
         );
+        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
         dispatch(&mut state);
         Ok(id)
     }
@@ -279,6 +286,11 @@ impl Supervisor {
         let cancelled_here = matches!(report.outcome, Err(TaskFailure::Cancelled(_)));
         if let Some(entry) = entry.filter(|e| !(e.cancelling && cancelled_here)) {
             let outcome = report.outcome.map_err(TaskFailure::into_error);
+            let failed = match &outcome {
+                Ok(bytes) => decode_failures(bytes).is_ok_and(|(f, _)| !f.is_empty()),
+                Err(_) => true,
+            };
+            self.count_end(entry.sent_at, failed);
             self.recycle(entry.items);
             run_delivery(entry.deliver, outcome);
         }
@@ -303,6 +315,7 @@ impl Supervisor {
         };
         let message = self.lock().broken.clone().unwrap_or_default();
         for entry in failed {
+            self.count_end(entry.sent_at, true);
             run_delivery(entry.deliver, Err(Error::invalid("pool", message.clone())));
         }
         self.idle.notify_all();
@@ -380,7 +393,12 @@ impl Supervisor {
                 }
                 if !state.finished && state.broken.is_none() {
                     match self.start_worker(slot as u32) {
-                        Ok(worker) => state.workers[slot] = worker,
+                        Ok(worker) => {
+                            state.workers[slot] = worker;
+                            self.counters
+                                .workers_replaced
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(e) => {
                             // Without workers the tasks would wait for ever: fail them.
                             for (_, entry) in state.tasks.drain() {
@@ -395,6 +413,7 @@ impl Supervisor {
         }
         let now_idle = !failed.is_empty() && self.lock().tasks.is_empty();
         for (entry, error) in failed {
+            self.count_end(entry.sent_at, true);
             run_delivery(entry.deliver, Err(error));
         }
         if now_idle {
@@ -475,10 +494,11 @@ fn dispatch(state: &mut State) {
         else {
             return;
         };
-        let Some(entry) = state.tasks.get(&id) else {
+        let Some(entry) = state.tasks.get_mut(&id) else {
             state.backlog.pop_front();
             continue;
         };
+        entry.sent_at = Some(Instant::now());
         let message = ToWorker::Task {
             id,
             target: entry.target.id(),
@@ -518,6 +538,7 @@ impl Supervisor {
             idle: Condvar::new(),
             transport,
             limits,
+            counters: Counters::default(),
             spare_buffers: Mutex::new(Vec::new()),
         });
         {
@@ -601,6 +622,7 @@ impl Supervisor {
             let _ = link.join();
         }
         for (_, entry) in tasks {
+            self.count_end(entry.sent_at, true);
             run_delivery(
                 entry.deliver,
                 Err(Error::invalid(
@@ -682,6 +704,38 @@ impl Supervisor {
             .filter(|w| w.link.is_some())
             .map(|w| w.pid)
             .collect()
+    }
+
+    /// What the pool has done and holds now.
+    pub(crate) fn metrics(&self) -> PoolMetrics {
+        let (waiting, running, workers) = {
+            let state = self.lock();
+            let live = state.workers.iter().filter(|w| w.link.is_some());
+            let running = live.clone().map(|w| w.sent.len()).sum();
+            (state.backlog.len(), running, live.count())
+        };
+        let c = &self.counters;
+        PoolMetrics {
+            submitted: c.submitted.load(Ordering::Relaxed),
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            workers_replaced: c.workers_replaced.load(Ordering::Relaxed),
+            waiting,
+            running,
+            workers,
+            durations: c.durations.cumulative(),
+            duration_sum: c.durations.sum(),
+        }
+    }
+
+    /// Counts a task that ended (failed or not), and its time since it was sent.
+    fn count_end(&self, sent_at: Option<Instant>, failed: bool) {
+        let c = &self.counters;
+        let counter = if failed { &c.failed } else { &c.succeeded };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = sent_at {
+            c.durations.observe(at.elapsed());
+        }
     }
 
     /// Workers, pending tasks, and whether the pool is closed (for `Debug`).
