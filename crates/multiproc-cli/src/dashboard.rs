@@ -3,8 +3,9 @@
 //! One thread serves HTTP (`tiny_http`): `/` is the page (embedded, nothing fetched from
 //! elsewhere), which polls `/api/status` every two seconds and draws the last minutes itself;
 //! `/metrics` is the Prometheus text format; `POST /api/queues/<name>/dead/requeue` and
-//! `…/dead/purge` act on a queue's dead letters. What the broker says is read at most once a
-//! second, whatever the number of pages open.
+//! `…/dead/purge` act on a queue's dead letters; `/api/task?queue=Q&id=ID` looks a broker
+//! pool's task up by id (with the pool's authkey: `--authkey-file` or `MULTIPROC_AUTHKEY`).
+//! What the broker says is read at most once a second, whatever the number of pages open.
 //!
 //! Access: bound to loopback it is open; bound elsewhere it needs a token, which every request
 //! carries (`Authorization: Bearer …`, or the cookie that `/?token=…` sets). A request that
@@ -19,12 +20,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use multiproc::{QueueAdmin, QueueStatus};
+use multiproc::{DeadLetter, QueueAdmin, QueueStatus, TaskRecords, TaskStatus};
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::admin::redis_only;
-use crate::queues::BrokerArg;
+use crate::queues::{Auth, BrokerArg};
 
 /// The page, with its script and style.
 const PAGE: &str = include_str!("dashboard.html");
@@ -32,6 +33,10 @@ const PAGE: &str = include_str!("dashboard.html");
 const FRESH_FOR: Duration = Duration::from_secs(1);
 /// The dead letters shown per queue.
 const DEAD_SHOWN: usize = 20;
+/// The failing items shown per queue.
+const ERRORS_SHOWN: usize = 20;
+/// The longest task id a request may give.
+const MAX_TASK_ID: usize = 256;
 /// The longest queue name a request may give.
 const MAX_NAME: usize = 1024;
 /// The cookie `/?token=…` sets.
@@ -54,6 +59,10 @@ pub(crate) struct Dashboard {
     /// The queues to show (default: every queue under the key prefix, looked for again on
     /// each look).
     queues: Vec<String>,
+    /// The authkey of the broker pools whose tasks the page looks up by id (from
+    /// --authkey-file or MULTIPROC_AUTHKEY); without one, tasks are not looked up.
+    #[command(flatten)]
+    auth: Auth,
 }
 
 pub(crate) fn dashboard(args: Dashboard) -> anyhow::Result<()> {
@@ -76,6 +85,7 @@ pub(crate) fn dashboard(args: Dashboard) -> anyhow::Result<()> {
         url,
         names: args.queues,
         token: args.token.filter(|t| !t.is_empty()),
+        authkey: args.auth.key().ok(),
         admins: HashMap::new(),
         last: None,
         down_since: None,
@@ -95,6 +105,8 @@ struct State {
     /// The queues asked for; empty: every queue found.
     names: Vec<String>,
     token: Option<String>,
+    /// The broker pools' authkey, for looking tasks up.
+    authkey: Option<Vec<u8>>,
     /// A handle on each queue looked at.
     admins: HashMap<String, QueueAdmin>,
     /// The last look, and when.
@@ -109,7 +121,17 @@ struct Snapshot {
     at: SystemTime,
     /// Why the broker could not be read, if it could not.
     error: Option<String>,
-    queues: Vec<(String, QueueStatus, Vec<multiproc::DeadLetter>)>,
+    queues: Vec<QueueLook>,
+}
+
+/// One queue, as one look saw it.
+#[derive(Clone)]
+struct QueueLook {
+    name: String,
+    status: QueueStatus,
+    dead: Vec<DeadLetter>,
+    /// Items that failed and wait to be tried again, with their last error.
+    errors: Vec<(String, String)>,
 }
 
 type Answer = Response<std::io::Cursor<Vec<u8>>>;
@@ -158,6 +180,7 @@ impl State {
                 let snapshot = self.look();
                 json_answer(200, &self.status_json(&snapshot))
             }
+            (Method::Get, "/api/task") => self.task(query),
             (Method::Post, path) => self.change(request, path),
             (_, "/" | "/metrics" | "/api/status") => text(405, "method not allowed\n"),
             _ => text(404, "not found\n"),
@@ -248,10 +271,42 @@ impl State {
         snapshot
     }
 
-    #[allow(clippy::type_complexity)]
-    fn read_queues(
-        &mut self,
-    ) -> multiproc::Result<Vec<(String, QueueStatus, Vec<multiproc::DeadLetter>)>> {
+    /// `/api/task?queue=Q&id=ID`: a broker pool's task, by id.
+    fn task(&self, query: &str) -> Answer {
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                .and_then(percent_decode)
+        };
+        let (Some(queue), Some(id)) = (param("queue"), param("id")) else {
+            return text(400, "give ?queue=NAME&id=TASK_ID\n");
+        };
+        if queue.is_empty() || queue.len() > MAX_NAME || id.is_empty() || id.len() > MAX_TASK_ID {
+            return text(400, "a bad queue name or task id\n");
+        }
+        let Some(key) = &self.authkey else {
+            return json_answer(
+                404,
+                &json!({ "error": "tasks are looked up with the pools' authkey: start the \
+                                   dashboard with --authkey-file or MULTIPROC_AUTHKEY" }),
+            );
+        };
+        let status = TaskRecords::connect(self.url.clone(), queue.clone(), key.clone())
+            .and_then(|records| records.status(&id));
+        match status {
+            Ok(status) => {
+                let (state, detail) = describe_task(&status);
+                json_answer(
+                    200,
+                    &json!({ "queue": queue, "id": id, "state": state, "detail": detail }),
+                )
+            }
+            Err(e) => json_answer(502, &json!({ "error": e.to_string() })),
+        }
+    }
+
+    fn read_queues(&mut self) -> multiproc::Result<Vec<QueueLook>> {
         // At once, not after a command's retries, if the broker is away.
         QueueAdmin::ping(&self.url)?;
         let names = match self.names.is_empty() {
@@ -268,7 +323,13 @@ impl State {
                 0 => Vec::new(),
                 _ => admin.dead_letters(DEAD_SHOWN)?,
             };
-            queues.push((name, status, dead));
+            let errors = admin.errors(ERRORS_SHOWN)?;
+            queues.push(QueueLook {
+                name,
+                status,
+                dead,
+                errors,
+            });
         }
         Ok(queues)
     }
@@ -281,7 +342,13 @@ impl State {
         let queues: Vec<_> = snapshot
             .queues
             .iter()
-            .map(|(name, s, dead)| {
+            .map(|look| {
+                let QueueLook {
+                    name,
+                    status: s,
+                    dead,
+                    errors,
+                } = look;
                 let consumers: Vec<_> = s
                     .consumers
                     .iter()
@@ -296,6 +363,10 @@ impl State {
                             "holds": c.pending,
                             "idle_ms": c.idle.as_millis() as u64,
                             "dead": c.dead,
+                            "oldest": c.oldest,
+                            // An entry's id starts with when it was queued.
+                            "oldest_queued_ms": c.oldest.as_deref()
+                                .and_then(|id| id.split('-').next()?.parse::<u64>().ok()),
                         })
                     })
                     .collect();
@@ -310,8 +381,13 @@ impl State {
                         })
                     })
                     .collect();
+                let errors: Vec<_> = errors
+                    .iter()
+                    .map(|(id, error)| json!({ "id": id, "error": error }))
+                    .collect();
                 json!({
                     "name": name,
+                    "errors": errors,
                     "waiting": s.waiting,
                     "leased": s.pending,
                     "dead": s.dead,
@@ -387,9 +463,9 @@ fn metrics(snapshot: &Snapshot) -> String {
             continue;
         }
         family(&mut out, name, kind, help);
-        for (queue, status, _) in &snapshot.queues {
-            if let Some(v) = figure(status) {
-                let _ = writeln!(out, "{name}{{queue=\"{}\"}} {v}", label(queue));
+        for look in &snapshot.queues {
+            if let Some(v) = figure(&look.status) {
+                let _ = writeln!(out, "{name}{{queue=\"{}\"}} {v}", label(&look.name));
             }
         }
     }
@@ -406,6 +482,21 @@ fn label(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// A task's state by name, and what more its status says.
+fn describe_task(status: &TaskStatus) -> (&'static str, serde_json::Value) {
+    match status {
+        TaskStatus::Pending => ("pending", serde_json::Value::Null),
+        TaskStatus::Scheduled => ("scheduled", serde_json::Value::Null),
+        TaskStatus::Waiting { why } => ("waiting", json!(why)),
+        TaskStatus::Started { worker } => ("started", json!(worker)),
+        TaskStatus::Retrying { worker } => ("retrying", json!(worker)),
+        TaskStatus::Succeeded => ("succeeded", serde_json::Value::Null),
+        TaskStatus::Failed(e) => ("failed", json!(e.to_string())),
+        TaskStatus::Cancelled => ("cancelled", serde_json::Value::Null),
+        _ => ("unknown", json!(format!("{status:?}"))),
+    }
 }
 
 /// Whether `request` carries `token`, as a bearer token or in the cookie.

@@ -37,8 +37,18 @@ struct Dashboard {
 
 impl Dashboard {
     fn start(redis: &RedisServer, extra: &[&str]) -> Dashboard {
+        Dashboard::start_with(redis, extra, None)
+    }
+
+    /// With the broker pools' authkey in MULTIPROC_AUTHKEY, if given (never inherited).
+    fn start_with(redis: &RedisServer, extra: &[&str], authkey: Option<&str>) -> Dashboard {
         let port = free_port();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command.env_remove("MULTIPROC_AUTHKEY");
+        if let Some(key) = authkey {
+            command.env("MULTIPROC_AUTHKEY", key);
+        }
+        let child = command
             .args(["dashboard", "-b", &redis.url(), "--bind"])
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
@@ -205,6 +215,18 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
         return;
     };
     fill(&redis);
+    // A consumer holding an item, and an item that failed and waits to be tried again.
+    let holding: JoinableQueue<u32> = Queue::broker(redis.url(), "holding")
+        .build_joinable()
+        .unwrap();
+    holding.put(9).unwrap();
+    assert_eq!(holding.get().unwrap(), 9);
+    let retrying: JoinableQueue<u32> = Queue::broker(redis.url(), "retrying")
+        .build_joinable()
+        .unwrap();
+    retrying.put(4).unwrap();
+    assert_eq!(retrying.get().unwrap(), 4);
+    retrying.task_failed("flaky").unwrap();
     let dashboard = Dashboard::start(&redis, &[]);
     let metrics = dashboard.get("/metrics");
     assert_eq!(metrics.status, 200);
@@ -248,6 +270,22 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
     assert_eq!(failing["dead_letters"][0]["reason"], "boom", "{failing}");
     let worker = &failing["consumers"][0];
     assert_eq!(worker["pid"], std::process::id(), "{worker}");
+    // What a worker holds, and since when it was queued.
+    let holder = &queue(&status, "holding")["consumers"][0];
+    assert_eq!(holder["holds"], 1, "{holder}");
+    assert!(
+        holder["oldest"].as_str().is_some_and(|id| id.contains('-')),
+        "{holder}"
+    );
+    let queued = holder["oldest_queued_ms"].as_u64().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(queued <= now_ms && now_ms - queued < 600_000, "{holder}");
+    // A recent failure, with its error.
+    let errors = &queue(&status, "retrying")["errors"];
+    assert_eq!(errors[0]["error"], "flaky", "{errors}");
 
     // The page itself: embedded, fetching nothing from elsewhere.
     let page = dashboard.get("/");
@@ -499,6 +537,21 @@ fn in_a_real_browser_the_page_shows_the_counts_and_requeues_a_dead_letter() {
             .await
             .unwrap();
         page_shows(&[("failing", 2, "1"), ("failing", 4, "0")]).await;
+        // An hour of polling (1800 looks) keeps what the page holds bounded: the last minutes
+        // of each queue (150 samples), and one row per queue.
+        let held = browser
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 (async () => {
+                   for (let i = 0; i < 1800; i++) await refresh();
+                   done([history.get('jobs').length,
+                         document.querySelectorAll('#queues tbody tr').length]);
+                 })();",
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(held, serde_json::json!([150, 2]));
         browser.close().await.unwrap();
         image
     });
@@ -556,4 +609,78 @@ fn a_worker_serves_its_own_figures() {
     let failed = "multiproc_worker_tasks_failed_total{queue=\"task\"}";
     assert_eq!(sample(&metrics, failed), Some(0.0), "{metrics}");
     assert_eq!(http(port, "GET", "/", &[]).status, 404);
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn a_pools_task_is_looked_up_by_id_with_the_pools_authkey() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pool = multiproc::Pool::broker(redis.url(), "lookup")
+        .authkey(b"pool key".to_vec())
+        .tasks(multiproc::TaskRegistry::new().register("square", square))
+        .build()
+        .unwrap();
+    // Kept by the broker for ten minutes: its record says so at once, no worker needed.
+    let later = pool
+        .task(square, 3)
+        .start_after(Duration::from_secs(600))
+        .submit()
+        .unwrap();
+    let id = later.task_id().unwrap().to_string();
+    let path = format!("/api/task?queue=lookup&id={id}");
+    let without = Dashboard::start(&redis, &[]);
+    let refused = without.get(&path);
+    assert_eq!(refused.status, 404);
+    assert!(refused.body.contains("authkey"), "{}", refused.body);
+    let with = Dashboard::start_with(&redis, &[], Some("pool key"));
+    let found = with.get(&path);
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found: serde_json::Value = serde_json::from_str(&found.body).unwrap();
+    assert_eq!(found["state"], "scheduled", "{found}");
+    assert_eq!(with.get("/api/task?queue=lookup").status, 400);
+    // Another key cannot read it: the record does not verify.
+    let stranger = Dashboard::start_with(&redis, &[], Some("another key"));
+    let refused = stranger.get(&path);
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert!(!refused.body.contains("scheduled"), "{}", refused.body);
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn an_hour_of_a_page_polling_leaves_the_dashboards_memory_where_it_was() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    fill(&redis);
+    let dashboard = Dashboard::start(&redis, &[]);
+    let pid = dashboard.child.0.id();
+    // A page asks for the status every 2 s: 1800 times an hour (and a scraper for metrics).
+    let poll = |times: usize| {
+        for _ in 0..times {
+            assert_eq!(dashboard.get("/api/status").status, 200);
+            assert_eq!(dashboard.get("/metrics").status, 200);
+        }
+    };
+    poll(200);
+    let before = rss_kib(pid);
+    poll(1800);
+    let after = rss_kib(pid);
+    assert!(
+        after <= before + 1024,
+        "the dashboard grew from {before} KiB to {after} KiB"
+    );
 }

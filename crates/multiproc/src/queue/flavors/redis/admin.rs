@@ -61,6 +61,9 @@ pub struct ConsumerStatus {
     pub idle: Duration,
     /// It holds items and has been silent for longer than `lease`: probably gone.
     pub dead: bool,
+    /// The id of the item it has held longest, if it holds any (the part before the `-` is
+    /// when the item was queued, in milliseconds since the epoch).
+    pub oldest: Option<String>,
 }
 
 /// An item in a queue's dead-letter stream.
@@ -284,6 +287,15 @@ impl QueueAdmin {
         self.status_with_lease(self.queue.lease())
     }
 
+    /// Up to `limit` items that failed and wait to be tried again, with the error each last
+    /// reported (`task_failed`), cut to 2000 characters.
+    ///
+    /// # Errors
+    /// A broker that cannot be reached.
+    pub fn errors(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        self.queue.errors(limit)
+    }
+
     /// Up to `limit` dead letters, oldest first.
     ///
     /// # Errors
@@ -339,6 +351,11 @@ fn glob_escape(text: &str) -> String {
     }
     out
 }
+
+/// The most consumers whose oldest entry `status` looks up.
+const OLDEST_LOOKED_AT: usize = 256;
+/// The most characters of an error `errors` returns.
+const ERROR_SHOWN: usize = 2000;
 
 /// How many keys one `SCAN` step looks at.
 const SCAN_COUNT: usize = 1000;
@@ -469,11 +486,14 @@ impl RedisQueue {
                         pending: held,
                         idle,
                         dead: held > 0 && idle > lease,
+                        oldest: None,
                     })
                 })
                 .collect(),
             _ => Vec::new(),
         };
+        let mut consumers: Vec<super::ConsumerStatus> = consumers;
+        self.find_oldest(&mut consumers, deadline)?;
         Ok(super::QueueStatus {
             waiting: len.saturating_sub(pending),
             pending,
@@ -481,6 +501,62 @@ impl RedisQueue {
             consumers,
             added,
         })
+    }
+
+    /// Notes in each consumer that holds entries the one it has held longest (one round trip
+    /// for all, for the first [`OLDEST_LOOKED_AT`] consumers that hold any).
+    fn find_oldest(
+        &self,
+        consumers: &mut [super::ConsumerStatus],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let holding: Vec<usize> = (0..consumers.len())
+            .filter(|&i| consumers[i].pending > 0)
+            .take(OLDEST_LOOKED_AT)
+            .collect();
+        if holding.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = self.with_conn(deadline, |c| {
+            let mut pipe = redis::pipe();
+            for &i in &holding {
+                pipe.cmd("XPENDING")
+                    .arg(&self.keys.stream)
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(&consumers[i].name);
+            }
+            pipe.query(c)
+        })?;
+        for (i, row) in holding.into_iter().zip(rows) {
+            consumers[i].oldest = super::entry::pending_ids(row).into_iter().next();
+        }
+        Ok(())
+    }
+
+    /// See [`QueueAdmin::errors`](super::QueueAdmin::errors).
+    pub(super) fn errors(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        // One step of HSCAN: about `limit` of them, not necessarily the latest.
+        let (_, flat): (u64, Vec<Vec<u8>>) = self.with_conn(deadline, |c| {
+            redis::cmd("HSCAN")
+                .arg(&self.keys.errors)
+                .arg(0)
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query(c)
+        })?;
+        Ok(flat
+            .chunks_exact(2)
+            .take(limit)
+            .map(|pair| {
+                let id = String::from_utf8_lossy(&pair[0]).into_owned();
+                let error = String::from_utf8_lossy(&pair[1]);
+                (id, error.chars().take(ERROR_SHOWN).collect())
+            })
+            .collect())
     }
 
     /// See [`QueueAdmin::dead_letters`](super::QueueAdmin::dead_letters).
