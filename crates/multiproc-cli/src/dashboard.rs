@@ -392,6 +392,8 @@ impl State {
                     "leased": s.pending,
                     "dead": s.dead,
                     "added": s.added,
+                    "delivered": s.delivered,
+                    "redelivered": s.redelivered,
                     "consumers": consumers,
                     "dead_letters": dead_letters,
                 })
@@ -420,7 +422,7 @@ fn metrics(snapshot: &Snapshot) -> String {
     );
     let _ = writeln!(out, "multiproc_broker_up {up}");
     type Figure = fn(&QueueStatus) -> Option<u64>;
-    let figures: [(&str, &str, &str, Figure); 6] = [
+    let figures: [(&str, &str, &str, Figure); 8] = [
         (
             "multiproc_queue_waiting",
             "gauge",
@@ -456,6 +458,18 @@ fn metrics(snapshot: &Snapshot) -> String {
             "counter",
             "Items ever added to the queue's stream.",
             |s| s.added,
+        ),
+        (
+            "multiproc_queue_delivered_total",
+            "counter",
+            "Items handed to a consumer (redeliveries not included).",
+            |s| s.delivered,
+        ),
+        (
+            "multiproc_queue_redelivered_total",
+            "counter",
+            "Items handed out again after their lease ran out or they were given back.",
+            |s| Some(s.redelivered),
         ),
     ];
     for (name, kind, help, figure) in figures {

@@ -227,6 +227,8 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
     retrying.put(4).unwrap();
     assert_eq!(retrying.get().unwrap(), 4);
     retrying.task_failed("flaky").unwrap();
+    // Taken again: a redelivery (its error stays until it is done).
+    assert_eq!(retrying.get_timeout(PATIENCE).unwrap(), 4);
     let dashboard = Dashboard::start(&redis, &[]);
     let metrics = dashboard.get("/metrics");
     assert_eq!(metrics.status, 200);
@@ -261,6 +263,13 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
         Some(1.0),
         "{m}"
     );
+    for (series, value) in [
+        ("multiproc_queue_delivered_total{queue=\"retrying\"}", 1.0),
+        ("multiproc_queue_redelivered_total{queue=\"retrying\"}", 1.0),
+        ("multiproc_queue_redelivered_total{queue=\"jobs\"}", 0.0),
+    ] {
+        assert_eq!(sample(m, series), Some(value), "{series} in {m}");
+    }
 
     let status = dashboard.status();
     assert_eq!(status["broker_up"], true);

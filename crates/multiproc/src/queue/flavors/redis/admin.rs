@@ -47,6 +47,12 @@ pub struct QueueStatus {
     /// in `added`, and the items that left the stream (done, or dead) that less the change in
     /// `waiting + pending`. Items given back by a handle that read ahead count as added again.
     pub added: Option<u64>,
+    /// How many entries the queue's consumers were handed (the group's `entries-read`,
+    /// Redis 7 and later; `None` before), redeliveries not included.
+    pub delivered: Option<u64>,
+    /// How many times an entry was handed out again after its lease ran out or it was given
+    /// back (counted by the consumers that took it over).
+    pub redelivered: u64,
 }
 
 /// One consumer of a queue on a broker.
@@ -448,7 +454,8 @@ impl RedisQueue {
     pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         self.flush_acks(deadline)?;
-        let (len, pending, dead, consumers, stream): (u64, Value, u64, Value, Value) = self
+        type Replies = (u64, Value, u64, Value, Value, Value, Option<u64>);
+        let (len, pending, dead, consumers, stream, groups, redelivered): Replies = self
             .with_conn(deadline, |c| {
                 redis::pipe()
                     .cmd("XLEN")
@@ -465,8 +472,24 @@ impl RedisQueue {
                     .cmd("XINFO")
                     .arg("STREAM")
                     .arg(&self.keys.stream)
+                    .cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&self.keys.stream)
+                    .cmd("HGET")
+                    .arg(&self.keys.config)
+                    .arg(super::REDELIVERED)
                     .query(c)
             })?;
+        let delivered = match &groups {
+            Value::Array(rows) => rows
+                .iter()
+                .find(|row| {
+                    field_of(row, "name").and_then(|v| as_string(&v)).as_deref() == Some(GROUP)
+                })
+                .and_then(|row| field_of(row, "entries-read"))
+                .and_then(|v| as_u64(&v)),
+            _ => None,
+        };
         let added = field_of(&stream, "entries-added").as_ref().and_then(as_u64);
         let pending = match pending {
             Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0),
@@ -500,6 +523,8 @@ impl RedisQueue {
             dead,
             consumers,
             added,
+            delivered,
+            redelivered: redelivered.unwrap_or(0),
         })
     }
 

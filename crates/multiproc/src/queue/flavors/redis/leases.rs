@@ -28,6 +28,30 @@ impl RedisQueue {
         due
     }
 
+    /// How many times entry `id`, taken over from another consumer (or given back), was
+    /// delivered; the takeover is counted beside the queue's settings
+    /// (`QueueStatus::redelivered`), as far as the broker takes the write (a broker out of
+    /// memory refuses it, and the count is left).
+    pub(super) fn redelivered(&self, id: &str, deadline: Option<Instant>) -> Result<u32> {
+        self.with_conn(deadline, |c| {
+            let replies: Vec<redis::RedisResult<Value>> = redis::pipe()
+                .ignore_errors()
+                .cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(id)
+                .arg(id)
+                .arg(1)
+                .cmd("HINCRBY")
+                .arg(&self.keys.config)
+                .arg(super::REDELIVERED)
+                .arg(1)
+                .query(c)?;
+            let pending = replies.into_iter().next().transpose()?;
+            Ok(pending.and_then(parse_pending_count).unwrap_or(1))
+        })
+    }
+
     /// How many times entry `id` was delivered.
     pub(super) fn deliveries(&self, id: &str, deadline: Option<Instant>) -> Result<u32> {
         self.with_conn(deadline, |c| {

@@ -85,6 +85,8 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// How often `join` and a full bounded `put` look again.
 const POLL: Duration = Duration::from_millis(20);
+/// The field of a queue's settings hash that counts its redeliveries.
+const REDELIVERED: &str = "redelivered";
 /// The largest item accepted from the broker (a bound on untrusted input).
 const MAX_BODY: usize = 512 << 20;
 
@@ -477,7 +479,7 @@ impl RedisQueue {
                 Some(entry) => {
                     // There may be more: the next `get` looks again before reading new ones.
                     *self.last_claim.lock().ignore_poison() = None;
-                    let deliveries = self.deliveries(&entry.id, deadline)?;
+                    let deliveries = self.redelivered(&entry.id, deadline)?;
                     (Some(entry), deliveries)
                 }
                 // Entries a cut-off read left leased here are claimed before new ones.
