@@ -109,6 +109,19 @@ fn bash_complete(script: &Path, line: &[&str]) -> Vec<String> {
     stdout_of(&out).lines().map(str::to_string).collect()
 }
 
+/// The subcommands that take the library's -v/-q (every one but `run`, `completions` and
+/// `man`).
+const LOGGED: [&str; 8] = [
+    "demo",
+    "serve",
+    "worker",
+    "submit",
+    "collect",
+    "status",
+    "dead",
+    "dashboard",
+];
+
 #[test]
 fn bash_completions_parse_and_complete_subcommands_and_options() {
     let script = stdout_of(&multiproc(&["completions", "bash"]));
@@ -264,19 +277,7 @@ fn the_man_page_renders_with_its_sections_and_subcommands() {
         text.contains("multiproc - The multiproc command line"),
         "{text}"
     );
-    for sub in [
-        "demo",
-        "serve",
-        "worker",
-        "submit",
-        "collect",
-        "status",
-        "dead",
-        "dashboard",
-        "run",
-        "completions",
-        "man",
-    ] {
+    for sub in LOGGED.iter().chain(&["run", "completions", "man"]) {
         assert!(
             text.contains(&format!("multiproc-{sub}(1)")),
             "no {sub} in:\n{text}"
@@ -482,16 +483,7 @@ fn a_worker_warns_of_a_malformed_task_unless_quiet() {
 
 #[test]
 fn v_and_q_belong_to_the_subcommands_but_run() {
-    for sub in [
-        "demo",
-        "serve",
-        "worker",
-        "submit",
-        "collect",
-        "status",
-        "dead",
-        "dashboard",
-    ] {
+    for sub in LOGGED {
         let help = stdout_of(&multiproc(&[sub, "--help"]));
         assert!(
             help.contains("-v, --verbose...") && help.contains("-q, --quiet..."),
