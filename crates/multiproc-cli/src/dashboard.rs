@@ -1,6 +1,6 @@
 //! `multiproc dashboard`: a web page and Prometheus metrics for the queues on a Redis broker.
 //!
-//! One thread serves HTTP (`tiny_http`): `/` is the page (embedded, nothing fetched from
+//! A small bounded server answers HTTP ([`crate::http`]): `/` is the page (embedded, nothing fetched from
 //! elsewhere), which polls `/api/status` every two seconds and draws the last minutes itself;
 //! `/metrics` is the Prometheus text format; `POST /api/queues/<name>/dead/requeue` and
 //! `…/dead/purge` act on a queue's dead letters; `/api/task?queue=Q&id=ID` looks a broker
@@ -22,9 +22,10 @@ use anyhow::Context;
 use clap::Args;
 use multiproc::{DeadLetter, QueueAdmin, QueueStatus, TaskRecords, TaskStatus};
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
+use std::sync::Mutex;
 
 use crate::admin::redis_only;
+use crate::http::{Reply, Request, Server};
 use crate::queues::{Auth, BrokerArg};
 
 /// The page, with its script and style.
@@ -74,14 +75,11 @@ pub(crate) fn dashboard(args: Dashboard) -> anyhow::Result<()> {
             args.bind
         );
     }
-    let server = Server::http(args.bind)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .context("the dashboard's address")?;
+    let server =
+        Server::bind(args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
+    let bound = server.local_addr().context("the dashboard's address")?;
     eprintln!("multiproc dashboard: serving http://{bound}/");
-    let mut state = State {
+    let state = Mutex::new(State {
         url,
         names: args.queues,
         token: args.token.filter(|t| !t.is_empty()),
@@ -89,13 +87,13 @@ pub(crate) fn dashboard(args: Dashboard) -> anyhow::Result<()> {
         admins: HashMap::new(),
         last: None,
         down_since: None,
-    };
-    for request in server.incoming_requests() {
-        let response = state.answer(&request);
-        if let Err(e) = request.respond(response) {
-            tracing::debug!(error = %e, "answering a request");
-        }
-    }
+    });
+    server.serve(move |request| {
+        state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answer(request)
+    });
     Ok(())
 }
 
@@ -134,24 +132,21 @@ struct QueueLook {
     errors: Vec<(String, String)>,
 }
 
-type Answer = Response<std::io::Cursor<Vec<u8>>>;
-
 impl State {
-    fn answer(&mut self, request: &Request) -> Answer {
-        let url = request.url().to_string();
-        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    fn answer(&mut self, request: &Request) -> Reply {
+        let url = request.target.as_str();
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
         if let Some(token) = &self.token {
             let from_query = query
                 .split('&')
                 .find_map(|p| p.strip_prefix("token="))
                 .is_some_and(|t| same(t, token));
-            if path == "/" && *request.method() == Method::Get && from_query {
+            if path == "/" && request.method == "GET" && from_query {
                 // Kept by the browser for this site only, then out of the address bar.
                 let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-                return Response::from_data(Vec::new())
-                    .with_status_code(303)
-                    .with_header(header("Set-Cookie", &cookie))
-                    .with_header(header("Location", "/"));
+                return Reply::new(303, Vec::new())
+                    .with_header("Set-Cookie", cookie)
+                    .with_header("Location", "/");
             }
             if !carries_token(request, token) {
                 return text(
@@ -159,41 +154,39 @@ impl State {
                     "a token is required: open /?token=TOKEN, or send \
                                   Authorization: Bearer TOKEN\n",
                 )
-                .with_header(header("WWW-Authenticate", "Bearer"));
+                .with_header("WWW-Authenticate", "Bearer");
             }
         }
-        match (request.method(), path) {
-            (Method::Get, "/") => Response::from_data(PAGE.as_bytes().to_vec())
-                .with_header(header("Content-Type", "text/html; charset=utf-8"))
-                .with_header(header(
+        match (request.method.as_str(), path) {
+            ("GET", "/") => Reply::new(200, PAGE)
+                .with_header("Content-Type", "text/html; charset=utf-8")
+                .with_header(
                     "Content-Security-Policy",
                     "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-                )),
-            (Method::Get, "/metrics") => {
+                ),
+            ("GET", "/metrics") => {
                 let snapshot = self.look();
-                Response::from_data(metrics(&snapshot).into_bytes()).with_header(header(
-                    "Content-Type",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                ))
+                Reply::new(200, metrics(&snapshot))
+                    .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             }
-            (Method::Get, "/api/status") => {
+            ("GET", "/api/status") => {
                 let snapshot = self.look();
                 json_answer(200, &self.status_json(&snapshot))
             }
-            (Method::Get, "/api/task") => self.task(query),
-            (Method::Post, path) => self.change(request, path),
+            ("GET", "/api/task") => self.task(query),
+            ("POST", path) => self.change(request, path),
             (_, "/" | "/metrics" | "/api/status") => text(405, "method not allowed\n"),
             _ => text(404, "not found\n"),
         }
     }
 
     /// A POST: requeue or purge a queue's dead letters.
-    fn change(&mut self, request: &Request, path: &str) -> Answer {
-        if !has_header(request, CHANGE_HEADER) {
+    fn change(&mut self, request: &Request, path: &str) -> Reply {
+        if request.header(CHANGE_HEADER).is_none() {
             return text(403, "a change needs the header X-Multiproc-Request\n");
         }
-        if let Some(origin) = header_value(request, "Origin") {
-            let host = header_value(request, "Host").unwrap_or_default();
+        if let Some(origin) = request.header("Origin") {
+            let host = request.header("Host").unwrap_or_default();
             if origin != format!("http://{host}") {
                 return text(403, "a change must come from the dashboard's own page\n");
             }
@@ -272,7 +265,7 @@ impl State {
     }
 
     /// `/api/task?queue=Q&id=ID`: a broker pool's task, by id.
-    fn task(&self, query: &str) -> Answer {
+    fn task(&self, query: &str) -> Reply {
         let param = |name: &str| {
             query
                 .split('&')
@@ -515,18 +508,15 @@ fn describe_task(status: &TaskStatus) -> (&'static str, serde_json::Value) {
 
 /// Whether `request` carries `token`, as a bearer token or in the cookie.
 fn carries_token(request: &Request, token: &str) -> bool {
-    let bearer = header_value(request, "Authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
-        .is_some_and(|t| same(&t, token));
-    let cookie = header_value(request, "Cookie").is_some_and(|cookies| {
+    let bearer = request
+        .header("Authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t, token));
+    let cookie = request.header("Cookie").is_some_and(|cookies| {
         cookies
             .split(';')
-            .filter_map(|c| {
-                c.trim()
-                    .strip_prefix(&format!("{COOKIE}="))
-                    .map(str::to_string)
-            })
-            .any(|t| same(&t, token))
+            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+            .any(|t| same(t, token))
     });
     bearer || cookie
 }
@@ -540,33 +530,14 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn header_value(request: &Request, name: &'static str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_string())
+fn text(code: u16, body: &str) -> Reply {
+    Reply::new(code, body).with_header("Content-Type", "text/plain; charset=utf-8")
 }
 
-fn has_header(request: &Request, name: &'static str) -> bool {
-    header_value(request, name).is_some()
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-}
-
-fn text(code: u16, body: &str) -> Answer {
-    Response::from_data(body.as_bytes().to_vec())
-        .with_status_code(code)
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-}
-
-fn json_answer(code: u16, body: &serde_json::Value) -> Answer {
-    Response::from_data(body.to_string().into_bytes())
-        .with_status_code(code)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
+fn json_answer(code: u16, body: &serde_json::Value) -> Reply {
+    Reply::new(code, body.to_string())
+        .with_header("Content-Type", "application/json")
+        .with_header("Cache-Control", "no-store")
 }
 
 /// `text` with its `%XX` escapes decoded; `None` if one is broken or the result is not UTF-8.

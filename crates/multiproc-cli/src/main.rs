@@ -13,6 +13,7 @@ mod access;
 mod admin;
 mod dashboard;
 mod demo;
+mod http;
 mod logging;
 mod manual;
 mod queues;

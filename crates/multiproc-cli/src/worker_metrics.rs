@@ -1,6 +1,6 @@
 //! `multiproc worker --metrics-bind ADDR`: the worker's own figures (tasks done and failed,
 //! how long each took, whether one runs now) in Prometheus' text format at `/metrics`, served
-//! by a thread of its own.
+//! by threads of their own ([`crate::http`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use multiproc::DurationHistogram;
-use tiny_http::{Header, Response, Server};
+
+use crate::http::{Reply, Server};
 
 /// What a worker has done; served at `/metrics` if asked for.
 pub(crate) struct WorkerFigures {
@@ -33,26 +34,17 @@ impl WorkerFigures {
 
     /// Serves `/metrics` at `addr` on a thread of its own, for as long as the worker runs.
     pub(crate) fn serve(self: &Arc<Self>, addr: SocketAddr) -> anyhow::Result<()> {
-        let server = Server::http(addr)
+        let server = Server::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
         let figures = self.clone();
         std::thread::Builder::new()
             .name("multiproc-metrics".into())
             .spawn(move || {
-                for request in server.incoming_requests() {
-                    let response = match request.url() {
-                        "/metrics" => Response::from_data(figures.render().into_bytes())
-                            .with_header(
-                                Header::from_bytes(
-                                    "Content-Type",
-                                    "text/plain; version=0.0.4; charset=utf-8",
-                                )
-                                .expect("a valid header"),
-                            ),
-                        _ => Response::from_data(b"not found\n".to_vec()).with_status_code(404),
-                    };
-                    let _ = request.respond(response);
-                }
+                server.serve(move |request| match request.target.as_str() {
+                    "/metrics" => Reply::new(200, figures.render())
+                        .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                    _ => Reply::new(404, "not found\n"),
+                });
             })?;
         Ok(())
     }

@@ -575,6 +575,89 @@ fn in_a_real_browser_the_page_shows_the_counts_and_requeues_a_dead_letter() {
     eprintln!("screenshot: {}", artifact.display());
 }
 
+/// The status of the answer to `bytes` sent raw to 127.0.0.1:`port` (0: none), written from
+/// a thread of its own so a server that stops reading cannot hold the test up.
+fn raw_status(port: u16, bytes: Vec<u8>) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let writing = std::thread::spawn(move || {
+        for piece in bytes.chunks(64 * 1024) {
+            if writer.write_all(piece).is_err() {
+                break;
+            }
+        }
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    drop(s);
+    writing.join().unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    raw.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request whose one header goes on for 4 MiB.
+fn endless_head(port: u16) -> u16 {
+    let mut bytes = b"GET /metrics HTTP/1.1\r\nHost: here\r\nX-Long: ".to_vec();
+    bytes.resize(bytes.len() + 4 * 1024 * 1024, b'a');
+    raw_status(port, bytes)
+}
+
+#[test]
+fn what_a_stranger_sends_is_bounded_before_the_token_is_checked() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dashboard = Dashboard::start(&redis, &["--token", "s3cret"]);
+    let port = dashboard.port;
+    // A head longer than 16 KiB, or with more than 64 headers: refused, not read on.
+    assert_eq!(endless_head(port), 431);
+    let mut many = String::from("GET / HTTP/1.1\r\n");
+    for n in 0..100 {
+        many.push_str(&format!("X-{n}: {n}\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw_status(port, many.into_bytes()), 431);
+    // Not HTTP; a body too long; a body without a length.
+    assert_eq!(
+        raw_status(port, b"\x00\x01\x02 hello\r\n\r\n".to_vec()),
+        400
+    );
+    let long_body = "POST /api/queues/q/dead/purge HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n";
+    assert_eq!(raw_status(port, long_body.into()), 413);
+    let chunked = "POST /api/queues/q/dead/purge HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(raw_status(port, chunked.into()), 411);
+    // 64 connections that say nothing are served (and wait); one more is turned away at once.
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let turned_away = |port| {
+        raw_status(
+            port,
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n".to_vec(),
+        )
+    };
+    let deadline = Instant::now() + PATIENCE;
+    // (The server may not have accepted all 64 yet.)
+    while turned_away(port) != 503 {
+        assert!(Instant::now() < deadline, "the 65th connection was served");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    // Once they go, the dashboard serves again, and answers what it should.
+    drop(idle);
+    while turned_away(port) != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not serve again"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    assert_eq!(dashboard.get("/metrics").status, 401);
+}
+
 #[test]
 fn a_worker_serves_its_own_figures() {
     let Some(redis) = RedisServer::start() else {
@@ -618,6 +701,8 @@ fn a_worker_serves_its_own_figures() {
     let failed = "multiproc_worker_tasks_failed_total{queue=\"task\"}";
     assert_eq!(sample(&metrics, failed), Some(0.0), "{metrics}");
     assert_eq!(http(port, "GET", "/", &[]).status, 404);
+    // The same bounded server: a head without end is cut off.
+    assert_eq!(endless_head(port), 431);
 }
 
 fn square(x: u64) -> u64 {
