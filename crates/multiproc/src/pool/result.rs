@@ -6,6 +6,12 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
+
+// A slot's own primitives: loom's under `--cfg loom`, so that its model check runs this code.
+#[cfg(loom)]
+use loom::sync::{Condvar as SlotCondvar, Mutex as SlotMutex, atomic::AtomicBool as SlotFlag};
+#[cfg(not(loom))]
+use std::sync::{Condvar as SlotCondvar, Mutex as SlotMutex, atomic::AtomicBool as SlotFlag};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -131,11 +137,11 @@ pub(crate) fn spin_pumping(pump: &dyn Pump, done: impl Fn() -> bool) -> bool {
 
 /// A place one result is delivered to, with spin-then-block waiting.
 pub(crate) struct Slot {
-    ready: AtomicBool,
+    ready: SlotFlag,
     /// Whether the task succeeded, kept after the value is taken.
-    succeeded_once: AtomicBool,
-    value: Mutex<Option<Result<AnyValue>>>,
-    filled: Condvar,
+    succeeded_once: SlotFlag,
+    value: SlotMutex<Option<Result<AnyValue>>>,
+    filled: SlotCondvar,
     /// Futures awaiting it (`get_async`).
     #[cfg(all(feature = "async", not(loom)))]
     wakers: crate::aio::Wakers,
@@ -144,10 +150,10 @@ pub(crate) struct Slot {
 impl Slot {
     pub(crate) fn new() -> Slot {
         Slot {
-            ready: AtomicBool::new(false),
-            succeeded_once: AtomicBool::new(false),
-            value: Mutex::new(None),
-            filled: Condvar::new(),
+            ready: SlotFlag::new(false),
+            succeeded_once: SlotFlag::new(false),
+            value: SlotMutex::new(None),
+            filled: SlotCondvar::new(),
             #[cfg(all(feature = "async", not(loom)))]
             wakers: crate::aio::Wakers::default(),
         }
@@ -155,8 +161,14 @@ impl Slot {
 
     pub(crate) fn fill(&self, value: Result<AnyValue>) {
         self.succeeded_once.store(value.is_ok(), Ordering::Release);
-        *self.value.lock().ignore_poison() = Some(value);
-        self.ready.store(true, Ordering::SeqCst);
+        {
+            let mut slot = self.value.lock().ignore_poison();
+            *slot = Some(value);
+            // Marked ready with the lock held: a waiter looks at `ready` with it held, then
+            // sleeps; marked after the unlock, the notification could fall between its look
+            // and its sleep, and it would sleep on (a wake-up lost).
+            self.ready.store(true, Ordering::SeqCst);
+        }
         self.filled.notify_all();
         #[cfg(all(feature = "async", not(loom)))]
         self.wakers.wake_all();
@@ -179,8 +191,20 @@ impl Slot {
         if spin_pumping(pump, || self.is_ready()) {
             return true;
         }
-        let value = self.value.lock().ignore_poison();
-        wait_until(&self.filled, value, deadline, |_| self.is_ready()).1
+        let mut value = self.value.lock().ignore_poison();
+        while !self.is_ready() {
+            value = match deadline {
+                None => self.filled.wait(value).ignore_poison(),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.filled.wait_timeout(value, left).ignore_poison().0
+                }
+            };
+        }
+        true
     }
 
     fn take(&self) -> Option<Result<AnyValue>> {
@@ -844,5 +868,43 @@ impl<R: DeserializeOwned + 'static> futures_core::Stream for IMapStream<R> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.0.total - self.0.yielded;
         (left, Some(left))
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::shim::bounded_model;
+
+    /// A waiter with no one to pump for it.
+    struct NoPump;
+
+    impl Pump for NoPump {
+        fn pump(&self) -> bool {
+            false
+        }
+        fn enter(&self) {}
+        fn leave(&self, _sleeping: bool) {}
+        fn worth_spinning(&self) -> bool {
+            false
+        }
+    }
+
+    /// The handler fills a slot while its caller waits on it: in every interleaving the
+    /// caller wakes with the value (a fill between its look and its sleep once lost the
+    /// wake-up: loom reports that as a deadlock).
+    #[test]
+    fn loom_a_filled_slot_wakes_its_waiter() {
+        bounded_model(|| {
+            let slot = loom::sync::Arc::new(Slot::new());
+            let filler = {
+                let slot = slot.clone();
+                loom::thread::spawn(move || slot.fill(Ok(Box::new(7u32))))
+            };
+            assert!(slot.wait(None, &NoPump));
+            let value = slot.take().expect("filled").expect("a value");
+            assert_eq!(value.downcast_ref::<u32>(), Some(&7));
+            filler.join().unwrap();
+        });
     }
 }

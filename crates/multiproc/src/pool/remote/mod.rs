@@ -321,6 +321,7 @@ impl BrokerPoolBuilder {
             refusals_seen: std::sync::Mutex::new(std::time::Instant::now()),
             left_queue: build_queue(&queue, build_id()),
             latest_start: Default::default(),
+            held: Default::default(),
         };
         // Each slot holds two tasks (one running, one ready), as a local worker does.
         let limits = Limits {

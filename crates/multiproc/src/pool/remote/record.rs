@@ -61,6 +61,16 @@ pub(super) fn write(
     (stage, worker, outcome): (Stage, &str, Option<&Outcome>),
     ttl: Duration,
 ) -> Result<()> {
+    queue.send_unconfirmed(&command(key, authkey, (stage, worker, outcome), ttl)?)
+}
+
+/// The command that writes a record, signed with `authkey`, kept `ttl`.
+pub(super) fn command(
+    key: &str,
+    authkey: &[u8],
+    (stage, worker, outcome): (Stage, &str, Option<&Outcome>),
+    ttl: Duration,
+) -> Result<redis::Cmd> {
     let outcome = match outcome {
         Some(o) => serde_json::to_string(o)
             .map_err(|e| Error::serialization("task record", e.to_string()))?,
@@ -80,7 +90,7 @@ pub(super) fn write(
         .arg(text)
         .arg("PX")
         .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-    queue.send_unconfirmed(&set)
+    Ok(set)
 }
 
 /// A record as stored: a JSON object (the outcome itself JSON, inside).

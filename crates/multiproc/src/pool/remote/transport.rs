@@ -6,6 +6,8 @@
 //! A slot never dies: a worker that dies mid-task loses its lease, and the broker hands the
 //! task to another worker (the worker that takes it one time too many reports `WorkerLost`).
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +23,7 @@ use crate::pool::task::TaskTargetId;
 use crate::pool::transport::{Transport, WorkerLink};
 use crate::pool::worker::{FromWorkerRef, TaskFailure, ToWorker};
 use crate::queue::Due;
-use crate::queue::JoinableQueue;
+use crate::queue::{JoinableQueue, Packed};
 use crate::sync::IgnorePoison;
 
 /// What the slots and the report reader share.
@@ -46,6 +48,15 @@ pub(super) struct Shared {
     pub(super) left_queue: String,
     /// When the report reader last looked for tasks the broker refused.
     pub(super) refusals_seen: std::sync::Mutex<Instant>,
+    /// Tasks the report reader sent while it delivered a batch of results, by stream:
+    /// written together once the batch is delivered (see [`HOLDING`]).
+    pub(super) held: std::sync::Mutex<HashMap<String, Vec<Packed>>>,
+}
+
+thread_local! {
+    /// Whether this thread is the report reader delivering a batch of results: the tasks
+    /// that take their slots are held and written together after it, one write for many.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Shared {
@@ -187,6 +198,31 @@ impl BrokerTransport {
         any
     }
 
+    /// Acknowledges the result just taken (with the next read).
+    fn acknowledge(&self) {
+        if let Err(e) = self.shared.results.task_done() {
+            tracing::warn!(stream = %self.shared.results_stream, error = %e, "acknowledging a result");
+        }
+    }
+
+    /// Writes the tasks held while a batch of results was delivered.
+    fn send_held(&self) {
+        let mut held = std::mem::take(&mut *self.shared.held.lock().ignore_poison());
+        if held.is_empty() {
+            return;
+        }
+        let tasks = &self.shared.tasks;
+        for queue in tasks.normal.iter().chain([&tasks.high]) {
+            let Ok(redis) = queue.leases() else { continue };
+            let Some(packed) = held.remove(redis.stream()) else {
+                continue;
+            };
+            if let Err(e) = redis.send_all(packed) {
+                tracing::warn!(pool = %self.shared.pool, error = %e, "sending tasks");
+            }
+        }
+    }
+
     /// Hands a verified report to `on_report`.
     fn deliver(&self, message: ResultMessage, on_report: &mut dyn FnMut(FromWorkerRef<'_>)) {
         let shared = &self.shared;
@@ -221,6 +257,9 @@ impl BrokerTransport {
     }
 }
 
+/// The most results delivered in one batch (beyond the first).
+const BATCH_MOST: usize = 64;
+
 /// How often the report reader looks for tasks the broker refused.
 const REFUSALS_EVERY: Duration = Duration::from_millis(10);
 
@@ -246,10 +285,19 @@ impl Transport for BrokerTransport {
         }
         match self.shared.results.get_timeout(timeout) {
             Ok(message) => {
-                if let Err(e) = self.shared.results.task_done() {
-                    tracing::warn!(stream = %self.shared.results_stream, error = %e, "acknowledging a result");
-                }
+                self.acknowledge();
+                // The results read with it are delivered too, and the tasks that take their
+                // slots written together after them.
+                HOLDING.set(true);
                 self.deliver(message, on_report);
+                for _ in 0..BATCH_MOST {
+                    let ahead = self.shared.results.redis().and_then(|q| q.take_ahead());
+                    let Ok(Some(leased)) = ahead else { break };
+                    self.acknowledge();
+                    self.deliver(leased.item, on_report);
+                }
+                HOLDING.set(false);
+                self.send_held();
                 true
             }
             Err(e) if e.kind() == ErrorKind::Timeout => false,
@@ -393,10 +441,18 @@ impl WorkerLink for Slot {
             return true;
         };
         // Tagged: should the broker refuse it, the report reader fails this very task.
-        match queue
-            .leases()
-            .and_then(|q| q.put_tagged(&task, (task.slot, task.id)))
-        {
+        let tag = (task.slot, task.id);
+        let sent = queue.leases().and_then(|q| {
+            if !HOLDING.get() {
+                return q.put_tagged(&task, tag);
+            }
+            let packed = q.packed_put(&task)?;
+            let mut held = self.shared.held.lock().ignore_poison();
+            let stream = held.entry(q.stream().to_string()).or_default();
+            stream.push((packed, Some(tag)));
+            Ok(())
+        });
+        match sent {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(pool = %self.shared.pool, error = %e, "sending a task");

@@ -17,7 +17,7 @@ use crate::pool::chunk::decode_failures;
 use crate::pool::options::TaskOptions;
 use crate::pool::worker::{TaskBytes, TaskFailure};
 use crate::pool::{Pool, PoolBuilder, Priority, RetryPolicy};
-use crate::queue::{Due, JoinableQueue, Leased, Queue, RedisQueue};
+use crate::queue::{Due, JoinableQueue, Leased, Packed, Queue, RedisQueue};
 
 /// How long one wait for a task lasts before the worker looks whether it should stop (and
 /// moves the tasks that are due).
@@ -200,7 +200,16 @@ impl BrokerWorker {
             done: Condvar::new(),
             terminated: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
+            ended: Mutex::default(),
+            ended_ready: Condvar::new(),
         });
+        let writer = {
+            let runner = runner.clone();
+            std::thread::Builder::new()
+                .name("multiproc-broker-writer".into())
+                .spawn(move || runner.write_all_ended())
+                .map_err(|e| Error::io("starting a broker worker's thread", e))?
+        };
         let _signals = crate::platform::TerminationFlag::watch(&self.stop);
         tracing::info!(
             queue = %runner.queue,
@@ -246,6 +255,9 @@ impl BrokerWorker {
             ended = ended.and(thread.join().unwrap_or(Ok(())));
         }
         runner.wait_for_room(1, Duration::MAX);
+        runner.ended.lock().ignore_poison().closing = true;
+        runner.ended_ready.notify_all();
+        let _ = writer.join();
         ended
     }
 }
@@ -313,7 +325,32 @@ struct Runner {
     /// Tasks running whose `started` record is not written yet (pool and task id), since
     /// when, and their records' time to live (see [`Runner::started`]).
     started: Mutex<HashMap<(String, u64), (Instant, u64)>>,
+    /// Tasks that ended, whose records, results and acknowledgements the writing thread
+    /// sends together ([`Runner::write_ended`]).
+    ended: Mutex<EndedTasks>,
+    ended_ready: Condvar,
 }
+
+/// What the writing thread has to send.
+#[derive(Default)]
+struct EndedTasks {
+    tasks: Vec<EndedTask>,
+    /// Whether the writing thread waits for tasks (and must be woken).
+    writer_waits: bool,
+    /// No task runs any more: the writing thread ends once it has sent the last.
+    closing: bool,
+}
+
+/// A task that ended (not to be retried), taken from `source` as `lease`.
+struct EndedTask {
+    task: TaskMessage,
+    outcome: Outcome,
+    lease: String,
+    source: Source,
+}
+
+/// The most ended tasks the writing thread sends in one go.
+const WRITE_MOST: usize = 256;
 
 /// How long a worker trusts what it last saw of a pool's termination.
 const TERMINATION_SEEN_FOR: Duration = Duration::from_secs(1);
@@ -439,8 +476,121 @@ impl Runner {
     }
 
     fn finished_one(&self) {
-        *self.running.lock().ignore_poison() -= 1;
+        self.finished(1);
+    }
+
+    fn finished(&self, n: usize) {
+        *self.running.lock().ignore_poison() -= n;
         self.done.notify_all();
+    }
+
+    /// Hands a task that ended to the writing thread.
+    fn ended(&self, task: EndedTask) {
+        let mut ended = self.ended.lock().ignore_poison();
+        ended.tasks.push(task);
+        if ended.writer_waits {
+            ended.writer_waits = false;
+            self.ended_ready.notify_one();
+        }
+    }
+
+    /// The writing thread: sends what the tasks that ended say, those that end meanwhile
+    /// together (a write per connection for many, not two per task), until the worker
+    /// closes and the last is sent.
+    fn write_all_ended(&self) {
+        loop {
+            let batch = {
+                let mut ended = self.ended.lock().ignore_poison();
+                while ended.tasks.is_empty() {
+                    if ended.closing {
+                        return;
+                    }
+                    ended.writer_waits = true;
+                    ended = self.ended_ready.wait(ended).ignore_poison();
+                }
+                let n = ended.tasks.len().min(WRITE_MOST);
+                ended.tasks.drain(..n).collect::<Vec<_>>()
+            };
+            self.write_ended(batch);
+        }
+    }
+
+    /// Writes the records and results of `batch` (tasks that ended), then finishes their
+    /// leases: each record or result on its connection (the partition's, the pool's
+    /// results stream's) in one write per connection.
+    fn write_ended(&self, batch: Vec<EndedTask>) {
+        let n = batch.len();
+        let worker = self.worker_name();
+        let mut records: HashMap<&str, (&RedisQueue, Vec<Packed>)> = HashMap::new();
+        let mut results: HashMap<String, (Queue<ResultMessage>, Vec<Packed>)> = HashMap::new();
+        let mut leases = Vec::with_capacity(n);
+        for EndedTask {
+            task,
+            outcome,
+            lease,
+            source,
+        } in batch
+        {
+            let task = &task;
+            if let Err(e) = self.pack_record(task, &outcome, &mut records) {
+                tracing::warn!(queue = %self.queue, error = %e, "writing a task's record");
+            }
+            let packed = self.results_of(&task.pool).and_then(|q| {
+                let redis = q.redis()?;
+                let message = self.result_message(task, outcome, redis, &worker);
+                let packed = redis.packed_put(&message)?;
+                let to = results.entry(task.pool.clone()).or_insert((q, Vec::new()));
+                to.1.push((packed, None));
+                Ok(())
+            });
+            if let Err(e) = packed {
+                tracing::warn!(queue = %self.queue, pool = %task.pool, error = %e, "sending a result");
+            }
+            leases.push((source, lease));
+        }
+        for (queue, packed) in records.into_values() {
+            if let Err(e) = queue.send_all(packed) {
+                tracing::warn!(queue = %self.queue, error = %e, "writing tasks' records");
+            }
+        }
+        for (pool, (queue, packed)) in results {
+            let sent = queue.redis().and_then(|q| q.send_all(packed));
+            if let Err(e) = sent.and_then(|()| self.keep_results(&pool)) {
+                tracing::warn!(queue = %self.queue, %pool, error = %e, "sending results");
+            }
+        }
+        for (source, lease) in leases {
+            if let Ok(queue) = source.queue(&self.tasks) {
+                self.settle(queue, &lease, Ok(()));
+            }
+        }
+        self.finished(n);
+    }
+
+    /// Adds the `ended` record of `task` (if its pool keeps them) to those to write on its
+    /// partition's connection.
+    fn pack_record<'a>(
+        &'a self,
+        task: &TaskMessage,
+        outcome: &Outcome,
+        records: &mut HashMap<&'a str, (&'a RedisQueue, Vec<Packed>)>,
+    ) -> Result<()> {
+        // Taken out first: the `started` record, if it is written, is written before this
+        // (on the same connection).
+        let record = (task.pool.clone(), task.id);
+        self.started.lock().ignore_poison().remove(&record);
+        if task.record_ttl_s == 0 {
+            return Ok(());
+        }
+        let id = task_id(&task.pool, task.id);
+        let q = self.tasks.records(&id)?;
+        let key = record::key(q.stream(), &id);
+        let ttl = Duration::from_secs(task.record_ttl_s);
+        let stage = (Stage::Ended, q.consumer(), Some(outcome));
+        let command = record::command(&key, &self.authkey, stage, ttl)?;
+        let to = records.entry(q.stream()).or_insert((q, Vec::new()));
+        to.1.push((command.get_packed_command(), None));
+        Ok(())
     }
 
     /// Checks a task (taken from `source`) and starts it in a worker process, leaves it for
@@ -532,17 +682,20 @@ impl Runner {
                     };
                 if retry {
                     runner.retry(&task, &lease, &source, &policy, run);
+                    runner.finished_one();
                 } else {
-                    let reported = match outcome {
+                    let outcome = match outcome {
                         Ok(bytes) => Outcome::Done(encode_bytes(bytes)),
                         Err(e) => Outcome::Failed(failure_of(e)),
                     };
-                    runner.report(&task, reported);
-                    if let Ok(queue) = source.queue(&runner.tasks) {
-                        runner.settle(queue, &lease, Ok(()));
-                    }
+                    // Reported by the writing thread, with the others that end meanwhile.
+                    runner.ended(EndedTask {
+                        task,
+                        outcome,
+                        lease,
+                        source,
+                    });
                 }
-                runner.finished_one();
             }),
             options,
         );
@@ -737,30 +890,44 @@ impl Runner {
     /// Sends `outcome` to the pool that sent `task`.
     fn notify(&self, task: &TaskMessage, outcome: Outcome) {
         let sent = self.results_of(&task.pool).and_then(|results| {
-            let stream = results.redis()?.stream().to_string();
-            let worker = self
-                .tasks
-                .first()
-                .leases()
-                .map(|l| l.consumer().to_string())
-                .unwrap_or_default();
-            results.put(ResultMessage::new(
-                &self.authkey,
-                &stream,
-                ResultMessage {
-                    v: FORMAT,
-                    slot: task.slot,
-                    id: task.id,
-                    worker,
-                    outcome,
-                    mac: String::new(),
-                },
-            ))?;
+            let message = self.result_message(task, outcome, results.redis()?, &self.worker_name());
+            results.put(message)?;
             self.keep_results(&task.pool)
         });
         if let Err(e) = sent {
             tracing::warn!(queue = %self.queue, pool = %task.pool, error = %e, "sending a result");
         }
+    }
+
+    /// The name results give as their worker's.
+    fn worker_name(&self) -> String {
+        self.tasks
+            .first()
+            .leases()
+            .map(|l| l.consumer().to_string())
+            .unwrap_or_default()
+    }
+
+    /// `outcome` of `task` as a result for its pool's results stream `results`, signed.
+    fn result_message(
+        &self,
+        task: &TaskMessage,
+        outcome: Outcome,
+        results: &RedisQueue,
+        worker: &str,
+    ) -> ResultMessage {
+        ResultMessage::new(
+            &self.authkey,
+            results.stream(),
+            ResultMessage {
+                v: FORMAT,
+                slot: task.slot,
+                id: task.id,
+                worker: worker.to_string(),
+                outcome,
+                mac: String::new(),
+            },
+        )
     }
 
     /// The results stream of `pool`.

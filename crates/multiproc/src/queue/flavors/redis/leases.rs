@@ -2,6 +2,7 @@
 //! in batches, given back on failure, and dead-lettered after too many deliveries.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -210,9 +211,11 @@ impl RedisQueue {
         self.acks.lock().ignore_poison().push(id);
         // Acknowledgements wait to ride with the handle's next call; with no lease left in
         // hand that call may be far off (or never come), and a `join` elsewhere would wait
-        // for it: the renewing thread sends them soon.
+        // for it: the renewing thread sends them soon (asked once until it has: a burst of
+        // acknowledgements wakes it once).
         if self.lock_leases().is_empty()
             && let Some(renewer) = self.renewer.lock().ignore_poison().as_ref()
+            && !self.acks_asked.swap(true, Ordering::AcqRel)
         {
             let _ = renewer.send(());
         }
@@ -360,6 +363,7 @@ impl RedisQueue {
         let keys = (self.keys.stream.clone(), self.keys.errors.clone());
         let consumer = self.consumer.clone();
         let every = self.settings.lease / 3;
+        let asked = self.acks_asked.clone();
         let spawned = std::thread::Builder::new()
             .name("multiproc-lease".into())
             .spawn(move || {
@@ -369,7 +373,7 @@ impl RedisQueue {
                     consumer,
                     (leases, acks, prefetched),
                     every,
-                    stopped,
+                    (stopped, asked),
                 )
             });
         if spawned.is_ok() {
@@ -383,15 +387,16 @@ impl RedisQueue {
 const ACK_DELAY: Duration = Duration::from_millis(2);
 
 /// The renewing thread: every `every`, resets the idle time of the leased entries this
-/// consumer still owns; told to (a message on `nudged`), sends the acknowledgements waiting;
-/// ends when the handle drops its end.
+/// consumer still owns; told to (a message on `nudged`), sends the acknowledgements waiting
+/// [`ACK_DELAY`] later (unless the handle's own next call carried them), and clears `asked`
+/// so that the next acknowledgement asks again; ends when the handle drops its end.
 pub(super) fn renew_leases(
     route: Arc<Route>,
     (stream, errors): (String, String),
     consumer: String,
     (leases, acks, prefetched): (Leases, Acks, Prefetched),
     every: Duration,
-    nudged: mpsc::Receiver<()>,
+    (nudged, asked): (mpsc::Receiver<()>, Arc<AtomicBool>),
 ) {
     let mut conn: Option<Connection> = None;
     loop {
@@ -400,10 +405,16 @@ pub(super) fn renew_leases(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Ok(()) => {
                 // A moment for the handle's own next call to carry them.
-                match nudged.recv_timeout(ACK_DELAY) {
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    _ => while nudged.try_recv().is_ok() {},
+                let until = Instant::now() + ACK_DELAY;
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match nudged.recv_timeout(left) {
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Ok(()) => {}
+                    }
                 }
+                asked.store(false, Ordering::Release);
                 send_acks(&route, &mut conn, (&stream, &errors), &acks);
                 continue;
             }

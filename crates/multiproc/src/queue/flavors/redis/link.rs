@@ -51,6 +51,10 @@ const REPLICA_WAIT_MS: u64 = 1000;
 /// the broker refused it.
 pub(crate) type PutTag = (u32, u64);
 
+/// A command as written on a connection (a put, or one that may run twice), with its tag if
+/// it has one.
+pub(crate) type Packed = (Vec<u8>, Option<PutTag>);
+
 /// How many puts may wait for their replies; past it, the older half are read.
 pub(super) const UNCONFIRMED_MAX: usize = 256;
 

@@ -63,7 +63,7 @@ pub use settings::BrokerQueueBuilder;
 
 use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
 use keys::{Keys, find_keys, resolve_prefix, split_url, warn_old_keys};
-pub(crate) use link::PutTag;
+pub(crate) use link::{Packed, PutTag};
 use link::{
     GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
 };
@@ -192,6 +192,9 @@ pub(crate) struct RedisQueue {
     /// Dropping the sender stops the lease-renewing thread; a message asks it to send the
     /// acknowledgements waiting.
     renewer: Mutex<Option<mpsc::Sender<()>>>,
+    /// Whether the renewing thread was asked to send the acknowledgements and has not yet:
+    /// it is asked once per burst, not once per acknowledgement.
+    acks_asked: Arc<std::sync::atomic::AtomicBool>,
     /// When `get` last looked for entries whose lease ran out (it does so every quarter
     /// lease, and whenever no new entry came, not before every read).
     last_claim: Mutex<Option<Instant>>,
@@ -257,6 +260,7 @@ impl RedisQueue {
             pace: Mutex::new(Pace::default()),
             closed: super::Closed::default(),
             renewer: Mutex::new(None),
+            acks_asked: Arc::default(),
             last_claim: Mutex::new(None),
             #[cfg(all(feature = "async", not(loom)))]
             awaiting: awaiting::Awaiting::default(),
@@ -347,16 +351,39 @@ impl RedisQueue {
     /// Writes the put `packed` (tagged `tag`) without waiting for its reply.
     fn send_tagged(
         &self,
-        mut packed: Vec<u8>,
+        packed: Vec<u8>,
         tag: Option<PutTag>,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        self.write_unconfirmed(vec![(packed, tag)], deadline)
+    }
+
+    /// Writes the packed commands `packed` in one go, and leaves their replies to the link
+    /// (reading the older half once too many wait).
+    fn write_unconfirmed(
+        &self,
+        packed: Vec<Packed>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let mut packed = Some(packed);
         let mut link = self.conn.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
-            link.connection(&self.route)?.send_packed_command(&packed)?;
-            // Written: from here on it is the link's to confirm (or to write again).
-            link.unconfirmed
-                .push_back((std::mem::take(&mut packed), tag));
+            let Some(all) = packed.as_ref() else {
+                return Ok(());
+            };
+            let c = link.connection(&self.route)?;
+            match all.as_slice() {
+                [(one, _)] => c.send_packed_command(one)?,
+                _ => {
+                    let mut joined = Vec::with_capacity(all.iter().map(|(p, _)| p.len()).sum());
+                    for (p, _) in all {
+                        joined.extend_from_slice(p);
+                    }
+                    c.send_packed_command(&joined)?;
+                }
+            }
+            // Written: from here on they are the link's to confirm (or to write again).
+            link.unconfirmed.extend(packed.take().into_iter().flatten());
             Ok(())
         })?;
         if link.unconfirmed.len() >= UNCONFIRMED_MAX {
@@ -372,12 +399,7 @@ impl RedisQueue {
     /// broker refuse it, [`take_refused_tags`](Self::take_refused_tags) says so, and no other
     /// call does. For an unbounded queue only.
     pub(crate) fn put_tagged<T: Serialize>(&self, item: &T, tag: PutTag) -> Result<()> {
-        self.check_open()?;
-        let body = serde_json::to_vec(item)
-            .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
-        let mut xadd = self.xadd();
-        xadd.arg("codec").arg(CODEC_JSON).arg("body").arg(&body);
-        self.send_tagged(xadd.get_packed_command(), Some(tag), None)
+        self.send_tagged(self.packed_put(item)?, Some(tag), None)
     }
 
     /// The tagged puts the broker refused, with why, once the replies written so far are read
@@ -394,6 +416,33 @@ impl RedisQueue {
             })?;
         }
         Ok(std::mem::take(&mut link.refused_tags))
+    }
+
+    /// The put of `item` as written on the connection (an XADD), for
+    /// [`send_all`](Self::send_all). For an unbounded queue only.
+    pub(crate) fn packed_put<T: Serialize>(&self, item: &T) -> Result<Vec<u8>> {
+        self.check_open()?;
+        let body = serde_json::to_vec(item)
+            .map_err(|e| Error::serialization(self.what(), format!("cannot serialize: {e}")))?;
+        let mut xadd = self.xadd();
+        xadd.arg("codec").arg(CODEC_JSON).arg("body").arg(&body);
+        Ok(xadd.get_packed_command())
+    }
+
+    /// Writes the packed commands `packed` (puts, or commands that may run twice) in one go,
+    /// without waiting for their replies, each tagged as given (see
+    /// [`put_tagged`](Self::put_tagged)): one system call and one wake-up of the broker for
+    /// many. Tells of puts refused earlier, as a `put` does, unless all are tagged.
+    pub(crate) fn send_all(&self, packed: Vec<Packed>) -> Result<()> {
+        if packed.is_empty() {
+            return Ok(());
+        }
+        let tagged = packed.iter().all(|(_, tag)| tag.is_some());
+        self.write_unconfirmed(packed, None)?;
+        match tagged {
+            true => Ok(()),
+            false => self.conn.lock().ignore_poison().take_refused(&self.what()),
+        }
     }
 
     /// Writes `cmd` without waiting for its reply, as a `put` is written (written again if
@@ -502,6 +551,22 @@ impl RedisQueue {
                 } else {
                     Error::Empty { what: self.what() }
                 });
+            }
+        }
+    }
+
+    /// The next entry read ahead with an earlier one, if there is one: no call to the broker
+    /// (unless it is one delivery too many, and goes to the dead letters).
+    pub(crate) fn take_ahead<T: DeserializeOwned>(&self) -> Result<Option<Leased<T>>> {
+        self.check_open()?;
+        self.lock_pace().asked();
+        loop {
+            let Some(entry) = self.lock_prefetched().pop_front() else {
+                return Ok(None);
+            };
+            let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+            if let Some(item) = self.hand_out(entry, 1, deadline)? {
+                return Ok(Some(item));
             }
         }
     }
