@@ -26,9 +26,6 @@ use super::worker::{FromWorkerRef, INITIALIZER_FAILED, TaskBytes, TaskFailure, T
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
 
-/// Tasks sent ahead to one worker (one running, the next ready).
-const AHEAD: usize = 2;
-
 /// How often the handler looks whether waiters still take results themselves.
 const PUMPING_LOOK: Duration = Duration::from_millis(1);
 /// How often the handler looks at the workers when no result comes.
@@ -72,6 +69,8 @@ struct State {
     finished: bool,
     /// Why the pool cannot run tasks (its initializer fails): no more workers are started.
     broken: Option<String>,
+    /// Tasks sent ahead to one worker ([`Transport::tasks_ahead`]).
+    ahead: usize,
 }
 
 /// The pool's state and the thread-safe calls on it; the result-handler thread runs
@@ -489,7 +488,7 @@ fn dispatch(state: &mut State) {
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.link.is_some() && w.sent.len() < AHEAD)
+            .filter(|(_, w)| w.link.is_some() && w.sent.len() < state.ahead)
             .min_by_key(|(_, w)| (w.sent.len(), std::cmp::Reverse(w.front_since)))
         else {
             return;
@@ -529,6 +528,7 @@ impl Supervisor {
             state: Mutex::new(State {
                 workers: Vec::new(),
                 backlog: VecDeque::new(),
+                ahead: transport.tasks_ahead().max(1),
                 tasks: HashMap::new(),
                 next_id: 0,
                 closed: false,

@@ -36,6 +36,12 @@ pub(crate) trait Transport: Send + Sync {
         true
     }
 
+    /// How many tasks are sent ahead to one worker: one running and the next ready, for a
+    /// worker process.
+    fn tasks_ahead(&self) -> usize {
+        2
+    }
+
     /// The id by which other processes know the pool's task `id`, if they can (a broker
     /// pool's tasks have records there).
     fn task_key(&self, _id: u64) -> Option<String> {

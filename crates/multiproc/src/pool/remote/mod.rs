@@ -231,6 +231,9 @@ impl fmt::Debug for BrokerPoolBuilder {
     }
 }
 
+/// The most tasks of the in-flight window one slot holds.
+const SLOT_TASKS: usize = 16;
+
 impl BrokerPoolBuilder {
     pub(crate) fn new(url: String, queue: String) -> BrokerPoolBuilder {
         BrokerPoolBuilder {
@@ -323,14 +326,17 @@ impl BrokerPoolBuilder {
             latest_start: Default::default(),
             held: Default::default(),
         };
-        // Each slot holds two tasks (one running, one ready), as a local worker does.
+        // The window as slots of up to 16 tasks each: the pool picks a slot for each task
+        // sent, and fewer slots are fewer to look through.
+        let ahead = self.window.min(SLOT_TASKS);
         let limits = Limits {
-            processes: self.window.div_ceil(2),
+            processes: self.window.div_ceil(ahead),
             task_timeout: None,
             retries: 0,
         };
         let transport = BrokerTransport {
             shared: Arc::new(shared),
+            ahead,
         };
         let (supervisor, handler) = Supervisor::start(Box::new(transport), limits)?;
         Ok(Pool::from_parts(supervisor, handler))

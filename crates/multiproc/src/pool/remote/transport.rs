@@ -159,6 +159,8 @@ impl Drop for Shared {
 
 pub(crate) struct BrokerTransport {
     pub(super) shared: Arc<Shared>,
+    /// Tasks in flight per slot of the window.
+    pub(super) ahead: usize,
 }
 
 impl BrokerTransport {
@@ -316,6 +318,10 @@ impl Transport for BrokerTransport {
 
     fn reports_are_near(&self) -> bool {
         false
+    }
+
+    fn tasks_ahead(&self) -> usize {
+        self.ahead
     }
 
     fn task_key(&self, id: u64) -> Option<String> {

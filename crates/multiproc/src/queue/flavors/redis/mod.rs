@@ -63,10 +63,10 @@ pub use settings::BrokerQueueBuilder;
 
 use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
 use keys::{Keys, find_keys, resolve_prefix, split_url, warn_old_keys};
-pub(crate) use link::{Packed, PutTag};
 use link::{
     GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
 };
+pub(crate) use link::{Packed, PutTag};
 use route::Route;
 use settings::{Asked, BrokerSettings};
 
@@ -360,11 +360,7 @@ impl RedisQueue {
 
     /// Writes the packed commands `packed` in one go, and leaves their replies to the link
     /// (reading the older half once too many wait).
-    fn write_unconfirmed(
-        &self,
-        packed: Vec<Packed>,
-        deadline: Option<Instant>,
-    ) -> Result<()> {
+    fn write_unconfirmed(&self, packed: Vec<Packed>, deadline: Option<Instant>) -> Result<()> {
         let mut packed = Some(packed);
         let mut link = self.conn.lock().ignore_poison();
         self.retrying(&mut link, deadline, |link| {
