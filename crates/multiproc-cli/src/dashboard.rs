@@ -387,6 +387,7 @@ impl State {
                     "added": s.added,
                     "delivered": s.delivered,
                     "redelivered": s.redelivered,
+                    "latency_ms": s.latency.map(|l| l.as_millis() as u64),
                     "consumers": consumers,
                     "dead_letters": dead_letters,
                 })
@@ -472,6 +473,21 @@ fn metrics(snapshot: &Snapshot) -> String {
         family(&mut out, name, kind, help);
         for look in &snapshot.queues {
             if let Some(v) = figure(&look.status) {
+                let _ = writeln!(out, "{name}{{queue=\"{}\"}} {v}", label(&look.name));
+            }
+        }
+    }
+    if !snapshot.queues.is_empty() {
+        let name = "multiproc_queue_latency_seconds";
+        let help = "How long the item waiting longest for a consumer has waited (0: none waits).";
+        family(&mut out, name, "gauge", help);
+        for look in &snapshot.queues {
+            // Unknown (an old broker) with items waiting: left out rather than a false 0.
+            let latency = match (look.status.waiting, look.status.latency) {
+                (0, _) => Some(0.0),
+                (_, l) => l.map(|l| l.as_secs_f64()),
+            };
+            if let Some(v) = latency {
                 let _ = writeln!(out, "{name}{{queue=\"{}\"}} {v}", label(&look.name));
             }
         }

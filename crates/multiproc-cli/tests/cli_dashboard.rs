@@ -214,6 +214,7 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
+    let filled_from = Instant::now();
     fill(&redis);
     // A consumer holding an item, and an item that failed and waits to be tried again.
     let holding: JoinableQueue<u32> = Queue::broker(redis.url(), "holding")
@@ -272,8 +273,27 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
     }
 
     let status = dashboard.status();
+    let since_filled = filled_from.elapsed().as_millis() as u64;
     assert_eq!(status["broker_up"], true);
     assert_eq!(queue(&status, "jobs")["waiting"], 3);
+    // The latency: how long the first of jobs' items has waited (by the broker's clock, on
+    // this machine), and nothing for a queue where none waits.
+    let latency = queue(&status, "jobs")["latency_ms"].as_u64().unwrap();
+    assert!(
+        latency <= since_filled + 1,
+        "{latency} ms > {since_filled} ms"
+    );
+    assert!(
+        queue(&status, "holding")["latency_ms"].is_null(),
+        "{status}"
+    );
+    let seconds = sample(m, "multiproc_queue_latency_seconds{queue=\"jobs\"}").unwrap();
+    assert!(seconds * 1000.0 <= (since_filled + 1) as f64, "{m}");
+    assert_eq!(
+        sample(m, "multiproc_queue_latency_seconds{queue=\"holding\"}"),
+        Some(0.0),
+        "{m}"
+    );
     let failing = queue(&status, "failing");
     assert_eq!(failing["dead"], 1);
     assert_eq!(failing["dead_letters"][0]["reason"], "boom", "{failing}");

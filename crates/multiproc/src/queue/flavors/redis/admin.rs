@@ -53,6 +53,10 @@ pub struct QueueStatus {
     /// How many times an entry was handed out again after its lease ran out or it was given
     /// back (counted by the consumers that took it over).
     pub redelivered: u64,
+    /// How long the item that has waited longest for a consumer has waited, by the broker's
+    /// clock: the queue's latency (`None` when no item waits, or the broker is older than
+    /// Redis 6.2).
+    pub latency: Option<Duration>,
 }
 
 /// One consumer of a queue on a broker.
@@ -480,16 +484,18 @@ impl RedisQueue {
                     .arg(super::REDELIVERED)
                     .query(c)
             })?;
-        let delivered = match &groups {
-            Value::Array(rows) => rows
-                .iter()
-                .find(|row| {
-                    field_of(row, "name").and_then(|v| as_string(&v)).as_deref() == Some(GROUP)
-                })
-                .and_then(|row| field_of(row, "entries-read"))
-                .and_then(|v| as_u64(&v)),
+        let group = match &groups {
+            Value::Array(rows) => rows.iter().find(|row| {
+                field_of(row, "name").and_then(|v| as_string(&v)).as_deref() == Some(GROUP)
+            }),
             _ => None,
         };
+        let delivered = group
+            .and_then(|row| field_of(row, "entries-read"))
+            .and_then(|v| as_u64(&v));
+        let last_delivered = group
+            .and_then(|row| field_of(row, "last-delivered-id"))
+            .and_then(|v| as_string(&v));
         let added = field_of(&stream, "entries-added").as_ref().and_then(as_u64);
         let pending = match pending {
             Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0),
@@ -517,8 +523,14 @@ impl RedisQueue {
         };
         let mut consumers: Vec<super::ConsumerStatus> = consumers;
         self.find_oldest(&mut consumers, deadline)?;
+        let waiting = len.saturating_sub(pending);
+        let latency = match (waiting, last_delivered) {
+            (0, _) | (_, None) => None,
+            (_, Some(last)) => self.oldest_waiting_age(&last, deadline)?,
+        };
         Ok(super::QueueStatus {
-            waiting: len.saturating_sub(pending),
+            latency,
+            waiting,
             pending,
             dead,
             consumers,
@@ -530,6 +542,47 @@ impl RedisQueue {
 
     /// Notes in each consumer that holds entries the one it has held longest (one round trip
     /// for all, for the first [`OLDEST_LOOKED_AT`] consumers that hold any).
+    /// How long the first entry after `last_delivered` (the oldest no consumer has been
+    /// handed) has been in the stream, by the broker's clock; `None` if there is none, or the
+    /// broker does not know the exclusive range (before Redis 6.2).
+    fn oldest_waiting_age(
+        &self,
+        last_delivered: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Duration>> {
+        let replies: Option<(Value, (String, String))> = self.with_conn(deadline, |c| {
+            let reply = redis::pipe()
+                .cmd("XRANGE")
+                .arg(&self.keys.stream)
+                .arg(format!("({last_delivered}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("TIME")
+                .query(c);
+            match reply {
+                Err(e) if e.code().is_some() => Ok(None),
+                other => other.map(Some),
+            }
+        })?;
+        let Some((first, (secs, micros))) = replies else {
+            return Ok(None);
+        };
+        let queued_ms = match first {
+            Value::Array(rows) => rows.first().and_then(|row| match row {
+                Value::Array(parts) => parts.first().and_then(as_string),
+                _ => None,
+            }),
+            _ => None,
+        }
+        .and_then(|id| id.split('-').next()?.parse::<u64>().ok());
+        let now_ms = secs.parse::<u64>().ok().zip(micros.parse::<u64>().ok());
+        Ok(queued_ms.zip(now_ms).map(|(queued, (s, us))| {
+            let now = s.saturating_mul(1000).saturating_add(us / 1000);
+            Duration::from_millis(now.saturating_sub(queued))
+        }))
+    }
+
     fn find_oldest(
         &self,
         consumers: &mut [super::ConsumerStatus],
