@@ -7,6 +7,8 @@
 //! for tasks and for results. Someone who can write to Redis but lacks the authkey can neither
 //! call a registered function nor forge a result.
 
+use std::cell::RefCell;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
@@ -79,10 +81,44 @@ pub(super) struct ResultMessage {
 
 /// The HMAC of `signed`'s encoding under `key`.
 fn signature(key: &[u8], signed: &impl Serialize) -> Hmac<Sha256> {
-    // An HMAC takes a key of any length, and postcard encodes any of the tuples below.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    mac.update(&postcard::to_allocvec(signed).unwrap_or_default());
+    let mut mac = keyed(key);
+    // postcard writes its encoding straight into the MAC (it encodes any of the tuples
+    // below): no buffer.
+    let _ = postcard::to_io(signed, MacWriter(&mut mac));
     mac
+}
+
+thread_local! {
+    /// The MAC keyed with the key this thread used last: keying costs two SHA-256 blocks,
+    /// and a pool or worker signs everything with one key.
+    static KEYED: RefCell<Option<(Vec<u8>, Hmac<Sha256>)>> = const { RefCell::new(None) };
+}
+
+/// An HMAC-SHA256 keyed with `key`, nothing written yet.
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    KEYED.with_borrow_mut(|cached| match cached {
+        Some((k, mac)) if k.as_slice() == key => mac.clone(),
+        _ => {
+            // An HMAC takes a key of any length.
+            let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+            *cached = Some((key.to_vec(), mac.clone()));
+            mac
+        }
+    })
+}
+
+/// Writes into a MAC.
+struct MacWriter<'a>(&'a mut Hmac<Sha256>);
+
+impl std::io::Write for MacWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks `mac` (base64) against `expected`.
@@ -253,6 +289,23 @@ mod tests {
             t.verify(b"key", "multiproc:other").is_err(),
             "replayed elsewhere"
         );
+    }
+
+    #[test]
+    fn a_signature_is_the_hmac_of_the_encoding_under_its_key() {
+        let signed = ("multiproc pool task", "multiproc:jobs", 2u32, "p1", 7u64);
+        let expected = |key: &[u8]| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+            mac.update(&postcard::to_allocvec(&signed).unwrap());
+            mac.finalize().into_bytes()
+        };
+        // Keyed afresh, keyed from the thread's cache, and with another key in between.
+        for key in [&b"key"[..], b"key", b"other key", b"key"] {
+            assert_eq!(
+                signature(key, &signed).finalize().into_bytes(),
+                expected(key)
+            );
+        }
     }
 
     #[test]

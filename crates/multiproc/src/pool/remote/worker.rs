@@ -579,17 +579,12 @@ impl Runner {
         // (on the same connection).
         let record = (task.pool.clone(), task.id);
         self.started.lock().ignore_poison().remove(&record);
-        if task.record_ttl_s == 0 {
-            return Ok(());
+        let key = (task.pool.as_str(), task.id);
+        let ended = self.record_command(key, task.record_ttl_s, Stage::Ended, Some(outcome))?;
+        if let Some((q, command)) = ended {
+            let to = records.entry(q.stream()).or_insert((q, Vec::new()));
+            to.1.push((command.get_packed_command(), None));
         }
-        let id = task_id(&task.pool, task.id);
-        let q = self.tasks.records(&id)?;
-        let key = record::key(q.stream(), &id);
-        let ttl = Duration::from_secs(task.record_ttl_s);
-        let stage = (Stage::Ended, q.consumer(), Some(outcome));
-        let command = record::command(&key, &self.authkey, stage, ttl)?;
-        let to = records.entry(q.stream()).or_insert((q, Vec::new()));
-        to.1.push((command.get_packed_command(), None));
         Ok(())
     }
 
@@ -833,18 +828,35 @@ impl Runner {
         stage: Stage,
         outcome: Option<&Outcome>,
     ) {
-        if ttl_s == 0 {
-            return;
-        }
-        let id = task_id(pool, *id);
-        let written = self.tasks.records(&id).and_then(|q| {
-            let key = record::key(q.stream(), &id);
-            let ttl = Duration::from_secs(ttl_s);
-            record::write(q, &key, &self.authkey, (stage, q.consumer(), outcome), ttl)
-        });
+        let written = self
+            .record_command((pool, *id), ttl_s, stage, outcome)
+            .and_then(|command| match command {
+                Some((q, command)) => q.send_unconfirmed(&command),
+                None => Ok(()),
+            });
         if let Err(e) = written {
             tracing::warn!(queue = %self.queue, error = %e, "writing a task's record");
         }
+    }
+
+    /// The command that writes the record of task `id` of `pool` (kept `ttl_s` seconds), with
+    /// the partition whose connection it goes on; `None` if the pool keeps no records.
+    fn record_command(
+        &self,
+        (pool, id): (&str, u64),
+        ttl_s: u64,
+        stage: Stage,
+        outcome: Option<&Outcome>,
+    ) -> Result<Option<(&RedisQueue, redis::Cmd)>> {
+        if ttl_s == 0 {
+            return Ok(None);
+        }
+        let id = task_id(pool, id);
+        let q = self.tasks.records(&id)?;
+        let key = record::key(q.stream(), &id);
+        let ttl = Duration::from_secs(ttl_s);
+        let command = record::command(&key, &self.authkey, (stage, q.consumer(), outcome), ttl)?;
+        Ok(Some((q, command)))
     }
 
     /// Notes that `task` started: its `started` record is written only if it still runs
