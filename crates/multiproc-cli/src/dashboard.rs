@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use multiproc::{DeadLetter, QueueAdmin, QueueStatus, TaskRecords, TaskStatus};
+use multiproc::{DURATION_BUCKETS, DeadLetter, QueueAdmin, QueueStatus, TaskRecords, TaskStatus};
 use serde_json::json;
 use std::sync::Mutex;
 
@@ -491,8 +491,37 @@ fn metrics(snapshot: &Snapshot) -> String {
                 let _ = writeln!(out, "{name}{{queue=\"{}\"}} {v}", label(&look.name));
             }
         }
+        durations(&mut out, &snapshot.queues);
     }
     out
+}
+
+/// The histogram of how long each queue's items took, as its consumers counted them.
+fn durations(out: &mut String, queues: &[QueueLook]) {
+    let name = "multiproc_queue_task_duration_seconds";
+    let help = "How long the queue's items took, from being handed out to being done.";
+    family(out, name, "histogram", help);
+    let bounds: Vec<String> = DURATION_BUCKETS
+        .iter()
+        .map(f64::to_string)
+        .chain(["+Inf".to_string()])
+        .collect();
+    for look in queues {
+        let queue = label(&look.name);
+        let none = vec![0; bounds.len()];
+        let status = &look.status;
+        let cumulative = match status.durations.len() {
+            0 => &none,
+            _ => &status.durations,
+        };
+        for (le, n) in bounds.iter().zip(cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{queue=\"{queue}\",le=\"{le}\"}} {n}");
+        }
+        let sum = status.duration_sum.as_secs_f64();
+        let _ = writeln!(out, "{name}_sum{{queue=\"{queue}\"}} {sum}");
+        let count = cumulative.last().copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_count{{queue=\"{queue}\"}} {count}");
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

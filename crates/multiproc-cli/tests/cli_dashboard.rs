@@ -216,6 +216,14 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
     };
     let filled_from = Instant::now();
     fill(&redis);
+    // An item done: its duration is counted for its queue.
+    let finished: JoinableQueue<u32> = Queue::broker(redis.url(), "finished")
+        .build_joinable()
+        .unwrap();
+    finished.put(1).unwrap();
+    assert_eq!(finished.get().unwrap(), 1);
+    finished.task_done().unwrap();
+    assert_eq!(finished.unfinished().unwrap(), 0);
     // A consumer holding an item, and an item that failed and waits to be tried again.
     let holding: JoinableQueue<u32> = Queue::broker(redis.url(), "holding")
         .build_joinable()
@@ -265,6 +273,18 @@ fn the_metrics_and_the_status_show_the_brokers_real_counts() {
         "{m}"
     );
     for (series, value) in [
+        (
+            "multiproc_queue_task_duration_seconds_count{queue=\"finished\"}",
+            1.0,
+        ),
+        (
+            "multiproc_queue_task_duration_seconds_bucket{queue=\"finished\",le=\"+Inf\"}",
+            1.0,
+        ),
+        (
+            "multiproc_queue_task_duration_seconds_count{queue=\"jobs\"}",
+            0.0,
+        ),
         ("multiproc_queue_delivered_total{queue=\"retrying\"}", 1.0),
         ("multiproc_queue_redelivered_total{queue=\"retrying\"}", 1.0),
         ("multiproc_queue_redelivered_total{queue=\"jobs\"}", 0.0),

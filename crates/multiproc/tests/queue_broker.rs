@@ -164,6 +164,53 @@ fn a_live_consumer_keeps_its_lease_while_it_works() {
 }
 
 #[test]
+fn how_long_done_items_took_is_counted_for_the_queue() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let q: JoinableQueue<u32> = Queue::broker(redis.url(), "timed")
+        .build_joinable()
+        .unwrap();
+    for n in 0..3 {
+        q.put(n).unwrap();
+    }
+    q.flush().unwrap();
+    let admin = QueueAdmin::connect(&redis.url(), "timed").unwrap();
+    assert!(
+        admin.status().unwrap().durations.is_empty(),
+        "none done yet"
+    );
+    let from = Instant::now();
+    for _ in 0..2 {
+        q.get().unwrap();
+        q.task_done().unwrap();
+    }
+    // A failed item is given back, not done: it has no duration.
+    q.get().unwrap();
+    q.task_failed("not now").unwrap();
+    // Sends the acknowledgements waiting here (the durations go with them).
+    assert_eq!(q.unfinished().unwrap(), 1);
+    let took = from.elapsed();
+    let status = admin.status().unwrap();
+    let counts = &status.durations;
+    assert_eq!(
+        counts.len(),
+        multiproc::DURATION_BUCKETS.len() + 1,
+        "{status:?}"
+    );
+    assert_eq!(counts.last(), Some(&2), "{status:?}");
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {counts:?}"
+    );
+    assert!(
+        status.duration_sum <= took,
+        "{:?} > {took:?}",
+        status.duration_sum
+    );
+}
+
+#[test]
 fn a_poison_task_goes_to_the_dead_letter_stream_with_its_last_error() {
     let Some(redis) = RedisServer::start() else {
         return;

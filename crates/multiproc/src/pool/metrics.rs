@@ -12,6 +12,15 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0, 60.0,
 ];
 
+/// The bucket of [`DURATION_BUCKETS`] that `d` falls in (the last, `+Inf`, past them all).
+pub(crate) fn duration_bucket(d: Duration) -> usize {
+    let s = d.as_secs_f64();
+    DURATION_BUCKETS
+        .iter()
+        .position(|&le| s <= le)
+        .unwrap_or(DURATION_BUCKETS.len())
+}
+
 /// Durations counted in the buckets of [`DURATION_BUCKETS`], from any thread.
 ///
 /// # Examples
@@ -42,12 +51,7 @@ impl DurationHistogram {
 
     /// Counts one duration.
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|&le| s <= le)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.counts[duration_bucket(d)].fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }

@@ -307,6 +307,8 @@ impl BrokerPoolBuilder {
         } = self.common;
         let pool = pool_id();
         let results = Queue::broker(url, results_name(&queue, &pool)).build_joinable()?;
+        // Deleted with the pool: a late count of durations would leave its settings behind.
+        results.redis()?.count_no_durations();
         let shared = Shared {
             tasks,
             results_stream: results.redis()?.stream().to_string(),

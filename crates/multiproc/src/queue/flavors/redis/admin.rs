@@ -1,6 +1,7 @@
 //! Looking after a queue on a broker: how many items wait, who holds which, and the dead
 //! letters (list, requeue, purge). What `multiproc status` and `multiproc dead` show.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -57,6 +58,13 @@ pub struct QueueStatus {
     /// clock: the queue's latency (`None` when no item waits, or the broker is older than
     /// Redis 6.2).
     pub latency: Option<Duration>,
+    /// How many items took at most each bound of [`DURATION_BUCKETS`](crate::DURATION_BUCKETS),
+    /// then all of them (`+Inf`), from being handed out to being done (`task_done`): every
+    /// consumer of the queue adds its items' with its acknowledgements. Empty while none was
+    /// counted.
+    pub durations: Vec<u64>,
+    /// The sum of those durations.
+    pub duration_sum: Duration,
 }
 
 /// One consumer of a queue on a broker.
@@ -458,9 +466,17 @@ impl RedisQueue {
     pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         self.flush_acks(deadline)?;
-        type Replies = (u64, Value, u64, Value, Value, Value, Option<u64>);
-        let (len, pending, dead, consumers, stream, groups, redelivered): Replies = self
-            .with_conn(deadline, |c| {
+        type Replies = (
+            u64,
+            Value,
+            u64,
+            Value,
+            Value,
+            Value,
+            HashMap<String, String>,
+        );
+        let (len, pending, dead, consumers, stream, groups, config): Replies =
+            self.with_conn(deadline, |c| {
                 redis::pipe()
                     .cmd("XLEN")
                     .arg(&self.keys.stream)
@@ -479,9 +495,8 @@ impl RedisQueue {
                     .cmd("XINFO")
                     .arg("GROUPS")
                     .arg(&self.keys.stream)
-                    .cmd("HGET")
+                    .cmd("HGETALL")
                     .arg(&self.keys.config)
-                    .arg(super::REDELIVERED)
                     .query(c)
             })?;
         let group = match &groups {
@@ -528,7 +543,13 @@ impl RedisQueue {
             (0, _) | (_, None) => None,
             (_, Some(last)) => self.oldest_waiting_age(&last, deadline)?,
         };
+        let redelivered = config
+            .get(super::REDELIVERED)
+            .and_then(|v| v.parse::<u64>().ok());
+        let (durations, duration_sum) = super::took::read(&config);
         Ok(super::QueueStatus {
+            durations,
+            duration_sum,
             latency,
             waiting,
             pending,

@@ -1,7 +1,7 @@
 //! Leases: what a handle took and has not finished, renewed by a thread while held, acknowledged
 //! in batches, given back on failure, and dead-lettered after too many deliveries.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use redis::{Connection, Value};
 
 use super::entry::{Entry, parse_pending_count, pending_counts, pending_ids};
 use super::route::Route;
+use super::took::AckList;
 use super::{Acks, COMMAND_TIMEOUT, GROUP, Leases, Prefetched, RedisQueue};
 use crate::error::{Error, Result};
 use crate::sync::IgnorePoison;
@@ -79,7 +80,7 @@ impl RedisQueue {
     ) -> Result<usize> {
         let mut held: HashSet<String> = self.lock_leases().iter().cloned().collect();
         held.extend(in_hand.map(str::to_string));
-        held.extend(self.acks.lock().ignore_poison().iter().cloned());
+        held.extend(self.acks.lock().ignore_poison().ids.iter().cloned());
         held.extend(self.lock_prefetched().iter().map(|e| e.id.clone()));
         let pending = self.with_conn(deadline, |c| {
             redis::cmd("XPENDING")
@@ -161,8 +162,22 @@ impl RedisQueue {
     }
 
     pub(super) fn take_lease(&self, id: String) {
+        if !self.uncounted.load(Ordering::Relaxed) {
+            self.lock_handed_at().insert(id.clone(), Instant::now());
+        }
         self.lock_leases().push_back(id);
         self.start_renewer();
+    }
+
+    /// Counts no durations for this queue (see [`took`](super::took)): for the library's
+    /// own queues, whose settings hash must not outlive them.
+    pub(crate) fn count_no_durations(&self) {
+        self.uncounted.store(true, Ordering::Relaxed);
+        self.lock_handed_at().clear();
+    }
+
+    fn lock_handed_at(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.handed_at.lock().ignore_poison()
     }
 
     pub(super) fn lock_leases(&self) -> MutexGuard<'_, VecDeque<String>> {
@@ -208,7 +223,14 @@ impl RedisQueue {
 
     /// Queues the acknowledgement of `id`, sent with the handle's next call, or soon.
     fn ack(&self, id: String) {
-        self.acks.lock().ignore_poison().push(id);
+        let took = self.lock_handed_at().remove(&id).map(|at| at.elapsed());
+        {
+            let mut acks = self.acks.lock().ignore_poison();
+            acks.ids.push(id);
+            if let Some(took) = took {
+                acks.took.observe(took);
+            }
+        }
         // Acknowledgements wait to ride with the handle's next call; with no lease left in
         // hand that call may be far off (or never come), and a `join` elsewhere would wait
         // for it: the renewing thread sends them soon (asked once until it has: a burst of
@@ -223,18 +245,18 @@ impl RedisQueue {
 
     /// Sends the acknowledgements waiting in `acks`.
     pub(super) fn flush_acks(&self, deadline: Option<Instant>) -> Result<()> {
-        let ids = std::mem::take(&mut *self.acks.lock().ignore_poison());
-        if ids.is_empty() {
+        let acks = std::mem::take(&mut *self.acks.lock().ignore_poison());
+        if acks.is_empty() {
             return Ok(());
         }
         let sent = self.with_conn(deadline, |c| {
             let mut pipe = redis::pipe();
-            self.add_acks(&mut pipe, &ids);
+            self.add_acks(&mut pipe, &acks);
             pipe.query::<()>(c)
         });
         if sent.is_err() {
             // Not lost: sent with the next call, or the entries come back to someone.
-            self.acks.lock().ignore_poison().extend(ids);
+            self.acks.lock().ignore_poison().merge(acks);
         }
         sent
     }
@@ -242,8 +264,9 @@ impl RedisQueue {
     /// Adds to `pipe` what finishes entries `ids`: deleted first, then acknowledged, so that
     /// an interruption between the two leaves a pending entry the broker knows is gone (the
     /// next XAUTOCLAIM drops it) rather than an acknowledged one left in the stream for ever.
-    pub(super) fn add_acks(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
-        add_acks(pipe, (&self.keys.stream, &self.keys.errors), ids);
+    pub(super) fn add_acks(&self, pipe: &mut redis::Pipeline, acks: &AckList) {
+        let keys = (&*self.keys.stream, &*self.keys.errors, &*self.keys.config);
+        add_acks(pipe, keys, acks);
     }
 
     /// Acknowledges entry `id` and removes it (and its recorded error).
@@ -279,6 +302,8 @@ impl RedisQueue {
     }
 
     fn give_back(&self, id: &str, reason: &str) -> Result<()> {
+        // Not done: no duration.
+        self.lock_handed_at().remove(id);
         self.with_conn(None, |c| {
             // Recorded for the dead-letter stream, then given back.
             redis::pipe()
@@ -326,6 +351,7 @@ impl RedisQueue {
     }
 
     fn reject(&self, id: String, reason: &str) -> Result<()> {
+        self.lock_handed_at().remove(&id);
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         let entry = self.with_conn(deadline, |c| {
             let reply: Value = redis::cmd("XRANGE")
@@ -343,7 +369,7 @@ impl RedisQueue {
             Some(entry) => self.dead_letter(&entry, reason, deliveries, deadline),
             // Gone already (deleted by an administrator): nothing to keep.
             None => {
-                self.acks.lock().ignore_poison().push(id);
+                self.acks.lock().ignore_poison().ids.push(id);
                 Ok(())
             }
         }
@@ -360,7 +386,11 @@ impl RedisQueue {
         let acks = self.acks.clone();
         let prefetched = self.prefetched.clone();
         let route = self.route.clone();
-        let keys = (self.keys.stream.clone(), self.keys.errors.clone());
+        let keys = (
+            self.keys.stream.clone(),
+            self.keys.errors.clone(),
+            self.keys.config.clone(),
+        );
         let consumer = self.consumer.clone();
         let every = self.settings.lease / 3;
         let asked = self.acks_asked.clone();
@@ -392,7 +422,7 @@ const ACK_DELAY: Duration = Duration::from_millis(2);
 /// so that the next acknowledgement asks again; ends when the handle drops its end.
 pub(super) fn renew_leases(
     route: Arc<Route>,
-    (stream, errors): (String, String),
+    (stream, errors, config): (String, String, String),
     consumer: String,
     (leases, acks, prefetched): (Leases, Acks, Prefetched),
     every: Duration,
@@ -415,12 +445,12 @@ pub(super) fn renew_leases(
                     }
                 }
                 asked.store(false, Ordering::Release);
-                send_acks(&route, &mut conn, (&stream, &errors), &acks);
+                send_acks(&route, &mut conn, (&stream, &errors, &config), &acks);
                 continue;
             }
         }
         let mut ids: Vec<String> = leases.lock().ignore_poison().iter().cloned().collect();
-        ids.extend(acks.lock().ignore_poison().iter().cloned());
+        ids.extend(acks.lock().ignore_poison().ids.iter().cloned());
         ids.extend(
             prefetched
                 .lock()
@@ -474,30 +504,25 @@ pub(super) fn renew_leases(
 /// for the handle's next call if that fails. The list stays locked until they are sent, so
 /// that a call of the handle that flushes acknowledgements first (`join`, `unfinished`) sees
 /// their effect.
-fn send_acks(
-    route: &Route,
-    conn: &mut Option<Connection>,
-    (stream, errors): (&str, &str),
-    acks: &Acks,
-) {
+fn send_acks(route: &Route, conn: &mut Option<Connection>, keys: (&str, &str, &str), acks: &Acks) {
     let mut waiting = acks.lock().ignore_poison();
     if waiting.is_empty() {
         return;
     }
-    let ids = std::mem::take(&mut *waiting);
+    let taken = std::mem::take(&mut *waiting);
     if conn.is_none() {
         *conn = connect(route);
     }
     let sent = conn.as_mut().is_some_and(|c| {
         let _ = c.set_read_timeout(Some(COMMAND_TIMEOUT));
         let mut pipe = redis::pipe();
-        add_acks(&mut pipe, (stream, errors), &ids);
+        add_acks(&mut pipe, keys, &taken);
         pipe.query::<()>(c).is_ok()
     });
     if !sent {
         *conn = None;
         route.lost();
-        waiting.extend(ids);
+        waiting.merge(taken);
     }
 }
 
@@ -506,9 +531,18 @@ fn connect(route: &Route) -> Option<Connection> {
     route.connect().ok().map(|(c, _)| c)
 }
 
-/// Acknowledges and removes entries `ids` of `stream`, and their recorded errors.
-fn add_acks(pipe: &mut redis::Pipeline, (stream, errors): (&str, &str), ids: &[String]) {
-    pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
-    pipe.cmd("XACK").arg(stream).arg(GROUP).arg(ids).ignore();
-    pipe.cmd("HDEL").arg(errors).arg(ids).ignore();
+/// Acknowledges and removes the entries of `acks` from `stream`, with their recorded
+/// errors, and adds how long they took to the queue's settings hash `config`.
+fn add_acks(
+    pipe: &mut redis::Pipeline,
+    (stream, errors, config): (&str, &str, &str),
+    acks: &AckList,
+) {
+    let ids = &acks.ids;
+    if !ids.is_empty() {
+        pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+        pipe.cmd("XACK").arg(stream).arg(GROUP).arg(ids).ignore();
+        pipe.cmd("HDEL").arg(errors).arg(ids).ignore();
+    }
+    acks.took.add_to(pipe, config);
 }

@@ -34,7 +34,7 @@
 //! only delays its clients. The first connection is not retried: an unreachable broker is an
 //! error naming its URL.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,7 @@ mod link;
 mod route;
 mod scheduled;
 mod settings;
+mod took;
 
 pub use admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
 pub(crate) use scheduled::Due;
@@ -106,8 +107,9 @@ pub(in crate::queue) struct BrokerHandle {
 
 /// Entry ids a handle took and has not finished, oldest first.
 type Leases = Arc<Mutex<VecDeque<String>>>;
-/// Entry ids a handle finished and has not acknowledged to the broker yet.
-type Acks = Arc<Mutex<Vec<String>>>;
+/// Entry ids a handle finished and has not acknowledged to the broker yet, with how long
+/// they took.
+type Acks = Arc<Mutex<took::AckList>>;
 /// Entries a handle read ahead and has not handed out yet, oldest first.
 type Prefetched = Arc<Mutex<VecDeque<Entry>>>;
 
@@ -184,6 +186,11 @@ pub(crate) struct RedisQueue {
     /// call to the broker on this handle): one round trip per item instead of two. Their
     /// leases are renewed meanwhile.
     acks: Acks,
+    /// When each entry leased here was handed out: its duration is counted when it is done.
+    handed_at: Mutex<HashMap<String, Instant>>,
+    /// Durations are not counted (a queue of the library's own, such as a broker pool's
+    /// results, whose settings hash must not outlive it).
+    uncounted: std::sync::atomic::AtomicBool,
     /// Entries a read took beyond the one it handed out (see [`Pace`]): leased to this handle
     /// (and renewed) until a later `get` hands them out, or given back when it is dropped.
     prefetched: Prefetched,
@@ -255,7 +262,9 @@ impl RedisQueue {
             }),
             reader: Mutex::new(Link::default()),
             leases: Arc::new(Mutex::new(VecDeque::new())),
-            acks: Arc::new(Mutex::new(Vec::new())),
+            acks: Arc::default(),
+            handed_at: Mutex::default(),
+            uncounted: Default::default(),
             prefetched: Arc::new(Mutex::new(VecDeque::new())),
             pace: Mutex::new(Pace::default()),
             closed: super::Closed::default(),
@@ -624,7 +633,7 @@ impl RedisQueue {
                 first
             }
             Err(e) => {
-                self.acks.lock().ignore_poison().extend(acks);
+                self.acks.lock().ignore_poison().merge(acks);
                 return Err(e);
             }
         };
