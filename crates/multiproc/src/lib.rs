@@ -45,6 +45,7 @@
 #[cfg(all(feature = "async", not(loom)))]
 mod aio;
 mod connection;
+mod durations;
 mod error;
 mod executor;
 mod local_lock;

@@ -26,8 +26,6 @@ mod transport;
 mod worker;
 
 pub use builder::PoolBuilder;
-#[cfg(feature = "broker")]
-pub(crate) use metrics::duration_bucket;
 pub use metrics::{DURATION_BUCKETS, DurationHistogram, PoolMetrics};
 pub use options::{Priority, RetryPolicy, TaskCall};
 #[cfg(feature = "broker")]

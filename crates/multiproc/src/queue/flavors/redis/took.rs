@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::pool::{DURATION_BUCKETS, duration_bucket};
+use crate::durations::{DURATION_BUCKETS, duration_bucket};
 
 /// The field of `PN:config` counting the items of bucket `i` (of [`DURATION_BUCKETS`], then
 /// `+Inf`).
