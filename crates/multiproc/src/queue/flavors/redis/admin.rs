@@ -466,16 +466,12 @@ impl RedisQueue {
     pub(super) fn status(&self, lease: Duration) -> Result<super::QueueStatus> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         self.flush_acks(deadline)?;
-        type Replies = (
-            u64,
-            Value,
-            u64,
-            Value,
-            Value,
-            Value,
-            HashMap<String, String>,
-        );
-        let (len, pending, dead, consumers, stream, groups, config): Replies =
+        type Replies = (u64, Value, u64, Value, Value, Value, Vec<Option<String>>);
+        // Only the fields read: a settings hash someone filled is not read whole.
+        let fields: Vec<String> = std::iter::once(super::REDELIVERED.to_string())
+            .chain(super::took::fields())
+            .collect();
+        let (len, pending, dead, consumers, stream, groups, values): Replies =
             self.with_conn(deadline, |c| {
                 redis::pipe()
                     .cmd("XLEN")
@@ -495,8 +491,9 @@ impl RedisQueue {
                     .cmd("XINFO")
                     .arg("GROUPS")
                     .arg(&self.keys.stream)
-                    .cmd("HGETALL")
+                    .cmd("HMGET")
                     .arg(&self.keys.config)
+                    .arg(&fields)
                     .query(c)
             })?;
         let group = match &groups {
@@ -543,6 +540,11 @@ impl RedisQueue {
             (0, _) | (_, None) => None,
             (_, Some(last)) => self.oldest_waiting_age(&last, deadline)?,
         };
+        let config: HashMap<String, String> = fields
+            .into_iter()
+            .zip(values)
+            .filter_map(|(field, value)| Some((field, value?)))
+            .collect();
         let redelivered = config
             .get(super::REDELIVERED)
             .and_then(|v| v.parse::<u64>().ok());

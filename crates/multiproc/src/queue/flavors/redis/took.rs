@@ -17,6 +17,13 @@ fn bucket_field(i: usize) -> String {
 /// The field of `PN:config` with the sum of the durations, in microseconds.
 const SUM_FIELD: &str = "duration_sum_us";
 
+/// Every field of `PN:config` the durations are kept in.
+pub(super) fn fields() -> impl Iterator<Item = String> {
+    (0..=DURATION_BUCKETS.len())
+        .map(bucket_field)
+        .chain([SUM_FIELD.to_string()])
+}
+
 /// Entry ids a handle finished and has not acknowledged yet, and how long they took.
 #[derive(Default)]
 pub(super) struct AckList {
