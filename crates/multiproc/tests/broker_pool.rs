@@ -402,6 +402,40 @@ fn a_forged_result_is_dropped_and_the_real_one_delivered() {
 }
 
 #[test]
+fn results_read_leave_their_stream_and_a_malformed_one_goes_to_the_dead_letters() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pool = broker_pool(&redis, "trimmed").build().unwrap();
+    let keys = redis.cli_text(&["KEYS", "multiproc:trimmed:results:*"]);
+    let stream = keys
+        .lines()
+        .next()
+        .expect("the pool made its results stream")
+        .to_string();
+    redis.cli(&["XADD", &stream, "*", "codec", "json", "body", "{not json"]);
+    let _workers = Workers::start(1, &redis, "trimmed", Duration::from_secs(30));
+    assert_eq!(
+        pool.map(square, 0..300).unwrap(),
+        (0..300).map(|x| x * x).collect::<Vec<_>>()
+    );
+    let dead = format!("{stream}:dead");
+    assert_eq!(
+        redis.cli_text(&["XLEN", &dead]),
+        "1",
+        "the malformed result"
+    );
+    let reason = redis.cli_text(&["XRANGE", &dead, "-", "+"]);
+    assert!(reason.contains("does not decode"), "{reason}");
+    // What the pool read is trimmed with its next read (which it makes at once).
+    assert!(
+        common::eventually(PATIENCE, || redis.cli_text(&["XLEN", &stream]) == "0"),
+        "results stay on the stream once read: {} entries",
+        redis.cli_text(&["XLEN", &stream])
+    );
+}
+
+#[test]
 fn a_task_is_followed_and_its_result_fetched_by_id() {
     let Some(redis) = RedisServer::start() else {
         return;

@@ -306,9 +306,7 @@ impl BrokerPoolBuilder {
             ..
         } = self.common;
         let pool = pool_id();
-        let results = Queue::broker(url, results_name(&queue, &pool)).build_joinable()?;
-        // Deleted with the pool: a late count of durations would leave its settings behind.
-        results.redis()?.count_no_durations();
+        let results = Queue::broker(url, results_name(&queue, &pool)).build()?;
         let shared = Shared {
             tasks,
             results_stream: results.redis()?.stream().to_string(),

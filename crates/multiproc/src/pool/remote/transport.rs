@@ -16,22 +16,21 @@ use super::record::Stage;
 use super::registry::TaskRegistry;
 use super::schedule::{TaskQueues, report_cancelled};
 use super::task_id;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::pool::RetryPolicy;
 use crate::pool::options::{Start, TaskOptions};
 use crate::pool::task::TaskTargetId;
 use crate::pool::transport::{Transport, WorkerLink};
 use crate::pool::worker::{FromWorkerRef, TaskFailure, ToWorker};
 use crate::queue::Due;
-use crate::queue::{JoinableQueue, Packed};
+use crate::queue::{JoinableQueue, Packed, Queue};
 use crate::sync::IgnorePoison;
 
 /// What the slots and the report reader share.
 pub(super) struct Shared {
     pub(super) tasks: TaskQueues,
-    /// Read as a joinable queue: each result is acknowledged with the next read, not with a
-    /// round trip of its own.
-    pub(super) results: JoinableQueue<ResultMessage>,
+    /// Read by this pool alone, without a consumer group (see `RedisQueue::read_sole`).
+    pub(super) results: Queue<ResultMessage>,
     pub(super) results_stream: String,
     pub(super) pool: String,
     pub(super) registry: TaskRegistry,
@@ -200,13 +199,6 @@ impl BrokerTransport {
         any
     }
 
-    /// Acknowledges the result just taken (with the next read).
-    fn acknowledge(&self) {
-        if let Err(e) = self.shared.results.task_done() {
-            tracing::warn!(stream = %self.shared.results_stream, error = %e, "acknowledging a result");
-        }
-    }
-
     /// Writes the tasks held while a batch of results was delivered.
     fn send_held(&self) {
         let mut held = std::mem::take(&mut *self.shared.held.lock().ignore_poison());
@@ -259,8 +251,8 @@ impl BrokerTransport {
     }
 }
 
-/// The most results delivered in one batch (beyond the first).
-const BATCH_MOST: usize = 64;
+/// The most results read and delivered in one batch.
+const BATCH_MOST: usize = 128;
 
 /// How often the report reader looks for tasks the broker refused.
 const REFUSALS_EVERY: Duration = Duration::from_millis(10);
@@ -285,24 +277,25 @@ impl Transport for BrokerTransport {
         if self.refused(on_report) {
             return true;
         }
-        match self.shared.results.get_timeout(timeout) {
-            Ok(message) => {
-                self.acknowledge();
-                // The results read with it are delivered too, and the tasks that take their
-                // slots written together after them.
+        let deadline = Some(Instant::now() + timeout);
+        let read = self
+            .shared
+            .results
+            .redis()
+            .and_then(|q| q.read_sole::<ResultMessage>(deadline, BATCH_MOST));
+        match read {
+            Ok(results) if results.is_empty() => false,
+            Ok(results) => {
+                // The tasks that take the slots of these results are written together after
+                // them.
                 HOLDING.set(true);
-                self.deliver(message, on_report);
-                for _ in 0..BATCH_MOST {
-                    let ahead = self.shared.results.redis().and_then(|q| q.take_ahead());
-                    let Ok(Some(leased)) = ahead else { break };
-                    self.acknowledge();
-                    self.deliver(leased.item, on_report);
+                for message in results {
+                    self.deliver(message, on_report);
                 }
                 HOLDING.set(false);
                 self.send_held();
                 true
             }
-            Err(e) if e.kind() == ErrorKind::Timeout => false,
             Err(e) => {
                 tracing::warn!(stream = %self.shared.results_stream, error = %e, "reading the pool's results");
                 std::thread::park_timeout(AFTER_FAILURE.min(timeout));

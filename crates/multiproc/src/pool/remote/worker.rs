@@ -335,10 +335,24 @@ struct Runner {
 #[derive(Default)]
 struct EndedTasks {
     tasks: Vec<EndedTask>,
-    /// Whether the writing thread waits for tasks (and must be woken).
-    writer_waits: bool,
+    /// Tasks the writing thread is sending (taken out of `tasks`, still running as far as
+    /// `Runner::running` knows).
+    writing: usize,
+    /// Whether the writing thread waits (and must be woken), and for what.
+    writer_waits: WriterWaits,
     /// No task runs any more: the writing thread ends once it has sent the last.
     closing: bool,
+}
+
+/// What the writing thread waits for.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum WriterWaits {
+    #[default]
+    No,
+    /// A task to end.
+    First,
+    /// A fuller batch: [`WRITE_BATCH`] tasks, or every task in the local pool ended.
+    More,
 }
 
 /// A task that ended (not to be retried), taken from `source` as `lease`.
@@ -351,6 +365,16 @@ struct EndedTask {
 
 /// The most ended tasks the writing thread sends in one go.
 const WRITE_MOST: usize = 256;
+
+/// How many ended tasks the writing thread waits for, while others are still running in the
+/// local pool, before it sends them (at most [`LINGER`] after the first): a busy worker
+/// writes a batch at a time, which costs it and the broker a system call and a wake-up for
+/// many tasks, not for each one or two. A task that ends with none other running is sent at
+/// once.
+const WRITE_BATCH: usize = 16;
+
+/// How long the first of a batch of ended tasks may wait for the rest.
+const LINGER: Duration = Duration::from_micros(300);
 
 /// How long a worker trusts what it last saw of a pool's termination.
 const TERMINATION_SEEN_FOR: Duration = Duration::from_secs(1);
@@ -488,15 +512,28 @@ impl Runner {
     fn ended(&self, task: EndedTask) {
         let mut ended = self.ended.lock().ignore_poison();
         ended.tasks.push(task);
-        if ended.writer_waits {
-            ended.writer_waits = false;
+        let wake = match ended.writer_waits {
+            WriterWaits::No => false,
+            WriterWaits::First => true,
+            WriterWaits::More => {
+                ended.tasks.len() >= WRITE_BATCH || self.in_local_pool(&ended) == 0
+            }
+        };
+        if wake {
+            ended.writer_waits = WriterWaits::No;
             self.ended_ready.notify_one();
         }
     }
 
-    /// The writing thread: sends what the tasks that ended say, those that end meanwhile
-    /// together (a write per connection for many, not two per task), until the worker
-    /// closes and the last is sent.
+    /// How many tasks still run in (or wait for) the local pool: those started and not
+    /// ended.
+    fn in_local_pool(&self, ended: &EndedTasks) -> usize {
+        let running = *self.running.lock().ignore_poison();
+        running.saturating_sub(ended.tasks.len() + ended.writing)
+    }
+
+    /// The writing thread: sends what the tasks that ended say, a batch at a time (see
+    /// [`WRITE_BATCH`]), until the worker closes and the last is sent.
     fn write_all_ended(&self) {
         loop {
             let batch = {
@@ -505,10 +542,24 @@ impl Runner {
                     if ended.closing {
                         return;
                     }
-                    ended.writer_waits = true;
+                    ended.writer_waits = WriterWaits::First;
                     ended = self.ended_ready.wait(ended).ignore_poison();
                 }
+                let until = Instant::now() + LINGER;
+                while ended.tasks.len() < WRITE_BATCH
+                    && !ended.closing
+                    && self.in_local_pool(&ended) > 0
+                {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    ended.writer_waits = WriterWaits::More;
+                    ended = self.ended_ready.wait_timeout(ended, left).ignore_poison().0;
+                }
+                ended.writer_waits = WriterWaits::No;
                 let n = ended.tasks.len().min(WRITE_MOST);
+                ended.writing = n;
                 ended.tasks.drain(..n).collect::<Vec<_>>()
             };
             self.write_ended(batch);
@@ -564,6 +615,7 @@ impl Runner {
                 self.settle(queue, &lease, Ok(()));
             }
         }
+        self.ended.lock().ignore_poison().writing = 0;
         self.finished(n);
     }
 
@@ -876,8 +928,9 @@ impl Runner {
         let mut started = self.started.lock().ignore_poison();
         let mut next: Option<Duration> = None;
         let mut written = Vec::new();
+        let now = Instant::now();
         for (record, (since, ttl_s)) in started.iter() {
-            match STARTED_AFTER.checked_sub(since.elapsed()) {
+            match STARTED_AFTER.checked_sub(now.saturating_duration_since(*since)) {
                 Some(left) if !left.is_zero() => next = Some(next.map_or(left, |n| n.min(left))),
                 _ => {
                     // Written with the map locked: a task that ends meanwhile writes its

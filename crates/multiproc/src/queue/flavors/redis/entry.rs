@@ -92,26 +92,56 @@ pub(super) fn parse_entry(v: &Value) -> Option<Entry> {
     Some(Entry { id, fields })
 }
 
-/// XREADGROUP's reply: `[[stream, [entry…]]]`, or nil.
-pub(super) fn parse_read(v: Value) -> Vec<Entry> {
-    let streams = match v {
-        Value::Array(s) => s,
-        Value::Map(m) => m
+/// A bulk or simple string, moved out of the reply.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// `[id, [field, value, ...]]`, moved out of the reply (a read's entries are not copied).
+fn into_entry(v: Value) -> Option<Entry> {
+    let Value::Array(parts) = v else { return None };
+    let mut parts = parts.into_iter();
+    let id = String::from_utf8(into_bytes(parts.next()?)?).ok()?;
+    let fields = match parts.next()? {
+        Value::Array(kv) => {
+            let mut fields = Vec::with_capacity(kv.len() / 2);
+            let mut kv = kv.into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
+                    fields.push((k, v));
+                }
+            }
+            fields
+        }
+        Value::Map(kv) => kv
             .into_iter()
-            .map(|(k, v)| Value::Array(vec![k, v]))
+            .filter_map(|(k, v)| Some((into_bytes(k)?, into_bytes(v)?)))
             .collect(),
+        _ => Vec::new(),
+    };
+    Some(Entry { id, fields })
+}
+
+/// XREADGROUP's (or XREAD's) reply: `[[stream, [entry…]]]`, or nil.
+pub(super) fn parse_read(v: Value) -> Vec<Entry> {
+    let stream = match v {
+        Value::Array(s) => s.into_iter().next(),
+        Value::Map(m) => m.into_iter().next().map(|(k, v)| Value::Array(vec![k, v])),
         _ => return Vec::new(),
     };
-    let entries = streams.first().and_then(|stream| match stream {
-        Value::Array(stream) => match stream.get(1)? {
-            Value::Array(entries) => Some(entries),
-            _ => None,
-        },
+    let entries = match stream {
+        Some(Value::Array(stream)) => stream.into_iter().nth(1),
         _ => None,
-    });
-    entries
-        .map(|entries| entries.iter().filter_map(parse_entry).collect())
-        .unwrap_or_default()
+    };
+    match entries {
+        Some(Value::Array(entries)) => entries.into_iter().filter_map(into_entry).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// XAUTOCLAIM's reply: `[cursor, [entry], [deleted ids]]`.

@@ -162,18 +162,9 @@ impl RedisQueue {
     }
 
     pub(super) fn take_lease(&self, id: String) {
-        if !self.uncounted.load(Ordering::Relaxed) {
-            self.lock_handed_at().insert(id.clone(), Instant::now());
-        }
+        self.lock_handed_at().insert(id.clone(), Instant::now());
         self.lock_leases().push_back(id);
         self.start_renewer();
-    }
-
-    /// Counts no durations for this queue (see [`took`](super::took)): for the library's
-    /// own queues, whose settings hash must not outlive them.
-    pub(crate) fn count_no_durations(&self) {
-        self.uncounted.store(true, Ordering::Relaxed);
-        self.lock_handed_at().clear();
     }
 
     fn lock_handed_at(&self) -> MutexGuard<'_, HashMap<String, Instant>> {

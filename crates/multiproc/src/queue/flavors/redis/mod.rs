@@ -56,6 +56,7 @@ mod link;
 mod route;
 mod scheduled;
 mod settings;
+mod sole;
 mod took;
 
 pub use admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
@@ -188,9 +189,6 @@ pub(crate) struct RedisQueue {
     acks: Acks,
     /// When each entry leased here was handed out: its duration is counted when it is done.
     handed_at: Mutex<HashMap<String, Instant>>,
-    /// Durations are not counted (a queue of the library's own, such as a broker pool's
-    /// results, whose settings hash must not outlive it).
-    uncounted: std::sync::atomic::AtomicBool,
     /// Entries a read took beyond the one it handed out (see [`Pace`]): leased to this handle
     /// (and renewed) until a later `get` hands them out, or given back when it is dropped.
     prefetched: Prefetched,
@@ -205,6 +203,8 @@ pub(crate) struct RedisQueue {
     /// When `get` last looked for entries whose lease ran out (it does so every quarter
     /// lease, and whenever no new entry came, not before every read).
     last_claim: Mutex<Option<Instant>>,
+    /// Where [`read_sole`](Self::read_sole) is in the stream.
+    sole: Mutex<sole::SoleRead>,
     /// Futures of this handle waiting for entries (feature `async`).
     #[cfg(all(feature = "async", not(loom)))]
     awaiting: awaiting::Awaiting,
@@ -264,13 +264,13 @@ impl RedisQueue {
             leases: Arc::new(Mutex::new(VecDeque::new())),
             acks: Arc::default(),
             handed_at: Mutex::default(),
-            uncounted: Default::default(),
             prefetched: Arc::new(Mutex::new(VecDeque::new())),
             pace: Mutex::new(Pace::default()),
             closed: super::Closed::default(),
             renewer: Mutex::new(None),
             acks_asked: Arc::default(),
             last_claim: Mutex::new(None),
+            sole: Mutex::default(),
             #[cfg(all(feature = "async", not(loom)))]
             awaiting: awaiting::Awaiting::default(),
         };
@@ -556,22 +556,6 @@ impl RedisQueue {
                 } else {
                     Error::Empty { what: self.what() }
                 });
-            }
-        }
-    }
-
-    /// The next entry read ahead with an earlier one, if there is one: no call to the broker
-    /// (unless it is one delivery too many, and goes to the dead letters).
-    pub(crate) fn take_ahead<T: DeserializeOwned>(&self) -> Result<Option<Leased<T>>> {
-        self.check_open()?;
-        self.lock_pace().asked();
-        loop {
-            let Some(entry) = self.lock_prefetched().pop_front() else {
-                return Ok(None);
-            };
-            let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
-            if let Some(item) = self.hand_out(entry, 1, deadline)? {
-                return Ok(Some(item));
             }
         }
     }
