@@ -345,6 +345,24 @@ fn a_worker_that_dies_costs_its_lease_then_the_task_runs_elsewhere_or_fails() {
     }
 }
 
+/// A task entry as a pool writes it (format 3: postcard, the fields in this order; a byte
+/// string there is encoded as a sequence of bytes is).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct RawTask {
+    v: u32,
+    pool: String,
+    slot: u32,
+    id: u64,
+    function: String,
+    build: String,
+    retry: (u32, u64, u64, bool, bool),
+    attempt: u32,
+    record_ttl_s: u64,
+    timeout_ms: Option<u64>,
+    items: Vec<u8>,
+    mac: Vec<u8>,
+}
+
 #[test]
 fn forged_and_replayed_tasks_go_to_the_dead_letters() {
     let Some(redis) = RedisServer::start() else {
@@ -353,26 +371,52 @@ fn forged_and_replayed_tasks_go_to_the_dead_letters() {
     // A genuine task, signed for queue "a", where no worker runs.
     let pool_a = broker_pool(&redis, "a").build().unwrap();
     let _pending = pool_a.apply_async(square, 4).unwrap();
-    let raw_a: Queue<serde_json::Value> = Queue::broker(redis.url(), "a").build().unwrap();
+    let raw_a: Queue<RawTask> = Queue::broker(redis.url(), "a").build().unwrap();
     let genuine = raw_a.get_timeout(PATIENCE).unwrap();
-    assert_eq!(genuine["function"], "square");
-    // Replayed into queue "b", and a forgery beside it.
-    let raw_b: Queue<serde_json::Value> = Queue::broker(redis.url(), "b").build().unwrap();
+    assert_eq!((genuine.v, genuine.function.as_str()), (3, "square"));
+    // Replayed into queue "b" (in JSON, which a worker reads too), and a forgery beside it.
+    let raw_b: Queue<RawTask> = Queue::broker(redis.url(), "b").build().unwrap();
     raw_b.put(genuine.clone()).unwrap();
     let mut forged = genuine.clone();
-    forged["items"] = serde_json::Value::String("AAAAAAAAAAAAAAAAAAAAAAA=".into());
+    forged.items = vec![0; 16];
     raw_b.put(forged).unwrap();
     raw_b.flush().unwrap();
+    // And bytes that are no task at all (nor text).
+    let garbage = "return redis.call('XADD', KEYS[1], '*', 'codec', 'postcard', 'body', \
+                   string.char(255, 0, 7))";
+    redis.cli(&["EVAL", garbage, "1", "multiproc:b"]);
     let _workers = Workers::start(1, &redis, "b", Duration::from_secs(30));
-    // A genuine task for "b" is run after them: the worker has seen both by then.
+    // A genuine task for "b" is run after them: the worker has seen them all by then.
     let pool_b = broker_pool(&redis, "b").build().unwrap();
     assert_eq!(pool_b.apply(square, 6).unwrap(), 36);
     let admin = QueueAdmin::connect(&redis.url(), "b").unwrap();
     let dead = admin.dead_letters(10).unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    for d in &dead {
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let (signed, undecoded): (Vec<_>, Vec<_>) = dead.iter().partition(|d| d.codec == "json");
+    assert_eq!(signed.len(), 2, "{dead:?}");
+    for d in signed {
         assert!(d.reason.contains("bad signature"), "{d:?}");
     }
+    // A binary body is shown in base64, and requeued byte for byte.
+    let bytes = undecoded[0];
+    assert!(bytes.reason.contains("does not decode"), "{bytes:?}");
+    assert_eq!(
+        (bytes.codec.as_str(), bytes.body.as_str()),
+        ("postcard", "/wAH")
+    );
+    assert_eq!(
+        admin.requeue_dead(Some(&[bytes.id.clone()][..])).unwrap(),
+        1
+    );
+    assert_eq!(pool_b.apply(square, 7).unwrap(), 49);
+    let again = admin.dead_letters(10).unwrap();
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(
+        again
+            .iter()
+            .any(|d| d.body == "/wAH" && d.id != bytes.id && d.original_id != bytes.original_id),
+        "{again:?}"
+    );
 }
 
 #[test]
@@ -389,7 +433,7 @@ fn a_forged_result_is_dropped_and_the_real_one_delivered() {
         .lines()
         .next()
         .expect("the pool made its results stream");
-    let body = r#"{"v":2,"slot":0,"id":0,"worker":"mallory","outcome":{"Done":"AAAAAAAAAAA="},"mac":"AAAA"}"#;
+    let body = r#"{"v":3,"slot":0,"id":0,"worker":"mallory","outcome":{"Done":[0,0,0,0,0,0,0,0]},"mac":[1,2,3,4]}"#;
     redis.cli(&["XADD", stream, "*", "codec", "json", "body", body]);
     let _workers = Workers::start(1, &redis, "forged", Duration::from_secs(30));
     assert_eq!(future.result_timeout(PATIENCE).unwrap(), 81);
@@ -517,11 +561,12 @@ fn a_task_is_followed_and_its_result_fetched_by_id() {
         stranger.status(&id).unwrap_err().kind(),
         ErrorKind::Protocol
     );
-    // A record rewritten by someone without the key (its result changed).
-    let mut record: serde_json::Value =
-        serde_json::from_str(&redis.cli_text(&["GET", &key])).unwrap();
-    record["outcome"] = serde_json::Value::String(r#"{"Done":"AAAA"}"#.into());
-    redis.cli(&["SET", &key, &record.to_string()]);
+    // A record rewritten by someone without the key: its result changed (the last byte of a
+    // record is the last of its outcome, here the result's).
+    let flip = "local v = redis.call('GET', KEYS[1]) \
+                return redis.call('SET', KEYS[1], \
+                    string.sub(v, 1, -2) .. string.char((string.byte(v, -1) + 1) % 256))";
+    assert_eq!(redis.cli_text(&["EVAL", flip, "1", &key]), "OK");
     assert_eq!(
         records.result::<u64>(&id).unwrap_err().kind(),
         ErrorKind::Protocol

@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 
 use super::RESULTS_TTL;
-use super::message::{Outcome, decode_bytes};
+use super::message::Outcome;
 use super::record;
 use super::schedule::{TaskQueues, report_cancelled, results_of};
 use crate::error::{Error, Result};
@@ -171,10 +171,8 @@ impl TaskRecords {
                 ("scheduled", _) => TaskStatus::Scheduled,
                 (_, Some(Outcome::Left { why, .. })) => TaskStatus::Waiting { why },
                 (_, Some(Outcome::Failed(TaskFailure::Cancelled(_)))) => TaskStatus::Cancelled,
-                (_, Some(Outcome::Done(text))) => {
+                (_, Some(Outcome::Done(bytes))) => {
                     // A task's results carry its items' own failures (a panic) first.
-                    let bytes = decode_bytes(&text)
-                        .map_err(|why| Error::protocol(format!("task record {task_id}"), why))?;
                     let (failures, _) = decode_failures(&bytes)?;
                     match failures.into_iter().next() {
                         Some((_, failure)) => TaskStatus::Failed(failure.into_error()),
@@ -194,11 +192,7 @@ impl TaskRecords {
     /// [`status`](Self::status).
     pub fn result<R: DeserializeOwned + 'static>(&self, task_id: &str) -> Result<Option<R>> {
         match self.read(task_id)? {
-            Some((_, _, Some(Outcome::Done(text)))) => {
-                let bytes = decode_bytes(&text)
-                    .map_err(|why| Error::protocol(format!("task record {task_id}"), why))?;
-                single(Ok(&bytes)).map(Some)
-            }
+            Some((_, _, Some(Outcome::Done(bytes)))) => single(Ok(&bytes)).map(Some),
             Some((_, _, Some(Outcome::Failed(failure)))) => Err(failure.into_error()),
             _ => Ok(None),
         }

@@ -1,5 +1,5 @@
-//! What a broker pool's tasks and results are on the wire: JSON entries of a Redis stream,
-//! each signed with the pool's authkey.
+//! What a broker pool's tasks and results are on the wire: entries of a Redis stream in
+//! postcard (the queue's `postcard` codec), each signed with the pool's authkey.
 //!
 //! The signature is an HMAC-SHA256 over postcard's encoding of every field and of the stream
 //! the entry was written to (which is what makes a task replayed into another queue, or a
@@ -9,16 +9,15 @@
 
 use std::cell::RefCell;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::pool::worker::TaskFailure;
 
-/// The format of the entries this build writes and reads.
-pub(super) const FORMAT: u32 = 2;
+/// The format of the entries this build writes and reads (2 was JSON with base64 inside; an
+/// entry of another format is refused with that said).
+pub(super) const FORMAT: u32 = 3;
 
 /// The longest pool id (a pool's results stream is named after it).
 const MAX_POOL_ID: usize = 64;
@@ -46,17 +45,19 @@ pub(super) struct TaskMessage {
     pub(super) record_ttl_s: u64,
     /// How long it may run, in milliseconds (the worker's own limit applies too).
     pub(super) timeout_ms: Option<u64>,
-    /// The chunk of arguments, base64.
-    pub(super) items: String,
-    /// The signature, base64.
-    pub(super) mac: String,
+    /// The chunk of arguments.
+    #[serde(with = "serde_bytes")]
+    pub(super) items: Vec<u8>,
+    /// The signature.
+    #[serde(with = "serde_bytes")]
+    pub(super) mac: Vec<u8>,
 }
 
 /// What a worker reports for a task.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Outcome {
-    /// The chunk's results (its items' own failures inside), base64.
-    Done(String),
+    /// The chunk's results (its items' own failures inside).
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Why the task has no results.
     Failed(TaskFailure),
     /// Not run, and not over: a worker of another build left it on the stream of its own
@@ -75,8 +76,9 @@ pub(super) struct ResultMessage {
     /// The worker that ran it (`host:pid`), for messages.
     pub(super) worker: String,
     pub(super) outcome: Outcome,
-    /// The signature, base64.
-    pub(super) mac: String,
+    /// The signature.
+    #[serde(with = "serde_bytes")]
+    pub(super) mac: Vec<u8>,
 }
 
 /// The HMAC of `signed`'s encoding under `key`.
@@ -121,14 +123,16 @@ impl std::io::Write for MacWriter<'_> {
     }
 }
 
-/// Checks `mac` (base64) against `expected`.
-fn verify(expected: Hmac<Sha256>, mac: &str) -> Result<(), String> {
-    let given = BASE64
-        .decode(mac)
-        .map_err(|_| "the signature is not base64".to_string())?;
-    expected.verify_slice(&given).map_err(|_| {
+/// Checks `mac` against `expected`.
+fn verify(expected: Hmac<Sha256>, mac: &[u8]) -> Result<(), String> {
+    expected.verify_slice(mac).map_err(|_| {
         "bad signature: not signed with this authkey, or meant for another stream".into()
     })
+}
+
+/// A signature's bytes.
+fn mac_bytes(mac: Hmac<Sha256>) -> Vec<u8> {
+    mac.finalize().into_bytes().to_vec()
 }
 
 impl TaskMessage {
@@ -147,21 +151,20 @@ impl TaskMessage {
             self.attempt,
             self.record_ttl_s,
             self.timeout_ms,
-            &self.items,
+            serde_bytes::Bytes::new(&self.items),
         )
     }
 
     /// A task for `stream`, signed with `key`.
     pub(super) fn new(key: &[u8], stream: &str, mut message: TaskMessage) -> TaskMessage {
-        let mac = signature(key, &message.signed(stream))
-            .finalize()
-            .into_bytes();
-        message.mac = BASE64.encode(mac);
+        let mac = mac_bytes(signature(key, &message.signed(stream)));
+        message.mac = mac;
         message
     }
 
-    /// Its arguments, once its signature and format are checked for `stream`.
-    pub(super) fn verify(&self, key: &[u8], stream: &str) -> Result<Vec<u8>, String> {
+    /// Checks its signature and format for `stream` (its arguments are then
+    /// [`items`](Self::items)).
+    pub(super) fn verify(&self, key: &[u8], stream: &str) -> Result<(), String> {
         if self.v != FORMAT {
             return Err(format!(
                 "format version {} (this worker reads {FORMAT})",
@@ -178,9 +181,7 @@ impl TaskMessage {
         {
             return Err(format!("a malformed pool id {:?}", self.pool));
         }
-        BASE64
-            .decode(&self.items)
-            .map_err(|_| "the arguments are not base64".into())
+        Ok(())
     }
 }
 
@@ -199,10 +200,8 @@ impl ResultMessage {
 
     /// A result for `stream`, signed with `key`.
     pub(super) fn new(key: &[u8], stream: &str, mut message: ResultMessage) -> ResultMessage {
-        let mac = signature(key, &message.signed(stream))
-            .finalize()
-            .into_bytes();
-        message.mac = BASE64.encode(mac);
+        let mac = mac_bytes(signature(key, &message.signed(stream)));
+        message.mac = mac;
         message
     }
 
@@ -218,41 +217,14 @@ impl ResultMessage {
     }
 }
 
-/// The signature of a task record (see `record.rs`), base64.
-pub(super) fn record_mac(
-    key: &[u8],
-    record: &str,
-    stage: &str,
-    worker: &str,
-    outcome: &str,
-) -> String {
-    let signed = ("multiproc pool task record", record, stage, worker, outcome);
-    BASE64.encode(signature(key, &signed).finalize().into_bytes())
+/// The signature of a task record (see `record.rs`): of its key, stage, worker and outcome.
+pub(super) fn record_mac(key: &[u8], signed: &impl Serialize) -> Vec<u8> {
+    mac_bytes(signature(key, &("multiproc pool task record", signed)))
 }
 
 /// Checks a task record's signature.
-pub(super) fn verify_record(
-    key: &[u8],
-    record: &str,
-    stage: &str,
-    worker: &str,
-    outcome: &str,
-    mac: &str,
-) -> Result<(), String> {
-    let signed = ("multiproc pool task record", record, stage, worker, outcome);
-    verify(signature(key, &signed), mac)
-}
-
-/// Bytes as base64, for the JSON entries.
-pub(super) fn encode_bytes(bytes: &[u8]) -> String {
-    BASE64.encode(bytes)
-}
-
-/// Base64 back to bytes.
-pub(super) fn decode_bytes(text: &str) -> Result<Vec<u8>, String> {
-    BASE64
-        .decode(text)
-        .map_err(|_| "the results are not base64".into())
+pub(super) fn verify_record(key: &[u8], signed: &impl Serialize, mac: &[u8]) -> Result<(), String> {
+    verify(signature(key, &("multiproc pool task record", signed)), mac)
 }
 
 #[cfg(test)]
@@ -274,8 +246,8 @@ mod tests {
                 attempt: 0,
                 record_ttl_s: 60,
                 timeout_ms: None,
-                items: encode_bytes(b"args"),
-                mac: String::new(),
+                items: b"args".to_vec(),
+                mac: Vec::new(),
             },
         )
     }
@@ -283,7 +255,7 @@ mod tests {
     #[test]
     fn a_signed_task_verifies_on_its_own_stream_only() {
         let t = task();
-        assert_eq!(t.verify(b"key", "multiproc:jobs").unwrap(), b"args");
+        assert!(t.verify(b"key", "multiproc:jobs").is_ok());
         assert!(t.verify(b"other key", "multiproc:jobs").is_err());
         assert!(
             t.verify(b"key", "multiproc:other").is_err(),
@@ -321,7 +293,7 @@ mod tests {
             |t| t.retry.0 = 9,
             |t| t.retry.1 = 1000,
             |t| t.attempt = 1,
-            |t| t.items = encode_bytes(b"argz"),
+            |t| t.items = b"argz".to_vec(),
         ];
         for change in changes {
             let mut t = task();
@@ -340,8 +312,8 @@ mod tests {
                 slot: 1,
                 id: 2,
                 worker: "h:1".into(),
-                outcome: Outcome::Done(encode_bytes(b"r")),
-                mac: String::new(),
+                outcome: Outcome::Done(b"r".to_vec()),
+                mac: Vec::new(),
             },
         );
         assert!(r.verify(b"key", "multiproc:jobs:results:p1").is_ok());

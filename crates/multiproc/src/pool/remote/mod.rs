@@ -74,7 +74,6 @@ use super::Pool;
 use super::supervisor::{Limits, Supervisor};
 use crate::error::{Error, Result};
 use crate::pool::RetryPolicy;
-use crate::queue::Queue;
 
 /// Deliveries before the queue itself would dead-letter a task: high, so that the workers
 /// apply each pool's `retries` (and report the loss to the pool) first.
@@ -306,7 +305,7 @@ impl BrokerPoolBuilder {
             ..
         } = self.common;
         let pool = pool_id();
-        let results = Queue::broker(url, results_name(&queue, &pool)).build()?;
+        let results = schedule::results_of(&url, &queue, &pool)?;
         let shared = Shared {
             tasks,
             results_stream: results.redis()?.stream().to_string(),

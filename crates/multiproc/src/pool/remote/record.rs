@@ -1,4 +1,4 @@
-//! Each broker task's record: a Redis string (JSON) beside the task stream
+//! Each broker task's record: a Redis string (postcard) beside the task stream
 //! (`<stream>:task:<task id>`), written when the task is kept for later, and by the worker once
 //! the task has run a few milliseconds, when it is retried, and when it ends, and kept for a while (the records' time to live, a
 //! day by default) so that any process that has the task's id and the authkey can look at its
@@ -71,36 +71,47 @@ pub(super) fn command(
     (stage, worker, outcome): (Stage, &str, Option<&Outcome>),
     ttl: Duration,
 ) -> Result<redis::Cmd> {
-    let outcome = match outcome {
-        Some(o) => serde_json::to_string(o)
-            .map_err(|e| Error::serialization("task record", e.to_string()))?,
-        None => String::new(),
-    };
+    let stage = stage.name();
     let record = Record {
-        state: stage.name().to_string(),
-        worker: worker.to_string(),
-        mac: record_mac(authkey, key, stage.name(), worker, &outcome),
+        mac: record_mac(authkey, &(key, stage, worker, outcome)),
+        state: stage,
+        worker,
         outcome,
     };
-    let text = serde_json::to_string(&record)
+    let bytes = postcard::to_stdvec(&record)
         .map_err(|e| Error::serialization("task record", e.to_string()))?;
     // One command, the time to live with it.
     let mut set = redis::cmd("SET");
     set.arg(key)
-        .arg(text)
+        .arg(bytes)
         .arg("PX")
         .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
     Ok(set)
 }
 
-/// A record as stored: a JSON object (the outcome itself JSON, inside).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Record {
+/// A record as stored, in postcard: its signature first (over its key and the rest), then the
+/// task's stage, its worker and its outcome.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    #[serde(with = "serde_bytes")]
+    mac: Vec<u8>,
+    state: &'a str,
+    worker: &'a str,
+    outcome: Option<&'a Outcome>,
+}
+
+/// A record as read back.
+#[derive(serde::Deserialize)]
+struct ReadRecord {
+    #[serde(with = "serde_bytes")]
+    mac: Vec<u8>,
     state: String,
     worker: String,
-    outcome: String,
-    mac: String,
+    outcome: Option<Outcome>,
 }
+
+/// The longest record read (a bound on what the broker sends back).
+const MAX_RECORD: usize = 512 << 20;
 
 /// The record of `task_id` beside `queue`'s stream, verified with `authkey`: its stage,
 /// worker and outcome; `None` if there is none.
@@ -110,22 +121,26 @@ pub(super) fn read(
     authkey: &[u8],
 ) -> Result<Option<(String, String, Option<Outcome>)>> {
     let key = key(queue.stream(), task_id);
-    let text: Option<String> = queue.query(redis::cmd("GET").arg(&key))?;
-    let Some(text) = text else {
+    let bytes: Option<Vec<u8>> = queue.query(redis::cmd("GET").arg(&key))?;
+    let Some(bytes) = bytes else {
         return Ok(None);
     };
     let bad = |why: String| Error::protocol(format!("task record {task_id}"), why);
-    let Record {
-        state: stage,
+    if bytes.len() > MAX_RECORD {
+        return Err(bad(format!("{} bytes, over the limit", bytes.len())));
+    }
+    let ReadRecord {
+        mac,
+        state,
         worker,
         outcome,
-        mac,
-    } = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    verify_record(authkey, &key, &stage, &worker, &outcome, &mac).map_err(bad)?;
-    let outcome = if outcome.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_str(&outcome).map_err(|e| bad(e.to_string()))?)
-    };
-    Ok(Some((stage, worker, outcome)))
+    } = postcard::from_bytes(&bytes).map_err(|e| bad(format!("does not decode: {e}")))?;
+    let signed = (
+        key.as_str(),
+        state.as_str(),
+        worker.as_str(),
+        outcome.as_ref(),
+    );
+    verify_record(authkey, &signed, &mac).map_err(bad)?;
+    Ok(Some((state, worker, outcome)))
 }

@@ -249,7 +249,9 @@ fn open_queue(
     if let Some(lease) = lease {
         builder = builder.lease(lease);
     }
-    builder.build_joinable()
+    let queue = builder.build_joinable()?;
+    queue.redis()?.write_postcard();
+    Ok(queue)
 }
 
 /// Tells `task`'s pool (through `post`, to its results stream `results`) and its record
@@ -283,12 +285,14 @@ pub(super) fn report_cancelled(
             id: task.id,
             worker: String::new(),
             outcome,
-            mac: String::new(),
+            mac: Vec::new(),
         },
     ))
 }
 
-/// The results stream of the pool `pool`, from a process that is not the pool.
+/// The results stream of the pool `pool` sending to `queue`.
 pub(super) fn results_of(url: &str, queue: &str, pool: &str) -> Result<Queue<ResultMessage>> {
-    Queue::broker(url.to_string(), results_name(queue, pool)).build()
+    let results = Queue::broker(url.to_string(), results_name(queue, pool)).build()?;
+    results.redis()?.write_postcard();
+    Ok(results)
 }

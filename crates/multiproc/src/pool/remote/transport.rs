@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, decode_bytes, encode_bytes};
+use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage};
 use super::record::Stage;
 use super::registry::TaskRegistry;
 use super::schedule::{TaskQueues, report_cancelled};
@@ -135,8 +135,8 @@ impl Shared {
                 attempt: 0,
                 record_ttl_s: self.record_ttl_s,
                 timeout_ms,
-                items: encode_bytes(&items.0),
-                mac: String::new(),
+                items: items.0.to_vec(),
+                mac: Vec::new(),
             },
         );
         Some((task, queue))
@@ -226,18 +226,11 @@ impl BrokerTransport {
         }
         let (slot, id) = (message.slot, message.id);
         match message.outcome {
-            Outcome::Done(text) => match decode_bytes(&text) {
-                Ok(bytes) => on_report(FromWorkerRef {
-                    slot,
-                    id,
-                    outcome: Ok(&bytes),
-                }),
-                Err(why) => on_report(FromWorkerRef {
-                    slot,
-                    id,
-                    outcome: Err(TaskFailure::Broken(why)),
-                }),
-            },
+            Outcome::Done(bytes) => on_report(FromWorkerRef {
+                slot,
+                id,
+                outcome: Ok(&bytes),
+            }),
             Outcome::Left { queue, why } => {
                 // Not over: it runs when a worker of this build takes it from there.
                 tracing::warn!(pool = %shared.pool, task = id, queue = %queue, "{why}");

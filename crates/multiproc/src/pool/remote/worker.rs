@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage, encode_bytes};
+use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage};
 use super::record::{self, Stage};
 use super::registry::TaskRegistry;
-use super::schedule::TaskQueues;
-use super::{Common, RESULTS_TTL, build_id, build_queue, function_queue, results_name, task_id};
+use super::schedule::{TaskQueues, results_of};
+use super::{Common, RESULTS_TTL, build_id, build_queue, function_queue, task_id};
 use crate::error::{Error, Result};
 use crate::local_lock::IgnorePoison;
 use crate::pool::chunk::decode_failures;
@@ -651,14 +651,11 @@ impl Runner {
         let Ok(queue) = source.queue(&self.tasks) else {
             return;
         };
-        let items = match task.verify(&self.authkey, queue.stream()) {
-            Ok(items) => items,
-            Err(why) => {
-                tracing::warn!(queue = %self.queue, %why, "dead-lettered a task that does not verify");
-                self.settle(queue, &lease, Err(why));
-                return;
-            }
-        };
+        if let Err(why) = task.verify(&self.authkey, queue.stream()) {
+            tracing::warn!(queue = %self.queue, %why, "dead-lettered a task that does not verify");
+            self.settle(queue, &lease, Err(why));
+            return;
+        }
         if self.terminated(&task.pool) {
             // Its pool is gone and wants nothing more: dropped unstarted.
             return self.settle(queue, &lease, Ok(()));
@@ -714,7 +711,8 @@ impl Runner {
         };
         let submitted = self.local.submit_raw(
             target,
-            TaskBytes(Arc::new(items)),
+            // A copy: the task is kept for a retry, which sends it again.
+            TaskBytes(Arc::new(task.items.clone())),
             Box::new(move |outcome| {
                 let retry = run <= policy.retries()
                     && match &outcome {
@@ -732,7 +730,7 @@ impl Runner {
                     runner.finished_one();
                 } else {
                     let outcome = match outcome {
-                        Ok(bytes) => Outcome::Done(encode_bytes(bytes)),
+                        Ok(bytes) => Outcome::Done(bytes.to_vec()),
                         Err(e) => Outcome::Failed(failure_of(e)),
                     };
                     // Reported by the writing thread, with the others that end meanwhile.
@@ -774,7 +772,7 @@ impl Runner {
                 queue.stream(),
                 TaskMessage {
                     attempt: run,
-                    mac: String::new(),
+                    mac: Vec::new(),
                     ..task.clone()
                 },
             );
@@ -808,7 +806,7 @@ impl Runner {
                 &self.authkey,
                 redis.stream(),
                 TaskMessage {
-                    mac: String::new(),
+                    mac: Vec::new(),
                     ..task.clone()
                 },
             );
@@ -990,7 +988,7 @@ impl Runner {
                 id: task.id,
                 worker: worker.to_string(),
                 outcome,
-                mac: String::new(),
+                mac: Vec::new(),
             },
         )
     }
@@ -1006,8 +1004,7 @@ impl Runner {
             if streams.len() >= RESULT_STREAMS {
                 streams.clear();
             }
-            let q: Queue<ResultMessage> =
-                Queue::broker(self.url.clone(), results_name(&self.queue, pool)).build()?;
+            let q = results_of(&self.url, &self.queue, pool)?;
             let long_ago = Instant::now()
                 .checked_sub(RESULTS_TTL_EVERY)
                 .unwrap_or_else(Instant::now);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::entry::{as_string, as_u64, field_of, parse_entry};
+use super::entry::{Entry, as_string, as_u64, field_of, parse_entry};
 use super::keys::{Migration, has_group, migrate, resolve_prefix, split_url};
 use super::link::{broker_error, redact};
 use super::route::Route;
@@ -97,9 +97,9 @@ pub struct DeadLetter {
     /// How many times it was handed to a consumer: `max_deliveries` for one that failed (or
     /// whose consumer died) each time, 0 for one that could not be decoded.
     pub deliveries: u32,
-    /// Its codec and body, as they were.
+    /// Its codec: `json`, or `postcard` for a broker pool's tasks and results.
     pub codec: String,
-    /// The item, in its codec (JSON text for `json`).
+    /// The item, in its codec: JSON text for `json`, base64 for `postcard`.
     pub body: String,
 }
 
@@ -662,6 +662,39 @@ impl RedisQueue {
 
     /// See [`QueueAdmin::dead_letters`](super::QueueAdmin::dead_letters).
     pub(super) fn dead_letters(&self, limit: usize) -> Result<Vec<super::DeadLetter>> {
+        Ok(self
+            .dead_entries(limit)?
+            .into_iter()
+            .map(|e| {
+                let text = |k: &str| {
+                    e.field(k)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                let codec = text("codec");
+                let body = e.field("body").unwrap_or_default();
+                let body = match codec.as_str() {
+                    // A binary codec's body, as base64.
+                    super::CODEC_POSTCARD => {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.encode(body)
+                    }
+                    _ => String::from_utf8_lossy(body).into_owned(),
+                };
+                super::DeadLetter {
+                    original_id: text("original_id"),
+                    reason: text("reason"),
+                    deliveries: text("deliveries").parse().unwrap_or(0),
+                    codec,
+                    body,
+                    id: e.id,
+                }
+            })
+            .collect())
+    }
+
+    /// The first `limit` entries of the dead-letter stream, as they are.
+    fn dead_entries(&self, limit: usize) -> Result<Vec<Entry>> {
         let deadline = Some(Instant::now() + COMMAND_TIMEOUT);
         let entries: Value = self.with_conn(deadline, |c| {
             redis::cmd("XRANGE")
@@ -675,40 +708,24 @@ impl RedisQueue {
         let Value::Array(entries) = entries else {
             return Ok(Vec::new());
         };
-        Ok(entries
-            .iter()
-            .filter_map(parse_entry)
-            .map(|e| {
-                let text = |k: &str| {
-                    e.field(k)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_default()
-                };
-                super::DeadLetter {
-                    original_id: text("original_id"),
-                    reason: text("reason"),
-                    deliveries: text("deliveries").parse().unwrap_or(0),
-                    codec: text("codec"),
-                    body: text("body"),
-                    id: e.id,
-                }
-            })
-            .collect())
+        Ok(entries.iter().filter_map(parse_entry).collect())
     }
 
     /// See [`QueueAdmin::requeue_dead`](super::QueueAdmin::requeue_dead).
     pub(super) fn requeue_dead(&self, ids: Option<&[String]>) -> Result<usize> {
         let mut moved = 0;
         loop {
-            let letters = self.dead_letters(100)?;
-            let chosen: Vec<_> = letters
+            let chosen: Vec<_> = self
+                .dead_entries(100)?
                 .into_iter()
-                .filter(|l| ids.is_none_or(|ids| ids.contains(&l.id)))
+                .filter(|e| ids.is_none_or(|ids| ids.contains(&e.id)))
                 .collect();
             if chosen.is_empty() {
                 return Ok(moved);
             }
             for letter in &chosen {
+                // Its codec and body as they were (a binary body is not text).
+                let field = |k: &str| letter.field(k).unwrap_or_default();
                 self.with_conn(None, |c| {
                     redis::pipe()
                         .atomic()
@@ -716,9 +733,9 @@ impl RedisQueue {
                         .arg(&self.keys.stream)
                         .arg("*")
                         .arg("codec")
-                        .arg(&letter.codec)
+                        .arg(field("codec"))
                         .arg("body")
-                        .arg(&letter.body)
+                        .arg(field("body"))
                         .cmd("XDEL")
                         .arg(&self.keys.dead)
                         .arg(&letter.id)

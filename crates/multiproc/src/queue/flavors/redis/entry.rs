@@ -4,7 +4,7 @@
 use redis::Value;
 use serde::de::DeserializeOwned;
 
-use super::{CODEC_JSON, MAX_BODY};
+use super::{CODEC_JSON, CODEC_POSTCARD, MAX_BODY};
 
 /// An entry read from the stream.
 pub(super) struct Entry {
@@ -24,19 +24,33 @@ impl Entry {
 /// Decodes an entry's item, or says why it cannot be.
 pub(super) fn decode<T: DeserializeOwned>(entry: &Entry) -> std::result::Result<T, String> {
     let codec = entry.field("codec").unwrap_or(CODEC_JSON.as_bytes());
-    if codec != CODEC_JSON.as_bytes() {
-        return Err(format!(
-            "unknown codec {:?}",
-            String::from_utf8_lossy(&codec[..codec.len().min(64)])
-        ));
-    }
     let body = entry
         .field("body")
         .ok_or_else(|| "no body field".to_string())?;
+    decode_body(codec, body)
+}
+
+/// Decodes an item in `codec`, or says why it cannot be.
+pub(super) fn decode_body<T: DeserializeOwned>(
+    codec: &[u8],
+    body: &[u8],
+) -> std::result::Result<T, String> {
     if body.len() > MAX_BODY {
         return Err(format!("body of {} bytes is over the limit", body.len()));
     }
-    serde_json::from_slice(body).map_err(|e| format!("body does not decode: {e}"))
+    match codec {
+        c if c == CODEC_JSON.as_bytes() => {
+            serde_json::from_slice(body).map_err(|e| format!("body does not decode: {e}"))
+        }
+        // Bounded by the body: postcard reads no length it does not find there.
+        c if c == CODEC_POSTCARD.as_bytes() => {
+            postcard::from_bytes(body).map_err(|e| format!("body does not decode: {e}"))
+        }
+        other => Err(format!(
+            "unknown codec {:?}",
+            String::from_utf8_lossy(&other[..other.len().min(64)])
+        )),
+    }
 }
 
 pub(super) fn as_bytes(v: &Value) -> Option<Vec<u8>> {
@@ -204,8 +218,16 @@ mod tests {
             decode::<u32>(&entry(&[("codec", b"json"), ("body", b"7")])),
             Ok(7)
         );
+        let seven = postcard::to_stdvec(&7u32).unwrap();
+        assert_eq!(
+            decode::<u32>(&entry(&[("codec", b"postcard"), ("body", &seven)])),
+            Ok(7)
+        );
         let why = |e: Entry| decode::<u32>(&e).unwrap_err();
         assert!(why(entry(&[("codec", b"pickle"), ("body", b"7")])).contains("unknown codec"));
+        assert!(why(entry(&[("codec", b"postcard"), ("body", b"")])).contains("does not decode"));
+        let huge = vec![0xff; 12];
+        assert!(why(entry(&[("codec", b"postcard"), ("body", &huge)])).contains("does not decode"));
         assert!(why(entry(&[("codec", b"json")])).contains("no body"));
         assert!(why(entry(&[("body", b"\"seven\"")])).contains("does not decode"));
     }

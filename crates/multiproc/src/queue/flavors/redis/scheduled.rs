@@ -14,8 +14,8 @@ use redis::Value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::entry::{Entry, decode, parse_entry};
-use super::{CODEC_JSON, COMMAND_TIMEOUT, GROUP, RedisQueue};
+use super::entry::{Entry, decode, decode_body, parse_entry};
+use super::{COMMAND_TIMEOUT, GROUP, RedisQueue};
 use crate::error::{Error, Result};
 
 /// The most items one move takes into the stream.
@@ -129,7 +129,7 @@ impl RedisQueue {
                 "a scheduled item's key is 1 to 256 bytes",
             ));
         }
-        let body = serde_json::to_vec(item).map_err(|e| Error::serialization(self.what(), e))?;
+        let body = self.encode(item)?;
         let (mode, ms) = match due {
             Due::In(d) => ("in", d.as_millis()),
             Due::At(t) => (
@@ -166,7 +166,9 @@ impl RedisQueue {
         let (set, items) = self.scheduled_keys();
         let at_once = MOVE_AT_ONCE.to_string();
         let keys = [set.as_str(), &items, &self.keys.stream];
-        let args = [at_once.as_bytes(), CODEC_JSON.as_bytes()];
+        // Scheduled in the codec this handle writes (a broker pool's tasks are moved by its
+        // workers, which write the same).
+        let args = [at_once.as_bytes(), self.codec().as_bytes()];
         let (moved, wait): (u64, i64) = self.eval(MOVE_DUE, &keys, &args)?;
         if moved as usize >= MOVE_AT_ONCE {
             // More may be due already.
@@ -188,17 +190,13 @@ impl RedisQueue {
             redis::cmd("HGET").arg(&items).arg(key).query(c)
         })?;
         let Some(body) = body else { return Ok(None) };
-        let entry = Entry {
-            id: String::new(),
-            fields: vec![(b"body".to_vec(), body)],
-        };
-        let Ok(item) = decode::<T>(&entry) else {
+        let Ok(item) = decode_body::<T>(self.codec().as_bytes(), &body) else {
             return Ok(None);
         };
         if !wanted(&item) {
             return Ok(None);
         }
-        let args = [key.as_bytes(), &entry.fields[0].1];
+        let args = [key.as_bytes(), &body];
         let removed: u64 = self.eval(UNSCHEDULE, &[&set, &items], &args)?;
         Ok((removed == 1).then_some(item))
     }
