@@ -9,9 +9,15 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 // A slot's own primitives: loom's under `--cfg loom`, so that its model check runs this code.
 #[cfg(loom)]
-use loom::sync::{Condvar as SlotCondvar, Mutex as SlotMutex, atomic::AtomicBool as SlotFlag};
+use loom::sync::{
+    Condvar as SlotCondvar, Mutex as SlotMutex, atomic::AtomicBool as SlotFlag,
+    atomic::AtomicUsize as SlotCount,
+};
 #[cfg(not(loom))]
-use std::sync::{Condvar as SlotCondvar, Mutex as SlotMutex, atomic::AtomicBool as SlotFlag};
+use std::sync::{
+    Condvar as SlotCondvar, Mutex as SlotMutex, atomic::AtomicBool as SlotFlag,
+    atomic::AtomicUsize as SlotCount,
+};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -142,6 +148,9 @@ pub(crate) struct Slot {
     succeeded_once: SlotFlag,
     value: SlotMutex<Option<Result<AnyValue>>>,
     filled: SlotCondvar,
+    /// Threads asleep on `filled` (counted with `value`'s lock held): a fill with none
+    /// notifies nobody, which spares the filler a system call per result.
+    sleepers: SlotCount,
     /// Futures awaiting it (`get_async`).
     #[cfg(all(feature = "async", not(loom)))]
     wakers: crate::aio::Wakers,
@@ -154,6 +163,7 @@ impl Slot {
             succeeded_once: SlotFlag::new(false),
             value: SlotMutex::new(None),
             filled: SlotCondvar::new(),
+            sleepers: SlotCount::new(0),
             #[cfg(all(feature = "async", not(loom)))]
             wakers: crate::aio::Wakers::default(),
         }
@@ -161,15 +171,19 @@ impl Slot {
 
     pub(crate) fn fill(&self, value: Result<AnyValue>) {
         self.succeeded_once.store(value.is_ok(), Ordering::Release);
-        {
+        let sleepers = {
             let mut slot = self.value.lock().ignore_poison();
             *slot = Some(value);
             // Marked ready with the lock held: a waiter looks at `ready` with it held, then
             // sleeps; marked after the unlock, the notification could fall between its look
-            // and its sleep, and it would sleep on (a wake-up lost).
+            // and its sleep, and it would sleep on (a wake-up lost). For the same reason the
+            // sleepers are counted with it held.
             self.ready.store(true, Ordering::SeqCst);
+            self.sleepers.load(Ordering::SeqCst)
+        };
+        if sleepers > 0 {
+            self.filled.notify_all();
         }
-        self.filled.notify_all();
         #[cfg(all(feature = "async", not(loom)))]
         self.wakers.wake_all();
     }
@@ -193,16 +207,16 @@ impl Slot {
         }
         let mut value = self.value.lock().ignore_poison();
         while !self.is_ready() {
-            value = match deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                return false;
+            }
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            value = match left {
                 None => self.filled.wait(value).ignore_poison(),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.filled.wait_timeout(value, left).ignore_poison().0
-                }
+                Some(left) => self.filled.wait_timeout(value, left).ignore_poison().0,
             };
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
         true
     }

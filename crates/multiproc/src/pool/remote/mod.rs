@@ -5,7 +5,7 @@
 //! - `registry.rs`: [`TaskRegistry`], the functions that may travel, by name.
 //! - `message.rs`: tasks and results on the wire, signed with the pool's authkey.
 //! - `transport.rs`: the submitting side, the pool's [`Transport`](super::transport::Transport).
-//! - `worker.rs`: [`BrokerWorker`], the working side.
+//! - `worker.rs`: [`BrokerWorker`], the working side; `hold.rs`: how many tasks it holds.
 //! - `schedule.rs`: the two task streams (one per priority), the tasks kept for later, and
 //!   taking a task back by id.
 //! - `record.rs`: each task's signed record beside the stream; `lookup.rs`: [`TaskRecords`],
@@ -52,6 +52,7 @@ macro_rules! common_setters {
     };
 }
 
+mod hold;
 mod lookup;
 mod message;
 mod record;

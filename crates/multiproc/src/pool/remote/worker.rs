@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::hold::Hold;
 use super::message::{FORMAT, Outcome, ResultMessage, TaskMessage};
 use super::record::{self, Stage};
 use super::registry::TaskRegistry;
@@ -198,6 +199,7 @@ impl BrokerWorker {
             results: Mutex::new(HashMap::new()),
             running: Mutex::new(0),
             done: Condvar::new(),
+            hold: Hold::new(self.processes),
             terminated: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
             ended: Mutex::default(),
@@ -218,26 +220,22 @@ impl BrokerWorker {
             processes = self.processes,
             "broker worker serving"
         );
-        // Normal tasks fill up to 16 per process; high ones may come on top of those, a few
-        // per process, and go ahead of them in the local pool.
-        let most = self.processes * 16;
+        // Normal tasks fill up to what the worker holds (see `hold.rs`); high ones may come on
+        // top of those, a few per process, and go ahead of them in the local pool.
         // Tasks left for this build by workers of others are taken as normal ones.
         let mut threads = Vec::new();
         let mut ended = Ok(());
         // One loop per partition of normal tasks (each blocks on its own stream): the first
         // runs on this thread, and also moves the tasks that are due.
-        let partitions = (1..runner.tasks.normal.len()).map(|k| (Source::Normal(k), most));
-        for (source, most) in [
-            (Source::High, most + self.processes * 2),
-            (Source::OwnBuild, most),
-        ]
-        .into_iter()
-        .chain(partitions)
+        let partitions = (1..runner.tasks.normal.len()).map(|k| (Source::Normal(k), 0));
+        for (source, extra) in [(Source::High, self.processes * 2), (Source::OwnBuild, 0)]
+            .into_iter()
+            .chain(partitions)
         {
             let (runner, stop) = (runner.clone(), self.stop.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("multiproc-broker-{}", source.name()))
-                .spawn(move || runner.take_all(source, most, &stop, false));
+                .spawn(move || runner.take_all(source, extra, &stop, false));
             match spawned {
                 Ok(thread) => threads.push(thread),
                 Err(e) => {
@@ -247,14 +245,14 @@ impl BrokerWorker {
             }
         }
         if ended.is_ok() {
-            ended = runner.take_all(Source::Normal(0), most, &self.stop, true);
+            ended = runner.take_all(Source::Normal(0), 0, &self.stop, true);
         }
         // The stop flag ends the other loops too (within a look).
         self.stop.store(true, Ordering::SeqCst);
         for thread in threads {
             ended = ended.and(thread.join().unwrap_or(Ok(())));
         }
-        runner.wait_for_room(1, Duration::MAX);
+        runner.wait_until_idle();
         runner.ended.lock().ignore_poison().closing = true;
         runner.ended_ready.notify_all();
         let _ = writer.join();
@@ -320,6 +318,8 @@ struct Runner {
     results: Mutex<HashMap<String, (Queue<ResultMessage>, Instant)>>,
     running: Mutex<usize>,
     done: Condvar,
+    /// How many tasks it may hold.
+    hold: Hold,
     /// Whether each pool was terminated, and when that was last looked at.
     terminated: Mutex<HashMap<String, (bool, Instant)>>,
     /// Tasks running whose `started` record is not written yet (pool and task id), since
@@ -380,12 +380,13 @@ const LINGER: Duration = Duration::from_micros(300);
 const TERMINATION_SEEN_FOR: Duration = Duration::from_secs(1);
 
 impl Runner {
-    /// Takes the tasks of `source` and starts them, while fewer than `most` run, until `stop`.
-    /// With `moves`, also moves the scheduled tasks that are due into their streams.
+    /// Takes the tasks of `source` and starts them, while it holds fewer than it may (and
+    /// `extra`), until `stop`. With `moves`, also moves the scheduled tasks that are due into
+    /// their streams.
     fn take_all(
         self: &Arc<Self>,
         source: Source,
-        most: usize,
+        extra: usize,
         stop: &AtomicBool,
         moves: bool,
     ) -> Result<()> {
@@ -397,7 +398,7 @@ impl Runner {
             if moves {
                 let now = Instant::now();
                 if now >= next_left {
-                    self.take_left_for_functions(most);
+                    self.take_left_for_functions();
                     next_left = now + LOOK_EVERY;
                 }
                 if now >= next_move {
@@ -415,7 +416,7 @@ impl Runner {
                     look = look.min(due.max(MOVE_AT_LEAST));
                 }
             }
-            if !self.wait_for_room(most, look) {
+            if !self.wait_for_room(extra, look) {
                 continue;
             }
             match queue.take_leased::<TaskMessage>(Some(Instant::now() + look), true, look, true) {
@@ -431,8 +432,8 @@ impl Runner {
     }
 
     /// Takes the tasks that workers of this build left for a function this one has (they
-    /// lack it), while fewer than `most` run.
-    fn take_left_for_functions(self: &Arc<Self>, most: usize) {
+    /// lack it), while it holds fewer than it may.
+    fn take_left_for_functions(self: &Arc<Self>) {
         let wanted = self.tasks.first().leases().and_then(|q| {
             let key = record::wanted_key(q.stream());
             q.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
@@ -453,7 +454,7 @@ impl Runner {
                 continue;
             };
             let Ok(redis) = left.leases() else { continue };
-            while self.wait_for_room(most, Duration::ZERO) {
+            while self.wait_for_room(0, Duration::ZERO) {
                 let now = Some(Instant::now());
                 match redis.take_leased::<TaskMessage>(now, false, Duration::ZERO, true) {
                     Ok(leased) => self
@@ -489,14 +490,22 @@ impl Runner {
         gone
     }
 
-    /// Waits up to `patience` until fewer than `most` tasks run; whether they do.
-    fn wait_for_room(&self, most: usize, patience: Duration) -> bool {
+    /// Waits up to `patience` until it holds fewer tasks than it may, and `extra`; whether it
+    /// does.
+    fn wait_for_room(&self, extra: usize, patience: Duration) -> bool {
+        let most = || self.hold.most() + extra;
         let running = self.running.lock().ignore_poison();
         let (running, _) = self
             .done
-            .wait_timeout_while(running, patience, |n| *n >= most)
+            .wait_timeout_while(running, patience, |n| *n >= most())
             .ignore_poison();
-        *running < most
+        *running < most()
+    }
+
+    /// Waits until no task runs.
+    fn wait_until_idle(&self) {
+        let running = self.running.lock().ignore_poison();
+        drop(self.done.wait_while(running, |n| *n > 0).ignore_poison());
     }
 
     fn finished_one(&self) {
@@ -616,6 +625,7 @@ impl Runner {
             }
         }
         self.ended.lock().ignore_poison().writing = 0;
+        self.hold.ended(n);
         self.finished(n);
     }
 
