@@ -19,6 +19,7 @@ use anyhow::{Context, bail, ensure};
 use multiproc::{BrokerWorker, Pool, Process, TaskRegistry};
 
 use crate::broker;
+use crate::cpu_share;
 use crate::run_overhead::record_other;
 
 const KEY: &[u8] = b"bench key";
@@ -283,6 +284,27 @@ pub(crate) fn latency_p99_vs_celery(quick: bool) -> anyhow::Result<f64> {
         reference("celery", quick)?.p99_us,
     );
     Ok(p99)
+}
+
+/// `broker_pool_cpu_per_task`: the CPU a no-op task of the `broker_pool_vs_celery` job costs
+/// the machine, in microseconds: every thread of the submitter (this process), of the worker
+/// and of its processes, and of the benchmarks' redis-server. Each thread's share goes to
+/// stderr.
+pub(crate) fn cpu_per_task(quick: bool) -> anyhow::Result<f64> {
+    let n = tasks_for(quick);
+    // The benchmarks' redis-server is a child of this process: counted with the rest.
+    broker::bench_url()?;
+    let used = with_pool(|pool| {
+        let before = cpu_share::threads(std::process::id());
+        throughput(pool, n)?;
+        let after = cpu_share::threads(std::process::id());
+        Ok(cpu_share::per_job(&before, &after, n))
+    })?;
+    let total: Duration = used.iter().map(|(_, d)| *d).sum();
+    for (thread, d) in used.iter().filter(|(_, d)| !d.is_zero()) {
+        eprintln!("  {thread:32} {:6.1} us/task", d.as_secs_f64() * 1e6);
+    }
+    Ok(total.as_secs_f64() * 1e6)
 }
 
 /// `map` over many no-op tasks through the broker, against the local pool of two processes.

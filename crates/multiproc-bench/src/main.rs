@@ -21,6 +21,7 @@ mod run_overhead;
 
 mod broker;
 mod broker_pool;
+mod cpu_share;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -274,6 +275,13 @@ const BENCHES: &[Bench] = &[
         better: Better::Higher,
         compared: false,
         run: broker_pool::map_vs_local,
+    },
+    Bench {
+        name: "broker_pool_cpu_per_task",
+        unit: "us",
+        better: Better::Lower,
+        compared: false,
+        run: broker_pool::cpu_per_task,
     },
     Bench {
         name: "limit_redis_xadd",

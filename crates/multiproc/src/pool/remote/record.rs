@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::message::{Outcome, record_mac, verify_record};
 use crate::error::{Error, Result};
-use crate::queue::RedisQueue;
+use crate::queue::{RedisQueue, pack};
 
 /// How long a record stays once written, by default.
 pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -61,16 +61,16 @@ pub(super) fn write(
     (stage, worker, outcome): (Stage, &str, Option<&Outcome>),
     ttl: Duration,
 ) -> Result<()> {
-    queue.send_unconfirmed(&command(key, authkey, (stage, worker, outcome), ttl)?)
+    queue.send_packed(command(key, authkey, (stage, worker, outcome), ttl)?)
 }
 
-/// The command that writes a record, signed with `authkey`, kept `ttl`.
+/// The command that writes a record, signed with `authkey`, kept `ttl`, packed.
 pub(super) fn command(
     key: &str,
     authkey: &[u8],
     (stage, worker, outcome): (Stage, &str, Option<&Outcome>),
     ttl: Duration,
-) -> Result<redis::Cmd> {
+) -> Result<Vec<u8>> {
     let stage = stage.name();
     let record = Record {
         mac: record_mac(authkey, &(key, stage, worker, outcome)),
@@ -81,12 +81,17 @@ pub(super) fn command(
     let bytes = postcard::to_stdvec(&record)
         .map_err(|e| Error::serialization("task record", e.to_string()))?;
     // One command, the time to live with it.
-    let mut set = redis::cmd("SET");
-    set.arg(key)
-        .arg(bytes)
-        .arg("PX")
-        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-    Ok(set)
+    let ms = u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+        .to_string();
+    Ok(pack(&[
+        b"SET",
+        key.as_bytes(),
+        &bytes,
+        b"PX",
+        ms.as_bytes(),
+    ]))
 }
 
 /// A record as stored, in postcard: its signature first (over its key and the rest), then the

@@ -645,7 +645,7 @@ impl Runner {
         let ended = self.record_command(key, task.record_ttl_s, Stage::Ended, Some(outcome))?;
         if let Some((q, command)) = ended {
             let to = records.entry(q.stream()).or_insert((q, Vec::new()));
-            to.1.push((command.get_packed_command(), None));
+            to.1.push((command, None));
         }
         Ok(())
     }
@@ -891,7 +891,7 @@ impl Runner {
         let written = self
             .record_command((pool, *id), ttl_s, stage, outcome)
             .and_then(|command| match command {
-                Some((q, command)) => q.send_unconfirmed(&command),
+                Some((q, command)) => q.send_packed(command),
                 None => Ok(()),
             });
         if let Err(e) = written {
@@ -907,7 +907,7 @@ impl Runner {
         ttl_s: u64,
         stage: Stage,
         outcome: Option<&Outcome>,
-    ) -> Result<Option<(&RedisQueue, redis::Cmd)>> {
+    ) -> Result<Option<(&RedisQueue, Vec<u8>)>> {
         if ttl_s == 0 {
             return Ok(None);
         }

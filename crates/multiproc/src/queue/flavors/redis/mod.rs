@@ -53,6 +53,7 @@ mod entry;
 mod keys;
 mod leases;
 mod link;
+mod pack;
 mod route;
 mod scheduled;
 mod settings;
@@ -69,6 +70,7 @@ use link::{
     GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
 };
 pub(crate) use link::{Packed, PutTag};
+pub(crate) use pack::pack;
 use route::Route;
 use settings::{Asked, BrokerSettings};
 
@@ -437,6 +439,16 @@ impl RedisQueue {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The XADD of an entry with `body` (in the codec its items are written in), packed.
+    fn packed_xadd(&self, body: &[u8]) -> Vec<u8> {
+        let stream = self.keys.stream.as_bytes();
+        let fields: [&[u8]; 4] = [b"codec", self.codec().as_bytes(), b"body", body];
+        match self.keys.old {
+            true => pack(&[&[b"XADD", stream, b"NOMKSTREAM", b"*"], &fields[..]].concat()),
+            false => pack(&[&[b"XADD", stream, b"*"], &fields[..]].concat()),
+        }
+    }
+
     /// The codec its items are written in.
     fn codec(&self) -> &'static str {
         match self.postcard.load(std::sync::atomic::Ordering::Relaxed) {
@@ -459,9 +471,7 @@ impl RedisQueue {
     pub(crate) fn packed_put<T: Serialize>(&self, item: &T) -> Result<Vec<u8>> {
         self.check_open()?;
         let body = self.encode(item)?;
-        let mut xadd = self.xadd();
-        xadd.arg("codec").arg(self.codec()).arg("body").arg(&body);
-        Ok(xadd.get_packed_command())
+        Ok(self.packed_xadd(&body))
     }
 
     /// Writes the packed commands `packed` (puts, or commands that may run twice) in one go,
@@ -484,7 +494,12 @@ impl RedisQueue {
     /// the connection breaks first, so it must do the same twice): the broker pool's task
     /// records.
     pub(crate) fn send_unconfirmed(&self, cmd: &redis::Cmd) -> Result<()> {
-        self.send_put(cmd.get_packed_command(), None)
+        self.send_packed(cmd.get_packed_command())
+    }
+
+    /// [`send_unconfirmed`](Self::send_unconfirmed) of a command already packed.
+    pub(crate) fn send_packed(&self, packed: Vec<u8>) -> Result<()> {
+        self.send_put(packed, None)
     }
 
     /// Runs `cmd` and reads its reply (after the replies of what was written before it).
@@ -873,11 +888,11 @@ impl QueueFlavor for RedisQueue {
     ) -> Result<()> {
         self.check_open()?;
         let body = self.encode(item)?;
+        if self.settings.maxsize == 0 {
+            return self.send_put(self.packed_xadd(&body), deadline);
+        }
         let mut xadd = self.xadd();
         xadd.arg("codec").arg(self.codec()).arg("body").arg(&body);
-        if self.settings.maxsize == 0 {
-            return self.send_put(xadd.get_packed_command(), deadline);
-        }
         loop {
             // A bounded queue's put waits for its reply: the next one looks at the length.
             if !self.is_full_until(deadline)? {
