@@ -107,17 +107,27 @@ impl TaskQueues {
         Ok(q)
     }
 
-    /// The stream for the task `task_id` of `priority`.
-    pub(super) fn of(&self, priority: Priority, task_id: &str) -> &JoinableQueue<TaskMessage> {
+    /// The queue task `id` of pool `pool` goes to, by its priority (and id: its partition).
+    pub(super) fn of(
+        &self,
+        priority: Priority,
+        pool: &str,
+        id: u64,
+    ) -> &JoinableQueue<TaskMessage> {
         match priority {
-            Priority::Normal => self.partition(task_id),
             Priority::High => &self.high,
+            // One partition: no id to make and digest.
+            Priority::Normal if self.normal.len() == 1 => &self.normal[0],
+            Priority::Normal => self.partition(&task_id(pool, id)),
         }
     }
 
     /// The partition of normal tasks the task `task_id` goes to: a digest of its id.
     pub(super) fn partition(&self, task_id: &str) -> &JoinableQueue<TaskMessage> {
         use sha2::Digest;
+        if let [only] = self.normal.as_slice() {
+            return only;
+        }
         let digest = sha2::Sha256::digest(task_id.as_bytes());
         let n = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
         &self.normal[(n % self.normal.len() as u64) as usize]

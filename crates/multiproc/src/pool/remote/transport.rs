@@ -114,7 +114,7 @@ impl Shared {
         };
         // Checked when the task was submitted.
         let function = self.registry.name_of(*target)?;
-        let queue = self.tasks.of(options.priority, &task_id(&self.pool, *id));
+        let queue = self.tasks.of(options.priority, &self.pool, *id);
         let stream = queue.leases().ok()?.stream().to_string();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let timeout_ms = match (options.timeout.map(ms), self.timeout_ms) {
