@@ -623,21 +623,13 @@ impl RedisQueue {
                 .arg(&self.consumer)
                 .arg("COUNT")
                 .arg(batch);
-            if let Some(slice) = slice.filter(|s| !s.is_zero()) {
-                cmd.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
-                c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
-            }
-            cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
-            let reply = if acks.is_empty() {
-                cmd.query::<Value>(c)
-            } else {
+            let before = (!acks.is_empty()).then(|| {
                 let mut pipe = redis::pipe();
                 self.add_acks(&mut pipe, &acks);
-                pipe.add_command(cmd);
-                pipe.query::<(Value,)>(c).map(|(v,)| v)
-            };
-            c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-            match reply {
+                pipe
+            });
+            let from = (self.keys.stream.as_str(), ">");
+            match blocking_read(c, cmd, slice.unwrap_or_default(), from, before)? {
                 // Old keys that are gone were moved (or deleted): not made again.
                 Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
                 Err(e) if e.code() == Some("NOGROUP") => {
@@ -830,6 +822,29 @@ impl RedisQueue {
         cmd.arg("*");
         cmd
     }
+}
+
+/// Runs the stream read `read` (XREAD or XREADGROUP, up to its `COUNT`) of `stream` after the
+/// id `from`, blocking up to `slice` (not at all for zero), after the commands of `before` in
+/// the same round trip; its reply (`Err` inside for an error the broker answered).
+fn blocking_read(
+    c: &mut redis::Connection,
+    mut read: redis::Cmd,
+    slice: Duration,
+    (stream, from): (&str, &str),
+    before: Option<redis::Pipeline>,
+) -> redis::RedisResult<redis::RedisResult<Value>> {
+    if !slice.is_zero() {
+        read.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
+        c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
+    }
+    read.arg("STREAMS").arg(stream).arg(from);
+    let reply = match before {
+        None => read.query::<Value>(c),
+        Some(mut pipe) => pipe.add_command(read).query::<(Value,)>(c).map(|(v,)| v),
+    };
+    c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    Ok(reply)
 }
 
 /// Whether the broker at the end of `conn` is a node of a Redis Cluster.

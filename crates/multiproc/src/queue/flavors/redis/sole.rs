@@ -10,11 +10,10 @@
 
 use std::time::Instant;
 
-use redis::Value;
 use serde::de::DeserializeOwned;
 
 use super::entry::{decode, parse_read};
-use super::{COMMAND_TIMEOUT, READ_SLICE, RedisQueue};
+use super::{READ_SLICE, RedisQueue, blocking_read};
 use crate::error::Result;
 use crate::sync::IgnorePoison;
 
@@ -68,27 +67,18 @@ impl RedisQueue {
         let entries = self.with_conn_on(&self.reader, deadline, |c| {
             let mut read = redis::cmd("XREAD");
             read.arg("COUNT").arg(most.max(1));
-            if !slice.is_zero() {
-                read.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
-                c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
-            }
-            read.arg("STREAMS").arg(&self.keys.stream).arg(&at.after);
             let threshold = at.to_trim.then(|| next_id(&at.after)).flatten();
-            let reply = match threshold {
-                None => read.query::<Value>(c),
-                Some(threshold) => {
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("XTRIM")
-                        .arg(&self.keys.stream)
-                        .arg("MINID")
-                        .arg(threshold)
-                        .ignore()
-                        .add_command(read);
-                    pipe.query::<(Value,)>(c).map(|(v,)| v)
-                }
-            };
-            c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-            let reply = reply?;
+            let before = threshold.map(|threshold| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("XTRIM")
+                    .arg(&self.keys.stream)
+                    .arg("MINID")
+                    .arg(threshold)
+                    .ignore();
+                pipe
+            });
+            let from = (self.keys.stream.as_str(), at.after.as_str());
+            let reply = blocking_read(c, read, slice, from, before)??;
             // Trimmed with the read.
             at.to_trim = false;
             Ok(parse_read(reply))
