@@ -296,14 +296,21 @@ pub(crate) fn cpu_per_task(quick: bool) -> anyhow::Result<f64> {
     broker::bench_url()?;
     let used = with_pool(|pool| {
         let before = cpu_share::threads(std::process::id());
-        throughput(pool, n)?;
+        let rate = throughput(pool, n)?;
         let after = cpu_share::threads(std::process::id());
-        Ok(cpu_share::per_job(&before, &after, n))
+        Ok((rate, cpu_share::per_job(&before, &after, n)))
     })?;
+    let (rate, used) = used;
     let total: Duration = used.iter().map(|(_, d)| *d).sum();
     for (thread, d) in used.iter().filter(|(_, d)| !d.is_zero()) {
         eprintln!("  {thread:32} {:6.1} us/task", d.as_secs_f64() * 1e6);
     }
+    // The share of the machine's CPUs the job kept busy: below 1, the job waited on itself.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    eprintln!(
+        "  {rate:.0} tasks/s, the machine {:.0}% busy",
+        100.0 * rate * total.as_secs_f64() / cpus
+    );
     Ok(total.as_secs_f64() * 1e6)
 }
 

@@ -25,7 +25,7 @@ pub use self::flavors::redis::{
     BrokerQueueBuilder, ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus,
 };
 #[cfg(feature = "broker")]
-pub(crate) use self::flavors::redis::{Due, Leased, Packed, RedisQueue, pack};
+pub(crate) use self::flavors::redis::{Due, Leased, Packed, Reading, RedisQueue, pack};
 pub use self::flavors::shm::QueueBuilder;
 use self::flavors::shm::ShmQueue;
 pub(crate) use self::flavors::shm::ShmQueueOf;

@@ -18,7 +18,7 @@ use crate::pool::chunk::decode_failures;
 use crate::pool::options::TaskOptions;
 use crate::pool::worker::{TaskBytes, TaskFailure};
 use crate::pool::{Pool, PoolBuilder, Priority, RetryPolicy};
-use crate::queue::{Due, JoinableQueue, Leased, Packed, Queue, RedisQueue};
+use crate::queue::{Due, JoinableQueue, Leased, Packed, Queue, Reading, RedisQueue};
 
 /// How long one wait for a task lasts before the worker looks whether it should stop (and
 /// moves the tasks that are due).
@@ -197,8 +197,6 @@ impl BrokerWorker {
             registry: self.common.registry,
             build: build_id().to_string(),
             results: Mutex::new(HashMap::new()),
-            running: Mutex::new(0),
-            done: Condvar::new(),
             hold: Hold::new(self.processes),
             terminated: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
@@ -252,7 +250,7 @@ impl BrokerWorker {
         for thread in threads {
             ended = ended.and(thread.join().unwrap_or(Ok(())));
         }
-        runner.wait_until_idle();
+        runner.hold.wait_until_idle();
         runner.ended.lock().ignore_poison().closing = true;
         runner.ended_ready.notify_all();
         let _ = writer.join();
@@ -316,9 +314,8 @@ struct Runner {
     /// Handles to the results streams of the pools it serves.
     /// With when each stream's time to live was last pushed back.
     results: Mutex<HashMap<String, (Queue<ResultMessage>, Instant)>>,
-    running: Mutex<usize>,
-    done: Condvar,
-    /// How many tasks it may hold.
+    /// How many tasks it may hold in its local pool, how many are there, and how many it
+    /// took and has not finished.
     hold: Hold,
     /// Whether each pool was terminated, and when that was last looked at.
     terminated: Mutex<HashMap<String, (bool, Instant)>>,
@@ -335,9 +332,6 @@ struct Runner {
 #[derive(Default)]
 struct EndedTasks {
     tasks: Vec<EndedTask>,
-    /// Tasks the writing thread is sending (taken out of `tasks`, still running as far as
-    /// `Runner::running` knows).
-    writing: usize,
     /// Whether the writing thread waits (and must be woken), and for what.
     writer_waits: WriterWaits,
     /// No task runs any more: the writing thread ends once it has sent the last.
@@ -416,10 +410,12 @@ impl Runner {
                     look = look.min(due.max(MOVE_AT_LEAST));
                 }
             }
-            if !self.wait_for_room(extra, look) {
+            let room = self.wait_for_room(extra, look);
+            if room == 0 {
                 continue;
             }
-            match queue.take_leased::<TaskMessage>(Some(Instant::now() + look), true, look, true) {
+            let deadline = Some(Instant::now() + look);
+            match queue.take_leased::<TaskMessage>(deadline, true, look, Reading::UpTo(room)) {
                 Ok(leased) => self.clone().start(leased, source.clone()),
                 Err(e) if e.kind() == crate::ErrorKind::Timeout => {}
                 Err(e) => {
@@ -454,9 +450,14 @@ impl Runner {
                 continue;
             };
             let Ok(redis) = left.leases() else { continue };
-            while self.wait_for_room(0, Duration::ZERO) {
+            loop {
+                let room = self.wait_for_room(0, Duration::ZERO);
+                if room == 0 {
+                    break;
+                }
                 let now = Some(Instant::now());
-                match redis.take_leased::<TaskMessage>(now, false, Duration::ZERO, true) {
+                let reading = Reading::UpTo(room);
+                match redis.take_leased::<TaskMessage>(now, false, Duration::ZERO, reading) {
                     Ok(leased) => self
                         .clone()
                         .start(leased, Source::ForFunction(left.clone())),
@@ -490,43 +491,31 @@ impl Runner {
         gone
     }
 
-    /// Waits up to `patience` until it holds fewer tasks than it may, and `extra`; whether it
-    /// does.
-    fn wait_for_room(&self, extra: usize, patience: Duration) -> bool {
-        let most = || self.hold.most() + extra;
-        let running = self.running.lock().ignore_poison();
-        let (running, _) = self
-            .done
-            .wait_timeout_while(running, patience, |n| *n >= most())
-            .ignore_poison();
-        *running < most()
+    /// Waits up to `patience` until its local pool has room (see [`Hold::wait_for_room`])
+    /// for what it may hold, and `extra`; how many it may take then (0 if none).
+    fn wait_for_room(&self, extra: usize, patience: Duration) -> usize {
+        self.hold.wait_for_room(extra, patience)
     }
 
-    /// Waits until no task runs.
-    fn wait_until_idle(&self) {
-        let running = self.running.lock().ignore_poison();
-        drop(self.done.wait_while(running, |n| *n > 0).ignore_poison());
-    }
-
+    /// Counts a task that left the local pool and will not be written: finished.
     fn finished_one(&self) {
-        self.finished(1);
+        self.hold.left_local_pool(1, 1);
     }
 
+    /// Counts `n` tasks written: finished.
     fn finished(&self, n: usize) {
-        *self.running.lock().ignore_poison() -= n;
-        self.done.notify_all();
+        self.hold.left_local_pool(0, n);
     }
 
     /// Hands a task that ended to the writing thread.
     fn ended(&self, task: EndedTask) {
+        self.hold.left_local_pool(1, 0);
         let mut ended = self.ended.lock().ignore_poison();
         ended.tasks.push(task);
         let wake = match ended.writer_waits {
             WriterWaits::No => false,
             WriterWaits::First => true,
-            WriterWaits::More => {
-                ended.tasks.len() >= WRITE_BATCH || self.in_local_pool(&ended) == 0
-            }
+            WriterWaits::More => ended.tasks.len() >= WRITE_BATCH || self.in_local_pool() == 0,
         };
         if wake {
             ended.writer_waits = WriterWaits::No;
@@ -534,11 +523,9 @@ impl Runner {
         }
     }
 
-    /// How many tasks still run in (or wait for) the local pool: those started and not
-    /// ended.
-    fn in_local_pool(&self, ended: &EndedTasks) -> usize {
-        let running = *self.running.lock().ignore_poison();
-        running.saturating_sub(ended.tasks.len() + ended.writing)
+    /// How many tasks still run in (or wait for) the local pool.
+    fn in_local_pool(&self) -> usize {
+        self.hold.in_local_pool()
     }
 
     /// The writing thread: sends what the tasks that ended say, a batch at a time (see
@@ -555,9 +542,7 @@ impl Runner {
                     ended = self.ended_ready.wait(ended).ignore_poison();
                 }
                 let until = Instant::now() + LINGER;
-                while ended.tasks.len() < WRITE_BATCH
-                    && !ended.closing
-                    && self.in_local_pool(&ended) > 0
+                while ended.tasks.len() < WRITE_BATCH && !ended.closing && self.in_local_pool() > 0
                 {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -568,7 +553,6 @@ impl Runner {
                 }
                 ended.writer_waits = WriterWaits::No;
                 let n = ended.tasks.len().min(WRITE_MOST);
-                ended.writing = n;
                 ended.tasks.drain(..n).collect::<Vec<_>>()
             };
             self.write_ended(batch);
@@ -624,8 +608,6 @@ impl Runner {
                 self.settle(queue, &lease, Ok(()));
             }
         }
-        self.ended.lock().ignore_poison().writing = 0;
-        self.hold.ended(n);
         self.finished(n);
     }
 
@@ -712,7 +694,7 @@ impl Runner {
         };
         self.started(&task);
         let started_key = (task.pool.clone(), task.id);
-        *self.running.lock().ignore_poison() += 1;
+        self.hold.took_one();
         let runner = self.clone();
         let options = TaskOptions {
             timeout: task.timeout_ms.map(Duration::from_millis),

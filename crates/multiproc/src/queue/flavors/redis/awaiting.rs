@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::RedisQueue;
+use super::{Reading, RedisQueue};
 use crate::aio::{Attempt, Wakers};
 use crate::error::{Error, ErrorKind, Result};
 use crate::local_lock::IgnorePoison;
@@ -51,7 +51,7 @@ impl RedisQueue {
     pub(in crate::queue) fn get_attempt<T: DeserializeOwned>(
         self: &Arc<Self>,
     ) -> Attempt<'_, Result<T>> {
-        match self.take_until::<T>(None, false, Duration::ZERO, false) {
+        match self.take_until::<T>(None, false, Duration::ZERO, Reading::No) {
             Err(e) if e.kind() == ErrorKind::Empty => {}
             done => return Attempt::Done(done),
         }
@@ -128,7 +128,7 @@ fn read_while_awaited(weak: &Weak<RedisQueue>) {
                 return;
             }
         }
-        let read = queue.read_new(None, true);
+        let read = queue.read_new(None, true, Reading::Paced);
         match read {
             Ok(Some(first)) => {
                 queue.lock_prefetched().push_front(first);

@@ -119,8 +119,23 @@ type Acks = Arc<Mutex<took::AckList>>;
 /// Entries a handle read ahead and has not handed out yet, oldest first.
 type Prefetched = Arc<Mutex<VecDeque<Entry>>>;
 
-/// The most entries one read takes.
+/// The most entries one read takes at the caller's pace.
 const PREFETCH_MAX: usize = 16;
+/// The most entries one read takes for a caller that says how many it can start.
+const READ_MOST: usize = 128;
+
+/// Whether a take reads new entries from the stream, and how many at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// No: only entries read ahead before, and those whose lease ran out.
+    No,
+    /// As many as the caller's pace calls for (see [`Pace`]).
+    Paced,
+    /// Up to this many (at most [`READ_MOST`]): for a caller that knows how many it can
+    /// start now (a pool worker with room for them), whose pace says nothing, since it
+    /// comes back only when there is room.
+    UpTo(usize),
+}
 /// How long, at the caller's pace, the entries read ahead may wait here: a caller that takes
 /// 100 µs per item gets 10 at a time, one that takes 1 ms or more gets one.
 const PREFETCH_WINDOW: Duration = Duration::from_millis(1);
@@ -522,9 +537,9 @@ impl RedisQueue {
         deadline: Option<Instant>,
         block: bool,
         waited: Duration,
-        read: bool,
+        reading: Reading,
     ) -> Result<T> {
-        self.take_leased(deadline, block, waited, read)
+        self.take_leased(deadline, block, waited, reading)
             .map(|taken| taken.item)
     }
 
@@ -536,9 +551,10 @@ impl RedisQueue {
         deadline: Option<Instant>,
         block: bool,
         waited: Duration,
-        read: bool,
+        reading: Reading,
     ) -> Result<Leased<T>> {
         self.lock_pace().asked();
+        let read = reading != Reading::No;
         loop {
             self.check_open()?;
             let ahead = self.lock_prefetched().pop_front();
@@ -583,7 +599,7 @@ impl RedisQueue {
                 }
                 // Entries a cut-off read left leased here are claimed before new ones.
                 None if read && self.give_back_if_cut_off(None, deadline)? => continue,
-                None if read => (self.read_new(deadline, block)?, 1),
+                None if read => (self.read_new(deadline, block, reading)?, 1),
                 None => (None, 1),
             };
             if let Some(entry) = entry
@@ -605,9 +621,14 @@ impl RedisQueue {
         }
     }
 
-    /// Reads new entries (waiting up to a slice of `deadline` if `block`): the first, the
-    /// rest kept ahead for the next `get`s.
-    fn read_new(&self, deadline: Option<Instant>, block: bool) -> Result<Option<Entry>> {
+    /// Reads new entries (waiting up to a slice of `deadline` if `block`), as many as
+    /// `reading` says: the first, the rest kept ahead for the next `get`s.
+    fn read_new(
+        &self,
+        deadline: Option<Instant>,
+        block: bool,
+        reading: Reading,
+    ) -> Result<Option<Entry>> {
         let slice = match deadline {
             _ if !block => None,
             None => Some(READ_SLICE),
@@ -615,7 +636,10 @@ impl RedisQueue {
         };
         // Acknowledgements waiting here go in the same round trip as the read.
         let acks = std::mem::take(&mut *self.acks.lock().ignore_poison());
-        let batch = self.lock_pace().batch();
+        let batch = match reading {
+            Reading::UpTo(n) => n.clamp(1, READ_MOST),
+            Reading::No | Reading::Paced => self.lock_pace().batch(),
+        };
         let read = self.with_conn_on(&self.reader, deadline, |c| {
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
@@ -935,7 +959,7 @@ impl QueueFlavor for RedisQueue {
         block: bool,
         waited: Duration,
     ) -> Result<T> {
-        self.take_until(deadline, block, waited, true)
+        self.take_until(deadline, block, waited, Reading::Paced)
     }
 
     fn close(&self) {
