@@ -112,9 +112,11 @@ fn work_a_while(n: u64) -> u64 {
     n
 }
 
-/// Works a while, then says it ran, on the queue `ran`.
-fn note_run_slowly((n, url): (u64, String)) -> u64 {
-    note_run((work_a_while(n), url))
+/// Waits for a word on the queue `go`, then says it ran, on the queue `ran`.
+fn note_run_when_told((n, url): (u64, String)) -> u64 {
+    let go: Queue<u32> = Queue::broker(url.clone(), "go").build().unwrap();
+    go.get_timeout(PATIENCE).unwrap();
+    note_run((n, url))
 }
 
 static GREETING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -146,7 +148,7 @@ fn tasks() -> TaskRegistry {
         .register("ran_at", ran_at)
         .register("crash_once_timed", crash_once_timed)
         .register("panic_once", panic_once)
-        .register("note_run_slowly", note_run_slowly)
+        .register("note_run_when_told", note_run_when_told)
         .register("work_a_while", work_a_while)
         .register("note_run", note_run)
         .register("square", square)
@@ -856,16 +858,36 @@ fn high_priority_tasks_go_ahead_of_the_normal_ones_waiting() {
     };
     let pool = broker_pool(&redis, "urgent").build().unwrap();
     let normal: Vec<_> = (0..12)
-        .map(|n| pool.apply_async(note_run_slowly, (n, redis.url())).unwrap())
+        .map(|n| {
+            pool.apply_async(note_run_when_told, (n, redis.url()))
+                .unwrap()
+        })
         .collect();
     let urgent = pool
-        .task(note_run_slowly, (100, redis.url()))
+        .task(note_run, (100, redis.url()))
         .priority(Priority::High)
         .submit()
         .unwrap();
-    // One worker with two processes: each holds two tasks at most by the time the high one
-    // comes, which then goes ahead of every normal task still waiting.
+    // One worker with two processes: it holds two tasks a process (none can end before the
+    // word to go) when it takes the high one, which then goes ahead of every normal task
+    // still waiting.
     let _workers = Workers::start(1, &redis, "urgent", Duration::from_secs(30));
+    let taken = || {
+        redis
+            .cli_text(&["XPENDING", "multiproc:urgent:high", "multiproc"])
+            .lines()
+            .next()
+            == Some("1")
+    };
+    assert!(
+        common::eventually(PATIENCE, taken),
+        "the worker did not take the high task"
+    );
+    let go: Queue<u32> = Queue::broker(redis.url(), "go").build().unwrap();
+    for _ in 0..12 {
+        go.put(1).unwrap();
+    }
+    go.flush().unwrap();
     assert_eq!(urgent.get_timeout(PATIENCE).unwrap(), 100);
     for (n, p) in normal.iter().enumerate() {
         assert_eq!(p.get_timeout(PATIENCE).unwrap(), n as u64);

@@ -199,7 +199,7 @@ impl BrokerWorker {
             results: Mutex::new(HashMap::new()),
             hold: Hold::new(self.processes),
             terminated: Mutex::new(HashMap::new()),
-            started: Mutex::new(HashMap::new()),
+            started: Mutex::default(),
             ended: Mutex::default(),
             ended_ready: Condvar::new(),
         });
@@ -319,13 +319,21 @@ struct Runner {
     hold: Hold,
     /// Whether each pool was terminated, and when that was last looked at.
     terminated: Mutex<HashMap<String, (bool, Instant)>>,
-    /// Tasks running whose `started` record is not written yet (pool and task id), since
-    /// when, and their records' time to live (see [`Runner::started`]).
-    started: Mutex<HashMap<(String, u64), (Instant, u64)>>,
+    /// Tasks running whose `started` record is not written yet.
+    started: Mutex<Started>,
     /// Tasks that ended, whose records, results and acknowledgements the writing thread
     /// sends together ([`Runner::write_ended`]).
     ended: Mutex<EndedTasks>,
     ended_ready: Condvar,
+}
+
+/// Tasks running whose `started` record is not written yet (pool and task id), since when,
+/// and their records' time to live (see [`Runner::started`]).
+#[derive(Default)]
+struct Started {
+    tasks: HashMap<(String, u64), (Instant, u64)>,
+    /// No sooner than this is one of them due (none: none is).
+    first_due: Option<Instant>,
 }
 
 /// What the writing thread has to send.
@@ -410,7 +418,7 @@ impl Runner {
                     look = look.min(due.max(MOVE_AT_LEAST));
                 }
             }
-            let room = self.wait_for_room(extra, look);
+            let room = self.room_for(queue, extra, look);
             if room == 0 {
                 continue;
             }
@@ -451,7 +459,7 @@ impl Runner {
             };
             let Ok(redis) = left.leases() else { continue };
             loop {
-                let room = self.wait_for_room(0, Duration::ZERO);
+                let room = self.room_for(redis, 0, Duration::ZERO);
                 if room == 0 {
                     break;
                 }
@@ -495,6 +503,16 @@ impl Runner {
     /// for what it may hold, and `extra`; how many it may take then (0 if none).
     fn wait_for_room(&self, extra: usize, patience: Duration) -> usize {
         self.hold.wait_for_room(extra, patience)
+    }
+
+    /// How many tasks it may take from `queue` now (see [`wait_for_room`](Self::wait_for_room)):
+    /// at least one, without waiting, while entries it read against the room there was
+    /// wait in the handle, which are taken first.
+    fn room_for(&self, queue: &RedisQueue, extra: usize, patience: Duration) -> usize {
+        match queue.read_ahead() {
+            0 => self.wait_for_room(extra, patience),
+            _ => self.wait_for_room(extra, Duration::ZERO).max(1),
+        }
     }
 
     /// Counts a task that left the local pool and will not be written: finished.
@@ -622,7 +640,7 @@ impl Runner {
         // Taken out first: the `started` record, if it is written, is written before this
         // (on the same connection).
         let record = (task.pool.clone(), task.id);
-        self.started.lock().ignore_poison().remove(&record);
+        self.started.lock().ignore_poison().tasks.remove(&record);
         let key = (task.pool.as_str(), task.id);
         let ended = self.record_command(key, task.record_ttl_s, Stage::Ended, Some(outcome))?;
         if let Some((q, command)) = ended {
@@ -738,7 +756,11 @@ impl Runner {
         );
         if let Err(e) = submitted {
             tracing::warn!(queue = %self.queue, error = %e, "a task could not start");
-            self.started.lock().ignore_poison().remove(&started_key);
+            self.started
+                .lock()
+                .ignore_poison()
+                .tasks
+                .remove(&started_key);
             self.finished_one();
         }
     }
@@ -858,7 +880,7 @@ impl Runner {
     fn record_outcome(&self, task: &TaskMessage, stage: Stage, outcome: Option<&Outcome>) {
         let record = (task.pool.clone(), task.id);
         // Taken out first: the `started` record, if it is written, is written before this.
-        self.started.lock().ignore_poison().remove(&record);
+        self.started.lock().ignore_poison().tasks.remove(&record);
         self.write_record(&record, task.record_ttl_s, stage, outcome);
     }
 
@@ -907,8 +929,11 @@ impl Runner {
     fn started(&self, task: &TaskMessage) {
         if task.record_ttl_s > 0 {
             let record = (task.pool.clone(), task.id);
-            let since = (Instant::now(), task.record_ttl_s);
-            self.started.lock().ignore_poison().insert(record, since);
+            let now = Instant::now();
+            let mut started = self.started.lock().ignore_poison();
+            started.tasks.insert(record, (now, task.record_ttl_s));
+            // Those started before are due first.
+            started.first_due.get_or_insert(now + STARTED_AFTER);
         }
     }
 
@@ -916,10 +941,16 @@ impl Runner {
     /// until the next one is due, if one waits.
     fn write_started(&self) -> Option<Duration> {
         let mut started = self.started.lock().ignore_poison();
+        let now = Instant::now();
+        // Looked through only once one is due (the loop comes here once per task taken).
+        match started.first_due {
+            Some(due) if due > now => return Some(due - now),
+            None => return None,
+            Some(_) => {}
+        }
         let mut next: Option<Duration> = None;
         let mut written = Vec::new();
-        let now = Instant::now();
-        for (record, (since, ttl_s)) in started.iter() {
+        for (record, (since, ttl_s)) in started.tasks.iter() {
             match STARTED_AFTER.checked_sub(now.saturating_duration_since(*since)) {
                 Some(left) if !left.is_zero() => next = Some(next.map_or(left, |n| n.min(left))),
                 _ => {
@@ -931,8 +962,9 @@ impl Runner {
             }
         }
         for record in written {
-            started.remove(&record);
+            started.tasks.remove(&record);
         }
+        started.first_due = next.map(|left| now + left);
         next
     }
 

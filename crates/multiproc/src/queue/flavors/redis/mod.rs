@@ -760,6 +760,12 @@ impl RedisQueue {
         self.pace.lock().ignore_poison()
     }
 
+    /// Entries read and not handed out yet: the next `take_leased` hands the first out
+    /// without a round trip.
+    pub(crate) fn read_ahead(&self) -> usize {
+        self.lock_prefetched().len()
+    }
+
     fn lock_prefetched(&self) -> MutexGuard<'_, VecDeque<Entry>> {
         self.prefetched.lock().ignore_poison()
     }
