@@ -134,15 +134,16 @@ impl Hold {
 
     /// Counts a task taken and started in the local pool.
     pub(super) fn took_one(&self) {
-        self.took_one_at(Instant::now());
+        self.took_one_at(Instant::now);
     }
 
-    fn took_one_at(&self, now: Instant) {
+    /// [`took_one`](Self::took_one), with the clock read only if it is needed.
+    fn took_one_at(&self, now: impl FnOnce() -> Instant) {
         let mut counts = self.counts.lock().ignore_poison();
         counts.unfinished += 1;
         counts.in_local_pool += 1;
         if counts.in_local_pool == self.processes {
-            counts.saturated_since = Some(now);
+            counts.saturated_since = Some(now());
         }
     }
 
@@ -154,18 +155,20 @@ impl Hold {
 
     fn left_local_pool_at(&self, n: usize, finished: usize, now: Instant) {
         let mut counts = self.counts.lock().ignore_poison();
+        debug_assert!(n <= counts.in_local_pool && finished <= counts.unfinished);
         if n > 0 {
+            let in_pool = counts.in_local_pool.saturating_sub(n);
             if let Some(since) = counts.saturated_since {
                 counts.ended_saturated += n;
-                if counts.in_local_pool - n < self.processes {
+                if in_pool < self.processes {
                     counts.saturated_for += now.saturating_duration_since(since);
                     counts.saturated_since = None;
                 }
             }
-            counts.in_local_pool -= n;
+            counts.in_local_pool = in_pool;
             self.measure(&mut counts, now);
         }
-        counts.unfinished -= finished;
+        counts.unfinished = counts.unfinished.saturating_sub(finished);
         let room = counts.waiting > 0 && counts.in_local_pool <= counts.wake_at;
         if room {
             // Woken once: the tasks that leave before the loops run notify no one again.
@@ -224,25 +227,25 @@ mod tests {
         // Both processes busy from 0 to 10 ms, 100 tasks ending: 10 000 a second, 50 in
         // 5 ms.
         for _ in 0..4 {
-            hold.took_one_at(at(0));
+            hold.took_one_at(|| at(0));
         }
         for i in 0..99u64 {
             hold.left_local_pool_at(1, 1, at(i * 100));
-            hold.took_one_at(at(i * 100));
+            hold.took_one_at(|| at(i * 100));
         }
         assert_eq!(hold.most(), 4, "not measured within the first 10 ms");
         hold.left_local_pool_at(1, 1, at(10_000));
-        hold.took_one_at(at(10_000));
+        hold.took_one_at(|| at(10_000));
         assert_eq!(hold.most(), 50);
         // Far quicker: capped at 64 a process.
         for i in 1..=1000u64 {
             hold.left_local_pool_at(1, 1, at(10_000 + i * 10));
-            hold.took_one_at(at(10_000 + i * 10));
+            hold.took_one_at(|| at(10_000 + i * 10));
         }
         assert_eq!(hold.most(), 128);
         // A task a second while both processes are busy: back to the fewest.
         hold.left_local_pool_at(1, 1, at(1_020_000));
-        hold.took_one_at(at(1_020_000));
+        hold.took_one_at(|| at(1_020_000));
         hold.left_local_pool_at(1, 1, at(2_020_000));
         assert_eq!(hold.most(), 4);
     }
@@ -255,16 +258,16 @@ mod tests {
         // Quick tasks, one at a time (the broker gives no more): the processes could do far
         // more, so the hold does not follow this rate down (nor up).
         for i in 0..1000u64 {
-            hold.took_one_at(at(i * 50));
+            hold.took_one_at(|| at(i * 50));
             hold.left_local_pool_at(1, 1, at(i * 50 + 10));
         }
         assert_eq!(hold.most(), 4);
         // Both busy for a while, a task ending every 10 µs: a high rate, the hold grows.
-        hold.took_one_at(at(60_000));
-        hold.took_one_at(at(60_000));
+        hold.took_one_at(|| at(60_000));
+        hold.took_one_at(|| at(60_000));
         for i in 1..=1100u64 {
             hold.left_local_pool_at(1, 1, at(60_000 + i * 10));
-            hold.took_one_at(at(60_000 + i * 10));
+            hold.took_one_at(|| at(60_000 + i * 10));
         }
         assert_eq!(hold.most(), 128);
     }

@@ -499,19 +499,14 @@ impl Runner {
         gone
     }
 
-    /// Waits up to `patience` until its local pool has room (see [`Hold::wait_for_room`])
-    /// for what it may hold, and `extra`; how many it may take then (0 if none).
-    fn wait_for_room(&self, extra: usize, patience: Duration) -> usize {
-        self.hold.wait_for_room(extra, patience)
-    }
-
-    /// How many tasks it may take from `queue` now (see [`wait_for_room`](Self::wait_for_room)):
-    /// at least one, without waiting, while entries it read against the room there was
-    /// wait in the handle, which are taken first.
+    /// How many tasks it may take from `queue` now, waiting up to `patience` for room in its
+    /// local pool (see [`Hold::wait_for_room`]) for what it may hold and `extra`; 0 if none.
+    /// At least one, without waiting, while entries it read against the room there was wait
+    /// in the handle (they are taken first).
     fn room_for(&self, queue: &RedisQueue, extra: usize, patience: Duration) -> usize {
         match queue.read_ahead() {
-            0 => self.wait_for_room(extra, patience),
-            _ => self.wait_for_room(extra, Duration::ZERO).max(1),
+            0 => self.hold.wait_for_room(extra, patience),
+            _ => self.hold.wait_for_room(extra, Duration::ZERO).max(1),
         }
     }
 
@@ -639,8 +634,7 @@ impl Runner {
     ) -> Result<()> {
         // Taken out first: the `started` record, if it is written, is written before this
         // (on the same connection).
-        let record = (task.pool.clone(), task.id);
-        self.started.lock().ignore_poison().tasks.remove(&record);
+        self.forget_started(&(task.pool.clone(), task.id));
         let key = (task.pool.as_str(), task.id);
         let ended = self.record_command(key, task.record_ttl_s, Stage::Ended, Some(outcome))?;
         if let Some((q, command)) = ended {
@@ -756,11 +750,7 @@ impl Runner {
         );
         if let Err(e) = submitted {
             tracing::warn!(queue = %self.queue, error = %e, "a task could not start");
-            self.started
-                .lock()
-                .ignore_poison()
-                .tasks
-                .remove(&started_key);
+            self.forget_started(&started_key);
             self.finished_one();
         }
     }
@@ -880,7 +870,7 @@ impl Runner {
     fn record_outcome(&self, task: &TaskMessage, stage: Stage, outcome: Option<&Outcome>) {
         let record = (task.pool.clone(), task.id);
         // Taken out first: the `started` record, if it is written, is written before this.
-        self.started.lock().ignore_poison().tasks.remove(&record);
+        self.forget_started(&record);
         self.write_record(&record, task.record_ttl_s, stage, outcome);
     }
 
@@ -935,6 +925,11 @@ impl Runner {
             // Those started before are due first.
             started.first_due.get_or_insert(now + STARTED_AFTER);
         }
+    }
+
+    /// Takes the task `record` (pool and id) out of those whose `started` record waits.
+    fn forget_started(&self, record: &(String, u64)) {
+        self.started.lock().ignore_poison().tasks.remove(record);
     }
 
     /// Writes the `started` records of the tasks running for [`STARTED_AFTER`]; how long
