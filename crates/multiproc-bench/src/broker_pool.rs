@@ -341,13 +341,12 @@ pub(crate) fn cpu_per_task(quick: bool) -> anyhow::Result<f64> {
     let n = tasks_for(quick);
     // The benchmarks' redis-server is a child of this process: counted with the rest.
     broker::bench_url()?;
-    let used = with_pool(|pool| {
+    let (rate, used) = with_pool(|pool| {
         let before = cpu_share::threads(std::process::id());
         let rate = throughput(pool, n)?;
         let after = cpu_share::threads(std::process::id());
         Ok((rate, cpu_share::per_job(&before, &after, n)))
     })?;
-    let (rate, used) = used;
     let total: Duration = used.iter().map(|(_, d)| *d).sum();
     for (thread, d) in used.iter().filter(|(_, d)| !d.is_zero()) {
         eprintln!("  {thread:32} {:6.1} us/task", d.as_secs_f64() * 1e6);

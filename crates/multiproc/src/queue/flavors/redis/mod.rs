@@ -123,6 +123,9 @@ type Prefetched = Arc<Mutex<VecDeque<Entry>>>;
 const PREFETCH_MAX: usize = 16;
 /// The most entries one read takes for a caller that says how many it can start.
 const READ_MOST: usize = 128;
+/// How long, at the caller's pace, the entries read ahead may wait here: a caller that takes
+/// 100 µs per item gets 10 at a time, one that takes 1 ms or more gets one.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(1);
 
 /// Whether a take reads new entries from the stream, and how many at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,9 +139,6 @@ pub(crate) enum Reading {
     /// comes back only when there is room.
     UpTo(usize),
 }
-/// How long, at the caller's pace, the entries read ahead may wait here: a caller that takes
-/// 100 µs per item gets 10 at a time, one that takes 1 ms or more gets one.
-const PREFETCH_WINDOW: Duration = Duration::from_millis(1);
 
 /// How quickly the caller comes back for the next item, which decides how many entries a
 /// read takes: many when items are done quickly (one round trip for several), one at a time
