@@ -44,6 +44,59 @@ fn items_travel_as_json_entries_that_any_client_can_read() {
     assert_eq!(q.get_timeout(LONG).unwrap(), (2, "two".to_string()));
 }
 
+#[test]
+fn a_queue_reads_as_the_user_the_url_names_from_the_database_it_names() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let user = [
+        "ACL", "SETUSER", "pool", "on", ">s3cret", "~*", "&*", "+@all",
+    ];
+    assert_eq!(redis.cli_text(&user), "OK");
+    // Nobody may read without a password from now on.
+    assert_eq!(redis.cli_text(&["ACL", "SETUSER", "default", "off"]), "OK");
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/0")
+        .to_string();
+    let socket = redis.socket();
+    let urls = [
+        format!("redis://pool:s3cret@127.0.0.1:{port}/3"),
+        format!(
+            "redis+unix://{}?db=3&user=pool&pass=s3cret",
+            socket.display()
+        ),
+    ];
+    let as_pool = [
+        "--user",
+        "pool",
+        "--pass",
+        "s3cret",
+        "--no-auth-warning",
+        "-n",
+        "3",
+    ];
+    for (n, url) in urls.iter().enumerate() {
+        let q: Queue<u64> = Queue::connect(url, "auth").unwrap();
+        // Put by another client into database 3: only a reader there finds it.
+        let put = [
+            &as_pool[..],
+            &["XADD", "multiproc:auth", "*", "codec", "json", "body"],
+        ];
+        let body = n.to_string();
+        let added = redis.cli_text(&[&put.concat()[..], &[body.as_str()]].concat());
+        assert!(added.contains('-'), "{added}");
+        assert_eq!(q.get_timeout(LONG).unwrap(), n as u64);
+    }
+    // A password that is not the user's is refused by name, not waited on.
+    let wrong = format!("redis://pool:wrong@127.0.0.1:{port}/3");
+    let e = Queue::<u64>::connect(&wrong, "auth").unwrap_err();
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+}
+
 fn double_all((tasks, results): (JoinableQueue<u64>, Queue<u64>)) {
     while let Ok(n) = tasks.get_timeout(Duration::from_secs(2)) {
         results.put(n * 2).unwrap();

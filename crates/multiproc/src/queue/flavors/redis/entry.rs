@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use super::{CODEC_JSON, CODEC_POSTCARD, MAX_BODY};
 
 /// An entry read from the stream.
+#[derive(Debug)]
 pub(super) struct Entry {
     pub(super) id: String,
     pub(super) fields: Vec<(Vec<u8>, Vec<u8>)>,

@@ -2,12 +2,12 @@
 //! break, with the puts written on them and not yet confirmed.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, Value};
 
 use super::keys::has_group;
+use super::resp::ReadConn;
 use super::route::{Route, redirected};
 use super::{COMMAND_TIMEOUT, GROUP, RECONNECT_FIRST, RECONNECT_MAX, RedisQueue};
 use crate::error::{Error, Result};
@@ -41,6 +41,35 @@ pub(super) struct Link {
     /// How many replicas a put must reach before it counts as stored (on a cluster, 1 when
     /// the primary has a replica): the puts' replies are then followed by a `WAIT`.
     pub(super) replicas: usize,
+}
+
+/// The connection for blocking stream reads (see [`ReadConn`]), made when first needed.
+#[derive(Default)]
+pub(super) struct ReadLink {
+    conn: Option<ReadConn>,
+    /// As [`Link::broke`].
+    pub(super) broke: bool,
+}
+
+/// A slot holding a connection, which a failure drops (the next call makes a new one).
+pub(super) trait Reconnects {
+    /// Drops the connection, noting that it broke: a read under way on it may have been
+    /// delivered by the broker and lost.
+    fn drop_connection(&mut self);
+}
+
+impl Reconnects for Link {
+    fn drop_connection(&mut self) {
+        self.conn = None;
+        self.broke = true;
+    }
+}
+
+impl Reconnects for ReadLink {
+    fn drop_connection(&mut self) {
+        self.conn = None;
+        self.broke = true;
+    }
 }
 
 /// How long a `WAIT` for a replica may take; a replica that does not answer by then is
@@ -184,47 +213,51 @@ impl Link {
 }
 
 impl RedisQueue {
-    /// Runs `op` on the connection, connecting again with back-off while the broker cannot
-    /// be reached, until `deadline`.
+    /// Runs `op` on the connection, once the replies of the puts written on it are read,
+    /// connecting again with back-off while the broker cannot be reached, until `deadline`.
     pub(super) fn with_conn<R>(
         &self,
         deadline: Option<Instant>,
-        op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
-    ) -> Result<R> {
-        self.with_conn_on(&self.conn, deadline, op)
-    }
-
-    /// [`with_conn`](Self::with_conn) on the connection in `slot`, once the replies of the
-    /// puts written on it are read.
-    pub(super) fn with_conn_on<R>(
-        &self,
-        slot: &Mutex<Link>,
-        deadline: Option<Instant>,
         mut op: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        let mut link = slot.lock().ignore_poison();
-        self.retrying(&mut link, deadline, |link| {
+        let mut link = self.conn.lock().ignore_poison();
+        self.retrying(&mut *link, deadline, |link| {
             link.connection(&self.route)?;
             link.confirm(0, &self.route)?;
             op(link.conn.as_mut().expect("connected just above"))
         })
     }
 
+    /// Runs `op` on the connection for blocking reads, connecting again with back-off while
+    /// the broker cannot be reached, until `deadline`.
+    pub(super) fn with_reader<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut ReadConn) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let mut link = self.reader.lock().ignore_poison();
+        self.retrying(&mut *link, deadline, |link| {
+            if link.conn.is_none() {
+                link.conn = Some(ReadConn::open(&self.route)?);
+            }
+            op(link.conn.as_mut().expect("connected just above"))
+        })
+    }
+
     /// Runs `op` on `link`, dropping its connection and trying again with back-off while the
     /// broker cannot be reached, until `deadline`.
-    pub(super) fn retrying<R>(
+    pub(super) fn retrying<L: Reconnects, R>(
         &self,
-        link: &mut Link,
+        link: &mut L,
         deadline: Option<Instant>,
-        mut op: impl FnMut(&mut Link) -> redis::RedisResult<R>,
+        mut op: impl FnMut(&mut L) -> redis::RedisResult<R>,
     ) -> Result<R> {
         let mut backoff = RECONNECT_FIRST;
         loop {
             match op(link) {
                 Ok(v) => return Ok(v),
                 Err(e) if retriable(&e) => {
-                    link.conn = None;
-                    link.broke = true;
+                    link.drop_connection();
                     self.route.lost();
                     tracing::warn!(queue = %self.name, error = %e, "broker unreachable; retrying");
                     if !pause_until(deadline, backoff) {
@@ -236,8 +269,7 @@ impl RedisQueue {
                     // An error the broker did not send (a reply that does not parse…) leaves
                     // the connection in an unknown state: the next call makes a new one.
                     if e.code().is_none() {
-                        link.conn = None;
-                        link.broke = true;
+                        link.drop_connection();
                     }
                     return Err(broker_error(&self.what(), "broker refused", e));
                 }

@@ -54,6 +54,7 @@ mod keys;
 mod leases;
 mod link;
 mod pack;
+mod resp;
 mod route;
 mod scheduled;
 mod settings;
@@ -64,13 +65,15 @@ pub use admin::{ConsumerStatus, DeadLetter, QueueAdmin, QueueStatus};
 pub(crate) use scheduled::Due;
 pub use settings::BrokerQueueBuilder;
 
-use entry::{Entry, as_u64, decode, parse_autoclaim, parse_read};
+use entry::{Entry, as_u64, decode, parse_autoclaim};
 use keys::{Keys, find_keys, resolve_prefix, split_url, warn_old_keys};
 use link::{
-    GONE, Link, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until, redact,
+    GONE, Link, ReadLink, UNCONFIRMED_MAX, broker_error, consumer_name, create_group, pause_until,
+    redact,
 };
 pub(crate) use link::{Packed, PutTag};
 pub(crate) use pack::pack;
+use resp::StreamRead;
 use route::Route;
 use settings::{Asked, BrokerSettings};
 
@@ -200,7 +203,7 @@ pub(crate) struct RedisQueue {
     conn: Mutex<Link>,
     /// A second connection for blocking reads, so that a thread waiting in `get` does not
     /// hold up another thread's `put` or `task_done` on the same handle.
-    reader: Mutex<Link>,
+    reader: Mutex<ReadLink>,
     /// Entries this handle took and has not finished, oldest first.
     leases: Leases,
     /// Entries finished here whose acknowledgement goes with the next read (or any other
@@ -282,7 +285,7 @@ impl RedisQueue {
                 conn,
                 ..Link::default()
             }),
-            reader: Mutex::new(Link::default()),
+            reader: Mutex::default(),
             leases: Arc::new(Mutex::new(VecDeque::new())),
             acks: Arc::default(),
             handed_at: Mutex::default(),
@@ -395,7 +398,7 @@ impl RedisQueue {
     fn write_unconfirmed(&self, packed: Vec<Packed>, deadline: Option<Instant>) -> Result<()> {
         let mut packed = Some(packed);
         let mut link = self.conn.lock().ignore_poison();
-        self.retrying(&mut link, deadline, |link| {
+        self.retrying(&mut *link, deadline, |link| {
             let Some(all) = packed.as_ref() else {
                 return Ok(());
             };
@@ -415,7 +418,7 @@ impl RedisQueue {
             Ok(())
         })?;
         if link.unconfirmed.len() >= UNCONFIRMED_MAX {
-            self.retrying(&mut link, deadline, |link| {
+            self.retrying(&mut *link, deadline, |link| {
                 link.connection(&self.route)?;
                 link.confirm(UNCONFIRMED_MAX / 2, &self.route)
             })?;
@@ -438,7 +441,7 @@ impl RedisQueue {
     ) -> Result<Vec<(PutTag, String)>> {
         let mut link = self.conn.lock().ignore_poison();
         if !link.unconfirmed.is_empty() {
-            self.retrying(&mut link, deadline, |link| {
+            self.retrying(&mut *link, deadline, |link| {
                 link.connection(&self.route)?;
                 link.confirm(0, &self.route)
             })?;
@@ -640,31 +643,40 @@ impl RedisQueue {
             Reading::UpTo(n) => n.clamp(1, READ_MOST),
             Reading::No | Reading::Paced => self.lock_pace().batch(),
         };
-        let read = self.with_conn_on(&self.reader, deadline, |c| {
+        let read = self.with_reader(deadline, |c| {
+            let before = (!acks.is_empty()).then(|| {
+                let mut pipe = redis::pipe();
+                self.add_acks(&mut pipe, &acks);
+                pipe
+            });
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg("COUNT")
                 .arg(batch);
-            let before = (!acks.is_empty()).then(|| {
-                let mut pipe = redis::pipe();
-                self.add_acks(&mut pipe, &acks);
-                pipe
-            });
-            let from = (self.keys.stream.as_str(), ">");
-            match blocking_read(c, cmd, slice.unwrap_or_default(), from, before)? {
-                // Old keys that are gone were moved (or deleted): not made again.
-                Err(e) if e.code() == Some("NOGROUP") && self.keys.old => Ok(None),
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    // The broker lost the group (restarted without persistence).
-                    create_group(c, &self.keys.stream)?;
-                    Ok(Some(Vec::new()))
-                }
-                other => Ok(Some(parse_read(other?))),
+            let read = StreamRead {
+                cmd,
+                stream: &self.keys.stream,
+                from: ">",
+                block: slice.unwrap_or_default(),
+                before,
+            };
+            match c.read(read)? {
+                Err(e) if e.code() == Some("NOGROUP") => Ok(None),
+                other => other.map(Some),
             }
         });
-        let read = read.and_then(|entries| entries.ok_or_else(|| self.gone()));
+        let read = match read {
+            Ok(Some(entries)) => Ok(entries),
+            // Old keys that are gone were moved (or deleted): not made again.
+            Ok(None) if self.keys.old => Err(self.gone()),
+            // The broker lost the group (restarted without persistence).
+            Ok(None) => self
+                .with_conn(deadline, |c| create_group(c, &self.keys.stream))
+                .map(|()| Vec::new()),
+            Err(e) => Err(e),
+        };
         let entry = match read {
             Ok(entries) => {
                 let mut entries = entries.into_iter();
@@ -852,29 +864,6 @@ impl RedisQueue {
         cmd.arg("*");
         cmd
     }
-}
-
-/// Runs the stream read `read` (XREAD or XREADGROUP, up to its `COUNT`) of `stream` after the
-/// id `from`, blocking up to `slice` (not at all for zero), after the commands of `before` in
-/// the same round trip; its reply (`Err` inside for an error the broker answered).
-fn blocking_read(
-    c: &mut redis::Connection,
-    mut read: redis::Cmd,
-    slice: Duration,
-    (stream, from): (&str, &str),
-    before: Option<redis::Pipeline>,
-) -> redis::RedisResult<redis::RedisResult<Value>> {
-    if !slice.is_zero() {
-        read.arg("BLOCK").arg(slice.as_millis().max(1) as u64);
-        c.set_read_timeout(Some(slice + COMMAND_TIMEOUT))?;
-    }
-    read.arg("STREAMS").arg(stream).arg(from);
-    let reply = match before {
-        None => read.query::<Value>(c),
-        Some(mut pipe) => pipe.add_command(read).query::<(Value,)>(c).map(|(v,)| v),
-    };
-    c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-    Ok(reply)
 }
 
 /// Whether the broker at the end of `conn` is a node of a Redis Cluster.

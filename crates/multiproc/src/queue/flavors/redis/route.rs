@@ -166,6 +166,14 @@ impl Route {
         }
     }
 
+    /// A client for the node the queue's connections go to (which may not answer).
+    pub(super) fn client(&self) -> RedisResult<Client> {
+        match self {
+            Route::Single(client) => Ok(client.clone()),
+            Route::Cluster(route) => route.primary().map(|(client, _)| client),
+        }
+    }
+
     /// How many healthy replicas the queue's primary has, as the node at the end of `conn`
     /// (the primary) sees them now.
     pub(super) fn replicas_seen_by(&self, conn: &mut Connection) -> RedisResult<usize> {
@@ -216,10 +224,12 @@ impl Route {
 }
 
 impl ClusterRoute {
-    fn connect(&self) -> RedisResult<(Connection, usize)> {
+    /// A client for the primary serving the slot (asking the cluster if it is not known),
+    /// and how many replicas it has.
+    fn primary(&self) -> RedisResult<(Client, usize)> {
         let known = self.state.lock().ignore_poison().primary.clone();
-        let (client, replicas) = match known {
-            Some(p) => p,
+        match known {
+            Some(p) => Ok(p),
             None => {
                 let ranges = self.ask_cluster()?;
                 let range = ranges.iter().find(|r| r.serves(self.slot)).ok_or_else(|| {
@@ -227,9 +237,13 @@ impl ClusterRoute {
                 })?;
                 let found = (client_at(&self.info, &range.primary)?, range.replicas.len());
                 self.state.lock().ignore_poison().primary = Some(found.clone());
-                found
+                Ok(found)
             }
-        };
+        }
+    }
+
+    fn connect(&self) -> RedisResult<(Connection, usize)> {
+        let (client, replicas) = self.primary()?;
         match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
             Ok(c) => Ok((c, replicas.min(1))),
             Err(e) => {

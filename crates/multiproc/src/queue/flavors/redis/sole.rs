@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 
-use super::entry::{decode, parse_read};
-use super::{READ_SLICE, RedisQueue, blocking_read};
+use super::entry::decode;
+use super::resp::StreamRead;
+use super::{READ_SLICE, RedisQueue};
 use crate::error::Result;
 use crate::sync::IgnorePoison;
 
@@ -64,9 +65,9 @@ impl RedisQueue {
             d.saturating_duration_since(Instant::now()).min(READ_SLICE)
         });
         let mut at = self.sole.lock().ignore_poison();
-        let entries = self.with_conn_on(&self.reader, deadline, |c| {
-            let mut read = redis::cmd("XREAD");
-            read.arg("COUNT").arg(most.max(1));
+        let entries = self.with_reader(deadline, |c| {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(most.max(1));
             let threshold = at.to_trim.then(|| next_id(&at.after)).flatten();
             let before = threshold.map(|threshold| {
                 let mut pipe = redis::pipe();
@@ -77,11 +78,17 @@ impl RedisQueue {
                     .ignore();
                 pipe
             });
-            let from = (self.keys.stream.as_str(), at.after.as_str());
-            let reply = blocking_read(c, read, slice, from, before)??;
+            let read = StreamRead {
+                cmd,
+                stream: &self.keys.stream,
+                from: &at.after,
+                block: slice,
+                before,
+            };
+            let entries = c.read(read)??;
             // Trimmed with the read.
             at.to_trim = false;
-            Ok(parse_read(reply))
+            Ok(entries)
         })?;
         if let Some(last) = entries.last() {
             at.after.clone_from(&last.id);
