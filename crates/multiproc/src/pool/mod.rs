@@ -503,6 +503,14 @@ impl Pool {
             .submit_with_options(target, items, deliver, options)
     }
 
+    /// Sends up to `n` tasks ahead to each worker process from now on (2 by default: one
+    /// running, the next ready). For a broker worker of quick tasks, whose processes would
+    /// otherwise run dry between two wake-ups of the pool's handler.
+    #[cfg(feature = "broker")]
+    pub(crate) fn set_tasks_ahead(&self, n: usize) {
+        self.shared.set_tasks_ahead(n);
+    }
+
     fn from_parts(shared: Arc<Supervisor>, handler: JoinHandle<()>) -> Pool {
         Pool {
             shared,

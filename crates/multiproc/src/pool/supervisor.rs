@@ -557,6 +557,18 @@ impl Supervisor {
         Ok((supervisor, handler))
     }
 
+    /// Sends up to `n` tasks ahead to each worker from now on (at least one), in place of
+    /// what the transport said ([`Transport::tasks_ahead`]).
+    #[cfg(feature = "broker")]
+    pub(crate) fn set_tasks_ahead(&self, n: usize) {
+        let mut state = self.lock();
+        let more = n.max(1) > state.ahead;
+        state.ahead = n.max(1);
+        if more {
+            dispatch(&mut state);
+        }
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         self.limits
     }

@@ -32,6 +32,14 @@ const SATURATED_AT_LEAST: Duration = Duration::from_millis(1);
 const LEAST_PER_PROCESS: usize = 2;
 const MOST_PER_PROCESS: usize = 64;
 
+/// The local pool sends each process an eighth of what is held for it (about 0.6 ms of
+/// work), between 2 (the local pool's own: one running, the next ready) and 8. A process of
+/// quick tasks then does not run dry between two wake-ups of the local pool's handler, and a
+/// task that waits behind a long one on a process waits behind few.
+const AHEAD_OF_HELD: usize = 8;
+const LEAST_AHEAD: usize = 2;
+const MOST_AHEAD: usize = 8;
+
 /// How many tasks a worker may hold, how many it took and has not finished (their leases not
 /// settled), and how many of those are in its local pool. The take loops wait here for room,
 /// and the worker's stop for the last task.
@@ -48,6 +56,8 @@ pub(super) struct Hold {
 struct Counts {
     /// How many tasks may be in the local pool.
     most: usize,
+    /// How many the local pool is told to send ahead to each process.
+    ahead: usize,
     unfinished: usize,
     /// Waiting in the local pool or running there: what `most` bounds. The others ended and
     /// wait to be written back.
@@ -76,6 +86,7 @@ impl Hold {
             cap: processes.saturating_mul(MOST_PER_PROCESS),
             counts: Mutex::new(Counts {
                 most: least,
+                ahead: LEAST_AHEAD,
                 unfinished: 0,
                 in_local_pool: 0,
                 waiting: 0,
@@ -149,11 +160,14 @@ impl Hold {
 
     /// Counts `n` tasks out of the local pool, and `finished` of those taken finished; wakes
     /// the take loops if that makes the room they wait for, or the wait for the last task.
-    pub(super) fn left_local_pool(&self, n: usize, finished: usize) {
-        self.left_local_pool_at(n, finished, Instant::now());
+    /// How many tasks the local pool should send ahead to each process, when that changed.
+    #[must_use]
+    pub(super) fn left_local_pool(&self, n: usize, finished: usize) -> Option<usize> {
+        self.left_local_pool_at(n, finished, Instant::now())
     }
 
-    fn left_local_pool_at(&self, n: usize, finished: usize, now: Instant) {
+    fn left_local_pool_at(&self, n: usize, finished: usize, now: Instant) -> Option<usize> {
+        let mut ahead = None;
         let mut counts = self.counts.lock().ignore_poison();
         debug_assert!(n <= counts.in_local_pool && finished <= counts.unfinished);
         if n > 0 {
@@ -166,7 +180,7 @@ impl Hold {
                 }
             }
             counts.in_local_pool = in_pool;
-            self.measure(&mut counts, now);
+            ahead = self.measure(&mut counts, now);
         }
         counts.unfinished = counts.unfinished.saturating_sub(finished);
         let room = counts.waiting > 0 && counts.in_local_pool <= counts.wake_at;
@@ -177,13 +191,15 @@ impl Hold {
         if room || (finished > 0 && counts.unfinished == 0) {
             self.room_or_idle.notify_all();
         }
+        ahead
     }
 
     /// Once a measurement is over: the rate while every process had a task, if long enough,
-    /// sets how many may be held.
-    fn measure(&self, counts: &mut Counts, now: Instant) {
+    /// sets how many may be held, and how many go ahead to each process (returned when that
+    /// changed).
+    fn measure(&self, counts: &mut Counts, now: Instant) -> Option<usize> {
         if now.saturating_duration_since(counts.measured_at) < MEASURE_EVERY {
-            return;
+            return None;
         }
         let mut saturated = counts.saturated_for;
         if let Some(since) = counts.saturated_since {
@@ -198,6 +214,11 @@ impl Hold {
         counts.saturated_for = Duration::ZERO;
         counts.ended_saturated = 0;
         counts.measured_at = now;
+        let ahead = (counts.most / self.processes / AHEAD_OF_HELD).clamp(LEAST_AHEAD, MOST_AHEAD);
+        (ahead != counts.ahead).then(|| {
+            counts.ahead = ahead;
+            ahead
+        })
     }
 
     /// How many tasks are in the local pool, waiting or running.
@@ -224,30 +245,38 @@ mod tests {
         assert_eq!(hold.most(), 4, "the fewest until a rate is seen");
         let start = hold.counts.lock().unwrap().measured_at;
         let at = |us: u64| start + Duration::from_micros(us);
+        // How many the local pool was last told to send ahead to each process.
+        let told = std::cell::Cell::new(None);
+        let left = |now| {
+            if let Some(ahead) = hold.left_local_pool_at(1, 1, now) {
+                told.set(Some(ahead));
+            }
+            hold.took_one_at(|| now);
+        };
         // Both processes busy from 0 to 10 ms, 100 tasks ending: 10 000 a second, 50 in
         // 5 ms.
         for _ in 0..4 {
             hold.took_one_at(|| at(0));
         }
         for i in 0..99u64 {
-            hold.left_local_pool_at(1, 1, at(i * 100));
-            hold.took_one_at(|| at(i * 100));
+            left(at(i * 100));
         }
         assert_eq!(hold.most(), 4, "not measured within the first 10 ms");
-        hold.left_local_pool_at(1, 1, at(10_000));
-        hold.took_one_at(|| at(10_000));
+        left(at(10_000));
         assert_eq!(hold.most(), 50);
-        // Far quicker: capped at 64 a process.
+        // 25 held for each process: 3 go ahead to it.
+        assert_eq!(told.get(), Some(3));
+        // Far quicker: capped at 64 a process, 8 of them ahead.
         for i in 1..=1000u64 {
-            hold.left_local_pool_at(1, 1, at(10_000 + i * 10));
-            hold.took_one_at(|| at(10_000 + i * 10));
+            left(at(10_000 + i * 10));
         }
         assert_eq!(hold.most(), 128);
-        // A task a second while both processes are busy: back to the fewest.
-        hold.left_local_pool_at(1, 1, at(1_020_000));
-        hold.took_one_at(|| at(1_020_000));
-        hold.left_local_pool_at(1, 1, at(2_020_000));
+        assert_eq!(told.get(), Some(8));
+        // A task a second while both processes are busy: back to the fewest, and 2 ahead.
+        left(at(1_020_000));
+        left(at(2_020_000));
         assert_eq!(hold.most(), 4);
+        assert_eq!(told.get(), Some(2));
     }
 
     #[test]
@@ -259,14 +288,14 @@ mod tests {
         // more, so the hold does not follow this rate down (nor up).
         for i in 0..1000u64 {
             hold.took_one_at(|| at(i * 50));
-            hold.left_local_pool_at(1, 1, at(i * 50 + 10));
+            let _ = hold.left_local_pool_at(1, 1, at(i * 50 + 10));
         }
         assert_eq!(hold.most(), 4);
         // Both busy for a while, a task ending every 10 µs: a high rate, the hold grows.
         hold.took_one_at(|| at(60_000));
         hold.took_one_at(|| at(60_000));
         for i in 1..=1100u64 {
-            hold.left_local_pool_at(1, 1, at(60_000 + i * 10));
+            let _ = hold.left_local_pool_at(1, 1, at(60_000 + i * 10));
             hold.took_one_at(|| at(60_000 + i * 10));
         }
         assert_eq!(hold.most(), 128);
@@ -305,8 +334,8 @@ mod tests {
             })
         };
         // One ends (to be written back) and one fails (finished at once): 6 in the pool.
-        hold.left_local_pool(1, 0);
-        hold.left_local_pool(1, 1);
+        let _ = hold.left_local_pool(1, 0);
+        let _ = hold.left_local_pool(1, 1);
         let (room, waited) = waiter.join().unwrap();
         assert!(waited < PATIENCE, "woken, not timed out");
         assert!(room >= 2, "{room}");
@@ -316,9 +345,9 @@ mod tests {
             let hold = hold.clone();
             std::thread::spawn(move || hold.wait_until_idle())
         };
-        hold.left_local_pool(6, 6);
+        let _ = hold.left_local_pool(6, 6);
         assert!(!stop.is_finished(), "one is still being written");
-        hold.left_local_pool(0, 1);
+        let _ = hold.left_local_pool(0, 1);
         stop.join().unwrap();
         assert_eq!(hold.counts.lock().unwrap().unfinished, 0);
     }

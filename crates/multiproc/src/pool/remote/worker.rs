@@ -510,19 +510,28 @@ impl Runner {
         }
     }
 
+    /// Counts `n` tasks out of the local pool and `finished` finished (see
+    /// [`Hold::left_local_pool`]), and passes on how many tasks the local pool should send
+    /// ahead to each process, should that change.
+    fn left_local_pool(&self, n: usize, finished: usize) {
+        if let Some(ahead) = self.hold.left_local_pool(n, finished) {
+            self.local.set_tasks_ahead(ahead);
+        }
+    }
+
     /// Counts a task that left the local pool and will not be written: finished.
     fn finished_one(&self) {
-        self.hold.left_local_pool(1, 1);
+        self.left_local_pool(1, 1);
     }
 
     /// Counts `n` tasks written: finished.
     fn finished(&self, n: usize) {
-        self.hold.left_local_pool(0, n);
+        self.left_local_pool(0, n);
     }
 
     /// Hands a task that ended to the writing thread.
     fn ended(&self, task: EndedTask) {
-        self.hold.left_local_pool(1, 0);
+        self.left_local_pool(1, 0);
         let mut ended = self.ended.lock().ignore_poison();
         ended.tasks.push(task);
         let wake = match ended.writer_waits {
