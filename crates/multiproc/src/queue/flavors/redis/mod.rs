@@ -24,6 +24,11 @@
 //! `task_done` goes with the next command. A steady stream costs well under one round trip
 //! per item on either side.
 //!
+//! # Reads
+//! A `get` that waits, and a broker pool's results reader, read on a connection of their own
+//! (so that they hold up no `put` on the same handle), which reads the replies of its stream
+//! reads itself, straight into entries, rather than through redis-rs (see [`resp`]).
+//!
 //! # TLS
 //! `rediss://` connects with rustls, checking the server's certificate against the system's
 //! roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` point elsewhere, as for OpenSSL).

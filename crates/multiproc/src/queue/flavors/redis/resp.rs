@@ -126,6 +126,14 @@ impl Socket {
             Socket::Unix(s) => s.set_read_timeout(Some(timeout)),
         }
     }
+
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_write_timeout(Some(timeout)),
+            #[cfg(unix)]
+            Socket::Unix(s) => s.set_write_timeout(Some(timeout)),
+        }
+    }
 }
 
 impl Read for Socket {
@@ -210,6 +218,7 @@ impl OwnConn {
         };
         Some(socket.map_err(RedisError::from).and_then(|socket| {
             socket.set_read_timeout(COMMAND_TIMEOUT)?;
+            socket.set_write_timeout(COMMAND_TIMEOUT)?;
             let mut conn = OwnConn::over(socket);
             conn.hello(info.redis_settings())?;
             Ok(conn)
@@ -491,7 +500,6 @@ fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(s) => {
                 s.set_nodelay(true)?;
-                s.set_write_timeout(Some(COMMAND_TIMEOUT))?;
                 return Ok(s);
             }
             Err(e) => failed = Some(e),
