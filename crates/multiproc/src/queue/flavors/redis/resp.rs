@@ -80,33 +80,30 @@ impl ReadConn {
             block,
             before,
         } = read;
-        let wait = (!block.is_zero()).then(|| block + COMMAND_TIMEOUT);
-        if let Some(wait) = wait {
+        if !block.is_zero() {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-            self.set_read_timeout(wait)?;
         }
         cmd.arg("STREAMS").arg(stream).arg(from);
-        let reply = match self {
-            ReadConn::Own(own) => own.run_read(&cmd, before.as_ref()),
-            ReadConn::Client(c) => Ok(match before {
-                None => cmd.query(c),
-                Some(mut pipe) => pipe
-                    .add_command(cmd)
-                    .query::<(redis::Value,)>(c)
-                    .map(|(v,)| v),
-            }
-            .map(parse_read)),
-        };
-        if wait.is_some() {
-            self.set_read_timeout(COMMAND_TIMEOUT)?;
-        }
-        reply
-    }
-
-    fn set_read_timeout(&mut self, timeout: Duration) -> RedisResult<()> {
+        // The reply comes within the block, or something is wrong with the broker. Whole
+        // seconds, so that a run of reads sets it once.
+        let timeout = Duration::from_secs((block + COMMAND_TIMEOUT).as_secs() + 1);
         match self {
-            ReadConn::Own(own) => Ok(own.socket.set_read_timeout(timeout)?),
-            ReadConn::Client(c) => c.set_read_timeout(Some(timeout)),
+            ReadConn::Own(own) => {
+                own.set_read_timeout(timeout)?;
+                own.run_read(&cmd, before.as_ref())
+            }
+            ReadConn::Client(c) => {
+                c.set_read_timeout(Some(timeout))?;
+                let reply = match before {
+                    None => cmd.query(c),
+                    Some(mut pipe) => pipe
+                        .add_command(cmd)
+                        .query::<(redis::Value,)>(c)
+                        .map(|(v,)| v),
+                };
+                c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                Ok(reply.map(parse_read))
+            }
         }
     }
 }
@@ -163,6 +160,9 @@ impl Write for Socket {
 /// A RESP2 connection read here, and what was received and not yet taken.
 pub(super) struct OwnConn {
     socket: Socket,
+    /// The socket's read timeout, as last set (only reads go on this connection: it is set
+    /// when it changes).
+    read_timeout: Duration,
     buf: Box<[u8]>,
     /// `buf[at..end]` was received and is not taken yet.
     at: usize,
@@ -217,21 +217,31 @@ impl OwnConn {
             _ => return None,
         };
         Some(socket.map_err(RedisError::from).and_then(|socket| {
-            socket.set_read_timeout(COMMAND_TIMEOUT)?;
-            socket.set_write_timeout(COMMAND_TIMEOUT)?;
-            let mut conn = OwnConn::over(socket);
+            let mut conn = OwnConn::over(socket)?;
             conn.hello(info.redis_settings())?;
             Ok(conn)
         }))
     }
 
-    fn over(socket: Socket) -> OwnConn {
-        OwnConn {
+    /// A connection on `socket`, with its timeouts [`COMMAND_TIMEOUT`].
+    fn over(socket: Socket) -> io::Result<OwnConn> {
+        socket.set_read_timeout(COMMAND_TIMEOUT)?;
+        socket.set_write_timeout(COMMAND_TIMEOUT)?;
+        Ok(OwnConn {
             socket,
+            read_timeout: COMMAND_TIMEOUT,
             buf: vec![0; BUFFER].into_boxed_slice(),
             at: 0,
             end: 0,
+        })
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        if timeout != self.read_timeout {
+            self.socket.set_read_timeout(timeout)?;
+            self.read_timeout = timeout;
         }
+        Ok(())
     }
 
     /// Authenticates and selects the database, as the URL says.
@@ -523,9 +533,7 @@ mod tests {
     /// A connection, and the other end of its socket.
     fn pair() -> (OwnConn, UnixStream) {
         let (ours, theirs) = UnixStream::pair().expect("a socket pair");
-        ours.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        (OwnConn::over(Socket::Unix(ours)), theirs)
+        (OwnConn::over(Socket::Unix(ours)).unwrap(), theirs)
     }
 
     fn bulk(b: &[u8]) -> Vec<u8> {
