@@ -160,14 +160,15 @@ impl Hold {
 
     /// Counts `n` tasks out of the local pool, and `finished` of those taken finished; wakes
     /// the take loops if that makes the room they wait for, or the wait for the last task.
-    /// How many tasks the local pool should send ahead to each process, when that changed.
+    /// Whether that changed how many tasks the local pool should send ahead to each process
+    /// ([`tasks_ahead`](Self::tasks_ahead)).
     #[must_use]
-    pub(super) fn left_local_pool(&self, n: usize, finished: usize) -> Option<usize> {
+    pub(super) fn left_local_pool(&self, n: usize, finished: usize) -> bool {
         self.left_local_pool_at(n, finished, Instant::now())
     }
 
-    fn left_local_pool_at(&self, n: usize, finished: usize, now: Instant) -> Option<usize> {
-        let mut ahead = None;
+    fn left_local_pool_at(&self, n: usize, finished: usize, now: Instant) -> bool {
+        let mut ahead = false;
         let mut counts = self.counts.lock().ignore_poison();
         debug_assert!(n <= counts.in_local_pool && finished <= counts.unfinished);
         if n > 0 {
@@ -195,11 +196,11 @@ impl Hold {
     }
 
     /// Once a measurement is over: the rate while every process had a task, if long enough,
-    /// sets how many may be held, and how many go ahead to each process (returned when that
+    /// sets how many may be held, and how many go ahead to each process (whether that
     /// changed).
-    fn measure(&self, counts: &mut Counts, now: Instant) -> Option<usize> {
+    fn measure(&self, counts: &mut Counts, now: Instant) -> bool {
         if now.saturating_duration_since(counts.measured_at) < MEASURE_EVERY {
-            return None;
+            return false;
         }
         let mut saturated = counts.saturated_for;
         if let Some(since) = counts.saturated_since {
@@ -215,10 +216,12 @@ impl Hold {
         counts.ended_saturated = 0;
         counts.measured_at = now;
         let ahead = (counts.most / self.processes / AHEAD_OF_HELD).clamp(LEAST_AHEAD, MOST_AHEAD);
-        (ahead != counts.ahead).then(|| {
-            counts.ahead = ahead;
-            ahead
-        })
+        std::mem::replace(&mut counts.ahead, ahead) != ahead
+    }
+
+    /// How many tasks the local pool should send ahead to each process.
+    pub(super) fn tasks_ahead(&self) -> usize {
+        self.counts.lock().ignore_poison().ahead
     }
 
     /// How many tasks are in the local pool, waiting or running.
@@ -248,8 +251,8 @@ mod tests {
         // How many the local pool was last told to send ahead to each process.
         let told = std::cell::Cell::new(None);
         let left = |now| {
-            if let Some(ahead) = hold.left_local_pool_at(1, 1, now) {
-                told.set(Some(ahead));
+            if hold.left_local_pool_at(1, 1, now) {
+                told.set(Some(hold.tasks_ahead()));
             }
             hold.took_one_at(|| now);
         };

@@ -198,6 +198,7 @@ impl BrokerWorker {
             build: build_id().to_string(),
             results: Mutex::new(HashMap::new()),
             hold: Hold::new(self.processes),
+            telling_ahead: Mutex::new(()),
             terminated: Mutex::new(HashMap::new()),
             started: Mutex::default(),
             ended: Mutex::default(),
@@ -317,6 +318,10 @@ struct Runner {
     /// How many tasks it may hold in its local pool, how many are there, and how many it
     /// took and has not finished.
     hold: Hold,
+    /// Held while the local pool is told how many tasks to send ahead to each process (the
+    /// hold's latest count, so that two threads that saw it change cannot leave an older
+    /// one in place).
+    telling_ahead: Mutex<()>,
     /// Whether each pool was terminated, and when that was last looked at.
     terminated: Mutex<HashMap<String, (bool, Instant)>>,
     /// Tasks running whose `started` record is not written yet.
@@ -514,8 +519,9 @@ impl Runner {
     /// [`Hold::left_local_pool`]), and passes on how many tasks the local pool should send
     /// ahead to each process, should that change.
     fn left_local_pool(&self, n: usize, finished: usize) {
-        if let Some(ahead) = self.hold.left_local_pool(n, finished) {
-            self.local.set_tasks_ahead(ahead);
+        if self.hold.left_local_pool(n, finished) {
+            let _one_at_a_time = self.telling_ahead.lock().ignore_poison();
+            self.local.set_tasks_ahead(self.hold.tasks_ahead());
         }
     }
 
