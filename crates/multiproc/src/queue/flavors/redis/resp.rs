@@ -261,13 +261,7 @@ impl OwnConn {
             return Ok(());
         }
         self.socket.write_all(&pipe.get_packed_pipeline())?;
-        let mut refused = None;
-        for _ in 0..pipe.len() {
-            if let Some(e) = self.skip_reply(0)? {
-                refused.get_or_insert(e);
-            }
-        }
-        refused.map_or(Ok(()), Err)
+        self.skip_replies(pipe.len())?.map_or(Ok(()), Err)
     }
 
     /// Sends `before` and `read` in one write and reads their replies.
@@ -279,17 +273,23 @@ impl OwnConn {
         let mut packed = before.map(|p| p.get_packed_pipeline()).unwrap_or_default();
         read.write_packed_command(&mut packed);
         self.socket.write_all(&packed)?;
-        let mut refused = None;
-        for _ in 0..before.map_or(0, |p| p.len()) {
-            if let Some(e) = self.skip_reply(0)? {
-                refused.get_or_insert(e);
-            }
-        }
+        let refused = self.skip_replies(before.map_or(0, |p| p.len()))?;
         let entries = self.read_reply()?;
         Ok(match refused {
             Some(e) => Err(e),
             None => entries,
         })
+    }
+
+    /// Reads `n` replies and passes over them; the broker's first error among them, if any.
+    fn skip_replies(&mut self, n: usize) -> RedisResult<Option<RedisError>> {
+        let mut refused = None;
+        for _ in 0..n {
+            if let Some(e) = self.skip_reply(0)? {
+                refused.get_or_insert(e);
+            }
+        }
+        Ok(refused)
     }
 
     /// Makes sure `buf[at..]` holds at least one byte more than it does now, unless the
